@@ -1,0 +1,70 @@
+"""Session-scoped fixtures that start the real local servers (see tests/services/).
+
+Logs of every server are kept under the pytest basetemp (`--basetemp` or
+/tmp/pytest-of-*/); a failing start prints the tail of the log.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services.mlflow_server import MLflowServer, start_mlflow
+from tests.services.s3 import S3Server, start_s3
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def s3_server(services_dir: Path) -> Iterator[S3Server]:
+    server = start_s3(services_dir)
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """Point every S3 client in this process (and its children) at the moto server."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env: S3Server) -> str:
+    """A fresh, empty bucket on the moto server (the environment points at it)."""
+    return s3_env.new_bucket()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(services_dir: Path) -> Iterator[MLflowServer]:
+    server = start_mlflow(services_dir / "mlflow")
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray instance shared by the session; yields its address."""
+    from tests.services.ray_local import start_ray, stop_ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short path: Ray's socket names are limited
+    address = start_ray(temp_dir)
+    yield address
+    stop_ray()
+
+
+@pytest.fixture(scope="session")
+def kube(services_dir: Path):
+    """The kmock Kubernetes API emulator over HTTP, with a kubeconfig pointing at it."""
+    from tests.services.kube import start_kube
+
+    server = start_kube(services_dir / "kube")
+    yield server
+    server.process.stop()

@@ -1,0 +1,27 @@
+"""Ray: one local Ray instance shared by the tests that need it, sized for a 2-core machine."""
+
+from __future__ import annotations
+
+import os
+
+
+def start_ray(temp_dir: str) -> str:
+    """Start a local Ray head in this process and return its GCS address."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    context = ray.init(
+        num_cpus=4,  # logical CPUs: lets two training workers plus a driver task fit on 2 real cores
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        configure_logging=False,
+        log_to_driver=True,
+    )
+    return context.address_info["gcs_address"]
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
