@@ -18,21 +18,32 @@ class MLflowServer:
         self.process.start(lambda: http_ok(self.tracking_uri + "/health"), timeout=120)
 
 
-def start_mlflow(workdir: Path, artifacts_destination: str | None = None, env: dict[str, str] | None = None) -> MLflowServer:
+def start_mlflow(
+    workdir: Path, artifacts_destination: str | None = None, env: dict[str, str] | None = None
+) -> MLflowServer:
     """Start `mlflow server`; artifacts go to `artifacts_destination` (e.g. an s3:// URI) or a temp dir."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     artifacts = artifacts_destination or (workdir / "artifacts").as_uri()
     argv = [
-        venv_bin("mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", artifacts,
-        "--host", "127.0.0.1", "--port", str(port),
+        venv_bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
         # One worker and no job runner: ~0.5 GiB instead of ~3 GiB (environment.md).
-        "--workers", "1",
+        "--workers",
+        "1",
     ]
     process = ServerProcess(
-        "mlflow", argv, workdir / "mlflow.log",
+        "mlflow",
+        argv,
+        workdir / "mlflow.log",
         env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"

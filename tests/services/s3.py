@@ -25,7 +25,11 @@ class S3Server:
     @property
     def env(self) -> dict[str, str]:
         """What a user would export to point every S3 client at this endpoint."""
-        return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ENDPOINT_URL_S3": self.endpoint_url}
+        return {
+            **CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+        }
 
     def client(self):
         import boto3
