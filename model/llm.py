@@ -1,0 +1,241 @@
+"""The LLM backbone of SPHINX-X: one LLaMA-architecture decoder for all four bases.
+
+TinyLlama, LLaMA2 and (converted) InternLM2 are this decoder with a dense SwiGLU FFN; Mixtral
+swaps the FFN of every block for the MoE layer of `moe.py` (sphinx_x_model.md section 6.1).
+Single-device code in the torchtitan style: no parallelism in here, activation checkpointing
+is switched on from outside with `apply_activation_checkpointing`, weights are loaded through
+`state_dict_adapter.py` (the only place that knows foreign names).
+
+Interface used by the multimodal model (`sphinx.py`):
+- `embed(tokens)` -> [B, S, D] token embeddings (image embeddings are spliced in by the caller);
+- `forward_hidden(h)` -> (final-normed hidden [B, S, D], aux loss 0-dim tensor);
+- `output` is applied by the caller at labelled positions only (92544-row vocabularies);
+- `forward(tokens)` -> full logits [B, S, V], for parity tests.
+
+RoPE follows the Hugging Face "rotate-half" convention, so HF checkpoints load without the q/k
+row permutation that Meta-format weights need. Attention is plain causal over the whole
+sequence; right padding needs no mask because pad positions come after every real token.
+
+Build large models on the meta device, then `to_empty` and load (or `init_weights`):
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.to_empty(device="cuda")
+    model.load_state_dict(...)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sphinxx.model.args import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32, scaled in the input dtype (as HF Llama, so bf16 parity holds)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def rope_cos_sin(
+    seq_len: int, head_dim: int, theta: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [seq_len, head_dim] for positions 0..seq_len-1 (rotate-half layout).
+
+    Computed in fp32 on every forward rather than stored as a buffer: it costs one outer product,
+    survives meta-device construction untouched, and has no max-length cache to outgrow.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+    freqs = torch.outer(positions, inv_freq)  # [S, head_dim / 2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [S, head_dim]: the two halves share frequencies
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, S, head_dim] by position; pairs are (i, i + head_dim / 2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention; query head h reads KV head h // (n_heads / n_kv_heads)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_kv_heads
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        bsz, seq_len, _ = x.shape
+        # [B, S, heads * head_dim] -> [B, heads, S, head_dim]
+        q = self.wq(x).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        return self.wo(out.transpose(1, 2).reshape(bsz, seq_len, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 = gate, w3 = up, w2 = down."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def build_moe(args: ModelArgs) -> nn.Module:
+    """The Mixtral FFN (moe.md). Imported lazily so dense models never load the MoE code.
+
+    Each layer returns its own weighted share of the loss. The spec's total is
+    CE + w * mean over layers of L_l (moe.md section 4); every block is MoE, so passing
+    w / n_layers makes the sum over layers equal to that mean without any bookkeeping here.
+    """
+    from sphinxx.model.moe import MoE, MoEArgs
+
+    return MoE(
+        MoEArgs(
+            dim=args.dim,
+            ffn_dim=args.moe_ffn_dim,
+            num_experts=args.num_experts,
+            top_k=args.top_k,
+            aux_loss_coef=args.aux_loss_coef / args.n_layers,
+            kernel=args.moe_kernel,
+            ep_size=args.ep_size,
+        )
+    )
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: h = x + attn(norm(x)); out = h + ffn(norm(h)). Returns (out, aux)."""
+
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        if args.is_moe:
+            self.moe = build_moe(args)
+        else:
+            self.feed_forward = FeedForward(args.dim, args.ffn_dim)
+        # Set by apply_activation_checkpointing; a flag rather than a wrapper module keeps the
+        # parameter names (and so every state dict and optimizer group) unchanged.
+        self.activation_checkpointing = False
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, cos, sin, use_reentrant=False)
+        return self._forward(x, cos, sin)
+
+    def _forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x + self.attention(self.attention_norm(x), cos, sin)
+        if hasattr(self, "moe"):
+            ffn_out, aux = self.moe(self.ffn_norm(h))
+        else:
+            ffn_out, aux = self.feed_forward(self.ffn_norm(h)), h.new_zeros((), dtype=torch.float32)
+        return h + ffn_out, aux
+
+
+class Transformer(nn.Module):
+    """Token embeddings, n_layers blocks, final RMSNorm, LM head."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        args.validate()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        if not self.output.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random init for training from scratch (debug flavors): N(0, std) as HF Llama, norms 1.
+
+        Submodules with their own `init_weights` (the MoE layer) initialise themselves.
+        """
+        for module in self.modules():
+            if module is not self and hasattr(module, "init_weights"):
+                module.init_weights()
+            elif isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, S] -> embeddings [B, S, D]."""
+        return self.tok_embeddings(tokens)
+
+    def forward_hidden(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run every block and the final norm on embeddings h [B, S, D].
+
+        Returns (hidden [B, S, D], aux) where aux is the sum of the MoE layers' weighted
+        load-balancing terms, a 0-dim fp32 zero for dense models. Add it to the CE loss as is.
+        """
+        seq_len = h.shape[1]
+        if seq_len > self.args.max_seq_len:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_seq_len {self.args.max_seq_len}; "
+                "truncate the batch or raise ModelArgs.max_seq_len"
+            )
+        cos, sin = rope_cos_sin(seq_len, self.args.head_dim, self.args.rope_theta, h.device, h.dtype)
+        aux = torch.zeros((), device=h.device, dtype=torch.float32)
+        for layer in self.layers:
+            h, layer_aux = layer(h, cos, sin)
+            aux = aux + layer_aux
+        return self.norm(h), aux
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, S] -> logits [B, S, vocab] at every position (tests and generation)."""
+        hidden, _ = self.forward_hidden(self.embed(tokens))
+        return self.output(hidden)
+
+
+def apply_activation_checkpointing(model: Transformer, every: int = 1) -> Transformer:
+    """Recompute blocks in backward (non-reentrant torch.utils.checkpoint), every `every`-th block.
+
+    Applied from outside (torchtitan style) so model code stays single-purpose. Parameter names
+    do not change, so checkpoints and optimizer groups are the same with and without it.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    for i, layer in enumerate(model.layers):
+        layer.activation_checkpointing = i % every == 0
+    return model
