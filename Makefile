@@ -1,0 +1,46 @@
+# Two commands from a clean clone:  `make demo`  and  `make test`.
+# Both create .venv if missing and install what they need; a second run only checks
+# a stamp file and reuses the environment.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+# The CPU torch wheel lies in /opt/wheels on these machines; uv ignores pip's config, so
+# the local version is pinned explicitly (otherwise uv fetches a multi-GB CUDA build).
+FIND_LINKS := $(wildcard /opt/wheels)
+UV_FLAGS := $(if $(FIND_LINKS),--find-links $(FIND_LINKS) -c .ci/constraints-cpu.txt,)
+STAMP := $(VENV)/.installed-dev
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint install clean-demo help
+
+help:
+	@echo "make demo   - install, then run a tiny SPHINX-X scaling sweep end to end on the local default"
+	@echo "make test   - install dev dependencies, then lint and run the whole test suite"
+	@echo "make lint   - ruff + import-linter contracts only"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(UV): $(BIN)/python
+	$(BIN)/python -m pip install -q uv
+
+$(STAMP): pyproject.toml .ci/constraints-cpu.txt | $(UV)
+	$(UV) pip install --python $(BIN)/python $(UV_FLAGS) -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	bash .ci/lint_imports.sh
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m sphinxx.jobs.demo
+
+clean-demo:
+	rm -rf .demo
