@@ -1,0 +1,186 @@
+"""Expert parallelism (EP) for the MoE layer: process groups, token dispatch/combine, param marks.
+
+Why here and not in ``moe.py``: model code is single-device (``conventions.md``); EP is attached
+from outside by :func:`attach_expert_parallel`, and the MoE layer only calls :func:`dispatch` /
+:func:`combine` when a group is attached.
+
+Topology (``moe.md`` section 6, DeepSpeed's convention so the dispatcher and the ZeRO optimizer
+agree): EP groups are contiguous ranks ``[0..EP-1], [EP..2EP-1], ...``; expert-data-parallel (eDP)
+groups are strided. EP rank r owns global experts ``[r*E/EP, (r+1)*E/EP)``.
+
+Dispatch follows MegaBlocks' ``parallel_forward_once`` with torch collectives only:
+``all_to_all_single`` with uneven splits works on gloo (CPU tests) and NCCL; the list form
+``all_to_all`` does not exist on gloo. No gradient scaling happens here: an expert's grad on its
+EP rank is the sum over all tokens of the EP group; the data-parallel reduction then divides by
+the full DP world size (DeepSpeed >= PR #6546 does exactly that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+EP_MODES = ("alltoall", "megablocks")
+
+
+@dataclass(frozen=True)
+class ExpertParallel:
+    """What an MoE layer needs to know about its EP group."""
+
+    group: Any  # torch.distributed.ProcessGroup
+    size: int
+    rank: int
+    # "alltoall": our dispatcher (tested on CPU); "megablocks": MegaBlocks' own EP mode
+    # (only with kernel="megablocks"; [U] untested until a multi-GPU machine is available).
+    mode: str = "alltoall"
+
+    @property
+    def group_name(self) -> str:
+        # DeepSpeed's name for the expert groups of this size (deepspeed/utils/groups.py).
+        return f"ep_size_{self.size}"
+
+
+def expert_range(num_experts: int, ep_size: int, ep_rank: int) -> range:
+    """Global expert ids owned by ``ep_rank``."""
+    if ep_size < 1 or num_experts % ep_size:
+        raise ValueError(f"num_experts={num_experts} must be divisible by ep_size={ep_size}")
+    if not 0 <= ep_rank < ep_size:
+        raise ValueError(f"ep_rank={ep_rank} out of range for ep_size={ep_size}")
+    per = num_experts // ep_size
+    return range(ep_rank * per, (ep_rank + 1) * per)
+
+
+def new_expert_parallel_groups(ep_size: int, mode: str = "alltoall") -> tuple[ExpertParallel, Any]:
+    """Create EP and eDP groups with plain torch.distributed (no DeepSpeed).
+
+    Every rank must call this (``new_group`` is collective). Returns (this rank's EP, its eDP group).
+    Under DeepSpeed use ``sphinxx.jobs.parallelize.deepspeed_expert_parallel`` instead, so the
+    optimizer reduces expert grads over the very same eDP group.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if ep_size < 1 or world % ep_size:
+        raise ValueError(f"world size {world} must be divisible by ep_size={ep_size}")
+    if mode not in EP_MODES:
+        raise ValueError(f"unknown EP mode {mode!r}; choose one of {EP_MODES}")
+    mine_ep = mine_edp = None
+    for start in range(0, world, ep_size):
+        ranks = list(range(start, start + ep_size))
+        group = dist.new_group(ranks)
+        if rank in ranks:
+            mine_ep = group
+    for offset in range(ep_size):
+        ranks = list(range(offset, world, ep_size))
+        group = dist.new_group(ranks)
+        if rank in ranks:
+            mine_edp = group
+    ep = ExpertParallel(group=mine_ep, size=ep_size, rank=dist.get_rank(mine_ep), mode=mode)
+    return ep, mine_edp
+
+
+def mark_expert_params(params: list[nn.Parameter], group_name: str) -> None:
+    """Mark expert params the way DeepSpeed's own experts are marked (deepspeed/moe/experts.py).
+
+    ``deepspeed.moe.utils.is_moe_param`` tests ``allreduce is False``; ``group_name`` picks the
+    param's MoE optimizer group and its eDP process group in ZeRO-1/2.
+    """
+    for p in params:
+        p.allreduce = False
+        p.group_name = group_name
+
+
+def attach_expert_parallel(model: nn.Module, ep: ExpertParallel) -> int:
+    """Attach ``ep`` to every MoE layer of ``model`` and mark their expert params.
+
+    The layers must have been built with ``MoEArgs.ep_size == ep.size`` (their expert params hold
+    ``num_experts / ep.size`` experts). Returns the number of MoE layers found.
+    """
+    from sphinxx.model.moe import MoE  # lazy: moe.py imports this module
+
+    if ep.mode not in EP_MODES:
+        raise ValueError(f"unknown EP mode {ep.mode!r}; choose one of {EP_MODES}")
+    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    for moe in layers:
+        if moe.args.ep_size != ep.size:
+            raise ValueError(
+                f"MoE built with ep_size={moe.args.ep_size} but the attached EP group has size {ep.size}; "
+                "build the model with MoEArgs.ep_size equal to the EP group size"
+            )
+        if ep.mode == "megablocks" and moe.args.kernel != "megablocks":
+            raise ValueError(
+                "EP mode 'megablocks' needs kernel='megablocks' (MegaBlocks does its own dispatch)"
+            )
+        moe.ep = ep
+        if ep.size > 1:
+            mark_expert_params(list(moe.experts.parameters()), ep.group_name)
+    return len(layers)
+
+
+class _AllToAll(torch.autograd.Function):
+    """``all_to_all_single`` on dim 0 with uneven splits; backward is the reverse exchange."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any):
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        out = x.new_empty((sum(out_splits), *x.shape[1:]))
+        dist.all_to_all_single(
+            out, x.contiguous(), output_split_sizes=out_splits, input_split_sizes=in_splits, group=group
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        out_splits, in_splits = ctx.splits
+        grad_in = grad.new_empty((sum(in_splits), *grad.shape[1:]))
+        dist.all_to_all_single(
+            grad_in,
+            grad.contiguous(),
+            output_split_sizes=in_splits,
+            input_split_sizes=out_splits,
+            group=ctx.group,
+        )
+        return grad_in, None, None, None
+
+
+@dataclass
+class DispatchState:
+    """What :func:`combine` needs to undo :func:`dispatch`."""
+
+    inverse_order: torch.Tensor  # [M] restores the received (source-rank-major) order
+    send_splits: list[int]
+    recv_splits: list[int]
+
+
+def dispatch(
+    rows: torch.Tensor, counts: torch.Tensor, ep: ExpertParallel
+) -> tuple[torch.Tensor, torch.Tensor, DispatchState]:
+    """Send routed rows to the ranks owning their experts.
+
+    ``rows`` [N, H] are grouped by global expert id (hence by destination rank); ``counts`` [E] is
+    the number of rows per global expert. Returns the received rows grouped by local expert, the
+    per-local-expert counts [E_local], and the state for :func:`combine`.
+    """
+    num_local = counts.numel() // ep.size
+    send_counts = counts.view(ep.size, num_local).contiguous()
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=ep.group)  # [src rank, local expert]
+    # The one host sync of the dispatcher: split sizes must be Python ints.
+    send_splits = send_counts.sum(1).tolist()
+    recv_splits = recv_counts.sum(1).tolist()
+    received = _AllToAll.apply(rows, recv_splits, send_splits, ep.group)
+    # Received rows are source-rank-major; regroup them by local expert (stable keeps source order).
+    block_ids = torch.arange(num_local, device=rows.device).repeat(ep.size)
+    local_ids = torch.repeat_interleave(block_ids, recv_counts.flatten(), output_size=sum(recv_splits))
+    order = torch.argsort(local_ids, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    state = DispatchState(inverse_order=inverse, send_splits=send_splits, recv_splits=recv_splits)
+    return received[order], recv_counts.sum(0), state
+
+
+def combine(out_rows: torch.Tensor, state: DispatchState, ep: ExpertParallel) -> torch.Tensor:
+    """Return expert outputs to the ranks their tokens came from, in :func:`dispatch`'s input order."""
+    return _AllToAll.apply(out_rows[state.inverse_order], state.send_splits, state.recv_splits, ep.group)

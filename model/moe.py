@@ -1,0 +1,205 @@
+"""Mixtral's sparse MoE FFN (8 experts, top-2, dropless) with our own load-balancing loss.
+
+Design: ``shared/design/moe.md``. In one paragraph: a fp32 softmax router with top-k and
+renormalisation (Mixtral semantics), experts stored in MegaBlocks' dMoE GLU layout
+(``experts.mlp.w1 / v1 / w2``, each ``[E_local * F, H]``) so the same state dict runs on every
+kernel (``moe_kernels.py``), and a MegaBlocks-form load-balancing loss returned by each layer:
+nothing lives in module-global state, so two models in one process and activation-checkpoint
+recompute cannot double count.
+
+Single-device code: expert parallelism is attached from outside
+(``expert_parallel.attach_expert_parallel``); when attached, routed rows go through
+``expert_parallel.dispatch`` / ``combine`` around the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sphinxx.model import moe_kernels
+from sphinxx.model.expert_parallel import ExpertParallel, combine, dispatch
+
+
+@dataclass
+class MoEArgs:
+    dim: int  # model width H
+    ffn_dim: int  # width F of one expert's SwiGLU
+    num_experts: int = 8  # E, global
+    top_k: int = 2
+    aux_loss_coef: float = 0.01  # w in CE + w * mean_layers(L_aux); moe.md section 4
+    router_z_loss_coef: float = 0.0  # ST-MoE z-loss; Mixtral/SPHINX-MoE use none
+    kernel: str = "auto"  # auto | loop | grouped (alias grouped_mm) | megablocks
+    ep_size: int = 1  # expert-parallel group size; this layer holds num_experts / ep_size experts
+    # Number of MoE layers in the model: each layer's aux is divided by it, so the model's SUM over
+    # layers is the MEAN of moe.md section 4.
+    num_layers: int = 1
+    init_std: float = 0.02  # random init (debug flavors only)
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "ffn_dim", "num_experts", "top_k", "ep_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MoEArgs.{name} must be >= 1, got {getattr(self, name)}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.num_experts % self.ep_size:
+            raise ValueError(f"num_experts={self.num_experts} must be divisible by ep_size={self.ep_size}")
+        if self.aux_loss_coef < 0 or self.router_z_loss_coef < 0:
+            raise ValueError("aux_loss_coef and router_z_loss_coef must be >= 0")
+        self.kernel = moe_kernels.canonical_kernel(self.kernel)
+
+    @property
+    def num_local_experts(self) -> int:
+        return self.num_experts // self.ep_size
+
+
+class Router(nn.Module):
+    """Mixtral router: logits in the compute dtype, softmax over all experts in fp32, top-k, L1 renorm."""
+
+    def __init__(self, dim: int, num_experts: int, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+        self.layer = nn.Linear(dim, num_experts, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, H] -> (logits fp32 [T, E], probs fp32 [T, E], weights fp32 [T, k], expert ids [T, k])."""
+        logits = self.layer(x).float()
+        probs = logits.softmax(dim=-1)
+        weights, ids = probs.topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, probs, weights, ids
+
+
+class ExpertWeights(nn.Module):
+    """The three expert matrices as single Parameters (one ZeRO-3 gather, MegaBlocks names)."""
+
+    def __init__(self, num_local_experts: int, dim: int, ffn_dim: int):
+        super().__init__()
+        rows = num_local_experts * ffn_dim
+        self.w1 = nn.Parameter(torch.empty(rows, dim))  # gate_proj (HF w1), expert-major rows
+        self.v1 = nn.Parameter(torch.empty(rows, dim))  # up_proj (HF w3)
+        self.w2 = nn.Parameter(torch.empty(rows, dim))  # down_proj (HF w2) transposed
+
+
+class Experts(nn.Module):
+    """Container so parameter names read ``experts.mlp.w1`` as in MegaBlocks ``dMoE``."""
+
+    def __init__(self, num_local_experts: int, dim: int, ffn_dim: int):
+        super().__init__()
+        self.mlp = ExpertWeights(num_local_experts, dim, ffn_dim)
+
+
+def load_balancing_loss(
+    probs: torch.Tensor, expert_ids: torch.Tensor, num_experts: int, token_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MegaBlocks-form loss ``(E / (T k)) * sum_e count_e * meanprob_e`` on the unmasked tokens.
+
+    ``probs`` [T, E] fp32, ``expert_ids`` [T, k]; ``token_mask`` [T] (True = counted; right padding is
+    excluded by the caller's mask). Returns (loss, counts [E] float), 1.0 at perfect balance. No host
+    sync: counts come from ``scatter_add`` and T stays a tensor.
+    """
+    num_tokens, top_k = expert_ids.shape
+    if token_mask is None:
+        keep = probs.new_ones(num_tokens)
+    else:
+        keep = token_mask.reshape(num_tokens).to(probs.dtype)
+    counts = probs.new_zeros(num_experts).scatter_add_(
+        0, expert_ids.reshape(-1), keep.repeat_interleave(top_k)
+    )
+    kept = keep.sum().clamp_min(1.0)
+    mean_probs = (probs * keep[:, None]).sum(0) / kept
+    loss = num_experts / (kept * top_k) * torch.dot(counts, mean_probs)
+    return loss, counts
+
+
+def router_z_loss(logits: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ST-MoE z-loss: mean over tokens of logsumexp(logits)^2."""
+    z = torch.logsumexp(logits, dim=-1).square()
+    if token_mask is None:
+        return z.mean()
+    keep = token_mask.reshape(-1).to(z.dtype)
+    return (z * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+class MoE(nn.Module):
+    """Sparse FFN: ``forward(x [B, S, H]) -> (y [B, S, H], aux)``.
+
+    ``aux`` is this layer's weighted share of the total loss: ``aux_loss_coef * L_l / num_layers``
+    (+ z-loss likewise), so the model sums the layers' values. ``tokens_per_expert`` (detached,
+    [E] float, unmasked tokens of the last forward) is there for metrics.
+    """
+
+    def __init__(self, args: MoEArgs):
+        super().__init__()
+        self.args = args
+        self.router = Router(args.dim, args.num_experts, args.top_k)
+        self.experts = Experts(args.num_local_experts, args.dim, args.ffn_dim)
+        self.ep: ExpertParallel | None = None  # set by expert_parallel.attach_expert_parallel
+        self.tokens_per_expert: torch.Tensor | None = None
+        self._megablocks: tuple | None = None  # (key, module), built lazily; not a submodule
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for p in (self.router.layer.weight, *self.experts.mlp.parameters()):
+            nn.init.normal_(p, mean=0.0, std=self.args.init_std)
+
+    def forward(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, S, H]; token_mask [B, S] bool (False = right padding, excluded from the aux loss)."""
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])  # [T, H]
+        logits, probs, weights, ids = self.router(tokens)
+        lb, counts = load_balancing_loss(probs, ids, self.args.num_experts, token_mask)
+        aux = self.args.aux_loss_coef * lb
+        if self.args.router_z_loss_coef > 0:
+            aux = aux + self.args.router_z_loss_coef * router_z_loss(logits, token_mask)
+        self.tokens_per_expert = counts.detach()
+        # moe.md section 3: weights are cast to the activation dtype before the combine.
+        y = self._experts(tokens, weights.to(x.dtype), ids)
+        return y.view(shape), aux / self.args.num_layers
+
+    def _experts(self, tokens: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """tokens [T, H], weights [T, k], ids [T, k] global expert ids -> [T, H]."""
+        ep_attached = self.ep is not None and self.ep.size > 1
+        kernel = moe_kernels.resolve_kernel(self.args.kernel, tokens, self.args, ep_attached)
+        if kernel == "megablocks":
+            return self._megablocks_module(tokens)(tokens, None, weights, ids)
+        num_tokens, top_k = ids.shape
+        flat_ids = ids.reshape(-1)  # (token, slot) order
+        order = torch.argsort(flat_ids, stable=True)
+        rows = tokens[order // top_k]  # [T*k, H], grouped by global expert
+        # scatter_add rather than bincount: no device-to-host sync on CUDA.
+        counts = torch.zeros(self.args.num_experts, dtype=torch.long, device=ids.device)
+        counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
+        if ep_attached:
+            rows, local_counts, state = dispatch(rows, counts, self.ep)
+        else:
+            local_counts = counts
+        glu = moe_kernels.glu_grouped if kernel == "grouped" else moe_kernels.glu_loop
+        mlp = self.experts.mlp
+        out = glu(rows, local_counts, mlp.w1, mlp.v1, mlp.w2)
+        if ep_attached:
+            out = combine(out, state, self.ep)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        out = out[inverse].view(num_tokens, top_k, -1)  # back to (token, slot) order
+        # The gradient w.r.t. the routing weights flows through this weighted sum.
+        return torch.einsum("tkh,tk->th", out, weights)
+
+    def _megablocks_module(self, tokens: torch.Tensor) -> nn.Module:
+        group = self.ep.group if self.ep is not None and self.ep.size > 1 else None
+        if group is not None and self.ep.mode != "megablocks":
+            raise ValueError(
+                "kernel='megablocks' with EP needs attach_expert_parallel(..., mode='megablocks')"
+            )
+        key = (id(group), tokens.device)
+        if self._megablocks is None or self._megablocks[0] != key:
+            mlp = self.experts.mlp
+            module = moe_kernels.build_megablocks_experts(self.args, mlp.w1, mlp.v1, mlp.w2, group)
+            self._megablocks = (key, module)
+        module = self._megablocks[1]
+        module.train(self.training)
+        return module
