@@ -1,0 +1,122 @@
+"""`sphinxx model ...`: inspect flavors and convert base LLM weights.
+
+    sphinxx model list                                   # flavor names, paper names, canvases
+    sphinxx model info tinyllama-1.1b --json --image 1000x500
+    sphinxx model convert --from hf /data/TinyLlama-1.1B --flavor tinyllama-1.1b --out /data/tiny-sx
+
+Registration imports nothing heavy; torch and transformers load inside the handlers. Paths for
+`convert` are local: `sphinxx.model` never talks to object stores (stage S3 objects first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1000x500, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return width, height
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("model", help="SPHINX-X model flavors: sizes, token counts, conversion")
+    parser.set_defaults(group_parser=parser)
+    sub = parser.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("list", help="list the SPHINX-X flavors")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser(
+        "info", help="parameters, visual tokens and FLOPs of a flavor (meta device, no weights)"
+    )
+    p.add_argument("flavor", help="sweep name (tinyllama-1.1b, ...) or paper name (sphinx-tiny, ...)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--image", type=_image_size, metavar="WxH", help="also report this image's tokens and views"
+    )
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert", help="convert a base LLM checkpoint into sphinxx's layout")
+    p.add_argument("src", help="local directory of the source checkpoint")
+    p.add_argument("--from", dest="source_format", choices=["hf"], default="hf", help="source format")
+    p.add_argument("--flavor", required=True, help="LLM flavor the checkpoint is (tinyllama-1.1b, ...)")
+    p.add_argument("--out", required=True, help="new local output directory")
+    p.add_argument(
+        "--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="cast tensors (default: keep)"
+    )
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from sphinxx.model.anyres import CELL_SIZE
+    from sphinxx.model.sphinx_flavors import SPHINX_FLAVORS
+
+    for name, f in SPHINX_FLAVORS.items():
+        canvas = f.grid * CELL_SIZE
+        print(f"{name:16s} {f.paper_name or '-':16s} llm={f.llm:15s} vision={f.vision} canvas={canvas}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from sphinxx.model.info import model_info
+
+    try:
+        info = model_info(args.flavor, image=args.image, seq_len=args.seq_len)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    p = info["params"]
+    print(
+        f"{info['flavor']} ({info['paper_name'] or 'debug'}): llm {info['llm_flavor']}, vision {info['vision']}"
+    )
+    print(
+        f"  canvas {info['canvas']} ({info['grid']}x{info['grid']} cells), skip token {info['use_skip_token']}"
+    )
+    print(f"  params total {p['total']:,}  trainable {p['trainable']:,}  frozen {p['frozen']:,}")
+    print(
+        f"    llm {p['llm']:,} (active {p['llm_active']:,})  projector {p['projector']:,}  tags {p['tags']:,}"
+    )
+    print(f"    convnext {p['convnext']:,}  dinov2 {p['dinov2']:,}")
+    tokens = ", ".join(f"{k} {v}" for k, v in info["visual_tokens"].items())
+    print(f"  visual tokens per image: {tokens}")
+    f = info["flops"]
+    print(f"  LLM training FLOPs/token at T={f['seq_len']}: {f['llm_train_per_token']:.3e} ({f['formula']})")
+    print(f"  vision forward FLOPs per view: {f['vision_forward_per_view']:.3e}")
+    if "image" in info:
+        im = info["image"]
+        print(
+            f"  image {im['width']}x{im['height']}: {im['visual_tokens']} tokens, "
+            f"{im['real_views']} real views, {im['skipped_views']} skipped"
+        )
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from sphinxx.model.convert import convert_hf
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
+
+    def progress(done: int, total: int, name: str) -> None:
+        if done == total or done % 50 == 0:
+            print(f"  {done}/{total} {name}", file=sys.stderr)
+
+    try:
+        result = convert_hf(args.src, args.flavor, args.out, dtype=dtype, progress=progress)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str))
+    return 0
