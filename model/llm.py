@@ -115,9 +115,8 @@ class FeedForward(nn.Module):
 def build_moe(args: ModelArgs) -> nn.Module:
     """The Mixtral FFN (moe.md). Imported lazily so dense models never load the MoE code.
 
-    Each layer returns its own weighted share of the loss. The spec's total is
-    CE + w * mean over layers of L_l (moe.md section 4); every block is MoE, so passing
-    w / n_layers makes the sum over layers equal to that mean without any bookkeeping here.
+    Each layer returns its own share of the loss, w * L_l / num_layers, so the sum over layers
+    in `forward_hidden` is the spec's w * mean_l L_l (moe.md section 4); every block is MoE.
     """
     from sphinxx.model.moe import MoE, MoEArgs
 
@@ -127,9 +126,10 @@ def build_moe(args: ModelArgs) -> nn.Module:
             ffn_dim=args.moe_ffn_dim,
             num_experts=args.num_experts,
             top_k=args.top_k,
-            aux_loss_coef=args.aux_loss_coef / args.n_layers,
+            aux_loss_coef=args.aux_loss_coef,
             kernel=args.moe_kernel,
             ep_size=args.ep_size,
+            num_layers=args.n_layers,
         )
     )
 
@@ -152,18 +152,18 @@ class TransformerBlock(nn.Module):
         self.activation_checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, token_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, use_reentrant=False)
-        return self._forward(x, cos, sin)
+            return checkpoint(self._forward, x, cos, sin, token_mask, use_reentrant=False)
+        return self._forward(x, cos, sin, token_mask)
 
     def _forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, token_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = x + self.attention(self.attention_norm(x), cos, sin)
         if hasattr(self, "moe"):
-            ffn_out, aux = self.moe(self.ffn_norm(h))
+            ffn_out, aux = self.moe(self.ffn_norm(h), token_mask)
         else:
             ffn_out, aux = self.feed_forward(self.ffn_norm(h)), h.new_zeros((), dtype=torch.float32)
         return h + ffn_out, aux
@@ -203,11 +203,15 @@ class Transformer(nn.Module):
         """tokens [B, S] -> embeddings [B, S, D]."""
         return self.tok_embeddings(tokens)
 
-    def forward_hidden(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_hidden(
+        self, h: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run every block and the final norm on embeddings h [B, S, D].
 
         Returns (hidden [B, S, D], aux) where aux is the sum of the MoE layers' weighted
         load-balancing terms, a 0-dim fp32 zero for dense models. Add it to the CE loss as is.
+        token_mask [B, S] bool (False = right padding) only keeps padding out of the MoE
+        load-balancing statistics; attention needs no mask (module docstring).
         """
         seq_len = h.shape[1]
         if seq_len > self.args.max_seq_len:
@@ -218,7 +222,7 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(seq_len, self.args.head_dim, self.args.rope_theta, h.device, h.dtype)
         aux = torch.zeros((), device=h.device, dtype=torch.float32)
         for layer in self.layers:
-            h, layer_aux = layer(h, cos, sin)
+            h, layer_aux = layer(h, cos, sin, token_mask)
             aux = aux + layer_aux
         return self.norm(h), aux
 
