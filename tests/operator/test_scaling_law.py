@@ -1,0 +1,67 @@
+"""The scaling-law fit recovers known coefficients and falls back honestly with few points."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sphinxx.operator.scaling_law import Point, fit, plot_png
+
+TRUE = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}  # Chinchilla's published fit
+
+
+def chinchilla(n: float, d: float) -> float:
+    return TRUE["E"] + TRUE["A"] / n ** TRUE["alpha"] + TRUE["B"] / d ** TRUE["beta"]
+
+
+def grid_points(noise: float = 0.0, seed: int = 0) -> list[Point]:
+    rng = np.random.default_rng(seed)
+    sizes = [1.1e9, 7.7e9, 13e9, 46.7e9]
+    tokens = [2e9, 5e9, 1e10, 2e10, 5e10]
+    return [
+        Point(n, d, chinchilla(n, d) * float(np.exp(rng.normal(0, noise))))
+        for n, d in itertools.product(sizes, tokens)
+    ]
+
+
+def test_recovers_known_coefficients_from_exact_losses() -> None:
+    result = fit(grid_points())
+    assert result.form == "chinchilla"
+    for name in ("alpha", "beta"):
+        assert getattr(result, name) == pytest.approx(TRUE[name], rel=0.05)
+    assert result.E == pytest.approx(TRUE["E"], rel=0.05)
+    for n, d in ((3e9, 3e9), (30e9, 3e10)):  # interpolation inside the sweep
+        assert result.predict(n, d) == pytest.approx(chinchilla(n, d), rel=0.005)
+    assert result.residual_rms < 1e-3
+
+
+def test_tolerates_small_noise() -> None:
+    result = fit(grid_points(noise=0.002, seed=1))
+    assert result.form == "chinchilla"
+    assert result.predict(5e9, 1e10) == pytest.approx(chinchilla(5e9, 1e10), rel=0.01)
+
+
+def test_few_points_fall_back_to_per_axis_power_laws() -> None:
+    # A 2 x 2 sweep (the tiny demo): L = 3 * N^-0.1 * D^-0.2 exactly.
+    points = [Point(n, d, 3 * n**-0.1 * d**-0.2) for n, d in itertools.product((1e6, 4e6), (1e5, 2e5))]
+    result = fit(points)
+    assert result.form == "per-axis"
+    slopes = {law.axis: law.slope for law in result.per_axis}
+    assert slopes["params"] == pytest.approx(0.1, abs=1e-9)
+    assert slopes["data"] == pytest.approx(0.2, abs=1e-9)
+    assert "too few" in result.note
+
+
+def test_degenerate_sweep_fits_nothing_and_says_so() -> None:
+    result = fit([Point(1e6, 1e5, 2.0), Point(1e6, 1e5, 2.1)])
+    assert result.per_axis == [] and "no law" in result.note
+    with pytest.raises(ValueError, match="no points"):
+        fit([Point(1e6, 1e5, float("nan"))])
+
+
+def test_plot_is_a_png() -> None:
+    points = grid_points()
+    png = plot_png(points, fit(points))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
