@@ -114,6 +114,12 @@ class StateDictAdapter:
         # static would change every position and is not implemented.
         if kind not in (None, "default", "dynamic") and float(scaling.get("factor", 1.0)) != 1.0:
             problems.append(f"rope_scaling {scaling!r} is not supported")
+        limit = config.get("max_position_embeddings")
+        if kind == "dynamic" and limit is not None and self.args.max_seq_len > limit:
+            problems.append(
+                f"max_seq_len {self.args.max_seq_len} > max_position_embeddings {limit}, where the "
+                "checkpoint's dynamic RoPE scaling (not implemented) would start to act"
+            )
         if problems:
             raise ValueError(
                 f"{self.family} checkpoint does not match the flavor: "

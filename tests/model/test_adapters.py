@@ -213,6 +213,8 @@ def test_check_hf_config_accepts_matching_and_names_mismatches() -> None:
         adapter.check_hf_config({**legacy, "num_key_value_heads": 2, "vocab_size": 32000})
     dynamic = {**legacy, "num_key_value_heads": 2, "rope_scaling": {"type": "dynamic", "factor": 2.0}}
     adapter.check_hf_config(dynamic)  # InternLM2: inactive below max_position_embeddings
+    with pytest.raises(ValueError, match="dynamic RoPE scaling"):
+        adapter.check_hf_config({**dynamic, "max_position_embeddings": 32})  # ARGS.max_seq_len 64
     with pytest.raises(ValueError, match="rope_scaling"):
         adapter.check_hf_config({**dynamic, "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
 
