@@ -17,7 +17,9 @@ import sys
 # (group name, module providing register(subparsers)) in the order shown by --help.
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("config", "sphinxx.jobs.config_cli"),
+    ("ckpt", "sphinxx.storage.cli"),
     ("model", "sphinxx.model.cli"),
+    ("data", "sphinxx.jobs.data.cli"),
 ]
 
 

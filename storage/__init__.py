@@ -1,1 +1,97 @@
-"""sphinxx.storage"""
+"""sphinxx.storage: checkpoints of a run as directories of files under a URI, committed atomically.
+
+It knows nothing of torch, Ray or Kubernetes (import-linter enforces it): the
+trainer writes files locally, this package ships them to `s3://`, `file://` or
+`memory://` and makes "complete" a fact you can check. Design:
+orchestration.md section 6.
+
+Layout (layout.py): `<prefix>/<run-id>/checkpoints/step-000012000/...`, the
+commit marker `manifest.json` written last, `checkpoints/latest.json` as a hint,
+and `config.yaml` / `run.json` beside `checkpoints/`.
+
+The API the training job and the operator use::
+
+    from sphinxx.storage import CheckpointStore, CommitMetadata, RetentionPolicy, StorageOptions
+
+    store = CheckpointStore("s3://bucket/sweeps/sweep-a", run_id, attempt=attempt)
+    # endpoint/region/credentials: StorageOptions(...) or the environment (AWS_ENDPOINT_URL, AWS_PROFILE, IRSA)
+
+    # start of an attempt (rank 0): remove what a dead attempt left behind
+    store.clean_partial(grace_s=0)
+    info = store.latest()                      # CheckpointInfo(step, uri, manifest) or None
+    if info: store.download(info.step, local_dir, ranks={rank})   # sizes + sha256 checked
+
+    # every checkpoint interval
+    store.prepare(step)                        # rank 0, then barrier
+    with store.writer(step, rank, num_writers) as w:      # every rank
+        w.upload_dir(local_shard_dir)          # parallel multipart; progress= hook
+    record = w.finish()                        # (the with-block already called it)
+    records = gather_object(record)            # or let commit read them from the store
+    info = store.commit(step, num_writers, metadata=CommitMetadata(
+        world_size=..., zero_stage=..., ep_size=..., dp_size=..., metrics={"val_loss": 2.3},
+        config_hash=..., code_version=..., final=False), writers=records)   # rank 0, after a barrier
+    store.apply_retention(RetentionPolicy(keep_last=3, keep_best=1, metric="val_loss", milestone_every=10_000))
+
+    # operator / tools
+    store.committed()                          # [CheckpointInfo], ascending
+    store.verify(step).raise_for_problems()    # sizes and sha256, failures name the file
+    store.write_run_config(yaml_text); store.read_run_config(); store.write_run_manifest(code_version=...)
+
+Guarantees: `latest()` and `committed()` never return a step without a
+manifest; a manifest exists only after every expected writer of this attempt
+finished and every listed object exists with its size; a writer cannot write
+into a committed step (CheckpointAlreadyCommittedError); retention never
+deletes the newest committed checkpoint and deletes a victim's manifest before
+its files. Errors name the URI (errors.py). The CLI is `sphinxx ckpt`
+(cli.py).
+"""
+
+from .commit import CheckpointWriter
+from .errors import (
+    CheckpointAlreadyCommittedError,
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    IncompleteCheckpointError,
+    StorageAccessError,
+    StorageError,
+    StorageTimeoutError,
+)
+from .fs import ObjectFS, StorageOptions, open_fs
+from .layout import RunLayout, locate, step_name
+from .manifest import CommitMetadata, FileEntry, Manifest, WriterRecord
+from .reader import StepFolder
+from .retention import CheckpointSummary, RetentionPlan, RetentionPolicy, plan_partial_gc, plan_retention
+from .store import CheckpointInfo, CheckpointStore
+from .transfer import TransferProgress
+from .verify import VerifyReport
+
+__all__ = [
+    "CheckpointAlreadyCommittedError",
+    "CheckpointCorruptError",
+    "CheckpointInfo",
+    "CheckpointNotFoundError",
+    "CheckpointStore",
+    "CheckpointSummary",
+    "CheckpointWriter",
+    "CommitMetadata",
+    "FileEntry",
+    "IncompleteCheckpointError",
+    "Manifest",
+    "ObjectFS",
+    "RetentionPlan",
+    "RetentionPolicy",
+    "RunLayout",
+    "StepFolder",
+    "StorageAccessError",
+    "StorageError",
+    "StorageOptions",
+    "StorageTimeoutError",
+    "TransferProgress",
+    "VerifyReport",
+    "WriterRecord",
+    "locate",
+    "open_fs",
+    "plan_partial_gc",
+    "plan_retention",
+    "step_name",
+]

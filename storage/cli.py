@@ -1,0 +1,239 @@
+"""`sphinxx ckpt`: inspect and maintain a run's checkpoints (used by the runbooks).
+
+    sphinxx ckpt ls      s3://bucket/sweeps/sweep-a/run-1            # committed and partial steps
+    sphinxx ckpt latest  s3://bucket/sweeps/sweep-a/run-1 --json     # what a resume would load
+    sphinxx ckpt verify  s3://bucket/sweeps/sweep-a/run-1 --step 2000
+    sphinxx ckpt gc      s3://bucket/sweeps/sweep-a/run-1 --dry-run --keep-last 3 --metric val_loss
+
+URI is the run root `<prefix>/<run-id>` (a pasted `.../checkpoints/step-N` works
+too). The endpoint comes from --endpoint-url or AWS_ENDPOINT_URL(_S3);
+credentials from the usual AWS environment or --profile. Exit codes: 0 ok,
+1 storage problem (message names the URI), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "ckpt",
+        help="checkpoints on S3 / file / memory: ls, latest, verify, gc",
+        description=__doc__.split("\n\n")[0] + " URI is <prefix>/<run-id>, e.g. s3://bucket/sweeps/run-1.",
+    )
+    parser.set_defaults(group_parser=parser)
+    sub = parser.add_subparsers(dest="ckpt_command", metavar="SUBCOMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "uri", metavar="URI", help="run root <prefix>/<run-id> (s3://, file:// or a local path)"
+    )
+    common.add_argument(
+        "--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS)"
+    )
+    common.add_argument("--region", help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")
+    common.add_argument("--profile", help="named AWS profile for credentials (default: the environment)")
+
+    ls = sub.add_parser("ls", parents=[common], help="list committed and partial checkpoints")
+    ls.add_argument("--json", action="store_true", help="one JSON object per step")
+    ls.set_defaults(func=_ls)
+
+    latest = sub.add_parser(
+        "latest", parents=[common], help="the newest committed checkpoint that checks out"
+    )
+    latest.add_argument("--json", action="store_true", help="print its manifest summary as JSON")
+    latest.set_defaults(func=_latest)
+
+    verify = sub.add_parser("verify", parents=[common], help="check sizes and sha256 against the manifest")
+    verify.add_argument("--step", type=int, help="step to verify (default: the latest committed)")
+    verify.add_argument(
+        "--sizes-only", action="store_true", help="skip sha256 (one LIST instead of reading every byte)"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=_verify)
+
+    gc = sub.add_parser("gc", parents=[common], help="apply retention and remove stale partial checkpoints")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    gc.add_argument(
+        "--keep-last", type=int, default=3, metavar="K", help="keep the newest K committed (>= 2; default 3)"
+    )
+    gc.add_argument(
+        "--keep-best", type=int, default=1, metavar="M", help="keep the best M by --metric (default 1)"
+    )
+    gc.add_argument("--metric", metavar="NAME", help="manifest metric to rank by, e.g. val_loss")
+    gc.add_argument(
+        "--mode", choices=("min", "max"), default="min", help="lower (min) or higher (max) metric is better"
+    )
+    gc.add_argument(
+        "--milestone-every", type=int, default=0, metavar="N", help="keep every step divisible by N (0: none)"
+    )
+    gc.add_argument("--grace", type=float, default=3600.0, metavar="S",
+                    help="delete partial folders only when untouched for S seconds (default 3600)")  # fmt: skip
+    gc.add_argument("--json", action="store_true", help="print the plan as JSON")
+    gc.set_defaults(func=_gc)
+    return parser
+
+
+def _command(
+    func: Callable[[argparse.Namespace, Any, int | None], int],
+) -> Callable[[argparse.Namespace], int]:
+    """Build the store from the common flags; turn storage errors into one clear line."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from sphinxx.storage import CheckpointStore, StorageError, StorageOptions, locate
+
+        try:
+            options = StorageOptions(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+            layout, step = locate(args.uri)
+            prefix, run_id = layout.root.rsplit("/", 1)
+            store = CheckpointStore(prefix, run_id, options=options)
+            return func(args, store, step)
+        except StorageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        except ValueError as err:
+            print(f"error: {args.uri}: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_command
+def _ls(args: argparse.Namespace, store: Any, _step: int | None) -> int:
+    from sphinxx.storage.reader import read_pointer
+
+    folders = store.scan()
+    pointer = read_pointer(store.fs(), store.layout)
+    rows = [_folder_row(f) for f in folders]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    if not rows:
+        _check_bucket(store)
+        print(f"no checkpoints under {store.layout.checkpoints}")
+        return 0
+    print(f"{'STEP':>10}  {'STATE':<10} {'FILES':>6} {'SIZE':>10}  {'TIME (UTC)':<20} METRICS")
+    for row in rows:
+        metrics = " ".join(f"{k}={v:g}" for k, v in sorted(row["metrics"].items()))
+        state = row["state"] + ("*" if row["step"] == pointer else "")
+        when = _iso(row["time"]) if row["time"] else "-"
+        print(
+            f"{row['step']:>10}  {state:<10} {row['files']:>6} {_size(row['bytes']):>10}  {when:<20} {metrics}"
+        )
+    print(f"* latest.json -> step {pointer}" if pointer is not None else "latest.json: none")
+    return 0
+
+
+def _folder_row(folder: Any) -> dict[str, Any]:
+    m = folder.manifest
+    if m is not None:
+        return {"step": folder.step, "state": "committed", "uri": folder.uri, "files": len(m.files),
+                "bytes": m.total_bytes, "time": m.created_at, "metrics": dict(m.metrics),
+                "attempt": m.attempt, "final": m.metadata.final}  # fmt: skip
+    state = "corrupt" if folder.error else "partial"
+    return {"step": folder.step, "state": state, "uri": folder.uri, "files": folder.num_files,
+            "bytes": folder.total_bytes, "time": folder.newest_mtime, "metrics": {}, "error": folder.error}  # fmt: skip
+
+
+@_command
+def _latest(args: argparse.Namespace, store: Any, _step: int | None) -> int:
+    info = store.latest()
+    if info is None:
+        _check_bucket(store)
+        if args.json:
+            print("null")
+        print(f"no committed checkpoint under {store.layout.checkpoints}", file=sys.stderr)
+        return 1
+    m = info.manifest
+    if args.json:
+        body = {"step": info.step, "uri": info.uri, "run_id": m.run_id, "attempt": m.attempt,
+                "created_at": m.created_at, "num_writers": m.num_writers, "files": len(m.files),
+                "bytes": m.total_bytes, **_metadata(m)}  # fmt: skip
+        print(json.dumps(body, sort_keys=True))
+    else:
+        print(
+            f"step {info.step}  {info.uri}  ({len(m.files)} files, {_size(m.total_bytes)}, {_iso(m.created_at)})"
+        )
+    return 0
+
+
+def _metadata(manifest: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(manifest.metadata).items()}
+
+
+@_command
+def _verify(args: argparse.Namespace, store: Any, uri_step: int | None) -> int:
+    report = store.verify(args.step if args.step is not None else uri_step, checksums=not args.sizes_only)
+    if args.json:
+        print(json.dumps({"step": report.step, "uri": report.uri, "ok": report.ok, "files": report.files_checked,
+                          "checksums": report.checksums, "problems": list(report.problems)}, sort_keys=True))  # fmt: skip
+    elif report.ok:
+        what = "sizes and sha256" if report.checksums else "sizes"
+        print(
+            f"OK step {report.step}: {report.files_checked} files, {what} match the manifest ({report.uri})"
+        )
+    else:
+        print(
+            f"FAILED step {report.step} ({report.uri}): {len(report.problems)} bad file(s)", file=sys.stderr
+        )
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+@_command
+def _gc(args: argparse.Namespace, store: Any, _step: int | None) -> int:
+    from sphinxx.storage import RetentionPolicy
+
+    if args.metric is None and args.keep_best != 1:
+        raise ValueError("--keep-best needs --metric NAME to rank by")
+    policy = RetentionPolicy(keep_last=args.keep_last, keep_best=args.keep_best, metric=args.metric,
+                             mode=args.mode, milestone_every=args.milestone_every)  # fmt: skip
+    plan = store.apply_retention(policy, dry_run=args.dry_run)
+    partial = store.clean_partial(args.grace, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "keep": {str(k): list(v) for k, v in plan.keep.items()},
+                          "delete": list(plan.delete), "delete_partial": list(partial)}, sort_keys=True))  # fmt: skip
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    for step, reasons in sorted(plan.keep.items()):
+        print(f"keep          step {step} ({', '.join(reasons)})")
+    for step in plan.delete:
+        print(f"{verb:<13} step {step}")
+    for step in partial:
+        print(f"{verb:<13} step {step} (partial, untouched for >= {args.grace:g}s)")
+    if not plan.delete and not partial:
+        print(f"nothing to delete under {store.layout.checkpoints}")
+    return 0
+
+
+def _check_bucket(store: Any) -> None:
+    from sphinxx.storage import StorageAccessError
+
+    if not store.fs().bucket_exists(store.root):
+        raise StorageAccessError(
+            f"{store.root}: the bucket does not exist (check the URI and --endpoint-url)", store.root
+        )
+
+
+def _size(nbytes: int | None) -> str:
+    value = float(nbytes or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

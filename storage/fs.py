@@ -1,0 +1,371 @@
+"""The one filesystem factory, and the narrow seam every other storage module uses.
+
+`open_fs(uri, options)` returns an `ObjectFS`: a handful of URI-in, bytes-out
+operations over an fsspec filesystem. Nothing else in the project constructs an
+S3 client. For `s3://` it builds an s3fs filesystem with:
+
+- the endpoint from `StorageOptions.endpoint_url`, else `AWS_ENDPOINT_URL_S3`,
+  else `AWS_ENDPOINT_URL` (MinIO, moto, Ceph...), else AWS itself;
+- credentials from the default botocore chain (env, IRSA web identity, a
+  named `profile`), resolved when the filesystem is built. fsspec's instance
+  cache is switched off and `CheckpointStore` rebuilds its filesystem after
+  `fs_max_age_s` (minutes, not days: stale credentials stopped uploads in
+  ray#35524);
+- botocore's retry mode (`standard`/`adaptive`, 10 attempts) as the single retry
+  layer (s3fs's own retry loop is set to one try so attempts do not multiply),
+  and connect/read timeouts;
+- listing caches off: a reader must see a manifest the moment it exists.
+
+`file://` and `memory://` go through the same methods, so tests of the commit
+protocol on `memory://` exercise the code that runs against S3.
+
+Conditional writes: `write_bytes(..., create_only=True)` uses a create-once PUT
+(`If-None-Match: *`) on S3 (moto 5.2.5 and s3fs 2026.9 support it), an atomic
+hard link on local disks, and an existence check on `memory://`. Stores that
+answer `NotImplemented` fall back to check-then-put (mode `auto`); the commit
+protocol stays correct without them because attempts never overlap
+(orchestration.md 6.2) and the committer reads its manifest back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from . import uri as uri_mod
+from .errors import StorageAccessError, StorageError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach the store and how hard to push it. Defaults suit AWS S3 and MinIO."""
+
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS
+    region: str | None = None  # None: AWS_REGION / AWS_DEFAULT_REGION / the profile's region
+    profile: str | None = None  # a named profile in ~/.aws; None: env vars, IRSA, instance role
+    retry_mode: Literal["standard", "adaptive"] = (
+        "standard"  # botocore retry mode (adaptive adds rate limiting)
+    )
+    max_attempts: int = 10  # per request, first try included
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+    conditional_writes: Literal["auto", "on", "off"] = "auto"  # If-None-Match / If-Match on S3
+    file_concurrency: int = 4  # files in flight per transfer
+    part_concurrency: int = 4  # multipart parts in flight per file
+    min_chunk_bytes: int = 8 * MiB  # multipart part size floor (boto3's default)
+    file_attempts: int = 3  # whole-file retries for errors botocore cannot retry (a body cut mid-stream)
+    deadline_s: float | None = None  # whole-transfer deadline: a hung save fails the step, not the job
+    verify_checksums: bool = True  # sha256 on download/verify (sizes are always checked)
+    fs_max_age_s: float = (
+        300.0  # a store rebuilds its filesystem (and credentials) after this; 0 = every call
+    )
+
+    def __post_init__(self) -> None:
+        if self.retry_mode not in ("standard", "adaptive"):
+            raise ValueError(f"retry_mode must be 'standard' or 'adaptive', got {self.retry_mode!r}")
+        if self.conditional_writes not in ("auto", "on", "off"):
+            raise ValueError(f"conditional_writes must be auto, on or off, got {self.conditional_writes!r}")
+        for name in ("max_attempts", "file_concurrency", "part_concurrency", "file_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_chunk_bytes < 5 * MiB:
+            raise ValueError(
+                f"min_chunk_bytes must be >= 5 MiB (S3's smallest part), got {self.min_chunk_bytes}"
+            )
+
+    def resolved_endpoint(self) -> str | None:
+        return (
+            self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
+
+
+class PreconditionFailedError(StorageError):
+    """An If-Match write lost a race (someone else changed the object)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str  # relative to the listed folder, '/'-separated
+    size: int
+    mtime: float | None  # seconds since the epoch; None when the store does not say
+    is_dir: bool = False
+
+
+@dataclass
+class ObjectFS:
+    """URI-level operations over one fsspec filesystem (see the module docstring)."""
+
+    fs: Any
+    scheme: str
+    options: StorageOptions = field(default_factory=StorageOptions)
+    _conditional_ok: bool = True
+
+    # -- paths ----------------------------------------------------------------
+    def path(self, uri: str) -> str:
+        rest = uri.split("://", 1)[1] if "://" in uri else uri
+        return "/" + rest if self.scheme == "memory" else rest
+
+    # -- reads ----------------------------------------------------------------
+    def read_bytes(self, uri: str) -> bytes:
+        """The object's bytes; FileNotFoundError when absent."""
+        with _guard("read", uri, passthrough=(FileNotFoundError,)):
+            return self.fs.cat_file(self.path(uri))
+
+    def read_many(self, uris: list[str]) -> dict[str, bytes]:
+        """Bytes of the objects that exist (fetched concurrently on S3); missing ones are left out."""
+        if not uris:
+            return {}
+        paths = {self.path(u): u for u in uris}
+        with _guard("read", uris[0]):
+            found = self.fs.cat(list(paths), on_error="omit")
+        return {paths[p]: data for p, data in found.items() if isinstance(data, bytes) and p in paths}
+
+    def exists(self, uri: str) -> bool:
+        """Whether an object (not a folder) exists: one HEAD on S3 (s3fs's exists() also LISTs)."""
+        with _guard("check", uri):
+            if self.scheme != "s3":
+                return bool(self.fs.isfile(self.path(uri)))
+            bucket, key, _ = self.fs.split_path(self.path(uri))
+            try:
+                self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+                return True
+            except FileNotFoundError:
+                return False
+
+    def bucket_exists(self, uri: str) -> bool:
+        """False only for an S3 bucket that does not exist (to tell "no checkpoints" from "wrong bucket")."""
+        if self.scheme != "s3":
+            return True
+        bucket = self.path(uri).split("/", 1)[0]
+        with _guard("check bucket", f"s3://{bucket}"):
+            try:
+                self.fs.call_s3("head_bucket", Bucket=bucket)
+                return True
+            except FileNotFoundError:
+                return False
+
+    def etag(self, uri: str) -> str | None:
+        if self.scheme != "s3":
+            return None
+        with _guard("stat", uri, passthrough=(FileNotFoundError,)):
+            return self.fs.info(self.path(uri)).get("ETag")
+
+    def list_dir(self, uri: str) -> list[ObjectInfo]:
+        """Immediate children of a folder; empty when it does not exist."""
+        root = self.path(uri).rstrip("/")
+        with _guard("list", uri):
+            try:
+                entries = self.fs.ls(root, detail=True)
+            except FileNotFoundError:
+                return []
+        out = []
+        for entry in entries:
+            name = entry["name"].rstrip("/")
+            if name == root:
+                continue
+            rel = name[len(root) + 1 :] if name.startswith(root + "/") else name.rsplit("/", 1)[-1]
+            out.append(
+                ObjectInfo(rel, int(entry.get("size") or 0), _mtime(entry), entry["type"] == "directory")
+            )
+        return out
+
+    def list_files(self, uri: str) -> dict[str, ObjectInfo]:
+        """Every file below a folder, keyed by its path relative to the folder."""
+        root = self.path(uri).rstrip("/")
+        with _guard("list", uri):
+            try:
+                found = self.fs.find(root, detail=True)
+            except FileNotFoundError:
+                return {}
+        out = {}
+        for name, entry in found.items():
+            if entry.get("type") == "directory" or not name.startswith(root + "/"):
+                continue
+            rel = name[len(root) + 1 :]
+            out[rel] = ObjectInfo(rel, int(entry.get("size") or 0), _mtime(entry))
+        return out
+
+    def open_read(self, uri: str, block_size: int = 8 * MiB):
+        """A binary stream over the object (read-ahead of `block_size` on S3, never the whole object)."""
+        with _guard("open", uri, passthrough=(FileNotFoundError,)):
+            return self.fs.open(self.path(uri), "rb", block_size=block_size)
+
+    # -- writes ---------------------------------------------------------------
+    def write_bytes(
+        self, uri: str, data: bytes, *, create_only: bool = False, if_match: str | None = None
+    ) -> None:
+        """Write one small object. `create_only`: FileExistsError if it exists (see module docstring).
+
+        `if_match`: on S3, only overwrite if the object's ETag is still this one
+        (PreconditionFailedError otherwise); ignored elsewhere.
+        """
+        path = self.path(uri)
+        with _guard("write", uri, passthrough=(FileExistsError, PreconditionFailedError)):
+            conditional = self.scheme == "s3" and self._use_conditional()
+            if create_only and self.scheme == "file":
+                _create_local_once(path, data)
+            elif create_only and not conditional:
+                if self.fs.exists(path):
+                    raise FileExistsError(uri)
+                self.fs.pipe_file(path, data)
+            elif create_only or (if_match and conditional):
+                self._conditional_put(uri, path, data, create_only, if_match)
+            else:
+                self.fs.pipe_file(path, data)
+
+    def _use_conditional(self) -> bool:
+        return self.options.conditional_writes != "off" and self._conditional_ok
+
+    def _conditional_put(
+        self, uri: str, path: str, data: bytes, create_only: bool, if_match: str | None
+    ) -> None:
+        kwargs = {"mode": "create"} if create_only else {"IfMatch": if_match}
+        try:
+            self.fs.pipe_file(path, data, **kwargs)
+        except FileExistsError:
+            raise
+        except OSError as err:
+            code = _client_error_code(err)
+            if code == "PreconditionFailed":
+                raise PreconditionFailedError(f"{uri} changed while we were updating it", uri) from err
+            if (
+                err.errno != errno.ENOSYS
+                and code != "NotImplemented"
+                or self.options.conditional_writes == "on"
+            ):
+                raise
+            # The store does not implement conditional writes: remember, then check-then-put.
+            self._conditional_ok = False
+            if create_only and self.fs.exists(path):
+                raise FileExistsError(uri) from None
+            self.fs.pipe_file(path, data)
+
+    def put_file(self, local_path: str, uri: str, *, chunk_size: int, callback: Any = None) -> None:
+        """Upload one local file (multipart with `chunk_size` parts on S3)."""
+        kwargs: dict[str, Any] = {}
+        if callback is not None:
+            kwargs["callback"] = callback
+        if self.scheme == "s3":
+            kwargs.update(chunksize=chunk_size, max_concurrency=self.options.part_concurrency)
+        self.fs.put_file(local_path, self.path(uri), **kwargs)
+
+    def get_file(self, uri: str, local_path: str, *, chunk_size: int, callback: Any = None) -> None:
+        """Download one object (ranged, concurrent parts on S3)."""
+        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        if callback is not None:
+            kwargs["callback"] = callback
+        if self.scheme == "s3":
+            kwargs.update(chunksize=chunk_size, max_concurrency=self.options.part_concurrency)
+        self.fs.get_file(self.path(uri), local_path, **kwargs)
+
+    def delete_file(self, uri: str) -> None:
+        with _guard("delete", uri):
+            try:
+                self.fs.rm_file(self.path(uri))
+            except FileNotFoundError:
+                pass
+
+    def delete_tree(self, uri: str) -> None:
+        with _guard("delete", uri):
+            try:
+                self.fs.rm(self.path(uri), recursive=True)
+            except FileNotFoundError:
+                pass
+
+
+def open_fs(uri: str, options: StorageOptions | None = None) -> ObjectFS:
+    """A fresh filesystem for `uri`'s scheme (never a cached one: credentials may have rotated)."""
+    options = options or StorageOptions()
+    scheme = uri_mod.scheme(uri)
+    if scheme == "s3":
+        return ObjectFS(_make_s3fs(options), scheme, options)
+    import fsspec
+
+    if scheme == "file":
+        return ObjectFS(fsspec.filesystem("file", auto_mkdir=True, skip_instance_cache=True), scheme, options)
+    # memory:// keeps its objects in a process-wide dict, so a fresh instance sees them all.
+    return ObjectFS(fsspec.filesystem("memory", skip_instance_cache=True), scheme, options)
+
+
+def _make_s3fs(options: StorageOptions) -> Any:
+    import s3fs
+
+    client_kwargs: dict[str, Any] = {}
+    if options.region:
+        client_kwargs["region_name"] = options.region
+    session_kwargs: dict[str, Any] = {"profile": options.profile} if options.profile else {}
+    fs = s3fs.S3FileSystem(
+        endpoint_url=options.resolved_endpoint(),
+        client_kwargs=client_kwargs,
+        config_kwargs={
+            "retries": {"mode": options.retry_mode, "max_attempts": options.max_attempts},
+            "connect_timeout": options.connect_timeout_s,
+            "read_timeout": options.read_timeout_s,
+        },
+        use_listings_cache=False,
+        skip_instance_cache=True,
+        max_concurrency=options.part_concurrency,
+        **session_kwargs,
+    )
+    fs.retries = 1  # botocore retries; s3fs's own loop on top would multiply attempts (10 x 5)
+    return fs
+
+
+@contextlib.contextmanager
+def _guard(op: str, uri: str, passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Turn whatever the client raised into a StorageAccessError that names the URI."""
+    try:
+        yield
+    except passthrough:
+        raise
+    except StorageError:
+        raise
+    except PermissionError as err:
+        raise StorageAccessError(f"{op} {uri}: access denied ({err})", uri) from err
+    except FileNotFoundError as err:
+        raise StorageAccessError(f"{op} {uri}: not found ({err}); does the bucket exist?", uri) from err
+    except (OSError, TimeoutError, ValueError, RuntimeError) as err:
+        raise StorageAccessError(f"{op} {uri} failed: {type(err).__name__}: {err}", uri) from err
+
+
+def _client_error_code(err: BaseException) -> str | None:
+    cause = err.__cause__
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code")
+    return None
+
+
+def _create_local_once(path: str, data: bytes) -> None:
+    """Atomic create-once on a POSIX disk: write a temp file, hard-link it into place."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # fails with FileExistsError if someone got there first
+    finally:
+        os.unlink(tmp)
+
+
+def _mtime(entry: dict[str, Any]) -> float | None:
+    for key in ("LastModified", "mtime", "created"):
+        value = entry.get(key)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return None

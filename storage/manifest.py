@@ -1,0 +1,166 @@
+"""The manifest (commit marker) and writer records: what a checkpoint contains.
+
+A checkpoint is committed exactly when `step-N/manifest.json` exists. The
+manifest lists every file with its size and sha256, so readers check a
+checkpoint without trusting the listing, and it carries the layout the
+trainer needs to restore at another world size (orchestration.md 6.4) plus the
+metrics retention ranks by. Writer records are the per-rank halves the
+committer merges; they are never read by anyone else.
+
+JSON is written with sorted keys and a `format_version`; a reader refuses a
+newer version instead of guessing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import CheckpointCorruptError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the step folder, '/'-separated
+    size: int  # bytes
+    sha256: str  # hex digest
+    rank: int = 0  # the writer that produced it
+
+
+@dataclass(frozen=True)
+class WriterRecord:
+    """What one writer (one rank) put into a step folder."""
+
+    step: int
+    rank: int
+    num_writers: int
+    attempt: int
+    writer_id: str  # unique per writer object: tells a retried writer from a stale one
+    files: tuple[FileEntry, ...]
+    finished_at: float
+
+    def to_json(self) -> bytes:
+        body = asdict(self) | {"format_version": FORMAT_VERSION}
+        return json.dumps(body, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, uri: str) -> WriterRecord:
+        body = _load(data, uri)
+        files = tuple(FileEntry(**f) for f in body.pop("files"))
+        body.pop("format_version")
+        return cls(files=files, **body)
+
+
+@dataclass(frozen=True)
+class CommitMetadata:
+    """What the trainer tells the store about a checkpoint; stored in the manifest as is."""
+
+    world_size: int | None = None  # ranks that trained this step (may differ from num_writers)
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage of the optimizer shards
+    ep_size: int | None = None  # expert-parallel size
+    dp_size: int | None = None  # data-parallel size
+    metrics: Mapping[str, float] = field(
+        default_factory=dict
+    )  # e.g. {"val_loss": 2.31}; retention ranks by these
+    config_hash: str | None = None  # sha256 of the resolved run config
+    code_version: str | None = None  # git sha or package version
+    final: bool = False  # the run's last checkpoint: retention keeps it forever
+    extra: Mapping[str, Any] = field(default_factory=dict)  # anything else JSON-serialisable
+
+    @classmethod
+    def coerce(cls, value: CommitMetadata | Mapping[str, Any] | None) -> CommitMetadata:
+        if value is None:
+            return cls()
+        if isinstance(value, CommitMetadata):
+            return value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown checkpoint metadata {unknown}: use {sorted(known)} (free-form goes in 'extra')"
+            )
+        return cls(**value)
+
+    def __post_init__(self) -> None:
+        for name, metric in self.metrics.items():
+            if not isinstance(metric, int | float) or isinstance(metric, bool) or not math.isfinite(metric):
+                raise ValueError(f"metric {name!r} must be a finite number, got {metric!r}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    run_id: str
+    step: int
+    attempt: int
+    commit_id: str  # unique per commit call: lets a retried PUT recognise its own manifest
+    created_at: float  # seconds since the epoch
+    num_writers: int
+    files: tuple[FileEntry, ...]
+    metadata: CommitMetadata = field(default_factory=CommitMetadata)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        return self.metadata.metrics
+
+    def files_of(self, ranks: set[int] | None) -> tuple[FileEntry, ...]:
+        return self.files if ranks is None else tuple(f for f in self.files if f.rank in ranks)
+
+    def to_json(self) -> bytes:
+        body = {
+            "format_version": self.format_version,
+            "run_id": self.run_id,
+            "step": self.step,
+            "attempt": self.attempt,
+            "commit_id": self.commit_id,
+            "created_at": self.created_at,
+            "created": dt.datetime.fromtimestamp(self.created_at, dt.UTC).isoformat(),
+            "num_writers": self.num_writers,
+            "files": [asdict(f) for f in self.files],
+            **asdict(self.metadata),
+        }
+        return json.dumps(body, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, uri: str) -> Manifest:
+        body = _load(data, uri)
+        try:
+            meta = {f.name: body[f.name] for f in fields(CommitMetadata) if f.name in body}
+            return cls(
+                run_id=body["run_id"],
+                step=int(body["step"]),
+                attempt=int(body["attempt"]),
+                commit_id=body["commit_id"],
+                created_at=float(body["created_at"]),
+                num_writers=int(body["num_writers"]),
+                files=tuple(FileEntry(**f) for f in body["files"]),
+                metadata=CommitMetadata(**meta),
+                format_version=body["format_version"],
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointCorruptError(f"malformed manifest {uri}: {err}", uri, [uri]) from err
+
+
+def _load(data: bytes, uri: str) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointCorruptError(f"{uri} is not valid JSON: {err}", uri, [uri]) from err
+    if not isinstance(body, dict):
+        raise CheckpointCorruptError(f"{uri} is not a JSON object", uri, [uri])
+    version = body.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{uri} has format_version {version!r}; this sphinxx reads up to {FORMAT_VERSION}: upgrade sphinxx"
+        )
+    return body

@@ -1,0 +1,278 @@
+"""`CheckpointStore`: the one object the train loop, the operator and the CLI use.
+
+It binds a run root (`<prefix>/<run-id>`), the attempt number and the storage
+options, and rebuilds its filesystem every few minutes (see `fs()`). The protocol itself lives in
+commit.py (write), reader.py (read), verify.py and retention.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import transfer
+from .commit import CheckpointWriter, clear_uncommitted_step, commit_step
+from .errors import CheckpointNotFoundError
+from .fs import ObjectFS, StorageOptions, open_fs
+from .layout import RunLayout, locate
+from .manifest import FORMAT_VERSION, CommitMetadata, FileEntry, Manifest, WriterRecord
+from .reader import StepFolder, read_manifest, read_pointer, scan, update_pointer
+from .reader import committed as committed_manifests
+from .reader import latest as latest_manifest
+from .retention import (
+    CheckpointSummary,
+    PartialFolder,
+    RetentionPlan,
+    RetentionPolicy,
+    plan_partial_gc,
+    plan_retention,
+)
+from .verify import VerifyReport
+from .verify import verify as verify_manifest
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A committed checkpoint."""
+
+    step: int
+    uri: str  # the step folder
+    manifest: Manifest
+
+
+class CheckpointStore:
+    """Checkpoints of one run under `<prefix>/<run_id>` (see the package docstring for the API tour)."""
+
+    def __init__(self, prefix: str, run_id: str, *, attempt: int = 0, options: StorageOptions | None = None):
+        if attempt < 0:
+            raise ValueError(f"attempt must be >= 0, got {attempt}")
+        self.layout = RunLayout.for_run(prefix, run_id)
+        self.attempt = attempt
+        self.options = options or StorageOptions()
+        self._fs: ObjectFS | None = None
+        self._fs_born = 0.0
+        self._fs_lock = threading.Lock()
+
+    @classmethod
+    def from_uri(
+        cls, run_uri: str, *, attempt: int = 0, options: StorageOptions | None = None
+    ) -> CheckpointStore:
+        """From the run root itself (or any URI below it, e.g. a step folder)."""
+        layout, _ = locate(run_uri)
+        prefix, run_id = layout.root.rsplit("/", 1)
+        return cls(prefix, run_id, attempt=attempt, options=options)
+
+    @property
+    def root(self) -> str:
+        return self.layout.root
+
+    @property
+    def run_id(self) -> str:
+        return self.layout.run_id
+
+    def fs(self) -> ObjectFS:
+        """The filesystem, rebuilt once older than `options.fs_max_age_s`.
+
+        Building an S3 client costs ~0.5 s of CPU (botocore loads the service
+        model), too much per `latest()`, while caching it for days is what let
+        credentials go stale in ray#35524; minutes is the compromise, and a
+        checkpoint interval is normally longer, so each save gets a fresh one.
+        """
+        with self._fs_lock:
+            now = time.monotonic()
+            if self._fs is None or now - self._fs_born >= self.options.fs_max_age_s:
+                self._fs, self._fs_born = open_fs(self.root, self.options), now
+            return self._fs
+
+    # -- writing --------------------------------------------------------------
+    def prepare(self, step: int) -> bool:
+        """Rank 0, before the save barrier: remove what a dead attempt left in `step`'s folder."""
+        return clear_uncommitted_step(self.fs(), self.layout, step)
+
+    def writer(
+        self, step: int, rank: int = 0, num_writers: int = 1, progress: transfer.ProgressHook | None = None
+    ) -> CheckpointWriter:
+        """A writer for this rank's files of `step` (see commit.CheckpointWriter)."""
+        return CheckpointWriter(self.fs(), self.layout, step, rank, num_writers, self.attempt, progress)
+
+    def commit(
+        self,
+        step: int,
+        num_writers: int = 1,
+        metadata: CommitMetadata | dict[str, Any] | None = None,
+        writers: Iterable[WriterRecord] | None = None,
+        wait_s: float = 0.0,
+    ) -> CheckpointInfo:
+        """Write the manifest once all `num_writers` writers of this attempt finished; move latest.json.
+
+        `writers`: the records returned by each rank's `finish()` (e.g. via
+        `gather_object`); when None they are read from the store, waiting up to
+        `wait_s` seconds for late ones.
+        """
+        fs = self.fs()
+        manifest = commit_step(
+            fs, self.layout, step, num_writers, self.attempt, CommitMetadata.coerce(metadata),
+            list(writers) if writers is not None else None, wait_s,
+        )  # fmt: skip
+        update_pointer(fs, self.layout, manifest)
+        return self._info(manifest)
+
+    def save(
+        self,
+        step: int,
+        local_dir: str,
+        metadata: CommitMetadata | dict[str, Any] | None = None,
+        progress: transfer.ProgressHook | None = None,
+    ) -> CheckpointInfo:
+        """Single-writer shortcut: upload `local_dir` and commit it as `step`."""
+        self.prepare(step)
+        with self.writer(step, 0, 1, progress) as writer:
+            writer.upload_dir(local_dir)
+        return self.commit(step, 1, metadata, [writer.finish()])
+
+    # -- reading --------------------------------------------------------------
+    def latest(self, check_sizes: bool = True) -> CheckpointInfo | None:
+        """The newest committed checkpoint whose files exist with their sizes; None if there is none."""
+        manifest = latest_manifest(self.fs(), self.layout, check_sizes)
+        return None if manifest is None else self._info(manifest)
+
+    def committed(self) -> list[CheckpointInfo]:
+        """Every committed checkpoint, ascending by step."""
+        return [self._info(m) for m in committed_manifests(self.fs(), self.layout)]
+
+    def scan(self) -> list[StepFolder]:
+        """Every step folder, committed or not (for `ckpt ls` and gc)."""
+        return scan(self.fs(), self.layout)
+
+    def get(self, step: int) -> CheckpointInfo:
+        manifest = read_manifest(self.fs(), self.layout, step)
+        if manifest is None:
+            raise CheckpointNotFoundError(
+                f"no committed checkpoint at {self.layout.step_dir(step)}", self.layout.step_dir(step)
+            )
+        return self._info(manifest)
+
+    def verify(self, step: int | None = None, checksums: bool | None = None) -> VerifyReport:
+        """Re-check sizes (and sha256 unless `checksums=False`) of `step`, default the latest committed."""
+        fs = self.fs()
+        manifest = self._resolve(fs, step)
+        return verify_manifest(
+            fs, self.layout, manifest, self.options.verify_checksums if checksums is None else checksums
+        )
+
+    def download(
+        self,
+        step: int | None,
+        local_dir: str,
+        ranks: Iterable[int] | None = None,
+        select: Callable[[FileEntry], bool] | None = None,
+        progress: transfer.ProgressHook | None = None,
+    ) -> CheckpointInfo:
+        """Download `step` (None: the latest) into `local_dir`: files of `ranks` (all by default)
+        that `select` accepts, plus a copy of manifest.json. Sizes and sha256 are checked."""
+        fs = self.fs()
+        manifest = self._resolve(fs, step)
+        wanted = manifest.files_of(None if ranks is None else set(ranks))
+        wanted = tuple(e for e in wanted if select is None or select(e))
+        items = [
+            transfer.TransferItem(
+                os.path.join(local_dir, *e.path.split("/")),
+                self.layout.file(manifest.step, e.path),
+                e.size,
+                e.sha256,
+            )
+            for e in wanted
+        ]
+        os.makedirs(local_dir, exist_ok=True)
+        transfer.download(fs, items, progress)
+        with open(os.path.join(local_dir, "manifest.json"), "wb") as f:
+            f.write(manifest.to_json())
+        return self._info(manifest)
+
+    # -- retention ------------------------------------------------------------
+    def apply_retention(self, policy: RetentionPolicy, dry_run: bool = False) -> RetentionPlan:
+        """Delete committed checkpoints the policy does not keep (manifest first, then files)."""
+        fs = self.fs()
+        manifests = committed_manifests(fs, self.layout)
+        pointer = read_pointer(fs, self.layout)
+        plan = plan_retention(
+            [CheckpointSummary.of(m) for m in manifests], policy, [] if pointer is None else [pointer]
+        )
+        if not dry_run:
+            for step in plan.delete:
+                fs.delete_file(self.layout.manifest(step))  # from here on it is not committed
+                fs.delete_tree(self.layout.step_dir(step))
+        return plan
+
+    def clean_partial(self, grace_s: float, dry_run: bool = False) -> tuple[int, ...]:
+        """Delete uncommitted step folders whose newest object is older than `grace_s` seconds."""
+        fs = self.fs()
+        partials = [PartialFolder(f.step, f.newest_mtime) for f in scan(fs, self.layout) if not f.committed]
+        victims = plan_partial_gc(partials, time.time(), grace_s)
+        if not dry_run:
+            for step in victims:
+                fs.delete_tree(self.layout.step_dir(step))
+        return victims
+
+    # -- run files ------------------------------------------------------------
+    def write_run_config(self, text: str) -> str:
+        """Store the resolved run config (YAML text); return its sha256 (the manifests' config_hash)."""
+        self.fs().write_bytes(self.layout.run_config, text.encode())
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def read_run_config(self) -> str | None:
+        try:
+            return self.fs().read_bytes(self.layout.run_config).decode()
+        except FileNotFoundError:
+            return None
+
+    def write_run_manifest(
+        self, code_version: str | None = None, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record this attempt in `run.json` (run id, config hash, code version, attempts), merging what is there."""
+        fs = self.fs()
+        body = self.read_run_manifest() or {
+            "format_version": FORMAT_VERSION,
+            "run_id": self.run_id,
+            "created_at": time.time(),
+        }
+        config = self.read_run_config()
+        body["config_hash"] = None if config is None else hashlib.sha256(config.encode()).hexdigest()
+        if code_version is not None:
+            body["code_version"] = code_version
+        body["attempts"] = sorted(set(body.get("attempts", [])) | {self.attempt})
+        body["extra"] = {**body.get("extra", {}), **(extra or {})}
+        body["updated_at"] = time.time()
+        fs.write_bytes(self.layout.run_manifest, json.dumps(body, sort_keys=True, indent=1).encode())
+        return body
+
+    def read_run_manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.fs().read_bytes(self.layout.run_manifest))
+        except FileNotFoundError:
+            return None
+
+    # -- helpers --------------------------------------------------------------
+    def _resolve(self, fs: ObjectFS, step: int | None) -> Manifest:
+        if step is None:
+            manifest = latest_manifest(fs, self.layout)
+            if manifest is None:
+                raise CheckpointNotFoundError(
+                    f"no committed checkpoint under {self.layout.checkpoints}", self.layout.checkpoints
+                )
+            return manifest
+        manifest = read_manifest(fs, self.layout, step)
+        if manifest is None:
+            raise CheckpointNotFoundError(
+                f"no committed checkpoint at {self.layout.step_dir(step)}", self.layout.step_dir(step)
+            )
+        return manifest
+
+    def _info(self, manifest: Manifest) -> CheckpointInfo:
+        return CheckpointInfo(manifest.step, self.layout.step_dir(manifest.step), manifest)

@@ -1,0 +1,231 @@
+"""Parallel upload and download of many local files, with progress hooks and bounded memory.
+
+The trainer writes a checkpoint to local disk, then the store ships it. Files
+go `file_concurrency` at a time (largest first, so one huge shard does not
+finish last alone), each as an S3 multipart transfer with `part_concurrency`
+parts in flight. Memory is bounded by file_concurrency x part_concurrency x
+chunk size (4 x 4 x 8 MiB = 128 MiB by default): bytes are read from disk in
+parts, never whole files.
+
+Part size is at least 8 MiB (boto3's default) and at least size / 10,000
+(S3 allows at most 10,000 parts; `MAX_PARTS` in s3transfer), rounded up to a
+MiB. Per-request retries are botocore's (fs.py); a whole file is retried only
+for transient errors botocore cannot see (a body cut mid-stream), never for a
+permanent one (access denied, missing bucket), which surfaces at once as a
+`StorageAccessError` naming the URI.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from fsspec.callbacks import Callback
+
+from .errors import CheckpointCorruptError, StorageAccessError, StorageTimeoutError
+from .fs import MiB, ObjectFS
+
+MAX_PARTS = 10_000
+HASH_BLOCK = 8 * MiB
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    direction: Literal["upload", "download"]
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    file: str | None = None  # the URI of the file that just completed; None on byte-level updates
+
+
+ProgressHook = Callable[[TransferProgress], None]
+
+
+@dataclass(frozen=True)
+class TransferItem:
+    local_path: str
+    uri: str
+    size: int  # bytes; for downloads, the size the manifest promises
+    sha256: str | None = None  # for downloads: checked when verify_checksums is on
+
+
+def chunk_size_for(size: int, min_chunk: int = 8 * MiB) -> int:
+    """The multipart part size for a file of `size` bytes."""
+    need = max(min_chunk, math.ceil(size / MAX_PARTS))
+    return math.ceil(need / MiB) * MiB
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None) -> list[str]:
+    """Upload every item; return their sha256 digests in the order given."""
+    tracker = _Tracker("upload", items, progress)
+
+    def one(item: TransferItem) -> str:
+        digest = sha256_file(item.local_path)
+        chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
+        _with_file_retries(
+            fs,
+            item,
+            "upload",
+            tracker,
+            lambda cb: fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb),
+        )
+        return digest
+
+    return _run_all(fs, items, one, tracker)
+
+
+def download(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None) -> None:
+    """Download every item into a temporary name, check size (and sha256), then move it into place."""
+    tracker = _Tracker("download", items, progress)
+
+    def one(item: TransferItem) -> None:
+        chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
+        tmp = f"{item.local_path}.part-{uuid.uuid4().hex[:8]}"
+        try:
+            _with_file_retries(
+                fs,
+                item,
+                "download",
+                tracker,
+                lambda cb: fs.get_file(item.uri, tmp, chunk_size=chunk, callback=cb),
+            )
+            _check_download(fs, item, tmp)
+            os.replace(tmp, item.local_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    _run_all(fs, items, one, tracker)
+
+
+def _check_download(fs: ObjectFS, item: TransferItem, tmp: str) -> None:
+    size = os.path.getsize(tmp)
+    if size != item.size:
+        raise CheckpointCorruptError(
+            f"{item.uri}: size {size} != {item.size} in the manifest", item.uri, [item.uri]
+        )
+    if fs.options.verify_checksums and item.sha256 and sha256_file(tmp) != item.sha256:
+        raise CheckpointCorruptError(f"{item.uri}: sha256 does not match the manifest", item.uri, [item.uri])
+
+
+class _Tracker:
+    """Thread-safe byte and file counters that call the user's hook."""
+
+    def __init__(
+        self,
+        direction: Literal["upload", "download"],
+        items: Sequence[TransferItem],
+        hook: ProgressHook | None,
+    ):
+        self.direction, self.hook = direction, hook
+        self.bytes_total = sum(i.size for i in items)
+        self.files_total = len(items)
+        self.bytes_done = self.files_done = 0
+        self.lock = threading.Lock()
+
+    def add(self, nbytes: int, file: str | None = None) -> None:
+        with self.lock:
+            self.bytes_done += nbytes
+            self.files_done += file is not None
+            event = TransferProgress(
+                self.direction, self.bytes_done, self.bytes_total, self.files_done, self.files_total, file
+            )
+        if self.hook is not None and (nbytes or file):
+            self.hook(event)
+
+
+class _FileCallback(Callback):
+    """fsspec callback that forwards byte deltas of one file to the tracker."""
+
+    def __init__(self, tracker: _Tracker):
+        super().__init__()
+        self.tracker, self.reported = tracker, 0
+
+    def call(self, *args, **kwargs) -> None:
+        delta, self.reported = self.value - self.reported, self.value
+        if delta > 0:
+            self.tracker.add(delta)
+
+
+_PERMANENT = (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+def _with_file_retries(
+    fs: ObjectFS, item: TransferItem, verb: str, tracker: _Tracker, run: Callable[[Callback], None]
+) -> None:
+    attempts = fs.options.file_attempts
+    for attempt in range(1, attempts + 1):
+        callback = _FileCallback(tracker)
+        try:
+            run(callback)
+        except (OSError, TimeoutError) as err:
+            tracker.add(-callback.reported)  # this file's bytes will be counted again
+            if isinstance(err, _PERMANENT) or attempt == attempts:
+                how = (
+                    "permanent error"
+                    if isinstance(err, _PERMANENT)
+                    else f"failed after {attempt} file attempts"
+                )
+                raise StorageAccessError(
+                    f"{verb} {item.local_path} {'->' if verb == 'upload' else '<-'} {item.uri}: {how}: "
+                    f"{type(err).__name__}: {err}",
+                    item.uri,
+                ) from err
+            time.sleep(min(2.0**attempt * 0.1, 5.0))
+        else:
+            tracker.add(item.size - callback.reported, file=item.uri)
+            return
+
+
+def _run_all(fs: ObjectFS, items: Sequence[TransferItem], one: Callable, tracker: _Tracker) -> list:
+    if not items:
+        return []
+    order = sorted(range(len(items)), key=lambda i: -items[i].size)
+    deadline = fs.options.deadline_s
+    start = time.monotonic()
+    pool = cf.ThreadPoolExecutor(
+        max_workers=min(fs.options.file_concurrency, len(items)), thread_name_prefix="ckpt-xfer"
+    )
+    futures = {pool.submit(one, items[i]): i for i in order}
+    try:
+        pending = set(futures)
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - (time.monotonic() - start))
+            done, pending = cf.wait(pending, timeout=timeout, return_when=cf.FIRST_EXCEPTION)
+            if not done and pending:
+                uri = items[futures[next(iter(pending))]].uri
+                raise StorageTimeoutError(
+                    f"{tracker.direction} did not finish within {deadline:.0f}s (still busy: {uri})", uri
+                )
+            for future in done:
+                future.result()  # re-raise the first failure
+    except StorageTimeoutError:
+        pool.shutdown(wait=False, cancel_futures=True)  # hung threads cannot be joined; the save fails now
+        raise
+    except BaseException:
+        pool.shutdown(
+            wait=True, cancel_futures=True
+        )  # let running files end so nothing lands after we return
+        raise
+    pool.shutdown(wait=True)
+    results: list = [None] * len(items)
+    for future, index in futures.items():
+        results[index] = future.result()
+    return results
