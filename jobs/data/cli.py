@@ -1,0 +1,93 @@
+"""`sphinxx data`: make the synthetic set, and inspect sources and their data-fraction subsets.
+
+sphinxx data synth ./synth --size 200 --seed 0          # local folder (or s3://bucket/prefix)
+sphinxx data inspect ./synth/data.yaml --fraction 0.25   # counts per source for a fraction
+sphinxx data inspect s3://bucket/src-a s3://bucket/src-b --tokenizer ./synth/tokenizer --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="synthetic data set and data-source inspection")
+    parser.set_defaults(group_parser=parser)
+    sub = parser.add_subparsers(metavar="SUBCOMMAND")
+
+    synth = sub.add_parser("synth", help="write the synthetic multimodal set and its tokenizer")
+    synth.add_argument("out", metavar="OUT_URI", help="folder or s3:// prefix to write")
+    synth.add_argument("--size", type=int, required=True, help="records in total over all sources")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    synth.add_argument("--shard-size", type=int, default=64, help="records per JSONL shard (default 64)")
+    synth.set_defaults(func=_synth)
+
+    inspect = sub.add_parser("inspect", help="records, images and tokens per source for a data fraction")
+    inspect.add_argument(
+        "uris",
+        nargs="+",
+        metavar="URI",
+        help="source roots, or a data.yaml / run-config YAML listing sources",
+    )
+    inspect.add_argument(
+        "--fraction", type=float, default=None, help="data fraction (default: config or 1.0)"
+    )
+    inspect.add_argument("--seed", type=int, default=None, help="data seed (default: config or 0)")
+    inspect.add_argument("--tokenizer", default=None, help="count text tokens with this tokenizer")
+    inspect.add_argument(
+        "--canvas", type=int, default=None, help="canvas for image-token counts (default 448)"
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(func=_inspect)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from sphinxx.jobs.data.synth import write_synth
+
+    try:
+        result = write_synth(args.out, args.size, args.seed, args.shard_size)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, manifest in result.manifests.items():
+        print(
+            f"{name:16s} {manifest.domain:16s} {manifest.num_records:6d} records {manifest.num_images:6d} images"
+        )
+    print(f"tokenizer: {result.tokenizer_uri} ({result.vocab_size} ids)")
+    print(f"config:    {result.config_uri}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from sphinxx.jobs.data.report import inspect_sources
+
+    try:
+        report = inspect_sources(
+            args.uris, fraction=args.fraction, seed=args.seed, tokenizer=args.tokenizer, canvas=args.canvas
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"fraction {report['fraction']:g}, seed {report['seed']}")
+    header = f"{'source':16s} {'domain':16s} {'records':>8s} {'kept':>8s} {'share':>7s} {'images':>7s}"
+    print(header + f" {'img tokens':>11s} {'text tokens':>11s}")
+    for name, row in report["sources"].items():
+        text = "-" if row["text_tokens"] is None else str(row["text_tokens"])
+        print(
+            f"{name:16s} {row['domain']:16s} {row['records']:8d} {row['kept']:8d} {row['share']:7.3f} "
+            f"{row['images']:7d} {row['image_tokens']:11d} {text:>11s}"
+        )
+    totals = report["totals"]
+    text = "-" if totals["text_tokens"] is None else str(totals["text_tokens"])
+    print(
+        f"{'total':33s} {totals['records']:8d} {totals['kept']:8d} {1:7.3f} {totals['images']:7d} "
+        f"{totals['image_tokens']:11d} {text:>11s}"
+    )
+    if totals["bad"]:
+        print(f"unreadable records among the kept ones: {totals['bad']}")
+    return 0

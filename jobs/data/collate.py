@@ -1,0 +1,68 @@
+"""What the loader yields: one collated micro-batch plus the accounting the train loop logs.
+
+The tensors are the model's own batch format (`sphinxx.model.sphinx.SphinxBatch`, built by its
+`collate`), so the data pipeline and the model cannot disagree on layout. Around it:
+which samples the rows are (for resume checks and tests), bad records with their locations,
+skipped samples, token/image counts and per-stage timings.
+
+A micro-batch whose records were all bad or skipped still has one row: [BOS] with no target.
+Every rank then runs the same number of forward/backward passes (collectives stay matched)
+and the row adds nothing to the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sphinxx.jobs.data.template import IGNORE_INDEX, ConversationEncoder
+from sphinxx.model.anyres import AnyResConfig
+from sphinxx.model.sphinx import SphinxBatch, SphinxSample, collate
+
+
+@dataclass
+class LoadedBatch:
+    step: int  # global batch index (the optimizer step it feeds)
+    micro: int  # accumulation index within the step
+    batch: SphinxBatch | None = None
+    samples: list[tuple[int, int]] = field(default_factory=list)  # (source, record) per real row
+    positions: list[int] = field(default_factory=list)  # stream position per real row
+    attempted: int = 0  # records this micro-batch was dealt
+    bad: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, location, detail)
+    skipped: dict[str, int] = field(default_factory=dict)  # too_long / no_target
+    truncated: int = 0  # rows whose text was cut to fit data.seq_len
+    num_images: int = 0
+    num_image_tokens: int = 0  # LLM positions of image blocks (views + skip tokens)
+    num_text_tokens: int = 0  # BOS + text + EOS
+    num_targets: int = 0  # labelled tokens (sum over the global batch to normalise the loss)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @classmethod
+    def empty(cls, step: int, micro: int, attempted: int) -> LoadedBatch:
+        return cls(step=step, micro=micro, attempted=attempted)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.samples)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+    def pin_memory(self) -> LoadedBatch:
+        """Called by the DataLoader when pin_memory=True (CUDA)."""
+        if self.batch is not None:
+            self.batch = SphinxBatch(**{k: v.pin_memory() for k, v in self.batch.__dict__.items()})
+        return self
+
+
+def collate_rows(
+    out: LoadedBatch, rows: Sequence[SphinxSample], encoder: ConversationEncoder, image: AnyResConfig
+) -> None:
+    """Fill `out.batch` and the counts from the kept rows (a dummy row if none is left)."""
+    if not rows:
+        rows = [SphinxSample(tokens=[encoder.bos_id], labels=[IGNORE_INDEX], image=None)]
+    out.batch = collate(rows, pad_id=encoder.pad_id, image=image)
+    out.num_images = sum(1 for r in rows if r.image is not None)
+    out.num_image_tokens = sum(r.image.num_tokens for r in rows if r.image is not None)
+    out.num_text_tokens = int(out.batch.text_lengths.sum()) if out.samples else 0
+    out.num_targets = out.batch.num_targets

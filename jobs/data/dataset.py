@@ -1,0 +1,284 @@
+"""Micro-batches from keys: fetch, parse, decode, any-res process, tokenise, collate.
+
+Why this shape: everything expensive happens here, inside DataLoader worker processes, so the
+training thread only receives finished tensors. Worker w of n takes the sampler's micro-batches
+j with j mod n == w; torch's DataLoader returns iterable-dataset items round-robin over workers,
+so the stream order is the sampler's order whatever n is.
+
+Read-ahead: each worker fetches the raw bytes (record lines by ranged reads, then images) of its
+next `read_ahead` micro-batches on a background thread while it decodes the current one. On S3
+the reads of one micro-batch go out concurrently (s3fs `cat_ranges` / `cat`).
+
+Bad records never raise here: a record that cannot be parsed, whose image is missing or cannot
+be decoded, or whose shard is unreadable is dropped from its micro-batch and reported in
+`LoadedBatch.bad` with its location; the loader decides when there are too many.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from sphinxx.jobs.data.collate import LoadedBatch, collate_rows
+from sphinxx.jobs.data.format import (
+    MISSING_IMAGE,
+    UNDECODABLE_IMAGE,
+    UNREADABLE_SHARD,
+    BadRecordError,
+    Record,
+    ShardInfo,
+    decode_index,
+    line_offsets,
+    parse_record,
+    resolve_image,
+)
+from sphinxx.jobs.data.mixture import Mixture
+from sphinxx.jobs.data.sampler import ElasticSampler, MicroBatchKey
+from sphinxx.jobs.data.template import ConversationEncoder, SampleTooLongError
+from sphinxx.model.anyres import AnyResConfig, process_image
+from sphinxx.model.sphinx import SphinxSample
+from sphinxx.storage import uri as uri_mod
+from sphinxx.storage.errors import StorageError
+from sphinxx.storage.fs import ObjectFS, open_fs
+
+SKIP_TOO_LONG = "too_long"  # the image alone does not fit data.seq_len
+SKIP_NO_TARGET = "no_target"  # truncation removed every answer token
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """What a worker needs to read one source (small and picklable)."""
+
+    name: str
+    uri: str
+    shards: tuple[ShardInfo, ...]
+
+    @classmethod
+    def from_mixture(cls, mixture: Mixture) -> list[SourceRef]:
+        return [cls(s.name, s.uri, s.manifest.shards) for s in mixture.sources]
+
+
+@dataclass
+class RawSample:
+    position: int
+    source: int
+    record: int
+    location: str
+    item: Record | BadRecordError | None = None
+    image_uri: str | None = None
+    image_bytes: bytes | None = None
+
+
+class RecordReader:
+    """Random access to records by (source, index) through the storage layer."""
+
+    def __init__(self, sources: Sequence[SourceRef]):
+        self.sources = list(sources)
+        self._starts = [np.cumsum([0] + [s.num_records for s in src.shards]) for src in self.sources]
+        self._offsets: dict[tuple[int, int], np.ndarray | BadRecordError] = {}
+        self._fs: ObjectFS | None = None
+        self._pid = -1
+
+    @property
+    def fs(self) -> ObjectFS:
+        # One filesystem per process: s3fs clients do not survive a fork into DataLoader workers.
+        if self._fs is None or self._pid != os.getpid():
+            self._fs = open_fs(self.sources[0].uri)
+            self._pid = os.getpid()
+        return self._fs
+
+    def _shard_of(self, source: int, record: int) -> tuple[int, int]:
+        shard = int(np.searchsorted(self._starts[source], record, side="right")) - 1
+        return shard, record - int(self._starts[source][shard])
+
+    def _shard_offsets(self, source: int, shard: int) -> np.ndarray | BadRecordError:
+        key = (source, shard)
+        if key not in self._offsets:
+            src, info = self.sources[source], self.sources[source].shards[shard]
+            shard_uri = uri_mod.join(src.uri, info.path)
+            try:
+                if info.index:
+                    offsets = decode_index(self.fs.read_bytes(uri_mod.join(src.uri, info.index)))
+                else:  # no index written: read the shard once and find its lines
+                    offsets = line_offsets(self.fs.read_bytes(shard_uri)).astype(np.int64)
+                if len(offsets) != info.num_records + 1:
+                    raise ValueError(f"index has {len(offsets) - 1} lines, manifest says {info.num_records}")
+                self._offsets[key] = offsets
+            except (FileNotFoundError, StorageError, ValueError) as err:
+                self._offsets[key] = BadRecordError(
+                    UNREADABLE_SHARD, shard_uri, f"{type(err).__name__}: {err}"
+                )
+        return self._offsets[key]
+
+    def location(self, source: int, record: int) -> str:
+        shard, line = self._shard_of(source, record)
+        return f"{uri_mod.join(self.sources[source].uri, self.sources[source].shards[shard].path)}:{line + 1}"
+
+    def fetch(self, key: MicroBatchKey) -> list[RawSample]:
+        """Record lines (one concurrent batch of ranged reads), then their images (another)."""
+        raws, paths, starts, ends, pending = [], [], [], [], []
+        for pos, s, r in zip(key.positions, key.sources, key.records, strict=True):
+            raw = RawSample(pos, s, r, self.location(s, r))
+            raws.append(raw)
+            shard, line = self._shard_of(s, r)
+            offsets = self._shard_offsets(s, shard)
+            if isinstance(offsets, BadRecordError):
+                raw.item = BadRecordError(UNREADABLE_SHARD, raw.location, offsets.detail)
+                continue
+            paths.append(self.fs.path(uri_mod.join(self.sources[s].uri, self.sources[s].shards[shard].path)))
+            starts.append(int(offsets[line]))
+            ends.append(int(offsets[line + 1]))
+            pending.append(raw)
+        if paths:
+            # fsspec's ranged reads: concurrent on S3; ObjectFS has no batched ranged read yet.
+            for raw, data in zip(
+                pending, self.fs.fs.cat_ranges(paths, starts, ends, on_error="return"), strict=True
+            ):
+                if isinstance(data, BaseException):
+                    raw.item = BadRecordError(
+                        UNREADABLE_SHARD, raw.location, f"{type(data).__name__}: {data}"
+                    )
+                else:
+                    raw.item = parse_record(data, raw.location)
+        for raw in raws:
+            if isinstance(raw.item, Record) and raw.item.images:
+                raw.image_uri = resolve_image(self.sources[raw.source].uri, raw.item.images[0])
+        self._fetch_images([r for r in raws if r.image_uri])
+        return raws
+
+    def _fetch_images(self, raws: list[RawSample]) -> None:
+        if not raws:
+            return
+        try:
+            found = self.fs.read_many([r.image_uri for r in raws])
+        except StorageError:  # one failing read fails the batched call: retry one by one
+            found = {}
+            for r in raws:
+                try:
+                    found[r.image_uri] = self.fs.read_bytes(r.image_uri)
+                except (FileNotFoundError, StorageError):
+                    pass
+        for r in raws:
+            r.image_bytes = found.get(r.image_uri)
+            if r.image_bytes is None:
+                r.item = BadRecordError(MISSING_IMAGE, r.image_uri, f"referenced by {r.location}")
+
+
+@dataclass
+class SamplePipeline:
+    """CPU stages after fetching: decode, any-res process, tokenise, collate."""
+
+    encoder: ConversationEncoder
+    image: AnyResConfig
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def build(self, key: MicroBatchKey, raws: list[RawSample], fetch_s: float) -> LoadedBatch:
+        out = LoadedBatch.empty(key.step, key.micro, attempted=len(raws))
+        out.timings["fetch"] = fetch_s
+        rows: list[SphinxSample] = []
+        for raw in raws:
+            sample = self._sample(raw, out)
+            if sample is not None:
+                rows.append(sample)
+                out.samples.append((raw.source, raw.record))
+                out.positions.append(raw.position)
+        t0 = time.perf_counter()
+        collate_rows(out, rows, self.encoder, self.image)
+        out.timings["collate"] = time.perf_counter() - t0
+        return out
+
+    def _sample(self, raw: RawSample, out: LoadedBatch) -> SphinxSample | None:
+        if isinstance(raw.item, BadRecordError):
+            out.bad.append((raw.item.kind, raw.item.location, raw.item.detail))
+            return None
+        record, processed = raw.item, None
+        if raw.image_bytes is not None:
+            t0 = time.perf_counter()
+            try:
+                image = _decode(raw.image_bytes)
+            except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt files
+                out.bad.append((UNDECODABLE_IMAGE, raw.image_uri, f"{type(err).__name__}: {err}"[:200]))
+                return None
+            t1 = time.perf_counter()
+            processed = process_image(image, self.image)
+            t2 = time.perf_counter()
+            out.add_time("decode", t1 - t0)
+            out.add_time("process", t2 - t1)
+        t0 = time.perf_counter()
+        try:
+            encoded = self.encoder.encode(record.turns, processed.num_tokens if processed else 0)
+        except SampleTooLongError:
+            out.skipped[SKIP_TOO_LONG] = out.skipped.get(SKIP_TOO_LONG, 0) + 1
+            return None
+        out.add_time("tokenize", time.perf_counter() - t0)
+        if encoded.num_targets == 0:
+            out.skipped[SKIP_NO_TARGET] = out.skipped.get(SKIP_NO_TARGET, 0) + 1
+            return None
+        out.truncated += int(encoded.truncated)
+        return SphinxSample(encoded.tokens, encoded.labels, processed)
+
+
+def _decode(data: bytes) -> Any:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.load()  # decode now: a truncated or corrupt file fails here, inside the worker
+    return image.convert("RGB")
+
+
+class MicroBatchStream(IterableDataset):
+    """The sampler's micro-batches for one rank, built in DataLoader workers with read-ahead."""
+
+    def __init__(
+        self, sampler: ElasticSampler, reader: RecordReader, pipeline: SamplePipeline, read_ahead: int = 2
+    ):
+        super().__init__()
+        self.sampler, self.reader, self.pipeline = sampler, reader, pipeline
+        self.read_ahead = max(1, read_ahead)
+
+    def _my_slots(self) -> Iterator[tuple[int, int]]:
+        info = get_worker_info()
+        num, me = (info.num_workers, info.id) if info is not None else (1, 0)
+        j, step = 0, self.sampler.start_step
+        while self.sampler.stop_step is None or step < self.sampler.stop_step:
+            for micro in range(self.sampler.accum_steps):
+                if j % num == me:
+                    yield step, micro
+                j += 1
+            step += 1
+
+    def _fetch(self, step: int, micro: int) -> tuple[MicroBatchKey, list[RawSample], float]:
+        t0 = time.perf_counter()
+        key = self.sampler.key(step, micro)
+        raws = self.reader.fetch(key)
+        return key, raws, time.perf_counter() - t0
+
+    def __iter__(self) -> Iterator[LoadedBatch]:
+        slots = self._my_slots()
+        queue: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sphinxx-read-ahead") as pool:
+            for _ in range(self.read_ahead):
+                slot = next(slots, None)
+                if slot is not None:
+                    queue.append(pool.submit(self._fetch, *slot))
+            while queue:
+                key, raws, fetch_s = queue.popleft().result()
+                slot = next(slots, None)
+                if slot is not None:
+                    queue.append(pool.submit(self._fetch, *slot))
+                yield self.pipeline.build(key, raws, fetch_s)
+
+
+def worker_init(_worker_id: int) -> None:
+    # One intra-op thread per worker: the workers already use every core between them.
+    torch.set_num_threads(1)

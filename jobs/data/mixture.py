@@ -1,0 +1,216 @@
+"""The mixture: the sources of a run config, weighted into one deterministic sample stream.
+
+Stream position j (0, 1, 2, ...) names one sample; global batch i is positions [i*G, (i+1)*G).
+The stream depends only on the sources (names, record counts, weights), `data.fraction` and
+`data.seed`, never on the world size, so any number of ranks can continue it (see `sampler`).
+
+Weights [D]. A source's share of the stream is proportional to weight x its (fractioned)
+record count, so weight is a repeat factor per epoch: with every weight 1 an epoch is one pass
+over the fractioned mixture in its natural proportions (the SPHINX-X recipe: one stage over all
+data), weight 2 shows a source twice per epoch, 0.5 half of it (the next epoch continues with
+the unseen half). An epoch has round(sum_s weight_s x kept_s) samples.
+
+Which source position j draws from: the stream is cut into chunks of CHUNK positions; chunk c
+gets per-source counts by systematic sampling (a random offset u_c; counts differ from
+CHUNK x share by less than 1, and equal it in expectation), then a seeded shuffle orders them.
+So proportions hold tightly even in a short debug run, and the number of draws of source s
+before any position is a cheap prefix sum, which is what makes the stream randomly addressable.
+
+Within a source: the k-th draw of source s is record kept_s[perm_{s,e}[k mod n_s]] with
+e = k div n_s, where perm_{s,e} is a seeded permutation per (source, epoch). Each source is
+therefore consumed without replacement within its epoch, and reshuffled for the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sphinxx.jobs.data.format import Manifest, read_manifest
+from sphinxx.jobs.data.fraction import kept_indices, source_key, splitmix64
+from sphinxx.storage import uri as uri_mod
+
+CHUNK = 1024  # positions per chunk of the source schedule
+
+
+@dataclass(frozen=True)
+class MixtureSource:
+    """One source of the mixture with its manifest (read once, in the main process)."""
+
+    name: str
+    uri: str  # normalised source root
+    domain: str
+    weight: float
+    manifest: Manifest
+    num_kept: int  # records inside the data fraction
+
+
+class Mixture:
+    """Deterministic, randomly addressable stream of (source, record) pairs."""
+
+    def __init__(self, sources: list[MixtureSource], fraction: float, seed: int):
+        if not sources:
+            raise ValueError(
+                "data.sources is empty: list at least one source (sphinxx data synth makes some)"
+            )
+        self.sources = tuple(sources)
+        self.fraction, self.seed = fraction, seed
+        mass = np.array([s.weight * s.num_kept for s in sources], dtype=np.float64)
+        if mass.sum() <= 0:
+            raise ValueError(
+                f"data.fraction {fraction} keeps no record of any source; raise the fraction or add data"
+            )
+        self.probs = mass / mass.sum()
+        self.samples_per_epoch = max(1, round(float(mass.sum())))
+        cum = np.cumsum(self.probs) * CHUNK
+        cum[-1] = CHUNK  # exact, so every chunk's counts sum to CHUNK
+        self._cum = cum
+        self._mix_key = np.uint64(source_key(seed, "\x00mixture"))
+        self._reset_caches()
+
+    # -- pickling: workers rebuild the (large) caches lazily ------------------------------
+    def _reset_caches(self) -> None:
+        self._kept: dict[int, np.ndarray] = {}
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._prefix = np.zeros((1, len(self.sources)), dtype=np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_kept", "_perms", "_orders", "_prefix")}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_caches()
+
+    # -- sizes ----------------------------------------------------------------------------
+    def num_samples(self, epochs: float) -> int:
+        return math.ceil(epochs * self.samples_per_epoch)
+
+    def num_steps(self, global_batch: int, epochs: float) -> int:
+        """Optimizer steps of `epochs` passes: ceil(samples / global batch) (section 10)."""
+        return math.ceil(self.num_samples(epochs) / global_batch)
+
+    def kept(self, s: int) -> np.ndarray:
+        if s not in self._kept:
+            src = self.sources[s]
+            self._kept[s] = kept_indices(self.seed, src.name, src.manifest.num_records, self.fraction)
+            assert len(self._kept[s]) == src.num_kept
+        return self._kept[s]
+
+    # -- the schedule ---------------------------------------------------------------------
+    def _chunk_counts(self, chunks: np.ndarray) -> np.ndarray:
+        """[len(chunks), S] draws per source in each chunk (systematic sampling)."""
+        u = splitmix64(chunks.astype(np.uint64) ^ self._mix_key).astype(np.float64) / 2.0**64
+        edges = np.floor(self._cum[None, :] + u[:, None]).astype(np.int64)  # [C, S], last == CHUNK
+        return np.diff(edges, axis=1, prepend=0)
+
+    def _draws_before(self, chunk: int) -> np.ndarray:
+        """[S] draws of each source in chunks 0 .. chunk-1."""
+        have = self._prefix.shape[0] - 1
+        if chunk > have:
+            grow = max(chunk, 2 * have) - have
+            counts = self._chunk_counts(np.arange(have, have + grow))
+            self._prefix = np.concatenate([self._prefix, self._prefix[-1] + np.cumsum(counts, axis=0)])
+        return self._prefix[chunk]
+
+    def _chunk_order(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Source of each position in the chunk, and its rank among that source's positions."""
+        if chunk not in self._orders:
+            counts = self._chunk_counts(np.array([chunk]))[0]
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 1, chunk])))
+            order = rng.permutation(np.repeat(np.arange(len(self.sources)), counts))
+            by_source = np.argsort(order, kind="stable")
+            group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            rank = np.empty(CHUNK, dtype=np.int64)
+            rank[by_source] = np.arange(CHUNK) - group_start[order[by_source]]
+            if len(self._orders) > 64:
+                self._orders.clear()
+            self._orders[chunk] = (order, rank)
+        return self._orders[chunk]
+
+    def _permutation(self, s: int, epoch: int) -> np.ndarray:
+        if (s, epoch) not in self._perms:
+            key = source_key(self.seed, self.sources[s].name)
+            seq = np.random.SeedSequence([self.seed, 2, key & 0xFFFFFFFF, key >> 32, epoch])
+            if len(self._perms) > 4 * len(self.sources):
+                self._perms.clear()
+            self._perms[(s, epoch)] = np.random.Generator(np.random.PCG64(seq)).permutation(
+                self.sources[s].num_kept
+            )
+        return self._perms[(s, epoch)]
+
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stream positions -> (source index, record index within that source), both int64."""
+        positions = np.asarray(positions, dtype=np.int64)
+        sources = np.empty(len(positions), dtype=np.int64)
+        draws = np.empty(len(positions), dtype=np.int64)  # k: how many earlier draws of that source
+        chunks = positions // CHUNK
+        for chunk in np.unique(chunks):
+            sel = chunks == chunk
+            order, rank = self._chunk_order(int(chunk))
+            offset = positions[sel] % CHUNK
+            sources[sel] = order[offset]
+            draws[sel] = self._draws_before(int(chunk))[order[offset]] + rank[offset]
+        records = np.empty(len(positions), dtype=np.int64)
+        for s in np.unique(sources):
+            n = self.sources[s].num_kept
+            sel = sources == s
+            epochs, within = np.divmod(draws[sel], n)
+            out = np.empty(len(within), dtype=np.int64)
+            for epoch in np.unique(epochs):
+                part = epochs == epoch
+                out[part] = self.kept(int(s))[self._permutation(int(s), int(epoch))[within[part]]]
+            records[sel] = out
+        return sources, records
+
+    # -- reporting ------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """Changes iff the stream would change (stored with the sampler state)."""
+        parts = [[s.name, s.manifest.num_records, s.weight, s.num_kept] for s in self.sources]
+        blob = json.dumps({"sources": parts, "fraction": self.fraction, "seed": self.seed, "chunk": CHUNK})
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def summary(self) -> dict[str, Any]:
+        """Resolved record counts and shares per source and per domain (logged as MLflow params)."""
+        sources = {
+            s.name: {
+                "domain": s.domain,
+                "weight": s.weight,
+                "records": s.manifest.num_records,
+                "kept": s.num_kept,
+                "share": round(float(p), 6),
+                "samples_per_epoch": round(float(p) * self.samples_per_epoch, 1),
+            }
+            for s, p in zip(self.sources, self.probs, strict=True)
+        }
+        domains: dict[str, dict[str, float]] = {}
+        for info in sources.values():
+            d = domains.setdefault(info["domain"], {"kept": 0, "share": 0.0})
+            d["kept"] += info["kept"]
+            d["share"] = round(d["share"] + info["share"], 6)
+        return {
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "records": sum(s.manifest.num_records for s in self.sources),
+            "kept": sum(s.num_kept for s in self.sources),
+            "samples_per_epoch": self.samples_per_epoch,
+            "sources": sources,
+            "domains": domains,
+        }
+
+
+def load_mixture(data: Any) -> Mixture:
+    """The mixture of a `DataConfig` (reads every source's manifest through the storage layer)."""
+    sources = []
+    for spec in data.sources:
+        root = uri_mod.normalize(spec.uri)
+        manifest = read_manifest(root)
+        num_kept = len(kept_indices(data.seed, spec.name, manifest.num_records, data.fraction))
+        sources.append(MixtureSource(spec.name, root, spec.domain, float(spec.weight), manifest, num_kept))
+    return Mixture(sources, data.fraction, data.seed)

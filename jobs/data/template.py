@@ -1,0 +1,182 @@
+"""The conversation template (conv_v1_2), tokenisation and answer-only labels (spec section 8).
+
+    text = SYSTEM + "\\n\\n###" + for each turn: " Human: " + q + "\\n###" + " Assistant: " + a + "\\n###"
+    tokens = [BOS] + tokenize(text) + [EOS]
+
+Labels: a token is a target iff its characters overlap what the model generates after the
+prompt " Assistant:" -- the space, the answer and the "\\n###" after it. BOS, the system prompt,
+human turns, the " Assistant:" prefixes and the final EOS are not (the model learns to stop by
+emitting "###"). Counting the space matters for tokenizers that give it its own token.
+
+The whole text is tokenised once and the spans come from character offsets, so training sees
+exactly the tokenisation inference will see. A tokenizer without offsets (a slow or remote-code
+one) falls back to tokenising the pieces one by one, which can differ from inference at piece
+boundaries.
+
+Labels follow the HF convention the model expects (`sphinxx.model.sphinx`): labels[i] =
+tokens[i] where token i is a target, else -100; the model shifts. Image tokens are not in
+`tokens`: the model inserts the image block after BOS, so the text budget of a sample is
+`seq_len - image positions`. Longer samples are right-truncated (an image is never cut).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE_INDEX = -100
+SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+SEP = "\n###"
+HUMAN = " Human: "
+ASSISTANT = " Assistant:"  # the generation prompt ends here (spec section 8)
+IMAGE_MARKER = "<image>"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The serialised conversation and its target character spans [start, end)."""
+
+    text: str
+    pieces: tuple[tuple[str, bool], ...]  # (piece, is_target) in order; "".join(pieces) == text
+    answer_spans: tuple[tuple[int, int], ...]
+
+
+def clean_question(question: str) -> str:
+    """Drop `<image>` markers: the image always comes first, outside the text (section 5)."""
+    if IMAGE_MARKER not in question:
+        return question
+    return question.replace(IMAGE_MARKER, "").strip()
+
+
+def render(turns: Sequence[tuple[str, str]]) -> Rendered:
+    pieces: list[tuple[str, bool]] = [(SYSTEM + "\n" + SEP, False)]
+    for question, answer in turns:
+        pieces.append((HUMAN + clean_question(question) + SEP + ASSISTANT, False))
+        # The space after "Assistant:" is generated, not prompted: it belongs to the target.
+        pieces.append((" " + answer + SEP, True))
+    spans, pos = [], 0
+    for piece, target in pieces:
+        if target:
+            spans.append((pos, pos + len(piece)))
+        pos += len(piece)
+    return Rendered("".join(p for p, _ in pieces), tuple(pieces), tuple(spans))
+
+
+@dataclass
+class Encoded:
+    tokens: list[int]  # [BOS] + text tokens + [EOS] (EOS dropped when truncated)
+    labels: list[int]  # same length; IGNORE_INDEX except answer tokens
+    truncated: bool
+
+    @property
+    def num_targets(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+class SampleTooLongError(ValueError):
+    """The image block alone leaves no room for text within `data.seq_len`."""
+
+
+class ConversationEncoder:
+    """Template + tokenizer + label mask + truncation, for one tokenizer and `seq_len`."""
+
+    def __init__(self, tokenizer: Any, seq_len: int):
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(tokenizer, name, None) is None:
+                raise ValueError(
+                    f"the tokenizer has no {name[:3].upper()} token; the template needs BOS and EOS"
+                )
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+        self.bos_id = int(tokenizer.bos_token_id)
+        self.eos_id = int(tokenizer.eos_token_id)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+        self.use_offsets = bool(getattr(tokenizer, "is_fast", False))
+
+    def text_ids_and_mask(self, rendered: Rendered) -> tuple[list[int], list[bool]]:
+        """Token ids of the text (no BOS/EOS) and which of them are targets."""
+        if not self.use_offsets:
+            ids, mask = [], []
+            for piece, target in rendered.pieces:
+                piece_ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids.extend(piece_ids)
+                mask.extend([target] * len(piece_ids))
+            return ids, mask
+        enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        mask = [_overlaps(start, end, rendered.answer_spans) for start, end in enc["offset_mapping"]]
+        return ids, mask
+
+    def encode(self, turns: Sequence[tuple[str, str]], num_image_tokens: int = 0) -> Encoded:
+        budget = self.seq_len - num_image_tokens
+        if budget < 2:
+            raise SampleTooLongError(
+                f"the image takes {num_image_tokens} positions, leaving {budget} of data.seq_len={self.seq_len} "
+                "for text; raise data.seq_len or lower data.canvas"
+            )
+        ids, mask = self.text_ids_and_mask(render(turns))
+        tokens = [self.bos_id, *ids, self.eos_id]
+        labels = [
+            IGNORE_INDEX,
+            *(i if m else IGNORE_INDEX for i, m in zip(ids, mask, strict=True)),
+            IGNORE_INDEX,
+        ]
+        truncated = len(tokens) > budget
+        return Encoded(tokens[:budget], labels[:budget], truncated)
+
+
+def _overlaps(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
+    # Offsets of a token that carries at least one answer character overlap its span. Zero-width
+    # tokens (start == end) carry no characters and are never targets.
+    return end > start and any(start < s_end and end > s_start for s_start, s_end in spans)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(uri: str, trust_remote_code: bool = False) -> Any:
+    """Hugging Face tokenizer files from a local path or a URI (copied to a local cache first)."""
+    from transformers import AutoTokenizer
+
+    local = _local_copy(uri)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load a tokenizer from {uri}: {err}") from None
+    return tokenizer
+
+
+def _local_copy(uri: str) -> str:
+    from sphinxx.storage import uri as uri_mod
+    from sphinxx.storage.fs import open_fs
+
+    norm = uri_mod.normalize(uri)
+    if norm.startswith("file://"):
+        return norm[len("file://") :]
+    fs = open_fs(norm)
+    files = fs.list_files(norm)
+    if not files:
+        raise ValueError(f"no tokenizer files under {uri}")
+    cache = os.path.join(
+        os.environ.get("SPHINXX_CACHE", os.path.join(tempfile.gettempdir(), "sphinxx-cache")),
+        "tokenizers",
+        hashlib.sha256(norm.encode()).hexdigest()[:16],
+    )
+    for rel in files:
+        if "/" in rel:  # tokenizer files are flat; skip anything nested
+            continue
+        path = os.path.join(cache, rel)
+        os.makedirs(cache, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(fs.read_bytes(uri_mod.join(norm, rel)))
+        os.replace(tmp, path)  # atomic: concurrent workers on one node may copy at once
+    return cache
