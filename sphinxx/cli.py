@@ -20,6 +20,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("ckpt", "sphinxx.storage.cli"),
     ("model", "sphinxx.model.cli"),
     ("data", "sphinxx.jobs.data.cli"),
+    ("sweep", "sphinxx.jobs.sweep_cli"),
 ]
 
 

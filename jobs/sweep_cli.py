@@ -1,0 +1,83 @@
+"""`sphinxx sweep`: expand a ScalingSweep file, or run it locally without a cluster.
+
+sphinxx sweep plan examples/sweeps/tiny.yaml           # the points and their configs
+sphinxx sweep run examples/sweeps/tiny.yaml --local    # train every point on local Ray
+sphinxx sweep run examples/sweeps/tiny.yaml --local --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("sweep", help="plan or run a scaling sweep locally")
+    parser.set_defaults(group_parser=parser)
+    sub = parser.add_subparsers(metavar="SUBCOMMAND")
+
+    plan = sub.add_parser("plan", help="print the points of a sweep file and their resolved configs")
+    plan.add_argument(
+        "file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)"
+    )
+    plan.add_argument("--configs", action="store_true", help="also print each point's resolved run config")
+    plan.set_defaults(func=_plan)
+
+    run = sub.add_parser("run", help="run every point of a sweep on this machine (local Ray)")
+    run.add_argument(
+        "file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)"
+    )
+    run.add_argument(
+        "--local",
+        action="store_true",
+        required=True,
+        help="run on this machine (the only mode here; on a cluster use kubectl apply)",
+    )
+    run.add_argument(
+        "--workdir",
+        default=".sphinxx",
+        help="state, logs, local checkpoints and MLflow store (default .sphinxx)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip finished points; others continue from their last checkpoint",
+    )
+    run.add_argument(
+        "--storage-uri", help="checkpoint prefix (default: file://<workdir>/<sweep>/checkpoints)"
+    )
+    run.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or a local SQLite store)"
+    )
+    run.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="run-config overrides applied to every point"
+    )
+    run.set_defaults(func=_run)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from sphinxx.jobs.config import ConfigError, to_yaml
+    from sphinxx.jobs.local import plan, read_sweep
+    from sphinxx.operator.spec import SpecError
+
+    try:
+        name, raw = read_sweep(args.file)
+        points = plan(name, raw, storage_uri="file:///tmp/sphinxx", tracking_uri="sqlite:///mlflow.db")
+    except (SpecError, ConfigError) as err:
+        print(f"error: invalid sweep {args.file}: {err}", file=sys.stderr)
+        return 2
+    for point, cfg in points:
+        print(
+            f"{point.name}\t{point.model}\t{point.fraction}\tworkers {cfg.parallel.min_workers}-{cfg.parallel.max_workers}"
+        )
+        if args.configs:
+            print(to_yaml(cfg))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sphinxx.jobs.local import run_local
+
+    return run_local(
+        args.file, args.workdir, args.resume, args.storage_uri, args.tracking_uri, args.overrides
+    )
