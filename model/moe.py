@@ -139,11 +139,18 @@ class MoE(nn.Module):
         self.ep: ExpertParallel | None = None  # set by expert_parallel.attach_expert_parallel
         self.tokens_per_expert: torch.Tensor | None = None
         self._megablocks: tuple | None = None  # (key, module), built lazily; not a submodule
-        self.reset_parameters()
+        self.init_weights()
 
-    def reset_parameters(self) -> None:
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Random init, N(0, init_std) (debug flavors; real runs load converted weights).
+
+        Under EP each rank draws its own slice, so EP and non-EP runs differ unless weights are loaded.
+        """
         for p in (self.router.layer.weight, *self.experts.mlp.parameters()):
             nn.init.normal_(p, mean=0.0, std=self.args.init_std)
+
+    reset_parameters = init_weights  # nn.Module convention, e.g. after to_empty() from meta
 
     def forward(
         self, x: torch.Tensor, token_mask: torch.Tensor | None = None
