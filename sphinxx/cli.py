@@ -21,6 +21,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("model", "sphinxx.model.cli"),
     ("data", "sphinxx.jobs.data.cli"),
     ("sweep", "sphinxx.jobs.sweep_cli"),
+    ("operator", "sphinxx.operator.cli"),
 ]
 
 

@@ -54,6 +54,8 @@ import yaml
 from kmock._internal import aiobus, enums, rendering
 from kmock._internal.k8s import KubernetesError, KubernetesObjectNotFoundError
 
+NAMESPACES = "v1/namespaces"
+NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 EVENT_LOG_SIZE = 20_000  # per resource; older watch positions get the full current state instead
@@ -122,6 +124,7 @@ def _builtin(group: str, version: str, plural: str, kind: str, **kwargs: Any) ->
 # Served before any CRD is applied: what kopf, our operator and the KubeRay stand-in touch. Our own
 # CRDs come without printer columns here; pass the generated CRD YAML (--resources) to get them.
 BUILTIN_RESOURCES: list[ResourceSpec] = [
+    _builtin("", "v1", "namespaces", "Namespace", namespaced=False, short_names=["ns"]),
     _builtin(
         "",
         "v1",
@@ -256,6 +259,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _json_body(request: rendering.Request, default: Any) -> Any:
+    # kubectl sends protobuf for built-in kinds (e.g. `kubectl create namespace`); only JSON is emulated.
+    try:
+        return json.loads(request.body) if request.body else default
+    except (UnicodeDecodeError, ValueError):
+        raise Invalid("only JSON bodies are emulated", status=415, reason="UnsupportedMediaType") from None
+
+
 class Invalid(KubernetesError):
     def __init__(self, message: str, status: int = 422, reason: str = "Invalid") -> None:
         super().__init__(status=status, reason=reason, message=message)
@@ -367,6 +378,39 @@ class SphinxxKubeEmulator(kmock.KubernetesEmulator):
                 "components": {"schemas": {}}}  # fmt: skip
 
     # -- dispatch ------------------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock's path parser cannot route /api/v1/namespaces[/NAME] (it reads "namespaces" as the
+        # start of a namespaced path); build the request for our own handler instead.
+        match = NAMESPACE_PATH.match(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        body = await raw_request.read()
+        name = match.group(1)
+        query = dict(raw_request.query)
+        method = enums.method(raw_request.method)
+        if method == enums.method.GET and query.get("watch") in ("true", "1"):
+            action = enums.action.WATCH
+        elif name is None:
+            action = {enums.method.GET: enums.action.LIST, enums.method.POST: enums.action.CREATE}.get(method)
+        else:
+            action = {
+                enums.method.GET: enums.action.FETCH,
+                enums.method.PATCH: enums.action.UPDATE,
+                enums.method.DELETE: enums.action.DELETE,
+            }.get(method)
+        request = rendering.Request(
+            method=raw_request.method,
+            url=raw_request.url,
+            params=query,
+            headers=dict(raw_request.headers),
+            body=body,
+            action=action,
+            resource=kmock.resource("", "v1", "namespaces"),
+            name=name,
+            raw_request=raw_request,
+        )
+        return await self._handle(request)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.url.path.startswith("/openapi/v3"):
@@ -546,7 +590,7 @@ class SphinxxKubeEmulator(kmock.KubernetesEmulator):
                 )
 
     async def _create(self, request: rendering.Request, spec: ResourceSpec) -> dict[str, Any]:
-        obj = json.loads(request.body or b"{}")
+        obj = _json_body(request, {})
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
@@ -568,17 +612,37 @@ class SphinxxKubeEmulator(kmock.KubernetesEmulator):
         )
         if namespace:
             meta["namespace"] = namespace
+            await self._ensure_namespace(namespace)
+        if spec.key == NAMESPACES:
+            obj["status"] = {"phase": "Active"}
         self._store[spec.key][key] = obj
         if spec.key == "apiextensions.k8s.io/v1/customresourcedefinitions":
             self._accept_crd(obj)
         await self._emit(spec, "ADDED", obj)
         return obj
 
+    async def _ensure_namespace(self, namespace: str) -> None:
+        # A real server refuses objects in a missing namespace; tests isolate by fresh namespaces,
+        # so they appear on first use instead (and kopf, watching namespaces, sees them appear).
+        if (None, namespace) in self._store[NAMESPACES]:
+            return
+        spec = self._specs[NAMESPACES]
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "uid": str(uuid.uuid4()), "resourceVersion": self._bump(),
+                         "creationTimestamp": _now(), "labels": {"kubernetes.io/metadata.name": namespace}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }  # fmt: skip
+        self._store[NAMESPACES][(None, namespace)] = obj
+        await self._emit(spec, "ADDED", obj)
+
     def _apply_patch(
         self, request: rendering.Request, spec: ResourceSpec, old: dict[str, Any]
     ) -> dict[str, Any]:
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-        patch = json.loads(request.body or b"null")
+        patch = _json_body(request, None)
         if content_type == "application/json-patch+json":
             try:
                 return jsonpatch.apply_patch(old, patch, in_place=False)
@@ -604,7 +668,7 @@ class SphinxxKubeEmulator(kmock.KubernetesEmulator):
 
     async def _replace(self, request: rendering.Request, spec: ResourceSpec) -> dict[str, Any]:
         old = self._get(spec, request.namespace, request.name)
-        new = json.loads(request.body or b"{}")
+        new = _json_body(request, {})
         expected = new.get("metadata", {}).get("resourceVersion")
         if expected and expected != old["metadata"]["resourceVersion"]:
             raise KubernetesError(

@@ -1,0 +1,54 @@
+"""The operator's narrow seam to `sphinxx.storage`: read the latest committed checkpoint, store the config.
+
+The operator never lists step folders itself: `CheckpointStore.latest()` returns only a step whose
+commit marker (`manifest.json`) exists and whose files check out, so a resume never starts from a
+partial checkpoint (orchestration.md 6.3). Stores are cached per run because building an S3
+client costs ~0.5 s of CPU; the store itself refreshes its filesystem (and credentials) every
+few minutes.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .decide import Checkpoint
+
+_stores: dict[tuple[str, str, str | None], Any] = {}
+_lock = threading.Lock()
+METRIC_KEYS = ("loss", "train_loss", "val_loss")  # the first one present becomes status.metrics.loss
+
+
+def _store(prefix: str, run_id: str, endpoint_url: str | None) -> Any:
+    from sphinxx.storage import CheckpointStore, StorageOptions
+
+    key = (prefix, run_id, endpoint_url)
+    with _lock:
+        if key not in _stores:
+            _stores[key] = CheckpointStore(prefix, run_id, options=StorageOptions(endpoint_url=endpoint_url))
+        return _stores[key]
+
+
+def latest(prefix: str, run_id: str, endpoint_url: str | None = None) -> Checkpoint | None:
+    """The newest committed checkpoint of a run, or None."""
+    info = _store(prefix, run_id, endpoint_url).latest()
+    if info is None:
+        return None
+    metrics = {k: float(v) for k, v in dict(info.manifest.metrics).items() if isinstance(v, (int, float))}
+    loss = next((metrics[k] for k in METRIC_KEYS if k in metrics), None)
+    if loss is not None:
+        metrics["loss"] = loss
+    return Checkpoint(step=int(info.step), uri=str(info.uri), metrics=metrics)
+
+
+def write_config(prefix: str, run_id: str, text: str, endpoint_url: str | None = None) -> str:
+    """Store the resolved config next to the run's checkpoints; return its URI (the job's --config)."""
+    store = _store(prefix, run_id, endpoint_url)
+    store.write_run_config(text)
+    return str(store.layout.run_config)
+
+
+def delete_run(prefix: str, run_id: str, endpoint_url: str | None = None) -> None:
+    """Remove everything of a run (deletePolicy: Delete)."""
+    store = _store(prefix, run_id, endpoint_url)
+    store.fs().delete_tree(store.root)

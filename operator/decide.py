@@ -1,0 +1,246 @@
+"""Reconcile decisions: (spec, observed state) -> what to do. Pure: no API calls, no clock, no randomness.
+
+`decide_run` is the TrainingRun state machine; `decide_sweep` composes expansion, admission and
+the roll-up. The reconcile layer (reconcile.py) gathers the observations, calls these, and
+carries out the returned action. Everything is level-based: the same observation always gives
+the same action, so a restarted operator or a repeated event converges instead of duplicating
+(attempt names are deterministic, so even a repeated create is a harmless 409).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import expand, names, status
+from .spec import FailurePolicy, ScalingSweepSpec
+
+Event = tuple[str, str, str]  # (type Normal|Warning, reason, message)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunObserved:
+    generation: int
+    policy: FailurePolicy
+    suspend: bool
+    queued: bool  # a Kueue queue name is set: suspend deletes the RayJob instead of toggling it
+    bounds: tuple[int, int]  # desired worker pods (min, max)
+    status: dict[str, Any]
+    job: status.JobView
+    job_suspended: bool  # the current RayJob's spec.suspend
+    admitted: bool
+    resume_token: str | None  # value of the sphinxx.dev/resume annotation
+    checkpoint: Checkpoint | None
+    cluster_bounds: tuple[int, int] | None  # worker group bounds of the RayJob's RayCluster
+    now: float  # epoch seconds
+    now_iso: str
+
+
+@dataclass
+class RunAction:
+    status: dict[str, Any]
+    create_attempt: int | None = None
+    suspend_job: bool | None = None
+    delete_job: bool = False
+    patch_cluster: tuple[int, int] | None = None
+    finish_tracking: str | None = None  # FINISHED | FAILED
+    requeue_after: float | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+def backoff(policy: FailurePolicy, retries_used: int) -> float:
+    """Seconds to wait before retry number `retries_used + 1`: doubling, capped."""
+    return min(policy.backoff_seconds * 2**retries_used, policy.max_backoff_seconds)
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def decide_run(obs: RunObserved) -> RunAction:
+    st = copy.deepcopy(obs.status)
+    old_phase = st.get("phase")
+    attempt = int(st.get("attempt", 0))
+    act = RunAction(status=st)
+    resume_now = _manual_resume(obs, st, old_phase, act)
+    job = obs.job
+
+    if obs.checkpoint is not None:
+        st["lastCheckpoint"] = {"step": obs.checkpoint.step, "uri": obs.checkpoint.uri}
+        if obs.checkpoint.metrics:
+            st["metrics"] = dict(obs.checkpoint.metrics)
+    st["workers"] = {"min": obs.bounds[0], "max": obs.bounds[1], **job.workers}
+    if job.cluster:
+        st["rayClusterName"] = job.cluster
+
+    phase, reason, message = old_phase or "Pending", old_phase or "Pending", st.get("message", "")
+    resumable = attempt > 1 or obs.checkpoint is not None
+    if not obs.admitted and attempt == 0:
+        phase, reason, message = "Pending", "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
+    elif obs.suspend and old_phase not in expand.TERMINAL_PHASES:
+        if job.outcome in ("pending", "running", "retrying"):
+            if obs.queued:
+                act.delete_job = True
+            elif not obs.job_suspended:
+                act.suspend_job = True
+        phase, reason, message = "Suspended", "Suspended", "suspended by spec.suspend; checkpoints are kept"
+    elif job.outcome == "none":
+        if old_phase == "Succeeded" or (old_phase == "Failed" and not resume_now):
+            pass
+        elif attempt == 0 or resume_now or old_phase == "Suspended":
+            act.create_attempt = attempt + 1
+            phase = "Resuming" if resumable or attempt else "Pending"
+            reason, message = "AttemptCreated", f"attempt {attempt + 1} created"
+        else:
+            phase, reason, message = _retry(
+                obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone"
+            )
+    elif job.outcome == "suspended" or (obs.job_suspended and not obs.suspend):
+        act.suspend_job = False  # KubeRay starts a fresh cluster, which resumes from S3
+        phase, reason, message = "Resuming", "Unsuspended", "resuming from the last committed checkpoint"
+    elif job.outcome in ("pending", "retrying"):
+        phase = "Resuming" if resumable else "Pending"
+        reason, message = job.reason or phase, job.message or f"attempt {attempt} is starting"
+    elif job.outcome == "running":
+        phase, reason, message = "Running", "Running", f"attempt {attempt} is running"
+        if obs.cluster_bounds is not None and obs.cluster_bounds != obs.bounds:
+            act.patch_cluster = obs.bounds
+    elif job.outcome == "succeeded":
+        phase, reason, message = "Succeeded", "Succeeded", f"finished in attempt {attempt}"
+    elif job.outcome == "invalid":
+        phase, reason, message = "Failed", "ValidationFailed", job.message or "KubeRay rejected the RayJob"
+    elif resume_now:
+        act.create_attempt = attempt + 1
+        phase, reason, message = "Resuming", "ResumeRequested", f"attempt {attempt + 1} created by resume"
+    else:
+        phase, reason, message = _retry(obs, st, act, attempt, job.reason, job.message)
+
+    if act.create_attempt is not None:
+        st.pop("lastFailureTime", None)
+        st["attempt"] = act.create_attempt
+    if phase in expand.TERMINAL_PHASES and old_phase != phase:
+        act.finish_tracking = "FINISHED" if phase == "Succeeded" else "FAILED"
+    if phase != old_phase:
+        kind = "Warning" if phase == "Failed" else "Normal"
+        act.events.append((kind, reason, f"{old_phase or 'New'} -> {phase}: {message}"))
+    st.update(phase=phase, message=message, observedGeneration=obs.generation)
+    st["conditions"] = status.run_conditions(
+        st.get("conditions") or [], phase, reason, message, obs.generation, obs.now_iso
+    )
+    st["conditions"] = status.set_condition(
+        st["conditions"], "Invalid", False, "Valid", "", obs.generation, obs.now_iso
+    )
+    return act
+
+
+def _manual_resume(obs: RunObserved, st: dict[str, Any], old_phase: str | None, act: RunAction) -> bool:
+    """A new `sphinxx.dev/resume` value restarts a Failed run with a fresh retry budget."""
+    if not obs.resume_token or obs.resume_token == st.get("resumeToken"):
+        return False
+    st["resumeToken"] = obs.resume_token
+    if old_phase != "Failed":
+        act.events.append(
+            ("Normal", "ResumeIgnored", f"the run is {old_phase or 'new'}; only Failed runs resume")
+        )
+        return False
+    st["retries"] = 0
+    act.events.append(("Normal", "ResumeRequested", f"resume requested ({obs.resume_token})"))
+    return True
+
+
+def _retry(
+    obs: RunObserved, st: dict[str, Any], act: RunAction, attempt: int, reason: str, message: str
+) -> tuple[str, str, str]:
+    """A failed attempt: the next one after backoff, or Failed once the retries are used up."""
+    retries = int(st.get("retries", 0))
+    if retries >= obs.policy.max_retries:
+        return (
+            "Failed",
+            "RetriesExhausted",
+            f"attempt {attempt} failed ({reason}: {message}); no retries left",
+        )
+    failed_at = _epoch(st.get("lastFailureTime"))
+    if failed_at is None:
+        st["lastFailureTime"] = obs.now_iso
+        failed_at = obs.now
+        act.events.append(("Warning", "AttemptFailed", f"attempt {attempt} failed: {reason}: {message}"))
+    wait = failed_at + backoff(obs.policy, retries) - obs.now
+    if wait > 0:
+        act.requeue_after = wait
+        return "Resuming", "Backoff", f"attempt {attempt} failed ({reason}); retrying in {wait:.0f}s"
+    st["retries"] = retries + 1
+    act.create_attempt = attempt + 1
+    return "Resuming", "Retrying", f"attempt {attempt} failed ({reason}); attempt {attempt + 1} resumes"
+
+
+# -------------------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class SweepAction:
+    plan: expand.ChildPlan
+    admit: list[str]
+    resume: list[str]  # children to annotate with the sweep's resume token
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+
+def decide_sweep(
+    sweep: dict[str, Any],
+    spec: ScalingSweepSpec,
+    children: list[dict[str, Any]],
+    resume_token: str | None,
+    now_iso: str,
+) -> SweepAction:
+    meta, st = sweep["metadata"], copy.deepcopy(sweep.get("status") or {})
+    generation = int(meta.get("generation", 1))
+    ordered = expand.points(meta["name"], spec)
+    desired = [expand.child_manifest(sweep, sweep["spec"], p) for p in ordered]
+    by_name = {c["metadata"]["name"]: c for c in children}
+    plan = expand.plan_children(desired, children)
+    admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs)
+    resume: list[str] = []
+    events: list[Event] = []
+    if resume_token and resume_token != st.get("resumeToken"):
+        st["resumeToken"] = resume_token
+        resume = [n for n, c in by_name.items() if (c.get("status") or {}).get("phase") == "Failed"]
+        events.append(("Normal", "ResumeRequested", f"resuming {len(resume)} failed point(s)"))
+    roll = status.rollup(ordered, by_name, spec.suspend, st.get("conditions") or [], generation, now_iso)
+    if roll.phase != st.get("phase"):
+        kind = "Warning" if roll.phase == "Failed" else "Normal"
+        events.append(
+            (kind, roll.phase, f"{st.get('phase') or 'New'} -> {roll.phase}: {roll.progress} succeeded")
+        )
+    for name in plan.create:
+        events.append(("Normal", "PointCreated", f"TrainingRun {name['metadata']['name']} created"))
+    for name in plan.delete:
+        events.append(("Normal", "PointRemoved", f"TrainingRun {name} removed (no longer on the axes)"))
+    st.update(
+        phase=roll.phase,
+        counts=roll.counts,
+        progress=roll.progress,
+        points=roll.points,
+        conditions=status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso),
+        observedGeneration=generation,
+        message=f"{roll.progress} succeeded",
+    )
+    return SweepAction(plan=plan, admit=admit, resume=resume, status=st, events=events)
+
+
+def admitted(obj: dict[str, Any]) -> bool:
+    """Standalone runs are admitted at once; a sweep's points wait for the sweep to admit them."""
+    meta = obj.get("metadata") or {}
+    if names.LABEL_SWEEP not in (meta.get("labels") or {}):
+        return True
+    return names.ANNOTATION_ADMITTED in (meta.get("annotations") or {})

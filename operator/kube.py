@@ -1,0 +1,222 @@
+"""The one place where the operator calls the Kubernetes API (kopf only watches and triggers).
+
+A thin wrapper over the official `kubernetes` client: dicts in, dicts out, 404 -> None, 409 on
+create -> the existing object (deterministic names make creates idempotent). `RBAC_RULES` lists
+every verb on every resource the operator uses, its own and kopf's; the Helm chart's ClusterRole
+is checked against it by a test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from typing import Any
+
+from . import names
+
+# name -> (group, version, plural)
+RESOURCES = {
+    "scalingsweeps": (names.GROUP, names.VERSION, "scalingsweeps"),
+    "trainingruns": (names.GROUP, names.VERSION, "trainingruns"),
+    "rayjobs": ("ray.io", "v1", "rayjobs"),
+    "rayclusters": ("ray.io", "v1", "rayclusters"),
+}
+
+RBAC_RULES: list[dict[str, list[str]]] = [
+    # Our resources: kopf watches them and patches annotations/finalizers; we create the points.
+    {
+        "apiGroups": [names.GROUP],
+        "resources": ["scalingsweeps", "trainingruns"],
+        "verbs": ["create", "delete", "get", "list", "patch", "watch"],
+    },
+    {
+        "apiGroups": [names.GROUP],
+        "resources": ["scalingsweeps/status", "trainingruns/status"],
+        "verbs": ["get", "patch"],
+    },
+    # One RayJob per attempt; elastic bounds are patched on the RayCluster the RayJob made.
+    {
+        "apiGroups": ["ray.io"],
+        "resources": ["rayjobs"],
+        "verbs": ["create", "delete", "get", "list", "patch", "watch"],
+    },
+    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    # kopf: resource discovery, namespace scoping, peering (leader election).
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings", "kopfpeerings"],
+        "verbs": ["get", "list", "patch", "watch"],
+    },
+]
+
+REQUEST_TIMEOUT = 30.0
+EVENT_SOURCE = {"component": names.MANAGER}
+
+
+class Kube:
+    """Typed access to the resources in RESOURCES, plus events."""
+
+    def __init__(self, api_client: Any = None):
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+                api_client = client.ApiClient()
+            except config.ConfigException:
+                api_client = config.new_client_from_config()
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    @staticmethod
+    def _missing(err: Exception, *codes: int) -> bool:
+        from kubernetes.client.rest import ApiException
+
+        return isinstance(err, ApiException) and err.status in codes
+
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        group, version, plural = RESOURCES[resource]
+        try:
+            return self.custom.get_namespaced_custom_object(
+                group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+            )
+        except Exception as err:
+            if self._missing(err, 404):
+                return None
+            raise
+
+    def list(self, resource: str, namespace: str, labels: str = "") -> list[dict[str, Any]]:
+        group, version, plural = RESOURCES[resource]
+        result = self.custom.list_namespaced_custom_object(
+            group, version, namespace, plural, label_selector=labels or None, _request_timeout=REQUEST_TIMEOUT
+        )
+        return list(result.get("items") or [])
+
+    def create(self, resource: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """(object, created): a 409 returns the object that is already there."""
+        group, version, plural = RESOURCES[resource]
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            created = self.custom.create_namespaced_custom_object(
+                group, version, namespace, plural, body, _request_timeout=REQUEST_TIMEOUT
+            )
+            return created, True
+        except Exception as err:
+            if not self._missing(err, 409):
+                raise
+        existing = self.get(resource, namespace, name)
+        if existing is None:  # deleted between the 409 and the read: let the caller retry
+            raise RuntimeError(f"{resource} {namespace}/{name} conflicted on create but is gone")
+        return existing, False
+
+    def patch(self, resource: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge patch of the main resource (None when the object is gone)."""
+        group, version, plural = RESOURCES[resource]
+        try:
+            return self.custom.patch_namespaced_custom_object(
+                group, version, namespace, plural, name, patch, _request_timeout=REQUEST_TIMEOUT
+            )
+        except Exception as err:
+            if self._missing(err, 404):
+                return None
+            raise
+
+    def patch_json(
+        self, resource: str, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """JSON patch (with `test` operations for optimistic concurrency); None when gone."""
+        group, version, plural = RESOURCES[resource]
+        try:
+            return self.custom.patch_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                ops,
+                _content_type="application/json-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except Exception as err:
+            if self._missing(err, 404):
+                return None
+            raise
+
+    def patch_status(
+        self, resource: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge patch of the status subresource (lists such as conditions are sent whole)."""
+        group, version, plural = RESOURCES[resource]
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                group, version, namespace, plural, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+            )
+        except Exception as err:
+            if self._missing(err, 404):
+                return None
+            raise
+
+    def delete(self, resource: str, namespace: str, name: str) -> bool:
+        group, version, plural = RESOURCES[resource]
+        try:
+            self.custom.delete_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                propagation_policy="Background",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            return True
+        except Exception as err:
+            if self._missing(err, 404):
+                return False
+            raise
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on `obj` (what `kubectl describe` shows)."""
+        meta = obj["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", names.API_VERSION),
+                "kind": obj.get("kind", ""),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": EVENT_SOURCE,
+            "reportingComponent": names.MANAGER,
+        }
+        self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)
+
+
+_default: Kube | None = None
+_default_lock = threading.Lock()
+
+
+def default() -> Kube:
+    """The process-wide client (built from in-cluster config or KUBECONFIG on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Kube()
+        return _default

@@ -1,0 +1,75 @@
+"""Deterministic names and the labels/annotations we put on objects.
+
+Deterministic names make every create idempotent: a retried handler, or a restarted operator,
+asks for the same name and gets 409, which means "already there" (orchestration.md 1.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+GROUP = "sphinxx.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+LABEL_SWEEP = f"{GROUP}/sweep"
+LABEL_RUN = f"{GROUP}/trainingrun"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_MODEL = f"{GROUP}/model"
+LABEL_FRACTION = f"{GROUP}/data-fraction"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "sphinxx-operator"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_ELASTIC = "kueue.x-k8s.io/elastic-job"
+
+ANNOTATION_RESUME = f"{GROUP}/resume"  # `kubectl annotate ... sphinxx.dev/resume=now --overwrite`
+ANNOTATION_ADMITTED = f"{GROUP}/admitted"  # set by the sweep when a point may start (maxParallelRuns)
+ANNOTATION_RESUME_FROM = f"{GROUP}/resume-from"  # on a RayJob: the committed checkpoint it starts from
+FINALIZER = f"{GROUP}/finalizer"
+
+RAYJOB_MAX = 47  # KubeRay: RayCluster names are limited to 53 = 47 + "-xxxxx"
+RUN_ID_MAX = 63
+
+
+def _hash(*parts: object, length: int = 6) -> str:
+    return hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()[:length]
+
+
+def dns1035(text: str, limit: int) -> str:
+    """Lower-case, [a-z0-9-] only, at most `limit` characters, starting with a letter."""
+    base = re.sub(r"[^a-z0-9-]", "-", text.lower())[:limit].rstrip("-")
+    if not base or not base[0].isalpha():
+        base = ("r" + base)[:limit].rstrip("-")
+    return base
+
+
+def rayjob_name(namespace: str, name: str, uid: str, attempt: int) -> str:
+    """`<base>-a<attempt>-<hash6>`: at most 32 + 2 + 3 + 1 + 6 = 44 characters (orchestration.md 1.4)."""
+    return f"{dns1035(name, 32)}-a{attempt}-{_hash(namespace, name, uid, attempt)}"
+
+
+def run_id(namespace: str, name: str, uid: str) -> str:
+    """The stable run id: Ray Train's run name and the checkpoint folder, the same for every attempt.
+
+    The uid makes a deleted-and-recreated TrainingRun a new run (fresh checkpoints) rather than
+    silently resuming an old one's.
+    """
+    base = re.sub(r"[^a-z0-9.-]", "-", name.lower())[: RUN_ID_MAX - 9].strip("-.") or "run"
+    return f"{base}-{_hash(namespace, name, uid, length=8)}"
+
+
+def fraction_code(fraction: float) -> str:
+    """0.25 -> '25', 1.0 -> '100', 0.125 -> '12p5': a data fraction as a name-safe percentage."""
+    percent = f"{fraction * 100:.4f}".rstrip("0").rstrip(".")
+    return percent.replace(".", "p")
+
+
+def point_name(sweep: str, model: str, fraction: float) -> str:
+    """TrainingRun name of one sweep point: `<sweep>-<model>-d<percent>`, hashed when too long."""
+    suffix = f"-{model.replace('.', '-')}-d{fraction_code(fraction)}"
+    name = f"{sweep}{suffix}"
+    if len(name) <= RUN_ID_MAX - 9:  # leaves room for run_id's hash suffix without cutting
+        return name
+    tail = f"-{_hash(sweep, model, fraction)}"
+    return (sweep[: RUN_ID_MAX - 9 - len(suffix) - len(tail)].rstrip("-.") + suffix + tail)[: RUN_ID_MAX - 9]

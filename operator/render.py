@@ -1,0 +1,197 @@
+"""RayJob rendering: one KubeRay `ray.io/v1` RayJob per TrainingRun attempt. Pure.
+
+Field choices follow orchestration.md 1.1 and 2: `backoffLimit: 0` (retries are our attempts,
+each a new RayJob and a new cluster), `shutdownAfterJobFinishes: true` (frees GPUs; `suspend`
+and Kueue need it), one worker group `gpu` whose replica bounds come from the run's elastic
+bounds, the in-tree autoscaler only when min < max, `restartPolicy: Never` (autoscaler v2),
+and no secrets anywhere in the object: credentials come from `envFrom` Secrets or IRSA.
+
+Golden files under tests/operator/golden/ show the result for every flavor as reviewable YAML.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from sphinxx.jobs.config import RunConfig
+
+from . import names
+from .spec import TrainingRunSpec, workers
+
+RAY_VERSION = "2.60.0"
+TTL_SECONDS_AFTER_FINISHED = 300  # keep the finished cluster briefly for log collection
+PRE_RUNNING_DEADLINE_SECONDS = 1800  # a cluster stuck in Initializing (unschedulable, image pull)
+WORKER_GRACE_SECONDS = 120  # longer than Ray's 30 s drain, so a preempted worker can checkpoint
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Everything about one attempt that is not in the TrainingRun spec."""
+
+    namespace: str
+    name: str  # the TrainingRun
+    uid: str
+    attempt: int  # 1, 2, ...
+    run_id: str  # stable across attempts (names.run_id)
+    config_uri: str  # the resolved config, stored next to the checkpoints
+    image: str
+    sweep: str | None = None
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    resume_step: int | None = None  # the committed checkpoint this attempt starts from
+    resume_uri: str | None = None
+    suspend: bool = False
+
+    @property
+    def rayjob_name(self) -> str:
+        return names.rayjob_name(self.namespace, self.name, self.uid, self.attempt)
+
+
+def worker_bounds(spec: TrainingRunSpec, cfg: RunConfig) -> tuple[int, int]:
+    """Worker pods (min, max): ceil(workers / workers per pod)."""
+    low, high = workers(spec, cfg)
+    per_pod = spec.resources.workers_per_pod
+    return math.ceil(low / per_pod), math.ceil(high / per_pod)
+
+
+def runtime_env(att: Attempt, cfg: RunConfig) -> dict[str, Any]:
+    env = {
+        "SPHINXX_RUN_ID": att.run_id,
+        "SPHINXX_ATTEMPT": str(att.attempt),
+        "SPHINXX_TRAININGRUN": f"{att.namespace}/{att.name}",
+        "SPHINXX_STORAGE_PREFIX": cfg.storage.uri,
+        "MLFLOW_EXPERIMENT_NAME": cfg.tracking.experiment,
+    }
+    if att.resume_step is not None:
+        env["SPHINXX_RESUME_STEP"] = str(att.resume_step)
+        env["SPHINXX_RESUME_URI"] = att.resume_uri or ""
+    if att.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = att.tracking_uri
+    if att.mlflow_run_id:
+        env["MLFLOW_RUN_ID"] = att.mlflow_run_id
+    if cfg.storage.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = cfg.storage.endpoint_url
+    return {"env_vars": env}
+
+
+def _container(
+    name: str, image: str, spec: TrainingRunSpec, cpu: str, memory: str, gpus: int
+) -> dict[str, Any]:
+    requests: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, Any] = {"memory": memory}
+    if gpus:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = gpus
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "resources": {"requests": requests, "limits": limits},
+    }
+    if spec.resources.env_from_secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in spec.resources.env_from_secrets]
+    return container
+
+
+def _pod(container: dict[str, Any], spec: TrainingRunSpec, worker: bool) -> dict[str, Any]:
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if spec.resources.service_account:
+        pod["serviceAccountName"] = spec.resources.service_account
+    if worker:
+        pod["terminationGracePeriodSeconds"] = WORKER_GRACE_SECONDS
+        if spec.resources.node_selector:
+            pod["nodeSelector"] = dict(spec.resources.node_selector)
+        if spec.resources.tolerations:
+            pod["tolerations"] = [dict(t) for t in spec.resources.tolerations]
+    return {"spec": pod}
+
+
+def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[str, Any]:
+    res = spec.resources
+    image = res.image or att.image
+    low, high = worker_bounds(spec, cfg)
+    gpus = cfg.parallel.gpus_per_worker * res.workers_per_pod
+    head = _container("ray-head", image, spec, res.head_cpu, res.head_memory, 0)
+    head["ports"] = [
+        {"containerPort": 6379, "name": "gcs-server"},
+        {"containerPort": 8265, "name": "dashboard"},
+        {"containerPort": 10001, "name": "client"},
+    ]
+    out: dict[str, Any] = {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": low < high,
+        "headGroupSpec": {
+            # No GPUs on the head, so no training worker is placed there.
+            "rayStartParams": {"num-gpus": "0", "dashboard-host": "0.0.0.0"},
+            "template": _pod(head, spec, worker=False),
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": "gpu",
+                "replicas": low,
+                "minReplicas": low,
+                "maxReplicas": high,
+                "rayStartParams": {},
+                "template": _pod(
+                    _container("ray-worker", image, spec, res.cpu, res.memory, gpus), spec, True
+                ),
+            }
+        ],
+    }
+    if low < high:
+        out["autoscalerOptions"] = {"upscalingMode": "Default", "idleTimeoutSeconds": 60, "version": "v2"}
+    return out
+
+
+def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[str, Any]:
+    labels = {
+        names.LABEL_RUN: att.name,
+        names.LABEL_ATTEMPT: str(att.attempt),
+        names.LABEL_MODEL: cfg.model.flavor,
+        names.LABEL_MANAGED_BY: names.MANAGER,
+    }
+    if att.sweep:
+        labels[names.LABEL_SWEEP] = att.sweep
+    annotations = {}
+    if att.resume_uri:
+        annotations[names.ANNOTATION_RESUME_FROM] = att.resume_uri
+    if spec.queue_name:
+        labels[names.KUEUE_QUEUE] = spec.queue_name
+        low, high = workers(spec, cfg)
+        if low < high:
+            annotations[names.KUEUE_ELASTIC] = "true"
+    job_spec: dict[str, Any] = {
+        "entrypoint": f"python -m sphinxx.jobs.train --config {shlex.quote(att.config_uri)}",
+        "runtimeEnvYAML": yaml.safe_dump(runtime_env(att, cfg), sort_keys=True),
+        "submissionMode": "K8sJobMode",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": TTL_SECONDS_AFTER_FINISHED,
+        "backoffLimit": 0,
+        "preRunningDeadlineSeconds": PRE_RUNNING_DEADLINE_SECONDS,
+        "suspend": att.suspend,
+        "rayClusterSpec": cluster_spec(att, spec, cfg),
+    }
+    if spec.failure_policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.failure_policy.active_deadline_seconds
+    metadata: dict[str, Any] = {
+        "name": att.rayjob_name,
+        "namespace": att.namespace,
+        "labels": labels,
+        "ownerReferences": [
+            {
+                "apiVersion": names.API_VERSION,
+                "kind": "TrainingRun",
+                "name": att.name,
+                "uid": att.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": job_spec}
