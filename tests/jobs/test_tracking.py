@@ -1,0 +1,95 @@
+"""The MLflow tracker against a real `mlflow server`: run identity, buffering through an outage."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sphinxx.jobs.tracking import MLflowTracker, NullTracker, create_run, resolve_run_id
+
+
+def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def test_run_id_resolution_order(mlflow_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = mlflow_server.tracking_uri
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    assert resolve_run_id(uri, "e", "r", configured="cfg", recorded="rec") == ("cfg", False)
+    assert resolve_run_id(uri, "e", "r", configured=None, recorded="rec") == ("rec", False)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "env")
+    assert resolve_run_id(uri, "e", "r", configured="cfg", recorded="rec") == ("env", False)
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    run_id, created = resolve_run_id(uri, "resolve-test", "r", None, None, tags={"k": "v"})
+    assert created
+    from mlflow import MlflowClient
+
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.tags["k"] == "v" and run.info.run_name == "r"
+
+
+def test_tracker_logs_params_metrics_tags_and_skips_restored_steps(mlflow_server) -> None:
+    uri = mlflow_server.tracking_uri
+    run_id = create_run(uri, "tracker-test", "t")
+    tracker = MLflowTracker(uri, run_id)
+    tracker.log_params({"train.lr": 0.001, "model.flavor": "debug"})
+    tracker.set_tags({"flavor": "debug"})
+    tracker.log_text("a: 1\n", "config.yaml")
+    for step in range(1, 6):
+        tracker.log_metrics({"loss": 10.0 - step, "lr": 0.1}, step)
+    tracker.skip_through(3)  # as after a resume from step 3: steps 1..3 are not logged again
+    for step in range(1, 8):
+        tracker.log_metrics({"loss": 100.0 + step}, step)
+    # A second attempt logs the same params again, one of them changed: kept, not an error.
+    tracker.log_params({"train.lr": 0.002, "train.steps": 7})
+    assert tracker.close(timeout=60)
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.params == {"train.lr": "0.001", "model.flavor": "debug", "train.steps": "7"}
+    assert run.data.tags["flavor"] == "debug"
+    hist = _history(uri, run_id, "loss")
+    assert [s for s, _ in hist] == [1, 2, 3, 4, 4, 5, 5, 6, 7]
+    assert (6, 106.0) in hist and (3, 7.0) in hist
+
+
+def test_null_tracker_is_silent() -> None:
+    tracker = NullTracker()
+    tracker.log_metrics({"loss": 1.0}, 1)
+    assert tracker.flush() and tracker.close() and tracker.run_id is None
+
+
+@pytest.mark.slow
+def test_outage_buffers_replays_and_creates_late_run(mlflow_server) -> None:
+    """One server restart covers both outage cases (a restart costs ~10-60 s on a busy machine)."""
+    uri = mlflow_server.tracking_uri
+    run_id = create_run(uri, "outage-test", "o")
+    tracker = MLflowTracker(uri, run_id, retry_max_s=1.0)
+    tracker.log_metrics({"loss": 1.0}, 1)
+    assert tracker.flush(30)
+    recorded: list[str] = []
+    mlflow_server.process.stop()
+    try:
+        # A run that starts while MLflow is down: created once it answers, its id recorded.
+        late = MLflowTracker(uri, None, experiment="late-run", run_name="late", on_created=recorded.append)
+        late.log_params({"a": 1})
+        late.log_metrics({"loss": 2.0}, 1)
+        for step in range(2, 12):
+            tracker.log_metrics({"loss": float(step)}, step)  # never blocks the caller
+        deadline = time.monotonic() + 30
+        while tracker.down_since is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert tracker.down_since is not None
+        assert not tracker.flush(timeout=1)
+        assert late.run_id is None
+    finally:
+        mlflow_server.restart()
+    assert tracker.close(timeout=90) and late.close(timeout=90)
+    assert tracker.outages == 1 and tracker.replayed >= 1
+    assert [s for s, _ in _history(uri, run_id, "loss")] == list(range(1, 12))
+    assert recorded == [late.run_id]
+    assert _history(uri, late.run_id, "loss") == [(1, 2.0)]
