@@ -1,0 +1,143 @@
+"""The TrainingRun state machine: one observation in, one action out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sphinxx.operator import decide, status
+from sphinxx.operator.spec import FailurePolicy
+
+T0 = 1_800_000_000.0
+
+
+def _obs(job: dict | None = None, st: dict | None = None, **changes) -> decide.RunObserved:
+    fields = dict(
+        generation=1,
+        policy=FailurePolicy(max_retries=2, backoff_seconds=10, max_backoff_seconds=15),
+        suspend=False,
+        queued=False,
+        bounds=(1, 2),
+        status=st or {},
+        job=status.observe_rayjob(job),
+        job_suspended=bool(((job or {}).get("spec") or {}).get("suspend")),
+        admitted=True,
+        resume_token=None,
+        checkpoint=None,
+        cluster_bounds=None,
+        now=T0,
+        now_iso="2027-01-15T08:00:00Z",
+    )
+    fields.update(changes)
+    return decide.RunObserved(**fields)
+
+
+def _job(deployment: str, job: str = "", reason: str = "", **spec) -> dict:
+    return {"spec": spec, "status": {"jobDeploymentStatus": deployment, "jobStatus": job, "reason": reason}}
+
+
+def test_new_run_creates_attempt_one() -> None:
+    act = decide.decide_run(_obs())
+    assert act.create_attempt == 1 and act.status["attempt"] == 1 and act.status["phase"] == "Pending"
+    assert [e[1] for e in act.events] == ["AttemptCreated"]
+
+
+def test_unadmitted_point_waits() -> None:
+    act = decide.decide_run(_obs(admitted=False))
+    assert act.create_attempt is None and act.status["phase"] == "Pending"
+    assert status.condition(act.status["conditions"], "Ready")["reason"] == "Pending"
+
+
+def test_running_mirrors_and_patches_elastic_bounds() -> None:
+    act = decide.decide_run(
+        _obs(_job("Running", "RUNNING"), {"attempt": 1, "phase": "Pending"}, cluster_bounds=(1, 1))
+    )
+    assert act.status["phase"] == "Running" and act.patch_cluster == (1, 2)
+    same = decide.decide_run(_obs(_job("Running", "RUNNING"), act.status, cluster_bounds=(1, 2)))
+    assert same.patch_cluster is None and same.events == []
+
+
+def test_success_finishes_tracking_once() -> None:
+    act = decide.decide_run(_obs(_job("Complete", "SUCCEEDED"), {"attempt": 1, "phase": "Running"}))
+    assert act.status["phase"] == "Succeeded" and act.finish_tracking == "FINISHED"
+    again = decide.decide_run(_obs(_job("Complete", "SUCCEEDED"), act.status))
+    assert again.finish_tracking is None and again.events == [] and again.create_attempt is None
+
+
+def test_failure_backs_off_then_retries_then_gives_up() -> None:
+    failed = _job("Failed", "FAILED", "AppFailed")
+    first = decide.decide_run(_obs(failed, {"attempt": 1, "phase": "Running"}))
+    assert first.status["phase"] == "Resuming" and first.create_attempt is None
+    assert first.requeue_after == 10 and first.status["lastFailureTime"] == "2027-01-15T08:00:00Z"
+    early = decide.decide_run(_obs(failed, first.status, now=T0 + 5))
+    assert early.create_attempt is None and early.requeue_after == 5
+    retry = decide.decide_run(_obs(failed, first.status, now=T0 + 10))
+    assert (
+        retry.create_attempt == 2 and retry.status["retries"] == 1 and "lastFailureTime" not in retry.status
+    )
+    # Attempt 2 fails too; the second retry waits 2 x 10 s capped at 15 s.
+    second = decide.decide_run(_obs(failed, retry.status, now=T0 + 20))
+    assert second.requeue_after == 15
+    third = decide.decide_run(_obs(failed, second.status, now=T0 + 35))
+    assert third.create_attempt == 3 and third.status["retries"] == 2
+    exhausted = decide.decide_run(_obs(failed, third.status, now=T0 + 100))
+    assert exhausted.status["phase"] == "Failed" and exhausted.finish_tracking == "FAILED"
+    assert exhausted.create_attempt is None and exhausted.events[-1][0] == "Warning"
+
+
+def test_manual_resume_restarts_a_failed_run_once() -> None:
+    failed = _job("Failed", "FAILED", "AppFailed")
+    st = {"attempt": 3, "phase": "Failed", "retries": 2}
+    act = decide.decide_run(_obs(failed, st, resume_token="now"))
+    assert act.create_attempt == 4 and act.status["retries"] == 0 and act.status["resumeToken"] == "now"
+    assert act.status["phase"] == "Resuming"
+    # The same token again (a later reconcile) does nothing new.
+    again = decide.decide_run(_obs(_job("Initializing"), act.status, resume_token="now"))
+    assert again.create_attempt is None and again.status["phase"] == "Resuming"
+
+
+def test_resume_of_a_running_run_is_ignored() -> None:
+    act = decide.decide_run(
+        _obs(_job("Running", "RUNNING"), {"attempt": 1, "phase": "Running"}, resume_token="x")
+    )
+    assert act.create_attempt is None and act.events[0][1] == "ResumeIgnored"
+
+
+def test_suspend_and_unsuspend() -> None:
+    running = _job("Running", "RUNNING")
+    act = decide.decide_run(_obs(running, {"attempt": 1, "phase": "Running"}, suspend=True))
+    assert act.suspend_job is True and act.status["phase"] == "Suspended"
+    queued = decide.decide_run(_obs(running, {"attempt": 1, "phase": "Running"}, suspend=True, queued=True))
+    assert queued.delete_job and queued.suspend_job is None
+    suspended = _job("Suspended", suspend=True)
+    resumed = decide.decide_run(_obs(suspended, act.status))
+    assert resumed.suspend_job is False and resumed.status["phase"] == "Resuming"
+    # With the RayJob deleted (queued case), unsuspending starts the next attempt.
+    fresh = decide.decide_run(_obs(None, {**queued.status}))
+    assert fresh.create_attempt == 2
+
+
+def test_validation_failure_is_not_retried() -> None:
+    act = decide.decide_run(
+        _obs(_job("ValidationFailed", reason="ValidationFailed"), {"attempt": 1, "phase": "Pending"})
+    )
+    assert act.status["phase"] == "Failed" and act.create_attempt is None
+
+
+def test_checkpoint_and_metrics_land_in_status() -> None:
+    ckpt = decide.Checkpoint(step=40, uri="s3://b/r/checkpoints/step-000000040", metrics={"loss": 2.1})
+    act = decide.decide_run(
+        _obs(_job("Running", "RUNNING"), {"attempt": 1, "phase": "Running"}, checkpoint=ckpt)
+    )
+    assert act.status["lastCheckpoint"] == {"step": 40, "uri": ckpt.uri} and act.status["metrics"] == {
+        "loss": 2.1
+    }
+    pending = decide.decide_run(
+        _obs(_job("Initializing"), {"attempt": 1, "phase": "Pending"}, checkpoint=ckpt)
+    )
+    assert pending.status["phase"] == "Resuming"  # a checkpoint exists: the attempt resumes from it
+
+
+def test_backoff_doubles_and_caps() -> None:
+    policy = FailurePolicy(backoff_seconds=30, max_backoff_seconds=100)
+    assert [decide.backoff(policy, n) for n in range(4)] == [30, 60, 100, 100]
+    assert decide.backoff(replace(policy, backoff_seconds=0), 3) == 0

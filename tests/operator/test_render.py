@@ -1,0 +1,127 @@
+"""RayJob rendering: golden manifests per flavor, plus the KubeRay constraints checked independently.
+
+Regenerate the golden files after an intended change with
+`SPHINXX_UPDATE_GOLDEN=1 pytest tests/operator/test_render.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sphinxx.jobs.config import FLAVORS, PUBLISHED_FLAVORS
+from sphinxx.operator.render import Attempt, render_rayjob
+from sphinxx.operator.spec import validate_run
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (runtimeEnvYAML) as literal blocks, so golden diffs stay readable."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
+)
+FLAVOR_CASES = ["debug", *PUBLISHED_FLAVORS]
+
+
+def _attempt(name: str, **changes) -> Attempt:
+    fields = dict(
+        namespace="team-a",
+        name=name,
+        uid="0b0e7c4e-8f7e-4d4c-9d57-6b8e1f0c2a11",
+        attempt=2,
+        run_id=f"{name}-1a2b3c4d",
+        config_uri=f"s3://bucket/sweeps/{name}-1a2b3c4d/config.yaml",
+        image="ghcr.io/sphinxx/sphinxx:0.1.0",
+        sweep="scaling",
+        tracking_uri="http://mlflow.mlflow:5000",
+        mlflow_run_id="0123456789abcdef0123456789abcdef",
+        resume_step=1500,
+        resume_uri=f"s3://bucket/sweeps/{name}-1a2b3c4d/checkpoints/step-000001500",
+    )
+    fields.update(changes)
+    return Attempt(**fields)
+
+
+def _spec(flavor: str, **spec) -> dict:
+    config = {"preset": flavor, "storage": {"uri": "s3://bucket/sweeps", "endpoint_url": "http://minio:9000"}}
+    resources = {"nodeSelector": {"gpu": "h100"}, "envFromSecrets": ["s3-credentials"], "workersPerPod": 8}
+    if flavor == "debug":
+        resources = {"workersPerPod": 1}
+    return {"config": config, "resources": resources, **spec}
+
+
+def _render(flavor: str, **spec) -> dict:
+    name = f"scaling-{flavor.replace('.', '-')}-d100"
+    parsed, cfg = validate_run(name, _spec(flavor, **spec))
+    return render_rayjob(_attempt(name), parsed, cfg)
+
+
+@pytest.mark.parametrize("flavor", FLAVOR_CASES)
+def test_golden_rayjob(flavor: str) -> None:
+    rendered = yaml.dump(_render(flavor), Dumper=_Dumper, sort_keys=False, width=110)
+    assert yaml.safe_load(rendered) == _render(flavor)
+    path = GOLDEN / f"rayjob-{flavor}.yaml"
+    if os.environ.get("SPHINXX_UPDATE_GOLDEN"):
+        path.write_text(rendered)
+    assert path.read_text() == rendered, f"{path.name} differs; review and regenerate (see module docstring)"
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_rayjob_satisfies_kuberay_constraints(flavor: str) -> None:
+    spec = _spec(flavor)
+    parsed, cfg = validate_run("run", spec)
+    job = render_rayjob(_attempt("run"), parsed, cfg)
+    name = job["metadata"]["name"]
+    assert len(name) <= 47 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name)
+    js = job["spec"]
+    assert js["backoffLimit"] == 0 and js["shutdownAfterJobFinishes"] is True and js["suspend"] is False
+    assert "clusterSelector" not in js and "deletionStrategy" not in js
+    assert (
+        js["entrypoint"]
+        == "python -m sphinxx.jobs.train --config s3://bucket/sweeps/run-1a2b3c4d/config.yaml"
+    )
+
+    per_pod = parsed.resources.workers_per_pod
+    group = js["rayClusterSpec"]["workerGroupSpecs"][0]
+    low, high = math.ceil(cfg.parallel.min_workers / per_pod), math.ceil(cfg.parallel.max_workers / per_pod)
+    assert (group["minReplicas"], group["maxReplicas"], group["replicas"]) == (low, high, low)
+    assert 0 <= group["minReplicas"] <= group["maxReplicas"]
+    assert js["rayClusterSpec"]["enableInTreeAutoscaling"] is (low < high)
+    assert js["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+
+    for template in (group["template"], js["rayClusterSpec"]["headGroupSpec"]["template"]):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": template["spec"]}
+        kubernetes_validate.validate(pod, "1.32", strict=True)
+        assert template["spec"]["restartPolicy"] == "Never"  # autoscaler v2
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu", 0) == cfg.parallel.gpus_per_worker * per_pod
+
+    env = yaml.safe_load(js["runtimeEnvYAML"])["env_vars"]
+    assert env["MLFLOW_RUN_ID"] == "0123456789abcdef0123456789abcdef"
+    assert env["SPHINXX_RUN_ID"] == "run-1a2b3c4d" and env["SPHINXX_RESUME_STEP"] == "1500"
+    assert not [k for k in env if re.search("SECRET|PASSWORD|TOKEN|ACCESS_KEY", k)]
+    assert "secret" not in js["runtimeEnvYAML"].lower()
+
+
+def test_queue_label_elastic_annotation_and_deadline() -> None:
+    job = _render("tinyllama-1.1b", queueName="gpu-queue", failurePolicy={"activeDeadlineSeconds": 86400})
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job["metadata"]["annotations"]["kueue.x-k8s.io/elastic-job"] == "true"  # preset: 8..16 workers
+    assert job["spec"]["activeDeadlineSeconds"] == 86400
+
+
+def test_fixed_size_run_has_no_autoscaler() -> None:
+    job = _render("debug", minWorkers=2, maxWorkers=2)
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in cluster
+    assert cluster["workerGroupSpecs"][0]["minReplicas"] == cluster["workerGroupSpecs"][0]["maxReplicas"] == 2

@@ -1,0 +1,109 @@
+"""RayJob status mapping with KubeRay's real field values (orchestration.md 1.2), and the sweep roll-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from sphinxx.operator import expand, status
+from sphinxx.operator.spec import validate_sweep
+
+
+def _job(deployment: str, job: str = "", **extra) -> dict:
+    return {"status": {"jobDeploymentStatus": deployment, "jobStatus": job, **extra}}
+
+
+@pytest.mark.parametrize(
+    ("rayjob", "outcome", "reason"),
+    [
+        (None, "none", ""),
+        ({}, "pending", "New"),
+        (_job("Initializing"), "pending", "Initializing"),
+        (_job("Waiting"), "pending", "Waiting"),
+        (_job("Running", "PENDING"), "running", "Running"),
+        (_job("Running", "RUNNING"), "running", "Running"),
+        (_job("Complete", "SUCCEEDED"), "succeeded", "Succeeded"),
+        (_job("Complete", "STOPPED"), "failed", "JobStopped"),
+        (_job("Failed", "FAILED", reason="AppFailed", message="exit 1"), "failed", "AppFailed"),
+        (_job("Failed", "", reason="DeadlineExceeded"), "failed", "DeadlineExceeded"),
+        (_job("Failed", "", reason="SubmissionFailed"), "failed", "SubmissionFailed"),
+        (
+            _job("Failed", "", reason="JobStatusCheckTimeoutExceeded"),
+            "failed",
+            "JobStatusCheckTimeoutExceeded",
+        ),
+        (
+            _job("ValidationFailed", "", reason="ValidationFailed", message="bad spec"),
+            "invalid",
+            "ValidationFailed",
+        ),
+        (_job("Suspending"), "suspended", "Suspending"),
+        (_job("Suspended"), "suspended", "Suspended"),
+        (_job("Retrying"), "retrying", "Retrying"),
+    ],
+)
+def test_rayjob_outcome(rayjob, outcome, reason) -> None:
+    view = status.observe_rayjob(rayjob)
+    assert (view.outcome, view.reason) == (outcome, reason)
+    assert view.terminal == (outcome in ("succeeded", "failed", "invalid"))
+
+
+def test_rayjob_details_are_mirrored() -> None:
+    view = status.observe_rayjob(
+        _job(
+            "Running",
+            "RUNNING",
+            rayClusterName="run-a1-abc123-raycluster-x7k2p",
+            startTime="2026-01-01T00:00:00Z",
+            rayClusterStatus={
+                "desiredWorkerReplicas": 4,
+                "availableWorkerReplicas": 3,
+                "readyWorkerReplicas": 3,
+            },
+        )
+    )
+    assert view.cluster == "run-a1-abc123-raycluster-x7k2p" and view.start_time == "2026-01-01T00:00:00Z"
+    assert view.workers == {"desired": 4, "available": 3, "ready": 3}
+
+
+def test_conditions_keep_transition_time_while_unchanged() -> None:
+    first = status.run_conditions([], "Running", "Running", "go", 1, "t1")
+    second = status.run_conditions(first, "Running", "Running", "go", 2, "t2")
+    running = status.condition(second, "Running")
+    assert running["status"] == "True" and running["lastTransitionTime"] == "t1"
+    assert running["observedGeneration"] == 2
+    third = status.run_conditions(second, "Succeeded", "Succeeded", "done", 2, "t3")
+    assert status.condition(third, "Running")["lastTransitionTime"] == "t3"
+    assert status.condition(third, "Ready")["status"] == "True"
+    assert [c["type"] for c in third] == sorted(status.RUN_CONDITIONS)
+
+
+def test_sweep_rollup_counts_rows_and_phase() -> None:
+    spec = validate_sweep(
+        "s",
+        {
+            "base": {"preset": "debug"},
+            "axes": {"models": ["debug", "tinyllama-1.1b"], "dataFractions": [0.5, 1.0]},
+        },
+    )
+    ordered = expand.points("s", spec)
+    children = {
+        ordered[0].name: {
+            "status": {"phase": "Succeeded", "metrics": {"loss": 2.5}, "lastCheckpoint": {"step": 20}}
+        },
+        ordered[1].name: {"status": {"phase": "Running"}},
+        ordered[2].name: {"status": {"phase": "Failed"}},
+    }
+    roll = status.rollup(ordered, children, False, [], 1, "t")
+    assert roll.counts == {
+        "total": 4, "pending": 1, "running": 1, "resuming": 0, "succeeded": 1, "failed": 1, "suspended": 0,
+    }  # fmt: skip
+    assert roll.phase == "Running" and roll.progress == "1/4"
+    assert roll.points[0] == {
+        "name": ordered[0].name, "model": "debug", "dataFraction": 0.5, "phase": "Succeeded",
+        "attempt": 0, "step": 20, "loss": 2.5, "checkpoint": None,
+    }  # fmt: skip
+    done = {p.name: {"status": {"phase": "Succeeded", "metrics": {"loss": 1.0}}} for p in ordered}
+    assert status.rollup(ordered, done, False, [], 1, "t").phase == "Succeeded"
+    done[ordered[3].name] = {"status": {"phase": "Failed"}}
+    assert status.rollup(ordered, done, False, [], 1, "t").phase == "Failed"
+    assert status.rollup(ordered, done, True, [], 1, "t").phase == "Suspended"
