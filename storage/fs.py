@@ -297,25 +297,36 @@ def open_fs(uri: str, options: StorageOptions | None = None) -> ObjectFS:
     return ObjectFS(fsspec.filesystem("memory", skip_instance_cache=True), scheme, options)
 
 
+_LOADER: Any = None
+
+
 def _make_s3fs(options: StorageOptions) -> Any:
     import s3fs
+    from aiobotocore.session import AioSession
+    from botocore.loaders import create_loader
 
+    global _LOADER
     client_kwargs: dict[str, Any] = {}
     if options.region:
         client_kwargs["region_name"] = options.region
-    session_kwargs: dict[str, Any] = {"profile": options.profile} if options.profile else {}
+    # A new session per filesystem (fresh credentials), sharing only botocore's parsed
+    # service models: loading them is most of the ~0.5 s a new client costs.
+    session = AioSession(profile=options.profile) if options.profile else AioSession()
+    _LOADER = _LOADER or create_loader()
+    session.register_component("data_loader", _LOADER)
     fs = s3fs.S3FileSystem(
         endpoint_url=options.resolved_endpoint(),
         client_kwargs=client_kwargs,
         config_kwargs={
-            "retries": {"mode": options.retry_mode, "max_attempts": options.max_attempts},
+            # total_max_attempts counts the first try (botocore's max_attempts would not).
+            "retries": {"mode": options.retry_mode, "total_max_attempts": options.max_attempts},
             "connect_timeout": options.connect_timeout_s,
             "read_timeout": options.read_timeout_s,
         },
         use_listings_cache=False,
         skip_instance_cache=True,
         max_concurrency=options.part_concurrency,
-        **session_kwargs,
+        session=session,
     )
     fs.retries = 1  # botocore retries; s3fs's own loop on top would multiply attempts (10 x 5)
     return fs

@@ -155,6 +155,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             proxy.enter()
             try:
                 status, reason, resp_headers, resp_body = self._forward(body, drop)
+            except OSError:  # upstream gone (e.g. at session teardown): answer like a gateway would
+                return self._error(502, "BadGateway")
             finally:
                 proxy.leave()
             if action == "lose_response":
