@@ -149,7 +149,10 @@ class RecordReader:
                         UNREADABLE_SHARD, raw.location, f"{type(data).__name__}: {data}"
                     )
                 else:
-                    raw.item = parse_record(data, raw.location)
+                    try:
+                        raw.item = parse_record(data, raw.location)
+                    except BadRecordError as err:
+                        raw.item = err
         for raw in raws:
             if isinstance(raw.item, Record) and raw.item.images:
                 raw.image_uri = resolve_image(self.sources[raw.source].uri, raw.item.images[0])

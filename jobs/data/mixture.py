@@ -4,21 +4,21 @@ Stream position j (0, 1, 2, ...) names one sample; global batch i is positions [
 The stream depends only on the sources (names, record counts, weights), `data.fraction` and
 `data.seed`, never on the world size, so any number of ranks can continue it (see `sampler`).
 
-Weights [D]. A source's share of the stream is proportional to weight x its (fractioned)
-record count, so weight is a repeat factor per epoch: with every weight 1 an epoch is one pass
-over the fractioned mixture in its natural proportions (the SPHINX-X recipe: one stage over all
-data), weight 2 shows a source twice per epoch, 0.5 half of it (the next epoch continues with
-the unseen half). An epoch has round(sum_s weight_s x kept_s) samples.
+Weights [D]. Per epoch, source s contributes c_s = round(weight_s x kept_s) samples (at least
+one), so weight is a repeat factor: with every weight 1 an epoch is exactly one pass over the
+fractioned mixture in its natural proportions (the SPHINX-X recipe: one stage over all data),
+weight 2 shows a source twice per epoch, 0.5 half of it (the next epoch continues with the
+unseen half). An epoch has N = sum_s c_s samples.
 
-Which source position j draws from: the stream is cut into chunks of CHUNK positions; chunk c
-gets per-source counts by systematic sampling (a random offset u_c; counts differ from
-CHUNK x share by less than 1, and equal it in expectation), then a seeded shuffle orders them.
-So proportions hold tightly even in a short debug run, and the number of draws of source s
-before any position is a cheap prefix sum, which is what makes the stream randomly addressable.
+Which source position j draws from: epoch e = j div N is a uniformly random arrangement of the
+multiset {s: c_s}. It is drawn chunk by chunk (CHUNK positions): chunk counts come from a
+multivariate hypergeometric draw over what the epoch has left, then a seeded shuffle orders the
+chunk. That is exactly a uniform random permutation, and it makes the number of draws of s
+before any position a cheap prefix sum: the stream is randomly addressable.
 
-Within a source: the k-th draw of source s is record kept_s[perm_{s,e}[k mod n_s]] with
-e = k div n_s, where perm_{s,e} is a seeded permutation per (source, epoch). Each source is
-therefore consumed without replacement within its epoch, and reshuffled for the next.
+Within a source: the k-th draw of source s is record kept_s[perm_{s,e'}[k mod n_s]] with
+e' = k div n_s, where perm_{s,e'} is a seeded permutation per (source, source epoch). Each
+source is therefore consumed without replacement within its epoch, and reshuffled for the next.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from sphinxx.jobs.data.format import Manifest, read_manifest
-from sphinxx.jobs.data.fraction import kept_indices, source_key, splitmix64
+from sphinxx.jobs.data.fraction import kept_indices, source_key
 from sphinxx.storage import uri as uri_mod
 
 CHUNK = 1024  # positions per chunk of the source schedule
@@ -60,28 +60,25 @@ class Mixture:
             )
         self.sources = tuple(sources)
         self.fraction, self.seed = fraction, seed
-        mass = np.array([s.weight * s.num_kept for s in sources], dtype=np.float64)
-        if mass.sum() <= 0:
+        per_epoch = [max(1, round(s.weight * s.num_kept)) if s.num_kept else 0 for s in sources]
+        self.per_epoch = np.array(per_epoch, dtype=np.int64)  # c_s: draws of each source per epoch
+        if self.per_epoch.sum() == 0:
             raise ValueError(
                 f"data.fraction {fraction} keeps no record of any source; raise the fraction or add data"
             )
-        self.probs = mass / mass.sum()
-        self.samples_per_epoch = max(1, round(float(mass.sum())))
-        cum = np.cumsum(self.probs) * CHUNK
-        cum[-1] = CHUNK  # exact, so every chunk's counts sum to CHUNK
-        self._cum = cum
-        self._mix_key = np.uint64(source_key(seed, "\x00mixture"))
+        self.samples_per_epoch = int(self.per_epoch.sum())
+        self.probs = self.per_epoch / self.samples_per_epoch
         self._reset_caches()
 
     # -- pickling: workers rebuild the (large) caches lazily ------------------------------
     def _reset_caches(self) -> None:
         self._kept: dict[int, np.ndarray] = {}
         self._perms: dict[tuple[int, int], np.ndarray] = {}
-        self._orders: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._prefix = np.zeros((1, len(self.sources)), dtype=np.int64)
+        self._orders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_kept", "_perms", "_orders", "_prefix")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_kept", "_perms", "_orders", "_tables")}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -104,35 +101,37 @@ class Mixture:
         return self._kept[s]
 
     # -- the schedule ---------------------------------------------------------------------
-    def _chunk_counts(self, chunks: np.ndarray) -> np.ndarray:
-        """[len(chunks), S] draws per source in each chunk (systematic sampling)."""
-        u = splitmix64(chunks.astype(np.uint64) ^ self._mix_key).astype(np.float64) / 2.0**64
-        edges = np.floor(self._cum[None, :] + u[:, None]).astype(np.int64)  # [C, S], last == CHUNK
-        return np.diff(edges, axis=1, prepend=0)
+    def _epoch_table(self, epoch: int) -> np.ndarray:
+        """[chunks + 1, S]: draws of each source before each chunk of `epoch` (prefix sums)."""
+        if epoch not in self._tables:
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 1, epoch])))
+            left = self.per_epoch.copy()
+            rows = [np.zeros(len(left), dtype=np.int64)]
+            for start in range(0, self.samples_per_epoch, CHUNK):
+                size = min(CHUNK, self.samples_per_epoch - start)
+                counts = rng.multivariate_hypergeometric(left, size)
+                left -= counts
+                rows.append(rows[-1] + counts)
+            if len(self._tables) > 2:
+                self._tables.clear()
+            self._tables[epoch] = np.stack(rows)
+        return self._tables[epoch]
 
-    def _draws_before(self, chunk: int) -> np.ndarray:
-        """[S] draws of each source in chunks 0 .. chunk-1."""
-        have = self._prefix.shape[0] - 1
-        if chunk > have:
-            grow = max(chunk, 2 * have) - have
-            counts = self._chunk_counts(np.arange(have, have + grow))
-            self._prefix = np.concatenate([self._prefix, self._prefix[-1] + np.cumsum(counts, axis=0)])
-        return self._prefix[chunk]
-
-    def _chunk_order(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    def _chunk_order(self, epoch: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """Source of each position in the chunk, and its rank among that source's positions."""
-        if chunk not in self._orders:
-            counts = self._chunk_counts(np.array([chunk]))[0]
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 1, chunk])))
+        if (epoch, chunk) not in self._orders:
+            table = self._epoch_table(epoch)
+            counts = table[chunk + 1] - table[chunk]
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, 3, epoch, chunk])))
             order = rng.permutation(np.repeat(np.arange(len(self.sources)), counts))
             by_source = np.argsort(order, kind="stable")
             group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            rank = np.empty(CHUNK, dtype=np.int64)
-            rank[by_source] = np.arange(CHUNK) - group_start[order[by_source]]
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[by_source] = np.arange(len(order)) - group_start[order[by_source]]
             if len(self._orders) > 64:
                 self._orders.clear()
-            self._orders[chunk] = (order, rank)
-        return self._orders[chunk]
+            self._orders[(epoch, chunk)] = (order, rank)
+        return self._orders[(epoch, chunk)]
 
     def _permutation(self, s: int, epoch: int) -> np.ndarray:
         if (s, epoch) not in self._perms:
@@ -150,13 +149,16 @@ class Mixture:
         positions = np.asarray(positions, dtype=np.int64)
         sources = np.empty(len(positions), dtype=np.int64)
         draws = np.empty(len(positions), dtype=np.int64)  # k: how many earlier draws of that source
-        chunks = positions // CHUNK
-        for chunk in np.unique(chunks):
-            sel = chunks == chunk
-            order, rank = self._chunk_order(int(chunk))
-            offset = positions[sel] % CHUNK
-            sources[sel] = order[offset]
-            draws[sel] = self._draws_before(int(chunk))[order[offset]] + rank[offset]
+        epochs, offsets = np.divmod(positions, self.samples_per_epoch)
+        chunks = offsets // CHUNK
+        for epoch, chunk in {(int(e), int(c)) for e, c in zip(epochs, chunks, strict=True)}:
+            sel = (epochs == epoch) & (chunks == chunk)
+            order, rank = self._chunk_order(epoch, chunk)
+            within = offsets[sel] % CHUNK
+            src = order[within]
+            sources[sel] = src
+            before = epoch * self.per_epoch + self._epoch_table(epoch)[chunk]
+            draws[sel] = before[src] + rank[within]
         records = np.empty(len(positions), dtype=np.int64)
         for s in np.unique(sources):
             n = self.sources[s].num_kept
@@ -173,7 +175,10 @@ class Mixture:
     def fingerprint(self) -> str:
         """Changes iff the stream would change (stored with the sampler state)."""
         parts = [[s.name, s.manifest.num_records, s.weight, s.num_kept] for s in self.sources]
-        blob = json.dumps({"sources": parts, "fraction": self.fraction, "seed": self.seed, "chunk": CHUNK})
+        # CHUNK and the schedule's layout are part of the stream too.
+        blob = json.dumps(
+            {"sources": parts, "fraction": self.fraction, "seed": self.seed, "chunk": CHUNK, "v": 2}
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
@@ -185,9 +190,9 @@ class Mixture:
                 "records": s.manifest.num_records,
                 "kept": s.num_kept,
                 "share": round(float(p), 6),
-                "samples_per_epoch": round(float(p) * self.samples_per_epoch, 1),
+                "samples_per_epoch": int(c),
             }
-            for s, p in zip(self.sources, self.probs, strict=True)
+            for s, p, c in zip(self.sources, self.probs, self.per_epoch, strict=True)
         }
         domains: dict[str, dict[str, float]] = {}
         for info in sources.values():
