@@ -1,0 +1,172 @@
+"""Checkpoint commit and restore through sphinxx.storage vs plain sequential boto3, against a moto S3 server.
+
+    .venv/bin/python bench/storage.py                      # ~200 MiB, starts its own moto_server
+    .venv/bin/python bench/storage.py --size-mib 50 --repeats 1
+    .venv/bin/python bench/storage.py --endpoint-url http://127.0.0.1:9000   # an existing S3 / MinIO
+
+Prints JSON lines: one per timed run, then one summary per operation with the
+ratio baseline_seconds / sphinxx_seconds (> 1: ours is faster). Ours includes
+everything a commit does (sha256 of every file, writer record, manifest with
+If-None-Match, read-back, latest.json) and everything a restore does (ranged
+parallel GETs, size + sha256 check); the baseline is `upload_file` /
+`download_file` called file after file with boto3's default TransferConfig.
+moto is a single Python process: absolute speeds say little about real S3,
+the ratio on the same server in the same run is the number to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+MiB = 1 << 20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=200, help="total checkpoint size (default 200)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per implementation (median reported)"
+    )
+    parser.add_argument("--endpoint-url", help="use this S3 endpoint instead of starting moto_server")
+    parser.add_argument("--file-concurrency", type=int, default=4)
+    parser.add_argument("--part-concurrency", type=int, default=4)
+    args = parser.parse_args()
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = None if args.endpoint_url else _start_moto()
+    endpoint = args.endpoint_url or server[1]
+    work = tempfile.mkdtemp(prefix="bench-storage-")
+    try:
+        _run(args, endpoint, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if server is not None:
+            server[0].terminate()
+            server[0].wait(10)
+
+
+def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
+    import boto3
+
+    from sphinxx.storage import CheckpointStore, StorageOptions
+
+    local = os.path.join(work, "ckpt")
+    files = _make_checkpoint(local, args.size_mib)
+    total = sum(os.path.getsize(os.path.join(local, f)) for f in files)
+    _emit(op="setup", files=len(files), bytes=total, endpoint=endpoint)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    options = StorageOptions(
+        endpoint_url=endpoint, file_concurrency=args.file_concurrency, part_concurrency=args.part_concurrency
+    )
+    times: dict[tuple[str, str], list[float]] = {}
+
+    for rep in range(args.repeats):
+        # Alternate the order so neither side always runs on a warmer server.
+        order = ("sphinxx", "boto3") if rep % 2 == 0 else ("boto3", "sphinxx")
+        for impl in order:
+            run_id = f"{impl}-{rep}"
+            restore = os.path.join(work, f"restore-{run_id}")
+            if impl == "sphinxx":
+                store = CheckpointStore(f"s3://{bucket}/bench", run_id, options=options)
+                store.latest()  # build the client outside the timed part, as a long-running trainer would
+                up = _timed(lambda s=store: s.save(1, local, metadata={"metrics": {"loss": 1.0}}))
+                down = _timed(lambda s=store, r=restore: s.download(1, r))
+            else:
+                keys = [f"bench/{run_id}/{f}" for f in files]
+                up = _timed(
+                    lambda k=keys: [
+                        client.upload_file(os.path.join(local, f), bucket, key) for f, key in zip(files, k)
+                    ]
+                )
+                down = _timed(
+                    lambda k=keys, r=restore: [
+                        _download(client, bucket, key, os.path.join(r, f)) for f, key in zip(files, k)
+                    ]
+                )
+            for op, seconds in (("commit", up), ("restore", down)):
+                times.setdefault((op, impl), []).append(seconds)
+                _emit(
+                    op=op,
+                    impl=impl,
+                    rep=rep,
+                    seconds=round(seconds, 3),
+                    mib_per_s=round(total / MiB / seconds, 1),
+                )
+            shutil.rmtree(restore, ignore_errors=True)
+    for op in ("commit", "restore"):
+        ours, base = statistics.median(times[(op, "sphinxx")]), statistics.median(times[(op, "boto3")])
+        _emit(op=op, summary=True, sphinxx_s=round(ours, 3), boto3_sequential_s=round(base, 3),
+              ratio_boto3_over_sphinxx=round(base / ours, 2), bytes=total, cpus=os.cpu_count(),
+              max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))  # fmt: skip
+
+
+def _make_checkpoint(root: str, size_mib: int) -> list[str]:
+    """A ZeRO-like mix: a few big model shards, mid-size optimizer shards, many small files."""
+    scale = size_mib / 200
+    layout = {f"model/shard-{i}.bin": int(64 * MiB * scale) for i in range(2)}
+    layout |= {f"optim/rank-{i:02d}.pt": int(16 * MiB * scale) for i in range(4)}
+    layout |= {f"extra/rng-{i:02d}.bin": int(1 * MiB * scale) for i in range(8)}
+    layout |= {f"extra/meta-{i:02d}.json": 4096 for i in range(16)}
+    block = os.urandom(MiB)  # random, incompressible; reused to keep setup fast
+    for rel, size in layout.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            for offset in range(0, size, MiB):
+                f.write(block[: min(MiB, size - offset)])
+    return sorted(layout)
+
+
+def _download(client, bucket: str, key: str, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    client.download_file(bucket, key, path)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _emit(**fields) -> None:
+    print(json.dumps({"bench": "storage", **fields}), flush=True)
+
+
+def _start_moto() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise SystemExit("moto_server did not start within 60 s")
+
+
+if __name__ == "__main__":
+    main()
