@@ -86,31 +86,37 @@ class RecordReader:
         self.sources = list(sources)
         self._starts = [np.cumsum([0] + [s.num_records for s in src.shards]) for src in self.sources]
         self._offsets: dict[tuple[int, int], np.ndarray | BadRecordError] = {}
-        self._fs: ObjectFS | None = None
+        self._fs: dict[str, ObjectFS] = {}
         self._pid = -1
 
-    @property
-    def fs(self) -> ObjectFS:
-        # One filesystem per process: s3fs clients do not survive a fork into DataLoader workers.
-        if self._fs is None or self._pid != os.getpid():
-            self._fs = open_fs(self.sources[0].uri)
-            self._pid = os.getpid()
-        return self._fs
+    def fs(self, uri: str) -> ObjectFS:
+        """The filesystem of `uri`'s scheme (sources and images may live in different stores)."""
+        if self._pid != os.getpid():
+            # One filesystem per process: s3fs clients do not survive a fork into DataLoader workers.
+            self._fs, self._pid = {}, os.getpid()
+        scheme = uri.split("://", 1)[0]
+        if scheme not in self._fs:
+            self._fs[scheme] = open_fs(uri)
+        return self._fs[scheme]
 
     def _shard_of(self, source: int, record: int) -> tuple[int, int]:
         shard = int(np.searchsorted(self._starts[source], record, side="right")) - 1
         return shard, record - int(self._starts[source][shard])
 
+    def _shard_uri(self, source: int, shard: int) -> str:
+        return uri_mod.join(self.sources[source].uri, self.sources[source].shards[shard].path)
+
     def _shard_offsets(self, source: int, shard: int) -> np.ndarray | BadRecordError:
         key = (source, shard)
         if key not in self._offsets:
             src, info = self.sources[source], self.sources[source].shards[shard]
-            shard_uri = uri_mod.join(src.uri, info.path)
+            shard_uri = self._shard_uri(source, shard)
+            fs = self.fs(shard_uri)
             try:
                 if info.index:
-                    offsets = decode_index(self.fs.read_bytes(uri_mod.join(src.uri, info.index)))
+                    offsets = decode_index(fs.read_bytes(uri_mod.join(src.uri, info.index)))
                 else:  # no index written: read the shard once and find its lines
-                    offsets = line_offsets(self.fs.read_bytes(shard_uri)).astype(np.int64)
+                    offsets = line_offsets(fs.read_bytes(shard_uri)).astype(np.int64)
                 if len(offsets) != info.num_records + 1:
                     raise ValueError(f"index has {len(offsets) - 1} lines, manifest says {info.num_records}")
                 self._offsets[key] = offsets
@@ -122,11 +128,12 @@ class RecordReader:
 
     def location(self, source: int, record: int) -> str:
         shard, line = self._shard_of(source, record)
-        return f"{uri_mod.join(self.sources[source].uri, self.sources[source].shards[shard].path)}:{line + 1}"
+        return f"{self._shard_uri(source, shard)}:{line + 1}"
 
     def fetch(self, key: MicroBatchKey) -> list[RawSample]:
-        """Record lines (one concurrent batch of ranged reads), then their images (another)."""
-        raws, paths, starts, ends, pending = [], [], [], [], []
+        """Record lines (concurrent ranged reads per store), then their images (concurrent GETs)."""
+        raws: list[RawSample] = []
+        ranges: dict[str, list[tuple[RawSample, str, int, int]]] = {}  # scheme -> reads
         for pos, s, r in zip(key.positions, key.sources, key.records, strict=True):
             raw = RawSample(pos, s, r, self.location(s, r))
             raws.append(raw)
@@ -135,24 +142,16 @@ class RecordReader:
             if isinstance(offsets, BadRecordError):
                 raw.item = BadRecordError(UNREADABLE_SHARD, raw.location, offsets.detail)
                 continue
-            paths.append(self.fs.path(uri_mod.join(self.sources[s].uri, self.sources[s].shards[shard].path)))
-            starts.append(int(offsets[line]))
-            ends.append(int(offsets[line + 1]))
-            pending.append(raw)
-        if paths:
-            # fsspec's ranged reads: concurrent on S3; ObjectFS has no batched ranged read yet.
-            for raw, data in zip(
-                pending, self.fs.fs.cat_ranges(paths, starts, ends, on_error="return"), strict=True
-            ):
-                if isinstance(data, BaseException):
-                    raw.item = BadRecordError(
-                        UNREADABLE_SHARD, raw.location, f"{type(data).__name__}: {data}"
-                    )
-                else:
-                    try:
-                        raw.item = parse_record(data, raw.location)
-                    except BadRecordError as err:
-                        raw.item = err
+            shard_uri = self._shard_uri(s, shard)
+            read = (raw, shard_uri, int(offsets[line]), int(offsets[line + 1]))
+            ranges.setdefault(shard_uri.split("://", 1)[0], []).append(read)
+        for reads in ranges.values():
+            fs = self.fs(reads[0][1])
+            # fsspec's ranged reads (concurrent on S3); ObjectFS has no batched ranged read.
+            paths = [fs.path(uri) for _, uri, _, _ in reads]
+            data = fs.fs.cat_ranges(paths, [r[2] for r in reads], [r[3] for r in reads], on_error="return")
+            for (raw, *_), line in zip(reads, data, strict=True):
+                raw.item = _parse(line, raw.location)
         for raw in raws:
             if isinstance(raw.item, Record) and raw.item.images:
                 raw.image_uri = resolve_image(self.sources[raw.source].uri, raw.item.images[0])
@@ -160,21 +159,33 @@ class RecordReader:
         return raws
 
     def _fetch_images(self, raws: list[RawSample]) -> None:
-        if not raws:
-            return
-        try:
-            found = self.fs.read_many([r.image_uri for r in raws])
-        except StorageError:  # one failing read fails the batched call: retry one by one
-            found = {}
-            for r in raws:
-                try:
-                    found[r.image_uri] = self.fs.read_bytes(r.image_uri)
-                except (FileNotFoundError, StorageError):
-                    pass
+        by_scheme: dict[str, list[RawSample]] = {}
         for r in raws:
-            r.image_bytes = found.get(r.image_uri)
-            if r.image_bytes is None:
-                r.item = BadRecordError(MISSING_IMAGE, r.image_uri, f"referenced by {r.location}")
+            by_scheme.setdefault(r.image_uri.split("://", 1)[0], []).append(r)
+        for group in by_scheme.values():
+            fs = self.fs(group[0].image_uri)
+            try:
+                found = fs.read_many([r.image_uri for r in group])
+            except StorageError:  # one failing read fails the batched call: retry one by one
+                found = {}
+                for r in group:
+                    try:
+                        found[r.image_uri] = fs.read_bytes(r.image_uri)
+                    except (FileNotFoundError, StorageError):
+                        pass
+            for r in group:
+                r.image_bytes = found.get(r.image_uri)
+                if r.image_bytes is None:
+                    r.item = BadRecordError(MISSING_IMAGE, r.image_uri, f"referenced by {r.location}")
+
+
+def _parse(data: bytes | BaseException, location: str) -> Record | BadRecordError:
+    if isinstance(data, BaseException):
+        return BadRecordError(UNREADABLE_SHARD, location, f"{type(data).__name__}: {data}")
+    try:
+        return parse_record(data, location)
+    except BadRecordError as err:
+        return err
 
 
 @dataclass
