@@ -3,9 +3,9 @@
 # Images for sphinxx. One image runs the operator AND the Ray head/worker pods, so both sides of
 # a RayJob always run the same code (the chart's runtime.image defaults to the operator image).
 #
-#   docker build -t ghcr.io/sphinxx-dev/sphinxx:0.1.0 .                               # CPU (default target)
-#   docker build --target gpu -t ghcr.io/sphinxx-dev/sphinxx:0.1.0-gpu .              # CUDA + MegaBlocks
-#   docker build --target mlflow -t ghcr.io/sphinxx-dev/sphinxx-mlflow:0.1.0 .        # MLflow server
+#   docker build -t ghcr.io/sphinxx/sphinxx:0.1.0 .                               # CPU (default target)
+#   docker build --target gpu -t ghcr.io/sphinxx/sphinxx:0.1.0-gpu .              # CUDA + MegaBlocks
+#   docker build --target mlflow -t ghcr.io/sphinxx/sphinxx-mlflow:0.1.0 .        # MLflow server
 #
 # Versions follow pyproject.toml (tests/helm/test_dockerfile.py checks the extras and pins named
 # here against it): the package installs with the `train,operator` extras; torch is pinned to the
