@@ -1,8 +1,9 @@
 """The elastic sampler: global batches of the mixture stream dealt over ranks and micro-steps.
 
 Global batch i is stream positions [i*G, (i+1)*G) whatever the world size. With W data-parallel
-ranks, micro-batch m and A = G / (W m) accumulation steps, the batch is cut into W*A slots of m
-positions; rank r takes slot a*W + r at micro-step a. The union over ranks and micro-steps is
+ranks, micro-batch m and A = ceil(G / (W m)) accumulation steps, the batch is cut into W*A
+consecutive slots (m positions each when W m divides G, else sizes differing by at most one,
+never more than m); rank r takes slot a*W + r at micro-step a. The union over ranks and micro-steps is
 exactly the global batch, so the only state to checkpoint is the index of the next global batch.
 A run resumed at a different world size (same G) continues with exactly the samples not yet
 seen: no repeats, no gaps (the "batching" row of sphinx_x_model.md section 9, globally indexed).
@@ -36,17 +37,10 @@ class MicroBatchKey:
 
 
 def accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """Gradient accumulation steps A with G = W x A x m; ValueError if G does not divide."""
+    """Accumulation steps A = ceil(G / (W m)): the fewest that keep every micro-batch <= m rows."""
     if min(global_batch, micro_batch, world_size) < 1:
         raise ValueError("global_batch, micro_batch and world_size must be >= 1")
-    per_step = micro_batch * world_size
-    if global_batch % per_step:
-        raise ValueError(
-            f"train.global_batch {global_batch} is not a multiple of micro_batch x world_size "
-            f"({micro_batch} x {world_size} = {per_step}); pick a micro_batch that divides "
-            f"{global_batch // world_size if global_batch % world_size == 0 else 'G / W'} or change the worker count"
-        )
-    return global_batch // per_step
+    return -(-global_batch // (micro_batch * world_size))
 
 
 class ElasticSampler:
@@ -72,9 +66,13 @@ class ElasticSampler:
         self.stop_step = stop_step
 
     def key(self, step: int, micro: int) -> MicroBatchKey:
+        slots = self.world_size * self.accum_steps
         slot = micro * self.world_size + self.rank
-        base = step * self.global_batch + slot * self.micro_batch
-        positions = np.arange(base, base + self.micro_batch, dtype=np.int64)
+        # Slot sizes differ by at most one (all exactly m when W x m divides G), so any world
+        # size can take over a run: the loss is normalised by the global target count anyway.
+        base = step * self.global_batch
+        lo, hi = base + slot * self.global_batch // slots, base + (slot + 1) * self.global_batch // slots
+        positions = np.arange(lo, hi, dtype=np.int64)
         sources, records = self.mixture.locate(positions)
         return MicroBatchKey(
             step, micro, tuple(positions.tolist()), tuple(sources.tolist()), tuple(records.tolist())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sphinxx.jobs.data.loader import build_data
 from sphinxx.jobs.data.synth import write_synth
 from sphinxx.storage.fs import open_fs
@@ -11,6 +13,7 @@ from tests.data.conftest import SYNTH_SIZE, run_config
 from tests.data.test_synth import files
 
 
+@pytest.mark.slow  # a moto server process and ~100 PUTs
 def test_synth_on_s3_reads_like_local(synth_root: Path, s3_bucket: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SPHINXX_CACHE", str(tmp_path / "cache"))
     root = f"s3://{s3_bucket}/synth"

@@ -25,10 +25,15 @@ def test_ranks_and_micro_steps_cover_each_global_batch_exactly(world: int) -> No
     )
 
 
-def test_global_batch_must_divide_over_ranks_and_micro_batch() -> None:
-    assert accum_steps(256, 4, 8) == 8
-    with pytest.raises(ValueError, match="not a multiple of micro_batch x world_size"):
-        accum_steps(256, 3, 8)
+@pytest.mark.parametrize(("world", "micro"), [(3, 4), (4, 1), (7, 2)])
+def test_world_sizes_that_do_not_divide_the_batch_get_even_slots(world: int, micro: int) -> None:
+    mix = make_mixture({"a": 100, "b": 30})
+    samplers = [ElasticSampler(mix, 10, micro, r, world, start_step=2, stop_step=3) for r in range(world)]
+    assert samplers[0].accum_steps == accum_steps(10, micro, world) == -(-10 // (micro * world))
+    keys = [k for s in samplers for k in s]
+    assert sorted(p for k in keys for p in k.positions) == list(range(20, 30))
+    sizes = [len(k.positions) for k in keys]
+    assert max(sizes) <= micro and max(sizes) - min(sizes) <= 1
 
 
 def seen(stream, max_steps: int | None = None) -> list[tuple[int, int, int]]:
@@ -42,7 +47,7 @@ def seen(stream, max_steps: int | None = None) -> list[tuple[int, int, int]]:
     return rows
 
 
-@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2), (2, 3)])
 def test_resume_at_another_world_size_sees_exactly_the_unseen_samples(
     synth_root, synth_tokenizer, before, after
 ):
