@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 #
-# Images for sphinxx. One image runs the operator AND the Ray head/worker pods, so both sides of
-# a RayJob always run the same code (the chart's runtime.image defaults to the operator image).
+# Images for sphinxx, built from one source tree, so the operator and the Ray head/worker pods
+# always run the same code (the chart's runtime.image defaults to the operator image's `-gpu` tag).
 #
 #   docker build -t ghcr.io/sphinxx/sphinxx:0.1.0 .                               # CPU (default target)
 #   docker build --target gpu -t ghcr.io/sphinxx/sphinxx:0.1.0-gpu .              # CUDA + MegaBlocks
@@ -60,7 +60,7 @@ WORKDIR /home/sphinxx
 CMD ["sphinxx", "--help"]
 
 # ---------------------------------------------------------------------------- cpu (default)
-# Operator and CPU Ray pods. Last stage, so a plain `docker build` produces it.
+# The operator, and Ray pods of CPU-only runs. Last stage, so a plain `docker build` produces it.
 FROM python:${PYTHON_VERSION}-slim-bookworm AS cpu
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update && apt-get install -y --no-install-recommends wget \

@@ -210,7 +210,7 @@ def test_settings_and_secrets_reach_the_operator(render) -> None:
     container = _operator(rendered)
     args = build_parser().parse_args(container["args"])
     assert args.tracking_uri == "http://mlflow.mlflow:5000"
-    assert args.image == f"ghcr.io/sphinxx/sphinxx:{_app_version()}"
+    assert args.image == f"ghcr.io/sphinxx/sphinxx:{_app_version()}-gpu"
     env = _env(container)
     assert env["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
     assert env["SPHINXX_STORAGE_PREFIX"] == "s3://ml-ckpt/sphinxx"
@@ -224,9 +224,12 @@ def test_settings_and_secrets_reach_the_operator(render) -> None:
     assert rendered.kinds("Secret") == []
 
 
-def test_runtime_image_defaults_to_the_operator_image_and_can_differ(render) -> None:
-    same = build_parser().parse_args(_operator(render({"image": {"tag": "1.2.3"}}))["args"])
-    assert same.image == "ghcr.io/sphinxx/sphinxx:1.2.3"
+def test_runtime_image_defaults_to_the_gpu_build_of_the_operator_image(render) -> None:
+    rendered = render({"image": {"tag": "1.2.3"}})
+    container = _operator(rendered)
+    assert container["image"] == "ghcr.io/sphinxx/sphinxx:1.2.3"
+    same = build_parser().parse_args(container["args"])
+    assert same.image == "ghcr.io/sphinxx/sphinxx:1.2.3-gpu"
     gpu = build_parser().parse_args(
         _operator(render({"runtime": {"image": "reg/sphinxx:1.2.3-gpu"}}))["args"]
     )

@@ -79,9 +79,12 @@ app.kubernetes.io/part-of: sphinxx
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Image of the Ray pods: runtime.image, else the operator's own image (same code on both sides). */}}
+{{/*
+Image of the Ray pods: runtime.image, else the GPU build of the operator's own image
+(`<repository>:<tag>-gpu`, Dockerfile target `gpu`): the same code on both sides, with CUDA.
+*/}}
 {{- define "sphinxx.runtimeImage" -}}
-{{- default (include "sphinxx.image" .) .Values.runtime.image }}
+{{- default (printf "%s-gpu" (include "sphinxx.image" .)) .Values.runtime.image }}
 {{- end }}
 
 {{- define "sphinxx.mlflow.fullname" -}}
