@@ -10,8 +10,10 @@ next `read_ahead` micro-batches on a background thread while it decodes the curr
 the reads of one micro-batch go out concurrently (s3fs `cat_ranges` / `cat`).
 
 Bad records never raise here: a record that cannot be parsed, whose image is missing or cannot
-be decoded, or whose shard is unreadable is dropped from its micro-batch and reported in
-`LoadedBatch.bad` with its location; the loader decides when there are too many.
+be decoded, or whose shard or index is missing or inconsistent is dropped from its micro-batch
+and reported in `LoadedBatch.bad` with its location; the loader decides when there are too many.
+A store that fails us after its retries (access denied, 5xx) is not bad data: that raises, and
+the run fails (and is resumed) like any other infrastructure failure.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,7 +122,7 @@ class RecordReader:
                 if len(offsets) != info.num_records + 1:
                     raise ValueError(f"index has {len(offsets) - 1} lines, manifest says {info.num_records}")
                 self._offsets[key] = offsets
-            except (FileNotFoundError, StorageError, ValueError) as err:
+            except (FileNotFoundError, ValueError) as err:  # a store that fails us raises (not bad data)
                 self._offsets[key] = BadRecordError(
                     UNREADABLE_SHARD, shard_uri, f"{type(err).__name__}: {err}"
                 )
@@ -171,7 +173,7 @@ class RecordReader:
                 for r in group:
                     try:
                         found[r.image_uri] = fs.read_bytes(r.image_uri)
-                    except (FileNotFoundError, StorageError):
+                    except FileNotFoundError:
                         pass
             for r in group:
                 r.image_bytes = found.get(r.image_uri)
@@ -180,8 +182,10 @@ class RecordReader:
 
 
 def _parse(data: bytes | BaseException, location: str) -> Record | BadRecordError:
-    if isinstance(data, BaseException):
+    if isinstance(data, FileNotFoundError):  # the shard vanished after its index was read
         return BadRecordError(UNREADABLE_SHARD, location, f"{type(data).__name__}: {data}")
+    if isinstance(data, BaseException):  # the store failed us: not a data problem, let the run fail
+        raise data
     try:
         return parse_record(data, location)
     except BadRecordError as err:
@@ -194,7 +198,6 @@ class SamplePipeline:
 
     encoder: ConversationEncoder
     image: AnyResConfig
-    timings: dict[str, float] = field(default_factory=dict)
 
     def build(self, key: MicroBatchKey, raws: list[RawSample], fetch_s: float) -> LoadedBatch:
         out = LoadedBatch.empty(key.step, key.micro, attempted=len(raws))
