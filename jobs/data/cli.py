@@ -1,6 +1,7 @@
 """`sphinxx data`: make the synthetic set, and inspect sources and their data-fraction subsets.
 
 sphinxx data synth ./synth --size 200 --seed 0          # local folder (or s3://bucket/prefix)
+sphinxx data index s3://bucket/coco --name coco --domain vision   # manifest + indexes for JSONL shards
 sphinxx data inspect ./synth/data.yaml --fraction 0.25   # counts per source for a fraction
 sphinxx data inspect s3://bucket/src-a s3://bucket/src-b --tokenizer ./synth/tokenizer --json
 """
@@ -23,6 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     synth.add_argument("--shard-size", type=int, default=64, help="records per JSONL shard (default 64)")
     synth.set_defaults(func=_synth)
+
+    index = sub.add_parser("index", help="write line indexes and manifest.json for existing JSONL shards")
+    index.add_argument("root", metavar="SOURCE_URI", help="source root holding the shards")
+    index.add_argument("--name", required=True, help="source name (as in data.sources)")
+    index.add_argument(
+        "--domain", required=True, help="mixture domain: language, vision, vision-language, ..."
+    )
+    index.add_argument("--pattern", default="shards/*.jsonl", help="shards relative to the root (glob)")
+    index.set_defaults(func=_index)
 
     inspect = sub.add_parser("inspect", help="records, images and tokens per source for a data fraction")
     inspect.add_argument(
@@ -57,6 +67,29 @@ def _synth(args: argparse.Namespace) -> int:
         )
     print(f"tokenizer: {result.tokenizer_uri} ({result.vocab_size} ids)")
     print(f"config:    {result.config_uri}")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from sphinxx.jobs.config import DOMAINS
+    from sphinxx.jobs.data.format import index_source
+
+    if args.domain not in DOMAINS:
+        print(f"error: --domain must be one of {', '.join(DOMAINS)}", file=sys.stderr)
+        return 2
+    try:
+        manifest, invalid = index_source(args.root, args.name, args.domain, args.pattern)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{manifest.name}: {manifest.num_records} records in {len(manifest.shards)} shards, {manifest.num_images} with images"
+    )
+    if invalid:
+        print(
+            f"warning: {invalid} lines are not valid records; they will be skipped as bad records",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -100,8 +100,11 @@ class Manifest:
             data = json.loads(text)
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-            shards = tuple(ShardInfo(**s) for s in data.pop("shards"))
-            manifest = cls(shards=shards, **data)
+            shards = tuple(
+                ShardInfo(**{k: v for k, v in s.items() if k in _SHARD_KEYS}) for s in data.pop("shards")
+            )
+            # Unknown top-level keys (provenance, licences...) are the writer's business: ignored.
+            manifest = cls(shards=shards, **{k: v for k, v in data.items() if k in _MANIFEST_KEYS})
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(
                 f"{where} is not a valid source manifest ({type(err).__name__}: {err}); "
@@ -110,6 +113,10 @@ class Manifest:
         if sum(s.num_records for s in shards) != manifest.num_records:
             raise ValueError(f"{where}: num_records {manifest.num_records} != sum over shards")
         return manifest
+
+
+_SHARD_KEYS = {f.name for f in fields(ShardInfo)}
+_MANIFEST_KEYS = {f.name for f in fields(Manifest)} - {"shards"}
 
 
 def read_manifest(root: str, fs: ObjectFS | None = None) -> Manifest:
@@ -277,3 +284,34 @@ class SourceWriter:
         )
         self.fs.write_bytes(uri_mod.join(self.root, MANIFEST), manifest.to_json().encode())
         return manifest
+
+
+def index_source(root: str, name: str, domain: str, pattern: str = "shards/*.jsonl") -> tuple[Manifest, int]:
+    """Write `.idx` files and manifest.json for existing JSONL shards under `root`.
+
+    For data converted by other tools: shards matching `pattern` (relative to root, in name order)
+    are read once each. Returns the manifest and the number of lines that are not valid records
+    (they stay in place and are counted as bad records at training time).
+    """
+    import fnmatch
+
+    root = uri_mod.normalize(root)
+    fs = open_fs(root)
+    paths = sorted(p for p in fs.list_files(root) if fnmatch.fnmatch(p, pattern))
+    if not paths:
+        raise ValueError(f"no shards matching {pattern!r} under {root}")
+    shards, images, invalid = [], 0, 0
+    for path in paths:
+        data = fs.read_bytes(uri_mod.join(root, path))
+        offsets = line_offsets(data)
+        for i in range(len(offsets) - 1):
+            try:
+                images += bool(parse_record(data[int(offsets[i]) : int(offsets[i + 1])], path).images)
+            except BadRecordError:
+                invalid += 1
+        index = path.rsplit(".", 1)[0] + ".idx"
+        fs.write_bytes(uri_mod.join(root, index), encode_index(offsets))
+        shards.append(ShardInfo(path, len(offsets) - 1, len(data), hashlib.sha256(data).hexdigest(), index))
+    manifest = Manifest(name, domain, sum(s.num_records for s in shards), tuple(shards), images)
+    fs.write_bytes(uri_mod.join(root, MANIFEST), manifest.to_json().encode())
+    return manifest, invalid
