@@ -37,8 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=200, help="total checkpoint size (default 200)")
     parser.add_argument(
-        "--repeats", type=int, default=2, help="timed runs per implementation (median reported)"
+        "--repeats", type=int, default=3, help="timed runs per implementation (median reported)"
     )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of both before timing")
     parser.add_argument("--endpoint-url", help="use this S3 endpoint instead of starting moto_server")
     parser.add_argument("--file-concurrency", type=int, default=4)
     parser.add_argument("--part-concurrency", type=int, default=4)
@@ -76,7 +77,7 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
     )
     times: dict[tuple[str, str], list[float]] = {}
 
-    for rep in range(args.repeats):
+    for rep in range(-args.warmup, args.repeats):  # negative reps: untimed warm-up of server and clients
         # Alternate the order so neither side always runs on a warmer server.
         order = ("sphinxx", "boto3") if rep % 2 == 0 else ("boto3", "sphinxx")
         for impl in order:
@@ -91,23 +92,22 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
                 keys = [f"bench/{run_id}/{f}" for f in files]
                 up = _timed(
                     lambda k=keys: [
-                        client.upload_file(os.path.join(local, f), bucket, key) for f, key in zip(files, k)
+                        client.upload_file(os.path.join(local, f), bucket, key)
+                        for f, key in zip(files, k, strict=True)
                     ]
                 )
                 down = _timed(
                     lambda k=keys, r=restore: [
-                        _download(client, bucket, key, os.path.join(r, f)) for f, key in zip(files, k)
+                        _download(client, bucket, key, os.path.join(r, f))
+                        for f, key in zip(files, k, strict=True)
                     ]
                 )
-            for op, seconds in (("commit", up), ("restore", down)):
+            for op, (seconds, cpu) in (("commit", up), ("restore", down)):
+                if rep < 0:
+                    continue
                 times.setdefault((op, impl), []).append(seconds)
-                _emit(
-                    op=op,
-                    impl=impl,
-                    rep=rep,
-                    seconds=round(seconds, 3),
-                    mib_per_s=round(total / MiB / seconds, 1),
-                )
+                _emit(op=op, impl=impl, rep=rep, seconds=round(seconds, 3), client_cpu_s=round(cpu, 2),
+                      mib_per_s=round(total / MiB / seconds, 1))  # fmt: skip
             shutil.rmtree(restore, ignore_errors=True)
     for op in ("commit", "restore"):
         ours, base = statistics.median(times[(op, "sphinxx")]), statistics.median(times[(op, "boto3")])
@@ -138,10 +138,17 @@ def _download(client, bucket: str, key: str, path: str) -> None:
     client.download_file(bucket, key, path)
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """Wall seconds, and CPU seconds of this (client) process: on a small machine the
+    client's CPU competes with the server's."""
+    cpu0, start = _cpu(), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu() - cpu0
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _emit(**fields) -> None:

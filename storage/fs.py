@@ -2,7 +2,9 @@
 
 `open_fs(uri, options)` returns an `ObjectFS`: a handful of URI-in, bytes-out
 operations over an fsspec filesystem. Nothing else in the project constructs an
-S3 client. For `s3://` it builds an s3fs filesystem with:
+S3 client. For `s3://` it builds an s3fs filesystem for small objects and
+listings, and (`make_boto3_client`, used by s3bulk.py for whole-file
+transfers) a boto3 client, both with:
 
 - the endpoint from `StorageOptions.endpoint_url`, else `AWS_ENDPOINT_URL_S3`,
   else `AWS_ENDPOINT_URL` (MinIO, moto, Ceph...), else AWS itself;
@@ -34,6 +36,7 @@ import datetime as dt
 import errno
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,6 +111,7 @@ class ObjectFS:
     scheme: str
     options: StorageOptions = field(default_factory=StorageOptions)
     _conditional_ok: bool = True
+    _bulk: Any = None  # s3bulk.S3Bulk, built on first transfer
 
     # -- paths ----------------------------------------------------------------
     def path(self, uri: str) -> str:
@@ -250,23 +254,33 @@ class ObjectFS:
             self.fs.pipe_file(path, data)
 
     def put_file(self, local_path: str, uri: str, *, chunk_size: int, callback: Any = None) -> None:
-        """Upload one local file (multipart with `chunk_size` parts on S3)."""
-        kwargs: dict[str, Any] = {}
-        if callback is not None:
-            kwargs["callback"] = callback
+        """Upload one local file (on S3: multipart with `chunk_size` parts, see s3bulk.py).
+
+        `callback` is an fsspec Callback; on S3 it may go backwards when a part is retried.
+        """
         if self.scheme == "s3":
-            kwargs.update(chunksize=chunk_size, max_concurrency=self.options.part_concurrency)
-        self.fs.put_file(local_path, self.path(uri), **kwargs)
+            bucket, key, _ = self.fs.split_path(self.path(uri))
+            self._s3bulk().upload(local_path, bucket, key, chunk_size, _relative(callback))
+        else:
+            self.fs.put_file(local_path, self.path(uri), **({"callback": callback} if callback else {}))
 
     def get_file(self, uri: str, local_path: str, *, chunk_size: int, callback: Any = None) -> None:
-        """Download one object (ranged, concurrent parts on S3)."""
+        """Download one object (on S3: ranged parts in parallel, see s3bulk.py)."""
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
-        kwargs: dict[str, Any] = {}
-        if callback is not None:
-            kwargs["callback"] = callback
         if self.scheme == "s3":
-            kwargs.update(chunksize=chunk_size, max_concurrency=self.options.part_concurrency)
-        self.fs.get_file(self.path(uri), local_path, **kwargs)
+            bucket, key, _ = self.fs.split_path(self.path(uri))
+            self._s3bulk().download(bucket, key, local_path, chunk_size, _relative(callback))
+        else:
+            self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))
+
+    def _s3bulk(self) -> Any:
+        with _BULK_LOCK:
+            if self._bulk is None:
+                from .s3bulk import S3Bulk
+
+                threads = self.options.file_concurrency * self.options.part_concurrency
+                self._bulk = S3Bulk(make_boto3_client(self.options, max_connections=threads + 4), threads)
+            return self._bulk
 
     def delete_file(self, uri: str) -> None:
         with _guard("delete", uri):
@@ -303,7 +317,6 @@ _LOADER: Any = None
 def _make_s3fs(options: StorageOptions) -> Any:
     import s3fs
     from aiobotocore.session import AioSession
-    from botocore.loaders import create_loader
 
     global _LOADER
     client_kwargs: dict[str, Any] = {}
@@ -312,7 +325,7 @@ def _make_s3fs(options: StorageOptions) -> Any:
     # A new session per filesystem (fresh credentials), sharing only botocore's parsed
     # service models: loading them is most of the ~0.5 s a new client costs.
     session = AioSession(profile=options.profile) if options.profile else AioSession()
-    _LOADER = _LOADER or create_loader()
+    _LOADER = _LOADER or create_loader_lazily()
     session.register_component("data_loader", _LOADER)
     fs = s3fs.S3FileSystem(
         endpoint_url=options.resolved_endpoint(),
@@ -330,6 +343,41 @@ def _make_s3fs(options: StorageOptions) -> Any:
     )
     fs.retries = 1  # botocore retries; s3fs's own loop on top would multiply attempts (10 x 5)
     return fs
+
+
+def make_boto3_client(options: StorageOptions, max_connections: int = 10) -> Any:
+    """A boto3 S3 client with the same endpoint, credentials, retries and timeouts as the s3fs filesystem."""
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    global _LOADER
+    core = botocore.session.get_session()
+    _LOADER = _LOADER or create_loader_lazily()
+    core.register_component("data_loader", _LOADER)
+    session = boto3.session.Session(botocore_session=core, profile_name=options.profile)
+    config = Config(
+        retries={"mode": options.retry_mode, "total_max_attempts": options.max_attempts},
+        connect_timeout=options.connect_timeout_s,
+        read_timeout=options.read_timeout_s,
+        max_pool_connections=max_connections,
+    )
+    return session.client(
+        "s3", endpoint_url=options.resolved_endpoint(), region_name=options.region, config=config
+    )
+
+
+def create_loader_lazily() -> Any:
+    from botocore.loaders import create_loader
+
+    return create_loader()
+
+
+def _relative(callback: Any) -> Any:
+    return None if callback is None else callback.relative_update
+
+
+_BULK_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager

@@ -2,10 +2,10 @@
 
 The trainer writes a checkpoint to local disk, then the store ships it. Files
 go `file_concurrency` at a time (largest first, so one huge shard does not
-finish last alone), each as an S3 multipart transfer with `part_concurrency`
-parts in flight. Memory is bounded by file_concurrency x part_concurrency x
-chunk size (4 x 4 x 8 MiB = 128 MiB by default): bytes are read from disk in
-parts, never whole files.
+finish last alone), each as an S3 multipart transfer (s3bulk.py) sharing a
+pool of file_concurrency x part_concurrency part workers. Memory is bounded by
+that many parts (4 x 4 x 8 MiB = 128 MiB by default): bytes are read from disk
+in parts, never whole files. sha256 is computed in a thread beside the upload.
 
 Part size is at least 8 MiB (boto3's default) and at least size / 10,000
 (S3 allows at most 10,000 parts; `MAX_PARTS` in s3transfer), rounded up to a
@@ -72,12 +72,34 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def _hash_in_background(path: str) -> Callable[[], str]:
+    """Start hashing `path` in a thread (hashlib releases the GIL); the result waits for it."""
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["digest"] = sha256_file(path)
+        except BaseException as err:  # re-raised in the caller's thread by result()
+            box["error"] = err
+
+    thread = threading.Thread(target=work, name="ckpt-sha256", daemon=True)
+    thread.start()
+
+    def result() -> str:
+        thread.join()
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["digest"]  # type: ignore[return-value]
+
+    return result
+
+
 def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None) -> list[str]:
     """Upload every item; return their sha256 digests in the order given."""
     tracker = _Tracker("upload", items, progress)
 
     def one(item: TransferItem) -> str:
-        digest = sha256_file(item.local_path)
+        digest = _hash_in_background(item.local_path)  # overlaps hashing with the network wait
         chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
         _with_file_retries(
             fs,
@@ -86,7 +108,7 @@ def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook |
             tracker,
             lambda cb: fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb),
         )
-        return digest
+        return digest()
 
     return _run_all(fs, items, one, tracker)
 
@@ -160,8 +182,8 @@ class _FileCallback(Callback):
 
     def call(self, *args, **kwargs) -> None:
         delta, self.reported = self.value - self.reported, self.value
-        if delta > 0:
-            self.tracker.add(delta)
+        if delta:
+            self.tracker.add(delta)  # negative when a retried part is sent again
 
 
 _PERMANENT = (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)

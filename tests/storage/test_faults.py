@@ -26,7 +26,9 @@ def test_transient_errors_and_a_timeout_are_retried(s3_prefix, fault_proxy, make
     local = make_ckpt({"model/w.bin": 17 * MiB, "extra/rng.json": 100})
     rules = [
         fault_proxy.add(
-            Rule("error", method="PUT", path=r"w\.bin\?partNumber=2", times=2, status=503, code="SlowDown")
+            Rule(
+                "error", method="PUT", path=r"w\.bin\?.*partNumber=2\b", times=2, status=503, code="SlowDown"
+            )
         ),
         fault_proxy.add(Rule("error", method="PUT", path=r"rng\.json", status=500, code="InternalError")),
         fault_proxy.add(Rule("stall", method="PUT", path=r"_writers/", stall_s=2.5)),  # read timeout is 1 s

@@ -1,0 +1,101 @@
+"""Bulk S3 transfers (whole files) through boto3's s3transfer; everything else goes through s3fs.
+
+Why two client stacks: s3fs (aiobotocore) runs every request of a filesystem on
+one event-loop thread, so the per-part CRC32 (and, on plain-HTTP endpoints, the
+SigV4 payload SHA-256) of a multipart upload is computed serially, and
+measured 20-30% slower than boto3 on the same moto server (bench/storage.py).
+s3transfer computes them in worker threads (hashlib and zlib release the GIL),
+retries interrupted download streams (`num_download_attempts`), keeps at most
+`max_in_memory_*_chunks` parts in memory, and never exceeds 10,000 parts.
+Both clients are built by fs.py from the same StorageOptions (endpoint,
+region, profile, retries, timeouts).
+
+One TransferManager per part size (almost always just 8 MiB) serves every
+file of a transfer: `file_concurrency x part_concurrency` threads, and as many
+parts in memory, bound the whole transfer.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_PERMISSION_CODES = {
+    "AccessDenied",
+    "403",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+}
+_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+
+
+class S3Bulk:
+    def __init__(self, client: Any, threads: int):
+        self.client, self.threads = client, threads
+        self._managers: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def upload(
+        self, local_path: str, bucket: str, key: str, chunk: int, progress: Callable[[int], None] | None
+    ) -> None:
+        future = self._manager(chunk).upload(local_path, bucket, key, subscribers=_subscribers(progress))
+        _wait(future, f"s3://{bucket}/{key}")
+
+    def download(
+        self, bucket: str, key: str, local_path: str, chunk: int, progress: Callable[[int], None] | None
+    ) -> None:
+        future = self._manager(chunk).download(bucket, key, local_path, subscribers=_subscribers(progress))
+        _wait(future, f"s3://{bucket}/{key}")
+
+    def _manager(self, chunk: int) -> Any:
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        with self._lock:
+            if chunk not in self._managers:
+                config = TransferConfig(
+                    multipart_threshold=chunk,
+                    multipart_chunksize=chunk,
+                    max_request_concurrency=self.threads,
+                    max_in_memory_upload_chunks=self.threads,
+                    max_in_memory_download_chunks=self.threads,
+                    num_download_attempts=5,
+                    max_io_queue_size=64,  # x 256 KiB io chunks waiting for the disk
+                )
+                self._managers[chunk] = TransferManager(self.client, config)
+            return self._managers[chunk]
+
+
+def _subscribers(progress: Callable[[int], None] | None) -> list[Any] | None:
+    if progress is None:
+        return None
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Progress(BaseSubscriber):
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            progress(bytes_transferred)  # negative when a part is retried
+
+    return [Progress()]
+
+
+def _wait(future: Any, uri: str) -> None:
+    """Wait; re-raise failures as the OSError family s3fs uses (PermissionError, FileNotFoundError, EIO)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        future.result()
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in _PERMISSION_CODES:
+            raise PermissionError(errno.EACCES, f"{code}: {err}", uri) from err
+        if code in _MISSING_CODES:
+            raise FileNotFoundError(errno.ENOENT, f"{code}: {err}", uri) from err
+        raise OSError(errno.EIO, f"{code}: {err}", uri) from err
+    except BotoCoreError as err:  # connection/timeouts after botocore's retries: transient
+        raise OSError(errno.EIO, f"{type(err).__name__}: {err}", uri) from err
+    except Exception as err:
+        if type(err).__name__ == "RetriesExceededError":  # s3transfer's, for a download stream cut repeatedly
+            raise OSError(errno.EIO, str(err), uri) from err
+        raise
