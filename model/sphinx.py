@@ -252,8 +252,9 @@ class SphinxX(nn.Module):
         source = torch.cat(parts)
 
         index_rows, label_rows, view = [], [], 0
+        lengths = batch.text_lengths.tolist()  # one host sync, not one per sample
         for b, row in enumerate(slots):
-            length = int(batch.text_lengths[b])
+            length = lengths[b]
             index = [b * width]  # BOS
             for slot in row:
                 if slot == SLOT_VIEW:
