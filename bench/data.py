@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ def run(cfg, tokenizer, workers: int, micro_batches: int) -> dict:
     stream = build_data(cfg, tokenizer=tokenizer, num_steps=micro_batches + 1)
     totals = dict.fromkeys(STAGES, 0.0)
     samples, start = 0, None
+    cpu0 = _cpu_seconds()
     for i, mb in enumerate(stream):
         if i == 0:
             start = time.perf_counter()  # the first batch pays worker start-up: not counted
@@ -48,11 +50,24 @@ def run(cfg, tokenizer, workers: int, micro_batches: int) -> dict:
         for stage in STAGES:
             totals[stage] += mb.timings.get(stage, 0.0)
     elapsed = time.perf_counter() - start
-    return {"samples": samples, "seconds": elapsed, "stages": totals}
+    # Workers have exited (and been reaped) here, so their CPU time is in RUSAGE_CHILDREN. On a
+    # shared machine CPU seconds per sample are the stable number; wall-clock rates are not.
+    cpu = _cpu_seconds() - cpu0
+    return {"samples": samples, "seconds": elapsed, "stages": totals, "cpu_s": cpu}
+
+
+def _cpu_seconds() -> float:
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--store", choices=("s3", "local"), default="s3")
     parser.add_argument("--size", type=int, default=140, help="records in the synthetic set")
     parser.add_argument("--micro-batches", type=int, default=30, help="micro-batches timed per setting")
@@ -80,7 +95,8 @@ def main() -> int:
         emit(event="synth", store=args.store, records=args.size, seconds=round(time.perf_counter() - t0, 2))
         tokenizer = load_tokenizer(result.tokenizer_uri)
         sources = [
-            {"name": name, "uri": f"{root}/{name}", "domain": m.domain} for name, m in result.manifests.items()
+            {"name": name, "uri": f"{root}/{name}", "domain": m.domain}
+            for name, m in result.manifests.items()
         ]
         cfg = load_config(
             preset="debug",
@@ -97,6 +113,7 @@ def main() -> int:
                 samples=res["samples"],
                 seconds=round(res["seconds"], 3),
                 samples_per_s=round(rates[workers], 2),
+                cpu_ms_per_sample=round(1000 * res["cpu_s"] / max(res["samples"], 1), 1),
                 cpus=os.cpu_count(),
                 load_avg_1m=round(os.getloadavg()[0], 2),
             )
