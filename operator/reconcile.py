@@ -22,7 +22,7 @@ from . import checkpoints, decide, expand, names, status, tracking
 from .kube import Kube
 from .render import Attempt, render_rayjob, worker_bounds
 from .settings import Settings
-from .spec import SpecError, validate_run, validate_sweep
+from .spec import SpecError, resolve_config, validate_run, validate_sweep
 
 log = logging.getLogger("sphinxx.operator")
 ANNOTATION_PARENT_RUN = f"{names.GROUP}/mlflow-parent-run-id"
@@ -112,6 +112,25 @@ def _tracked(st: dict[str, Any], generation: int, now_iso: str) -> None:
     )
 
 
+def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
+    """Nothing can change until the user edits the object: skip the (costly) validation.
+
+    True for an Invalid spec already reported at this generation, and for a run that ended
+    (Succeeded, or Failed with no new resume request) at this generation. A sweep is never
+    settled while its points may still move, so only an Invalid sweep is.
+    """
+    meta, st = obj["metadata"], obj.get("status") or {}
+    if st.get("observedGeneration") != meta.get("generation"):
+        return False
+    invalid = status.condition(st.get("conditions"), "Invalid")
+    if invalid and invalid.get("status") == "True":
+        return True
+    if sweep:
+        return False
+    resume = _annotations(obj).get(names.ANNOTATION_RESUME)
+    return st.get("phase") == "Succeeded" or (st.get("phase") == "Failed" and resume == st.get("resumeToken"))
+
+
 # ------------------------------------------------------------------------------ TrainingRun
 
 
@@ -119,7 +138,7 @@ def reconcile_run(kube: Kube, namespace: str, name: str, settings: Settings) -> 
     """Bring one TrainingRun one step closer to its spec; returns a requeue delay, if any."""
     with _lock("run", namespace, name):
         obj = kube.get("trainingruns", namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
+        if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj):
             return None
         try:
             spec, cfg = validate_run(name, obj.get("spec") or {})
@@ -319,7 +338,7 @@ def finalize_run(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
 def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -> None:
     with _lock("sweep", namespace, name):
         obj = kube.get("scalingsweeps", namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
+        if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj, sweep=True):
             return
         try:
             spec = validate_sweep(name, obj.get("spec") or {})
@@ -334,7 +353,7 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Sett
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     _, now_iso = _now()
-    base = run_config.load_config(data=obj["spec"].get("base") or {})
+    base = resolve_config(obj["spec"].get("base") or {}, "spec.base")
     tracking_uri = base.tracking.uri or settings.tracking_uri
     parent = (obj.get("status") or {}).get("mlflowRunId")
     if tracking_uri and not parent:
@@ -416,8 +435,8 @@ def finalize_sweep(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
     """Deletion: the points go by owner references (their own finalizers end their runs)."""
     st = obj.get("status") or {}
     try:
-        base = run_config.load_config(data=(obj.get("spec") or {}).get("base") or {})
-    except run_config.ConfigError:
+        base = resolve_config((obj.get("spec") or {}).get("base") or {}, "spec.base")
+    except SpecError:
         return
     uri, run_id = base.tracking.uri or settings.tracking_uri, st.get("mlflowRunId")
     if uri and run_id and st.get("phase") not in expand.TERMINAL_PHASES:

@@ -12,6 +12,8 @@ Python fields are snake_case; the Kubernetes objects use camelCase (`camel()`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import re
 import types
@@ -33,6 +35,28 @@ class SpecError(ValueError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+def _memo(fn):
+    """Cache a validation by the JSON of its arguments: resolving a run config costs tens of
+    milliseconds (omegaconf), and every timer tick of every object would pay it again. Errors
+    are cached too. Callers treat the returned dataclasses as read-only."""
+
+    @functools.lru_cache(maxsize=16384)
+    def cached(key: str):
+        try:
+            return fn(*json.loads(key)), None
+        except SpecError as err:
+            return None, err
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        result, error = cached(json.dumps(args, sort_keys=True, default=str))
+        if error is not None:
+            raise SpecError(error.path, error.reason)
+        return result
+
+    return wrapper
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **constraints: Any) -> Any:
@@ -211,6 +235,7 @@ def check_name(name: str, path: str = "metadata.name") -> None:
         raise SpecError(path, f"must be lower-case letters, digits, '-' or '.'; got {name!r}")
 
 
+@_memo
 def resolve_config(
     data: dict[str, Any], path: str, overrides: list[str] | None = None
 ) -> run_config.RunConfig:
@@ -235,6 +260,7 @@ def workers(spec: TrainingRunSpec, cfg: run_config.RunConfig) -> tuple[int, int]
     return low, high
 
 
+@_memo
 def validate_run(name: str, data: dict[str, Any]) -> tuple[TrainingRunSpec, run_config.RunConfig]:
     """Parse a TrainingRun spec and resolve its config with the elastic bounds applied."""
     check_name(name)
@@ -253,6 +279,7 @@ def validate_run(name: str, data: dict[str, Any]) -> tuple[TrainingRunSpec, run_
     return spec, cfg
 
 
+@_memo
 def validate_sweep(name: str, data: dict[str, Any]) -> ScalingSweepSpec:
     """Parse a ScalingSweep spec and check that every point it expands to is a valid run."""
     check_name(name)

@@ -1,0 +1,164 @@
+"""`kubectl sphinxx`: resume failed runs, show a sweep's points, say where the logs are.
+
+Installed as the console script `kubectl-sphinxx`, which kubectl finds on PATH:
+
+    kubectl sphinxx resume trun NAME [-n NS]     # same as annotating sphinxx.dev/resume
+    kubectl sphinxx resume sweep NAME [-n NS]    # every Failed point of the sweep
+    kubectl sphinxx status SWEEP [-n NS]         # one row per point: phase, attempt, step, loss, checkpoint
+    kubectl sphinxx logs TRUN [-n NS]            # the commands that show an attempt's logs
+
+It talks to the API through the same kubeconfig kubectl uses (KUBECONFIG / --kubeconfig).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from . import names
+
+KINDS = {
+    "trun": "trainingruns",
+    "trainingrun": "trainingruns",
+    "sweep": "scalingsweeps",
+    "scalingsweep": "scalingsweeps",
+}
+
+
+def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
+    from kubernetes import config
+
+    from .kube import Kube
+
+    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = next((c for c in contexts if c["name"] == context), active) if context else active
+    namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
+    return Kube(config.new_client_from_config(config_file=kubeconfig, context=context)), namespace
+
+
+def cmd_resume(kube: Any, namespace: str, args: argparse.Namespace) -> int:
+    resource = KINDS[args.kind]
+    token = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    patched = kube.patch(
+        resource, namespace, args.name, {"metadata": {"annotations": {names.ANNOTATION_RESUME: token}}}
+    )
+    if patched is None:
+        print(f"error: {args.kind} {namespace}/{args.name} not found", file=sys.stderr)
+        return 1
+    phase = (patched.get("status") or {}).get("phase", "unknown")
+    print(f"{args.kind}/{args.name} resume requested ({names.ANNOTATION_RESUME}={token}); phase was {phase}")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cmd_status(kube: Any, namespace: str, args: argparse.Namespace) -> int:
+    sweep = kube.get("scalingsweeps", namespace, args.name)
+    if sweep is None:
+        print(f"error: sweep {namespace}/{args.name} not found", file=sys.stderr)
+        return 1
+    st = sweep.get("status") or {}
+    runs = {
+        r["metadata"]["name"]: r
+        for r in kube.list("trainingruns", namespace, f"{names.LABEL_SWEEP}={args.name}")
+    }
+    header = ["NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "CHECKPOINT"]
+    rows = []
+    for point in st.get("points") or []:
+        live = (runs.get(point["name"]) or {}).get("status") or {}  # fresher than the roll-up
+        checkpoint = live.get("lastCheckpoint") or {}
+        rows.append(
+            [
+                point["name"],
+                point["model"],
+                point["dataFraction"],
+                live.get("phase", point.get("phase")),
+                live.get("attempt", point.get("attempt")),
+                checkpoint.get("step", point.get("step")),
+                (live.get("metrics") or {}).get("loss", point.get("loss")),
+                checkpoint.get("uri", point.get("checkpoint")),
+            ]
+        )
+    table = [header] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    print(f"sweep {args.name}: {st.get('phase', 'Pending')}, {st.get('progress', '0/0')} succeeded")
+    for row in table:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_logs(kube: Any, namespace: str, args: argparse.Namespace) -> int:
+    run = kube.get("trainingruns", namespace, args.name)
+    if run is None:
+        print(f"error: trun {namespace}/{args.name} not found", file=sys.stderr)
+        return 1
+    st = run.get("status") or {}
+    attempts = sorted(
+        kube.list("rayjobs", namespace, f"{names.LABEL_RUN}={args.name}"),
+        key=lambda j: int((j["metadata"].get("labels") or {}).get(names.LABEL_ATTEMPT, 0)),
+    )
+    print(f"trun/{args.name}: {st.get('phase', 'Pending')}, attempt {st.get('attempt', 0)}")
+    for job in attempts:
+        name = job["metadata"]["name"]
+        attempt = (job["metadata"].get("labels") or {}).get(names.LABEL_ATTEMPT)
+        cluster = (job.get("status") or {}).get("rayClusterName")
+        print(
+            f"\nattempt {attempt}: RayJob {name} ({(job.get('status') or {}).get('jobDeploymentStatus') or 'New'})"
+        )
+        print(f"  driver (submitter) logs: kubectl logs -n {namespace} job/{name}")
+        if cluster:
+            print(
+                f"  head node logs:          kubectl logs -n {namespace} -l ray.io/cluster={cluster},ray.io/node-type=head"
+            )
+            print(
+                f"  worker logs:             kubectl logs -n {namespace} -l ray.io/cluster={cluster},ray.io/group=gpu"
+            )
+        print(f"  events:                  kubectl describe rayjob -n {namespace} {name}")
+    if st.get("mlflowRunId"):
+        print(f"\nMLflow run: {st['mlflowRunId']} (metrics and params of every attempt)")
+    if st.get("configUri"):
+        print(f"config:     {st['configUri']}")
+    if (st.get("lastCheckpoint") or {}).get("uri"):
+        print(f"checkpoint: {st['lastCheckpoint']['uri']} (step {st['lastCheckpoint'].get('step')})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubectl sphinxx", description="SPHINX-X scaling sweeps on Kubernetes"
+    )
+    parser.add_argument("-n", "--namespace")
+    parser.add_argument("--kubeconfig")
+    parser.add_argument("--context")
+    sub = parser.add_subparsers(dest="command", required=True)
+    resume = sub.add_parser("resume", help="restart a Failed run (or every Failed point of a sweep) from S3")
+    resume.add_argument("kind", choices=sorted(KINDS))
+    resume.add_argument("name")
+    resume.set_defaults(func=cmd_resume)
+    status = sub.add_parser("status", help="a sweep's points: phase, attempt, step, loss, checkpoint")
+    status.add_argument("name")
+    status.set_defaults(func=cmd_status)
+    logs = sub.add_parser("logs", help="where to find the logs of a run's attempts")
+    logs.add_argument("name")
+    logs.set_defaults(func=cmd_logs)
+    for child in (resume, status, logs):  # kubectl users put -n anywhere
+        child.add_argument("-n", "--namespace", dest="sub_namespace")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kube, namespace = _client(args.kubeconfig, args.context)
+    return int(args.func(kube, args.sub_namespace or args.namespace or namespace, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

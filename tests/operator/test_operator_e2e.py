@@ -1,0 +1,311 @@
+"""The operator end to end: `sphinxx operator run` against kmock over HTTP, driven through kubectl.
+
+RayJob status is written the way KubeRay writes it (jobDeploymentStatus / jobStatus / reason /
+message / startTime / endTime / failed / succeeded); there is no KubeRay here, so a RayCluster is
+created by the test where KubeRay would create one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import Cluster, now_iso, stays, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _sweep(name: str, storage: str, **spec) -> dict:
+    return {
+        "apiVersion": "sphinxx.dev/v1alpha1",
+        "kind": "ScalingSweep",
+        "metadata": {"name": name},
+        "spec": {
+            "base": {"preset": "debug", "storage": {"uri": storage}},
+            "axes": {"models": ["debug", "debug-moe"], "dataFractions": [0.5, 1.0]},
+            **spec,
+        },
+    }
+
+
+def _run(name: str, storage: str, **spec) -> dict:
+    return {
+        "apiVersion": "sphinxx.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {"config": {"preset": "debug", "storage": {"uri": storage}}, **spec},
+    }
+
+
+def _succeed(cluster: Cluster, rayjob: str) -> None:
+    cluster.drive(rayjob, jobDeploymentStatus="Initializing", jobStatus="")
+    cluster.drive(rayjob, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=now_iso())
+    cluster.drive(
+        rayjob, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime=now_iso(), succeeded=1
+    )
+
+
+def _fail(cluster: Cluster, rayjob: str) -> None:
+    cluster.drive(rayjob, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=now_iso())
+    cluster.drive(
+        rayjob,
+        jobDeploymentStatus="Failed",
+        jobStatus="FAILED",
+        reason="AppFailed",
+        message="Job entrypoint command failed with exit code 1",
+        endTime=now_iso(),
+        failed=1,
+    )
+
+
+def _attempts(cluster: Cluster, run: str) -> dict[int, str]:
+    jobs = cluster.rayjobs(run)
+    return {int(j["metadata"]["labels"]["sphinxx.dev/attempt"]): name for name, j in jobs.items()}
+
+
+def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, cluster, tmp_path) -> None:
+    cluster.kube.apply(_sweep("grid", f"file://{tmp_path}", maxParallelRuns=2), cluster.ns)
+    runs = wait_for(lambda: len(cluster.runs()) == 4 and cluster.runs(), what="4 TrainingRuns")
+    assert sorted(runs) == ["grid-debug-d100", "grid-debug-d50", "grid-debug-moe-d100", "grid-debug-moe-d50"]
+    first = wait_for(lambda: len(cluster.rayjobs()) == 2 and cluster.rayjobs(), what="2 RayJobs")
+    assert {j["metadata"]["labels"]["sphinxx.dev/trainingrun"] for j in first.values()} == {
+        "grid-debug-d50",
+        "grid-debug-d100",
+    }
+    stays(lambda: len(cluster.rayjobs()) == 2)
+
+    for name in first:
+        _succeed(cluster, name)
+    wait_for(lambda: len(cluster.rayjobs()) == 4, what="the next two points to start")
+    for name in set(cluster.rayjobs()) - set(first):
+        _succeed(cluster, name)
+    done = wait_for(
+        lambda: (
+            cluster.status("scalingsweeps", "grid").get("phase") == "Succeeded"
+            and cluster.status("scalingsweeps", "grid")
+        )
+    )
+    assert done["counts"]["succeeded"] == 4 and done["progress"] == "4/4" and len(done["points"]) == 4
+
+    table = cluster.kube.kubectl("get", "sweep", "grid", "-n", cluster.ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "DONE", "RUNNING", "FAILED", "AGE"]
+    assert table[1].split()[:5] == ["grid", "Succeeded", "4/4", "0", "0"]
+    runs_table = cluster.kube.kubectl("get", "trun", "-n", cluster.ns).stdout.splitlines()
+    assert runs_table[0].split() == ["NAME", "PHASE", "MODEL", "DATA", "STEP", "LOSS", "ATTEMPT", "AGE"]
+    assert runs_table[1].split()[:4] == ["grid-debug-d100", "Succeeded", "debug", "1"]
+    reasons = {reason for _, reason, _ in cluster.events("grid-debug-d50")}
+    assert {"AttemptCreated", "Succeeded"} <= reasons
+
+
+def test_failed_attempt_resumes_from_committed_checkpoint(
+    operator_server, cluster, s3_env, s3_bucket, tmp_path
+) -> None:
+    from sphinxx.storage import CheckpointStore
+
+    prefix = f"s3://{s3_bucket}/runs"
+    cluster.kube.apply(
+        _run("resumer", prefix, failurePolicy={"maxRetries": 1, "backoffSeconds": 0}), cluster.ns
+    )
+    first = wait_for(lambda: _attempts(cluster, "resumer").get(1), what="attempt 1")
+    run_id = wait_for(lambda: cluster.status("trainingruns", "resumer").get("runId"))
+
+    # The job committed step 20, then left a partial step 30 behind (no manifest) when it died.
+    store = CheckpointStore(prefix, run_id)
+    shard = tmp_path / "shard"
+    shard.mkdir()
+    (shard / "model.bin").write_bytes(b"\x00" * 1024)
+    committed = store.save(20, str(shard), metadata={"metrics": {"loss": 2.5}})
+    with store.writer(30) as writer:
+        writer.upload_dir(str(shard))
+    _fail(cluster, first)
+
+    second = wait_for(lambda: _attempts(cluster, "resumer").get(2), what="attempt 2")
+    job = cluster.get("rayjobs", second, "ray.io", "v1")
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env["SPHINXX_RESUME_STEP"] == "20" and env["SPHINXX_RUN_ID"] == run_id
+    assert job["metadata"]["annotations"]["sphinxx.dev/resume-from"] == committed.uri
+    st = cluster.status("trainingruns", "resumer")
+    assert st["phase"] == "Resuming" and st["lastCheckpoint"] == {"step": 20, "uri": committed.uri}
+    assert st["metrics"]["loss"] == 2.5 and st["attempt"] == 2
+
+    _fail(cluster, second)  # the one retry is used up
+    failed = wait_for(lambda: cluster.status("trainingruns", "resumer").get("phase") == "Failed" and True)
+    stays(lambda: sorted(_attempts(cluster, "resumer")) == [1, 2])
+    st = cluster.status("trainingruns", "resumer")
+    assert (
+        failed and next(c for c in st["conditions"] if c["type"] == "Failed")["reason"] == "RetriesExhausted"
+    )
+    assert ("Warning", "AttemptFailed") in {(t, r) for t, r, _ in cluster.events("resumer")}
+
+    # A manual resume restarts the run with a fresh retry budget (here: one more automatic retry).
+    cluster.kube.kubectl(
+        "annotate", "trun", "resumer", "-n", cluster.ns, "sphinxx.dev/resume=now", "--overwrite"
+    )
+    third = wait_for(lambda: _attempts(cluster, "resumer").get(3), what="attempt 3 after the annotation")
+    _fail(cluster, third)
+    fourth = wait_for(lambda: _attempts(cluster, "resumer").get(4), what="attempt 4 (the fresh retry)")
+    _fail(cluster, fourth)
+    wait_for(lambda: cluster.status("trainingruns", "resumer").get("phase") == "Failed")
+
+    plugin = Path(os.environ.get("VIRTUAL_ENV", Path(__import__("sys").executable).parent.parent)) / "bin"
+    env = {**os.environ, **cluster.kube.env, "PATH": f"{plugin}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["kubectl", "sphinxx", "resume", "trun", "resumer", "-n", cluster.ns],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    fifth = wait_for(
+        lambda: _attempts(cluster, "resumer").get(5), what="attempt 5 after kubectl sphinxx resume"
+    )
+    logs = subprocess.run(
+        ["kubectl", "sphinxx", "logs", "resumer", "-n", cluster.ns], env=env, capture_output=True, text=True
+    )
+    assert f"job/{fifth}" in logs.stdout and committed.uri in logs.stdout
+
+
+def test_worker_bounds_edit_patches_the_raycluster(operator_server, cluster, tmp_path) -> None:
+    cluster.kube.apply(_run("elastic", f"file://{tmp_path}", minWorkers=1, maxWorkers=2), cluster.ns)
+    rayjob = wait_for(lambda: _attempts(cluster, "elastic").get(1))
+    spec = cluster.get("rayjobs", rayjob, "ray.io", "v1")["spec"]["rayClusterSpec"]
+    raycluster = {  # what KubeRay creates from the RayJob's rayClusterSpec
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {
+            "name": f"{rayjob}-raycluster-x7k2p",
+            "labels": {"ray.io/originated-from-crd": "RayJob"},
+        },
+        "spec": spec,
+    }
+    cluster.kube.apply(raycluster, cluster.ns)
+    cluster.drive(
+        rayjob,
+        jobDeploymentStatus="Running",
+        jobStatus="RUNNING",
+        rayClusterName=raycluster["metadata"]["name"],
+        rayClusterStatus={"desiredWorkerReplicas": 1, "availableWorkerReplicas": 1, "readyWorkerReplicas": 1},
+    )
+    wait_for(lambda: cluster.status("trainingruns", "elastic").get("phase") == "Running")
+
+    cluster.kube.kubectl(
+        "patch", "trun", "elastic", "-n", cluster.ns, "--type=merge", "-p", '{"spec":{"maxWorkers":4}}'
+    )
+
+    def group():
+        rc = cluster.get("rayclusters", raycluster["metadata"]["name"], "ray.io", "v1")
+        return rc["spec"]["workerGroupSpecs"][0]
+
+    patched = wait_for(lambda: group()["maxReplicas"] == 4 and group())
+    assert patched["minReplicas"] == 1 and patched["replicas"] == 1
+    st = wait_for(
+        lambda: cluster.status("trainingruns", "elastic").get("workers", {}).get("max") == 4 and True
+    )
+    workers = cluster.status("trainingruns", "elastic")["workers"]
+    assert st and workers == {"min": 1, "max": 4, "desired": 1, "available": 1, "ready": 1}
+    assert list(_attempts(cluster, "elastic")) == [1]  # no restart
+
+
+def test_suspend_and_resume_toggle_the_rayjob(operator_server, cluster, tmp_path) -> None:
+    cluster.kube.apply(_run("pausable", f"file://{tmp_path}"), cluster.ns)
+    rayjob = wait_for(lambda: _attempts(cluster, "pausable").get(1))
+    cluster.drive(rayjob, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    cluster.kube.kubectl(
+        "patch", "trun", "pausable", "-n", cluster.ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    wait_for(lambda: cluster.get("rayjobs", rayjob, "ray.io", "v1")["spec"]["suspend"] is True)
+    cluster.drive(rayjob, jobDeploymentStatus="Suspended", jobStatus="")
+    wait_for(lambda: cluster.status("trainingruns", "pausable").get("phase") == "Suspended")
+
+    cluster.kube.kubectl(
+        "patch", "trun", "pausable", "-n", cluster.ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    wait_for(lambda: cluster.get("rayjobs", rayjob, "ray.io", "v1")["spec"]["suspend"] is False)
+    wait_for(lambda: cluster.status("trainingruns", "pausable").get("phase") == "Resuming")
+    stays(lambda: list(_attempts(cluster, "pausable")) == [1])
+
+
+def test_bad_specs_get_invalid_with_field_path_and_no_rayjob(operator_server, cluster) -> None:
+    from .corpus import CORPUS
+
+    for _, kind, name, spec, _ in CORPUS:
+        obj = {"apiVersion": "sphinxx.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+        cluster.kube.apply(obj, cluster.ns)  # kmock, like some clusters, does not enforce the schema
+    for case, kind, name, _, path in CORPUS:
+        plural = "trainingruns" if kind == "TrainingRun" else "scalingsweeps"
+
+        def invalid(plural=plural, name=name):
+            conditions = cluster.status(plural, name).get("conditions") or []
+            return next((c for c in conditions if c["type"] == "Invalid" and c["status"] == "True"), None)
+
+        condition = wait_for(invalid, what=f"{case}: Invalid condition")
+        assert condition["message"].startswith(f"{path}: "), (case, condition["message"])
+        wait_for(
+            lambda name=name, path=path: any(
+                r == "InvalidSpec" and m.startswith(path) for _, r, m in cluster.events(name)
+            ),
+            what=f"{case}: InvalidSpec event",
+        )
+    assert cluster.rayjobs() == {}
+    assert set(cluster.runs()) == {name for _, kind, name, _, _ in CORPUS if kind == "TrainingRun"}
+
+
+def test_axis_edit_suspend_propagation_and_deletion(operator_server, cluster, tmp_path) -> None:
+    cluster.kube.apply(_sweep("edits", f"file://{tmp_path}"), cluster.ns)
+    wait_for(lambda: len(cluster.rayjobs()) == 4, what="4 RayJobs (no limit)")
+    before = {n: r["metadata"]["uid"] for n, r in cluster.runs().items()}
+
+    edited = _sweep("edits", f"file://{tmp_path}")
+    edited["spec"]["axes"]["dataFractions"] = [1.0, 0.25]
+    cluster.kube.apply(edited, cluster.ns)
+    wait_for(
+        lambda: (
+            sorted(cluster.runs())
+            == ["edits-debug-d100", "edits-debug-d25", "edits-debug-moe-d100", "edits-debug-moe-d25"]
+        )
+    )
+    after = cluster.runs()
+    assert after["edits-debug-d100"]["metadata"]["uid"] == before["edits-debug-d100"]  # untouched
+    wait_for(
+        lambda: (
+            not [
+                j
+                for j in cluster.rayjobs().values()
+                if "d50" in j["metadata"]["labels"]["sphinxx.dev/trainingrun"]
+            ]
+        )
+    )
+
+    cluster.kube.kubectl(
+        "patch", "sweep", "edits", "-n", cluster.ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    wait_for(
+        lambda: all(r["spec"].get("suspend") for r in cluster.runs().values()),
+        what="suspend to reach the points",
+    )
+    wait_for(lambda: all(j["spec"]["suspend"] for j in cluster.rayjobs().values()), what="RayJobs suspended")
+    wait_for(lambda: cluster.status("scalingsweeps", "edits").get("phase") == "Suspended")
+
+    cluster.kube.kubectl("delete", "sweep", "edits", "-n", cluster.ns, "--wait=false")
+    wait_for(lambda: cluster.get("scalingsweeps", "edits") is None, what="the sweep to go")
+    wait_for(lambda: not cluster.runs() and not cluster.rayjobs(), what="points and RayJobs to go")
+
+
+def test_operator_restart_midway_duplicates_nothing(operator_server, cluster, tmp_path) -> None:
+    cluster.kube.apply(_sweep("restart", f"file://{tmp_path}", maxParallelRuns=1), cluster.ns)
+    first = wait_for(lambda: len(cluster.rayjobs()) == 1 and cluster.rayjobs())
+    operator_server.process.stop()
+    for name in first:  # the job finishes while the operator is down
+        _succeed(cluster, name)
+    statuses = {n: r.get("status") for n, r in cluster.runs().items()}
+    operator_server.restart()
+    wait_for(lambda: len(cluster.rayjobs()) == 2, what="the next point after the restart")
+    stays(lambda: len(cluster.rayjobs()) == 2 and len(cluster.runs()) == 4)
+    runs = cluster.runs()
+    assert runs["restart-debug-d50"]["status"]["phase"] == "Succeeded"
+    assert runs["restart-debug-d50"]["status"]["runId"] == statuses["restart-debug-d50"]["runId"]
+    assert runs["restart-debug-d50"]["status"]["attempt"] == 1
