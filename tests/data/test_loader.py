@@ -156,3 +156,18 @@ def test_a_micro_batch_with_nothing_usable_still_has_one_target_free_row(tmp_pat
     (mb,) = list(build_data(cfg, tokenizer=synth_tokenizer))
     assert mb.batch.tokens.shape[0] == 1 and mb.num_targets == 0 and mb.num_samples == 0
     assert mb.batch.tokens[0, 0] == synth_tokenizer.bos_token_id
+
+
+def test_batches_feed_the_model_and_respect_seq_len(synth_root, synth_tokenizer) -> None:
+    """The contract with sphinxx.model: the debug SphinxX takes the batches as they come."""
+    from sphinxx.model.sphinx_flavors import build_sphinx
+    from tests.data.conftest import run_config
+
+    # canvas 224 (two views per image) keeps the CPU forward quick; the 448 layout is the model's tests' job.
+    cfg = run_config(synth_root, "data.seq_len=600", "data.canvas=224")
+    model = build_sphinx("debug", vocab_size=len(synth_tokenizer))
+    for mb in build_data(cfg, tokenizer=synth_tokenizer, num_steps=1):
+        out = model(mb.batch)
+        assert out.num_targets == mb.num_targets > 0
+        assert max(mb.batch.sequence_lengths()) <= 600
+        assert out.loss.isfinite()
