@@ -16,6 +16,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+import yaml
+
 from sphinxx.jobs import config as run_config
 
 from . import checkpoints, decide, expand, names, status, tracking
@@ -239,9 +241,10 @@ def _create_attempt(kube, obj, spec, cfg, st, act, run_id, tracking_uri, checkpo
             parent_run_id=_annotations(obj).get(ANNOTATION_PARENT_RUN),
         ),
     )
-    config_uri = checkpoints.write_config(
-        cfg.storage.uri, run_id, run_config.to_yaml(job_cfg), cfg.storage.endpoint_url
-    )
+    # Plain YAML of the resolved dataclasses (what `load_config(file=...)` reads back); much
+    # cheaper than building an omegaconf tree just to print it.
+    text = yaml.safe_dump(run_config.to_dict(job_cfg), sort_keys=False)
+    config_uri = checkpoints.write_config(cfg.storage.uri, run_id, text, cfg.storage.endpoint_url)
     attempt = Attempt(
         namespace=meta["namespace"],
         name=meta["name"],
