@@ -38,6 +38,7 @@ import os
 import tempfile
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -280,6 +281,9 @@ class ObjectFS:
 
                 threads = self.options.file_concurrency * self.options.part_concurrency
                 self._bulk = S3Bulk(make_boto3_client(self.options, max_connections=threads + 4), threads)
+                weakref.finalize(
+                    self, self._bulk.close
+                )  # CheckpointStore drops filesystems every few minutes
             return self._bulk
 
     def delete_file(self, uri: str) -> None:

@@ -50,6 +50,13 @@ class S3Bulk:
         future = self._manager(chunk).download(bucket, key, local_path, subscribers=_subscribers(progress))
         _wait(future, f"s3://{bucket}/{key}")
 
+    def close(self) -> None:
+        """Stop the worker threads (called when the owning filesystem is dropped)."""
+        with self._lock:
+            managers, self._managers = list(self._managers.values()), {}
+        for manager in managers:
+            manager.shutdown()
+
     def _manager(self, chunk: int) -> Any:
         from s3transfer.manager import TransferConfig, TransferManager
 
