@@ -12,6 +12,10 @@ FIND_LINKS := $(wildcard /opt/wheels)
 UV_FLAGS := $(if $(FIND_LINKS),--find-links $(FIND_LINKS) -c .ci/constraints-cpu.txt,)
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+# Some machines export PYTHONDONTWRITEBYTECODE=1; then every test subprocess (Ray workers,
+# the operator, jobs) recompiles transformers and torch on import, ~30 s each. Bytecode is
+# written into .venv and __pycache__ (both git-ignored) on first import.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test lint install clean-demo help
 
