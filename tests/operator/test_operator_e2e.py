@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,8 @@ def _attempts(cluster: Cluster, run: str) -> dict[int, str]:
 
 
 def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, cluster, tmp_path) -> None:
+    from sphinxx.storage import CheckpointStore
+
     cluster.kube.apply(_sweep("grid", f"file://{tmp_path}", maxParallelRuns=2), cluster.ns)
     runs = wait_for(lambda: len(cluster.runs()) == 4 and cluster.runs(), what="4 TrainingRuns")
     assert sorted(runs) == ["grid-debug-d100", "grid-debug-d50", "grid-debug-moe-d100", "grid-debug-moe-d50"]
@@ -78,11 +81,28 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     }
     stays(lambda: len(cluster.rayjobs()) == 2)
 
+    def finish(rayjob: str) -> None:
+        # The job commits a last checkpoint with its loss (bigger model, more data: lower loss).
+        run = cluster.get("rayjobs", rayjob, "ray.io", "v1")["metadata"]["labels"]["sphinxx.dev/trainingrun"]
+        run_id = wait_for(lambda: cluster.status("trainingruns", run).get("runId"))
+        loss = 3.0 - (0.5 if "moe" in run else 0.0) - (0.3 if run.endswith("d100") else 0.0)
+        CheckpointStore(f"file://{tmp_path}", run_id).save(
+            10, str(shard), metadata={"metrics": {"loss": loss}}
+        )
+        cluster.drive(rayjob, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=now_iso())
+        wait_for(
+            lambda: cluster.status("trainingruns", run).get("metrics", {}).get("loss") == loss, what="loss"
+        )
+        _succeed(cluster, rayjob)
+
+    shard = tmp_path / "shard"
+    shard.mkdir()
+    (shard / "weights.bin").write_bytes(b"\x01" * 64)
     for name in first:
-        _succeed(cluster, name)
+        finish(name)
     wait_for(lambda: len(cluster.rayjobs()) == 4, what="the next two points to start")
     for name in set(cluster.rayjobs()) - set(first):
-        _succeed(cluster, name)
+        finish(name)
     done = wait_for(
         lambda: (
             cluster.status("scalingsweeps", "grid").get("phase") == "Succeeded"
@@ -99,6 +119,27 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     assert runs_table[1].split()[:4] == ["grid-debug-d100", "Succeeded", "debug", "1"]
     reasons = {reason for _, reason, _ in cluster.events("grid-debug-d50")}
     assert {"AttemptCreated", "Succeeded"} <= reasons
+    law = wait_for(
+        lambda: cluster.status("scalingsweeps", "grid").get("scalingLaw"), what="the scaling-law fit"
+    )
+    assert law["numPoints"] == 4 and law["form"] in ("per-axis", "chinchilla"), law
+
+    out = _plugin(cluster, "status", "grid", "-n", cluster.ns)
+    lines = out.splitlines()
+    assert lines[0] == "sweep grid: Succeeded, 4/4 succeeded"
+    assert lines[1].split() == ["NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "CHECKPOINT"]
+    row = next(line.split() for line in lines if line.startswith("grid-debug-moe-d100"))
+    assert row[:7] == ["grid-debug-moe-d100", "debug-moe", "1", "Succeeded", "1", "10", "2.2"]
+    assert row[7].endswith("/checkpoints/step-000000010")
+
+
+def _plugin(cluster: Cluster, *args: str) -> str:
+    """`kubectl sphinxx ...`: kubectl finds the console script on PATH, as a user's kubectl would."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **cluster.kube.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = subprocess.run(["kubectl", "sphinxx", *args], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def test_failed_attempt_resumes_from_committed_checkpoint(
@@ -151,22 +192,12 @@ def test_failed_attempt_resumes_from_committed_checkpoint(
     _fail(cluster, fourth)
     wait_for(lambda: cluster.status("trainingruns", "resumer").get("phase") == "Failed")
 
-    plugin = Path(os.environ.get("VIRTUAL_ENV", Path(__import__("sys").executable).parent.parent)) / "bin"
-    env = {**os.environ, **cluster.kube.env, "PATH": f"{plugin}:{os.environ['PATH']}"}
-    out = subprocess.run(
-        ["kubectl", "sphinxx", "resume", "trun", "resumer", "-n", cluster.ns],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    assert "resume requested" in _plugin(cluster, "resume", "trun", "resumer", "-n", cluster.ns)
     fifth = wait_for(
         lambda: _attempts(cluster, "resumer").get(5), what="attempt 5 after kubectl sphinxx resume"
     )
-    logs = subprocess.run(
-        ["kubectl", "sphinxx", "logs", "resumer", "-n", cluster.ns], env=env, capture_output=True, text=True
-    )
-    assert f"job/{fifth}" in logs.stdout and committed.uri in logs.stdout
+    logs = _plugin(cluster, "logs", "resumer", "-n", cluster.ns)
+    assert f"job/{fifth}" in logs and committed.uri in logs
 
 
 def test_worker_bounds_edit_patches_the_raycluster(operator_server, cluster, tmp_path) -> None:
