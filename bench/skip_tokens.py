@@ -6,8 +6,10 @@ Prints one JSON object per line:
 - {"kind": "category", ...}: tokens per image for each aspect-ratio category, 448 and 672 canvas;
 - {"kind": "mix", ...}: the same averaged over the whole synthetic mix;
 - {"kind": "timing", ...}: the `debug` flavor on this CPU, the same images, text and weights,
-  with skip tokens and with `use_skip_token=False`, median seconds of forward (no grad) and of
-  forward + backward, batches grouped by length as the training sampler does;
+  with skip tokens and with `use_skip_token=False`, seconds of forward (no grad) and of
+  forward + backward (min and median of interleaved repeats), batches grouped by length as the
+  training sampler does; scenario "mix" (the mix below) and "wide" (only the categories that
+  skip on the 2 x 2 grid: panoramas, receipts, mobile screenshots: the upper bound);
 - {"kind": "ratio", ...}: no-skip / skip for tokens and times;
 - {"kind": "estimate", ...}: what the token saving means for a real flavor, from `model info`
   FLOPs (vision forward per view + LLM training FLOPs per token), no execution.
@@ -112,7 +114,7 @@ def run_once(model, batches, train: bool) -> float:
     return time.perf_counter() - start
 
 
-def timing_report(sizes, batch: int, repeats: int, seed: int) -> None:
+def timing_report(sizes, batch: int, repeats: int, seed: int, scenario: str) -> None:
     from sphinxx.model.sphinx_flavors import build_sphinx
 
     torch.manual_seed(seed)
@@ -145,10 +147,10 @@ def timing_report(sizes, batch: int, repeats: int, seed: int) -> None:
             "padded_tokens": sum(b.tokens.shape[0] * max(b.sequence_lengths()) for b in bs),
             "encoded_views": sum(b.dino_pixels.shape[0] for b in bs),
         }
-        emit({"kind": "timing", "flavor": "debug", "mode": name, "images": len(sizes), "batch": batch,
+        emit({"kind": "timing", "scenario": scenario, "flavor": "debug", "mode": name, "images": len(sizes), "batch": batch,
               "repeats": repeats, "threads": torch.get_num_threads()} | results[name])  # fmt: skip
     ratio = {k: round(results["noskip"][k] / results["skip"][k], 3) for k in results["skip"]}
-    emit({"kind": "ratio", "flavor": "debug", "noskip_over_skip": ratio})
+    emit({"kind": "ratio", "scenario": scenario, "flavor": "debug", "noskip_over_skip": ratio})
 
 
 def estimate_report(sizes, flavor: str = "tinyllama-1.1b") -> None:
@@ -180,10 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared box)"
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sizes = sample_sizes(args.images, torch.Generator().manual_seed(args.seed))
     token_report(sizes)
-    timing_report(sizes, args.batch, args.repeats, args.seed)
+    timing_report(sizes, args.batch, args.repeats, args.seed, "mix")
+    # Upper bound: only the categories that skip on the 2 x 2 grid.
+    wide = [s for s in sample_sizes(8 * args.images, torch.Generator().manual_seed(args.seed + 1))
+            if s[0] in ("panorama", "receipt", "mobile")][: args.batch * 2]  # fmt: skip
+    timing_report(wide, args.batch, args.repeats, args.seed, "wide")
     for flavor in ("tinyllama-1.1b", "llama2-13b-2k"):
         estimate_report(sizes, flavor)
     return 0
