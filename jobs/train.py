@@ -1,0 +1,175 @@
+"""The training job: `python -m sphinxx.jobs.train --config URI [--preset NAME] [key=value ...]`.
+
+What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
+
+    sphinxx data synth /tmp/synth --size 200                     # a tiny data set + tokenizer
+    python -m sphinxx.jobs.train --preset debug --config /tmp/synth/data.yaml \
+        storage.uri=file:///tmp/ckpt parallel.max_workers=2 parallel.min_workers=2
+
+`--config` is a YAML file (path, file://, s3://); `--preset` names a preset it is layered on
+(or the file says `preset: NAME`); dotlist overrides come last. It builds a Ray Train V2
+`TorchTrainer` (elastic `num_workers=(min, max)`, storage under `<storage.uri>/<name>/ray`), runs
+`loop.train_loop_per_worker`, and ends with one JSON line (key `sphinxx_summary`):
+
+    {"sphinxx_summary": true, "status": "succeeded", "step": 50, "final_loss": 3.1, ...}
+
+Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
+Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_RUN_ID (overrides `name`),
+SPHINXX_ATTEMPT, MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_NAME, AWS_ENDPOINT_URL(_S3)
+and the usual AWS credential chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from sphinxx.jobs.config import ConfigError, RunConfig, load_config, to_dict
+
+log = logging.getLogger("sphinxx.train")
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sphinxx.jobs.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="run config YAML: path, file:// or s3:// URI")
+    parser.add_argument("--preset", help="preset the config is layered on (debug, debug-moe, ...)")
+    parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.steps=100")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """defaults <- preset <- config file <- overrides, plus what the environment pins down."""
+    from sphinxx.jobs.tracking import tracking_uri
+
+    data = _read_yaml(args.config) if args.config else None
+    cfg = load_config(preset=args.preset, data=data, overrides=args.overrides)
+    cfg.name = os.environ.get("SPHINXX_RUN_ID") or cfg.name
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        cfg.tracking.experiment = os.environ["MLFLOW_EXPERIMENT_NAME"]
+    # Resolved here so that workers need no environment of their own (Ray's workers inherit the
+    # raylet's environment, not the driver's).
+    cfg.tracking.uri = tracking_uri(cfg.tracking.uri)
+    if cfg.storage.uri.startswith("s3://") and not cfg.storage.endpoint_url:
+        cfg.storage.endpoint_url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if cfg.storage.uri.startswith("memory://"):
+        raise ConfigError("storage.uri", "memory:// is per process; Ray workers need s3:// or file://")
+    return load_config(data=to_dict(cfg))  # re-validate what the environment changed
+
+
+def _read_yaml(uri: str) -> dict[str, Any]:
+    import yaml
+
+    from sphinxx.storage import open_fs
+    from sphinxx.storage import uri as uri_mod
+
+    location = uri_mod.normalize(uri)
+    try:
+        text = open_fs(location).read_bytes(location).decode()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {uri} does not exist") from None
+    loaded = yaml.safe_load(text) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError("", f"{uri} must be a mapping of config sections")
+    return loaded
+
+
+def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    par = cfg.parallel
+    workers: int | tuple[int, int] = (
+        par.max_workers if par.min_workers == par.max_workers else (par.min_workers, par.max_workers)
+    )
+    resources = {"CPU": par.cpus_per_worker, **({"GPU": par.gpus_per_worker} if par.gpus_per_worker else {})}
+    storage_path, filesystem = ray_storage(cfg)
+    return TorchTrainer(
+        _entry,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=par.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if par.gpus_per_worker else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=par.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def _entry(config: dict[str, Any]) -> dict[str, Any] | None:
+    from sphinxx.jobs.loop import train_loop_per_worker
+
+    return train_loop_per_worker(config)
+
+
+def ray_storage(cfg: RunConfig):
+    """Ray Train's storage: `<storage.uri>/<name>/ray`, through our s3fs (orchestration 3.1) on S3."""
+    from sphinxx.storage import RunLayout, StorageOptions, open_fs
+
+    root = RunLayout.for_run(cfg.storage.uri, cfg.name).root + "/ray"
+    scheme, rest = root.split("://", 1)
+    if scheme == "file":
+        return rest, None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs = open_fs(root, StorageOptions(endpoint_url=cfg.storage.endpoint_url)).fs
+    return rest, PyFileSystem(FSSpecHandler(fs))
+
+
+def code_version() -> str:
+    from importlib.metadata import version
+
+    return os.environ.get("SPHINXX_CODE_VERSION") or f"sphinxx-{version('sphinxx')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    started = time.time()
+    summary: dict[str, Any] = {"sphinxx_summary": True, "status": "failed"}
+    try:
+        cfg = resolve_config(parse_args(argv))
+    except (ConfigError, ValueError) as err:
+        return _finish({**summary, "error": f"invalid config: {err}"}, EXIT_CONFIG)
+    from sphinxx.jobs.driver import prepare_run, run_summary
+
+    attempt = int(os.environ.get("SPHINXX_ATTEMPT", "1"))
+    run = prepare_run(cfg, attempt, code_version())
+    summary.update(run_name=cfg.name, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+    loop_config = {
+        "run": to_dict(cfg),
+        "attempt": attempt,
+        "mlflow_run_id": run.mlflow_run_id,
+        "code_version": code_version(),
+    }
+    error, final = None, None
+    try:
+        result = build_trainer(cfg, loop_config).fit()
+        error, final = result.error, result.return_value
+    except Exception as err:  # noqa: BLE001 - the boundary that turns any failure into the summary line
+        log.exception("training failed")
+        error = err
+    summary.update(run_summary(cfg, run, final, error, time.time() - started))
+    return _finish(summary, EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED)
+
+
+def _finish(summary: dict[str, Any], code: int) -> int:
+    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
