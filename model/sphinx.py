@@ -273,11 +273,18 @@ class SphinxX(nn.Module):
         labels = torch.stack([F.pad(r, (0, seq_len - r.numel()), value=IGNORE_INDEX) for r in label_rows])
         # Position t predicts token t + 1.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        self._last_lengths = [len(r) for r in index_rows]  # real (unpadded) lengths, for token_mask
         return source[index], targets
+
+    def token_mask(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        """[B, S] bool: True at real positions of the last assembled batch (False on right padding)."""
+        lengths = torch.tensor(self._last_lengths, device=device)
+        return torch.arange(seq_len, device=device)[None, :] < lengths[:, None]
 
     def forward(self, batch: SphinxBatch) -> SphinxOutput:
         h, targets = self.assemble(batch)
-        hidden, aux = self.llm.forward_hidden(h)
+        # Right padding must not count in the MoE load-balancing loss (moe.md section 4).
+        hidden, aux = self.llm.forward_hidden(h, token_mask=self.token_mask(h.shape[1], h.device))
         mask = targets != IGNORE_INDEX
         num_targets = int(mask.sum())
         if num_targets:

@@ -232,3 +232,37 @@ def test_meta_build_then_load_matches_eager() -> None:
     batch = collate([make_sample(gen, 10, 4, process_image(torch.rand(3, 90, 200, generator=gen)))])
     with torch.no_grad():
         torch.testing.assert_close(lazy(batch).loss, eager(batch).loss, rtol=0, atol=0)
+
+
+def test_moe_aux_loss_ignores_right_padding() -> None:
+    """The load-balancing loss counts only real positions (moe.md section 4), computed independently."""
+    torch.manual_seed(0)
+    model = build_sphinx(
+        "debug-moe", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, moe_ffn_dim=32, vocab_size=512
+    )
+    gen = torch.Generator().manual_seed(7)
+    long = make_sample(gen, 40, 10, process_image(torch.rand(3, 64, 128)))
+    short = make_sample(gen, 6, 3)  # text-only and short: most of its row is right padding
+    batch = collate([long, short])
+    inputs: list[torch.Tensor] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].detach()))
+        for m in model.modules()
+        if type(m).__name__ == "MoE"
+    ]
+    out = model(batch)
+    for h in hooks:
+        h.remove()
+    real = model.token_mask(inputs[0].shape[1], inputs[0].device)
+    assert not bool(real.all()), "the batch must contain right padding for this test to mean anything"
+    expected = torch.zeros(())
+    moe_layers = [m for m in model.modules() if type(m).__name__ == "MoE"]
+    for layer, x in zip(moe_layers, inputs, strict=True):
+        tokens = x[real]  # [T_real, H]
+        probs = torch.softmax((tokens @ layer.router.layer.weight.T).float(), dim=-1)
+        top = probs.topk(layer.args.top_k, dim=-1).indices
+        counts = torch.bincount(top.flatten(), minlength=layer.args.num_experts).float()
+        num_experts, k = layer.args.num_experts, layer.args.top_k
+        expected = expected + num_experts / (tokens.shape[0] * k) * (counts * probs.mean(0)).sum()
+    expected = layer.args.aux_loss_coef * expected / len(moe_layers)
+    torch.testing.assert_close(out.aux_loss.detach().float(), expected, rtol=1e-5, atol=1e-7)
