@@ -111,71 +111,37 @@ def build_model(cfg: RunConfig, worker: Worker):
     return model.to(worker.device), ep_size
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable params in two named groups: decayed matrices; norms, biases and tags undecayed."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith(".bias") or "norm" in name else decay).append(p)
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def deepspeed_config(cfg: RunConfig, world_size: int, accum: int, bf16: bool) -> dict[str, Any]:
-    train, par = cfg.train, cfg.parallel
-    config: dict[str, Any] = {
-        "train_batch_size": train.micro_batch * accum * world_size,
-        "train_micro_batch_size_per_gpu": train.micro_batch,
-        "gradient_accumulation_steps": accum,
-        "zero_optimization": {
-            "stage": par.zero_stage,
-            # MoE param groups require both under ZeRO-2 (moe.md 7); harmless for dense models.
-            "reduce_scatter": True,
-            "contiguous_gradients": True,
-        },
-        "bf16": {"enabled": bf16},
-        "zero_allow_untested_optimizer": True,  # torch AdamW as the client optimizer
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if train.grad_clip > 0:
-        config["gradient_clipping"] = train.grad_clip
-    return config
-
-
 def build_engine(model: torch.nn.Module, cfg: RunConfig, worker: Worker, accum: int):
-    """DeepSpeed engine around `model` with torch AdamW (recipe betas/eps) as client optimizer."""
+    """DeepSpeed engine around `model`: torch AdamW (recipe betas/eps) on `jobs.parallelize`'s
+    param groups and config; for MoE flavors its EP groups and engine shim (moe.md 7)."""
     import deepspeed
+
+    from sphinxx.jobs import parallelize
 
     bf16 = cfg.train.precision == "bf16" and worker.device != "cpu" and torch.cuda.is_bf16_supported()
     if cfg.train.precision == "bf16" and not bf16:
         log.warning("bf16 requested but not supported on %s; training in fp32", worker.device)
-    groups = param_groups(model, cfg.train.weight_decay)
+    deepspeed.init_distributed(dist_backend="nccl" if worker.device.startswith("cuda") else "gloo")
     ep_size = _ep_size(model)
-    if ep_size > 1:
-        groups = _moe_setup(model, groups, ep_size)
+    ep = parallelize.parallelize(model, ep_size=ep_size, zero_stage=cfg.parallel.zero_stage)
+    groups = parallelize.optimizer_param_groups(model, cfg.train.weight_decay)
     optimizer = torch.optim.AdamW(
         groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps, foreach=False
     )
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(cfg, worker.world_size, accum, bf16)
+    config = parallelize.deepspeed_config(
+        zero_stage=cfg.parallel.zero_stage,
+        micro_batch=cfg.train.micro_batch,
+        grad_accum_steps=accum,
+        precision="bf16" if bf16 else "fp32",
+        grad_clip=cfg.train.grad_clip,
+        ep_size=ep_size,
     )
-    return engine, optimizer
+    engine = parallelize.initialize(model, optimizer, config, ep)
+    return engine, engine.optimizer
 
 
 def _ep_size(model: torch.nn.Module) -> int:
     return max((getattr(m.args, "ep_size", 1) for m in model.modules() if hasattr(m, "experts")), default=1)
-
-
-def _moe_setup(model: torch.nn.Module, groups: list[dict[str, Any]], ep_size: int) -> list[dict[str, Any]]:
-    """EP groups, expert marks and DeepSpeed MoE param groups: delegated to `jobs.parallelize`."""
-    from sphinxx.jobs import parallelize
-
-    return parallelize.setup_expert_parallel(model, groups, ep_size)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -240,6 +206,7 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
     meter = Throughput()
     meter.mark(state.step, 0, 0)
     printer = ProgressPrinter(total, cfg.train.log_interval)
+    trace = SampleTrace.from_env(worker)
     metrics: dict[str, Any] = {"step": state.step}
     for group in data.iter_steps():
         step = group[0].step
@@ -247,6 +214,7 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
         for pg in optimizer.param_groups:
             pg["lr"] = lr
         stats = _train_step(engine, model, group, worker)
+        trace.record(step, group)
         state.step = step + 1
         state.tokens_seen += stats.tokens
         state.samples_seen += stats.samples
@@ -426,6 +394,41 @@ def _flops_model(cfg: RunConfig, model, data) -> _Flops:
         cost["vision_forward_per_view"],
         peak_flops_per_device(device, torch.get_num_threads()),
     )
+
+
+class SampleTrace:
+    """Optional audit trail: which stream positions each rank trained on at each step.
+
+    Set SPHINXX_SAMPLE_TRACE to a directory and every rank appends one JSON line per optimizer
+    step ({step, rank, world_size, attempt, pid, positions}) to its own file, flushed at once, so
+    a crash loses nothing. Answers "did a resume repeat or skip samples?" after the fact.
+    """
+
+    def __init__(self, path: str | None, worker: Worker):
+        self.worker = worker
+        self.file = None
+        if path:
+            os.makedirs(path, exist_ok=True)
+            name = f"rank{worker.rank}-attempt{worker.attempt}-pid{os.getpid()}.jsonl"
+            self.file = open(os.path.join(path, name), "a")  # noqa: SIM115 - lives as long as the loop
+
+    @classmethod
+    def from_env(cls, worker: Worker) -> SampleTrace:
+        return cls(os.environ.get("SPHINXX_SAMPLE_TRACE"), worker)
+
+    def record(self, step: int, group) -> None:
+        if self.file is None:
+            return
+        line = {
+            "step": step,
+            "rank": self.worker.rank,
+            "world_size": self.worker.world_size,
+            "attempt": self.worker.attempt,
+            "pid": os.getpid(),
+            "positions": [p for mb in group for p in mb.positions],
+        }
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
 
 
 # ---------------------------------------------------------------------------- tracking

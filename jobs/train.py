@@ -16,7 +16,8 @@ What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
 Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
 Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_RUN_ID (overrides `name`),
 SPHINXX_ATTEMPT, MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_NAME, AWS_ENDPOINT_URL(_S3)
-and the usual AWS credential chain.
+and the usual AWS credential chain; SPHINXX_WORKER_ENV (names to forward to workers) and
+SPHINXX_SAMPLE_TRACE (a directory for the per-step sample audit trail, see loop.SampleTrace).
 """
 
 from __future__ import annotations
@@ -102,8 +103,22 @@ def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=par.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": worker_env()},
         ),
     )
+
+
+# Forwarded to workers when set: Ray workers inherit the raylet's environment, not the driver's.
+FORWARDED_ENV = ("SPHINXX_SAMPLE_TRACE", "SPHINXX_CODE_VERSION", "TOKENIZERS_PARALLELISM")
+
+
+def worker_env() -> dict[str, str]:
+    """FORWARDED_ENV plus the names listed in SPHINXX_WORKER_ENV (comma-separated), e.g. the AWS
+    credentials of a laptop whose Ray was started before they were exported. On a cluster, pods
+    get credentials from their own environment (Secrets, IRSA); do not forward secrets there:
+    runtime environments are visible in the Ray dashboard."""
+    names = [*FORWARDED_ENV, *filter(None, os.environ.get("SPHINXX_WORKER_ENV", "").split(","))]
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def _entry(config: dict[str, Any]) -> dict[str, Any] | None:
