@@ -200,7 +200,8 @@ class MoE(nn.Module):
         group = self.ep.group if self.ep is not None and self.ep.size > 1 else None
         if group is not None and self.ep.mode != "megablocks":
             raise ValueError(
-                "kernel='megablocks' with EP needs attach_expert_parallel(..., mode='megablocks')"
+                "kernel='megablocks' with EP runs MegaBlocks' own dispatch: attach an "
+                "ExpertParallel(..., mode='megablocks')"
             )
         key = (id(group), tokens.device)
         if self._megablocks is None or self._megablocks[0] != key:
