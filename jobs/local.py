@@ -112,10 +112,27 @@ def plan(
                 parallel[target] = run[key]
         storage = config.setdefault("storage", {})
         if not str(storage.get("uri", "")).startswith("s3://"):
-            storage["uri"] = f"{storage_uri.rstrip('/')}/{name}"
+            storage["uri"] = storage_uri
         config.setdefault("tracking", {})["uri"] = tracking_uri
+        _absolute_local_paths(config.get("data") or {})
         out.append((point, from_dict(config)))
     return out
+
+
+def _absolute_local_paths(data: dict[str, Any]) -> None:
+    """Relative data paths in a sweep file mean "from where I ran the command".
+
+    Ray Train workers run in their own working directory, so they are made absolute here.
+    """
+
+    def fix(uri: Any) -> Any:
+        if isinstance(uri, str) and uri and "://" not in uri and not uri.startswith("/"):
+            return str(Path(uri).resolve())
+        return uri
+
+    data["tokenizer"] = fix(data.get("tokenizer"))
+    for source in data.get("sources") or []:
+        source["uri"] = fix(source.get("uri"))
 
 
 def fit_points(results: list[PointResult]) -> list[FitPoint]:
@@ -350,11 +367,14 @@ def run_local(
     print()
     print(results_table(state))
     print(fit_summary(state))
-    print(
-        f"\ncheckpoints: {sweep.storage_uri}/{sweep.name}\nMLflow:      mlflow ui --backend-store-uri {sweep.tracking_uri}"
-        if sweep.tracking_uri.startswith("sqlite")
-        else f"\ncheckpoints: {sweep.storage_uri}\nMLflow: {sweep.tracking_uri}"
-    )
+    example = next(iter(state.points), "POINT")
+    print(f"\ncheckpoints: {sweep.storage_uri}/<point>   e.g. sphinxx ckpt ls {sweep.storage_uri}/{example}")
+    if sweep.tracking_uri.startswith("sqlite"):
+        print(
+            f"MLflow:      mlflow ui --backend-store-uri {sweep.tracking_uri}   (experiment sweep-{sweep.name})"
+        )
+    else:
+        print(f"MLflow:      {sweep.tracking_uri}   (experiment sweep-{sweep.name})")
     print(f"plot:        {sweep.workdir / 'scaling_law.png'}")
     return 0 if all(r.status == "succeeded" for r in state.points.values()) else 1
 
