@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 on 2 gloo processes with EP = 2: one AdamW step equals plain torch on one process."""
+"""DeepSpeed on 2 gloo processes (EP 2 + ZeRO-2/1, EP 1 + ZeRO-3): one AdamW step equals plain torch."""
 
 from __future__ import annotations
 
@@ -68,6 +68,32 @@ def _reference_step(expert_grad_scale: float = 1.0) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _one_step(rank: int, ep_size: int, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Build, parallelize, initialize and take one DeepSpeed step; return this rank's full params."""
+    import deepspeed
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    from sphinxx.jobs.parallelize import initialize, parallelize
+
+    original = DeepSpeedEngine._configure_distributed_model
+    model = TinyMoENet(ep_size=ep_size)
+    mine = expert_range(E, ep_size, rank % ep_size)
+    rows = slice(mine.start * F, mine.stop * F)
+    model.load_state_dict({k: v[rows] if ".experts." in k else v for k, v in _full_state().items()})
+    ep = parallelize(model, ep_size=ep_size, zero_stage=zero_stage)
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, WEIGHT_DECAY), **ADAMW)
+    config = deepspeed_config(
+        zero_stage=zero_stage, micro_batch=2, precision="fp32", grad_clip=GRAD_CLIP, ep_size=ep_size
+    )
+    engine = initialize(model, optimizer, config, ep)
+    assert DeepSpeedEngine._configure_distributed_model is original  # the shim is scoped
+    x, target = _batch()
+    engine.backward(_loss(engine, x[rank], target[rank]))
+    engine.step()
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=zero_stage == 3):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _worker(rank: int, port: int) -> None:
     os.environ.update(
         DS_ACCELERATOR="cpu",
@@ -79,32 +105,27 @@ def _worker(rank: int, port: int) -> None:
     )
     import deepspeed
 
-    from sphinxx.jobs.parallelize import initialize, parallelize
-
     deepspeed.init_distributed(dist_backend="gloo")
-    model = TinyMoENet(ep_size=EP)
-    mine = expert_range(E, EP, rank % EP)
-    rows = slice(mine.start * F, mine.stop * F)
-    model.load_state_dict({k: v[rows] if ".experts." in k else v for k, v in _full_state().items()})
-    ep = parallelize(model, ep_size=EP, zero_stage=2)
-    optimizer = torch.optim.AdamW(optimizer_param_groups(model, WEIGHT_DECAY), **ADAMW)
-    config = deepspeed_config(zero_stage=2, micro_batch=2, precision="fp32", grad_clip=GRAD_CLIP, ep_size=EP)
-    engine = initialize(model, optimizer, config, ep)
-
-    x, target = _batch()
-    engine.backward(_loss(engine, x[rank], target[rank]))
-    engine.step()
-
     expected = _reference_step()
-    got = model.state_dict()
-    for name, value in expected.items():
-        want = value[rows] if ".experts." in name else value
-        assert_close(got[name], want, rtol=1e-5, atol=1e-6, msg=f"{name} after one step")
     # The comparison can see a wrong expert-gradient scale (e.g. EP x too large, the pre-#6546 bug).
     doubled = _reference_step(expert_grad_scale=2.0)
     for n in ("w1", "v1", "w2"):
         key = f"moe.experts.mlp.{n}"
         assert not torch.allclose(doubled[key], expected[key], rtol=1e-5, atol=1e-6)
+    # EP = 2 with ZeRO-2 (the Mixtral default) and ZeRO-1; EP = 1 with ZeRO-3 (experts as ordinary params).
+    for ep_size, zero_stage in ((EP, 2), (EP, 1), (1, 3)):
+        got = _one_step(rank, ep_size, zero_stage)
+        mine = expert_range(E, ep_size, rank % ep_size)
+        rows = slice(mine.start * F, mine.stop * F)
+        for name, value in expected.items():
+            want = value[rows] if ".experts." in name else value
+            assert_close(
+                got[name],
+                want,
+                rtol=1e-5,
+                atol=1e-6,
+                msg=f"EP {ep_size} ZeRO-{zero_stage}: {name} after one step",
+            )
 
 
 def _free_port() -> int:
@@ -114,7 +135,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_zero2_ep2_step_equals_single_process_adamw() -> None:
+def test_deepspeed_step_equals_single_process_adamw() -> None:
+    """EP 2 + ZeRO-2, EP 2 + ZeRO-1, EP 1 + ZeRO-3 on 2 gloo ranks, each vs the same reference step."""
     mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
 
 
