@@ -89,7 +89,7 @@ def build(args: argparse.Namespace):
     try:
         from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
-        if "grouped_mm" in ALL_EXPERTS_FUNCTIONS:
+        if "grouped_mm" in ALL_EXPERTS_FUNCTIONS and getattr(hf.experts, "config", None) is not None:
             hf_grouped = hf  # same module and weights, switched by config at call time
     except ImportError:
         pass
@@ -148,6 +148,13 @@ def parity(args, hf, ours, x, grad) -> bool:
     return ok
 
 
+def _set_hf_experts_impl(hf, mode: str) -> None:
+    # transformers >= 5 dispatches the experts forward on config._experts_implementation at call time.
+    config = getattr(hf.experts, "config", None)
+    if config is not None:
+        config._experts_implementation = mode
+
+
 def time_fwd_bwd(fn, x, grad, args) -> dict:
     times = []
     cuda = x.device.type == "cuda"
@@ -192,7 +199,7 @@ def timings(args, hf, hf_grouped, ours, x, grad) -> dict[str, float]:
             emit("timing", impl=name, skipped=args.megablocks_error)
             continue
         if name.startswith("transformers"):
-            hf.experts.config._experts_implementation = mode
+            _set_hf_experts_impl(hf, mode)
         else:
             ours.args.kernel = mode
         hf.zero_grad(set_to_none=True)
@@ -203,7 +210,7 @@ def timings(args, hf, hf_grouped, ours, x, grad) -> dict[str, float]:
             emit("timing", impl=name, error=f"{type(e).__name__}: {e}"[:500])
             continue
         finally:
-            hf.experts.config._experts_implementation = "eager"
+            _set_hf_experts_impl(hf, "eager")
         results[name] = row["fwd_bwd_ms"]
         emit("timing", impl=name, tokens=x.shape[0] * x.shape[1], **row)
     return results
