@@ -2,6 +2,7 @@
 
     sphinxx operator run --all-namespaces --standalone          # one replica (the chart's default)
     sphinxx operator run --namespace team-a --peering sphinxx   # several replicas, one active
+                                                                # (each its own --priority)
     sphinxx operator crds --output helm/sphinxx/crds            # regenerate the chart's CRDs
     sphinxx operator crds --check helm/sphinxx/crds             # exit 1 when they drift
 
@@ -12,7 +13,9 @@ JSON logs by default, and the settings in settings.py passed as environment vari
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -35,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     peering.add_argument(
         "--peering", metavar="NAME", help="KopfPeering name: replicas elect one active operator"
     )
-    run.add_argument("--priority", type=int, default=0, help="peering priority (highest is active)")
+    run.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority (the highest is active); default: derived from $POD_ID or the host name, "
+        "so every replica has its own",
+    )
     run.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint; '' disables"
     )
@@ -63,7 +71,8 @@ def kopf_argv(args: argparse.Namespace) -> list[str]:
     argv = ["run", "-m", "sphinxx.operator.handlers", f"--log-format={args.log_format}"]
     argv += [f"--namespace={ns}" for ns in args.namespace] or ["--all-namespaces"]
     if args.peering:
-        argv += [f"--peering={args.peering}", f"--priority={args.priority}"]
+        priority = args.priority if args.priority is not None else peer_priority()
+        argv += [f"--peering={args.peering}", f"--priority={priority}"]
     else:
         argv.append("--standalone")
     if args.liveness:
@@ -71,6 +80,19 @@ def kopf_argv(args: argparse.Namespace) -> list[str]:
     if args.verbose:
         argv.append("--verbose")
     return argv
+
+
+def peer_priority(identity: str | None = None) -> int:
+    """A priority of this replica's own, stable across its restarts: kopf pauses every peer below
+    the highest priority *and all peers that share it*, so equal defaults would stop every replica.
+
+    Derived from kopf's peer identity ($POD_ID, which the chart sets to the pod name; else the
+    host name, which is the pod name in Kubernetes too). Which replica wins is arbitrary, and
+    fine: all run the same code. Values lie in [1, 2**31), above the old default of 0.
+    """
+    identity = identity or os.environ.get("POD_ID") or socket.gethostname()
+    digest = hashlib.sha256(identity.encode()).digest()
+    return 1 + int.from_bytes(digest[:4], "big") % (2**31 - 1)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -9,7 +9,13 @@ the chart drift from this code. The schemas are *structural* (what Kubernetes ac
   next to `minimum` in OpenAPI v3.0), `additionalProperties: true` (use
   `x-kubernetes-preserve-unknown-fields`);
 - defaults are dropped inside run configs: the API server would write them into every object,
-  and a written default would then override the values of the `preset:` the user named.
+  and a written default would then override the values of the `preset:` the user named;
+- `required` is dropped from the config's sections: a preset, the base under a size's config
+  layer, or the operator's defaults (`storage.uri` from the chart's bucket) may supply them.
+
+`rendered()` also writes kopf's own peering CRDs (`KopfPeering`, `ClusterKopfPeering`), so that
+Helm installs them from `crds/` before any object of their kind: a chart with several operator
+replicas then installs in one step.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import yaml
 from sphinxx.jobs import config as run_config
 
 from . import names
-from .spec import Axes, ScalingSweepSpec, TrainingRunSpec, camel
+from .spec import Axes, ScalingSweepSpec, SizeOverride, TrainingRunSpec, camel
 
 CONDITION_SCHEMA = {
     "type": "object",
@@ -92,14 +98,23 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_schema(description: str) -> dict[str, Any]:
-    """The run config with its `preset:` key (a named base the fields are merged over)."""
+def config_schema(description: str, preset: bool = True) -> dict[str, Any]:
+    """The run config, with its `preset:` key (a named base the fields are merged over)."""
     schema = structural(run_config.json_schema())
-    schema["properties"] = {
-        "preset": {"type": "string", "enum": run_config.preset_names(), "description": "named base config"},
-        **schema["properties"],
-    }
-    schema.pop("required", None)  # a preset may provide them; the operator validates the merge
+    if preset:
+        schema["properties"] = {
+            "preset": {
+                "type": "string",
+                "enum": run_config.preset_names(),
+                "description": "named base config",
+            },
+            **schema["properties"],
+        }
+    # A preset, the sweep's base or the operator's defaults may provide them; the operator
+    # validates the merged result.
+    schema.pop("required", None)
+    for section in schema["properties"].values():
+        section.pop("required", None)
     schema["description"] = description
     return schema
 
@@ -111,8 +126,9 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         help_text = meta.pop("help", "")
-        if f.name in ("config", "base") and cls in (TrainingRunSpec, ScalingSweepSpec):
-            props[camel(f.name)] = config_schema(help_text)
+        if f.name in ("config", "base") and cls in (TrainingRunSpec, ScalingSweepSpec, SizeOverride):
+            # A size's layer chooses no preset: the axes and spec.base do (spec.AXIS_FIELDS).
+            props[camel(f.name)] = config_schema(help_text, preset=cls is not SizeOverride)
             continue
         prop = _type_schema(hints[f.name], meta)
         if help_text:
@@ -171,6 +187,10 @@ RUN_STATUS = {
     "rayClusterName": {"type": "string"},
     "mlflowRunId": {"type": "string"},
     "configUri": {"type": "string"},
+    "storageUri": {
+        "type": "string",
+        "description": "checkpoint prefix, pinned at the first attempt (it may be the operator's default)",
+    },
     "lastCheckpoint": {
         "type": "object",
         "properties": {"step": {"type": "integer"}, "uri": {"type": "string"}},
@@ -250,15 +270,67 @@ def crds() -> list[dict[str, Any]]:
     ]
 
 
+def peering_crds() -> list[dict[str, Any]]:
+    """kopf's peering resources (`--peering`): the status map in which operator replicas announce
+    themselves. Cluster-wide operators use ClusterKopfPeering, namespaced ones a KopfPeering per
+    namespace; both are installed, as kopf's own peering.yaml does. No status subresource: kopf
+    writes `status` with a plain patch of the object, which a status subresource would drop."""
+    out = []
+    for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
+        plural = f"{kind.lower()}s"
+        out.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "group": "kopf.dev",
+                    "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {
+                                            "type": "object",
+                                            "description": "peer id -> {priority, lifetime, lastseen}, "
+                                            "written by the operators",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        }
+                                    },
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return out
+
+
 HEADER = "# Generated by `sphinxx operator crds` from sphinxx.operator.crds: do not edit by hand.\n"
+PEERING_HEADER = (
+    "# kopf's peering CRD (sphinxx operator run --peering), installed by Helm from crds/ before any\n"
+    "# KopfPeering object. Another kopf operator may have installed it already: Helm then skips it.\n"
+)
 
 
 def rendered() -> dict[str, str]:
     """File name -> YAML text, as written into the chart."""
-    return {
+    out = {
         f"{crd['spec']['names']['plural']}.yaml": HEADER + yaml.safe_dump(crd, sort_keys=False, width=110)
         for crd in crds()
     }
+    for crd in peering_crds():
+        out[f"kopf-{crd['spec']['names']['plural']}.yaml"] = (
+            HEADER + PEERING_HEADER + yaml.safe_dump(crd, sort_keys=False, width=110)
+        )
+    return out
 
 
 def write(directory: Path) -> list[Path]:

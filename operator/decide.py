@@ -89,11 +89,12 @@ def decide_run(obs: RunObserved) -> RunAction:
     if not obs.admitted and attempt == 0:
         phase, reason, message = "Pending", "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
     elif obs.suspend and old_phase not in expand.TERMINAL_PHASES:
-        if job.outcome in ("pending", "running", "retrying"):
-            if obs.queued:
-                act.delete_job = True
-            elif not obs.job_suspended:
-                act.suspend_job = True
+        if obs.queued and not job.terminal and job.outcome != "none":
+            # Kueue owns spec.suspend of a queued RayJob (orchestration.md 1.3); a job it holds
+            # suspended would start on admission, so our suspend deletes the attempt instead.
+            act.delete_job = True
+        elif job.outcome in ("pending", "running", "retrying") and not obs.job_suspended:
+            act.suspend_job = True
         phase, reason, message = "Suspended", "Suspended", "suspended by spec.suspend; checkpoints are kept"
     elif job.outcome == "none":
         if old_phase == "Succeeded" or (old_phase == "Failed" and not resume_now):
@@ -106,6 +107,11 @@ def decide_run(obs: RunObserved) -> RunAction:
             phase, reason, message = _retry(
                 obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone"
             )
+    elif obs.queued and (job.outcome == "suspended" or obs.job_suspended):
+        # Kueue suspends a queued RayJob until admission (and again on preemption) and
+        # unsuspends it itself: never toggle it, wait. A fresh cluster resumes from S3.
+        phase = "Resuming" if resumable else "Pending"
+        reason, message = "WaitingForAdmission", f"attempt {attempt} waits for Kueue admission"
     elif job.outcome == "suspended" or (obs.job_suspended and not obs.suspend):
         act.suspend_job = False  # KubeRay starts a fresh cluster, which resumes from S3
         phase, reason, message = "Resuming", "Unsuspended", "resuming from the last committed checkpoint"

@@ -6,19 +6,26 @@ untouched (`plan_children` only patches what changed). `maxParallelRuns` admits 
 stable order, smallest model and smallest data first (`admit`).
 
 Config of a point = the model's preset (when the base names no `preset:`) <- `spec.base`
-<- the point's model and data fraction <- the per-size overrides.
+<- `spec.overrides.<size>.config` (deep-merged: objects merge key by key, lists and scalars
+replace) <- the point's model and data fraction <- the per-size shortcuts (`zeroStage`, ...).
+
+Suspend: while the sweep is suspended every point gets `spec.suspend: true`, and the points it
+had to switch are marked (`sphinxx.dev/suspended-by-sweep`); unsuspending the sweep resumes
+only the marked ones. Otherwise a point's own `spec.suspend` is the point's: the sweep neither
+writes nor resets it, so one point can be paused by hand inside a running sweep.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sphinxx.jobs import config as run_config
 
 from . import names
-from .spec import ScalingSweepSpec, SpecError, validate_run
+from .settings import RunDefaults
+from .spec import ScalingSweepSpec, SpecError, deep_merge, has_path, validate_run
 
 # Nominal parameter counts: the order in which points start, and N of the scaling-law fit.
 # (The exact counts live in sphinxx.model, which the operator may not import.)
@@ -56,12 +63,12 @@ def points(sweep: str, spec: ScalingSweepSpec) -> list[Point]:
 
 def point_spec(raw: dict[str, Any], point: Point) -> dict[str, Any]:
     """The TrainingRun spec (camelCase dict) of one point, from the sweep's raw spec."""
-    config = copy.deepcopy(raw.get("base") or {})
+    override = (raw.get("overrides") or {}).get(point.model) or {}
+    config = deep_merge(raw.get("base") or {}, override.get("config") or {})
     if "preset" not in config and point.model in run_config.preset_names():
         config["preset"] = point.model
     config.setdefault("model", {})["flavor"] = point.model
     config.setdefault("data", {})["fraction"] = point.fraction
-    override = (raw.get("overrides") or {}).get(point.model) or {}
     parallel = {"gpusPerWorker": "gpus_per_worker", "zeroStage": "zero_stage", "epSize": "ep_size"}
     for key, target in parallel.items():
         if override.get(key) is not None:
@@ -79,18 +86,30 @@ def point_spec(raw: dict[str, Any], point: Point) -> dict[str, Any]:
     for key in ("failurePolicy", "queueName", "deletePolicy"):
         if raw.get(key) is not None:
             out[key] = copy.deepcopy(raw[key])
-    out["suspend"] = bool(raw.get("suspend", False))
+    if raw.get("suspend"):
+        out["suspend"] = True  # no key otherwise: a point's own suspend is its own (module doc)
     return out
 
 
-def validate_points(sweep: str, spec: ScalingSweepSpec, raw: dict[str, Any]) -> None:
-    """Every point must be a valid run; errors name the sweep field that caused them."""
+def validate_points(
+    sweep: str, spec: ScalingSweepSpec, raw: dict[str, Any], defaults: RunDefaults | None = None
+) -> None:
+    """Every point must be a valid run; errors name the sweep field that caused them.
+
+    `defaults` are the operator's (settings.RunDefaults), which each point gets as a TrainingRun.
+    """
     for point in points(sweep, spec):
+        child = point_spec(raw, point)
         try:
-            validate_run(point.name, point_spec(raw, point))
+            validate_run(point.name, defaults.apply_run(child) if defaults else child)
         except SpecError as err:
-            where = f"spec.overrides.{point.model}" if point.model in spec.overrides else "spec.base"
             detail = err.path.removeprefix("spec.config.").removeprefix("spec.")
+            override = (raw.get("overrides") or {}).get(point.model) or {}
+            if err.path.startswith("spec.config.") and has_path(override.get("config"), detail):
+                # A field the size's own config layer set: name it where the user wrote it.
+                where = f"spec.overrides.{point.model}.config.{detail}"
+                raise SpecError(where, f"point {point.model} x {point.fraction}: {err.reason}") from None
+            where = f"spec.overrides.{point.model}" if point.model in spec.overrides else "spec.base"
             raise SpecError(
                 where, f"point {point.model} x {point.fraction}: {detail}: {err.reason}"
             ) from None
@@ -98,7 +117,7 @@ def validate_points(sweep: str, spec: ScalingSweepSpec, raw: dict[str, Any]) -> 
 
 def child_manifest(sweep: dict[str, Any], raw: dict[str, Any], point: Point) -> dict[str, Any]:
     meta = sweep["metadata"]
-    return {
+    child = {
         "apiVersion": names.API_VERSION,
         "kind": "TrainingRun",
         "metadata": {
@@ -123,6 +142,9 @@ def child_manifest(sweep: dict[str, Any], raw: dict[str, Any], point: Point) -> 
         },
         "spec": point_spec(raw, point),
     }
+    if raw.get("suspend"):
+        child["metadata"]["annotations"] = {names.ANNOTATION_SUSPENDED_BY_SWEEP: "true"}
+    return child
 
 
 def merge_diff(old: Any, new: Any) -> Any:
@@ -143,21 +165,37 @@ class ChildPlan:
     create: list[dict[str, Any]]
     update: dict[str, dict[str, Any]]  # name -> merge patch of the spec
     delete: list[str]
+    # name -> merge patch of the annotations (the suspended-by-sweep mark; None removes it)
+    annotate: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def plan_children(desired: list[dict[str, Any]], existing: list[dict[str, Any]]) -> ChildPlan:
     """What to create, patch and delete so the children match the expansion."""
     have = {obj["metadata"]["name"]: obj for obj in existing}
     want = {obj["metadata"]["name"]: obj for obj in desired}
-    update = {
-        name: merge_diff(have[name].get("spec") or {}, obj["spec"])
-        for name, obj in want.items()
-        if name in have and (have[name].get("spec") or {}) != obj["spec"]
-    }
+    update: dict[str, dict[str, Any]] = {}
+    annotate: dict[str, dict[str, Any]] = {}
+    for name, obj in want.items():
+        if name not in have:
+            continue
+        old = copy.deepcopy(have[name].get("spec") or {})
+        new = copy.deepcopy(obj["spec"])
+        marked = names.ANNOTATION_SUSPENDED_BY_SWEEP in (have[name]["metadata"].get("annotations") or {})
+        if new.get("suspend"):  # the sweep is suspended: force it, marking points it switches
+            if not marked and not old.get("suspend"):
+                annotate[name] = {names.ANNOTATION_SUSPENDED_BY_SWEEP: "true"}
+        elif marked:  # the sweep resumed: resume what it suspended
+            new["suspend"] = False
+            annotate[name] = {names.ANNOTATION_SUSPENDED_BY_SWEEP: None}
+        elif "suspend" in old:
+            new["suspend"] = old["suspend"]  # the point's own: never reset
+        if old != new:
+            update[name] = merge_diff(old, new)
     return ChildPlan(
         create=[obj for name, obj in want.items() if name not in have],
         update=update,
         delete=sorted(name for name in have if name not in want),
+        annotate=annotate,
     )
 
 

@@ -143,11 +143,17 @@ def reconcile_run(kube: Kube, namespace: str, name: str, settings: Settings) -> 
         if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj):
             return None
         try:
-            spec, cfg = validate_run(name, obj.get("spec") or {})
+            spec, cfg = validate_run(name, _run_spec(obj, settings))
         except SpecError as err:
             mark_invalid(kube, obj, err, "trainingruns")
             return None
         return _reconcile_valid_run(kube, obj, spec, cfg, settings)
+
+
+def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The run's spec with the operator's defaults (settings.RunDefaults) in what it leaves unset."""
+    defaults = settings.defaults.pinned((obj.get("status") or {}).get("storageUri"))
+    return defaults.apply_run(obj.get("spec") or {})
 
 
 def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], spec, cfg, settings: Settings) -> float | None:
@@ -261,7 +267,8 @@ def _create_attempt(kube, obj, spec, cfg, st, act, run_id, tracking_uri, checkpo
         suspend=spec.suspend,
     )
     _, created = kube.create("rayjobs", render_rayjob(attempt, spec, job_cfg))
-    st.update(rayJobName=attempt.rayjob_name, configUri=config_uri)
+    # The prefix may be the operator's default: pinned, so a later default never moves the run.
+    st.update(rayJobName=attempt.rayjob_name, configUri=config_uri, storageUri=cfg.storage.uri)
     st.pop("rayClusterName", None)
     if created:
         where = f" from step {checkpoint.step}" if checkpoint else ""
@@ -319,7 +326,7 @@ def finalize_run(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
         kube.delete("rayjobs", namespace, rayjob["metadata"]["name"])
     spec = obj.get("spec") or {}
     try:
-        _, cfg = validate_run(name, spec)
+        _, cfg = validate_run(name, _run_spec(obj, settings))
     except SpecError:
         return
     uri, run_id = cfg.tracking.uri or settings.tracking_uri, st.get("mlflowRunId")
@@ -344,8 +351,8 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -
         if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj, sweep=True):
             return
         try:
-            spec = validate_sweep(name, obj.get("spec") or {})
-            expand.validate_points(name, spec, obj["spec"])
+            spec = validate_sweep(name, settings.defaults.apply_sweep(obj.get("spec") or {}))
+            expand.validate_points(name, spec, obj["spec"], settings.defaults)
         except SpecError as err:
             mark_invalid(kube, obj, err, "scalingsweeps")
             return
@@ -356,7 +363,7 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Sett
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     _, now_iso = _now()
-    base = resolve_config(obj["spec"].get("base") or {}, "spec.base")
+    base = resolve_config(settings.defaults.apply_config(obj["spec"].get("base") or {}), "spec.base")
     tracking_uri = base.tracking.uri or settings.tracking_uri
     parent = (obj.get("status") or {}).get("mlflowRunId")
     if tracking_uri and not parent:
@@ -377,8 +384,13 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Sett
             annotations[names.ANNOTATION_ADMITTED] = now_iso
             admit.discard(child["metadata"]["name"])
         kube.create("trainingruns", child)
-    for child_name, patch in act.plan.update.items():
-        kube.patch("trainingruns", namespace, child_name, {"spec": patch})
+    for child_name in sorted(set(act.plan.update) | set(act.plan.annotate)):
+        body: dict[str, Any] = {}
+        if child_name in act.plan.update:
+            body["spec"] = act.plan.update[child_name]
+        if child_name in act.plan.annotate:
+            body["metadata"] = {"annotations": act.plan.annotate[child_name]}
+        kube.patch("trainingruns", namespace, child_name, body)
     for child_name in act.plan.delete:
         kube.delete("trainingruns", namespace, child_name)
     for child_name in sorted(admit):
@@ -438,7 +450,9 @@ def finalize_sweep(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
     """Deletion: the points go by owner references (their own finalizers end their runs)."""
     st = obj.get("status") or {}
     try:
-        base = resolve_config((obj.get("spec") or {}).get("base") or {}, "spec.base")
+        base = resolve_config(
+            settings.defaults.apply_config((obj.get("spec") or {}).get("base") or {}), "spec.base"
+        )
     except SpecError:
         return
     uri, run_id = base.tracking.uri or settings.tracking_uri, st.get("mlflowRunId")

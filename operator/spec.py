@@ -11,6 +11,7 @@ Python fields are snake_case; the Kubernetes objects use camelCase (`camel()`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -127,6 +128,27 @@ class SizeOverride:
     workers_per_pod: int | None = _f(None, "workers per worker pod", minimum=1)
     cpu: str | None = _f(None, "CPU request of a worker pod")
     memory: str | None = _f(None, "memory of a worker pod")
+    config: dict[str, Any] = _f(
+        {},
+        "run-config fields for this size (sphinxx.jobs.config schema), deep-merged over spec.base, "
+        "e.g. model.llm_weights",
+    )
+
+
+# Set per point by the axes (or chosen through spec.base): a size's config layer may not set them.
+AXIS_FIELDS = {
+    "preset": "spec.base.preset",
+    "model.flavor": "spec.axes.models",
+    "data.fraction": "spec.axes.dataFractions",
+}
+# Per-size shortcuts and the config fields they set: one size sets each through one of the two.
+SHORTCUTS = {
+    "min_workers": "parallel.min_workers",
+    "max_workers": "parallel.max_workers",
+    "gpus_per_worker": "parallel.gpus_per_worker",
+    "zero_stage": "parallel.zero_stage",
+    "ep_size": "parallel.ep_size",
+}
 
 
 @dataclass
@@ -226,6 +248,41 @@ def _check_constraints(value: Any, path: str, meta: Any) -> None:
 # ------------------------------------------------------------------------------ validation
 
 
+def deep_merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `base`: objects merge key by key, anything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def has_path(config: Any, dotted: str) -> bool:
+    """Whether `config` sets the field at `dotted` (`model.llm_weights`; list indexes end the walk)."""
+    node: Any = config
+    for key in dotted.split("."):
+        key = key.split("[", 1)[0]
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def check_override_config(model: str, override: SizeOverride) -> None:
+    """A size's config layer may not move the point off its axes or fight its own shortcuts."""
+    path = f"spec.overrides.{model}"
+    for dotted, owner in AXIS_FIELDS.items():
+        if has_path(override.config, dotted):
+            raise SpecError(f"{path}.config.{dotted}", f"is set by {owner}, not per size")
+    for shortcut, dotted in SHORTCUTS.items():
+        if getattr(override, shortcut) is not None and has_path(override.config, dotted):
+            raise SpecError(
+                f"{path}.config.{dotted}", f"conflicts with {path}.{camel(shortcut)}; set only one of the two"
+            )
+
+
 def check_name(name: str, path: str = "metadata.name") -> None:
     if len(name) > MAX_NAME:
         raise SpecError(
@@ -313,7 +370,8 @@ def validate_sweep(name: str, data: dict[str, Any]) -> ScalingSweepSpec:
     for field_name, values in (("models", spec.axes.models), ("dataFractions", spec.axes.data_fractions)):
         if len(set(values)) != len(values):
             raise SpecError(f"spec.axes.{field_name}", f"values must be unique; got {values}")
-    for model in spec.overrides:
+    for model, override in spec.overrides.items():
         if model not in spec.axes.models:
             raise SpecError(f"spec.overrides.{model}", f"is not one of spec.axes.models {spec.axes.models}")
+        check_override_config(model, override)
     return spec

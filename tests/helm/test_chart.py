@@ -20,7 +20,7 @@ from sphinxx.cli import build_parser
 from .conftest import CHART_DIR, NAMESPACE, RELEASE, Rendered
 
 KUBE_VERSION = "1.32.0"
-NO_UPSTREAM_SCHEMA = {"ClusterKopfPeering", "KopfPeering"}  # kopf.dev/v1, our own CRD template
+NO_UPSTREAM_SCHEMA = {"ClusterKopfPeering", "KopfPeering"}  # kopf.dev/v1, CRDs in the chart's crds/
 
 TOGGLES: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -63,7 +63,6 @@ TOGGLES: dict[str, dict[str, Any]] = {
     "minimal": {
         "rbac": {"create": False, "userRoles": False},
         "serviceAccount": {"create": False, "name": "ops"},
-        "operator": {"peering": {"createCRDs": False}},
     },
 }
 
@@ -178,8 +177,6 @@ def test_several_replicas_use_kopf_peering(render) -> None:
     assert not args.standalone and args.peering == RELEASE
     peering = rendered.one("ClusterKopfPeering")
     assert peering["metadata"]["name"] == args.peering
-    crd = rendered.one("CustomResourceDefinition")
-    assert crd["spec"]["names"]["kind"] == "ClusterKopfPeering" and crd["spec"]["scope"] == "Cluster"
     # kopf names peers by POD_ID; the pod name makes `kubectl get clusterkopfpeering -o yaml` readable.
     assert _env(container)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
@@ -188,7 +185,6 @@ def test_namespaced_peering_has_one_peering_object_per_namespace(render) -> None
     rendered = render({"replicaCount": 2, "operator": {"watchNamespaces": ["team-a", "team-b"]}})
     peerings = rendered.kinds("KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
-    assert rendered.one("CustomResourceDefinition")["spec"]["scope"] == "Namespaced"
 
 
 def test_pod_security_is_non_root_with_a_read_only_root(toggled: tuple[str, Rendered]) -> None:

@@ -45,4 +45,6 @@ CORPUS = [
     ("empty-axis", "ScalingSweep", "empty-axis", _sweep(axes={"models": [], "dataFractions": [1.0]}), "spec.axes.models"),
     ("override-min-above-max", "ScalingSweep", "bad-override", _sweep(overrides={"debug": {"minWorkers": 3, "maxWorkers": 1}}), "spec.overrides.debug"),
     ("sweep-name-too-long", "ScalingSweep", "s" * 64, _sweep(), "metadata.name"),
+    ("override-config-bad-value", "ScalingSweep", "bad-size-config", _sweep(overrides={"debug": {"config": {"train": {"steps": -5}}}}), "spec.overrides.debug.config.train.steps"),
+    ("override-config-sets-axis", "ScalingSweep", "size-config-axis", _sweep(overrides={"debug": {"config": {"data": {"fraction": 0.1}}}}), "spec.overrides.debug.config.data.fraction"),
 ]  # fmt: skip

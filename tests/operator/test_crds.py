@@ -30,6 +30,7 @@ NOT_SCHEMA = {
     "missing-storage",
     "name-too-long",
     "override-min-above-max",
+    "override-config-sets-axis",
     "sweep-name-too-long",
 }
 
@@ -146,7 +147,34 @@ def test_schema_accepts_good_specs() -> None:
     )
     sweep = {**SWEEP_BASE, "maxParallelRuns": 2, "overrides": {"debug": {"maxWorkers": 2}}}
     assert not list(_validator("ScalingSweep").iter_errors(sweep))
+    # A size's config layer is partial (no storage.uri), and so may a base be when the operator
+    # has a default prefix.
+    layered = {
+        **SWEEP_BASE,
+        "base": {"preset": "debug", "storage": {"keep_last": 4}},
+        "overrides": {
+            "debug": {"config": {"model": {"llm_weights": "s3://w/debug"}, "storage": {"keep_best": 2}}}
+        },
+    }
+    assert not list(_validator("ScalingSweep").iter_errors(layered))
     for preset in ("debug", "tinyllama-1.1b", "mixtral-8x7b"):
         text = (Path(__file__).resolve().parents[2] / "jobs" / "configs" / f"{preset}.yaml").read_text()
         config = {"preset": preset, **(yaml.safe_load(text) or {})}
         assert not list(_validator("TrainingRun").iter_errors({"config": config})), preset
+
+
+def test_chart_ships_kopfs_peering_crds() -> None:
+    """Helm installs crds/ before any template, so a KopfPeering can be created in the same install."""
+    by_kind = {crd["spec"]["names"]["kind"]: crd for crd in crds.peering_crds()}
+    assert {k: c["spec"]["scope"] for k, c in by_kind.items()} == {
+        "ClusterKopfPeering": "Cluster",
+        "KopfPeering": "Namespaced",
+    }
+    for kind, crd in by_kind.items():
+        kubernetes_validate.validate(crd, "1.32", strict=True)
+        assert crd["metadata"]["name"] == f"{kind.lower()}s.kopf.dev"
+        (version,) = crd["spec"]["versions"]
+        # kopf patches `status` on the object itself: a status subresource would drop its writes.
+        assert version["name"] == "v1" and "subresources" not in version
+        text = (CHART_CRDS / f"kopf-{kind.lower()}s.yaml").read_text()
+        assert yaml.safe_load(text) == crd

@@ -141,3 +141,34 @@ def test_backoff_doubles_and_caps() -> None:
     policy = FailurePolicy(backoff_seconds=30, max_backoff_seconds=100)
     assert [decide.backoff(policy, n) for n in range(4)] == [30, 60, 100, 100]
     assert decide.backoff(replace(policy, backoff_seconds=0), 3) == 0
+
+
+def test_queued_rayjob_suspend_is_left_to_kueue() -> None:
+    """Kueue suspends a queued RayJob until admission (and on preemption): we must not unsuspend it."""
+    held = _job("Suspended", suspend=True)
+    act = decide.decide_run(_obs(held, {"attempt": 1, "phase": "Pending"}, queued=True))
+    assert act.suspend_job is None and not act.delete_job and act.create_attempt is None
+    assert act.status["phase"] == "Pending"
+    assert act.status["message"] == "attempt 1 waits for Kueue admission"
+    # Not yet seen by KubeRay ("" status) but already suspended by Kueue's webhook: the same.
+    fresh = decide.decide_run(_obs(_job("", suspend=True), {"attempt": 1, "phase": "Pending"}, queued=True))
+    assert fresh.suspend_job is None and fresh.status["phase"] == "Pending"
+    # Preempted after a checkpoint: the attempt waits to be re-admitted and then resumes.
+    ckpt = decide.Checkpoint(step=40, uri="s3://b/r/checkpoints/step-000000040")
+    preempted = decide.decide_run(
+        _obs(held, {"attempt": 1, "phase": "Running"}, queued=True, checkpoint=ckpt)
+    )
+    assert preempted.suspend_job is None and preempted.status["phase"] == "Resuming"
+    resuming = status.condition(preempted.status["conditions"], "Resuming")
+    assert resuming["reason"] == "WaitingForAdmission"
+    # Without a queue the same RayJob is ours to unsuspend.
+    assert decide.decide_run(_obs(held, {"attempt": 1, "phase": "Suspended"})).suspend_job is False
+
+
+def test_suspending_a_queued_run_deletes_the_attempt_kueue_holds() -> None:
+    held = _job("Suspended", suspend=True)
+    act = decide.decide_run(_obs(held, {"attempt": 1, "phase": "Pending"}, queued=True, suspend=True))
+    assert act.delete_job and act.suspend_job is None and act.status["phase"] == "Suspended"
+    # Unsuspended later: a new attempt goes through the queue again.
+    again = decide.decide_run(_obs(None, act.status, queued=True))
+    assert again.create_attempt == 2

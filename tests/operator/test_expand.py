@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from sphinxx.jobs import config as run_config
 from sphinxx.operator import expand, names
-from sphinxx.operator.spec import validate_run, validate_sweep
+from sphinxx.operator.spec import SpecError, validate_run, validate_sweep
 from tests.services.kmock_server import merge_patch  # the emulator's RFC 7386, not ours
 
 
@@ -95,3 +97,83 @@ def test_admission_respects_max_parallel_in_order() -> None:
     assert expand.admit(ordered, children, 2) == []
     children["demo-debug-d25"]["status"] = {"phase": "Succeeded"}
     assert expand.admit(ordered, children, 2) == ["demo-tinyllama-1-1b-d25"]
+
+
+def test_size_config_layer_merges_over_the_base() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["base"] = {**BASE, "model": {"use_skip_token": False}}
+    raw["overrides"]["tinyllama-1.1b"]["config"] = {
+        "model": {"llm_weights": "s3://w/tinyllama-1.1b"},
+        "data": {"tokenizer": "s3://w/tinyllama-1.1b"},
+        "train": {"steps": 50},
+    }
+    children = {c["metadata"]["name"]: c for c in _children(raw)}
+    _, tiny = validate_run("demo-tinyllama-1-1b-d25", children["demo-tinyllama-1-1b-d25"]["spec"])
+    assert (
+        tiny.model.llm_weights == "s3://w/tinyllama-1.1b" and tiny.data.tokenizer == "s3://w/tinyllama-1.1b"
+    )
+    # Merged key by key: the base's other model fields and the point's axes stay.
+    assert tiny.model.use_skip_token is False and tiny.model.flavor == "tinyllama-1.1b"
+    assert tiny.train.steps == 50 and tiny.data.fraction == 0.25 and tiny.parallel.zero_stage == 3
+    _, debug = validate_run("demo-debug-d25", children["demo-debug-d25"]["spec"])
+    assert debug.model.llm_weights is None and debug.train.steps == 100  # other sizes untouched
+
+
+def test_size_config_errors_name_the_field_where_it_was_written() -> None:
+    def error(config: dict) -> str:
+        raw = copy.deepcopy(RAW)
+        raw["overrides"]["tinyllama-1.1b"]["config"] = config
+        with pytest.raises(SpecError) as err:
+            expand.validate_points("demo", validate_sweep("demo", raw), raw)
+        return err.value.path
+
+    assert error({"model": {"moe_kernel": "fast"}}) == "spec.overrides.tinyllama-1.1b.config.model.moe_kernel"
+    assert error({"train": {"steps": -5}}) == "spec.overrides.tinyllama-1.1b.config.train.steps"
+    assert error({"train": {"stepz": 5}}) == "spec.overrides.tinyllama-1.1b.config.train.stepz"
+    with pytest.raises(SpecError) as err:
+        validate_sweep(
+            "demo", {**RAW, "overrides": {"debug": {"config": {"model": {"flavor": "debug-moe"}}}}}
+        )
+    assert err.value.path == "spec.overrides.debug.config.model.flavor"
+    with pytest.raises(SpecError) as err:
+        validate_sweep(
+            "demo",
+            {**RAW, "overrides": {"debug": {"zeroStage": 1, "config": {"parallel": {"zero_stage": 2}}}}},
+        )
+    assert err.value.path == "spec.overrides.debug.config.parallel.zero_stage"
+
+
+def _suspend(child: dict, value: bool | None, marked: bool = False) -> dict:
+    child = copy.deepcopy(child)
+    if value is not None:
+        child["spec"]["suspend"] = value
+    if marked:
+        child["metadata"]["annotations"] = {names.ANNOTATION_SUSPENDED_BY_SWEEP: "true"}
+    return child
+
+
+def test_sweep_suspend_forces_points_and_resumes_only_those_it_suspended() -> None:
+    running = _children(RAW)
+    assert all("suspend" not in c["spec"] for c in running)
+    # One point paused by hand inside a running sweep: the sweep leaves it alone.
+    by_hand = "demo-debug-d25"
+    existing = [_suspend(c, True) if c["metadata"]["name"] == by_hand else c for c in running]
+    plan = expand.plan_children(running, existing)
+    assert plan.update == {} and plan.annotate == {}
+
+    suspended = _children({**RAW, "suspend": True})
+    plan = expand.plan_children(suspended, existing)
+    others = sorted(c["metadata"]["name"] for c in running if c["metadata"]["name"] != by_hand)
+    assert sorted(plan.update) == others and all(p == {"suspend": True} for p in plan.update.values())
+    assert sorted(plan.annotate) == others  # marked: the sweep switched them
+    after = [_suspend(c, True, marked=c["metadata"]["name"] in plan.annotate) for c in existing]
+    assert expand.plan_children(suspended, after).update == {}
+    # Points created while the sweep is suspended are suspended and marked.
+    new = next(c for c in suspended if c["metadata"]["name"] == by_hand)
+    assert new["spec"]["suspend"] is True
+    assert new["metadata"]["annotations"] == {names.ANNOTATION_SUSPENDED_BY_SWEEP: "true"}
+
+    resumed = expand.plan_children(running, after)
+    assert sorted(resumed.update) == others and all(p == {"suspend": False} for p in resumed.update.values())
+    assert resumed.annotate == {n: {names.ANNOTATION_SUSPENDED_BY_SWEEP: None} for n in others}
+    assert by_hand not in resumed.update  # still paused: its own suspend
