@@ -8,7 +8,8 @@
 URI is the run root `<prefix>/<run-id>` (a pasted `.../checkpoints/step-N` works
 too). The endpoint comes from --endpoint-url or AWS_ENDPOINT_URL(_S3);
 credentials from the usual AWS environment or --profile. Exit codes: 0 ok,
-1 storage problem (message names the URI), 2 usage error.
+1 storage problem (one line naming the URI: missing credentials, an endpoint
+that does not answer, access denied, ...), 2 usage error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
+
+# Where a client-side failure comes from: the S3 client stack (a bug elsewhere keeps its traceback).
+CLIENT_MODULES = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "aiohttp", "urllib3")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,6 +44,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     common.add_argument("--region", help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")
     common.add_argument("--profile", help="named AWS profile for credentials (default: the environment)")
+    common.add_argument(
+        "--max-attempts", type=int, default=10, metavar="N",
+        help="tries per S3 request, the first included (default 10; 1 fails fast on a wrong endpoint)",
+    )  # fmt: skip
 
     ls = sub.add_parser("ls", parents=[common], help="list committed and partial checkpoints")
     ls.add_argument("--json", action="store_true", help="one JSON object per step")
@@ -90,7 +99,12 @@ def _command(
         from sphinxx.storage import CheckpointStore, StorageError, StorageOptions, locate
 
         try:
-            options = StorageOptions(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+            options = StorageOptions(
+                endpoint_url=args.endpoint_url,
+                region=args.region,
+                profile=args.profile,
+                max_attempts=args.max_attempts,
+            )
             layout, step = locate(args.uri)
             prefix, run_id = layout.root.rsplit("/", 1)
             store = CheckpointStore(prefix, run_id, options=options)
@@ -101,8 +115,40 @@ def _command(
         except ValueError as err:
             print(f"error: {args.uri}: {err}", file=sys.stderr)
             return 2
+        except Exception as err:  # the CLI's boundary: client failures become one line, bugs re-raise
+            endpoint = StorageOptions(endpoint_url=args.endpoint_url).resolved_endpoint()
+            message = client_failure(err, endpoint)
+            if message is None:
+                raise
+            print(f"error: {args.uri}: {message}", file=sys.stderr)
+            return 1
 
     return run
+
+
+def client_failure(err: BaseException, endpoint: str | None) -> str | None:
+    """One line for a failure of the S3 client stack (credentials, connection, TLS...), else None."""
+    name = type(err).__name__
+    module = type(err).__module__.split(".", 1)[0]
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return (
+            f"no usable S3 credentials ({err}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or --profile, or use IRSA / an instance role"
+        )
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ProxyConnectionError", "SSLError") or (
+        isinstance(err, ConnectionError)
+    ):
+        url = getattr(err, "kwargs", {}).get("endpoint_url") or endpoint or ""
+        parts = urlsplit(url)
+        where = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the S3 endpoint"
+        return (
+            f"cannot connect to {where} ({name}); check --endpoint-url / AWS_ENDPOINT_URL_S3 / "
+            "AWS_ENDPOINT_URL and the network"
+        )
+    if module in CLIENT_MODULES or isinstance(err, OSError):
+        text = " ".join(str(err).split()) or "no message"
+        return f"{name}: {text}"
+    return None
 
 
 @_command
