@@ -103,12 +103,11 @@ def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=par.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env()},
         ),
     )
 
 
-# Forwarded to workers when set: Ray workers inherit the raylet's environment, not the driver's.
+# Forwarded to the job's actors when set: Ray workers inherit the raylet's environment, not the driver's.
 FORWARDED_ENV = ("SPHINXX_SAMPLE_TRACE", "SPHINXX_CODE_VERSION", "TOKENIZERS_PARALLELISM")
 
 
@@ -138,7 +137,12 @@ def ray_storage(cfg: RunConfig):
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs = open_fs(root, StorageOptions(endpoint_url=cfg.storage.endpoint_url)).fs
-    return rest, PyFileSystem(FSSpecHandler(fs))
+    # Ray pickles the filesystem to its controller and workers. The factory's instance carries an
+    # aiobotocore session that does not unpickle (botocore's error factory recurses), so Ray gets
+    # the same s3fs settings without it: each process then builds its own session (credentials
+    # from its environment).
+    options = {k: v for k, v in fs.storage_options.items() if k != "session"}
+    return rest, PyFileSystem(FSSpecHandler(type(fs)(**options)))
 
 
 def code_version() -> str:
@@ -163,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+        # The job-level runtime env reaches the Train controller (it writes Ray's storage) and the
+        # workers; only set when there is something to forward (a submitted job has its own).
+        env = worker_env()
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or "local",
+            runtime_env={"env_vars": env} if env else None,
+            log_to_driver=True,
+        )
     loop_config = {
         "run": to_dict(cfg),
         "attempt": attempt,

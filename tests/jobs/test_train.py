@@ -1,0 +1,219 @@
+"""The training job end to end: `python -m sphinxx.jobs.train` on local Ray, moto S3, MLflow.
+
+Each test runs the real entrypoint in a subprocess (as a RayJob does) with 2 Ray Train workers
+on the tiny debug flavor (see conftest.tiny_config), then checks what a user would look at: the
+exit code and summary line, the committed checkpoints in S3, and the MLflow run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from sphinxx.storage import CheckpointStore
+from tests.jobs.conftest import Job, read_traces, tiny_config, wait_until
+
+pytestmark = pytest.mark.slow
+
+METRICS = (
+    "loss",
+    "aux_loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "samples_per_s",
+    "mfu",
+    "visual_tokens",
+    "skip_ratio",
+)
+
+
+def _client(mlflow_server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(mlflow_server.tracking_uri)
+
+
+def _steps(client, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _committed(storage: str, name: str) -> list[int]:
+    return [c.step for c in CheckpointStore(storage, name).committed()]
+
+
+def test_two_workers_learn_commit_to_s3_and_track_through_an_mlflow_outage(
+    tmp_path, synth, s3_bucket, mlflow_server, job_env
+) -> None:
+    storage, name, steps = f"s3://{s3_bucket}/runs", "basic", 40
+    cfg = tiny_config(
+        synth, name, storage, mlflow_server.tracking_uri, train={"steps": steps, "checkpoint_interval": 10}
+    )
+    job = Job(tmp_path, name, cfg, job_env).start()
+    # MLflow goes away after the first commit and comes back two commits later.
+    wait_until(lambda: _committed(storage, name), 300, "the first checkpoint", job)
+    mlflow_server.process.stop()
+    try:
+        wait_until(lambda: max(_committed(storage, name)) >= 30, 300, "two more checkpoints", job)
+    finally:
+        mlflow_server.restart()
+    assert job.wait(300) == 0, job.tail()
+    summary = job.summary()
+    assert summary["status"] == "succeeded" and summary["step"] == steps
+    assert summary["checkpoint_uri"] == f"{storage}/{name}/checkpoints/step-{steps:09d}"
+
+    # Retention keep_last=3 (+ best 1, + final): the newest commits survive, each verifiable.
+    store = CheckpointStore(storage, name)
+    assert _committed(storage, name)[-3:] == [20, 30, 40]
+    store.verify(40).raise_for_problems()
+    manifest = store.get(40).manifest
+    assert manifest.metadata.world_size == 2 and manifest.metadata.final
+
+    client = _client(mlflow_server)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    losses = _steps(client, run.info.run_id)
+    assert [s for s, _ in losses] == list(range(1, steps + 1))  # every step once, outage replayed
+    first, last = [v for _, v in losses[:5]], [v for _, v in losses[-5:]]
+    assert sum(last) / 5 < sum(first) / 5 - 0.5, losses
+    assert set(METRICS) <= set(run.data.metrics)
+    assert run.data.params["train.global_batch"] == "4" and run.data.params["model.flavor"] == "debug"
+    assert run.data.tags["sphinxx.world_size"] == "2"
+    assert run.data.tags["checkpoint_uri"] == summary["checkpoint_uri"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+    assert "unreachable" in job.log_path.read_text()  # the outage was noticed, not fatal
+
+
+def test_moe_expert_parallel_trains_and_checkpoints(
+    tmp_path, synth, s3_bucket, mlflow_server, job_env
+) -> None:
+    storage, name = f"s3://{s3_bucket}/runs", "moe"
+    cfg = tiny_config(
+        synth,
+        name,
+        storage,
+        mlflow_server.tracking_uri,
+        model={"flavor": "debug-moe", "moe_kernel": "grouped", "overrides": {**cfg_model_moe()}},
+        train={"steps": 6, "checkpoint_interval": 3},
+        parallel={"zero_stage": 2, "ep_size": 2},
+    )
+    job = Job(tmp_path, name, cfg, job_env).start()
+    assert job.wait(600) == 0, job.tail()
+    summary = job.summary()
+    assert summary["status"] == "succeeded" and summary["step"] == 6
+    assert _committed(storage, name) == [3, 6]
+    manifest = CheckpointStore(storage, name).get(6).manifest
+    assert (manifest.metadata.ep_size, manifest.metadata.zero_stage) == (2, 2)
+    # Every expert has its own weights file, written once (by the first expert replica).
+    experts = sorted(f.path for f in manifest.files if f.path.startswith("model/expert-"))
+    assert experts == [f"model/expert-{g:05d}.pt" for g in range(8)]
+    client = _client(mlflow_server)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert {"aux_loss", "moe/imbalance", "moe/expert0_share"} <= set(run.data.metrics)
+    assert all(v > 0 for _, v in _steps(client, run.info.run_id, "aux_loss"))
+
+
+def cfg_model_moe() -> dict:
+    from tests.jobs.conftest import TINY_MODEL
+
+    return {**TINY_MODEL, "num_experts": 8, "top_k": 2, "moe_ffn_dim": 32}
+
+
+def test_killed_worker_resumes_from_last_commit_in_the_same_mlflow_run(
+    tmp_path, synth, s3_bucket, mlflow_server, job_env
+) -> None:
+    storage, name, steps = f"s3://{s3_bucket}/runs", "fault", 24
+    trace = tmp_path / "trace"
+    cfg = tiny_config(
+        synth,
+        name,
+        storage,
+        mlflow_server.tracking_uri,
+        train={"steps": steps, "checkpoint_interval": 5},
+        parallel={"max_failures": 1},
+    )
+    job = Job(tmp_path, name, cfg, job_env).start(extra_env={"SPHINXX_SAMPLE_TRACE": str(trace)})
+    wait_until(lambda: [r for r in read_traces(trace) if r["step"] >= 11], 300, "step 12", job)
+    before = read_traces(trace)
+    victim = next(r["pid"] for r in before if r["rank"] == 1)
+    committed_before = max(_committed(storage, name))
+    import os
+    import signal
+
+    os.kill(victim, signal.SIGKILL)  # a worker process dies (OOM, node loss...)
+    assert job.wait(600) == 0, job.tail()
+    summary = job.summary()
+    assert summary["status"] == "succeeded" and summary["step"] == steps
+
+    rows = read_traces(trace)
+    old_pids = {r["pid"] for r in before}
+    new = [r for r in rows if r["pid"] not in old_pids]
+    assert {r["pid"] for r in new} and victim not in {r["pid"] for r in new}
+    resumed_at = min(r["step"] for r in new)  # 0-based index of the first step after the restore
+    assert resumed_at % 5 == 0 and resumed_at >= committed_before
+    lost_until = max(r["step"] for r in rows if r["pid"] in old_pids)
+
+    client = _client(mlflow_server)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("train-e2e").experiment_id], "tags.`sphinxx.run` = 'fault'"
+    )
+    assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]  # one run across the restart
+    counts = Counter(s for s, _ in _steps(client, summary["mlflow_run_id"]))
+    assert sorted(counts) == list(range(1, steps + 1))
+    repeated = sorted(s for s, n in counts.items() if n > 1)
+    # Only the lost interval (steps after the commit the restart resumed from) is logged twice.
+    assert all(resumed_at < s <= lost_until + 1 for s in repeated), (repeated, resumed_at, lost_until)
+
+
+def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
+    tmp_path, synth, s3_bucket, mlflow_server, job_env
+) -> None:
+    storage, steps = f"s3://{s3_bucket}/runs", 16
+    trace = tmp_path / "trace"
+    common = {"train": {"steps": steps, "checkpoint_interval": 4}}
+    # The subject: 2 workers, stopped (driver killed: what deleting the RayJob does) after a commit...
+    job = Job(
+        tmp_path,
+        "elastic",
+        tiny_config(synth, "elastic", storage, mlflow_server.tracking_uri, **common),
+        job_env,
+    )
+    job.start(extra_env={"SPHINXX_SAMPLE_TRACE": str(trace / "a")})
+    wait_until(
+        lambda: [s for s in _committed(storage, "elastic") if s >= 8], 300, "the step-8 checkpoint", job
+    )
+    job.kill()
+    stopped_at = max(_committed(storage, "elastic"))
+    assert stopped_at < steps
+    # ...then resumed with a single worker (same global batch: accumulation doubles).
+    job.start(
+        "parallel.min_workers=1",
+        "parallel.max_workers=1",
+        extra_env={"SPHINXX_SAMPLE_TRACE": str(trace / "b")},
+    )
+    assert job.wait(600) == 0, job.tail()
+    assert job.summary()["resumed_from"] == stopped_at and job.summary()["step"] == steps
+
+    # The reference: one worker, never interrupted.
+    ref_cfg = tiny_config(synth, "reference", storage, mlflow_server.tracking_uri, **common)
+    ref_cfg["parallel"].update(min_workers=1, max_workers=1)
+    ref = Job(tmp_path, "reference", ref_cfg, job_env).start()
+    assert ref.wait(600) == 0, ref.tail()
+
+    client = _client(mlflow_server)
+    subject = dict(_steps(client, job.summary()["mlflow_run_id"]))  # later (resumed) values win
+    reference = dict(_steps(client, ref.summary()["mlflow_run_id"]))
+    assert sorted(subject) == sorted(reference) == list(range(1, steps + 1))
+    # Same weights, same batches: only the order of floating-point sums differs (2 vs 1 ranks).
+    for step in reference:
+        assert subject[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-5), step
+
+    # No sample twice, none skipped: the kept steps cover each global batch exactly once.
+    first = [r for r in read_traces(trace / "a") if r["step"] < stopped_at]
+    second = read_traces(trace / "b")
+    assert min(r["step"] for r in second) == stopped_at
+    seen = [p for r in first + second for p in r["positions"]]
+    assert len(seen) == len(set(seen)) == steps * 4
+    assert sorted(seen) == list(range(steps * 4))
+    assert {r["world_size"] for r in first} == {2} and {r["world_size"] for r in second} == {1}
