@@ -311,6 +311,18 @@ def test_axis_edit_suspend_propagation_and_deletion(operator_server, cluster, tm
         )
     )
 
+    wait_for(lambda: all(cluster.rayjobs(n) for n in cluster.runs()), what="a RayJob for every point")
+    # One point paused by hand: the sweep neither resets it now nor resumes it with the others.
+    cluster.kube.kubectl(
+        "patch",
+        "trun",
+        "edits-debug-d25",
+        "-n",
+        cluster.ns,
+        "--type=merge",
+        "-p",
+        '{"spec":{"suspend":true}}',
+    )
     cluster.kube.kubectl(
         "patch", "sweep", "edits", "-n", cluster.ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
     )
@@ -320,6 +332,28 @@ def test_axis_edit_suspend_propagation_and_deletion(operator_server, cluster, tm
     )
     wait_for(lambda: all(j["spec"]["suspend"] for j in cluster.rayjobs().values()), what="RayJobs suspended")
     wait_for(lambda: cluster.status("scalingsweeps", "edits").get("phase") == "Suspended")
+
+    cluster.kube.kubectl(
+        "patch", "sweep", "edits", "-n", cluster.ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    others = ["edits-debug-d100", "edits-debug-moe-d100", "edits-debug-moe-d25"]
+    wait_for(
+        lambda: all(cluster.runs()[n]["spec"]["suspend"] is False for n in others),
+        what="the points the sweep suspended to resume",
+    )
+    jobs = {n: next(iter(cluster.rayjobs(n))) for n in [*others, "edits-debug-d25"]}
+    wait_for(
+        lambda: all(
+            cluster.get("rayjobs", jobs[n], "ray.io", "v1")["spec"]["suspend"] is False for n in others
+        ),
+        what="their RayJobs unsuspended",
+    )
+    stays(
+        lambda: (
+            cluster.runs()["edits-debug-d25"]["spec"]["suspend"] is True
+            and cluster.get("rayjobs", jobs["edits-debug-d25"], "ray.io", "v1")["spec"]["suspend"] is True
+        )
+    )
 
     cluster.kube.kubectl("delete", "sweep", "edits", "-n", cluster.ns, "--wait=false")
     wait_for(lambda: cluster.get("scalingsweeps", "edits") is None, what="the sweep to go")
