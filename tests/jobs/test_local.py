@@ -88,14 +88,14 @@ def test_local_sweep_runs_is_interrupted_and_resumes(tmp_path: Path, synth) -> N
             "tokenizer": synth.tokenizer_uri,
             "seq_len": 768,
             "canvas": 224,
+            "epochs": 0.2,
             "sources": [
                 {"name": n, "uri": f"{synth.root}/{n}", "weight": w, "domain": d} for n, d, w in SOURCES
             ],
         },
-        # steps follow the data: the 0.25 point trains on a quarter of the samples
+        # steps follow the data (train.steps 0): the 0.5 point trains on half the samples
         "train": {
             "steps": 0,
-            "epochs": 0.2,
             "global_batch": 4,
             "micro_batch": 2,
             "lr": 3e-3,
