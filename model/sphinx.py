@@ -240,9 +240,15 @@ class SphinxX(nn.Module):
         bsz, width, dim = text.shape
         parts = [text.reshape(bsz * width, dim)]
         if num_views:
-            parts.append(
-                self.encode_views(batch.convnext_pixels, batch.dino_pixels).to(text.dtype).flatten(0, 1)
-            )
+            views = self.encode_views(batch.convnext_pixels, batch.dino_pixels)
+        else:
+            # No view in this micro-batch: run the projector and tags on zero views anyway, so every
+            # trainable parameter sits at the same place in the graph on every rank (DeepSpeed ZeRO-2
+            # reduces gradients in backward order, which must not depend on the data).
+            feats = text.new_zeros(0, VIEW_TOKENS, self.args.vision.out_dim)
+            tokens = self.projector(feats.to(self.projector.proj.weight.dtype))
+            views = torch.cat([self.start_img.expand(0, 1, -1), tokens, self.end_img.expand(0, 1, -1)], dim=1)
+        parts.append(views.to(text.dtype).flatten(0, 1))
         view_base = bsz * width
         skip_index = view_base + num_views * TAGGED_VIEW_TOKENS
         if self.skip_token is not None:
@@ -287,10 +293,9 @@ class SphinxX(nn.Module):
         hidden, aux = self.llm.forward_hidden(h, token_mask=self.token_mask(h.shape[1], h.device))
         mask = targets != IGNORE_INDEX
         num_targets = int(mask.sum())
-        if num_targets:
-            logits = self.llm.output(hidden[mask]).float()  # [M, V]: the head only where a label exists
-            ce_sum = F.cross_entropy(logits, targets[mask], reduction="sum")
-        else:
-            ce_sum = hidden.sum().float() * 0.0  # keeps the graph (and every rank's backward) alive
+        # [M, V]: the head only where a label exists. M = 0 still runs it (sum 0, zero grads), so the
+        # head is in every rank's graph, as the projector is (see assemble).
+        logits = self.llm.output(hidden[mask]).float()
+        ce_sum = F.cross_entropy(logits, targets[mask], reduction="sum")
         loss = ce_sum / max(num_targets, 1) + aux
         return SphinxOutput(loss=loss, ce_sum=ce_sum, num_targets=num_targets, aux_loss=aux)
