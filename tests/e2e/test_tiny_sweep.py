@@ -1,0 +1,382 @@
+"""The whole flow, once: `kubectl apply` a sweep -> operator -> RayJobs -> Ray Train on SPHINX-X ->
+checkpoints on S3 -> MLflow -> a Complete sweep with a fitted scaling law.
+
+One sweep run (examples/sweeps/tiny.yaml, 4 points, data and checkpoints on a moto S3 server)
+serves all three tests, because on two CPU cores every training job costs about a minute of
+start-up. While it runs, the scenario fixture
+  (b) kills the driver of one point (`tiny-debug-d100`) after its first committed checkpoint, and
+  (c) restarts the operator process while the sweep is still running.
+The tests then check everything from the outside only: `kubectl get -o json`, the S3 bucket
+(boto3 and `sphinxx ckpt`), the MLflow server's API and the job logs the KubeRay stand-in keeps.
+
+    pytest tests/e2e -m slow -x
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import TINY_SWEEP, _bin, cluster_sweep, wait_for
+
+pytestmark = pytest.mark.slow
+
+SWEEP = "tiny"
+KILLED = "tiny-debug-d100"  # the point whose driver is killed mid-training
+POINTS = ("tiny-debug-d50", "tiny-debug-d100", "tiny-debug-moe-d50", "tiny-debug-moe-d100")
+SWEEP_TIMEOUT = 600.0
+
+
+@dataclass
+class Scenario:
+    namespace: str
+    bucket: str
+    storage_prefix: str
+    tracking_uri: str
+    s3_env: dict[str, str]
+    kill_time: float = 0.0
+    committed_before_kill: list[int] = field(default_factory=list)
+    killed_rayjob: str = ""
+    phase_at_restart: str = ""
+    succeeded_at_restart: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _json(kube, *args: str) -> Any:
+    return kube.get_json(*args)
+
+
+def _status(kube, kind: str, name: str, ns: str) -> dict[str, Any]:
+    """The object's status, or {} while it does not exist yet."""
+    out = kube.kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+    return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+
+
+def _committed_steps(s3_client, bucket: str, run_id: str) -> list[int]:
+    """Steps whose manifest.json (the commit marker) exists, read straight from the bucket."""
+    prefix = f"sweeps/{run_id}/checkpoints/"
+    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return sorted(int(m.group(1)) for k in keys if (m := re.search(r"step-(\d+)/manifest\.json$", k)))
+
+
+def _rayjobs(kube, ns: str, run: str | None = None) -> list[dict[str, Any]]:
+    selector = ["-l", f"sphinxx.dev/trainingrun={run}"] if run else []
+    return _json(kube, "rayjobs.ray.io", "-n", ns, *selector)["items"]
+
+
+def _attempt(job: dict[str, Any]) -> int:
+    return int(job["metadata"]["labels"]["sphinxx.dev/attempt"])
+
+
+def _env(job: dict[str, Any]) -> dict[str, str]:
+    return yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+
+
+def _summary(log: str) -> dict[str, Any] | None:
+    """The job's final JSON line (key `sphinxx_summary`), if it printed one."""
+    for line in reversed(log.splitlines()):
+        if '"sphinxx_summary"' in line:
+            return json.loads(line[line.index("{") :])
+    return None
+
+
+@pytest.fixture(scope="module")
+def scenario(
+    kube,
+    e2e_operator,
+    kuberay,
+    e2e_namespace,
+    synth_on_s3,
+    e2e_bucket,
+    s3_server,
+    mlflow_server,
+    tmp_path_factory,
+) -> Scenario:
+    ns, started = e2e_namespace, time.monotonic()
+    sc = Scenario(
+        ns,
+        e2e_bucket,
+        f"s3://{e2e_bucket}/sweeps",
+        mlflow_server.tracking_uri,
+        s3_server.env,
+    )
+    manifest = tmp_path_factory.mktemp("sweep") / "tiny.yaml"
+    manifest.write_text(yaml.safe_dump(cluster_sweep(TINY_SWEEP, synth_on_s3, sc.storage_prefix)))
+    kube.kubectl("apply", "-n", ns, "-f", str(manifest))
+
+    # (b) Wait for the first committed checkpoint of KILLED, then kill its driver.
+    run_id = wait_for(lambda: _status(kube, "trun", KILLED, ns).get("runId"), 120, "the run id")
+    s3 = s3_server.client()
+
+    def first_commit() -> bool:
+        jobs = [j for j in _rayjobs(kube, ns, KILLED) if _attempt(j) == 1]
+        running = jobs and (jobs[0].get("status") or {}).get("jobStatus") == "RUNNING"
+        return bool(running and _committed_steps(s3, e2e_bucket, run_id))
+
+    wait_for(first_commit, SWEEP_TIMEOUT / 2, f"a committed checkpoint of {KILLED}", every=0.2)
+    sc.killed_rayjob = next(j["metadata"]["name"] for j in _rayjobs(kube, ns, KILLED) if _attempt(j) == 1)
+    sc.committed_before_kill = _committed_steps(s3, e2e_bucket, run_id)
+    kuberay.kill_driver(sc.killed_rayjob)
+    sc.kill_time = time.time()
+    sc.seconds["until_kill"] = time.monotonic() - started
+    wait_for(
+        lambda: _status(kube, "rayjob", sc.killed_rayjob, ns).get("jobDeploymentStatus") == "Failed",
+        60,
+        "the killed attempt to be Failed",
+    )
+
+    # (c) Restart the operator process while the sweep runs (as a rolling update would).
+    status = _status(kube, "sweep", SWEEP, ns)
+    sc.phase_at_restart = status.get("phase", "")
+    sc.succeeded_at_restart = (status.get("counts") or {}).get("succeeded", 0)
+    e2e_operator.restart()
+
+    def done() -> dict[str, Any] | None:
+        st = _status(kube, "sweep", SWEEP, ns)
+        return st if st.get("phase") in ("Succeeded", "Failed") and "scalingLaw" in st else None
+
+    final = wait_for(done, SWEEP_TIMEOUT, "the sweep to finish", every=2)
+    sc.seconds["total"] = time.monotonic() - started
+    print(
+        f"\n[e2e] sweep {final['phase']} in {sc.seconds['total']:.0f}s; kill at {sc.seconds['until_kill']:.0f}s"
+    )
+    assert not kuberay.errors, kuberay.errors
+    return sc
+
+
+def test_tiny_sweep_completes_end_to_end(scenario: Scenario, kube) -> None:
+    """(a) kubectl -> operator -> RayJobs -> training -> S3 checkpoints -> MLflow -> Complete + fit."""
+    ns = scenario.namespace
+    sweep = _json(kube, "sweep", SWEEP, "-n", ns)
+    st = sweep["status"]
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert st["counts"]["succeeded"] == 4 and st["counts"]["failed"] == 0 and st["progress"] == "4/4"
+    complete = next(c for c in st["conditions"] if c["type"] == "Complete")
+    assert complete["status"] == "True"
+    table = kube.kubectl("get", "sweep", SWEEP, "-n", ns).stdout.splitlines()
+    assert table[1].split()[:3] == [SWEEP, "Succeeded", "4/4"]
+
+    runs = {r["metadata"]["name"]: r for r in _json(kube, "trun", "-n", ns)["items"]}
+    assert sorted(runs) == sorted(POINTS)
+    s3 = _s3(scenario)
+    final_step: dict[str, int] = {}
+    for name, run in runs.items():
+        rst = run["status"]
+        assert rst["phase"] == "Succeeded", (name, rst.get("message"))
+        steps = _committed_steps(s3, scenario.bucket, rst["runId"])
+        final_step[name] = steps[-1]
+        # The operator's view of the last checkpoint is what is committed on S3.
+        assert rst["lastCheckpoint"]["step"] == steps[-1]
+        assert (
+            rst["lastCheckpoint"]["uri"]
+            == f"{scenario.storage_prefix}/{rst['runId']}/checkpoints/step-{steps[-1]:09d}"
+        )
+        assert math.isfinite(rst["metrics"]["loss"]) and rst["metrics"]["loss"] > 0
+        # `sphinxx ckpt verify` re-reads the final checkpoint's files against its manifest.
+        verify = _ckpt(scenario, "verify", f"{scenario.storage_prefix}/{rst['runId']}", "--json")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    # Steps follow the data (train.steps: 0): the full-data points train longer.
+    for model in ("debug", "debug-moe"):
+        assert final_step[f"tiny-{model}-d100"] > final_step[f"tiny-{model}-d50"], final_step
+
+    # Each RayJob that ended well carries KubeRay's success fields; its RayCluster was made from it.
+    for job in _rayjobs(kube, ns):
+        jst = job["status"]
+        if job["metadata"]["name"] == scenario.killed_rayjob:
+            continue
+        assert (jst["jobDeploymentStatus"], jst["jobStatus"], jst["succeeded"], jst["failed"]) == (
+            "Complete",
+            "SUCCEEDED",
+            1,
+            0,
+        ), jst
+        assert jst["jobId"].startswith(job["metadata"]["name"] + "-") and jst["startTime"] and jst["endTime"]
+        cluster = _json(kube, "raycluster", jst["rayClusterName"], "-n", ns)
+        assert cluster["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+        assert cluster["spec"] == job["spec"]["rayClusterSpec"]
+
+    # MLflow: one parent for the sweep, one nested child per point, each with its loss curve.
+    mlflow = _mlflow(scenario)
+    parent, children = _tracked_runs(scenario)
+    assert sorted(c.data.tags["mlflow.runName"] for c in children) == sorted(POINTS)
+    for child in children:
+        name = child.data.tags["mlflow.runName"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED", (name, child.info.status)
+        assert runs[name]["status"]["mlflowRunId"] == child.info.run_id
+        history = mlflow.get_metric_history(child.info.run_id, "loss")
+        assert max(m.step for m in history) == final_step[name]
+        assert all(math.isfinite(m.value) for m in history)
+
+    # The fit: status names it; the parent run holds the numbers and the plot.
+    law = st["scalingLaw"]
+    assert law["numPoints"] == 4 and law["form"] == "per-axis", law
+    artifacts = {a.path for a in mlflow.list_artifacts(parent.info.run_id)}
+    assert {"scaling_law.json", "scaling_law.png"} <= artifacts, artifacts
+    path = mlflow.download_artifacts(parent.info.run_id, "scaling_law.json")
+    coefficients = json.loads(Path(path).read_text())
+    _check_fit(coefficients, st["points"])
+
+
+def _check_fit(fit: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Re-fit the per-axis power laws from the sweep's own table, independently (log-log least squares)."""
+    import numpy as np
+
+    from sphinxx.operator.expand import NOMINAL_PARAMS
+
+    by_axis = {law["axis"]: law for law in fit["per_axis"]}
+    full_data = [r for r in rows if r["dataFraction"] == 1.0]
+    largest = max(NOMINAL_PARAMS[r["model"]] for r in rows)
+    biggest = [r for r in rows if NOMINAL_PARAMS[r["model"]] == largest]
+    for axis, xs, ys in (
+        ("params", [NOMINAL_PARAMS[r["model"]] for r in full_data], [r["loss"] for r in full_data]),
+        ("data", [r["dataFraction"] for r in biggest], [r["loss"] for r in biggest]),
+    ):
+        x, y = np.log(xs), np.log(ys)
+        slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+        coefficient = math.exp(y.mean() - slope * x.mean())
+        assert by_axis[axis]["slope"] == pytest.approx(-slope, rel=1e-6, abs=1e-9), axis
+        assert by_axis[axis]["coefficient"] == pytest.approx(coefficient, rel=1e-6), axis
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(scenario: Scenario, kube) -> None:
+    """(b) Attempt 2 starts from the last committed step, continues the same MLflow run, and finishes."""
+    ns = scenario.namespace
+    jobs = {_attempt(j): j for j in _rayjobs(kube, ns, KILLED)}
+    assert sorted(jobs) == [1, 2]
+    first, second = jobs[1]["status"], jobs[2]["status"]
+    assert (first["jobDeploymentStatus"], first["jobStatus"], first["reason"], first["failed"]) == (
+        "Failed",
+        "FAILED",
+        "AppFailed",
+        1,
+    )
+    assert "exit code -9" in first["message"]
+    assert (second["jobDeploymentStatus"], second["jobStatus"]) == ("Complete", "SUCCEEDED")
+
+    run = _json(kube, "trun", KILLED, "-n", ns)["status"]
+    assert run["phase"] == "Succeeded" and run["attempt"] == 2
+    env1, env2 = _env(jobs[1]), _env(jobs[2])
+    assert env2["SPHINXX_ATTEMPT"] == "2" and env1["SPHINXX_RUN_ID"] == env2["SPHINXX_RUN_ID"] == run["runId"]
+    assert env1["MLFLOW_RUN_ID"] == env2["MLFLOW_RUN_ID"] == run["mlflowRunId"]
+
+    # The step it resumed from: what the operator found committed, and what the job loaded.
+    resume_step = int(env2["SPHINXX_RESUME_STEP"])
+    assert resume_step >= scenario.committed_before_kill[-1] > 0
+    assert resume_step < run["lastCheckpoint"]["step"]
+    log2 = _standin_log(kube, ns, jobs[2])
+    summary = _summary(log2)
+    assert summary and summary["status"] == "succeeded" and summary["attempt"] == 2, summary
+    assert summary["resumed_from"] == resume_step
+    assert f"at step {resume_step}/" in log2  # the loop's "[sphinxx] resumed from <uri> at step S/N"
+    assert jobs[2]["metadata"]["annotations"]["sphinxx.dev/resume-from"].endswith(f"step-{resume_step:09d}")
+
+    # MLflow: one run across both attempts. Steps up to the resumed step were logged once (by
+    # attempt 1); every later step has a value from attempt 2, logged after the kill.
+    mlflow = _mlflow(scenario)
+    history = mlflow.get_metric_history(run["mlflowRunId"], "loss")
+    per_step = Counter(m.step for m in history)
+    final = run["lastCheckpoint"]["step"]
+    assert set(per_step) == set(range(1, final + 1)), sorted(per_step)
+    assert all(per_step[s] == 1 for s in range(1, resume_step + 1)), per_step
+    kill_ms = scenario.kill_time * 1000
+    for step in range(resume_step + 1, final + 1):
+        assert max(m.timestamp for m in history if m.step == step) > kill_ms, step
+
+
+def test_operator_restart_mid_sweep_duplicates_nothing(scenario: Scenario, kube, e2e_operator) -> None:
+    """(c) The operator restarted while runs were in flight; every object and run exists once."""
+    ns = scenario.namespace
+    assert scenario.phase_at_restart == "Running" and scenario.succeeded_at_restart < 4
+    log = e2e_operator.process.log_path.read_text(errors="replace")
+    assert log.count("Starting Kopf") >= 2 or log.count("started") >= 2 or e2e_operator.healthy()
+
+    jobs = _rayjobs(kube, ns)
+    attempts = Counter((j["metadata"]["labels"]["sphinxx.dev/trainingrun"], _attempt(j)) for j in jobs)
+    expected = {(p, 1) for p in POINTS} | {(KILLED, 2)}
+    assert set(attempts) == expected and all(n == 1 for n in attempts.values()), attempts
+    # The stand-in submitted one Ray job per RayJob: nothing ran twice.
+    assert len(kube_submissions := _submissions(kube, ns)) == len(expected), kube_submissions
+
+    runs = _json(kube, "trun", "-n", ns)["items"]
+    assert len(runs) == 4
+    parent, children = _tracked_runs(scenario)
+    assert len(children) == 4 and len({c.info.run_id for c in children}) == 4
+    assert {r["status"]["mlflowRunId"] for r in runs} == {c.info.run_id for c in children}
+    sweep = _json(kube, "sweep", SWEEP, "-n", ns)
+    assert sweep["status"]["mlflowRunId"] == parent.info.run_id
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+_STANDIN: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remember_standin(kuberay) -> None:
+    _STANDIN["standin"] = kuberay
+
+
+def _standin_log(kube, ns: str, job: dict[str, Any]) -> str:
+    return _STANDIN["standin"].log(job["metadata"]["name"])
+
+
+def _submissions(kube, ns: str) -> list[tuple[str, str]]:
+    return list(_STANDIN["standin"].submissions)
+
+
+def _s3(scenario: Scenario):
+    import boto3
+
+    env = scenario.s3_env
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+
+def _ckpt(scenario: Scenario, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [_bin("sphinxx"), "ckpt", *args],
+        env={**os.environ, **scenario.s3_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _mlflow(scenario: Scenario):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=scenario.tracking_uri)
+
+
+def _tracked_runs(scenario: Scenario):
+    """(parent, children) of this namespace's sweep in the MLflow server, found by tag."""
+    mlflow = _mlflow(scenario)
+    experiment = mlflow.get_experiment_by_name("tiny")
+    found = mlflow.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`sphinxx.dev/namespace` = '{scenario.namespace}'",
+        max_results=100,
+    )
+    parents = [r for r in found if r.data.tags.get("sphinxx.dev/kind") == "ScalingSweep"]
+    children = [r for r in found if r.data.tags.get("sphinxx.dev/kind") == "TrainingRun"]
+    assert len(parents) == 1, [r.info.run_id for r in parents]
+    return parents[0], children
