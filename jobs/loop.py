@@ -248,7 +248,7 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
     if state.step > 0:
         tracker.log_metrics(data.stats.metrics(), state.step)
     tracker.close(timeout=120)
-    return {**metrics, "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {**metrics, "num_params": trainable_params(model)}
 
 
 def _train_step(engine, model, group, worker: Worker) -> StepStats:
@@ -298,6 +298,15 @@ def _train_step(engine, model, group, worker: Worker) -> StepStats:
         views=int(counts[3]),
         skipped_views=int(counts[4]),
     )
+
+
+def trainable_params(model: torch.nn.Module) -> int:
+    """Trainable parameters of the whole model (every expert counted, not this rank's slice)."""
+    from math import prod
+
+    from sphinxx.jobs.checkpointing import param_slots
+
+    return sum(prod(s.global_shape) for s in param_slots(model) if s.param.requires_grad)
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -455,7 +464,7 @@ def _open_tracker(cfg: RunConfig, worker: Worker, store, model, restored_step: i
             "sphinxx.attempt": worker.attempt,
             "sphinxx.code_version": worker.code_version,
             "sphinxx.total_steps": total,
-            "sphinxx.trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "sphinxx.trainable_params": trainable_params(model),
         }
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")

@@ -1,4 +1,4 @@
-"""Checkpoints restore exactly at another world size (ZeRO-0 and ZeRO-2, gloo processes).
+"""Checkpoints restore exactly at another world size (ZeRO-0, ZeRO-2, MoE with EP; gloo processes).
 
 The reference for "exactly" is independent of our fragment bookkeeping: DeepSpeed's own
 `safe_get_full_fp32_param` / `safe_get_full_optimizer_state` (all-reduce based) for ZeRO-2, the
@@ -13,25 +13,30 @@ import torch
 
 from tests.jobs._dist import run_distributed
 
-GLOBAL_BATCH, MICRO, SEQ = 4, 1, 24
+GLOBAL_BATCH, MICRO, SEQ, VOCAB = 4, 1, 24, 97
+TINY = {"n_layers": 2, "dim": 32, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 64, "vocab_size": VOCAB}
+TINY_MOE = {**TINY, "num_experts": 4, "top_k": 2, "moe_ffn_dim": 16}
 
 
-def _cfg(zero_stage: int, storage: str):
+def _cfg(flavor: str, zero_stage: int, ep_size: int, storage: str):
     from sphinxx.jobs.config import load_config
 
     return load_config(
-        preset="debug",
+        preset=flavor,
+        data={"model": {"overrides": TINY_MOE if flavor == "debug-moe" else TINY}},
         overrides=[
             f"storage.uri={storage}",
             "name=ckpt-test",
             f"parallel.zero_stage={zero_stage}",
+            f"parallel.ep_size={ep_size}",
+            f"parallel.min_workers={ep_size}",
+            f"parallel.max_workers={ep_size}",
             f"train.global_batch={GLOBAL_BATCH}",
             f"train.micro_batch={MICRO}",
             "train.lr=0.01",
             "train.grad_clip=1.0",
             "train.weight_decay=0.1",
             "data.seq_len=64",
-            "model.overrides={n_layers: 2, dim: 32, n_heads: 4, n_kv_heads: 2, ffn_dim: 64, vocab_size: 97}",
         ],
     )
 
@@ -44,30 +49,26 @@ def _group(step: int, rank: int, world: int):
     gen = torch.Generator().manual_seed(1000 + step)
     rows = []
     for _ in range(GLOBAL_BATCH):
-        tokens = torch.randint(1, 97, (SEQ,), generator=gen)
+        tokens = torch.randint(1, VOCAB, (SEQ,), generator=gen)
         labels = tokens.clone()
         labels[: SEQ // 2] = -100  # answer-only targets, as the template makes them
         rows.append(SphinxSample(tokens=tokens, labels=labels))
-    accum = GLOBAL_BATCH // (MICRO * world)
     group = []
-    for a in range(accum):
-        slot = a * world + rank
-        chunk = rows[slot * MICRO : (slot + 1) * MICRO]
+    for a in range(GLOBAL_BATCH // (MICRO * world)):
+        chunk = rows[(a * world + rank) * MICRO : (a * world + rank + 1) * MICRO]
         batch = collate(chunk)
-        group.append(
-            LoadedBatch(
-                step, a, batch, samples=[(0, i) for i in range(len(chunk))], num_targets=batch.num_targets
-            )
-        )
+        samples = [(0, i) for i in range(len(chunk))]
+        group.append(LoadedBatch(step, a, batch, samples=samples, num_targets=batch.num_targets))
     return group
 
 
-def _setup(rank: int, world: int, zero_stage: int, storage: str):
+def _setup(rank: int, world: int, case: tuple, storage: str):
     from sphinxx.jobs.checkpointing import Checkpointer
     from sphinxx.jobs.loop import Worker, build_engine, build_model
     from sphinxx.storage import CheckpointStore
 
-    cfg = _cfg(zero_stage, storage)
+    flavor, zero_stage, ep_size = case
+    cfg = _cfg(flavor, zero_stage, ep_size, storage)
     worker = Worker(rank=rank, world_size=world)
     model, _ = build_model(cfg, worker)
     engine, optimizer = build_engine(model, cfg, worker, GLOBAL_BATCH // (MICRO * world))
@@ -76,7 +77,10 @@ def _setup(rank: int, world: int, zero_stage: int, storage: str):
 
 
 def _full_state(model, optimizer) -> dict[str, dict[str, torch.Tensor]]:
-    """fp32 master + moments per param name, assembled by DeepSpeed's own API (collective)."""
+    """fp32 master + moments per param name, assembled by DeepSpeed's own API (collective).
+
+    Expert params come back as this rank's EP slice; `_merge` concatenates the slices.
+    """
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     base = getattr(optimizer, "optimizer", optimizer)
@@ -90,45 +94,54 @@ def _full_state(model, optimizer) -> dict[str, dict[str, torch.Tensor]]:
         if not p.requires_grad:
             continue
         if hasattr(p, "_hp_mapping"):
-            out[name] = {
-                "param": safe_get_full_fp32_param(p).clone(),
-                "exp_avg": safe_get_full_optimizer_state(p, "exp_avg").clone(),
-                "exp_avg_sq": safe_get_full_optimizer_state(p, "exp_avg_sq").clone(),
+            state = {
+                "param": safe_get_full_fp32_param(p),
+                "exp_avg": safe_get_full_optimizer_state(p, "exp_avg"),
+                "exp_avg_sq": safe_get_full_optimizer_state(p, "exp_avg_sq"),
             }
         else:
-            state = base.state[p]
-            out[name] = {
-                "param": p.detach().clone(),
-                "exp_avg": state["exp_avg"].clone(),
-                "exp_avg_sq": state["exp_avg_sq"].clone(),
-            }
+            state = {"param": p.detach(), **{k: base.state[p][k] for k in ("exp_avg", "exp_avg_sq")}}
+        out[name] = {k: v.clone() for k, v in state.items()}
+        out[name]["expert"] = getattr(p, "allreduce", True) is False
     return out
 
 
-def _save_then_continue(rank: int, world: int, zero_stage: int, storage: str):
+def _merge(per_rank: list[dict], ep_size: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Full tensors: dense ones from rank 0, expert slices of EP ranks 0..EP-1 concatenated."""
+    out = {}
+    for name, state in per_rank[0].items():
+        expert = state.pop("expert")
+        for r in range(1, ep_size):
+            per_rank[r][name].pop("expert")
+        out[name] = {
+            k: torch.cat([per_rank[r][name][k] for r in range(ep_size)]) if expert else v
+            for k, v in state.items()
+        }
+    return out
+
+
+def _save_then_continue(rank: int, world: int, case: tuple, storage: str):
     from sphinxx.jobs.checkpointing import RunState
     from sphinxx.jobs.loop import _train_step
 
-    worker, model, engine, optimizer, ckpt = _setup(rank, world, zero_stage, storage)
+    worker, model, engine, optimizer, ckpt = _setup(rank, world, case, storage)
     for step in range(2):
         _train_step(engine, model, _group(step, rank, world), worker)
     ckpt.save(RunState(2, {"next_step": 2}, {}), {}, {"loss": 1.0})
     saved = _full_state(model, optimizer)
     _train_step(engine, model, _group(2, rank, world), worker)
-    after = _full_state(model, optimizer)
-    return (saved, after) if rank == 0 else None
+    return saved, _full_state(model, optimizer)
 
 
-def _restore_then_continue(rank: int, world: int, zero_stage: int, storage: str):
+def _restore_then_continue(rank: int, world: int, case: tuple, storage: str):
     from sphinxx.jobs.loop import _train_step
 
-    worker, model, engine, optimizer, ckpt = _setup(rank, world, zero_stage, storage)
+    worker, model, engine, optimizer, ckpt = _setup(rank, world, case, storage)
     restored = ckpt.restore()
     assert restored is not None and restored.state.step == 2
     loaded = _full_state(model, optimizer)
     _train_step(engine, model, _group(2, rank, world), worker)
-    after = _full_state(model, optimizer)
-    return (loaded, after) if rank == 0 else None
+    return loaded, _full_state(model, optimizer)
 
 
 def _compare(a, b, atol: float) -> None:
@@ -138,12 +151,23 @@ def _compare(a, b, atol: float) -> None:
             torch.testing.assert_close(a[name][key], b[name][key], atol=atol, rtol=0, msg=f"{name}.{key}")
 
 
+CASES = {
+    # (flavor, ZeRO stage, EP size) when saving -> when restoring; world size = EP for MoE.
+    "zero2-2to1": (("debug", 2, 1), 2, ("debug", 2, 1), 1),
+    "zero0-1to2": (("debug", 0, 1), 1, ("debug", 0, 1), 2),
+    "moe-ep2-to-ep1": (("debug-moe", 2, 2), 2, ("debug-moe", 2, 1), 1),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("zero_stage", "save_world", "load_world"), [(2, 2, 1), (0, 1, 2)])
-def test_restore_at_another_world_size(tmp_path, zero_stage: int, save_world: int, load_world: int) -> None:
+@pytest.mark.parametrize("name", list(CASES))
+def test_restore_at_another_world_size(tmp_path, name: str) -> None:
+    save_case, save_world, load_case, load_world = CASES[name]
     storage = (tmp_path / "ckpt").as_uri()
-    saved, continued = run_distributed(_save_then_continue, save_world, zero_stage, storage)[0]
-    loaded, resumed = run_distributed(_restore_then_continue, load_world, zero_stage, storage)[0]
-    _compare(loaded, saved, atol=0.0)  # bit-exact masters and moments
+    saved = run_distributed(_save_then_continue, save_world, save_case, storage)
+    loaded = run_distributed(_restore_then_continue, load_world, load_case, storage)
+    before, continued = (_merge([r[i] for r in saved], save_case[2]) for i in (0, 1))
+    after, resumed = (_merge([r[i] for r in loaded], load_case[2]) for i in (0, 1))
+    _compare(after, before, atol=0.0)  # bit-exact masters and moments
     # One more step at the new size equals the uninterrupted step (reduction order differs).
     _compare(resumed, continued, atol=1e-6)
