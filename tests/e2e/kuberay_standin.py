@@ -23,8 +23,10 @@ KubeRay controllers against one local Ray head started for the test:
   `RAY_ADDRESS` set, the job's runtime env passed in `RAY_JOB_CONFIG_JSON_ENV_VAR` (so Ray workers
   of the job get its `env_vars`), `PYTHONUNBUFFERED=1`, own process group. Environment the pods
   would get from their spec (`env`, `envFrom` Secrets) is read from the API: the head's for the
-  driver, the worker group's for the job's workers. Output goes to one log file per RayJob (what
-  `kubectl logs job/<rayjob>` shows in a cluster).
+  driver, the worker group's for the job's workers. Of the test process's own environment only
+  what an image would set passes (`image_env`), so credentials and endpoints reach a job only the
+  way they would in a cluster. Output goes to one log file per RayJob (what `kubectl logs
+  job/<rayjob>` shows in a cluster).
 
 Not emulated: pods, the submitter Job object, the dashboard (`dashboardURL` stays empty), the
 autoscaler (worker bounds are read once), KubeRay's events and its stop-job finalizer, Kueue.
@@ -61,6 +63,10 @@ TERMINAL_JOB = ("STOPPED", "SUCCEEDED", "FAILED")
 TERMINAL_DEPLOYMENT = ("Complete", "Failed")
 LOG_LINES_ON_ERROR = 10  # Ray's job supervisor quotes the last lines of the log on failure
 RAND_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery util/rand, used for names
+# What a container image would set (paths, locale, Python and Ray tuning). Nothing else of the test
+# process reaches a job: credentials and endpoints must come through the pod spec and the RayJob.
+IMAGE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "TZ", "TMPDIR")
+IMAGE_ENV_PREFIXES = ("LC_", "PYTHON", "RAY_", "OMP_", "MKL_", "TORCH_", "HF_", "TRANSFORMERS_")
 
 
 def _now() -> str:
@@ -396,7 +402,7 @@ class KubeRayStandIn:
         job_runtime_env = {**runtime_env, "env_vars": {**worker_env, **env_vars}}
         bin_dir = str(Path(sys.executable).parent)  # the image's `python` is the one with sphinxx
         env = {
-            **os.environ,
+            **image_env(),
             **head_env,
             **env_vars,
             "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
@@ -447,6 +453,10 @@ class KubeRayStandIn:
         self.api.patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, "rayjobs", name, {"status": patch}
         )
+
+
+def image_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in IMAGE_ENV or k.startswith(IMAGE_ENV_PREFIXES)}
 
 
 def _empty(value: Any) -> bool:
