@@ -24,11 +24,14 @@ help:
 	@echo "make test   - install dev dependencies, then lint and run the whole test suite"
 	@echo "make lint   - ruff + import-linter contracts only"
 
+# Never `python -m ...` from the repo root before the package is installed: `-m` puts the
+# current directory first on sys.path, where our `operator/` folder shadows the standard
+# library's `operator` (the installed package maps it to `sphinxx.operator`).
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	cd / && $(PYTHON) -m venv $(CURDIR)/$(VENV)
 
 $(UV): $(BIN)/python
-	$(BIN)/python -m pip install -q uv
+	$(BIN)/pip install -q uv
 
 $(STAMP): pyproject.toml .ci/constraints-cpu.txt | $(UV)
 	$(UV) pip install --python $(BIN)/python $(UV_FLAGS) -e '.[dev]'
@@ -41,7 +44,7 @@ lint: $(STAMP)
 	bash .ci/lint_imports.sh
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m sphinxx.jobs.demo
