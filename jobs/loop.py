@@ -493,7 +493,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     ctx = ray.train.get_context()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Ray Train routes print() and the root logger to the driver already; a handler of our own
+    # would print every line twice.
+    logging.getLogger("sphinxx").setLevel(logging.INFO)
     cfg = from_dict(config["run"])
     device = ray.train.torch.get_device() if cfg.parallel.gpus_per_worker > 0 else torch.device("cpu")
     if device.type == "cuda":

@@ -171,3 +171,85 @@ def test_restore_at_another_world_size(tmp_path, name: str) -> None:
     _compare(after, before, atol=0.0)  # bit-exact masters and moments
     # One more step at the new size equals the uninterrupted step (reduction order differs).
     _compare(resumed, continued, atol=1e-6)
+
+
+def test_expert_params_get_global_coordinates() -> None:
+    """An EP rank's expert slice maps to its rows of the full tensor and to global expert ids."""
+    from sphinxx.jobs.checkpointing import _expert_split, param_slots
+    from sphinxx.model.expert_parallel import ExpertParallel
+    from sphinxx.model.flavors import get_flavor
+    from sphinxx.model.llm import Transformer
+    from sphinxx.model.moe import MoE
+
+    full = Transformer(get_flavor("debug-moe", **TINY_MOE))
+    sliced = Transformer(get_flavor("debug-moe", **TINY_MOE, ep_size=2))
+    for moe in (m for m in sliced.modules() if isinstance(m, MoE)):
+        moe.ep = ExpertParallel(group=None, size=2, rank=1)  # as attach_expert_parallel sets it
+    slots = {s.name: s for s in param_slots(sliced)}
+    w1 = slots["layers.0.moe.experts.mlp.w1"]
+    assert w1.global_shape == tuple(full.layers[0].moe.experts.mlp.w1.shape)
+    assert (w1.expert_first, w1.num_local_experts, w1.offset) == (2, 2, w1.param.numel())
+    assert slots["layers.0.attention.wq.weight"].expert_first == -1
+    parts = _expert_split(w1, w1.param.detach())
+    assert sorted(parts) == [2, 3] and parts[3].shape == (16, 32)  # moe_ffn_dim rows per expert
+
+
+def test_fragments_fill_by_overlap_and_refuse_gaps() -> None:
+    from sphinxx.jobs.checkpointing import Fragment, _fill, _require
+
+    full = torch.arange(10.0)
+    frags = [Fragment("w", 0, 4, {"exp_avg": full[0:4]}), Fragment("w", 4, 6, {"exp_avg": full[4:10]})]
+    target = torch.zeros(5)  # a rank that now owns [3, 8): spans both saved fragments
+    assert _fill(target, 3, frags, "exp_avg") == 5
+    assert target.tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
+    with pytest.raises(ValueError, match="holds 4 of 5"):
+        _require(_fill(torch.zeros(5), 0, frags[:1], "exp_avg"), 5, "w", "exp_avg")
+
+
+def test_no_checkpoint_restores_nothing(tmp_path) -> None:
+    from sphinxx.jobs.checkpointing import Checkpointer
+    from sphinxx.storage import CheckpointStore
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    ckpt = Checkpointer(CheckpointStore(tmp_path.as_uri(), "empty"), model, optimizer, 0, 1)
+    assert ckpt.restore() is None
+
+
+def test_round_trip_in_process(tmp_path) -> None:
+    """Save, keep training, restore: weights, moments, Adam step, RNG and run state come back."""
+    from sphinxx.jobs.checkpointing import Checkpointer, RunState
+    from sphinxx.storage import CheckpointStore, RetentionPolicy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+
+    def step() -> None:
+        model(torch.randn(3, 4)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    store = CheckpointStore(tmp_path.as_uri(), "inproc")
+    ckpt = Checkpointer(store, model, optimizer, 0, 1, policy=RetentionPolicy(keep_last=2, keep_best=0))
+    for s in range(1, 4):
+        step()
+        ckpt.save(
+            RunState(s, {"next_step": s}, {"kind": "cosine"}, tokens_seen=10 * s),
+            {"records": s},
+            {"loss": 1.0},
+        )
+    assert [c.step for c in store.committed()] == [2, 3]  # retention applied after each commit
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: {m: v.clone() for m, v in optimizer.state[p].items()} for k, p in model.named_parameters()}
+    expected_noise = torch.randn(3)
+    step()  # diverge, then come back
+    restored = ckpt.restore()
+    assert restored.state.step == 3 and restored.state.tokens_seen == 30
+    assert restored.rank_data == {"records": 3} and restored.info.step == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    for k, p in model.named_parameters():
+        for m, v in optimizer.state[p].items():
+            assert torch.equal(v, moments[k][m]), (k, m)
+    assert torch.equal(torch.randn(3), expected_noise)  # RNG restored to the save point

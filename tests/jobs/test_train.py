@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from sphinxx.storage import CheckpointStore
+from tests.jobs._dist import run_distributed
 from tests.jobs.conftest import Job, read_traces, tiny_config, wait_until
 
 pytestmark = pytest.mark.slow
@@ -123,18 +124,18 @@ def cfg_model_moe() -> dict:
 def test_killed_worker_resumes_from_last_commit_in_the_same_mlflow_run(
     tmp_path, synth, s3_bucket, mlflow_server, job_env
 ) -> None:
-    storage, name, steps = f"s3://{s3_bucket}/runs", "fault", 24
+    storage, name, steps = f"s3://{s3_bucket}/runs", "fault", 16
     trace = tmp_path / "trace"
     cfg = tiny_config(
         synth,
         name,
         storage,
         mlflow_server.tracking_uri,
-        train={"steps": steps, "checkpoint_interval": 5},
+        train={"steps": steps, "checkpoint_interval": 4},
         parallel={"max_failures": 1},
     )
     job = Job(tmp_path, name, cfg, job_env).start(extra_env={"SPHINXX_SAMPLE_TRACE": str(trace)})
-    wait_until(lambda: [r for r in read_traces(trace) if r["step"] >= 11], 300, "step 12", job)
+    wait_until(lambda: [r for r in read_traces(trace) if r["step"] >= 5], 300, "step 6", job)
     before = read_traces(trace)
     victim = next(r["pid"] for r in before if r["rank"] == 1)
     committed_before = max(_committed(storage, name))
@@ -151,7 +152,7 @@ def test_killed_worker_resumes_from_last_commit_in_the_same_mlflow_run(
     new = [r for r in rows if r["pid"] not in old_pids]
     assert {r["pid"] for r in new} and victim not in {r["pid"] for r in new}
     resumed_at = min(r["step"] for r in new)  # 0-based index of the first step after the restore
-    assert resumed_at % 5 == 0 and resumed_at >= committed_before
+    assert resumed_at % 4 == 0 and resumed_at >= committed_before
     lost_until = max(r["step"] for r in rows if r["pid"] in old_pids)
 
     client = _client(mlflow_server)
@@ -169,7 +170,7 @@ def test_killed_worker_resumes_from_last_commit_in_the_same_mlflow_run(
 def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
     tmp_path, synth, s3_bucket, mlflow_server, job_env
 ) -> None:
-    storage, steps = f"s3://{s3_bucket}/runs", 16
+    storage, steps = f"s3://{s3_bucket}/runs", 12
     trace = tmp_path / "trace"
     common = {"train": {"steps": steps, "checkpoint_interval": 4}}
     # The subject: 2 workers, stopped (driver killed: what deleting the RayJob does) after a commit...
@@ -180,9 +181,7 @@ def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
         job_env,
     )
     job.start(extra_env={"SPHINXX_SAMPLE_TRACE": str(trace / "a")})
-    wait_until(
-        lambda: [s for s in _committed(storage, "elastic") if s >= 8], 300, "the step-8 checkpoint", job
-    )
+    wait_until(lambda: _committed(storage, "elastic"), 300, "the first checkpoint", job)
     job.kill()
     stopped_at = max(_committed(storage, "elastic"))
     assert stopped_at < steps
@@ -195,19 +194,23 @@ def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
     assert job.wait(600) == 0, job.tail()
     assert job.summary()["resumed_from"] == stopped_at and job.summary()["step"] == steps
 
-    # The reference: one worker, never interrupted.
+    # The reference: one worker, never interrupted (the same loop in a plain gloo process: no
+    # Ray job needed to produce reference numbers).
+    from sphinxx.jobs.tracking import create_run
+
     ref_cfg = tiny_config(synth, "reference", storage, mlflow_server.tracking_uri, **common)
     ref_cfg["parallel"].update(min_workers=1, max_workers=1)
-    ref = Job(tmp_path, "reference", ref_cfg, job_env).start()
-    assert ref.wait(600) == 0, ref.tail()
+    ref_run = create_run(mlflow_server.tracking_uri, "train-e2e", "reference")
+    run_distributed(_train_reference, 1, ref_cfg, ref_run, job_env)
 
     client = _client(mlflow_server)
-    subject = dict(_steps(client, job.summary()["mlflow_run_id"]))  # later (resumed) values win
-    reference = dict(_steps(client, ref.summary()["mlflow_run_id"]))
-    assert sorted(subject) == sorted(reference) == list(range(1, steps + 1))
+    # Steps of the lost interval appear twice; both values must match the reference.
+    subject = _steps(client, job.summary()["mlflow_run_id"])
+    reference = dict(_steps(client, ref_run))
+    assert sorted({s for s, _ in subject}) == sorted(reference) == list(range(1, steps + 1))
     # Same weights, same batches: only the order of floating-point sums differs (2 vs 1 ranks).
-    for step in reference:
-        assert subject[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-5), step
+    for step, value in subject:
+        assert value == pytest.approx(reference[step], rel=1e-4, abs=1e-5), step
 
     # No sample twice, none skipped: the kept steps cover each global batch exactly once.
     first = [r for r in read_traces(trace / "a") if r["step"] < stopped_at]
@@ -217,3 +220,13 @@ def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
     assert len(seen) == len(set(seen)) == steps * 4
     assert sorted(seen) == list(range(steps * 4))
     assert {r["world_size"] for r in first} == {2} and {r["world_size"] for r in second} == {1}
+
+
+def _train_reference(rank: int, world: int, cfg: dict, run_id: str, env: dict) -> None:
+    import os
+
+    from sphinxx.jobs.config import from_dict
+    from sphinxx.jobs.loop import Worker, train
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    train(from_dict(cfg), Worker(rank=rank, world_size=world, mlflow_run_id=run_id))

@@ -1,0 +1,70 @@
+"""The entrypoint's config resolution, Ray storage mapping and worker environment (no Ray run)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from sphinxx.jobs import train
+from sphinxx.jobs.config import ConfigError
+
+
+def _resolve(*overrides: str, preset: str = "debug"):
+    return train.resolve_config(train.parse_args(["--preset", preset, *overrides]))
+
+
+def test_environment_pins_run_identity_tracking_and_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPHINXX_RUN_ID", "trun-abc")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweep-x")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    cfg = _resolve("storage.uri=s3://bucket/prefix", "train.steps=7")
+    assert (cfg.name, cfg.tracking.experiment, cfg.tracking.uri) == (
+        "trun-abc",
+        "sweep-x",
+        "http://mlflow:5000",
+    )
+    assert cfg.storage.endpoint_url == "http://minio:9000" and cfg.train.steps == 7
+
+
+def test_config_file_from_a_uri_layers_over_the_preset(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "preset: debug-moe\nname: from-file\ntrain: {steps: 3}\nstorage: {uri: 'file:///tmp/x'}\n"
+    )
+    cfg = train.resolve_config(train.parse_args(["--config", path.as_uri(), "train.lr=0.5"]))
+    assert (cfg.name, cfg.model.flavor, cfg.train.steps, cfg.train.lr) == ("from-file", "debug-moe", 3, 0.5)
+
+
+def test_bad_configs_exit_2_with_a_summary_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    with pytest.raises(ConfigError, match="memory://"):
+        _resolve("storage.uri=memory://x")
+    assert train.main(["--config", str(tmp_path / "missing.yaml")]) == train.EXIT_CONFIG
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["sphinxx_summary"] and summary["status"] == "failed"
+    assert "does not exist" in summary["error"]
+    assert train.main(["--preset", "debug", "train.lr=-1", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
+    assert "train.lr" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+
+
+def test_ray_storage_is_the_run_root_and_picklable_on_s3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    path, fs = train.ray_storage(_resolve("name=r1", "storage.uri=file:///data/ckpt"))
+    assert (path, fs) == ("/data/ckpt/r1/ray", None)
+    path, fs = train.ray_storage(_resolve("name=r1", "storage.uri=s3://bucket/sweeps/a"))
+    assert path == "bucket/sweeps/a/r1/ray"
+    clone = pickle.loads(pickle.dumps(fs))  # Ray ships it to the controller and workers
+    assert clone.type_name == fs.type_name
+
+
+def test_worker_env_forwards_named_variables_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPHINXX_SAMPLE_TRACE", "/tmp/trace")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+    monkeypatch.delenv("SPHINXX_WORKER_ENV", raising=False)
+    assert train.worker_env().get("SPHINXX_SAMPLE_TRACE") == "/tmp/trace"
+    assert "AWS_SECRET_ACCESS_KEY" not in train.worker_env()
+    monkeypatch.setenv("SPHINXX_WORKER_ENV", "AWS_SECRET_ACCESS_KEY,NOT_SET")
+    env = train.worker_env()
+    assert env["AWS_SECRET_ACCESS_KEY"] == "s3cret" and "NOT_SET" not in env
