@@ -256,7 +256,12 @@ class LocalSweep:
 
 
 def _is_progress(line: str) -> bool:
+    """Lines worth showing live (everything goes to the point's log file)."""
     text = line.strip()
+    # Ray Train's placement-group cleaner, run in a worker without RAY_ADDRESS, complains when
+    # several Ray instances run on one machine; harmless for the job, noise for the user.
+    if "PlacementGroupCleaner" in text:
+        return False
     return text.startswith(("step ", "[sphinxx]", "{")) or "error" in text.lower() or "Traceback" in text
 
 
