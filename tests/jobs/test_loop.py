@@ -23,6 +23,10 @@ def _compare_step(rank: int, world: int) -> float:
     from sphinxx.model.sphinx import collate
 
     cfg = _cfg("debug", 0, 1, "file:///tmp/unused")
+    # Adam's first step is ~lr * sign(g): with eps 1e-8, gradient elements near 1e-9 (rounding noise
+    # of two equally valid summation orders) could flip a whole lr. A larger eps keeps the
+    # comparison about the gradient, which is what this test is for.
+    cfg.train.eps = 1e-4
     worker = Worker(rank=rank, world_size=world)
     model, _ = build_model(cfg, worker)
     reference = copy.deepcopy(model)
