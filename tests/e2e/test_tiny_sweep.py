@@ -29,12 +29,18 @@ import yaml
 
 from .conftest import TINY_SWEEP, _bin, cluster_sweep, wait_for
 
-pytestmark = pytest.mark.slow
+# The sweep fixture runs inside the first test's time budget. About 8 minutes on 2 cores, but
+# jobs start several times slower on a machine shared with other work, so the limits are hang
+# guards, not performance targets (bench/ is for timings).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 SWEEP = "tiny"
 KILLED = "tiny-debug-d100"  # the point whose driver is killed mid-training
 POINTS = ("tiny-debug-d50", "tiny-debug-d100", "tiny-debug-moe-d50", "tiny-debug-moe-d100")
-SWEEP_TIMEOUT = 600.0
+# Generous: a job spends ~1 min starting on 2 cores, but up to 8 when the machine is shared (seen
+# at load average 20-30: 3 min from `ray.init` to a started worker group).
+FIRST_COMMIT_TIMEOUT = 1200.0
+SWEEP_TIMEOUT = 1200.0  # from the kill to the end
 
 
 @dataclass
@@ -124,7 +130,7 @@ def scenario(
         running = jobs and (jobs[0].get("status") or {}).get("jobStatus") == "RUNNING"
         return bool(running and _committed_steps(s3, e2e_bucket, run_id))
 
-    wait_for(first_commit, SWEEP_TIMEOUT / 2, f"a committed checkpoint of {KILLED}", every=0.2)
+    wait_for(first_commit, FIRST_COMMIT_TIMEOUT, f"a committed checkpoint of {KILLED}", every=0.2)
     sc.killed_rayjob = next(j["metadata"]["name"] for j in _rayjobs(kube, ns, KILLED) if _attempt(j) == 1)
     sc.committed_before_kill = _committed_steps(s3, e2e_bucket, run_id)
     kuberay.kill_driver(sc.killed_rayjob)
@@ -215,9 +221,10 @@ def test_tiny_sweep_completes_end_to_end(scenario: Scenario, kube) -> None:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED", (name, child.info.status)
         assert runs[name]["status"]["mlflowRunId"] == child.info.run_id
-        history = mlflow.get_metric_history(child.info.run_id, "loss")
-        assert max(m.step for m in history) == final_step[name]
+        history = sorted(mlflow.get_metric_history(child.info.run_id, "loss"), key=lambda m: m.step)
+        assert history[-1].step == final_step[name]
         assert all(math.isfinite(m.value) for m in history)
+        assert history[-1].value < history[0].value, (name, history[0].value, history[-1].value)  # it learned
 
     # The fit: status names it; the parent run holds the numbers and the plot.
     law = st["scalingLaw"]
