@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ def _committed_steps(s3_client, bucket: str, run_id: str) -> list[int]:
 def _rayjobs(kube, ns: str, run: str | None = None) -> list[dict[str, Any]]:
     selector = ["-l", f"sphinxx.dev/trainingrun={run}"] if run else []
     return _json(kube, "rayjobs.ray.io", "-n", ns, *selector)["items"]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _attempt(job: dict[str, Any]) -> int:
@@ -208,9 +213,16 @@ def test_tiny_sweep_completes_end_to_end(scenario: Scenario, kube) -> None:
             0,
         ), jst
         assert jst["jobId"].startswith(job["metadata"]["name"] + "-") and jst["startTime"] and jst["endTime"]
-        cluster = _json(kube, "raycluster", jst["rayClusterName"], "-n", ns)
-        assert cluster["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
-        assert cluster["spec"] == job["spec"]["rayClusterSpec"]
+        # shutdownAfterJobFinishes: the cluster stays ttlSecondsAfterFinished for the logs, then goes.
+        out = kube.kubectl("get", "raycluster", jst["rayClusterName"], "-n", ns, "-o", "json", check=False)
+        since_end = time.time() - _epoch(jst["endTime"])
+        ttl = job["spec"]["ttlSecondsAfterFinished"]
+        if since_end < ttl - 5:
+            cluster = json.loads(out.stdout)
+            assert cluster["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+            assert cluster["spec"] == job["spec"]["rayClusterSpec"]
+        elif since_end > ttl + 5:
+            assert out.returncode != 0 and "NotFound" in out.stderr, out.stdout
 
     # MLflow: one parent for the sweep, one nested child per point, each with its loss curve.
     mlflow = _mlflow(scenario)
