@@ -152,7 +152,8 @@ class StorageConfig:
 @dataclass
 class TrackingConfig:
     uri: str | None = _f(
-        None, "MLflow tracking URI; default MLFLOW_TRACKING_URI, else a local ./mlruns store"
+        None,
+        "MLflow tracking URI; default MLFLOW_TRACKING_URI, else MLflow's local store in the launch directory",
     )
     experiment: str = _f("sphinxx", "MLflow experiment name", minLength=1)
     run_id: str | None = _f(

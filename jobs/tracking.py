@@ -39,9 +39,20 @@ def _fast_fail() -> None:
         os.environ.setdefault(key, value)
 
 
-def tracking_uri(configured: str | None) -> str | None:
-    """Config first, then MLFLOW_TRACKING_URI; None means MLflow's default (./mlruns)."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
+def tracking_uri(configured: str | None) -> str:
+    """Config first, then MLFLOW_TRACKING_URI, then MLflow's default store pinned down now.
+
+    MLflow's default is a local store in the *current* directory, and Ray workers do not run in
+    the driver's directory: left unresolved, the driver would create the run in one store and
+    rank 0 look for it in another ("Run ... not found"). So the default is resolved once, where
+    the job was started, into an absolute URI that travels with the config.
+    """
+    found = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if found:
+        return found
+    import mlflow
+
+    return mlflow.get_tracking_uri()  # absolute: sqlite:////<cwd>/mlflow.db in MLflow 3
 
 
 def is_client_error(err: Exception) -> bool:

@@ -201,13 +201,51 @@ RUN_STATUS = {
     "observedGeneration": {"type": "integer"},
     "message": {"type": "string"},
 }
+NUMBER = {"type": "number"}
+SCALING_LAW_STATUS = {
+    "type": "object",
+    "description": "the scaling law fitted when the sweep succeeded (operator/scaling_law.py)",
+    "properties": {
+        "form": {"type": "string", "enum": ["chinchilla", "per-axis"]},
+        "summary": {"type": "string"},
+        "numPoints": {"type": "integer"},
+        "paramsAxis": {"type": "string", "description": "what N is (the model's nominal parameter count)"},
+        "dataAxis": {"type": "string", "description": "what D is (the point's data fraction)"},
+        "coefficients": {
+            "type": "object",
+            "description": "chinchilla form: L(N, D) = E + A / N^alpha + B / D^beta",
+            "properties": {key: NUMBER for key in ("E", "A", "alpha", "B", "beta")},
+        },
+        "residualRms": {"type": "number", "description": "RMS of the fit's log-space residuals"},
+        "perAxis": {
+            "type": "array",
+            "description": "per-axis form: L = coefficient * x^-slope on each axis",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "axis": {"type": "string", "enum": ["params", "data"]},
+                    "coefficient": NUMBER,
+                    "slope": NUMBER,
+                    "numPoints": {"type": "integer"},
+                },
+            },
+        },
+        "note": {"type": "string"},
+        "error": {"type": "string", "description": "why no law could be fitted"},
+    },
+}
 SWEEP_STATUS = {
     "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed", "Suspended"]},
     "progress": {"type": "string"},
     "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
     "points": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     "mlflowRunId": {"type": "string"},
-    "scalingLaw": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    "mlflowRunStatus": {
+        "type": "string",
+        "enum": ["RUNNING", "FINISHED", "FAILED"],
+        "description": "what the operator last set the parent MLflow run to (it ends with the sweep)",
+    },
+    "scalingLaw": SCALING_LAW_STATUS,
     "conditions": {"type": "array", "items": CONDITION_SCHEMA},
     "observedGeneration": {"type": "integer"},
     "message": {"type": "string"},

@@ -200,6 +200,12 @@ class SweepAction:
     resume: list[str]  # children to annotate with the sweep's resume token
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    tracking_status: str | None = None  # set the parent MLflow run to this (then record it in status)
+
+
+def parent_run_status(phase: str) -> str:
+    """The state the sweep's parent MLflow run should be in: ended with the sweep, open otherwise."""
+    return {"Succeeded": "FINISHED", "Failed": "FAILED"}.get(phase, "RUNNING")
 
 
 def decide_sweep(
@@ -241,7 +247,16 @@ def decide_sweep(
         observedGeneration=generation,
         message=f"{roll.progress} succeeded",
     )
-    return SweepAction(plan=plan, admit=admit, resume=resume, status=st, events=events)
+    wanted = parent_run_status(roll.phase)
+    return SweepAction(
+        plan=plan,
+        admit=admit,
+        resume=resume,
+        status=st,
+        events=events,
+        # recorded only once MLflow took it, so an outage is retried on the next pass
+        tracking_status=wanted if wanted != st.get("mlflowRunStatus", "RUNNING") else None,
+    )
 
 
 def admitted(obj: dict[str, Any]) -> bool:

@@ -414,6 +414,14 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Sett
         _tracked(st, int(meta.get("generation", 1)), now_iso)
     if st["phase"] == "Succeeded" and "scalingLaw" not in st:
         st["scalingLaw"] = _fit(st["points"], tracking_uri, parent)
+    if act.tracking_status and parent and tracking_uri:  # after the fit: it logs on the open run
+        try:
+            tracking.set_run_status(tracking_uri, parent, act.tracking_status)
+            st["mlflowRunStatus"] = act.tracking_status
+        except tracking.TrackingUnavailable as err:
+            log.warning(
+                "MLflow parent run %s not set %s (retried next pass): %s", parent, act.tracking_status, err
+            )
     _write_status(kube, "scalingsweeps", obj, st)
     _events(kube, obj, act.events)
 
@@ -435,7 +443,7 @@ def _fit(rows: list[dict[str, Any]], tracking_uri: str | None, parent: str | Non
         result = fit(points)
     except ValueError as err:
         return {"error": str(err)}
-    summary = {"summary": result.summary(), "form": result.form, "numPoints": result.num_points}
+    summary = status.scaling_law_status(result)
     if tracking_uri and parent:
         try:
             tracking.log_scaling_law(

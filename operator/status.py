@@ -17,10 +17,14 @@ a condition keeps its `lastTransitionTime` while its status does not change.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .expand import NOMINAL_PARAMS, Point
+
+if TYPE_CHECKING:  # numpy/scipy stay out of the import path of a status mapping
+    from .scaling_law import ScalingFit
 
 RUN_PHASES = ("Pending", "Running", "Resuming", "Succeeded", "Failed", "Suspended")
 RUN_CONDITIONS = ("Ready", "Running", "Resuming", "Suspended", "Succeeded", "Failed")
@@ -204,3 +208,37 @@ def rollup(
     for type_, value in truth.items():
         conditions = set_condition(conditions, type_, value, phase, message, generation, now)
     return Rollup(phase, counts, f"{counts['succeeded']}/{counts['total']}", rows, conditions, scaling)
+
+
+def scaling_law_status(fit: ScalingFit) -> dict[str, Any]:
+    """A fitted scaling law as the sweep's `status.scalingLaw`: the numbers, not only the prose.
+
+    N is the model's nominal parameter count, D the point's data fraction (every point of a
+    sweep sees the same mixture, so the fraction is proportional to the tokens it saw).
+    Non-finite numbers are left out: they are not valid JSON for the API server.
+    """
+    out: dict[str, Any] = {
+        "form": fit.form,
+        "summary": fit.summary(),
+        "numPoints": fit.num_points,
+        "paramsAxis": "nominal parameters",
+        "dataAxis": "data fraction",
+    }
+    if fit.form == "chinchilla":
+        out["coefficients"] = _finite({key: getattr(fit, key) for key in ("E", "A", "alpha", "B", "beta")})
+        out |= _finite({"residualRms": fit.residual_rms})
+    out["perAxis"] = [
+        {
+            "axis": law.axis,
+            "numPoints": law.num_points,
+            **_finite({"coefficient": law.coefficient, "slope": law.slope}),
+        }
+        for law in fit.per_axis
+    ]
+    if fit.note:
+        out["note"] = fit.note
+    return out
+
+
+def _finite(values: dict[str, float | None]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}

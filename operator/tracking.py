@@ -106,6 +106,14 @@ def finish_run(uri: str, run_id: str, status: str) -> None:
     _call(client.set_terminated, run_id, status=status)
 
 
+def set_run_status(uri: str, run_id: str, status: str) -> None:
+    """End a run (FINISHED, FAILED, KILLED) or open it again (RUNNING: a resumed sweep)."""
+    if status == "RUNNING":
+        _call(_client(uri).update_run, run_id, status=status)
+    else:
+        finish_run(uri, run_id, status)
+
+
 def delete_run(uri: str, run_id: str) -> None:
     _call(_client(uri).delete_run, run_id)
 

@@ -227,6 +227,7 @@ def test_tiny_sweep_completes_end_to_end(scenario: Scenario, kube) -> None:
     # MLflow: one parent for the sweep, one nested child per point, each with its loss curve.
     mlflow = _mlflow(scenario)
     parent, children = _tracked_runs(scenario)
+    assert parent.info.status == "FINISHED" and st["mlflowRunStatus"] == "FINISHED"  # ended with the sweep
     assert sorted(c.data.tags["mlflow.runName"] for c in children) == sorted(POINTS)
     for child in children:
         name = child.data.tags["mlflow.runName"]
@@ -246,6 +247,7 @@ def test_tiny_sweep_completes_end_to_end(scenario: Scenario, kube) -> None:
     path = mlflow.download_artifacts(parent.info.run_id, "scaling_law.json")
     coefficients = json.loads(Path(path).read_text())
     _check_fit(coefficients, st["points"])
+    _check_fit({"per_axis": law["perAxis"]}, st["points"])  # the status carries the same numbers
 
 
 def _check_fit(fit: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -68,3 +68,20 @@ def test_worker_env_forwards_named_variables_only(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SPHINXX_WORKER_ENV", "AWS_SECRET_ACCESS_KEY,NOT_SET")
     env = train.worker_env()
     assert env["AWS_SECRET_ACCESS_KEY"] == "s3cret" and "NOT_SET" not in env
+
+
+def test_default_tracking_store_is_pinned_where_the_job_started(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # Ray workers run in their own directory; MLflow's default store is relative to the cwd.
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    launch, worker = tmp_path / "launch", tmp_path / "worker"
+    launch.mkdir(), worker.mkdir()
+    monkeypatch.chdir(launch)
+    cfg = _resolve()
+    monkeypatch.chdir(worker)
+    MlflowClient(cfg.tracking.uri).create_experiment("pinned")
+    assert any(launch.iterdir()) and not any(worker.iterdir())
+    assert train.resolve_config(train.parse_args(["--preset", "debug"])).tracking.uri != cfg.tracking.uri

@@ -172,3 +172,35 @@ def test_suspending_a_queued_run_deletes_the_attempt_kueue_holds() -> None:
     # Unsuspended later: a new attempt goes through the queue again.
     again = decide.decide_run(_obs(None, act.status, queued=True))
     assert again.create_attempt == 2
+
+
+def _sweep_pass(phases: list[str], st: dict | None = None) -> decide.SweepAction:
+    """One decide_sweep pass over a 1 x 2 sweep whose points are in `phases`."""
+    from sphinxx.operator import expand
+    from sphinxx.operator.spec import validate_sweep
+
+    raw = {"base": {"preset": "debug"}, "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]}}
+    sweep = {
+        "metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": raw,
+        "status": st or {},
+    }
+    spec = validate_sweep("s", raw)
+    children = [
+        {**expand.child_manifest(sweep, raw, point), "status": {"phase": phase, "metrics": {"loss": 2.0}}}
+        for point, phase in zip(expand.points("s", spec), phases, strict=True)
+    ]
+    return decide.decide_sweep(sweep, spec, children, None, "t")
+
+
+def test_parent_run_ends_with_the_sweep_and_reopens_on_resume() -> None:
+    assert _sweep_pass(["Running", "Pending"]).tracking_status is None  # open, as created
+    done = _sweep_pass(["Succeeded", "Succeeded"], {"phase": "Running"})
+    assert done.status["phase"] == "Succeeded" and done.tracking_status == "FINISHED"
+    # until MLflow took it (the reconciler records it), every pass asks again: an outage loses nothing
+    assert _sweep_pass(["Succeeded", "Succeeded"], {"phase": "Succeeded"}).tracking_status == "FINISHED"
+    settled = {"phase": "Succeeded", "mlflowRunStatus": "FINISHED"}
+    assert _sweep_pass(["Succeeded", "Succeeded"], settled).tracking_status is None
+    assert _sweep_pass(["Succeeded", "Failed"], {"phase": "Running"}).tracking_status == "FAILED"
+    resumed = _sweep_pass(["Succeeded", "Resuming"], {"phase": "Failed", "mlflowRunStatus": "FAILED"})
+    assert resumed.status["phase"] == "Running" and resumed.tracking_status == "RUNNING"

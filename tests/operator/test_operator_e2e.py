@@ -122,7 +122,8 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     law = wait_for(
         lambda: cluster.status("scalingsweeps", "grid").get("scalingLaw"), what="the scaling-law fit"
     )
-    assert law["numPoints"] == 4 and law["form"] in ("per-axis", "chinchilla"), law
+    assert law["numPoints"] == 4 and law["form"] == "per-axis", law
+    assert {p["axis"] for p in law["perAxis"]} == {"params", "data"}, law  # the numbers, not just prose
 
     out = _plugin(cluster, "status", "grid", "-n", cluster.ns)
     lines = out.splitlines()

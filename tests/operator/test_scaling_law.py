@@ -65,3 +65,44 @@ def test_plot_is_a_png() -> None:
     points = grid_points()
     png = plot_png(points, fit(points))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def _crd_scaling_law_schema() -> dict:
+    from sphinxx.operator import crds
+
+    sweep = next(c for c in crds.crds() if c["spec"]["names"]["kind"] == "ScalingSweep")
+    status_schema = sweep["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return status_schema["properties"]["scalingLaw"]
+
+
+def test_sweep_status_carries_the_fitted_coefficients() -> None:
+    import json
+
+    import jsonschema
+
+    from sphinxx.operator.status import scaling_law_status
+
+    result = fit(grid_points())
+    law = json.loads(json.dumps(scaling_law_status(result)))  # what the API server stores
+    jsonschema.Draft4Validator(_crd_scaling_law_schema()).validate(law)
+    assert law["form"] == "chinchilla" and law["numPoints"] == 20
+    for name in ("alpha", "beta", "E"):
+        assert law["coefficients"][name] == pytest.approx(TRUE[name], rel=0.05)
+    assert law["coefficients"]["A"] == result.A and law["residualRms"] == result.residual_rms
+
+    small = [Point(n, d, 3 * n**-0.1 * d**-0.2) for n, d in itertools.product((1e6, 4e6), (1e5, 2e5))]
+    law = scaling_law_status(fit(small))
+    jsonschema.Draft4Validator(_crd_scaling_law_schema()).validate(law)
+    assert "coefficients" not in law and "too few" in law["note"]
+    assert {p["axis"]: p["slope"] for p in law["perAxis"]} == pytest.approx({"params": 0.1, "data": 0.2})
+
+
+def test_non_finite_numbers_stay_out_of_the_status() -> None:
+    from sphinxx.operator.scaling_law import ScalingFit
+    from sphinxx.operator.status import scaling_law_status
+
+    broken = ScalingFit(
+        "chinchilla", 6, E=1.0, A=float("inf"), alpha=0.3, B=2.0, beta=0.2, residual_rms=float("nan")
+    )
+    law = scaling_law_status(broken)
+    assert set(law["coefficients"]) == {"E", "alpha", "B", "beta"} and "residualRms" not in law

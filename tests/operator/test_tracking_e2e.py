@@ -80,6 +80,8 @@ def test_sweep_parent_and_child_runs_survive_retries(
     children = client.search_runs([experiment], filter_string=f"tags.`{tracking.TAG_RUN_UID}` != ''")
     assert [r.info.run_id for r in children] == [child]
     wait_for(lambda: cluster.status("scalingsweeps", "tracked").get("phase") == "Succeeded")
+    wait_for(lambda: client.get_run(parent).info.status == "FINISHED", what="the parent run to end")
+    assert cluster.status("scalingsweeps", "tracked")["mlflowRunStatus"] == "FINISHED"
 
 
 def test_unreachable_mlflow_is_a_condition_not_a_crash(operator_server, cluster, tmp_path) -> None:
