@@ -78,7 +78,11 @@ class DataSource:
         pattern=r"^[A-Za-z0-9_.-]+$",
     )
     uri: str = _f(MISSING, "path or s3:// URI of the source root (manifest.json + JSONL shards)", minLength=1)
-    weight: float = _f(1.0, "sampling weight in the mixture (relative)", exclusiveMinimum=0)
+    weight: float = _f(
+        1.0,
+        "repeat factor per epoch: 1 = one pass over the kept records, 2 = twice, 0.5 = half",
+        exclusiveMinimum=0,
+    )
     domain: str = _f("language", "mixture domain of this source", enum=DOMAINS)
 
 
