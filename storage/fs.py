@@ -281,10 +281,17 @@ class ObjectFS:
 
                 threads = self.options.file_concurrency * self.options.part_concurrency
                 self._bulk = S3Bulk(make_boto3_client(self.options, max_connections=threads + 4), threads)
-                weakref.finalize(
-                    self, self._bulk.close
-                )  # CheckpointStore drops filesystems every few minutes
+                # CheckpointStore drops filesystems every few minutes. Not at interpreter exit:
+                # the process is ending, and waiting there on an abandoned transfer hung it.
+                weakref.finalize(self, self._bulk.close).atexit = False
             return self._bulk
+
+    def cancel_transfers(self, uris: set[str]) -> int:
+        """Cancel in-flight whole-file transfers of these URIs (a save past its deadline)."""
+        if self._bulk is None:
+            return 0
+        keys = (self.fs.split_path(self.path(uri))[:2] for uri in uris)
+        return self._bulk.cancel({f"s3://{bucket}/{key}" for bucket, key in keys})
 
     def delete_file(self, uri: str) -> None:
         with _guard("delete", uri):

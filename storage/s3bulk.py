@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .threads import DaemonThreadPool
+
 _PERMISSION_CODES = {
     "AccessDenied",
     "403",
@@ -36,26 +38,56 @@ class S3Bulk:
     def __init__(self, client: Any, threads: int):
         self.client, self.threads = client, threads
         self._managers: dict[int, Any] = {}
+        self._inflight: dict[int, tuple[str, Any]] = {}  # id -> (uri, s3transfer future)
         self._lock = threading.Lock()
 
     def upload(
         self, local_path: str, bucket: str, key: str, chunk: int, progress: Callable[[int], None] | None
     ) -> None:
         future = self._manager(chunk).upload(local_path, bucket, key, subscribers=_subscribers(progress))
-        _wait(future, f"s3://{bucket}/{key}")
+        self._wait(future, f"s3://{bucket}/{key}")
 
     def download(
         self, bucket: str, key: str, local_path: str, chunk: int, progress: Callable[[int], None] | None
     ) -> None:
         future = self._manager(chunk).download(bucket, key, local_path, subscribers=_subscribers(progress))
-        _wait(future, f"s3://{bucket}/{key}")
+        self._wait(future, f"s3://{bucket}/{key}")
+
+    def cancel(self, uris: set[str] | None = None) -> int:
+        """Cancel the transfers of these URIs (all when None): no further part is sent.
+
+        A request already on the wire runs to its own timeout; the transfer then ends as
+        cancelled. Returns how many transfers were cancelled.
+        """
+        with self._lock:
+            doomed = [f for uri, f in self._inflight.values() if uris is None or uri in uris]
+        for future in doomed:
+            future.cancel()
+        return len(doomed)
 
     def close(self) -> None:
-        """Stop the worker threads (called when the owning filesystem is dropped)."""
+        """Stop the worker threads (called when the owning filesystem is dropped, maybe by gc).
+
+        Never blocks: transfers still in flight (abandoned after a deadline) are cancelled and
+        their managers shut down in the background once the requests on the wire end.
+        """
         with self._lock:
             managers, self._managers = list(self._managers.values()), {}
-        for manager in managers:
-            manager.shutdown()
+            busy = bool(self._inflight)
+        if busy:
+            self.cancel()
+            threading.Thread(target=_shutdown_all, args=(managers,), name="s3bulk-close", daemon=True).start()
+        else:
+            _shutdown_all(managers)
+
+    def _wait(self, future: Any, uri: str) -> None:
+        with self._lock:
+            self._inflight[id(future)] = (uri, future)
+        try:
+            _wait(future, uri)
+        finally:
+            with self._lock:
+                self._inflight.pop(id(future), None)
 
     def _manager(self, chunk: int) -> Any:
         from s3transfer.manager import TransferConfig, TransferManager
@@ -71,8 +103,14 @@ class S3Bulk:
                     num_download_attempts=5,
                     max_io_queue_size=64,  # x 256 KiB io chunks waiting for the disk
                 )
-                self._managers[chunk] = TransferManager(self.client, config)
+                # daemon threads: an abandoned transfer must never hold the process open (threads.py)
+                self._managers[chunk] = TransferManager(self.client, config, executor_cls=DaemonThreadPool)
             return self._managers[chunk]
+
+
+def _shutdown_all(managers: list[Any]) -> None:
+    for manager in managers:
+        manager.shutdown()
 
 
 def _subscribers(progress: Callable[[int], None] | None) -> list[Any] | None:

@@ -32,6 +32,7 @@ from fsspec.callbacks import Callback
 
 from .errors import CheckpointCorruptError, StorageAccessError, StorageTimeoutError
 from .fs import MiB, ObjectFS
+from .threads import DaemonThreadPool
 
 MAX_PARTS = 10_000
 HASH_BLOCK = 8 * MiB
@@ -161,6 +162,7 @@ class _Tracker:
         self.files_total = len(items)
         self.bytes_done = self.files_done = 0
         self.lock = threading.Lock()
+        self.abandoned = threading.Event()  # the transfer missed its deadline: start nothing more
 
     def add(self, nbytes: int, file: str | None = None) -> None:
         with self.lock:
@@ -194,6 +196,10 @@ def _with_file_retries(
 ) -> None:
     attempts = fs.options.file_attempts
     for attempt in range(1, attempts + 1):
+        if (
+            tracker.abandoned.is_set()
+        ):  # a retry after the caller gave up would only compete with the next save
+            raise StorageTimeoutError(f"{verb} of {item.uri} abandoned after the deadline", item.uri)
         callback = _FileCallback(tracker)
         try:
             run(callback)
@@ -222,9 +228,7 @@ def _run_all(fs: ObjectFS, items: Sequence[TransferItem], one: Callable, tracker
     order = sorted(range(len(items)), key=lambda i: -items[i].size)
     deadline = fs.options.deadline_s
     start = time.monotonic()
-    pool = cf.ThreadPoolExecutor(
-        max_workers=min(fs.options.file_concurrency, len(items)), thread_name_prefix="ckpt-xfer"
-    )
+    pool = DaemonThreadPool(min(fs.options.file_concurrency, len(items)), thread_name_prefix="ckpt-xfer")
     futures = {pool.submit(one, items[i]): i for i in order}
     try:
         pending = set(futures)
@@ -239,7 +243,9 @@ def _run_all(fs: ObjectFS, items: Sequence[TransferItem], one: Callable, tracker
             for future in done:
                 future.result()  # re-raise the first failure
     except StorageTimeoutError:
+        tracker.abandoned.set()
         pool.shutdown(wait=False, cancel_futures=True)  # hung threads cannot be joined; the save fails now
+        fs.cancel_transfers({items[futures[f]].uri for f in futures if not f.done()})  # send no more parts
         raise
     except BaseException:
         pool.shutdown(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -85,3 +86,52 @@ def test_a_hung_upload_fails_the_save_within_its_deadline(s3_prefix, fault_proxy
     assert time.monotonic() - start < 3.5
     assert err.value.uri.endswith("hang.bin")
     assert store.latest() is None
+
+
+HUNG_SAVE = """
+import os, sys, time
+sys.path.append(sys.argv[3])  # for tests.storage.fault_proxy (appended: our operator/ must not shadow stdlib)
+from sphinxx.storage import CheckpointStore, StorageOptions, StorageTimeoutError
+from tests.storage.fault_proxy import FaultProxy, Rule
+
+proxy = FaultProxy(os.environ["AWS_ENDPOINT_URL"])
+options = StorageOptions(endpoint_url=proxy.endpoint_url, read_timeout_s=30, deadline_s=1.0)
+store = CheckpointStore(sys.argv[1], "run", options=options)
+store.latest()
+proxy.add(Rule("stall", method="PUT", path="hang.bin", stall_s=4))
+try:
+    with store.writer(1) as w:
+        w.upload_dir(sys.argv[2])
+except StorageTimeoutError:
+    print("save failed within its deadline", flush=True)
+proxy.close()  # the store goes away too: the abandoned upload can only fail now
+print(f"exiting at {time.monotonic():.3f}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_whose_save_hung_still_exits(s3_env, s3_prefix, make_ckpt, tmp_path):
+    # A save that missed its deadline leaves its upload behind; the process must still end
+    # (a training worker that failed a save is restarted by exiting), not wait on it forever.
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "hung_save.py"
+    script.write_text(HUNG_SAVE)
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, str(script), s3_prefix, make_ckpt({"hang.bin": 10}), root],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the process did not exit within 60 s after a failed save:\n{out}")
+    ended = time.monotonic()
+    assert proc.returncode == 0 and "save failed within its deadline" in out, out
+    exiting = float(re.search(r"exiting at ([0-9.]+)", out).group(1))
+    assert ended - exiting < 15, f"exit took {ended - exiting:.1f} s"

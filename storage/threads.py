@@ -1,0 +1,78 @@
+"""A thread pool whose threads never hold the process open.
+
+`concurrent.futures.ThreadPoolExecutor` joins its threads when the interpreter exits, so a
+transfer abandoned after its deadline (a stalled request that botocore keeps retrying) kept a
+process alive for minutes after its work was done, or for good once the pool refused the
+transfer's follow-up tasks at shutdown. A training worker that failed a save must be able to
+exit. The transfers this pool runs are safe to drop: nothing is visible on the store until
+its manifest is committed, and S3 lifecycle rules abort orphaned multipart uploads.
+Used for our file transfers and, through `executor_cls`, inside s3transfer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_STOP = object()
+
+
+class DaemonThreadPool(cf.Executor):
+    """`submit`/`shutdown` like ThreadPoolExecutor, on daemon threads started as work arrives."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "daemon-pool"):
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self._max_workers, self._prefix = max_workers, thread_name_prefix
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: cf.Future = cf.Future()
+            self._queue.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    item[0].cancel()
+            for _ in self._threads:
+                self._queue.put(_STOP)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            future, fn, args, kwargs = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as err:  # handed to whoever waits on the future
+                    future.set_exception(err)
+                del future, fn, args, kwargs, item  # drop references before idling
+            self._idle.release()
