@@ -195,7 +195,9 @@ class LocalSweep:
                 print(f"[{point.name}] already succeeded at step {result.step}; skipping (--resume)")
                 continue
             result.mlflow_run_id = tracker.child(point, state.parent_run_id, result.mlflow_run_id)
+            tracker.set_status(result.mlflow_run_id, "RUNNING")  # a resumed point's run opens again
             self._run_point(point, cfg, result, address)
+            tracker.set_status(result.mlflow_run_id, "FINISHED" if result.status == "succeeded" else "FAILED")
             state.save(self.state_path)
         tracker.finish_parent(state, self.workdir)
         state.save(self.state_path)
@@ -315,6 +317,13 @@ class _SweepTracker:
             "sphinxx.dev/data-fraction": str(point.fraction),
         }
         return self.client.create_run(self.experiment_id, tags=run_tags, run_name=point.name).info.run_id
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """Open (RUNNING) or end (FINISHED, FAILED) a point's run: the job leaves that to its owner."""
+        if status == "RUNNING":
+            self.client.update_run(run_id, status=status)
+        else:
+            self.client.set_terminated(run_id, status)
 
     def finish_parent(self, state: SweepState, workdir: Path) -> None:
         results = list(state.points.values())

@@ -152,4 +152,5 @@ def test_local_sweep_runs_is_interrupted_and_resumes(tmp_path: Path, synth) -> N
     parents = [r for r in runs if r.data.tags.get("sphinxx.dev/role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == 2  # the resume created no duplicates
+    assert {r.info.status for r in parents + children} == {"FINISHED"}  # each run ends with its point
     assert all(client.get_metric_history(c.info.run_id, "loss") for c in children)
