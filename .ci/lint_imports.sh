@@ -12,4 +12,4 @@ for d in model jobs operator storage; do
   (cd "$root" && find "$d" -name '*.py' -not -path '*/__pycache__/*' -exec cp --parents {} "$tree/sphinxx/" \;)
 done
 cd "$tree"
-PYTHONPATH="$tree" "$root/.venv/bin/lint-imports" --config "$root/pyproject.toml" --no-cache
+PYTHONPATH="$tree" "$root/.venv/bin/lint-imports" "$root/pyproject.toml" --no-cache

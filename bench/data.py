@@ -75,9 +75,9 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts")
     args = parser.parse_args()
 
-    from sphinxx.jobs.config import load_config
     from sphinxx.jobs.data.synth import write_synth
     from sphinxx.jobs.data.template import load_tokenizer
+    from sphinxx.jobs.schema.run import load_config
 
     tmp = tempfile.mkdtemp(prefix="bench-data-")
     server = None

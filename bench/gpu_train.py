@@ -106,9 +106,9 @@ def step_flops(model, batch) -> dict[str, float]:
 
 
 def build(args, device: str):
+    from sphinxx.model.flavors import get_sphinx_args
     from sphinxx.model.llm import apply_activation_checkpointing
     from sphinxx.model.sphinx import SphinxX
-    from sphinxx.model.sphinx_flavors import get_sphinx_args
 
     sargs = get_sphinx_args(args.flavor, max_seq_len=args.text + 1400)
     torch.manual_seed(0)

@@ -68,7 +68,7 @@ def main() -> int:
     from kubernetes import client
 
     from sphinxx.operator import decide
-    from sphinxx.operator.spec import validate_sweep
+    from sphinxx.jobs.sweep.points import admit_sweep
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     kube = start_kube(workdir / "kube")
@@ -86,7 +86,12 @@ def main() -> int:
             "kind": "ScalingSweep",
             "metadata": {"name": "bench", "namespace": "bench"},
             "spec": {
-                "base": {"preset": "debug", "storage": {"uri": "memory://bench"}},
+                "base": {
+                    "preset": "debug",
+                    "storage": {"uri": f"file://{workdir}/checkpoints"},
+                    # never read: no job runs here (admission only needs them named)
+                    "data": {"tokenizer": "s3://bench/tok", "sources": [{"name": "a", "uri": "s3://bench/a"}]},
+                },
                 "axes": {"models": MODELS, "dataFractions": fractions},
             },
         }
@@ -113,7 +118,7 @@ def main() -> int:
         elapsed = time.monotonic() - start
 
         obj = api.get_namespaced_custom_object("sphinxx.dev", "v1alpha1", "bench", "scalingsweeps", "bench")
-        spec = validate_sweep("bench", obj["spec"])
+        spec = admit_sweep("bench", obj["spec"])
         passes = []
         for _ in range(args.repeats):
             t = time.perf_counter()

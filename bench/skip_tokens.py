@@ -115,7 +115,7 @@ def run_once(model, batches, train: bool) -> float:
 
 
 def timing_report(sizes, batch: int, repeats: int, seed: int, scenario: str) -> None:
-    from sphinxx.model.sphinx_flavors import build_sphinx
+    from sphinxx.model.flavors import build_sphinx
 
     torch.manual_seed(seed)
     models = {"skip": build_sphinx("debug"), "noskip": build_sphinx("debug", use_skip_token=False)}

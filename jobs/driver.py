@@ -3,7 +3,7 @@
 Kept apart from the entrypoint (`train.py`) so that both halves are testable without Ray:
 
 - `prepare_run` stores the resolved config next to the checkpoints (`config.yaml`) and settles
-  the MLflow run (tracking.resolve_run_id): from the operator (MLFLOW_RUN_ID / tracking.run_id),
+  the MLflow run (tracking.resolve_run_id): from the operator (tracking.mlflow_run_id),
   from an earlier attempt (recorded in `run.json`), or created now and recorded. If MLflow is
   unreachable the job still starts: rank 0 creates the run once MLflow answers.
 - `run_summary` reads the committed state back from the store (the source of truth, not Ray's
@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sphinxx.jobs.config import RunConfig, to_yaml
+from sphinxx.jobs.schema.run import RunConfig, to_yaml
 from sphinxx.jobs.tracking import resolve_run_id
 
 log = logging.getLogger("sphinxx.driver")
@@ -33,7 +33,7 @@ def _store(cfg: RunConfig, attempt: int):
     from sphinxx.storage import CheckpointStore, StorageOptions
 
     options = StorageOptions(endpoint_url=cfg.storage.endpoint_url)
-    return CheckpointStore(cfg.storage.uri, cfg.name, attempt=attempt, options=options)
+    return CheckpointStore(cfg.storage.uri, cfg.run_id, attempt=attempt, options=options)
 
 
 def prepare_run(cfg: RunConfig, attempt: int, code_version: str) -> PreparedRun:
@@ -46,11 +46,11 @@ def prepare_run(cfg: RunConfig, attempt: int, code_version: str) -> PreparedRun:
         run_id, created = resolve_run_id(
             cfg.tracking.uri,
             cfg.tracking.experiment,
-            cfg.name,
-            cfg.tracking.run_id,
+            cfg.run_id,
+            cfg.tracking.mlflow_run_id,
             recorded,
-            cfg.tracking.parent_run_id,
-            tags={"sphinxx.run": cfg.name},
+            cfg.tracking.mlflow_parent_run_id,
+            tags={"sphinxx.run": cfg.run_id},
         )
     except Exception as err:  # noqa: BLE001 - tracking never blocks training
         log.warning("MLflow unreachable at start (%s); rank 0 will create the run when it answers", err)

@@ -18,6 +18,7 @@ and the fitted scaling law, and logs the fit and its plot on the parent run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,11 +30,12 @@ from typing import Any
 
 import yaml
 
-from sphinxx.jobs.config import ConfigError, RunConfig, from_dict, to_dict, to_yaml
-from sphinxx.operator import expand
-from sphinxx.operator.scaling_law import Point as FitPoint
-from sphinxx.operator.scaling_law import ScalingFit, fit, plot_png
-from sphinxx.operator.spec import ScalingSweepSpec, SpecError, parse
+from sphinxx.jobs.schema.fields import SchemaError
+from sphinxx.jobs.schema.flavors import FLAVORS
+from sphinxx.jobs.schema.run import RunConfig, from_dict, to_dict, to_yaml
+from sphinxx.jobs.sweep import points as expand
+from sphinxx.jobs.sweep.scaling_law import Point as FitPoint
+from sphinxx.jobs.sweep.scaling_law import ScalingFit, fit, plot_png
 
 SUMMARY_KEY = "sphinxx_summary"  # the job's final JSON line carries this key
 
@@ -83,16 +85,15 @@ def read_sweep(path: str) -> tuple[str, dict[str, Any]]:
     try:
         docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
     except (OSError, yaml.YAMLError) as err:
-        raise SpecError("", f"cannot read sweep file {path}: {err}") from None
+        raise SchemaError("", f"cannot read sweep file {path}: {err}") from None
     sweeps = [d for d in docs if d.get("kind") == "ScalingSweep"]
     if len(sweeps) != 1:
-        raise SpecError("kind", f"{path} must hold exactly one ScalingSweep; found {len(sweeps)}")
+        raise SchemaError("kind", f"{path} must hold exactly one ScalingSweep; found {len(sweeps)}")
     name = (sweeps[0].get("metadata") or {}).get("name")
     if not name:
-        raise SpecError("metadata.name", "is required")
+        raise SchemaError("metadata.name", "is required")
     raw = sweeps[0].get("spec") or {}
-    spec = parse(ScalingSweepSpec, raw, "spec")
-    expand.validate_points(name, spec, raw)
+    expand.admit_sweep(name, raw)
     return name, raw
 
 
@@ -100,12 +101,12 @@ def plan(
     name: str, raw: dict[str, Any], storage_uri: str, tracking_uri: str
 ) -> list[tuple[expand.Point, RunConfig]]:
     """Every point's resolved run config, smallest first, pointed at local storage and tracking."""
-    spec = parse(ScalingSweepSpec, raw, "spec")
+    spec = expand.admit_sweep(name, raw)
     out = []
     for point in expand.points(name, spec):
         run = expand.point_spec(raw, point)
         config = dict(run["config"])
-        config["name"] = point.name
+        config["run_id"] = point.name
         parallel = config.setdefault("parallel", {})
         for key, target in (("minWorkers", "min_workers"), ("maxWorkers", "max_workers")):
             if run.get(key) is not None:
@@ -139,7 +140,7 @@ def fit_points(results: list[PointResult]) -> list[FitPoint]:
     """Scaling-law inputs: N from the job's parameter count, D from the tokens it saw."""
     return [
         FitPoint(
-            params=r.num_params or expand.NOMINAL_PARAMS.get(r.model, 0.0),
+            params=r.num_params or float(FLAVORS[r.model].params),
             data=r.tokens or r.fraction,
             loss=r.loss,
         )
@@ -196,21 +197,25 @@ class LocalSweep:
                 continue
             result.mlflow_run_id = tracker.child(point, state.parent_run_id, result.mlflow_run_id)
             tracker.set_status(result.mlflow_run_id, "RUNNING")  # a resumed point's run opens again
-            self._run_point(point, cfg, result, address)
+            self._run_point(point, cfg, result, address, state.parent_run_id)
             tracker.set_status(result.mlflow_run_id, "FINISHED" if result.status == "succeeded" else "FAILED")
             state.save(self.state_path)
         tracker.finish_parent(state, self.workdir)
         state.save(self.state_path)
         return state
 
-    def _run_point(self, point: expand.Point, cfg: RunConfig, result: PointResult, ray_address: str) -> None:
+    def _run_point(
+        self, point: expand.Point, cfg: RunConfig, result: PointResult, ray_address: str, parent_run_id: str | None
+    ) -> None:
         config_path = self.workdir / "configs" / f"{point.name}.yaml"
         config_path.parent.mkdir(exist_ok=True)
-        config_path.write_text(to_yaml(cfg))
+        tracking = dataclasses.replace(
+            cfg.tracking, mlflow_run_id=result.mlflow_run_id, mlflow_parent_run_id=parent_run_id
+        )
+        config_path.write_text(to_yaml(dataclasses.replace(cfg, tracking=tracking)))
         env = {
             **os.environ,
             "RAY_ADDRESS": ray_address,
-            "MLFLOW_RUN_ID": result.mlflow_run_id or "",
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "SPHINXX_ATTEMPT": str(result.attempts + 1),
             "PYTHONUNBUFFERED": "1",
@@ -345,7 +350,7 @@ class _SweepTracker:
 def results_table(state: SweepState) -> str:
     header = f"{'point':<34} {'model':<16} {'data':>5} {'status':<10} {'step':>6} {'loss':>8} {'time':>6}"
     rows = [header, "-" * len(header)]
-    for r in sorted(state.points.values(), key=lambda r: (expand.NOMINAL_PARAMS.get(r.model, 0), r.fraction)):
+    for r in sorted(state.points.values(), key=lambda r: (FLAVORS[r.model].params, r.fraction)):
         loss = f"{r.loss:.4f}" if r.loss is not None else "-"
         rows.append(
             f"{r.name:<34} {r.model:<16} {r.fraction:>5.2f} {r.status:<10} {r.step if r.step is not None else '-':>6} {loss:>8} {r.seconds:>5.0f}s"
@@ -357,7 +362,7 @@ def fit_summary(state: SweepState) -> str:
     if not state.fit:
         return "scaling law: no finished points to fit"
     fitted = ScalingFit(**{**state.fit, "per_axis": []})
-    from sphinxx.operator.scaling_law import PowerLaw
+    from sphinxx.jobs.sweep.scaling_law import PowerLaw
 
     fitted.per_axis = [PowerLaw(**p) for p in state.fit.get("per_axis", [])]
     return "scaling law: " + fitted.summary()
@@ -373,7 +378,7 @@ def run_local(
 ) -> int:
     try:
         sweep = LocalSweep(file, workdir, storage_uri, tracking_uri, overrides)
-    except (SpecError, ConfigError) as err:
+    except SchemaError as err:
         print(f"error: invalid sweep {file}: {err}", file=sys.stderr)
         return 2
     print(f"sweep {sweep.name}: {len(sweep.points)} points -> {sweep.workdir}", flush=True)

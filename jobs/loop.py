@@ -33,9 +33,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sphinxx.jobs.config import RunConfig, flatten, from_dict, to_yaml
 from sphinxx.jobs.progress import ProgressPrinter, Throughput, peak_flops_per_device
 from sphinxx.jobs.schedule import Schedule
+from sphinxx.jobs.schema.run import RunConfig, flatten, from_dict, to_yaml
 from sphinxx.jobs.tracking import MLflowTracker, NullTracker, tracking_uri
 
 log = logging.getLogger("sphinxx.loop")
@@ -75,17 +75,12 @@ class StepStats:
 # ---------------------------------------------------------------------------- building
 
 
-def model_args(cfg: RunConfig, ep_size: int):
-    """SphinxArgs of the run: flavor + `model.overrides` (decoder fields) + EP size + kernel."""
-    from sphinxx.model.sphinx_flavors import get_sphinx_args
+def model_args(cfg: RunConfig):
+    """SphinxArgs of the run: the decoder admission checked (`run_decoder_args`) + towers + layout."""
+    from sphinxx.jobs.schema.run import run_decoder_args
+    from sphinxx.model.flavors import get_sphinx_args
 
-    overrides = dict(cfg.model.overrides)
-    if cfg.model.flavor in ("debug-moe", "mixtral-8x7b"):
-        overrides.setdefault("ep_size", ep_size)
-        overrides.setdefault("moe_kernel", cfg.model.moe_kernel)
-        overrides.setdefault("aux_loss_coef", cfg.train.aux_loss_coef)
-    overrides.setdefault("max_seq_len", max(cfg.data.seq_len, 64))
-    return get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, **overrides)
+    return get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg))
 
 
 def build_model(cfg: RunConfig, worker: Worker):
@@ -93,8 +88,8 @@ def build_model(cfg: RunConfig, worker: Worker):
     from sphinxx.model.llm import apply_activation_checkpointing
     from sphinxx.model.sphinx import SphinxX
 
-    ep_size = cfg.parallel.ep_size if cfg.model.flavor in ("debug-moe", "mixtral-8x7b") else 1
-    args = model_args(cfg, ep_size)
+    args = model_args(cfg)
+    ep_size = args.llm.ep_size
     # Same seed on every rank: replicated params start equal without a broadcast. (Expert
     # slices differ per EP rank by construction; real runs load converted weights.)
     torch.manual_seed(cfg.train.seed)
@@ -162,7 +157,7 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
     schedule = Schedule(total, cfg.train.lr, cfg.train.min_lr, cfg.train.warmup, cfg.train.schedule)
     store = CheckpointStore(
         cfg.storage.uri,
-        cfg.name,
+        cfg.run_id,
         attempt=worker.attempt,
         options=StorageOptions(endpoint_url=cfg.storage.endpoint_url),
     )
@@ -452,7 +447,7 @@ def _open_tracker(cfg: RunConfig, worker: Worker, store, model, restored_step: i
         store.write_run_manifest(code_version=worker.code_version, extra={"mlflow_run_id": run_id})
 
     tracker = MLflowTracker(
-        uri, worker.mlflow_run_id, cfg.tracking.experiment, cfg.name, on_created=record, retry_max_s=10.0
+        uri, worker.mlflow_run_id, cfg.tracking.experiment, cfg.run_id, on_created=record, retry_max_s=10.0
     )
     tracker.skip_through(restored_step)
     tracker.log_params(flatten(cfg))

@@ -56,14 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.config import ConfigError, to_yaml
     from sphinxx.jobs.local import plan, read_sweep
-    from sphinxx.operator.spec import SpecError
+    from sphinxx.jobs.schema.fields import SchemaError
+    from sphinxx.jobs.schema.run import to_yaml
 
     try:
         name, raw = read_sweep(args.file)
         points = plan(name, raw, storage_uri="file:///tmp/sphinxx", tracking_uri="sqlite:///mlflow.db")
-    except (SpecError, ConfigError) as err:
+    except SchemaError as err:
         print(f"error: invalid sweep {args.file}: {err}", file=sys.stderr)
         return 2
     for point, cfg in points:

@@ -1,8 +1,8 @@
 """MLflow tracking for a training run: one run across attempts, never a reason to stop training.
 
 Protocol (orchestration.md 3.6):
-- Run identity comes from outside when an operator runs us: `MLFLOW_RUN_ID` (env) or
-  `tracking.run_id` (config). Otherwise the job looks for the id it recorded next to its
+- Run identity comes from outside when an operator (or the local sweep runner) runs us:
+  `tracking.mlflow_run_id` in the config it wrote. Otherwise the job looks for the id it recorded next to its
   checkpoints on an earlier attempt, and only then creates a run and records its id there, so a
   retry continues the same run (`resolve_run_id`).
 - Only world rank 0 tracks (`MLflowTracker`); every other rank gets `NullTracker`, a no-op with
@@ -88,9 +88,8 @@ def resolve_run_id(
     tags: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
     """(run id, created) following the protocol above; raises if a run must be created and MLflow is down."""
-    explicit = os.environ.get("MLFLOW_RUN_ID") or configured
-    if explicit:
-        return explicit, False
+    if configured:
+        return configured, False
     if recorded:
         return recorded, False
     return create_run(uri, experiment, run_name, parent_run_id, tags), True

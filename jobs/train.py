@@ -14,9 +14,10 @@ What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
     {"sphinxx_summary": true, "status": "succeeded", "step": 50, "final_loss": 3.1, ...}
 
 Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
-Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_RUN_ID (overrides `name`),
-SPHINXX_ATTEMPT, MLFLOW_TRACKING_URI, MLFLOW_RUN_ID, MLFLOW_EXPERIMENT_NAME, AWS_ENDPOINT_URL(_S3)
-and the usual AWS credential chain; SPHINXX_WORKER_ENV (names to forward to workers) and
+The run's identity (`run_id`, the MLflow run in `tracking`) is in the config; the operator
+writes it there. Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_ATTEMPT
+(the attempt number), MLFLOW_TRACKING_URI (when the config names no tracking store),
+AWS_ENDPOINT_URL(_S3) and the usual AWS credential chain; SPHINXX_WORKER_ENV (names to forward to workers) and
 SPHINXX_SAMPLE_TRACE (a directory for the per-step sample audit trail, see loop.SampleTrace).
 """
 
@@ -30,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from sphinxx.jobs.config import ConfigError, RunConfig, load_config, to_dict
+from sphinxx.jobs.schema.run import ConfigError, RunConfig, check, check_runnable, load_config, to_dict
 
 log = logging.getLogger("sphinxx.train")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -44,23 +45,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """defaults <- preset <- config file <- overrides, plus what the environment pins down."""
+def read_config(args: argparse.Namespace) -> RunConfig:
+    """defaults <- preset <- config file <- overrides, checked like admission checks it, plus the
+    tracking store and S3 endpoint pinned down where the job starts."""
     from sphinxx.jobs.tracking import tracking_uri
 
     data = _read_yaml(args.config) if args.config else None
     cfg = load_config(preset=args.preset, data=data, overrides=args.overrides)
-    cfg.name = os.environ.get("SPHINXX_RUN_ID") or cfg.name
-    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        cfg.tracking.experiment = os.environ["MLFLOW_EXPERIMENT_NAME"]
     # Resolved here so that workers need no environment of their own (Ray's workers inherit the
     # raylet's environment, not the driver's).
     cfg.tracking.uri = tracking_uri(cfg.tracking.uri)
     if cfg.storage.uri.startswith("s3://") and not cfg.storage.endpoint_url:
         cfg.storage.endpoint_url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if cfg.storage.uri.startswith("memory://"):
-        raise ConfigError("storage.uri", "memory:// is per process; Ray workers need s3:// or file://")
-    return load_config(data=to_dict(cfg))  # re-validate what the environment changed
+    check_runnable(cfg)
+    return check(cfg)
 
 
 def _read_yaml(uri: str) -> dict[str, Any]:
@@ -98,7 +96,7 @@ def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
         ),
         torch_config=TorchConfig(backend="nccl" if par.gpus_per_worker else "gloo"),
         run_config=ray.train.RunConfig(
-            name=cfg.name,
+            name=cfg.run_id,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=par.max_failures),
@@ -130,7 +128,7 @@ def ray_storage(cfg: RunConfig):
     """Ray Train's storage: `<storage.uri>/<name>/ray`, through our s3fs (orchestration 3.1) on S3."""
     from sphinxx.storage import RunLayout, StorageOptions, open_fs
 
-    root = RunLayout.for_run(cfg.storage.uri, cfg.name).root + "/ray"
+    root = RunLayout.for_run(cfg.storage.uri, cfg.run_id).root + "/ray"
     scheme, rest = root.split("://", 1)
     if scheme == "file":
         return rest, None
@@ -156,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     summary: dict[str, Any] = {"sphinxx_summary": True, "status": "failed"}
     try:
-        cfg = resolve_config(parse_args(argv))
+        cfg = read_config(parse_args(argv))
     except (ConfigError, ValueError) as err:
         return _finish({**summary, "error": f"invalid config: {err}"}, EXIT_CONFIG)
     from sphinxx.jobs.driver import prepare_run, run_summary
 
     attempt = int(os.environ.get("SPHINXX_ATTEMPT", "1"))
     run = prepare_run(cfg, attempt, code_version())
-    summary.update(run_name=cfg.name, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
+    summary.update(run_name=cfg.run_id, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
     import ray
 
     if not ray.is_initialized():

@@ -56,12 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from sphinxx.jobs.schema.flavors import FLAVORS
     from sphinxx.model.anyres import CELL_SIZE
-    from sphinxx.model.sphinx_flavors import SPHINX_FLAVORS
 
-    for name, f in SPHINX_FLAVORS.items():
+    for name, f in FLAVORS.items():
         canvas = f.grid * CELL_SIZE
-        print(f"{name:16s} {f.paper_name or '-':16s} llm={f.llm:15s} vision={f.vision} canvas={canvas}")
+        kind = f"moe {f.num_experts}x top-{f.llm.top_k}" if f.is_moe else "dense"
+        print(f"{name:16s} {f.paper_name or '-':16s} {kind:14s} vision={f.vision} canvas={canvas}")
     return 0
 
 

@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
-from sphinxx.model.args import ModelArgs
-from sphinxx.model.flavors import HF_FAMILY, get_flavor
+from sphinxx.jobs.schema.decoder import ModelArgs
+from sphinxx.jobs.schema.flavors import resolve
+from sphinxx.model.flavors import get_flavor
 from sphinxx.model.state_dict_adapter import get_adapter
 
 CONFIG_NAME = "sphinxx_llm.json"
@@ -200,7 +201,7 @@ def convert_hf(
 ) -> dict[str, Any]:
     """Convert the HF checkpoint directory `src` for `flavor` into our layout under `out`.
 
-    family: adapter to use (default: flavors.HF_FAMILY[flavor]); overrides: ModelArgs fields to
+    family: adapter to use (default: the flavor's hf_family); overrides: ModelArgs fields to
     change (e.g. vocab_size); dtype: cast every tensor (default: keep the source dtype).
     Both paths are local (see module docstring). Raises ValueError when the checkpoint does
     not match the flavor, including any source tensor that the adapter did not consume.
@@ -209,7 +210,7 @@ def convert_hf(
     src, out = _local_dir(src, "source"), _local_dir(out, "output")
     # Experts are written whole; expert-parallel ranks slice them at load time.
     args = replace(get_flavor(flavor, **dict(overrides or {})), ep_size=1)
-    family = family or HF_FAMILY.get(flavor)
+    family = family or resolve(flavor).hf_family
     adapter = get_adapter(family, args)
     if (config := _read_hf_config(src)) is not None:
         adapter.check_hf_config(config)

@@ -1,98 +1,52 @@
-"""Named LLM flavors: the sweep's model-size axis values plus tiny CPU debug models.
+"""Building the named flavors: SPHINX-X args and models from the flavor table.
 
-Shapes follow the Hugging Face configs of each base (sphinx_x_model.md section 6.2). The names
-match `spec.axes.models` of a ScalingSweep. `count_params` builds a flavor on the meta device,
+The table itself (names, decoder shapes, vision towers, grid, exact parameter counts) is the
+project's vocabulary and lives in `sphinxx.jobs.schema.flavors`, where the torch-free operator
+reads it too. Here it becomes torch modules: `get_sphinx_args(name)` pairs the decoder with its
+vision preset and any-resolution layout, and `count_params` builds a decoder on the meta device
 so the published sizes can be checked (and shown by `sphinxx model info`) without memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 
-from sphinxx.model.args import ModelArgs
+from sphinxx.jobs.schema.decoder import ModelArgs
+from sphinxx.jobs.schema.flavors import FLAVORS, decoder_args, resolve
 
-LLM_FLAVORS: dict[str, ModelArgs] = {
-    # vocab 4096: small enough for the synthetic test tokenizer; override with vocab_size=...
-    "debug": ModelArgs(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, vocab_size=4096),
-    "debug-moe": ModelArgs(
-        dim=256,
-        n_layers=4,
-        n_heads=4,
-        n_kv_heads=2,
-        ffn_dim=512,
-        vocab_size=4096,
-        num_experts=8,
-        top_k=2,
-        moe_ffn_dim=128,
-    ),
-    # TinyLlama/TinyLlama-1.1B-intermediate-step-1195k-token-2.5T (SPHINX-Tiny)
-    "tinyllama-1.1b": ModelArgs(
-        dim=2048,
-        n_layers=22,
-        n_heads=32,
-        n_kv_heads=4,
-        ffn_dim=5632,
-        vocab_size=32000,
-        rope_theta=10000.0,
-    ),
-    # internlm/internlm2-7b (SPHINX-Intern2); HF dynamic RoPE scaling is inactive below 32768
-    "internlm2-7b": ModelArgs(
-        dim=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=8,
-        ffn_dim=14336,
-        vocab_size=92544,
-        rope_theta=1_000_000.0,
-        activation_checkpointing=True,
-    ),
-    # meta-llama/Llama-2-13b-hf (SPHINX-Plus, Plus-2K)
-    "llama2-13b": ModelArgs(
-        dim=5120,
-        n_layers=40,
-        n_heads=40,
-        n_kv_heads=40,
-        ffn_dim=13824,
-        vocab_size=32000,
-        rope_theta=10000.0,
-        activation_checkpointing=True,
-    ),
-    # mistralai/Mixtral-8x7B-v0.1 (SPHINX-MoE)
-    "mixtral-8x7b": ModelArgs(
-        dim=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=8,
-        ffn_dim=14336,
-        vocab_size=32000,
-        rope_theta=1_000_000.0,
-        num_experts=8,
-        top_k=2,
-        moe_ffn_dim=14336,
-        activation_checkpointing=True,
-    ),
-}
-
-# Which state-dict adapter reads each flavor's Hugging Face checkpoint (state_dict_adapter.py).
-HF_FAMILY: dict[str, str] = {
-    "debug": "llama",
-    "debug-moe": "mixtral",
-    "tinyllama-1.1b": "llama",
-    "internlm2-7b": "internlm2",
-    "llama2-13b": "llama",
-    "mixtral-8x7b": "mixtral",
-}
+__all__ = ["FLAVORS", "build_sphinx", "count_params", "get_flavor", "get_sphinx_args"]
 
 
 def get_flavor(name: str, **overrides) -> ModelArgs:
-    """A fresh copy of flavor `name` with `overrides` applied (e.g. vocab_size=len(tokenizer))."""
-    if name not in LLM_FLAVORS:
-        raise ValueError(f"unknown LLM flavor {name!r}; choose one of {sorted(LLM_FLAVORS)}")
-    known = {f.name for f in fields(ModelArgs)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown ModelArgs fields {unknown}; valid fields: {sorted(known)}")
-    return replace(LLM_FLAVORS[name], **overrides)
+    """A fresh copy of flavor `name`'s decoder with `overrides` applied (e.g. vocab_size=...)."""
+    return decoder_args(name, **overrides)
+
+
+def get_sphinx_args(name: str, use_skip_token: bool = True, llm: ModelArgs | None = None, **llm_overrides):
+    """SphinxArgs of flavor `name`: its decoder (or `llm`, already resolved) with `llm_overrides`,
+    its vision towers and its any-resolution layout."""
+    from sphinxx.model.anyres import AnyResConfig
+    from sphinxx.model.sphinx import SphinxArgs
+    from sphinxx.model.vision import VISION_PRESETS
+
+    flavor = resolve(name)
+    vision = replace(VISION_PRESETS[flavor.vision], convnext_view_size=flavor.convnext_view_size)
+    image = AnyResConfig(grid=flavor.grid, convnext_view_size=flavor.convnext_view_size, use_skip_token=use_skip_token)
+    decoder = replace(llm, **llm_overrides) if llm is not None else get_flavor(flavor.name, **llm_overrides)
+    return SphinxArgs(llm=decoder, vision=vision, image=image)
+
+
+def build_sphinx(name: str, device=None, use_skip_token: bool = True, **llm_overrides):
+    """Build flavor `name`; device="meta" for counting or for big models loaded afterwards."""
+    import torch
+
+    from sphinxx.model.sphinx import SphinxX
+
+    args = get_sphinx_args(name, use_skip_token=use_skip_token, **llm_overrides)
+    if device is None:
+        return SphinxX(args)
+    with torch.device(device):
+        return SphinxX(args)
 
 
 def count_params(args: ModelArgs, active: bool = False) -> int:

@@ -144,10 +144,11 @@ def model_info(
     flavor: str, image: tuple[int, int] | None = None, seq_len: int | None = None
 ) -> dict[str, Any]:
     """Everything `sphinxx model info` prints, as one JSON-ready dict."""
-    from sphinxx.model.sphinx_flavors import SPHINX_FLAVORS, build_sphinx, resolve_flavor
+    from sphinxx.jobs.schema.flavors import resolve
+    from sphinxx.model.flavors import build_sphinx
 
-    name = resolve_flavor(flavor)
-    spec = SPHINX_FLAVORS[name]
+    spec = resolve(flavor)
+    name = spec.name
     model = build_sphinx(name, device="meta")
     cfg = model.args.image
     counts = parameter_counts(model)
@@ -155,7 +156,7 @@ def model_info(
     out: dict[str, Any] = {
         "flavor": name,
         "paper_name": spec.paper_name,
-        "llm_flavor": spec.llm,
+        "llm_flavor": spec.name,
         "vision": spec.vision,
         "canvas": cfg.canvas,
         "grid": cfg.grid,

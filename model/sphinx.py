@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.anyres import (
     SLOT_SKIP,
     SLOT_VIEW,
@@ -45,7 +46,6 @@ from sphinxx.model.anyres import (
     ProcessedImage,
     num_visual_tokens,
 )
-from sphinxx.model.args import ModelArgs
 from sphinxx.model.llm import Transformer
 from sphinxx.model.vision import VisionArgs, VisionEncoders, load_vision_weights
 

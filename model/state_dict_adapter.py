@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sphinxx.model.args import ModelArgs
+from sphinxx.jobs.schema.decoder import ModelArgs
 
 Tensor = torch.Tensor
 
@@ -278,7 +278,7 @@ ADAPTERS: dict[str, type[StateDictAdapter]] = {
 
 
 def get_adapter(family: str, args: ModelArgs, **kwargs: Any) -> StateDictAdapter:
-    """The adapter for `family` (see flavors.HF_FAMILY); kwargs go to its constructor."""
+    """The adapter for `family` (see a flavor's hf_family); kwargs go to its constructor."""
     if family not in ADAPTERS:
         raise ValueError(f"unknown checkpoint family {family!r}; choose one of {sorted(ADAPTERS)}")
     return ADAPTERS[family](args, **kwargs)

@@ -1,17 +1,17 @@
-"""The CustomResourceDefinitions, generated from the spec dataclasses and the run-config schema.
+"""The CustomResourceDefinitions, generated from the schema's spec dataclasses and the run config.
 
 `sphinxx operator crds --output helm/sphinxx/crds` writes them; a test fails when the files in
-the chart drift from this code. The schemas are *structural* (what Kubernetes accepts):
+the chart drift from this code. The schemas come from the one field model
+(`sphinxx.jobs.schema.openapi`, `Dialect.CRD`), so they are *structural* (what Kubernetes
+accepts) and say what the operator's admission says wherever a CRD can say it:
 
-- the run-config JSON schema (`sphinxx.jobs.config.json_schema`) uses JSON-Schema forms that a
-  CRD rejects: `additionalProperties: false` (unknown fields are pruned, and rejected by
-  `kubectl apply`'s strict field validation instead), numeric `exclusiveMinimum` (a boolean
-  next to `minimum` in OpenAPI v3.0), `additionalProperties: true` (use
-  `x-kubernetes-preserve-unknown-fields`);
-- defaults are dropped inside run configs: the API server would write them into every object,
-  and a written default would then override the values of the `preset:` the user named;
-- `required` is dropped from the config's sections: a preset, the base under a size's config
-  layer, or the operator's defaults (`storage.uri` from the chart's bucket) may supply them.
+- unknown fields are pruned by the API server, and refused by `kubectl apply`'s strict field
+  validation;
+- a run-config layer (`spec.config`, `spec.base`, a size's `config`) has the run config's own
+  fields and constraints, without `required` (a preset, the sweep's base or the operator's
+  defaults may supply them) and without defaults (a written default would override the preset);
+- cross-field rules a CRD can express are CEL rules (`x-kubernetes-validations`); the rest
+  (resolving every point's config) only the operator's admission can check.
 
 `rendered()` also writes kopf's own peering CRDs (`KopfPeering`, `ClusterKopfPeering`), so that
 Helm installs them from `crds/` before any object of their kind: a chart with several operator
@@ -20,19 +20,22 @@ replicas then installs in one step.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sphinxx.jobs import config as run_config
+from sphinxx.jobs.schema.fields import Naming
+from sphinxx.jobs.schema.openapi import Dialect, schema_of
+from sphinxx.jobs.schema.resources import (
+    LAYER,
+    LAYER_WITH_PRESET,
+    ScalingSweepSpec,
+    TrainingRunSpec,
+)
+from sphinxx.jobs.schema.run import RunConfig, preset_names
 
 from . import names
-from .spec import Axes, ScalingSweepSpec, SizeOverride, TrainingRunSpec, camel
 
 CONDITION_SCHEMA = {
     "type": "object",
@@ -78,94 +81,22 @@ OVERRIDE_RULE = {
 # ------------------------------------------------------------------------- schema generation
 
 
-def structural(schema: dict[str, Any]) -> dict[str, Any]:
-    """Turn the run config's JSON schema into a structural OpenAPI v3.0 schema (see module doc)."""
-    out = copy.deepcopy(schema)
-    out.pop("default", None)
-    if out.get("x-kubernetes-preserve-unknown-fields"):
-        out.pop("additionalProperties", None)
-    elif out.get("additionalProperties") is False:
-        out.pop("additionalProperties")
-    if isinstance(out.get("exclusiveMinimum"), (int, float)) and not isinstance(
-        out["exclusiveMinimum"], bool
-    ):
-        out["minimum"] = out.pop("exclusiveMinimum")
-        out["exclusiveMinimum"] = True
-    if "properties" in out:
-        out["properties"] = {k: structural(v) for k, v in out["properties"].items()}
-    if "items" in out:
-        out["items"] = structural(out["items"])
-    return out
-
-
-def config_schema(description: str, preset: bool = True) -> dict[str, Any]:
-    """The run config, with its `preset:` key (a named base the fields are merged over)."""
-    schema = structural(run_config.json_schema())
+def config_layer_schema(description: str, preset: bool = True) -> dict[str, Any]:
+    """A run-config layer: the run config's fields, nothing required, plus `preset:` where allowed."""
+    schema = schema_of(RunConfig, Dialect.CRD, required=False)
     if preset:
-        schema["properties"] = {
-            "preset": {
-                "type": "string",
-                "enum": run_config.preset_names(),
-                "description": "named base config",
-            },
-            **schema["properties"],
-        }
-    # A preset, the sweep's base or the operator's defaults may provide them; the operator
-    # validates the merged result.
-    schema.pop("required", None)
-    for section in schema["properties"].values():
-        section.pop("required", None)
+        named = {"type": "string", "enum": preset_names(), "description": "named base config"}
+        schema["properties"] = {"preset": named, **schema["properties"]}
     schema["description"] = description
     return schema
 
 
-def dataclass_schema(cls: type) -> dict[str, Any]:
-    """OpenAPI schema of a spec dataclass, camelCase keys, constraints from field metadata."""
-    hints = typing.get_type_hints(cls)
-    props: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
-        help_text = meta.pop("help", "")
-        if f.name in ("config", "base") and cls in (TrainingRunSpec, ScalingSweepSpec, SizeOverride):
-            # A size's layer chooses no preset: the axes and spec.base do (spec.AXIS_FIELDS).
-            props[camel(f.name)] = config_schema(help_text, preset=cls is not SizeOverride)
-            continue
-        prop = _type_schema(hints[f.name], meta)
-        if help_text:
-            prop["description"] = help_text
-        props[camel(f.name)] = prop
-    return {"type": "object", "properties": props}
-
-
-def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        out = _type_schema(next(a for a in args if a is not type(None)), meta)
-        out["nullable"] = True
-        return out
-    if dataclasses.is_dataclass(tp):
-        return dataclass_schema(tp)
-    if origin is list:
-        item_meta = {k[len("items_") :]: v for k, v in meta.items() if k.startswith("items_")}
-        out = {"type": "array", "items": _type_schema(args[0], item_meta)}
-        if "minItems" in meta:
-            out["minItems"] = meta["minItems"]
-        return out
-    if origin is dict:
-        if args[1] is Any:
-            return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        return {"type": "object", "additionalProperties": _type_schema(args[1], {})}
-    if tp is Any:
-        return {"x-kubernetes-preserve-unknown-fields": True}
-    out: dict[str, Any] = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]}
-    for key in ("minimum", "maximum"):
-        if key in meta:
-            out[key] = meta[key]
-    if "exclusiveMinimum" in meta:
-        out.update(minimum=meta["exclusiveMinimum"], exclusiveMinimum=True)
-    if "enum" in meta:
-        out["enum"] = list(meta["enum"])
-    return out
+def spec_schema(cls: type) -> dict[str, Any]:
+    embed = {
+        LAYER_WITH_PRESET: config_layer_schema("run config layer", preset=True),
+        LAYER: config_layer_schema("run config layer", preset=False),
+    }
+    return schema_of(cls, Dialect.CRD, Naming.CAMEL, embed=embed)
 
 
 def _status_schema(properties: dict[str, Any]) -> dict[str, Any]:
@@ -253,13 +184,11 @@ SWEEP_STATUS = {
 
 
 def _crd(kind: str, plural: str, short: str, spec_cls: type, status: dict, columns: list) -> dict[str, Any]:
-    spec_schema = dataclass_schema(spec_cls)
+    spec = spec_schema(spec_cls)
     if spec_cls is TrainingRunSpec:
-        spec_schema["x-kubernetes-validations"] = [WORKER_RULE]
+        spec["x-kubernetes-validations"] = [WORKER_RULE]
     else:
-        spec_schema["required"] = ["axes"]
-        spec_schema["properties"]["overrides"]["x-kubernetes-validations"] = [OVERRIDE_RULE]
-        spec_schema["properties"]["axes"]["required"] = [camel(f.name) for f in dataclasses.fields(Axes)]
+        spec["properties"]["overrides"]["x-kubernetes-validations"] = [OVERRIDE_RULE]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -290,7 +219,7 @@ def _crd(kind: str, plural: str, short: str, spec_cls: type, status: dict, colum
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": spec_schema,
+                                "spec": spec,
                                 "status": _status_schema(status),
                             },
                         }

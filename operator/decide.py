@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sphinxx.jobs.schema.resources import FailurePolicy, ScalingSweepSpec
+from sphinxx.jobs.schema.status import TERMINAL_RUN_PHASES
+from sphinxx.jobs.sweep.points import points
+
 from . import expand, names, status
-from .spec import FailurePolicy, ScalingSweepSpec
 
 Event = tuple[str, str, str]  # (type Normal|Warning, reason, message)
 
@@ -88,7 +91,7 @@ def decide_run(obs: RunObserved) -> RunAction:
     resumable = attempt > 1 or obs.checkpoint is not None
     if not obs.admitted and attempt == 0:
         phase, reason, message = "Pending", "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
-    elif obs.suspend and old_phase not in expand.TERMINAL_PHASES:
+    elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
         if obs.queued and not job.terminal and job.outcome != "none":
             # Kueue owns spec.suspend of a queued RayJob (orchestration.md 1.3); a job it holds
             # suspended would start on admission, so our suspend deletes the attempt instead.
@@ -135,7 +138,7 @@ def decide_run(obs: RunObserved) -> RunAction:
     if act.create_attempt is not None:
         st.pop("lastFailureTime", None)
         st["attempt"] = act.create_attempt
-    if phase in expand.TERMINAL_PHASES and old_phase != phase:
+    if phase in TERMINAL_RUN_PHASES and old_phase != phase:
         act.finish_tracking = "FINISHED" if phase == "Succeeded" else "FAILED"
     if phase != old_phase:
         kind = "Warning" if phase == "Failed" else "Normal"
@@ -217,7 +220,7 @@ def decide_sweep(
 ) -> SweepAction:
     meta, st = sweep["metadata"], copy.deepcopy(sweep.get("status") or {})
     generation = int(meta.get("generation", 1))
-    ordered = expand.points(meta["name"], spec)
+    ordered = points(meta["name"], spec)
     desired = [expand.child_manifest(sweep, sweep["spec"], p) for p in ordered]
     by_name = {c["metadata"]["name"]: c for c in children}
     plan = expand.plan_children(desired, children)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-GROUP = "sphinxx.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from sphinxx.jobs.schema.resources import API_VERSION, GROUP, VERSION
+
+__all__ = ["API_VERSION", "GROUP", "VERSION"]  # the API version lives with the specs
 
 LABEL_SWEEP = f"{GROUP}/sweep"
 LABEL_RUN = f"{GROUP}/trainingrun"
@@ -59,19 +59,3 @@ def run_id(namespace: str, name: str, uid: str) -> str:
     """
     base = re.sub(r"[^a-z0-9.-]", "-", name.lower())[: RUN_ID_MAX - 9].strip("-.") or "run"
     return f"{base}-{_hash(namespace, name, uid, length=8)}"
-
-
-def fraction_code(fraction: float) -> str:
-    """0.25 -> '25', 1.0 -> '100', 0.125 -> '12p5': a data fraction as a name-safe percentage."""
-    percent = f"{fraction * 100:.4f}".rstrip("0").rstrip(".")
-    return percent.replace(".", "p")
-
-
-def point_name(sweep: str, model: str, fraction: float) -> str:
-    """TrainingRun name of one sweep point: `<sweep>-<model>-d<percent>`, hashed when too long."""
-    suffix = f"-{model.replace('.', '-')}-d{fraction_code(fraction)}"
-    name = f"{sweep}{suffix}"
-    if len(name) <= RUN_ID_MAX - 9:  # leaves room for run_id's hash suffix without cutting
-        return name
-    tail = f"-{_hash(sweep, model, fraction)}"
-    return (sweep[: RUN_ID_MAX - 9 - len(suffix) - len(tail)].rstrip("-.") + suffix + tail)[: RUN_ID_MAX - 9]

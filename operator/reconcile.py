@@ -18,13 +18,18 @@ from typing import Any
 
 import yaml
 
-from sphinxx.jobs import config as run_config
+from sphinxx.jobs.schema import run as run_config
+from sphinxx.jobs.schema.admission import admit_run, resolve_layer
+from sphinxx.jobs.schema.fields import SchemaError
+from sphinxx.jobs.schema.flavors import FLAVORS
+from sphinxx.jobs.schema.status import TERMINAL_RUN_PHASES
+from sphinxx.jobs.sweep import mlflow_runs as tracking
+from sphinxx.jobs.sweep.points import admit_sweep
 
-from . import checkpoints, decide, expand, names, status, tracking
+from . import checkpoints, decide, expand, names, status
 from .kube import Kube
 from .render import Attempt, render_rayjob, worker_bounds
 from .settings import Settings
-from .spec import SpecError, resolve_config, validate_run, validate_sweep
 
 log = logging.getLogger("sphinxx.operator")
 ANNOTATION_PARENT_RUN = f"{names.GROUP}/mlflow-parent-run-id"
@@ -70,7 +75,7 @@ def _events(kube: Kube, obj: dict[str, Any], events: list[decide.Event]) -> None
             log.warning("event %s on %s not posted: %s", reason, obj["metadata"]["name"], err)
 
 
-def mark_invalid(kube: Kube, obj: dict[str, Any], err: SpecError, resource: str) -> None:
+def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: str) -> None:
     """A bad spec: phase Failed, condition Invalid naming the field path, one event; nothing created."""
     _, now_iso = _now()
     generation = int(obj["metadata"].get("generation", 1))
@@ -143,11 +148,11 @@ def reconcile_run(kube: Kube, namespace: str, name: str, settings: Settings) -> 
         if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj):
             return None
         try:
-            spec, cfg = validate_run(name, _run_spec(obj, settings))
-        except SpecError as err:
+            admitted = admit_run(name, _run_spec(obj, settings))
+        except SchemaError as err:
             mark_invalid(kube, obj, err, "trainingruns")
             return None
-        return _reconcile_valid_run(kube, obj, spec, cfg, settings)
+        return _reconcile_valid_run(kube, obj, admitted.spec, admitted.config, settings)
 
 
 def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -183,7 +188,7 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], spec, cfg, settings: S
     job = status.observe_rayjob(rayjob)
     cluster_bounds = _cluster_bounds(kube, namespace, job) if job.outcome == "running" else None
     checkpoint = None
-    if int(old.get("attempt", 0)) > 0 and old.get("phase") not in expand.TERMINAL_PHASES:
+    if int(old.get("attempt", 0)) > 0 and old.get("phase") not in TERMINAL_RUN_PHASES:
         checkpoint = _latest(cfg, run_id)
     obs = decide.RunObserved(
         generation=generation,
@@ -239,12 +244,12 @@ def _create_attempt(kube, obj, spec, cfg, st, act, run_id, tracking_uri, checkpo
     meta = obj["metadata"]
     job_cfg = dataclasses.replace(
         cfg,
-        name=run_id,
+        run_id=run_id,
         tracking=dataclasses.replace(
             cfg.tracking,
             uri=tracking_uri,
-            run_id=st.get("mlflowRunId"),
-            parent_run_id=_annotations(obj).get(ANNOTATION_PARENT_RUN),
+            mlflow_run_id=st.get("mlflowRunId"),
+            mlflow_parent_run_id=_annotations(obj).get(ANNOTATION_PARENT_RUN),
         ),
     )
     # Plain YAML of the resolved dataclasses (what `load_config(file=...)` reads back); much
@@ -256,13 +261,9 @@ def _create_attempt(kube, obj, spec, cfg, st, act, run_id, tracking_uri, checkpo
         name=meta["name"],
         uid=meta["uid"],
         attempt=act.create_attempt,
-        run_id=run_id,
         config_uri=config_uri,
         image=image,
         sweep=(meta.get("labels") or {}).get(names.LABEL_SWEEP),
-        tracking_uri=tracking_uri,
-        mlflow_run_id=st.get("mlflowRunId"),
-        resume_step=checkpoint.step if checkpoint else None,
         resume_uri=checkpoint.uri if checkpoint else None,
         suspend=spec.suspend,
     )
@@ -326,15 +327,15 @@ def finalize_run(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
         kube.delete("rayjobs", namespace, rayjob["metadata"]["name"])
     spec = obj.get("spec") or {}
     try:
-        _, cfg = validate_run(name, _run_spec(obj, settings))
-    except SpecError:
+        cfg = admit_run(name, _run_spec(obj, settings)).config
+    except SchemaError:
         return
     uri, run_id = cfg.tracking.uri or settings.tracking_uri, st.get("mlflowRunId")
     delete = spec.get("deletePolicy") == "Delete"
     try:
         if uri and run_id and delete:
             tracking.delete_run(uri, run_id)
-        elif uri and run_id and st.get("phase") not in expand.TERMINAL_PHASES:
+        elif uri and run_id and st.get("phase") not in TERMINAL_RUN_PHASES:
             tracking.finish_run(uri, run_id, "KILLED")
     except tracking.TrackingUnavailable as err:  # deletion must not hang on MLflow
         log.warning("MLflow run %s of %s/%s not updated on deletion: %s", run_id, namespace, name, err)
@@ -351,9 +352,8 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -
         if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj, sweep=True):
             return
         try:
-            spec = validate_sweep(name, settings.defaults.apply_sweep(obj.get("spec") or {}))
-            expand.validate_points(name, spec, obj["spec"], settings.defaults)
-        except SpecError as err:
+            spec = admit_sweep(name, settings.defaults.apply_sweep(obj.get("spec") or {}), settings.defaults.apply_run)
+        except SchemaError as err:
             mark_invalid(kube, obj, err, "scalingsweeps")
             return
         _reconcile_valid_sweep(kube, obj, spec, settings)
@@ -363,7 +363,7 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Sett
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     _, now_iso = _now()
-    base = resolve_config(settings.defaults.apply_config(obj["spec"].get("base") or {}), "spec.base")
+    base = resolve_layer(settings.defaults.apply_config(obj["spec"].get("base") or {}), "spec.base")
     tracking_uri = base.tracking.uri or settings.tracking_uri
     parent = (obj.get("status") or {}).get("mlflowRunId")
     if tracking_uri and not parent:
@@ -429,12 +429,12 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Sett
 def _fit(rows: list[dict[str, Any]], tracking_uri: str | None, parent: str | None) -> dict[str, Any]:
     """Fit the scaling law over the succeeded points; log it (and its plot) on the parent run."""
     try:
-        from .scaling_law import Point, fit, plot_png
+        from sphinxx.jobs.sweep.scaling_law import Point, fit, plot_png
     except ImportError as err:  # numpy/scipy missing: the sweep is still complete
         return {"error": f"scaling-law fit unavailable: {err}"}
     points = [
         Point(
-            params=expand.NOMINAL_PARAMS.get(r["model"], 0.0), data=r["dataFraction"], loss=float(r["loss"])
+            params=float(FLAVORS[r["model"]].params), data=r["dataFraction"], loss=float(r["loss"])
         )
         for r in rows
         if r.get("loss") is not None
@@ -458,13 +458,13 @@ def finalize_sweep(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
     """Deletion: the points go by owner references (their own finalizers end their runs)."""
     st = obj.get("status") or {}
     try:
-        base = resolve_config(
+        base = resolve_layer(
             settings.defaults.apply_config((obj.get("spec") or {}).get("base") or {}), "spec.base"
         )
-    except SpecError:
+    except SchemaError:
         return
     uri, run_id = base.tracking.uri or settings.tracking_uri, st.get("mlflowRunId")
-    if uri and run_id and st.get("phase") not in expand.TERMINAL_PHASES:
+    if uri and run_id and st.get("phase") not in TERMINAL_RUN_PHASES:
         try:
             tracking.finish_run(uri, run_id, "KILLED")
         except tracking.TrackingUnavailable as err:

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from sphinxx.jobs.config import RunConfig
+from sphinxx.jobs.schema.resources import TrainingRunSpec
+from sphinxx.jobs.schema.run import RunConfig
 
 from . import names
-from .spec import TrainingRunSpec, workers
 
 RAY_VERSION = "2.60.0"
 TTL_SECONDS_AFTER_FINISHED = 300  # keep the finished cluster briefly for log collection
@@ -32,20 +32,20 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 @dataclass(frozen=True)
 class Attempt:
-    """Everything about one attempt that is not in the TrainingRun spec."""
+    """Everything about one attempt that is not in the TrainingRun spec or its run config.
+
+    The run's identity (run id, MLflow run, tracking store) travels in the stored run config the
+    job reads (`config_uri`), nowhere else.
+    """
 
     namespace: str
     name: str  # the TrainingRun
     uid: str
     attempt: int  # 1, 2, ...
-    run_id: str  # stable across attempts (names.run_id)
     config_uri: str  # the resolved config, stored next to the checkpoints
     image: str
     sweep: str | None = None
-    tracking_uri: str | None = None
-    mlflow_run_id: str | None = None
-    resume_step: int | None = None  # the committed checkpoint this attempt starts from
-    resume_uri: str | None = None
+    resume_uri: str | None = None  # the committed checkpoint this attempt starts from (annotation)
     suspend: bool = False
 
     @property
@@ -54,27 +54,14 @@ class Attempt:
 
 
 def worker_bounds(spec: TrainingRunSpec, cfg: RunConfig) -> tuple[int, int]:
-    """Worker pods (min, max): ceil(workers / workers per pod)."""
-    low, high = workers(spec, cfg)
+    """Worker pods (min, max): ceil(workers / workers per pod); the config carries the run's bounds."""
     per_pod = spec.resources.workers_per_pod
-    return math.ceil(low / per_pod), math.ceil(high / per_pod)
+    return math.ceil(cfg.parallel.min_workers / per_pod), math.ceil(cfg.parallel.max_workers / per_pod)
 
 
 def runtime_env(att: Attempt, cfg: RunConfig) -> dict[str, Any]:
-    env = {
-        "SPHINXX_RUN_ID": att.run_id,
-        "SPHINXX_ATTEMPT": str(att.attempt),
-        "SPHINXX_TRAININGRUN": f"{att.namespace}/{att.name}",
-        "SPHINXX_STORAGE_PREFIX": cfg.storage.uri,
-        "MLFLOW_EXPERIMENT_NAME": cfg.tracking.experiment,
-    }
-    if att.resume_step is not None:
-        env["SPHINXX_RESUME_STEP"] = str(att.resume_step)
-        env["SPHINXX_RESUME_URI"] = att.resume_uri or ""
-    if att.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = att.tracking_uri
-    if att.mlflow_run_id:
-        env["MLFLOW_RUN_ID"] = att.mlflow_run_id
+    """The attempt number, and the S3 endpoint for libraries that read it from the environment."""
+    env = {"SPHINXX_ATTEMPT": str(att.attempt)}
     if cfg.storage.endpoint_url:
         env["AWS_ENDPOINT_URL"] = cfg.storage.endpoint_url
     return {"env_vars": env}
@@ -161,8 +148,7 @@ def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[s
         annotations[names.ANNOTATION_RESUME_FROM] = att.resume_uri
     if spec.queue_name:
         labels[names.KUEUE_QUEUE] = spec.queue_name
-        low, high = workers(spec, cfg)
-        if low < high:
+        if cfg.parallel.min_workers < cfg.parallel.max_workers:
             annotations[names.KUEUE_ELASTIC] = "true"
     job_spec: dict[str, Any] = {
         "entrypoint": f"python -m sphinxx.jobs.train --config {shlex.quote(att.config_uri)}",

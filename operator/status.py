@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .expand import NOMINAL_PARAMS, Point
+from sphinxx.jobs.schema.flavors import FLAVORS
+from sphinxx.jobs.sweep.points import Point
 
 if TYPE_CHECKING:  # numpy/scipy stay out of the import path of a status mapping
-    from .scaling_law import ScalingFit
+    from sphinxx.jobs.sweep.scaling_law import ScalingFit
 
 RUN_PHASES = ("Pending", "Running", "Resuming", "Succeeded", "Failed", "Suspended")
 RUN_CONDITIONS = ("Ready", "Running", "Resuming", "Suspended", "Succeeded", "Failed")
@@ -188,7 +189,7 @@ def rollup(
             }
         )
         if phase == "Succeeded" and loss is not None:
-            scaling.append((NOMINAL_PARAMS.get(point.model, 0.0), point.fraction, float(loss)))
+            scaling.append((float(FLAVORS[point.model].params), point.fraction, float(loss)))
     done = counts["succeeded"] + counts["failed"]
     if suspended:
         phase = "Suspended"

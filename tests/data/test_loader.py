@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sphinxx.jobs.config import load_config
 from sphinxx.jobs.data.format import SourceWriter, record_to_json
 from sphinxx.jobs.data.loader import TooManyBadRecordsError, build_data
+from sphinxx.jobs.schema.run import load_config
 from sphinxx.model.anyres import AnyResConfig, num_visual_tokens
 
 TURNS = [("<image>\nWhat is shown?", "A square."), ("And its color?", "Red.")]
@@ -160,7 +160,7 @@ def test_a_micro_batch_with_nothing_usable_still_has_one_target_free_row(tmp_pat
 
 def test_batches_feed_the_model_and_respect_seq_len(synth_root, synth_tokenizer) -> None:
     """The contract with sphinxx.model: the debug SphinxX takes the batches as they come."""
-    from sphinxx.model.sphinx_flavors import build_sphinx
+    from sphinxx.model.flavors import build_sphinx
     from tests.data.conftest import run_config
 
     # canvas 224 (two views per image) keeps the CPU forward quick; the 448 layout is the model's tests' job.

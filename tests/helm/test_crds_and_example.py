@@ -16,8 +16,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from sphinxx.jobs import config as run_config
-from sphinxx.operator import expand, spec
+from sphinxx.jobs.schema.admission import admit_run
+from sphinxx.jobs.schema.flavors import SIZE_AXIS
+from sphinxx.jobs.sweep import points as expand
 
 from .conftest import ROOT
 
@@ -71,10 +72,9 @@ def test_example_sweep_passes_the_crd_schema(chart: Any) -> None:
 def test_example_sweep_passes_the_operator_validation() -> None:
     sweep = _example()
     name, raw = sweep["metadata"]["name"], sweep["spec"]
-    parsed = spec.validate_sweep(name, raw)
-    expand.validate_points(name, parsed, raw)
+    parsed = expand.admit_sweep(name, raw)
     points = expand.points(name, parsed)
-    assert sorted({p.model for p in points}) == sorted(run_config.PUBLISHED_FLAVORS)
+    assert sorted({p.model for p in points}) == sorted(SIZE_AXIS)
     assert sorted({p.fraction for p in points}) == [0.25, 0.5, 1.0]
     assert len(points) == 12
 
@@ -82,10 +82,10 @@ def test_example_sweep_passes_the_operator_validation() -> None:
 def test_example_sweep_uses_the_paper_recipe() -> None:
     sweep = _example()
     raw = sweep["spec"]
-    parsed = spec.validate_sweep(sweep["metadata"]["name"], raw)
+    parsed = expand.admit_sweep(sweep["metadata"]["name"], raw)
     peak_lr = {}
     for point in expand.points(sweep["metadata"]["name"], parsed):
-        _, cfg = spec.validate_run(point.name, expand.point_spec(raw, point))
+        cfg = admit_run(point.name, expand.point_spec(raw, point)).config
         train = cfg.train
         assert (train.global_batch, train.schedule, train.warmup, tuple(train.betas)) == (
             256,

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from sphinxx.cli import build_parser as sphinxx_parser
-from sphinxx.operator import kubectl_plugin, names, reconcile, tracking
+from sphinxx.jobs.sweep import mlflow_runs as tracking
+from sphinxx.operator import kubectl_plugin, names, reconcile
 
 from .conftest import ROOT
 

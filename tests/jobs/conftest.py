@@ -51,7 +51,7 @@ def tiny_config(
     """A run config for the tests: `sections` are merged over the defaults below."""
     cfg: dict[str, Any] = {
         "preset": "debug",
-        "name": name,
+        "run_id": name,
         "model": {"overrides": dict(TINY_MODEL)},
         "data": {
             "tokenizer": synth.tokenizer_uri,

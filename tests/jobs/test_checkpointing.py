@@ -19,14 +19,14 @@ TINY_MOE = {**TINY, "num_experts": 4, "top_k": 2, "moe_ffn_dim": 16}
 
 
 def _cfg(flavor: str, zero_stage: int, ep_size: int, storage: str):
-    from sphinxx.jobs.config import load_config
+    from sphinxx.jobs.schema.run import load_config
 
     return load_config(
         preset=flavor,
         data={"model": {"overrides": TINY_MOE if flavor == "debug-moe" else TINY}},
         overrides=[
             f"storage.uri={storage}",
-            "name=ckpt-test",
+            "run_id=ckpt-test",
             f"parallel.zero_stage={zero_stage}",
             f"parallel.ep_size={ep_size}",
             f"parallel.min_workers={ep_size}",

@@ -8,34 +8,39 @@ import pickle
 import pytest
 
 from sphinxx.jobs import train
-from sphinxx.jobs.config import ConfigError
+from sphinxx.jobs.schema.run import ConfigError
+
+DATA = ["data.tokenizer=/data/tok", "data.sources=[{name: a, uri: /data/a}]"]
 
 
 def _resolve(*overrides: str, preset: str = "debug"):
-    return train.resolve_config(train.parse_args(["--preset", preset, *overrides]))
+    return train.read_config(train.parse_args(["--preset", preset, *DATA, *overrides]))
 
 
-def test_environment_pins_run_identity_tracking_and_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPHINXX_RUN_ID", "trun-abc")
+def test_identity_is_the_configs_the_environment_only_fills_the_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPHINXX_RUN_ID", "trun-abc")  # neither is read: identity travels in the config
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweep-x")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
-    cfg = _resolve("storage.uri=s3://bucket/prefix", "train.steps=7")
-    assert (cfg.name, cfg.tracking.experiment, cfg.tracking.uri) == (
-        "trun-abc",
-        "sweep-x",
-        "http://mlflow:5000",
-    )
+    cfg = _resolve("storage.uri=s3://bucket/prefix", "train.steps=7", "run_id=mine")
+    assert (cfg.run_id, cfg.tracking.experiment, cfg.tracking.uri) == ("mine", "sphinxx", "http://mlflow:5000")
     assert cfg.storage.endpoint_url == "http://minio:9000" and cfg.train.steps == 7
+
+
+def test_a_config_the_run_cannot_train_on_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.main(["--preset", "debug", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["error"].startswith("invalid config: data.sources: is empty")
 
 
 def test_config_file_from_a_uri_layers_over_the_preset(tmp_path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(
-        "preset: debug-moe\nname: from-file\ntrain: {steps: 3}\nstorage: {uri: 'file:///tmp/x'}\n"
+        "preset: debug-moe\nrun_id: from-file\ntrain: {steps: 3}\nstorage: {uri: 'file:///tmp/x'}\n"
+        "data: {tokenizer: /tok, sources: [{name: a, uri: /a}]}\n"
     )
-    cfg = train.resolve_config(train.parse_args(["--config", path.as_uri(), "train.lr=0.5"]))
-    assert (cfg.name, cfg.model.flavor, cfg.train.steps, cfg.train.lr) == ("from-file", "debug-moe", 3, 0.5)
+    cfg = train.read_config(train.parse_args(["--config", path.as_uri(), "train.lr=0.5"]))
+    assert (cfg.run_id, cfg.model.flavor, cfg.train.steps, cfg.train.lr) == ("from-file", "debug-moe", 3, 0.5)
 
 
 def test_bad_configs_exit_2_with_a_summary_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
@@ -45,15 +50,15 @@ def test_bad_configs_exit_2_with_a_summary_line(capsys: pytest.CaptureFixture[st
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["sphinxx_summary"] and summary["status"] == "failed"
     assert "does not exist" in summary["error"]
-    assert train.main(["--preset", "debug", "train.lr=-1", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
+    assert train.main(["--preset", "debug", *DATA, "train.lr=-1", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
     assert "train.lr" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
 
 
 def test_ray_storage_is_the_run_root_and_picklable_on_s3(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    path, fs = train.ray_storage(_resolve("name=r1", "storage.uri=file:///data/ckpt"))
+    path, fs = train.ray_storage(_resolve("run_id=r1", "storage.uri=file:///data/ckpt"))
     assert (path, fs) == ("/data/ckpt/r1/ray", None)
-    path, fs = train.ray_storage(_resolve("name=r1", "storage.uri=s3://bucket/sweeps/a"))
+    path, fs = train.ray_storage(_resolve("run_id=r1", "storage.uri=s3://bucket/sweeps/a"))
     assert path == "bucket/sweeps/a/r1/ray"
     clone = pickle.loads(pickle.dumps(fs))  # Ray ships it to the controller and workers
     assert clone.type_name == fs.type_name
@@ -84,4 +89,4 @@ def test_default_tracking_store_is_pinned_where_the_job_started(
     monkeypatch.chdir(worker)
     MlflowClient(cfg.tracking.uri).create_experiment("pinned")
     assert any(launch.iterdir()) and not any(worker.iterdir())
-    assert train.resolve_config(train.parse_args(["--preset", "debug"])).tracking.uri != cfg.tracking.uri
+    assert _resolve().tracking.uri != cfg.tracking.uri

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sphinxx.jobs.local import PointResult, fit_points, parse_summary, plan, read_sweep
-from sphinxx.operator.spec import SpecError
+from sphinxx.jobs.schema.fields import SchemaError as SpecError
 
 from .conftest import SOURCES, TINY_MODEL
 
@@ -50,7 +50,7 @@ def test_plan_expands_like_the_operator_and_localises_paths(tmp_path: Path, monk
     ]
     for point, cfg in points:
         assert (
-            cfg.name == point.name and cfg.model.flavor == point.model and cfg.data.fraction == point.fraction
+            cfg.run_id == point.name and cfg.model.flavor == point.model and cfg.data.fraction == point.fraction
         )
         assert cfg.storage.uri == "file:///ck" and cfg.tracking.uri == "sqlite:///m.db"
         assert cfg.data.tokenizer == str(tmp_path / "data/tok")  # Ray workers run elsewhere

@@ -20,8 +20,8 @@ def test_run_id_resolution_order(mlflow_server, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     assert resolve_run_id(uri, "e", "r", configured="cfg", recorded="rec") == ("cfg", False)
     assert resolve_run_id(uri, "e", "r", configured=None, recorded="rec") == ("rec", False)
-    monkeypatch.setenv("MLFLOW_RUN_ID", "env")
-    assert resolve_run_id(uri, "e", "r", configured="cfg", recorded="rec") == ("env", False)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "env")  # not read: the run id travels in the config
+    assert resolve_run_id(uri, "e", "r", configured="cfg", recorded="rec") == ("cfg", False)
     monkeypatch.delenv("MLFLOW_RUN_ID")
     run_id, created = resolve_run_id(uri, "resolve-test", "r", None, None, tags={"k": "v"})
     assert created

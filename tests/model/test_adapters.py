@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 import pytest
 import torch
 
-from sphinxx.model.args import ModelArgs
+from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.llm import Attention, Transformer
 from sphinxx.model.state_dict_adapter import (
     InternLM2Adapter,

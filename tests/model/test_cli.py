@@ -36,7 +36,7 @@ def test_info_text_and_errors(capsys) -> None:
     assert main(["model", "info", "debug", "--image", "300x900"]) == 0
     assert "779 tokens, 3 real views, 2 skipped" in capsys.readouterr().out
     assert main(["model", "info", "no-such-model"]) == 2
-    assert "unknown SPHINX-X flavor" in capsys.readouterr().err
+    assert "unknown flavor" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["model", "info", "debug", "--image", "wide"])
 
@@ -45,9 +45,9 @@ def test_convert_from_hf(tmp_path, capsys) -> None:
     """Wiring only; the converter itself is tested in test_convert.py."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sphinxx.model.flavors import LLM_FLAVORS
+    from sphinxx.model.flavors import get_flavor
 
-    args = LLM_FLAVORS["debug"]
+    args = get_flavor("debug")
     config = LlamaConfig(
         hidden_size=args.dim,
         num_hidden_layers=args.n_layers,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sphinxx.model.args import ModelArgs
+from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.convert import CONFIG_NAME, INDEX_NAME, convert_hf, load_converted, read_model_args
 from sphinxx.model.llm import Transformer
 from sphinxx.model.state_dict_adapter import from_hf_state_dict, get_adapter

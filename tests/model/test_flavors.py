@@ -1,38 +1,41 @@
-"""Flavors (model/flavors.py): published parameter counts on the meta device, overrides, errors.
+"""The flavor table (sphinxx.jobs.schema.flavors) against the model it describes.
 
-Expected counts are the arithmetic of sphinx_x_model.md section 6.2 (from the HF configs), which
-equal the totals of the published checkpoints' index files / model cards (1.1B, 7B, 13B,
-46.7B / 12.9B active).
+Every count in the table is checked against the decoder `sphinxx.model` builds on the meta device.
+The published ones are the arithmetic of the Hugging Face configs, which equal the totals of the
+published checkpoints' index files / model cards (1.1B, 7B, 13B, 46.7B / 12.9B active).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from sphinxx.model.flavors import HF_FAMILY, LLM_FLAVORS, count_params, get_flavor
+from sphinxx.jobs.schema.flavors import FLAVORS, SIZE_AXIS, resolve
+from sphinxx.model.flavors import build_sphinx, count_params, get_flavor
+from sphinxx.model.info import parameter_counts
 from sphinxx.model.state_dict_adapter import ADAPTERS
+from sphinxx.model.vision import VISION_PRESETS
 
-DENSE = {
-    "tinyllama-1.1b": 1_100_048_384,
-    "internlm2-7b": 7_737_708_544,
-    "llama2-13b": 13_015_864_320,
+PUBLISHED = {  # total, active: the model cards' numbers, written out independently of the table
+    "tinyllama-1.1b": (1_100_048_384, 1_100_048_384),
+    "internlm2-7b": (7_737_708_544, 7_737_708_544),
+    "llama2-13b": (13_015_864_320, 13_015_864_320),
+    "mixtral-8x7b": (46_702_792_704, 12_879_925_248),
 }
 
 
-@pytest.mark.parametrize("name", sorted(DENSE))
-def test_dense_flavor_param_count_exact(name: str) -> None:
-    got = count_params(get_flavor(name))
-    print(f"{name}: {got:,} params")
-    assert got == DENSE[name]
-    assert count_params(get_flavor(name), active=True) == got
+@pytest.mark.parametrize("name", list(FLAVORS))
+def test_table_counts_are_the_built_decoders(name: str) -> None:
+    flavor = FLAVORS[name]
+    args = get_flavor(name)
+    assert count_params(args) == flavor.params
+    assert count_params(args, active=True) == flavor.active_params
+    embedding = args.vocab_size * args.dim * (1 if args.tie_embeddings else 2)
+    assert flavor.scaling_params == flavor.active_params - embedding > 0
 
 
-def test_mixtral_param_counts_exact() -> None:
-    args = get_flavor("mixtral-8x7b")
-    total, active = count_params(args), count_params(args, active=True)
-    print(f"mixtral-8x7b: {total:,} total, {active:,} active")
-    assert total == 46_702_792_704
-    assert active == 12_879_925_248
+@pytest.mark.parametrize("name", SIZE_AXIS)
+def test_published_sizes_match_the_model_cards(name: str) -> None:
+    assert (FLAVORS[name].params, FLAVORS[name].active_params) == PUBLISHED[name]
 
 
 def test_independent_formula_matches_for_debug_flavors() -> None:
@@ -49,21 +52,26 @@ def test_independent_formula_matches_for_debug_flavors() -> None:
         assert count_params(a) == expected, name
 
 
-def test_flavor_names_match_sweep_axis_and_have_adapters() -> None:
-    assert {"debug", "debug-moe", "tinyllama-1.1b", "internlm2-7b", "llama2-13b", "mixtral-8x7b"} <= set(
-        LLM_FLAVORS
-    )
-    assert set(HF_FAMILY) == set(LLM_FLAVORS)
-    assert set(HF_FAMILY.values()) <= set(ADAPTERS)
-    for args in LLM_FLAVORS.values():
-        assert args.norm_eps == 1e-5 and not args.tie_embeddings
+def test_every_flavor_has_its_towers_adapter_and_builds() -> None:
+    for name, flavor in FLAVORS.items():
+        assert flavor.vision in VISION_PRESETS and flavor.hf_family in ADAPTERS, name
+        assert flavor.llm.norm_eps == 1e-5 and not flavor.llm.tie_embeddings
+        model = build_sphinx(name, device="meta")
+        assert parameter_counts(model)["llm"] == flavor.params
+        assert model.args.image.grid == flavor.grid
+
+
+def test_paper_names_resolve() -> None:
+    assert resolve("SPHINX-Tiny").name == "tinyllama-1.1b"
+    assert resolve("sphinx-moe").name == "mixtral-8x7b"
+    assert resolve("sphinx-plus-2k").grid == 3
 
 
 def test_get_flavor_overrides_return_copies() -> None:
     small = get_flavor("debug", vocab_size=1000)
     assert small.vocab_size == 1000
-    assert LLM_FLAVORS["debug"].vocab_size == 4096
-    assert get_flavor("debug") is not LLM_FLAVORS["debug"]
+    assert FLAVORS["debug"].llm.vocab_size == 4096
+    assert get_flavor("debug") is not FLAVORS["debug"].llm
 
 
 def test_get_flavor_errors_are_actionable() -> None:

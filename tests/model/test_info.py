@@ -84,5 +84,5 @@ def test_image_report() -> None:
 def test_debug_and_unknown() -> None:
     info = model_info("debug")
     assert info["params"]["llm"] == info["params"]["llm_active"]
-    with pytest.raises(ValueError, match="unknown SPHINX-X flavor"):
+    with pytest.raises(ValueError, match="unknown flavor"):
         model_info("gpt-5")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sphinxx.model.args import ModelArgs
+from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.llm import Transformer, apply_activation_checkpointing
 from sphinxx.model.state_dict_adapter import from_hf_state_dict, get_adapter
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from sphinxx.model.anyres import SLOT_SKIP, SLOT_VIEW, AnyResConfig, process_image
+from sphinxx.model.flavors import build_sphinx, get_sphinx_args
 from sphinxx.model.sphinx import IGNORE_INDEX, SphinxSample, SphinxX, collate
-from sphinxx.model.sphinx_flavors import build_sphinx, get_sphinx_args
 
 SMALL_LLM = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=512)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sphinxx.jobs.schema.resources import FailurePolicy
 from sphinxx.operator import decide, status
-from sphinxx.operator.spec import FailurePolicy
 
 T0 = 1_800_000_000.0
 
@@ -176,10 +176,13 @@ def test_suspending_a_queued_run_deletes_the_attempt_kueue_holds() -> None:
 
 def _sweep_pass(phases: list[str], st: dict | None = None) -> decide.SweepAction:
     """One decide_sweep pass over a 1 x 2 sweep whose points are in `phases`."""
+    from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
+    from sphinxx.jobs.sweep.points import points
     from sphinxx.operator import expand
-    from sphinxx.operator.spec import validate_sweep
+    from tests.schema.corpus import DATA
 
-    raw = {"base": {"preset": "debug"}, "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]}}
+
+    raw = {"base": {"preset": "debug", "data": DATA}, "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]}}
     sweep = {
         "metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1},
         "spec": raw,
@@ -188,7 +191,7 @@ def _sweep_pass(phases: list[str], st: dict | None = None) -> decide.SweepAction
     spec = validate_sweep("s", raw)
     children = [
         {**expand.child_manifest(sweep, raw, point), "status": {"phase": phase, "metrics": {"loss": 2.0}}}
-        for point, phase in zip(expand.points("s", spec), phases, strict=True)
+        for point, phase in zip(points("s", spec), phases, strict=True)
     ]
     return decide.decide_sweep(sweep, spec, children, None, "t")
 

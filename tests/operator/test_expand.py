@@ -6,17 +6,30 @@ import copy
 
 import pytest
 
-from sphinxx.jobs import config as run_config
+from sphinxx.jobs.schema import run as run_config
+from sphinxx.jobs.schema.admission import admit_run
+from sphinxx.jobs.schema.fields import SchemaError
+from sphinxx.jobs.sweep import points as sweep_points
+from sphinxx.jobs.sweep.points import admit_sweep
 from sphinxx.operator import expand, names
-from sphinxx.operator.spec import SpecError, validate_run, validate_sweep
+from tests.schema.corpus import DATA
 from tests.services.kmock_server import merge_patch  # the emulator's RFC 7386, not ours
+
+
+def validate_sweep(name: str, raw: dict):
+    return admit_sweep(name, raw)
+
+
+def validate_run(name: str, spec: dict):
+    admitted = admit_run(name, spec)
+    return admitted.spec, admitted.config
 
 
 def _sweep(spec: dict, name: str = "demo") -> dict:
     return {"metadata": {"name": name, "namespace": "ns", "uid": "uid-1"}, "spec": spec}
 
 
-BASE = {"storage": {"uri": "s3://bucket/sweeps"}, "train": {"steps": 100}}
+BASE = {"storage": {"uri": "s3://bucket/sweeps"}, "train": {"steps": 100}, "data": DATA}
 RAW = {
     "base": BASE,
     "axes": {"models": ["tinyllama-1.1b", "debug"], "dataFractions": [1.0, 0.25]},
@@ -28,11 +41,11 @@ RAW = {
 
 def _children(raw: dict) -> list[dict]:
     spec = validate_sweep("demo", raw)
-    return [expand.child_manifest(_sweep(raw), raw, p) for p in expand.points("demo", spec)]
+    return [expand.child_manifest(_sweep(raw), raw, p) for p in sweep_points.points("demo", spec)]
 
 
 def test_points_are_ordered_smallest_first() -> None:
-    points = expand.points("demo", validate_sweep("demo", RAW))
+    points = sweep_points.points("demo", validate_sweep("demo", RAW))
     assert [(p.model, p.fraction) for p in points] == [
         ("debug", 0.25),
         ("debug", 1.0),
@@ -57,7 +70,7 @@ def test_children_carry_labels_owner_and_their_point() -> None:
     preset = run_config.load_config(preset="tinyllama-1.1b", data={"storage": BASE["storage"]})
     assert cfg.model.flavor == "tinyllama-1.1b" and cfg.data.fraction == 0.25
     assert cfg.train.lr == preset.train.lr and cfg.train.steps == 100
-    assert cfg.parallel.zero_stage == 3 and (spec.min_workers, spec.max_workers) == (2, 4)
+    assert cfg.parallel.zero_stage == 3 and (cfg.parallel.min_workers, cfg.parallel.max_workers) == (2, 4)
     assert spec.resources.cpu == "16" and spec.failure_policy.max_retries == 1
     debug = children["demo-debug-d100"]["spec"]
     assert "minWorkers" not in debug and "cpu" not in debug.get("resources", {})
@@ -88,7 +101,7 @@ def test_override_edit_patches_only_that_size() -> None:
 
 
 def test_admission_respects_max_parallel_in_order() -> None:
-    ordered = expand.points("demo", validate_sweep("demo", RAW))
+    ordered = sweep_points.points("demo", validate_sweep("demo", RAW))
     children = {c["metadata"]["name"]: c for c in _children(RAW)}
     assert expand.admit(ordered, children, 2) == ["demo-debug-d25", "demo-debug-d100"]
     assert expand.admit(ordered, children, 0) == [p.name for p in ordered]
@@ -123,19 +136,19 @@ def test_size_config_errors_name_the_field_where_it_was_written() -> None:
     def error(config: dict) -> str:
         raw = copy.deepcopy(RAW)
         raw["overrides"]["tinyllama-1.1b"]["config"] = config
-        with pytest.raises(SpecError) as err:
-            expand.validate_points("demo", validate_sweep("demo", raw), raw)
+        with pytest.raises(SchemaError) as err:
+            validate_sweep("demo", raw)
         return err.value.path
 
     assert error({"model": {"moe_kernel": "fast"}}) == "spec.overrides.tinyllama-1.1b.config.model.moe_kernel"
     assert error({"train": {"steps": -5}}) == "spec.overrides.tinyllama-1.1b.config.train.steps"
     assert error({"train": {"stepz": 5}}) == "spec.overrides.tinyllama-1.1b.config.train.stepz"
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(SchemaError) as err:
         validate_sweep(
             "demo", {**RAW, "overrides": {"debug": {"config": {"model": {"flavor": "debug-moe"}}}}}
         )
     assert err.value.path == "spec.overrides.debug.config.model.flavor"
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(SchemaError) as err:
         validate_sweep(
             "demo",
             {**RAW, "overrides": {"debug": {"zeroStage": 1, "config": {"parallel": {"zero_stage": 2}}}}},

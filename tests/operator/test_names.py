@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from sphinxx.jobs.config import RunConfig
-from sphinxx.jobs.config import json_schema as config_schema
+from sphinxx.jobs.schema.run import json_schema as config_schema
 from sphinxx.operator import names
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -30,20 +29,8 @@ def test_rayjob_names_are_short_dns1035_and_hashed(name: str) -> None:
 
 
 def test_run_id_is_a_valid_stable_run_name() -> None:
-    pattern = config_schema(RunConfig)["properties"]["name"]["pattern"]
+    pattern = config_schema()["properties"]["run_id"]["pattern"]
     for name in ("demo", "a" * 63, "sweep.with.dots", "x-" * 40):
         run_id = names.run_id("ns", name, "uid")
         assert len(run_id) <= 63 and re.match(pattern, run_id), run_id
         assert run_id == names.run_id("ns", name, "uid") != names.run_id("ns", name, "other-uid")
-
-
-def test_point_names_are_unique_valid_and_bounded() -> None:
-    sweep = "s" * 63
-    models = ["debug", "tinyllama-1.1b", "mixtral-8x7b"]
-    fractions = [0.125, 0.25, 1 / 3, 1.0]
-    points = {names.point_name(sweep, m, f) for m in models for f in fractions}
-    assert len(points) == len(models) * len(fractions)
-    for point in points:
-        assert len(point) <= 54 and DNS1123_SUBDOMAIN.match(point), point
-    assert names.point_name("demo", "tinyllama-1.1b", 0.25) == "demo-tinyllama-1-1b-d25"
-    assert names.fraction_code(0.125) == "12p5" and names.fraction_code(1.0) == "100"

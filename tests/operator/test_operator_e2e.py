@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.schema.corpus import BAD, DATA
+
 from .conftest import Cluster, now_iso, stays, wait_for
 
 pytestmark = pytest.mark.slow
@@ -26,7 +28,7 @@ def _sweep(name: str, storage: str, **spec) -> dict:
         "kind": "ScalingSweep",
         "metadata": {"name": name},
         "spec": {
-            "base": {"preset": "debug", "storage": {"uri": storage}},
+            "base": {"preset": "debug", "storage": {"uri": storage}, "data": DATA},
             "axes": {"models": ["debug", "debug-moe"], "dataFractions": [0.5, 1.0]},
             **spec,
         },
@@ -38,7 +40,7 @@ def _run(name: str, storage: str, **spec) -> dict:
         "apiVersion": "sphinxx.dev/v1alpha1",
         "kind": "TrainingRun",
         "metadata": {"name": name},
-        "spec": {"config": {"preset": "debug", "storage": {"uri": storage}}, **spec},
+        "spec": {"config": {"preset": "debug", "storage": {"uri": storage}, "data": DATA}, **spec},
     }
 
 
@@ -168,7 +170,9 @@ def test_failed_attempt_resumes_from_committed_checkpoint(
     second = wait_for(lambda: _attempts(cluster, "resumer").get(2), what="attempt 2")
     job = cluster.get("rayjobs", second, "ray.io", "v1")
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
-    assert env["SPHINXX_RESUME_STEP"] == "20" and env["SPHINXX_RUN_ID"] == run_id
+    assert env["SPHINXX_ATTEMPT"] == "2"
+    stored = CheckpointStore(prefix, run_id).read_run_config()
+    assert yaml.safe_load(stored)["run_id"] == run_id  # identity travels in the stored config
     assert job["metadata"]["annotations"]["sphinxx.dev/resume-from"] == committed.uri
     st = cluster.status("trainingruns", "resumer")
     assert st["phase"] == "Resuming" and st["lastCheckpoint"] == {"step": 20, "uri": committed.uri}
@@ -262,28 +266,27 @@ def test_suspend_and_resume_toggle_the_rayjob(operator_server, cluster, tmp_path
 
 
 def test_bad_specs_get_invalid_with_field_path_and_no_rayjob(operator_server, cluster) -> None:
-    from .corpus import CORPUS
+    for case in BAD:
+        obj = {"apiVersion": "sphinxx.dev/v1alpha1", "kind": case.kind, "metadata": {"name": case.name}}
+        cluster.kube.apply({**obj, "spec": case.spec}, cluster.ns)  # kmock does not enforce the schema
+    for case in BAD:
+        plural = "trainingruns" if case.kind == "TrainingRun" else "scalingsweeps"
 
-    for _, kind, name, spec, _ in CORPUS:
-        obj = {"apiVersion": "sphinxx.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
-        cluster.kube.apply(obj, cluster.ns)  # kmock, like some clusters, does not enforce the schema
-    for case, kind, name, _, path in CORPUS:
-        plural = "trainingruns" if kind == "TrainingRun" else "scalingsweeps"
-
-        def invalid(plural=plural, name=name):
+        def invalid(plural=plural, name=case.name):
             conditions = cluster.status(plural, name).get("conditions") or []
             return next((c for c in conditions if c["type"] == "Invalid" and c["status"] == "True"), None)
 
-        condition = wait_for(invalid, what=f"{case}: Invalid condition")
-        assert condition["message"].startswith(f"{path}: "), (case, condition["message"])
+        condition = wait_for(invalid, what=f"{case.id}: Invalid condition")
+        assert condition["message"].startswith(f"{case.path}: "), (case.id, condition["message"])
         wait_for(
-            lambda name=name, path=path: any(
+            lambda name=case.name, path=case.path: any(
                 r == "InvalidSpec" and m.startswith(path) for _, r, m in cluster.events(name)
             ),
-            what=f"{case}: InvalidSpec event",
+            what=f"{case.id}: InvalidSpec event",
         )
+    # Nothing was created for any of them: no RayJob, and no TrainingRun but the bad ones applied.
     assert cluster.rayjobs() == {}
-    assert set(cluster.runs()) == {name for _, kind, name, _, _ in CORPUS if kind == "TrainingRun"}
+    assert set(cluster.runs()) == {case.name for case in BAD if case.kind == "TrainingRun"}
 
 
 def test_axis_edit_suspend_propagation_and_deletion(operator_server, cluster, tmp_path) -> None:

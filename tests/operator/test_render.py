@@ -15,11 +15,20 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sphinxx.jobs.config import FLAVORS, PUBLISHED_FLAVORS
+from sphinxx.jobs.schema.admission import admit_run
+from sphinxx.jobs.schema.flavors import NAMES as FLAVORS
+from sphinxx.jobs.schema.flavors import SIZE_AXIS
 from sphinxx.operator.render import Attempt, render_rayjob
-from sphinxx.operator.spec import validate_run
+from tests.schema.corpus import DATA
+
+
+def validate_run(name: str, spec: dict):
+    admitted = admit_run(name, spec)
+    return admitted.spec, admitted.config
+
 
 GOLDEN = Path(__file__).parent / "golden"
+PRESETS = ("debug", "debug-moe", *SIZE_AXIS)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -30,7 +39,7 @@ _Dumper.add_representer(
     str,
     lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
 )
-FLAVOR_CASES = ["debug", *PUBLISHED_FLAVORS]
+FLAVOR_CASES = ["debug", *SIZE_AXIS]
 
 
 def _attempt(name: str, **changes) -> Attempt:
@@ -39,13 +48,9 @@ def _attempt(name: str, **changes) -> Attempt:
         name=name,
         uid="0b0e7c4e-8f7e-4d4c-9d57-6b8e1f0c2a11",
         attempt=2,
-        run_id=f"{name}-1a2b3c4d",
         config_uri=f"s3://bucket/sweeps/{name}-1a2b3c4d/config.yaml",
         image="ghcr.io/sphinxx/sphinxx:0.1.0",
         sweep="scaling",
-        tracking_uri="http://mlflow.mlflow:5000",
-        mlflow_run_id="0123456789abcdef0123456789abcdef",
-        resume_step=1500,
         resume_uri=f"s3://bucket/sweeps/{name}-1a2b3c4d/checkpoints/step-000001500",
     )
     fields.update(changes)
@@ -53,7 +58,9 @@ def _attempt(name: str, **changes) -> Attempt:
 
 
 def _spec(flavor: str, **spec) -> dict:
-    config = {"preset": flavor, "storage": {"uri": "s3://bucket/sweeps", "endpoint_url": "http://minio:9000"}}
+    storage = {"uri": "s3://bucket/sweeps", "endpoint_url": "http://minio:9000"}
+    config = {"preset": flavor if flavor in PRESETS else "llama2-13b", "storage": storage, "data": DATA}
+    config["model"] = {"flavor": flavor}
     resources = {"nodeSelector": {"gpu": "h100"}, "envFromSecrets": ["s3-credentials"], "workersPerPod": 8}
     if flavor == "debug":
         resources = {"workersPerPod": 1}
@@ -107,8 +114,8 @@ def test_rayjob_satisfies_kuberay_constraints(flavor: str) -> None:
     assert limits.get("nvidia.com/gpu", 0) == cfg.parallel.gpus_per_worker * per_pod
 
     env = yaml.safe_load(js["runtimeEnvYAML"])["env_vars"]
-    assert env["MLFLOW_RUN_ID"] == "0123456789abcdef0123456789abcdef"
-    assert env["SPHINXX_RUN_ID"] == "run-1a2b3c4d" and env["SPHINXX_RESUME_STEP"] == "1500"
+    # The run's identity travels in the stored config only; the environment says which attempt.
+    assert env == {"SPHINXX_ATTEMPT": "2", "AWS_ENDPOINT_URL": "http://minio:9000"}
     assert not [k for k in env if re.search("SECRET|PASSWORD|TOKEN|ACCESS_KEY", k)]
     assert "secret" not in js["runtimeEnvYAML"].lower()
 

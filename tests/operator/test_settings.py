@@ -10,10 +10,23 @@ from typing import Any
 import pytest
 import yaml
 
-from sphinxx.operator import expand, names, reconcile
+from sphinxx.jobs.schema.admission import admit_run
+from sphinxx.jobs.schema.fields import SchemaError
+from sphinxx.jobs.sweep.points import admit_sweep, point_spec, points
+from sphinxx.operator import names, reconcile
+from sphinxx.operator.kube import Kube
 from sphinxx.operator.render import Attempt, render_rayjob
 from sphinxx.operator.settings import RunDefaults, Settings
-from sphinxx.operator.spec import SpecError, validate_run, validate_sweep
+from tests.schema.corpus import DATA
+
+
+def validate_run(name: str, spec: dict):
+    admitted = admit_run(name, spec)
+    return admitted.spec, admitted.config
+
+
+def _config(preset: str, **sections: Any) -> dict[str, Any]:
+    return {"preset": preset, "data": DATA, **sections}
 
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 ENV = {
@@ -65,7 +78,7 @@ def test_malformed_json_names_the_variable(clean_env: pytest.MonkeyPatch, name: 
 
 
 def test_defaults_fill_only_what_the_spec_leaves_unset() -> None:
-    bare = DEFAULTS.apply_run({"config": {"preset": "debug"}})
+    bare = DEFAULTS.apply_run({"config": _config("debug")})
     assert bare["config"]["storage"] == {"uri": "s3://ml-ckpt/sphinxx"}
     assert bare["queueName"] == "gpu-queue"
     assert bare["resources"] == {
@@ -75,7 +88,7 @@ def test_defaults_fill_only_what_the_spec_leaves_unset() -> None:
         "envFromSecrets": ["s3-creds", "mlflow-creds"],
     }
     own = {
-        "config": {"preset": "debug", "storage": {"uri": "file:///mine", "keep_last": 5}},
+        "config": _config("debug", storage={"uri": "file:///mine", "keep_last": 5}),
         "queueName": "team-queue",
         # An explicitly empty value is the spec's own choice too: no selector, no tolerations.
         "resources": {
@@ -87,15 +100,15 @@ def test_defaults_fill_only_what_the_spec_leaves_unset() -> None:
     }
     assert DEFAULTS.apply_run(copy.deepcopy(own)) == own
     # Other storage fields stay; only the missing uri is filled.
-    partial = DEFAULTS.apply_run({"config": {"preset": "debug", "storage": {"keep_last": 5}}})
+    partial = DEFAULTS.apply_run({"config": _config("debug", storage={"keep_last": 5})})
     assert partial["config"]["storage"] == {"keep_last": 5, "uri": "s3://ml-ckpt/sphinxx"}
     assert RunDefaults().apply_run(own) == own
 
 
 def test_default_storage_prefix_beats_the_presets_laptop_prefix() -> None:
-    preset_only, cfg = validate_run("r", {"config": {"preset": "debug"}})
+    preset_only, cfg = validate_run("r", {"config": _config("debug")})
     assert cfg.storage.uri.startswith("file://")  # the debug preset's own
-    _, cfg = validate_run("r", DEFAULTS.apply_run({"config": {"preset": "debug"}}))
+    _, cfg = validate_run("r", DEFAULTS.apply_run({"config": _config("debug")}))
     assert cfg.storage.uri == "s3://ml-ckpt/sphinxx"
 
 
@@ -105,14 +118,13 @@ def _attempt(name: str) -> Attempt:
         name=name,
         uid="7f1d4a9e-1c51-4a62-9b54-0d6a3c2e8f10",
         attempt=1,
-        run_id=f"{name}-1a2b3c4d",
         config_uri=f"s3://ml-ckpt/sphinxx/{name}-1a2b3c4d/config.yaml",
         image="ghcr.io/sphinxx/sphinxx:0.1.0-gpu",
     )
 
 
 def test_defaults_reach_the_rendered_rayjob() -> None:
-    spec, cfg = validate_run("tiny", DEFAULTS.apply_run({"config": {"preset": "tinyllama-1.1b"}}))
+    spec, cfg = validate_run("tiny", DEFAULTS.apply_run({"config": _config("tinyllama-1.1b")}))
     job = render_rayjob(_attempt("tiny"), spec, cfg)
     assert job["metadata"]["labels"][names.KUEUE_QUEUE] == "gpu-queue"
     cluster = job["spec"]["rayClusterSpec"]
@@ -127,70 +139,43 @@ def test_defaults_reach_the_rendered_rayjob() -> None:
             {"secretRef": {"name": "s3-creds"}},
             {"secretRef": {"name": "mlflow-creds"}},
         ]
-    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
-    assert env["SPHINXX_STORAGE_PREFIX"] == "s3://ml-ckpt/sphinxx"
+    assert cfg.storage.uri == "s3://ml-ckpt/sphinxx"
 
 
 def test_sweep_without_storage_is_valid_only_with_a_default_prefix() -> None:
-    raw = {"base": {"train": {"steps": 10}}, "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]}}
-    with pytest.raises(SpecError) as err:
-        validate_sweep("nostore", raw)
+    raw = {"base": {"train": {"steps": 10}, "data": DATA}, "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]}}
+    with pytest.raises(SchemaError) as err:
+        admit_sweep("nostore", raw)
     assert err.value.path == "spec.base.storage.uri"
-    spec = validate_sweep("nostore", DEFAULTS.apply_sweep(raw))
-    expand.validate_points("nostore", spec, raw, DEFAULTS)
+    spec = admit_sweep("nostore", DEFAULTS.apply_sweep(raw), DEFAULTS.apply_run)
     # The points do not embed the default: each applies the operator's defaults itself.
-    child = expand.point_spec(raw, expand.points("nostore", spec)[0])
+    child = point_spec(raw, points("nostore", spec)[0])
     assert "storage" not in child["config"] and "queueName" not in child
 
 
-class FakeKube:
-    """Enough of operator.kube.Kube for one reconcile: objects in a dict, calls recorded."""
-
-    def __init__(self, *objects: tuple[str, dict[str, Any]]):
-        self.objects = {(r, o["metadata"]["namespace"], o["metadata"]["name"]): o for r, o in objects}
-
-    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.objects.get((resource, namespace, name)))
-
-    def list(self, resource: str, namespace: str, labels: str = "") -> list[dict[str, Any]]:
-        return [
-            copy.deepcopy(o) for (r, ns, _), o in self.objects.items() if r == resource and ns == namespace
-        ]
-
-    def create(self, resource: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        key = (resource, body["metadata"]["namespace"], body["metadata"]["name"])
-        created = key not in self.objects
-        self.objects.setdefault(key, copy.deepcopy(body))
-        return self.objects[key], created
-
-    def patch_status(self, resource: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        obj = self.objects[(resource, namespace, name)]
-        obj["status"] = {**(obj.get("status") or {}), **patch}
-
-    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        pass
+def _run_obj(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": names.API_VERSION, "kind": "TrainingRun", "metadata": {"name": "solo"}, "spec": spec}
 
 
-def _run_obj(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
-    meta = {"name": "solo", "namespace": "ml", "uid": "5b1f0c7e-9d2a-4c41-8a57-2f6e1d0b9c33", "generation": 1}
-    return {"metadata": meta, "spec": spec, "status": status or {}}
-
-
-def test_reconcile_applies_the_defaults_and_pins_the_storage_prefix() -> None:
-    settings = Settings(defaults=RunDefaults(storage_prefix="memory://defaults-a", queue_name="gpu-queue"))
-    kube = FakeKube(("trainingruns", _run_obj({"config": {"preset": "debug"}})))
-    reconcile.reconcile_run(kube, "ml", "solo", settings)
-    run = kube.objects[("trainingruns", "ml", "solo")]
-    assert run["status"]["storageUri"] == "memory://defaults-a"
-    assert run["status"]["configUri"].startswith("memory://defaults-a/")
-    (job,) = [o for (r, _, _), o in kube.objects.items() if r == "rayjobs"]
+def test_reconcile_applies_the_defaults_and_pins_the_storage_prefix(kube, tmp_path) -> None:
+    """One reconcile pass, in process, against the Kubernetes emulator (no operator process)."""
+    namespace = kube.new_namespace("defaults")
+    api = Kube(kube.api_client())
+    first, second = f"file://{tmp_path}/defaults-a", f"file://{tmp_path}/defaults-b"
+    settings = Settings(defaults=RunDefaults(storage_prefix=first, queue_name="gpu-queue"))
+    kube.apply(_run_obj({"config": _config("debug")}), namespace)
+    reconcile.reconcile_run(api, namespace, "solo", settings)
+    run = api.get("trainingruns", namespace, "solo")
+    assert run["status"]["storageUri"] == first
+    assert run["status"]["configUri"].startswith(f"{first}/")
+    (job,) = api.list("rayjobs", namespace)
     assert job["metadata"]["labels"][names.KUEUE_QUEUE] == "gpu-queue"
-    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
-    assert env["SPHINXX_STORAGE_PREFIX"] == "memory://defaults-a"
+    stored = yaml.safe_load(open(run["status"]["configUri"].removeprefix("file://")).read())
+    assert stored["storage"]["uri"] == first and stored["run_id"] == run["status"]["runId"]
 
     # The chart's bucket changes: the run keeps checkpointing where it started.
-    moved = Settings(defaults=RunDefaults(storage_prefix="memory://defaults-b"))
+    moved = Settings(defaults=RunDefaults(storage_prefix=second))
     spec, cfg = validate_run("solo", reconcile._run_spec(run, moved))
-    assert cfg.storage.uri == "memory://defaults-a"
-    fresh = _run_obj({"config": {"preset": "debug"}})
-    assert validate_run("solo", reconcile._run_spec(fresh, moved))[1].storage.uri == "memory://defaults-b"
+    assert cfg.storage.uri == first
+    fresh = {"metadata": {"name": "solo"}, "spec": {"config": _config("debug")}}
+    assert validate_run("solo", reconcile._run_spec(fresh, moved))[1].storage.uri == second

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sphinxx.operator import expand, status
-from sphinxx.operator.spec import validate_sweep
+from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
+from sphinxx.jobs.sweep.points import points
+from sphinxx.operator import status
+from tests.schema.corpus import DATA
 
 
 def _job(deployment: str, job: str = "", **extra) -> dict:
@@ -81,11 +83,11 @@ def test_sweep_rollup_counts_rows_and_phase() -> None:
     spec = validate_sweep(
         "s",
         {
-            "base": {"preset": "debug"},
+            "base": {"preset": "debug", "data": DATA},
             "axes": {"models": ["debug", "tinyllama-1.1b"], "dataFractions": [0.5, 1.0]},
         },
     )
-    ordered = expand.points("s", spec)
+    ordered = points("s", spec)
     children = {
         ordered[0].name: {
             "status": {"phase": "Succeeded", "metrics": {"loss": 2.5}, "lastCheckpoint": {"step": 20}}

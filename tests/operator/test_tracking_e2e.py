@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sphinxx.operator import tracking
+from sphinxx.jobs.sweep import mlflow_runs as tracking
 from tests.services.process import free_port
 
 from .conftest import Cluster, now_iso, wait_for

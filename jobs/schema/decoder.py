@@ -1,9 +1,15 @@
 """Decoder hyper-parameters: one dataclass for every LLM backbone (dense and MoE).
 
 Why one class: after conversion TinyLlama, LLaMA2 and InternLM2 are the same LLaMA-architecture
-decoder and Mixtral only swaps the FFN for the MoE layer (sphinx_x_model.md section 6.1), so a
-single `ModelArgs` describes all four bases plus the CPU debug flavors. Named presets live in
-`flavors.py`; this module has no torch import so configs can be validated anywhere.
+decoder and Mixtral only swaps the FFN for the MoE layer (docs/model.md, "The LLM"), so a single
+`ModelArgs` describes all four bases plus the CPU debug flavors. Named flavors live in
+`flavors.py`.
+
+Why here, in the schema, and not in `sphinxx.model`: these rules decide whether a run can start
+at all (`model.overrides`, `parallel.ep_size` against the experts), and admission must refuse at
+`kubectl apply` time what the job would refuse at start, with the same code, in the torch-free
+operator. So the model package builds its decoder from this class (docs/architecture.md,
+"Layers").
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from sphinxx.jobs.config import (
-    FLAVORS,
+from sphinxx.jobs.schema.flavors import NAMES as FLAVORS
+from sphinxx.jobs.schema.run import (
     ConfigError,
     RunConfig,
     config_hash,
@@ -64,7 +64,11 @@ def test_published_presets_cover_the_parameter_axis() -> None:
         ("parallel.ep_size=2", "parallel.ep_size"),
         ("storage.uri=ftp://x", "storage.uri"),
         ("storage.keep_last=1", "storage.keep_last"),
-        ("name=Bad_Name", "name"),
+        ("run_id=Bad_Name", "run_id"),
+        ("model.overrides.n_layers=0", "model.overrides.n_layers"),
+        ("model.overrides.hidden=1", "model.overrides.hidden"),
+        ("model.overrides.n_kv_heads=3", "model.overrides"),
+        ("storage.uri=memory://x", "storage.uri"),
         ("train.betas=[0.9]", "train.betas"),
     ],
 )
@@ -96,23 +100,13 @@ def test_unknown_preset_lists_known_ones() -> None:
 
 def test_schema_accepts_resolved_configs_and_rejects_bad_ones() -> None:
     schema = json_schema()
-    _nullable_to_jsonschema(schema)
     good = to_dict(load_config("debug"))
-    jsonschema.validate(good, schema)
+    jsonschema.Draft202012Validator(schema).validate(good)
     for bad in ({**good, "extra": 1}, {**good, "train": {**good["train"], "lr": "abc"}}):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(bad, schema)
+            jsonschema.Draft202012Validator(schema).validate(bad)
     assert schema["properties"]["model"]["properties"]["flavor"]["enum"] == list(FLAVORS)
     assert "description" in schema["properties"]["train"]["properties"]["lr"]
-
-
-def _nullable_to_jsonschema(node) -> None:
-    """OpenAPI's `nullable` is not JSON Schema; translate it for jsonschema's validator."""
-    if isinstance(node, dict):
-        if node.pop("nullable", False):
-            node["type"] = [node["type"], "null"]
-        for value in node.values():
-            _nullable_to_jsonschema(value)
 
 
 def test_flatten_and_hash_are_stable() -> None:

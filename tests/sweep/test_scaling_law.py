@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sphinxx.operator.scaling_law import Point, fit, plot_png
+from sphinxx.jobs.sweep.scaling_law import Point, fit, plot_png
 
 TRUE = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}  # Chinchilla's published fit
 
@@ -98,7 +98,7 @@ def test_sweep_status_carries_the_fitted_coefficients() -> None:
 
 
 def test_non_finite_numbers_stay_out_of_the_status() -> None:
-    from sphinxx.operator.scaling_law import ScalingFit
+    from sphinxx.jobs.sweep.scaling_law import ScalingFit
     from sphinxx.operator.status import scaling_law_status
 
     broken = ScalingFit(

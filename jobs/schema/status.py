@@ -1,0 +1,168 @@
+"""Status of the custom resources: phases, conditions and typed rows.
+
+The operator computes these (`sphinxx.operator.decide`) and writes them as camelCase JSON; the
+CRDs' status schemas are generated from the same classes; the local runner reports its points in
+the same phases. `parse_status` reads what the API server holds (ignoring fields an older or
+newer operator wrote) and `dump_status` writes it back, dropping unset fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .fields import Naming, count, dump, field, parse
+
+T = TypeVar("T")
+
+
+class RunPhase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESUMING = "Resuming"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class SweepPhase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class TrackingState(enum.StrEnum):
+    """An MLflow run's status, as the owner of the run sets it."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+TERMINAL_RUN_PHASES = (RunPhase.SUCCEEDED, RunPhase.FAILED)
+CONDITION_STATUSES = ("True", "False", "Unknown")
+
+
+@dataclass
+class Condition:
+    type: str = field("", "condition type (Ready, Running, Invalid, ...)")
+    status: str = field("Unknown", "True, False or Unknown", enum=CONDITION_STATUSES)
+    reason: str = field("", "one CamelCase word")
+    message: str = field("", "what a user needs to know")
+    last_transition_time: str | None = field(None, "when status last changed (RFC 3339)")
+    observed_generation: int | None = count(None, "the spec generation this condition reflects", maximum=2**62)
+
+
+@dataclass
+class CheckpointRef:
+    step: int = count(0, "optimizer step of the committed checkpoint", maximum=2**62)
+    uri: str = field("", "URI of the checkpoint folder")
+
+
+@dataclass
+class RunStatus:
+    phase: RunPhase | None = field(None, "where the run is")
+    attempt: int = count(0, "attempt number (one RayJob each)", maximum=2**31)
+    retries: int = count(0, "automatic retries used since the last manual resume", maximum=2**31)
+    run_id: str | None = field(None, "stable run id: Ray run name and checkpoint folder")
+    model: str | None = field(None, "model flavor")
+    data_fraction: float | None = field(None, "data fraction")
+    ray_job_name: str | None = field(None, "RayJob of the current attempt")
+    ray_cluster_name: str | None = field(None, "RayCluster of the current attempt")
+    mlflow_run_id: str | None = field(None, "MLflow run of this TrainingRun (the same for every attempt)")
+    config_uri: str | None = field(None, "the resolved run config the job reads")
+    storage_uri: str | None = field(
+        None, "checkpoint prefix, pinned at the first attempt (it may be the operator's default)"
+    )
+    last_checkpoint: CheckpointRef | None = field(None, "the newest committed checkpoint")
+    metrics: dict[str, float] = field({}, "metrics of the newest committed checkpoint")
+    workers: dict[str, int] = field({}, "elastic bounds and the worker counts KubeRay reports")
+    resume_token: str | None = field(None, "the last sphinxx.dev/resume annotation acted on")
+    last_failure_time: str | None = field(None, "when the current attempt was seen failed")
+    message: str = field("", "what is happening, in one line")
+    observed_generation: int | None = count(None, "the spec generation this status reflects", maximum=2**62)
+    conditions: list[Condition] = field([], "Ready, Running, Resuming, Suspended, Succeeded, Failed, Invalid, ...")
+
+
+@dataclass
+class PointRow:
+    """One point of a sweep, as the sweep's status lists it."""
+
+    name: str = field("", "the TrainingRun")
+    model: str = field("", "model flavor")
+    data_fraction: float = field(0.0, "data fraction")
+    phase: RunPhase = field(RunPhase.PENDING, "the point's phase")
+    attempt: int = count(0, "its attempt", maximum=2**31)
+    step: int | None = count(None, "its newest committed step", maximum=2**62)
+    loss: float | None = field(None, "loss at that checkpoint")
+    tokens: float | None = field(None, "training tokens consumed at that checkpoint")
+    params: float | None = field(None, "N of the scaling law (active, non-embedding parameters)")
+    checkpoint: str | None = field(None, "URI of that checkpoint")
+
+
+@dataclass
+class Coefficients:
+    E: float | None = field(None, "irreducible loss")
+    A: float | None = field(None, "size term coefficient")
+    alpha: float | None = field(None, "size exponent")
+    B: float | None = field(None, "data term coefficient")
+    beta: float | None = field(None, "data exponent")
+
+
+@dataclass
+class AxisLaw:
+    axis: str = field("params", "params or data", enum=("params", "data"))
+    coefficient: float | None = field(None, "k in L = k * x^-slope")
+    slope: float | None = field(None, "the power")
+    num_points: int = count(0, "points on that slice", maximum=2**31)
+
+
+@dataclass
+class ScalingLawStatus:
+    """The scaling law fitted when the sweep succeeded (sphinxx.jobs.sweep.scaling_law)."""
+
+    form: str | None = field(None, "chinchilla or per-axis", enum=("chinchilla", "per-axis"))
+    summary: str = field("", "the law in one line")
+    num_points: int = count(0, "points fitted", maximum=2**31)
+    params_axis: str = field("", "what N is")
+    data_axis: str = field("", "what D is")
+    coefficients: Coefficients | None = field(None, "chinchilla form: L(N, D) = E + A / N^alpha + B / D^beta")
+    residual_rms: float | None = field(None, "RMS of the fit's log-space residuals")
+    per_axis: list[AxisLaw] = field([], "per-axis form: L = coefficient * x^-slope on each axis")
+    note: str = field("", "why the simpler form was fitted")
+    error: str = field("", "why no law could be fitted")
+
+
+@dataclass
+class SweepStatus:
+    phase: SweepPhase | None = field(None, "where the sweep is")
+    progress: str = field("", "succeeded/total")
+    counts: dict[str, int] = field({}, "points by phase, and total")
+    points: list[PointRow] = field([], "one row per point, smallest first")
+    mlflow_run_id: str | None = field(None, "the sweep's parent MLflow run")
+    mlflow_run_status: TrackingState | None = field(
+        None, "what the operator last set the parent MLflow run to (it ends with the sweep)"
+    )
+    scaling_law: ScalingLawStatus | None = field(None, "the fitted scaling law, once the sweep succeeded")
+    resume_token: str | None = field(None, "the last sphinxx.dev/resume annotation acted on")
+    message: str = field("", "what is happening, in one line")
+    observed_generation: int | None = count(None, "the spec generation this status reflects", maximum=2**62)
+    conditions: list[Condition] = field([], "Ready, Progressing, Complete, Failed, Invalid, ...")
+
+
+def parse_status(cls: type[T], data: Any) -> T:
+    """A status object from what the server holds; fields this operator does not know are ignored."""
+    known = {Naming.CAMEL.key(f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    clean = {k: v for k, v in (data or {}).items() if k in known}
+    return parse(cls, clean, "status", Naming.CAMEL)
+
+
+def dump_status(status: Any) -> dict[str, Any]:
+    """camelCase JSON of a status object, unset (None) fields left out."""
+    out: dict[str, Any] = dump(status, Naming.CAMEL, drop_none=True)
+    return out

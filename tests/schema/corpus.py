@@ -1,0 +1,137 @@
+"""Specs that admission must refuse (and some it must accept). Shared by the schema, CRD and e2e tests.
+
+Every bad entry is a `Case`: the object's kind and name, a spec that is otherwise valid (so the
+named field is the only fault), the field path the refusal must name, and whether the CRD schema
+can express the rule (`crd=True`: `kubectl apply` on a real API server refuses it too; `False`:
+only the operator's admission can, e.g. rules that need the resolved config of every point).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+DATA = {"tokenizer": "s3://data/tokenizer", "sources": [{"name": "dialog", "uri": "s3://data/dialog"}]}
+RUN_BASE = {"preset": "debug", "storage": {"uri": "file:///tmp/sphinxx-corpus"}, "data": DATA}
+SWEEP_BASE = {"base": RUN_BASE, "axes": {"models": ["debug", "debug-moe"], "dataFractions": [0.5, 1.0]}}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str  # TrainingRun | ScalingSweep
+    name: str
+    spec: dict[str, Any]
+    path: str  # the field the refusal names
+    crd: bool  # the CRD schema (OpenAPI + CEL) refuses it too
+
+
+def run(**spec: Any) -> dict[str, Any]:
+    return {"config": copy.deepcopy(RUN_BASE), **spec}
+
+
+def config(**sections: Any) -> dict[str, Any]:
+    """A TrainingRun whose config has `sections` merged over RUN_BASE (dotted keys: one level)."""
+    out = copy.deepcopy(RUN_BASE)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return {"config": out}
+
+
+def without(section: str, key: str) -> dict[str, Any]:
+    out = copy.deepcopy(RUN_BASE)
+    del out[section][key]
+    return {"config": out}
+
+
+def sweep(**changes: Any) -> dict[str, Any]:
+    return {**copy.deepcopy(SWEEP_BASE), **changes}
+
+
+def axes(models: Any = ("debug", "debug-moe"), fractions: Any = (0.5, 1.0)) -> dict[str, Any]:
+    return {"models": list(models), "dataFractions": list(fractions)}
+
+
+T, S = "TrainingRun", "ScalingSweep"
+MIXTRAL = {
+    "base": {k: v for k, v in RUN_BASE.items() if k != "preset"},
+    "axes": axes(["mixtral-8x7b"], [1.0]),
+}
+
+BAD = [
+    # --- TrainingRun: its own fields
+    Case("wrong-type", T, "bad-type", run(maxWorkers="two"), "spec.maxWorkers", True),
+    Case("unknown-field", T, "bad-field", run(maxWorker=2), "spec.maxWorker", True),
+    Case("min-above-max", T, "bad-workers", run(minWorkers=4, maxWorkers=2), "spec.minWorkers", True),
+    Case("workers-too-many", T, "many-workers", run(maxWorkers=10**9), "spec.maxWorkers", True),
+    Case("negative-retries", T, "bad-retries", run(failurePolicy={"maxRetries": -1}), "spec.failurePolicy.maxRetries", True),
+    Case("retries-too-many", T, "many-retries", run(failurePolicy={"maxRetries": 10**6}), "spec.failurePolicy.maxRetries", True),
+    Case("backoff-too-long", T, "long-backoff", run(failurePolicy={"backoffSeconds": 1e9}), "spec.failurePolicy.backoffSeconds", True),
+    Case("bad-delete-policy", T, "bad-delete", run(deletePolicy="Purge"), "spec.deletePolicy", True),
+    Case("bad-quantity", T, "bad-cpu", run(resources={"cpu": "lots"}), "spec.resources.cpu", True),
+    Case("bad-secret-name", T, "bad-secret", run(resources={"envFromSecrets": ["S3_Creds"]}), "spec.resources.envFromSecrets[0]", True),
+    Case("duplicate-secret", T, "dup-secret", run(resources={"envFromSecrets": ["s3", "s3"]}), "spec.resources.envFromSecrets", True),
+    Case("bad-queue-name", T, "bad-queue", run(queueName="my queue"), "spec.queueName", True),
+    Case("config-not-object", T, "bad-config", {"config": "debug"}, "spec.config", True),
+    Case("name-too-long", T, "r" * 70, run(), "metadata.name", False),
+    Case("name-bad-characters", T, "Bad_Name", run(), "metadata.name", False),
+    # --- TrainingRun: the run config
+    Case("unknown-flavor", T, "bad-flavor", config(model={"flavor": "gpt-5"}), "spec.config.model.flavor", True),
+    Case("unknown-preset", T, "bad-preset", config(preset="nope"), "spec.config.preset", True),
+    Case("fraction-above-1", T, "bad-fraction", config(data={"fraction": 1.5}), "spec.config.data.fraction", True),
+    Case("fraction-zero", T, "zero-fraction", config(data={"fraction": 0}), "spec.config.data.fraction", True),
+    Case("negative-steps", T, "bad-steps", config(train={"steps": -5}), "spec.config.train.steps", True),
+    Case("steps-too-many", T, "many-steps", config(train={"steps": 10**12}), "spec.config.train.steps", True),
+    Case("lr-zero", T, "zero-lr", config(train={"lr": 0}), "spec.config.train.lr", True),
+    Case("unknown-config-key", T, "bad-key", config(train={"lrr": 1e-3}), "spec.config.train.lrr", True),
+    Case("unknown-model-override", T, "bad-override", config(model={"overrides": {"hidden_size": 8}}), "spec.config.model.overrides.hidden_size", True),
+    Case("secret-in-model-overrides", T, "leaky-override", config(model={"overrides": {"aws_secret_access_key": "abc"}}), "spec.config.model.overrides.aws_secret_access_key", True),
+    Case("missing-storage", T, "no-storage", {"config": {"model": {"flavor": "debug"}, "data": DATA}}, "spec.config.storage.uri", False),
+    Case("memory-storage", T, "memory-storage", config(storage={"uri": "memory://x"}), "spec.config.storage.uri", False),
+    Case("no-sources", T, "no-sources", without("data", "sources"), "spec.config.data.sources", False),
+    Case("no-tokenizer", T, "no-tokenizer", without("data", "tokenizer"), "spec.config.data.tokenizer", False),
+    Case("override-breaks-decoder", T, "bad-heads", config(model={"overrides": {"n_kv_heads": 3}}), "spec.config.model.overrides", False),
+    Case("ep-on-dense-flavor", T, "dense-ep", config(parallel={"ep_size": 2, "min_workers": 2, "max_workers": 2}), "spec.config.parallel.ep_size", False),
+    Case("ep-not-dividing-experts", T, "moe-ep3", config(preset="debug-moe", model={"flavor": "debug-moe"}, parallel={"ep_size": 3, "min_workers": 3, "max_workers": 3}, train={"global_batch": 6}), "spec.config.parallel.ep_size", False),
+    Case("zero3-with-ep", T, "moe-zero3", config(preset="debug-moe", model={"flavor": "debug-moe"}, parallel={"ep_size": 2, "min_workers": 2, "max_workers": 2, "zero_stage": 3}), "spec.config.parallel.zero_stage", False),
+    Case("megablocks-on-cpu", T, "moe-megablocks", config(preset="debug-moe", model={"flavor": "debug-moe", "moe_kernel": "megablocks"}), "spec.config.model.moe_kernel", False),
+    Case("batch-below-workers", T, "small-batch", run(minWorkers=8, maxWorkers=8), "spec.config.train.global_batch", False),
+    Case("password-in-tracking-uri", T, "leaky-uri", config(tracking={"uri": "postgresql://mlflow:hunter2@db/mlflow"}), "spec.config.tracking.uri", False),
+    Case("aws-key-in-a-value", T, "leaky-value", config(model={"llm_weights": "s3://AKIAIOSFODNN7EXAMPLE@bucket/w"}), "spec.config.model.llm_weights", False),
+    Case("secret-in-node-selector", T, "leaky-selector", run(resources={"nodeSelector": {"password": "x"}}), "spec.resources.nodeSelector.password", False),
+    # --- ScalingSweep
+    Case("missing-axes", S, "no-axes", {"base": RUN_BASE}, "spec.axes", True),
+    Case("empty-axes", S, "empty-axes", sweep(axes={}), "spec.axes.models", True),
+    Case("empty-axis", S, "empty-axis", sweep(axes=axes([])), "spec.axes.models", True),
+    Case("unknown-model-axis", S, "bad-axis", sweep(axes=axes(["debug", "gpt-5"], [1.0])), "spec.axes.models[1]", True),
+    Case("fraction-axis-zero", S, "bad-axis-fraction", sweep(axes=axes(["debug"], [0.0, 0.5])), "spec.axes.dataFractions[0]", True),
+    Case("duplicate-axis-values", S, "dup-axis", sweep(axes=axes(["debug", "debug"])), "spec.axes.models", True),
+    Case("axis-too-long", S, "long-axis", sweep(axes=axes(["debug"], [i / 2000 for i in range(1, 1002)])), "spec.axes.dataFractions", True),
+    Case("max-parallel-huge", S, "huge-parallel", sweep(maxParallelRuns=1_000_000_000), "spec.maxParallelRuns", True),
+    Case("override-min-above-max", S, "bad-size-bounds", sweep(overrides={"debug": {"minWorkers": 3, "maxWorkers": 1}}), "spec.overrides.debug.minWorkers", True),
+    Case("override-bad-gpus", S, "bad-gpus", sweep(overrides={"debug": {"gpusPerWorker": -1}}), "spec.overrides.debug.gpusPerWorker", True),
+    Case("override-config-bad-value", S, "bad-size-config", sweep(overrides={"debug": {"config": {"train": {"steps": -5}}}}), "spec.overrides.debug.config.train.steps", True),
+    Case("override-config-unknown-override", S, "bad-size-override", sweep(overrides={"debug": {"config": {"model": {"overrides": {"foo": 1}}}}}), "spec.overrides.debug.config.model.overrides.foo", True),
+    Case("secret-in-base-overrides", S, "leaky-base", sweep(base={**RUN_BASE, "model": {"overrides": {"aws_secret_access_key": "abc"}}}), "spec.base.model.overrides.aws_secret_access_key", True),
+    Case("sweep-name-too-long", S, "s" * 64, sweep(), "metadata.name", False),
+    Case("override-config-sets-axis", S, "size-config-axis", sweep(overrides={"debug": {"config": {"data": {"fraction": 0.1}}}}), "spec.overrides.debug.config.data.fraction", False),
+    Case("override-for-unlisted-model", S, "stray-override", sweep(overrides={"tinyllama-1.1b": {"maxWorkers": 2}}), "spec.overrides.tinyllama-1.1b", False),
+    Case("mixtral-ep-size-3", S, "mixtral-ep3", {**MIXTRAL, "overrides": {"mixtral-8x7b": {"epSize": 3, "minWorkers": 24, "maxWorkers": 24}}}, "spec.overrides.mixtral-8x7b.epSize", False),
+    Case("colliding-point-names", S, "collide", sweep(axes=axes(["debug"], [0.1234501, 0.12345])), "spec.axes.dataFractions", False),
+    Case("secret-in-tolerations", S, "leaky-toleration", sweep(resources={"tolerations": [{"key": "gpu", "token": "abc"}]}), "spec.resources.tolerations[0].token", False),
+    Case("base-without-sources", S, "no-data", sweep(base={k: v for k, v in RUN_BASE.items() if k != "data"}), "spec.base", False),
+]  # fmt: skip
+
+GOOD = [
+    (T, "ok-run", run()),
+    (T, "ok-bounds", run(minWorkers=1, maxWorkers=2, suspend=False, resources={"envFromSecrets": ["s3"], "cpu": "500m"})),
+    (T, "ok-overrides", config(model={"overrides": {"n_layers": 2, "vocab_size": 8000}})),
+    (T, "ok-moe-ep", config(preset="debug-moe", model={"flavor": "debug-moe"}, parallel={"ep_size": 2, "min_workers": 2, "max_workers": 4})),
+    (S, "ok-sweep", sweep(maxParallelRuns=2, overrides={"debug": {"maxWorkers": 2}})),
+    (S, "ok-layered", sweep(overrides={"debug": {"config": {"model": {"llm_weights": "s3://w/debug"}, "storage": {"keep_best": 2}}}})),
+    (S, "ok-mixtral-ep8", {**MIXTRAL, "overrides": {"mixtral-8x7b": {"epSize": 8, "minWorkers": 16, "maxWorkers": 32}}}),
+]  # fmt: skip
