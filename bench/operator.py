@@ -67,8 +67,8 @@ def main() -> int:
 
     from kubernetes import client
 
-    from sphinxx.operator import decide
     from sphinxx.jobs.sweep.points import admit_sweep
+    from sphinxx.operator import decide
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     kube = start_kube(workdir / "kube")
@@ -118,7 +118,7 @@ def main() -> int:
         elapsed = time.monotonic() - start
 
         obj = api.get_namespaced_custom_object("sphinxx.dev", "v1alpha1", "bench", "scalingsweeps", "bench")
-        spec = admit_sweep("bench", obj["spec"])
+        spec = admit_sweep("bench", obj["spec"]).spec
         passes = []
         for _ in range(args.repeats):
             t = time.perf_counter()

@@ -34,21 +34,9 @@ from sphinxx.jobs.schema.resources import (
     TrainingRunSpec,
 )
 from sphinxx.jobs.schema.run import RunConfig, preset_names
+from sphinxx.jobs.schema.status import RunStatus, SweepStatus
 
 from . import names
-
-CONDITION_SCHEMA = {
-    "type": "object",
-    "required": ["type", "status"],
-    "properties": {
-        "type": {"type": "string"},
-        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-        "reason": {"type": "string"},
-        "message": {"type": "string"},
-        "lastTransitionTime": {"type": "string", "format": "date-time"},
-        "observedGeneration": {"type": "integer"},
-    },
-}
 
 RUN_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -99,91 +87,17 @@ def spec_schema(cls: type) -> dict[str, Any]:
     return schema_of(cls, Dialect.CRD, Naming.CAMEL, embed=embed)
 
 
-def _status_schema(properties: dict[str, Any]) -> dict[str, Any]:
-    # The operator owns status; keep unknown fields so an older CRD never prunes a newer operator's.
-    return {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": properties}
+def status_schema(cls: type) -> dict[str, Any]:
+    """The status of a resource, from the vocabulary's typed status (`sphinxx.jobs.schema.status`).
+
+    The operator owns status; unknown fields are kept so an older CRD never prunes a newer operator's.
+    """
+    schema = schema_of(cls, Dialect.CRD, Naming.CAMEL, required=False)
+    schema["x-kubernetes-preserve-unknown-fields"] = True
+    return schema
 
 
-RUN_STATUS = {
-    "phase": {
-        "type": "string",
-        "enum": ["Pending", "Running", "Resuming", "Succeeded", "Failed", "Suspended"],
-    },
-    "attempt": {"type": "integer"},
-    "retries": {"type": "integer", "description": "automatic retries used since the last manual resume"},
-    "runId": {"type": "string", "description": "stable run id: Ray run name and checkpoint folder"},
-    "model": {"type": "string"},
-    "dataFraction": {"type": "number"},
-    "rayJobName": {"type": "string"},
-    "rayClusterName": {"type": "string"},
-    "mlflowRunId": {"type": "string"},
-    "configUri": {"type": "string"},
-    "storageUri": {
-        "type": "string",
-        "description": "checkpoint prefix, pinned at the first attempt (it may be the operator's default)",
-    },
-    "lastCheckpoint": {
-        "type": "object",
-        "properties": {"step": {"type": "integer"}, "uri": {"type": "string"}},
-    },
-    "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
-    "workers": {"type": "object", "additionalProperties": {"type": "integer"}},
-    "conditions": {"type": "array", "items": CONDITION_SCHEMA},
-    "observedGeneration": {"type": "integer"},
-    "message": {"type": "string"},
-}
-NUMBER = {"type": "number"}
-SCALING_LAW_STATUS = {
-    "type": "object",
-    "description": "the scaling law fitted when the sweep succeeded (operator/scaling_law.py)",
-    "properties": {
-        "form": {"type": "string", "enum": ["chinchilla", "per-axis"]},
-        "summary": {"type": "string"},
-        "numPoints": {"type": "integer"},
-        "paramsAxis": {"type": "string", "description": "what N is (the model's nominal parameter count)"},
-        "dataAxis": {"type": "string", "description": "what D is (the point's data fraction)"},
-        "coefficients": {
-            "type": "object",
-            "description": "chinchilla form: L(N, D) = E + A / N^alpha + B / D^beta",
-            "properties": {key: NUMBER for key in ("E", "A", "alpha", "B", "beta")},
-        },
-        "residualRms": {"type": "number", "description": "RMS of the fit's log-space residuals"},
-        "perAxis": {
-            "type": "array",
-            "description": "per-axis form: L = coefficient * x^-slope on each axis",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "axis": {"type": "string", "enum": ["params", "data"]},
-                    "coefficient": NUMBER,
-                    "slope": NUMBER,
-                    "numPoints": {"type": "integer"},
-                },
-            },
-        },
-        "note": {"type": "string"},
-        "error": {"type": "string", "description": "why no law could be fitted"},
-    },
-}
-SWEEP_STATUS = {
-    "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed", "Suspended"]},
-    "progress": {"type": "string"},
-    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-    "points": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-    "mlflowRunId": {"type": "string"},
-    "mlflowRunStatus": {
-        "type": "string",
-        "enum": ["RUNNING", "FINISHED", "FAILED"],
-        "description": "what the operator last set the parent MLflow run to (it ends with the sweep)",
-    },
-    "scalingLaw": SCALING_LAW_STATUS,
-    "conditions": {"type": "array", "items": CONDITION_SCHEMA},
-    "observedGeneration": {"type": "integer"},
-    "message": {"type": "string"},
-}
-
-
-def _crd(kind: str, plural: str, short: str, spec_cls: type, status: dict, columns: list) -> dict[str, Any]:
+def _crd(kind: str, plural: str, short: str, spec_cls: type, status_cls: type, columns: list) -> dict[str, Any]:
     spec = spec_schema(spec_cls)
     if spec_cls is TrainingRunSpec:
         spec["x-kubernetes-validations"] = [WORKER_RULE]
@@ -220,7 +134,7 @@ def _crd(kind: str, plural: str, short: str, spec_cls: type, status: dict, colum
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec,
-                                "status": _status_schema(status),
+                                "status": status_schema(status_cls),
                             },
                         }
                     },
@@ -232,8 +146,8 @@ def _crd(kind: str, plural: str, short: str, spec_cls: type, status: dict, colum
 
 def crds() -> list[dict[str, Any]]:
     return [
-        _crd("ScalingSweep", "scalingsweeps", "sweep", ScalingSweepSpec, SWEEP_STATUS, SWEEP_COLUMNS),
-        _crd("TrainingRun", "trainingruns", "trun", TrainingRunSpec, RUN_STATUS, RUN_COLUMNS),
+        _crd("ScalingSweep", "scalingsweeps", "sweep", ScalingSweepSpec, SweepStatus, SWEEP_COLUMNS),
+        _crd("TrainingRun", "trainingruns", "trun", TrainingRunSpec, RunStatus, RUN_COLUMNS),
     ]
 
 

@@ -15,7 +15,16 @@ from datetime import datetime
 from typing import Any
 
 from sphinxx.jobs.schema.resources import FailurePolicy, ScalingSweepSpec
-from sphinxx.jobs.schema.status import TERMINAL_RUN_PHASES
+from sphinxx.jobs.schema.status import (
+    TERMINAL_RUN_PHASES,
+    CheckpointRef,
+    RunPhase,
+    RunStatus,
+    SweepPhase,
+    SweepStatus,
+    TrackingState,
+    parse_status,
+)
 from sphinxx.jobs.sweep.points import points
 
 from . import expand, names, status
@@ -37,7 +46,7 @@ class RunObserved:
     suspend: bool
     queued: bool  # a Kueue queue name is set: suspend deletes the RayJob instead of toggling it
     bounds: tuple[int, int]  # desired worker pods (min, max)
-    status: dict[str, Any]
+    status: RunStatus
     job: status.JobView
     job_suspended: bool  # the current RayJob's spec.suspend
     admitted: bool
@@ -50,12 +59,12 @@ class RunObserved:
 
 @dataclass
 class RunAction:
-    status: dict[str, Any]
+    status: RunStatus
     create_attempt: int | None = None
     suspend_job: bool | None = None
     delete_job: bool = False
     patch_cluster: tuple[int, int] | None = None
-    finish_tracking: str | None = None  # FINISHED | FAILED
+    finish_tracking: TrackingState | None = None  # FINISHED | FAILED
     requeue_after: float | None = None
     events: list[Event] = field(default_factory=list)
 
@@ -73,124 +82,112 @@ def _epoch(iso: str | None) -> float | None:
 
 def decide_run(obs: RunObserved) -> RunAction:
     st = copy.deepcopy(obs.status)
-    old_phase = st.get("phase")
-    attempt = int(st.get("attempt", 0))
+    old_phase = st.phase
+    attempt = st.attempt
     act = RunAction(status=st)
     resume_now = _manual_resume(obs, st, old_phase, act)
     job = obs.job
 
     if obs.checkpoint is not None:
-        st["lastCheckpoint"] = {"step": obs.checkpoint.step, "uri": obs.checkpoint.uri}
+        st.last_checkpoint = CheckpointRef(step=obs.checkpoint.step, uri=obs.checkpoint.uri)
         if obs.checkpoint.metrics:
-            st["metrics"] = dict(obs.checkpoint.metrics)
-    st["workers"] = {"min": obs.bounds[0], "max": obs.bounds[1], **job.workers}
+            st.metrics = dict(obs.checkpoint.metrics)
+    st.workers = {"min": obs.bounds[0], "max": obs.bounds[1], **job.workers}
     if job.cluster:
-        st["rayClusterName"] = job.cluster
+        st.ray_cluster_name = job.cluster
 
-    phase, reason, message = old_phase or "Pending", old_phase or "Pending", st.get("message", "")
+    phase: RunPhase = old_phase or RunPhase.PENDING
+    reason, message = str(phase), st.message
     resumable = attempt > 1 or obs.checkpoint is not None
     if not obs.admitted and attempt == 0:
-        phase, reason, message = "Pending", "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
+        phase, reason, message = RunPhase.PENDING, "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
     elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
         if obs.queued and not job.terminal and job.outcome != "none":
-            # Kueue owns spec.suspend of a queued RayJob (orchestration.md 1.3); a job it holds
-            # suspended would start on admission, so our suspend deletes the attempt instead.
+            # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a
+            # job it holds suspended would start on admission, so our suspend deletes the attempt.
             act.delete_job = True
         elif job.outcome in ("pending", "running", "retrying") and not obs.job_suspended:
             act.suspend_job = True
-        phase, reason, message = "Suspended", "Suspended", "suspended by spec.suspend; checkpoints are kept"
+        phase, reason, message = RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend; checkpoints are kept"
     elif job.outcome == "none":
-        if old_phase == "Succeeded" or (old_phase == "Failed" and not resume_now):
+        if old_phase == RunPhase.SUCCEEDED or (old_phase == RunPhase.FAILED and not resume_now):
             pass
-        elif attempt == 0 or resume_now or old_phase == "Suspended":
+        elif attempt == 0 or resume_now or old_phase == RunPhase.SUSPENDED:
             act.create_attempt = attempt + 1
-            phase = "Resuming" if resumable or attempt else "Pending"
+            phase = RunPhase.RESUMING if resumable or attempt else RunPhase.PENDING
             reason, message = "AttemptCreated", f"attempt {attempt + 1} created"
         else:
-            phase, reason, message = _retry(
-                obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone"
-            )
+            phase, reason, message = _retry(obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone")
     elif obs.queued and (job.outcome == "suspended" or obs.job_suspended):
         # Kueue suspends a queued RayJob until admission (and again on preemption) and
         # unsuspends it itself: never toggle it, wait. A fresh cluster resumes from S3.
-        phase = "Resuming" if resumable else "Pending"
+        phase = RunPhase.RESUMING if resumable else RunPhase.PENDING
         reason, message = "WaitingForAdmission", f"attempt {attempt} waits for Kueue admission"
     elif job.outcome == "suspended" or (obs.job_suspended and not obs.suspend):
         act.suspend_job = False  # KubeRay starts a fresh cluster, which resumes from S3
-        phase, reason, message = "Resuming", "Unsuspended", "resuming from the last committed checkpoint"
+        phase, reason, message = RunPhase.RESUMING, "Unsuspended", "resuming from the last committed checkpoint"
     elif job.outcome in ("pending", "retrying"):
-        phase = "Resuming" if resumable else "Pending"
+        phase = RunPhase.RESUMING if resumable else RunPhase.PENDING
         reason, message = job.reason or phase, job.message or f"attempt {attempt} is starting"
     elif job.outcome == "running":
-        phase, reason, message = "Running", "Running", f"attempt {attempt} is running"
+        phase, reason, message = RunPhase.RUNNING, "Running", f"attempt {attempt} is running"
         if obs.cluster_bounds is not None and obs.cluster_bounds != obs.bounds:
             act.patch_cluster = obs.bounds
     elif job.outcome == "succeeded":
-        phase, reason, message = "Succeeded", "Succeeded", f"finished in attempt {attempt}"
+        phase, reason, message = RunPhase.SUCCEEDED, "Succeeded", f"finished in attempt {attempt}"
     elif job.outcome == "invalid":
-        phase, reason, message = "Failed", "ValidationFailed", job.message or "KubeRay rejected the RayJob"
+        phase, reason, message = RunPhase.FAILED, "ValidationFailed", job.message or "KubeRay rejected the RayJob"
     elif resume_now:
         act.create_attempt = attempt + 1
-        phase, reason, message = "Resuming", "ResumeRequested", f"attempt {attempt + 1} created by resume"
+        phase, reason, message = RunPhase.RESUMING, "ResumeRequested", f"attempt {attempt + 1} created by resume"
     else:
         phase, reason, message = _retry(obs, st, act, attempt, job.reason, job.message)
 
     if act.create_attempt is not None:
-        st.pop("lastFailureTime", None)
-        st["attempt"] = act.create_attempt
+        st.last_failure_time = None
+        st.attempt = act.create_attempt
     if phase in TERMINAL_RUN_PHASES and old_phase != phase:
-        act.finish_tracking = "FINISHED" if phase == "Succeeded" else "FAILED"
+        act.finish_tracking = TrackingState.FINISHED if phase == RunPhase.SUCCEEDED else TrackingState.FAILED
     if phase != old_phase:
-        kind = "Warning" if phase == "Failed" else "Normal"
+        kind = "Warning" if phase == RunPhase.FAILED else "Normal"
         act.events.append((kind, reason, f"{old_phase or 'New'} -> {phase}: {message}"))
-    st.update(phase=phase, message=message, observedGeneration=obs.generation)
-    st["conditions"] = status.run_conditions(
-        st.get("conditions") or [], phase, reason, message, obs.generation, obs.now_iso
-    )
-    st["conditions"] = status.set_condition(
-        st["conditions"], "Invalid", False, "Valid", "", obs.generation, obs.now_iso
-    )
+    st.phase, st.message, st.observed_generation = phase, message, obs.generation
+    st.conditions = status.run_conditions(st.conditions, phase, reason, message, obs.generation, obs.now_iso)
+    st.conditions = status.set_condition(st.conditions, "Invalid", False, "Valid", "", obs.generation, obs.now_iso)
     return act
 
 
-def _manual_resume(obs: RunObserved, st: dict[str, Any], old_phase: str | None, act: RunAction) -> bool:
+def _manual_resume(obs: RunObserved, st: RunStatus, old_phase: RunPhase | None, act: RunAction) -> bool:
     """A new `sphinxx.dev/resume` value restarts a Failed run with a fresh retry budget."""
-    if not obs.resume_token or obs.resume_token == st.get("resumeToken"):
+    if not obs.resume_token or obs.resume_token == st.resume_token:
         return False
-    st["resumeToken"] = obs.resume_token
-    if old_phase != "Failed":
-        act.events.append(
-            ("Normal", "ResumeIgnored", f"the run is {old_phase or 'new'}; only Failed runs resume")
-        )
+    st.resume_token = obs.resume_token
+    if old_phase != RunPhase.FAILED:
+        act.events.append(("Normal", "ResumeIgnored", f"the run is {old_phase or 'new'}; only Failed runs resume"))
         return False
-    st["retries"] = 0
+    st.retries = 0
     act.events.append(("Normal", "ResumeRequested", f"resume requested ({obs.resume_token})"))
     return True
 
 
 def _retry(
-    obs: RunObserved, st: dict[str, Any], act: RunAction, attempt: int, reason: str, message: str
-) -> tuple[str, str, str]:
+    obs: RunObserved, st: RunStatus, act: RunAction, attempt: int, reason: str, message: str
+) -> tuple[RunPhase, str, str]:
     """A failed attempt: the next one after backoff, or Failed once the retries are used up."""
-    retries = int(st.get("retries", 0))
-    if retries >= obs.policy.max_retries:
-        return (
-            "Failed",
-            "RetriesExhausted",
-            f"attempt {attempt} failed ({reason}: {message}); no retries left",
-        )
-    failed_at = _epoch(st.get("lastFailureTime"))
+    if st.retries >= obs.policy.max_retries:
+        return RunPhase.FAILED, "RetriesExhausted", f"attempt {attempt} failed ({reason}: {message}); no retries left"
+    failed_at = _epoch(st.last_failure_time)
     if failed_at is None:
-        st["lastFailureTime"] = obs.now_iso
+        st.last_failure_time = obs.now_iso
         failed_at = obs.now
         act.events.append(("Warning", "AttemptFailed", f"attempt {attempt} failed: {reason}: {message}"))
-    wait = failed_at + backoff(obs.policy, retries) - obs.now
+    wait = failed_at + backoff(obs.policy, st.retries) - obs.now
     if wait > 0:
         act.requeue_after = wait
-        return "Resuming", "Backoff", f"attempt {attempt} failed ({reason}); retrying in {wait:.0f}s"
-    st["retries"] = retries + 1
+        return RunPhase.RESUMING, "Backoff", f"attempt {attempt} failed ({reason}); retrying in {wait:.0f}s"
+    st.retries += 1
     act.create_attempt = attempt + 1
-    return "Resuming", "Retrying", f"attempt {attempt} failed ({reason}); attempt {attempt + 1} resumes"
+    return RunPhase.RESUMING, "Retrying", f"attempt {attempt} failed ({reason}); attempt {attempt + 1} resumes"
 
 
 # -------------------------------------------------------------------------------------- sweep
@@ -201,14 +198,19 @@ class SweepAction:
     plan: expand.ChildPlan
     admit: list[str]
     resume: list[str]  # children to annotate with the sweep's resume token
-    status: dict[str, Any]
+    status: SweepStatus
     events: list[Event] = field(default_factory=list)
-    tracking_status: str | None = None  # set the parent MLflow run to this (then record it in status)
+    # Set the parent MLflow run to this (then record it in status): only once MLflow took it, so an
+    # outage is retried on the next pass.
+    tracking_status: TrackingState | None = None
+    fit: bool = False  # the sweep succeeded and has no scaling law yet: fit one
 
 
-def parent_run_status(phase: str) -> str:
+def parent_run_status(phase: SweepPhase) -> TrackingState:
     """The state the sweep's parent MLflow run should be in: ended with the sweep, open otherwise."""
-    return {"Succeeded": "FINISHED", "Failed": "FAILED"}.get(phase, "RUNNING")
+    return {SweepPhase.SUCCEEDED: TrackingState.FINISHED, SweepPhase.FAILED: TrackingState.FAILED}.get(
+        phase, TrackingState.RUNNING
+    )
 
 
 def decide_sweep(
@@ -218,7 +220,8 @@ def decide_sweep(
     resume_token: str | None,
     now_iso: str,
 ) -> SweepAction:
-    meta, st = sweep["metadata"], copy.deepcopy(sweep.get("status") or {})
+    meta = sweep["metadata"]
+    st = parse_status(SweepStatus, sweep.get("status"))
     generation = int(meta.get("generation", 1))
     ordered = points(meta["name"], spec)
     desired = [expand.child_manifest(sweep, sweep["spec"], p) for p in ordered]
@@ -227,29 +230,21 @@ def decide_sweep(
     admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs)
     resume: list[str] = []
     events: list[Event] = []
-    if resume_token and resume_token != st.get("resumeToken"):
-        st["resumeToken"] = resume_token
-        resume = [n for n, c in by_name.items() if (c.get("status") or {}).get("phase") == "Failed"]
+    if resume_token and resume_token != st.resume_token:
+        st.resume_token = resume_token
+        resume = [n for n, c in by_name.items() if (c.get("status") or {}).get("phase") == RunPhase.FAILED]
         events.append(("Normal", "ResumeRequested", f"resuming {len(resume)} failed point(s)"))
-    roll = status.rollup(ordered, by_name, spec.suspend, st.get("conditions") or [], generation, now_iso)
-    if roll.phase != st.get("phase"):
-        kind = "Warning" if roll.phase == "Failed" else "Normal"
-        events.append(
-            (kind, roll.phase, f"{st.get('phase') or 'New'} -> {roll.phase}: {roll.progress} succeeded")
-        )
-    for name in plan.create:
-        events.append(("Normal", "PointCreated", f"TrainingRun {name['metadata']['name']} created"))
+    roll = status.rollup(ordered, by_name, spec.suspend, st.conditions, generation, now_iso)
+    if roll.phase != st.phase:
+        kind = "Warning" if roll.phase == SweepPhase.FAILED else "Normal"
+        events.append((kind, roll.phase, f"{st.phase or 'New'} -> {roll.phase}: {roll.progress} succeeded"))
+    for child in plan.create:
+        events.append(("Normal", "PointCreated", f"TrainingRun {child['metadata']['name']} created"))
     for name in plan.delete:
         events.append(("Normal", "PointRemoved", f"TrainingRun {name} removed (no longer on the axes)"))
-    st.update(
-        phase=roll.phase,
-        counts=roll.counts,
-        progress=roll.progress,
-        points=roll.points,
-        conditions=status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso),
-        observedGeneration=generation,
-        message=f"{roll.progress} succeeded",
-    )
+    st.phase, st.counts, st.progress, st.points = roll.phase, roll.counts, roll.progress, roll.points
+    st.conditions = status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso)
+    st.observed_generation, st.message = generation, f"{roll.progress} succeeded"
     wanted = parent_run_status(roll.phase)
     return SweepAction(
         plan=plan,
@@ -257,8 +252,8 @@ def decide_sweep(
         resume=resume,
         status=st,
         events=events,
-        # recorded only once MLflow took it, so an outage is retried on the next pass
-        tracking_status=wanted if wanted != st.get("mlflowRunStatus", "RUNNING") else None,
+        tracking_status=wanted if wanted != (st.mlflow_run_status or TrackingState.RUNNING) else None,
+        fit=roll.phase == SweepPhase.SUCCEEDED and st.scaling_law is None,
     )
 
 

@@ -2,8 +2,14 @@
 
 Handlers (handlers.py) only say *which* object to reconcile; the functions here read it fresh,
 so every trigger (create, update, timer, a RayJob event, an operator restart) runs the same
-level-based code. One lock per object keeps two triggers of the same object from interleaving
-inside one operator process; across processes, peering elects one active operator.
+level-based code:
+
+    admit (sphinxx.jobs.schema / sphinxx.jobs.sweep) -> observe -> decide.py -> act -> write status
+
+An object is admitted once per pass (the admission is cached) and the result, typed, is what
+the rest of the pass uses; status is read and written as the vocabulary's typed `RunStatus` /
+`SweepStatus`. One lock per object keeps two triggers of the same object from interleaving inside
+one operator process; across processes, peering elects one active operator.
 """
 
 from __future__ import annotations
@@ -13,18 +19,29 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
 
-from sphinxx.jobs.schema import run as run_config
-from sphinxx.jobs.schema.admission import admit_run, resolve_layer
+from sphinxx.jobs.schema.admission import AdmittedRun, admit_run
 from sphinxx.jobs.schema.fields import SchemaError
-from sphinxx.jobs.schema.flavors import FLAVORS
-from sphinxx.jobs.schema.status import TERMINAL_RUN_PHASES
-from sphinxx.jobs.sweep import mlflow_runs as tracking
-from sphinxx.jobs.sweep.points import admit_sweep
+from sphinxx.jobs.schema.resources import TrainingRunSpec
+from sphinxx.jobs.schema.run import RunConfig, to_dict
+from sphinxx.jobs.schema.status import (
+    TERMINAL_RUN_PHASES,
+    RunPhase,
+    RunStatus,
+    SweepPhase,
+    SweepStatus,
+    TrackingState,
+    dump_status,
+    parse_status,
+)
+from sphinxx.jobs.sweep import mlflow_runs
+from sphinxx.jobs.sweep.points import AdmittedSweep, admit_sweep
+from sphinxx.jobs.sweep.results import fit_sweep, plot_fit
 
 from . import checkpoints, decide, expand, names, status
 from .kube import Kube
@@ -60,11 +77,15 @@ def _annotations(obj: dict[str, Any]) -> dict[str, str]:
     return (obj.get("metadata") or {}).get("annotations") or {}
 
 
-def _write_status(kube: Kube, resource: str, obj: dict[str, Any], new: dict[str, Any]) -> None:
-    old = obj.get("status") or {}
-    if new != old:
+def _generation(obj: dict[str, Any]) -> int:
+    return int(obj["metadata"].get("generation", 1))
+
+
+def _write_status(kube: Kube, resource: str, obj: dict[str, Any], new: RunStatus | SweepStatus) -> None:
+    old, data = obj.get("status") or {}, dump_status(new)
+    if data != old:
         meta = obj["metadata"]
-        kube.patch_status(resource, meta["namespace"], meta["name"], expand.merge_diff(old, new))
+        kube.patch_status(resource, meta["namespace"], meta["name"], expand.merge_diff(old, data))
 
 
 def _events(kube: Kube, obj: dict[str, Any], events: list[decide.Event]) -> None:
@@ -75,52 +96,46 @@ def _events(kube: Kube, obj: dict[str, Any], events: list[decide.Event]) -> None
             log.warning("event %s on %s not posted: %s", reason, obj["metadata"]["name"], err)
 
 
+def _status(obj: dict[str, Any], resource: str) -> RunStatus | SweepStatus:
+    cls = RunStatus if resource == "trainingruns" else SweepStatus
+    return parse_status(cls, obj.get("status"))
+
+
 def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: str) -> None:
     """A bad spec: phase Failed, condition Invalid naming the field path, one event; nothing created."""
     _, now_iso = _now()
-    generation = int(obj["metadata"].get("generation", 1))
-    st = dict(obj.get("status") or {})
+    generation, st = _generation(obj), _status(obj, resource)
     message = f"{err.path}: {err.reason}"
-    invalid = status.condition(st.get("conditions"), "Invalid")
-    if invalid and invalid.get("status") == "True" and invalid.get("message") == message:
+    invalid = status.condition(st.conditions, "Invalid")
+    if invalid and invalid.status == "True" and invalid.message == message:
         return
-    conditions = status.set_condition(
-        st.get("conditions") or [], "Invalid", True, "InvalidSpec", message, generation, now_iso
-    )
-    conditions = status.set_condition(conditions, "Ready", False, "InvalidSpec", message, generation, now_iso)
-    st.update(phase="Failed", message=message, conditions=conditions, observedGeneration=generation)
+    conditions = status.set_condition(st.conditions, "Invalid", True, "InvalidSpec", message, generation, now_iso)
+    st.conditions = status.set_condition(conditions, "Ready", False, "InvalidSpec", message, generation, now_iso)
+    st.phase = RunPhase.FAILED if isinstance(st, RunStatus) else SweepPhase.FAILED
+    st.message, st.observed_generation = message, generation
     _write_status(kube, resource, obj, st)
     _events(kube, obj, [("Warning", "InvalidSpec", message)])
 
 
-def _tracking_failed(
-    kube: Kube, obj: dict[str, Any], resource: str, err: Exception, settings: Settings
-) -> None:
+def _tracking_failed(kube: Kube, obj: dict[str, Any], resource: str, err: Exception, settings: Settings) -> None:
     _, now_iso = _now()
-    st = dict(obj.get("status") or {})
-    generation = int(obj["metadata"].get("generation", 1))
-    before = status.condition(st.get("conditions"), "TrackingReady")
-    st["conditions"] = status.set_condition(
-        st.get("conditions") or [], "TrackingReady", False, "MLflowUnreachable", str(err), generation, now_iso
+    st = _status(obj, resource)
+    before = status.condition(st.conditions, "TrackingReady")
+    st.conditions = status.set_condition(
+        st.conditions, "TrackingReady", False, "MLflowUnreachable", str(err), _generation(obj), now_iso
     )
     _write_status(kube, resource, obj, st)
-    if not before or before.get("status") != "False":
-        _events(
-            kube,
-            obj,
-            [("Warning", "MLflowUnreachable", f"{err}; retrying every {settings.retry_delay:.0f}s")],
-        )
+    if not before or before.status != "False":
+        _events(kube, obj, [("Warning", "MLflowUnreachable", f"{err}; retrying every {settings.retry_delay:.0f}s")])
     raise RetryLater(f"MLflow unreachable: {err}", settings.retry_delay)
 
 
-def _tracked(st: dict[str, Any], generation: int, now_iso: str) -> None:
-    st["conditions"] = status.set_condition(
-        st.get("conditions") or [], "TrackingReady", True, "RunRecorded", "", generation, now_iso
-    )
+def _tracked(st: RunStatus | SweepStatus, generation: int, now_iso: str) -> None:
+    st.conditions = status.set_condition(st.conditions, "TrackingReady", True, "RunRecorded", "", generation, now_iso)
 
 
 def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
-    """Nothing can change until the user edits the object: skip the (costly) validation.
+    """Nothing can change until the user edits the object: skip admission.
 
     True for an Invalid spec already reported at this generation, and for a run that ended
     (Succeeded, or Failed with no new resume request) at this generation. A sweep is never
@@ -129,13 +144,14 @@ def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
     meta, st = obj["metadata"], obj.get("status") or {}
     if st.get("observedGeneration") != meta.get("generation"):
         return False
-    invalid = status.condition(st.get("conditions"), "Invalid")
+    invalid = next((c for c in st.get("conditions") or [] if c.get("type") == "Invalid"), None)
     if invalid and invalid.get("status") == "True":
         return True
     if sweep:
         return False
     resume = _annotations(obj).get(names.ANNOTATION_RESUME)
-    return st.get("phase") == "Succeeded" or (st.get("phase") == "Failed" and resume == st.get("resumeToken"))
+    phase = st.get("phase")
+    return phase == RunPhase.SUCCEEDED or (phase == RunPhase.FAILED and resume == st.get("resumeToken"))
 
 
 # ------------------------------------------------------------------------------ TrainingRun
@@ -152,7 +168,7 @@ def reconcile_run(kube: Kube, namespace: str, name: str, settings: Settings) -> 
         except SchemaError as err:
             mark_invalid(kube, obj, err, "trainingruns")
             return None
-        return _reconcile_valid_run(kube, obj, admitted.spec, admitted.config, settings)
+        return _reconcile_valid_run(kube, obj, admitted, settings)
 
 
 def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -161,37 +177,32 @@ def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return defaults.apply_run(obj.get("spec") or {})
 
 
-def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], spec, cfg, settings: Settings) -> float | None:
+def _point_ref(obj: dict[str, Any], cfg: RunConfig) -> mlflow_runs.PointRef:
     meta = obj["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    generation = int(meta.get("generation", 1))
-    old = obj.get("status") or {}
+    sweep = (meta.get("labels") or {}).get(names.LABEL_SWEEP)
+    return mlflow_runs.PointRef(meta["namespace"], meta["name"], meta["uid"], cfg.model.flavor, cfg.data.fraction, sweep)
+
+
+def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, settings: Settings) -> float | None:
+    meta, spec, cfg = obj["metadata"], admitted.spec, admitted.config
+    namespace, name = meta["namespace"], meta["name"]
+    old = parse_status(RunStatus, obj.get("status"))
     now, now_iso = _now()
-    run_id = old.get("runId") or names.run_id(namespace, name, uid)
+    run_id = old.run_id or names.run_id(namespace, name, meta["uid"])
     tracking_uri = cfg.tracking.uri or settings.tracking_uri
-    mlflow_run = old.get("mlflowRunId")
+    mlflow_run = old.mlflow_run_id
     if tracking_uri and not mlflow_run:
+        parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
         try:
-            mlflow_run = tracking.ensure_child_run(
-                tracking_uri,
-                cfg.tracking.experiment,
-                namespace,
-                name,
-                uid,
-                _annotations(obj).get(ANNOTATION_PARENT_RUN),
-                {"sphinxx.dev/model": cfg.model.flavor, "sphinxx.dev/data-fraction": str(cfg.data.fraction)},
-            )
-        except tracking.TrackingUnavailable as err:
+            mlflow_run = mlflow_runs.ensure_child_run(tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent)
+        except mlflow_runs.TrackingUnavailable as err:
             _tracking_failed(kube, obj, "trainingruns", err, settings)
 
-    rayjob = kube.get("rayjobs", namespace, old["rayJobName"]) if old.get("rayJobName") else None
+    rayjob = kube.get("rayjobs", namespace, old.ray_job_name) if old.ray_job_name else None
     job = status.observe_rayjob(rayjob)
-    cluster_bounds = _cluster_bounds(kube, namespace, job) if job.outcome == "running" else None
-    checkpoint = None
-    if int(old.get("attempt", 0)) > 0 and old.get("phase") not in TERMINAL_RUN_PHASES:
-        checkpoint = _latest(cfg, run_id)
+    checkpoint = _latest(cfg, run_id) if old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES else None
     obs = decide.RunObserved(
-        generation=generation,
+        generation=_generation(obj),
         policy=spec.failure_policy,
         suspend=spec.suspend,
         queued=bool(spec.queue_name),
@@ -202,19 +213,34 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], spec, cfg, settings: S
         admitted=decide.admitted(obj),
         resume_token=_annotations(obj).get(names.ANNOTATION_RESUME),
         checkpoint=checkpoint,
-        cluster_bounds=cluster_bounds,
+        cluster_bounds=_cluster_bounds(kube, namespace, job) if job.outcome == "running" else None,
         now=now,
         now_iso=now_iso,
     )
     act = decide.decide_run(obs)
     st = act.status
-    st.update(runId=run_id, model=cfg.model.flavor, dataFraction=cfg.data.fraction)
+    st.run_id, st.model, st.data_fraction = run_id, cfg.model.flavor, cfg.data.fraction
     if mlflow_run:
-        st["mlflowRunId"] = mlflow_run
-        _tracked(st, generation, now_iso)
+        st.mlflow_run_id = mlflow_run
+        _tracked(st, obs.generation, now_iso)
     if act.create_attempt is not None:
-        checkpoint = obs.checkpoint or _latest(cfg, run_id)
-        _create_attempt(kube, obj, spec, cfg, st, act, run_id, tracking_uri, checkpoint, settings.image)
+        launch = Launch(spec, attempt_config(cfg, st, tracking_uri, _annotations(obj).get(ANNOTATION_PARENT_RUN)),
+                        act.create_attempt, obs.checkpoint or _latest(cfg, run_id), settings.image)  # fmt: skip
+        act.events += _create_attempt(kube, obj, launch, st)
+    _act_on_rayjob(kube, namespace, rayjob, act, job)
+    if act.finish_tracking and mlflow_run and tracking_uri:
+        try:
+            mlflow_runs.set_run_status(tracking_uri, mlflow_run, act.finish_tracking)
+        except mlflow_runs.TrackingUnavailable as err:
+            log.warning("could not end MLflow run %s: %s", mlflow_run, err)
+    _write_status(kube, "trainingruns", obj, st)
+    _events(kube, obj, act.events)
+    return act.requeue_after
+
+
+def _act_on_rayjob(
+    kube: Kube, namespace: str, rayjob: dict[str, Any] | None, act: decide.RunAction, job: status.JobView
+) -> None:
     if rayjob is not None and act.suspend_job is not None:
         kube.patch("rayjobs", namespace, rayjob["metadata"]["name"], {"spec": {"suspend": act.suspend_job}})
     if rayjob is not None and act.delete_job:
@@ -222,17 +248,9 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], spec, cfg, settings: S
     if act.patch_cluster is not None and job.cluster:
         _patch_cluster(kube, namespace, job.cluster, act.patch_cluster)
         act.events.append(("Normal", "WorkersRescaled", f"worker pods bounds set to {act.patch_cluster}"))
-    if act.finish_tracking and mlflow_run and tracking_uri:
-        try:
-            tracking.finish_run(tracking_uri, mlflow_run, act.finish_tracking)
-        except tracking.TrackingUnavailable as err:
-            log.warning("could not end MLflow run %s: %s", mlflow_run, err)
-    _write_status(kube, "trainingruns", obj, st)
-    _events(kube, obj, act.events)
-    return act.requeue_after
 
 
-def _latest(cfg: run_config.RunConfig, run_id: str) -> decide.Checkpoint | None:
+def _latest(cfg: RunConfig, run_id: str) -> decide.Checkpoint | None:
     try:
         return checkpoints.latest(cfg.storage.uri, run_id, cfg.storage.endpoint_url)
     except Exception as err:  # storage outages must not stop status updates; the next pass retries
@@ -240,42 +258,49 @@ def _latest(cfg: run_config.RunConfig, run_id: str) -> decide.Checkpoint | None:
         return None
 
 
-def _create_attempt(kube, obj, spec, cfg, st, act, run_id, tracking_uri, checkpoint, image: str) -> None:
-    meta = obj["metadata"]
-    job_cfg = dataclasses.replace(
-        cfg,
-        run_id=run_id,
-        tracking=dataclasses.replace(
-            cfg.tracking,
-            uri=tracking_uri,
-            mlflow_run_id=st.get("mlflowRunId"),
-            mlflow_parent_run_id=_annotations(obj).get(ANNOTATION_PARENT_RUN),
-        ),
+def attempt_config(cfg: RunConfig, st: RunStatus, tracking_uri: str | None, parent_run: str | None) -> RunConfig:
+    """The config an attempt's job reads: the admitted config plus the run's identity. Pure."""
+    tracking = dataclasses.replace(
+        cfg.tracking, uri=tracking_uri, mlflow_run_id=st.mlflow_run_id, mlflow_parent_run_id=parent_run
     )
-    # Plain YAML of the resolved dataclasses (what `load_config(file=...)` reads back); much
-    # cheaper than building an omegaconf tree just to print it.
-    text = yaml.safe_dump(run_config.to_dict(job_cfg), sort_keys=False)
-    config_uri = checkpoints.write_config(cfg.storage.uri, run_id, text, cfg.storage.endpoint_url)
+    return dataclasses.replace(cfg, run_id=st.run_id or cfg.run_id, tracking=tracking)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a new attempt starts from."""
+
+    spec: TrainingRunSpec
+    config: RunConfig  # attempt_config(...)
+    attempt: int
+    checkpoint: decide.Checkpoint | None  # the committed checkpoint it resumes from
+    image: str
+
+
+def _create_attempt(kube: Kube, obj: dict[str, Any], launch: Launch, st: RunStatus) -> list[decide.Event]:
+    """Store the attempt's config next to the checkpoints, create its RayJob, record both in status."""
+    meta, cfg = obj["metadata"], launch.config
+    # Plain YAML of the resolved dataclasses (what the job's `load_config` reads back).
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    config_uri = checkpoints.write_config(cfg.storage.uri, cfg.run_id, text, cfg.storage.endpoint_url)
     attempt = Attempt(
         namespace=meta["namespace"],
         name=meta["name"],
         uid=meta["uid"],
-        attempt=act.create_attempt,
+        attempt=launch.attempt,
         config_uri=config_uri,
-        image=image,
+        image=launch.image,
         sweep=(meta.get("labels") or {}).get(names.LABEL_SWEEP),
-        resume_uri=checkpoint.uri if checkpoint else None,
-        suspend=spec.suspend,
+        resume_uri=launch.checkpoint.uri if launch.checkpoint else None,
+        suspend=launch.spec.suspend,
     )
-    _, created = kube.create("rayjobs", render_rayjob(attempt, spec, job_cfg))
+    _, created = kube.create("rayjobs", render_rayjob(attempt, launch.spec, cfg))
     # The prefix may be the operator's default: pinned, so a later default never moves the run.
-    st.update(rayJobName=attempt.rayjob_name, configUri=config_uri, storageUri=cfg.storage.uri)
-    st.pop("rayClusterName", None)
-    if created:
-        where = f" from step {checkpoint.step}" if checkpoint else ""
-        act.events.append(
-            ("Normal", "AttemptCreated", f"RayJob {attempt.rayjob_name} (attempt {attempt.attempt}){where}")
-        )
+    st.ray_job_name, st.config_uri, st.storage_uri, st.ray_cluster_name = attempt.rayjob_name, config_uri, cfg.storage.uri, None
+    if not created:
+        return []
+    where = f" from step {launch.checkpoint.step}" if launch.checkpoint else ""
+    return [("Normal", "AttemptCreated", f"RayJob {attempt.rayjob_name} (attempt {attempt.attempt}){where}")]
 
 
 def _gpu_group(cluster: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
@@ -296,7 +321,7 @@ def _patch_cluster(kube: Kube, namespace: str, name: str, bounds: tuple[int, int
     """Set the worker group's bounds in place: the job keeps running; Ray Train resizes itself."""
     cluster = kube.get("rayclusters", namespace, name)
     found = _gpu_group(cluster) if cluster else None
-    if found is None:
+    if cluster is None or found is None:
         return
     index, group = found
     low, high = bounds
@@ -307,11 +332,7 @@ def _patch_cluster(kube: Kube, namespace: str, name: str, bounds: tuple[int, int
         namespace,
         name,
         [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": cluster["metadata"]["resourceVersion"],
-            },
+            {"op": "test", "path": "/metadata/resourceVersion", "value": cluster["metadata"]["resourceVersion"]},
             {"op": "add", "path": f"{path}/minReplicas", "value": low},
             {"op": "add", "path": f"{path}/maxReplicas", "value": high},
             {"op": "add", "path": f"{path}/replicas", "value": replicas},
@@ -321,29 +342,32 @@ def _patch_cluster(kube: Kube, namespace: str, name: str, bounds: tuple[int, int
 
 def finalize_run(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
     """Deletion: remove every attempt's RayJob; end (or delete) the MLflow run; keep checkpoints unless told."""
-    meta, st = obj["metadata"], obj.get("status") or {}
+    meta, st = obj["metadata"], parse_status(RunStatus, obj.get("status"))
     namespace, name = meta["namespace"], meta["name"]
     for rayjob in kube.list("rayjobs", namespace, labels=f"{names.LABEL_RUN}={name}"):
         kube.delete("rayjobs", namespace, rayjob["metadata"]["name"])
-    spec = obj.get("spec") or {}
     try:
-        cfg = admit_run(name, _run_spec(obj, settings)).config
+        admitted = admit_run(name, _run_spec(obj, settings))
     except SchemaError:
         return
-    uri, run_id = cfg.tracking.uri or settings.tracking_uri, st.get("mlflowRunId")
-    delete = spec.get("deletePolicy") == "Delete"
+    cfg, delete = admitted.config, admitted.spec.delete_policy == "Delete"
+    uri, run_id = cfg.tracking.uri or settings.tracking_uri, st.mlflow_run_id
     try:
         if uri and run_id and delete:
-            tracking.delete_run(uri, run_id)
-        elif uri and run_id and st.get("phase") not in TERMINAL_RUN_PHASES:
-            tracking.finish_run(uri, run_id, "KILLED")
-    except tracking.TrackingUnavailable as err:  # deletion must not hang on MLflow
+            mlflow_runs.delete_run(uri, run_id)
+        elif uri and run_id and st.phase not in TERMINAL_RUN_PHASES:
+            mlflow_runs.set_run_status(uri, run_id, TrackingState.KILLED)
+    except mlflow_runs.TrackingUnavailable as err:  # deletion must not hang on MLflow
         log.warning("MLflow run %s of %s/%s not updated on deletion: %s", run_id, namespace, name, err)
-    if delete and st.get("runId"):
-        checkpoints.delete_run(cfg.storage.uri, st["runId"], cfg.storage.endpoint_url)
+    if delete and st.run_id:
+        checkpoints.delete_run(cfg.storage.uri, st.run_id, cfg.storage.endpoint_url)
 
 
 # ------------------------------------------------------------------------------ ScalingSweep
+
+
+def _admit_sweep(obj: dict[str, Any], settings: Settings) -> AdmittedSweep:
+    return admit_sweep(obj["metadata"]["name"], obj.get("spec") or {}, settings.defaults.apply_run)
 
 
 def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -> None:
@@ -352,29 +376,46 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -
         if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj, sweep=True):
             return
         try:
-            spec = admit_sweep(name, settings.defaults.apply_sweep(obj.get("spec") or {}), settings.defaults.apply_run)
+            admitted = _admit_sweep(obj, settings)
         except SchemaError as err:
             mark_invalid(kube, obj, err, "scalingsweeps")
             return
-        _reconcile_valid_sweep(kube, obj, spec, settings)
+        _reconcile_valid_sweep(kube, obj, admitted, settings)
 
 
-def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Settings) -> None:
+def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], admitted: AdmittedSweep, settings: Settings) -> None:
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     _, now_iso = _now()
-    base = resolve_layer(settings.defaults.apply_config(obj["spec"].get("base") or {}), "spec.base")
-    tracking_uri = base.tracking.uri or settings.tracking_uri
-    parent = (obj.get("status") or {}).get("mlflowRunId")
+    tracking_uri = admitted.base.tracking.uri or settings.tracking_uri
+    parent = parse_status(SweepStatus, obj.get("status")).mlflow_run_id
     if tracking_uri and not parent:
+        ref = mlflow_runs.SweepRef(namespace, name, meta["uid"])
         try:
-            parent = tracking.ensure_parent_run(
-                tracking_uri, base.tracking.experiment, namespace, name, meta["uid"]
-            )
-        except tracking.TrackingUnavailable as err:
+            parent = mlflow_runs.ensure_parent_run(tracking_uri, admitted.base.tracking.experiment, ref)
+        except mlflow_runs.TrackingUnavailable as err:
             _tracking_failed(kube, obj, "scalingsweeps", err, settings)
     children = kube.list("trainingruns", namespace, labels=f"{names.LABEL_SWEEP}={name}")
-    act = decide.decide_sweep(obj, spec, children, _annotations(obj).get(names.ANNOTATION_RESUME), now_iso)
+    act = decide.decide_sweep(obj, admitted.spec, children, _annotations(obj).get(names.ANNOTATION_RESUME), now_iso)
+    _apply_child_plan(kube, namespace, act, parent, now_iso)
+    st = act.status
+    if parent:
+        st.mlflow_run_id = parent
+        _tracked(st, _generation(obj), now_iso)
+    if act.fit:
+        st.scaling_law = _fit(st, tracking_uri, parent, name)
+    if act.tracking_status and parent and tracking_uri:  # after the fit: it logs on the open run
+        try:
+            mlflow_runs.set_run_status(tracking_uri, parent, act.tracking_status)
+            st.mlflow_run_status = act.tracking_status
+        except mlflow_runs.TrackingUnavailable as err:
+            log.warning("MLflow parent run %s not set %s (retried next pass): %s", parent, act.tracking_status, err)
+    _write_status(kube, "scalingsweeps", obj, st)
+    _events(kube, obj, act.events)
+
+
+def _apply_child_plan(kube: Kube, namespace: str, act: decide.SweepAction, parent: str | None, now_iso: str) -> None:
+    """Create, patch, admit, resume and delete the sweep's TrainingRuns as the decision says."""
     admit = set(act.admit)
     for child in act.plan.create:
         annotations = child["metadata"].setdefault("annotations", {})
@@ -394,78 +435,34 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], spec, settings: Sett
     for child_name in act.plan.delete:
         kube.delete("trainingruns", namespace, child_name)
     for child_name in sorted(admit):
-        kube.patch(
-            "trainingruns",
-            namespace,
-            child_name,
-            {"metadata": {"annotations": {names.ANNOTATION_ADMITTED: now_iso}}},
-        )
+        kube.patch("trainingruns", namespace, child_name, {"metadata": {"annotations": {names.ANNOTATION_ADMITTED: now_iso}}})
     for child_name in act.resume:
-        token = act.status["resumeToken"]
-        kube.patch(
-            "trainingruns",
-            namespace,
-            child_name,
-            {"metadata": {"annotations": {names.ANNOTATION_RESUME: token}}},
-        )
-    st = act.status
-    if parent:
-        st["mlflowRunId"] = parent
-        _tracked(st, int(meta.get("generation", 1)), now_iso)
-    if st["phase"] == "Succeeded" and "scalingLaw" not in st:
-        st["scalingLaw"] = _fit(st["points"], tracking_uri, parent)
-    if act.tracking_status and parent and tracking_uri:  # after the fit: it logs on the open run
-        try:
-            tracking.set_run_status(tracking_uri, parent, act.tracking_status)
-            st["mlflowRunStatus"] = act.tracking_status
-        except tracking.TrackingUnavailable as err:
-            log.warning(
-                "MLflow parent run %s not set %s (retried next pass): %s", parent, act.tracking_status, err
-            )
-    _write_status(kube, "scalingsweeps", obj, st)
-    _events(kube, obj, act.events)
+        token = act.status.resume_token
+        kube.patch("trainingruns", namespace, child_name, {"metadata": {"annotations": {names.ANNOTATION_RESUME: token}}})
 
 
-def _fit(rows: list[dict[str, Any]], tracking_uri: str | None, parent: str | None) -> dict[str, Any]:
-    """Fit the scaling law over the succeeded points; log it (and its plot) on the parent run."""
-    try:
-        from sphinxx.jobs.sweep.scaling_law import Point, fit, plot_png
-    except ImportError as err:  # numpy/scipy missing: the sweep is still complete
-        return {"error": f"scaling-law fit unavailable: {err}"}
-    points = [
-        Point(
-            params=float(FLAVORS[r["model"]].params), data=r["dataFraction"], loss=float(r["loss"])
-        )
-        for r in rows
-        if r.get("loss") is not None
-    ]
-    try:
-        result = fit(points)
-    except ValueError as err:
-        return {"error": str(err)}
-    summary = status.scaling_law_status(result)
+def _fit(st: SweepStatus, tracking_uri: str | None, parent: str | None, sweep: str):
+    """Fit the scaling law over the succeeded points (sweep core); log it and its plot on the parent run."""
+    law, result, inputs = fit_sweep(st.points)
     if tracking_uri and parent:
         try:
-            tracking.log_scaling_law(
-                tracking_uri, parent, result.to_dict(), result.summary(), plot_png(points, result)
-            )
+            png = plot_fit(inputs, result, f"sweep {sweep}") if result is not None else None
+            mlflow_runs.log_fit(tracking_uri, parent, law, png)
         except Exception as err:  # the fit is in status either way
             log.warning("scaling law not logged to MLflow: %s", err)
-    return summary
+    return law
 
 
 def finalize_sweep(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
     """Deletion: the points go by owner references (their own finalizers end their runs)."""
-    st = obj.get("status") or {}
+    st = parse_status(SweepStatus, obj.get("status"))
     try:
-        base = resolve_layer(
-            settings.defaults.apply_config((obj.get("spec") or {}).get("base") or {}), "spec.base"
-        )
+        base = _admit_sweep(obj, settings).base
     except SchemaError:
         return
-    uri, run_id = base.tracking.uri or settings.tracking_uri, st.get("mlflowRunId")
-    if uri and run_id and st.get("phase") not in TERMINAL_RUN_PHASES:
+    uri, run_id = base.tracking.uri or settings.tracking_uri, st.mlflow_run_id
+    if uri and run_id and st.phase not in (SweepPhase.SUCCEEDED, SweepPhase.FAILED):
         try:
-            tracking.finish_run(uri, run_id, "KILLED")
-        except tracking.TrackingUnavailable as err:
+            mlflow_runs.set_run_status(uri, run_id, TrackingState.KILLED)
+        except mlflow_runs.TrackingUnavailable as err:
             log.warning("MLflow parent run %s not ended: %s", run_id, err)

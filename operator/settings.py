@@ -69,12 +69,6 @@ class RunDefaults:
             out["resources"] = resources
         return out
 
-    def apply_sweep(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """A ScalingSweep spec with the storage prefix in its base (the rest reaches each point)."""
-        if not isinstance(spec, dict) or not self.storage_prefix:
-            return spec
-        return {**spec, "base": self.apply_config(spec.get("base") or {})}
-
     def pinned(self, storage_uri: str | None) -> RunDefaults:
         """These defaults with the storage prefix a run already checkpoints under.
 

@@ -12,22 +12,27 @@ and the Ray job's own `jobStatus`, with `reason`/`message` on failure (orchestra
     Retrying                                   -> retrying (only if someone set backoffLimit)
 
 Conditions are whole lists keyed by `type` (merge patches replace lists on a real server too);
-a condition keeps its `lastTransitionTime` while its status does not change.
+a condition keeps its `lastTransitionTime` while its status does not change. The status types
+themselves (`RunStatus`, `SweepStatus`, `Condition`, the phase enums) are the vocabulary's,
+`sphinxx.jobs.schema.status`, from which the CRDs' status schemas are generated too.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sphinxx.jobs.schema.flavors import FLAVORS
+from sphinxx.jobs.schema.status import (
+    Condition,
+    PointRow,
+    RunPhase,
+    RunStatus,
+    SweepPhase,
+    parse_status,
+)
 from sphinxx.jobs.sweep.points import Point
+from sphinxx.jobs.sweep.results import row_metrics
 
-if TYPE_CHECKING:  # numpy/scipy stay out of the import path of a status mapping
-    from sphinxx.jobs.sweep.scaling_law import ScalingFit
-
-RUN_PHASES = ("Pending", "Running", "Resuming", "Succeeded", "Failed", "Suspended")
 RUN_CONDITIONS = ("Ready", "Running", "Resuming", "Suspended", "Succeeded", "Failed")
 SWEEP_CONDITIONS = ("Ready", "Progressing", "Complete", "Failed")
 
@@ -91,57 +96,44 @@ def observe_rayjob(rayjob: dict[str, Any] | None) -> JobView:
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    now: str,
-) -> list[dict[str, Any]]:
+    conditions: list[Condition], type_: str, status: bool, reason: str, message: str, generation: int, now: str
+) -> list[Condition]:
     """A new list with `type_` set; the transition time moves only when the status changes."""
     value = "True" if status else "False"
-    old = next((c for c in conditions if c.get("type") == type_), None)
-    new = {
-        "type": type_,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == value else now,
-        "observedGeneration": generation,
-    }
-    out = [c for c in conditions if c.get("type") != type_]
-    return sorted([*out, new], key=lambda c: c["type"])
+    old = condition(conditions, type_)
+    new = Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=old.last_transition_time if old and old.status == value else now,
+        observed_generation=generation,
+    )
+    return sorted([*(c for c in conditions if c.type != type_), new], key=lambda c: c.type)
 
 
 def run_conditions(
-    conditions: list[dict[str, Any]], phase: str, reason: str, message: str, generation: int, now: str
-) -> list[dict[str, Any]]:
+    conditions: list[Condition], phase: RunPhase, reason: str, message: str, generation: int, now: str
+) -> list[Condition]:
     """The phase-derived conditions of a TrainingRun, all consistent with `phase`."""
     truth = {
-        "Ready": phase in ("Running", "Succeeded"),
-        "Running": phase == "Running",
-        "Resuming": phase == "Resuming",
-        "Suspended": phase == "Suspended",
-        "Succeeded": phase == "Succeeded",
-        "Failed": phase == "Failed",
+        "Ready": phase in (RunPhase.RUNNING, RunPhase.SUCCEEDED),
+        "Running": phase == RunPhase.RUNNING,
+        "Resuming": phase == RunPhase.RESUMING,
+        "Suspended": phase == RunPhase.SUSPENDED,
+        "Succeeded": phase == RunPhase.SUCCEEDED,
+        "Failed": phase == RunPhase.FAILED,
     }
     for type_, value in truth.items():
         is_phase = value and (type_ == phase or type_ == "Ready")
         conditions = set_condition(
-            conditions,
-            type_,
-            value,
-            reason if is_phase else phase,
-            message if is_phase else "",
-            generation,
-            now,
+            conditions, type_, value, reason if is_phase else phase, message if is_phase else "", generation, now
         )
     return conditions
 
 
-def condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions or [] if c.get("type") == type_), None)
+def condition(conditions: list[Condition] | None, type_: str) -> Condition | None:
+    return next((c for c in conditions or [] if c.type == type_), None)
 
 
 # ----------------------------------------------------------------------------- sweep roll-up
@@ -149,97 +141,58 @@ def condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, 
 
 @dataclass
 class Rollup:
-    phase: str
+    phase: SweepPhase
     counts: dict[str, int]
     progress: str
-    points: list[dict[str, Any]]
-    conditions: list[dict[str, Any]]
-    scaling_points: list[tuple[float, float, float]]  # (params, fraction, loss) of succeeded points
+    points: list[PointRow]
+    conditions: list[Condition]
+
+
+def point_row(point: Point, child: dict[str, Any] | None) -> PointRow:
+    """One point's row, from its TrainingRun's status (whose metrics come from its newest checkpoint)."""
+    st = parse_status(RunStatus, (child or {}).get("status"))
+    checkpoint = st.last_checkpoint
+    return PointRow(
+        name=point.name,
+        model=point.model,
+        data_fraction=point.fraction,
+        phase=st.phase or RunPhase.PENDING,
+        attempt=st.attempt,
+        step=checkpoint.step if checkpoint else None,
+        checkpoint=(checkpoint.uri or None) if checkpoint else None,
+        **row_metrics(st.metrics),
+    )
 
 
 def rollup(
     ordered: list[Point],
     children: dict[str, dict[str, Any]],
     suspended: bool,
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     generation: int,
     now: str,
 ) -> Rollup:
-    counts = {
-        key: 0 for key in ("total", "pending", "running", "resuming", "succeeded", "failed", "suspended")
-    }
-    rows, scaling = [], []
-    for point in ordered:
-        st = (children.get(point.name) or {}).get("status") or {}
-        phase = st.get("phase") or "Pending"
+    counts = {key: 0 for key in ("total", *(p.value.lower() for p in RunPhase))}
+    rows = [point_row(point, children.get(point.name)) for point in ordered]
+    for row in rows:
         counts["total"] += 1
-        counts[phase.lower()] = counts.get(phase.lower(), 0) + 1
-        checkpoint = st.get("lastCheckpoint") or {}
-        loss = (st.get("metrics") or {}).get("loss")
-        rows.append(
-            {
-                "name": point.name,
-                "model": point.model,
-                "dataFraction": point.fraction,
-                "phase": phase,
-                "attempt": st.get("attempt", 0),
-                "step": checkpoint.get("step"),
-                "loss": loss,
-                "checkpoint": checkpoint.get("uri"),
-            }
-        )
-        if phase == "Succeeded" and loss is not None:
-            scaling.append((float(FLAVORS[point.model].params), point.fraction, float(loss)))
+        counts[row.phase.value.lower()] += 1
     done = counts["succeeded"] + counts["failed"]
     if suspended:
-        phase = "Suspended"
+        phase = SweepPhase.SUSPENDED
     elif counts["total"] and done == counts["total"]:
-        phase = "Failed" if counts["failed"] else "Succeeded"
-    elif counts["running"] + counts["resuming"] + counts["succeeded"] + counts["failed"]:
-        phase = "Running"
+        phase = SweepPhase.FAILED if counts["failed"] else SweepPhase.SUCCEEDED
+    elif counts["running"] + counts["resuming"] + done:
+        phase = SweepPhase.RUNNING
     else:
-        phase = "Pending"
+        phase = SweepPhase.PENDING
     message = f"{counts['succeeded']}/{counts['total']} succeeded, {counts['failed']} failed"
     truth = {
-        "Ready": phase != "Failed",
-        "Progressing": phase in ("Pending", "Running"),
-        "Complete": phase == "Succeeded",
+        "Ready": phase != SweepPhase.FAILED,
+        "Progressing": phase in (SweepPhase.PENDING, SweepPhase.RUNNING),
+        "Complete": phase == SweepPhase.SUCCEEDED,
         "Failed": counts["failed"] > 0,
     }
     for type_, value in truth.items():
         conditions = set_condition(conditions, type_, value, phase, message, generation, now)
-    return Rollup(phase, counts, f"{counts['succeeded']}/{counts['total']}", rows, conditions, scaling)
-
-
-def scaling_law_status(fit: ScalingFit) -> dict[str, Any]:
-    """A fitted scaling law as the sweep's `status.scalingLaw`: the numbers, not only the prose.
-
-    N is the model's nominal parameter count, D the point's data fraction (every point of a
-    sweep sees the same mixture, so the fraction is proportional to the tokens it saw).
-    Non-finite numbers are left out: they are not valid JSON for the API server.
-    """
-    out: dict[str, Any] = {
-        "form": fit.form,
-        "summary": fit.summary(),
-        "numPoints": fit.num_points,
-        "paramsAxis": "nominal parameters",
-        "dataAxis": "data fraction",
-    }
-    if fit.form == "chinchilla":
-        out["coefficients"] = _finite({key: getattr(fit, key) for key in ("E", "A", "alpha", "B", "beta")})
-        out |= _finite({"residualRms": fit.residual_rms})
-    out["perAxis"] = [
-        {
-            "axis": law.axis,
-            "numPoints": law.num_points,
-            **_finite({"coefficient": law.coefficient, "slope": law.slope}),
-        }
-        for law in fit.per_axis
-    ]
-    if fit.note:
-        out["note"] = fit.note
-    return out
-
-
-def _finite(values: dict[str, float | None]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+    return Rollup(phase, counts, f"{counts['succeeded']}/{counts['total']}", rows, conditions)

@@ -1,24 +1,52 @@
-"""MLflow run identity, owned by the operator: one parent run per sweep, one nested child per point.
+"""The MLflow side of a sweep: one parent run per sweep, one nested child run per point.
 
-Protocol (orchestration.md 3.6): runs are found by tag before they are created, so a retried
-handler or a restarted operator never makes a second run (`sphinxx.dev/sweep-uid`,
-`sphinxx.dev/trainingrun-uid`); the child's id goes to TrainingRun status before any RayJob
-exists and travels to every attempt (`MLFLOW_RUN_ID`), so retries continue the same run. The
-operator ends the run when the TrainingRun is terminal. An unreachable server raises
-`TrackingUnavailable`, which the reconcile layer turns into a condition and a retry, never a
-crash loop.
+The same protocol on a cluster (the operator) and on a laptop (the local runner), so the same
+sweep file gives the same experiment, run names and tags in both places:
+
+- experiment: the run config's `tracking.experiment` (the sweep's `spec.base`, or a
+  TrainingRun's own config);
+- the parent run is named after the sweep and tagged `sphinxx.dev/kind: ScalingSweep`,
+  `sphinxx.dev/sweep`, `sphinxx.dev/namespace` and `sphinxx.dev/sweep-uid`;
+- a child run is named after its point (the TrainingRun) and tagged `sphinxx.dev/kind:
+  TrainingRun`, `sphinxx.dev/trainingrun`, `sphinxx.dev/namespace`, `sphinxx.dev/model`,
+  `sphinxx.dev/data-fraction`, `sphinxx.dev/trainingrun-uid`, its sweep's name, and
+  `mlflow.parentRunId`;
+- runs are found by their uid tag before one is created, so a retried handler, a restarted
+  operator or a resumed local sweep never makes a second run. On a cluster the uids are the
+  Kubernetes objects'; on a laptop they are minted once per sweep and kept in its state file;
+- the owner sets the states: RUNNING while active, FINISHED or FAILED when the sweep or point
+  ends, RUNNING again when it is resumed; the parent run gets the scaling-law fit (`log_fit`).
+
+The training job only ever continues the child run it is given (`tracking.mlflow_run_id` in its
+config). An unreachable server raises `TrackingUnavailable`, which the operator turns into a
+condition and a retry and the local runner into an error message.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from sphinxx.jobs.schema.fields import Naming, dump
+from sphinxx.jobs.schema.status import ScalingLawStatus, TrackingState
+
+from .results import fit_metrics
+
+TAG_KIND = "sphinxx.dev/kind"
+TAG_NAMESPACE = "sphinxx.dev/namespace"
+TAG_SWEEP = "sphinxx.dev/sweep"
 TAG_SWEEP_UID = "sphinxx.dev/sweep-uid"
+TAG_RUN = "sphinxx.dev/trainingrun"
 TAG_RUN_UID = "sphinxx.dev/trainingrun-uid"
+TAG_MODEL = "sphinxx.dev/model"
+TAG_FRACTION = "sphinxx.dev/data-fraction"
+TAG_SCALING_LAW = "sphinxx.dev/scaling-law"
 TAG_PARENT = "mlflow.parentRunId"
-# MLflow's own HTTP retries back off for minutes; the operator retries on its own schedule.
+# MLflow's own HTTP retries back off for minutes; the callers retry on their own schedule.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 _clients: dict[str, Any] = {}
@@ -29,7 +57,46 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer (or answered with a server error)."""
 
 
-def _client(uri: str) -> Any:
+@dataclass(frozen=True)
+class SweepRef:
+    """Which sweep a parent run belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def tags(self) -> dict[str, str]:
+        return {TAG_KIND: "ScalingSweep", TAG_SWEEP: self.name, TAG_NAMESPACE: self.namespace, TAG_SWEEP_UID: self.uid}
+
+
+@dataclass(frozen=True)
+class PointRef:
+    """Which TrainingRun (a sweep's point, or a run on its own) a child run belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+    model: str
+    fraction: float
+    sweep: str | None = None
+
+    def tags(self, parent_run_id: str | None) -> dict[str, str]:
+        tags = {
+            TAG_KIND: "TrainingRun",
+            TAG_RUN: self.name,
+            TAG_NAMESPACE: self.namespace,
+            TAG_MODEL: self.model,
+            TAG_FRACTION: str(self.fraction),
+            TAG_RUN_UID: self.uid,
+        }
+        if self.sweep:
+            tags[TAG_SWEEP] = self.sweep
+        if parent_run_id:
+            tags[TAG_PARENT] = parent_run_id
+        return tags
+
+
+def client(uri: str) -> Any:
     for key, value in FAST_FAIL_ENV.items():
         os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
@@ -40,7 +107,7 @@ def _client(uri: str) -> Any:
         return _clients[uri]
 
 
-def _call(fn, *args: Any, **kwargs: Any) -> Any:
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -51,82 +118,62 @@ def _call(fn, *args: Any, **kwargs: Any) -> Any:
         raise TrackingUnavailable(f"{type(err).__name__}: {err}") from err
 
 
-def _experiment_id(client: Any, name: str) -> str:
-    experiment = _call(client.get_experiment_by_name, name)
+def experiment_id(uri: str, name: str) -> str:
+    mlflow = client(uri)
+    experiment = _call(mlflow.get_experiment_by_name, name)
     if experiment is not None:
-        return experiment.experiment_id
+        return str(experiment.experiment_id)
     try:
-        return _call(client.create_experiment, name)
+        return str(_call(mlflow.create_experiment, name))
     except TrackingUnavailable:
-        experiment = _call(client.get_experiment_by_name, name)  # created concurrently by another writer
+        experiment = _call(mlflow.get_experiment_by_name, name)  # created concurrently by another writer
         if experiment is None:
             raise
-        return experiment.experiment_id
+        return str(experiment.experiment_id)
 
 
-def _find_or_create(uri: str, experiment: str, tag: str, uid: str, name: str, tags: dict[str, str]) -> str:
-    client = _client(uri)
-    experiment_id = _experiment_id(client, experiment)
-    found = _call(client.search_runs, [experiment_id], filter_string=f"tags.`{tag}` = '{uid}'", max_results=1)
+def _find_or_create(uri: str, experiment: str, uid_tag: str, name: str, tags: dict[str, str]) -> str:
+    mlflow = client(uri)
+    exp = experiment_id(uri, experiment)
+    query = f"tags.`{uid_tag}` = '{tags[uid_tag]}'"
+    found = _call(mlflow.search_runs, [exp], filter_string=query, max_results=1)
     if found:
-        return found[0].info.run_id
-    run = _call(client.create_run, experiment_id, run_name=name, tags={tag: uid, **tags})
-    return run.info.run_id
+        return str(found[0].info.run_id)
+    return str(_call(mlflow.create_run, exp, run_name=name, tags=tags).info.run_id)
 
 
-def ensure_parent_run(uri: str, experiment: str, namespace: str, name: str, uid: str) -> str:
-    return _find_or_create(
-        uri,
-        experiment,
-        TAG_SWEEP_UID,
-        uid,
-        name,
-        {"sphinxx.dev/kind": "ScalingSweep", "sphinxx.dev/namespace": namespace},
-    )
+def ensure_parent_run(uri: str, experiment: str, sweep: SweepRef) -> str:
+    """The sweep's parent run: found by its uid tag, else created."""
+    return _find_or_create(uri, experiment, TAG_SWEEP_UID, sweep.name, sweep.tags())
 
 
-def ensure_child_run(
-    uri: str,
-    experiment: str,
-    namespace: str,
-    name: str,
-    uid: str,
-    parent_run_id: str | None,
-    tags: dict[str, str],
-) -> str:
-    extra = {"sphinxx.dev/kind": "TrainingRun", "sphinxx.dev/namespace": namespace, **tags}
-    if parent_run_id:
-        extra[TAG_PARENT] = parent_run_id
-    return _find_or_create(uri, experiment, TAG_RUN_UID, uid, name, extra)
+def ensure_child_run(uri: str, experiment: str, point: PointRef, parent_run_id: str | None) -> str:
+    """A point's child run: found by its uid tag, else created (nested under the parent)."""
+    return _find_or_create(uri, experiment, TAG_RUN_UID, point.name, point.tags(parent_run_id))
 
 
-def finish_run(uri: str, run_id: str, status: str) -> None:
-    """FINISHED, FAILED or KILLED."""
-    client = _client(uri)
-    _call(client.set_terminated, run_id, status=status)
-
-
-def set_run_status(uri: str, run_id: str, status: str) -> None:
-    """End a run (FINISHED, FAILED, KILLED) or open it again (RUNNING: a resumed sweep)."""
-    if status == "RUNNING":
-        _call(_client(uri).update_run, run_id, status=status)
+def set_run_status(uri: str, run_id: str, state: TrackingState) -> None:
+    """End a run (FINISHED, FAILED, KILLED) or open it again (RUNNING: a resumed sweep or point)."""
+    mlflow = client(uri)
+    if state == TrackingState.RUNNING:
+        _call(mlflow.update_run, run_id, status=state.value)
     else:
-        finish_run(uri, run_id, status)
+        _call(mlflow.set_terminated, run_id, status=state.value)
 
 
 def delete_run(uri: str, run_id: str) -> None:
-    _call(_client(uri).delete_run, run_id)
+    _call(client(uri).delete_run, run_id)
 
 
-def log_scaling_law(uri: str, run_id: str, fit: dict[str, Any], summary: str, png: bytes | None) -> None:
-    import tempfile
-    from pathlib import Path
-
-    client = _client(uri)
-    _call(client.log_dict, run_id, fit, "scaling_law.json")
-    _call(client.set_tag, run_id, "sphinxx.dev/scaling-law", summary[:5000])
+def log_fit(uri: str, run_id: str, law: ScalingLawStatus, png: bytes | None) -> None:
+    """The scaling law on the parent run: `scaling_law.json`, `fit_*` metrics, a summary tag, the plot."""
+    mlflow = client(uri)
+    _call(mlflow.log_dict, run_id, dump(law, Naming.CAMEL, drop_none=True), "scaling_law.json")
+    for key, value in fit_metrics(law).items():
+        _call(mlflow.log_metric, run_id, key, value)
+    _call(mlflow.set_tag, run_id, TAG_SCALING_LAW, (law.summary or law.error)[:5000])
     if png:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "scaling_law.png"
             path.write_bytes(png)
-            _call(client.log_artifact, run_id, str(path))
+            _call(mlflow.log_artifact, run_id, str(path))

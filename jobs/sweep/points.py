@@ -26,7 +26,7 @@ from sphinxx.jobs.schema.credentials import refuse_credentials
 from sphinxx.jobs.schema.fields import Naming, SchemaError, deep_merge, has_path, parse
 from sphinxx.jobs.schema.flavors import FLAVORS
 from sphinxx.jobs.schema.resources import AXIS_FIELDS, SHORTCUTS, ScalingSweepSpec, SizeOverride
-from sphinxx.jobs.schema.run import preset_names
+from sphinxx.jobs.schema.run import RunConfig, preset_names
 
 # Run ids get a hash suffix of 9 characters (operator) and must stay within 63: a point name
 # leaves room for it.
@@ -123,28 +123,41 @@ def _check_override(model: str, override: SizeOverride) -> None:
             )
 
 
+@dataclass(frozen=True)
+class AdmittedSweep:
+    """A sweep that may run: its parsed spec and its resolved base config (tracking, experiment). Read-only."""
+
+    spec: ScalingSweepSpec
+    base: RunConfig
+
+
 @memo
-def _admit_spec(name: str, raw: Any) -> ScalingSweepSpec:
+def _admit_spec(name: str, raw: Any, base_layer: Any) -> AdmittedSweep:
     check_name(name)
     refuse_credentials(raw, "spec")
     spec = parse(ScalingSweepSpec, raw, "spec", CAMEL)
-    resolve_layer(spec.base, "spec.base")
+    base = resolve_layer(base_layer, "spec.base")
     for model, override in spec.overrides.items():
         if model not in spec.axes.models:
             raise SchemaError(f"spec.overrides.{model}", f"is not one of spec.axes.models {spec.axes.models}")
         _check_override(model, override)
-    return spec
+    return AdmittedSweep(spec, base)
 
 
 def admit_sweep(
     name: str, raw: Any, apply_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-) -> ScalingSweepSpec:
-    """The sweep's spec, admitted with every point it expands to (see the module docstring).
+) -> AdmittedSweep:
+    """The sweep, admitted with every point it expands to (see the module docstring).
 
-    `apply_defaults` adds what the operator fills into every TrainingRun it creates (the chart's
-    defaults), so a point is admitted exactly as it will be created.
+    `apply_defaults` adds what the runner fills into every TrainingRun spec it creates (the
+    operator's chart defaults; the local runner's storage and tracking), so a point is admitted
+    exactly as it will run; the base is admitted as a run of its own with the same defaults.
     """
-    spec = _admit_spec(name, raw)
+    base = raw.get("base") if isinstance(raw, dict) else None
+    if apply_defaults is not None and isinstance(base, (dict, type(None))):
+        base = apply_defaults({"config": base or {}}).get("config")
+    admitted = _admit_spec(name, raw, base if base is not None else {})
+    spec = admitted.spec
     seen: dict[str, Point] = {}
     for point in points(name, spec):
         if point.name in seen:
@@ -159,7 +172,7 @@ def admit_sweep(
             admit_run(point.name, apply_defaults(child) if apply_defaults else child)
         except SchemaError as err:
             raise _where(err, raw, spec, point) from None
-    return spec
+    return admitted
 
 
 def _where(err: SchemaError, raw: dict[str, Any], spec: ScalingSweepSpec, point: Point) -> SchemaError:

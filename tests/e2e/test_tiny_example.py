@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from sphinxx.jobs.data.synth_tasks import SOURCES
-from sphinxx.operator import expand, spec
+from sphinxx.jobs.local import local_defaults
+from sphinxx.jobs.schema.fields import SchemaError
+from sphinxx.jobs.sweep import points as expand
 
 from .conftest import DEMO_DATA, REPO, SYNTH_SIZE, TINY_SWEEP, cluster_sweep
 
@@ -26,19 +28,18 @@ def _accepted(sweep: dict[str, Any]) -> list[expand.Point]:
     schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     jsonschema.Draft4Validator(schema).validate(sweep)  # what a schema-enforcing API server checks
     name, raw = sweep["metadata"]["name"], sweep["spec"]
-    parsed = spec.validate_sweep(name, raw)  # what the operator checks, point by point
-    expand.validate_points(name, parsed, raw)
+    parsed = expand.admit_sweep(name, raw).spec  # what the operator checks, point by point
     return expand.points(name, parsed)
 
 
 def test_tiny_sweep_needs_only_its_s3_locations_for_a_cluster() -> None:
     sweep = yaml.safe_load(TINY_SWEEP.read_text())
     # As written (laptop paths, no checkpoint prefix) the operator asks for the one missing field.
-    with pytest.raises(spec.SpecError, match=r"spec\.base\.storage\.uri: is required"):
+    with pytest.raises(SchemaError, match=r"spec\.base\.storage\.uri: is required"):
         _accepted(sweep)
     # The local runner resolves each point from its preset and sets storage itself.
     name, raw = sweep["metadata"]["name"], sweep["spec"]
-    expand.validate_points(name, spec.parse(spec.ScalingSweepSpec, raw, "spec"), raw)
+    expand.admit_sweep(name, raw, local_defaults("file:///tmp/checkpoints", "sqlite:///tmp/mlflow.db"))
 
     on_s3 = cluster_sweep(TINY_SWEEP, "s3://bucket/data", "s3://bucket/sweeps")
     points = _accepted(on_s3)

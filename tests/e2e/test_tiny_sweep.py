@@ -57,6 +57,7 @@ class Scenario:
     phase_at_restart: str = ""
     succeeded_at_restart: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    manifest: str = ""  # the file applied with kubectl
 
 
 def _json(kube, *args: str) -> Any:
@@ -125,6 +126,7 @@ def scenario(
     manifest = tmp_path_factory.mktemp("sweep") / "tiny.yaml"
     manifest.write_text(yaml.safe_dump(cluster_sweep(TINY_SWEEP, synth_on_s3, sc.storage_prefix)))
     kube.kubectl("apply", "-n", ns, "-f", str(manifest))
+    sc.manifest = str(manifest)
 
     # (b) Wait for the first committed checkpoint of KILLED, then kill its driver.
     run_id = wait_for(lambda: _status(kube, "trun", KILLED, ns).get("runId"), 120, "the run id")
@@ -245,26 +247,26 @@ def test_tiny_sweep_completes_end_to_end(scenario: Scenario, kube) -> None:
     artifacts = {a.path for a in mlflow.list_artifacts(parent.info.run_id)}
     assert {"scaling_law.json", "scaling_law.png"} <= artifacts, artifacts
     path = mlflow.download_artifacts(parent.info.run_id, "scaling_law.json")
-    coefficients = json.loads(Path(path).read_text())
-    _check_fit(coefficients, st["points"])
-    _check_fit({"per_axis": law["perAxis"]}, st["points"])  # the status carries the same numbers
+    assert json.loads(Path(path).read_text()) == law  # the parent run holds what the status says
+    assert all(r["params"] > 0 and r["tokens"] > 0 for r in st["points"])
+    _check_fit(law, st["points"])
 
 
 def _check_fit(fit: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Re-fit the per-axis power laws from the sweep's own table, independently (log-log least squares)."""
+    """Re-fit the per-axis power laws from the sweep's own table, independently (log-log least squares).
+
+    N and D are each point's own numbers (params and tokens, read from its final checkpoint)."""
     import numpy as np
 
-    from sphinxx.operator.expand import NOMINAL_PARAMS
-
-    by_axis = {law["axis"]: law for law in fit["per_axis"]}
-    full_data = [r for r in rows if r["dataFraction"] == 1.0]
-    largest = max(NOMINAL_PARAMS[r["model"]] for r in rows)
-    biggest = [r for r in rows if NOMINAL_PARAMS[r["model"]] == largest]
-    for axis, xs, ys in (
-        ("params", [NOMINAL_PARAMS[r["model"]] for r in full_data], [r["loss"] for r in full_data]),
-        ("data", [r["dataFraction"] for r in biggest], [r["loss"] for r in biggest]),
-    ):
-        x, y = np.log(xs), np.log(ys)
+    by_axis = {law["axis"]: law for law in fit["perAxis"]}
+    most_data = max(r["tokens"] for r in rows)
+    largest = max(r["params"] for r in rows)
+    for axis, key, other, top in (("params", "params", "tokens", most_data), ("data", "tokens", "params", largest)):
+        slice_ = [r for r in rows if r[other] == top]
+        if len({r[key] for r in slice_}) < 2:
+            assert axis not in by_axis, (axis, by_axis)
+            continue
+        x, y = np.log([r[key] for r in slice_]), np.log([r["loss"] for r in slice_])
         slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
         coefficient = math.exp(y.mean() - slope * x.mean())
         assert by_axis[axis]["slope"] == pytest.approx(-slope, rel=1e-6, abs=1e-9), axis
@@ -289,11 +291,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(scenario: Scenario, kube, k
     run = _json(kube, "trun", KILLED, "-n", ns)["status"]
     assert run["phase"] == "Succeeded" and run["attempt"] == 2
     env1, env2 = _env(jobs[1]), _env(jobs[2])
-    assert env2["SPHINXX_ATTEMPT"] == "2" and env1["SPHINXX_RUN_ID"] == env2["SPHINXX_RUN_ID"] == run["runId"]
-    assert env1["MLFLOW_RUN_ID"] == env2["MLFLOW_RUN_ID"] == run["mlflowRunId"]
+    assert (env1["SPHINXX_ATTEMPT"], env2["SPHINXX_ATTEMPT"]) == ("1", "2")
+    # Both attempts read the run's identity from its stored config, the one place it travels.
+    config = yaml.safe_load(_s3_text(scenario, run["configUri"]))
+    assert config["run_id"] == run["runId"] and config["tracking"]["mlflow_run_id"] == run["mlflowRunId"]
+    assert all(j["spec"]["entrypoint"].endswith(run["configUri"]) for j in jobs.values())
 
     # The step it resumed from: what the operator found committed, and what the job loaded.
-    resume_step = int(env2["SPHINXX_RESUME_STEP"])
+    resume_from = jobs[2]["metadata"]["annotations"]["sphinxx.dev/resume-from"]
+    resume_step = int(re.search(r"step-(\d+)$", resume_from).group(1))
     assert resume_step >= scenario.committed_before_kill[-1] > 0
     assert resume_step < run["lastCheckpoint"]["step"]
     log2 = kuberay.log(jobs[2]["metadata"]["name"])  # `kubectl logs` of the submitter, in a cluster
@@ -301,7 +307,6 @@ def test_killed_run_resumes_from_its_last_checkpoint(scenario: Scenario, kube, k
     assert summary and summary["status"] == "succeeded" and summary["attempt"] == 2, summary
     assert summary["resumed_from"] == resume_step
     assert f"at step {resume_step}/" in log2  # the loop's "[sphinxx] resumed from <uri> at step S/N"
-    assert jobs[2]["metadata"]["annotations"]["sphinxx.dev/resume-from"].endswith(f"step-{resume_step:09d}")
 
     # MLflow: one run across both attempts. Steps up to the resumed step were logged once (by
     # attempt 1); every later step has a value from attempt 2, logged after the kill.
@@ -343,6 +348,80 @@ def test_operator_restart_mid_sweep_duplicates_nothing(
     assert sweep["status"]["mlflowRunId"] == parent.info.run_id
 
 
+def test_the_same_sweep_file_runs_locally_with_the_same_runs_tags_and_fit_inputs(
+    scenario: Scenario, kube, ray_cluster: str, tmp_path: Path
+) -> None:
+    """`sphinxx sweep run FILE --local` on the very file applied to the cluster, interrupted after its
+    first point and resumed as a laptop user would: the same MLflow experiment, run names and tags,
+    and the same fit inputs (N and D of every point; L as close as two trainings of it)."""
+    import os
+    import signal
+
+    workdir = tmp_path / "work"
+    s3_names = ",".join(k for k in scenario.s3_env if k.startswith("AWS_"))
+    env = {**os.environ, **scenario.s3_env, "RAY_ADDRESS": ray_cluster, "SPHINXX_WORKER_ENV": s3_names}
+    argv = [_bin("sphinxx"), "sweep", "run", scenario.manifest, "--local", "--workdir", str(workdir),
+            "--tracking-uri", scenario.tracking_uri, "--storage-uri", f"s3://{scenario.bucket}/local"]  # fmt: skip
+    state_path = workdir / SWEEP / "state.json"
+
+    def phases() -> dict[str, str]:
+        if not state_path.exists():
+            return {}
+        return {n: p["row"]["phase"] for n, p in json.loads(state_path.read_text())["points"].items()}
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: "Succeeded" in phases().values() or first.poll() is not None, 900, "a first point")
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(first.pid, signal.SIGKILL)  # the laptop goes to sleep, or the user hits Ctrl-C twice
+        first.wait(30)
+    (done_first,) = [n for n, phase in phases().items() if phase == "Succeeded"]
+    second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=1800)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert f"[{done_first}] already succeeded" in second.stdout and "scaling law:" in second.stdout
+
+    # MLflow: the same experiment (the base's tracking.experiment), names and tags as the cluster's.
+    mlflow = _mlflow(scenario)
+    experiment = mlflow.get_experiment_by_name("tiny")
+    local = mlflow.search_runs([experiment.experiment_id], filter_string="tags.`sphinxx.dev/namespace` = 'local'")
+    (parent,) = [r for r in local if r.data.tags["sphinxx.dev/kind"] == "ScalingSweep"]
+    children = {r.info.run_name: r for r in local if r.data.tags["sphinxx.dev/kind"] == "TrainingRun"}
+    cluster_parent, cluster_children = _tracked_runs(scenario)
+    cluster_by_name = {r.info.run_name: r for r in cluster_children}
+    assert parent.info.run_name == cluster_parent.info.run_name == SWEEP
+    assert sorted(children) == sorted(cluster_by_name) == sorted(POINTS)  # no duplicate after the resume
+    assert {r.info.status for r in [parent, *children.values()]} == {"FINISHED"}
+    own = {"sphinxx.dev/namespace", "sphinxx.dev/sweep-uid", "sphinxx.dev/trainingrun-uid", "mlflow.parentRunId"}
+
+    def tags(run) -> dict[str, str]:
+        return {k: v for k, v in run.data.tags.items() if k.startswith(("sphinxx.dev/", "mlflow.parent"))}
+
+    assert set(tags(parent)) == set(tags(cluster_parent))
+    assert {k: v for k, v in tags(parent).items() if k not in own} == {
+        k: v for k, v in tags(cluster_parent).items() if k not in own
+    }
+    for name, child in children.items():
+        cluster_child = cluster_by_name[name]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert set(tags(child)) == set(tags(cluster_child)), name
+        assert {k: v for k, v in tags(child).items() if k not in own} == {
+            k: v for k, v in tags(cluster_child).items() if k not in own
+        }, name
+
+    # The fit inputs, read the same way from each side's checkpoints: equal N and D per point.
+    local_rows = {p["row"]["name"]: p["row"] for p in json.loads(state_path.read_text())["points"].values()}
+    cluster = _json(kube, "sweep", SWEEP, "-n", scenario.namespace)["status"]
+    cluster_rows = {r["name"]: r for r in cluster["points"]}
+    for name in POINTS:
+        here, there = local_rows[name], cluster_rows[name]
+        assert (here["params"], here["tokens"], here["step"]) == (there["params"], there["tokens"], there["step"]), name
+        assert here["loss"] == pytest.approx(there["loss"], rel=0.05), name
+    law = json.loads(state_path.read_text())["scaling_law"]
+    assert {k: law[k] for k in ("form", "numPoints", "paramsAxis", "dataAxis")} == {
+        k: cluster["scalingLaw"][k] for k in ("form", "numPoints", "paramsAxis", "dataAxis")
+    }
+
+
 # ------------------------------------------------------------------------------------ helpers
 
 
@@ -369,6 +448,11 @@ def _ckpt(scenario: Scenario, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def _s3_text(scenario: Scenario, uri: str) -> str:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return _s3(scenario).get_object(Bucket=bucket, Key=key)["Body"].read().decode()
 
 
 def _mlflow(scenario: Scenario):

@@ -72,7 +72,7 @@ def test_example_sweep_passes_the_crd_schema(chart: Any) -> None:
 def test_example_sweep_passes_the_operator_validation() -> None:
     sweep = _example()
     name, raw = sweep["metadata"]["name"], sweep["spec"]
-    parsed = expand.admit_sweep(name, raw)
+    parsed = expand.admit_sweep(name, raw).spec
     points = expand.points(name, parsed)
     assert sorted({p.model for p in points}) == sorted(SIZE_AXIS)
     assert sorted({p.fraction for p in points}) == [0.25, 0.5, 1.0]
@@ -82,7 +82,7 @@ def test_example_sweep_passes_the_operator_validation() -> None:
 def test_example_sweep_uses_the_paper_recipe() -> None:
     sweep = _example()
     raw = sweep["spec"]
-    parsed = expand.admit_sweep(sweep["metadata"]["name"], raw)
+    parsed = expand.admit_sweep(sweep["metadata"]["name"], raw).spec
     peak_lr = {}
     for point in expand.points(sweep["metadata"]["name"], parsed):
         cfg = admit_run(point.name, expand.point_spec(raw, point)).config

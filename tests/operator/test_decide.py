@@ -5,19 +5,20 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sphinxx.jobs.schema.resources import FailurePolicy
+from sphinxx.jobs.schema.status import RunStatus, dump_status, parse_status
 from sphinxx.operator import decide, status
 
 T0 = 1_800_000_000.0
 
 
-def _obs(job: dict | None = None, st: dict | None = None, **changes) -> decide.RunObserved:
+def _obs(job: dict | None = None, st: dict | RunStatus | None = None, **changes) -> decide.RunObserved:
     fields = dict(
         generation=1,
         policy=FailurePolicy(max_retries=2, backoff_seconds=10, max_backoff_seconds=15),
         suspend=False,
         queued=False,
         bounds=(1, 2),
-        status=st or {},
+        status=st if isinstance(st, RunStatus) else parse_status(RunStatus, st or {}),
         job=status.observe_rayjob(job),
         job_suspended=bool(((job or {}).get("spec") or {}).get("suspend")),
         admitted=True,
@@ -31,34 +32,39 @@ def _obs(job: dict | None = None, st: dict | None = None, **changes) -> decide.R
     return decide.RunObserved(**fields)
 
 
+def wire(act) -> dict:
+    """The action's status as the API server stores it (camelCase JSON)."""
+    return dump_status(act.status)
+
+
 def _job(deployment: str, job: str = "", reason: str = "", **spec) -> dict:
     return {"spec": spec, "status": {"jobDeploymentStatus": deployment, "jobStatus": job, "reason": reason}}
 
 
 def test_new_run_creates_attempt_one() -> None:
     act = decide.decide_run(_obs())
-    assert act.create_attempt == 1 and act.status["attempt"] == 1 and act.status["phase"] == "Pending"
+    assert act.create_attempt == 1 and wire(act)["attempt"] == 1 and wire(act)["phase"] == "Pending"
     assert [e[1] for e in act.events] == ["AttemptCreated"]
 
 
 def test_unadmitted_point_waits() -> None:
     act = decide.decide_run(_obs(admitted=False))
-    assert act.create_attempt is None and act.status["phase"] == "Pending"
-    assert status.condition(act.status["conditions"], "Ready")["reason"] == "Pending"
+    assert act.create_attempt is None and wire(act)["phase"] == "Pending"
+    assert status.condition(act.status.conditions, "Ready").reason == "Pending"
 
 
 def test_running_mirrors_and_patches_elastic_bounds() -> None:
     act = decide.decide_run(
         _obs(_job("Running", "RUNNING"), {"attempt": 1, "phase": "Pending"}, cluster_bounds=(1, 1))
     )
-    assert act.status["phase"] == "Running" and act.patch_cluster == (1, 2)
+    assert wire(act)["phase"] == "Running" and act.patch_cluster == (1, 2)
     same = decide.decide_run(_obs(_job("Running", "RUNNING"), act.status, cluster_bounds=(1, 2)))
     assert same.patch_cluster is None and same.events == []
 
 
 def test_success_finishes_tracking_once() -> None:
     act = decide.decide_run(_obs(_job("Complete", "SUCCEEDED"), {"attempt": 1, "phase": "Running"}))
-    assert act.status["phase"] == "Succeeded" and act.finish_tracking == "FINISHED"
+    assert wire(act)["phase"] == "Succeeded" and act.finish_tracking == "FINISHED"
     again = decide.decide_run(_obs(_job("Complete", "SUCCEEDED"), act.status))
     assert again.finish_tracking is None and again.events == [] and again.create_attempt is None
 
@@ -66,21 +72,21 @@ def test_success_finishes_tracking_once() -> None:
 def test_failure_backs_off_then_retries_then_gives_up() -> None:
     failed = _job("Failed", "FAILED", "AppFailed")
     first = decide.decide_run(_obs(failed, {"attempt": 1, "phase": "Running"}))
-    assert first.status["phase"] == "Resuming" and first.create_attempt is None
-    assert first.requeue_after == 10 and first.status["lastFailureTime"] == "2027-01-15T08:00:00Z"
+    assert wire(first)["phase"] == "Resuming" and first.create_attempt is None
+    assert first.requeue_after == 10 and wire(first)["lastFailureTime"] == "2027-01-15T08:00:00Z"
     early = decide.decide_run(_obs(failed, first.status, now=T0 + 5))
     assert early.create_attempt is None and early.requeue_after == 5
     retry = decide.decide_run(_obs(failed, first.status, now=T0 + 10))
     assert (
-        retry.create_attempt == 2 and retry.status["retries"] == 1 and "lastFailureTime" not in retry.status
+        retry.create_attempt == 2 and wire(retry)["retries"] == 1 and "lastFailureTime" not in wire(retry)
     )
     # Attempt 2 fails too; the second retry waits 2 x 10 s capped at 15 s.
     second = decide.decide_run(_obs(failed, retry.status, now=T0 + 20))
     assert second.requeue_after == 15
     third = decide.decide_run(_obs(failed, second.status, now=T0 + 35))
-    assert third.create_attempt == 3 and third.status["retries"] == 2
+    assert third.create_attempt == 3 and wire(third)["retries"] == 2
     exhausted = decide.decide_run(_obs(failed, third.status, now=T0 + 100))
-    assert exhausted.status["phase"] == "Failed" and exhausted.finish_tracking == "FAILED"
+    assert wire(exhausted)["phase"] == "Failed" and exhausted.finish_tracking == "FAILED"
     assert exhausted.create_attempt is None and exhausted.events[-1][0] == "Warning"
 
 
@@ -88,11 +94,11 @@ def test_manual_resume_restarts_a_failed_run_once() -> None:
     failed = _job("Failed", "FAILED", "AppFailed")
     st = {"attempt": 3, "phase": "Failed", "retries": 2}
     act = decide.decide_run(_obs(failed, st, resume_token="now"))
-    assert act.create_attempt == 4 and act.status["retries"] == 0 and act.status["resumeToken"] == "now"
-    assert act.status["phase"] == "Resuming"
+    assert act.create_attempt == 4 and wire(act)["retries"] == 0 and wire(act)["resumeToken"] == "now"
+    assert wire(act)["phase"] == "Resuming"
     # The same token again (a later reconcile) does nothing new.
     again = decide.decide_run(_obs(_job("Initializing"), act.status, resume_token="now"))
-    assert again.create_attempt is None and again.status["phase"] == "Resuming"
+    assert again.create_attempt is None and wire(again)["phase"] == "Resuming"
 
 
 def test_resume_of_a_running_run_is_ignored() -> None:
@@ -105,14 +111,14 @@ def test_resume_of_a_running_run_is_ignored() -> None:
 def test_suspend_and_unsuspend() -> None:
     running = _job("Running", "RUNNING")
     act = decide.decide_run(_obs(running, {"attempt": 1, "phase": "Running"}, suspend=True))
-    assert act.suspend_job is True and act.status["phase"] == "Suspended"
+    assert act.suspend_job is True and wire(act)["phase"] == "Suspended"
     queued = decide.decide_run(_obs(running, {"attempt": 1, "phase": "Running"}, suspend=True, queued=True))
     assert queued.delete_job and queued.suspend_job is None
     suspended = _job("Suspended", suspend=True)
     resumed = decide.decide_run(_obs(suspended, act.status))
-    assert resumed.suspend_job is False and resumed.status["phase"] == "Resuming"
+    assert resumed.suspend_job is False and wire(resumed)["phase"] == "Resuming"
     # With the RayJob deleted (queued case), unsuspending starts the next attempt.
-    fresh = decide.decide_run(_obs(None, {**queued.status}))
+    fresh = decide.decide_run(_obs(None, wire(queued)))
     assert fresh.create_attempt == 2
 
 
@@ -120,7 +126,7 @@ def test_validation_failure_is_not_retried() -> None:
     act = decide.decide_run(
         _obs(_job("ValidationFailed", reason="ValidationFailed"), {"attempt": 1, "phase": "Pending"})
     )
-    assert act.status["phase"] == "Failed" and act.create_attempt is None
+    assert wire(act)["phase"] == "Failed" and act.create_attempt is None
 
 
 def test_checkpoint_and_metrics_land_in_status() -> None:
@@ -128,13 +134,13 @@ def test_checkpoint_and_metrics_land_in_status() -> None:
     act = decide.decide_run(
         _obs(_job("Running", "RUNNING"), {"attempt": 1, "phase": "Running"}, checkpoint=ckpt)
     )
-    assert act.status["lastCheckpoint"] == {"step": 40, "uri": ckpt.uri} and act.status["metrics"] == {
+    assert wire(act)["lastCheckpoint"] == {"step": 40, "uri": ckpt.uri} and wire(act)["metrics"] == {
         "loss": 2.1
     }
     pending = decide.decide_run(
         _obs(_job("Initializing"), {"attempt": 1, "phase": "Pending"}, checkpoint=ckpt)
     )
-    assert pending.status["phase"] == "Resuming"  # a checkpoint exists: the attempt resumes from it
+    assert wire(pending)["phase"] == "Resuming"  # a checkpoint exists: the attempt resumes from it
 
 
 def test_backoff_doubles_and_caps() -> None:
@@ -148,19 +154,19 @@ def test_queued_rayjob_suspend_is_left_to_kueue() -> None:
     held = _job("Suspended", suspend=True)
     act = decide.decide_run(_obs(held, {"attempt": 1, "phase": "Pending"}, queued=True))
     assert act.suspend_job is None and not act.delete_job and act.create_attempt is None
-    assert act.status["phase"] == "Pending"
-    assert act.status["message"] == "attempt 1 waits for Kueue admission"
+    assert wire(act)["phase"] == "Pending"
+    assert wire(act)["message"] == "attempt 1 waits for Kueue admission"
     # Not yet seen by KubeRay ("" status) but already suspended by Kueue's webhook: the same.
     fresh = decide.decide_run(_obs(_job("", suspend=True), {"attempt": 1, "phase": "Pending"}, queued=True))
-    assert fresh.suspend_job is None and fresh.status["phase"] == "Pending"
+    assert fresh.suspend_job is None and wire(fresh)["phase"] == "Pending"
     # Preempted after a checkpoint: the attempt waits to be re-admitted and then resumes.
     ckpt = decide.Checkpoint(step=40, uri="s3://b/r/checkpoints/step-000000040")
     preempted = decide.decide_run(
         _obs(held, {"attempt": 1, "phase": "Running"}, queued=True, checkpoint=ckpt)
     )
-    assert preempted.suspend_job is None and preempted.status["phase"] == "Resuming"
-    resuming = status.condition(preempted.status["conditions"], "Resuming")
-    assert resuming["reason"] == "WaitingForAdmission"
+    assert preempted.suspend_job is None and wire(preempted)["phase"] == "Resuming"
+    resuming = status.condition(preempted.status.conditions, "Resuming")
+    assert resuming.reason == "WaitingForAdmission"
     # Without a queue the same RayJob is ours to unsuspend.
     assert decide.decide_run(_obs(held, {"attempt": 1, "phase": "Suspended"})).suspend_job is False
 
@@ -168,7 +174,7 @@ def test_queued_rayjob_suspend_is_left_to_kueue() -> None:
 def test_suspending_a_queued_run_deletes_the_attempt_kueue_holds() -> None:
     held = _job("Suspended", suspend=True)
     act = decide.decide_run(_obs(held, {"attempt": 1, "phase": "Pending"}, queued=True, suspend=True))
-    assert act.delete_job and act.suspend_job is None and act.status["phase"] == "Suspended"
+    assert act.delete_job and act.suspend_job is None and wire(act)["phase"] == "Suspended"
     # Unsuspended later: a new attempt goes through the queue again.
     again = decide.decide_run(_obs(None, act.status, queued=True))
     assert again.create_attempt == 2
@@ -188,7 +194,7 @@ def _sweep_pass(phases: list[str], st: dict | None = None) -> decide.SweepAction
         "spec": raw,
         "status": st or {},
     }
-    spec = validate_sweep("s", raw)
+    spec = validate_sweep("s", raw).spec
     children = [
         {**expand.child_manifest(sweep, raw, point), "status": {"phase": phase, "metrics": {"loss": 2.0}}}
         for point, phase in zip(points("s", spec), phases, strict=True)
@@ -199,11 +205,11 @@ def _sweep_pass(phases: list[str], st: dict | None = None) -> decide.SweepAction
 def test_parent_run_ends_with_the_sweep_and_reopens_on_resume() -> None:
     assert _sweep_pass(["Running", "Pending"]).tracking_status is None  # open, as created
     done = _sweep_pass(["Succeeded", "Succeeded"], {"phase": "Running"})
-    assert done.status["phase"] == "Succeeded" and done.tracking_status == "FINISHED"
+    assert wire(done)["phase"] == "Succeeded" and done.tracking_status == "FINISHED"
     # until MLflow took it (the reconciler records it), every pass asks again: an outage loses nothing
     assert _sweep_pass(["Succeeded", "Succeeded"], {"phase": "Succeeded"}).tracking_status == "FINISHED"
     settled = {"phase": "Succeeded", "mlflowRunStatus": "FINISHED"}
     assert _sweep_pass(["Succeeded", "Succeeded"], settled).tracking_status is None
     assert _sweep_pass(["Succeeded", "Failed"], {"phase": "Running"}).tracking_status == "FAILED"
     resumed = _sweep_pass(["Succeeded", "Resuming"], {"phase": "Failed", "mlflowRunStatus": "FAILED"})
-    assert resumed.status["phase"] == "Running" and resumed.tracking_status == "RUNNING"
+    assert wire(resumed)["phase"] == "Running" and resumed.tracking_status == "RUNNING"

@@ -17,7 +17,7 @@ from tests.services.kmock_server import merge_patch  # the emulator's RFC 7386, 
 
 
 def validate_sweep(name: str, raw: dict):
-    return admit_sweep(name, raw)
+    return admit_sweep(name, raw).spec
 
 
 def validate_run(name: str, spec: dict):

@@ -147,7 +147,7 @@ def test_sweep_without_storage_is_valid_only_with_a_default_prefix() -> None:
     with pytest.raises(SchemaError) as err:
         admit_sweep("nostore", raw)
     assert err.value.path == "spec.base.storage.uri"
-    spec = admit_sweep("nostore", DEFAULTS.apply_sweep(raw), DEFAULTS.apply_run)
+    spec = admit_sweep("nostore", raw, DEFAULTS.apply_run).spec
     # The points do not embed the default: each applies the operator's defaults itself.
     child = point_spec(raw, points("nostore", spec)[0])
     assert "storage" not in child["config"] and "queueName" not in child

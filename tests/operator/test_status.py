@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sphinxx.jobs.schema.fields import Naming, dump
 from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
 from sphinxx.jobs.sweep.points import points
 from sphinxx.operator import status
@@ -71,12 +72,12 @@ def test_conditions_keep_transition_time_while_unchanged() -> None:
     first = status.run_conditions([], "Running", "Running", "go", 1, "t1")
     second = status.run_conditions(first, "Running", "Running", "go", 2, "t2")
     running = status.condition(second, "Running")
-    assert running["status"] == "True" and running["lastTransitionTime"] == "t1"
-    assert running["observedGeneration"] == 2
+    assert running.status == "True" and running.last_transition_time == "t1"
+    assert running.observed_generation == 2
     third = status.run_conditions(second, "Succeeded", "Succeeded", "done", 2, "t3")
-    assert status.condition(third, "Running")["lastTransitionTime"] == "t3"
-    assert status.condition(third, "Ready")["status"] == "True"
-    assert [c["type"] for c in third] == sorted(status.RUN_CONDITIONS)
+    assert status.condition(third, "Running").last_transition_time == "t3"
+    assert status.condition(third, "Ready").status == "True"
+    assert [c.type for c in third] == sorted(status.RUN_CONDITIONS)
 
 
 def test_sweep_rollup_counts_rows_and_phase() -> None:
@@ -87,7 +88,7 @@ def test_sweep_rollup_counts_rows_and_phase() -> None:
             "axes": {"models": ["debug", "tinyllama-1.1b"], "dataFractions": [0.5, 1.0]},
         },
     )
-    ordered = points("s", spec)
+    ordered = points("s", spec.spec)
     children = {
         ordered[0].name: {
             "status": {"phase": "Succeeded", "metrics": {"loss": 2.5}, "lastCheckpoint": {"step": 20}}
@@ -100,9 +101,9 @@ def test_sweep_rollup_counts_rows_and_phase() -> None:
         "total": 4, "pending": 1, "running": 1, "resuming": 0, "succeeded": 1, "failed": 1, "suspended": 0,
     }  # fmt: skip
     assert roll.phase == "Running" and roll.progress == "1/4"
-    assert roll.points[0] == {
+    assert dump(roll.points[0], Naming.CAMEL, drop_none=True) == {
         "name": ordered[0].name, "model": "debug", "dataFraction": 0.5, "phase": "Succeeded",
-        "attempt": 0, "step": 20, "loss": 2.5, "checkpoint": None,
+        "attempt": 0, "step": 20, "loss": 2.5,
     }  # fmt: skip
     done = {p.name: {"status": {"phase": "Succeeded", "metrics": {"loss": 1.0}}} for p in ordered}
     assert status.rollup(ordered, done, False, [], 1, "t").phase == "Succeeded"

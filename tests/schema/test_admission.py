@@ -50,7 +50,7 @@ def test_every_point_of_an_admitted_sweep_is_an_admitted_run() -> None:
     for kind, name, spec in GOOD:
         if kind != "ScalingSweep":
             continue
-        parsed = admit_sweep(name, spec)
+        parsed = admit_sweep(name, spec).spec
         for point in points(name, parsed):
             cfg = admit_run(point.name, point_spec(spec, point)).config
             assert (cfg.model.flavor, cfg.data.fraction) == (point.model, point.fraction)

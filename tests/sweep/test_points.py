@@ -29,7 +29,7 @@ def test_points_run_smallest_model_then_smallest_data_first() -> None:
         "base": RUN_BASE,
         "axes": {"models": ["tinyllama-1.1b", "debug-moe", "debug"], "dataFractions": [1.0, 0.5]},
     }
-    order = [(p.model, p.fraction) for p in sweep_points.points("demo", admit_sweep("demo", raw))]
+    order = [(p.model, p.fraction) for p in sweep_points.points("demo", admit_sweep("demo", raw).spec)]
     assert order == sorted(order, key=lambda mf: (FLAVORS[mf[0]].params, mf[1]))
     assert order[0] == ("debug", 0.5) and order[-1] == ("tinyllama-1.1b", 1.0)
 
@@ -39,7 +39,7 @@ def test_a_point_spec_names_its_size_preset_unless_the_base_names_one() -> None:
         "base": {k: v for k, v in RUN_BASE.items() if k != "preset"},
         "axes": {"models": ["debug-moe"], "dataFractions": [1.0]},
     }
-    (point,) = sweep_points.points("demo", admit_sweep("demo", raw))
+    (point,) = sweep_points.points("demo", admit_sweep("demo", raw).spec)
     assert point_spec(raw, point)["config"]["preset"] == "debug-moe"
     named = {**raw, "base": RUN_BASE}
     assert point_spec(named, point)["config"]["preset"] == "debug"

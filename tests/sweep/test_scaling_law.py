@@ -80,7 +80,11 @@ def test_sweep_status_carries_the_fitted_coefficients() -> None:
 
     import jsonschema
 
-    from sphinxx.operator.status import scaling_law_status
+    from sphinxx.jobs.schema.status import dump_status
+    from sphinxx.jobs.sweep.results import law_status
+
+    def scaling_law_status(f):
+        return dump_status(law_status(f))
 
     result = fit(grid_points())
     law = json.loads(json.dumps(scaling_law_status(result)))  # what the API server stores
@@ -98,8 +102,12 @@ def test_sweep_status_carries_the_fitted_coefficients() -> None:
 
 
 def test_non_finite_numbers_stay_out_of_the_status() -> None:
+    from sphinxx.jobs.schema.status import dump_status
+    from sphinxx.jobs.sweep.results import law_status
     from sphinxx.jobs.sweep.scaling_law import ScalingFit
-    from sphinxx.operator.status import scaling_law_status
+
+    def scaling_law_status(f):
+        return dump_status(law_status(f))
 
     broken = ScalingFit(
         "chinchilla", 6, E=1.0, A=float("inf"), alpha=0.3, B=2.0, beta=0.2, residual_rms=float("nan")
