@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     attempt = int(os.environ.get("SPHINXX_ATTEMPT", "1"))
     run = prepare_run(cfg, attempt, code_version())
-    summary.update(run_name=cfg.run_id, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
+    summary.update(run_id=cfg.run_id, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
     import ray
 
     if not ray.is_initialized():

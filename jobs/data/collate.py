@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sphinxx.jobs.data.template import IGNORE_INDEX, ConversationEncoder
+from sphinxx.jobs.data.template import ConversationEncoder
 from sphinxx.model.anyres import AnyResConfig
-from sphinxx.model.sphinx import SphinxBatch, SphinxSample, collate
+from sphinxx.model.sphinx import IGNORE_INDEX, SphinxBatch, SphinxSample, collate
 
 
 @dataclass

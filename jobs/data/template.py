@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-IGNORE_INDEX = -100
+from sphinxx.model.sphinx import IGNORE_INDEX  # the model's loss mask: labels it never trains on
+
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from sphinxx.jobs.sweep import mlflow_runs as tracking
+from tests.schema.corpus import DATA
 from tests.services.process import free_port
 
 from .conftest import Cluster, now_iso, wait_for
@@ -15,24 +16,24 @@ pytestmark = pytest.mark.slow
 
 def test_runs_are_found_by_tag_not_created_twice(mlflow_server) -> None:
     uri = mlflow_server.tracking_uri
-    parent = tracking.ensure_parent_run(uri, "idempotence", "ns", "sweep", "sweep-uid-1")
-    assert tracking.ensure_parent_run(uri, "idempotence", "ns", "sweep", "sweep-uid-1") == parent
-    child = tracking.ensure_child_run(uri, "idempotence", "ns", "point", "run-uid-1", parent, {"k": "v"})
-    assert (
-        tracking.ensure_child_run(uri, "idempotence", "ns", "point", "run-uid-1", parent, {"k": "v"}) == child
-    )
+    sweep = tracking.SweepRef("ns", "sweep", "sweep-uid-1")
+    parent = tracking.ensure_parent_run(uri, "idempotence", sweep)
+    assert tracking.ensure_parent_run(uri, "idempotence", sweep) == parent
+    point = tracking.PointRef("ns", "point", "run-uid-1", "debug", 0.5, sweep="sweep")
+    child = tracking.ensure_child_run(uri, "idempotence", point, parent)
+    assert tracking.ensure_child_run(uri, "idempotence", point, parent) == child
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(uri).get_run(child)
-    assert (
-        run.data.tags["mlflow.parentRunId"] == parent and run.data.tags[tracking.TAG_RUN_UID] == "run-uid-1"
-    )
+    assert run.info.run_name == "point" and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags[tracking.TAG_RUN_UID] == "run-uid-1" and run.data.tags[tracking.TAG_SWEEP] == "sweep"
+    assert run.data.tags[tracking.TAG_MODEL] == "debug" and run.data.tags[tracking.TAG_FRACTION] == "0.5"
 
 
-def _env(cluster: Cluster, rayjob: str) -> dict:
-    return yaml.safe_load(cluster.get("rayjobs", rayjob, "ray.io", "v1")["spec"]["runtimeEnvYAML"])[
-        "env_vars"
-    ]
+def _config(cluster: Cluster, run: str) -> dict:
+    """The config the current attempt's job reads (its run identity travels only there)."""
+    uri = cluster.status("trainingruns", run)["configUri"]
+    return yaml.safe_load(open(uri.removeprefix("file://")).read())
 
 
 def test_sweep_parent_and_child_runs_survive_retries(
@@ -50,6 +51,7 @@ def test_sweep_parent_and_child_runs_survive_retries(
                 "preset": "debug",
                 "storage": {"uri": f"file://{tmp_path}"},
                 "tracking": {"uri": uri, "experiment": "e2e"},
+                "data": DATA,
             },
             "axes": {"models": ["debug"], "dataFractions": [1.0]},
             "failurePolicy": {"maxRetries": 1, "backoffSeconds": 0},
@@ -65,14 +67,14 @@ def test_sweep_parent_and_child_runs_survive_retries(
     assert client.get_run(child).data.tags["mlflow.parentRunId"] == parent
 
     first = wait_for(lambda: cluster.rayjobs(run) and next(iter(cluster.rayjobs(run))))
-    assert (
-        _env(cluster, first)["MLFLOW_RUN_ID"] == child and _env(cluster, first)["MLFLOW_TRACKING_URI"] == uri
-    )
+    tracking_cfg = _config(cluster, run)["tracking"]
+    assert tracking_cfg["mlflow_run_id"] == child and tracking_cfg["uri"] == uri
+    assert tracking_cfg["mlflow_parent_run_id"] == parent
     cluster.drive(
         first, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", endTime=now_iso()
     )
     second = wait_for(lambda: len(cluster.rayjobs(run)) == 2 and (set(cluster.rayjobs(run)) - {first}).pop())
-    assert _env(cluster, second)["MLFLOW_RUN_ID"] == child  # the retry continues the same run
+    assert _config(cluster, run)["tracking"]["mlflow_run_id"] == child  # the retry continues the same run
 
     cluster.drive(second, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime=now_iso())
     wait_for(lambda: client.get_run(child).info.status == "FINISHED", what="the child run to finish")
@@ -91,7 +93,12 @@ def test_unreachable_mlflow_is_a_condition_not_a_crash(operator_server, cluster,
         "kind": "TrainingRun",
         "metadata": {"name": "untracked"},
         "spec": {
-            "config": {"preset": "debug", "storage": {"uri": f"file://{tmp_path}"}, "tracking": {"uri": dead}}
+            "config": {
+                "preset": "debug",
+                "storage": {"uri": f"file://{tmp_path}"},
+                "tracking": {"uri": dead},
+                "data": DATA,
+            }
         },
     }
     cluster.kube.apply(run, cluster.ns)
