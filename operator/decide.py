@@ -28,6 +28,7 @@ from sphinxx.jobs.schema.status import (
 from sphinxx.jobs.sweep.points import points
 
 from . import expand, names, status
+from .status import JobView
 
 Event = tuple[str, str, str]  # (type Normal|Warning, reason, message)
 
@@ -47,7 +48,7 @@ class RunObserved:
     queued: bool  # a Kueue queue name is set: suspend deletes the RayJob instead of toggling it
     bounds: tuple[int, int]  # desired worker pods (min, max)
     status: RunStatus
-    job: status.JobView
+    job: JobView
     job_suspended: bool  # the current RayJob's spec.suspend
     admitted: bool
     resume_token: str | None  # value of the sphinxx.dev/resume annotation

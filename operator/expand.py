@@ -26,7 +26,7 @@ from . import names
 
 def child_manifest(sweep: dict[str, Any], raw: dict[str, Any], point: Point) -> dict[str, Any]:
     meta = sweep["metadata"]
-    child = {
+    child: dict[str, Any] = {
         "apiVersion": names.API_VERSION,
         "kind": "TrainingRun",
         "metadata": {

@@ -10,6 +10,7 @@ the same level-based reconcile, so a missed event only delays convergence.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -39,7 +40,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.background.cancellation_polling = 0.5
 
 
-def _run(namespace: str, name: str) -> None:
+def _run(namespace: str | None, name: str) -> None:
+    assert namespace, "TrainingRuns are namespaced"
     try:
         delay = reconcile.reconcile_run(kube(), namespace, name, SETTINGS)
     except reconcile.RetryLater as err:
@@ -51,12 +53,13 @@ def _run(namespace: str, name: str) -> None:
 @kopf.on.resume(*RUNS)
 @kopf.on.create(*RUNS)
 @kopf.on.update(*RUNS)
-def run_changed(namespace: str, name: str, **_: Any) -> None:
+def run_changed(namespace: str | None, name: str, **_: Any) -> None:
     _run(namespace, name)
 
 
 @kopf.timer(*RUNS, interval=SETTINGS.run_interval)
-def run_tick(namespace: str, name: str, **_: Any) -> None:
+def run_tick(namespace: str | None, name: str, **_: Any) -> None:
+    assert namespace, "TrainingRuns are namespaced"
     try:
         reconcile.reconcile_run(kube(), namespace, name, SETTINGS)
     except reconcile.RetryLater:
@@ -64,7 +67,8 @@ def run_tick(namespace: str, name: str, **_: Any) -> None:
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={names.LABEL_RUN: kopf.PRESENT})
-def rayjob_event(namespace: str, labels: dict[str, str], type: str | None, **_: Any) -> None:
+def rayjob_event(namespace: str | None, labels: Mapping[str, str], type: str, **_: Any) -> None:
+    assert namespace, "RayJobs are namespaced"
     if type in ("ADDED", "MODIFIED", "DELETED"):
         try:
             reconcile.reconcile_run(kube(), namespace, labels[names.LABEL_RUN], SETTINGS)
@@ -77,7 +81,8 @@ def run_deleted(body: kopf.Body, **_: Any) -> None:
     reconcile.finalize_run(kube(), dict(body), SETTINGS)
 
 
-def _sweep(namespace: str, name: str) -> None:
+def _sweep(namespace: str | None, name: str) -> None:
+    assert namespace, "ScalingSweeps are namespaced"
     try:
         reconcile.reconcile_sweep(kube(), namespace, name, SETTINGS)
     except reconcile.RetryLater as err:
@@ -87,12 +92,13 @@ def _sweep(namespace: str, name: str) -> None:
 @kopf.on.resume(*SWEEPS)
 @kopf.on.create(*SWEEPS)
 @kopf.on.update(*SWEEPS)
-def sweep_changed(namespace: str, name: str, **_: Any) -> None:
+def sweep_changed(namespace: str | None, name: str, **_: Any) -> None:
     _sweep(namespace, name)
 
 
 @kopf.timer(*SWEEPS, interval=SETTINGS.sweep_interval)
-def sweep_tick(namespace: str, name: str, **_: Any) -> None:
+def sweep_tick(namespace: str | None, name: str, **_: Any) -> None:
+    assert namespace, "ScalingSweeps are namespaced"
     try:
         reconcile.reconcile_sweep(kube(), namespace, name, SETTINGS)
     except reconcile.RetryLater:

@@ -8,9 +8,10 @@ is checked against it by a test.
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import threading
-from typing import Any
+from typing import Any, cast
 
 from . import names
 
@@ -85,8 +86,10 @@ class Kube:
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         group, version, plural = RESOURCES[resource]
         try:
-            return self.custom.get_namespaced_custom_object(
-                group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+            return _obj(
+                self.custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+                )
             )
         except Exception as err:
             if self._missing(err, 404):
@@ -95,10 +98,12 @@ class Kube:
 
     def list(self, resource: str, namespace: str, labels: str = "") -> list[dict[str, Any]]:
         group, version, plural = RESOURCES[resource]
-        result = self.custom.list_namespaced_custom_object(
-            group, version, namespace, plural, label_selector=labels or None, _request_timeout=REQUEST_TIMEOUT
+        result = _obj(
+            self.custom.list_namespaced_custom_object(
+                group, version, namespace, plural, label_selector=labels or None, _request_timeout=REQUEST_TIMEOUT
+            )
         )
-        return list(result.get("items") or [])
+        return builtins.list(result.get("items") or [])
 
     def create(self, resource: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """(object, created): a 409 returns the object that is already there."""
@@ -108,7 +113,7 @@ class Kube:
             created = self.custom.create_namespaced_custom_object(
                 group, version, namespace, plural, body, _request_timeout=REQUEST_TIMEOUT
             )
-            return created, True
+            return _obj(created), True
         except Exception as err:
             if not self._missing(err, 409):
                 raise
@@ -121,8 +126,10 @@ class Kube:
         """Merge patch of the main resource (None when the object is gone)."""
         group, version, plural = RESOURCES[resource]
         try:
-            return self.custom.patch_namespaced_custom_object(
-                group, version, namespace, plural, name, patch, _request_timeout=REQUEST_TIMEOUT
+            return _obj(
+                self.custom.patch_namespaced_custom_object(
+                    group, version, namespace, plural, name, patch, _request_timeout=REQUEST_TIMEOUT
+                )
             )
         except Exception as err:
             if self._missing(err, 404):
@@ -130,20 +137,22 @@ class Kube:
             raise
 
     def patch_json(
-        self, resource: str, namespace: str, name: str, ops: list[dict[str, Any]]
+        self, resource: str, namespace: str, name: str, ops: builtins.list[dict[str, Any]]
     ) -> dict[str, Any] | None:
         """JSON patch (with `test` operations for optimistic concurrency); None when gone."""
         group, version, plural = RESOURCES[resource]
         try:
-            return self.custom.patch_namespaced_custom_object(
-                group,
-                version,
-                namespace,
-                plural,
-                name,
-                ops,
-                _content_type="application/json-patch+json",
-                _request_timeout=REQUEST_TIMEOUT,
+            return _obj(
+                self.custom.patch_namespaced_custom_object(
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    ops,
+                    _content_type="application/json-patch+json",
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
             )
         except Exception as err:
             if self._missing(err, 404):
@@ -156,8 +165,8 @@ class Kube:
         """Merge patch of the status subresource (lists such as conditions are sent whole)."""
         group, version, plural = RESOURCES[resource]
         try:
-            return self.custom.patch_namespaced_custom_object_status(
-                group, version, namespace, plural, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+            return _obj(self.custom.patch_namespaced_custom_object_status(
+                group, version, namespace, plural, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT)
             )
         except Exception as err:
             if self._missing(err, 404):
@@ -206,7 +215,8 @@ class Kube:
             "source": EVENT_SOURCE,
             "reportingComponent": names.MANAGER,
         }
-        self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)
+        # The client accepts a plain dict for any model (its stubs name only the model class).
+        self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
 
 
 _default: Kube | None = None
@@ -220,3 +230,8 @@ def default() -> Kube:
         if _default is None:
             _default = Kube()
         return _default
+
+
+def _obj(result: object) -> dict[str, Any]:
+    """The client returns custom objects as plain JSON dicts (typed `object` in its stubs)."""
+    return cast(dict[str, Any], result)

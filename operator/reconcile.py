@@ -33,6 +33,7 @@ from sphinxx.jobs.schema.status import (
     TERMINAL_RUN_PHASES,
     RunPhase,
     RunStatus,
+    ScalingLawStatus,
     SweepPhase,
     SweepStatus,
     TrackingState,
@@ -97,8 +98,9 @@ def _events(kube: Kube, obj: dict[str, Any], events: list[decide.Event]) -> None
 
 
 def _status(obj: dict[str, Any], resource: str) -> RunStatus | SweepStatus:
-    cls = RunStatus if resource == "trainingruns" else SweepStatus
-    return parse_status(cls, obj.get("status"))
+    if resource == "trainingruns":
+        return parse_status(RunStatus, obj.get("status"))
+    return parse_status(SweepStatus, obj.get("status"))
 
 
 def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: str) -> None:
@@ -441,7 +443,7 @@ def _apply_child_plan(kube: Kube, namespace: str, act: decide.SweepAction, paren
         kube.patch("trainingruns", namespace, child_name, {"metadata": {"annotations": {names.ANNOTATION_RESUME: token}}})
 
 
-def _fit(st: SweepStatus, tracking_uri: str | None, parent: str | None, sweep: str):
+def _fit(st: SweepStatus, tracking_uri: str | None, parent: str | None, sweep: str) -> ScalingLawStatus:
     """Fit the scaling law over the succeeded points (sweep core); log it and its plot on the parent run."""
     law, result, inputs = fit_sweep(st.points)
     if tracking_uri and parent:

@@ -70,29 +70,29 @@ def observe_rayjob(rayjob: dict[str, Any] | None) -> JobView:
         )
         if cluster_status.get(src) is not None
     }
-    common = {
-        "cluster": st.get("rayClusterName") or None,
-        "start_time": st.get("startTime"),
-        "end_time": st.get("endTime"),
-        "workers": workers,
-    }
+    outcome, why, text = _outcome(deployment, job, reason, message)
+    return JobView(
+        outcome, why, text, st.get("rayClusterName") or None, st.get("startTime"), st.get("endTime"), workers
+    )
+
+
+def _outcome(deployment: str, job: str, reason: str, message: str) -> tuple[str, str, str]:
+    """(outcome, reason, message) of a RayJob's deployment status and job status (the table above)."""
     if deployment == "ValidationFailed" or reason == "ValidationFailed":
-        return JobView("invalid", "ValidationFailed", message, **common)
+        return "invalid", "ValidationFailed", message
     if deployment == "Complete" and job == "SUCCEEDED":
-        return JobView("succeeded", "Succeeded", message, **common)
+        return "succeeded", "Succeeded", message
     if deployment == "Complete":
-        return JobView(
-            "failed", reason or f"Job{job.title() or 'Ended'}", message or f"Ray job ended {job}", **common
-        )
+        return "failed", reason or f"Job{job.title() or 'Ended'}", message or f"Ray job ended {job}"
     if deployment == "Failed":
-        return JobView("failed", reason or "Failed", message or f"Ray job {job or 'failed'}", **common)
+        return "failed", reason or "Failed", message or f"Ray job {job or 'failed'}"
     if deployment in ("Suspending", "Suspended"):
-        return JobView("suspended", deployment, message, **common)
+        return "suspended", deployment, message
     if deployment == "Retrying":
-        return JobView("retrying", "Retrying", message, **common)
+        return "retrying", "Retrying", message
     if deployment == "Running":
-        return JobView("running", "Running", message, **common)
-    return JobView("pending", deployment or "New", message, **common)
+        return "running", "Running", message
+    return "pending", deployment or "New", message
 
 
 def set_condition(

@@ -82,7 +82,7 @@ def resolve_layer(layer: Any, path: str) -> RunConfig:
         raise SchemaError(path, f"must be an object, got {type(layer).__name__}")
     section = layer.get("data")
     fraction = section.get("fraction") if isinstance(section, dict) else None
-    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+    if not isinstance(section, dict) or not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
         return _resolve(layer, path)
     rest = {**layer, "data": {k: v for k, v in section.items() if k != "fraction"}}
     cfg = _resolve(rest, path)
@@ -117,8 +117,8 @@ def admit_run(name: str, spec: Any, runnable: bool = True) -> AdmittedRun:
     if bounds and isinstance(layer, dict):
         # The spec's bounds win over the config's: resolve at them, so the job's cross-field rules
         # (batch size, EP divisibility) are checked where the run will actually be.
-        parallel = layer.get("parallel") if isinstance(layer.get("parallel"), dict) else {}
-        layer = {**layer, "parallel": {**parallel, **bounds}}
+        parallel = layer.get("parallel")
+        layer = {**layer, "parallel": {**(parallel if isinstance(parallel, dict) else {}), **bounds}}
     try:
         cfg = resolve_layer(layer, "spec.config")
     except SchemaError as err:

@@ -234,6 +234,7 @@ def parse_value(
         raise SchemaError(path, "must not be null")
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     item_constraints = constraints.get("items", {})
+    out: Any
     if dataclasses.is_dataclass(tp):
         out = parse(tp, value, path, naming)  # type: ignore[arg-type]
     elif origin is list:

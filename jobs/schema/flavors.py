@@ -52,17 +52,17 @@ class Flavor:
         return self.active_params - self.embedding_params
 
 
-_DEBUG = dict(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, vocab_size=4096)
+_DEBUG: dict[str, int] = dict(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, vocab_size=4096)
 _VISION = "convnext-xxl+dinov2-g"
 
 FLAVORS: dict[str, Flavor] = {
     f.name: f
     for f in (
         # vocab 4096: small enough for the synthetic test tokenizer; override with vocab_size=...
-        Flavor("debug", ModelArgs(**_DEBUG), "debug", "llama", 4_458_752, 4_458_752),
+        Flavor("debug", ModelArgs(**_DEBUG), "debug", "llama", 4_458_752, 4_458_752),  # type: ignore[arg-type]
         Flavor(
             "debug-moe",
-            ModelArgs(**_DEBUG, num_experts=8, top_k=2, moe_ffn_dim=128),
+            ModelArgs(**_DEBUG, num_experts=8, top_k=2, moe_ffn_dim=128),  # type: ignore[arg-type]
             "debug",
             "mixtral",
             6_039_808,

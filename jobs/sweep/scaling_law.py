@@ -54,7 +54,8 @@ class ScalingFit:
 
     def predict(self, params: float, data: float) -> float:
         if self.form == "chinchilla":
-            return self.E + self.A / params**self.alpha + self.B / data**self.beta
+            assert None not in (self.E, self.A, self.alpha, self.B, self.beta), "a chinchilla fit has all five"
+            return self.E + self.A / params**self.alpha + self.B / data**self.beta  # type: ignore[operator]
         raise ValueError("a per-axis fit has no joint prediction; use per_axis")
 
     def to_dict(self) -> dict:
