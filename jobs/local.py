@@ -370,5 +370,7 @@ def run_local(
         print(f"MLflow:      mlflow ui --backend-store-uri {sweep.tracking_uri}   (experiment {sweep.experiment})")
     else:
         print(f"MLflow:      {sweep.tracking_uri}   (experiment {sweep.experiment})")
-    print(f"plot:        {sweep.workdir / 'scaling_law.png'}")
+    plot = sweep.workdir / "scaling_law.png"
+    if plot.exists():
+        print(f"plot:        {plot}")
     return 0 if all(p.row.phase == RunPhase.SUCCEEDED for p in state.points.values()) else 1

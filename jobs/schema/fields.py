@@ -151,8 +151,8 @@ def check(value: Any, constraints: Mapping[str, Any], path: str) -> None:
     if "exclusive_minimum" in constraints and value <= constraints["exclusive_minimum"]:
         raise SchemaError(path, f"must be > {constraints['exclusive_minimum']}; got {value!r}")
     if "min_length" in constraints and len(value) < constraints["min_length"]:
-        raise SchemaError(path, "must not be empty" if constraints["min_length"] == 1 else
-                          f"must be at least {constraints['min_length']} characters")  # fmt: skip
+        least = constraints["min_length"]
+        raise SchemaError(path, "must not be empty" if least == 1 else f"must be at least {least} characters")
     if "max_length" in constraints and len(value) > constraints["max_length"]:
         raise SchemaError(path, f"must be at most {constraints['max_length']} characters; got {len(value)}")
     if "pattern" in constraints and not re.fullmatch(constraints["pattern"], value):
