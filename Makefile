@@ -22,7 +22,7 @@ unexport PYTHONDONTWRITEBYTECODE
 help:
 	@echo "make demo   - install, then run a tiny SPHINX-X scaling sweep end to end on the local default"
 	@echo "make test   - install dev dependencies, then lint and run the whole test suite"
-	@echo "make lint   - ruff + import-linter contracts only"
+	@echo "make lint   - ruff + import-linter contracts + mypy (the packages in pyproject's [tool.mypy]) only"
 
 # Never `python -m ...` from the repo root before the package is installed: `-m` puts the
 # current directory first on sys.path, where our `operator/` folder shadows the standard
@@ -42,6 +42,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	bash .ci/lint_imports.sh
+	bash .ci/typecheck.sh
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

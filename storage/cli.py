@@ -20,14 +20,19 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # the handlers import the store when they run: registering the CLI stays cheap
+    from .manifest import Manifest
+    from .reader import StepFolder
+    from .store import CheckpointStore
 
 # Where a client-side failure comes from: the S3 client stack (a bug elsewhere keeps its traceback).
 CLIENT_MODULES = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "aiohttp", "urllib3")
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "ckpt",
         help="checkpoints on S3 / file / memory: ls, latest, verify, gc",
@@ -90,7 +95,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _command(
-    func: Callable[[argparse.Namespace, Any, int | None], int],
+    func: Callable[[argparse.Namespace, CheckpointStore, int | None], int],
 ) -> Callable[[argparse.Namespace], int]:
     """Build the store from the common flags; turn storage errors into one clear line."""
 
@@ -152,7 +157,7 @@ def client_failure(err: BaseException, endpoint: str | None) -> str | None:
 
 
 @_command
-def _ls(args: argparse.Namespace, store: Any, _step: int | None) -> int:
+def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
     from sphinxx.storage.reader import read_pointer
 
     folders = store.scan()
@@ -178,7 +183,7 @@ def _ls(args: argparse.Namespace, store: Any, _step: int | None) -> int:
     return 0
 
 
-def _folder_row(folder: Any) -> dict[str, Any]:
+def _folder_row(folder: StepFolder) -> dict[str, Any]:
     m = folder.manifest
     if m is not None:
         return {"step": folder.step, "state": "committed", "uri": folder.uri, "files": len(m.files),
@@ -190,7 +195,7 @@ def _folder_row(folder: Any) -> dict[str, Any]:
 
 
 @_command
-def _latest(args: argparse.Namespace, store: Any, _step: int | None) -> int:
+def _latest(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
     info = store.latest()
     if info is None:
         _check_bucket(store)
@@ -211,14 +216,14 @@ def _latest(args: argparse.Namespace, store: Any, _step: int | None) -> int:
     return 0
 
 
-def _metadata(manifest: Any) -> dict[str, Any]:
+def _metadata(manifest: Manifest) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {k: v for k, v in asdict(manifest.metadata).items()}
 
 
 @_command
-def _verify(args: argparse.Namespace, store: Any, uri_step: int | None) -> int:
+def _verify(args: argparse.Namespace, store: CheckpointStore, uri_step: int | None) -> int:
     report = store.verify(args.step if args.step is not None else uri_step, checksums=not args.sizes_only)
     if args.json:
         print(json.dumps({"step": report.step, "uri": report.uri, "ok": report.ok, "files": report.files_checked,
@@ -238,7 +243,7 @@ def _verify(args: argparse.Namespace, store: Any, uri_step: int | None) -> int:
 
 
 @_command
-def _gc(args: argparse.Namespace, store: Any, _step: int | None) -> int:
+def _gc(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
     from sphinxx.storage import RetentionPolicy
 
     if args.metric is None and args.keep_best != 1:
@@ -263,7 +268,7 @@ def _gc(args: argparse.Namespace, store: Any, _step: int | None) -> int:
     return 0
 
 
-def _check_bucket(store: Any) -> None:
+def _check_bucket(store: CheckpointStore) -> None:
     from sphinxx.storage import StorageAccessError
 
     if not store.fs().bucket_exists(store.root):

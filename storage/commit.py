@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from types import TracebackType
 
 from . import transfer
 from .errors import CheckpointAlreadyCommittedError, CheckpointCorruptError, IncompleteCheckpointError
@@ -134,7 +134,9 @@ class CheckpointWriter:
     def __enter__(self) -> CheckpointWriter:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.finish()
 

@@ -39,12 +39,21 @@ import tempfile
 import threading
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from . import uri as uri_mod
 from .errors import StorageAccessError, StorageError
+
+# The client stacks are imported where used (`import sphinxx.storage` stays light);
+# mypy_boto3_s3 is a stub-only package of the dev extra, never imported at run time.
+if TYPE_CHECKING:
+    from botocore.loaders import Loader
+    from fsspec.callbacks import Callback
+    from mypy_boto3_s3 import S3Client
+
+    from .s3bulk import S3Bulk
 
 MiB = 1 << 20
 
@@ -108,11 +117,11 @@ class ObjectInfo:
 class ObjectFS:
     """URI-level operations over one fsspec filesystem (see the module docstring)."""
 
-    fs: Any
+    fs: Any  # an fsspec AbstractFileSystem (fsspec and s3fs ship no type information)
     scheme: str
     options: StorageOptions = field(default_factory=StorageOptions)
     _conditional_ok: bool = True
-    _bulk: Any = None  # s3bulk.S3Bulk, built on first transfer
+    _bulk: S3Bulk | None = None  # built on first transfer
 
     # -- paths ----------------------------------------------------------------
     def path(self, uri: str) -> str:
@@ -199,7 +208,7 @@ class ObjectFS:
             out[rel] = ObjectInfo(rel, int(entry.get("size") or 0), _mtime(entry))
         return out
 
-    def open_read(self, uri: str, block_size: int = 8 * MiB):
+    def open_read(self, uri: str, block_size: int = 8 * MiB) -> BinaryIO:
         """A binary stream over the object (read-ahead of `block_size` on S3, never the whole object)."""
         with _guard("open", uri, passthrough=(FileNotFoundError,)):
             return self.fs.open(self.path(uri), "rb", block_size=block_size)
@@ -254,7 +263,9 @@ class ObjectFS:
                 raise FileExistsError(uri) from None
             self.fs.pipe_file(path, data)
 
-    def put_file(self, local_path: str, uri: str, *, chunk_size: int, callback: Any = None) -> None:
+    def put_file(
+        self, local_path: str, uri: str, *, chunk_size: int, callback: Callback | None = None
+    ) -> None:
         """Upload one local file (on S3: multipart with `chunk_size` parts, see s3bulk.py).
 
         `callback` is an fsspec Callback; on S3 it may go backwards when a part is retried.
@@ -265,7 +276,9 @@ class ObjectFS:
         else:
             self.fs.put_file(local_path, self.path(uri), **({"callback": callback} if callback else {}))
 
-    def get_file(self, uri: str, local_path: str, *, chunk_size: int, callback: Any = None) -> None:
+    def get_file(
+        self, uri: str, local_path: str, *, chunk_size: int, callback: Callback | None = None
+    ) -> None:
         """Download one object (on S3: ranged parts in parallel, see s3bulk.py)."""
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         if self.scheme == "s3":
@@ -274,7 +287,7 @@ class ObjectFS:
         else:
             self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))
 
-    def _s3bulk(self) -> Any:
+    def _s3bulk(self) -> S3Bulk:
         with _BULK_LOCK:
             if self._bulk is None:
                 from .s3bulk import S3Bulk
@@ -322,7 +335,7 @@ def open_fs(uri: str, options: StorageOptions | None = None) -> ObjectFS:
     return ObjectFS(fsspec.filesystem("memory", skip_instance_cache=True), scheme, options)
 
 
-_LOADER: Any = None
+_LOADER: Loader | None = None
 
 
 def _make_s3fs(options: StorageOptions) -> Any:
@@ -356,7 +369,7 @@ def _make_s3fs(options: StorageOptions) -> Any:
     return fs
 
 
-def make_boto3_client(options: StorageOptions, max_connections: int = 10) -> Any:
+def make_boto3_client(options: StorageOptions, max_connections: int = 10) -> S3Client:
     """A boto3 S3 client with the same endpoint, credentials, retries and timeouts as the s3fs filesystem."""
     import boto3
     import botocore.session
@@ -378,13 +391,13 @@ def make_boto3_client(options: StorageOptions, max_connections: int = 10) -> Any
     )
 
 
-def create_loader_lazily() -> Any:
+def create_loader_lazily() -> Loader:
     from botocore.loaders import create_loader
 
     return create_loader()
 
 
-def _relative(callback: Any) -> Any:
+def _relative(callback: Callback | None) -> Callable[[int], None] | None:
     return None if callback is None else callback.relative_update
 
 

@@ -20,9 +20,17 @@ from __future__ import annotations
 import errno
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .threads import DaemonThreadPool
+
+# s3transfer is imported where used (`import sphinxx.storage` stays light); mypy_boto3_s3 is
+# a stub-only package of the dev extra, never imported at run time.
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from s3transfer.futures import TransferFuture
+    from s3transfer.manager import TransferManager
+    from s3transfer.subscribers import BaseSubscriber
 
 _PERMISSION_CODES = {
     "AccessDenied",
@@ -35,10 +43,10 @@ _MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 
 
 class S3Bulk:
-    def __init__(self, client: Any, threads: int):
+    def __init__(self, client: S3Client, threads: int):
         self.client, self.threads = client, threads
-        self._managers: dict[int, Any] = {}
-        self._inflight: dict[int, tuple[str, Any]] = {}  # id -> (uri, s3transfer future)
+        self._managers: dict[int, TransferManager] = {}
+        self._inflight: dict[int, tuple[str, TransferFuture]] = {}  # id -> (uri, s3transfer future)
         self._lock = threading.Lock()
 
     def upload(
@@ -80,7 +88,7 @@ class S3Bulk:
         else:
             _shutdown_all(managers)
 
-    def _wait(self, future: Any, uri: str) -> None:
+    def _wait(self, future: TransferFuture, uri: str) -> None:
         with self._lock:
             self._inflight[id(future)] = (uri, future)
         try:
@@ -89,7 +97,7 @@ class S3Bulk:
             with self._lock:
                 self._inflight.pop(id(future), None)
 
-    def _manager(self, chunk: int) -> Any:
+    def _manager(self, chunk: int) -> TransferManager:
         from s3transfer.manager import TransferConfig, TransferManager
 
         with self._lock:
@@ -103,29 +111,37 @@ class S3Bulk:
                     num_download_attempts=5,
                     max_io_queue_size=64,  # x 256 KiB io chunks waiting for the disk
                 )
-                # daemon threads: an abandoned transfer must never hold the process open (threads.py)
-                self._managers[chunk] = TransferManager(self.client, config, executor_cls=DaemonThreadPool)
+                # daemon threads: an abandoned transfer must never hold the process open (threads.py).
+                # s3transfer only calls executor_cls(max_workers=n), .submit and .shutdown(wait); its
+                # stub admits just ThreadPoolExecutor and its own BaseExecutor, not any Executor.
+                self._managers[chunk] = TransferManager(
+                    self.client,
+                    config,
+                    executor_cls=DaemonThreadPool,  # type: ignore[arg-type]
+                )
             return self._managers[chunk]
 
 
-def _shutdown_all(managers: list[Any]) -> None:
+def _shutdown_all(managers: list[TransferManager]) -> None:
     for manager in managers:
         manager.shutdown()
 
 
-def _subscribers(progress: Callable[[int], None] | None) -> list[Any] | None:
+def _subscribers(progress: Callable[[int], None] | None) -> list[BaseSubscriber] | None:
     if progress is None:
         return None
     from s3transfer.subscribers import BaseSubscriber
 
+    report = progress  # not None: the class body below does not see the narrowing of `progress`
+
     class Progress(BaseSubscriber):
-        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-            progress(bytes_transferred)  # negative when a part is retried
+        def on_progress(self, future: TransferFuture, bytes_transferred: int, **kwargs: Any) -> None:
+            report(bytes_transferred)  # negative when a part is retried
 
     return [Progress()]
 
 
-def _wait(future: Any, uri: str) -> None:
+def _wait(future: TransferFuture, uri: str) -> None:
     """Wait; re-raise failures as the OSError family s3fs uses (PermissionError, FileNotFoundError, EIO)."""
     from botocore.exceptions import BotoCoreError, ClientError
 

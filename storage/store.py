@@ -18,7 +18,7 @@ from typing import Any
 
 from . import transfer
 from .commit import CheckpointWriter, clear_uncommitted_step, commit_step
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointCorruptError, CheckpointNotFoundError
 from .fs import ObjectFS, StorageOptions, open_fs
 from .layout import RunLayout, locate
 from .manifest import FORMAT_VERSION, CommitMetadata, FileEntry, Manifest, WriterRecord
@@ -253,10 +253,17 @@ class CheckpointStore:
         return body
 
     def read_run_manifest(self) -> dict[str, Any] | None:
+        """`run.json` (None when absent); CheckpointCorruptError when it is not a JSON object."""
+        uri = self.layout.run_manifest
         try:
-            return json.loads(self.fs().read_bytes(self.layout.run_manifest))
+            body = json.loads(self.fs().read_bytes(uri))
         except FileNotFoundError:
             return None
+        except ValueError as err:  # not UTF-8, or not JSON
+            raise CheckpointCorruptError(f"{uri} is not valid JSON: {err}", uri, [uri]) from err
+        if not isinstance(body, dict):
+            raise CheckpointCorruptError(f"{uri} is not a JSON object", uri, [uri])
+        return body
 
     # -- helpers --------------------------------------------------------------
     def _resolve(self, fs: ObjectFS, step: int | None) -> Manifest:

@@ -15,9 +15,12 @@ import concurrent.futures as cf
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-_STOP = object()
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+# A queued call: (its future, fn, args, kwargs). None in the queue tells one worker to stop.
+_Work = tuple[cf.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class DaemonThreadPool(cf.Executor):
@@ -27,17 +30,17 @@ class DaemonThreadPool(cf.Executor):
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self._max_workers, self._prefix = max_workers, thread_name_prefix
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._shutdown = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> cf.Future[_T]:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: cf.Future = cf.Future()
+            future: cf.Future[_T] = cf.Future()
             self._queue.put((future, fn, args, kwargs))
             if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
                 thread = threading.Thread(
@@ -56,9 +59,11 @@ class DaemonThreadPool(cf.Executor):
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    item[0].cancel()
+                    # None: an earlier shutdown's stop marker; one per thread is put back below.
+                    if item is not None:
+                        item[0].cancel()
             for _ in self._threads:
-                self._queue.put(_STOP)
+                self._queue.put(None)
         if wait:
             for thread in self._threads:
                 thread.join()
@@ -66,7 +71,7 @@ class DaemonThreadPool(cf.Executor):
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:
                 return
             future, fn, args, kwargs = item
             if future.set_running_or_notify_cancel():

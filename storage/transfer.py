@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from fsspec.callbacks import Callback
 
@@ -36,6 +36,7 @@ from .threads import DaemonThreadPool
 
 MAX_PARTS = 10_000
 HASH_BLOCK = 8 * MiB
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -75,24 +76,16 @@ def sha256_file(path: str) -> str:
 
 def _hash_in_background(path: str) -> Callable[[], str]:
     """Start hashing `path` in a thread (hashlib releases the GIL); the result waits for it."""
-    box: dict[str, object] = {}
+    digest: cf.Future[str] = cf.Future()
 
     def work() -> None:
         try:
-            box["digest"] = sha256_file(path)
+            digest.set_result(sha256_file(path))
         except BaseException as err:  # re-raised in the caller's thread by result()
-            box["error"] = err
+            digest.set_exception(err)
 
-    thread = threading.Thread(target=work, name="ckpt-sha256", daemon=True)
-    thread.start()
-
-    def result() -> str:
-        thread.join()
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box["digest"]  # type: ignore[return-value]
-
-    return result
+    threading.Thread(target=work, name="ckpt-sha256", daemon=True).start()
+    return digest.result
 
 
 def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None) -> list[str]:
@@ -182,7 +175,7 @@ class _FileCallback(Callback):
         super().__init__()
         self.tracker, self.reported = tracker, 0
 
-    def call(self, *args, **kwargs) -> None:
+    def call(self, *args: Any, **kwargs: Any) -> None:
         delta, self.reported = self.value - self.reported, self.value
         if delta:
             self.tracker.add(delta)  # negative when a retried part is sent again
@@ -222,7 +215,10 @@ def _with_file_retries(
             return
 
 
-def _run_all(fs: ObjectFS, items: Sequence[TransferItem], one: Callable, tracker: _Tracker) -> list:
+def _run_all(
+    fs: ObjectFS, items: Sequence[TransferItem], one: Callable[[TransferItem], _T], tracker: _Tracker
+) -> list[_T]:
+    """`one(item)` for every item on the pool (largest first); the results in the order of `items`."""
     if not items:
         return []
     order = sorted(range(len(items)), key=lambda i: -items[i].size)
@@ -253,7 +249,5 @@ def _run_all(fs: ObjectFS, items: Sequence[TransferItem], one: Callable, tracker
         )  # let running files end so nothing lands after we return
         raise
     pool.shutdown(wait=True)
-    results: list = [None] * len(items)
-    for future, index in futures.items():
-        results[index] = future.result()
-    return results
+    by_index = {index: future for future, index in futures.items()}
+    return [by_index[index].result() for index in range(len(items))]

@@ -113,9 +113,12 @@ def _fit_chinchilla(points: Sequence[Point]) -> ScalingFit:
 
     grid = np.linspace(0.02, 1.5, 38)
     start = min(itertools.product(grid, grid), key=lambda ab: solve(*ab)[1])
+    def objective(ab: np.ndarray) -> float:
+        return solve(*np.clip(ab, 1e-3, 3.0))[1]
+
     refined = minimize(
-        lambda ab: solve(*np.clip(ab, 1e-3, 3.0))[1],
-        np.array(start),
+        objective,
+        np.asarray(start, dtype=np.float64),
         method="Nelder-Mead",
         options={"xatol": 1e-6, "fatol": 1e-14, "maxiter": 2000},
     )

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sphinxx.storage import CheckpointNotFoundError, CheckpointStore
+from sphinxx.storage import CheckpointCorruptError, CheckpointNotFoundError, CheckpointStore
 
 
 def _commit(store: CheckpointStore, step: int, data: bytes = b"payload") -> None:
@@ -103,3 +103,13 @@ def test_run_config_and_run_manifest(prefix):
     assert again["config_hash"] == digest == first["config_hash"]
     assert again["attempts"] == [0, 2] and again["code_version"] == "abc123"
     assert again["created_at"] == first["created_at"]
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"{not json", b"\xff"])
+def test_a_run_manifest_that_is_not_a_json_object_is_corrupt_and_named(prefix, body):
+    store = CheckpointStore(prefix, "run")
+    store.fs().write_bytes(store.layout.run_manifest, body)
+    for call in (store.read_run_manifest, store.write_run_manifest):
+        with pytest.raises(CheckpointCorruptError) as caught:
+            call()
+        assert caught.value.uri == store.layout.run_manifest

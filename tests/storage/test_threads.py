@@ -54,3 +54,19 @@ def test_idle_threads_are_reused_and_queued_work_can_be_cancelled() -> None:
     assert queued.cancelled()
     gate.set()
     assert first.result(timeout=5) is True
+
+
+def test_shutdown_may_be_called_again_while_a_worker_is_busy() -> None:
+    # Like ThreadPoolExecutor. The second call used to find the first one's stop markers in the
+    # queue and fail on them (TypeError) while cancelling the queued work.
+    gate = threading.Event()
+    pool = DaemonThreadPool(1, thread_name_prefix="twice")
+    busy = pool.submit(gate.wait, 5)
+    queued = pool.submit(lambda: "never")
+    pool.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert queued.cancelled()
+    gate.set()
+    assert busy.result(timeout=5) is True
+    pool.shutdown(wait=True)  # the worker stops: one stop marker per thread is still queued
+    assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("twice_"))
