@@ -1,4 +1,4 @@
-"""Skip tokens: visual tokens per image and forward time, with vs without (sphinx_x_model.md s. 3.3).
+"""Skip tokens: visual tokens per image and forward time, with vs without (docs/model.md, "Skip tokens").
 
 Run:  .venv/bin/python bench/skip_tokens.py [--images 48] [--batch 8] [--repeats 3] [--seed 0]
 

@@ -4,7 +4,7 @@ An elastic restart at another world size (or a retry) recomputes the same value 
 (How a global batch is dealt over ranks and accumulation steps is the elastic sampler's job:
 `jobs.data.sampler`.)
 
-Learning rate (sphinx_x_model.md 9): linear warmup over the first `warmup` share of the steps,
+Learning rate (docs/training.md, "Training recipe"): linear warmup over the first `warmup` share of the steps,
 then cosine (or linear, or constant) decay to `min_lr`, updated every optimizer step.
 """
 

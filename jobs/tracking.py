@@ -1,6 +1,6 @@
 """MLflow tracking for a training run: one run across attempts, never a reason to stop training.
 
-Protocol (orchestration.md 3.6):
+Protocol (docs/training.md, "MLflow tracking from rank 0"):
 - Run identity comes from outside when an operator (or the local sweep runner) runs us:
   `tracking.mlflow_run_id` in the config it wrote. Otherwise the job looks for the id it recorded next to its
   checkpoints on an earlier attempt, and only then creates a run and records its id there, so a

@@ -1,4 +1,4 @@
-"""Any-resolution image processor: canvas, views and skip decisions (sphinx_x_model.md section 3).
+"""Any-resolution image processor: canvas, views and skip decisions (docs/model.md, "Any-resolution images").
 
 Why it exists: SPHINX-X sees one square canvas per image, cut into a g x g grid of 224 px cells
 plus one downsampled global view. Cells that hold no image content are not encoded; the model

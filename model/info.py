@@ -5,7 +5,7 @@ exist. Everything is computed on the meta device, so `sphinxx model info mixtral
 memory and no checkpoint.
 
 Parameter counts
-- `llm`: the decoder (ours = the HF base models exactly, sphinx_x_model.md section 6.2);
+- `llm`: the decoder (ours = the HF base models exactly, docs/model.md, "Flavors");
   `llm_active` counts each MoE layer's experts scaled by top_k / num_experts.
 - `convnext`: transformers ConvNextModel built like open_clip `convnext_xxlarge`'s trunk:
   843,398,016 for the real tower. open_clip's `docs/model_profile.csv` lists 846.54M for the

@@ -1,7 +1,7 @@
 """The LLM backbone of SPHINX-X: one LLaMA-architecture decoder for all four bases.
 
 TinyLlama, LLaMA2 and (converted) InternLM2 are this decoder with a dense SwiGLU FFN; Mixtral
-swaps the FFN of every block for the MoE layer of `moe.py` (sphinx_x_model.md section 6.1).
+swaps the FFN of every block for the MoE layer of `moe.py` (docs/model.md, "The LLM").
 Single-device code in the torchtitan style: no parallelism in here, activation checkpointing
 is switched on from outside with `apply_activation_checkpointing`, weights are loaded through
 `state_dict_adapter.py` (the only place that knows foreign names).
@@ -113,10 +113,10 @@ class FeedForward(nn.Module):
 
 
 def build_moe(args: ModelArgs) -> nn.Module:
-    """The Mixtral FFN (moe.md). Imported lazily so dense models never load the MoE code.
+    """The Mixtral FFN (docs/moe.md). Imported lazily so dense models never load the MoE code.
 
     Each layer returns its own share of the loss, w * L_l / num_layers, so the sum over layers
-    in `forward_hidden` is the spec's w * mean_l L_l (moe.md section 4); every block is MoE.
+    in `forward_hidden` is the spec's w * mean_l L_l (docs/moe.md, "Load-balancing loss"); every block is MoE.
     """
     from sphinxx.model.moe import MoE, MoEArgs
 

@@ -1,7 +1,7 @@
 """The two frozen vision towers of SPHINX-X and the adapters that load their weights.
 
 Why transformers and not open_clip / timm: both import torchvision, which cannot be installed
-next to our CPU torch (environment.md). transformers builds both towers offline from configs:
+next to our CPU torch (docs/architecture.md, "Dependencies and pins"). transformers builds both towers offline from configs:
 
 - CLIP ConvNeXt-XXL (open_clip `convnext_xxlarge`, a timm trunk) as `ConvNextModel`. Its weights
   come from the open_clip checkpoint through `convnext_from_open_clip` (timm names -> HF names).
@@ -10,7 +10,7 @@ next to our CPU torch (environment.md). transformers builds both towers offline 
 - DINOv2 ViT-g/14 as `Dinov2Model`; `dinov2_from_hf` accepts the Hub layout
   (`attention.attention.query`, fused SwiGLU `mlp.weights_in`) and the current transformers names.
 
-Per view (sphinx_x_model.md section 2), both give 257 positions:
+Per view (docs/model.md, "Vision towers"), both give 257 positions:
 - ConvNeXt: final stride-32 map, the trunk's head LayerNorm applied per position, nearest
   upsampling to the DINOv2 16 x 16 grid (8 x 8 at 256 px -> x2), a GAP token prepended;
 - DINOv2: final-normed CLS + patch tokens at 224 px, the input re-normalised CLIP -> ImageNet.

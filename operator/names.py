@@ -1,7 +1,7 @@
 """Deterministic names and the labels/annotations we put on objects.
 
 Deterministic names make every create idempotent: a retried handler, or a restarted operator,
-asks for the same name and gets 409, which means "already there" (orchestration.md 1.4).
+asks for the same name and gets 409, which means "already there" (docs/operator.md, "Names").
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def dns1035(text: str, limit: int) -> str:
 
 
 def rayjob_name(namespace: str, name: str, uid: str, attempt: int) -> str:
-    """`<base>-a<attempt>-<hash6>`: at most 32 + 2 + 3 + 1 + 6 = 44 characters (orchestration.md 1.4)."""
+    """`<base>-a<attempt>-<hash6>`: at most 32 + 2 + 3 + 1 + 6 = 44 characters (docs/operator.md, "Names")."""
     return f"{dns1035(name, 32)}-a{attempt}-{_hash(namespace, name, uid, attempt)}"
 
 

@@ -1,6 +1,6 @@
 """RayJob rendering: one KubeRay `ray.io/v1` RayJob per TrainingRun attempt. Pure.
 
-Field choices follow orchestration.md 1.1 and 2: `backoffLimit: 0` (retries are our attempts,
+Field choices follow docs/operator.md, "The RayJob of an attempt" and "Worker group and elastic bounds": `backoffLimit: 0` (retries are our attempts,
 each a new RayJob and a new cluster), `shutdownAfterJobFinishes: true` (frees GPUs; `suspend`
 and Kueue need it), one worker group `gpu` whose replica bounds come from the run's elastic
 bounds, the in-tree autoscaler only when min < max, `restartPolicy: Never` (autoscaler v2),

@@ -3,7 +3,7 @@
 It knows nothing of torch, Ray or Kubernetes (import-linter enforces it): the
 trainer writes files locally, this package ships them to `s3://`, `file://` or
 `memory://` and makes "complete" a fact you can check. Design:
-orchestration.md section 6.
+docs/storage.md.
 
 Layout (layout.py): `<prefix>/<run-id>/checkpoints/step-000012000/...`, the
 commit marker `manifest.json` written last, `checkpoints/latest.json` as a hint,

@@ -1,4 +1,4 @@
-"""The multi-writer commit protocol (orchestration.md 6.2).
+"""The multi-writer commit protocol (docs/storage.md, "Commit protocol").
 
 1. (rank 0, before a barrier) `clear_uncommitted_step` removes a step folder a
    dead attempt left without a manifest.

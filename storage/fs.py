@@ -26,7 +26,7 @@ Conditional writes: `write_bytes(..., create_only=True)` uses a create-once PUT
 hard link on local disks, and an existence check on `memory://`. Stores that
 answer `NotImplemented` fall back to check-then-put (mode `auto`); the commit
 protocol stays correct without them because attempts never overlap
-(orchestration.md 6.2) and the committer reads its manifest back.
+(docs/storage.md, "Commit protocol") and the committer reads its manifest back.
 """
 
 from __future__ import annotations

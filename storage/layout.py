@@ -1,4 +1,4 @@
-"""Where everything of one run lives under its prefix (orchestration.md 6.1).
+"""Where everything of one run lives under its prefix (docs/storage.md, "Layout").
 
 ```
 <prefix>/<run-id>/                      the run root; stable across attempts

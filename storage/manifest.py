@@ -3,7 +3,7 @@
 A checkpoint is committed exactly when `step-N/manifest.json` exists. The
 manifest lists every file with its size and sha256, so readers check a
 checkpoint without trusting the listing, and it carries the layout the
-trainer needs to restore at another world size (orchestration.md 6.4) plus the
+trainer needs to restore at another world size (docs/training.md, "Checkpoints at any world size") plus the
 metrics retention ranks by. Writer records are the per-rank halves the
 committer merges; they are never read by anyone else.
 

@@ -1,4 +1,4 @@
-"""Reading a run's checkpoints: which are committed, and which is the latest good one (orchestration.md 6.3).
+"""Reading a run's checkpoints: which are committed, and which is the latest good one (docs/storage.md, "Reading: the latest good checkpoint").
 
 A step folder without `manifest.json` is never read. `latest()` is the newest
 committed step whose listed objects exist with their listed sizes; the

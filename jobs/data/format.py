@@ -25,7 +25,7 @@ A record (one JSONL line):
 
 Roles: `human`/`user` ask, `gpt`/`assistant` answer; turns alternate, human first, assistant
 last. Image references are relative to the source root or absolute URIs. The model takes one
-image per sample, placed before the text (sphinx_x_model.md section 5), so a record with more
+image per sample, placed before the text (docs/model.md, "Sequence layout"), so a record with more
 than one image is rejected as invalid; `<image>` markers in the text are dropped.
 
 A record's identity for the data-fraction hash is its index in the source (shards in manifest

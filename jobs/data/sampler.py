@@ -6,7 +6,7 @@ consecutive slots (m positions each when W m divides G, else sizes differing by 
 never more than m); rank r takes slot a*W + r at micro-step a. The union over ranks and micro-steps is
 exactly the global batch, so the only state to checkpoint is the index of the next global batch.
 A run resumed at a different world size (same G) continues with exactly the samples not yet
-seen: no repeats, no gaps (the "batching" row of sphinx_x_model.md section 9, globally indexed).
+seen: no repeats, no gaps (docs/training.md, "Elastic sampler", globally indexed).
 
 The sampler runs wherever the keys are consumed (a DataLoader worker resolves only its own
 micro-batches); resolution is a few numpy operations per micro-batch (see `Mixture.locate`).

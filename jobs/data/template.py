@@ -1,4 +1,4 @@
-"""The conversation template (conv_v1_2), tokenisation and answer-only labels (spec section 8).
+"""The conversation template (conv_v1_2), tokenisation and answer-only labels (docs/model.md, "Conversation template and loss masking").
 
     text = SYSTEM + "\\n\\n###" + for each turn: " Human: " + q + "\\n###" + " Assistant: " + a + "\\n###"
     tokens = [BOS] + tokenize(text) + [EOS]
@@ -36,7 +36,7 @@ SYSTEM = (
 )
 SEP = "\n###"
 HUMAN = " Human: "
-ASSISTANT = " Assistant:"  # the generation prompt ends here (spec section 8)
+ASSISTANT = " Assistant:"  # the generation prompt ends here (docs/model.md, "Conversation template and loss masking")
 IMAGE_MARKER = "<image>"
 
 

@@ -35,7 +35,7 @@ class ModelArgs:
     num_experts: int = 0  # experts per MoE layer; 0 = dense FFN in every block
     top_k: int = 2  # experts per token (MoE only)
     moe_ffn_dim: int = 0  # SwiGLU hidden size of one expert (MoE only)
-    aux_loss_coef: float = 0.01  # weight w of the load-balancing loss (moe.md section 4)
+    aux_loss_coef: float = 0.01  # weight w of the load-balancing loss (docs/moe.md, "Load-balancing loss")
     moe_kernel: str = "auto"  # expert kernel: auto | loop | grouped (= grouped_mm) | megablocks
     ep_size: int = 1  # expert-parallel degree the MoE layers are built for (1 = all experts local)
 

@@ -63,7 +63,7 @@ def test_pinned_versions_match_pyproject() -> None:
 
 
 def test_megablocks_is_installed_without_its_dependencies() -> None:
-    # Its own pins (torch 2.7.0) would replace our torch (design/moe.md).
+    # Its own pins (torch 2.7.0) would replace our torch (docs/moe.md, "Expert kernels").
     line = next(chunk for chunk in DOCKERFILE.split("&&") if "megablocks==" in chunk)
     assert "--no-deps" in line and "--no-build-isolation" in line
     assert "megablocks" in " ".join(EXTRAS["gpu"])

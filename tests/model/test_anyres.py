@@ -1,6 +1,6 @@
 """Any-resolution processor: canvas geometry, skip masks, padding, view order, token counts.
 
-Expected masks and counts are worked out by hand from sphinx_x_model.md sections 3.2 and 3.4
+Expected masks and counts are worked out by hand from docs/model.md, "Any-resolution images" and "Visual tokens per image"
 (cell (r, c) of size 224 is skipped iff c*224 >= w' or r*224 >= h'; a view costs 259 positions,
 a skipped cell 1), not produced by the code under test.
 """
@@ -67,7 +67,7 @@ def test_skip_mask_grid3(width: int, height: int, mask: list[bool]) -> None:
 
 
 def test_token_counts_of_spec_table() -> None:
-    # sphinx_x_model.md section 3.4
+    # docs/model.md, "Visual tokens per image"
     assert num_visual_tokens(448, 448) == 1295
     assert num_visual_tokens(896, 448) == 779 == 1295 - 258 * 2
     assert num_visual_tokens(672, 672, AnyResConfig(grid=3)) == 2590

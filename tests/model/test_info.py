@@ -1,6 +1,6 @@
 """`model_info`: parameter counts of every published flavor, visual tokens, FLOPs sanity.
 
-References: LLM sizes from the HF configs (sphinx_x_model.md section 6.2, worked out by hand
+References: LLM sizes from the HF configs (docs/model.md, "Flavors", worked out by hand
 there); tower sizes from closed-form formulas of the architectures written here; open_clip's
 `docs/model_profile.csv` row for convnext_xxlarge (846.54M image params, 395.94 image GFLOPs at
 256 px, both including the 3072 x 1024 projection SPHINX drops).

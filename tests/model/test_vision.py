@@ -7,7 +7,7 @@ projection `visual.head.proj`, no bias). The reference ConvNeXt forward is a sep
 implementation of that architecture with timm's eps 1e-5, not our module.
 
 [U] Parity with real weights (open_clip convnext_xxlarge / torch.hub dinov2_vitg14) needs the
-checkpoints and open_clip; it is checked once on a machine that has them (sphinx_x_model.md s. 2).
+checkpoints and open_clip; it is checked once on a machine that has them (docs/model.md, "Vision towers").
 """
 
 from __future__ import annotations

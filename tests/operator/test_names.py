@@ -1,4 +1,4 @@
-"""Names follow orchestration.md 1.4: deterministic, DNS-1035, within KubeRay's 47 characters."""
+"""Names follow docs/operator.md, "Names": deterministic, DNS-1035, within KubeRay's 47 characters."""
 
 from __future__ import annotations
 

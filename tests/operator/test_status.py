@@ -1,4 +1,4 @@
-"""RayJob status mapping with KubeRay's real field values (orchestration.md 1.2), and the sweep roll-up."""
+"""RayJob status mapping with KubeRay's real field values (docs/operator.md, "KubeRay status and TrainingRun phases"), and the sweep roll-up."""
 
 from __future__ import annotations
 

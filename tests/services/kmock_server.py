@@ -6,7 +6,7 @@ Run it as a process (tests do, through `tests/services/kube.py`):
 
 kmock 0.8's `KubernetesEmulator` keeps objects in memory and speaks the REST paths, but it never
 sets server-owned metadata, answers 200 on create, answers 500 on a failed JSON-patch `test`, and
-has no list `kind`, no selectors and no status subresource (environment.md, orchestration.md 5).
+has no list `kind`, no selectors and no status subresource (docs/architecture.md, "Real components in tests").
 This subclass keeps kmock's discovery, error rendering and HTTP server and replaces the object
 store with one that behaves like an API server in the ways our code and tests depend on:
 

@@ -36,7 +36,7 @@ def start_mlflow(
         "127.0.0.1",
         "--port",
         str(port),
-        # One worker and no job runner: ~0.5 GiB instead of ~3 GiB (environment.md).
+        # One worker and no job runner: ~0.5 GiB instead of ~3 GiB (docs/architecture.md, "Real components in tests").
         "--workers",
         "1",
     ]
