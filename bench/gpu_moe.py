@@ -1,7 +1,7 @@
-"""GPU check of the MoE kernels on a Mixtral-8x7B layer (one H100/H200, bf16, < 5 min).
+"""GPU check of the MoE kernels on a Mixtral-8x7B layer (one H100/H200, bf16, < 2 min).
 
 Run on the GPU machine from the repo root (no install needed; MegaBlocks optional, see
-bench/gpu_setup.sh):
+bench/gpu_setup.sh; bench/GPU.md has the one command for all one-GPU checks):
 
     python3 bench/gpu_moe.py [--tokens 4096] [--iters 10] [--warmup 3]
 
@@ -15,50 +15,66 @@ Prints JSON lines:
   transformers' eager ``MixtralSparseMoeBlock`` vs ``loop``: relative L2 error of the output and of
   every grad (x, router, w1, v1, w2), and for transformers the fraction of tokens whose top-k set
   differs. Bounds (moe.md section 10): output <= 1e-2, grads <= 2e-2 (bf16 vs bf16).
+  ``megablocks-dmoe`` is MegaBlocks' fused ``ParallelDroplessMLP`` (its own permutation kernels and
+  weighted combine) driven by our router on our weights: not a path of the model (``moe_kernels``
+  says why), only the yardstick for our permutation around MegaBlocks' grouped GLU at EP = 1.
 - ``timing``: fwd+bwd ms (CUDA events, median of ``--iters`` after ``--warmup``), TFLOP/s, MFU
   against 989 TFLOP/s (H100/H200 SXM dense bf16), peak memory, for transformers eager,
-  transformers grouped_mm (if its experts interface has it), ours loop / grouped / megablocks.
+  transformers grouped_mm (if its experts interface has it), ours loop / grouped / megablocks, and
+  megablocks-dmoe. One after the other; bench/gpu_moe_local.py times interleaved rounds.
 - ``summary``: speed-ups over transformers eager, and ``ok``. Exit code 1 on a parity failure.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
-import types
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from gpu_common import (
+    PEAK_TFLOPS,
+    bootstrap_sphinxx,
+    emit,
+    env_row,
+    fwd_bwd_ms,
+    moe_fwd_bwd_flops,
+    rel_l2,
+)
 
-PEAK_TFLOPS = 989.0
 OUT_TOL, GRAD_TOL = 1e-2, 2e-2
 
 
-def _bootstrap_sphinxx() -> None:
-    """Map the repo's folders onto the `sphinxx` namespace when the package is not installed."""
-    try:
-        import sphinxx.model.moe  # noqa: F401
+class MegaBlocksDMoE(torch.nn.Module):
+    """MegaBlocks' fused ``ParallelDroplessMLP`` on our router and *our* Parameters (bench only).
 
-        return
-    except ImportError:
-        pass
-    root = Path(__file__).resolve().parents[1]
-    for name, folder in (("sphinxx", "sphinxx"), ("sphinxx.model", "model")):
-        mod = types.ModuleType(name)
-        mod.__path__ = [str(root / folder)]
-        sys.modules[name] = mod
+    Settings follow ``moe.md`` section 5: GLU, grouped GEMMs (the sparse path needs triton < 3.2),
+    no bias, silu, ``moe_loss_weight=0`` (with 0 MegaBlocks stores nothing globally), bf16, built on
+    the meta device and then pointed at our tensors.
+    """
 
+    def __init__(self, ours) -> None:
+        super().__init__()
+        from megablocks.layers.arguments import Arguments
+        from megablocks.layers.dmoe import ParallelDroplessMLP
 
-def emit(kind: str, **row) -> None:
-    print(json.dumps({"kind": kind, **row}), flush=True)
+        a = ours.args
+        mb_args = Arguments(
+            hidden_size=a.dim, ffn_hidden_size=a.ffn_dim, num_layers=1, bias=False, return_bias=False,
+            activation_fn=F.silu, moe_num_experts=a.num_experts, moe_top_k=a.top_k,
+            moe_normalize_expert_weights=1, moe_loss_weight=0.0, memory_optimized_mlp=True,
+            mlp_type="glu", mlp_impl="grouped", fp16=False, bf16=True, device="meta",
+        )  # fmt: skip
+        self.ours = ours
+        self.mlp = ParallelDroplessMLP(mb_args)
+        for name in ("w1", "v1", "w2"):
+            setattr(self.mlp.mlp, name, getattr(ours.experts.mlp, name))  # share, do not copy
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, x.shape[-1])
+        _, _, weights, ids = self.ours.router(tokens)
+        return self.mlp(tokens, None, weights.to(x.dtype), ids).view(x.shape)
 
 
 def build(args: argparse.Namespace):
@@ -115,13 +131,17 @@ def parity(args, hf, ours, x, grad) -> bool:
     ours.args.kernel = "loop"
     y_ref, gx_ref = run_once(lambda t: ours(t)[0], x, grad)
     g_ref = grads_of(ours)
-    for kernel in ("grouped", "megablocks"):
-        if kernel == "megablocks" and args.megablocks_error:
-            emit("parity", impl="ours-megablocks", skipped=args.megablocks_error)
+    for kernel in ("grouped", "megablocks", "megablocks-dmoe"):
+        if kernel.startswith("megablocks") and args.megablocks_error:
+            emit("parity", impl=f"ours-{kernel}", skipped=args.megablocks_error)
             continue
         ours.zero_grad(set_to_none=True)
-        ours.args.kernel = kernel
-        y, gx = run_once(lambda t: ours(t)[0], x, grad)
+        if kernel == "megablocks-dmoe":
+            fn = MegaBlocksDMoE(ours)
+        else:
+            ours.args.kernel = kernel
+            fn = lambda t: ours(t)[0]  # noqa: E731
+        y, gx = run_once(fn, x, grad)
         errs = {"out": rel_l2(y, y_ref), "x": rel_l2(gx, gx_ref)}
         errs |= {n: rel_l2(g, g_ref[n]) for n, g in grads_of(ours).items()}
         good = errs["out"] <= OUT_TOL and all(v <= GRAD_TOL for k, v in errs.items() if k != "out")
@@ -156,28 +176,13 @@ def _set_hf_experts_impl(hf, mode: str) -> None:
 
 
 def time_fwd_bwd(fn, x, grad, args) -> dict:
-    times = []
     cuda = x.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    for i in range(args.warmup + args.iters):
-        xi = x.detach().clone().requires_grad_()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            t0 = time.perf_counter()
-        fn(xi).backward(grad)
-        if cuda:
-            end.record()
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(start.elapsed_time(end) if cuda else (time.perf_counter() - t0) * 1e3)
+    times = fwd_bwd_ms(fn, x, grad, args.warmup, args.iters)
     ms = statistics.median(times)
-    # fwd = 2 * T * k * 3 * H * F (three GEMMs per routed row); fwd+bwd ~ 3x (moe.md section 10).
-    flops = 3 * 2 * x.shape[0] * x.shape[1] * args.top_k * 3 * args.dim * args.ffn_dim
-    tflops = flops / ms / 1e9
+    tflops = moe_fwd_bwd_flops(x.shape[0] * x.shape[1], args.top_k, args.dim, args.ffn_dim) / ms / 1e9
     return {
         "fwd_bwd_ms": round(ms, 3),
         "min_ms": round(min(times), 3),
@@ -194,6 +199,8 @@ def timings(args, hf, hf_grouped, ours, x, grad) -> dict[str, float]:
         impls.append(("transformers-grouped_mm", lambda t: hf_grouped(t), "grouped_mm"))
     for kernel in ("loop", "grouped", "megablocks"):
         impls.append((f"ours-{kernel}", lambda t: ours(t)[0], kernel))
+    if not args.megablocks_error:
+        impls.append(("ours-megablocks-dmoe", MegaBlocksDMoE(ours), "megablocks"))
     for name, fn, mode in impls:
         if name == "ours-megablocks" and args.megablocks_error:
             emit("timing", impl=name, skipped=args.megablocks_error)
@@ -216,7 +223,7 @@ def timings(args, hf, hf_grouped, ours, x, grad) -> dict[str, float]:
     return results
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--dim", type=int, default=4096)
@@ -226,33 +233,21 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of this script")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        emit("env", error="CUDA is not available")
+        emit("env", error="CUDA is not available", device="none")
         return 2
-    _bootstrap_sphinxx()
-    import transformers
-
+    bootstrap_sphinxx()
     from sphinxx.model import moe_kernels
 
-    args.megablocks_error = moe_kernels.megablocks_import_error()
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
+    env = env_row(args.device)
+    args.megablocks_error = env["megablocks_error"]
     emit(
         "env",
-        torch=torch.__version__,
-        cuda=torch.version.cuda,
-        transformers=transformers.__version__,
-        triton=triton_version,
-        device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        **env,
         grouped_mm=moe_kernels.grouped_supported(
             torch.bfloat16, torch.device(args.device), args.dim, args.ffn_dim
         ),
-        megablocks_error=args.megablocks_error,
         shape={k: getattr(args, k) for k in ("tokens", "dim", "ffn_dim", "experts", "top_k")},
     )
     torch.manual_seed(0)
@@ -268,6 +263,7 @@ def main() -> int:
         speedup_over_transformers_eager=speedups,
         parity_ok=ok,
         tol={"out": OUT_TOL, "grad": GRAD_TOL},
+        device=env["device"],
     )
     return 0 if ok else 1
 

@@ -5,8 +5,9 @@
 # 1. Here (CPU machine with PyPI), once:        bash bench/gpu_setup.sh --download
 #    -> .whl/megablocks-0.10.0.tar.gz, .whl/grouped_gemm-0.3.0.tar.gz (981 KB, CUTLASS headers inside),
 #       .whl/stanford_stk-0.7.1-py3-none-any.whl (pure Python + Triton, built here)
-# 2. GPU machine (device `run`, carry [".whl"]), from the repo root:
-#       bash bench/gpu_setup.sh && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && python3 bench/gpu_moe.py
+# 2. GPU machine (device `run`, carry [".whl"]), from the repo root: `bash bench/gpu_checks.sh`
+#    (this setup, then every one-GPU check; bench/GPU.md). This script alone:
+#       bash bench/gpu_setup.sh && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 #    The first run builds cp312 wheels against the machine's torch (2.11.0+cu130, nvcc 13.0) for
 #    sm_90 and copies them to $OUT; put those in .whl/built/ and later runs only install them.
 #
@@ -15,13 +16,16 @@
 # installed with --no-deps --no-build-isolation (resolving deps would replace torch).
 # Known incompatibility fixed here: megablocks' csrc/cumsum.h passes cub's `debug_synchronous`
 # argument, removed in CCCL 3 (CUDA 13); we drop it before building (measured with nvcc 13.0).
-# [U] grouped_gemm 0.3.0 (bundled CUTLASS, cuBLAS path without GROUPED_GEMM_CUTLASS=1) under CUDA 13
-# and megablocks' Triton kernels under triton 3.6 are unverified until the first GPU run.
+# grouped_gemm 0.3.0 (cuBLAS path, no GROUPED_GEMM_CUTLASS=1) and megablocks built and ran this way
+# once on an H200 (torch 2.11.0+cu130, triton 3.6; bench/results/gpu_moe_h200.jsonl).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHL="$ROOT/.whl"
 SITE="${SITE:-/tmp/site}"
+# Every path below is absolute. Run pip and python away from the repo root, where `python -m`
+# would put our operator/ folder ahead of the standard library's `operator` (Makefile).
+cd /tmp
 
 download() {
     # Runs on a CPU machine with PyPI. grouped_gemm's setup.py needs CUDA even to write its
@@ -58,10 +62,15 @@ s, n = re.subn(r"stream,\s*debug_synchronous\)\)", "stream))", p.read_text())
 assert n == 2, f"expected 2 cub calls with debug_synchronous in {p}, found {n}"
 p.write_text(s)
 EOF
-        # 9.0 = H100/H200. MAX_JOBS parallelises ninja within one extension.
-        TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
-            "$py" -m pip wheel --no-deps --no-build-isolation --no-index -w "$build/wheels" \
-            "$build/megablocks-0.10.0" "$WHL/grouped_gemm-0.3.0.tar.gz"
+        # 9.0 = H100/H200. Each package compiles only one or two CUDA files, so ninja's MAX_JOBS
+        # gains little inside one; the two packages build side by side instead.
+        export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-8}"
+        local pids=() pid
+        for src in "$build/megablocks-0.10.0" "$WHL/grouped_gemm-0.3.0.tar.gz"; do
+            "$py" -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$build/wheels" "$src" &
+            pids+=("$!")
+        done
+        for pid in "${pids[@]}"; do wait "$pid"; done
         "$py" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$build"/wheels/*.whl
         if [[ -n "${OUT:-}" ]]; then cp "$build"/wheels/*.whl "$OUT/"; fi
     fi

@@ -97,7 +97,7 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[s
     return [g for g in groups if g["params"]]
 
 
-def deepspeed_expert_parallel(ep_size: int, mode: str = "alltoall") -> ExpertParallel:
+def deepspeed_expert_parallel(ep_size: int) -> ExpertParallel:
     """This rank's EP group, created (once) through DeepSpeed's group registry.
 
     Needs ``deepspeed.init_distributed()`` first; every rank must call it.
@@ -109,12 +109,10 @@ def deepspeed_expert_parallel(ep_size: int, mode: str = "alltoall") -> ExpertPar
     if name not in groups._get_expert_parallel_group_dict():
         groups._create_expert_and_data_parallel(ep_size)
     group = groups._get_expert_parallel_group(name)
-    return ExpertParallel(group=group, size=ep_size, rank=dist.get_rank(group), mode=mode)
+    return ExpertParallel(group=group, size=ep_size, rank=dist.get_rank(group))
 
 
-def parallelize(
-    model: nn.Module, *, ep_size: int, zero_stage: int, ep_mode: str = "alltoall"
-) -> ExpertParallel | None:
+def parallelize(model: nn.Module, *, ep_size: int, zero_stage: int) -> ExpertParallel | None:
     """Prepare ``model`` for :func:`initialize`: EP groups + attached dispatchers, or ZeRO-3 leaves."""
     from sphinxx.model.moe import MoE
 
@@ -124,7 +122,7 @@ def parallelize(
             raise ValueError(f"ep_size={ep_size} needs a model with MoE layers")
         if zero_stage not in (1, 2):
             raise ValueError(f"ep_size={ep_size} needs ZeRO stage 1 or 2, got {zero_stage}")
-        ep = deepspeed_expert_parallel(ep_size, ep_mode)
+        ep = deepspeed_expert_parallel(ep_size)
         attach_expert_parallel(model, ep)
         return ep
     if zero_stage == 3 and has_moe:

@@ -2,7 +2,7 @@
 
 Why here and not in ``moe.py``: model code is single-device (``conventions.md``); EP is attached
 from outside by :func:`attach_expert_parallel`, and the MoE layer only calls :func:`dispatch` /
-:func:`combine` when a group is attached.
+:func:`local_experts` / :func:`combine` when a group is attached.
 
 Topology (``moe.md`` section 6, DeepSpeed's convention so the dispatcher and the ZeRO optimizer
 agree): EP groups are contiguous ranks ``[0..EP-1], [EP..2EP-1], ...``; expert-data-parallel (eDP)
@@ -13,18 +13,23 @@ Dispatch follows MegaBlocks' ``parallel_forward_once`` with torch collectives on
 ``all_to_all`` does not exist on gloo. No gradient scaling happens here: an expert's grad on its
 EP rank is the sum over all tokens of the EP group; the data-parallel reduction then divides by
 the full DP world size (DeepSpeed >= PR #6546 does exactly that).
+
+Three steps, so that the middle one can be checked without a process group: :func:`dispatch`
+(the exchange), :func:`local_experts` (what one EP rank computes on the rows it received: a
+regrouping by local expert, any kernel of ``moe_kernels``, the inverse regrouping) and
+:func:`combine` (the reverse exchange). Every kernel, MegaBlocks included, runs behind this one
+dispatcher; ``moe_kernels``' docstring says why MegaBlocks' own EP mode is not used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-
-EP_MODES = ("alltoall", "megablocks")
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,6 @@ class ExpertParallel:
     group: Any  # torch.distributed.ProcessGroup
     size: int
     rank: int
-    # "alltoall": our dispatcher (tested on CPU); "megablocks": MegaBlocks' own EP mode
-    # (only with kernel="megablocks"; [U] untested until a multi-GPU machine is available).
-    mode: str = "alltoall"
 
     @property
     def group_name(self) -> str:
@@ -54,7 +56,7 @@ def expert_range(num_experts: int, ep_size: int, ep_rank: int) -> range:
     return range(ep_rank * per, (ep_rank + 1) * per)
 
 
-def new_expert_parallel_groups(ep_size: int, mode: str = "alltoall") -> tuple[ExpertParallel, Any]:
+def new_expert_parallel_groups(ep_size: int) -> tuple[ExpertParallel, Any]:
     """Create EP and eDP groups with plain torch.distributed (no DeepSpeed).
 
     Every rank must call this (``new_group`` is collective). Returns (this rank's EP, its eDP group).
@@ -64,8 +66,6 @@ def new_expert_parallel_groups(ep_size: int, mode: str = "alltoall") -> tuple[Ex
     world, rank = dist.get_world_size(), dist.get_rank()
     if ep_size < 1 or world % ep_size:
         raise ValueError(f"world size {world} must be divisible by ep_size={ep_size}")
-    if mode not in EP_MODES:
-        raise ValueError(f"unknown EP mode {mode!r}; choose one of {EP_MODES}")
     mine_ep = mine_edp = None
     for start in range(0, world, ep_size):
         ranks = list(range(start, start + ep_size))
@@ -77,7 +77,7 @@ def new_expert_parallel_groups(ep_size: int, mode: str = "alltoall") -> tuple[Ex
         group = dist.new_group(ranks)
         if rank in ranks:
             mine_edp = group
-    ep = ExpertParallel(group=mine_ep, size=ep_size, rank=dist.get_rank(mine_ep), mode=mode)
+    ep = ExpertParallel(group=mine_ep, size=ep_size, rank=dist.get_rank(mine_ep))
     return ep, mine_edp
 
 
@@ -100,18 +100,12 @@ def attach_expert_parallel(model: nn.Module, ep: ExpertParallel) -> int:
     """
     from sphinxx.model.moe import MoE  # lazy: moe.py imports this module
 
-    if ep.mode not in EP_MODES:
-        raise ValueError(f"unknown EP mode {ep.mode!r}; choose one of {EP_MODES}")
     layers = [m for m in model.modules() if isinstance(m, MoE)]
     for moe in layers:
         if moe.args.ep_size != ep.size:
             raise ValueError(
                 f"MoE built with ep_size={moe.args.ep_size} but the attached EP group has size {ep.size}; "
                 "build the model with MoEArgs.ep_size equal to the EP group size"
-            )
-        if ep.mode == "megablocks" and moe.args.kernel != "megablocks":
-            raise ValueError(
-                "EP mode 'megablocks' needs kernel='megablocks' (MegaBlocks does its own dispatch)"
             )
         moe.ep = ep
         if ep.size > 1:
@@ -149,7 +143,6 @@ class _AllToAll(torch.autograd.Function):
 class DispatchState:
     """What :func:`combine` needs to undo :func:`dispatch`."""
 
-    inverse_order: torch.Tensor  # [M] restores the received (source-rank-major) order
     send_splits: list[int]
     recv_splits: list[int]
 
@@ -160,8 +153,9 @@ def dispatch(
     """Send routed rows to the ranks owning their experts.
 
     ``rows`` [N, H] are grouped by global expert id (hence by destination rank); ``counts`` [E] is
-    the number of rows per global expert. Returns the received rows grouped by local expert, the
-    per-local-expert counts [E_local], and the state for :func:`combine`.
+    the number of rows per global expert. Returns the received rows [M, H] in arrival order
+    (source-rank-major, each source's block grouped by local expert), ``recv_counts``
+    [EP, E_local] (rows from source rank s for local expert e), and the state for :func:`combine`.
     """
     num_local = counts.numel() // ep.size
     send_counts = counts.view(ep.size, num_local).contiguous()
@@ -171,16 +165,55 @@ def dispatch(
     send_splits = send_counts.sum(1).tolist()
     recv_splits = recv_counts.sum(1).tolist()
     received = _AllToAll.apply(rows, recv_splits, send_splits, ep.group)
-    # Received rows are source-rank-major; regroup them by local expert (stable keeps source order).
-    block_ids = torch.arange(num_local, device=rows.device).repeat(ep.size)
-    local_ids = torch.repeat_interleave(block_ids, recv_counts.flatten(), output_size=sum(recv_splits))
-    order = torch.argsort(local_ids, stable=True)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    state = DispatchState(inverse_order=inverse, send_splits=send_splits, recv_splits=recv_splits)
-    return received[order], recv_counts.sum(0), state
+    return received, recv_counts, DispatchState(send_splits=send_splits, recv_splits=recv_splits)
 
 
 def combine(out_rows: torch.Tensor, state: DispatchState, ep: ExpertParallel) -> torch.Tensor:
-    """Return expert outputs to the ranks their tokens came from, in :func:`dispatch`'s input order."""
-    return _AllToAll.apply(out_rows[state.inverse_order], state.send_splits, state.recv_splits, ep.group)
+    """Return expert outputs (in :func:`dispatch`'s arrival order) to the ranks their rows came from."""
+    return _AllToAll.apply(out_rows, state.send_splits, state.recv_splits, ep.group)
+
+
+def local_expert_order(
+    recv_counts: torch.Tensor, num_rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Regrouping of ``num_rows`` arrived rows by local expert: ``(order, inverse, local_counts [E_local])``.
+
+    ``recv_counts`` [S, E_local] describes rows arriving source-major; ``rows[order]`` is grouped
+    by local expert, sources in arrival order within an expert (a stable sort), and
+    ``grouped[inverse]`` restores the arrival order. ``num_rows`` (known on the host) spares
+    ``repeat_interleave`` a device-to-host sync.
+    """
+    num_sources, num_local = recv_counts.shape
+    block_ids = torch.arange(num_local, device=recv_counts.device).repeat(num_sources)
+    local_ids = torch.repeat_interleave(block_ids, recv_counts.flatten(), output_size=num_rows)
+    order = torch.argsort(local_ids, stable=True)
+    return order, inverse_permutation(order), recv_counts.sum(0)
+
+
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return inverse
+
+
+GluKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def local_experts(
+    received: torch.Tensor,
+    recv_counts: torch.Tensor,
+    glu: GluKernel,
+    w1: torch.Tensor,
+    v1: torch.Tensor,
+    w2: torch.Tensor,
+) -> torch.Tensor:
+    """What one EP rank computes: its local experts on the rows it received, in arrival order.
+
+    ``received`` [M, H] and ``recv_counts`` [S, E_local] as :func:`dispatch` returns them (S = 1:
+    no EP, rows already grouped by expert); ``glu`` one of ``moe_kernels``' kernels; w1, v1, w2
+    this rank's ``[E_local * F, H]`` slices. Returns [M, H] in arrival order, ready for :func:`combine`.
+    """
+    if recv_counts.shape[0] == 1:
+        return glu(received, recv_counts[0], w1, v1, w2)
+    order, inverse, local_counts = local_expert_order(recv_counts, received.shape[0])
+    return glu(received[order], local_counts, w1, v1, w2)[inverse]

@@ -9,7 +9,8 @@ recompute cannot double count.
 
 Single-device code: expert parallelism is attached from outside
 (``expert_parallel.attach_expert_parallel``); when attached, routed rows go through
-``expert_parallel.dispatch`` / ``combine`` around the kernel.
+``expert_parallel.dispatch`` / ``local_experts`` / ``combine`` around the kernel. Every kernel,
+MegaBlocks included, takes the same routed rows (``moe_kernels`` says why).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import torch
 from torch import nn
 
 from sphinxx.model import moe_kernels
-from sphinxx.model.expert_parallel import ExpertParallel, combine, dispatch
+from sphinxx.model.expert_parallel import (
+    ExpertParallel,
+    combine,
+    dispatch,
+    inverse_permutation,
+    local_experts,
+)
 
 
 @dataclass
@@ -138,7 +145,6 @@ class MoE(nn.Module):
         self.experts = Experts(args.num_local_experts, args.dim, args.ffn_dim)
         self.ep: ExpertParallel | None = None  # set by expert_parallel.attach_expert_parallel
         self.tokens_per_expert: torch.Tensor | None = None
-        self._megablocks: tuple | None = None  # (key, module), built lazily; not a submodule
         self.init_weights()
 
     @torch.no_grad()
@@ -172,8 +178,7 @@ class MoE(nn.Module):
         """tokens [T, H], weights [T, k], ids [T, k] global expert ids -> [T, H]."""
         ep_attached = self.ep is not None and self.ep.size > 1
         kernel = moe_kernels.resolve_kernel(self.args.kernel, tokens, self.args, ep_attached)
-        if kernel == "megablocks":
-            return self._megablocks_module(tokens)(tokens, None, weights, ids)
+        glu = moe_kernels.GLU_KERNELS[kernel]
         num_tokens, top_k = ids.shape
         flat_ids = ids.reshape(-1)  # (token, slot) order
         order = torch.argsort(flat_ids, stable=True)
@@ -181,33 +186,12 @@ class MoE(nn.Module):
         # scatter_add rather than bincount: no device-to-host sync on CUDA.
         counts = torch.zeros(self.args.num_experts, dtype=torch.long, device=ids.device)
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
-        if ep_attached:
-            rows, local_counts, state = dispatch(rows, counts, self.ep)
-        else:
-            local_counts = counts
-        glu = moe_kernels.glu_grouped if kernel == "grouped" else moe_kernels.glu_loop
         mlp = self.experts.mlp
-        out = glu(rows, local_counts, mlp.w1, mlp.v1, mlp.w2)
         if ep_attached:
-            out = combine(out, state, self.ep)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        out = out[inverse].view(num_tokens, top_k, -1)  # back to (token, slot) order
+            received, recv_counts, state = dispatch(rows, counts, self.ep)
+            out = combine(local_experts(received, recv_counts, glu, mlp.w1, mlp.v1, mlp.w2), state, self.ep)
+        else:
+            out = glu(rows, counts, mlp.w1, mlp.v1, mlp.w2)
+        out = out[inverse_permutation(order)].view(num_tokens, top_k, -1)  # back to (token, slot) order
         # The gradient w.r.t. the routing weights flows through this weighted sum.
         return torch.einsum("tkh,tk->th", out, weights)
-
-    def _megablocks_module(self, tokens: torch.Tensor) -> nn.Module:
-        group = self.ep.group if self.ep is not None and self.ep.size > 1 else None
-        if group is not None and self.ep.mode != "megablocks":
-            raise ValueError(
-                "kernel='megablocks' with EP runs MegaBlocks' own dispatch: attach an "
-                "ExpertParallel(..., mode='megablocks')"
-            )
-        key = (id(group), tokens.device)
-        if self._megablocks is None or self._megablocks[0] != key:
-            mlp = self.experts.mlp
-            module = moe_kernels.build_megablocks_experts(self.args, mlp.w1, mlp.v1, mlp.w2, group)
-            self._megablocks = (key, module)
-        module = self._megablocks[1]
-        module.train(self.training)
-        return module

@@ -1,17 +1,51 @@
 """Expert kernels for the Mixtral MoE layer: SwiGLU over token rows grouped by expert.
 
 Why a separate module: the MoE layer (``moe.py``) owns routing, the load-balancing loss and the
-(un)permutation; this module only answers "given rows already grouped by expert, what does each
-expert output". Three interchangeable kernels (``moe.md`` section 5):
+(un)permutation, and expert parallelism owns the token exchange (``expert_parallel.py``); this
+module only answers "given rows already grouped by expert, what does each expert output", and
+which kernel answers it. Three interchangeable kernels, one contract
+``glu(rows [N, H], counts [E_local], w1, v1, w2) -> [N, H]`` (``moe.md`` section 5):
 
 - ``loop``: one matmul chain per expert segment. Runs anywhere, any dtype (fp64 too); the
   reference the others are tested against.
 - ``grouped``: three ``torch.nn.functional.grouped_mm`` calls over the whole routed batch. On CPU it
   needs torch >= 2.9 and 16-byte strides (fp32: dim and ffn_dim multiples of 4; bf16: of 8); on
   CUDA bf16 (CUTLASS path on SM90). No host sync: the offsets stay on the device.
-- ``megablocks``: MegaBlocks' ``ParallelDroplessMLP`` (grouped GEMM path), CUDA and bf16 only.
-  It does permutation, GEMMs and the weighted combine itself, so the layer calls it on tokens,
-  not rows. Imported lazily; never on import of ``sphinxx.model``.
+- ``megablocks``: MegaBlocks 0.10.0's grouped GLU (``megablocks.layers.glu``'s memory-optimized
+  grouped GLU: ``grouped_gemm`` GEMMs, silu recomputed in backward, buffers reused), CUDA and bf16
+  only, imported lazily; never on import of ``sphinxx.model``.
+
+Which one runs is a pure function of a few facts (:func:`select_kernel`), so every combination is
+tested without CUDA. ``auto`` is ``megablocks`` for bf16 activations on CUDA whenever MegaBlocks
+imports, with or without EP; else ``grouped`` where it runs; else ``loop`` with a warning.
+
+MegaBlocks under expert parallelism: our dispatcher feeds MegaBlocks' grouped GLU. With EP > 1
+each rank receives its experts' rows through ``expert_parallel.dispatch`` and computes them with
+the same kernel call as without EP. We do not use MegaBlocks' own expert-model-parallel mode
+(``ParallelDroplessMLP`` with ``moe_expert_model_parallelism``), because:
+
+- Load balance: both are dropless with our router's choices, so every expert gets the same rows
+  either way. Skewed loads and experts with zero rows are plain group sizes for the grouped GEMM.
+- Padding: none. MegaBlocks' grouped path does not pad, and neither does our exchange. (Its
+  ``sparse`` path pads every expert to 128-row blocks and fails with triton >= 3.2.)
+- Memory: the expert computation is MegaBlocks' own memory-optimized GLU either way. Not building
+  MegaBlocks modules spares a second set of expert weights at init (``Arguments()`` materialises
+  them on the current CUDA device unless built on meta).
+- DeepSpeed ZeRO-1/2 with EP: DeepSpeed reduces expert grads over the expert-data-parallel group
+  and divides by the full DP size. That matches our dispatcher, which scales nothing (EP = 2 equals
+  EP = 1 over gloo, tests/moe). MegaBlocks' EP mode scales expert grads by 1/EP for Megatron's
+  reduction, which we would have to undo through its private ``gradient_scale``. The MoE param
+  marks DeepSpeed reads (``allreduce=False``, ``group_name``) sit on our Parameters whatever the kernel.
+- Checkpoints: the kernel reads views of our ``experts.mlp.w1/v1/w2`` Parameters
+  ([E_local * F, H], expert-major), so the per-rank writer keeps keying experts by global index
+  and a restore at another EP size slices them as before (``moe_convert``).
+- Verification: one exchange for every kernel, tested over gloo. What a rank computes can be
+  checked on one GPU under simulated EP sizes (``expert_parallel.local_experts``,
+  ``bench/gpu_moe_local.py``). MegaBlocks' own mode is a second dispatcher testable only on >= 2 GPUs.
+- Cost: MegaBlocks' fused permutation kernels (gather/scatter with the weighted combine) are not
+  used; ours is torch indexing. ``bench/gpu_moe.py`` times the fused ``dMoE`` module at EP = 1 beside
+  ours. grouped_gemm needs the group sizes on the host: one small device-to-host copy per layer,
+  as in MegaBlocks' own grouped path.
 
 Weights are the MegaBlocks dMoE GLU layout: ``w1``, ``v1``, ``w2`` each ``[E_local * F, H]``,
 expert-major, ``w2`` not transposed, so per expert e: ``y = (silu(x W1_e^T) * (x V1_e^T)) W2_e``.
@@ -21,6 +55,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,6 +90,12 @@ def _expert_views(w: torch.Tensor, num_local_experts: int) -> torch.Tensor:
     return w.view(num_local_experts, -1, w.shape[-1])
 
 
+def _no_rows(rows: torch.Tensor, w1: torch.Tensor, v1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    # An EP rank can receive no rows at all. Keep the graph connected to every weight so DDP/ZeRO
+    # see a (zero) grad for each, and never hand an empty batch to a GEMM library.
+    return rows * 0.0 + 0.0 * (w1.sum() + v1.sum() + w2.sum())
+
+
 def glu_loop(
     rows: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, v1: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
@@ -68,8 +110,7 @@ def glu_loop(
         h = F.silu(seg @ w1e[e].t()) * (seg @ v1e[e].t())
         outs.append(h @ w2e[e])
     if not outs:
-        # Keep the graph connected to every weight so DDP/ZeRO see a (zero) grad for each.
-        return rows * 0.0 + 0.0 * (w1.sum() + v1.sum() + w2.sum())
+        return _no_rows(rows, w1, v1, w2)
     return torch.cat(outs, dim=0)
 
 
@@ -97,7 +138,7 @@ def glu_grouped(
     w1t = _expert_views(w1, num_local).transpose(1, 2)
     v1t = _expert_views(v1, num_local).transpose(1, 2)
     w2e = _expert_views(w2, num_local)
-    offs = torch.cumsum(counts, dim=0).to(torch.int32)
+    offs = torch.cumsum(counts.to(rows.device), dim=0).to(torch.int32)
     a = _grouped_mm(rows, w1t, offs)
     b = _grouped_mm(rows, v1t, offs)
     h = F.silu(a) * b
@@ -107,6 +148,54 @@ def glu_grouped(
 def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
     fn = getattr(F, "grouped_mm", None) or torch._grouped_mm  # public since torch 2.10
     return fn(a, b, offs=offs)
+
+
+def glu_megablocks(
+    rows: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, v1: torch.Tensor, w2: torch.Tensor
+) -> torch.Tensor:
+    """MegaBlocks' grouped GLU; same contract as :func:`glu_loop`. CUDA, bf16 (grouped_gemm's only dtype)."""
+    if rows.shape[0] == 0:
+        return _no_rows(rows, w1, v1, w2)
+    require_megablocks()
+    import grouped_gemm  # lazy: optional, CUDA-only (checked by require_megablocks)
+    from megablocks.layers.glu import memory_optimized_grouped_glu
+
+    num_local = counts.numel()
+    w1e, v1e, w2e = (_expert_views(w, num_local) for w in (w1, v1, w2))
+    # grouped_gemm takes the group sizes on the host (int64): one small sync, as in MegaBlocks.
+    batch_sizes = counts.to(device="cpu", dtype=torch.int64)
+    rows = rows.contiguous()
+    need = [t.requires_grad for t in (rows, w1, v1)]
+    if torch.is_grad_enabled() and (any(need) or w2.requires_grad) and not all(need):
+        # The memory-optimized backward refuses unless x, w1 and v1 all need grads (frozen experts
+        # or a frozen input): plain autograd over the same grouped GEMMs.
+        gmm = grouped_gemm.ops.gmm
+        h = F.silu(gmm(rows, w1e, batch_sizes, trans_b=True)) * gmm(rows, v1e, batch_sizes, trans_b=True)
+        return gmm(h, w2e, batch_sizes)
+    return _OwnGrad.apply(memory_optimized_grouped_glu(rows, w1e, v1e, w2e, batch_sizes, F.silu))
+
+
+class _OwnGrad(torch.autograd.Function):
+    """Identity whose backward hands on a private, contiguous copy of the incoming grad.
+
+    MegaBlocks' memory-optimized backward writes dx into the incoming grad's memory (and needs it
+    contiguous); when our output is the root of backward, that memory is the caller's tensor.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clone(memory_format=torch.contiguous_format)
+
+
+GLU_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
+    "loop": glu_loop,
+    "grouped": glu_grouped,
+    "megablocks": glu_megablocks,
+}
 
 
 def grouped_supported(dtype: torch.dtype, device: torch.device, dim: int, ffn_dim: int) -> bool:
@@ -130,103 +219,84 @@ def megablocks_import_error() -> str | None:
     try:
         import grouped_gemm  # noqa: F401
         import megablocks  # noqa: F401
-        import megablocks.layers.dmoe  # noqa: F401
+        import megablocks.layers.glu  # noqa: F401
     except (ImportError, RuntimeError) as e:  # deliberate boundary: any import-time failure
         return f"{type(e).__name__}: {e}"
     return None
 
 
+def megablocks_unavailable(reason: str) -> ImportError:
+    return ImportError(f"kernel='megablocks' unavailable ({reason}). {MEGABLOCKS_INSTALL_HINT}")
+
+
 def require_megablocks() -> None:
     err = megablocks_import_error()
     if err is not None:
-        raise ImportError(f"kernel='megablocks' unavailable ({err}). {MEGABLOCKS_INSTALL_HINT}")
+        raise megablocks_unavailable(err)
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What the kernel choice depends on, gathered by :func:`resolve_kernel` (tests build it by hand)."""
+
+    device_type: str  # of the activations: "cuda", "cpu", ...
+    dtype: torch.dtype  # of the activations
+    ep_attached: bool  # an EP group of size > 1 is attached; every kernel runs behind our dispatcher
+    grouped_ok: bool  # grouped_supported(dtype, device, dim, ffn_dim)
+    megablocks_error: str | None  # None: MegaBlocks imports (CUDA up); else why not
+
+
+def select_kernel(requested: str, facts: KernelFacts) -> tuple[str, str | None]:
+    """The kernel for ``requested`` under ``facts``, and a warning to emit (or None). Pure.
+
+    ``auto``: ``megablocks`` for bf16 on CUDA when it imports, with or without EP; else ``grouped``
+    where it runs; else ``loop`` with a warning (e.g. fp64 or unaligned sizes on CPU). A kernel asked
+    for by name is used or refused: ``ValueError`` when it cannot run on these tensors, ``ImportError``
+    with the install hint when MegaBlocks is missing.
+    """
+    kernel = canonical_kernel(requested)
+    mb_tensors = facts.device_type == "cuda" and facts.dtype == torch.bfloat16
+    if kernel == "auto":
+        if mb_tensors and facts.megablocks_error is None:
+            return "megablocks", None
+        if facts.grouped_ok:
+            return "grouped", None
+        return "loop", (
+            f"MoE kernel 'auto': grouped_mm cannot run for dtype {facts.dtype} on {facts.device_type} "
+            "with these dim/ffn_dim; using the slow 'loop' kernel"
+        )
+    if kernel == "grouped" and not facts.grouped_ok:
+        raise ValueError(
+            f"kernel='grouped' needs torch.nn.functional.grouped_mm support: fp32/bf16 on CPU with dim and "
+            f"ffn_dim multiples of 16 bytes / element size, or bf16 on CUDA SM80+; got {facts.dtype} on "
+            f"{facts.device_type}. Use kernel='loop' or 'auto'."
+        )
+    if kernel == "megablocks":
+        if facts.megablocks_error is not None:
+            raise megablocks_unavailable(facts.megablocks_error)
+        if not mb_tensors:
+            raise ValueError(
+                f"kernel='megablocks' runs on bf16 CUDA tensors only (grouped_gemm); got {facts.dtype} on "
+                f"{facts.device_type}. Use kernel='grouped', 'loop' or 'auto'."
+            )
+    return kernel, None
 
 
 def resolve_kernel(requested: str, x: torch.Tensor, args: MoEArgs, ep_attached: bool) -> str:
-    """Pick the kernel for this call.
-
-    ``auto``: MegaBlocks on CUDA with bf16 activations when it imports and no EP group of ours is
-    attached (its EP mode is unverified, ours is tested); else ``grouped`` where it runs; else
-    ``loop`` (with a warning, e.g. fp64 or unaligned sizes on CPU).
-    """
+    """The kernel for this call (:func:`select_kernel` on the facts of ``x``)."""
     kernel = canonical_kernel(requested)
-    if kernel == "auto":
-        if (
-            x.device.type == "cuda"
-            and x.dtype == torch.bfloat16
-            and not ep_attached
-            and megablocks_import_error() is None
-        ):
-            return "megablocks"
-        if grouped_supported(x.dtype, x.device, args.dim, args.ffn_dim):
-            return "grouped"
-        warnings.warn(
-            f"MoE kernel 'auto': grouped_mm cannot run for dtype {x.dtype} on {x.device.type} with "
-            f"dim={args.dim}, ffn_dim={args.ffn_dim}; using the slow 'loop' kernel",
-            stacklevel=3,
-        )
-        return "loop"
-    if kernel == "grouped" and not grouped_supported(x.dtype, x.device, args.dim, args.ffn_dim):
-        raise ValueError(
-            f"kernel='grouped' needs torch.nn.functional.grouped_mm support: fp32/bf16 on CPU with dim and "
-            f"ffn_dim multiples of 16 bytes / element size, or bf16 on CUDA SM80+; got {x.dtype} on "
-            f"{x.device.type}, dim={args.dim}, ffn_dim={args.ffn_dim}. Use kernel='loop' or 'auto'."
-        )
-    if kernel == "megablocks":
-        require_megablocks()
-    return kernel
-
-
-def build_megablocks_experts(
-    args: MoEArgs,
-    w1: torch.nn.Parameter,
-    v1: torch.nn.Parameter,
-    w2: torch.nn.Parameter,
-    ep_group: Any | None,
-) -> torch.nn.Module:
-    """A MegaBlocks ``ParallelDroplessMLP`` that computes with *our* Parameters.
-
-    Settings follow ``moe.md`` section 5: GLU, grouped GEMMs (the sparse path needs triton < 3.2),
-    no bias, silu, Mixtral's L1 renormalisation done by our router, ``moe_loss_weight=0`` (we own the
-    aux loss; with 0 MegaBlocks stores nothing globally), bf16, built on the meta device and then
-    pointed at our tensors, so the state dict and the optimizer see only ``experts.mlp.*`` of the MoE.
-    With ``ep_group`` it runs MegaBlocks' own EP mode [U: untested until a multi-GPU machine].
-    """
-    require_megablocks()
-    from megablocks.layers.arguments import Arguments
-    from megablocks.layers.dmoe import ParallelDroplessMLP
-
-    mb_args = Arguments(
-        hidden_size=args.dim,
-        ffn_hidden_size=args.ffn_dim,
-        num_layers=args.num_layers,
-        bias=False,
-        return_bias=False,
-        activation_fn=F.silu,
-        moe_num_experts=args.num_experts,
-        moe_top_k=args.top_k,
-        moe_normalize_expert_weights=1,
-        moe_loss_weight=0.0,
-        moe_expert_model_parallelism=ep_group is not None,
-        expert_parallel_group=ep_group,
-        memory_optimized_mlp=True,
-        mlp_type="glu",
-        mlp_impl="grouped",
-        fp16=False,
-        bf16=True,
-        device="meta",
+    if x.device.type == "cuda" or kernel == "megablocks":
+        mb_error = megablocks_import_error()
+    else:  # never import MegaBlocks for CPU activations
+        mb_error = f"activations on {x.device.type}; MegaBlocks is CUDA-only"
+    facts = KernelFacts(
+        device_type=x.device.type,
+        dtype=x.dtype,
+        ep_attached=ep_attached,
+        grouped_ok=grouped_supported(x.dtype, x.device, args.dim, args.ffn_dim),
+        megablocks_error=mb_error,
     )
-    mlp = ParallelDroplessMLP(mb_args)
-    for name, ours in (("w1", w1), ("v1", v1), ("w2", w2)):
-        theirs = getattr(mlp.mlp, name)
-        if tuple(theirs.shape) != tuple(ours.shape):
-            raise ValueError(
-                f"MegaBlocks expects {name} of shape {tuple(theirs.shape)} for this EP layout, ours is "
-                f"{tuple(ours.shape)}: ep_size of MoEArgs and the attached group disagree"
-            )
-        setattr(mlp.mlp, name, ours)  # share, do not copy
-    # MegaBlocks scales expert grads by 1/EP in its EP mode and expects a plain mean over eDP
-    # afterwards; DeepSpeed (>= PR #6546) already divides expert grads by the full DP size, so
-    # we switch the scaling off (= "multiply by EP", moe.md section 6).
-    mlp.mlp.gradient_scale = None
-    return mlp
+    kernel, warning = select_kernel(kernel, facts)
+    if warning:
+        warnings.warn(f"{warning} (dim={args.dim}, ffn_dim={args.ffn_dim})", stacklevel=3)
+    return kernel
