@@ -332,6 +332,8 @@ def check_rules(cfg: RunConfig) -> None:
             raise SchemaError("parallel.zero_stage", "ZeRO-3 works only with ep_size 1 (DeepSpeed MoE param groups need stage <= 2)")
     if cfg.model.moe_kernel == "megablocks" and par.gpus_per_worker == 0:
         raise SchemaError("model.moe_kernel", "megablocks runs on CUDA only; use grouped or loop with gpus_per_worker 0")
+    if cfg.model.moe_kernel == "megablocks" and train.precision != "bf16":
+        raise SchemaError("model.moe_kernel", "megablocks computes in bf16 only; set train.precision bf16 or use grouped")
     names = [s.name for s in data.sources]
     if len(set(names)) != len(names):
         raise SchemaError("data.sources", f"source names must be unique; got {names}")

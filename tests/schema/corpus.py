@@ -99,6 +99,7 @@ BAD = [
     Case("ep-not-dividing-experts", T, "moe-ep3", config(preset="debug-moe", model={"flavor": "debug-moe"}, parallel={"ep_size": 3, "min_workers": 3, "max_workers": 3}, train={"global_batch": 6}), "spec.config.parallel.ep_size", False),
     Case("zero3-with-ep", T, "moe-zero3", config(preset="debug-moe", model={"flavor": "debug-moe"}, parallel={"ep_size": 2, "min_workers": 2, "max_workers": 2, "zero_stage": 3}), "spec.config.parallel.zero_stage", False),
     Case("megablocks-on-cpu", T, "moe-megablocks", config(preset="debug-moe", model={"flavor": "debug-moe", "moe_kernel": "megablocks"}), "spec.config.model.moe_kernel", False),
+    Case("megablocks-in-fp32", T, "moe-megablocks-fp32", config(preset="debug-moe", model={"flavor": "debug-moe", "moe_kernel": "megablocks"}, parallel={"gpus_per_worker": 1}, train={"precision": "fp32"}), "spec.config.model.moe_kernel", False),
     Case("batch-below-workers", T, "small-batch", run(minWorkers=8, maxWorkers=8), "spec.config.train.global_batch", False),
     Case("password-in-tracking-uri", T, "leaky-uri", config(tracking={"uri": "postgresql://mlflow:hunter2@db/mlflow"}), "spec.config.tracking.uri", False),
     Case("aws-key-in-a-value", T, "leaky-value", config(model={"llm_weights": "s3://AKIAIOSFODNN7EXAMPLE@bucket/w"}), "spec.config.model.llm_weights", False),
