@@ -67,8 +67,8 @@ def main() -> int:
 
     from kubernetes import client
 
-    from sphinxx.operator import decide
     from sphinxx.jobs.sweep.points import admit_sweep
+    from sphinxx.operator import decide
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     kube = start_kube(workdir / "kube")
