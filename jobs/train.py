@@ -9,7 +9,7 @@ What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
 `--config` is a YAML file (path, file://, s3://); `--preset` names a preset it is layered on
 (or the file says `preset: NAME`); dotlist overrides come last. It builds a Ray Train V2
 `TorchTrainer` (elastic `num_workers=(min, max)`, storage under `<storage.uri>/<name>/ray`), runs
-`loop.train_loop_per_worker`, and ends with one JSON line (key `sphinxx_summary`):
+`ray_worker.train_loop_per_worker`, and ends with one JSON line (key `sphinxx_summary`):
 
     {"sphinxx_summary": true, "status": "succeeded", "step": 50, "final_loss": 3.1, ...}
 
@@ -18,7 +18,7 @@ The run's identity (`run_id`, the MLflow run in `tracking`) is in the config; th
 writes it there. Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_ATTEMPT
 (the attempt number), MLFLOW_TRACKING_URI (when the config names no tracking store),
 AWS_ENDPOINT_URL(_S3) and the usual AWS credential chain; SPHINXX_WORKER_ENV (names to forward to workers) and
-SPHINXX_SAMPLE_TRACE (a directory for the per-step sample audit trail, see loop.SampleTrace).
+SPHINXX_SAMPLE_TRACE (a directory for the per-step sample audit trail, see audit.SampleTrace).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def worker_env() -> dict[str, str]:
 
 
 def _entry(config: dict[str, Any]) -> dict[str, Any] | None:
-    from sphinxx.jobs.loop import train_loop_per_worker
+    from sphinxx.jobs.ray_worker import train_loop_per_worker
 
     return train_loop_per_worker(config)
 

@@ -1,9 +1,9 @@
 """The per-worker step: one optimizer step over a global batch equals the full-batch reference.
 
-The reference is plain torch on a copy of the same weights: the whole global batch in one
-forward, CE summed over every target token divided by their number, clipping, torch AdamW.
-The subject is the job's `_train_step` (DeepSpeed engine from `jobs.parallelize`, 4 micro-batches
-of accumulation, loss normalised by the global target count).
+The reference of the step is plain torch on a copy of the same weights: the whole global batch
+in one forward, CE summed over every target token divided by their number, clipping, torch
+AdamW. The subject is the job's `_train_step` (DeepSpeed engine from `jobs.engine`, 4
+micro-batches of accumulation, loss normalised by the global target count).
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from tests.jobs._dist import run_distributed
-from tests.jobs.test_checkpointing import GLOBAL_BATCH, _cfg, _group
+from tests.jobs._tiny import GLOBAL_BATCH, rank_group, tiny_run_config
 
 
 def _compare_step(rank: int, world: int) -> float:
-    from sphinxx.jobs.loop import Worker, _train_step, build_engine, build_model
+    from sphinxx.jobs.build import build_model
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.engine import build_engine
+    from sphinxx.jobs.loop import _train_step
     from sphinxx.model.sphinx import collate
 
-    cfg = _cfg("debug", 0, 1, "file:///tmp/unused")
+    cfg = tiny_run_config("debug", 0, 1, "file:///tmp/unused")
     # Adam's first step is ~lr * sign(g): with eps 1e-8, gradient elements near 1e-9 (rounding noise
     # of two equally valid summation orders) could flip a whole lr. A larger eps keeps the
     # comparison about the gradient, which is what this test is for.
@@ -33,12 +36,12 @@ def _compare_step(rank: int, world: int) -> float:
     engine, optimizer = build_engine(model, cfg, worker, GLOBAL_BATCH)
     for pg in optimizer.param_groups:
         pg["lr"] = 0.01
-    group = _group(0, rank, world)  # 4 micro-batches of 1 sample at world size 1
+    group = rank_group(0, rank, world)  # 4 micro-batches of 1 sample at world size 1
     stats = _train_step(engine, model, group, worker)
 
     # Reference: one batch of all 4 samples, sum of CE / number of targets.
     batch = collate([_sample(mb) for mb in group])
-    h, targets = reference.assemble(batch)
+    h, targets, _ = reference.assemble(batch)
     hidden, _ = reference.llm.forward_hidden(h)
     mask = targets != -100
     loss = F.cross_entropy(reference.llm.output(hidden[mask]).float(), targets[mask], reduction="sum")

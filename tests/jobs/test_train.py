@@ -225,7 +225,8 @@ def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
 def _train_reference(rank: int, world: int, cfg: dict, run_id: str, env: dict) -> None:
     import os
 
-    from sphinxx.jobs.loop import Worker, train
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.loop import train
     from sphinxx.jobs.schema.run import from_dict
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
