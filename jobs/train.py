@@ -13,6 +13,9 @@ What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
 
     {"sphinxx_summary": true, "status": "succeeded", "step": 50, "final_loss": 3.1, ...}
 
+The config is read and checked once, here (`read_config`); the workers get it as a typed
+`context.JobContext` (`train_loop_config={"job": context}`) and use it as is.
+
 Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
 The run's identity (`run_id`, the MLflow run in `tracking`) is in the config; the operator
 writes it there. Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_ATTEMPT
@@ -31,7 +34,8 @@ import sys
 import time
 from typing import Any
 
-from sphinxx.jobs.schema.run import ConfigError, RunConfig, check, check_runnable, load_config, to_dict
+from sphinxx.jobs.context import JobContext
+from sphinxx.jobs.schema.run import ConfigError, RunConfig, check, check_runnable, load_config
 
 log = logging.getLogger("sphinxx.train")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -78,10 +82,11 @@ def _read_yaml(uri: str) -> dict[str, Any]:
     return loaded
 
 
-def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
+def build_trainer(job: JobContext):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = job.config
     par = cfg.parallel
     workers: int | tuple[int, int] = (
         par.max_workers if par.min_workers == par.max_workers else (par.min_workers, par.max_workers)
@@ -90,7 +95,7 @@ def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
     storage_path, filesystem = ray_storage(cfg)
     return TorchTrainer(
         _entry,
-        train_loop_config=loop_config,
+        train_loop_config={"job": job},  # pickled as is: the workers parse nothing
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=par.gpus_per_worker > 0, resources_per_worker=resources
         ),
@@ -160,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from sphinxx.jobs.driver import prepare_run, run_summary
 
     attempt = int(os.environ.get("SPHINXX_ATTEMPT", "1"))
-    run = prepare_run(cfg, attempt, code_version())
+    version = code_version()
+    run = prepare_run(cfg, attempt, version)
     summary.update(run_name=cfg.run_id, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
     import ray
 
@@ -173,15 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             runtime_env={"env_vars": env} if env else None,
             log_to_driver=True,
         )
-    loop_config = {
-        "run": to_dict(cfg),
-        "attempt": attempt,
-        "mlflow_run_id": run.mlflow_run_id,
-        "code_version": code_version(),
-    }
+    job = JobContext(cfg, attempt=attempt, mlflow_run_id=run.mlflow_run_id, code_version=version)
     error, final = None, None
     try:
-        result = build_trainer(cfg, loop_config).fit()
+        result = build_trainer(job).fit()
         error, final = result.error, result.return_value
     except Exception as err:  # noqa: BLE001 - the boundary that turns any failure into the summary line
         log.exception("training failed")
