@@ -15,10 +15,11 @@ so the gradient is d/dθ [ sum of CE over the global batch / N + mean aux ] what
 size W and accumulation are (sphinx_x_model.md 8): an elastic resize changes nothing but speed.
 
 Every `train.checkpoint_interval` steps and at the end all ranks save through
-`checkpoint.Checkpointer` (commit protocol of `sphinxx.storage`); rank 0 then reports a
-pointer checkpoint to Ray Train (orchestration.md 3.3), tracks to MLflow and prints progress.
-The loop itself knows nothing of Ray: `ray_worker.train_loop_per_worker` adapts Ray's context
-to `Worker`, so tests can drive `train()` in plain gloo processes.
+`checkpoint.Checkpointer` (commit protocol of `sphinxx.storage`), committing the loss and the
+scaling-law inputs (`metrics.checkpoint_metrics`); rank 0 then reports a pointer checkpoint to
+Ray Train (orchestration.md 3.3), tracks to MLflow and prints progress. The loop itself knows
+nothing of Ray: `ray_worker.train_loop_per_worker` adapts Ray's context to `Worker`, so tests
+can drive `train()` in plain gloo processes.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ from sphinxx.jobs.context import Worker
 from sphinxx.jobs.engine import build_engine, expert_parallel_size
 from sphinxx.jobs.metrics import (
     StepStats,
+    checkpoint_metrics,
     engine_tracks_grad_norm,
     expert_load,
     flop_model,
     grad_norm,
     grad_norm_before_step,
-    trainable_params,
+    model_sizes,
 )
 from sphinxx.jobs.progress import ProgressPrinter, Throughput
 from sphinxx.jobs.schedule import Schedule
@@ -51,7 +53,11 @@ from sphinxx.jobs.tracking import MLflowTracker, NullTracker, tracking_uri
 
 
 def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
-    """Train until the step budget is done; returns the final metrics (rank 0's are complete)."""
+    """Train until the step budget is done; returns the final metrics (rank 0's are complete).
+
+    `num_params` in the result is every trainable parameter (`metrics.trainable_params`), as the
+    job's summary line reports it; the checkpoints carry N of the scaling law as `num_params`.
+    """
     from sphinxx.jobs.checkpoint import RunState
     from sphinxx.jobs.data.loader import build_data
 
@@ -71,7 +77,8 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
         engine.global_steps = state.step
         if worker.rank == 0:
             print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
-    tracker = _open_tracker(cfg, worker, store, trainable_params(model), state.step, total)
+    sizes = model_sizes(model)
+    tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total)
     flops = flop_model(cfg, model, data)
     meter = Throughput()
     meter.mark(state.step, 0, 0)
@@ -111,14 +118,13 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
             printer.maybe_print(state.step, metrics, sec_step)
         if state.step % cfg.train.checkpoint_interval == 0 or state.step == total:
             state.sampler = data.state_dict()["sampler"]
-            info = ckpt.save(
-                state, data.state_dict()["stats"], {"loss": stats.loss}, final=state.step == total
-            )
+            committed = checkpoint_metrics(stats.loss, state.tokens_seen, sizes)
+            info = ckpt.save(state, data.state_dict()["stats"], committed, final=state.step == total)
             _after_checkpoint(info, metrics, worker, tracker, state.step)
     if state.step > 0:
         tracker.log_metrics(data.stats.metrics(), state.step)
     tracker.close(timeout=120)
-    return {**metrics, "num_params": trainable_params(model)}
+    return {**metrics, "num_params": sizes["num_params_total"]}
 
 
 def _open_checkpointer(cfg: RunConfig, worker: Worker, model, optimizer):

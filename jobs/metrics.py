@@ -7,8 +7,10 @@
 - FLOPs: `sphinxx.model.info`'s documented estimates (PaLM 6N + attention for the decoder, the
   projector, the frozen towers' forward) per position / image token / view; MFU divides the
   achieved rate by the devices' peak (`progress.peak_flops_per_device`).
-- `trainable_params`: everything the optimizer updates, over the whole model (every expert
-  counted, not this rank's EP slice).
+- Sizes, both over the whole model (every expert counted, not this rank's EP slice):
+  `trainable_params` (everything the optimizer updates) and `scaling_params`, the N of a scaling
+  law. Each committed checkpoint carries both, with the loss and the tokens seen
+  (`checkpoint_metrics`), so a sweep fits its law from the manifests alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sphinxx.jobs.checkpoint.fragments import param_slots
+from sphinxx.jobs.checkpoint.fragments import expert_layers, param_slots
 from sphinxx.jobs.engine import expert_parallel_size
 from sphinxx.jobs.progress import peak_flops_per_device
 from sphinxx.jobs.schema.run import RunConfig
@@ -48,6 +50,44 @@ class StepStats:
 def trainable_params(model: torch.nn.Module) -> int:
     """Trainable parameters of the whole model (every expert counted, not this rank's slice)."""
     return sum(prod(s.global_shape) for s in param_slots(model) if s.param.requires_grad)
+
+
+# The decoder's token embedding and output head: a lookup and a readout, not in a scaling law's N.
+EMBEDDING_PARAMS = ("llm.tok_embeddings.weight", "llm.output.weight")
+
+
+def scaling_params(model: torch.nn.Module) -> int:
+    """N of the scaling law: trainable parameters a token passes through, without the token
+    embedding and the output head (Kaplan et al. 2020). Each expert tensor of an MoE layer counts
+    top_k / num_experts of its global size (every expert of every EP rank, not this rank's slice),
+    as `sphinxx.jobs.schema.flavors.Flavor.scaling_params` counts the decoder; the projector and
+    the image tags count fully. Frozen towers do not count."""
+    share = {
+        id(p): (m.args.top_k, m.args.num_experts) for m in expert_layers(model) for p in m.experts.parameters()
+    }
+    total = 0
+    for s in param_slots(model):
+        if not s.param.requires_grad or s.name in EMBEDDING_PARAMS:
+            continue
+        numel = prod(s.global_shape)
+        if id(s.param) in share:
+            top_k, num_experts = share[id(s.param)]
+            numel = numel * top_k // num_experts
+        total += numel
+    return total
+
+
+def model_sizes(model: torch.nn.Module) -> dict[str, int]:
+    """`num_params` = N of the scaling law (`scaling_params`), `num_params_total` = every trainable
+    parameter (`trainable_params`)."""
+    return {"num_params": scaling_params(model), "num_params_total": trainable_params(model)}
+
+
+def checkpoint_metrics(loss: float, tokens_seen: int, sizes: dict[str, int]) -> dict[str, float]:
+    """The metrics a checkpoint commits (`manifest.metrics`): what the retention policy ranks by
+    (`loss`) and a scaling-law point's inputs, D = `tokens_seen` (the run's cumulative training
+    tokens) and N = `num_params` (see `model_sizes`)."""
+    return {"loss": loss, "tokens_seen": tokens_seen, **sizes}
 
 
 # ---------------------------------------------------------------------------- gradients

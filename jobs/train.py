@@ -14,7 +14,9 @@ What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
     {"sphinxx_summary": true, "status": "succeeded", "step": 50, "final_loss": 3.1, ...}
 
 The config is read and checked once, here (`read_config`); the workers get it as a typed
-`context.JobContext` (`train_loop_config={"job": context}`) and use it as is.
+`context.JobContext` (`train_loop_config={"job": context}`) and use it as is. In the summary,
+`num_params` is every trainable parameter (every expert counted); N of the scaling law is the
+committed checkpoint's `manifest.metrics["num_params"]` (with `num_params_total`, `tokens_seen`).
 
 Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
 The run's identity (`run_id`, the MLflow run in `tracking`) is in the config; the operator
