@@ -27,7 +27,7 @@ def _setup(rank: int, world: int, case: tuple, storage: str):
     worker = Worker(rank=rank, world_size=world)
     model, _ = build_model(cfg, worker)
     engine, optimizer = build_engine(model, cfg, worker, GLOBAL_BATCH // (MICRO * world))
-    ckpt = Checkpointer(CheckpointStore(storage, cfg.name), model, optimizer, rank, world)
+    ckpt = Checkpointer(CheckpointStore(storage, cfg.run_id), model, optimizer, rank, world)
     return worker, model, engine, optimizer, ckpt
 
 
