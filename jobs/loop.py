@@ -66,6 +66,8 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
     total = data.stop_step
     model, _ = build_model(cfg, worker)
     check_vocab(data, model)
+    # Sized before the engine: under ZeRO-3 DeepSpeed empties the parameters it partitions.
+    sizes = model_sizes(model)
     engine, optimizer = build_engine(model, cfg, worker, data.accum_steps)
     schedule = Schedule(total, cfg.train.lr, cfg.train.min_lr, cfg.train.warmup, cfg.train.schedule)
     store, ckpt = _open_checkpointer(cfg, worker, model, optimizer)
@@ -77,7 +79,6 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
         engine.global_steps = state.step
         if worker.rank == 0:
             print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
-    sizes = model_sizes(model)
     tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total)
     flops = flop_model(cfg, model, data)
     meter = Throughput()
