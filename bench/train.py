@@ -2,10 +2,10 @@
 
 Run:  .venv/bin/python bench/train.py [--world 2] [--steps 4] [--size 140] [--threads 1]
 
-The real training step (`sphinxx.jobs.loop`: model, DeepSpeed engine from `jobs.parallelize`,
-global-target loss normalisation, data from `jobs.data` on the synthetic set, 448 canvas) runs in
-`--world` gloo processes for four variants built side by side in the same processes:
-ZeRO 0 / 2 x skip tokens on / off. Timed steps are interleaved round-robin across the variants
+The real training step (`sphinxx.jobs.loop._train_step` on the model of `jobs.build` and the
+DeepSpeed engine of `jobs.engine`, global-target loss normalisation, data from `jobs.data` on
+the synthetic set, 448 canvas) runs in `--world` gloo processes for four variants built side by
+side in the same processes: ZeRO 0 / 2 x skip tokens on / off. Timed steps are interleaved round-robin across the variants
 (after one warm-up step each), so machine load hits all of them alike. Prints JSON lines:
 
 - {"kind": "variant", ...}: per variant, median seconds per optimizer step, tokens/s (every LLM
@@ -62,8 +62,12 @@ def _worker(rank: int, world: int, synth, steps: int, threads: int) -> dict | No
     import torch
     import torch.distributed as dist
 
+    from sphinxx.jobs.build import build_model
+    from sphinxx.jobs.context import Worker
     from sphinxx.jobs.data.loader import build_data
-    from sphinxx.jobs.loop import Worker, _flops_model, _train_step, build_engine, build_model
+    from sphinxx.jobs.engine import build_engine
+    from sphinxx.jobs.loop import _train_step
+    from sphinxx.jobs.metrics import flop_model
 
     torch.set_num_threads(threads)
     worker = Worker(rank=rank, world_size=world)
@@ -73,7 +77,7 @@ def _worker(rank: int, world: int, synth, steps: int, threads: int) -> dict | No
         data = build_data(cfg, rank, world)
         model, _ = build_model(cfg, worker)
         engine, _ = build_engine(model, cfg, worker, data.accum_steps)
-        runs.append((model, engine, data.iter_steps(), _flops_model(cfg, model, data), []))
+        runs.append((model, engine, data.iter_steps(), flop_model(cfg, model, data), []))
     # One peak for all variants (best of the measurements), so MFU ratios are throughput ratios.
     peak = max(run[3].peak for run in runs)
     for run in runs:

@@ -9,16 +9,21 @@ What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
 `--config` is a YAML file (path, file://, s3://); `--preset` names a preset it is layered on
 (or the file says `preset: NAME`); dotlist overrides come last. It builds a Ray Train V2
 `TorchTrainer` (elastic `num_workers=(min, max)`, storage under `<storage.uri>/<name>/ray`), runs
-`loop.train_loop_per_worker`, and ends with one JSON line (key `sphinxx_summary`):
+`ray_worker.train_loop_per_worker`, and ends with one JSON line (key `sphinxx_summary`):
 
     {"sphinxx_summary": true, "status": "succeeded", "step": 50, "final_loss": 3.1, ...}
+
+The config is read and checked once, here (`read_config`); the workers get it as a typed
+`context.JobContext` (`train_loop_config={"job": context}`) and use it as is. In the summary,
+`num_params` is every trainable parameter (every expert counted); N of the scaling law is the
+committed checkpoint's `manifest.metrics["num_params"]` (with `num_params_total`, `tokens_seen`).
 
 Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
 The run's identity (`run_id`, the MLflow run in `tracking`) is in the config; the operator
 writes it there. Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_ATTEMPT
 (the attempt number), MLFLOW_TRACKING_URI (when the config names no tracking store),
 AWS_ENDPOINT_URL(_S3) and the usual AWS credential chain; SPHINXX_WORKER_ENV (names to forward to workers) and
-SPHINXX_SAMPLE_TRACE (a directory for the per-step sample audit trail, see loop.SampleTrace).
+SPHINXX_SAMPLE_TRACE (a directory for the per-step sample audit trail, see audit.SampleTrace).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import sys
 import time
 from typing import Any
 
-from sphinxx.jobs.schema.run import ConfigError, RunConfig, check, check_runnable, load_config, to_dict
+from sphinxx.jobs.context import JobContext
+from sphinxx.jobs.schema.run import ConfigError, RunConfig, check, check_runnable, load_config
 
 log = logging.getLogger("sphinxx.train")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -78,10 +84,11 @@ def _read_yaml(uri: str) -> dict[str, Any]:
     return loaded
 
 
-def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
+def build_trainer(job: JobContext):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = job.config
     par = cfg.parallel
     workers: int | tuple[int, int] = (
         par.max_workers if par.min_workers == par.max_workers else (par.min_workers, par.max_workers)
@@ -90,7 +97,7 @@ def build_trainer(cfg: RunConfig, loop_config: dict[str, Any]):
     storage_path, filesystem = ray_storage(cfg)
     return TorchTrainer(
         _entry,
-        train_loop_config=loop_config,
+        train_loop_config={"job": job},  # pickled as is: the workers parse nothing
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=par.gpus_per_worker > 0, resources_per_worker=resources
         ),
@@ -119,7 +126,7 @@ def worker_env() -> dict[str, str]:
 
 
 def _entry(config: dict[str, Any]) -> dict[str, Any] | None:
-    from sphinxx.jobs.loop import train_loop_per_worker
+    from sphinxx.jobs.ray_worker import train_loop_per_worker
 
     return train_loop_per_worker(config)
 
@@ -160,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     from sphinxx.jobs.driver import prepare_run, run_summary
 
     attempt = int(os.environ.get("SPHINXX_ATTEMPT", "1"))
-    run = prepare_run(cfg, attempt, code_version())
+    version = code_version()
+    run = prepare_run(cfg, attempt, version)
     summary.update(run_id=cfg.run_id, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
     import ray
 
@@ -173,15 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             runtime_env={"env_vars": env} if env else None,
             log_to_driver=True,
         )
-    loop_config = {
-        "run": to_dict(cfg),
-        "attempt": attempt,
-        "mlflow_run_id": run.mlflow_run_id,
-        "code_version": code_version(),
-    }
+    job = JobContext(cfg, attempt=attempt, mlflow_run_id=run.mlflow_run_id, code_version=version)
     error, final = None, None
     try:
-        result = build_trainer(cfg, loop_config).fit()
+        result = build_trainer(job).fit()
         error, final = result.error, result.return_value
     except Exception as err:  # noqa: BLE001 - the boundary that turns any failure into the summary line
         log.exception("training failed")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +165,15 @@ class SphinxOutput:
     aux_loss: torch.Tensor  # 0-dim fp32, MoE load-balancing term already weighted (0 for dense)
 
 
+class Assembled(NamedTuple):
+    """What `SphinxX.assemble` hands to the decoder: returned, not kept on the module, so that
+    nothing of one batch outlives the call (activation-checkpoint recompute, two batches in flight)."""
+
+    h: torch.Tensor  # [B, L, d] embeddings of the full sequences, right-padded with zeros
+    targets: torch.Tensor  # [B, L] next-token targets, -100 = none
+    lengths: list[int]  # real (unpadded) length of each sequence, for `token_mask`
+
+
 class Projector(nn.Module):
     """Linear(C_vision, d) + LayerNorm(d): no activation, shared by every view (section 4)."""
 
@@ -225,8 +235,9 @@ class SphinxX(nn.Module):
         end = self.end_img.to(tokens.dtype).expand(n, 1, -1)
         return torch.cat([start, tokens, end], dim=1)
 
-    def assemble(self, batch: SphinxBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [B, L, d] of the full sequences and next-token targets [B, L] (-100 = none)."""
+    def assemble(self, batch: SphinxBatch) -> Assembled:
+        """Embeddings [B, L, d] of the full sequences, next-token targets [B, L] (-100 = none) and
+        each sequence's real length."""
         slots = batch.image_slots.tolist()
         num_views = sum(s == SLOT_VIEW for row in slots for s in row)
         if num_views != batch.dino_pixels.shape[0] or num_views != batch.convnext_pixels.shape[0]:
@@ -279,18 +290,18 @@ class SphinxX(nn.Module):
         labels = torch.stack([F.pad(r, (0, seq_len - r.numel()), value=IGNORE_INDEX) for r in label_rows])
         # Position t predicts token t + 1.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        self._last_lengths = [len(r) for r in index_rows]  # real (unpadded) lengths, for token_mask
-        return source[index], targets
+        return Assembled(source[index], targets, [len(r) for r in index_rows])
 
-    def token_mask(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        """[B, S] bool: True at real positions of the last assembled batch (False on right padding)."""
-        lengths = torch.tensor(self._last_lengths, device=device)
-        return torch.arange(seq_len, device=device)[None, :] < lengths[:, None]
+    @staticmethod
+    def token_mask(lengths: Sequence[int], seq_len: int, device: torch.device) -> torch.Tensor:
+        """[B, S] bool: True at the real positions of sequences of `lengths` (False on right padding)."""
+        real = torch.tensor(list(lengths), device=device)
+        return torch.arange(seq_len, device=device)[None, :] < real[:, None]
 
     def forward(self, batch: SphinxBatch) -> SphinxOutput:
-        h, targets = self.assemble(batch)
+        h, targets, lengths = self.assemble(batch)
         # Right padding must not count in the MoE load-balancing loss (moe.md section 4).
-        hidden, aux = self.llm.forward_hidden(h, token_mask=self.token_mask(h.shape[1], h.device))
+        hidden, aux = self.llm.forward_hidden(h, token_mask=self.token_mask(lengths, h.shape[1], h.device))
         mask = targets != IGNORE_INDEX
         num_targets = int(mask.sum())
         # [M, V]: the head only where a label exists. M = 0 still runs it (sum 0, zero grads), so the

@@ -65,3 +65,14 @@ def test_a_forbidden_import_breaks_the_build(tmp_path: Path, module: str, line: 
         dotted = dotted.replace(f"sphinxx.{folder}.", f"sphinxx.{package}.")
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and dotted in result.stdout, result.stdout[-2000:]
+
+
+def test_every_package_folder_is_installed() -> None:
+    import tomllib
+
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    for folder in ("jobs", "model", "storage", "operator"):
+        name = f"sphinxx.{folder}"
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            assert ".".join((name, *parts)) in packages, f"{init.parent} is missing from [tool.setuptools] packages"

@@ -90,3 +90,12 @@ def test_default_tracking_store_is_pinned_where_the_job_started(
     MlflowClient(cfg.tracking.uri).create_experiment("pinned")
     assert any(launch.iterdir()) and not any(worker.iterdir())
     assert _resolve().tracking.uri != cfg.tracking.uri
+
+
+def test_the_trainer_hands_the_workers_the_parsed_config_as_is() -> None:
+    from sphinxx.jobs.context import JobContext
+
+    cfg = _resolve("storage.uri=file:///tmp/x", "parallel.min_workers=1", "parallel.max_workers=2")
+    job = JobContext(cfg, attempt=2, mlflow_run_id="r", code_version="v")
+    trainer = train.build_trainer(job)
+    assert trainer.train_loop_config == {"job": job} and trainer.train_loop_config["job"].config is cfg

@@ -1,9 +1,9 @@
-"""The per-worker step: one optimizer step over a global batch equals the full-batch reference.
+"""The per-worker loop: one step equals the full-batch reference; a run commits its fit inputs.
 
-The reference is plain torch on a copy of the same weights: the whole global batch in one
-forward, CE summed over every target token divided by their number, clipping, torch AdamW.
-The subject is the job's `_train_step` (DeepSpeed engine from `jobs.parallelize`, 4 micro-batches
-of accumulation, loss normalised by the global target count).
+The reference of the step is plain torch on a copy of the same weights: the whole global batch
+in one forward, CE summed over every target token divided by their number, clipping, torch
+AdamW. The subject is the job's `_train_step` (DeepSpeed engine from `jobs.engine`, 4
+micro-batches of accumulation, loss normalised by the global target count).
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from tests.jobs._dist import run_distributed
-from tests.jobs.test_checkpointing import GLOBAL_BATCH, _cfg, _group
+from tests.jobs._tiny import GLOBAL_BATCH, rank_group, tiny_run_config
+from tests.jobs.conftest import tiny_config
 
 
 def _compare_step(rank: int, world: int) -> float:
-    from sphinxx.jobs.loop import Worker, _train_step, build_engine, build_model
+    from sphinxx.jobs.build import build_model
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.engine import build_engine
+    from sphinxx.jobs.loop import _train_step
     from sphinxx.model.sphinx import collate
 
-    cfg = _cfg("debug", 0, 1, "file:///tmp/unused")
+    cfg = tiny_run_config("debug", 0, 1, "file:///tmp/unused")
     # Adam's first step is ~lr * sign(g): with eps 1e-8, gradient elements near 1e-9 (rounding noise
     # of two equally valid summation orders) could flip a whole lr. A larger eps keeps the
     # comparison about the gradient, which is what this test is for.
@@ -33,12 +37,12 @@ def _compare_step(rank: int, world: int) -> float:
     engine, optimizer = build_engine(model, cfg, worker, GLOBAL_BATCH)
     for pg in optimizer.param_groups:
         pg["lr"] = 0.01
-    group = _group(0, rank, world)  # 4 micro-batches of 1 sample at world size 1
+    group = rank_group(0, rank, world)  # 4 micro-batches of 1 sample at world size 1
     stats = _train_step(engine, model, group, worker)
 
     # Reference: one batch of all 4 samples, sum of CE / number of targets.
     batch = collate([_sample(mb) for mb in group])
-    h, targets = reference.assemble(batch)
+    h, targets, _ = reference.assemble(batch)
     hidden, _ = reference.llm.forward_hidden(h)
     mask = targets != -100
     loss = F.cross_entropy(reference.llm.output(hidden[mask]).float(), targets[mask], reduction="sum")
@@ -78,3 +82,42 @@ def _sample(mb):
 def test_accumulated_step_equals_full_batch_reference() -> None:
     worst = run_distributed(_compare_step, 1)[0]
     assert worst < 1e-6
+
+
+def _train_and_size(rank: int, world: int, cfg, mlflow_run_id: str) -> dict:
+    from sphinxx.jobs.build import build_model
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.loop import train
+    from sphinxx.jobs.metrics import scaling_params, trainable_params
+
+    worker = Worker(rank=rank, world_size=world, mlflow_run_id=mlflow_run_id)
+    final = train(cfg, worker)
+    model, _ = build_model(cfg, worker)  # the same model, built again to size it independently
+    return {"final": final, "scaling": scaling_params(model), "trainable": trainable_params(model)}
+
+
+@pytest.mark.slow
+def test_every_checkpoint_commits_the_scaling_law_inputs(tmp_path, synth, mlflow_server) -> None:
+    """loss, tokens_seen (D), num_params (N) and num_params_total land in each manifest's metrics."""
+    from sphinxx.jobs.schema.run import from_dict
+    from sphinxx.jobs.tracking import create_run
+    from sphinxx.storage import CheckpointStore
+
+    storage = (tmp_path / "ckpt").as_uri()
+    train = {"steps": 4, "checkpoint_interval": 2}
+    raw = tiny_config(synth, "fit-inputs", storage, mlflow_server.tracking_uri, train=train)
+    raw["parallel"].update(min_workers=1, max_workers=1)
+    cfg = from_dict(raw)
+    run_id = create_run(mlflow_server.tracking_uri, "train-e2e", "fit-inputs")
+    out = run_distributed(_train_and_size, 1, cfg, run_id)[0]
+    store = CheckpointStore(storage, "fit-inputs")
+    committed = store.committed()
+    assert [c.step for c in committed] == [2, 4]
+    tokens = []
+    for info in committed:
+        metrics = dict(store.get(info.step).manifest.metrics)
+        assert set(metrics) == {"loss", "tokens_seen", "num_params", "num_params_total"}
+        assert metrics["num_params"] == out["scaling"] < metrics["num_params_total"] == out["trainable"]
+        tokens.append(metrics["tokens_seen"])
+    assert 0 < tokens[0] < tokens[1] == out["final"]["tokens_seen"]  # cumulative, as the run saw them
+    assert out["final"]["num_params"] == out["trainable"]  # the summary's num_params: every trainable one

@@ -70,6 +70,10 @@ def test_two_workers_learn_commit_to_s3_and_track_through_an_mlflow_outage(
     store.verify(40).raise_for_problems()
     manifest = store.get(40).manifest
     assert manifest.metadata.world_size == 2 and manifest.metadata.final
+    # The scaling law's inputs (what the operator and the local runner fit from).
+    fit = manifest.metrics
+    assert fit["loss"] == summary["final_loss"] and fit["tokens_seen"] == summary["tokens_seen"] > 0
+    assert 0 < fit["num_params"] < fit["num_params_total"] == summary["num_params"]
 
     client = _client(mlflow_server)
     run = client.get_run(summary["mlflow_run_id"])
@@ -225,7 +229,8 @@ def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
 def _train_reference(rank: int, world: int, cfg: dict, run_id: str, env: dict) -> None:
     import os
 
-    from sphinxx.jobs.loop import Worker, train
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.loop import train
     from sphinxx.jobs.schema.run import from_dict
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})

@@ -97,10 +97,10 @@ def test_layout_of_one_sample(model) -> None:
     sample = make_sample(gen, 10, 5, image)
     batch = collate([sample])
     with torch.no_grad():
-        h, targets = model.assemble(batch)
+        h, targets, lengths = model.assemble(batch)
         tokens = model.projector(model.vision(image.convnext_views, image.dino_views))
         text = model.llm.embed(batch.tokens)[0]
-    assert h.shape == (1, 779 + 10, SMALL_LLM["dim"])
+    assert h.shape == (1, 779 + 10, SMALL_LLM["dim"]) and lengths == [779 + 10]
     assert torch.equal(h[0, 0], text[0])  # BOS first
     for v in range(3):  # [start, 257 tokens, end] per real view, global first
         base = 1 + 259 * v
@@ -136,6 +136,17 @@ def test_samples_are_independent_of_their_batch(model, mixed_batch) -> None:
             length = alone.shape[1]
             torch.testing.assert_close(together[i, :length], alone[0], atol=1e-5, rtol=1e-5)
     assert batch.sequence_lengths() == [1295 + 12, 779 + 20, 16]
+
+
+def test_assemble_returns_the_lengths_and_keeps_nothing_on_the_model(model, mixed_batch) -> None:
+    _, batch = mixed_batch
+    before = dict(vars(model))
+    with torch.no_grad():
+        h, _, lengths = model.assemble(batch)
+    assert vars(model) == before  # no state carried from one call to the next
+    assert lengths == batch.sequence_lengths()
+    mask = model.token_mask(lengths, h.shape[1], h.device)
+    assert mask.shape == h.shape[:2] and mask.sum(1).tolist() == lengths
 
 
 def test_real_views_do_not_depend_on_padded_cell_pixels() -> None:
@@ -253,7 +264,7 @@ def test_moe_aux_loss_ignores_right_padding() -> None:
     out = model(batch)
     for h in hooks:
         h.remove()
-    real = model.token_mask(inputs[0].shape[1], inputs[0].device)
+    real = model.token_mask(model.assemble(batch).lengths, inputs[0].shape[1], inputs[0].device)
     assert not bool(real.all()), "the batch must contain right padding for this test to mean anything"
     expected = torch.zeros(())
     moe_layers = [m for m in model.modules() if type(m).__name__ == "MoE"]

@@ -12,67 +12,22 @@ import pytest
 import torch
 
 from tests.jobs._dist import run_distributed
-
-GLOBAL_BATCH, MICRO, SEQ, VOCAB = 4, 1, 24, 97
-TINY = {"n_layers": 2, "dim": 32, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 64, "vocab_size": VOCAB}
-TINY_MOE = {**TINY, "num_experts": 4, "top_k": 2, "moe_ffn_dim": 16}
-
-
-def _cfg(flavor: str, zero_stage: int, ep_size: int, storage: str):
-    from sphinxx.jobs.schema.run import load_config
-
-    return load_config(
-        preset=flavor,
-        data={"model": {"overrides": TINY_MOE if flavor == "debug-moe" else TINY}},
-        overrides=[
-            f"storage.uri={storage}",
-            "run_id=ckpt-test",
-            f"parallel.zero_stage={zero_stage}",
-            f"parallel.ep_size={ep_size}",
-            f"parallel.min_workers={ep_size}",
-            f"parallel.max_workers={ep_size}",
-            f"train.global_batch={GLOBAL_BATCH}",
-            f"train.micro_batch={MICRO}",
-            "train.lr=0.01",
-            "train.grad_clip=1.0",
-            "train.weight_decay=0.1",
-            "data.seq_len=64",
-        ],
-    )
-
-
-def _group(step: int, rank: int, world: int):
-    """This rank's micro-batches of global batch `step`: slot a*W + r as the elastic sampler deals."""
-    from sphinxx.jobs.data.collate import LoadedBatch
-    from sphinxx.model.sphinx import SphinxSample, collate
-
-    gen = torch.Generator().manual_seed(1000 + step)
-    rows = []
-    for _ in range(GLOBAL_BATCH):
-        tokens = torch.randint(1, VOCAB, (SEQ,), generator=gen)
-        labels = tokens.clone()
-        labels[: SEQ // 2] = -100  # answer-only targets, as the template makes them
-        rows.append(SphinxSample(tokens=tokens, labels=labels))
-    group = []
-    for a in range(GLOBAL_BATCH // (MICRO * world)):
-        chunk = rows[(a * world + rank) * MICRO : (a * world + rank + 1) * MICRO]
-        batch = collate(chunk)
-        samples = [(0, i) for i in range(len(chunk))]
-        group.append(LoadedBatch(step, a, batch, samples=samples, num_targets=batch.num_targets))
-    return group
+from tests.jobs._tiny import GLOBAL_BATCH, MICRO, rank_group, tiny_run_config
 
 
 def _setup(rank: int, world: int, case: tuple, storage: str):
-    from sphinxx.jobs.checkpointing import Checkpointer
-    from sphinxx.jobs.loop import Worker, build_engine, build_model
+    from sphinxx.jobs.build import build_model
+    from sphinxx.jobs.checkpoint import Checkpointer
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.engine import build_engine
     from sphinxx.storage import CheckpointStore
 
     flavor, zero_stage, ep_size = case
-    cfg = _cfg(flavor, zero_stage, ep_size, storage)
+    cfg = tiny_run_config(flavor, zero_stage, ep_size, storage)
     worker = Worker(rank=rank, world_size=world)
     model, _ = build_model(cfg, worker)
     engine, optimizer = build_engine(model, cfg, worker, GLOBAL_BATCH // (MICRO * world))
-    ckpt = Checkpointer(CheckpointStore(storage, cfg.name), model, optimizer, rank, world)
+    ckpt = Checkpointer(CheckpointStore(storage, cfg.run_id), model, optimizer, rank, world)
     return worker, model, engine, optimizer, ckpt
 
 
@@ -121,15 +76,15 @@ def _merge(per_rank: list[dict], ep_size: int) -> dict[str, dict[str, torch.Tens
 
 
 def _save_then_continue(rank: int, world: int, case: tuple, storage: str):
-    from sphinxx.jobs.checkpointing import RunState
+    from sphinxx.jobs.checkpoint import RunState
     from sphinxx.jobs.loop import _train_step
 
     worker, model, engine, optimizer, ckpt = _setup(rank, world, case, storage)
     for step in range(2):
-        _train_step(engine, model, _group(step, rank, world), worker)
+        _train_step(engine, model, rank_group(step, rank, world), worker)
     ckpt.save(RunState(2, {"next_step": 2}, {}), {}, {"loss": 1.0})
     saved = _full_state(model, optimizer)
-    _train_step(engine, model, _group(2, rank, world), worker)
+    _train_step(engine, model, rank_group(2, rank, world), worker)
     return saved, _full_state(model, optimizer)
 
 
@@ -140,7 +95,7 @@ def _restore_then_continue(rank: int, world: int, case: tuple, storage: str):
     restored = ckpt.restore()
     assert restored is not None and restored.state.step == 2
     loaded = _full_state(model, optimizer)
-    _train_step(engine, model, _group(2, rank, world), worker)
+    _train_step(engine, model, rank_group(2, rank, world), worker)
     return loaded, _full_state(model, optimizer)
 
 
@@ -173,41 +128,8 @@ def test_restore_at_another_world_size(tmp_path, name: str) -> None:
     _compare(resumed, continued, atol=1e-6)
 
 
-def test_expert_params_get_global_coordinates() -> None:
-    """An EP rank's expert slice maps to its rows of the full tensor and to global expert ids."""
-    from sphinxx.jobs.checkpointing import _expert_split, param_slots
-    from sphinxx.model.expert_parallel import ExpertParallel
-    from sphinxx.model.flavors import get_flavor
-    from sphinxx.model.llm import Transformer
-    from sphinxx.model.moe import MoE
-
-    full = Transformer(get_flavor("debug-moe", **TINY_MOE))
-    sliced = Transformer(get_flavor("debug-moe", **TINY_MOE, ep_size=2))
-    for moe in (m for m in sliced.modules() if isinstance(m, MoE)):
-        moe.ep = ExpertParallel(group=None, size=2, rank=1)  # as attach_expert_parallel sets it
-    slots = {s.name: s for s in param_slots(sliced)}
-    w1 = slots["layers.0.moe.experts.mlp.w1"]
-    assert w1.global_shape == tuple(full.layers[0].moe.experts.mlp.w1.shape)
-    assert (w1.expert_first, w1.num_local_experts, w1.offset) == (2, 2, w1.param.numel())
-    assert slots["layers.0.attention.wq.weight"].expert_first == -1
-    parts = _expert_split(w1, w1.param.detach())
-    assert sorted(parts) == [2, 3] and parts[3].shape == (16, 32)  # moe_ffn_dim rows per expert
-
-
-def test_fragments_fill_by_overlap_and_refuse_gaps() -> None:
-    from sphinxx.jobs.checkpointing import Fragment, _fill, _require
-
-    full = torch.arange(10.0)
-    frags = [Fragment("w", 0, 4, {"exp_avg": full[0:4]}), Fragment("w", 4, 6, {"exp_avg": full[4:10]})]
-    target = torch.zeros(5)  # a rank that now owns [3, 8): spans both saved fragments
-    assert _fill(target, 3, frags, "exp_avg") == 5
-    assert target.tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
-    with pytest.raises(ValueError, match="holds 4 of 5"):
-        _require(_fill(torch.zeros(5), 0, frags[:1], "exp_avg"), 5, "w", "exp_avg")
-
-
 def test_no_checkpoint_restores_nothing(tmp_path) -> None:
-    from sphinxx.jobs.checkpointing import Checkpointer
+    from sphinxx.jobs.checkpoint import Checkpointer
     from sphinxx.storage import CheckpointStore
 
     model = torch.nn.Linear(2, 2)
@@ -218,7 +140,7 @@ def test_no_checkpoint_restores_nothing(tmp_path) -> None:
 
 def test_round_trip_in_process(tmp_path) -> None:
     """Save, keep training, restore: weights, moments, Adam step, RNG and run state come back."""
-    from sphinxx.jobs.checkpointing import Checkpointer, RunState
+    from sphinxx.jobs.checkpoint import Checkpointer, RunState
     from sphinxx.storage import CheckpointStore, RetentionPolicy
 
     torch.manual_seed(0)

@@ -1,0 +1,56 @@
+"""The DeepSpeed engine around a built model, as the run config asks for it.
+
+`build_engine` turns the run's `train` and `parallel` sections into `jobs.parallelize`'s calls:
+the distributed backend (NCCL on CUDA, gloo on CPU), expert-parallel groups for MoE flavors
+(moe.md 7), torch AdamW with the recipe's betas/eps on `parallelize.optimizer_param_groups`,
+and the DeepSpeed config (ZeRO stage, micro-batch, accumulation, precision, clipping).
+
+`jobs.parallelize` stays its own module: it is the one place that knows DeepSpeed's MoE
+bookkeeping and its version-checked shim, takes plain keyword arguments (no run config), and is
+used as such by benchmarks and tests/moe; this module is the run-config side of it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sphinxx.jobs.context import Worker
+from sphinxx.jobs.schema.run import RunConfig
+
+log = logging.getLogger("sphinxx.engine")
+
+
+def build_engine(model: torch.nn.Module, cfg: RunConfig, worker: Worker, accum: int):
+    """DeepSpeed engine around `model`: torch AdamW (recipe betas/eps) on `jobs.parallelize`'s
+    param groups and config; for MoE flavors its EP groups and engine shim (moe.md 7)."""
+    import deepspeed
+
+    from sphinxx.jobs import parallelize
+
+    bf16 = cfg.train.precision == "bf16" and worker.device != "cpu" and torch.cuda.is_bf16_supported()
+    if cfg.train.precision == "bf16" and not bf16:
+        log.warning("bf16 requested but not supported on %s; training in fp32", worker.device)
+    deepspeed.init_distributed(dist_backend="nccl" if worker.device.startswith("cuda") else "gloo")
+    ep_size = expert_parallel_size(model)
+    ep = parallelize.parallelize(model, ep_size=ep_size, zero_stage=cfg.parallel.zero_stage)
+    groups = parallelize.optimizer_param_groups(model, cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps, foreach=False
+    )
+    config = parallelize.deepspeed_config(
+        zero_stage=cfg.parallel.zero_stage,
+        micro_batch=cfg.train.micro_batch,
+        grad_accum_steps=accum,
+        precision="bf16" if bf16 else "fp32",
+        grad_clip=cfg.train.grad_clip,
+        ep_size=ep_size,
+    )
+    engine = parallelize.initialize(model, optimizer, config, ep)
+    return engine, engine.optimizer
+
+
+def expert_parallel_size(model: torch.nn.Module) -> int:
+    """The EP size the model's MoE layers were built for (1 for dense models)."""
+    return max((getattr(m.args, "ep_size", 1) for m in model.modules() if hasattr(m, "experts")), default=1)

@@ -1,0 +1,183 @@
+"""What the loop measures: step statistics, gradient norm, expert load, FLOPs / MFU, model sizes.
+
+- `StepStats`: the global (all-reduced) numbers of one optimizer step, which the loop logs.
+- Gradient norm: DeepSpeed records the clipped norm under ZeRO-1/2 and the bf16 optimizer; plain
+  fp32 ZeRO-0 discards it, so the loop computes it itself before the step (`grad_norm_before_step`).
+- Expert load: each expert's share of routed tokens and the max/mean imbalance (MoE only).
+- FLOPs: `sphinxx.model.info`'s documented estimates (PaLM 6N + attention for the decoder, the
+  projector, the frozen towers' forward) per position / image token / view; MFU divides the
+  achieved rate by the devices' peak (`progress.peak_flops_per_device`).
+- Sizes, both over the whole model (every expert counted, not this rank's EP slice):
+  `trainable_params` (everything the optimizer updates) and `scaling_params`, the N of a scaling
+  law. Each committed checkpoint carries both, with the loss and the tokens seen
+  (`checkpoint_metrics`), so a sweep fits its law from the manifests alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sphinxx.jobs.checkpoint.fragments import expert_layers, param_slots
+from sphinxx.jobs.engine import expert_parallel_size
+from sphinxx.jobs.progress import peak_flops_per_device
+from sphinxx.jobs.schema.run import RunConfig
+
+
+@dataclass
+class StepStats:
+    """Global (all-reduced) numbers of one optimizer step."""
+
+    grad_norm: float
+    loss: float
+    ce: float
+    aux: float
+    targets: int
+    tokens: int
+    samples: int
+    image_tokens: int
+    views: int
+    skipped_views: int
+
+
+# ---------------------------------------------------------------------------- model sizes
+
+
+def trainable_params(model: torch.nn.Module) -> int:
+    """Trainable parameters of the whole model (every expert counted, not this rank's slice)."""
+    return sum(prod(s.global_shape) for s in param_slots(model) if s.param.requires_grad)
+
+
+# The decoder's token embedding and output head: a lookup and a readout, not in a scaling law's N.
+EMBEDDING_PARAMS = ("llm.tok_embeddings.weight", "llm.output.weight")
+
+
+def scaling_params(model: torch.nn.Module) -> int:
+    """N of the scaling law: trainable parameters a token passes through, without the token
+    embedding and the output head (Kaplan et al. 2020). Each expert tensor of an MoE layer counts
+    top_k / num_experts of its global size (every expert of every EP rank, not this rank's slice),
+    as `sphinxx.jobs.schema.flavors.Flavor.scaling_params` counts the decoder; the projector and
+    the image tags count fully. Frozen towers do not count."""
+    share = {
+        id(p): (m.args.top_k, m.args.num_experts) for m in expert_layers(model) for p in m.experts.parameters()
+    }
+    total = 0
+    for s in param_slots(model):
+        if not s.param.requires_grad or s.name in EMBEDDING_PARAMS:
+            continue
+        numel = prod(s.global_shape)
+        if id(s.param) in share:
+            top_k, num_experts = share[id(s.param)]
+            numel = numel * top_k // num_experts
+        total += numel
+    return total
+
+
+def model_sizes(model: torch.nn.Module) -> dict[str, int]:
+    """`num_params` = N of the scaling law (`scaling_params`), `num_params_total` = every trainable
+    parameter (`trainable_params`)."""
+    return {"num_params": scaling_params(model), "num_params_total": trainable_params(model)}
+
+
+def checkpoint_metrics(loss: float, tokens_seen: int, sizes: dict[str, int]) -> dict[str, float]:
+    """The metrics a checkpoint commits (`manifest.metrics`): what the retention policy ranks by
+    (`loss`) and a scaling-law point's inputs, D = `tokens_seen` (the run's cumulative training
+    tokens) and N = `num_params` (see `model_sizes`)."""
+    return {"loss": loss, "tokens_seen": tokens_seen, **sizes}
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def grad_norm(engine) -> float:
+    """The norm DeepSpeed recorded at the last step (0.0 if it recorded none)."""
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else 0.0
+
+
+def engine_tracks_grad_norm(engine) -> bool:
+    """ZeRO-1/2 and the bf16 optimizer record the clipped norm; plain fp32 ZeRO-0 discards it."""
+    return bool(engine.zero_optimization() or engine.bfloat16_enabled())
+
+
+def grad_norm_before_step(model: torch.nn.Module) -> float:
+    """Global L2 norm of the averaged gradients (after the last backward's all-reduce).
+
+    Dense grads are identical on every rank; an expert slice's grad lives on its EP rank and is
+    replicated over the W / EP expert-data-parallel ranks, so the expert part is summed over the
+    world and divided by that replication.
+    """
+    dense = torch.zeros((), dtype=torch.float64)
+    expert = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().double().pow(2).sum().cpu()
+        if getattr(p, "allreduce", True) is False:
+            expert += sq
+        else:
+            dense += sq
+    ep = expert_parallel_size(model)
+    if ep > 1 and dist.is_initialized():
+        dist.all_reduce(expert)
+        expert /= dist.get_world_size() // ep
+    return float((dense + expert).sqrt())
+
+
+# ---------------------------------------------------------------------------- experts
+
+
+def expert_load(model: torch.nn.Module) -> dict[str, float]:
+    """MoE: each expert's share of routed tokens (mean over layers) and max/mean imbalance."""
+    loads = [
+        m.tokens_per_expert for m in model.modules() if getattr(m, "tokens_per_expert", None) is not None
+    ]
+    if not loads:
+        return {}
+    stacked = torch.stack([load.float().cpu() for load in loads])  # [layers, E]
+    shares = stacked / stacked.sum(dim=1, keepdim=True).clamp_min(1.0)
+    out = {f"moe/expert{e}_share": float(v) for e, v in enumerate(shares.mean(0))}
+    out["moe/imbalance"] = float((stacked.max(1).values / stacked.mean(1).clamp_min(1e-9)).mean())
+    return out
+
+
+# ---------------------------------------------------------------------------- FLOPs and MFU
+
+
+@dataclass
+class FlopModel:
+    per_token: float  # LLM training FLOPs per position
+    per_image_token: float  # projector training FLOPs per image position
+    per_view: float  # frozen towers' forward FLOPs per encoded view
+    peak: float  # per device
+
+    def mfu(self, stats: StepStats, sec_per_step: float, world_size: int) -> float:
+        achieved = (
+            self.per_token * stats.tokens
+            + self.per_image_token * stats.image_tokens
+            + self.per_view * stats.views
+        ) / sec_per_step
+        return achieved / (self.peak * world_size)
+
+
+def flop_model(cfg: RunConfig, model: Any, data: Any) -> FlopModel:
+    """FLOPs per unit of work of `model` at the run's sequence length (a meta-device copy is
+    counted, so this costs no memory), and the peak of this machine's devices."""
+    from sphinxx.model.info import flops, parameter_counts
+    from sphinxx.model.sphinx import SphinxX
+
+    with torch.device("meta"):
+        meta = SphinxX(model.args)
+    counts = parameter_counts(meta)
+    cost = flops(meta, counts, cfg.data.seq_len)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return FlopModel(
+        cost["llm_train_per_token"],
+        cost["projector_train_per_image_token"],
+        cost["vision_forward_per_view"],
+        peak_flops_per_device(device, torch.get_num_threads()),
+    )

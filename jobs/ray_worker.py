@@ -1,0 +1,61 @@
+"""The Ray Train adapter: what each Ray Train V2 worker runs (`train_loop_per_worker`).
+
+The only module of the training loop that imports Ray. It turns Ray's worker context (ranks,
+device) and the driver's `JobContext` (the run config, parsed once by the driver, and the
+attempt's identity) into a `Worker`, calls `loop.train`, and reports each committed checkpoint
+to Ray Train as a *pointer*: a tiny directory holding {step, uri} (orchestration.md 3.3). The
+checkpoint itself lives in our store; Ray keeps only the pointer, so its own storage stays small.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+from sphinxx.jobs.context import JobContext, Worker
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train V2 entry: `config` = {"job": JobContext} (train_loop_config, from the driver)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from sphinxx.jobs.loop import train
+
+    job: JobContext = config["job"]
+    ctx = ray.train.get_context()
+    # Ray Train routes print() and the root logger to the driver already; a handler of our own
+    # would print every line twice.
+    logging.getLogger("sphinxx").setLevel(logging.INFO)
+    cfg = job.config
+    device = ray.train.torch.get_device() if cfg.parallel.gpus_per_worker > 0 else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    worker = Worker(
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        local_rank=ctx.get_local_rank(),
+        attempt=job.attempt,
+        mlflow_run_id=job.mlflow_run_id,
+        code_version=job.code_version,
+        device=str(device),
+        report=_ray_report,
+    )
+    return train(cfg, worker)
+
+
+def _ray_report(metrics: dict[str, Any], pointer_dir: str | None) -> None:
+    """Report a step's metrics to Ray Train, with the pointer checkpoint after a commit."""
+    import ray.train
+
+    clean = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+    if pointer_dir is None:
+        ray.train.report(clean)
+        return
+    try:
+        checkpoint = ray.train.Checkpoint.from_directory(pointer_dir)
+        ray.train.report(clean, checkpoint=checkpoint, checkpoint_dir_name=f"pointer-{metrics['step']:09d}")
+    finally:
+        shutil.rmtree(pointer_dir, ignore_errors=True)
