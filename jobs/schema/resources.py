@@ -93,7 +93,7 @@ class SizeOverride:
     min_workers: int | None = count(None, "elastic lower bound for this model size", minimum=1, maximum=MAX_WORKERS)
     max_workers: int | None = count(None, "elastic upper bound for this model size", minimum=1, maximum=MAX_WORKERS)
     gpus_per_worker: int | None = count(None, "GPUs per worker", maximum=16)
-    zero_stage: int | None = field(None, "DeepSpeed ZeRO stage", enum=(0, 1, 2, 3))
+    zero_stage: int | None = field(None, "DeepSpeed ZeRO stage: 0, 1 or 2", enum=(0, 1, 2))
     ep_size: int | None = count(None, "expert-parallel size (MoE sizes; divides the experts)", minimum=1, maximum=1024)
     workers_per_pod: int | None = count(None, "workers per worker pod", minimum=1, maximum=64)
     cpu: str | None = field(None, "CPU request of a worker pod", pattern=QUANTITY)

@@ -128,7 +128,10 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    zero_stage: int = field(2, "DeepSpeed ZeRO stage (ZeRO-3 only with ep_size 1)", enum=(0, 1, 2, 3))
+    # ZeRO-3 partitions the parameters themselves; the checkpoints, written by global coordinates
+    # so that they restore at any world size, cover the optimizer partitions of ZeRO-1/2 only.
+    zero_stage: int = field(2, "DeepSpeed ZeRO stage: 0, 1 or 2 (ZeRO-3 is not supported: checkpoints)",
+                            enum=(0, 1, 2))  # fmt: skip
     ep_size: int = count(1, "expert-parallel group size for MoE flavors (divides the experts)",
                          minimum=1, maximum=1024)  # fmt: skip
     min_workers: int = count(1, "elastic lower bound of Ray Train workers", minimum=1, maximum=MAX_WORKERS)
@@ -328,8 +331,6 @@ def check_rules(cfg: RunConfig) -> None:
                 "parallel.ep_size",
                 f"({par.ep_size}) must divide min_workers ({par.min_workers}) and max_workers ({par.max_workers})",
             )
-        if par.zero_stage == 3:
-            raise SchemaError("parallel.zero_stage", "ZeRO-3 works only with ep_size 1 (DeepSpeed MoE param groups need stage <= 2)")
     if cfg.model.moe_kernel == "megablocks" and par.gpus_per_worker == 0:
         raise SchemaError("model.moe_kernel", "megablocks runs on CUDA only; use grouped or loop with gpus_per_worker 0")
     if cfg.model.moe_kernel == "megablocks" and train.precision != "bf16":

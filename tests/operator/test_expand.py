@@ -33,7 +33,7 @@ BASE = {"storage": {"uri": "s3://bucket/sweeps"}, "train": {"steps": 100}, "data
 RAW = {
     "base": BASE,
     "axes": {"models": ["tinyllama-1.1b", "debug"], "dataFractions": [1.0, 0.25]},
-    "overrides": {"tinyllama-1.1b": {"minWorkers": 2, "maxWorkers": 4, "zeroStage": 3, "cpu": "16"}},
+    "overrides": {"tinyllama-1.1b": {"minWorkers": 2, "maxWorkers": 4, "zeroStage": 1, "cpu": "16"}},
     "maxParallelRuns": 2,
     "failurePolicy": {"maxRetries": 1},
 }
@@ -70,7 +70,7 @@ def test_children_carry_labels_owner_and_their_point() -> None:
     preset = run_config.load_config(preset="tinyllama-1.1b", data={"storage": BASE["storage"]})
     assert cfg.model.flavor == "tinyllama-1.1b" and cfg.data.fraction == 0.25
     assert cfg.train.lr == preset.train.lr and cfg.train.steps == 100
-    assert cfg.parallel.zero_stage == 3 and (cfg.parallel.min_workers, cfg.parallel.max_workers) == (2, 4)
+    assert cfg.parallel.zero_stage == 1 and (cfg.parallel.min_workers, cfg.parallel.max_workers) == (2, 4)
     assert spec.resources.cpu == "16" and spec.failure_policy.max_retries == 1
     debug = children["demo-debug-d100"]["spec"]
     assert "minWorkers" not in debug and "cpu" not in debug.get("resources", {})
@@ -127,7 +127,7 @@ def test_size_config_layer_merges_over_the_base() -> None:
     )
     # Merged key by key: the base's other model fields and the point's axes stay.
     assert tiny.model.use_skip_token is False and tiny.model.flavor == "tinyllama-1.1b"
-    assert tiny.train.steps == 50 and tiny.data.fraction == 0.25 and tiny.parallel.zero_stage == 3
+    assert tiny.train.steps == 50 and tiny.data.fraction == 0.25 and tiny.parallel.zero_stage == 1
     _, debug = validate_run("demo-debug-d25", children["demo-debug-d25"]["spec"])
     assert debug.model.llm_weights is None and debug.train.steps == 100  # other sizes untouched
 
