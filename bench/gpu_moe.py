@@ -14,7 +14,7 @@ Prints JSON lines:
 - ``parity``: ``grouped`` and ``megablocks`` vs ``loop`` (same weights, same router, same tokens) and
   transformers' eager ``MixtralSparseMoeBlock`` vs ``loop``: relative L2 error of the output and of
   every grad (x, router, w1, v1, w2), and for transformers the fraction of tokens whose top-k set
-  differs. Bounds (moe.md section 10): output <= 1e-2, grads <= 2e-2 (bf16 vs bf16).
+  differs. Bounds (docs/moe.md, "What was verified where"): output <= 1e-2, grads <= 2e-2 (bf16 vs bf16).
   ``megablocks-dmoe`` is MegaBlocks' fused ``ParallelDroplessMLP`` (its own permutation kernels and
   weighted combine) driven by our router on our weights: not a path of the model (``moe_kernels``
   says why), only the yardstick for our permutation around MegaBlocks' grouped GLU at EP = 1.
@@ -49,7 +49,7 @@ OUT_TOL, GRAD_TOL = 1e-2, 2e-2
 class MegaBlocksDMoE(torch.nn.Module):
     """MegaBlocks' fused ``ParallelDroplessMLP`` on our router and *our* Parameters (bench only).
 
-    Settings follow ``moe.md`` section 5: GLU, grouped GEMMs (the sparse path needs triton < 3.2),
+    Settings follow docs/moe.md, "Expert kernels": GLU, grouped GEMMs (the sparse path needs triton < 3.2),
     no bias, silu, ``moe_loss_weight=0`` (with 0 MegaBlocks stores nothing globally), bf16, built on
     the meta device and then pointed at our tensors.
     """

@@ -3,7 +3,7 @@
 The decoder is exactly what admission checked (`sphinxx.jobs.schema.run.run_decoder_args`: the
 flavor with `model.overrides`, the EP size, the MoE kernel, the aux-loss weight), paired with the
 flavor's vision towers and any-resolution layout. Weights are random (seeded, the same on every
-rank) or loaded from the configured URIs; the towers are frozen (sphinx_x_model.md section 9).
+rank) or loaded from the configured URIs; the towers are frozen (docs/training.md, "Training recipe").
 Parallelism is applied afterwards, from outside (`engine`): the model stays single-device code.
 """
 
@@ -42,7 +42,7 @@ def build_model(cfg: RunConfig, worker: Worker):
         load_converted(cfg.model.llm_weights, model.llm, ep_rank=worker.rank % ep_size)
     if cfg.model.convnext_weights or cfg.model.dinov2_weights:
         model.load_vision(cfg.model.convnext_weights, cfg.model.dinov2_weights)
-    model.vision.requires_grad_(False)  # frozen towers (section 9)
+    model.vision.requires_grad_(False)  # frozen towers (docs/training.md, "Training recipe")
     if cfg.model.activation_checkpointing or args.llm.activation_checkpointing:
         apply_activation_checkpointing(model.llm)
     return model.to(worker.device), ep_size

@@ -2,7 +2,7 @@
 
 `build_engine` turns the run's `train` and `parallel` sections into `jobs.parallelize`'s calls:
 the distributed backend (NCCL on CUDA, gloo on CPU), expert-parallel groups for MoE flavors
-(moe.md 7), torch AdamW with the recipe's betas/eps on `parallelize.optimizer_param_groups`,
+(docs/moe.md, "DeepSpeed and ZeRO with experts"), torch AdamW with the recipe's betas/eps on `parallelize.optimizer_param_groups`,
 and the DeepSpeed config (ZeRO stage, micro-batch, accumulation, precision, clipping).
 
 `jobs.parallelize` stays its own module: it is the one place that knows DeepSpeed's MoE
@@ -24,7 +24,7 @@ log = logging.getLogger("sphinxx.engine")
 
 def build_engine(model: torch.nn.Module, cfg: RunConfig, worker: Worker, accum: int):
     """DeepSpeed engine around `model`: torch AdamW (recipe betas/eps) on `jobs.parallelize`'s
-    param groups and config; for MoE flavors its EP groups and engine shim (moe.md 7)."""
+    param groups and config; for MoE flavors its EP groups and engine shim (docs/moe.md, "DeepSpeed and ZeRO with experts")."""
     import deepspeed
 
     from sphinxx.jobs import parallelize

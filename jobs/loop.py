@@ -12,12 +12,12 @@ global batches:
         optimizer step with lr(s), clipped by train.grad_clip
 
 so the gradient is d/dθ [ sum of CE over the global batch / N + mean aux ] whatever the world
-size W and accumulation are (sphinx_x_model.md 8): an elastic resize changes nothing but speed.
+size W and accumulation are (docs/model.md, "Loss normalisation over the global batch"): an elastic resize changes nothing but speed.
 
 Every `train.checkpoint_interval` steps and at the end all ranks save through
 `checkpoint.Checkpointer` (commit protocol of `sphinxx.storage`), committing the loss and the
 scaling-law inputs (`metrics.checkpoint_metrics`); rank 0 then reports a pointer checkpoint to
-Ray Train (orchestration.md 3.3), tracks to MLflow and prints progress. The loop itself knows
+Ray Train (docs/storage.md, "Pointer checkpoints for Ray Train"), tracks to MLflow and prints progress. The loop itself knows
 nothing of Ray: `ray_worker.train_loop_per_worker` adapts Ray's context to `Worker`, so tests
 can drive `train()` in plain gloo processes.
 """
@@ -140,7 +140,7 @@ def _open_checkpointer(cfg: RunConfig, worker: Worker, model, optimizer):
         options=StorageOptions(endpoint_url=cfg.storage.endpoint_url),
     )
     if worker.rank == 0:
-        store.clean_partial(grace_s=0)  # folders of a dead attempt (orchestration 6.5); none is live
+        store.clean_partial(grace_s=0)  # folders of a dead attempt (docs/storage.md, "Retention and partial-folder cleanup"); none is live
     policy = RetentionPolicy(
         keep_last=cfg.storage.keep_last,
         keep_best=cfg.storage.keep_best,

@@ -1,7 +1,7 @@
 """Apply parallelism to a single-device model: expert parallelism + DeepSpeed ZeRO settings.
 
-Why a separate module: model code stays single-device (``conventions.md`` habit 3); this is the
-one place that knows DeepSpeed's MoE bookkeeping (``moe.md`` section 7):
+Why a separate module: model code stays single-device (``docs/architecture.md, "Conventions the code follows"`` habit 3); this is the
+one place that knows DeepSpeed's MoE bookkeeping (docs/moe.md, "DeepSpeed and ZeRO with experts"):
 
 - EP groups come from ``deepspeed.utils.groups._create_expert_and_data_parallel`` (contiguous EP
   groups, strided eDP groups, name ``ep_size_<EP>``), so our token dispatcher and the ZeRO
@@ -20,7 +20,7 @@ equals EP = 1 (tests/moe/test_parallelize.py).
 
 Not handled here (the training-job issue): checkpoints. With ``has_moe_layers`` DeepSpeed's
 ``save_checkpoint`` writes expert files only for its own MoE modules; in EP mode model weights must
-be written by our per-rank writer with global expert indices (``moe.md`` section 7).
+be written by our per-rank writer with global expert indices (docs/moe.md, "DeepSpeed and ZeRO with experts").
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def parallelize(model: nn.Module, *, ep_size: int, zero_stage: int) -> ExpertPar
         attach_expert_parallel(model, ep)
         return ep
     if zero_stage == 3 and has_moe:
-        # Gather w1/v1/w2 of a layer in one go (moe.md section 7) [U: not yet measured].
+        # Gather w1/v1/w2 of a layer in one go (docs/moe.md, "DeepSpeed and ZeRO with experts") [U: not yet measured].
         from deepspeed.utils import set_z3_leaf_modules
 
         set_z3_leaf_modules(model, [MoE])

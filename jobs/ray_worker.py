@@ -3,7 +3,7 @@
 The only module of the training loop that imports Ray. It turns Ray's worker context (ranks,
 device) and the driver's `JobContext` (the run config, parsed once by the driver, and the
 attempt's identity) into a `Worker`, calls `loop.train`, and reports each committed checkpoint
-to Ray Train as a *pointer*: a tiny directory holding {step, uri} (orchestration.md 3.3). The
+to Ray Train as a *pointer*: a tiny directory holding {step, uri} (docs/storage.md, "Pointer checkpoints for Ray Train"). The
 checkpoint itself lives in our store; Ray keeps only the pointer, so its own storage stays small.
 """
 

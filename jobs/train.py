@@ -1,6 +1,6 @@
 """The training job: `python -m sphinxx.jobs.train --config URI [--preset NAME] [key=value ...]`.
 
-What a RayJob runs (orchestration.md 1.1), identical on a laptop and a cluster:
+What a RayJob runs (docs/operator.md, "The RayJob of an attempt"), identical on a laptop and a cluster:
 
     sphinxx data synth /tmp/synth --size 200                     # a tiny data set + tokenizer
     python -m sphinxx.jobs.train --preset debug --config /tmp/synth/data.yaml \
@@ -132,7 +132,7 @@ def _entry(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def ray_storage(cfg: RunConfig):
-    """Ray Train's storage: `<storage.uri>/<name>/ray`, through our s3fs (orchestration 3.1) on S3."""
+    """Ray Train's storage: `<storage.uri>/<name>/ray`, through our s3fs (docs/training.md, "Ray Train V2 TorchTrainer") on S3."""
     from sphinxx.storage import RunLayout, StorageOptions, open_fs
 
     root = RunLayout.for_run(cfg.storage.uri, cfg.run_id).root + "/ray"

@@ -6,7 +6,7 @@ puts one learnable SKIP token in their raster slot instead. This module is the o
 decides which cells those are, and it decides from the geometry alone (never from pixel values),
 so the data pipeline, the token budget and the model always agree.
 
-Procedure per image (section 3.2), pure torch + Pillow (no torchvision):
+Procedure per image (docs/model.md, "Any-resolution images"), pure torch + Pillow (no torchvision):
 
 1. resize (bicubic, antialias) so the long side equals the canvas c = grid * 224:
    w' = round(W c / max(W, H)), h' = round(H c / max(W, H)), both >= 1 (round half up);
@@ -15,7 +15,7 @@ Procedure per image (section 3.2), pure torch + Pillow (no torchvision):
 4. views: global (whole canvas) first, then the kept cells in raster order. Each view is given
    at 224 px (DINOv2) and at `convnext_view_size` px (ConvNeXt).
 
-Token cost per image (section 3.4): every kept view costs 257 + 2 (start/end tags) positions, a
+Token cost per image (docs/model.md, "Visual tokens per image"): every kept view costs 257 + 2 (start/end tags) positions, a
 skipped cell costs 1; a text-only sample has no views and costs 0.
 """
 
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-CELL_SIZE = 224  # grid cells and DINOv2 views are 224 px (section 3.1)
-VIEW_TOKENS = 257  # 1 pooled/CLS + 16 x 16 positions per view (section 2)
+CELL_SIZE = 224  # grid cells and DINOv2 views are 224 px (docs/model.md, "Any-resolution images")
+VIEW_TOKENS = 257  # 1 pooled/CLS + 16 x 16 positions per view (docs/model.md, "Vision towers")
 TAGGED_VIEW_TOKENS = VIEW_TOKENS + 2  # with start_img / end_img around it
-SKIP_TOKENS = 1  # a bare skip token (section 3.3)
+SKIP_TOKENS = 1  # a bare skip token (docs/model.md, "Skip tokens")
 
 # Slot codes of an image layout: one slot for the global view, then one per grid cell.
 SLOT_VIEW = 1  # a real view: consumes the next encoded view
@@ -47,7 +47,7 @@ class AnyResConfig:
     grid: int = 2  # g: the canvas is cut into g x g cells of 224 px (2 -> 448 canvas, 3 -> 672)
     convnext_view_size: int = 256  # each view is resized to this for ConvNeXt (256 or 512)
     dino_view_size: int = 224  # each view is resized to this for DINOv2 (16 x 16 patches of 14)
-    use_skip_token: bool = True  # False: encode padded cells too (comparisons only, section 3.3)
+    use_skip_token: bool = True  # False: encode padded cells too (comparisons only, docs/model.md, "Skip tokens")
 
     def __post_init__(self) -> None:
         if self.grid < 1:

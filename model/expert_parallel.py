@@ -1,10 +1,10 @@
 """Expert parallelism (EP) for the MoE layer: process groups, token dispatch/combine, param marks.
 
-Why here and not in ``moe.py``: model code is single-device (``conventions.md``); EP is attached
+Why here and not in ``moe.py``: model code is single-device (``docs/architecture.md, "Conventions the code follows"``); EP is attached
 from outside by :func:`attach_expert_parallel`, and the MoE layer only calls :func:`dispatch` /
 :func:`local_experts` / :func:`combine` when a group is attached.
 
-Topology (``moe.md`` section 6, DeepSpeed's convention so the dispatcher and the ZeRO optimizer
+Topology (docs/moe.md, "Expert parallelism", DeepSpeed's convention so the dispatcher and the ZeRO optimizer
 agree): EP groups are contiguous ranks ``[0..EP-1], [EP..2EP-1], ...``; expert-data-parallel (eDP)
 groups are strided. EP rank r owns global experts ``[r*E/EP, (r+1)*E/EP)``.
 

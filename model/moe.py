@@ -1,6 +1,6 @@
 """Mixtral's sparse MoE FFN (8 experts, top-2, dropless) with our own load-balancing loss.
 
-Design: ``shared/design/moe.md``. In one paragraph: a fp32 softmax router with top-k and
+Design: ``shared/docs/moe.md, "Expert kernels"``. In one paragraph: a fp32 softmax router with top-k and
 renormalisation (Mixtral semantics), experts stored in MegaBlocks' dMoE GLU layout
 (``experts.mlp.w1 / v1 / w2``, each ``[E_local * F, H]``) so the same state dict runs on every
 kernel (``moe_kernels.py``), and a MegaBlocks-form load-balancing loss returned by each layer:
@@ -36,12 +36,12 @@ class MoEArgs:
     ffn_dim: int  # width F of one expert's SwiGLU
     num_experts: int = 8  # E, global
     top_k: int = 2
-    aux_loss_coef: float = 0.01  # w in CE + w * mean_layers(L_aux); moe.md section 4
+    aux_loss_coef: float = 0.01  # w in CE + w * mean_layers(L_aux); docs/moe.md, "Load-balancing loss"
     router_z_loss_coef: float = 0.0  # ST-MoE z-loss; Mixtral/SPHINX-MoE use none
     kernel: str = "auto"  # auto | loop | grouped (alias grouped_mm) | megablocks
     ep_size: int = 1  # expert-parallel group size; this layer holds num_experts / ep_size experts
     # Number of MoE layers in the model: each layer's aux is divided by it, so the model's SUM over
-    # layers is the MEAN of moe.md section 4.
+    # layers is the MEAN of docs/moe.md, "Load-balancing loss"
     num_layers: int = 1
     init_std: float = 0.02  # random init (debug flavors only)
 
@@ -170,7 +170,7 @@ class MoE(nn.Module):
         if self.args.router_z_loss_coef > 0:
             aux = aux + self.args.router_z_loss_coef * router_z_loss(logits, token_mask)
         self.tokens_per_expert = counts.detach()
-        # moe.md section 3: weights are cast to the activation dtype before the combine.
+        # docs/moe.md, "Router": weights are cast to the activation dtype before the combine.
         y = self._experts(tokens, weights.to(x.dtype), ids)
         return y.view(shape), aux / self.args.num_layers
 

@@ -4,7 +4,7 @@ Why a separate module: the MoE layer (``moe.py``) owns routing, the load-balanci
 (un)permutation, and expert parallelism owns the token exchange (``expert_parallel.py``); this
 module only answers "given rows already grouped by expert, what does each expert output", and
 which kernel answers it. Three interchangeable kernels, one contract
-``glu(rows [N, H], counts [E_local], w1, v1, w2) -> [N, H]`` (``moe.md`` section 5):
+``glu(rows [N, H], counts [E_local], w1, v1, w2) -> [N, H]`` (docs/moe.md, "Expert kernels"):
 
 - ``loop``: one matmul chain per expert segment. Runs anywhere, any dtype (fp64 too); the
   reference the others are tested against.
@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sphinxx.model.moe import MoEArgs
 
 KERNELS = ("auto", "loop", "grouped", "megablocks")
-# moe.md calls the grouped kernel `grouped_mm`; both spellings are accepted.
+# docs/moe.md ("Expert kernels") calls the grouped kernel `grouped_mm`; both spellings are accepted.
 KERNEL_ALIASES = {"grouped_mm": "grouped"}
 
 MEGABLOCKS_INSTALL_HINT = (
@@ -199,7 +199,7 @@ GLU_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def grouped_supported(dtype: torch.dtype, device: torch.device, dim: int, ffn_dim: int) -> bool:
-    """Whether ``glu_grouped`` runs for these shapes (``moe.md`` section 5)."""
+    """Whether ``glu_grouped`` runs for these shapes (docs/moe.md, "Expert kernels")."""
     if not (hasattr(F, "grouped_mm") or hasattr(torch, "_grouped_mm")):
         return False
     if device.type == "cuda":

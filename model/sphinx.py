@@ -1,11 +1,11 @@
-"""SPHINX-X: frozen vision towers + projector + tags + LLM decoder, and the loss (spec sections 1-5, 8).
+"""SPHINX-X: frozen vision towers + projector + tags + LLM decoder, and the loss (docs/model.md).
 
 Why one module: this is where image views become LLM positions. It owns the projector
 (Linear(4608, d) + LayerNorm(d)), the learnable `start_img` / `end_img` tags that wrap every real
 view, the bare `skip_token` that stands in for a fully padded cell, the sequence assembly and the
 masked cross-entropy. The decoder (`llm.py`) and the towers (`vision.py`) know nothing of each other.
 
-Sequence of one sample (section 5): [BOS] [global view] [cell 0 | SKIP] ... [cell n-1 | SKIP] [text],
+Sequence of one sample (docs/model.md, "Sequence layout"): [BOS] [global view] [cell 0 | SKIP] ... [cell n-1 | SKIP] [text],
 each real view as [start_img, 257 fused tokens, end_img]; positions 0..L-1 contiguous; causal
 attention; right padding. Text-only samples have no image block.
 
@@ -22,7 +22,7 @@ Batch format (what the data pipeline produces; see `collate`):
 - `dino_pixels` [N, 3, 224, 224] and `convnext_pixels` [N, 3, cs, cs]: every real view of the
   micro-batch in sample order, then slot order (N may be 0). One batched call per encoder.
 
-Loss (section 8): forward returns the CE sum over target tokens and their count, so a trainer can
+Loss (docs/model.md, "Loss normalisation over the global batch"): forward returns the CE sum over target tokens and their count, so a trainer can
 divide by the GLOBAL target count (invariant to world size and accumulation), plus the MoE aux
 term already weighted by the decoder. The LM head runs only at target positions.
 """
@@ -175,7 +175,7 @@ class Assembled(NamedTuple):
 
 
 class Projector(nn.Module):
-    """Linear(C_vision, d) + LayerNorm(d): no activation, shared by every view (section 4)."""
+    """Linear(C_vision, d) + LayerNorm(d): no activation, shared by every view (docs/model.md, "Fusion, projector and tags")."""
 
     def __init__(self, in_dim: int, dim: int):
         super().__init__()
@@ -220,7 +220,7 @@ class SphinxX(nn.Module):
         load_vision_weights(self.vision, convnext_path, dinov2_path)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the frozen towers, which are reloaded from their source (section 2)."""
+        """Everything but the frozen towers, which are reloaded from their source (docs/model.md, "Vision towers")."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("vision.")}
 
     def num_visual_tokens(self, width: int, height: int) -> int:
@@ -300,7 +300,7 @@ class SphinxX(nn.Module):
 
     def forward(self, batch: SphinxBatch) -> SphinxOutput:
         h, targets, lengths = self.assemble(batch)
-        # Right padding must not count in the MoE load-balancing loss (moe.md section 4).
+        # Right padding must not count in the MoE load-balancing loss (docs/moe.md, "Load-balancing loss").
         hidden, aux = self.llm.forward_hidden(h, token_mask=self.token_mask(lengths, h.shape[1], h.device))
         mask = targets != IGNORE_INDEX
         num_targets = int(mask.sum())

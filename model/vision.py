@@ -194,7 +194,7 @@ class VisionEncoders(nn.Module):
     @torch.no_grad()
     def forward(self, convnext_pixels: torch.Tensor, dino_pixels: torch.Tensor) -> torch.Tensor:
         """[N, 3, cs, cs] and [N, 3, 224, 224] (CLIP-normalised) -> [N, 257, C_convnext + C_dino]."""
-        self.train(False)  # eval forced on every call (section 2)
+        self.train(False)  # eval forced on every call (docs/model.md, "Vision towers")
         conv_dtype = self.convnext.model.embeddings.patch_embeddings.weight.dtype
         conv = self.convnext(convnext_pixels.to(conv_dtype))
         dino = self.dinov2(dino_pixels)

@@ -16,7 +16,7 @@ A checkpoint restores at any world size because everything in it is keyed by glo
   rank's RNG states and data-loader counts; a rank that did not exist before reseeds from
   (seed, step, rank)).
 
-The commit protocol is the store's (orchestration 6.2): every rank uploads its files, rank 0
+The commit protocol is the store's (docs/storage.md, "Commit protocol"): every rank uploads its files, rank 0
 commits the manifest (with the metrics the trainer passes: they become `manifest.metrics`) and
 applies retention. On restore rank 0 picks the step and every rank loads it.
 """

@@ -90,7 +90,7 @@ class Mixture:
         return math.ceil(epochs * self.samples_per_epoch)
 
     def num_steps(self, global_batch: int, epochs: float) -> int:
-        """Optimizer steps of `epochs` passes: ceil(samples / global batch) (section 10)."""
+        """Optimizer steps of `epochs` passes: ceil(samples / global batch) (docs/training.md, "Mixture")."""
         return math.ceil(self.num_samples(epochs) / global_batch)
 
     def kept(self, s: int) -> np.ndarray:

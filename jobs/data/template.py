@@ -50,7 +50,7 @@ class Rendered:
 
 
 def clean_question(question: str) -> str:
-    """Drop `<image>` markers: the image always comes first, outside the text (section 5)."""
+    """Drop `<image>` markers: the image always comes first, outside the text (docs/model.md, "Sequence layout")."""
     if IMAGE_MARKER not in question:
         return question
     return question.replace(IMAGE_MARKER, "").strip()

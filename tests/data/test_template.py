@@ -23,7 +23,8 @@ TURNS = [
 
 
 def spec_text(turns: list[tuple[str, str]]) -> str:
-    """Section 8 of the spec, written out by hand (with the <image> marker deleted)."""
+    """The template of docs/model.md, "Conversation template and loss masking", written out by hand
+    (with the <image> marker deleted)."""
     text = SYSTEM + "\n\n###"
     for q, a in turns:
         text += " Human: " + q.replace("<image>\n", "") + "\n###" + " Assistant: " + a + "\n###"

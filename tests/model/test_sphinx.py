@@ -1,7 +1,7 @@
 """SphinxX: sequence layout, labels, loss against a full-logits reference, gradients, batching.
 
 The reference builds every sequence with an explicit per-sample loop straight from the spec
-(sphinx_x_model.md sections 1, 4, 5, 8), runs the LM head at every position and calls
+(docs/model.md), runs the LM head at every position and calls
 F.cross_entropy with ignore_index; it shares only the submodules (decoder, towers, projector,
 tags) with the code under test, never its assembly or masking.
 """
@@ -246,7 +246,7 @@ def test_meta_build_then_load_matches_eager() -> None:
 
 
 def test_moe_aux_loss_ignores_right_padding() -> None:
-    """The load-balancing loss counts only real positions (moe.md section 4), computed independently."""
+    """The load-balancing loss counts only real positions (docs/moe.md, "Load-balancing loss"), computed independently."""
     torch.manual_seed(0)
     model = build_sphinx(
         "debug-moe", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, moe_ffn_dim=32, vocab_size=512
