@@ -77,6 +77,7 @@ def run_summary(
         "final_loss": (latest.manifest.metrics.get("loss") if latest else None),
         "tokens_seen": final.get("tokens_seen"),
         "num_params": final.get("num_params"),
+        "num_params_total": final.get("num_params_total"),
         "mfu": final.get("mfu"),
         "tokens_per_s": final.get("tokens_per_s"),
         "world_size": latest.manifest.metadata.world_size if latest else None,

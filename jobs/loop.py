@@ -55,8 +55,8 @@ from sphinxx.jobs.tracking import MLflowTracker, NullTracker, tracking_uri
 def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
     """Train until the step budget is done; returns the final metrics (rank 0's are complete).
 
-    `num_params` in the result is every trainable parameter (`metrics.trainable_params`), as the
-    job's summary line reports it; the checkpoints carry N of the scaling law as `num_params`.
+    The result carries the model's sizes as the checkpoints do: `num_params` (N of the scaling
+    law) and `num_params_total` (every trainable parameter).
     """
     from sphinxx.jobs.checkpoint import RunState
     from sphinxx.jobs.data.loader import build_data
@@ -125,7 +125,7 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
     if state.step > 0:
         tracker.log_metrics(data.stats.metrics(), state.step)
     tracker.close(timeout=120)
-    return {**metrics, "num_params": sizes["num_params_total"]}
+    return {**metrics, **sizes}
 
 
 def _open_checkpointer(cfg: RunConfig, worker: Worker, model, optimizer):

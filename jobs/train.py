@@ -15,8 +15,8 @@ What a RayJob runs (docs/operator.md, "The RayJob of an attempt"), identical on 
 
 The config is read and checked once, here (`read_config`); the workers get it as a typed
 `context.JobContext` (`train_loop_config={"job": context}`) and use it as is. In the summary,
-`num_params` is every trainable parameter (every expert counted); N of the scaling law is the
-committed checkpoint's `manifest.metrics["num_params"]` (with `num_params_total`, `tokens_seen`).
+`num_params` is N of the scaling law (active, non-embedding parameters) and `num_params_total` every
+trainable parameter, as in every committed checkpoint's `manifest.metrics` (with `tokens_seen`).
 
 Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
 The run's identity (`run_id`, the MLflow run in `tracking`) is in the config; the operator
