@@ -101,7 +101,7 @@ def decide_run(obs: RunObserved) -> RunAction:
     reason, message = str(phase), st.message
     resumable = attempt > 1 or obs.checkpoint is not None
     if not obs.admitted and attempt == 0:
-        phase, reason, message = RunPhase.PENDING, "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
+        phase, reason, message = RunPhase.QUEUED, "WaitingForSlot", "waiting for a slot under the sweep's maxParallelRuns"
     elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
         if obs.queued and not job.terminal and job.outcome != "none":
             # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a

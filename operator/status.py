@@ -156,7 +156,7 @@ def point_row(point: Point, child: dict[str, Any] | None) -> PointRow:
         name=point.name,
         model=point.model,
         data_fraction=point.fraction,
-        phase=st.phase or RunPhase.PENDING,
+        phase=st.phase or RunPhase.QUEUED,
         attempt=st.attempt,
         step=checkpoint.step if checkpoint else None,
         checkpoint=(checkpoint.uri or None) if checkpoint else None,

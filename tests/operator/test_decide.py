@@ -49,8 +49,9 @@ def test_new_run_creates_attempt_one() -> None:
 
 def test_unadmitted_point_waits() -> None:
     act = decide.decide_run(_obs(admitted=False))
-    assert act.create_attempt is None and wire(act)["phase"] == "Pending"
-    assert status.condition(act.status.conditions, "Ready").reason == "Pending"
+    assert act.create_attempt is None and wire(act)["phase"] == "Queued"  # not Pending: nothing exists yet
+    assert status.condition(act.status.conditions, "Ready").reason == "Queued"
+    assert wire(act)["message"].startswith("waiting for a slot")
 
 
 def test_running_mirrors_and_patches_elastic_bounds() -> None:
