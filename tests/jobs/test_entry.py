@@ -50,6 +50,11 @@ def test_bad_configs_exit_2_with_a_summary_line(capsys: pytest.CaptureFixture[st
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["sphinxx_summary"] and summary["status"] == "failed"
     assert "does not exist" in summary["error"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: {lr: 1\n")
+    assert train.main(["--config", str(broken)]) == train.EXIT_CONFIG
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert f"{broken} is not valid YAML (line 2" in error
     assert train.main(["--preset", "debug", *DATA, "train.lr=-1", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
     assert "train.lr" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
 
