@@ -316,6 +316,15 @@ class LocalSweep:
         mlflow_runs.set_run_status(self.tracking_uri, state.parent_run_id, end)
 
 
+def _quiet_third_parties() -> None:
+    """Keep the runner's own console to the sweep: MLflow's store migrations and Ray's note that a
+    local cluster enabled token authentication are expected, and say nothing a user must act on."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def _start_ray() -> str:
     import ray
 
@@ -369,6 +378,7 @@ def run_local(
         print(f"error: invalid sweep {file}: {err}", file=sys.stderr)
         return 2
     print(f"sweep {sweep.name}: {len(sweep.points)} points -> {sweep.workdir}", flush=True)
+    _quiet_third_parties()
     try:
         state = sweep.run(resume)
     except mlflow_runs.TrackingUnavailable as err:
