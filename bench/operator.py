@@ -11,7 +11,7 @@ Starts kmock and `sphinxx operator run` (as processes, as in the tests), applies
 - the operator process's peak resident memory (VmHWM);
 - one roll-up pass in-process (list the points + the pure roll-up), median of a few repeats.
 
-Checkpoints go to `memory://` and no MLflow is configured, so the numbers are the operator's own
+Checkpoints go to a local directory and no MLflow is configured, so the numbers are the operator's own
 (API traffic, validation, rendering), not storage or tracking latency. Timer intervals are long
 (60 s) so the timings show the event-driven path.
 """

@@ -228,7 +228,8 @@ def decide_sweep(
     desired = [expand.child_manifest(sweep, sweep["spec"], p) for p in ordered]
     by_name = {c["metadata"]["name"]: c for c in children}
     plan = expand.plan_children(desired, children)
-    admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs)
+    creating = frozenset(c["metadata"]["name"] for c in plan.create)
+    admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs, creating)
     resume: list[str] = []
     events: list[Event] = []
     if resume_token and resume_token != st.resume_token:
