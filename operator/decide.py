@@ -214,6 +214,12 @@ def parent_run_status(phase: SweepPhase) -> TrackingState:
     )
 
 
+def name_list(items: list[str], shown: int = 5) -> str:
+    """`a, b, c` or `a, b, c, ... (+997 more)`: short enough for an event message."""
+    head = ", ".join(items[:shown])
+    return head if len(items) <= shown else f"{head}, ... (+{len(items) - shown} more)"
+
+
 def decide_sweep(
     sweep: dict[str, Any],
     spec: ScalingSweepSpec,
@@ -240,10 +246,13 @@ def decide_sweep(
     if roll.phase != st.phase:
         kind = "Warning" if roll.phase == SweepPhase.FAILED else "Normal"
         events.append((kind, roll.phase, f"{st.phase or 'New'} -> {roll.phase}: {roll.progress} succeeded"))
-    for child in plan.create:
-        events.append(("Normal", "PointCreated", f"TrainingRun {child['metadata']['name']} created"))
-    for name in plan.delete:
-        events.append(("Normal", "PointRemoved", f"TrainingRun {name} removed (no longer on the axes)"))
+    # One event per pass, not per point: a 1,000-point sweep posts one, not a thousand.
+    if plan.create:
+        created = [child["metadata"]["name"] for child in plan.create]
+        events.append(("Normal", "PointsCreated", f"{len(created)} TrainingRun(s) created: {name_list(created)}"))
+    if plan.delete:
+        message = f"{len(plan.delete)} TrainingRun(s) removed (no longer on the axes): {name_list(plan.delete)}"
+        events.append(("Normal", "PointsRemoved", message))
     st.phase, st.counts, st.progress, st.points = roll.phase, roll.counts, roll.progress, roll.points
     st.conditions = status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso)
     st.observed_generation, st.message = generation, f"{roll.progress} succeeded"

@@ -214,3 +214,18 @@ def test_parent_run_ends_with_the_sweep_and_reopens_on_resume() -> None:
     assert _sweep_pass(["Succeeded", "Failed"], {"phase": "Running"}).tracking_status == "FAILED"
     resumed = _sweep_pass(["Succeeded", "Resuming"], {"phase": "Failed", "mlflowRunStatus": "FAILED"})
     assert wire(resumed)["phase"] == "Running" and resumed.tracking_status == "RUNNING"
+
+
+def test_a_pass_posts_one_event_for_all_the_points_it_creates() -> None:
+    from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
+    from tests.schema.corpus import DATA
+
+    fractions = [round((i + 1) / 12, 6) for i in range(12)]
+    raw = {"base": {"preset": "debug", "data": DATA}, "axes": {"models": ["debug"], "dataFractions": fractions}}
+    sweep = {"metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1}, "spec": raw}
+    act = decide.decide_sweep(sweep, validate_sweep("s", raw).spec, [], None, "t")
+    created = [e for e in act.events if e[1] == "PointsCreated"]
+    assert len(act.plan.create) == 12 and len(created) == 1
+    message = created[0][2]
+    assert message.startswith("12 TrainingRun(s) created: s-debug-d") and message.endswith("(+7 more)")
+    assert decide.name_list(["a", "b"]) == "a, b"
