@@ -277,13 +277,23 @@ class ObjectFS:
             self.fs.put_file(local_path, self.path(uri), **({"callback": callback} if callback else {}))
 
     def get_file(
-        self, uri: str, local_path: str, *, chunk_size: int, callback: Callback | None = None
+        self,
+        uri: str,
+        local_path: str,
+        *,
+        chunk_size: int,
+        callback: Callback | None = None,
+        size: int | None = None,
     ) -> None:
-        """Download one object (on S3: ranged parts in parallel, see s3bulk.py)."""
+        """Download one object (on S3: ranged parts in parallel, see s3bulk.py).
+
+        `size`, when known (a manifest's), spares the per-object HeadObject; the caller then checks
+        the downloaded size and checksum against what it expected.
+        """
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         if self.scheme == "s3":
             bucket, key, _ = self.fs.split_path(self.path(uri))
-            self._s3bulk().download(bucket, key, local_path, chunk_size, _relative(callback))
+            self._s3bulk().download(bucket, key, local_path, chunk_size, _relative(callback), size)
         else:
             self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))
 
