@@ -255,14 +255,31 @@ def _open_tracker(cfg: RunConfig, worker: Worker, store, trainable: int, restore
     return tracker
 
 
+def pointer_name(step: int, attempt: int, commit_id: str) -> str:
+    """The name of the pointer checkpoint Ray Train keeps for one commit: unique per commit.
+
+    Ray deletes the folders of its older pointers (`CheckpointConfig(num_to_keep)`), by name. A
+    retry that resumes before Ray's newest pointer (a rollback, a damaged newest checkpoint)
+    commits those steps again; named by step alone, Ray would hold two entries for one folder,
+    delete it once and fail on the second delete (FileNotFoundError in its checkpoint manager).
+    The attempt and the commit id make every name new. Pure.
+    """
+    return f"pointer-{step:09d}-a{attempt}-{commit_id[:8]}"
+
+
 def _after_checkpoint(info, metrics: dict[str, Any], worker: Worker, tracker, step: int) -> None:
     """Tell MLflow and Ray about a commit (rank 0 has `info`; every rank must call report)."""
     pointer_dir = None
     if info is not None:
         tracker.set_tags({"checkpoint_uri": info.uri, "checkpoint_step": step})
         tracker.log_metrics({"checkpoint_step": step}, step)
-        pointer_dir = tempfile.mkdtemp(prefix="sphinxx-pointer-")
+        # The folder's name is the name Ray keeps it under (ray_worker reports it as is).
+        pointer_dir = os.path.join(
+            tempfile.mkdtemp(prefix="sphinxx-pointer-"),
+            pointer_name(step, worker.attempt, info.manifest.commit_id),
+        )
+        os.makedirs(pointer_dir)
         with open(os.path.join(pointer_dir, "pointer.json"), "w") as fh:
-            json.dump({"step": step, "uri": info.uri}, fh)
+            json.dump({"step": step, "uri": info.uri, "commit_id": info.manifest.commit_id}, fh)
         metrics = {**metrics, "checkpoint_uri": info.uri}
     worker.report(dict(metrics), pointer_dir)
