@@ -132,3 +132,21 @@ def test_fixed_size_run_has_no_autoscaler() -> None:
     cluster = job["spec"]["rayClusterSpec"]
     assert cluster["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in cluster
     assert cluster["workerGroupSpecs"][0]["minReplicas"] == cluster["workerGroupSpecs"][0]["maxReplicas"] == 2
+
+
+def test_worker_grace_period_and_stop_hook_follow_the_run_config() -> None:
+    spec = _spec("debug")
+    spec["config"]["train"] = {"termination_grace_seconds": 300}
+    parsed, cfg = validate_run("graceful", spec)
+    pod = render_rayjob(_attempt("graceful"), parsed, cfg)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    template = pod["template"]["spec"]
+    assert template["terminationGracePeriodSeconds"] == 300
+    (worker,) = template["containers"]
+    assert {"name": "SPHINXX_STOP_FILE", "value": "/tmp/sphinxx-stop"} in worker["env"]
+    command = worker["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:3] == ["python", "-m", "sphinxx.jobs.preemption"] and command[-2:] == ["--wait", "295"]
+    # The hook's module is the one the job's workers watch with (same file, same default).
+    from sphinxx.jobs import preemption
+    from sphinxx.operator import render
+
+    assert render.STOP_FILE == preemption.DEFAULT_STOP_FILE

@@ -98,6 +98,7 @@ BAD = [
     Case("ep-on-dense-flavor", T, "dense-ep", config(parallel={"ep_size": 2, "min_workers": 2, "max_workers": 2}), "spec.config.parallel.ep_size", False),
     Case("ep-not-dividing-experts", T, "moe-ep3", config(preset="debug-moe", model={"flavor": "debug-moe"}, parallel={"ep_size": 3, "min_workers": 3, "max_workers": 3}, train={"global_batch": 6}), "spec.config.parallel.ep_size", False),
     Case("zero3-unsupported", T, "zero3", config(parallel={"zero_stage": 3}), "spec.config.parallel.zero_stage", True),
+    Case("grace-too-short", T, "short-grace", config(train={"termination_grace_seconds": 5}), "spec.config.train.termination_grace_seconds", True),
     Case("megablocks-on-cpu", T, "moe-megablocks", config(preset="debug-moe", model={"flavor": "debug-moe", "moe_kernel": "megablocks"}), "spec.config.model.moe_kernel", False),
     Case("megablocks-in-fp32", T, "moe-megablocks-fp32", config(preset="debug-moe", model={"flavor": "debug-moe", "moe_kernel": "megablocks"}, parallel={"gpus_per_worker": 1}, train={"precision": "fp32"}), "spec.config.model.moe_kernel", False),
     Case("batch-below-workers", T, "small-batch", run(minWorkers=8, maxWorkers=8), "spec.config.train.global_batch", False),
