@@ -4,7 +4,9 @@ Field choices follow docs/operator.md, "The RayJob of an attempt" and "Worker gr
 each a new RayJob and a new cluster), `shutdownAfterJobFinishes: true` (frees GPUs; `suspend`
 and Kueue need it), one worker group `gpu` whose replica bounds come from the run's elastic
 bounds, the in-tree autoscaler only when min < max, `restartPolicy: Never` (autoscaler v2),
-and no secrets anywhere in the object: credentials come from `envFrom` Secrets or IRSA.
+and no secrets anywhere in the object: credentials come from `envFrom` Secrets or IRSA. The
+spec's pod settings (/dev/shm, volumes, scheduler, affinity, RDMA resources, patches) are added
+by `pod_settings.apply`.
 
 Golden files under tests/operator/golden/ show the result for every flavor as reviewable YAML.
 """
@@ -21,7 +23,7 @@ import yaml
 from sphinxx.jobs.schema.resources import TrainingRunSpec
 from sphinxx.jobs.schema.run import RunConfig
 
-from . import names
+from . import names, pod_settings
 
 RAY_VERSION = "2.60.0"
 TTL_SECONDS_AFTER_FINISHED = 300  # keep the finished cluster briefly for log collection
@@ -130,7 +132,7 @@ def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[st
         "headGroupSpec": {
             # No GPUs on the head, so no training worker is placed there.
             "rayStartParams": {"num-gpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": _pod(head, spec, worker=False),
+            "template": pod_settings.apply(_pod(head, spec, worker=False), res, False, 0),
         },
         "workerGroupSpecs": [
             {
@@ -139,7 +141,9 @@ def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[st
                 "minReplicas": low,
                 "maxReplicas": high,
                 "rayStartParams": {},
-                "template": _pod(worker, spec, True, cfg.train.termination_grace_seconds),
+                "template": pod_settings.apply(
+                    _pod(worker, spec, True, cfg.train.termination_grace_seconds), res, True, gpus
+                ),
             }
         ],
     }

@@ -30,6 +30,7 @@ ALL_RUNTIME_VALUES = {
         "gpuNodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         "queueName": "gpu-queue",
         "serviceAccountName": "ray-pods",
+        "podDefaults": {"schedulerName": "volcano", "extraResources": {"rdma/hca": 1}},
     },
 }
 # Read by libraries, not by Settings: boto3/s3fs (endpoint, region), kopf (peer identity),
