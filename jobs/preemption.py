@@ -13,7 +13,7 @@ Preemption, node drains and elastic resizes end worker pods with SIGTERM and a g
    - a *stop file* (`SPHINXX_STOP_FILE`), checked once per step. The operator renders a `preStop`
      hook on every worker container that writes it (`python -m sphinxx.jobs.preemption
      --stop-file ... --wait ...`) and waits, while the pod's grace period runs, until the workers
-     say they are done. This is how Ray Train workers in a pod learn of a SIGTERM: Kubernetes
+     say they are done (or none is alive: a pod ended after its job is not held up). This is how Ray Train workers in a pod learn of a SIGTERM: Kubernetes
      sends it to the container's first process only, never to the Ray worker processes;
 2. it finishes the step it is in; at the end of every step all ranks agree with one all-reduce of
    a flag (`StopSignal.agreed`), so one rank's SIGTERM stops them all at the same step;
@@ -44,6 +44,7 @@ log = logging.getLogger("sphinxx.preemption")
 STOP_FILE_ENV = "SPHINXX_STOP_FILE"  # set on worker pods by the operator (render.py)
 DEFAULT_STOP_FILE = "/tmp/sphinxx-stop"
 DONE_SUFFIX = ".done"  # written next to the stop file when this worker has finished stopping
+ACTIVE_SUFFIX = ".active"  # written next to it by every training process at start (with its pid)
 EXIT_DEADLINE = 75  # the watchdog's exit code: the grace period ran out before the commit finished
 MARGIN_S = 5.0  # ends the process this long before the grace period does (Ray and the pod still exit)
 
@@ -84,7 +85,18 @@ class StopSignal:
         """The stop file from SPHINXX_STOP_FILE (unset: none); the SIGTERM handler when possible."""
         stop = cls(grace_s, os.environ.get(STOP_FILE_ENV) or None)
         stop.install()
+        stop.announce()
         return stop
+
+    def announce(self) -> None:
+        """Tell the preStop hook a training process lives here (so a pod ended after the job only
+        waits for workers that exist)."""
+        if self.stop_file:
+            try:
+                with open(f"{self.stop_file}{ACTIVE_SUFFIX}.{os.getpid()}", "w") as fh:
+                    fh.write(f"{time.time()}\n")
+            except OSError as err:
+                log.warning("could not write the active marker next to %s: %s", self.stop_file, err)
 
     def install(self) -> bool:
         """Handle SIGTERM in this process; False where Python cannot (not the main thread)."""
@@ -154,22 +166,39 @@ class StopSignal:
 
 
 def prestop(stop_file: str, wait_s: float, poll_s: float = 0.5) -> int:
-    """Write the stop file, then wait until a worker reports done or `wait_s` passed; 0 either way.
+    """Write the stop file, then wait until a worker reports done, no training process is alive
+    any more, or `wait_s` passed; 0 either way.
 
     Returning lets the kubelet send SIGTERM to the container (Ray then exits); the pod's grace
-    period counts the hook's time, so `wait_s` is the grace period minus a margin.
+    period counts the hook's time, so `wait_s` is the grace period minus a margin. A pod ended
+    after its job finished has no live training process and is not held up.
     """
     directory = os.path.dirname(stop_file) or "."
     os.makedirs(directory, exist_ok=True)
     with open(stop_file, "w") as fh:
         fh.write(f"{time.time()}\n")
     deadline = time.monotonic() + wait_s
-    prefix = os.path.basename(stop_file) + DONE_SUFFIX
+    base = os.path.basename(stop_file)
     while time.monotonic() < deadline:
-        if any(name.startswith(prefix) for name in os.listdir(directory)):
+        names = os.listdir(directory)
+        if any(name.startswith(base + DONE_SUFFIX) for name in names):
+            return 0
+        active = [name.rsplit(".", 1)[-1] for name in names if name.startswith(base + ACTIVE_SUFFIX + ".")]
+        if not any(_alive(pid) for pid in active):
             return 0
         time.sleep(poll_s)
     return 0
+
+
+def _alive(pid: str) -> bool:
+    """Whether process `pid` (a training process of this container) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

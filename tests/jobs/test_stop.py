@@ -163,14 +163,25 @@ def test_stop_signal_agreement_deadline_and_the_prestop_hook(tmp_path) -> None:
     assert stop.agreed(lambda mine: 1.0) is True and stop.why == "a peer was asked to stop"
     assert stop.remaining() == 30 - MARGIN_S
     # The stop file (written by the pod's preStop hook) is a request too.
-    hooked = StopSignal(30, str(tmp_path / "stop"), clock=lambda: now[0], exit_fn=exits.append)
-    assert prestop(str(tmp_path / "stop"), wait_s=0.2, poll_s=0.05) == 0  # nobody reports done: waits, returns
+    stop_file = str(tmp_path / "stop")
+    assert _timed(lambda: prestop(stop_file, wait_s=30, poll_s=0.05)) < 5  # no training process: at once
+    (tmp_path / "stop.active.999999999").write_text("")  # a process that is gone counts for nothing
+    assert _timed(lambda: prestop(stop_file, wait_s=30, poll_s=0.05)) < 5
+    hooked = StopSignal(30, stop_file, clock=lambda: now[0], exit_fn=exits.append)
+    hooked.announce()  # this process trains here: the hook waits for it...
+    assert _timed(lambda: prestop(stop_file, wait_s=0.5, poll_s=0.05)) >= 0.5
     assert hooked.requested and hooked.why == f"stop file {tmp_path / 'stop'}"
     hooked.done()
-    assert prestop(str(tmp_path / "stop"), wait_s=30, poll_s=0.05) == 0  # returns at once now
+    assert _timed(lambda: prestop(stop_file, wait_s=30, poll_s=0.05)) < 5  # ...until it is done
     # Past the deadline the watchdog ends the process.
     now[0] += 30
     deadline = time.monotonic() + 5
     while not exits and time.monotonic() < deadline:
         time.sleep(0.05)
     assert exits[:1] == [EXIT_DEADLINE]
+
+
+def _timed(fn) -> float:
+    started = time.monotonic()
+    assert fn() == 0
+    return time.monotonic() - started
