@@ -52,6 +52,7 @@ RUN_COLUMNS = [
 SWEEP_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Done", "type": "string", "jsonPath": ".status.progress", "description": "succeeded/total"},
+    {"name": "Queued", "type": "integer", "jsonPath": ".status.counts.queued", "description": "waiting for a slot"},
     {"name": "Running", "type": "integer", "jsonPath": ".status.counts.running"},
     {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

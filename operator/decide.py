@@ -155,7 +155,7 @@ def decide_run(obs: RunObserved) -> RunAction:
     reason, message = str(phase), st.message
     resumable = attempt > 1 or obs.checkpoint is not None
     if not obs.admitted and attempt == 0:
-        phase, reason, message = RunPhase.PENDING, "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
+        phase, reason, message = RunPhase.QUEUED, "WaitingForSlot", "waiting for a slot under the sweep's maxParallelRuns"
     elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
         if obs.queued and not job.terminal and job.outcome != "none":
             # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a
@@ -299,6 +299,12 @@ def parent_run_status(phase: SweepPhase) -> TrackingState:
     )
 
 
+def name_list(items: list[str], shown: int = 5) -> str:
+    """`a, b, c` or `a, b, c, ... (+997 more)`: short enough for an event message."""
+    head = ", ".join(items[:shown])
+    return head if len(items) <= shown else f"{head}, ... (+{len(items) - shown} more)"
+
+
 def decide_sweep(
     sweep: dict[str, Any],
     spec: ScalingSweepSpec,
@@ -313,7 +319,8 @@ def decide_sweep(
     desired = [expand.child_manifest(sweep, sweep["spec"], p) for p in ordered]
     by_name = {c["metadata"]["name"]: c for c in children}
     plan = expand.plan_children(desired, children)
-    admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs)
+    creating = frozenset(c["metadata"]["name"] for c in plan.create)
+    admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs, creating)
     resume: list[str] = []
     events: list[Event] = []
     if resume_token and resume_token != st.resume_token:
@@ -324,10 +331,13 @@ def decide_sweep(
     if roll.phase != st.phase:
         kind = "Warning" if roll.phase == SweepPhase.FAILED else "Normal"
         events.append((kind, roll.phase, f"{st.phase or 'New'} -> {roll.phase}: {roll.progress} succeeded"))
-    for child in plan.create:
-        events.append(("Normal", "PointCreated", f"TrainingRun {child['metadata']['name']} created"))
-    for name in plan.delete:
-        events.append(("Normal", "PointRemoved", f"TrainingRun {name} removed (no longer on the axes)"))
+    # One event per pass, not per point: a 1,000-point sweep posts one, not a thousand.
+    if plan.create:
+        created = [child["metadata"]["name"] for child in plan.create]
+        events.append(("Normal", "PointsCreated", f"{len(created)} TrainingRun(s) created: {name_list(created)}"))
+    if plan.delete:
+        message = f"{len(plan.delete)} TrainingRun(s) removed (no longer on the axes): {name_list(plan.delete)}"
+        events.append(("Normal", "PointsRemoved", message))
     st.phase, st.counts, st.progress, st.points = roll.phase, roll.counts, roll.progress, roll.points
     st.conditions = status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso)
     st.observed_generation, st.message = generation, f"{roll.progress} succeeded"

@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
 from sphinxx.jobs.schema.admission import AdmittedRun, admit_run
 from sphinxx.jobs.schema.fields import SchemaError
 from sphinxx.jobs.schema.resources import TrainingRunSpec
-from sphinxx.jobs.schema.run import RunConfig, to_dict
+from sphinxx.jobs.schema.run import RunConfig, to_yaml
 from sphinxx.jobs.schema.status import (
     TERMINAL_RUN_PHASES,
     RunPhase,
@@ -321,8 +319,7 @@ class Launch:
 def _create_attempt(kube: Kube, obj: dict[str, Any], launch: Launch, st: RunStatus) -> list[decide.Event]:
     """Store the attempt's config next to the checkpoints, create its RayJob, record both in status."""
     meta, cfg = obj["metadata"], launch.config
-    # Plain YAML of the resolved dataclasses (what the job's `load_config` reads back).
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = to_yaml(cfg)
     config_uri = checkpoints.write_config(cfg.storage.uri, cfg.run_id, text, cfg.storage.endpoint_url)
     attempt = Attempt(
         namespace=meta["namespace"],

@@ -125,6 +125,7 @@ def _command(
             layout, step = locate(args.uri)
             prefix, run_id = layout.root.rsplit("/", 1)
             store = CheckpointStore(prefix, run_id, options=options)
+            _check_run(store)
             return func(args, store, step)
         except StorageError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -180,8 +181,7 @@ def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
             print(json.dumps(row, sort_keys=True))
         return 0
     if not rows:
-        _check_bucket(store)
-        print(f"no checkpoints under {store.layout.checkpoints}")
+        print(f"no checkpoints under {store.layout.checkpoints} (the run has not committed one yet)")
         return 0
     print(f"{'STEP':>10}  {'STATE':<11} {'FILES':>6} {'SIZE':>10}  {'TIME (UTC)':<20} METRICS")
     for row in rows:
@@ -211,10 +211,9 @@ def _folder_row(folder: StepFolder) -> dict[str, Any]:
 def _latest(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
     info = store.latest()
     if info is None:
-        _check_bucket(store)
         if args.json:
             print("null")
-        print(f"no committed checkpoint under {store.layout.checkpoints}", file=sys.stderr)
+        print(f"error: {store.layout.checkpoints}: no committed checkpoint (nothing to resume from)", file=sys.stderr)
         return 1
     m = info.manifest
     if args.json:
@@ -294,12 +293,20 @@ def _rollback(args: argparse.Namespace, store: CheckpointStore, _step: int | Non
     return 0
 
 
-def _check_bucket(store: CheckpointStore) -> None:
+def _check_run(store: CheckpointStore) -> None:
+    """Every command first: the bucket exists, and something of the run is stored under its root.
+
+    A wrong URI (a typo in the bucket, the prefix or the run id) is then one clear line and exit 1,
+    not an empty listing that looks like a run without checkpoints.
+    """
     from sphinxx.storage import StorageAccessError
 
-    if not store.fs().bucket_exists(store.root):
+    fs = store.fs()
+    if not fs.bucket_exists(store.root):
+        raise StorageAccessError(f"{store.root}: the bucket does not exist (check the URI and --endpoint-url)", store.root)
+    if not fs.list_dir(store.root):
         raise StorageAccessError(
-            f"{store.root}: the bucket does not exist (check the URI and --endpoint-url)", store.root
+            f"{store.root}: nothing is stored there: no run at this path (the URI is <prefix>/<run-id>)", store.root
         )
 
 

@@ -279,9 +279,12 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 def to_yaml(cfg: RunConfig) -> str:
+    """Plain YAML of the resolved config (what `load_config(file=...)` reads back), via libyaml when
+    present: the operator writes one per attempt, and the pure-Python emitter costs milliseconds."""
     import yaml
 
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return str(yaml.dump(to_dict(cfg), Dumper=dumper, sort_keys=False))
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 
 class RunPhase(enum.StrEnum):
+    QUEUED = "Queued"  # a sweep's point waiting for a slot under maxParallelRuns: nothing exists for it yet
     PENDING = "Pending"
     RUNNING = "Running"
     RESUMING = "Resuming"

@@ -120,13 +120,26 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise TrackingUnavailable(f"{type(err).__name__}: {err}") from err
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a local SQLite store keeps artifacts: `mlartifacts/` beside its database.
+
+    MLflow's own default for a database store is `./mlruns` in the *current* directory, which
+    scatters a sweep's plots and configs wherever a command happened to run. A tracking server
+    decides for itself (None).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / "mlartifacts").as_uri()
+
+
 def experiment_id(uri: str, name: str) -> str:
     mlflow = client(uri)
     experiment = _call(mlflow.get_experiment_by_name, name)
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        return str(_call(mlflow.create_experiment, name))
+        return str(_call(mlflow.create_experiment, name, artifact_location=artifact_location(uri)))
     except TrackingUnavailable:
         experiment = _call(mlflow.get_experiment_by_name, name)  # created concurrently by another writer
         if experiment is None:

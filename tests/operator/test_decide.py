@@ -49,8 +49,9 @@ def test_new_run_creates_attempt_one() -> None:
 
 def test_unadmitted_point_waits() -> None:
     act = decide.decide_run(_obs(admitted=False))
-    assert act.create_attempt is None and wire(act)["phase"] == "Pending"
-    assert status.condition(act.status.conditions, "Ready").reason == "Pending"
+    assert act.create_attempt is None and wire(act)["phase"] == "Queued"  # not Pending: nothing exists yet
+    assert status.condition(act.status.conditions, "Ready").reason == "Queued"
+    assert wire(act)["message"].startswith("waiting for a slot")
 
 
 def test_running_mirrors_and_patches_elastic_bounds() -> None:
@@ -257,3 +258,18 @@ def test_a_refused_rollback_changes_nothing_but_the_token() -> None:
     done = decide.RollbackOutcome("20@u", 20, "u", (30,))
     act = decide.decide_run(_obs(_job("Suspended", suspend=True), suspended, suspend=True, rollback=done))
     assert act.create_attempt is None and wire(act)["phase"] == "Suspended" and wire(act)["lastRollback"]["toStep"] == 20
+
+
+def test_a_pass_posts_one_event_for_all_the_points_it_creates() -> None:
+    from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
+    from tests.schema.corpus import DATA
+
+    fractions = [round((i + 1) / 12, 6) for i in range(12)]
+    raw = {"base": {"preset": "debug", "data": DATA}, "axes": {"models": ["debug"], "dataFractions": fractions}}
+    sweep = {"metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1}, "spec": raw}
+    act = decide.decide_sweep(sweep, validate_sweep("s", raw).spec, [], None, "t")
+    created = [e for e in act.events if e[1] == "PointsCreated"]
+    assert len(act.plan.create) == 12 and len(created) == 1
+    message = created[0][2]
+    assert message.startswith("12 TrainingRun(s) created: s-debug-d") and message.endswith("(+7 more)")
+    assert decide.name_list(["a", "b"]) == "a, b"

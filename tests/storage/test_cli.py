@@ -103,12 +103,14 @@ def test_errors_name_the_uri(s3_env, capsys, tmp_path):
     assert rc == 1 and "s3://no-such-bucket-zz" in err and "bucket does not exist" in err
     rc, _, err = run(["ckpt", "ls", "gs://bucket/run"], capsys)
     assert rc == 2 and "gs://bucket/run" in err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("run_id: r\n")  # a run that has committed nothing yet
     rc, _, err = run(["ckpt", "gc", "file://" + str(tmp_path / "r"), "--keep-last", "1"], capsys)
     assert rc == 2 and "keep_last must be >= 2" in err
     rc, _, err = run(["ckpt", "verify", "file://" + str(tmp_path / "r")], capsys)
     assert rc == 1 and "no committed checkpoint under file://" in err
     rc, out, err = run(["ckpt", "latest", "file://" + str(tmp_path / "r"), "--json"], capsys)
-    assert rc == 1 and out.strip() == "null"
+    assert rc == 1 and out.strip() == "null" and err.startswith("error: file://")
 
 
 def test_rollback_marks_newer_steps_and_ls_shows_them(run_uri, capsys):
