@@ -74,6 +74,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own events describe transitions; kopf's only errors
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
+    # With --peering: how long a replica's record counts after its last keep-alive. A replica that
+    # dies without saying goodbye (SIGKILL, node loss) is replaced by a paused peer this much later.
+    settings.peering.lifetime = int(SETTINGS.peering_lifetime)
     # Timers run in threads and cannot be cancelled; poll their exit often, so a deletion's
     # finalizer is released within a second instead of kopf's default minute.
     settings.background.cancellation_polling = 0.5

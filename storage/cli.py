@@ -4,6 +4,7 @@
     sphinxx ckpt latest  s3://bucket/sweeps/sweep-a/run-1 --json     # what a resume would load
     sphinxx ckpt verify  s3://bucket/sweeps/sweep-a/run-1 --step 2000
     sphinxx ckpt gc      s3://bucket/sweeps/sweep-a/run-1 --dry-run --keep-last 3 --metric val_loss
+    sphinxx ckpt rollback s3://bucket/sweeps/sweep-a/run-1 --to-step 1500  # newer steps stop counting
 
 URI is the run root `<prefix>/<run-id>` (a pasted `.../checkpoints/step-N` works
 too). The endpoint comes from --endpoint-url or AWS_ENDPOINT_URL(_S3);
@@ -35,7 +36,7 @@ CLIENT_MODULES = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fss
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "ckpt",
-        help="checkpoints on S3 / file / memory: ls, latest, verify, gc",
+        help="checkpoints on S3 / file / memory: ls, latest, verify, gc, rollback",
         description=__doc__.split("\n\n")[0] + " URI is <prefix>/<run-id>, e.g. s3://bucket/sweeps/run-1.",
     )
     parser.set_defaults(group_parser=parser)
@@ -91,6 +92,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="delete partial folders only when untouched for S seconds (default 3600)")  # fmt: skip
     gc.add_argument("--json", action="store_true", help="print the plan as JSON")
     gc.set_defaults(func=_gc)
+
+    rollback = sub.add_parser(
+        "rollback", parents=[common],
+        help="mark every checkpoint newer than --to-step as rolled back (kept, no longer resumed from)",
+    )  # fmt: skip
+    rollback.add_argument(
+        "--to-step", type=int, required=True, metavar="N", help="the committed step to resume from"
+    )
+    rollback.add_argument("--reason", default="", help="why (recorded in the rollback log)")
+    rollback.add_argument("--json", action="store_true", help="print the rollback record as JSON")
+    rollback.set_defaults(func=_rollback)
     return parser
 
 
@@ -171,13 +183,13 @@ def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
     if not rows:
         print(f"no checkpoints under {store.layout.checkpoints} (the run has not committed one yet)")
         return 0
-    print(f"{'STEP':>10}  {'STATE':<10} {'FILES':>6} {'SIZE':>10}  {'TIME (UTC)':<20} METRICS")
+    print(f"{'STEP':>10}  {'STATE':<11} {'FILES':>6} {'SIZE':>10}  {'TIME (UTC)':<20} METRICS")
     for row in rows:
         metrics = " ".join(f"{k}={v:g}" for k, v in sorted(row["metrics"].items()))
         state = row["state"] + ("*" if row["step"] == pointer else "")
         when = _iso(row["time"]) if row["time"] else "-"
         print(
-            f"{row['step']:>10}  {state:<10} {row['files']:>6} {_size(row['bytes']):>10}  {when:<20} {metrics}"
+            f"{row['step']:>10}  {state:<11} {row['files']:>6} {_size(row['bytes']):>10}  {when:<20} {metrics}"
         )
     print(f"* latest.json -> step {pointer}" if pointer is not None else "latest.json: none")
     return 0
@@ -186,7 +198,8 @@ def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
 def _folder_row(folder: StepFolder) -> dict[str, Any]:
     m = folder.manifest
     if m is not None:
-        return {"step": folder.step, "state": "committed", "uri": folder.uri, "files": len(m.files),
+        state = "rolled-back" if folder.rolled_back else "committed"
+        return {"step": folder.step, "state": state, "uri": folder.uri, "files": len(m.files),
                 "bytes": m.total_bytes, "time": m.created_at, "metrics": dict(m.metrics),
                 "attempt": m.attempt, "final": m.metadata.final}  # fmt: skip
     state = "corrupt" if folder.error else "partial"
@@ -264,6 +277,19 @@ def _gc(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
         print(f"{verb:<13} step {step} (partial, untouched for >= {args.grace:g}s)")
     if not plan.delete and not partial:
         print(f"nothing to delete under {store.layout.checkpoints}")
+    return 0
+
+
+@_command
+def _rollback(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
+    record = store.rollback(args.to_step, args.reason)
+    steps = list(record.step_numbers)
+    if args.json:
+        print(json.dumps({"id": record.id, "to_step": record.to_step, "rolled_back": steps,
+                          "reason": record.reason, "created_at": record.created_at}, sort_keys=True))  # fmt: skip
+    else:
+        print(f"rolled back to step {record.to_step}: step(s) {', '.join(map(str, steps))} no longer count "
+              f"(kept; see `sphinxx ckpt ls`)")  # fmt: skip
     return 0
 
 

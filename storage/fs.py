@@ -316,6 +316,11 @@ class ObjectFS:
         keys = (self.fs.split_path(self.path(uri))[:2] for uri in uris)
         return self._bulk.cancel({f"s3://{bucket}/{key}" for bucket, key in keys})
 
+    def copy_file(self, src: str, dst: str) -> None:
+        """Copy one object within the store (server-side on S3: no bytes pass through this process)."""
+        with _guard("copy", src, passthrough=(FileNotFoundError,)):
+            self.fs.copy(self.path(src), self.path(dst))
+
     def delete_file(self, uri: str) -> None:
         with _guard("delete", uri):
             try:
