@@ -34,6 +34,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -79,6 +80,7 @@ class StopSignal:
         self.why: str | None = None
         self.deadline: float | None = None
         self._lock = threading.Lock()
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
 
     @classmethod
     def from_env(cls, grace_s: float) -> StopSignal:
@@ -99,11 +101,39 @@ class StopSignal:
                 log.warning("could not write the active marker next to %s: %s", self.stop_file, err)
 
     def install(self) -> bool:
-        """Handle SIGTERM in this process; False where Python cannot (not the main thread)."""
+        """Handle SIGTERM in this process; False where Python cannot (not the main thread).
+
+        Python runs a signal handler only when the main thread is back in Python code; a rank
+        blocked in a collective (waiting for a peer stuck on S3) would not start its grace period
+        at all. CPython's C-level handler also writes the signal number to the wakeup fd at once,
+        so a thread reading it starts the grace period (and the watchdog) on time. An existing
+        wakeup fd (an asyncio loop in the main thread) is left alone: the handler alone then.
+        """
         if threading.current_thread() is not threading.main_thread():
             return False
         signal.signal(signal.SIGTERM, lambda signum, frame: self.request("SIGTERM"))
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        if previous != -1:
+            signal.set_wakeup_fd(previous)  # someone else's: put it back
+            reader.close()
+            writer.close()
+            return True
+        self._wakeup = (reader, writer)  # kept open for the process's life
+        threading.Thread(target=self._on_wakeup, args=(reader,), name="sphinxx-sigterm", daemon=True).start()
         return True
+
+    def _on_wakeup(self, reader: socket.socket) -> None:
+        while True:
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                self.request("SIGTERM")
 
     def request(self, why: str) -> None:
         """Start stopping: the grace period runs from now (the first request counts)."""
