@@ -29,7 +29,7 @@ COPY operator/ /src/operator/
 # Tracking server for the chart's mlflow.server: PostgreSQL backend (psycopg2), S3 artifacts (boto3).
 FROM python:${PYTHON_VERSION}-slim-bookworm AS mlflow
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
-RUN pip install "mlflow==3.17.2" "psycopg2-binary>=2.9" "boto3>=1.43.115,<1.43.118" "botocore>=1.43.115,<1.43.118" \
+RUN pip install "mlflow==3.17.2" "psycopg2-binary==2.9.13" "boto3>=1.43.115,<1.43.118" "botocore>=1.43.115,<1.43.118" \
  && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp mlflow
 USER 10001
 EXPOSE 5000

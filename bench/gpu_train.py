@@ -61,6 +61,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -77,6 +78,28 @@ MAX_INTERVAL = 100_000_000  # schema maximum: no progress line and no checkpoint
 
 class BenchDone(Exception):
     """Raised by the timer after the last measured step: the loop stops before its final save."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (bench/gpu_checks.sh's time limit): stop measuring, print the summary so far. A
+    BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the measurement at once, with a summary of the steps measured so far.
+
+    The job's loop would instead finish its step and save a checkpoint (`jobs.preemption`):
+    right for a preempted worker, but here tens of GB of weights and Adam state written in the
+    10 s before `timeout --kill-after` kills the process, and no summary. So the loop's handler
+    is not installed in this process (as in a Ray worker thread, where Python cannot install one).
+    """
+    from sphinxx.jobs.preemption import StopSignal
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    StopSignal.install = lambda self: False  # type: ignore[method-assign]
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def bootstrap_sphinxx() -> None:
@@ -385,12 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"synth_records": size, "synth_seconds": round(time.monotonic() - started, 1)}
     init_process_group(device)
     bench = Bench(args, cfg, emit, extra)
+    stop_on_sigterm()
     failed = None
     try:
         train(cfg, Worker(rank=0, world_size=1, local_rank=0, device=device), PhaseTimer(device, bench.step, bench.config))
         emit("note", message="the run ended before the measured steps were done")
     except BenchDone:
         pass
+    except Terminated:
+        emit("note", message=f"SIGTERM (time limit): {sum(not r['warmup'] for r in bench.rows)} steps measured")
     except Exception as err:  # noqa: BLE001 - reported as a line; the summary says what was measured
         failed = f"{type(err).__name__}: {str(err)[:1000]}"
         emit("error", message=failed)

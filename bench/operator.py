@@ -8,22 +8,28 @@ Starts kmock and `sphinxx operator run` (as processes, as in the tests), applies
 
 - seconds until every TrainingRun exists, until every RayJob is rendered and created, and until
   the sweep's roll-up counts every point;
+- API requests per point until then, by verb, read from the API server's `/metrics`
+  (`apiserver_request_total`), less the bench's own polling;
+- requests per second at steady state: a quiet window after the roll-up, nothing changing, the
+  bench not polling (the operator's timers keep running at their default intervals);
 - the operator process's peak resident memory (VmHWM);
 - one roll-up pass in-process (list the points + the pure roll-up), median of a few repeats.
 
-Checkpoints go to `memory://` and no MLflow is configured, so the numbers are the operator's own
-(API traffic, validation, rendering), not storage or tracking latency. Timer intervals are long
-(60 s) so the timings show the event-driven path.
+Checkpoints go to a local directory and no MLflow is configured, so the numbers are the operator's own
+(API traffic, validation, rendering), not storage or tracking latency. The operator runs with its
+default intervals: the timings show the event-driven path.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +55,18 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def api_requests(url: str) -> dict[str, int]:
+    """`apiserver_request_total` summed by verb, from the API server's Prometheus text."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    totals: dict[str, int] = {}
+    for line in text.splitlines():
+        match = re.match(r'apiserver_request_total\{verb="(\w+)".*\} (\d+)$', line)
+        if match:
+            totals[match.group(1)] = totals.get(match.group(1), 0) + int(match.group(2))
+    return totals
+
+
 def wait_until(check, timeout: float, poll: float = 1.0) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -63,6 +81,7 @@ def main() -> int:
     parser.add_argument("--fractions", type=int, default=250, help="data fractions per model (x 4 models)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--repeats", type=int, default=5, help="in-process roll-up passes")
+    parser.add_argument("--quiet-window", type=float, default=30, help="seconds of steady state to count requests")
     args = parser.parse_args()
 
     from kubernetes import client
@@ -72,10 +91,9 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     kube = start_kube(workdir / "kube")
+    # The defaults (settings.py), not the tests' 1 s intervals.
     op = start_operator(
-        workdir / "operator",
-        kube,
-        env={"SPHINXX_RUN_INTERVAL": "60", "SPHINXX_SWEEP_INTERVAL": "2"},
+        workdir / "operator", kube, env={"SPHINXX_RUN_INTERVAL": "15", "SPHINXX_SWEEP_INTERVAL": "15"}
     )
     try:
         api = client.CustomObjectsApi(kube.api_client())
@@ -96,9 +114,13 @@ def main() -> int:
             },
         }
 
+        polls = {"LIST": 0, "GET": 0}  # the bench's own requests, taken off the operator's count
+
         def count(plural: str, group: str = "sphinxx.dev", version: str = "v1alpha1") -> int:
+            polls["LIST"] += 1
             return len(api.list_namespaced_custom_object(group, version, "bench", plural)["items"])
 
+        before = api_requests(kube.url)
         start = time.monotonic()
         api.create_namespaced_custom_object("sphinxx.dev", "v1alpha1", "bench", "scalingsweeps", sweep)
         runs_s = wait_until(lambda: count("trainingruns") >= total, args.timeout)
@@ -107,6 +129,7 @@ def main() -> int:
         emit("rayjobs_created", jobs_s, "s", points=total, per_point_ms=round(1000 * jobs_s / total, 2))
 
         def rolled_up() -> bool:
+            polls["GET"] += 1
             st = api.get_namespaced_custom_object(
                 "sphinxx.dev", "v1alpha1", "bench", "scalingsweeps", "bench"
             )
@@ -114,8 +137,22 @@ def main() -> int:
             return counts.get("total") == total and counts.get("pending", 0) == total
 
         emit("sweep_rollup_complete", wait_until(rolled_up, args.timeout) + jobs_s, "s", points=total)
-        emit("operator_peak_rss", peak_rss_mib(op.process.proc.pid), "MiB", points=total)
         elapsed = time.monotonic() - start
+        after = api_requests(kube.url)
+        by_verb = {
+            verb: after.get(verb, 0) - before.get(verb, 0) - polls.get(verb, 0)
+            for verb in sorted(set(after) | set(before))
+        }
+        by_verb = {verb: n for verb, n in by_verb.items() if n}
+        emit("api_requests_per_point", sum(by_verb.values()) / total, "requests", points=total,
+             by_verb={verb: round(n / total, 3) for verb, n in by_verb.items()})  # fmt: skip
+        time.sleep(args.quiet_window)
+        quiet = api_requests(kube.url)
+        steady = {verb: quiet.get(verb, 0) - after.get(verb, 0) for verb in quiet}
+        steady = {verb: n for verb, n in steady.items() if n and verb != "WATCH"}
+        emit("steady_state_requests", sum(steady.values()) / args.quiet_window, "requests/s", points=total,
+             window_s=args.quiet_window, by_verb=steady)  # fmt: skip
+        emit("operator_peak_rss", peak_rss_mib(op.process.proc.pid), "MiB", points=total)
 
         obj = api.get_namespaced_custom_object("sphinxx.dev", "v1alpha1", "bench", "scalingsweeps", "bench")
         spec = admit_sweep("bench", obj["spec"]).spec

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n[demo] {'done' if code == 0 else 'FAILED'} in {minutes:.1f} min. Open the MLflow UI with the command above "
         f"(then http://127.0.0.1:5000); `sphinxx ckpt ls <checkpoints>/<point>` lists a point's checkpoints; "
-        f"`python -m sphinxx.jobs.demo --fresh` starts over."
+        f"`python -m sphinxx.jobs.demo --fresh` starts over.\n"
+        f"[demo] The commands are in .venv: `source .venv/bin/activate` (or run `.venv/bin/sphinxx ...`)."
     )
     return code
 

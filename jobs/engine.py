@@ -25,14 +25,12 @@ log = logging.getLogger("sphinxx.engine")
 def build_engine(model: torch.nn.Module, cfg: RunConfig, worker: Worker, accum: int):
     """DeepSpeed engine around `model`: torch AdamW (recipe betas/eps) on `jobs.parallelize`'s
     param groups and config; for MoE flavors its EP groups and engine shim (docs/moe.md, "DeepSpeed and ZeRO with experts")."""
-    import deepspeed
-
     from sphinxx.jobs import parallelize
 
     bf16 = cfg.train.precision == "bf16" and worker.device != "cpu" and torch.cuda.is_bf16_supported()
     if cfg.train.precision == "bf16" and not bf16:
         log.warning("bf16 requested but not supported on %s; training in fp32", worker.device)
-    deepspeed.init_distributed(dist_backend="nccl" if worker.device.startswith("cuda") else "gloo")
+    parallelize.init_distributed("nccl" if worker.device.startswith("cuda") else "gloo")
     ep_size = expert_parallel_size(model)
     ep = parallelize.parallelize(model, ep_size=ep_size, zero_stage=cfg.parallel.zero_stage)
     groups = parallelize.optimizer_param_groups(model, cfg.train.weight_decay)

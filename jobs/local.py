@@ -25,12 +25,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
+from sphinxx.jobs.live import LiveLine, checkpoint_step, clean, parse_step, shown
 from sphinxx.jobs.schema.admission import admit_run
 from sphinxx.jobs.schema.fields import SchemaError, deep_merge
 from sphinxx.jobs.schema.run import RunConfig, to_yaml
@@ -185,6 +187,7 @@ class LocalSweep:
         )
         self.overrides = overrides
         self.state_path = self.workdir / "state.json"
+        self.console = LiveLine()
         self.points = plan(self.name, self.raw, self.storage_uri, self.tracking_uri)
         admitted = admit_sweep(self.name, self.raw, local_defaults(self.storage_uri, self.tracking_uri))
         self.experiment = admitted.base.tracking.experiment
@@ -198,10 +201,11 @@ class LocalSweep:
         mlflow_runs.set_run_status(self.tracking_uri, state.parent_run_id, TrackingState.RUNNING)
         state.save(self.state_path)
         address = _start_ray()
-        for point, cfg in self.points:
+        for index, (point, cfg) in enumerate(self.points, 1):
+            label = f"[{index}/{len(self.points)}]"
             local = state.points.setdefault(point.name, LocalPoint(PointRow(point.name, point.model, point.fraction)))
             if local.row.phase == RunPhase.SUCCEEDED:
-                print(f"[{point.name}] already succeeded at step {local.row.step}; skipping (--resume)")
+                self.console.note(f"{label} {point.name} already succeeded at step {local.row.step}; skipping (--resume)")
                 continue
             ref = mlflow_runs.PointRef(
                 NAMESPACE, point.name, point_uid(state.uid, point.name), point.model, point.fraction, self.name
@@ -210,7 +214,7 @@ class LocalSweep:
                 self.tracking_uri, self.experiment, ref, state.parent_run_id
             )
             mlflow_runs.set_run_status(self.tracking_uri, local.mlflow_run_id, TrackingState.RUNNING)
-            self._run_point(point, cfg, local, address, state.parent_run_id)
+            self._run_point(point, cfg, local, address, state.parent_run_id, label)
             succeeded = local.row.phase == RunPhase.SUCCEEDED
             state_end = TrackingState.FINISHED if succeeded else TrackingState.FAILED
             mlflow_runs.set_run_status(self.tracking_uri, local.mlflow_run_id, state_end)
@@ -220,7 +224,7 @@ class LocalSweep:
         return state
 
     def _run_point(
-        self, point: Point, cfg: RunConfig, local: LocalPoint, ray_address: str, parent_run_id: str | None
+        self, point: Point, cfg: RunConfig, local: LocalPoint, ray_address: str, parent_run_id: str | None, label: str
     ) -> None:
         config_path = self.workdir / "configs" / f"{point.name}.yaml"
         config_path.parent.mkdir(exist_ok=True)
@@ -235,34 +239,53 @@ class LocalSweep:
             "PYTHONUNBUFFERED": "1",
         }
         argv = [sys.executable, "-m", "sphinxx.jobs.train", "--config", str(config_path), *self.overrides]
-        print(
-            f"[{point.name}] {point.model} x data {point.fraction}: starting (attempt {local.attempts + 1})",
-            flush=True,
+        log_path = self.workdir / "logs" / f"{point.name}.log"
+        log_path.parent.mkdir(exist_ok=True)
+        self.console.note(
+            f"{label} {point.name}: {point.model} x data {point.fraction}, attempt {local.attempts + 1}, log {log_path}"
         )
         local.row.phase, local.attempts, started = RunPhase.RUNNING, local.attempts + 1, time.monotonic()
         local.row.attempt = local.attempts
-        log_path = self.workdir / "logs" / f"{point.name}.log"
-        log_path.parent.mkdir(exist_ok=True)
         lines: list[str] = []
         with (
             open(log_path, "a") as log,
             subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
         ):
             assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                lines.append(line)
-                if _is_progress(line):
-                    print(f"[{point.name}] {line.strip()}", flush=True)
+            self._follow(proc.stdout, log, lines, point.name, label)
             code = proc.wait()
+        self.console.end()
         local.seconds += time.monotonic() - started
         summary = parse_summary(lines[-200:]) or {}
         self._read_checkpoint(cfg, local.row)
         done = code == 0 and summary.get("status", "succeeded") == "succeeded"
         local.row.phase = RunPhase.SUCCEEDED if done else RunPhase.FAILED
         local.error = None if done else (summary.get("error") or f"exit code {code}; log: {log_path}")
-        loss = f"{local.row.loss:.4f}" if local.row.loss is not None else "-"
-        print(f"[{point.name}] {local.row.phase.lower()} in {local.seconds:.0f}s: step {local.row.step}, loss {loss}")
+        loss = f"{local.row.loss:.3f}" if local.row.loss is not None else "-"
+        result = f"{label} {point.name} {local.row.phase.lower()} in {local.seconds:.0f}s: step {local.row.step}, loss {loss}"
+        self.console.note(result + (f" ({local.error})" if local.error else ""))
+
+    def _follow(self, stdout: Iterable[str], log: TextIO, lines: list[str], point: str, label: str) -> None:
+        """Log every line once (Ray prints each worker line twice), and keep the live line current."""
+        progress, checkpoint, previous = None, None, None
+        for raw in stdout:
+            text = clean(raw)
+            if text == previous:
+                continue
+            previous = text
+            log.write(raw)
+            lines.append(raw)
+            if (step := parse_step(text)) is not None:
+                progress = step
+            elif (committed := checkpoint_step(text)) is not None:
+                checkpoint = committed
+            elif shown(text):
+                self.console.note(f"{label} {point}: {text}")
+                continue
+            else:
+                continue
+            if progress is not None:
+                self.console.update(LiveLine.render(label, point, progress, checkpoint))
 
     def _read_checkpoint(self, cfg: RunConfig, row: PointRow) -> None:
         """The point's newest committed checkpoint: its step and the fit's inputs (as the operator reads them)."""
@@ -293,14 +316,13 @@ class LocalSweep:
         mlflow_runs.set_run_status(self.tracking_uri, state.parent_run_id, end)
 
 
-def _is_progress(line: str) -> bool:
-    """Lines worth showing live (everything goes to the point's log file)."""
-    text = line.strip()
-    # Ray Train's placement-group cleaner, run in a worker without RAY_ADDRESS, complains when
-    # several Ray instances run on one machine; harmless for the job, noise for the user.
-    if "PlacementGroupCleaner" in text:
-        return False
-    return text.startswith(("step ", "[sphinxx]", "{")) or "error" in text.lower() or "Traceback" in text
+def _quiet_third_parties() -> None:
+    """Keep the runner's own console to the sweep: MLflow's store migrations and Ray's note that a
+    local cluster enabled token authentication are expected, and say nothing a user must act on."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def _start_ray() -> str:
@@ -356,6 +378,7 @@ def run_local(
         print(f"error: invalid sweep {file}: {err}", file=sys.stderr)
         return 2
     print(f"sweep {sweep.name}: {len(sweep.points)} points -> {sweep.workdir}", flush=True)
+    _quiet_third_parties()
     try:
         state = sweep.run(resume)
     except mlflow_runs.TrackingUnavailable as err:

@@ -14,6 +14,10 @@ global batches:
 so the gradient is d/dθ [ sum of CE over the global batch / N + mean aux ] whatever the world
 size W and accumulation are (docs/model.md, "Loss normalisation over the global batch"): an elastic resize changes nothing but speed.
 
+A worker asked to stop (SIGTERM, the pod's preStop hook: `preemption.StopSignal`) finishes its
+step; all ranks agree at the end of every step (one all-reduce of a flag), save that step, and
+raise `preemption.Preempted`, so the retry or the resized group resumes there, losing no step.
+
 Every `train.checkpoint_interval` steps and at the end all ranks save through
 `checkpoint.Checkpointer` (commit protocol of `sphinxx.storage`), committing the loss and the
 scaling-law inputs (`metrics.checkpoint_metrics`); rank 0 then reports a pointer checkpoint to
@@ -49,6 +53,7 @@ from sphinxx.jobs.metrics import (
     grad_norm_before_step,
     model_sizes,
 )
+from sphinxx.jobs.preemption import Preempted, StopSignal
 from sphinxx.jobs.progress import ProgressPrinter, Throughput
 from sphinxx.jobs.schedule import Schedule
 from sphinxx.jobs.schema.run import RunConfig, flatten, to_yaml
@@ -93,6 +98,7 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
     meter.mark(state.step, 0, 0)
     printer = ProgressPrinter(total, cfg.train.log_interval, mfu_estimate=flops.peak.estimate)
     trace = SampleTrace.from_env(worker)
+    stop = StopSignal.from_env(cfg.train.termination_grace_seconds)
     metrics: dict[str, Any] = {"step": state.step}
     for group in _timed(data.iter_steps(), timer):
         step = group[0].step
@@ -125,11 +131,21 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, state.step)
         if worker.rank == 0:
             printer.maybe_print(state.step, metrics, sec_step)
-        if state.step % cfg.train.checkpoint_interval == 0 or state.step == total:
+        stopping = stop.agreed(_max_across_ranks)
+        if state.step % cfg.train.checkpoint_interval == 0 or state.step == total or stopping:
             state.sampler = data.state_dict()["sampler"]
             committed = checkpoint_metrics(stats.loss, state.tokens_seen, sizes)
-            info = ckpt.save(state, data.state_dict()["stats"], committed, final=state.step == total)
+            try:
+                info = ckpt.save(state, data.state_dict()["stats"], committed, final=state.step == total)
+            finally:
+                if stopping:
+                    stop.done()
             _after_checkpoint(info, metrics, worker, tracker, state.step)
+        if stopping and state.step < total:
+            if worker.rank == 0:
+                print(f"[sphinxx] stopped on request ({stop.why}) at step {state.step}/{total}", flush=True)
+            tracker.close(timeout=min(30.0, stop.remaining()))
+            raise Preempted(state.step, stop.why or "stop requested")
         timer.step_done(state.step, stats, metrics)
     if state.step > 0:
         tracker.log_metrics(data.stats.metrics(), state.step)
@@ -244,6 +260,11 @@ def _train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) -
     )
 
 
+def _max_across_ranks(value: float) -> float:
+    """The largest `value` of all ranks (one all-reduce of one number)."""
+    return float(all_reduce_host(torch.tensor([value]), op="max")[0].item())  # NCCL: on the GPU
+
+
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_host(t)  # on the GPU under NCCL, which reduces no host tensor
 
@@ -283,14 +304,31 @@ def _open_tracker(
     return tracker
 
 
+def pointer_name(step: int, attempt: int, commit_id: str) -> str:
+    """The name of the pointer checkpoint Ray Train keeps for one commit: unique per commit.
+
+    Ray deletes the folders of its older pointers (`CheckpointConfig(num_to_keep)`), by name. A
+    retry that resumes before Ray's newest pointer (a rollback, a damaged newest checkpoint)
+    commits those steps again; named by step alone, Ray would hold two entries for one folder,
+    delete it once and fail on the second delete (FileNotFoundError in its checkpoint manager).
+    The attempt and the commit id make every name new. Pure.
+    """
+    return f"pointer-{step:09d}-a{attempt}-{commit_id[:8]}"
+
+
 def _after_checkpoint(info, metrics: dict[str, Any], worker: Worker, tracker, step: int) -> None:
     """Tell MLflow and Ray about a commit (rank 0 has `info`; every rank must call report)."""
     pointer_dir = None
     if info is not None:
         tracker.set_tags({"checkpoint_uri": info.uri, "checkpoint_step": step})
         tracker.log_metrics({"checkpoint_step": step}, step)
-        pointer_dir = tempfile.mkdtemp(prefix="sphinxx-pointer-")
+        # The folder's name is the name Ray keeps it under (ray_worker reports it as is).
+        pointer_dir = os.path.join(
+            tempfile.mkdtemp(prefix="sphinxx-pointer-"),
+            pointer_name(step, worker.attempt, info.manifest.commit_id),
+        )
+        os.makedirs(pointer_dir)
         with open(os.path.join(pointer_dir, "pointer.json"), "w") as fh:
-            json.dump({"step": step, "uri": info.uri}, fh)
+            json.dump({"step": step, "uri": info.uri, "commit_id": info.manifest.commit_id}, fh)
         metrics = {**metrics, "checkpoint_uri": info.uri}
     worker.report(dict(metrics), pointer_dir)

@@ -139,17 +139,18 @@ def reduction_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_host(t: torch.Tensor) -> torch.Tensor:
-    """Sum a small host tensor over the world, on the backend's device; returns a host tensor
-    (`t` itself when no process group is up)."""
+def all_reduce_host(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce a small host tensor over the world (`op` "sum" or "max"), on the backend's device;
+    returns a host tensor (`t` itself when no process group is up)."""
     if not (dist.is_available() and dist.is_initialized()):
         return t
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
     device = reduction_device()
     if device.type == "cpu":
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=reduce_op)
         return t
     on_device = t.to(device)
-    dist.all_reduce(on_device)
+    dist.all_reduce(on_device, op=reduce_op)
     return on_device.cpu()
 
 

@@ -97,6 +97,25 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[s
     return [g for g in groups if g["params"]]
 
 
+def init_distributed(backend: str) -> None:
+    """``deepspeed.init_distributed(backend)`` without compiling anything at run time.
+
+    On the CPU accelerator (laptops, CI) DeepSpeed's first backend JIT-compiles its shared-memory
+    all-reduce op into ``~/.cache/torch_extensions`` under a file lock. The op serves only
+    ``inference_all_reduce``; training reduces through gloo. A compile that is killed (Ctrl-C during
+    the first demo, a preempted pod) leaves the lock behind, and every later run on that machine
+    then waits on it forever without a word. Marking the op incompatible makes DeepSpeed take its
+    own no-op path (``build_shm_op`` returns None); CUDA accelerators never build it.
+    """
+    import deepspeed
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=backend)
+
+
 def deepspeed_expert_parallel(ep_size: int) -> ExpertParallel:
     """This rank's EP group, created (once) through DeepSpeed's group registry.
 

@@ -3,13 +3,15 @@
 The only module of the training loop that imports Ray. It turns Ray's worker context (ranks,
 device) and the driver's `JobContext` (the run config, parsed once by the driver, and the
 attempt's identity) into a `Worker`, calls `loop.train`, and reports each committed checkpoint
-to Ray Train as a *pointer*: a tiny directory holding {step, uri} (docs/storage.md, "Pointer checkpoints for Ray Train"). The
+to Ray Train as a *pointer*: a tiny directory holding {step, uri, commit_id}, named uniquely per
+commit (`loop.pointer_name`; docs/storage.md, "Pointer checkpoints for Ray Train"). The
 checkpoint itself lives in our store; Ray keeps only the pointer, so its own storage stays small.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from typing import Any
 
@@ -56,6 +58,8 @@ def _ray_report(metrics: dict[str, Any], pointer_dir: str | None) -> None:
         return
     try:
         checkpoint = ray.train.Checkpoint.from_directory(pointer_dir)
-        ray.train.report(clean, checkpoint=checkpoint, checkpoint_dir_name=f"pointer-{metrics['step']:09d}")
+        # The folder is named by loop.pointer_name: unique per commit, so Ray never holds two
+        # entries for one folder (and never deletes a folder twice) across retries and rollbacks.
+        ray.train.report(clean, checkpoint=checkpoint, checkpoint_dir_name=os.path.basename(pointer_dir))
     finally:
-        shutil.rmtree(pointer_dir, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(pointer_dir), ignore_errors=True)

@@ -22,7 +22,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from sphinxx.jobs.sweep.mlflow_runs import artifact_location
 
 log = logging.getLogger("sphinxx.tracking")
 
@@ -40,19 +43,20 @@ def _fast_fail() -> None:
 
 
 def tracking_uri(configured: str | None) -> str:
-    """Config first, then MLFLOW_TRACKING_URI, then MLflow's default store pinned down now.
+    """Config first, then MLFLOW_TRACKING_URI, then a local store of the user's, never the cwd.
 
-    MLflow's default is a local store in the *current* directory, and Ray workers do not run in
-    the driver's directory: left unresolved, the driver would create the run in one store and
-    rank 0 look for it in another ("Run ... not found"). So the default is resolved once, where
-    the job was started, into an absolute URI that travels with the config.
+    MLflow's own default is a store in the *current* directory: a `python -m sphinxx.jobs.train`
+    run from a repository would leave `mlflow.db` and `mlruns/` there, and Ray workers, which do not
+    run in the driver's directory, would look for the run in another store ("Run ... not found").
+    So the default is one absolute place, `$SPHINXX_HOME/mlflow.db` (`~/.sphinxx` unless set),
+    resolved where the job starts and carried in the config to every worker.
     """
     found = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if found:
         return found
-    import mlflow
-
-    return mlflow.get_tracking_uri()  # absolute: sqlite:////<cwd>/mlflow.db in MLflow 3
+    home = Path(os.environ.get("SPHINXX_HOME") or Path.home() / ".sphinxx").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 def is_client_error(err: Exception) -> bool:
@@ -107,7 +111,8 @@ def create_run(
     _fast_fail()
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    location = artifact_location(uri) if uri else None
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=location)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id

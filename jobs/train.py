@@ -69,8 +69,7 @@ def read_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _read_yaml(uri: str) -> dict[str, Any]:
-    import yaml
-
+    from sphinxx.jobs.schema.run import parse_yaml
     from sphinxx.storage import open_fs
     from sphinxx.storage import uri as uri_mod
 
@@ -79,10 +78,7 @@ def _read_yaml(uri: str) -> dict[str, Any]:
         text = open_fs(location).read_bytes(location).decode()
     except FileNotFoundError:
         raise ConfigError("", f"config file {uri} does not exist") from None
-    loaded = yaml.safe_load(text) or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError("", f"{uri} must be a mapping of config sections")
-    return loaded
+    return parse_yaml(text, uri)  # a YAML error names the file, line and column
 
 
 def build_trainer(job: JobContext):

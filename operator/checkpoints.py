@@ -4,12 +4,14 @@ The operator never lists step folders itself: `CheckpointStore.latest()` returns
 commit marker (`manifest.json`) exists and whose files check out, so a resume never starts from a
 partial checkpoint (docs/storage.md, "Reading: the latest good checkpoint"). Stores are cached per run because building an S3
 client costs ~0.5 s of CPU; the store itself refreshes its filesystem (and credentials) every
-few minutes.
+few minutes. Rollbacks go through here too: the operator, not the user's machine, holds the
+storage credentials.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from .decide import Checkpoint
@@ -39,6 +41,28 @@ def latest(prefix: str, run_id: str, endpoint_url: str | None = None) -> Checkpo
     if loss is not None:
         metrics["loss"] = loss
     return Checkpoint(step=int(info.step), uri=str(info.uri), metrics=metrics)
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """What a rollback did: the step the run resumes from and the commits that no longer count."""
+
+    to_step: int
+    uri: str  # the checkpoint the next attempt resumes from
+    steps: tuple[int, ...]
+
+
+def rollback(
+    prefix: str, run_id: str, to_step: int, reason: str, endpoint_url: str | None = None
+) -> RolledBack:
+    """Mark every checkpoint newer than `to_step` as rolled back (kept on S3; docs/storage.md, "Rollback").
+
+    Raises the store's errors (CheckpointNotFoundError, ValueError, CheckpointCorruptError) with
+    a message naming the step.
+    """
+    store = _store(prefix, run_id, endpoint_url)
+    record = store.rollback(to_step, reason)
+    return RolledBack(record.to_step, str(store.layout.step_dir(record.to_step)), tuple(record.step_numbers))
 
 
 def write_config(prefix: str, run_id: str, text: str, endpoint_url: str | None = None) -> str:

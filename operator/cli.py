@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "so every replica has its own",
     )
     run.add_argument(
+        "--peering-lifetime",
+        type=float,
+        help="seconds a replica's peering record counts after its last keep-alive (default 60; more than 10): "
+        "how soon a paused replica takes over from one that died (SPHINXX_PEERING_LIFETIME)",
+    )
+    run.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint; '' disables"
     )
     run.add_argument("--log-format", choices=["json", "full", "plain"], default="json")
@@ -101,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "MLFLOW_TRACKING_URI": args.tracking_uri,
         "SPHINXX_RUN_INTERVAL": args.run_interval,
         "SPHINXX_SWEEP_INTERVAL": args.sweep_interval,
+        "SPHINXX_PEERING_LIFETIME": args.peering_lifetime,
     }
     for key, value in env.items():
         if value is not None:

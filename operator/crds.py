@@ -30,6 +30,8 @@ from sphinxx.jobs.schema.openapi import Dialect, schema_of
 from sphinxx.jobs.schema.resources import (
     LAYER,
     LAYER_WITH_PRESET,
+    RESOURCES_LAYER,
+    Resources,
     ScalingSweepSpec,
     TrainingRunSpec,
 )
@@ -50,6 +52,7 @@ RUN_COLUMNS = [
 SWEEP_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Done", "type": "string", "jsonPath": ".status.progress", "description": "succeeded/total"},
+    {"name": "Queued", "type": "integer", "jsonPath": ".status.counts.queued", "description": "waiting for a slot"},
     {"name": "Running", "type": "integer", "jsonPath": ".status.counts.running"},
     {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -80,9 +83,12 @@ def config_layer_schema(description: str, preset: bool = True) -> dict[str, Any]
 
 
 def spec_schema(cls: type) -> dict[str, Any]:
+    resources = schema_of(Resources, Dialect.CRD, Naming.CAMEL, required=False)
+    resources["description"] = "pod settings (fields of spec.resources)"
     embed = {
         LAYER_WITH_PRESET: config_layer_schema("run config layer", preset=True),
         LAYER: config_layer_schema("run config layer", preset=False),
+        RESOURCES_LAYER: resources,
     }
     return schema_of(cls, Dialect.CRD, Naming.CAMEL, embed=embed)
 

@@ -18,6 +18,7 @@ from sphinxx.jobs.schema.resources import FailurePolicy, ScalingSweepSpec
 from sphinxx.jobs.schema.status import (
     TERMINAL_RUN_PHASES,
     CheckpointRef,
+    RollbackStatus,
     RunPhase,
     RunStatus,
     SweepPhase,
@@ -41,6 +42,57 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class RollbackRequest:
+    """A new `sphinxx.dev/rollback` annotation ("<step>@<time>"); `error` when it is malformed."""
+
+    token: str
+    step: int | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    """What the reconcile layer did with a request: rolled back (`steps`), or why not (`error`)."""
+
+    token: str
+    to_step: int | None = None
+    uri: str | None = None
+    steps: tuple[int, ...] = ()
+    error: str = ""
+
+
+def rollback_request(annotation: str | None, acted: str | None) -> RollbackRequest | None:
+    """The rollback the annotation asks for, or None when there is none or it was acted on. Pure."""
+    if not annotation or annotation == acted:
+        return None
+    head = annotation.split("@", 1)[0].strip()
+    if not head.isdigit():
+        return RollbackRequest(
+            annotation,
+            None,
+            f"{names.ANNOTATION_ROLLBACK}={annotation!r} is not '<step>@<time>' (use kubectl sphinxx rollback)",
+        )
+    return RollbackRequest(annotation, int(head))
+
+
+def rollback_refusal(phase: RunPhase | None, job: JobView) -> str | None:
+    """Why the run may not be rolled back now, or None. Pure.
+
+    Only while no attempt can write: a live attempt would keep committing past the rollback.
+    """
+    if phase == RunPhase.SUCCEEDED:
+        return "the run succeeded; a rollback would not resume anything"
+    if job.outcome == "suspended" and job.reason == "Suspending":
+        return "the attempt is still suspending; roll back once the run is Suspended"
+    if not job.terminal and job.outcome not in ("none", "suspended"):
+        return (
+            f"the attempt is {job.outcome}: suspend the run (spec.suspend: true) or wait until it is Failed, "
+            "then roll back"
+        )
+    return None
+
+
+@dataclass(frozen=True)
 class RunObserved:
     generation: int
     policy: FailurePolicy
@@ -56,6 +108,7 @@ class RunObserved:
     cluster_bounds: tuple[int, int] | None  # worker group bounds of the RayJob's RayCluster
     now: float  # epoch seconds
     now_iso: str
+    rollback: RollbackOutcome | None = None  # a rollback request handled in this pass
 
 
 @dataclass
@@ -87,6 +140,7 @@ def decide_run(obs: RunObserved) -> RunAction:
     attempt = st.attempt
     act = RunAction(status=st)
     resume_now = _manual_resume(obs, st, old_phase, act)
+    resume_now = _rollback(obs, st, old_phase, act) or resume_now
     job = obs.job
 
     if obs.checkpoint is not None:
@@ -101,7 +155,7 @@ def decide_run(obs: RunObserved) -> RunAction:
     reason, message = str(phase), st.message
     resumable = attempt > 1 or obs.checkpoint is not None
     if not obs.admitted and attempt == 0:
-        phase, reason, message = RunPhase.PENDING, "WaitingForSlot", "waiting for the sweep's maxParallelRuns"
+        phase, reason, message = RunPhase.QUEUED, "WaitingForSlot", "waiting for a slot under the sweep's maxParallelRuns"
     elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
         if obs.queued and not job.terminal and job.outcome != "none":
             # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a
@@ -141,6 +195,9 @@ def decide_run(obs: RunObserved) -> RunAction:
     elif resume_now:
         act.create_attempt = attempt + 1
         phase, reason, message = RunPhase.RESUMING, "ResumeRequested", f"attempt {attempt + 1} created by resume"
+        if st.last_rollback is not None and obs.rollback is not None and not obs.rollback.error:
+            reason = "RolledBack"
+            message = f"attempt {attempt + 1} resumes from step {st.last_rollback.to_step} (rollback)"
     else:
         phase, reason, message = _retry(obs, st, act, attempt, job.reason, job.message)
 
@@ -168,6 +225,34 @@ def _manual_resume(obs: RunObserved, st: RunStatus, old_phase: RunPhase | None, 
         return False
     st.retries = 0
     act.events.append(("Normal", "ResumeRequested", f"resume requested ({obs.resume_token})"))
+    return True
+
+
+def _rollback(obs: RunObserved, st: RunStatus, old_phase: RunPhase | None, act: RunAction) -> bool:
+    """Record a handled rollback; a Failed run then starts a new attempt (fresh retry budget)."""
+    done = obs.rollback
+    if done is None:
+        return False
+    st.rollback_token = done.token
+    if done.error or done.to_step is None:
+        act.events.append(("Warning", "RollbackRefused", done.error or "no step to roll back to"))
+        return False
+    st.last_rollback = RollbackStatus(
+        request=done.token,
+        to_step=done.to_step, rolled_back_steps=list(done.steps), after_attempt=st.attempt, time=obs.now_iso
+    )
+    st.last_checkpoint = CheckpointRef(step=done.to_step, uri=done.uri or "")
+    listed = ", ".join(str(s) for s in done.steps)
+    act.events.append(
+        (
+            "Normal",
+            "RolledBack",
+            f"step(s) {listed} rolled back (kept); the next attempt resumes from step {done.to_step}",
+        )
+    )
+    if old_phase != RunPhase.FAILED:
+        return False  # a Suspended run resumes from there when it is unsuspended
+    st.retries = 0
     return True
 
 
@@ -214,6 +299,12 @@ def parent_run_status(phase: SweepPhase) -> TrackingState:
     )
 
 
+def name_list(items: list[str], shown: int = 5) -> str:
+    """`a, b, c` or `a, b, c, ... (+997 more)`: short enough for an event message."""
+    head = ", ".join(items[:shown])
+    return head if len(items) <= shown else f"{head}, ... (+{len(items) - shown} more)"
+
+
 def decide_sweep(
     sweep: dict[str, Any],
     spec: ScalingSweepSpec,
@@ -228,7 +319,8 @@ def decide_sweep(
     desired = [expand.child_manifest(sweep, sweep["spec"], p) for p in ordered]
     by_name = {c["metadata"]["name"]: c for c in children}
     plan = expand.plan_children(desired, children)
-    admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs)
+    creating = frozenset(c["metadata"]["name"] for c in plan.create)
+    admit = [] if spec.suspend else expand.admit(ordered, by_name, spec.max_parallel_runs, creating)
     resume: list[str] = []
     events: list[Event] = []
     if resume_token and resume_token != st.resume_token:
@@ -239,10 +331,13 @@ def decide_sweep(
     if roll.phase != st.phase:
         kind = "Warning" if roll.phase == SweepPhase.FAILED else "Normal"
         events.append((kind, roll.phase, f"{st.phase or 'New'} -> {roll.phase}: {roll.progress} succeeded"))
-    for child in plan.create:
-        events.append(("Normal", "PointCreated", f"TrainingRun {child['metadata']['name']} created"))
-    for name in plan.delete:
-        events.append(("Normal", "PointRemoved", f"TrainingRun {name} removed (no longer on the axes)"))
+    # One event per pass, not per point: a 1,000-point sweep posts one, not a thousand.
+    if plan.create:
+        created = [child["metadata"]["name"] for child in plan.create]
+        events.append(("Normal", "PointsCreated", f"{len(created)} TrainingRun(s) created: {name_list(created)}"))
+    if plan.delete:
+        message = f"{len(plan.delete)} TrainingRun(s) removed (no longer on the axes): {name_list(plan.delete)}"
+        events.append(("Normal", "PointsRemoved", message))
     st.phase, st.counts, st.progress, st.points = roll.phase, roll.counts, roll.progress, roll.points
     st.conditions = status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso)
     st.observed_generation, st.message = generation, f"{roll.progress} succeeded"

@@ -108,8 +108,14 @@ def plan_children(desired: list[dict[str, Any]], existing: list[dict[str, Any]])
     )
 
 
-def admit(ordered: list[Point], children: dict[str, dict[str, Any]], max_parallel: int) -> list[str]:
-    """Names of points to admit now: smallest first, at most `max_parallel` active (0 = no limit)."""
+def admit(
+    ordered: list[Point], children: dict[str, dict[str, Any]], max_parallel: int, creating: frozenset[str] = frozenset()
+) -> list[str]:
+    """Names of points to admit now: smallest first, at most `max_parallel` active (0 = no limit).
+
+    Points about to be created (`creating`) compete for the slots too, so a new point is created
+    already admitted when a slot is free, instead of waiting for the sweep's next pass.
+    """
 
     def admitted(obj: dict[str, Any]) -> bool:
         return names.ANNOTATION_ADMITTED in ((obj.get("metadata") or {}).get("annotations") or {})
@@ -117,7 +123,9 @@ def admit(ordered: list[Point], children: dict[str, dict[str, Any]], max_paralle
     def active(obj: dict[str, Any]) -> bool:
         return admitted(obj) and (obj.get("status") or {}).get("phase") not in TERMINAL_RUN_PHASES
 
-    waiting = [p.name for p in ordered if p.name in children and not admitted(children[p.name])]
+    waiting = [
+        p.name for p in ordered if p.name in creating or (p.name in children and not admitted(children[p.name]))
+    ]
     if max_parallel <= 0:
         return waiting
     slots = max_parallel - sum(1 for obj in children.values() if active(obj))

@@ -219,6 +219,15 @@ class Kube:
         self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
 
 
+    def events(self, namespace: str, name: str) -> builtins.list[tuple[str, str, str]]:
+        """(type, reason, message) of the Events on object `name`, oldest first (the plugin's answers)."""
+        items = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}", _request_timeout=REQUEST_TIMEOUT
+        ).items
+        ordered = sorted(items, key=lambda e: str(e.last_timestamp or e.first_timestamp or ""))
+        return [(str(e.type), str(e.reason), str(e.message)) for e in ordered]
+
+
 _default: Kube | None = None
 _default_lock = threading.Lock()
 

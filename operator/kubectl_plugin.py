@@ -1,19 +1,26 @@
-"""`kubectl sphinxx`: resume failed runs, show a sweep's points, say where the logs are.
+"""`kubectl sphinxx`: resume or roll back runs, show a sweep's points, say where the logs are.
 
 Installed as the console script `kubectl-sphinxx`, which kubectl finds on PATH:
 
     kubectl sphinxx resume trun NAME [-n NS]     # same as annotating sphinxx.dev/resume
     kubectl sphinxx resume sweep NAME [-n NS]    # every Failed point of the sweep
+    kubectl sphinxx rollback trun NAME --to-step N [-n NS]   # newer checkpoints stop counting (kept);
+                                                 # a Failed run resumes from N in the same MLflow run
     kubectl sphinxx status SWEEP [-n NS]         # one row per point: phase, attempt, step, loss, checkpoint
     kubectl sphinxx logs TRUN [-n NS]            # the commands that show an attempt's logs
 
-It talks to the API through the same kubeconfig kubectl uses (KUBECONFIG / --kubeconfig).
+It talks to the API through the same kubeconfig kubectl uses (KUBECONFIG / --kubeconfig). A
+rollback is a request, like a resume: the plugin writes the annotation `sphinxx.dev/rollback`
+("<step>@<time>") and the operator, which holds the storage credentials, carries it out (only
+while no attempt is running) and answers in the run's status and events; the plugin waits for
+that answer (`--wait`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +56,33 @@ def cmd_resume(kube: Any, namespace: str, args: argparse.Namespace) -> int:
         return 1
     phase = (patched.get("status") or {}).get("phase", "unknown")
     print(f"{args.kind}/{args.name} resume requested ({names.ANNOTATION_RESUME}={token}); phase was {phase}")
+    return 0
+
+
+def cmd_rollback(kube: Any, namespace: str, args: argparse.Namespace) -> int:
+    token = f"{args.to_step}@{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    patched = kube.patch(
+        "trainingruns", namespace, args.name, {"metadata": {"annotations": {names.ANNOTATION_ROLLBACK: token}}}
+    )
+    if patched is None:
+        print(f"error: trun {namespace}/{args.name} not found", file=sys.stderr)
+        return 1
+    print(f"trun/{args.name} rollback to step {args.to_step} requested ({names.ANNOTATION_ROLLBACK}={token})")
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        st = (kube.get("trainingruns", namespace, args.name) or {}).get("status") or {}
+        if st.get("rollbackToken") == token:
+            done = st.get("lastRollback") or {}
+            if done.get("request") == token:
+                steps = ", ".join(str(s) for s in done.get("rolledBackSteps") or [])
+                print(f"rolled back: step(s) {steps} no longer count; {st.get('phase')}: {st.get('message')}")
+                return 0
+            refused = [m for _, reason, m in kube.events(namespace, args.name) if reason == "RollbackRefused"]
+            print(f"error: rollback refused: {refused[-1] if refused else st.get('message')}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    if args.wait:
+        print(f"no answer from the operator within {args.wait:g}s; see `kubectl describe trun {args.name}`")
     return 0
 
 
@@ -143,13 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("kind", choices=sorted(KINDS))
     resume.add_argument("name")
     resume.set_defaults(func=cmd_resume)
+    rollback = sub.add_parser(
+        "rollback", help="resume a run from an older checkpoint: newer ones stop counting (kept on S3)"
+    )
+    rollback.add_argument("kind", choices=["trainingrun", "trun"])
+    rollback.add_argument("name")
+    rollback.add_argument("--to-step", type=int, required=True, metavar="N", help="a committed step of the run")
+    rollback.add_argument(
+        "--wait", type=float, default=60.0, metavar="S", help="seconds to wait for the operator's answer (0: none)"
+    )
+    rollback.set_defaults(func=cmd_rollback)
     status = sub.add_parser("status", help="a sweep's points: phase, attempt, step, loss, checkpoint")
     status.add_argument("name")
     status.set_defaults(func=cmd_status)
     logs = sub.add_parser("logs", help="where to find the logs of a run's attempts")
     logs.add_argument("name")
     logs.set_defaults(func=cmd_logs)
-    for child in (resume, status, logs):  # kubectl users put -n anywhere
+    for child in (resume, rollback, status, logs):  # kubectl users put -n anywhere
         child.add_argument("-n", "--namespace", dest="sub_namespace")
     return parser
 

@@ -25,6 +25,8 @@ KUEUE_ELASTIC = "kueue.x-k8s.io/elastic-job"
 
 ANNOTATION_RESUME = f"{GROUP}/resume"  # `kubectl annotate ... sphinxx.dev/resume=now --overwrite`
 ANNOTATION_ADMITTED = f"{GROUP}/admitted"  # set by the sweep when a point may start (maxParallelRuns)
+# `kubectl sphinxx rollback trun NAME --to-step N` writes "N@<time>": a new value is one request.
+ANNOTATION_ROLLBACK = f"{GROUP}/rollback"
 ANNOTATION_RESUME_FROM = f"{GROUP}/resume-from"  # on a RayJob: the committed checkpoint it starts from
 # On a point: the sweep's suspend switched it to suspended (so resuming the sweep resumes it).
 ANNOTATION_SUSPENDED_BY_SWEEP = f"{GROUP}/suspended-by-sweep"

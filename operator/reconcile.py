@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
 from sphinxx.jobs.schema.admission import AdmittedRun, admit_run
 from sphinxx.jobs.schema.fields import SchemaError
 from sphinxx.jobs.schema.resources import TrainingRunSpec
-from sphinxx.jobs.schema.run import RunConfig, to_dict
+from sphinxx.jobs.schema.run import RunConfig, to_yaml
 from sphinxx.jobs.schema.status import (
     TERMINAL_RUN_PHASES,
     RunPhase,
@@ -152,6 +150,9 @@ def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
     if sweep:
         return False
     resume = _annotations(obj).get(names.ANNOTATION_RESUME)
+    rollback = _annotations(obj).get(names.ANNOTATION_ROLLBACK)
+    if rollback and rollback != st.get("rollbackToken"):
+        return False  # a new rollback request: answered even for a finished run
     phase = st.get("phase")
     return phase == RunPhase.SUCCEEDED or (phase == RunPhase.FAILED and resume == st.get("resumeToken"))
 
@@ -202,6 +203,7 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
 
     rayjob = kube.get("rayjobs", namespace, old.ray_job_name) if old.ray_job_name else None
     job = status.observe_rayjob(rayjob)
+    rollback = _handle_rollback(obj, old, job, cfg, run_id, tracking_uri, mlflow_run)
     checkpoint = _latest(cfg, run_id) if old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES else None
     obs = decide.RunObserved(
         generation=_generation(obj),
@@ -218,6 +220,7 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
         cluster_bounds=_cluster_bounds(kube, namespace, job) if job.outcome == "running" else None,
         now=now,
         now_iso=now_iso,
+        rollback=rollback,
     )
     act = decide.decide_run(obs)
     st = act.status
@@ -238,6 +241,40 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
     _write_status(kube, "trainingruns", obj, st)
     _events(kube, obj, act.events)
     return act.requeue_after
+
+
+def _handle_rollback(
+    obj: dict[str, Any],
+    old: RunStatus,
+    job: status.JobView,
+    cfg: RunConfig,
+    run_id: str,
+    tracking_uri: str | None,
+    mlflow_run: str | None,
+) -> decide.RollbackOutcome | None:
+    """Carry out a new `sphinxx.dev/rollback` request in storage (and note it on the MLflow run)."""
+    request = decide.rollback_request(_annotations(obj).get(names.ANNOTATION_ROLLBACK), old.rollback_token)
+    if request is None:
+        return None
+    refusal = request.error or decide.rollback_refusal(old.phase, job)
+    if refusal or request.step is None:
+        return decide.RollbackOutcome(request.token, error=refusal or "")
+    if not old.attempt:
+        return decide.RollbackOutcome(request.token, error="the run has not started; there is nothing to roll back")
+    meta = obj["metadata"]
+    reason = f"kubectl sphinxx rollback of {meta['namespace']}/{meta['name']} after attempt {old.attempt}"
+    try:
+        done = checkpoints.rollback(cfg.storage.uri, run_id, request.step, reason, cfg.storage.endpoint_url)
+    except Exception as err:  # a refused or failed rollback is reported, never retried on its own
+        return decide.RollbackOutcome(request.token, error=f"rollback to step {request.step} failed: {err}")
+    if tracking_uri and mlflow_run:
+        try:
+            mlflow_runs.record_rollback(
+                tracking_uri, mlflow_run, done.to_step, done.steps, old.attempt, _now()[1]
+            )
+        except mlflow_runs.TrackingUnavailable as err:  # the rollback stands; the note is a courtesy
+            log.warning("rollback of %s not noted on MLflow run %s: %s", run_id, mlflow_run, err)
+    return decide.RollbackOutcome(request.token, done.to_step, done.uri, done.steps)
 
 
 def _act_on_rayjob(
@@ -282,8 +319,7 @@ class Launch:
 def _create_attempt(kube: Kube, obj: dict[str, Any], launch: Launch, st: RunStatus) -> list[decide.Event]:
     """Store the attempt's config next to the checkpoints, create its RayJob, record both in status."""
     meta, cfg = obj["metadata"], launch.config
-    # Plain YAML of the resolved dataclasses (what the job's `load_config` reads back).
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = to_yaml(cfg)
     config_uri = checkpoints.write_config(cfg.storage.uri, cfg.run_id, text, cfg.storage.endpoint_url)
     attempt = Attempt(
         namespace=meta["namespace"],

@@ -4,7 +4,9 @@ Field choices follow docs/operator.md, "The RayJob of an attempt" and "Worker gr
 each a new RayJob and a new cluster), `shutdownAfterJobFinishes: true` (frees GPUs; `suspend`
 and Kueue need it), one worker group `gpu` whose replica bounds come from the run's elastic
 bounds, the in-tree autoscaler only when min < max, `restartPolicy: Never` (autoscaler v2),
-and no secrets anywhere in the object: credentials come from `envFrom` Secrets or IRSA.
+and no secrets anywhere in the object: credentials come from `envFrom` Secrets or IRSA. The
+spec's pod settings (/dev/shm, volumes, scheduler, affinity, RDMA resources, patches) are added
+by `pod_settings.apply`.
 
 Golden files under tests/operator/golden/ show the result for every flavor as reviewable YAML.
 """
@@ -21,12 +23,12 @@ import yaml
 from sphinxx.jobs.schema.resources import TrainingRunSpec
 from sphinxx.jobs.schema.run import RunConfig
 
-from . import names
+from . import names, pod_settings
 
 RAY_VERSION = "2.60.0"
 TTL_SECONDS_AFTER_FINISHED = 300  # keep the finished cluster briefly for log collection
 PRE_RUNNING_DEADLINE_SECONDS = 1800  # a cluster stuck in Initializing (unschedulable, image pull)
-WORKER_GRACE_SECONDS = 120  # longer than Ray's 30 s drain, so a preempted worker can checkpoint
+STOP_FILE = "/tmp/sphinxx-stop"  # the preStop hook writes it, the training workers watch it
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -84,12 +86,26 @@ def _container(
     return container
 
 
-def _pod(container: dict[str, Any], spec: TrainingRunSpec, worker: bool) -> dict[str, Any]:
+def stop_on_sigterm(container: dict[str, Any], grace_s: int) -> None:
+    """A worker container that checkpoints when its pod is ended (docs/training.md, "Stop on SIGTERM").
+
+    Kubernetes sends SIGTERM to the container's first process only (Ray), never to the training
+    workers; so a preStop hook writes the stop file the workers watch and waits, within the grace
+    period, until they have committed their step (`sphinxx.jobs.preemption`).
+    """
+    container["env"] = [*container.get("env", []), {"name": "SPHINXX_STOP_FILE", "value": STOP_FILE}]
+    wait = max(1, grace_s - 5)
+    command = ["python", "-m", "sphinxx.jobs.preemption", "--stop-file", STOP_FILE, "--wait", str(wait)]
+    container["lifecycle"] = {"preStop": {"exec": {"command": command}}}
+
+
+def _pod(container: dict[str, Any], spec: TrainingRunSpec, worker: bool, grace_s: int = 0) -> dict[str, Any]:
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if spec.resources.service_account:
         pod["serviceAccountName"] = spec.resources.service_account
     if worker:
-        pod["terminationGracePeriodSeconds"] = WORKER_GRACE_SECONDS
+        # train.termination_grace_seconds: the time a worker has to commit its step after SIGTERM.
+        pod["terminationGracePeriodSeconds"] = grace_s
         if spec.resources.node_selector:
             pod["nodeSelector"] = dict(spec.resources.node_selector)
         if spec.resources.tolerations:
@@ -103,6 +119,8 @@ def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[st
     low, high = worker_bounds(spec, cfg)
     gpus = cfg.parallel.gpus_per_worker * res.workers_per_pod
     head = _container("ray-head", image, spec, res.head_cpu, res.head_memory, 0)
+    worker = _container("ray-worker", image, spec, res.cpu, res.memory, gpus)
+    stop_on_sigterm(worker, cfg.train.termination_grace_seconds)
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs-server"},
         {"containerPort": 8265, "name": "dashboard"},
@@ -114,7 +132,7 @@ def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[st
         "headGroupSpec": {
             # No GPUs on the head, so no training worker is placed there.
             "rayStartParams": {"num-gpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": _pod(head, spec, worker=False),
+            "template": pod_settings.apply(_pod(head, spec, worker=False), res, False, 0),
         },
         "workerGroupSpecs": [
             {
@@ -123,8 +141,8 @@ def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[st
                 "minReplicas": low,
                 "maxReplicas": high,
                 "rayStartParams": {},
-                "template": _pod(
-                    _container("ray-worker", image, spec, res.cpu, res.memory, gpus), spec, True
+                "template": pod_settings.apply(
+                    _pod(worker, spec, True, cfg.train.termination_grace_seconds), res, True, gpus
                 ),
             }
         ],
@@ -152,7 +170,7 @@ def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[s
             annotations[names.KUEUE_ELASTIC] = "true"
     job_spec: dict[str, Any] = {
         "entrypoint": f"python -m sphinxx.jobs.train --config {shlex.quote(att.config_uri)}",
-        "runtimeEnvYAML": yaml.safe_dump(runtime_env(att, cfg), sort_keys=True),
+        "runtimeEnvYAML": yaml.dump(runtime_env(att, cfg), Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=True),
         "submissionMode": "K8sJobMode",
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": TTL_SECONDS_AFTER_FINISHED,

@@ -1,7 +1,8 @@
 """Operator settings, read once from the environment (the Helm chart and `sphinxx operator run` set them).
 
 Besides the operator's own knobs, the chart passes cluster-wide *RayJob defaults* (`runtime.*`,
-`s3.*`, the credential Secrets of values.yaml): `RunDefaults`. They fill only what a
+`runtime.podDefaults` for the pod settings, `s3.*`, the credential Secrets of values.yaml):
+`RunDefaults`. They fill only what a
 TrainingRun's (or its sweep's) own spec leaves unset; see `RunDefaults.apply_run`.
 """
 
@@ -15,6 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_IMAGE = "ghcr.io/sphinxx/sphinxx:0.1.0"
+# Pod settings of `resources` the chart may give every run (`runtime.podDefaults`, SPHINXX_POD_DEFAULTS).
+POD_DEFAULT_KEYS = (
+    "shmSize", "volumes", "volumeMounts", "schedulerName", "priorityClassName", "affinity",
+    "imagePullSecrets", "podLabels", "podAnnotations", "extraResources", "headPodPatch", "workerPodPatch",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class RunDefaults:
     queue_name: str | None = None  # SPHINXX_QUEUE_NAME: Kueue LocalQueue
     service_account: str | None = None  # SPHINXX_SERVICE_ACCOUNT: of the Ray pods (IRSA)
     env_from_secrets: list[str] = field(default_factory=list)  # SPHINXX_ENV_FROM_SECRETS (a,b)
+    pod: dict[str, Any] = field(default_factory=dict)  # SPHINXX_POD_DEFAULTS (JSON): POD_DEFAULT_KEYS of resources
 
     def apply_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """A run config (`spec.config`, a sweep's `spec.base`) with the storage prefix filled in."""
@@ -62,6 +69,7 @@ class RunDefaults:
             ("tolerations", self.tolerations),
             ("serviceAccount", self.service_account),
             ("envFromSecrets", self.env_from_secrets),
+            *self.pod.items(),
         ):
             if value and resources.get(key) is None:
                 resources[key] = copy.deepcopy(value)
@@ -87,6 +95,7 @@ class Settings:
     run_interval: float = 15.0  # SPHINXX_RUN_INTERVAL: seconds between level checks of a TrainingRun
     sweep_interval: float = 15.0  # SPHINXX_SWEEP_INTERVAL: seconds between roll-ups of a sweep
     retry_delay: float = 30.0  # SPHINXX_RETRY_DELAY: wait after MLflow or storage errors
+    peering_lifetime: float = 60.0  # SPHINXX_PEERING_LIFETIME: a silent peer counts as gone after this (kopf)
     defaults: RunDefaults = field(default_factory=RunDefaults)  # the RayJob defaults above
 
     @classmethod
@@ -98,6 +107,7 @@ class Settings:
             run_interval=float(env.get("SPHINXX_RUN_INTERVAL", 15)),
             sweep_interval=float(env.get("SPHINXX_SWEEP_INTERVAL", 15)),
             retry_delay=float(env.get("SPHINXX_RETRY_DELAY", 30)),
+            peering_lifetime=float(env.get("SPHINXX_PEERING_LIFETIME", 60)),
             defaults=RunDefaults(
                 storage_prefix=env.get("SPHINXX_STORAGE_PREFIX") or None,
                 node_selector=_json_env("SPHINXX_GPU_NODE_SELECTOR", dict, str),
@@ -107,8 +117,18 @@ class Settings:
                 env_from_secrets=[
                     s.strip() for s in env.get("SPHINXX_ENV_FROM_SECRETS", "").split(",") if s.strip()
                 ],
+                pod=_pod_defaults(),
             ),
         )
+
+
+def _pod_defaults() -> dict[str, Any]:
+    """SPHINXX_POD_DEFAULTS: a JSON object of pod settings (POD_DEFAULT_KEYS), checked when a run uses them."""
+    value: dict[str, Any] = _json_env("SPHINXX_POD_DEFAULTS", dict, object)
+    unknown = sorted(set(value) - set(POD_DEFAULT_KEYS))
+    if unknown:
+        raise ValueError(f"SPHINXX_POD_DEFAULTS: unknown pod setting(s) {unknown}; known: {', '.join(POD_DEFAULT_KEYS)}")
+    return value
 
 
 def _json_env(name: str, kind: type, item: type) -> Any:

@@ -148,15 +148,36 @@ class Rollup:
     conditions: list[Condition]
 
 
+_ROWS: dict[tuple[Point, str, str], PointRow] = {}
+_ROWS_MAX = 50_000
+
+
 def point_row(point: Point, child: dict[str, Any] | None) -> PointRow:
-    """One point's row, from its TrainingRun's status (whose metrics come from its newest checkpoint)."""
+    """One point's row, from its TrainingRun's status (whose metrics come from its newest checkpoint).
+
+    Memoised by the child's uid and resourceVersion (same version, same status, same row): a
+    roll-up of a thousand points then parses only the statuses that changed since the last pass.
+    """
+    meta = (child or {}).get("metadata") or {}
+    key = (point, meta.get("uid", ""), meta.get("resourceVersion", ""))
+    if not key[1] or not key[2]:
+        return _point_row(point, child)
+    row = _ROWS.get(key)
+    if row is None:
+        if len(_ROWS) >= _ROWS_MAX:
+            _ROWS.clear()
+        row = _ROWS[key] = _point_row(point, child)
+    return row
+
+
+def _point_row(point: Point, child: dict[str, Any] | None) -> PointRow:
     st = parse_status(RunStatus, (child or {}).get("status"))
     checkpoint = st.last_checkpoint
     return PointRow(
         name=point.name,
         model=point.model,
         data_fraction=point.fraction,
-        phase=st.phase or RunPhase.PENDING,
+        phase=st.phase or RunPhase.QUEUED,
         attempt=st.attempt,
         step=checkpoint.step if checkpoint else None,
         checkpoint=(checkpoint.uri or None) if checkpoint else None,

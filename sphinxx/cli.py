@@ -43,9 +43,25 @@ def _version() -> str:
     return f"sphinxx {__version__}"
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting KEY=VALUE overrides follow options too (`sweep run FILE --local train.lr=1e-4`).
+
+    argparse consumes a command's positionals where they first appear, so overrides written after
+    an option are left over; they are added to the command's `overrides` (anything else left over
+    is the usual error).
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     func = getattr(args, "func", None)
     if func is None:
         # A group without a subcommand: show that group's help (or the top-level one).

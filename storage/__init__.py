@@ -34,6 +34,7 @@ The API the training job and the operator use::
 
     # operator / tools
     store.committed()                          # [CheckpointInfo], ascending
+    store.rollback(to_step, reason)            # newer commits stop counting (kept; rollback.py)
     store.verify(step).raise_for_problems()    # sizes and sha256, failures name the file
     store.write_run_config(yaml_text); store.read_run_config(); store.write_run_manifest(code_version=...)
 
@@ -61,6 +62,7 @@ from .layout import RunLayout, locate, step_name
 from .manifest import CommitMetadata, FileEntry, Manifest, WriterRecord
 from .reader import StepFolder
 from .retention import CheckpointSummary, RetentionPlan, RetentionPolicy, plan_partial_gc, plan_retention
+from .rollback import Rollback, RollbackLog, RolledBackStep
 from .store import CheckpointInfo, CheckpointStore
 from .transfer import TransferProgress
 from .verify import VerifyReport
@@ -80,6 +82,9 @@ __all__ = [
     "ObjectFS",
     "RetentionPlan",
     "RetentionPolicy",
+    "Rollback",
+    "RollbackLog",
+    "RolledBackStep",
     "RunLayout",
     "StepFolder",
     "StorageAccessError",

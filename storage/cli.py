@@ -4,6 +4,7 @@
     sphinxx ckpt latest  s3://bucket/sweeps/sweep-a/run-1 --json     # what a resume would load
     sphinxx ckpt verify  s3://bucket/sweeps/sweep-a/run-1 --step 2000
     sphinxx ckpt gc      s3://bucket/sweeps/sweep-a/run-1 --dry-run --keep-last 3 --metric val_loss
+    sphinxx ckpt rollback s3://bucket/sweeps/sweep-a/run-1 --to-step 1500  # newer steps stop counting
 
 URI is the run root `<prefix>/<run-id>` (a pasted `.../checkpoints/step-N` works
 too). The endpoint comes from --endpoint-url or AWS_ENDPOINT_URL(_S3);
@@ -35,7 +36,7 @@ CLIENT_MODULES = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fss
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "ckpt",
-        help="checkpoints on S3 / file / memory: ls, latest, verify, gc",
+        help="checkpoints on S3 / file / memory: ls, latest, verify, gc, rollback",
         description=__doc__.split("\n\n")[0] + " URI is <prefix>/<run-id>, e.g. s3://bucket/sweeps/run-1.",
     )
     parser.set_defaults(group_parser=parser)
@@ -91,6 +92,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="delete partial folders only when untouched for S seconds (default 3600)")  # fmt: skip
     gc.add_argument("--json", action="store_true", help="print the plan as JSON")
     gc.set_defaults(func=_gc)
+
+    rollback = sub.add_parser(
+        "rollback", parents=[common],
+        help="mark every checkpoint newer than --to-step as rolled back (kept, no longer resumed from)",
+    )  # fmt: skip
+    rollback.add_argument(
+        "--to-step", type=int, required=True, metavar="N", help="the committed step to resume from"
+    )
+    rollback.add_argument("--reason", default="", help="why (recorded in the rollback log)")
+    rollback.add_argument("--json", action="store_true", help="print the rollback record as JSON")
+    rollback.set_defaults(func=_rollback)
     return parser
 
 
@@ -113,6 +125,7 @@ def _command(
             layout, step = locate(args.uri)
             prefix, run_id = layout.root.rsplit("/", 1)
             store = CheckpointStore(prefix, run_id, options=options)
+            _check_run(store)
             return func(args, store, step)
         except StorageError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -168,16 +181,15 @@ def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
             print(json.dumps(row, sort_keys=True))
         return 0
     if not rows:
-        _check_bucket(store)
-        print(f"no checkpoints under {store.layout.checkpoints}")
+        print(f"no checkpoints under {store.layout.checkpoints} (the run has not committed one yet)")
         return 0
-    print(f"{'STEP':>10}  {'STATE':<10} {'FILES':>6} {'SIZE':>10}  {'TIME (UTC)':<20} METRICS")
+    print(f"{'STEP':>10}  {'STATE':<11} {'FILES':>6} {'SIZE':>10}  {'TIME (UTC)':<20} METRICS")
     for row in rows:
         metrics = " ".join(f"{k}={v:g}" for k, v in sorted(row["metrics"].items()))
         state = row["state"] + ("*" if row["step"] == pointer else "")
         when = _iso(row["time"]) if row["time"] else "-"
         print(
-            f"{row['step']:>10}  {state:<10} {row['files']:>6} {_size(row['bytes']):>10}  {when:<20} {metrics}"
+            f"{row['step']:>10}  {state:<11} {row['files']:>6} {_size(row['bytes']):>10}  {when:<20} {metrics}"
         )
     print(f"* latest.json -> step {pointer}" if pointer is not None else "latest.json: none")
     return 0
@@ -186,7 +198,8 @@ def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
 def _folder_row(folder: StepFolder) -> dict[str, Any]:
     m = folder.manifest
     if m is not None:
-        return {"step": folder.step, "state": "committed", "uri": folder.uri, "files": len(m.files),
+        state = "rolled-back" if folder.rolled_back else "committed"
+        return {"step": folder.step, "state": state, "uri": folder.uri, "files": len(m.files),
                 "bytes": m.total_bytes, "time": m.created_at, "metrics": dict(m.metrics),
                 "attempt": m.attempt, "final": m.metadata.final}  # fmt: skip
     state = "corrupt" if folder.error else "partial"
@@ -198,10 +211,9 @@ def _folder_row(folder: StepFolder) -> dict[str, Any]:
 def _latest(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
     info = store.latest()
     if info is None:
-        _check_bucket(store)
         if args.json:
             print("null")
-        print(f"no committed checkpoint under {store.layout.checkpoints}", file=sys.stderr)
+        print(f"error: {store.layout.checkpoints}: no committed checkpoint (nothing to resume from)", file=sys.stderr)
         return 1
     m = info.manifest
     if args.json:
@@ -268,12 +280,33 @@ def _gc(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
     return 0
 
 
-def _check_bucket(store: CheckpointStore) -> None:
+@_command
+def _rollback(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
+    record = store.rollback(args.to_step, args.reason)
+    steps = list(record.step_numbers)
+    if args.json:
+        print(json.dumps({"id": record.id, "to_step": record.to_step, "rolled_back": steps,
+                          "reason": record.reason, "created_at": record.created_at}, sort_keys=True))  # fmt: skip
+    else:
+        print(f"rolled back to step {record.to_step}: step(s) {', '.join(map(str, steps))} no longer count "
+              f"(kept; see `sphinxx ckpt ls`)")  # fmt: skip
+    return 0
+
+
+def _check_run(store: CheckpointStore) -> None:
+    """Every command first: the bucket exists, and something of the run is stored under its root.
+
+    A wrong URI (a typo in the bucket, the prefix or the run id) is then one clear line and exit 1,
+    not an empty listing that looks like a run without checkpoints.
+    """
     from sphinxx.storage import StorageAccessError
 
-    if not store.fs().bucket_exists(store.root):
+    fs = store.fs()
+    if not fs.bucket_exists(store.root):
+        raise StorageAccessError(f"{store.root}: the bucket does not exist (check the URI and --endpoint-url)", store.root)
+    if not fs.list_dir(store.root):
         raise StorageAccessError(
-            f"{store.root}: the bucket does not exist (check the URI and --endpoint-url)", store.root
+            f"{store.root}: nothing is stored there: no run at this path (the URI is <prefix>/<run-id>)", store.root
         )
 
 

@@ -277,13 +277,23 @@ class ObjectFS:
             self.fs.put_file(local_path, self.path(uri), **({"callback": callback} if callback else {}))
 
     def get_file(
-        self, uri: str, local_path: str, *, chunk_size: int, callback: Callback | None = None
+        self,
+        uri: str,
+        local_path: str,
+        *,
+        chunk_size: int,
+        callback: Callback | None = None,
+        size: int | None = None,
     ) -> None:
-        """Download one object (on S3: ranged parts in parallel, see s3bulk.py)."""
+        """Download one object (on S3: ranged parts in parallel, see s3bulk.py).
+
+        `size`, when known (a manifest's), spares the per-object HeadObject; the caller then checks
+        the downloaded size and checksum against what it expected.
+        """
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         if self.scheme == "s3":
             bucket, key, _ = self.fs.split_path(self.path(uri))
-            self._s3bulk().download(bucket, key, local_path, chunk_size, _relative(callback))
+            self._s3bulk().download(bucket, key, local_path, chunk_size, _relative(callback), size)
         else:
             self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))
 
@@ -305,6 +315,11 @@ class ObjectFS:
             return 0
         keys = (self.fs.split_path(self.path(uri))[:2] for uri in uris)
         return self._bulk.cancel({f"s3://{bucket}/{key}" for bucket, key in keys})
+
+    def copy_file(self, src: str, dst: str) -> None:
+        """Copy one object within the store (server-side on S3: no bytes pass through this process)."""
+        with _guard("copy", src, passthrough=(FileNotFoundError,)):
+            self.fs.copy(self.path(src), self.path(dst))
 
     def delete_file(self, uri: str) -> None:
         with _guard("delete", uri):

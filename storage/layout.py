@@ -11,6 +11,8 @@
       _writers/rank-00003.json          what each writer wrote (path, size, sha256), read by the committer
       manifest.json                     the commit marker, written last
     latest.json                         pointer to the newest commit; an optimisation only
+    rollbacks.json                      the rollback log: commits that no longer count (rollback.py)
+  rolled-back/step-000012000-<commit>/  a rolled-back checkpoint, moved here when its step is committed again
 ```
 
 Pure string functions: no I/O here, so the operator can compute URIs cheaply.
@@ -69,6 +71,14 @@ class RunLayout:
     @property
     def latest(self) -> str:
         return uri_mod.join(self.checkpoints, "latest.json")
+
+    @property
+    def rollbacks(self) -> str:
+        return uri_mod.join(self.checkpoints, "rollbacks.json")
+
+    def archive_dir(self, step: int, commit_id: str) -> str:
+        """Where a rolled-back checkpoint goes when a new commit of its step needs the folder."""
+        return uri_mod.join(self.root, "rolled-back", f"{step_name(step)}-{commit_id[:12]}")
 
     @property
     def run_config(self) -> str:

@@ -5,7 +5,9 @@ committed step whose listed objects exist with their listed sizes; the
 `latest.json` pointer only says where to look first. Because a commit can die
 between its manifest and the pointer, the folder listing is still consulted
 for anything newer than the pointer, so a stale pointer never hides a newer
-commit and a pointer to a damaged checkpoint never wins.
+commit and a pointer to a damaged checkpoint never wins. A commit the rollback log
+(`rollbacks.json`, rollback.py) lists is still a folder with a manifest, but it does not
+count: `latest()` and `committed()` skip it, `scan()` shows it as rolled back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .errors import CheckpointCorruptError, StorageError
 from .fs import ObjectFS, PreconditionFailedError
 from .layout import RunLayout, parse_step_name
 from .manifest import FORMAT_VERSION, Manifest
+from .rollback import RollbackLog
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,17 @@ class StepFolder:
     error: str | None = None  # the manifest exists but cannot be read
     num_files: int = 0  # objects inside; filled for uncommitted folders only
     total_bytes: int = 0
+    rolled_back: bool = False  # committed, but listed in the rollback log: it does not count
 
     @property
     def committed(self) -> bool:
-        return self.manifest is not None
+        """Committed and counting (a rolled-back folder has a manifest but does not count)."""
+        return self.manifest is not None and not self.rolled_back
+
+    @property
+    def partial(self) -> bool:
+        """No manifest: being written, or left by a dead attempt."""
+        return self.manifest is None
 
 
 def step_numbers(fs: ObjectFS, layout: RunLayout) -> list[int]:
@@ -45,9 +55,18 @@ def step_numbers(fs: ObjectFS, layout: RunLayout) -> list[int]:
     return sorted(s for s in steps if s is not None)
 
 
+def read_rollbacks(fs: ObjectFS, layout: RunLayout) -> RollbackLog:
+    """The run's rollback log (empty when it was never rolled back); CheckpointCorruptError when unreadable."""
+    try:
+        return RollbackLog.from_json(fs.read_bytes(layout.rollbacks), layout.rollbacks)
+    except FileNotFoundError:
+        return RollbackLog()
+
+
 def scan(fs: ObjectFS, layout: RunLayout, with_mtimes: bool = True) -> list[StepFolder]:
-    """Every step folder, ascending, with its manifest when committed."""
+    """Every step folder, ascending, with its manifest when it has one (rolled back or not)."""
     steps = step_numbers(fs, layout)
+    rollbacks = read_rollbacks(fs, layout)
     blobs = fs.read_many([layout.manifest(s) for s in steps])
     out = []
     for step in steps:
@@ -63,13 +82,18 @@ def scan(fs: ObjectFS, layout: RunLayout, with_mtimes: bool = True) -> list[Step
             objects = fs.list_files(layout.step_dir(step)).values()
             mtime = max((o.mtime for o in objects if o.mtime is not None), default=None)
             num_files, total_bytes = len(objects), sum(o.size for o in objects)
-        out.append(StepFolder(step, layout.step_dir(step), manifest, mtime, error, num_files, total_bytes))
+        rolled_back = manifest is not None and rollbacks.is_rolled_back(manifest)
+        out.append(
+            StepFolder(
+                step, layout.step_dir(step), manifest, mtime, error, num_files, total_bytes, rolled_back
+            )
+        )
     return out
 
 
 def committed(fs: ObjectFS, layout: RunLayout) -> list[Manifest]:
-    """Manifests of all committed checkpoints, ascending by step (sizes not checked)."""
-    return [f.manifest for f in scan(fs, layout, with_mtimes=False) if f.manifest is not None]
+    """Manifests of the committed checkpoints that count (not rolled back), ascending (sizes not checked)."""
+    return [f.manifest for f in scan(fs, layout, with_mtimes=False) if f.committed and f.manifest is not None]
 
 
 def read_manifest(fs: ObjectFS, layout: RunLayout, step: int) -> Manifest | None:
@@ -95,7 +119,8 @@ def size_problems(fs: ObjectFS, layout: RunLayout, manifest: Manifest) -> list[s
 
 
 def latest(fs: ObjectFS, layout: RunLayout, check_sizes: bool = True) -> Manifest | None:
-    """The newest committed checkpoint that checks out, or None."""
+    """The newest committed checkpoint that checks out and is not rolled back, or None."""
+    rollbacks = read_rollbacks(fs, layout)
     pointer = read_pointer(fs, layout)
     steps = step_numbers(fs, layout)
     if pointer is not None and pointer in steps:
@@ -111,6 +136,8 @@ def latest(fs: ObjectFS, layout: RunLayout, check_sizes: bool = True) -> Manifes
             continue
         if manifest is None:
             continue
+        if rollbacks.is_rolled_back(manifest):
+            continue  # marked by a rollback: kept, but not part of the run's history any more
         problems = size_problems(fs, layout, manifest) if check_sizes else []
         if not problems:
             return manifest
@@ -130,9 +157,8 @@ def read_pointer(fs: ObjectFS, layout: RunLayout) -> int | None:
         return None
 
 
-def update_pointer(fs: ObjectFS, layout: RunLayout, manifest: Manifest) -> bool:
-    """Move `latest.json` forward to `manifest` (never backwards). Best effort: False on failure."""
-    body = json.dumps(
+def _pointer_body(layout: RunLayout, manifest: Manifest) -> bytes:
+    return json.dumps(
         {
             "format_version": FORMAT_VERSION,
             "step": manifest.step,
@@ -142,6 +168,19 @@ def update_pointer(fs: ObjectFS, layout: RunLayout, manifest: Manifest) -> bool:
         },
         sort_keys=True,
     ).encode()
+
+
+def set_pointer(fs: ObjectFS, layout: RunLayout, manifest: Manifest) -> None:
+    """Point `latest.json` at `manifest`, backwards too (a rollback); readers never depend on it."""
+    try:
+        fs.write_bytes(layout.latest, _pointer_body(layout, manifest))
+    except StorageError as err:
+        log.warning("could not update %s (readers fall back to listing): %s", layout.latest, err)
+
+
+def update_pointer(fs: ObjectFS, layout: RunLayout, manifest: Manifest) -> bool:
+    """Move `latest.json` forward to `manifest` (never backwards). Best effort: False on failure."""
+    body = _pointer_body(layout, manifest)
     for _ in range(3):
         try:
             etag = fs.etag(layout.latest)  # compare-and-swap on S3: nobody moved it since we looked

@@ -56,9 +56,17 @@ class S3Bulk:
         self._wait(future, f"s3://{bucket}/{key}")
 
     def download(
-        self, bucket: str, key: str, local_path: str, chunk: int, progress: Callable[[int], None] | None
+        self,
+        bucket: str,
+        key: str,
+        local_path: str,
+        chunk: int,
+        progress: Callable[[int], None] | None,
+        size: int | None = None,
     ) -> None:
-        future = self._manager(chunk).download(bucket, key, local_path, subscribers=_subscribers(progress))
+        """Download one object; a known `size` (the manifest's) saves s3transfer's HeadObject."""
+        subscribers = (_subscribers(progress) or []) + ([_known_size(size)] if size is not None else [])
+        future = self._manager(chunk).download(bucket, key, local_path, subscribers=subscribers or None)
         self._wait(future, f"s3://{bucket}/{key}")
 
     def cancel(self, uris: set[str] | None = None) -> int:
@@ -139,6 +147,17 @@ def _subscribers(progress: Callable[[int], None] | None) -> list[BaseSubscriber]
             report(bytes_transferred)  # negative when a part is retried
 
     return [Progress()]
+
+
+def _known_size(size: int) -> BaseSubscriber:
+    """A subscriber that gives s3transfer the object's size up front, so it sends no HeadObject."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class KnownSize(BaseSubscriber):
+        def on_queued(self, future: TransferFuture, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(size)
+
+    return KnownSize()
 
 
 def _wait(future: TransferFuture, uri: str) -> None:

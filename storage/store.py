@@ -18,11 +18,20 @@ from typing import Any
 
 from . import transfer
 from .commit import CheckpointWriter, clear_uncommitted_step, commit_step
-from .errors import CheckpointCorruptError, CheckpointNotFoundError
-from .fs import ObjectFS, StorageOptions, open_fs
-from .layout import RunLayout, locate
+from .errors import CheckpointCorruptError, CheckpointNotFoundError, StorageError
+from .fs import ObjectFS, PreconditionFailedError, StorageOptions, open_fs
+from .layout import MANIFEST_NAME, RunLayout, locate
 from .manifest import FORMAT_VERSION, CommitMetadata, FileEntry, Manifest, WriterRecord
-from .reader import StepFolder, read_manifest, read_pointer, scan, update_pointer
+from .reader import (
+    StepFolder,
+    read_manifest,
+    read_pointer,
+    read_rollbacks,
+    scan,
+    set_pointer,
+    size_problems,
+    update_pointer,
+)
 from .reader import committed as committed_manifests
 from .reader import latest as latest_manifest
 from .retention import (
@@ -33,6 +42,8 @@ from .retention import (
     plan_partial_gc,
     plan_retention,
 )
+from .rollback import Rollback, RollbackLog, plan_rollback
+from .uri import join as uri_join
 from .verify import VerifyReport
 from .verify import verify as verify_manifest
 
@@ -92,8 +103,14 @@ class CheckpointStore:
 
     # -- writing --------------------------------------------------------------
     def prepare(self, step: int) -> bool:
-        """Rank 0, before the save barrier: remove what a dead attempt left in `step`'s folder."""
-        return clear_uncommitted_step(self.fs(), self.layout, step)
+        """Rank 0, before the save barrier: make `step`'s folder writable again.
+
+        A rolled-back checkpoint of this step is archived first (moved, never deleted; see
+        rollback.py), then whatever a dead attempt left there is removed.
+        """
+        fs = self.fs()
+        self._archive_rolled_back(fs, step)
+        return clear_uncommitted_step(fs, self.layout, step)
 
     def writer(
         self, step: int, rank: int = 0, num_writers: int = 1, progress: transfer.ProgressHook | None = None
@@ -195,6 +212,81 @@ class CheckpointStore:
             f.write(manifest.to_json())
         return self._info(manifest)
 
+    # -- rollback -------------------------------------------------------------
+    def rollbacks(self) -> RollbackLog:
+        """Every rollback of this run, oldest first."""
+        return read_rollbacks(self.fs(), self.layout)
+
+    def rollback(self, to_step: int, reason: str = "") -> Rollback:
+        """Mark every committed checkpoint newer than `to_step` as rolled back (nothing is deleted).
+
+        `to_step` must be a committed checkpoint whose files check out. Afterwards `latest()` is
+        `to_step` and `latest.json` points there. Only while no attempt of the run is writing:
+        a live writer would keep committing past the rollback.
+        """
+        fs = self.fs()
+        for _ in range(3):
+            body, etag = self._read_log(fs)
+            log = RollbackLog() if body is None else RollbackLog.from_json(body, self.layout.rollbacks)
+            manifests = committed_manifests(fs, self.layout)
+            updated = plan_rollback(manifests, log, to_step, reason)
+            target = next(m for m in manifests if m.step == to_step)
+            problems = size_problems(fs, self.layout, target)
+            if problems:
+                raise CheckpointCorruptError(
+                    f"cannot roll back to {self.layout.step_dir(to_step)}: {'; '.join(problems[:3])}",
+                    self.layout.step_dir(to_step),
+                    problems,
+                )
+            try:
+                fs.write_bytes(
+                    self.layout.rollbacks, updated.to_json(), create_only=body is None, if_match=etag
+                )
+            except (FileExistsError, PreconditionFailedError):
+                continue  # another rollback landed in between: plan again on what it wrote
+            set_pointer(fs, self.layout, target)
+            return updated.rollbacks[-1]
+        raise StorageError(
+            f"{self.layout.rollbacks} kept changing; try the rollback again", self.layout.rollbacks
+        )
+
+    def _read_log(self, fs: ObjectFS) -> tuple[bytes | None, str | None]:
+        try:
+            etag = fs.etag(self.layout.rollbacks)
+            return fs.read_bytes(self.layout.rollbacks), etag
+        except FileNotFoundError:
+            return None, None
+
+    def _archive_rolled_back(self, fs: ObjectFS, step: int) -> str | None:
+        """Move a rolled-back checkpoint of `step` out of the way of a new commit; its archive URI."""
+        try:
+            manifest = read_manifest(fs, self.layout, step)
+        except (CheckpointCorruptError, ValueError):
+            return None  # not a checkpoint anyone reads; the commit protocol decides what to do
+        log = read_rollbacks(fs, self.layout)
+        if manifest is None or not log.is_rolled_back(manifest):
+            return None
+        src, dest = self.layout.step_dir(step), self.layout.archive_dir(step, manifest.commit_id)
+        files = fs.list_files(src)
+        # The manifest goes last: an archive without one is an interrupted copy, simply redone.
+        for rel in sorted(files, key=lambda r: r == MANIFEST_NAME):
+            fs.copy_file(uri_join(src, rel), uri_join(dest, rel))
+        for _ in range(3):
+            body, etag = self._read_log(fs)
+            current = RollbackLog() if body is None else RollbackLog.from_json(body, self.layout.rollbacks)
+            try:
+                fs.write_bytes(
+                    self.layout.rollbacks,
+                    current.with_archive(step, manifest.commit_id, dest).to_json(),
+                    if_match=etag,
+                )
+                break
+            except PreconditionFailedError:
+                continue
+        fs.delete_file(self.layout.manifest(step))  # from here on the folder is an ordinary partial one
+        fs.delete_tree(src)
+        return dest
+
     # -- retention ------------------------------------------------------------
     def apply_retention(self, policy: RetentionPolicy, dry_run: bool = False) -> RetentionPlan:
         """Delete committed checkpoints the policy does not keep (manifest first, then files)."""
@@ -213,7 +305,7 @@ class CheckpointStore:
     def clean_partial(self, grace_s: float, dry_run: bool = False) -> tuple[int, ...]:
         """Delete uncommitted step folders whose newest object is older than `grace_s` seconds."""
         fs = self.fs()
-        partials = [PartialFolder(f.step, f.newest_mtime) for f in scan(fs, self.layout) if not f.committed]
+        partials = [PartialFolder(f.step, f.newest_mtime) for f in scan(fs, self.layout) if f.partial]
         victims = plan_partial_gc(partials, time.time(), grace_s)
         if not dry_run:
             for step in victims:

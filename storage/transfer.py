@@ -120,7 +120,7 @@ def download(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook
                 item,
                 "download",
                 tracker,
-                lambda cb: fs.get_file(item.uri, tmp, chunk_size=chunk, callback=cb),
+                lambda cb: fs.get_file(item.uri, tmp, chunk_size=chunk, callback=cb, size=item.size),
             )
             _check_download(fs, item, tmp)
             os.replace(tmp, item.local_path)

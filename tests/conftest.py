@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.services.mlflow_server import MLflowServer, start_mlflow
+from tests.services.postgres import PostgresServer, start_postgres
 from tests.services.s3 import S3Server, start_s3
 
 
@@ -43,8 +44,17 @@ def s3_bucket(s3_env: S3Server) -> str:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(services_dir: Path) -> Iterator[MLflowServer]:
-    server = start_mlflow(services_dir / "mlflow")
+def postgres_server(services_dir: Path) -> Iterator[PostgresServer]:
+    server = start_postgres(services_dir / "postgres")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(services_dir: Path, postgres_server: PostgresServer) -> Iterator[MLflowServer]:
+    """The tracking server the tests share, on PostgreSQL as production MLflow runs (SQLite stays the
+    laptop default of the local runner and the job)."""
+    server = start_mlflow(services_dir / "mlflow", backend_store_uri=postgres_server.create_database("mlflow"))
     yield server
     server.process.stop()
 

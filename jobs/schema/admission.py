@@ -5,7 +5,8 @@
 
 1. the object name (it becomes label values and the run id);
 2. no credentials anywhere in the spec (`credentials.py`);
-3. the spec's own fields (`resources.TrainingRunSpec`, field paths in camelCase);
+3. the spec's own fields (`resources.TrainingRunSpec`, field paths in camelCase), the pod
+   settings' cross-value rules included (`pods.check_pods`);
 4. the run config fully resolved (preset <- layer) and checked by the same code the job runs at
    start (`run.load_config`, `run.check_runnable`), at the elastic bounds the spec asks for.
 
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 from .credentials import refuse_credentials
 from .fields import Naming, SchemaError, parse
+from .pods import check_pods
 from .resources import TrainingRunSpec
 from .run import NAME_PATTERN, RunConfig, check, check_runnable, load_config
 
@@ -112,6 +114,7 @@ def admit_run(name: str, spec: Any, runnable: bool = True) -> AdmittedRun:
     check_name(name)
     refuse_credentials(spec, "spec")
     parsed = parse(TrainingRunSpec, spec, "spec", Naming.CAMEL)
+    check_pods(parsed.resources, "spec.resources")
     layer = parsed.config
     bounds = {k: v for k, v in (("min_workers", parsed.min_workers), ("max_workers", parsed.max_workers)) if v}
     if bounds and isinstance(layer, dict):

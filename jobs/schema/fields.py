@@ -119,8 +119,15 @@ def is_required(f: dataclasses.Field) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The resolved annotations of a config class (cached: classes do not change at run time)."""
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
 
 
 def unwrap_optional(tp: Any) -> tuple[Any, bool]:

@@ -70,6 +70,37 @@ class Resources:
     )  # fmt: skip
     service_account: str | None = field(None, "service account of the pods (e.g. for IRSA)",
                                         pattern=DNS_SUBDOMAIN, max_length=253)  # fmt: skip
+    # Pod settings of a GPU cluster (checked together by pods.check_pods; rendered by the operator).
+    shm_size: str | None = field(
+        None, "size of /dev/shm (a memory volume) of each worker pod; default 4Gi per GPU of the pod, none "
+        "without GPUs; \"0\" turns it off", pattern=QUANTITY,
+    )  # fmt: skip
+    volumes: list[dict[str, Any]] = field(
+        [], "extra volumes of the worker pods (Kubernetes Volumes: a node-local weight cache, a PVC)", max_items=64
+    )
+    volume_mounts: list[dict[str, Any]] = field(
+        [], "mounts of those volumes in the worker containers (name, mountPath, readOnly, subPath)", max_items=64
+    )
+    scheduler_name: str | None = field(None, "scheduler of every pod (e.g. volcano, yunikorn)",
+                                       pattern=DNS_SUBDOMAIN, max_length=253)  # fmt: skip
+    priority_class_name: str | None = field(None, "PriorityClass of every pod", pattern=DNS_SUBDOMAIN,
+                                            max_length=253)  # fmt: skip
+    affinity: dict[str, Any] = field({}, "affinity of the worker pods (nodeAffinity, podAffinity, podAntiAffinity)")
+    image_pull_secrets: list[str] = field(
+        [], "Secrets holding registry credentials, by name, for every pod",
+        max_items=16, unique_items=True, items={"pattern": DNS_SUBDOMAIN, "max_length": 253},
+    )  # fmt: skip
+    pod_labels: dict[str, str] = field({}, "extra labels of every pod (keys under ray.io/ and sphinxx.dev/ are taken)")
+    pod_annotations: dict[str, str] = field({}, "extra annotations of every pod")
+    extra_resources: dict[str, Any] = field(
+        {}, "extended resources requested (and limited) per worker pod, e.g. vpc.amazonaws.com/efa: 32, rdma/hca: 1"
+    )
+    head_pod_patch: dict[str, Any] = field(
+        {}, "strategic-merge patch of the head pod template (metadata, spec), applied last: the escape hatch"
+    )
+    worker_pod_patch: dict[str, Any] = field(
+        {}, "strategic-merge patch of the worker pod template (metadata, spec), applied last: the escape hatch"
+    )
 
 
 @dataclass
@@ -88,6 +119,14 @@ class TrainingRunSpec:
                                enum=DELETE_POLICIES)  # fmt: skip
 
 
+RESOURCES_LAYER = "resources-layer"  # a size's resources: fields of Resources, merged over the sweep's
+
+
+def resources_layer(help: str) -> Any:
+    """Pod settings of one size: free-form here, checked as `Resources` at admission (CRD: its schema)."""
+    return dataclasses.field(default_factory=dict, metadata={"help": help, "constraints": {}, "layer": RESOURCES_LAYER})
+
+
 @dataclass
 class SizeOverride:
     min_workers: int | None = count(None, "elastic lower bound for this model size", minimum=1, maximum=MAX_WORKERS)
@@ -100,6 +139,9 @@ class SizeOverride:
     memory: str | None = field(None, "memory of a worker pod", pattern=QUANTITY)
     config: dict[str, Any] = layer(
         "run-config fields for this size, deep-merged over spec.base (e.g. model.llm_weights)", preset=False
+    )
+    resources: dict[str, Any] = resources_layer(
+        "pod settings for this size (fields of spec.resources), deep-merged over spec.resources"
     )
 
 

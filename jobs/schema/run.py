@@ -124,6 +124,10 @@ class TrainConfig:
                                      minimum=1, maximum=MAX_STEPS)  # fmt: skip
     log_interval: int = count(10, "print a progress line and log metrics every this many steps",
                               minimum=1, maximum=MAX_STEPS)  # fmt: skip
+    termination_grace_seconds: int = count(
+        120, "after SIGTERM (preemption, node drain, resize) a worker finishes its step and commits a checkpoint "
+        "within this many seconds; the worker pods' terminationGracePeriodSeconds", minimum=10, maximum=3600,
+    )  # fmt: skip
 
 
 @dataclass
@@ -280,9 +284,12 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 def to_yaml(cfg: RunConfig) -> str:
+    """Plain YAML of the resolved config (what `load_config(file=...)` reads back), via libyaml when
+    present: the operator writes one per attempt, and the pure-Python emitter costs milliseconds."""
     import yaml
 
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return str(yaml.dump(to_dict(cfg), Dumper=dumper, sort_keys=False))
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 
 class RunPhase(enum.StrEnum):
+    QUEUED = "Queued"  # a sweep's point waiting for a slot under maxParallelRuns: nothing exists for it yet
     PENDING = "Pending"
     RUNNING = "Running"
     RESUMING = "Resuming"
@@ -65,6 +66,20 @@ class CheckpointRef:
 
 
 @dataclass
+class RollbackStatus:
+    """The last rollback of a run (`kubectl sphinxx rollback`): commits newer than to_step stopped counting."""
+
+    request: str = field("", "the sphinxx.dev/rollback value it carried out")
+    to_step: int = count(0, "the committed step the run resumes from", maximum=2**62)
+    rolled_back_steps: list[int] = field([], "commits marked rolled back (kept on S3, no longer resumed from)",
+                                         max_items=100_000)  # fmt: skip
+    after_attempt: int = count(0, "the attempt that ran last before the rollback; later attempts resume from to_step",
+                               maximum=2**31)  # fmt: skip
+    time: str | None = field(None, "when the operator rolled back (RFC 3339); MLflow metrics of later steps "
+                             "logged before it are superseded")  # fmt: skip
+
+
+@dataclass
 class RunStatus:
     phase: RunPhase | None = field(None, "where the run is")
     attempt: int = count(0, "attempt number (one RayJob each)", maximum=2**31)
@@ -83,6 +98,8 @@ class RunStatus:
     metrics: dict[str, float] = field({}, "metrics of the newest committed checkpoint")
     workers: dict[str, int] = field({}, "elastic bounds and the worker counts KubeRay reports")
     resume_token: str | None = field(None, "the last sphinxx.dev/resume annotation acted on")
+    rollback_token: str | None = field(None, "the last sphinxx.dev/rollback annotation acted on")
+    last_rollback: RollbackStatus | None = field(None, "the last rollback (kubectl sphinxx rollback)")
     last_failure_time: str | None = field(None, "when the current attempt was seen failed")
     message: str = field("", "what is happening, in one line")
     observed_generation: int | None = count(None, "the spec generation this status reflects", maximum=2**62)

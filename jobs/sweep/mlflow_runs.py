@@ -45,6 +45,8 @@ TAG_RUN_UID = "sphinxx.dev/trainingrun-uid"
 TAG_MODEL = "sphinxx.dev/model"
 TAG_FRACTION = "sphinxx.dev/data-fraction"
 TAG_SCALING_LAW = "sphinxx.dev/scaling-law"
+TAG_ROLLBACK = "sphinxx.dev/rollback"  # the last rollback of a run: which metric values are superseded
+TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
 TAG_PARENT = "mlflow.parentRunId"
 # MLflow's own HTTP retries back off for minutes; the callers retry on their own schedule.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -118,13 +120,26 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise TrackingUnavailable(f"{type(err).__name__}: {err}") from err
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a local SQLite store keeps artifacts: `mlartifacts/` beside its database.
+
+    MLflow's own default for a database store is `./mlruns` in the *current* directory, which
+    scatters a sweep's plots and configs wherever a command happened to run. A tracking server
+    decides for itself (None).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / "mlartifacts").as_uri()
+
+
 def experiment_id(uri: str, name: str) -> str:
     mlflow = client(uri)
     experiment = _call(mlflow.get_experiment_by_name, name)
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        return str(_call(mlflow.create_experiment, name))
+        return str(_call(mlflow.create_experiment, name, artifact_location=artifact_location(uri)))
     except TrackingUnavailable:
         experiment = _call(mlflow.get_experiment_by_name, name)  # created concurrently by another writer
         if experiment is None:
@@ -163,6 +178,33 @@ def set_run_status(uri: str, run_id: str, state: TrackingState) -> None:
 
 def delete_run(uri: str, run_id: str) -> None:
     _call(client(uri).delete_run, run_id)
+
+
+def rollback_note(to_step: int, steps: tuple[int, ...], after_attempt: int, when: str) -> str:
+    """One line saying which of a run's metric values a rollback superseded. Pure."""
+    return (
+        f"Rolled back to step {to_step} at {when} after attempt {after_attempt}: the checkpoints of "
+        f"step(s) {', '.join(map(str, steps))} no longer count. Metric values of steps after {to_step} "
+        f"logged before {when} (attempts <= {after_attempt}) are superseded by the values attempt "
+        f"{after_attempt + 1} and later log for the same steps."
+    )
+
+
+def record_rollback(
+    uri: str, run_id: str, to_step: int, steps: tuple[int, ...], after_attempt: int, when: str
+) -> None:
+    """Say on the run which metric values a rollback superseded: a tag, and a line added to its note.
+
+    MLflow's metric history is append-only, so the resumed attempt logs the same steps again; the
+    tag (`sphinxx.dev/rollback`) and the note make the superseded values visible, never mixed silently.
+    """
+    mlflow = client(uri)
+    line = rollback_note(to_step, steps, after_attempt, when)
+    run = _call(mlflow.get_run, run_id)
+    note = run.data.tags.get(TAG_NOTE, "")
+    if line not in note:
+        _call(mlflow.set_tag, run_id, TAG_NOTE, f"{note}\n\n{line}".strip())
+    _call(mlflow.set_tag, run_id, TAG_ROLLBACK, f"to-step={to_step} after-attempt={after_attempt} at={when}")
 
 
 def log_fit(uri: str, run_id: str, law: ScalingLawStatus, png: bytes | None) -> None:

@@ -7,6 +7,8 @@ so one sweep file gives the same points, names and configs in both places.
 Config of a point = the model's preset (when the base names no `preset:`) <- `spec.base`
 <- `spec.overrides.<size>.config` (deep-merged: objects merge key by key, lists and scalars
 replace) <- the point's model and data fraction <- the per-size shortcuts (`zeroStage`, ...).
+Its pods: `spec.resources` <- `spec.overrides.<size>.resources` (deep-merged the same way) <- the
+size's `workersPerPod`, `cpu`, `memory`.
 
 `admit_sweep` admits the sweep and *every point it expands to* with the job's own checks
 (`sphinxx.jobs.schema.admission.admit_run`): a sweep is refused before any point exists if any
@@ -25,13 +27,15 @@ from sphinxx.jobs.schema.admission import admit_run, check_name, memo, resolve_l
 from sphinxx.jobs.schema.credentials import refuse_credentials
 from sphinxx.jobs.schema.fields import Naming, SchemaError, deep_merge, has_path, parse
 from sphinxx.jobs.schema.flavors import FLAVORS
-from sphinxx.jobs.schema.resources import AXIS_FIELDS, SHORTCUTS, ScalingSweepSpec, SizeOverride
+from sphinxx.jobs.schema.pods import check_pods
+from sphinxx.jobs.schema.resources import AXIS_FIELDS, SHORTCUTS, Resources, ScalingSweepSpec, SizeOverride
 from sphinxx.jobs.schema.run import RunConfig, preset_names
 
 # Run ids get a hash suffix of 9 characters (operator) and must stay within 63: a point name
 # leaves room for it.
 MAX_POINT_NAME = 63 - 9
 CAMEL = Naming.CAMEL
+RESOURCE_SHORTCUTS = ("workers_per_pod", "cpu", "memory")  # a size's shortcuts into its pods' resources
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ def point_spec(raw: dict[str, Any], point: Point) -> dict[str, Any]:
     for key in ("minWorkers", "maxWorkers"):
         if override.get(key) is not None:
             out[key] = override[key]
-    resources = copy.deepcopy(raw.get("resources") or {})
+    # A size's pod settings merge over the sweep's: objects key by key, lists replaced.
+    resources = deep_merge(raw.get("resources") or {}, override.get("resources") or {})
     for key in ("workersPerPod", "cpu", "memory"):
         if override.get(key) is not None:
             resources[key] = override[key]
@@ -111,8 +116,16 @@ def point_spec(raw: dict[str, Any], point: Point) -> dict[str, Any]:
 
 
 def _check_override(model: str, override: SizeOverride) -> None:
-    """A size's config layer may not move the point off its axes or fight its own shortcuts."""
+    """A size's config layer may not move the point off its axes or fight its own shortcuts; its pod
+    settings are checked as a `Resources` of their own (errors name the size's field)."""
     path = f"spec.overrides.{model}"
+    parsed = parse(Resources, override.resources, f"{path}.resources", CAMEL)
+    check_pods(parsed, f"{path}.resources")
+    for key in RESOURCE_SHORTCUTS:
+        if getattr(override, key) is not None and CAMEL.key(key) in override.resources:
+            raise SchemaError(
+                f"{path}.resources.{CAMEL.key(key)}", f"conflicts with {path}.{CAMEL.key(key)}; set only one of the two"
+            )
     for dotted, owner in AXIS_FIELDS.items():
         if has_path(override.config, dotted):
             raise SchemaError(f"{path}.config.{dotted}", f"is set by {owner}, not per size")
@@ -136,6 +149,7 @@ def _admit_spec(name: str, raw: Any, base_layer: Any) -> AdmittedSweep:
     check_name(name)
     refuse_credentials(raw, "spec")
     spec = parse(ScalingSweepSpec, raw, "spec", CAMEL)
+    check_pods(spec.resources, "spec.resources")
     base = resolve_layer(base_layer, "spec.base")
     for model, override in spec.overrides.items():
         if model not in spec.axes.models:
@@ -185,5 +199,7 @@ def _where(err: SchemaError, raw: dict[str, Any], spec: ScalingSweepSpec, point:
     for shortcut, dotted in SHORTCUTS.items():
         if detail in (dotted, CAMEL.key(shortcut)) and override.get(CAMEL.key(shortcut)) is not None:
             return SchemaError(f"spec.overrides.{point.model}.{CAMEL.key(shortcut)}", f"{label}: {err.reason}")
+    if err.path.startswith("spec.resources.") and has_path(override.get("resources"), detail.removeprefix("resources.")):
+        return SchemaError(f"spec.overrides.{point.model}.{detail}", f"{label}: {err.reason}")
     where = f"spec.overrides.{point.model}" if point.model in spec.overrides else "spec.base"
     return SchemaError(where, f"{label}: {detail}: {err.reason}")

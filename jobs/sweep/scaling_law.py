@@ -67,10 +67,9 @@ class ScalingFit:
                 f"L(N, D) = {self.E:.4g} + {self.A:.4g}/N^{self.alpha:.3f} + {self.B:.4g}/D^{self.beta:.3f}"
                 f"  ({self.num_points} points, log-RMS {self.residual_rms:.3g})"
             )
-        laws = "; ".join(
-            f"L ~ {p.coefficient:.4g} * {p.axis[0].upper()}^-{p.slope:.3f}" for p in self.per_axis
-        )
-        return f"per-axis power laws: {laws or 'none'} ({self.num_points} points; {self.note})"
+        symbol = {"params": "N", "data": "D"}
+        laws = "; ".join(f"L = {p.coefficient:.4g} * {symbol[p.axis]}^{-p.slope:.3f}" for p in self.per_axis)
+        return f"per-axis power laws: {laws or 'none'} ({self.note or f'{self.num_points} points'})"
 
 
 def fit(points: Sequence[Point]) -> ScalingFit:

@@ -3,7 +3,7 @@
     kubectl -> kmock (Kubernetes API) <- `sphinxx operator run` (a process)
                                       <- the KubeRay stand-in (kuberay_standin.py, a thread here)
                                            -> `python -m sphinxx.jobs.train` on a local Ray head
-    moto S3 (data, checkpoints)   MLflow server (SQLite)   -- shared by all of them
+    moto S3 (data, checkpoints)   MLflow server (PostgreSQL)   -- shared by all of them
 
 The operator reaches S3 and MLflow through its environment (as its Deployment would give it);
 the Ray pods get S3 credentials from a Secret named in the sweep's `resources.envFromSecrets`,

@@ -398,7 +398,7 @@ class KubeRayStandIn:
         spec = rayjob["spec"]
         runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "") or {}
         env_vars = {k: str(v) for k, v in (runtime_env.get("env_vars") or {}).items()}
-        head_env, worker_env = self._pod_envs(cluster["spec"])
+        head_env, worker_env = self._pod_envs(cluster["spec"], cluster["metadata"]["name"])
         job_runtime_env = {**runtime_env, "env_vars": {**worker_env, **env_vars}}
         bin_dir = str(Path(sys.executable).parent)  # the image's `python` is the one with sphinxx
         env = {
@@ -425,11 +425,21 @@ class KubeRayStandIn:
         self.jobs[name] = RayJobProcess(name, st["jobId"], proc, log_path, int(time.time() * 1000))
         self.submissions.append((name, st["jobId"]))
 
-    def _pod_envs(self, cluster_spec: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
-        """Environment of the head pod and of the worker pods: `env` plus `envFrom` Secrets."""
-        head = self._container_env(cluster_spec["headGroupSpec"]["template"])
+    def _pod_envs(self, cluster_spec: dict[str, Any], cluster: str) -> tuple[dict[str, str], dict[str, str]]:
+        """Environment of the head pod and of the worker pods: `env` plus `envFrom` Secrets.
+
+        Every pod has a /tmp of its own; here the cluster's pods share one under the workdir, so a
+        path in /tmp (the workers' stop file) never lands in this machine's shared /tmp.
+        """
+        pod_tmp = self.workdir / cluster / "pod-tmp"
+        pod_tmp.mkdir(parents=True, exist_ok=True)
+
+        def local(env: dict[str, str]) -> dict[str, str]:
+            return {k: f"{pod_tmp}{v[len('/tmp'):]}" if v.startswith("/tmp/") else v for k, v in env.items()}
+
+        head = local(self._container_env(cluster_spec["headGroupSpec"]["template"]))
         groups = cluster_spec.get("workerGroupSpecs") or []
-        worker = self._container_env(groups[0]["template"]) if groups else dict(head)
+        worker = local(self._container_env(groups[0]["template"])) if groups else dict(head)
         return head, worker
 
     def _container_env(self, template: dict[str, Any]) -> dict[str, str]:

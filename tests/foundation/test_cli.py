@@ -59,3 +59,15 @@ def test_every_subcommand_has_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: sphinxx" in result.stdout
+
+
+def test_overrides_may_follow_options() -> None:
+    """`sphinxx sweep run FILE --local train.lr=5e-4`: argparse alone leaves the override over."""
+    from sphinxx.cli import build_parser, parse
+
+    args = parse(build_parser(), ["sweep", "run", "f.yaml", "--local", "--workdir", "/w", "train.lr=5e-4"])
+    assert (args.file, args.workdir, args.overrides) == ("f.yaml", "/w", ["train.lr=5e-4"])
+    with pytest.raises(SystemExit):
+        parse(build_parser(), ["sweep", "run", "f.yaml", "--local", "--wrkdir", "/w"])  # a typo stays an error
+    with pytest.raises(SystemExit):
+        parse(build_parser(), ["ckpt", "ls", "s3://b/r", "extra=1"])  # no overrides there

@@ -254,3 +254,31 @@ def test_applied_crd_registers_resource_with_printer_columns(kube) -> None:
     table = kube.kubectl("get", "wdg", "-n", ns).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "SIZE", "READY"]
     assert table[1].split() == ["w1", "Up", "3", "True"]
+
+
+def test_metrics_count_requests_by_verb_and_resource(kube, api) -> None:
+    """`/metrics` has `apiserver_request_total` as a real API server does (what bench/operator.py reads)."""
+    import re
+    import urllib.request
+
+    def totals() -> dict[tuple[str, str, str], int]:
+        text = urllib.request.urlopen(f"{kube.url}/metrics", timeout=10).read().decode()
+        found = re.findall(
+            r'apiserver_request_total\{verb="(\w+)",resource="(\w+)",subresource="(\w*)"\} (\d+)', text
+        )
+        return {(verb, res, sub): int(n) for verb, res, sub, n in found}
+
+    ns = kube.new_namespace()
+    before = totals()
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _run("counted", ns))
+    api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+    api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "counted")
+    api.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "counted", {"status": {"phase": "x"}})
+    after = totals()
+    delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+    assert {k: v for k, v in delta.items() if v} == {
+        ("POST", PLURAL, ""): 1,
+        ("LIST", PLURAL, ""): 1,
+        ("GET", PLURAL, ""): 1,
+        ("PATCH", PLURAL, "status"): 1,
+    }

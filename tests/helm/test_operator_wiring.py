@@ -30,6 +30,7 @@ ALL_RUNTIME_VALUES = {
         "gpuNodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         "queueName": "gpu-queue",
         "serviceAccountName": "ray-pods",
+        "podDefaults": {"schedulerName": "volcano", "extraResources": {"rdma/hca": 1}},
     },
 }
 # Read by libraries, not by Settings: boto3/s3fs (endpoint, region), kopf (peer identity),
@@ -110,3 +111,16 @@ def test_default_image_matches_the_operator_and_the_package() -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert chart["appVersion"] == version
     assert f"{values['image']['repository']}:{chart['appVersion']}" == DEFAULT_IMAGE
+
+
+def test_peering_lifetime_reaches_kopf(render, monkeypatch: pytest.MonkeyPatch) -> None:
+    """operator.peering.lifetime -> --peering-lifetime -> Settings -> kopf's settings.peering.lifetime."""
+    container = render({"replicaCount": 2, "operator": {"peering": {"lifetime": 20}}}).one("Deployment", RELEASE)[
+        "spec"
+    ]["template"]["spec"]["containers"][0]
+    assert "--peering-lifetime=20" in container["args"]
+    args = build_parser().parse_args(container["args"])
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("SPHINXX_")})
+    monkeypatch.setattr("kopf.cli.main", lambda **_: None)
+    operator_cli.cmd_run(args)
+    assert Settings.from_env().peering_lifetime == 20

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sphinxx.cli import build_parser as sphinxx_parser
+from sphinxx.cli import parse as sphinxx_parse
 from sphinxx.jobs.sweep import mlflow_runs as tracking
 from sphinxx.operator import kubectl_plugin, names, reconcile
 
@@ -98,7 +99,7 @@ def parse(argv: list[str], prose: bool = False) -> None:
         return  # the tool's name in prose ("`sphinxx` output")
     assert "-h" not in rest and "--help" not in rest, f"quote a real invocation, not help: {shlex.join(argv)}"
     try:
-        args = parser.parse_args(rest)
+        args = (sphinxx_parse(parser, rest) if argv[0] == "sphinxx" else parser.parse_args(rest))
     except SystemExit:
         raise AssertionError(f"does not parse: {shlex.join(argv)}") from None
     if getattr(args, "func", None) is not None:
@@ -123,8 +124,14 @@ def test_page_has_every_section_in_order(page: Path) -> None:
     assert page.read_text().startswith("# "), "one H1 title naming the symptom"
 
 
+# The project's README and design docs are held to the same rule as the runbooks.
+DOCUMENTS = [ROOT / "README.md", ROOT / "helm" / "sphinxx" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 @pytest.mark.parametrize(
-    "page", [RUNBOOKS / "README.md", *PAGES], ids=["README.md", *[p.name for p in PAGES]]
+    "page",
+    [RUNBOOKS / "README.md", *PAGES, *DOCUMENTS],
+    ids=["README.md", *[p.name for p in PAGES], *[str(p.relative_to(ROOT)) for p in DOCUMENTS]],
 )
 def test_every_quoted_command_exists_and_parses(page: Path) -> None:
     quoted = [(n, argv, prose) for n, line, prose in commands(page.read_text()) for argv in invocations(line)]

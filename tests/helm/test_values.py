@@ -33,6 +33,8 @@ BAD_VALUES = [
         "Exists",
     ),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory", ""),
+    ({"runtime": {"podDefaults": {"shmsize": "1Gi"}}}, "/runtime/podDefaults", "'shmsize' not allowed"),
+    ({"runtime": {"podDefaults": {"schedulerName": "Volcano"}}}, "/runtime/podDefaults/schedulerName", "pattern"),
     ({"rbac": {"secretNames": "s3-creds"}}, "/rbac/secretNames", "want array"),
     (
         {"mlflow": {"server": {"enabled": True}}, "s3": {"bucket": "ml-ckpt"}},
@@ -97,6 +99,7 @@ MAP_VALUES = {
     "securityContext",
     "mlflow.server.resources",
     "mlflow.server.postgresql.resources",
+    "runtime.podDefaults",  # the pod settings of a TrainingRun's resources (test_settings keeps them in step)
 }
 
 

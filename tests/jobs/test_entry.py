@@ -50,6 +50,11 @@ def test_bad_configs_exit_2_with_a_summary_line(capsys: pytest.CaptureFixture[st
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["sphinxx_summary"] and summary["status"] == "failed"
     assert "does not exist" in summary["error"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: {lr: 1\n")
+    assert train.main(["--config", str(broken)]) == train.EXIT_CONFIG
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert f"{broken} is not valid YAML (line 2" in error
     assert train.main(["--preset", "debug", *DATA, "train.lr=-1", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
     assert "train.lr" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
 
@@ -75,27 +80,21 @@ def test_worker_env_forwards_named_variables_only(monkeypatch: pytest.MonkeyPatc
     assert env["AWS_SECRET_ACCESS_KEY"] == "s3cret" and "NOT_SET" not in env
 
 
-def test_default_tracking_store_is_pinned_where_the_job_started(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
-    # Ray workers run in their own directory; MLflow's default store is relative to the cwd.
+def test_default_tracking_store_is_the_users_never_the_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Without a configured store the job tracks to $SPHINXX_HOME/mlflow.db, artifacts beside it:
+    nothing lands where the command was run, and the absolute URI travels to every worker."""
     from mlflow.tracking import MlflowClient
 
+    from sphinxx.jobs.tracking import create_run
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    launch, worker = tmp_path / "launch", tmp_path / "worker"
-    launch.mkdir(), worker.mkdir()
+    home, launch = tmp_path / "home", tmp_path / "launch"
+    launch.mkdir()
+    monkeypatch.setenv("SPHINXX_HOME", str(home))
     monkeypatch.chdir(launch)
     cfg = _resolve()
-    monkeypatch.chdir(worker)
-    MlflowClient(cfg.tracking.uri).create_experiment("pinned")
-    assert any(launch.iterdir()) and not any(worker.iterdir())
-    assert _resolve().tracking.uri != cfg.tracking.uri
-
-
-def test_the_trainer_hands_the_workers_the_parsed_config_as_is() -> None:
-    from sphinxx.jobs.context import JobContext
-
-    cfg = _resolve("storage.uri=file:///tmp/x", "parallel.min_workers=1", "parallel.max_workers=2")
-    job = JobContext(cfg, attempt=2, mlflow_run_id="r", code_version="v")
-    trainer = train.build_trainer(job)
-    assert trainer.train_loop_config == {"job": job} and trainer.train_loop_config["job"].config is cfg
+    assert cfg.tracking.uri == f"sqlite:///{home / 'mlflow.db'}"
+    run_id = create_run(cfg.tracking.uri, "pinned", "r")
+    MlflowClient(cfg.tracking.uri).log_text(run_id, "hello", "note.txt")
+    assert not any(launch.iterdir()), list(launch.iterdir())  # no mlflow.db, no mlruns/ in the cwd
+    assert (home / "mlflow.db").exists() and list((home / "mlartifacts").rglob("note.txt"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +30,15 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 
 
-def _run(tmp_path: Path, *argv: str) -> list[dict]:
+def _runner(*argv: str) -> list[str]:
     code = RUNNER.format(absent=ABSENT_ON_THE_GPU_MACHINE, script=str(ROOT / "bench" / "gpu_train.py"), argv=list(argv))
+    return [sys.executable, "-c", code]
+
+
+def _run(tmp_path: Path, *argv: str) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     # cwd outside the repo: its operator/ folder must never shadow the standard library's operator.
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_runner(*argv), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]  # stdout: JSON only
 
@@ -84,3 +89,30 @@ def test_gpu_checks_train_mode_cpu_smoke(tmp_path) -> None:
     for name, flavor in (("gpu_train_tinyllama", "debug"), ("gpu_train_mixtral", "debug-moe")):
         rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
         _check(rows, flavor)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_measurement_with_a_summary_and_no_checkpoint(tmp_path) -> None:
+    """bench/gpu_checks.sh's time limit sends SIGTERM: the bench prints what it measured and
+    exits, instead of the job's stop-and-checkpoint (tens of GB on the GPU machine)."""
+    work = tmp_path / "work"
+    argv = ("--device", "cpu", "--flavor", "debug", "--steps", "200", "--workdir", str(work))
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(_runner(*argv), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    rows = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            rows.append(json.loads(line))
+            if sum(r["kind"] == "step" for r in rows) == 2:  # one warm-up, one measured
+                proc.send_signal(signal.SIGTERM)
+                break
+        rows += [json.loads(line) for line in proc.stdout]
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    notes = [r["message"] for r in rows if r["kind"] == "note"]
+    assert any(n.startswith("SIGTERM (time limit)") for n in notes), notes
+    summary = rows[-1]
+    assert summary["kind"] == "summary" and summary["failed"] is None and 1 <= summary["steps"] < 200
+    assert not any(p.is_file() for p in (work / "checkpoints").rglob("*"))

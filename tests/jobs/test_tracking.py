@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -65,12 +66,24 @@ def test_null_tracker_is_silent() -> None:
 
 @pytest.mark.slow
 def test_outage_buffers_replays_and_creates_late_run(mlflow_server) -> None:
-    """One server restart covers both outage cases (a restart costs ~10-60 s on a busy machine)."""
+    """One server restart (PostgreSQL-backed, as in production) covers the outage cases: a run that
+    logs through it, a run created after it, and several points logging at once from their own
+    threads, as the points of a sweep do against one server (a restart costs ~10-60 s)."""
     uri = mlflow_server.tracking_uri
     run_id = create_run(uri, "outage-test", "o")
     tracker = MLflowTracker(uri, run_id, retry_max_s=1.0)
     tracker.log_metrics({"loss": 1.0}, 1)
     assert tracker.flush(30)
+    points = [MLflowTracker(uri, create_run(uri, "outage-test", f"p{i}"), retry_max_s=1.0) for i in range(3)]
+
+    def log_points() -> None:
+        for step in range(1, 41):
+            for i, point in enumerate(points):
+                point.log_metrics({"loss": step + i / 10}, step)
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=log_points)
+    writer.start()
     recorded: list[str] = []
     mlflow_server.process.stop()
     try:
@@ -88,6 +101,11 @@ def test_outage_buffers_replays_and_creates_late_run(mlflow_server) -> None:
         assert late.run_id is None
     finally:
         mlflow_server.restart()
+    writer.join(60)
+    assert all(point.close(timeout=90) for point in points)
+    assert all(point.outages == 1 for point in points)  # each met the outage and came through it
+    for i, point in enumerate(points):  # every step of every point exactly once, in order
+        assert _history(uri, point.run_id, "loss") == [(s, s + i / 10) for s in range(1, 41)]
     assert tracker.close(timeout=90) and late.close(timeout=90)
     assert tracker.outages == 1 and tracker.replayed >= 1
     assert [s for s, _ in _history(uri, run_id, "loss")] == list(range(1, 12))

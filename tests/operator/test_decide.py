@@ -49,8 +49,9 @@ def test_new_run_creates_attempt_one() -> None:
 
 def test_unadmitted_point_waits() -> None:
     act = decide.decide_run(_obs(admitted=False))
-    assert act.create_attempt is None and wire(act)["phase"] == "Pending"
-    assert status.condition(act.status.conditions, "Ready").reason == "Pending"
+    assert act.create_attempt is None and wire(act)["phase"] == "Queued"  # not Pending: nothing exists yet
+    assert status.condition(act.status.conditions, "Ready").reason == "Queued"
+    assert wire(act)["message"].startswith("waiting for a slot")
 
 
 def test_running_mirrors_and_patches_elastic_bounds() -> None:
@@ -213,3 +214,62 @@ def test_parent_run_ends_with_the_sweep_and_reopens_on_resume() -> None:
     assert _sweep_pass(["Succeeded", "Failed"], {"phase": "Running"}).tracking_status == "FAILED"
     resumed = _sweep_pass(["Succeeded", "Resuming"], {"phase": "Failed", "mlflowRunStatus": "FAILED"})
     assert wire(resumed)["phase"] == "Running" and resumed.tracking_status == "RUNNING"
+
+
+def test_rollback_requests_parse_once_and_refuse_while_an_attempt_can_write() -> None:
+    assert decide.rollback_request(None, None) is None
+    assert decide.rollback_request("40@t1", "40@t1") is None  # acted on already
+    assert decide.rollback_request("40@t2", "40@t1") == decide.RollbackRequest("40@t2", 40)
+    bad = decide.rollback_request("forty", None)
+    assert bad is not None and bad.step is None and "is not '<step>@<time>'" in bad.error
+    running = status.observe_rayjob(_job("Running", "RUNNING"))
+    assert "suspend the run" in (decide.rollback_refusal("Running", running) or "")
+    assert "still suspending" in (decide.rollback_refusal("Suspended", status.observe_rayjob(_job("Suspending"))) or "")
+    assert decide.rollback_refusal("Suspended", status.observe_rayjob(_job("Suspended"))) is None
+    assert decide.rollback_refusal("Failed", status.observe_rayjob(_job("Failed", "FAILED", "AppFailed"))) is None
+    assert decide.rollback_refusal("Failed", status.observe_rayjob(None)) is None
+    assert "succeeded" in (decide.rollback_refusal("Succeeded", status.observe_rayjob(None)) or "")
+
+
+def test_a_rollback_of_a_failed_run_starts_the_next_attempt_from_the_chosen_step() -> None:
+    failed = {"attempt": 2, "phase": "Failed", "retries": 2, "rayJobName": "r-a2"}
+    done = decide.RollbackOutcome("20@t", 20, "s3://b/r/checkpoints/step-000000020", (30, 40))
+    act = decide.decide_run(_obs(_job("Failed", "FAILED", "AppFailed"), failed, rollback=done))
+    st = wire(act)
+    assert act.create_attempt == 3 and st["retries"] == 0 and st["phase"] == "Resuming"
+    assert st["rollbackToken"] == "20@t" and st["lastCheckpoint"]["step"] == 20
+    assert st["lastRollback"] == {
+        "request": "20@t", "toStep": 20, "rolledBackSteps": [30, 40], "afterAttempt": 2, "time": "2027-01-15T08:00:00Z",
+    }  # fmt: skip
+    assert ("Normal", "RolledBack") in {(t, r) for t, r, _ in act.events}
+    assert "resumes from step 20" in st["message"]
+
+
+def test_a_refused_rollback_changes_nothing_but_the_token() -> None:
+    running = {"attempt": 1, "phase": "Running", "rayJobName": "r-a1"}
+    refused = decide.RollbackOutcome("20@t", error="the attempt is running: suspend the run")
+    act = decide.decide_run(_obs(_job("Running", "RUNNING"), running, rollback=refused))
+    st = wire(act)
+    assert act.create_attempt is None and st["phase"] == "Running" and "lastRollback" not in st
+    assert st["rollbackToken"] == "20@t"
+    assert [(t, r) for t, r, _ in act.events] == [("Warning", "RollbackRefused")]
+    # A suspended run rolls back and stays suspended: unsuspending resumes from the step.
+    suspended = {"attempt": 1, "phase": "Suspended", "rayJobName": "r-a1"}
+    done = decide.RollbackOutcome("20@u", 20, "u", (30,))
+    act = decide.decide_run(_obs(_job("Suspended", suspend=True), suspended, suspend=True, rollback=done))
+    assert act.create_attempt is None and wire(act)["phase"] == "Suspended" and wire(act)["lastRollback"]["toStep"] == 20
+
+
+def test_a_pass_posts_one_event_for_all_the_points_it_creates() -> None:
+    from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
+    from tests.schema.corpus import DATA
+
+    fractions = [round((i + 1) / 12, 6) for i in range(12)]
+    raw = {"base": {"preset": "debug", "data": DATA}, "axes": {"models": ["debug"], "dataFractions": fractions}}
+    sweep = {"metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1}, "spec": raw}
+    act = decide.decide_sweep(sweep, validate_sweep("s", raw).spec, [], None, "t")
+    created = [e for e in act.events if e[1] == "PointsCreated"]
+    assert len(act.plan.create) == 12 and len(created) == 1
+    message = created[0][2]
+    assert message.startswith("12 TrainingRun(s) created: s-debug-d") and message.endswith("(+7 more)")
+    assert decide.name_list(["a", "b"]) == "a, b"

@@ -112,6 +112,20 @@ def test_admission_respects_max_parallel_in_order() -> None:
     assert expand.admit(ordered, children, 2) == ["demo-tinyllama-1-1b-d25"]
 
 
+def test_points_being_created_are_admitted_in_the_same_pass() -> None:
+    ordered = sweep_points.points("demo", validate_sweep("demo", RAW))
+    names_in_order = [p.name for p in ordered]
+    # Nothing exists yet: the first `max_parallel` new points are admitted as they are created.
+    assert expand.admit(ordered, {}, 2, frozenset(names_in_order)) == names_in_order[:2]
+    # A new point competes with existing unadmitted ones in size order, not creation order.
+    children = {c["metadata"]["name"]: c for c in _children(RAW) if c["metadata"]["name"] != names_in_order[0]}
+    assert expand.admit(ordered, children, 1, frozenset(names_in_order[:1])) == names_in_order[:1]
+    # Without a free slot nothing new is admitted.
+    for name in names_in_order[1:3]:
+        children[name]["metadata"]["annotations"] = {names.ANNOTATION_ADMITTED: "t"}
+    assert expand.admit(ordered, children, 2, frozenset(names_in_order[:1])) == []
+
+
 def test_size_config_layer_merges_over_the_base() -> None:
     raw = copy.deepcopy(RAW)
     raw["base"] = {**BASE, "model": {"use_skip_token": False}}

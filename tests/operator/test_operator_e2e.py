@@ -82,6 +82,12 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
         "grid-debug-d100",
     }
     stays(lambda: len(cluster.rayjobs()) == 2)
+    # The points waiting for a slot say so, distinctly from the admitted ones (kubectl's PHASE column).
+    waiting = {"grid-debug-moe-d50", "grid-debug-moe-d100"}
+    wait_for(lambda: {n for n, r in cluster.runs().items() if (r.get("status") or {}).get("phase") == "Queued"} == waiting)
+    rows = [line.split() for line in cluster.kube.kubectl("get", "trun", "-n", cluster.ns).stdout.splitlines()[1:]]
+    assert {row[0] for row in rows if row[1] == "Queued"} == waiting
+    assert wait_for(lambda: cluster.status("scalingsweeps", "grid").get("counts", {}).get("queued") == 2)
 
     def finish(rayjob: str) -> None:
         # The job commits a last checkpoint with its loss (bigger model, more data: lower loss).
@@ -116,7 +122,7 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     assert done["counts"]["succeeded"] == 4 and done["progress"] == "4/4" and len(done["points"]) == 4
 
     table = cluster.kube.kubectl("get", "sweep", "grid", "-n", cluster.ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "DONE", "RUNNING", "FAILED", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "DONE", "QUEUED", "RUNNING", "FAILED", "AGE"]
     assert table[1].split()[:5] == ["grid", "Succeeded", "4/4", "0", "0"]
     runs_table = cluster.kube.kubectl("get", "trun", "-n", cluster.ns).stdout.splitlines()
     assert runs_table[0].split() == ["NAME", "PHASE", "MODEL", "DATA", "STEP", "LOSS", "ATTEMPT", "AGE"]

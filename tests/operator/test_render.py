@@ -132,3 +132,150 @@ def test_fixed_size_run_has_no_autoscaler() -> None:
     cluster = job["spec"]["rayClusterSpec"]
     assert cluster["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in cluster
     assert cluster["workerGroupSpecs"][0]["minReplicas"] == cluster["workerGroupSpecs"][0]["maxReplicas"] == 2
+
+
+def test_worker_grace_period_and_stop_hook_follow_the_run_config() -> None:
+    spec = _spec("debug")
+    spec["config"]["train"] = {"termination_grace_seconds": 300}
+    parsed, cfg = validate_run("graceful", spec)
+    pod = render_rayjob(_attempt("graceful"), parsed, cfg)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    template = pod["template"]["spec"]
+    assert template["terminationGracePeriodSeconds"] == 300
+    (worker,) = template["containers"]
+    assert {"name": "SPHINXX_STOP_FILE", "value": "/tmp/sphinxx-stop"} in worker["env"]
+    command = worker["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:3] == ["python", "-m", "sphinxx.jobs.preemption"] and command[-2:] == ["--wait", "295"]
+    # The hook's module is the one the job's workers watch with (same file, same default).
+    from sphinxx.jobs import preemption
+    from sphinxx.operator import render
+
+    assert render.STOP_FILE == preemption.DEFAULT_STOP_FILE
+
+
+# One golden RayJob per pod setting: a GPU size (8 GPUs per pod) with that setting alone.
+POD_SETTINGS = {
+    "shm-size": {"shmSize": "96Gi"},
+    "shm-off": {"shmSize": "0"},
+    "volumes": {
+        "volumes": [
+            {"name": "weights", "hostPath": {"path": "/mnt/nvme/weights", "type": "DirectoryOrCreate"}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": "sphinx-data", "readOnly": True}},
+        ],
+        "volumeMounts": [
+            {"name": "weights", "mountPath": "/weights"},
+            {"name": "data", "mountPath": "/data", "readOnly": True},
+        ],
+    },
+    "scheduler": {"schedulerName": "volcano", "priorityClassName": "training-high"},
+    "affinity": {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1a"]}]}
+                    ]
+                }
+            }
+        }
+    },
+    "service-account": {"serviceAccount": "sphinxx-irsa"},
+    "image-pull-secrets": {"imagePullSecrets": ["registry", "mirror"]},
+    "pod-metadata": {"podLabels": {"team": "vision", "cost-center": "ml-42"}, "podAnnotations": {"prometheus.io/scrape": "true"}},
+    "extra-resources": {"extraResources": {"vpc.amazonaws.com/efa": 32, "rdma/hca": "1"}},
+    "pod-patches": {
+        "headPodPatch": {
+            "metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}},
+            "spec": {"containers": [{"name": "ray-head", "env": [{"name": "RAY_LOG_TO_STDERR", "value": "1"}]}]},
+        },
+        "workerPodPatch": {
+            "spec": {
+                "hostNetwork": True,
+                "dnsPolicy": "ClusterFirstWithHostNet",
+                "containers": [
+                    {
+                        "name": "ray-worker",
+                        "securityContext": {"capabilities": {"add": ["IPC_LOCK"]}},
+                        "env": [{"name": "NCCL_IB_HCA", "value": "mlx5"}],
+                    }
+                ],
+            }
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("setting", sorted(POD_SETTINGS))
+def test_golden_rayjob_per_pod_setting(setting: str) -> None:
+    spec = _spec("tinyllama-1.1b")
+    spec["resources"] = {**spec["resources"], **POD_SETTINGS[setting]}
+    parsed, cfg = validate_run("scaling-tinyllama-1-1b-d100", spec)
+    job = render_rayjob(_attempt("scaling-tinyllama-1-1b-d100"), parsed, cfg)
+    cluster = job["spec"]["rayClusterSpec"]
+    for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", **template.get("metadata", {})}}
+        kubernetes_validate.validate({**pod, "spec": template["spec"]}, "1.32", strict=True)
+    rendered = yaml.dump(job, Dumper=_Dumper, sort_keys=False, width=110)
+    path = GOLDEN / f"rayjob-pod-{setting}.yaml"
+    if os.environ.get("SPHINXX_UPDATE_GOLDEN"):
+        path.write_text(rendered)
+    assert path.read_text() == rendered, f"{path.name} differs; review and regenerate (see module docstring)"
+
+
+def test_pod_settings_land_where_they_belong() -> None:
+    spec = _spec("tinyllama-1.1b")
+    spec["resources"] = {**spec["resources"], **POD_SETTINGS["volumes"], **POD_SETTINGS["scheduler"],
+                         **POD_SETTINGS["extra-resources"], **POD_SETTINGS["pod-metadata"], **POD_SETTINGS["pod-patches"]}  # fmt: skip
+    parsed, cfg = validate_run("pods", spec)
+    cluster = render_rayjob(_attempt("pods"), parsed, cfg)["spec"]["rayClusterSpec"]
+    head, worker = cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]
+    wc = worker["spec"]["containers"][0]
+    # /dev/shm: 4Gi per GPU of the pod (8 GPUs), on workers only; the user's volumes after it.
+    assert [v["name"] for v in worker["spec"]["volumes"]] == ["dshm", "weights", "data"]
+    assert worker["spec"]["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    assert [m["mountPath"] for m in wc["volumeMounts"]] == ["/dev/shm", "/weights", "/data"]
+    assert "volumes" not in head["spec"]
+    # Extended resources: requested and limited per worker pod, next to the GPUs.
+    assert wc["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": 8, "rdma/hca": "1", "vpc.amazonaws.com/efa": 32}
+    assert wc["resources"]["requests"]["rdma/hca"] == "1"
+    # Scheduling and metadata on every pod.
+    for template in (head, worker):
+        assert (template["spec"]["schedulerName"], template["spec"]["priorityClassName"]) == ("volcano", "training-high")
+        assert template["metadata"]["labels"] == {"team": "vision", "cost-center": "ml-42"}
+    # The patches merge: the worker container keeps its env and lifecycle and gains the patch's.
+    assert worker["spec"]["hostNetwork"] is True
+    assert [e["name"] for e in wc["env"]] == ["SPHINXX_STOP_FILE", "NCCL_IB_HCA"] and "lifecycle" in wc
+    assert wc["securityContext"] == {"capabilities": {"add": ["IPC_LOCK"]}}
+    assert head["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+    }  # fmt: skip
+    assert head["spec"]["containers"][0]["env"] == [{"name": "RAY_LOG_TO_STDERR", "value": "1"}]
+
+
+def test_strategic_merge_rules() -> None:
+    from sphinxx.operator.pod_settings import strategic_merge
+
+    base = {
+        "spec": {
+            "containers": [{"name": "a", "image": "x", "env": [{"name": "K", "value": "1"}]}, {"name": "b"}],
+            "tolerations": [{"key": "t1"}],
+            "nodeSelector": {"gpu": "h100", "zone": "a"},
+        }
+    }
+    patch = {
+        "spec": {
+            "containers": [
+                {"name": "a", "env": [{"name": "K", "value": "2"}, {"name": "L", "value": "3"}]},
+                {"name": "b", "$patch": "delete"},
+                {"name": "c", "image": "y"},
+            ],
+            "tolerations": [{"key": "t2"}],  # no merge key: replaced
+            "nodeSelector": {"zone": None},  # null deletes
+        }
+    }
+    out = strategic_merge(base, patch)
+    assert out["spec"]["containers"] == [
+        {"name": "a", "image": "x", "env": [{"name": "K", "value": "2"}, {"name": "L", "value": "3"}]},
+        {"name": "c", "image": "y"},
+    ]
+    assert out["spec"]["tolerations"] == [{"key": "t2"}] and out["spec"]["nodeSelector"] == {"gpu": "h100"}
+    assert base["spec"]["containers"][1] == {"name": "b"}  # the input is untouched

@@ -179,3 +179,42 @@ def test_reconcile_applies_the_defaults_and_pins_the_storage_prefix(kube, tmp_pa
     assert cfg.storage.uri == first
     fresh = {"metadata": {"name": "solo"}, "spec": {"config": _config("debug")}}
     assert validate_run("solo", reconcile._run_spec(fresh, moved))[1].storage.uri == second
+
+
+POD = {"schedulerName": "volcano", "imagePullSecrets": ["registry"], "extraResources": {"rdma/hca": 1}, "shmSize": "64Gi"}
+
+
+def test_pod_defaults_come_from_the_environment_and_fill_unset_pod_settings(clean_env: pytest.MonkeyPatch) -> None:
+    import json
+
+    clean_env.setenv("SPHINXX_POD_DEFAULTS", json.dumps(POD))
+    defaults = Settings.from_env().defaults
+    assert defaults.pod == POD
+    config = _config("tinyllama-1.1b", storage={"uri": "s3://ml-ckpt/sphinxx"})
+    filled = defaults.apply_run({"config": config, "resources": {"shmSize": "0"}})
+    assert filled["resources"] == {**POD, "shmSize": "0"}  # the run's own value wins
+    spec, cfg = validate_run("pods", filled)
+    worker = render_rayjob(_attempt("pods"), spec, cfg)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]
+    assert worker["spec"]["schedulerName"] == "volcano" and "volumes" not in worker["spec"]
+    assert worker["spec"]["containers"][0]["resources"]["limits"]["rdma/hca"] == 1
+    clean_env.setenv("SPHINXX_POD_DEFAULTS", '{"shmsize": "1Gi"}')
+    with pytest.raises(ValueError, match="SPHINXX_POD_DEFAULTS: unknown pod setting"):
+        Settings.from_env()
+
+
+def test_the_charts_pod_defaults_schema_is_the_specs() -> None:
+    """values.schema.json's runtime.podDefaults says what a TrainingRun's resources say of those keys."""
+    import json
+    from pathlib import Path
+
+    from sphinxx.jobs.schema.fields import Naming
+    from sphinxx.jobs.schema.openapi import Dialect, schema_of
+    from sphinxx.jobs.schema.resources import Resources
+    from sphinxx.operator.settings import POD_DEFAULT_KEYS
+
+    chart = json.loads((Path(__file__).resolve().parents[2] / "helm/sphinxx/values.schema.json").read_text())
+    declared = chart["properties"]["runtime"]["properties"]["podDefaults"]["properties"]
+    spec = schema_of(Resources, Dialect.JSON, Naming.CAMEL)["properties"]
+    assert list(declared) == list(POD_DEFAULT_KEYS)
+    for key in POD_DEFAULT_KEYS:
+        assert declared[key] == {k: v for k, v in spec[key].items() if k != "default"}, key

@@ -98,7 +98,7 @@ def test_sweep_rollup_counts_rows_and_phase() -> None:
     }
     roll = status.rollup(ordered, children, False, [], 1, "t")
     assert roll.counts == {
-        "total": 4, "pending": 1, "running": 1, "resuming": 0, "succeeded": 1, "failed": 1, "suspended": 0,
+        "total": 4, "queued": 1, "pending": 0, "running": 1, "resuming": 0, "succeeded": 1, "failed": 1, "suspended": 0,
     }  # fmt: skip
     assert roll.phase == "Running" and roll.progress == "1/4"
     assert dump(roll.points[0], Naming.CAMEL, drop_none=True) == {
@@ -110,3 +110,20 @@ def test_sweep_rollup_counts_rows_and_phase() -> None:
     done[ordered[3].name] = {"status": {"phase": "Failed"}}
     assert status.rollup(ordered, done, False, [], 1, "t").phase == "Failed"
     assert status.rollup(ordered, done, True, [], 1, "t").phase == "Suspended"
+
+
+def test_point_rows_are_reparsed_only_when_the_child_changes() -> None:
+    raw = {"base": {"preset": "debug", "data": DATA}, "axes": {"models": ["debug"], "dataFractions": [1.0]}}
+    (point,) = points("memo", validate_sweep("memo", raw).spec)
+
+    def child(rv: str, phase: str) -> dict:
+        return {"metadata": {"uid": "u-memo", "resourceVersion": rv}, "status": {"phase": phase, "attempt": 1}}
+
+    first = status.point_row(point, child("5", "Pending"))
+    assert status.point_row(point, child("5", "Pending")) is first  # same version: the same row
+    moved = status.point_row(point, child("6", "Running"))
+    assert moved.phase == "Running" and first.phase == "Pending"
+    # Without a uid/version (a child not from the API) the row is computed each time.
+    bare = {"status": {"phase": "Failed"}}
+    assert status.point_row(point, bare) is not status.point_row(point, bare)
+    assert status.point_row(point, bare).phase == "Failed"

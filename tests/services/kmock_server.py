@@ -161,6 +161,15 @@ BUILTIN_RESOURCES: list[ResourceSpec] = [
 # Small pure helpers: time, selectors, JSONPath for printer columns, merge patch.
 
 
+def _verb(method: enums.method | None, action: enums.action | None) -> str:
+    """The API server's request verb: the HTTP method, except that a GET is a LIST or a WATCH."""
+    if action == enums.action.WATCH:
+        return "WATCH"
+    if action == enums.action.LIST and method == enums.method.GET:
+        return "LIST"
+    return method.value.upper() if method else "UNKNOWN"
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -415,12 +424,14 @@ class SphinxxKubeEmulator(kmock.KubernetesEmulator):
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.url.path.startswith("/openapi/v3"):
             return aiohttp.web.json_response(self._openapi_v3(request.url.path))
+        if request.url.path == "/metrics":
+            return aiohttp.web.Response(text=self.metrics_text(), content_type="text/plain")
         if request.resource is None or not request.resource.plural:
             return await super()._handle(request)  # discovery, /version, user reactions
         try:
             spec = self._spec(request)
-            self.counts[f"{request.method.value if request.method else '?'} {spec.plural}"] += 1
             method, action = request.method, request.action
+            self.counts[(_verb(method, action), spec.plural, request.subresource or "")] += 1
             if action == enums.action.WATCH:
                 return await self._watch(request, spec)
             if action == enums.action.LIST:
@@ -444,6 +455,18 @@ class SphinxxKubeEmulator(kmock.KubernetesEmulator):
             )
         except KubernetesError as exc:
             return await self._render_error(exc)
+
+    def metrics_text(self) -> str:
+        """`apiserver_request_total` as a real API server's /metrics has it (verb, resource, subresource)."""
+        lines = [
+            "# HELP apiserver_request_total Counter of apiserver requests broken out by verb and resource.",
+            "# TYPE apiserver_request_total counter",
+        ]
+        for (verb, resource, sub), count in sorted(self.counts.items()):
+            lines.append(
+                f'apiserver_request_total{{verb="{verb}",resource="{resource}",subresource="{sub}"}} {count}'
+            )
+        return "\n".join(lines) + "\n"
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""MLflow: a real `mlflow server` process with a SQLite backend on 127.0.0.1."""
+"""MLflow: a real `mlflow server` process on 127.0.0.1, backed by PostgreSQL (as in production) or SQLite."""
 
 from __future__ import annotations
 
@@ -19,9 +19,13 @@ class MLflowServer:
 
 
 def start_mlflow(
-    workdir: Path, artifacts_destination: str | None = None, env: dict[str, str] | None = None
+    workdir: Path,
+    artifacts_destination: str | None = None,
+    env: dict[str, str] | None = None,
+    backend_store_uri: str | None = None,
 ) -> MLflowServer:
-    """Start `mlflow server`; artifacts go to `artifacts_destination` (e.g. an s3:// URI) or a temp dir."""
+    """Start `mlflow server` on `backend_store_uri` (a postgresql:// database; default a SQLite file);
+    artifacts go to `artifacts_destination` (e.g. an s3:// URI) or a temp dir."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     artifacts = artifacts_destination or (workdir / "artifacts").as_uri()
@@ -29,7 +33,7 @@ def start_mlflow(
         venv_bin("mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{workdir / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination",
         artifacts,
         "--host",

@@ -2,12 +2,16 @@
 
     op = start_operator(workdir, kube, env=s3_server.env)   # KUBECONFIG + S3 endpoint/credentials
     ...; op.restart(); ...; op.process.stop()
+    a = start_operator(workdir, kube, namespaces=[ns], peering="sphinxx", priority=200, name="a")
+    b = start_operator(workdir, kube, namespaces=[ns], peering="sphinxx", priority=100, name="b")
 
 Short reconcile intervals keep tests fast; the liveness endpoint doubles as the health check.
+SPHINXX_TEST_VERBOSE=1 runs the operators with `--verbose` (kopf's watch and peering steps in their logs).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,23 +36,30 @@ class OperatorServer:
 
 
 def start_operator(
-    workdir: Path, kube: KubeServer, env: dict[str, str] | None = None, namespaces: list[str] | None = None
+    workdir: Path,
+    kube: KubeServer,
+    env: dict[str, str] | None = None,
+    namespaces: list[str] | None = None,
+    peering: str | None = None,
+    priority: int | None = None,
+    name: str = "operator",
 ) -> OperatorServer:
+    """`sphinxx operator run`: standalone, or a replica of `peering` (with `priority`, its own POD_ID
+    `name` and a short peering lifetime, so a killed replica is replaced within seconds)."""
     port = free_port()
     liveness = f"http://127.0.0.1:{port}/healthz"
-    argv = [
-        venv_bin("sphinxx"),
-        "operator",
-        "run",
-        "--standalone",
-        "--liveness",
-        liveness,
-        "--log-format",
-        "full",
-    ]
+    argv = [venv_bin("sphinxx"), "operator", "run", "--liveness", liveness, "--log-format", "full"] + (["--verbose"] if os.environ.get("SPHINXX_TEST_VERBOSE") else [])
+    if peering:
+        argv += [f"--peering={peering}", "--peering-lifetime=15"]
+        argv += [f"--priority={priority}"] if priority is not None else []
+    else:
+        argv.append("--standalone")
     argv += [f"--namespace={ns}" for ns in namespaces or []] or ["--all-namespaces"]
     process = ServerProcess(
-        "sphinxx-operator", argv, workdir / "operator.log", env={**kube.env, **TEST_INTERVALS, **(env or {})}
+        f"sphinxx-{name}",
+        argv,
+        workdir / f"{name}.log",
+        env={**kube.env, **TEST_INTERVALS, "POD_ID": name, **(env or {})},
     )
     process.start(lambda: http_ok(liveness), timeout=60)
     return OperatorServer(liveness_url=liveness, process=process)

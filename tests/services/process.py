@@ -69,6 +69,16 @@ class ServerProcess:
                 pass
             self.proc.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL the whole group, as a crashed pod or a lost node ends it: no goodbye, no cleanup."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

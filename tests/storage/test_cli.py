@@ -28,7 +28,7 @@ def test_registered_in_the_top_level_cli():
     assert ("ckpt", "sphinxx.storage.cli") in COMMAND_GROUPS
 
 
-@pytest.mark.parametrize("sub", ["ls", "latest", "verify", "gc"])
+@pytest.mark.parametrize("sub", ["ls", "latest", "verify", "gc", "rollback"])
 def test_every_subcommand_has_help(sub, capsys):
     with pytest.raises(SystemExit) as done:
         run(["ckpt", sub, "--help"], capsys)
@@ -103,9 +103,24 @@ def test_errors_name_the_uri(s3_env, capsys, tmp_path):
     assert rc == 1 and "s3://no-such-bucket-zz" in err and "bucket does not exist" in err
     rc, _, err = run(["ckpt", "ls", "gs://bucket/run"], capsys)
     assert rc == 2 and "gs://bucket/run" in err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("run_id: r\n")  # a run that has committed nothing yet
     rc, _, err = run(["ckpt", "gc", "file://" + str(tmp_path / "r"), "--keep-last", "1"], capsys)
     assert rc == 2 and "keep_last must be >= 2" in err
     rc, _, err = run(["ckpt", "verify", "file://" + str(tmp_path / "r")], capsys)
     assert rc == 1 and "no committed checkpoint under file://" in err
     rc, out, err = run(["ckpt", "latest", "file://" + str(tmp_path / "r"), "--json"], capsys)
-    assert rc == 1 and out.strip() == "null"
+    assert rc == 1 and out.strip() == "null" and err.startswith("error: file://")
+
+
+def test_rollback_marks_newer_steps_and_ls_shows_them(run_uri, capsys):
+    rc, out, err = run(["ckpt", "rollback", run_uri, "--to-step", "200", "--reason", "diverged"], capsys)
+    assert rc == 0, err
+    assert "rolled back to step 200: step(s) 300, 400 no longer count" in out
+    rc, out, _ = run(["ckpt", "ls", run_uri, "--json"], capsys)
+    states = {row["step"]: row["state"] for row in map(json.loads, out.splitlines())}
+    assert states == {100: "committed", 200: "committed", 300: "rolled-back", 400: "rolled-back", 500: "partial"}
+    rc, out, _ = run(["ckpt", "latest", run_uri], capsys)
+    assert rc == 0 and out.startswith("step 200 ")
+    rc, _, err = run(["ckpt", "rollback", run_uri, "--to-step", "300"], capsys)
+    assert rc == 1 and "step 300 is not a committed checkpoint" in err

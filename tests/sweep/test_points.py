@@ -43,3 +43,27 @@ def test_a_point_spec_names_its_size_preset_unless_the_base_names_one() -> None:
     assert point_spec(raw, point)["config"]["preset"] == "debug-moe"
     named = {**raw, "base": RUN_BASE}
     assert point_spec(named, point)["config"]["preset"] == "debug"
+
+
+def test_a_sizes_pod_settings_merge_over_the_sweeps() -> None:
+    raw = {
+        "base": RUN_BASE,
+        "axes": {"models": ["debug", "debug-moe"], "dataFractions": [1.0]},
+        "resources": {"schedulerName": "volcano", "podLabels": {"team": "vision"}, "cpu": "8"},
+        "overrides": {
+            "debug-moe": {
+                "cpu": "16",
+                "resources": {"shmSize": "0", "podLabels": {"size": "moe"}, "extraResources": {"rdma/hca": 1}},
+            }
+        },
+    }
+    admit_sweep("pods", raw)
+    by_model = {p.model: point_spec(raw, p) for p in sweep_points.points("pods", admit_sweep("pods", raw).spec)}
+    assert by_model["debug"]["resources"] == raw["resources"]
+    assert by_model["debug-moe"]["resources"] == {
+        "schedulerName": "volcano",
+        "podLabels": {"team": "vision", "size": "moe"},  # objects merge key by key
+        "cpu": "16",
+        "shmSize": "0",
+        "extraResources": {"rdma/hca": 1},
+    }

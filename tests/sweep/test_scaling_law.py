@@ -114,3 +114,10 @@ def test_non_finite_numbers_stay_out_of_the_status() -> None:
     )
     law = scaling_law_status(broken)
     assert set(law["coefficients"]) == {"E", "alpha", "B", "beta"} and "residualRms" not in law
+
+
+def test_per_axis_summary_writes_each_law_with_its_signed_exponent() -> None:
+    """L = k * N^e with e the fitted exponent, whatever its sign (a double minus once read `N^--0.024`)."""
+    points = [Point(n, d, 3 * n**-0.1 * d**0.05) for n, d in itertools.product((1e6, 4e6), (1e5, 2e5))]
+    summary = fit(points).summary()
+    assert "N^-0.100" in summary and "D^0.050" in summary and "--" not in summary
