@@ -321,6 +321,8 @@ def _quiet_third_parties() -> None:
     local cluster enabled token authentication are expected, and say nothing a user must act on."""
     import logging
 
+    import mlflow  # noqa: F401  (mlflow sets its loggers to INFO when first imported: set ours after)
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 

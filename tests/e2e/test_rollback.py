@@ -71,7 +71,7 @@ def _plugin(kube, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_rollback_two_checkpoints_and_the_retry_resumes_there(
-    kube, e2e_operator, kuberay, e2e_namespace, synth_on_s3, e2e_bucket, s3_server, mlflow_server
+    kube, e2e_operator, kuberay, e2e_namespace, synth_on_s3, e2e_bucket, s3_server, mlflow_server, monkeypatch
 ) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -81,7 +81,8 @@ def test_rollback_two_checkpoints_and_the_retry_resumes_there(
     kube.apply(_run_manifest(synth_on_s3, prefix), ns)
     run_id = wait_for(lambda: _status(kube, ns).get("runId"), 120, "the run id")
     options = StorageOptions(endpoint_url=s3_server.env["AWS_ENDPOINT_URL"])
-    os.environ.update({k: v for k, v in s3_server.env.items() if k.startswith("AWS_")})
+    for key, value in s3_server.env.items():  # restored after the test: later tests set their own
+        monkeypatch.setenv(key, value)
     store = CheckpointStore(prefix, run_id, options=options)
 
     # Attempt 1 commits at least three checkpoints, then its driver is killed.

@@ -73,3 +73,21 @@ def test_on_a_terminal_the_line_is_rewritten_in_place() -> None:
     os.close(master)
     assert written.count("\r\x1b[2K") == 2 and "step 12/12 (100%)" in written
     assert written.rstrip().endswith("[1/1] p succeeded")
+
+
+def test_mlflow_store_migrations_stay_off_the_runners_console(tmp_path) -> None:
+    """MLflow configures its loggers when first imported; the runner's quieting must outlast that
+    (a fresh SQLite store printed 'Creating initial MLflow database tables...' in `make demo`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from sphinxx.jobs.local import _quiet_third_parties\n"
+        "_quiet_third_parties()\n"
+        "from mlflow.tracking import MlflowClient\n"
+        f"MlflowClient('sqlite:///{tmp_path}/mlflow.db').search_experiments()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "mlflow.db").exists()  # the store was created, migrations ran
+    assert "database tables" not in out.stdout + out.stderr

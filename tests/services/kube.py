@@ -41,6 +41,16 @@ class KubeServer:
             "KUBECACHEDIR": str(self.kubeconfig.parent / "kubectl-cache"),
         }
 
+    def request_totals(self) -> dict[tuple[str, str, str], int]:
+        """`apiserver_request_total` from the emulator's /metrics: (verb, resource, subresource) -> count."""
+        import re
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        found = re.findall(r'apiserver_request_total\{verb="(\w+)",resource="([\w.]+)",subresource="(\w*)"\} (\d+)', text)
+        return {(verb, res, sub): int(n) for verb, res, sub, n in found}
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:

@@ -55,6 +55,9 @@ def start_operator(
     else:
         argv.append("--standalone")
     argv += [f"--namespace={ns}" for ns in namespaces or []] or ["--all-namespaces"]
+    for namespace in namespaces or []:
+        _ensure_namespace(kube, namespace)
+    before = kube.request_totals()
     process = ServerProcess(
         f"sphinxx-{name}",
         argv,
@@ -62,4 +65,40 @@ def start_operator(
         env={**kube.env, **TEST_INTERVALS, "POD_ID": name, **(env or {})},
     )
     process.start(lambda: http_ok(liveness), timeout=60)
+    if not peering:  # (a paused replica does not watch; peering tests wait for "Resuming" instead)
+        _wait_watching(kube, before, process)
     return OperatorServer(liveness_url=liveness, process=process)
+
+
+WATCHED = ("trainingruns", "scalingsweeps", "rayjobs")
+
+
+def _ensure_namespace(kube: KubeServer, namespace: str) -> None:
+    """The namespaces a scoped operator is given exist before it starts, as in a cluster (the
+    emulator otherwise creates a namespace with its first object, and kopf opens that
+    namespace's watches only when it sees the namespace appear)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        client.CoreV1Api(kube.api_client()).create_namespace({"metadata": {"name": namespace}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def _wait_watching(kube: KubeServer, before: dict[tuple[str, str, str], int], process: ServerProcess) -> None:
+    """Until the operator has opened its watches (its API server request counts say so): the
+    liveness endpoint answers before kopf has listed and watched its resources, and a test that
+    creates objects in that window depends on the emulator's list-then-watch replay under load."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        now = kube.request_totals()
+        if all(now.get(("WATCH", r, ""), 0) > before.get(("WATCH", r, ""), 0) for r in WATCHED):
+            return
+        if time.monotonic() > deadline:
+            opened = {r: now.get(("WATCH", r, ""), 0) - before.get(("WATCH", r, ""), 0) for r in WATCHED}
+            raise RuntimeError(f"{process.name}: watches opened after 60 s: {opened}; see {process.log_path}")
+        time.sleep(0.1)
