@@ -114,7 +114,8 @@ def test_a_namespace_scoped_operator_ignores_other_namespaces(kube, s3_server, c
         other.kube.apply(_run("theirs", f"file://{tmp_path}/ckpt"), other.ns)
         cluster.kube.apply(_run("ours", f"file://{tmp_path}/ckpt"), cluster.ns)
         wait_for(lambda: cluster.rayjobs("ours"), 60, "our run's RayJob")
-        assert cluster.status("trainingruns", "ours").get("phase") == "Pending"
+        # (the RayJob is created before the run's status patch lands)
+        wait_for(lambda: cluster.status("trainingruns", "ours").get("phase") == "Pending", 30, "our run's phase")
 
         def untouched() -> bool:
             theirs = other.get("trainingruns", "theirs") or {}
