@@ -9,8 +9,9 @@ side in the same processes: ZeRO 0 / 2 x skip tokens on / off. Timed steps are i
 (after one warm-up step each), so machine load hits all of them alike. Prints JSON lines:
 
 - {"kind": "variant", ...}: per variant, median seconds per optimizer step, tokens/s (every LLM
-  position: text, image and skip tokens), samples/s, MFU (FLOPs from `model.info`, peak measured
-  with an fp32 matmul per worker thread), visual tokens per image sample;
+  position: text, image and skip tokens), samples/s, MFU (the job's `metrics.FlopModel`: FLOPs of
+  the real sequence lengths; peak an estimate, an fp32 matmul measured per worker thread), visual
+  tokens per image sample;
 - {"kind": "ratio", ...}: ZeRO-2 / ZeRO-0 and skip / no-skip (samples/s and step time: without
   skip tokens the same samples carry more positions, so tokens/s alone would hide the gain).
 
@@ -77,9 +78,9 @@ def _worker(rank: int, world: int, synth, steps: int, threads: int) -> dict | No
         data = build_data(cfg, rank, world)
         model, _ = build_model(cfg, worker)
         engine, _ = build_engine(model, cfg, worker, data.accum_steps)
-        runs.append((model, engine, data.iter_steps(), flop_model(cfg, model, data), []))
+        runs.append((model, engine, data.iter_steps(), flop_model(model, worker.device), []))
     # One peak for all variants (best of the measurements), so MFU ratios are throughput ratios.
-    peak = max(run[3].peak for run in runs)
+    peak = max((run[3].peak for run in runs), key=lambda p: p.flops)
     for run in runs:
         run[3].peak = peak
     for rep in range(steps + 1):

@@ -5,7 +5,8 @@ Kept apart from the entrypoint (`train.py`) so that both halves are testable wit
 - `prepare_run` stores the resolved config next to the checkpoints (`config.yaml`) and settles
   the MLflow run (tracking.resolve_run_id): from the operator (tracking.mlflow_run_id),
   from an earlier attempt (recorded in `run.json`), or created now and recorded. If MLflow is
-  unreachable the job still starts: rank 0 creates the run once MLflow answers.
+  unreachable the job still starts: rank 0 creates the run once MLflow answers. With
+  `tracking.enabled` false there is no MLflow run at all.
 - `run_summary` reads the committed state back from the store (the source of truth, not Ray's
   metrics), ends a run the job owns, and returns the fields of the final JSON line.
 """
@@ -42,6 +43,8 @@ def prepare_run(cfg: RunConfig, attempt: int, code_version: str) -> PreparedRun:
     manifest = store.write_run_manifest(code_version=code_version)
     recorded = manifest.get("extra", {}).get("mlflow_run_id")
     latest = store.latest()
+    if not cfg.tracking.enabled:
+        return PreparedRun(None, False, None if latest is None else latest.step)
     try:
         run_id, created = resolve_run_id(
             cfg.tracking.uri,
@@ -79,6 +82,7 @@ def run_summary(
         "num_params": final.get("num_params"),
         "num_params_total": final.get("num_params_total"),
         "mfu": final.get("mfu"),
+        "mfu_peak_source": final.get("mfu_peak_source"),
         "tokens_per_s": final.get("tokens_per_s"),
         "world_size": latest.manifest.metadata.world_size if latest else None,
         "resumed_from": run.resumed_from,

@@ -21,9 +21,11 @@ raise `preemption.Preempted`, so the retry or the resized group resumes there, l
 Every `train.checkpoint_interval` steps and at the end all ranks save through
 `checkpoint.Checkpointer` (commit protocol of `sphinxx.storage`), committing the loss and the
 scaling-law inputs (`metrics.checkpoint_metrics`); rank 0 then reports a pointer checkpoint to
-Ray Train (docs/storage.md, "Pointer checkpoints for Ray Train"), tracks to MLflow and prints progress. The loop itself knows
-nothing of Ray: `ray_worker.train_loop_per_worker` adapts Ray's context to `Worker`, so tests
-can drive `train()` in plain gloo processes.
+Ray Train (docs/storage.md, "Pointer checkpoints for Ray Train"), tracks to MLflow (unless
+`tracking.enabled` is false) and prints progress. The loop itself knows nothing of Ray:
+`ray_worker.train_loop_per_worker` adapts Ray's context to `Worker`, so tests and benchmarks
+drive `train()` in plain processes; a benchmark may also pass a `timing.PhaseTimer` to time the
+phases of every step (`jobs.timing`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from sphinxx.jobs.audit import SampleTrace
 from sphinxx.jobs.build import build_model, check_vocab
@@ -42,6 +44,7 @@ from sphinxx.jobs.context import Worker
 from sphinxx.jobs.engine import build_engine, expert_parallel_size
 from sphinxx.jobs.metrics import (
     StepStats,
+    all_reduce_host,
     checkpoint_metrics,
     engine_tracks_grad_norm,
     expert_load,
@@ -54,14 +57,17 @@ from sphinxx.jobs.preemption import Preempted, StopSignal
 from sphinxx.jobs.progress import ProgressPrinter, Throughput
 from sphinxx.jobs.schedule import Schedule
 from sphinxx.jobs.schema.run import RunConfig, flatten, to_yaml
+from sphinxx.jobs.timing import NULL_TIMER
 from sphinxx.jobs.tracking import MLflowTracker, NullTracker, tracking_uri
 
 
-def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
+def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
     """Train until the step budget is done; returns the final metrics (rank 0's are complete).
 
     The result carries the model's sizes as the checkpoints do: `num_params` (N of the scaling
-    law) and `num_params_total` (every trainable parameter).
+    law) and `num_params_total` (every trainable parameter), and `mfu_peak_source`, where the
+    peak behind `mfu` comes from. `timer` (a `timing.PhaseTimer`, benchmarks only) times each
+    step's phases; None times nothing.
     """
     from sphinxx.jobs.checkpoint import RunState
     from sphinxx.jobs.data.loader import build_data
@@ -84,25 +90,27 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
         engine.global_steps = state.step
         if worker.rank == 0:
             print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
-    tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total)
-    flops = flop_model(cfg, model, data)
+    flops = flop_model(model, worker.device)
+    tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source)
+    timer = timer or NULL_TIMER
+    timer.start(model, flops)
     meter = Throughput()
     meter.mark(state.step, 0, 0)
-    printer = ProgressPrinter(total, cfg.train.log_interval)
+    printer = ProgressPrinter(total, cfg.train.log_interval, mfu_estimate=flops.peak.estimate)
     trace = SampleTrace.from_env(worker)
     stop = StopSignal.from_env(cfg.train.termination_grace_seconds)
     metrics: dict[str, Any] = {"step": state.step}
-    for group in data.iter_steps():
+    for group in _timed(data.iter_steps(), timer):
         step = group[0].step
         lr = schedule(step)
         for pg in optimizer.param_groups:
             pg["lr"] = lr
-        stats = _train_step(engine, model, group, worker)
+        stats = _train_step(engine, model, group, worker, timer)
         trace.record(step, group)
         state.step = step + 1
         state.tokens_seen += stats.tokens
         state.samples_seen += stats.samples
-        meter.mark(state.step, stats.tokens, stats.samples)
+        meter.mark(state.step, stats.tokens, stats.samples, flops=flops.step_flops(stats))
         tok_s, smp_s, sec_step = meter.rates()
         metrics = {
             "step": state.step,
@@ -113,7 +121,7 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
             "grad_norm": stats.grad_norm,
             "tokens_per_s": tok_s,
             "samples_per_s": smp_s,
-            "mfu": flops.mfu(stats, sec_step, worker.world_size) if sec_step else 0.0,
+            "mfu": flops.mfu_of_rate(meter.flops_per_s(), worker.world_size),
             "visual_tokens": stats.image_tokens,
             "skip_ratio": stats.skipped_views / max(1, stats.views + stats.skipped_views),
             "tokens_seen": state.tokens_seen,
@@ -138,10 +146,22 @@ def train(cfg: RunConfig, worker: Worker) -> dict[str, Any]:
                 print(f"[sphinxx] stopped on request ({stop.why}) at step {state.step}/{total}", flush=True)
             tracker.close(timeout=min(30.0, stop.remaining()))
             raise Preempted(state.step, stop.why or "stop requested")
+        timer.step_done(state.step, stats, metrics)
     if state.step > 0:
         tracker.log_metrics(data.stats.metrics(), state.step)
     tracker.close(timeout=120)
-    return {**metrics, **sizes}
+    return {**metrics, **sizes, "mfu_peak_source": flops.peak.source}
+
+
+def _timed(steps: Iterable, timer) -> Iterator:
+    """`steps`, with the wait for each next global batch timed as the `data` phase."""
+    it = iter(steps)
+    while True:
+        with timer.phase("data"):
+            group = next(it, None)
+        if group is None:
+            return
+        yield group
 
 
 def _open_checkpointer(cfg: RunConfig, worker: Worker, model, optimizer):
@@ -185,7 +205,7 @@ def _open_checkpointer(cfg: RunConfig, worker: Worker, model, optimizer):
     return store, ckpt
 
 
-def _train_step(engine, model, group, worker: Worker) -> StepStats:
+def _train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) -> StepStats:
     """One global batch on this rank: accum micro-batches, one optimizer step."""
     accum = len(group)
     local = torch.tensor([float(sum(mb.num_targets for mb in group))])
@@ -195,24 +215,29 @@ def _train_step(engine, model, group, worker: Worker) -> StepStats:
     counts = torch.zeros(6, dtype=torch.float64)
     norm = None
     for i, mb in enumerate(group):
-        batch = mb.batch.to(worker.device)
-        out = engine(batch)
-        loss = out.ce_sum * scale + out.aux_loss / accum
-        engine.backward(loss, scale_wrt_gas=False)
+        with timer.phase("data"):
+            batch = mb.batch.to(worker.device)
+        with timer.phase("forward"):
+            out = engine(batch)
+            loss = out.ce_sum * scale + out.aux_loss / accum
+        with timer.phase("backward"):
+            engine.backward(loss, scale_wrt_gas=False)
         if i == accum - 1 and not engine_tracks_grad_norm(engine):
             norm = grad_norm_before_step(model)
-        engine.step()
+        with timer.phase("optimizer"):
+            engine.step()
         ce_sum += out.ce_sum.detach().item()
         aux_sum += out.aux_loss.detach().item()
         slots = batch.image_slots
+        lengths = batch.sequence_lengths() if mb.samples else []
         counts += torch.tensor(
             [
-                float(sum(batch.sequence_lengths())) if mb.samples else 0.0,
+                float(sum(lengths)),
                 float(mb.num_samples),
                 float(mb.num_image_tokens),
                 float((slots == 1).sum()),
                 float((slots == 0).sum()),
-                0.0,
+                float(sum(t * t for t in lengths)),  # the attention term's count (metrics.FlopModel)
             ],
             dtype=torch.float64,
         )
@@ -231,28 +256,27 @@ def _train_step(engine, model, group, worker: Worker) -> StepStats:
         image_tokens=int(counts[2]),
         views=int(counts[3]),
         skipped_views=int(counts[4]),
+        squared_lengths=int(counts[5]),
     )
 
 
 def _max_across_ranks(value: float) -> float:
     """The largest `value` of all ranks (one all-reduce of one number)."""
-    t = torch.tensor([value])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t[0].item())
+    return float(all_reduce_host(torch.tensor([value]), op="max")[0].item())  # NCCL: on the GPU
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
+    return all_reduce_host(t)  # on the GPU under NCCL, which reduces no host tensor
 
 
 # ---------------------------------------------------------------------------- tracking
 
 
-def _open_tracker(cfg: RunConfig, worker: Worker, store, trainable: int, restored_step: int, total: int):
-    if worker.rank != 0:
+def _open_tracker(
+    cfg: RunConfig, worker: Worker, store, trainable: int, restored_step: int, total: int, mfu_peak: str = ""
+):
+    """Rank 0's MLflow tracker; a no-op tracker on other ranks and when `tracking.enabled` is false."""
+    if worker.rank != 0 or not cfg.tracking.enabled:
         return NullTracker()
     uri = tracking_uri(cfg.tracking.uri)
 
@@ -273,6 +297,7 @@ def _open_tracker(cfg: RunConfig, worker: Worker, store, trainable: int, restore
             "sphinxx.code_version": worker.code_version,
             "sphinxx.total_steps": total,
             "sphinxx.trainable_params": trainable,
+            "sphinxx.mfu_peak": mfu_peak,
         }
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")

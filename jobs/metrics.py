@@ -4,9 +4,11 @@
 - Gradient norm: DeepSpeed records the clipped norm under ZeRO-1/2 and the bf16 optimizer; plain
   fp32 ZeRO-0 discards it, so the loop computes it itself before the step (`grad_norm_before_step`).
 - Expert load: each expert's share of routed tokens and the max/mean imbalance (MoE only).
-- FLOPs: `sphinxx.model.info`'s documented estimates (PaLM 6N + attention for the decoder, the
-  projector, the frozen towers' forward) per position / image token / view; MFU divides the
-  achieved rate by the devices' peak (`progress.peak_flops_per_device`).
+- FLOPs: `sphinxx.model.info`'s documented estimates, counted on what a step really processed
+  (`FlopModel`): 6 N per LLM position, 12 L d T^2 per sequence of real length T (attention), the
+  projector per image token and the frozen towers' forward per encoded view. MFU divides the
+  achieved rate by the devices' peak (`progress.device_peak`: datasheet on known GPUs, an
+  estimate elsewhere; docs/training.md, "MFU").
 - Sizes, both over the whole model (every expert counted, not this rank's EP slice):
   `trainable_params` (everything the optimizer updates) and `scaling_params`, the N of a scaling
   law. Each committed checkpoint carries both, with the loss and the tokens seen
@@ -24,8 +26,7 @@ import torch.distributed as dist
 
 from sphinxx.jobs.checkpoint.fragments import expert_layers, param_slots
 from sphinxx.jobs.engine import expert_parallel_size
-from sphinxx.jobs.progress import peak_flops_per_device
-from sphinxx.jobs.schema.run import RunConfig
+from sphinxx.jobs.progress import Peak, device_peak
 
 
 @dataclass
@@ -42,6 +43,7 @@ class StepStats:
     image_tokens: int
     views: int
     skipped_views: int
+    squared_lengths: int  # sum over the step's sequences of (real length)^2: the attention term's count
 
 
 # ---------------------------------------------------------------------------- model sizes
@@ -123,9 +125,33 @@ def grad_norm_before_step(model: torch.nn.Module) -> float:
             dense += sq
     ep = expert_parallel_size(model)
     if ep > 1 and dist.is_initialized():
-        dist.all_reduce(expert)
+        expert = all_reduce_host(expert)
         expert /= dist.get_world_size() // ep
     return float((dense + expert).sqrt())
+
+
+def reduction_device() -> torch.device:
+    """Where the default process group reduces: the current GPU under NCCL (which reduces device
+    tensors only: a host tensor fails with "No backend type associated with device type cpu"),
+    else the host (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_host(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce a small host tensor over the world (`op` "sum" or "max"), on the backend's device;
+    returns a host tensor (`t` itself when no process group is up)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    device = reduction_device()
+    if device.type == "cpu":
+        dist.all_reduce(t, op=reduce_op)
+        return t
+    on_device = t.to(device)
+    dist.all_reduce(on_device, op=reduce_op)
+    return on_device.cpu()
 
 
 # ---------------------------------------------------------------------------- experts
@@ -150,34 +176,52 @@ def expert_load(model: torch.nn.Module) -> dict[str, float]:
 
 @dataclass
 class FlopModel:
-    per_token: float  # LLM training FLOPs per position
+    """Model FLOPs of a training step from what it processed, and the peak they are measured against.
+
+    step FLOPs = per_token * positions + per_squared_length * sum(T^2 over sequences)
+               + per_image_token * image positions + per_view * encoded views
+
+    with T each sequence's real length (text, image and skip positions; padding excluded), so a
+    batch of short sequences is not credited with attention at the configured `seq_len`.
+    """
+
+    per_token: float  # LLM training FLOPs per position without attention: 6 N
+    per_squared_length: float  # attention training FLOPs per (position x its sequence's length): 12 L d
     per_image_token: float  # projector training FLOPs per image position
     per_view: float  # frozen towers' forward FLOPs per encoded view
-    peak: float  # per device
+    peak: Peak  # per device
 
-    def mfu(self, stats: StepStats, sec_per_step: float, world_size: int) -> float:
-        achieved = (
+    def step_flops(self, stats: StepStats) -> float:
+        return (
             self.per_token * stats.tokens
+            + self.per_squared_length * stats.squared_lengths
             + self.per_image_token * stats.image_tokens
             + self.per_view * stats.views
-        ) / sec_per_step
-        return achieved / (self.peak * world_size)
+        )
+
+    def mfu(self, stats: StepStats, sec_per_step: float, world_size: int) -> float:
+        """MFU of one step that took `sec_per_step` on `world_size` devices."""
+        return self.mfu_of_rate(self.step_flops(stats) / sec_per_step, world_size)
+
+    def mfu_of_rate(self, flops_per_s: float, world_size: int) -> float:
+        """MFU of a measured model FLOP rate (e.g. `progress.Throughput.flops_per_s`)."""
+        return flops_per_s / (self.peak.flops * world_size)
 
 
-def flop_model(cfg: RunConfig, model: Any, data: Any) -> FlopModel:
-    """FLOPs per unit of work of `model` at the run's sequence length (a meta-device copy is
-    counted, so this costs no memory), and the peak of this machine's devices."""
+def flop_model(model: Any, device: str) -> FlopModel:
+    """FLOPs per unit of work of `model` (a meta-device copy is counted, so this costs no memory)
+    and the peak of `device`, the worker's (`cpu`, `cuda:0`)."""
     from sphinxx.model.info import flops, parameter_counts
     from sphinxx.model.sphinx import SphinxX
 
     with torch.device("meta"):
         meta = SphinxX(model.args)
     counts = parameter_counts(meta)
-    cost = flops(meta, counts, cfg.data.seq_len)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    cost = flops(meta, counts, model.args.llm.max_seq_len)
     return FlopModel(
-        cost["llm_train_per_token"],
-        cost["projector_train_per_image_token"],
-        cost["vision_forward_per_view"],
-        peak_flops_per_device(device, torch.get_num_threads()),
+        per_token=cost["llm_train_per_token_params_part"],
+        per_squared_length=cost["llm_attention_per_squared_length"],
+        per_image_token=cost["projector_train_per_image_token"],
+        per_view=cost["vision_forward_per_view"],
+        peak=device_peak(device, torch.get_num_threads()),
     )

@@ -60,7 +60,8 @@ def read_config(args: argparse.Namespace) -> RunConfig:
     cfg = load_config(preset=args.preset, data=data, overrides=args.overrides)
     # Resolved here so that workers need no environment of their own (Ray's workers inherit the
     # raylet's environment, not the driver's).
-    cfg.tracking.uri = tracking_uri(cfg.tracking.uri)
+    if cfg.tracking.enabled:
+        cfg.tracking.uri = tracking_uri(cfg.tracking.uri)
     if cfg.storage.uri.startswith("s3://") and not cfg.storage.endpoint_url:
         cfg.storage.endpoint_url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     check_runnable(cfg)

@@ -19,10 +19,14 @@ Parameter counts
 
 FLOPs (documented estimates, not measurements)
 - LLM training per token (PaLM, arXiv 2204.02311 App. B): 6 N + 12 n_layers d T, with N the
-  active decoder parameters without the embedding table (a lookup, no matmul) and T the sequence
-  length. The LM head is included in N as if applied at every position; we apply it only at
-  target positions, so this slightly over-counts (the head's share is reported). Causal
-  masking would halve the attention term; the convention does not, and neither do we.
+  active decoder parameters without the embedding table (a lookup, no matmul) and T the length
+  of the token's sequence. `flops` reports the 12 n_layers d factor on its own
+  (`llm_attention_per_squared_length`): a sequence of real length T costs 6 N T + 12 L d T^2, so
+  a measured step is counted from its real lengths (`sphinxx.jobs.metrics.FlopModel`), and the
+  per-token total here is at the `seq_len` asked for (planning). The LM head is included in N
+  as if applied at every position; we apply it only at target positions, so this slightly
+  over-counts (the head's share is reported). Causal masking would halve the attention term;
+  the convention does not, and neither do we.
 - Projector: 4 P per image token (forward 2P + weight gradient 2P; no input gradient, the
   towers are frozen).
 - Vision: forward only (frozen), per view: 2 x the multiply-accumulates of every conv and
@@ -118,12 +122,14 @@ def flops(model, counts: dict[str, int], seq_len: int) -> dict[str, Any]:
         "llm_train_per_token": 6 * dense + attention,
         "llm_train_per_token_params_part": 6 * dense,
         "llm_train_per_token_attention_part": attention,
+        "llm_attention_per_squared_length": 12 * llm.n_layers * llm.dim,
         "llm_lm_head_share_per_token": 6 * counts["llm_lm_head"],
         "projector_train_per_image_token": 4 * counts["projector"],
         "vision_forward_per_view": per_view,
         "vision_forward_per_view_convnext": vision["convnext"],
         "vision_forward_per_view_dinov2": vision["dinov2"],
-        "formula": "LLM 6N + 12*n_layers*dim*T (PaLM); projector 4P per image token; vision forward 2*MACs",
+        "formula": "LLM 6N + 12*n_layers*dim*T per token, T its sequence's length (PaLM); "
+        "projector 4P per image token; vision forward 2*MACs",
     }
 
 

@@ -158,6 +158,11 @@ class StorageConfig:
 
 @dataclass
 class TrackingConfig:
+    enabled: bool = field(
+        True,
+        "track to MLflow from rank 0; false: no MLflow run is made or needed (rank 0 gets a no-op tracker), "
+        "e.g. for benchmarks on machines without an MLflow server",
+    )
     uri: str | None = field(
         None, "MLflow tracking URI; default MLFLOW_TRACKING_URI, else a local store where the job starts"
     )

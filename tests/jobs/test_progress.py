@@ -1,4 +1,4 @@
-"""Progress line, throughput window, ETA and the FLOPs formula."""
+"""Progress line, throughput window, ETA, the FLOPs formula and the peak behind MFU."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import io
 
 import pytest
 
-from sphinxx.jobs.progress import ProgressPrinter, Throughput, format_eta, train_flops_per_token
+from sphinxx.jobs.progress import (
+    ProgressPrinter,
+    Throughput,
+    device_peak,
+    format_eta,
+    gpu_datasheet_peak,
+    train_flops,
+)
 
 
 def test_throughput_window_excludes_the_anchor_step() -> None:
@@ -34,5 +41,48 @@ def test_progress_line_every_n_steps_and_at_the_end() -> None:
 
 def test_eta_and_flops_formula() -> None:
     assert format_eta(3725) == "1:02:05" and format_eta(0) == "-" and format_eta(float("nan")) == "-"
-    # PaLM appendix B: 6N + 12 L d T.
-    assert train_flops_per_token(1_000_000, 2, 64, 128) == 6e6 + 12 * 2 * 64 * 128
+    # PaLM appendix B: 6N + 12 L d T per position, T the length of its own sequence.
+    assert train_flops(1_000_000, 2, 64, [128]) == 128 * (6e6 + 12 * 2 * 64 * 128)
+    assert train_flops(1_000_000, 2, 64, [3, 5]) == 8 * 6e6 + 12 * 2 * 64 * (9 + 25)
+
+
+def test_window_flop_rate_is_the_mfu_numerator() -> None:
+    meter = Throughput(window=2)
+    meter.mark(0, 0, 0, now=10.0)
+    meter.mark(1, 100, 1, now=11.0, flops=4e12)
+    meter.mark(2, 100, 1, now=13.0, flops=2e12)
+    assert meter.flops_per_s() == pytest.approx(6e12 / 3)
+    assert Throughput().flops_per_s() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H200", 989),
+        ("NVIDIA H200 NVL", 835),
+        ("NVIDIA H100 80GB HBM3", 989),  # the SXM part
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H100 NVL", 835),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A100 80GB PCIe", 312),
+        ("NVIDIA L40S", 362),
+    ],
+)
+def test_gpu_peak_is_the_datasheet_dense_bf16_figure(name: str, tflops: int) -> None:
+    peak = gpu_datasheet_peak(name)
+    assert peak is not None and peak.flops == tflops * 1e12
+    assert not peak.estimate and peak.source.startswith("datasheet: NVIDIA")
+
+
+def test_unlisted_gpu_and_cpu_peaks_are_estimates() -> None:
+    assert gpu_datasheet_peak("NVIDIA GeForce RTX 4090") is None  # measured on the device instead
+    peak = device_peak("cpu", cpu_threads=1)
+    assert peak.estimate and peak.source == "estimate: fp32 matmul measured on CPU with 1 thread"
+    assert 1e8 < peak.flops < 1e13
+
+
+def test_progress_line_says_when_the_peak_is_an_estimate() -> None:
+    out = io.StringIO()
+    printer = ProgressPrinter(total_steps=10, every=10, stream=out, mfu_estimate=True)
+    printer.maybe_print(10, {"loss": 1.0, "mfu": 0.031}, sec_per_step=1.0)
+    assert "mfu~ 3.1% (est. peak)" in out.getvalue()

@@ -111,3 +111,22 @@ def test_outage_buffers_replays_and_creates_late_run(mlflow_server) -> None:
     assert [s for s, _ in _history(uri, run_id, "loss")] == list(range(1, 12))
     assert recorded == [late.run_id]
     assert _history(uri, late.run_id, "loss") == [(1, 2.0)]
+
+
+def test_tracking_switched_off_needs_no_mlflow(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tracking.enabled: false`: rank 0 gets the no-op tracker and the driver makes no run, with
+    MLflow not importable at all (as on a GPU machine without it)."""
+    import sys
+
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.driver import prepare_run
+    from sphinxx.jobs.loop import _open_tracker
+    from sphinxx.jobs.schema.run import load_config
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # any import of mlflow now raises
+    storage = f"storage.uri={tmp_path.as_uri()}"
+    assert load_config(preset="debug", overrides=[storage]).tracking.enabled  # on by default
+    cfg = load_config(preset="debug", overrides=[storage, "tracking.enabled=false"])
+    assert isinstance(_open_tracker(cfg, Worker(rank=0), None, 1, 0, 10), NullTracker)
+    prepared = prepare_run(cfg, 0, "test")
+    assert prepared.mlflow_run_id is None and not prepared.owns_mlflow_run
