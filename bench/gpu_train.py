@@ -85,8 +85,23 @@ class Terminated(BaseException):
     BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM ends the measurement at once, with a summary of the steps measured so far.
+class SigtermFlag:
+    """Set by SIGTERM; the bench raises `Terminated` at the next step boundary.
+
+    Raising from the handler itself would land wherever the main thread happens to be: inside
+    the data loader's read-ahead generator that leaves a ThreadPoolExecutor the interpreter then
+    waits on forever. A step lasts seconds, inside the 10 s `timeout --kill-after` gives.
+    """
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __call__(self, signum, frame) -> None:
+        self.set = True
+
+
+def stop_on_sigterm() -> SigtermFlag:
+    """SIGTERM ends the measurement at the next step, with a summary of the steps measured so far.
 
     The job's loop would instead finish its step and save a checkpoint (`jobs.preemption`):
     right for a preempted worker, but here tens of GB of weights and Adam state written in the
@@ -95,11 +110,10 @@ def stop_on_sigterm() -> None:
     """
     from sphinxx.jobs.preemption import StopSignal
 
-    def terminated(signum, frame):
-        raise Terminated
-
+    flag = SigtermFlag()
     StopSignal.install = lambda self: False  # type: ignore[method-assign]
-    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGTERM, flag)
+    return flag
 
 
 def bootstrap_sphinxx() -> None:
@@ -275,6 +289,7 @@ class Bench:
         self.flops: Any = None
         self.started = time.monotonic()
         self.training_started = math.inf
+        self.sigterm: SigtermFlag | None = None
 
     def config(self, model, flops) -> None:
         from sphinxx.jobs.metrics import model_sizes
@@ -344,6 +359,8 @@ class Bench:
         self.rows.append(row)
         self.emit("step", **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         measured = [r for r in self.rows if not r["warmup"]]
+        if self.sigterm is not None and self.sigterm.set:
+            raise Terminated
         if len(measured) >= self.args.steps:
             raise BenchDone
         if measured and time.monotonic() - self.training_started > self.args.max_seconds:
@@ -408,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"synth_records": size, "synth_seconds": round(time.monotonic() - started, 1)}
     init_process_group(device)
     bench = Bench(args, cfg, emit, extra)
-    stop_on_sigterm()
+    bench.sigterm = stop_on_sigterm()
     failed = None
     try:
         train(cfg, Worker(rank=0, world_size=1, local_rank=0, device=device), PhaseTimer(device, bench.step, bench.config))

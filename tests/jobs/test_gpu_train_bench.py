@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,12 @@ def test_gpu_checks_train_mode_cpu_smoke(tmp_path) -> None:
 
 
 @pytest.mark.slow
+def _pump(stream, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
 def test_sigterm_ends_the_measurement_with_a_summary_and_no_checkpoint(tmp_path) -> None:
     """bench/gpu_checks.sh's time limit sends SIGTERM: the bench prints what it measured and
     exits, instead of the job's stop-and-checkpoint (tens of GB on the GPU machine)."""
@@ -99,16 +107,18 @@ def test_sigterm_ends_the_measurement_with_a_summary_and_no_checkpoint(tmp_path)
     argv = ("--device", "cpu", "--flavor", "debug", "--steps", "200", "--workdir", str(work))
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen(_runner(*argv), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     rows = []
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        while (line := lines.get(timeout=300)) is not None:  # a hang fails here, not at CI's limit
             rows.append(json.loads(line))
             if sum(r["kind"] == "step" for r in rows) == 2:  # one warm-up, one measured
                 proc.send_signal(signal.SIGTERM)
                 break
-        rows += [json.loads(line) for line in proc.stdout]
-        assert proc.wait(timeout=120) == 0
+        while (line := lines.get(timeout=120)) is not None:
+            rows.append(json.loads(line))
+        assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
     notes = [r["message"] for r in rows if r["kind"] == "note"]
