@@ -111,6 +111,7 @@ class ObjectInfo:
     size: int
     mtime: float | None  # seconds since the epoch; None when the store does not say
     is_dir: bool = False
+    etag: str | None = None  # S3's ETag (quotes removed); None elsewhere
 
 
 @dataclass
@@ -205,8 +206,36 @@ class ObjectFS:
             if entry.get("type") == "directory" or not name.startswith(root + "/"):
                 continue
             rel = name[len(root) + 1 :]
-            out[rel] = ObjectInfo(rel, int(entry.get("size") or 0), _mtime(entry))
+            out[rel] = ObjectInfo(rel, int(entry.get("size") or 0), _mtime(entry), etag=_etag(entry))
         return out
+
+    def info(self, uri: str) -> ObjectInfo | None:
+        """Size, mtime and ETag of one object; None when it does not exist (or is a folder)."""
+        with _guard("stat", uri, passthrough=(FileNotFoundError,)):
+            try:
+                entry = self.fs.info(self.path(uri))
+            except FileNotFoundError:
+                return None
+        if entry.get("type") == "directory":
+            return None
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        return ObjectInfo(name, int(entry.get("size") or 0), _mtime(entry), etag=_etag(entry))
+
+    def part_size(self, uri: str) -> int | None:
+        """Size of part 1 of a multipart S3 object (HeadObject PartNumber=1); None if not multipart or unknown."""
+        if self.scheme != "s3":
+            return None
+        bucket, key, _ = self.fs.split_path(self.path(uri))
+        with _guard("stat", uri, passthrough=(FileNotFoundError,)):
+            try:
+                head = self.fs.call_s3("head_object", Bucket=bucket, Key=key, PartNumber=1)
+            except FileNotFoundError:
+                return None
+            except OSError:
+                return None  # a store without per-part HEAD: the caller falls back to the size check
+        if not head.get("PartsCount"):
+            return None
+        return int(head["ContentLength"])
 
     def open_read(self, uri: str, block_size: int = 8 * MiB) -> BinaryIO:
         """A binary stream over the object (read-ahead of `block_size` on S3, never the whole object)."""
@@ -457,6 +486,11 @@ def _create_local_once(path: str, data: bytes) -> None:
         os.link(tmp, path)  # fails with FileExistsError if someone got there first
     finally:
         os.unlink(tmp)
+
+
+def _etag(entry: dict[str, Any]) -> str | None:
+    tag = entry.get("ETag") or entry.get("etag")
+    return str(tag).strip('"') if tag else None
 
 
 def _mtime(entry: dict[str, Any]) -> float | None:

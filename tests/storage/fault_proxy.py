@@ -40,7 +40,8 @@ class Rule:
 
     action: "error" (answer `status`/`code`), "stall" (hold `stall_s`, then drop
     the connection), "lose_response" (forward, then answer 500 instead of the
-    real response), "strip_header" (forward without `header`).
+    real response), "strip_header" (forward without `header`), "delay" (hold
+    `stall_s`, then forward: a slow store).
     """
 
     action: str
@@ -151,6 +152,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 time.sleep(rule.stall_s)
                 self.close_connection = True
                 return
+            if action == "delay":
+                time.sleep(rule.stall_s)
             drop = rule.header.lower() if rule and action == "strip_header" else None
             proxy.enter()
             try:
