@@ -25,31 +25,75 @@ def model_args(cfg: RunConfig):
     return get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg))
 
 
-def build_model(cfg: RunConfig, worker: Worker):
-    """SphinxX on the worker's device, weights random (seeded) or loaded from the configured URIs."""
+def build_model(cfg: RunConfig, worker: Worker, staged: list[Any] | None = None):
+    """SphinxX on the worker's device, weights random (seeded) or loaded from the configured URIs.
+
+    Built on the meta device, then materialised on the worker's device in the training dtype
+    (bf16 when the engine trains in bf16, `jobs.engine.uses_bf16`; else fp32) with this rank's
+    share only (an expert-parallel rank holds its own experts), so no full fp32 copy ever exists
+    on the host or the device. Parts without configured weights get their random init, the same
+    on every rank (seeded); weight URIs are staged on the node first (`stage_inputs`), and their
+    `StageReport`s appended to `staged`. Returns (model, ep_size).
+    """
+    from sphinxx.jobs.engine import uses_bf16
     from sphinxx.model.llm import apply_activation_checkpointing
     from sphinxx.model.sphinx import SphinxX
 
     args = model_args(cfg)
     ep_size = args.llm.ep_size
+    local = stage_inputs(cfg, staged)  # before any allocation: a bad URI fails fast
+    dtype = torch.bfloat16 if uses_bf16(cfg, worker) else torch.float32
+    with torch.device("meta"):
+        model = SphinxX(args)
+    model.to(dtype=dtype)  # meta: no memory
+    model.to_empty(device=worker.device)
     # Same seed on every rank: replicated params start equal without a broadcast. (Expert
     # slices differ per EP rank by construction; real runs load converted weights.)
     torch.manual_seed(cfg.train.seed)
-    # Built on the worker's device: random init of billions of parameters takes seconds on a GPU
-    # and minutes on the host (tinyllama-1.1b with its towers: 150 s on 2 cores), and the host
-    # never holds a copy. Loaded weights are copied in from the host below.
-    with torch.device(worker.device):
-        model = SphinxX(args)
-    if cfg.model.llm_weights:
-        from sphinxx.model.convert import load_converted
+    with torch.no_grad():  # what no weights are loaded into
+        if "llm_weights" not in local:
+            model.llm.init_weights()
+        model.init_multimodal_weights()
+        if "convnext_weights" not in local:
+            model.vision.convnext.model.init_weights()
+        if "dinov2_weights" not in local:
+            model.vision.dinov2.model.init_weights()
+    if "llm_weights" in local:
+        from sphinxx.jobs.schema.flavors import resolve
+        from sphinxx.model.convert import load_llm_weights
 
-        load_converted(cfg.model.llm_weights, model.llm, ep_rank=worker.rank % ep_size)
-    if cfg.model.convnext_weights or cfg.model.dinov2_weights:
-        model.load_vision(cfg.model.convnext_weights, cfg.model.dinov2_weights)
+        family = resolve(cfg.model.flavor).hf_family
+        load_llm_weights(local["llm_weights"], model.llm, family=family, ep_rank=worker.rank % ep_size)
+    if "convnext_weights" in local or "dinov2_weights" in local:
+        model.load_vision(local.get("convnext_weights"), local.get("dinov2_weights"))
     model.vision.requires_grad_(False)  # frozen towers (docs/training.md, "Training recipe")
     if cfg.model.activation_checkpointing or args.llm.activation_checkpointing:
         apply_activation_checkpointing(model.llm)
-    return model.to(worker.device), ep_size  # a no-op but for tensors a constructor put on the host
+    return model, ep_size
+
+
+WEIGHT_FIELDS = ("llm_weights", "convnext_weights", "dinov2_weights")
+
+
+def stage_inputs(cfg: RunConfig, staged: list[Any] | None = None) -> dict[str, str]:
+    """Local paths of the configured weights: `s3://` URIs staged in the node's cache (once per
+    node, `sphinxx.storage.stage`), local paths and `file://` as they are. Keyed by field name."""
+    from sphinxx.model.convert import checkpoint_files
+    from sphinxx.model.vision import weight_files
+    from sphinxx.storage import StorageOptions
+    from sphinxx.storage.stage import stage
+
+    options = StorageOptions(endpoint_url=cfg.storage.endpoint_url)
+    select = {"llm_weights": checkpoint_files, "convnext_weights": weight_files, "dinov2_weights": weight_files}
+    local = {}
+    for name in WEIGHT_FIELDS:
+        uri = getattr(cfg.model, name)
+        if uri:
+            report = stage(uri, select=select[name], options=options, what=f"model.{name}")
+            local[name] = report.local_path
+            if staged is not None:
+                staged.append(report)
+    return local
 
 
 def check_vocab(data: Any, model: torch.nn.Module) -> None:

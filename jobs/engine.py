@@ -27,7 +27,7 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, worker: Worker, accum: 
     param groups and config; for MoE flavors its EP groups and engine shim (docs/moe.md, "DeepSpeed and ZeRO with experts")."""
     from sphinxx.jobs import parallelize
 
-    bf16 = cfg.train.precision == "bf16" and worker.device != "cpu" and torch.cuda.is_bf16_supported()
+    bf16 = uses_bf16(cfg, worker)
     if cfg.train.precision == "bf16" and not bf16:
         log.warning("bf16 requested but not supported on %s; training in fp32", worker.device)
     parallelize.init_distributed("nccl" if worker.device.startswith("cuda") else "gloo")
@@ -47,6 +47,12 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, worker: Worker, accum: 
     )
     engine = parallelize.initialize(model, optimizer, config, ep)
     return engine, engine.optimizer
+
+
+def uses_bf16(cfg: RunConfig, worker: Worker) -> bool:
+    """Whether the engine trains in bf16 (fp32 master weights in the optimizer): asked for, and the
+    worker's device supports it. On CPU the run trains in fp32."""
+    return cfg.train.precision == "bf16" and worker.device != "cpu" and torch.cuda.is_bf16_supported()
 
 
 def expert_parallel_size(model: torch.nn.Module) -> int:

@@ -1,6 +1,7 @@
 """`sphinxx sweep`: expand a ScalingSweep file, or run it locally without a cluster.
 
 sphinxx sweep plan examples/sweeps/tiny.yaml           # the points and their configs
+sphinxx sweep check examples/sweeps/tiny.yaml          # can every weight, tokenizer, data and checkpoint URI be reached?
 sphinxx sweep run examples/sweeps/tiny.yaml --local    # train every point on local Ray
 sphinxx sweep run examples/sweeps/tiny.yaml --local --resume
 """
@@ -22,6 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--configs", action="store_true", help="also print each point's resolved run config")
     plan.set_defaults(func=_plan)
+
+    check = sub.add_parser(
+        "check", help="pre-flight: can every point's weights, tokenizer, data and checkpoint prefix be reached?"
+    )
+    check.add_argument("file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)")
+    check.add_argument(
+        "--storage-uri", help="checkpoint prefix when the sweep names none (default: file://.sphinxx/<sweep>/checkpoints)"
+    )
+    check.set_defaults(func=_check)
 
     run = sub.add_parser("run", help="run every point of a sweep on this machine (local Ray)")
     run.add_argument(
@@ -72,6 +82,49 @@ def _plan(args: argparse.Namespace) -> int:
         )
         if args.configs:
             print(to_yaml(cfg))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """The operator's pre-flight check (docs/operator.md, "Pre-flight checks"), from this machine's credentials."""
+    import os
+
+    from sphinxx.jobs.local import plan, read_sweep
+    from sphinxx.jobs.schema.fields import SchemaError
+    from sphinxx.jobs.sweep.inputs import run_inputs
+    from sphinxx.storage import StorageOptions
+    from sphinxx.storage.probe import probe_read, probe_write
+
+    try:
+        name, raw = read_sweep(args.file)
+        storage = args.storage_uri or f"file://{os.path.abspath('.sphinxx')}/{name}/checkpoints"
+        points = plan(name, raw, storage_uri=storage, tracking_uri="sqlite:///mlflow.db")
+    except SchemaError as err:
+        print(f"error: invalid sweep {args.file}: {err}", file=sys.stderr)
+        return 2
+    users: dict[tuple[str, str, str], list[str]] = {}
+    needs: dict[tuple[str, str, str], tuple[str, ...]] = {}
+    endpoints: dict[tuple[str, str, str], str | None] = {}
+    for point, cfg in points:
+        for item in run_inputs(cfg):
+            key = (item.field, item.uri, item.access)
+            users.setdefault(key, []).append(point.name)
+            needs[key], endpoints[key] = item.needs_any, cfg.storage.endpoint_url
+    failed = 0
+    print(f"pre-flight of sweep {name}: {len(users)} inputs of {len(points)} points", flush=True)
+    for (field, uri, access), names in users.items():
+        options = StorageOptions(endpoint_url=endpoints[(field, uri, access)])
+        why = probe_write(uri, options) if access == "write" else probe_read(uri, needs[(field, uri, access)], options)
+        where = "all points" if len(names) == len(points) else ", ".join(names)
+        if why is None:
+            print(f"ok    {field}: {uri} ({access}; {where})", flush=True)
+        else:
+            failed += 1
+            print(f"FAIL  {field}: {uri} {why} ({where})", flush=True)
+    if failed:
+        print(f"error: {failed} of {len(users)} inputs cannot be used; fix them before `kubectl apply`", file=sys.stderr)
+        return 1
+    print("every input is readable and the checkpoint prefix is writable")
     return 0
 
 

@@ -8,7 +8,10 @@ stays at about one output shard plus one layer's tensors, whatever the model siz
 
 Paths are local directories. `sphinxx.model` never talks to object stores (import-linter
 contract): the CLI (`sphinxx model convert --from hf SRC --flavor NAME --out URI`) stages an
-`s3://` source to a local directory and uploads the output directory afterwards.
+`s3://` source to a local directory and uploads the output directory afterwards; a training job
+stages `model.llm_weights` on its node (`sphinxx.storage.stage`, fetching only
+`checkpoint_files`) and calls `load_llm_weights`, which takes either layout: ours, or a raw
+Hugging Face folder converted while loading (`load_hf`), tensor by tensor.
 
 Output directory:
     model-00001-of-0000N.safetensors ...   our parameter names, sharded
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -43,6 +46,26 @@ INDEX_NAME = "model.safetensors.index.json"
 FORMAT_VERSION = 1
 
 ProgressFn = Callable[[int, int, str], None]  # (tensors done, tensors total, our tensor name)
+
+# What a checkpoint folder needs besides its weight files (HF config, our config, the indexes).
+_CHECKPOINT_META = (CONFIG_NAME, INDEX_NAME, "config.json", "pytorch_model.bin.index.json")
+
+
+def checkpoint_files(names: Sequence[str]) -> list[str]:
+    """The files of a checkpoint folder that loading it reads, from the names the folder holds.
+
+    Hub folders often ship each checkpoint twice (`*.safetensors` and `pytorch_model*.bin`, 26 GB
+    each for LLaMA2-13B) and extras (`original/consolidated.00.pth`, tokenizer files): only one
+    format's top-level weight files are taken, safetensors first, plus the configs and indexes.
+    """
+    top = [n for n in names if "/" not in n]
+    weights = [n for n in top if n.endswith(".safetensors")] or [n for n in top if n.endswith(".bin")]
+    return sorted({*weights, *(n for n in top if n in _CHECKPOINT_META)})
+
+
+def is_converted(path: str) -> bool:
+    """Whether a local folder is in our layout (its completion marker exists)."""
+    return os.path.exists(os.path.join(_local_dir(path, "checkpoint"), CONFIG_NAME))
 
 
 def _local_dir(uri: str, what: str) -> str:
@@ -300,3 +323,64 @@ def load_converted(path: str, model: torch.nn.Module, *, ep_rank: int = 0, stric
                         f"{name}: stored shape {tuple(tensor.shape)} vs model {tuple(target.shape)}"
                     )
                 target.copy_(tensor)
+
+
+def load_llm_weights(path: str, model: torch.nn.Module, *, family: str, ep_rank: int = 0) -> str:
+    """Load a local LLM checkpoint folder of either layout into `model`; returns the layout read.
+
+    Ours (`sphinxx_llm.json` present) goes through `load_converted`; a raw Hugging Face folder
+    (`config.json` + safetensors or `.bin` files, sharded with an index or not) is converted
+    while loading by the `family`'s adapter (`load_hf`).
+    """
+    if is_converted(path):
+        load_converted(path, model, ep_rank=ep_rank)
+        return "sphinxx"
+    load_hf(path, model, family=family, ep_rank=ep_rank)
+    return "hf"
+
+
+@torch.no_grad()
+def load_hf(path: str, model: torch.nn.Module, *, family: str, ep_rank: int = 0) -> None:
+    """Convert a raw Hugging Face checkpoint folder into `model` (materialised) while reading it.
+
+    Tensors are read one at a time (safetensors `safe_open`, mmap'ed `.bin`), renamed or unpacked
+    by the adapter and copied into the parameter, cast to its dtype: host memory holds one source
+    tensor, not a shard or the model. An expert-parallel rank reads only its own experts. The
+    folder's config.json must agree with the model (shapes, vocabulary, RoPE), and every source
+    tensor must be used (other ranks' experts aside), so a wrong family or flavor fails loudly.
+    """
+    path = _local_dir(path, "checkpoint")
+    args = model.args
+    if not os.path.exists(os.path.join(path, "config.json")) and not any(
+        n.endswith((".safetensors", ".bin")) for n in os.listdir(path)
+    ):
+        raise ValueError(
+            f"{path!r} is neither a converted checkpoint (no {CONFIG_NAME}) nor a Hugging Face "
+            "folder (no config.json and no weight files)"
+        )
+    adapter = get_adapter(family, args, **({"ep_rank": ep_rank} if family == "mixtral" else {}))
+    if (config := _read_hf_config(path)) is not None:
+        adapter.check_hf_config(config)
+    source = _RecordingMapping(HFCheckpoint(path))
+    targets = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for name, tensor in adapter.from_hf(source):
+        target = targets.get(name)
+        if target is None or tuple(target.shape) != tuple(tensor.shape):
+            want = tuple(target.shape) if target is not None else "no such parameter"
+            raise ValueError(f"{name}: checkpoint gives shape {tuple(tensor.shape)}, the model expects {want}")
+        if target.is_meta:
+            raise ValueError("model is on the meta device; call model.to_empty(device=...) first")
+        target.copy_(tensor)
+        loaded.add(name)
+    missing = sorted(set(targets) - loaded)
+    if missing:
+        raise ValueError(f"{path}: the checkpoint has no tensors for {len(missing)} parameters: {missing[:8]}")
+    others = getattr(args, "ep_size", 1) > 1  # the other ranks' experts are left unread on purpose
+    unused = sorted(
+        k for k in source if k not in source.read and not adapter.is_ignored(k) and not (others and ".experts." in k)
+    )
+    if unused:
+        raise ValueError(
+            f"{path}: {len(unused)} checkpoint tensors were not used (wrong family or flavor?): {unused[:8]}"
+        )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -211,6 +212,22 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "open_clip_pytorch_model.bin",
 )
+
+
+def weight_files(names: Sequence[str]) -> list[str]:
+    """The files of a tower's folder that `read_state_dict` reads (from the names it holds): a
+    shard index and its shards, else the first of `_WEIGHT_FILES` present; config.json besides.
+    A single-file URI (names = [that file]) keeps its file."""
+    top = [n for n in names if "/" not in n]
+    extra = [n for n in top if n == "config.json"]
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in top:
+            suffix = ".safetensors" if "safetensors" in index else ".bin"
+            return sorted({index, *extra, *(n for n in top if n.endswith(suffix))})
+    for name in _WEIGHT_FILES:
+        if name in top:
+            return sorted({name, *extra})
+    return top if len(top) == 1 else []
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -109,6 +109,7 @@ class RunObserved:
     now: float  # epoch seconds
     now_iso: str
     rollback: RollbackOutcome | None = None  # a rollback request handled in this pass
+    inputs: tuple[str, ...] | None = None  # pre-flight problems (preflight.check_run); None = not checked
 
 
 @dataclass
@@ -167,6 +168,12 @@ def decide_run(obs: RunObserved) -> RunAction:
     elif job.outcome == "none":
         if old_phase == RunPhase.SUCCEEDED or (old_phase == RunPhase.FAILED and not resume_now):
             pass
+        elif attempt == 0 and obs.inputs:
+            # Blocked before any GPU is allocated; rechecked on every tick until the inputs are there.
+            phase, reason = RunPhase.PENDING, "InputsUnreadable"
+            message = "pre-flight check failed: " + "; ".join(obs.inputs)
+            if message != st.message:
+                act.events.append(("Warning", reason, message))
         elif attempt == 0 or resume_now or old_phase == RunPhase.SUSPENDED:
             act.create_attempt = attempt + 1
             phase = RunPhase.RESUMING if resumable or attempt else RunPhase.PENDING
@@ -212,6 +219,12 @@ def decide_run(obs: RunObserved) -> RunAction:
     st.phase, st.message, st.observed_generation = phase, message, obs.generation
     st.conditions = status.run_conditions(st.conditions, phase, reason, message, obs.generation, obs.now_iso)
     st.conditions = status.set_condition(st.conditions, "Invalid", False, "Valid", "", obs.generation, obs.now_iso)
+    if obs.inputs is not None:
+        blocked = bool(obs.inputs)
+        st.conditions = status.set_condition(
+            st.conditions, "Blocked", blocked, "InputsUnreadable" if blocked else "InputsReadable",
+            message if blocked else "every input readable, the checkpoint prefix writable", obs.generation, obs.now_iso,
+        )  # fmt: skip
     return act
 
 

@@ -221,6 +221,7 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
         now=now,
         now_iso=now_iso,
         rollback=rollback,
+        inputs=_preflight(cfg, old, rayjob, spec, settings),
     )
     act = decide.decide_run(obs)
     st = act.status
@@ -241,6 +242,15 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
     _write_status(kube, "trainingruns", obj, st)
     _events(kube, obj, act.events)
     return act.requeue_after
+
+
+def _preflight(cfg: RunConfig, old: RunStatus, rayjob: dict[str, Any] | None, spec: Any, settings: Settings) -> tuple[str, ...] | None:
+    """Pre-flight problems before the first RayJob (docs/operator.md, "Pre-flight checks"); None when not checked."""
+    if not settings.preflight or old.attempt > 0 or rayjob is not None or spec.suspend:
+        return None
+    from sphinxx.operator.preflight import check_run
+
+    return tuple(check_run(cfg))
 
 
 def _handle_rollback(

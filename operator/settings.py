@@ -96,6 +96,7 @@ class Settings:
     sweep_interval: float = 15.0  # SPHINXX_SWEEP_INTERVAL: seconds between roll-ups of a sweep
     retry_delay: float = 30.0  # SPHINXX_RETRY_DELAY: wait after MLflow or storage errors
     peering_lifetime: float = 60.0  # SPHINXX_PEERING_LIFETIME: a silent peer counts as gone after this (kopf)
+    preflight: bool = True  # SPHINXX_PREFLIGHT: check each run's input URIs before its first RayJob
     defaults: RunDefaults = field(default_factory=RunDefaults)  # the RayJob defaults above
 
     @classmethod
@@ -108,6 +109,7 @@ class Settings:
             sweep_interval=float(env.get("SPHINXX_SWEEP_INTERVAL", 15)),
             retry_delay=float(env.get("SPHINXX_RETRY_DELAY", 30)),
             peering_lifetime=float(env.get("SPHINXX_PEERING_LIFETIME", 60)),
+            preflight=env.get("SPHINXX_PREFLIGHT", "1").strip().lower() not in ("0", "false", "no", "off"),
             defaults=RunDefaults(
                 storage_prefix=env.get("SPHINXX_STORAGE_PREFIX") or None,
                 node_selector=_json_env("SPHINXX_GPU_NODE_SELECTOR", dict, str),

@@ -57,7 +57,7 @@ def synth_on_s3(s3_server, e2e_bucket: str) -> str:
 
 @pytest.fixture(scope="module")
 def e2e_operator(kube, s3_server, mlflow_server, tmp_path_factory) -> Iterator[OperatorServer]:
-    env = {**s3_server.env, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri}
+    env = {**s3_server.env, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "SPHINXX_PREFLIGHT": "1"}
     server = start_operator(tmp_path_factory.mktemp("e2e-operator"), kube, env=env)
     yield server
     server.process.stop()
