@@ -168,16 +168,18 @@ def load_tokenizer(uri: str, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a folder of Hugging Face tokenizer files: a local path or a URI (its
     tokenizer files copied to a local cache first). Which layouts load, and how:
     `sphinxx.jobs.data.tokenizer` (docs/training.md, "Tokenizers")."""
-    from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, load_local
+    from sphinxx.jobs.data.tokenizer import TokenizerFilesError, load_local
 
     local = _local_copy(uri)
     try:
-        return load_local(local, uri, trust_remote_code=trust_remote_code)
-    except NoTokenizerFilesError:
-        raise
+        tokenizer = load_local(local, uri, trust_remote_code=trust_remote_code)
+    except TokenizerFilesError:
+        raise  # names the URI already
     except (OSError, ValueError) as err:
         detail = " ".join(str(err).split())  # one line: transformers' messages span several
         raise ValueError(f"cannot load a tokenizer from {uri}: {detail}") from None
+    tokenizer.name_or_path = uri  # not the cache folder: errors and logs name what the config says
+    return tokenizer
 
 
 def _local_copy(uri: str) -> str:

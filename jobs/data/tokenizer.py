@@ -65,7 +65,11 @@ PROBE_TEXT = (
 Loader = Literal["tokenizer.json", "sentencepiece", "auto"]
 
 
-class NoTokenizerFilesError(ValueError):
+class TokenizerFilesError(ValueError):
+    """The files of a tokenizer folder cannot make the tokenizer a run needs; the message names it."""
+
+
+class NoTokenizerFilesError(TokenizerFilesError):
     """The folder holds no vocabulary file."""
 
 
@@ -137,7 +141,7 @@ def load_local(folder: str, uri: str, trust_remote_code: bool = False) -> Any:
         _check_against_sentencepiece(tokenizer, model_path, uri)
     undefined = undefined_special_tokens(tokenizer, defined)
     if undefined:
-        raise ValueError(
+        raise TokenizerFilesError(
             f"the tokenizer config of {uri} names special tokens its vocabulary of {defined} ids lacks: "
             f"{', '.join(undefined)}"
         )
@@ -172,7 +176,7 @@ def _check_against_sentencepiece(tokenizer: Any, model_path: str, uri: str) -> N
     ours = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
     at = first_difference(ours, reference)
     if at is not None:
-        raise ValueError(
+        raise TokenizerFilesError(
             f"the tokenizer converted from {uri}/tokenizer.model differs from SentencePiece on a probe text "
             f"at token {at} (ours {ours[at : at + 3]}, SentencePiece {reference[at : at + 3]}); "
             "add a tokenizer.json"

@@ -281,8 +281,39 @@ def test_a_tokenizer_without_eos_fails_in_the_encoder(layouts, tmp_path: Path) -
         folder, {"tokenizer_config.json": {**LLAMA_CONFIG, "eos_token": None}, "special_tokens_map.json": {}}
     )
     tok = load_tokenizer(str(folder))
-    with pytest.raises(ValueError, match="no EOS token"):
+    with pytest.raises(ValueError, match="no EOS token") as err:
         ConversationEncoder(tok, 128)
+    assert str(folder) in str(err.value)
+
+
+class StandIn:
+    """A tokenizer-shaped object with chosen special tokens (what a slow or remote tokenizer shows)."""
+
+    name_or_path = "s3://models/odd"
+    unk_token, unk_token_id = "<unk>", 0
+    bos_token, bos_token_id = "<s>", 1
+    eos_token, eos_token_id = "</s>", 2
+    pad_token, pad_token_id = None, None
+
+    def __len__(self) -> int:
+        return 100
+
+
+def test_special_ids_refuse_unknown_and_out_of_range_ids() -> None:
+    from sphinxx.jobs.data.template import special_ids
+
+    assert special_ids(StandIn()) == (1, 2, 2)
+    unknown = StandIn()
+    unknown.bos_token, unknown.bos_token_id = "<bos>", 0  # a name the vocabulary lacks maps to <unk>
+    with pytest.raises(ValueError, match="s3://models/odd has no BOS token '<bos>'"):
+        special_ids(unknown)
+    outside = StandIn()
+    outside.eos_token_id = 100
+    with pytest.raises(ValueError, match="EOS id 100 outside its vocabulary of 100"):
+        special_ids(outside)
+    padded = StandIn()
+    padded.pad_token, padded.pad_token_id = "<pad>", 3
+    assert special_ids(padded) == (1, 2, 3)
 
 
 @pytest.mark.parametrize(
