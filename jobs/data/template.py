@@ -85,21 +85,42 @@ class SampleTooLongError(ValueError):
     """The image block alone leaves no room for text within `data.seq_len`."""
 
 
+def special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """BOS, EOS and pad ids. Pad is EOS when the tokenizer has none (TinyLlama, Llama 2 and
+    Mixtral ship none; InternLM2's pad is `</s>`, EOS anyway): padded positions are masked, so
+    any id in the vocabulary serves. A BOS or EOS that is missing, outside the vocabulary, or
+    that resolved to the unknown token (a name the vocabulary lacks) is refused."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    unk = getattr(tokenizer, "unk_token_id", None)
+
+    def check(role: str) -> int | None:
+        value = getattr(tokenizer, f"{role}_token_id", None)
+        token = getattr(tokenizer, f"{role}_token", None)
+        if value is None:
+            return None
+        value = int(value)
+        if size is not None and not 0 <= value < size:
+            raise ValueError(f"the tokenizer {name} has {role.upper()} id {value} outside its vocabulary of {size}")
+        if unk is not None and value == unk and token != getattr(tokenizer, "unk_token", None):
+            raise ValueError(f"the tokenizer {name} has no {role.upper()} token {token!r} in its vocabulary")
+        return value
+
+    bos, eos, pad = check("bos"), check("eos"), check("pad")
+    for role, value in (("BOS", bos), ("EOS", eos)):
+        if value is None:
+            raise ValueError(f"the tokenizer {name} has no {role} token; the template needs BOS and EOS")
+    assert bos is not None and eos is not None
+    return bos, eos, eos if pad is None else pad
+
+
 class ConversationEncoder:
     """Template + tokenizer + label mask + truncation, for one tokenizer and `seq_len`."""
 
     def __init__(self, tokenizer: Any, seq_len: int):
-        for name in ("bos_token_id", "eos_token_id"):
-            if getattr(tokenizer, name, None) is None:
-                raise ValueError(
-                    f"the tokenizer has no {name[:3].upper()} token; the template needs BOS and EOS"
-                )
         self.tokenizer = tokenizer
         self.seq_len = seq_len
-        self.bos_id = int(tokenizer.bos_token_id)
-        self.eos_id = int(tokenizer.eos_token_id)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad) if pad is not None else self.eos_id
+        self.bos_id, self.eos_id, self.pad_id = special_ids(tokenizer)
         self.use_offsets = bool(getattr(tokenizer, "is_fast", False))
 
     def text_ids_and_mask(self, rendered: Rendered) -> tuple[list[int], list[bool]]:
@@ -144,18 +165,25 @@ def _overlaps(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
 
 
 def load_tokenizer(uri: str, trust_remote_code: bool = False) -> Any:
-    """Hugging Face tokenizer files from a local path or a URI (copied to a local cache first)."""
-    from transformers import AutoTokenizer
+    """The tokenizer of a folder of Hugging Face tokenizer files: a local path or a URI (its
+    tokenizer files copied to a local cache first). Which layouts load, and how:
+    `sphinxx.jobs.data.tokenizer` (docs/training.md, "Tokenizers")."""
+    from sphinxx.jobs.data.tokenizer import TokenizerFilesError, load_local
 
     local = _local_copy(uri)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+        tokenizer = load_local(local, uri, trust_remote_code=trust_remote_code)
+    except TokenizerFilesError:
+        raise  # names the URI already
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load a tokenizer from {uri}: {err}") from None
+        detail = " ".join(str(err).split())  # one line: transformers' messages span several
+        raise ValueError(f"cannot load a tokenizer from {uri}: {detail}") from None
+    tokenizer.name_or_path = uri  # not the cache folder: errors and logs name what the config says
     return tokenizer
 
 
 def _local_copy(uri: str) -> str:
+    from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, tokenizer_files
     from sphinxx.storage import uri as uri_mod
     from sphinxx.storage.fs import open_fs
 
@@ -163,9 +191,9 @@ def _local_copy(uri: str) -> str:
     if norm.startswith("file://"):
         return norm[len("file://") :]
     fs = open_fs(norm)
-    files = fs.list_files(norm)
+    files = tokenizer_files(fs.list_files(norm))  # never the weights that may share the folder
     if not files:
-        raise ValueError(f"no tokenizer files under {uri}")
+        raise NoTokenizerFilesError(f"no tokenizer files under {uri}")
     cache = os.path.join(
         os.environ.get("SPHINXX_CACHE", os.path.join(tempfile.gettempdir(), "sphinxx-cache")),
         "tokenizers",
