@@ -21,9 +21,6 @@ tokens[i] where token i is a target, else -100; the model shifts. Image tokens a
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -183,29 +180,15 @@ def load_tokenizer(uri: str, trust_remote_code: bool = False) -> Any:
 
 
 def _local_copy(uri: str) -> str:
+    """The tokenizer files at `uri` as a local folder: staged once per node (`sphinxx.storage.stage`),
+    only the files a tokenizer reads, never the weights that may share the folder."""
     from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, tokenizer_files
-    from sphinxx.storage import uri as uri_mod
-    from sphinxx.storage.fs import open_fs
+    from sphinxx.storage.stage import stage
 
-    norm = uri_mod.normalize(uri)
-    if norm.startswith("file://"):
-        return norm[len("file://") :]
-    fs = open_fs(norm)
-    files = tokenizer_files(fs.list_files(norm))  # never the weights that may share the folder
-    if not files:
-        raise NoTokenizerFilesError(f"no tokenizer files under {uri}")
-    cache = os.path.join(
-        os.environ.get("SPHINXX_CACHE", os.path.join(tempfile.gettempdir(), "sphinxx-cache")),
-        "tokenizers",
-        hashlib.sha256(norm.encode()).hexdigest()[:16],
-    )
-    for rel in files:
-        if "/" in rel:  # tokenizer files are flat; skip anything nested
-            continue
-        path = os.path.join(cache, rel)
-        os.makedirs(cache, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(fs.read_bytes(uri_mod.join(norm, rel)))
-        os.replace(tmp, path)  # atomic: concurrent workers on one node may copy at once
-    return cache
+    def select(names):
+        files = [n for n in tokenizer_files(names) if "/" not in n]  # tokenizer files are flat
+        if not files:
+            raise NoTokenizerFilesError(f"no tokenizer files under {uri}")
+        return files
+
+    return stage(uri, select=select, what="data.tokenizer").local_path

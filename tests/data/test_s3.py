@@ -15,7 +15,7 @@ from tests.data.test_synth import files
 
 @pytest.mark.slow  # a moto server process and ~100 PUTs
 def test_synth_on_s3_reads_like_local(synth_root: Path, s3_bucket: str, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("SPHINXX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPHINXX_STAGE_DIR", str(tmp_path / "cache"))
     root = f"s3://{s3_bucket}/synth"
     write_synth(root, SYNTH_SIZE, seed=0, records_per_shard=4)
 

@@ -330,7 +330,9 @@ def test_a_folder_without_tokenizer_files_fails_in_one_line_naming_it(
         load_tokenizer(str(folder))
     message = str(err.value)
     assert "\n" not in message and str(folder) in message and "no tokenizer files" in message
-    with pytest.raises(ValueError, match="no tokenizer files under .*missing.*does not exist"):
+    from sphinxx.storage.errors import StorageAccessError
+
+    with pytest.raises(StorageAccessError, match="data.tokenizer: .*missing does not exist"):
         load_tokenizer(str(tmp_path / "missing"))
 
 
@@ -406,10 +408,11 @@ def test_first_difference() -> None:
 def test_internlm2_from_s3_fetches_only_tokenizer_files(
     sp_model: Path, sp, s3_bucket: str, tmp_path: Path, monkeypatch
 ) -> None:
+    from sphinxx.storage.errors import StorageAccessError
     from sphinxx.storage.fs import open_fs
 
     cache = tmp_path / "cache"
-    monkeypatch.setenv("SPHINXX_CACHE", str(cache))
+    monkeypatch.setenv("SPHINXX_STAGE_DIR", str(cache))
     uri = f"s3://{s3_bucket}/models/internlm2-7b"
     fs = open_fs(uri)
     for name, value in internlm2_files(sp_model).items():
@@ -418,7 +421,10 @@ def test_internlm2_from_s3_fetches_only_tokenizer_files(
     fs.write_bytes(f"{uri}/config.json", b"{}")
     tok = load_tokenizer(uri)
     assert tok(TEXTS[1], add_special_tokens=False)["input_ids"] == sp.encode(TEXTS[1])
-    fetched = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    fetched = sorted(p.name for p in cache.rglob("*") if p.is_file() and ".staged" not in p.parts)
     assert fetched == sorted(tokenizer_files(internlm2_files(sp_model)) + ["config.json"])
-    with pytest.raises(ValueError, match=f"no tokenizer files under s3://{s3_bucket}/models/none$"):
+    with pytest.raises(StorageAccessError, match=f"data.tokenizer: nothing at s3://{s3_bucket}/models/none"):
         load_tokenizer(f"s3://{s3_bucket}/models/none")
+    fs.write_bytes(f"s3://{s3_bucket}/models/weights-only/model.safetensors", b"\0" * 16)
+    with pytest.raises(ValueError, match=f"no tokenizer files under s3://{s3_bucket}/models/weights-only$"):
+        load_tokenizer(f"s3://{s3_bucket}/models/weights-only")
