@@ -231,7 +231,8 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
         _tracked(st, obs.generation, now_iso)
     if act.create_attempt is not None:
         launch = Launch(spec, attempt_config(cfg, st, tracking_uri, _annotations(obj).get(ANNOTATION_PARENT_RUN)),
-                        act.create_attempt, obs.checkpoint or _latest(cfg, run_id), settings.image)  # fmt: skip
+                        act.create_attempt, obs.checkpoint or _latest(cfg, run_id), settings.image,
+                        settings.stage_host_path)  # fmt: skip
         act.events += _create_attempt(kube, obj, launch, st)
     _act_on_rayjob(kube, namespace, rayjob, act, job)
     if act.finish_tracking and mlflow_run and tracking_uri:
@@ -324,6 +325,7 @@ class Launch:
     attempt: int
     checkpoint: decide.Checkpoint | None  # the committed checkpoint it resumes from
     image: str
+    stage_host_path: str | None = None
 
 
 def _create_attempt(kube: Kube, obj: dict[str, Any], launch: Launch, st: RunStatus) -> list[decide.Event]:
@@ -341,6 +343,7 @@ def _create_attempt(kube: Kube, obj: dict[str, Any], launch: Launch, st: RunStat
         sweep=(meta.get("labels") or {}).get(names.LABEL_SWEEP),
         resume_uri=launch.checkpoint.uri if launch.checkpoint else None,
         suspend=launch.spec.suspend,
+        stage_host_path=launch.stage_host_path,
     )
     _, created = kube.create("rayjobs", render_rayjob(attempt, launch.spec, cfg))
     # The prefix may be the operator's default: pinned, so a later default never moves the run.

@@ -29,6 +29,7 @@ RAY_VERSION = "2.60.0"
 TTL_SECONDS_AFTER_FINISHED = 300  # keep the finished cluster briefly for log collection
 PRE_RUNNING_DEADLINE_SECONDS = 1800  # a cluster stuck in Initializing (unschedulable, image pull)
 STOP_FILE = "/tmp/sphinxx-stop"  # the preStop hook writes it, the training workers watch it
+STAGE_VOLUME, STAGE_PATH = "sphinxx-stage", "/var/cache/sphinxx-stage"  # the node cache of weights
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -48,6 +49,7 @@ class Attempt:
     image: str
     sweep: str | None = None
     resume_uri: str | None = None  # the committed checkpoint this attempt starts from (annotation)
+    stage_host_path: str | None = None  # node folder shared by every worker pod on the node
     suspend: bool = False
 
     @property
@@ -99,6 +101,20 @@ def stop_on_sigterm(container: dict[str, Any], grace_s: int) -> None:
     container["lifecycle"] = {"preStop": {"exec": {"command": command}}}
 
 
+def stage_cache(pod: dict[str, Any], host_path: str | None) -> None:
+    """The folder weights and tokenizers are staged in (docs/storage.md, "Staging inputs on a node").
+
+    A hostPath (Helm `staging.hostPath`) is shared by every pod on the node and kept across
+    attempts and points: one download per file per node for the whole sweep. Without one, an
+    emptyDir shared by the pod's workers (one pod per node with `workersPerPod` = GPUs per node).
+    """
+    source = {"hostPath": {"path": host_path, "type": "DirectoryOrCreate"}} if host_path else {"emptyDir": {}}
+    pod["spec"].setdefault("volumes", []).append({"name": STAGE_VOLUME, **source})
+    container = pod["spec"]["containers"][0]
+    container.setdefault("volumeMounts", []).append({"name": STAGE_VOLUME, "mountPath": STAGE_PATH})
+    container["env"] = [*container.get("env", []), {"name": "SPHINXX_STAGE_DIR", "value": STAGE_PATH}]
+
+
 def _pod(container: dict[str, Any], spec: TrainingRunSpec, worker: bool, grace_s: int = 0) -> dict[str, Any]:
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if spec.resources.service_account:
@@ -121,6 +137,8 @@ def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[st
     head = _container("ray-head", image, spec, res.head_cpu, res.head_memory, 0)
     worker = _container("ray-worker", image, spec, res.cpu, res.memory, gpus)
     stop_on_sigterm(worker, cfg.train.termination_grace_seconds)
+    worker_pod = _pod(worker, spec, True, cfg.train.termination_grace_seconds)
+    stage_cache(worker_pod, att.stage_host_path)  # before the pod settings: a patch may change it
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs-server"},
         {"containerPort": 8265, "name": "dashboard"},
@@ -141,9 +159,7 @@ def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[st
                 "minReplicas": low,
                 "maxReplicas": high,
                 "rayStartParams": {},
-                "template": pod_settings.apply(
-                    _pod(worker, spec, True, cfg.train.termination_grace_seconds), res, True, gpus
-                ),
+                "template": pod_settings.apply(worker_pod, res, True, gpus),
             }
         ],
     }

@@ -97,6 +97,7 @@ class Settings:
     retry_delay: float = 30.0  # SPHINXX_RETRY_DELAY: wait after MLflow or storage errors
     peering_lifetime: float = 60.0  # SPHINXX_PEERING_LIFETIME: a silent peer counts as gone after this (kopf)
     preflight: bool = True  # SPHINXX_PREFLIGHT: check each run's input URIs before its first RayJob
+    stage_host_path: str | None = None  # SPHINXX_STAGE_HOST_PATH: node folder for staged weights (else emptyDir)
     defaults: RunDefaults = field(default_factory=RunDefaults)  # the RayJob defaults above
 
     @classmethod
@@ -110,6 +111,7 @@ class Settings:
             retry_delay=float(env.get("SPHINXX_RETRY_DELAY", 30)),
             peering_lifetime=float(env.get("SPHINXX_PEERING_LIFETIME", 60)),
             preflight=env.get("SPHINXX_PREFLIGHT", "1").strip().lower() not in ("0", "false", "no", "off"),
+            stage_host_path=env.get("SPHINXX_STAGE_HOST_PATH") or None,
             defaults=RunDefaults(
                 storage_prefix=env.get("SPHINXX_STORAGE_PREFIX") or None,
                 node_selector=_json_env("SPHINXX_GPU_NODE_SELECTOR", dict, str),

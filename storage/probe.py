@@ -37,7 +37,7 @@ def probe_read(uri: str, needs_any: Sequence[str] = (), options: StorageOptions 
             f.read(1)
     except StorageError as err:
         return _short(err)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - any client failure (no credentials, ...) is the answer
         return f"cannot be read: {type(err).__name__}: {err}"
     return None
 
@@ -52,7 +52,7 @@ def probe_write(prefix: str, options: StorageOptions | None = None) -> str | Non
         fs.delete_file(probe)
     except StorageError as err:
         return _short(err)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - any client failure (no credentials, ...) is the answer
         return f"is not writable: {type(err).__name__}: {err}"
     return None
 

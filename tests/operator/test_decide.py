@@ -47,6 +47,22 @@ def test_new_run_creates_attempt_one() -> None:
     assert [e[1] for e in act.events] == ["AttemptCreated"]
 
 
+def test_unreadable_inputs_block_the_first_attempt_until_they_are_readable() -> None:
+    problem = "model.llm_weights: s3://w/tiny does not exist (no object, and no files under it)"
+    act = decide.decide_run(_obs(inputs=(problem,)))
+    assert act.create_attempt is None and wire(act)["phase"] == "Pending" and wire(act)["attempt"] == 0
+    blocked = status.condition(act.status.conditions, "Blocked")
+    assert blocked.status == "True" and blocked.reason == "InputsUnreadable" and problem in blocked.message
+    assert ("Warning", "InputsUnreadable", f"pre-flight check failed: {problem}") in act.events
+    again = decide.decide_run(_obs(st=act.status, inputs=(problem,)))
+    assert again.events == [] and again.create_attempt is None  # the same problem: no new event
+    fixed = decide.decide_run(_obs(st=again.status, inputs=()))
+    assert fixed.create_attempt == 1
+    assert status.condition(fixed.status.conditions, "Blocked").status == "False"
+    # Not checked (a retry, or the check turned off): no Blocked condition is touched.
+    assert status.condition(decide.decide_run(_obs()).status.conditions, "Blocked") is None
+
+
 def test_unadmitted_point_waits() -> None:
     act = decide.decide_run(_obs(admitted=False))
     assert act.create_attempt is None and wire(act)["phase"] == "Queued"  # not Pending: nothing exists yet

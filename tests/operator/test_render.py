@@ -134,6 +134,19 @@ def test_fixed_size_run_has_no_autoscaler() -> None:
     assert cluster["workerGroupSpecs"][0]["minReplicas"] == cluster["workerGroupSpecs"][0]["maxReplicas"] == 2
 
 
+def test_workers_stage_weights_in_the_node_folder_when_one_is_set() -> None:
+    parsed, cfg = validate_run("staged", _spec("debug"))
+    for host_path, source in ((None, {"emptyDir": {}}), ("/mnt/nvme/sphinxx", {"hostPath": {"path": "/mnt/nvme/sphinxx", "type": "DirectoryOrCreate"}})):
+        cluster = render_rayjob(_attempt("staged", stage_host_path=host_path), parsed, cfg)["spec"]["rayClusterSpec"]
+        pod = cluster["workerGroupSpecs"][0]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "sphinxx-stage"]
+        assert {k: v for k, v in volume.items() if k != "name"} == source
+        (worker,) = pod["containers"]
+        assert {"name": "sphinxx-stage", "mountPath": "/var/cache/sphinxx-stage"} in worker["volumeMounts"]
+        assert {"name": "SPHINXX_STAGE_DIR", "value": "/var/cache/sphinxx-stage"} in worker["env"]
+        assert "volumes" not in cluster["headGroupSpec"]["template"]["spec"]  # the head trains nothing
+
+
 def test_worker_grace_period_and_stop_hook_follow_the_run_config() -> None:
     spec = _spec("debug")
     spec["config"]["train"] = {"termination_grace_seconds": 300}
@@ -229,10 +242,10 @@ def test_pod_settings_land_where_they_belong() -> None:
     cluster = render_rayjob(_attempt("pods"), parsed, cfg)["spec"]["rayClusterSpec"]
     head, worker = cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]
     wc = worker["spec"]["containers"][0]
-    # /dev/shm: 4Gi per GPU of the pod (8 GPUs), on workers only; the user's volumes after it.
-    assert [v["name"] for v in worker["spec"]["volumes"]] == ["dshm", "weights", "data"]
-    assert worker["spec"]["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
-    assert [m["mountPath"] for m in wc["volumeMounts"]] == ["/dev/shm", "/weights", "/data"]
+    # the node cache, then /dev/shm: 4Gi per GPU of the pod (8 GPUs), on workers only; the user's volumes after them.
+    assert [v["name"] for v in worker["spec"]["volumes"]] == ["sphinxx-stage", "dshm", "weights", "data"]
+    assert worker["spec"]["volumes"][1]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    assert [m["mountPath"] for m in wc["volumeMounts"]] == ["/var/cache/sphinxx-stage", "/dev/shm", "/weights", "/data"]
     assert "volumes" not in head["spec"]
     # Extended resources: requested and limited per worker pod, next to the GPUs.
     assert wc["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": 8, "rdma/hca": "1", "vpc.amazonaws.com/efa": 32}
@@ -243,7 +256,7 @@ def test_pod_settings_land_where_they_belong() -> None:
         assert template["metadata"]["labels"] == {"team": "vision", "cost-center": "ml-42"}
     # The patches merge: the worker container keeps its env and lifecycle and gains the patch's.
     assert worker["spec"]["hostNetwork"] is True
-    assert [e["name"] for e in wc["env"]] == ["SPHINXX_STOP_FILE", "NCCL_IB_HCA"] and "lifecycle" in wc
+    assert [e["name"] for e in wc["env"]] == ["SPHINXX_STOP_FILE", "SPHINXX_STAGE_DIR", "NCCL_IB_HCA"] and "lifecycle" in wc
     assert wc["securityContext"] == {"capabilities": {"add": ["IPC_LOCK"]}}
     assert head["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true", "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",

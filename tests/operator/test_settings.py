@@ -61,6 +61,14 @@ def test_from_env_reads_every_runtime_default(clean_env: pytest.MonkeyPatch) -> 
     assert Settings.from_env().defaults == DEFAULTS
 
 
+@pytest.mark.parametrize(("value", "on"), [(None, True), ("1", True), ("0", False), ("false", False), ("off", False)])
+def test_preflight_is_on_unless_turned_off(clean_env: pytest.MonkeyPatch, value: str | None, on: bool) -> None:
+    clean_env.delenv("SPHINXX_PREFLIGHT", raising=False)
+    if value is not None:
+        clean_env.setenv("SPHINXX_PREFLIGHT", value)
+    assert Settings.from_env().preflight is on
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -162,7 +170,7 @@ def test_reconcile_applies_the_defaults_and_pins_the_storage_prefix(kube, tmp_pa
     namespace = kube.new_namespace("defaults")
     api = Kube(kube.api_client())
     first, second = f"file://{tmp_path}/defaults-a", f"file://{tmp_path}/defaults-b"
-    settings = Settings(defaults=RunDefaults(storage_prefix=first, queue_name="gpu-queue"))
+    settings = Settings(defaults=RunDefaults(storage_prefix=first, queue_name="gpu-queue"), preflight=False)
     kube.apply(_run_obj({"config": _config("debug")}), namespace)
     reconcile.reconcile_run(api, namespace, "solo", settings)
     run = api.get("trainingruns", namespace, "solo")
@@ -174,7 +182,7 @@ def test_reconcile_applies_the_defaults_and_pins_the_storage_prefix(kube, tmp_pa
     assert stored["storage"]["uri"] == first and stored["run_id"] == run["status"]["runId"]
 
     # The chart's bucket changes: the run keeps checkpointing where it started.
-    moved = Settings(defaults=RunDefaults(storage_prefix=second))
+    moved = Settings(defaults=RunDefaults(storage_prefix=second), preflight=False)
     spec, cfg = validate_run("solo", reconcile._run_spec(run, moved))
     assert cfg.storage.uri == first
     fresh = {"metadata": {"name": "solo"}, "spec": {"config": _config("debug")}}
@@ -195,7 +203,8 @@ def test_pod_defaults_come_from_the_environment_and_fill_unset_pod_settings(clea
     assert filled["resources"] == {**POD, "shmSize": "0"}  # the run's own value wins
     spec, cfg = validate_run("pods", filled)
     worker = render_rayjob(_attempt("pods"), spec, cfg)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]
-    assert worker["spec"]["schedulerName"] == "volcano" and "volumes" not in worker["spec"]
+    assert worker["spec"]["schedulerName"] == "volcano"
+    assert [v["name"] for v in worker["spec"]["volumes"]] == ["sphinxx-stage"]  # no /dev/shm (shmSize 0)
     assert worker["spec"]["containers"][0]["resources"]["limits"]["rdma/hca"] == 1
     clean_env.setenv("SPHINXX_POD_DEFAULTS", '{"shmsize": "1Gi"}')
     with pytest.raises(ValueError, match="SPHINXX_POD_DEFAULTS: unknown pod setting"):
