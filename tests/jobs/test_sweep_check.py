@@ -1,0 +1,64 @@
+"""`sphinxx sweep check FILE`: the operator's pre-flight check from a laptop, against moto S3."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SPHINXX = str(Path(sys.executable).parent / "sphinxx")
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # a moto server process
+
+
+def _check(path: Path | str, s3_server, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, **s3_server.env}
+    return subprocess.run([SPHINXX, "sweep", "check", str(path)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+def _sweep(tmp_path: Path, bucket: str, weights: str) -> Path:
+    base = {
+        "preset": "debug",
+        "model": {"llm_weights": weights},
+        "data": {"tokenizer": f"s3://{bucket}/tok", "sources": [{"name": "a", "uri": f"s3://{bucket}/data/a"}]},
+        "storage": {"uri": f"s3://{bucket}/runs"},
+    }
+    doc = {"apiVersion": "sphinxx.dev/v1alpha1", "kind": "ScalingSweep", "metadata": {"name": "chk"},
+           "spec": {"base": base, "axes": {"models": ["debug", "debug-moe"], "dataFractions": [0.5, 1.0]}}}  # fmt: skip
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_reachable_sweep_passes_and_a_missing_uri_is_named(s3_server, s3_bucket, tmp_path) -> None:
+    client = s3_server.client()
+    for key in ("tok/tokenizer.json", "data/a/manifest.json", "weights/tiny/model.safetensors"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"{}")
+    good = _check(_sweep(tmp_path, s3_bucket, f"s3://{s3_bucket}/weights/tiny"), s3_server, tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "pre-flight of sweep chk: 4 inputs of 4 points" in good.stdout
+    assert f"ok    model.llm_weights: s3://{s3_bucket}/weights/tiny (read; all points)" in good.stdout
+    assert f"ok    storage.uri: s3://{s3_bucket}/runs (write; all points)" in good.stdout
+
+    missing = f"s3://{s3_bucket}/weights/other"
+    bad = _check(_sweep(tmp_path, s3_bucket, missing), s3_server, tmp_path)
+    assert bad.returncode == 1
+    assert f"FAIL  model.llm_weights: {missing} does not exist" in bad.stdout
+    assert "1 of 4 inputs cannot be used" in bad.stderr
+
+
+def test_the_family_example_fails_on_its_placeholder_buckets_with_clear_messages(s3_server, tmp_path) -> None:
+    result = _check(ROOT / "examples" / "sweeps" / "sphinx-x-family.yaml", s3_server, tmp_path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "pre-flight of sweep sphinx-x-family: 24 inputs of 12 points" in lines[0]
+    fails = [line for line in lines if line.startswith("FAIL")]
+    assert len(fails) == 24, result.stdout  # nothing exists on this S3
+    assert any(line.startswith("FAIL  model.llm_weights: s3://YOUR-BUCKET/weights/mixtral-8x7b does not exist") for line in fails)
+    assert any(line.startswith("FAIL  storage.uri: s3://sphinxx-checkpoints/sweeps") and "bucket" in line for line in fails)
+    assert "24 of 24 inputs cannot be used" in result.stderr
