@@ -75,7 +75,8 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
     torch.set_num_threads(max(1, cfg.parallel.cpus_per_worker))
     data = build_data(cfg, worker.rank, worker.world_size)
     total = data.stop_step
-    model, _ = build_model(cfg, worker)
+    staged: list[Any] = []
+    model, _ = build_model(cfg, worker, staged)
     check_vocab(data, model)
     # Sized before the engine: under ZeRO-3 DeepSpeed empties the parameters it partitions.
     sizes = model_sizes(model)
@@ -92,6 +93,14 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
             print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
     flops = flop_model(model, worker.device)
     tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source)
+    if staged:  # what this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model of a run")
+        tracker.set_tags(  # tags, not metrics: a resumed attempt skips metrics at steps it already logged
+            {
+                "sphinxx.stage_bytes_downloaded": sum(r.bytes_downloaded for r in staged),
+                "sphinxx.stage_bytes_total": sum(r.bytes_total for r in staged),
+                "sphinxx.stage_seconds": round(sum(r.seconds for r in staged), 3),
+            }
+        )
     timer = timer or NULL_TIMER
     timer.start(model, flops)
     meter = Throughput()

@@ -153,6 +153,7 @@ class _Fetcher:
                 _unlock(fd)
         for obj in theirs:
             fd = self._lock(obj, blocking=True)
+            assert fd is not None  # a blocking lock is always taken
             try:
                 if not self._valid(obj):  # the peer died or its copy failed its check
                     self.progress.start(obj.size)
