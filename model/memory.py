@@ -225,3 +225,59 @@ def flavor_memory(flavor: str, setup: TrainingSetup, use_skip_token: bool = True
     from sphinxx.model.flavors import get_sphinx_args
 
     return memory_estimate(get_sphinx_args(flavor, use_skip_token=use_skip_token, **llm_overrides), setup)
+
+
+def setup_from_run(cfg, images_per_sample: int = 1, world_size: int | None = None) -> TrainingSetup:
+    """The `TrainingSetup` of a resolved run config (`sphinxx.jobs.schema.run.RunConfig`).
+
+    World size: `parallel.min_workers` unless given, the elastic lower bound, where each rank's
+    ZeRO partition is largest. Image tokens: `images_per_sample` square images on the run's
+    canvas (`data.canvas`) with every view kept (the most positions an image takes), capped at
+    `data.seq_len`.
+    """
+    from sphinxx.jobs.schema.run import run_decoder_args
+    from sphinxx.model.anyres import num_visual_tokens
+
+    per_image = num_visual_tokens(100, 100, run_layout(cfg))
+    return TrainingSetup(
+        world_size=world_size or cfg.parallel.min_workers,
+        zero_stage=cfg.parallel.zero_stage,
+        ep_size=cfg.parallel.ep_size,
+        precision=cfg.train.precision,
+        micro_batch=cfg.train.micro_batch,
+        seq_len=cfg.data.seq_len,
+        activation_checkpointing=cfg.model.activation_checkpointing or run_decoder_args(cfg).activation_checkpointing,
+        image_tokens=min(images_per_sample * per_image, cfg.data.seq_len),
+    )
+
+
+def flavor_run_config(flavor: str):
+    """The run config `sphinxx model info` takes its defaults from: the flavor's preset
+    (jobs/configs/<flavor>.yaml) where there is one, else the schema's defaults for the flavor."""
+    from sphinxx.jobs.schema.flavors import resolve
+    from sphinxx.jobs.schema.run import load_config, preset_names
+
+    name = resolve(flavor).name
+    data = {"model": {"flavor": name}, "storage": {"uri": "file:///unused"}}
+    return load_config(preset=name if name in preset_names() else None, data=data)
+
+
+def run_memory(cfg, setup: TrainingSetup | None = None) -> dict[str, Any]:
+    """`memory_estimate` of the model a run config builds (the decoder admission checks, with
+    `model.overrides`), under `setup` (default `setup_from_run(cfg)`)."""
+    from sphinxx.jobs.schema.run import run_decoder_args
+    from sphinxx.model.flavors import get_sphinx_args
+
+    args = get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg))
+    return memory_estimate(args, setup or setup_from_run(cfg))
+
+
+def run_layout(cfg):
+    """The any-resolution layout a run's data processor uses (as `jobs.data.loader.image_config`)."""
+    from sphinxx.model.anyres import CELL_SIZE, AnyResConfig
+
+    return AnyResConfig(
+        grid=cfg.data.canvas // CELL_SIZE,
+        convnext_view_size=cfg.data.convnext_view_size,
+        use_skip_token=cfg.model.use_skip_token,
+    )

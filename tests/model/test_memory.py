@@ -259,9 +259,11 @@ def _measure_engines(rank: int, world: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_estimate_matches_a_real_deepspeed_engine() -> None:
-    """weights + frozen towers + gradients + optimizer states (+ the reduce bucket ZeRO-1 holds
-    between micro-steps) within 1 % of what two real ranks hold. ZeRO-2's bucket lives only
-    inside backward, so its size is checked against the engine's setting instead."""
+    """weights + frozen towers + gradients + optimizer states within 1 % of what two real ranks
+    hold (measured: 0.001-0.42 % under, the gradient of the parameter straddling two partitions).
+    ZeRO-1 also holds its reduce bucket between micro-steps, 5e8 elements, which would swamp the
+    comparison: it is taken out of the measurement and checked against the engine's setting;
+    ZeRO-2's bucket lives only inside backward."""
     from tests.jobs._dist import run_distributed
 
     world = 2
@@ -271,9 +273,27 @@ def test_estimate_matches_a_real_deepspeed_engine() -> None:
             flavor, TrainingSetup(world_size=world, zero_stage=stage, ep_size=ep, precision=precision, seq_len=64)
         )["bytes"]
         estimate = c["weights"] + c["frozen_towers"] + c["gradients"] + c["optimizer_states"]
-        if stage == 1:
-            estimate += c["reduce_bucket"]
+        held = real["held"] - (c["reduce_bucket"] if stage == 1 else 0)
         case = f"{flavor} ZeRO-{stage} EP {ep} {precision} ({real['optimizer']})"
-        assert estimate == pytest.approx(real["held"], rel=0.01), case
+        assert estimate == pytest.approx(held, rel=0.01), case
         if stage:
             assert real["bucket"] == DEEPSPEED_REDUCE_BUCKET, case
+
+
+def test_model_info_reports_the_estimate(capsys) -> None:
+    """`sphinxx model info`: flags override the preset (debug-moe: ZeRO-2, EP 2 on 2 workers);
+    unset ones keep it; the text output shows the components and the assumptions."""
+    import json
+
+    from sphinxx.cli import main
+
+    assert main(["model", "info", "debug-moe", "--json", "--world-size", "4", "--precision", "bf16"]) == 0
+    memory = json.loads(capsys.readouterr().out)["memory"]
+    assert memory["setup"]["world_size"] == 4 and memory["setup"]["ep_size"] == 2
+    assert memory["setup"]["zero_stage"] == 2 and memory["setup"]["seq_len"] == 2048
+    expected = _components("debug-moe", world_size=4, zero_stage=2, ep_size=2, precision="bf16")
+    for key in ("weights", "gradients", "optimizer_states", "frozen_towers"):
+        assert memory["bytes"][key] == expected[key]
+    assert main(["model", "info", "debug", "--zero-stage", "1", "--activation-checkpointing"]) == 0
+    text = capsys.readouterr().out
+    assert "ZeRO-1" in text and "checkpointing on" in text and "reduce_bucket 1.86" in text
