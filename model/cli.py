@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--activation-checkpointing",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="recompute each decoder block in backward",
+        help="recompute each decoder block in backward (what-if: flavors of 7B and larger always do in the job)",
     )
     memory.add_argument(
         "--images-per-sample", type=int, default=1, help="square images per sequence, every view kept (default 1)"
