@@ -1,6 +1,7 @@
 """`sphinxx sweep`: expand a ScalingSweep file, or run it locally without a cluster.
 
 sphinxx sweep plan examples/sweeps/tiny.yaml           # the points and their configs
+sphinxx sweep plan examples/sweeps/tiny.yaml --cost    # + tokens, FLOPs, GPU-hours, memory per rank
 sphinxx sweep check examples/sweeps/tiny.yaml          # can every weight, tokenizer, data and checkpoint URI be reached?
 sphinxx sweep run examples/sweeps/tiny.yaml --local    # train every point on local Ray
 sphinxx sweep run examples/sweeps/tiny.yaml --local --resume
@@ -22,6 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)"
     )
     plan.add_argument("--configs", action="store_true", help="also print each point's resolved run config")
+    plan.add_argument(
+        "--cost",
+        action="store_true",
+        help="estimate tokens, training FLOPs, GPU-hours and per-rank memory of every point and in total",
+    )
+    plan.add_argument("--gpu", default="H100", help="GPU of the GPU-hours (datasheet table; default H100)")
+    plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object (points, and totals with --cost)")
     plan.set_defaults(func=_plan)
 
     check = sub.add_parser(
@@ -66,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    """The points of a sweep file; with --cost what each costs (docs/training.md, "Memory and cost estimates")."""
     from sphinxx.jobs.local import plan, read_sweep
     from sphinxx.jobs.schema.fields import SchemaError
     from sphinxx.jobs.schema.run import to_yaml
@@ -76,12 +86,43 @@ def _plan(args: argparse.Namespace) -> int:
     except SchemaError as err:
         print(f"error: invalid sweep {args.file}: {err}", file=sys.stderr)
         return 2
-    for point, cfg in points:
+    costs = None
+    if args.cost:
+        try:
+            costs = [_point_cost(cfg, args.gpu, args.mfu) for _, cfg in points]
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if args.json:
+        import json
+
+        from sphinxx.jobs.schema.run import to_dict
+
+        rows = []
+        for i, (point, cfg) in enumerate(points):
+            row: dict = {"name": point.name, "model": point.model, "fraction": point.fraction}
+            if args.configs:
+                row["config"] = to_dict(cfg)
+            if costs is not None:
+                row["cost"] = costs[i]
+            rows.append(row)
+        out: dict = {"sweep": name, "points": rows}
+        if costs is not None:
+            out["total"] = _totals(costs)
+        print(json.dumps(out, default=str))
+        return 0
+    for i, (point, cfg) in enumerate(points):
         print(
             f"{point.name}\t{point.model}\t{point.fraction}\tworkers {cfg.parallel.min_workers}-{cfg.parallel.max_workers}"
         )
+        if costs is not None:
+            print("  " + _cost_line(costs[i]))
         if args.configs:
             print(to_yaml(cfg))
+    if costs is not None:
+        print("total\t" + _cost_line(_totals(costs)))
+        for line in costs[0]["assumptions"] if costs else []:
+            print(f"  - {line}")
     return 0
 
 
@@ -126,6 +167,53 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print("every input is readable and the checkpoint prefix is writable")
     return 0
+
+
+def _point_cost(cfg, gpu: str, mfu: float) -> dict:
+    """`jobs.cost.run_cost` of one point; steps that derive from data read the sources' manifests
+    through the data path the sweep names, and an unreachable one is reported, not fatal."""
+    from sphinxx.jobs.cost import mixture_samples, run_cost
+
+    samples, note = None, None
+    if not cfg.train.steps:
+        try:
+            samples = mixture_samples(cfg)
+        except (OSError, ValueError) as err:
+            note = f"steps derive from data and the manifests cannot be read: {err}"
+    cost = run_cost(cfg, samples_per_epoch=samples, gpu=gpu, mfu=mfu)
+    cost["note"] = note
+    return cost
+
+
+def _totals(costs: list[dict]) -> dict:
+    """Sums over points; a sum with an unknown part is unknown (None). Memory: the largest rank."""
+
+    def total(key: str):
+        values = [c[key] for c in costs]
+        return None if any(v is None for v in values) else sum(values)
+
+    return {
+        "points": len(costs),
+        "tokens": total("tokens"),
+        "flops": total("flops"),
+        "gpu_hours": total("gpu_hours"),
+        "memory_per_rank_gib": max(c["memory_per_rank_gib"] for c in costs),
+        "stage_bytes": total("stage_bytes"),
+    }
+
+
+def _cost_line(cost: dict) -> str:
+    def num(value, fmt: str) -> str:
+        return "unknown" if value is None else format(value, fmt)
+
+    line = (
+        f"tokens {num(cost['tokens'], ',')}  FLOPs {num(cost['flops'], '.3e')}  "
+        f"GPU-hours {num(cost['gpu_hours'], '.3g')}  memory/rank {cost['memory_per_rank_gib']:.2f} GiB"
+        f"{' (max)' if 'points' in cost else ''}  stage {num(cost['stage_bytes'], ',')} bytes"
+    )
+    if cost.get("note"):
+        line += f"  ({cost['note']})"
+    return line
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -41,7 +41,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--image", type=_image_size, metavar="WxH", help="also report this image's tokens and views"
     )
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term")
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term and the activations"
+    )
+    memory = p.add_argument_group(
+        "per-rank memory estimate", "unset flags take the flavor's preset (jobs/configs/<flavor>.yaml) or the schema defaults"
+    )
+    memory.add_argument("--world-size", type=int, help="ranks (default: the preset's parallel.min_workers)")
+    memory.add_argument("--zero-stage", type=int, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
+    memory.add_argument("--ep-size", type=int, help="expert-parallel group size (MoE flavors)")
+    memory.add_argument("--micro-batch", type=int, help="sequences per forward on a rank")
+    memory.add_argument("--precision", choices=["bf16", "fp32"], help="training precision")
+    memory.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute each decoder block in backward (what-if: flavors of 7B and larger always do in the job)",
+    )
+    memory.add_argument(
+        "--images-per-sample", type=int, default=1, help="square images per sequence, every view kept (default 1)"
+    )
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("convert", help="convert a base LLM checkpoint into sphinxx's layout")
@@ -71,6 +90,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     try:
         info = model_info(args.flavor, image=args.image, seq_len=args.seq_len)
+        info["memory"] = _memory(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -100,7 +120,45 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"  image {im['width']}x{im['height']}: {im['visual_tokens']} tokens, "
             f"{im['real_views']} real views, {im['skipped_views']} skipped"
         )
+    print_memory(info["memory"])
     return 0
+
+
+def _memory(args: argparse.Namespace) -> dict:
+    """The per-rank memory estimate under the preset's setup with the flags applied."""
+    from dataclasses import replace
+
+    from sphinxx.model.memory import flavor_run_config, run_memory, setup_from_run
+
+    cfg = flavor_run_config(args.flavor)
+    setup = setup_from_run(cfg, images_per_sample=args.images_per_sample)
+    chosen = {
+        "world_size": args.world_size,
+        "zero_stage": args.zero_stage,
+        "ep_size": args.ep_size,
+        "micro_batch": args.micro_batch,
+        "precision": args.precision,
+        "seq_len": args.seq_len,
+        "activation_checkpointing": args.activation_checkpointing,
+    }
+    setup = replace(setup, **{k: v for k, v in chosen.items() if v is not None})
+    if args.seq_len is not None:
+        setup = replace(setup, image_tokens=min(setup.image_tokens, args.seq_len))
+    return run_memory(cfg, setup)
+
+
+def print_memory(memory: dict, indent: str = "  ") -> None:
+    """The estimate's components in GiB and its assumptions (shared with `sphinxx sweep plan --cost`)."""
+    s, gib = memory["setup"], memory["gib"]
+    print(
+        f"{indent}per-rank memory {gib['total']:.2f} GiB (world {s['world_size']}, ZeRO-{s['zero_stage']}, "
+        f"EP {s['ep_size']}, {s['precision']}, micro-batch {s['micro_batch']} x {s['seq_len']}, "
+        f"checkpointing {'on' if s['activation_checkpointing'] else 'off'})"
+    )
+    parts = ("weights", "gradients", "optimizer_states", "reduce_bucket", "activations", "frozen_towers")
+    print(indent + "  " + "  ".join(f"{k} {gib[k]:.2f}" for k in parts))
+    for line in memory["assumptions"]:
+        print(f"{indent}  - {line}")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
