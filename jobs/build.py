@@ -75,16 +75,42 @@ def build_model(cfg: RunConfig, worker: Worker, staged: list[Any] | None = None)
 WEIGHT_FIELDS = ("llm_weights", "convnext_weights", "dinov2_weights")
 
 
+def _selectors() -> dict[str, Any]:
+    from sphinxx.jobs.data.tokenizer import tokenizer_files
+    from sphinxx.model.convert import checkpoint_files
+    from sphinxx.model.vision import weight_files
+
+    return {
+        "llm_weights": checkpoint_files,
+        "convnext_weights": weight_files,
+        "dinov2_weights": weight_files,
+        "tokenizer": lambda names: [n for n in tokenizer_files(names) if "/" not in n],
+    }
+
+
+def stage_bytes(cfg: RunConfig) -> int:
+    """Bytes a node stages for this run (weights and tokenizer, `s3://` only): listings, no download.
+    Raises StorageAccessError naming the field when an input is missing."""
+    from sphinxx.storage import StorageOptions
+    from sphinxx.storage.stage import planned_bytes
+
+    options, select = StorageOptions(endpoint_url=cfg.storage.endpoint_url), _selectors()
+    uris = {f"model.{name}": (name, getattr(cfg.model, name)) for name in WEIGHT_FIELDS}
+    uris["data.tokenizer"] = ("tokenizer", cfg.data.tokenizer)
+    return sum(
+        planned_bytes(uri, select=select[key], options=options, what=field)
+        for field, (key, uri) in uris.items()
+        if uri
+    )
+
+
 def stage_inputs(cfg: RunConfig, staged: list[Any] | None = None) -> dict[str, str]:
     """Local paths of the configured weights: `s3://` URIs staged in the node's cache (once per
     node, `sphinxx.storage.stage`), local paths and `file://` as they are. Keyed by field name."""
-    from sphinxx.model.convert import checkpoint_files
-    from sphinxx.model.vision import weight_files
     from sphinxx.storage import StorageOptions
     from sphinxx.storage.stage import stage
 
-    options = StorageOptions(endpoint_url=cfg.storage.endpoint_url)
-    select = {"llm_weights": checkpoint_files, "convnext_weights": weight_files, "dinov2_weights": weight_files}
+    options, select = StorageOptions(endpoint_url=cfg.storage.endpoint_url), _selectors()
     local = {}
     for name in WEIGHT_FIELDS:
         uri = getattr(cfg.model, name)

@@ -93,6 +93,8 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
             print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
     flops = flop_model(model, worker.device)
     tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source)
+    if worker.rank == 0:
+        _log_estimate(cfg, worker, total, staged, tracker)
     if staged:  # what this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model of a run")
         tracker.set_tags(  # tags, not metrics: a resumed attempt skips metrics at steps it already logged
             {
@@ -311,6 +313,38 @@ def _open_tracker(
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")
     return tracker
+
+
+def _log_estimate(cfg: RunConfig, worker: Worker, steps: int, staged: list[Any], tracker) -> None:
+    """The run's cost estimate (docs/training.md, "Memory and cost estimates") on the job log and as
+    MLflow tags, so what the run measures (step time, MFU, memory) can be compared with it."""
+    import dataclasses
+
+    from sphinxx.jobs.cost import run_cost
+    from sphinxx.model.memory import run_memory, setup_from_run
+
+    try:
+        fixed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+        memory = run_memory(cfg, setup_from_run(cfg, world_size=worker.world_size))
+        cost = run_cost(fixed, memory=memory, stage_bytes=sum(r.bytes_total for r in staged))
+    except Exception as err:  # noqa: BLE001 - an estimate never stops a run
+        print(f"[sphinxx] no cost estimate: {type(err).__name__}: {err}", flush=True)
+        return
+    print(
+        f"[sphinxx] estimate at world size {worker.world_size}: {cost['memory_per_rank_gib']:.2f} GiB per rank, "
+        f"{cost['tokens']:,} tokens (upper bound), {cost['flops']:.3e} FLOPs, "
+        f"{cost['gpu_hours']:.3g} GPU-hours on {cost['gpu']} at MFU {cost['mfu']}",
+        flush=True,
+    )
+    tracker.set_tags(
+        {
+            "sphinxx.estimate.memory_per_rank_gib": round(cost["memory_per_rank_gib"], 3),
+            "sphinxx.estimate.tokens": cost["tokens"],
+            "sphinxx.estimate.flops": f"{cost['flops']:.4e}",
+            "sphinxx.estimate.gpu_hours": f"{cost['gpu_hours']:.4g}",
+            "sphinxx.estimate.gpu": f"{cost['gpu']} at MFU {cost['mfu']}",
+        }
+    )
 
 
 def pointer_name(step: int, attempt: int, commit_id: str) -> str:

@@ -180,7 +180,15 @@ def _point_cost(cfg, gpu: str, mfu: float) -> dict:
             samples = mixture_samples(cfg)
         except (OSError, ValueError) as err:
             note = f"steps derive from data and the manifests cannot be read: {err}"
-    cost = run_cost(cfg, samples_per_epoch=samples, gpu=gpu, mfu=mfu)
+    staged = None
+    try:
+        from sphinxx.jobs.build import stage_bytes
+        from sphinxx.storage.errors import StorageError
+
+        staged = stage_bytes(cfg)
+    except (StorageError, OSError, ValueError) as err:
+        note = "; ".join(filter(None, [note, f"bytes to stage unknown: {err}"]))
+    cost = run_cost(cfg, samples_per_epoch=samples, gpu=gpu, mfu=mfu, stage_bytes=staged)
     cost["note"] = note
     return cost
 

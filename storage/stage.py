@@ -102,16 +102,7 @@ def stage(
             raise StorageAccessError(f"{what}: {uri} does not exist", uri)
         return StageReport(uri, path, 0, 0, 0, 0.0)
     fs = open_fs(norm, options)
-    listing = fs.list_files(norm)
-    single = not listing
-    if single:
-        info = fs.info(norm)
-        if info is None:
-            raise StorageAccessError(f"{what}: nothing at {uri} (no object and no folder)", uri)
-        listing = {info.name: info}
-        base = uri_mod.normalize(norm.rstrip("/").rsplit("/", 1)[0])
-    else:
-        base = norm
+    base, listing, single = _listing(fs, norm, uri, what)
     names = sorted(listing)
     chosen = list(select(names)) if select is not None else names
     if not chosen:
@@ -122,6 +113,29 @@ def stage(
     local = os.path.join(folder, chosen[0]) if single else folder
     total = sum(o.size for o in objects)
     return StageReport(uri, local, len(objects), total, fetched, round(time.monotonic() - started, 3))
+
+
+def planned_bytes(
+    uri: str, *, select: Select | None = None, options: StorageOptions | None = None, what: str = "input"
+) -> int:
+    """Bytes `stage` would fetch for `uri` into an empty cache (0 for a local path): a listing only."""
+    norm = uri_mod.normalize(uri)
+    if norm.startswith("file://"):
+        return 0
+    _, listing, _ = _listing(open_fs(norm, options), norm, uri, what)
+    chosen = list(select(sorted(listing))) if select is not None else list(listing)
+    return sum(listing[n].size for n in chosen)
+
+
+def _listing(fs: ObjectFS, norm: str, uri: str, what: str) -> tuple[str, dict[str, ObjectInfo], bool]:
+    """(folder the names are relative to, {name: info}, whether `uri` is one object)."""
+    listing = fs.list_files(norm)
+    if listing:
+        return norm, listing, False
+    info = fs.info(norm)
+    if info is None:
+        raise StorageAccessError(f"{what}: nothing at {uri} (no object and no folder)", uri)
+    return uri_mod.normalize(norm.rstrip("/").rsplit("/", 1)[0]), {info.name: info}, True
 
 
 class _Fetcher:

@@ -105,7 +105,7 @@ def test_sweep_plan_cost_on_the_tiny_sweep(tmp_path: Path) -> None:
     text = _plan(tmp_path, "--cost", "--gpu", "A100", "--mfu", "0.5")
     assert text.returncode == 0, text.stderr
     [total] = [line for line in text.stdout.splitlines() if line.startswith("total\t")]
-    assert "unknown bytes" in total and "GPU-hours unknown" not in total
+    assert "stage 0 bytes" in total and "GPU-hours unknown" not in total  # local data: nothing staged
 
     out = json.loads(_plan(tmp_path, "--cost", "--gpu", "A100", "--mfu", "0.5", "--json").stdout)
     costs = [p["cost"] for p in out["points"]]

@@ -86,6 +86,10 @@ def test_two_workers_learn_commit_to_s3_and_track_through_an_mlflow_outage(
     assert run.data.params["train.global_batch"] == "4" and run.data.params["model.flavor"] == "debug"
     assert run.data.tags["sphinxx.world_size"] == "2"
     assert run.data.tags["checkpoint_uri"] == summary["checkpoint_uri"]
+    # The cost estimate at the run's world size and step count, to compare with what it measured.
+    assert 0 < float(run.data.tags["sphinxx.estimate.memory_per_rank_gib"]) < 64
+    assert int(run.data.tags["sphinxx.estimate.tokens"]) == steps * 4 * int(run.data.params["data.seq_len"])
+    assert "[sphinxx] estimate at world size 2:" in job.log_path.read_text()
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
     assert "unreachable" in job.log_path.read_text()  # the outage was noticed, not fatal
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sphinxx.jobs.build import build_model
+from sphinxx.jobs.build import build_model, stage_bytes
 from sphinxx.jobs.context import Worker
 from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.jobs.schema.run import load_config
@@ -72,7 +72,9 @@ def test_raw_hf_llama_folder_on_s3_equals_transformers_and_the_converted_load(s3
     uri = _upload(s3_server.client(), s3_bucket, src, "models/tiny-llama")
 
     staged: list = []
-    model, _ = build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker(), staged)
+    cfg = _config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri)
+    planned = stage_bytes(cfg)  # what `sphinxx sweep plan --cost` reports, from a listing
+    model, _ = build_model(cfg, Worker(), staged)
     got = _logits(model.llm)
     diff = (got - hf_model(TOKENS).logits).abs().max().item()
     print(f"raw HF llama from s3 vs transformers: max abs diff {diff:.3e}")
@@ -88,7 +90,7 @@ def test_raw_hf_llama_folder_on_s3_equals_transformers_and_the_converted_load(s3
     (report,) = staged
     names = sorted(os.listdir(report.local_path))
     assert "pytorch_model.bin" not in names and "original" not in names  # one format, top level only
-    assert report.bytes_downloaded == report.bytes_total > 0
+    assert report.bytes_downloaded == report.bytes_total == planned > 0
     again: list = []
     build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker(), again)
     assert again[0].bytes_downloaded == 0 and again[0].local_path == report.local_path
