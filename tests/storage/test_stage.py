@@ -224,3 +224,17 @@ def test_cache_folder_names_are_stable_and_distinct() -> None:
     assert a == cache_folder("/c", "s3://b/models/Mixtral-8x7B/")
     assert a.startswith("/c/Mixtral-8x7B-") and a != cache_folder("/c", "s3://other/models/Mixtral-8x7B")
     assert len(hashlib.sha256(b"").hexdigest()[:16]) == len(a.rsplit("-", 1)[1])
+
+
+@pytest.mark.slow  # its own moto server
+def test_the_staging_benchmark_runs_and_reports_its_ratio() -> None:
+    import json
+
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "stage.py"), "--size-mib", "16", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    setup, summary = rows[0], rows[-1]
+    assert setup["skipped"] == ["pytorch_model.bin", "tokenizer.json"]  # one weight format, no tokenizer
+    assert summary["op"] == "summary" and summary["ratio_stage_over_raw_parallel"] > 0
+    assert summary["stage_warm_s"] < summary["stage_cold_s"]
