@@ -93,8 +93,7 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
             print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
     flops = flop_model(model, worker.device)
     tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source)
-    if worker.rank == 0:
-        _log_estimate(cfg, worker, total, staged, tracker)
+    estimate = _log_estimate(cfg, worker, total, staged, tracker) if worker.rank == 0 else {}
     if staged:  # what this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model of a run")
         tracker.set_tags(  # tags, not metrics: a resumed attempt skips metrics at steps it already logged
             {
@@ -145,7 +144,8 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
         stopping = stop.agreed(_max_across_ranks)
         if state.step % cfg.train.checkpoint_interval == 0 or state.step == total or stopping:
             state.sampler = data.state_dict()["sampler"]
-            committed = checkpoint_metrics(stats.loss, state.tokens_seen, sizes)
+            # + the cost estimate and the measured MFU, which the operator shows in status.metrics
+            committed = {**checkpoint_metrics(stats.loss, state.tokens_seen, sizes), **estimate, "mfu": metrics["mfu"]}
             try:
                 info = ckpt.save(state, data.state_dict()["stats"], committed, final=state.step == total)
             finally:
@@ -315,9 +315,10 @@ def _open_tracker(
     return tracker
 
 
-def _log_estimate(cfg: RunConfig, worker: Worker, steps: int, staged: list[Any], tracker) -> None:
+def _log_estimate(cfg: RunConfig, worker: Worker, steps: int, staged: list[Any], tracker) -> dict[str, float]:
     """The run's cost estimate (docs/training.md, "Memory and cost estimates") on the job log and as
-    MLflow tags, so what the run measures (step time, MFU, memory) can be compared with it."""
+    MLflow tags, so what the run measures (step time, MFU, memory) can be compared with it; returns
+    the numbers the checkpoints commit with their metrics ({} when there is no estimate)."""
     import dataclasses
 
     from sphinxx.jobs.cost import run_cost
@@ -329,7 +330,7 @@ def _log_estimate(cfg: RunConfig, worker: Worker, steps: int, staged: list[Any],
         cost = run_cost(fixed, memory=memory, stage_bytes=sum(r.bytes_total for r in staged))
     except Exception as err:  # noqa: BLE001 - an estimate never stops a run
         print(f"[sphinxx] no cost estimate: {type(err).__name__}: {err}", flush=True)
-        return
+        return {}
     print(
         f"[sphinxx] estimate at world size {worker.world_size}: {cost['memory_per_rank_gib']:.2f} GiB per rank, "
         f"{cost['tokens']:,} tokens (upper bound), {cost['flops']:.3e} FLOPs, "
@@ -345,6 +346,11 @@ def _log_estimate(cfg: RunConfig, worker: Worker, steps: int, staged: list[Any],
             "sphinxx.estimate.gpu": f"{cost['gpu']} at MFU {cost['mfu']}",
         }
     )
+    return {
+        "estimate_memory_per_rank_gib": round(float(cost["memory_per_rank_gib"]), 3),
+        "estimate_flops": float(cost["flops"]),
+        "estimate_gpu_hours": float(cost["gpu_hours"]),
+    }
 
 
 def pointer_name(step: int, attempt: int, commit_id: str) -> str:

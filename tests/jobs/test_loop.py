@@ -116,7 +116,9 @@ def test_every_checkpoint_commits_the_scaling_law_inputs(tmp_path, synth, mlflow
     tokens = []
     for info in committed:
         metrics = dict(store.get(info.step).manifest.metrics)
-        assert set(metrics) == {"loss", "tokens_seen", "num_params", "num_params_total"}
+        estimate = {"estimate_memory_per_rank_gib", "estimate_flops", "estimate_gpu_hours"}
+        assert set(metrics) == {"loss", "tokens_seen", "num_params", "num_params_total", "mfu", *estimate}
+        assert metrics["estimate_memory_per_rank_gib"] > 0 and metrics["estimate_gpu_hours"] > 0
         assert metrics["num_params"] == out["scaling"] < metrics["num_params_total"] == out["trainable"]
         tokens.append(metrics["tokens_seen"])
     assert 0 < tokens[0] < tokens[1] == out["final"]["tokens_seen"]  # cumulative, as the run saw them
