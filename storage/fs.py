@@ -463,6 +463,11 @@ def _guard(op: str, uri: str, passthrough: tuple[type[BaseException], ...] = ())
         raise StorageAccessError(f"{op} {uri}: not found ({err}); does the bucket exist?", uri) from err
     except (OSError, TimeoutError, ValueError, RuntimeError) as err:
         raise StorageAccessError(f"{op} {uri} failed: {type(err).__name__}: {err}", uri) from err
+    except Exception as err:
+        # botocore's own errors (NoCredentialsError, EndpointConnectionError, ...) derive from neither
+        if type(err).__module__.split(".")[0] in ("botocore", "aiobotocore"):
+            raise StorageAccessError(f"{op} {uri} failed: {type(err).__name__}: {err}", uri) from err
+        raise
 
 
 def _client_error_code(err: BaseException) -> str | None:

@@ -58,3 +58,17 @@ def test_s3_clients_follow_the_options(s3_server, monkeypatch):
     assert config.retries == {"mode": "standard", "total_max_attempts": 4} and config.read_timeout == 7
     s3fs_config = store.fs().fs.config_kwargs
     assert s3fs_config["retries"]["total_max_attempts"] == 4 and s3fs_config["read_timeout"] == 7
+
+
+def test_missing_credentials_are_a_storage_error_naming_the_uri(s3_server, monkeypatch, tmp_path) -> None:
+    """botocore's NoCredentialsError derives from no OSError: it still surfaces as our error."""
+    from sphinxx.storage import StorageAccessError, StorageOptions, open_fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    fs = open_fs("s3://somebucket/prefix", StorageOptions(endpoint_url=s3_server.endpoint_url))
+    with pytest.raises(StorageAccessError, match=r"s3://somebucket/prefix.*NoCredentialsError"):
+        fs.list_files("s3://somebucket/prefix")
