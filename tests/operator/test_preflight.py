@@ -54,8 +54,10 @@ def test_unreadable_inputs_block_the_run_before_any_rayjob(preflight_operator, c
     assert blocked["reason"] == "InputsUnreadable"
     assert f"model.llm_weights: {missing} does not exist" in blocked["message"]
     assert cluster.status("trainingruns", "no-weights")["phase"] == "Pending"
-    events = wait_for(lambda: [e for e in cluster.events("no-weights") if e[1] == "InputsUnreadable"], what="event")
-    assert missing in events[0][2] and events[0][0] == "Warning"
+    warnings = wait_for(
+        lambda: [e for e in cluster.events("no-weights") if e[:2] == ("Warning", "InputsUnreadable")], what="event"
+    )
+    assert missing in warnings[0][2] and warnings[0][2].startswith("pre-flight check failed: ")
     stays(lambda: not cluster.rayjobs("no-weights"), seconds=3)
 
     # A tokenizer folder without a vocabulary and a source without its manifest: both named.
