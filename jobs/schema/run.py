@@ -127,6 +127,8 @@ class TrainConfig:
                                      minimum=1, maximum=MAX_STEPS)  # fmt: skip
     log_interval: int = count(10, "print a progress line and log metrics every this many steps",
                               minimum=1, maximum=MAX_STEPS)  # fmt: skip
+    eval_interval: int = count(0, "evaluate on the held-out split (data.heldout_records) every this many steps "
+                               "and at the end; 0: at the end only", maximum=MAX_STEPS)  # fmt: skip
     termination_grace_seconds: int = count(
         120, "after SIGTERM (preemption, node drain, resize) a worker finishes its step and commits a checkpoint "
         "within this many seconds; the worker pods' terminationGracePeriodSeconds", minimum=10, maximum=3600,
