@@ -42,6 +42,7 @@ from sphinxx.jobs.audit import SampleTrace
 from sphinxx.jobs.build import build_model, check_vocab
 from sphinxx.jobs.context import Worker
 from sphinxx.jobs.engine import build_engine, expert_parallel_size
+from sphinxx.jobs.evaluation import due
 from sphinxx.jobs.metrics import (
     StepStats,
     all_reduce_host,
@@ -94,6 +95,7 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
     flops = flop_model(model, worker.device)
     tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source)
     estimate = _log_estimate(cfg, worker, total, staged, tracker) if worker.rank == 0 else {}
+    evaluator = _heldout_evaluator(cfg, worker, data)
     if staged:  # what this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model of a run")
         tracker.set_tags(  # tags, not metrics: a resumed attempt skips metrics at steps it already logged
             {
@@ -141,11 +143,16 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, state.step)
         if worker.rank == 0:
             printer.maybe_print(state.step, metrics, sec_step)
+        if evaluator is not None and due(state.step, total, cfg.train.eval_interval, state.extra.get("heldout", {}).get("step")):
+            heldout = evaluator.run(engine.module, worker.device).metrics()
+            state.extra["heldout"] = {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": heldout}
+            _log_heldout(tracker, worker, heldout, state)
         stopping = stop.agreed(_max_across_ranks)
         if state.step % cfg.train.checkpoint_interval == 0 or state.step == total or stopping:
             state.sampler = data.state_dict()["sampler"]
             # + the cost estimate and the measured MFU, which the operator shows in status.metrics
-            committed = {**checkpoint_metrics(stats.loss, state.tokens_seen, sizes), **estimate, "mfu": metrics["mfu"]}
+            committed = {**checkpoint_metrics(stats.loss, state.tokens_seen, sizes), **estimate, "mfu": metrics["mfu"],
+                         **state.extra.get("heldout", {}).get("metrics", {})}  # fmt: skip
             try:
                 info = ckpt.save(state, data.state_dict()["stats"], committed, final=state.step == total)
             finally:
@@ -313,6 +320,29 @@ def _open_tracker(
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")
     return tracker
+
+
+def _heldout_evaluator(cfg: RunConfig, worker: Worker, data: Any):
+    """The held-out evaluator of this rank (docs/training.md, "Held-out evaluation"); None without a split."""
+    if not cfg.data.heldout_records:
+        return None
+    from sphinxx.jobs.data.dataset import SamplePipeline
+    from sphinxx.jobs.evaluation import HeldoutEvaluator
+
+    pipeline = SamplePipeline(data.encoder, data.image)
+    return HeldoutEvaluator(data.mixture, pipeline, cfg.train.micro_batch, worker.rank, worker.world_size, _all_reduce)
+
+
+def _log_heldout(tracker, worker: Worker, heldout: dict[str, float], state) -> None:
+    """Against the global step, and (`*_by_tokens`, MLflow step = tokens seen) against D."""
+    if not heldout:
+        return
+    tracker.log_metrics(heldout, state.step)
+    overall = {f"{k}_by_tokens": v for k, v in heldout.items() if k in ("heldout_loss", "heldout_bpb")}
+    tracker.log_metrics(overall, state.tokens_seen)
+    if worker.rank == 0:
+        print(f"[sphinxx] held-out at step {state.step}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in heldout.items() if "/source:" not in k), flush=True)  # fmt: skip
 
 
 def _log_estimate(cfg: RunConfig, worker: Worker, steps: int, staged: list[Any], tracker) -> dict[str, float]:

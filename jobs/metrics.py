@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -225,3 +226,14 @@ def flop_model(model: Any, device: str) -> FlopModel:
         per_view=cost["vision_forward_per_view"],
         peak=device_peak(device, torch.get_num_threads()),
     )
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def bits_per_byte(ce_sum_nats: float, target_bytes: int) -> float:
+    """Bits per UTF-8 byte of the target text: the summed cross-entropy (nats) of the target tokens
+    over the bytes of text they spell (`template.Encoded.target_bytes`), in bits. Unlike loss per
+    token it does not depend on the tokenizer, so LLM bases with 32,000 and 92,544 entries compare
+    (docs/training.md, "Held-out evaluation"). NaN when there is no target text."""
+    return ce_sum_nats / math.log(2) / target_bytes if target_bytes > 0 else float("nan")

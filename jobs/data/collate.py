@@ -35,6 +35,7 @@ class LoadedBatch:
     num_image_tokens: int = 0  # LLM positions of image blocks (views + skip tokens)
     num_text_tokens: int = 0  # BOS + text + EOS
     num_targets: int = 0  # labelled tokens (sum over the global batch to normalise the loss)
+    target_bytes: int = 0  # UTF-8 bytes of the text the targets spell (bits per byte)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
     @classmethod

@@ -242,6 +242,7 @@ class SamplePipeline:
             out.skipped[SKIP_NO_TARGET] = out.skipped.get(SKIP_NO_TARGET, 0) + 1
             return None
         out.truncated += int(encoded.truncated)
+        out.target_bytes += encoded.target_bytes
         return SphinxSample(encoded.tokens, encoded.labels, processed)
 
 

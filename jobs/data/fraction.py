@@ -50,10 +50,37 @@ def threshold(fraction: float) -> int:
     return min(int(fraction * 2.0**64), 2**64)
 
 
-def kept_indices(seed: int, name: str, num_records: int, fraction: float) -> np.ndarray:
-    """Sorted indices (int64) of the records of source `name` inside the `fraction` subset."""
+def heldout_count(num_records: int, requested: int) -> int:
+    """Held-out records of a source: as many as asked, but at most a tenth of the source, so a
+    small source keeps nine tenths of its records for training."""
+    return max(0, min(requested, num_records // 10))
+
+
+def heldout_indices(seed: int, name: str, num_records: int, requested: int) -> np.ndarray:
+    """Sorted indices of the source's held-out split: its `heldout_count` records of LARGEST hash.
+
+    The same hash as the fraction test, from the other end: a record is held out whatever the
+    fraction (the split of every point of a sweep is the same), and no fraction's training subset
+    contains it (`kept_indices` removes it). Independent of world size and resume history.
+    """
+    count = heldout_count(num_records, requested)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    hashes = record_hashes(seed, name, np.arange(num_records, dtype=np.uint64))
+    # Ties of 64-bit hashes are broken by index (stable), so the split is fully deterministic.
+    order = np.argsort(hashes, kind="stable")
+    return np.sort(order[num_records - count :]).astype(np.int64)
+
+
+def kept_indices(seed: int, name: str, num_records: int, fraction: float, heldout: int = 0) -> np.ndarray:
+    """Sorted indices (int64) of the records of source `name` inside the `fraction` subset,
+    without its held-out split (`heldout` records requested per source, `heldout_indices`)."""
     t = threshold(fraction)
-    if t >= 2**64:
+    count = heldout_count(num_records, heldout)
+    if t >= 2**64 and count == 0:
         return np.arange(num_records, dtype=np.int64)
     hashes = record_hashes(seed, name, np.arange(num_records, dtype=np.uint64))
-    return np.flatnonzero(hashes < np.uint64(t)).astype(np.int64)
+    keep = hashes < np.uint64(t) if t < 2**64 else np.ones(num_records, dtype=bool)
+    if count:
+        keep[heldout_indices(seed, name, num_records, heldout)] = False
+    return np.flatnonzero(keep).astype(np.int64)

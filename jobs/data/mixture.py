@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from sphinxx.jobs.data.format import Manifest, read_manifest
-from sphinxx.jobs.data.fraction import kept_indices, source_key
+from sphinxx.jobs.data.fraction import heldout_count, heldout_indices, kept_indices, source_key
 from sphinxx.storage import uri as uri_mod
 
 CHUNK = 1024  # positions per chunk of the source schedule
@@ -53,13 +53,13 @@ class MixtureSource:
 class Mixture:
     """Deterministic, randomly addressable stream of (source, record) pairs."""
 
-    def __init__(self, sources: list[MixtureSource], fraction: float, seed: int):
+    def __init__(self, sources: list[MixtureSource], fraction: float, seed: int, heldout: int = 0):
         if not sources:
             raise ValueError(
                 "data.sources is empty: list at least one source (sphinxx data synth makes some)"
             )
         self.sources = tuple(sources)
-        self.fraction, self.seed = fraction, seed
+        self.fraction, self.seed, self.heldout = fraction, seed, heldout
         per_epoch = [max(1, round(s.weight * s.num_kept)) if s.num_kept else 0 for s in sources]
         self.per_epoch = np.array(per_epoch, dtype=np.int64)  # c_s: draws of each source per epoch
         if self.per_epoch.sum() == 0:
@@ -96,9 +96,14 @@ class Mixture:
     def kept(self, s: int) -> np.ndarray:
         if s not in self._kept:
             src = self.sources[s]
-            self._kept[s] = kept_indices(self.seed, src.name, src.manifest.num_records, self.fraction)
+            self._kept[s] = kept_indices(self.seed, src.name, src.manifest.num_records, self.fraction, self.heldout)
             assert len(self._kept[s]) == src.num_kept
         return self._kept[s]
+
+    def heldout_records(self, s: int) -> np.ndarray:
+        """Source s's held-out split (`fraction.heldout_indices`): the same for every fraction."""
+        src = self.sources[s]
+        return heldout_indices(self.seed, src.name, src.manifest.num_records, self.heldout)
 
     # -- the schedule ---------------------------------------------------------------------
     def _epoch_table(self, epoch: int) -> np.ndarray:
@@ -189,6 +194,7 @@ class Mixture:
                 "weight": s.weight,
                 "records": s.manifest.num_records,
                 "kept": s.num_kept,
+                "heldout": heldout_count(s.manifest.num_records, self.heldout),
                 "share": round(float(p), 6),
                 "samples_per_epoch": int(c),
             }
@@ -216,6 +222,7 @@ def load_mixture(data: Any) -> Mixture:
     for spec in data.sources:
         root = uri_mod.normalize(spec.uri)
         manifest = read_manifest(root)
-        num_kept = len(kept_indices(data.seed, spec.name, manifest.num_records, data.fraction))
+        heldout = data.heldout_records
+        num_kept = len(kept_indices(data.seed, spec.name, manifest.num_records, data.fraction, heldout))
         sources.append(MixtureSource(spec.name, root, spec.domain, float(spec.weight), manifest, num_kept))
-    return Mixture(sources, data.fraction, data.seed)
+    return Mixture(sources, data.fraction, data.seed, data.heldout_records)

@@ -72,6 +72,9 @@ class Encoded:
     tokens: list[int]  # [BOS] + text tokens + [EOS] (EOS dropped when truncated)
     labels: list[int]  # same length; IGNORE_INDEX except answer tokens
     truncated: bool
+    # UTF-8 bytes of the answer text the targets spell (after truncation): the denominator of
+    # bits per byte, which does not depend on the tokenizer (docs/training.md, "Held-out evaluation")
+    target_bytes: int = 0
 
     @property
     def num_targets(self) -> int:
@@ -122,17 +125,27 @@ class ConversationEncoder:
 
     def text_ids_and_mask(self, rendered: Rendered) -> tuple[list[int], list[bool]]:
         """Token ids of the text (no BOS/EOS) and which of them are targets."""
+        ids, mask, _ = self._encode_text(rendered)
+        return ids, mask
+
+    def _encode_text(self, rendered: Rendered) -> tuple[list[int], list[bool], list[tuple[int, int]]]:
+        """Token ids, target mask, and each token's character span in the rendered text."""
         if not self.use_offsets:
-            ids, mask = [], []
+            ids, mask, spans, pos = [], [], [], 0
             for piece, target in rendered.pieces:
                 piece_ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
                 ids.extend(piece_ids)
                 mask.extend([target] * len(piece_ids))
-            return ids, mask
+                # No offsets: the piece's characters are spread evenly over its tokens.
+                cuts = [pos + round(len(piece) * k / max(len(piece_ids), 1)) for k in range(len(piece_ids) + 1)]
+                spans.extend(zip(cuts[:-1], cuts[1:], strict=True))
+                pos += len(piece)
+            return ids, mask, spans
         enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        mask = [_overlaps(start, end, rendered.answer_spans) for start, end in enc["offset_mapping"]]
-        return ids, mask
+        offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        mask = [_overlaps(start, end, rendered.answer_spans) for start, end in offsets]
+        return ids, mask, offsets
 
     def encode(self, turns: Sequence[tuple[str, str]], num_image_tokens: int = 0) -> Encoded:
         budget = self.seq_len - num_image_tokens
@@ -141,7 +154,8 @@ class ConversationEncoder:
                 f"the image takes {num_image_tokens} positions, leaving {budget} of data.seq_len={self.seq_len} "
                 "for text; raise data.seq_len or lower data.canvas"
             )
-        ids, mask = self.text_ids_and_mask(render(turns))
+        rendered = render(turns)
+        ids, mask, spans = self._encode_text(rendered)
         tokens = [self.bos_id, *ids, self.eos_id]
         labels = [
             IGNORE_INDEX,
@@ -149,7 +163,21 @@ class ConversationEncoder:
             IGNORE_INDEX,
         ]
         truncated = len(tokens) > budget
-        return Encoded(tokens[:budget], labels[:budget], truncated)
+        kept = [spans[j] for j in range(min(len(ids), budget - 1)) if mask[j]]  # text token j sits at j + 1
+        return Encoded(tokens[:budget], labels[:budget], truncated, target_bytes(rendered, kept))
+
+
+def target_bytes(rendered: Rendered, token_spans: Sequence[tuple[int, int]]) -> int:
+    """UTF-8 bytes of the answer characters that the target tokens (their character spans) cover.
+
+    A character counts once even when two byte-level tokens share it (a multi-byte character
+    split between them), and only inside an answer span: the count is a property of the text,
+    not of the tokenizer, so bits per byte compares models with different vocabularies."""
+    covered: set[int] = set()
+    for start, end in token_spans:
+        for s_start, s_end in rendered.answer_spans:
+            covered.update(range(max(start, s_start), min(end, s_end)))
+    return sum(len(rendered.text[i].encode()) for i in covered)
 
 
 def _overlaps(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:

@@ -94,6 +94,9 @@ class DataConfig:
     canvas: int = field(448, "square canvas side in pixels; grid = canvas / 224", enum=(224, 448, 672, 896))
     convnext_view_size: int = field(256, "ConvNeXt input size per view", enum=(256, 512))
     tokenizer: str | None = field(None, "path or URI of Hugging Face tokenizer files")
+    heldout_records: int = count(
+        0, "records per source held out for evaluation (at most a tenth of the source; 0: none)", maximum=1_000_000
+    )
     epochs: float = field(1.0, "passes over the (fractioned) mixture", exclusive_minimum=0, maximum=10_000)
     num_workers: int = count(2, "DataLoader worker processes per training worker", maximum=256)
     max_bad_record_ratio: float = field(0.01, "fail the run past this share of unreadable records",
@@ -124,6 +127,8 @@ class TrainConfig:
                                      minimum=1, maximum=MAX_STEPS)  # fmt: skip
     log_interval: int = count(10, "print a progress line and log metrics every this many steps",
                               minimum=1, maximum=MAX_STEPS)  # fmt: skip
+    eval_interval: int = count(0, "evaluate on the held-out split (data.heldout_records) every this many steps "
+                               "and at the end; 0: at the end only", maximum=MAX_STEPS)  # fmt: skip
     termination_grace_seconds: int = count(
         120, "after SIGTERM (preemption, node drain, resize) a worker finishes its step and commits a checkpoint "
         "within this many seconds; the worker pods' terminationGracePeriodSeconds", minimum=10, maximum=3600,

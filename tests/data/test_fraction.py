@@ -64,3 +64,38 @@ def test_subsets_depend_on_seed_and_source_but_not_on_anything_else() -> None:
 def test_fraction_outside_0_1_is_rejected(bad: float) -> None:
     with pytest.raises(ValueError, match="data.fraction"):
         kept_indices(0, "a", 10, bad)
+
+
+# -- the held-out split --------------------------------------------------------------------------
+
+
+def test_heldout_split_is_the_top_hashes_and_disjoint_from_every_fraction() -> None:
+    from sphinxx.jobs.data.fraction import heldout_count, heldout_indices, kept_indices, record_hashes
+
+    n, requested = 5000, 120
+    held = heldout_indices(7, "vqa", n, requested)
+    assert len(held) == heldout_count(n, requested) == 120 and np.all(np.diff(held) > 0)
+    hashes = record_hashes(7, "vqa", np.arange(n, dtype=np.uint64))
+    rest = np.setdiff1d(np.arange(n), held)
+    assert hashes[held].min() > hashes[rest].max()  # an independent definition: the largest hashes
+    previous = np.zeros(0, dtype=np.int64)
+    for fraction in (0.1, 0.25, 0.5, 0.999, 1.0):
+        kept = kept_indices(7, "vqa", n, fraction, requested)
+        assert not np.intersect1d(kept, held).size  # no training subset holds a held-out record
+        assert np.isin(previous, kept).all()  # still nested
+        without = kept_indices(7, "vqa", n, fraction)  # the same subset minus the split, nothing else
+        assert np.array_equal(kept, np.setdiff1d(without, held))
+        previous = kept
+    assert len(kept_indices(7, "vqa", n, 1.0, requested)) == n - 120
+
+
+def test_heldout_split_depends_on_seed_and_source_only_and_is_capped() -> None:
+    from sphinxx.jobs.data.fraction import heldout_count, heldout_indices
+
+    a = heldout_indices(0, "ocr", 1000, 50)
+    assert np.array_equal(a, heldout_indices(0, "ocr", 1000, 50))
+    assert not np.array_equal(a, heldout_indices(1, "ocr", 1000, 50))
+    assert not np.array_equal(a, heldout_indices(0, "caption", 1000, 50))
+    assert np.isin(heldout_indices(0, "ocr", 1000, 20), a).all()  # a smaller split lies inside a larger
+    assert heldout_count(1000, 500) == 100 and heldout_count(9, 5) == 0 and heldout_count(1000, 0) == 0
+    assert len(heldout_indices(0, "ocr", 9, 5)) == 0
