@@ -311,9 +311,14 @@ def _fit_per_axis(points: Sequence[Point], note: str) -> ScalingFit:
 
 
 def _per_axis_uncertainty(out: ScalingFit, points: Sequence[Point], resamples: int, level: float, seed: int) -> None:
-    """Bootstrap each axis law on its own slice (the points it was fitted on), resampled together."""
-    slices = {law.axis: _slice(points, law.axis) for law in out.per_axis}
+    """Bootstrap each axis law on its own slice (the points it was fitted on), resampled together.
+
+    A line through two points has no spread to resample (every usable resample is the same two
+    points), so a law fitted on fewer than 3 points gets no interval rather than a zero-width one.
+    """
+    slices = {law.axis: s for law in out.per_axis if len(s := _slice(points, law.axis)) >= 3}
     if not slices:
+        out.level, out.seed = level, seed
         return
     arrays = {
         axis: (np.array([getattr(p, axis) for p in s], dtype=np.float64), np.array([p.loss for p in s], dtype=np.float64))
@@ -366,7 +371,10 @@ def band(result: ScalingFit, curve: Callable[[dict[str, float]], np.ndarray]) ->
     """The pointwise percentile band of `curve` (a function of a coefficient set) over the bootstrap."""
     if len(result.samples) < 2:
         return None
-    curves = np.array([curve(s) for s in result.samples])
+    try:
+        curves = np.array([curve(s) for s in result.samples])
+    except KeyError:  # that law was not bootstrapped (too few points on its slice)
+        return None
     tail = (1.0 - result.level) / 2.0
     low, high = np.quantile(curves, [tail, 1.0 - tail], axis=0)
     return low, high
