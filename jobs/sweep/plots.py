@@ -15,6 +15,7 @@ sit outside the data area and the law's summary is the figure's title, so no tex
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -88,7 +89,7 @@ def figure(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X s
     fig = plt.figure(figsize=(5.2 * top_panels, height), layout="constrained")
     interval = f", bands: {result.level:.0%} bootstrap intervals ({result.resamples_used} refits)" if result.samples else ""
     fig.suptitle(f"{title}: L = {result.loss_key}{interval}\n{result.summary()}", fontsize=9)
-    rows = fig.subfigures(2, 1, height_ratios=[4.4, 3.0]) if domains else [fig]
+    rows: Any = fig.subfigures(2, 1, height_ratios=[4.4, 3.0]) if domains else [fig]
     top = rows[0].subplots(1, top_panels)
     sizes = sorted({p.params for p in points})
     colors = {n: plt.get_cmap("viridis")(i / max(1, len(sizes) - 1) * 0.9) for i, n in enumerate(sizes)}
@@ -117,7 +118,7 @@ def _loss_vs_data(ax: Any, points: Sequence[Point], result: ScalingFit, colors: 
         ax.plot([p.data for p in row], [p.loss for p in row], "o", color=color, label=f"N = {sci_label(size)}")
         if result.form == "chinchilla":
             ax.plot(grid, result.predict(size, grid), "-", color=color, alpha=0.8)
-            if (b := band(result, lambda c, n=size: np.asarray(_law(c, n, grid)))) is not None:
+            if (b := band(result, functools.partial(_law, n=size, d=grid))) is not None:
                 ax.fill_between(grid, b[0], b[1], color=color, alpha=0.15, linewidth=0)
     for law in result.per_axis:
         if law.axis == "data":
@@ -149,7 +150,7 @@ def _loss_vs_params(ax: Any, points: Sequence[Point], result: ScalingFit) -> Non
         ax.plot([p.params for p in row], [p.loss for p in row], "s", color=color, label=label)
         if result.form == "chinchilla":
             ax.plot(grid, result.predict(grid, mean_d), "-", color=color, alpha=0.8)
-            if (b := band(result, lambda c, d=mean_d: np.asarray(_law(c, grid, d)))) is not None:
+            if (b := band(result, functools.partial(_law, n=grid, d=mean_d))) is not None:
                 ax.fill_between(grid, b[0], b[1], color=color, alpha=0.15, linewidth=0)
     for law in result.per_axis:
         if law.axis == "params":

@@ -127,14 +127,19 @@ def fit_sweep(
     inputs, missing = fit_inputs(rows)
     skipped = f"{len(missing)} succeeded point(s) lack {PARAMS_KEY}/{TOKENS_KEY}: {', '.join(missing)}" if missing else ""
     key = choose_loss_key(inputs, loss_key)
-    axes = {"params_axis": PARAMS_AXIS, "data_axis": DATA_AXIS, "loss_key": key, "loss_axis": _loss_axis(key)}
+
+    def unfitted(error: str, note: str = "") -> ScalingLawStatus:
+        return ScalingLawStatus(
+            params_axis=PARAMS_AXIS, data_axis=DATA_AXIS, loss_key=key, loss_axis=_loss_axis(key), error=error, note=note
+        )
+
     usable = [i for i in inputs if i.value(key) is not None]
     if len(usable) < len(inputs):
         lacking = [i.name for i in inputs if i.value(key) is None]
         skipped = "; ".join(n for n in (skipped, f"{len(lacking)} point(s) lack {key}: {', '.join(lacking)}") if n)
     if not usable:
         error = f"no succeeded point carries num_params, tokens_seen and {key}"
-        return ScalingLawStatus(**axes, error=error, note=skipped), None, inputs
+        return unfitted(error, skipped), None, inputs
     try:
         from .scaling_law import RESAMPLES, fit
     except ImportError as err:  # numpy/scipy missing: the sweep is complete either way
@@ -142,7 +147,7 @@ def fit_sweep(
     try:
         result = fit(_points(usable, key), resamples=RESAMPLES if resamples is None else resamples, loss_key=key)
     except ValueError as err:
-        return ScalingLawStatus(**axes, error=str(err)), None, usable
+        return unfitted(str(err)), None, usable
     for domain_key in domain_keys(usable):
         n = DOMAIN_RESAMPLES if resamples is None else resamples
         result.domains[domain_key.split("/", 1)[1]] = fit(_points(usable, domain_key), resamples=n, loss_key=domain_key)

@@ -241,7 +241,7 @@ def _variable_projection(
 def _fit_chinchilla(points: Sequence[Point]) -> ScalingFit:
     n, d, loss = _arrays(points)
     c = _variable_projection(n, d, loss, _FULL_GRID)
-    out = ScalingFit(form="chinchilla", num_points=len(points), **c)
+    out = ScalingFit("chinchilla", len(points), E=c["E"], A=c["A"], alpha=c["alpha"], B=c["B"], beta=c["beta"])
     pred = np.asarray(_chinchilla(c, n, d))
     out.residual_rms = float(np.sqrt(np.mean((np.log(pred) - np.log(loss)) ** 2)))
     out.points = [PointFit(p.name, "", p.params, p.data, p.loss, float(y)) for p, y in zip(points, pred, strict=True)]
