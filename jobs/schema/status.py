@@ -119,7 +119,7 @@ class PointRow:
     loss: float | None = field(None, "loss at that checkpoint")
     tokens: float | None = field(None, "training tokens consumed at that checkpoint")
     params: float | None = field(None, "N of the scaling law (active, non-embedding parameters)")
-    heldout: dict[str, float] = field({}, "held-out bits per byte at that checkpoint: heldout_bpb (all domains) "
+    heldout: dict[str, float] | None = field(None, "held-out bits per byte at that checkpoint: heldout_bpb (all domains) "
                                       "and heldout_bpb/<domain>")  # fmt: skip
     checkpoint: str | None = field(None, "URI of that checkpoint")
 

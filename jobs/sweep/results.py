@@ -82,7 +82,7 @@ def row_metrics(metrics: Mapping[str, float]) -> dict[str, Any]:
         return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
     heldout = {k: v for k in sorted(metrics) if _is_heldout(k) and (v := get(k)) is not None}
-    return {"params": get(PARAMS_KEY), "tokens": get(TOKENS_KEY), "loss": get(LOSS_KEY), "heldout": heldout}
+    return {"params": get(PARAMS_KEY), "tokens": get(TOKENS_KEY), "loss": get(LOSS_KEY), "heldout": heldout or None}
 
 
 def fit_inputs(rows: Sequence[PointRow]) -> tuple[list[FitInput], list[str]]:
@@ -93,7 +93,7 @@ def fit_inputs(rows: Sequence[PointRow]) -> tuple[list[FitInput], list[str]]:
             continue
         if row.params and row.tokens and row.loss is not None:
             inputs.append(
-                FitInput(row.name, row.model, row.data_fraction, row.params, row.tokens, row.loss, dict(row.heldout))
+                FitInput(row.name, row.model, row.data_fraction, row.params, row.tokens, row.loss, dict(row.heldout or {}))
             )
         else:
             missing.append(row.name)
