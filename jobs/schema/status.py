@@ -119,6 +119,8 @@ class PointRow:
     loss: float | None = field(None, "loss at that checkpoint")
     tokens: float | None = field(None, "training tokens consumed at that checkpoint")
     params: float | None = field(None, "N of the scaling law (active, non-embedding parameters)")
+    heldout: dict[str, float] | None = field(None, "held-out bits per byte at that checkpoint: heldout_bpb (all domains) "
+                                      "and heldout_bpb/<domain>")  # fmt: skip
     checkpoint: str | None = field(None, "URI of that checkpoint")
 
 
@@ -140,6 +142,72 @@ class AxisLaw:
 
 
 @dataclass
+class Estimate:
+    """One coefficient of the law with its bootstrap percentile interval."""
+
+    name: str = field("", "E, A, alpha, B, beta, G, a, b (chinchilla); params_/data_ coefficient, slope (per-axis)")
+    value: float | None = field(None, "the fitted value")
+    low: float | None = field(None, "lower end of the interval")
+    high: float | None = field(None, "upper end of the interval")
+
+
+@dataclass
+class Uncertainty:
+    """How the intervals were made: percentile bootstrap over the points."""
+
+    level: float = field(0.9, "central probability of each interval (0.9: 5th to 95th percentile)")
+    resamples: int = count(0, "bootstrap resamples drawn (points with replacement, law refitted)", maximum=100_000)
+    used: int = count(0, "resamples that could be refitted (enough distinct N and D)", maximum=100_000)
+    seed: int = count(0, "the resampling seed", maximum=2**31)
+
+
+@dataclass
+class LeaveOneOut:
+    """Prediction error of the law on points it was not fitted on: refit without each point, predict it."""
+
+    rmse: float | None = field(None, "RMS of observed minus predicted loss, in loss units")
+    max_abs: float | None = field(None, "largest absolute error, in loss units")
+    num_points: int = count(0, "points that could be predicted (a per-axis line needs two others)", maximum=2**31)
+
+
+@dataclass
+class ComputeOptimal:
+    """Chinchilla form: N_opt(C) = G (C/6)^a and D_opt(C) = (C/6)/N_opt for compute C = 6 N D."""
+
+    G: float | None = field(None, "(alpha A / (beta B))^(1/(alpha+beta))")
+    a: float | None = field(None, "beta/(alpha+beta): N_opt grows as C^a")
+    b: float | None = field(None, "alpha/(alpha+beta): D_opt grows as C^b")
+
+
+@dataclass
+class PointFit:
+    """One point against the law."""
+
+    name: str = field("", "the point (TrainingRun)")
+    axis: str = field("", "per-axis form: the law that predicts it (params or data); empty for chinchilla")
+    observed: float | None = field(None, "its loss")
+    predicted: float | None = field(None, "the law's prediction")
+    residual: float | None = field(None, "observed minus predicted")
+    loo_error: float | None = field(None, "observed minus the prediction of the law refitted without it")
+
+
+@dataclass
+class DomainLaw:
+    """The same points' law on one held-out domain (L = heldout_bpb/<domain>)."""
+
+    domain: str = field("", "language, vision, vision-language, ocr, set-of-mark, ...")
+    loss_key: str = field("", "the checkpoint metric fitted")
+    form: str | None = field(None, "chinchilla or per-axis", enum=("chinchilla", "per-axis"))
+    summary: str = field("", "the law in one line")
+    num_points: int = count(0, "points fitted", maximum=2**31)
+    coefficients: Coefficients | None = field(None, "chinchilla form")
+    per_axis: list[AxisLaw] = field([], "per-axis form")
+    estimates: list[Estimate] = field([], "every coefficient with its bootstrap interval")
+    residual_rms: float | None = field(None, "RMS of the fit's log-space residuals")
+    loo: LeaveOneOut | None = field(None, "leave-one-out prediction error")
+
+
+@dataclass
 class ScalingLawStatus:
     """The scaling law fitted when the sweep succeeded (sphinxx.jobs.sweep.scaling_law)."""
 
@@ -148,9 +216,17 @@ class ScalingLawStatus:
     num_points: int = count(0, "points fitted", maximum=2**31)
     params_axis: str = field("", "what N is")
     data_axis: str = field("", "what D is")
+    loss_key: str = field("", "the checkpoint metric fitted as L: heldout_bpb when every point has it, else loss")
+    loss_axis: str = field("", "what L is")
     coefficients: Coefficients | None = field(None, "chinchilla form: L(N, D) = E + A / N^alpha + B / D^beta")
+    compute_optimal: ComputeOptimal | None = field(None, "chinchilla form: the compute-optimal allocation")
     residual_rms: float | None = field(None, "RMS of the fit's log-space residuals")
     per_axis: list[AxisLaw] = field([], "per-axis form: L = coefficient * x^-slope on each axis")
+    estimates: list[Estimate] = field([], "every coefficient with its bootstrap interval")
+    uncertainty: Uncertainty | None = field(None, "how the intervals were made")
+    loo: LeaveOneOut | None = field(None, "leave-one-out prediction error")
+    residuals: list[PointFit] = field([], "each fitted point: residual and leave-one-out error", max_items=10_000)
+    domains: list[DomainLaw] = field([], "per held-out domain, where every point has heldout_bpb/<domain>")
     note: str = field("", "why the simpler form was fitted")
     error: str = field("", "why no law could be fitted")
 

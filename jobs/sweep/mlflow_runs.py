@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,11 +209,19 @@ def record_rollback(
 
 
 def log_fit(uri: str, run_id: str, law: ScalingLawStatus, png: bytes | None) -> None:
-    """The scaling law on the parent run: `scaling_law.json`, `fit_*` metrics, a summary tag, the plot."""
+    """The scaling law on the parent run: `scaling_law.json`, `fit_*` metrics, a summary tag, the plot.
+
+    The metrics (`results.fit_metrics`) are the same for either form: every coefficient with its
+    bootstrap interval, the residual RMS and the leave-one-out error, per held-out domain too.
+    """
     mlflow = client(uri)
     _call(mlflow.log_dict, run_id, dump(law, Naming.CAMEL, drop_none=True), "scaling_law.json")
-    for key, value in fit_metrics(law).items():
-        _call(mlflow.log_metric, run_id, key, value)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, 0) for key, value in fit_metrics(law).items()]
+    for start in range(0, len(metrics), 500):  # one request per batch (MLflow takes up to 1000 metrics)
+        _call(mlflow.log_batch, run_id, metrics=metrics[start : start + 500])
     _call(mlflow.set_tag, run_id, TAG_SCALING_LAW, (law.summary or law.error)[:5000])
     if png:
         with tempfile.TemporaryDirectory() as tmp:

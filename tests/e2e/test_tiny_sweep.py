@@ -417,9 +417,17 @@ def test_the_same_sweep_file_runs_locally_with_the_same_runs_tags_and_fit_inputs
         assert (here["params"], here["tokens"], here["step"]) == (there["params"], there["tokens"], there["step"]), name
         assert here["loss"] == pytest.approx(there["loss"], rel=0.05), name
     law = json.loads(state_path.read_text())["scaling_law"]
-    assert {k: law[k] for k in ("form", "numPoints", "paramsAxis", "dataAxis")} == {
-        k: cluster["scalingLaw"][k] for k in ("form", "numPoints", "paramsAxis", "dataAxis")
-    }
+    same = ("form", "numPoints", "paramsAxis", "dataAxis", "lossKey", "lossAxis")
+    assert {k: law[k] for k in same} == {k: cluster["scalingLaw"][k] for k in same}
+    # the same uncertainty report (the numbers differ with the losses; the shape must not)
+    for side in (law, cluster["scalingLaw"]):
+        side["_shape"] = (
+            sorted(e["name"] for e in side.get("estimates", [])),
+            side.get("uncertainty", {}).get("resamples"),
+            sorted((r["name"], r["axis"]) for r in side.get("residuals", [])),
+            "loo" in side,
+        )
+    assert law["_shape"] == cluster["scalingLaw"]["_shape"]
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -1,0 +1,202 @@
+"""The scaling-law plots a researcher keeps: one PNG for the sweep's parent run.
+
+Panels (docs/operator.md, "The scaling-law fit"):
+
+- loss against training tokens D, one fitted curve per model size with its bootstrap band;
+- loss against parameters N, one series per data fraction (curve at that fraction's mean D);
+- Chinchilla form only: iso-loss contours of the law over (N, D) with the compute-optimal
+  frontier N_opt(C), D_opt(C) and iso-compute lines C = 6 N D;
+- per held-out domain (where the fit has them), small multiples of loss against D.
+
+Readability is part of the contract: log axes tick at powers of ten (or at 1-2-5 multiples when
+the data span less than a decade) labelled "1e7", never "6.4 x 10^0"; axes carry units; legends
+sit outside the data area and the law's summary is the figure's title, so no text covers points.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .scaling_law import Point, ScalingFit, band
+
+D_LABEL = "training tokens D"
+N_LABEL = "parameters N (active, non-embedding)"
+
+
+def sci_label(x: float, _pos: Any = None) -> str:
+    """A tick label: "1e7", "2e6", "2.5e6" (plain, no mathtext)."""
+    if x <= 0 or not math.isfinite(x):
+        return ""
+    exponent = math.floor(math.log10(x) + 1e-9)
+    mantissa = round(x / 10**exponent, 2)
+    if mantissa >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:g}e{exponent}"
+
+
+def log_axis(axis: Any, low: float, high: float) -> None:
+    """Log scale with at least two labelled ticks inside [low, high], labelled by `sci_label`."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for subs in ((1.0,), (1.0, 2.0, 5.0), tuple(float(s) for s in range(1, 10))):
+        locator = LogLocator(base=10.0, subs=subs, numticks=12)
+        inside = [t for t in locator.tick_values(low, high) if low * 0.999 <= t <= high * 1.001]
+        if len(inside) >= 2:
+            break
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(FuncFormatter(sci_label))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _span(values: Sequence[float], pad: float = 1.25) -> tuple[float, float]:
+    return min(values) / pad, max(values) * pad
+
+
+def _legend(ax: Any, title: str) -> None:
+    ax.legend(title=title, fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def plot_png(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X scaling sweep") -> bytes:
+    """The sweep's figure, PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = figure(points, result, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def figure(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X scaling sweep") -> Any:
+    """The sweep's figure (a matplotlib Figure, drawn; tests inspect its texts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = list(result.domains.items())
+    top_panels = 3 if result.form == "chinchilla" else 2
+    height = 4.4 + (3.0 if domains else 0.0)
+    fig = plt.figure(figsize=(5.2 * top_panels, height), layout="constrained")
+    interval = f", bands: {result.level:.0%} bootstrap intervals ({result.resamples_used} refits)" if result.samples else ""
+    fig.suptitle(f"{title}: L = {result.loss_key}{interval}\n{result.summary()}", fontsize=9)
+    rows: Any = fig.subfigures(2, 1, height_ratios=[4.4, 3.0]) if domains else [fig]
+    top = rows[0].subplots(1, top_panels)
+    sizes = sorted({p.params for p in points})
+    colors = {n: plt.get_cmap("viridis")(i / max(1, len(sizes) - 1) * 0.9) for i, n in enumerate(sizes)}
+    _loss_vs_data(top[0], points, result, colors, legend=True)
+    _loss_vs_params(top[1], points, result)
+    if result.form == "chinchilla":
+        _frontier(top[2], points, result)
+    if domains:
+        small = rows[1].subplots(1, len(domains), squeeze=False)[0]
+        for ax, (domain, law) in zip(small, domains, strict=True):
+            domain_points = [Point(p.params, p.data, p.observed, p.name) for p in law.points if not p.axis or p.axis == "data"]
+            _loss_vs_data(ax, domain_points or list(points), law, colors, legend=False)
+            ax.set_title(f"{domain} ({law.form})", fontsize=8)
+            ax.set_ylabel(law.loss_key, fontsize=7)
+    fig.canvas.draw()
+    return fig
+
+
+def _loss_vs_data(ax: Any, points: Sequence[Point], result: ScalingFit, colors: dict[float, Any], legend: bool) -> None:
+    """Loss against D, one colour per model size, the law's curve and its band."""
+    low, high = _span([p.data for p in points])
+    grid = np.geomspace(low, high, 60)
+    for size in sorted({p.params for p in points}):
+        row = sorted((p for p in points if p.params == size), key=lambda p: p.data)
+        color = colors.get(size, "C0")
+        ax.plot([p.data for p in row], [p.loss for p in row], "o", color=color, label=f"N = {sci_label(size)}")
+        if result.form == "chinchilla":
+            ax.plot(grid, result.predict(size, grid), "-", color=color, alpha=0.8)
+            if (b := band(result, functools.partial(_law, n=size, d=grid))) is not None:
+                ax.fill_between(grid, b[0], b[1], color=color, alpha=0.15, linewidth=0)
+    for law in result.per_axis:
+        if law.axis == "data":
+            ax.plot(grid, law.predict(grid), "--", color="gray", label="power law (largest N)")
+            if (b := band(result, lambda c: c["data_coefficient"] * grid ** -c["data_slope"])) is not None:
+                ax.fill_between(grid, b[0], b[1], color="gray", alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    log_axis(ax.xaxis, low, high)
+    ax.set_xlabel(D_LABEL, fontsize=8)
+    ax.set_ylabel(f"loss L ({result.loss_key})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if legend:
+        ax.set_title("loss vs data, per model size", fontsize=9)
+        _legend(ax, "model size")
+
+
+def _loss_vs_params(ax: Any, points: Sequence[Point], result: ScalingFit) -> None:
+    """Loss against N, one series per data fraction; the law at that fraction's mean D."""
+    import matplotlib.pyplot as plt
+
+    low, high = _span([p.params for p in points])
+    grid = np.geomspace(low, high, 60)
+    fractions = sorted({p.fraction for p in points})
+    for i, fraction in enumerate(fractions):
+        row = sorted((p for p in points if p.fraction == fraction), key=lambda p: p.params)
+        color = plt.get_cmap("plasma")(i / max(1, len(fractions) - 1) * 0.85)
+        mean_d = float(np.exp(np.mean(np.log([p.data for p in row]))))
+        label = f"fraction {fraction:g} (D ~ {sci_label(mean_d)})" if fraction else f"D ~ {sci_label(mean_d)}"
+        ax.plot([p.params for p in row], [p.loss for p in row], "s", color=color, label=label)
+        if result.form == "chinchilla":
+            ax.plot(grid, result.predict(grid, mean_d), "-", color=color, alpha=0.8)
+            if (b := band(result, functools.partial(_law, n=grid, d=mean_d))) is not None:
+                ax.fill_between(grid, b[0], b[1], color=color, alpha=0.15, linewidth=0)
+    for law in result.per_axis:
+        if law.axis == "params":
+            ax.plot(grid, law.predict(grid), "--", color="gray", label="power law (largest D)")
+            if (b := band(result, lambda c: c["params_coefficient"] * grid ** -c["params_slope"])) is not None:
+                ax.fill_between(grid, b[0], b[1], color="gray", alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    log_axis(ax.xaxis, low, high)
+    ax.set_xlabel(N_LABEL, fontsize=8)
+    ax.set_ylabel(f"loss L ({result.loss_key})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title("loss vs model size, per data fraction", fontsize=9)
+    _legend(ax, "data")
+
+
+def _law(c: dict[str, float], n: Any, d: Any) -> Any:
+    return c["E"] + c["A"] / np.asarray(n) ** c["alpha"] + c["B"] / np.asarray(d) ** c["beta"]
+
+
+def _frontier(ax: Any, points: Sequence[Point], result: ScalingFit) -> None:
+    """Iso-loss contours over (N, D), iso-compute lines and the compute-optimal frontier."""
+    n_low, n_high = _span([p.params for p in points], 2.0)
+    d_low, d_high = _span([p.data for p in points], 2.0)
+    nn, dd = np.meshgrid(np.geomspace(n_low, n_high, 120), np.geomspace(d_low, d_high, 120))
+    contours = ax.contourf(nn, dd, result.predict(nn, dd), levels=12, cmap="Greys", alpha=0.55)
+    colorbar = ax.figure.colorbar(contours, ax=ax, pad=0.02)
+    colorbar.set_label(f"fitted L ({result.loss_key})", fontsize=7)
+    colorbar.ax.tick_params(labelsize=6)
+    ax.scatter([p.params for p in points], [p.data for p in points], c="C0", s=18, zorder=3, label="sweep points")
+    optimal = result.compute_optimal()
+    flops = np.geomspace(6 * n_low * d_low, 6 * n_high * d_high, 200)
+    if optimal is not None:
+        n_opt = optimal["G"] * (flops / 6) ** optimal["a"]
+        ax.plot(n_opt, flops / 6 / n_opt, "-", color="C3", lw=2, label=f"compute-optimal: N ~ C^{optimal['a']:.2f}")
+    for c in np.geomspace(6 * n_low * d_low, 6 * n_high * d_high, 6)[1:-1]:
+        ns = np.geomspace(n_low, n_high, 50)
+        ax.plot(ns, c / 6 / ns, ":", color="C1", lw=0.8)
+    ax.plot([], [], ":", color="C1", lw=0.8, label="iso-compute C = 6ND")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(n_low, n_high)
+    ax.set_ylim(d_low, d_high)
+    log_axis(ax.xaxis, n_low, n_high)
+    log_axis(ax.yaxis, d_low, d_high)
+    ax.set_xlabel(N_LABEL, fontsize=8)
+    ax.set_ylabel(D_LABEL, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title("iso-loss contours and compute-optimal frontier", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, frameon=False)
