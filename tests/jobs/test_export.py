@@ -220,7 +220,7 @@ def _save_ep2(rank: int, world: int, storage: str):
     from sphinxx.jobs.schema.run import to_yaml
     from sphinxx.storage import CheckpointStore
 
-    cfg = tiny_run_config("debug-moe", 0, 2, storage)
+    cfg = tiny_run_config("debug-moe", 2, 2, storage)  # EP needs ZeRO-1/2
     worker = Worker(rank=rank, world_size=world)
     model, _ = build_model(cfg, worker)
     with torch.no_grad():
