@@ -47,7 +47,9 @@ class CheckpointTensors(Mapping[str, torch.Tensor]):
     def __init__(self, model_dir: str):
         self.dense: dict[str, torch.Tensor] = {}
         self.experts: dict[str, dict[int, torch.Tensor]] = {}
-        names = sorted(n for n in os.listdir(model_dir) if n.endswith(".pt")) if os.path.isdir(model_dir) else []
+        names = (
+            sorted(n for n in os.listdir(model_dir) if n.endswith(".pt")) if os.path.isdir(model_dir) else []
+        )
         if not names:
             raise ValueError(f"{model_dir} holds no model files (model/*.pt)")
         for name in names:
@@ -181,7 +183,9 @@ def export_checkpoint(
     partial = target + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        store.download(info.step, staging, select=lambda e: e.path.startswith(MODEL_DIR), progress=_progress(log))
+        store.download(
+            info.step, staging, select=lambda e: e.path.startswith(MODEL_DIR), progress=_progress(log)
+        )
         llm, multimodal, vision = split_state(CheckpointTensors(os.path.join(staging, "model")))
         os.makedirs(partial)
         token_ids = None
@@ -242,7 +246,9 @@ def _write_tokenizer(uri: str, out: str, vocab_size: int, log: TextIO) -> dict[s
     print(f"  tokenizer from {uri}", file=log)
     tok = load_tokenizer(uri)
     if len(tok) > vocab_size:
-        raise ValueError(f"the tokenizer at {uri} has {len(tok)} ids, more than the model's vocab_size {vocab_size}")
+        raise ValueError(
+            f"the tokenizer at {uri} has {len(tok)} ids, more than the model's vocab_size {vocab_size}"
+        )
     tok.save_pretrained(out)
     return {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
 

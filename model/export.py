@@ -147,7 +147,10 @@ def export_llm(
         files = [SINGLE_NAME]
     else:
         with open(os.path.join(out, INDEX_NAME), "w") as f:
-            body = {"metadata": {"total_size": writer.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            body = {
+                "metadata": {"total_size": writer.total_bytes},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
             json.dump(body, f, indent=1)
     config = hf_config(args, out_dtype, token_ids)
     config.save_pretrained(out)
@@ -169,7 +172,9 @@ def _count_hf_tensors(args: ModelArgs) -> int:
     return 2 + args.n_layers * per_layer + (0 if args.tie_embeddings else 1)
 
 
-def split_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_state(
+    state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Our SphinxX state dict -> (decoder with `llm.` stripped, projector + tags, vision towers)."""
     llm, multimodal, vision = {}, {}, {}
     for name in state:
@@ -180,7 +185,9 @@ def split_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
         elif name.startswith(VISION_PREFIX):
             vision[name] = state[name]
         else:
-            raise ValueError(f"checkpoint tensor {name!r} belongs to no part of SPHINX-X (llm, projector, tags, vision)")
+            raise ValueError(
+                f"checkpoint tensor {name!r} belongs to no part of SPHINX-X (llm, projector, tags, vision)"
+            )
     return llm, multimodal, vision
 
 
