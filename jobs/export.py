@@ -71,6 +71,13 @@ class CheckpointTensors(Mapping[str, torch.Tensor]):
         parts = self.experts[key]
         return torch.cat([parts[g] for g in range(len(parts))], dim=0)
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The full tensor's shape without concatenating the experts."""
+        if key in self.dense:
+            return tuple(self.dense[key].shape)
+        parts = self.experts[key]
+        return (sum(int(t.shape[0]) for t in parts.values()), *parts[0].shape[1:])
+
     def __contains__(self, key: object) -> bool:
         return key in self.dense or key in self.experts
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -105,11 +105,11 @@ def check_llm_state(llm: Mapping[str, torch.Tensor], args: ModelArgs) -> None:
             f"the checkpoint's decoder does not match its run config: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}"
         )
+    shape_of = getattr(llm, "shape", None)  # a lazy mapping may know shapes without building tensors
     for name, shape in shapes.items():
-        if tuple(llm[name].shape) != tuple(shape):
-            raise ValueError(
-                f"{name}: checkpoint shape {tuple(llm[name].shape)}, the run config builds {tuple(shape)}"
-            )
+        got = tuple(shape_of(name) if shape_of is not None else llm[name].shape)
+        if got != tuple(shape):
+            raise ValueError(f"{name}: checkpoint shape {got}, the run config builds {tuple(shape)}")
 
 
 def export_llm(
@@ -132,8 +132,7 @@ def export_llm(
     check_llm_state(llm, args)
     architecture, family = hf_architecture(args)
     adapter = get_adapter(family, args, **({"layout": "4.x"} if family == "mixtral" else {}))
-    first = next(iter(llm.values()))
-    out_dtype = dtype or first.dtype
+    out_dtype = dtype or llm[next(iter(llm))].dtype
     writer = _ShardWriter(out, max_shard_bytes)
     total = _count_hf_tensors(args)
     for done, (name, tensor) in enumerate(adapter.to_hf(llm), start=1):
@@ -172,15 +171,44 @@ def _count_hf_tensors(args: ModelArgs) -> int:
     return 2 + args.n_layers * per_layer + (0 if args.tie_embeddings else 1)
 
 
+class PrefixView(Mapping[str, torch.Tensor]):
+    """The entries of `inner` under `prefix`, prefix stripped; reads go through (stays lazy)."""
+
+    def __init__(self, inner: Mapping[str, torch.Tensor], prefix: str):
+        self.inner, self.prefix = inner, prefix
+        self.names = [k[len(prefix) :] for k in inner if k.startswith(prefix)]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.inner[self.prefix + key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.prefix + key in self.inner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        shape_of = getattr(self.inner, "shape", None)
+        return tuple(
+            shape_of(self.prefix + key) if shape_of is not None else self.inner[self.prefix + key].shape
+        )
+
+
 def split_state(
     state: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Our SphinxX state dict -> (decoder with `llm.` stripped, projector + tags, vision towers)."""
-    llm, multimodal, vision = {}, {}, {}
+) -> tuple[Mapping[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Our SphinxX state dict -> (decoder with `llm.` stripped, projector + tags, vision towers).
+
+    The decoder stays a lazy view of `state`: its tensors are read one at a time by the writer.
+    """
+    multimodal, vision = {}, {}
     for name in state:
         if name.startswith(LLM_PREFIX):
-            llm[name[len(LLM_PREFIX) :]] = state[name]
-        elif name.startswith(MULTIMODAL_PREFIXES):
+            continue
+        if name.startswith(MULTIMODAL_PREFIXES):
             multimodal[name] = state[name]
         elif name.startswith(VISION_PREFIX):
             vision[name] = state[name]
@@ -188,7 +216,7 @@ def split_state(
             raise ValueError(
                 f"checkpoint tensor {name!r} belongs to no part of SPHINX-X (llm, projector, tags, vision)"
             )
-    return llm, multimodal, vision
+    return PrefixView(state, LLM_PREFIX), multimodal, vision
 
 
 def export_multimodal(
