@@ -3,9 +3,12 @@
     sphinxx model list                                   # flavor names, paper names, canvases
     sphinxx model info tinyllama-1.1b --json --image 1000x500
     sphinxx model convert --from hf /data/TinyLlama-1.1B --flavor tinyllama-1.1b --out /data/tiny-sx
+    sphinxx model export s3://bucket/sweeps/sweep-a/run-1 /data/eval/run-1 --step 2000   # jobs/export_cli.py
 
 Registration imports nothing heavy; torch and transformers load inside the handlers. Paths for
 `convert` are local: `sphinxx.model` never talks to object stores (stage S3 objects first).
+`export` reads checkpoints from the store, so it lives on the training side (`jobs/export_cli.py`)
+and joins this group through `sphinxx.cli.SUBCOMMANDS`.
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("operator", "sphinxx.operator.cli"),
 ]
 
+# Subcommands that a group's own package may not import (docs/architecture.md, "Layers"):
+# `sphinxx model export` reads the checkpoint store, which `sphinxx.model` never imports. Each
+# (group, module) module's `register(group_subcommands)` adds its sub-parsers to that group.
+SUBCOMMANDS: list[tuple[str, str]] = [
+    ("model", "sphinxx.jobs.export_cli"),
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -34,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="group", metavar="COMMAND")
     for _name, module in COMMAND_GROUPS:
         importlib.import_module(module).register(subparsers)
+    for group, module in SUBCOMMANDS:
+        group_parser = subparsers.choices[group]
+        commands = next(a for a in group_parser._actions if isinstance(a, argparse._SubParsersAction))
+        importlib.import_module(module).register(commands)
     return parser
 
 

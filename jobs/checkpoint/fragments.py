@@ -88,6 +88,12 @@ def expert_key(name: str, expert: int) -> str:
     return f"{name}@expert{expert}"
 
 
+def parse_expert_key(key: str) -> tuple[str, int] | None:
+    """(parameter name, global expert index) of an `expert_key`; None for a dense tensor's key."""
+    name, sep, expert = key.rpartition("@expert")
+    return (name, int(expert)) if sep and expert.isdigit() else None
+
+
 # ---------------------------------------------------------------------------- optimizer state
 
 
