@@ -71,7 +71,9 @@ class FitInput:
 
 
 def _is_heldout(key: str) -> bool:
-    return key == HELDOUT_KEY or key.startswith(HELDOUT_KEY + "/")
+    """Overall and per-domain held-out bits per byte; not the per-source `heldout_bpb/source:<name>`
+    the job also commits (docs/training.md, "Held-out evaluation"): the fit is per domain."""
+    return key == HELDOUT_KEY or (key.startswith(HELDOUT_KEY + "/") and "/source:" not in key)
 
 
 def row_metrics(metrics: Mapping[str, float]) -> dict[str, Any]:

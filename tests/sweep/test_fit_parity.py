@@ -106,3 +106,11 @@ def test_a_requested_loss_key_wins_and_a_point_without_it_is_left_out(monkeypatc
     assert law.loss_key == "loss"  # not every point has heldout_bpb: training loss, and it says so
     law, _, inputs = fit_sweep(_operator_rows(manifests), loss_key="heldout_bpb", resamples=0)
     assert law.num_points == 8 and "p3" in law.note and len(inputs) == 8
+
+
+def test_per_source_heldout_metrics_stay_out_of_the_rows_and_the_domain_fits() -> None:
+    from sphinxx.jobs.sweep.results import row_metrics
+
+    row = row_metrics({"loss": 2.0, "num_params": 1e6, "tokens_seen": 1e7, "heldout_bpb": 1.5,
+                       "heldout_bpb/ocr": 1.7, "heldout_bpb/source:papers": 1.8, "heldout_loss": 2.1})  # fmt: skip
+    assert row["heldout"] == {"heldout_bpb": 1.5, "heldout_bpb/ocr": 1.7}
