@@ -59,6 +59,21 @@ def test_off_a_terminal_each_new_state_is_one_plain_line() -> None:
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
 
 
+def _read_all(master: int) -> str:
+    """Everything the terminal received: a pty hands it out in chunks, and EIO once the slave is closed."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the slave side is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return b"".join(chunks).decode()
+
+
 def test_on_a_terminal_the_line_is_rewritten_in_place() -> None:
     master, slave = pty.openpty()
     with os.fdopen(slave, "w") as terminal:
@@ -69,8 +84,7 @@ def test_on_a_terminal_the_line_is_rewritten_in_place() -> None:
             assert step is not None
             live.update(LiveLine.render("[1/1]", "p", step, None))
         live.note("[1/1] p succeeded")
-    written = os.read(master, 4096).decode()
-    os.close(master)
+    written = _read_all(master)
     assert written.count("\r\x1b[2K") == 2 and "step 12/12 (100%)" in written
     assert written.rstrip().endswith("[1/1] p succeeded")
 
