@@ -111,7 +111,7 @@ class ObjectInfo:
     size: int
     mtime: float | None  # seconds since the epoch; None when the store does not say
     is_dir: bool = False
-    etag: str | None = None  # S3's ETag (quotes removed); None elsewhere
+    etag: str | None = None  # S3's ETag without its quotes (list_files, info); None elsewhere
 
 
 @dataclass
@@ -313,18 +313,34 @@ class ObjectFS:
         chunk_size: int,
         callback: Callback | None = None,
         size: int | None = None,
-    ) -> None:
+        etag: str | None = None,
+        sha256: bool = False,
+    ) -> str | None:
         """Download one object (on S3: ranged parts in parallel, see s3bulk.py).
 
-        `size`, when known (a manifest's), spares the per-object HeadObject; the caller then checks
-        the downloaded size and checksum against what it expected.
+        `size`, when known (a manifest's), is handed to the transfer; the caller then checks the
+        downloaded size and checksum against what it expected. `size` and `etag` together (a
+        listing's ETag) spare s3transfer's per-object HeadObject; the ranged parts are fetched
+        with `If-Match: etag`, so an object replaced since the listing fails the download
+        instead of mixing two versions. With `sha256`, the S3 download hashes the bytes while
+        they stream in (hashing.py) and returns the digest of the file written, so the caller
+        need not read it again; None when it could not (another scheme, a part fetched twice):
+        then the caller hashes the file itself.
         """
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         if self.scheme == "s3":
             bucket, key, _ = self.fs.split_path(self.path(uri))
-            self._s3bulk().download(bucket, key, local_path, chunk_size, _relative(callback), size)
-        else:
-            self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))
+            bulk, progress = self._s3bulk(), _relative(callback)
+            if not sha256:
+                bulk.download(bucket, key, local_path, chunk_size, progress, size, etag)
+                return None
+            from .hashing import HashingFile
+
+            with HashingFile(local_path) as sink:
+                bulk.download(bucket, key, sink, chunk_size, progress, size, etag)
+                return sink.hexdigest()
+        self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))
+        return None
 
     def _s3bulk(self) -> S3Bulk:
         with _BULK_LOCK:

@@ -5,7 +5,9 @@ go `file_concurrency` at a time (largest first, so one huge shard does not
 finish last alone), each as an S3 multipart transfer (s3bulk.py) sharing a
 pool of file_concurrency x part_concurrency part workers. Memory is bounded by
 that many parts (4 x 4 x 8 MiB = 128 MiB by default): bytes are read from disk
-in parts, never whole files. sha256 is computed in a thread beside the upload.
+in parts, never whole files. sha256 is computed in a thread beside the upload; a
+download hashes the bytes as they stream in (hashing.py) and checks size and sha256
+against the manifest before renaming its temporary file into place.
 
 Part size is at least 8 MiB (boto3's default) and at least size / 10,000
 (S3 allows at most 10,000 parts; `MAX_PARTS` in s3transfer), rounded up to a
@@ -18,7 +20,6 @@ permanent one (access denied, missing bucket), which surfaces at once as a
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import math
 import os
 import threading
@@ -32,10 +33,10 @@ from fsspec.callbacks import Callback
 
 from .errors import CheckpointCorruptError, StorageAccessError, StorageTimeoutError
 from .fs import MiB, ObjectFS
+from .hashing import sha256_file
 from .threads import DaemonThreadPool
 
 MAX_PARTS = 10_000
-HASH_BLOCK = 8 * MiB
 _T = TypeVar("_T")
 
 
@@ -58,20 +59,13 @@ class TransferItem:
     uri: str
     size: int  # bytes; for downloads, the size the manifest promises
     sha256: str | None = None  # for downloads: checked when verify_checksums is on
+    etag: str | None = None  # for S3 downloads: the object's ETag from a listing (spares a HEAD)
 
 
 def chunk_size_for(size: int, min_chunk: int = 8 * MiB) -> int:
     """The multipart part size for a file of `size` bytes."""
     need = max(min_chunk, math.ceil(size / MAX_PARTS))
     return math.ceil(need / MiB) * MiB
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hash_in_background(path: str) -> Callable[[], str]:
@@ -100,7 +94,7 @@ def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook |
             item,
             "upload",
             tracker,
-            lambda cb: fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb),
+            lambda cb, _: fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb),
         )
         return digest()
 
@@ -108,21 +102,36 @@ def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook |
 
 
 def download(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None) -> None:
-    """Download every item into a temporary name, check size (and sha256), then move it into place."""
+    """Download every item into a temporary name, check size (and sha256), then move it into place.
+
+    On S3 the sha256 is computed while the bytes stream in (hashing.py); the file is read
+    again only where the stream could not vouch for it (other schemes, a part fetched twice).
+    """
     tracker = _Tracker("download", items, progress)
 
     def one(item: TransferItem) -> None:
         chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
         tmp = f"{item.local_path}.part-{uuid.uuid4().hex[:8]}"
+        check = _wants_sha256(fs, item)
         try:
-            _with_file_retries(
+            streamed = _with_file_retries(
                 fs,
                 item,
                 "download",
                 tracker,
-                lambda cb: fs.get_file(item.uri, tmp, chunk_size=chunk, callback=cb, size=item.size),
+                # The listed ETag on the first attempt only: if the object changed since the
+                # listing, a retry asks S3 again (and the sha256 then judges what it got).
+                lambda cb, attempt: fs.get_file(
+                    item.uri,
+                    tmp,
+                    chunk_size=chunk,
+                    callback=cb,
+                    size=item.size,
+                    etag=item.etag if attempt == 1 else None,
+                    sha256=check,
+                ),
             )
-            _check_download(fs, item, tmp)
+            _check_download(fs, item, tmp, streamed)
             os.replace(tmp, item.local_path)
         finally:
             if os.path.exists(tmp):
@@ -131,13 +140,19 @@ def download(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook
     _run_all(fs, items, one, tracker)
 
 
-def _check_download(fs: ObjectFS, item: TransferItem, tmp: str) -> None:
+def _wants_sha256(fs: ObjectFS, item: TransferItem) -> bool:
+    return fs.options.verify_checksums and bool(item.sha256)
+
+
+def _check_download(fs: ObjectFS, item: TransferItem, tmp: str, streamed: str | None = None) -> None:
+    """Size, then sha256 against the manifest: `streamed` (the digest computed during the
+    download, of exactly the bytes in `tmp`) when there is one, else by reading `tmp`."""
     size = os.path.getsize(tmp)
     if size != item.size:
         raise CheckpointCorruptError(
             f"{item.uri}: size {size} != {item.size} in the manifest", item.uri, [item.uri]
         )
-    if fs.options.verify_checksums and item.sha256 and sha256_file(tmp) != item.sha256:
+    if _wants_sha256(fs, item) and (streamed or sha256_file(tmp)) != item.sha256:
         raise CheckpointCorruptError(f"{item.uri}: sha256 does not match the manifest", item.uri, [item.uri])
 
 
@@ -185,8 +200,13 @@ _PERMANENT = (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryE
 
 
 def _with_file_retries(
-    fs: ObjectFS, item: TransferItem, verb: str, tracker: _Tracker, run: Callable[[Callback], None]
-) -> None:
+    fs: ObjectFS,
+    item: TransferItem,
+    verb: str,
+    tracker: _Tracker,
+    run: Callable[[Callback, int], _T],
+) -> _T:
+    """`run(callback, attempt)` (one whole-file attempt, counted from 1) until it succeeds; its result."""
     attempts = fs.options.file_attempts
     for attempt in range(1, attempts + 1):
         if (
@@ -195,7 +215,7 @@ def _with_file_retries(
             raise StorageTimeoutError(f"{verb} of {item.uri} abandoned after the deadline", item.uri)
         callback = _FileCallback(tracker)
         try:
-            run(callback)
+            result = run(callback, attempt)
         except (OSError, TimeoutError) as err:
             tracker.add(-callback.reported)  # this file's bytes will be counted again
             if isinstance(err, _PERMANENT) or attempt == attempts:
@@ -212,7 +232,8 @@ def _with_file_retries(
             time.sleep(min(2.0**attempt * 0.1, 5.0))
         else:
             tracker.add(item.size - callback.reported, file=item.uri)
-            return
+            return result
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _run_all(

@@ -3,8 +3,9 @@
 The code under test only ever sees an endpoint URL (as it would for a flaky
 S3, MinIO or Ceph). Rules pick requests by method, path regex and headers and,
 for the first `times` matches, answer an S3 error (503 SlowDown, 500, 403...),
-stall past the client's read timeout, forward and then lose the response, or
-forward with a header stripped (a store that ignores conditional writes).
+stall past the client's read timeout, forward and then lose the response, forward
+and cut the response body halfway (a connection dropped mid-download), or forward
+with a header stripped (a store that ignores conditional writes).
 Everything else is forwarded unchanged. `log` records what happened.
 """
 
@@ -40,8 +41,9 @@ class Rule:
 
     action: "error" (answer `status`/`code`), "stall" (hold `stall_s`, then drop
     the connection), "lose_response" (forward, then answer 500 instead of the
-    real response), "strip_header" (forward without `header`), "delay" (hold
-    `stall_s`, then forward: a slow store).
+    real response), "cut_body" (forward, announce the whole body, send half of it,
+    then drop the connection), "strip_header" (forward without `header`), "delay"
+    (hold `stall_s`, then forward: a slow store).
     """
 
     action: str
@@ -164,7 +166,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 proxy.leave()
             if action == "lose_response":
                 return self._error(500, "InternalError")
-            self._reply(status, reason, resp_headers, resp_body)
+            self._reply(status, reason, resp_headers, resp_body, cut=action == "cut_body")
 
         def _forward(self, body: bytes, drop: str | None):
             conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
@@ -182,7 +184,9 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             finally:
                 conn.close()
 
-        def _reply(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        def _reply(
+            self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, cut: bool = False
+        ) -> None:
             self.send_response(status, reason)
             for key, value in headers:
                 if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
@@ -194,6 +198,11 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if cut:  # the client sees a body shorter than announced: a stream cut mid-download
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
             self.wfile.write(body)
 
         def _error(self, status: int, code: str) -> None:

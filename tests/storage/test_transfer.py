@@ -1,4 +1,5 @@
-"""Parallel multipart transfer: part sizes, bounded concurrency, progress, download checks, deadlines."""
+"""Parallel multipart transfer: part sizes, bounded concurrency, progress, download checks (sha256
+while streaming), deadlines."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sphinxx.storage import CheckpointStore, StorageOptions, StorageTimeoutError
+from sphinxx.storage import CheckpointCorruptError, CheckpointStore, StorageOptions, StorageTimeoutError
+from sphinxx.storage.hashing import sha256_file
 from sphinxx.storage.transfer import MAX_PARTS, chunk_size_for
 from tests.storage.conftest import read_tree
 from tests.storage.fault_proxy import Rule
@@ -135,3 +137,104 @@ def test_a_process_whose_save_hung_still_exits(s3_env, s3_prefix, make_ckpt, tmp
     assert proc.returncode == 0 and "save failed within its deadline" in out, out
     exiting = float(re.search(r"exiting at ([0-9.]+)", out).group(1))
     assert ended - exiting < 15, f"exit took {ended - exiting:.1f} s"
+
+
+def _spy_rehash(monkeypatch) -> list[str]:
+    """Record every file a download hashes by reading it back (the fallback to streamed hashing)."""
+    from sphinxx.storage import transfer
+
+    reread: list[str] = []
+    real = transfer.sha256_file
+
+    def spy(path: str) -> str:
+        reread.append(path)
+        return real(path)
+
+    monkeypatch.setattr(transfer, "sha256_file", spy)
+    return reread
+
+
+def test_s3_restore_hashes_while_downloading(s3_prefix, fault_proxy, make_ckpt, tmp_path, monkeypatch):
+    # 20 MiB: three ranged 8 MiB parts landing out of order; 300 KiB: one GET, in order.
+    local = make_ckpt({"big.bin": 20 * MiB, "small.bin": 300 * 1024})
+    store = CheckpointStore(s3_prefix, "run", options=StorageOptions(endpoint_url=fault_proxy.endpoint_url))
+    store.save(1, local)
+    reread = _spy_rehash(monkeypatch)
+    fault_proxy.clear()
+    out = str(tmp_path / "restore")
+    store.download(1, out)
+    assert reread == []  # both digests came from the stream, none from reading the files again
+    restored = read_tree(out)
+    restored.pop("manifest.json")
+    assert restored == read_tree(local)
+    # One LIST gave the ETags: no HeadObject per file (s3fs may HEAD the manifest it reads).
+    assert not [p for m, p, _ in fault_proxy.log if m == "HEAD" and p.endswith(".bin")]
+    assert len([p for m, p, _ in fault_proxy.log if m == "GET" and "list-type=2" in p]) == 1
+
+    # The streamed digest is the sha256 of the file written, single-part and multi-part alike.
+    fs = store.fs()
+    for name, size in (("big.bin", 20 * MiB), ("small.bin", 300 * 1024)):
+        path = str(tmp_path / f"direct-{name}")
+        uri = store.layout.file(1, name)
+        streamed = fs.get_file(uri, path, chunk_size=8 * MiB, size=size, sha256=True)
+        assert streamed is not None and streamed == sha256_file(path) == sha256_file(f"{local}/{name}")
+
+
+@pytest.mark.parametrize("size", [5000, 17 * MiB], ids=["single-part", "multi-part"])
+def test_a_corrupted_s3_object_is_caught_on_restore(s3_prefix, make_ckpt, tmp_path, size):
+    # Same size, one byte flipped: only the sha256 can tell, and the streamed one must.
+    store = CheckpointStore(s3_prefix, "run")
+    store.save(1, make_ckpt({"w.bin": size}))
+    fs = store.fs()
+    uri = store.layout.file(1, "w.bin")
+    data = bytearray(fs.read_bytes(uri))
+    data[size * 2 // 3] ^= 0xFF  # in the last part of the multi-part one
+    fs.write_bytes(uri, bytes(data))
+    out = tmp_path / "restore"
+    with pytest.raises(CheckpointCorruptError, match="w.bin: sha256") as err:
+        store.download(1, str(out))
+    assert err.value.uri == uri
+    assert not list(out.rglob("w.bin*"))  # neither the file nor its temporary name
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["intact", "corrupted"])
+def test_a_cut_stream_is_refetched_and_the_file_hashed_again(
+    s3_prefix, fault_proxy, make_ckpt, tmp_path, monkeypatch, corrupt
+):
+    # s3transfer re-fetches a GET whose body was cut: bytes already hashed are written again,
+    # so the stream digest is given up and the finished file is read back instead. 3 MiB: the
+    # half that arrives before the cut holds at least one whole io chunk (s3bulk.IO_CHUNK).
+    local = make_ckpt({"small.bin": 3 * MiB})
+    store = CheckpointStore(s3_prefix, "run", options=StorageOptions(endpoint_url=fault_proxy.endpoint_url))
+    store.save(1, local)
+    if corrupt:
+        store.fs().write_bytes(store.layout.file(1, "small.bin"), os.urandom(3 * MiB))
+    reread = _spy_rehash(monkeypatch)
+    fault_proxy.add(Rule("cut_body", method="GET", path=r"small\.bin$"))
+    out = tmp_path / "restore"
+    if corrupt:
+        with pytest.raises(CheckpointCorruptError, match="small.bin: sha256"):
+            store.download(1, str(out))
+        assert not list(out.rglob("small.bin*"))
+    else:
+        store.download(1, str(out))
+        assert (out / "small.bin").read_bytes() == (Path(local) / "small.bin").read_bytes()
+    assert [p for m, p, o in fault_proxy.log if o == "cut_body"]  # the fault did happen
+    assert len(reread) == 1 and ".part-" in reread[0]
+
+
+def test_a_stale_listed_etag_is_retried_without_it(s3_prefix, fault_proxy, make_ckpt, tmp_path):
+    # The object changed since its ETag was listed: the ranged GETs' If-Match fails, and the
+    # file is fetched again with a HeadObject for the current ETag (the sha256 then judges it).
+    from sphinxx.storage.transfer import TransferItem, download
+
+    local = make_ckpt({"big.bin": 17 * MiB})
+    store = CheckpointStore(s3_prefix, "run", options=StorageOptions(endpoint_url=fault_proxy.endpoint_url))
+    store.save(1, local)
+    entry = store.get(1).manifest.files[0]
+    target = str(tmp_path / "big.bin")
+    fault_proxy.clear()
+    item = TransferItem(target, store.layout.file(1, "big.bin"), entry.size, entry.sha256, etag='"0123-3"')
+    download(store.fs(), [item])
+    assert Path(target).read_bytes() == (Path(local) / "big.bin").read_bytes()
+    assert len([p for m, p, _ in fault_proxy.log if m == "HEAD"]) == 1  # the second attempt only

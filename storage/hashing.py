@@ -1,0 +1,152 @@
+"""sha256 of files: after the fact (`sha256_file`), or while a download writes them (`HashingFile`).
+
+A restore used to download each file, then read it all again to check its sha256 against the
+manifest: a second pass over every byte, serial after the last part landed. `HashingFile` is the
+file object s3transfer writes a download into (`seek(offset)` then `write(data)`, from one
+thread at a time); it hashes the bytes in file order while they arrive:
+
+- a write that lands at the end of the hashed prefix is hashed from memory at once (a
+  single-part download is hashed entirely this way);
+- a write further on (a later ranged part, which lands out of order) goes to disk and is
+  remembered as an interval; once the prefix reaches it, it is read back from the page cache
+  and hashed, still during the download;
+- a write below the hashed prefix (s3transfer re-fetching a part after a cut stream) means
+  the digest may not be that of the bytes now on disk: the stream digest is given up
+  (`hexdigest()` returns None) and the caller hashes the finished file instead.
+
+So `hexdigest()` is either the sha256 of exactly the bytes in the file, or None. It is None as
+well when some range was never written (a hole reads as zeros): only a complete prefix counts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import threading
+
+from .fs import MiB
+
+HASH_BLOCK = 8 * MiB
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class HashingFile:
+    """A write-only, seekable file that computes its sha256 in offset order as it is written.
+
+    s3transfer writes one file from one thread at a time (its IO thread, or the request thread
+    of a single-part download); the lock makes each `seek`/`write` call atomic regardless.
+    """
+
+    def __init__(self, path: str):
+        self.name = path
+        self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed by close()); read back in _drain
+        self._lock = threading.Lock()
+        self._pos = 0
+        self._digest = hashlib.sha256()
+        self._hashed = 0  # bytes [0, _hashed) are in the digest
+        self._starts: list[int] = []  # written intervals beyond the prefix: disjoint, sorted
+        self._ends: list[int] = []
+        self._stale = False  # a write below the prefix: stop hashing, the digest may not be the file's
+
+    # -- the file-object surface s3transfer uses ------------------------------
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        with self._lock:
+            self._check_open()
+            if whence == os.SEEK_SET:
+                self._pos = offset
+            elif whence == os.SEEK_CUR:
+                self._pos += offset
+            else:
+                self._pos = os.fstat(self._file.fileno()).st_size + offset
+            return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        with self._lock:
+            self._check_open()
+            offset, fd = self._pos, self._file.fileno()
+            done = 0
+            while done < size:  # pwrite may write less than asked (a full disk raises)
+                done += os.pwrite(fd, view[done:], offset + done)
+            self._pos = offset + size
+            if not self._stale:
+                self._landed(offset, view)
+        return size
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def __enter__(self) -> HashingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def hexdigest(self) -> str | None:
+        """The sha256 of the file's bytes, or None when the stream cannot vouch for it (module doc)."""
+        with self._lock:
+            if self._stale or self._starts:
+                return None
+            size = os.path.getsize(self.name) if self._file.closed else os.fstat(self._file.fileno()).st_size
+            return self._digest.hexdigest() if self._hashed == size else None
+
+    # -- bookkeeping ----------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._file.closed:  # a late write from an abandoned transfer (never onto a reused fd)
+            raise ValueError(f"I/O operation on closed file {self.name}")
+
+    def _landed(self, offset: int, view: memoryview) -> None:
+        end = offset + len(view)
+        if offset < self._hashed:  # hashed bytes were written again, maybe with other bytes
+            self._stale = True
+            self._starts, self._ends = [], []
+        elif offset == self._hashed:
+            self._digest.update(view)
+            self._hashed = end
+            self._drain()
+        else:
+            self._add_interval(offset, end)
+
+    def _add_interval(self, start: int, end: int) -> None:
+        """Insert [start, end) into the sorted disjoint intervals, merging those it touches."""
+        i = bisect.bisect_left(self._ends, start)  # the first interval ending at or after start
+        j = bisect.bisect_right(self._starts, end)  # [i, j): the intervals touching [start, end)
+        if i < j:
+            start, end = min(start, self._starts[i]), max(end, self._ends[j - 1])
+        self._starts[i:j], self._ends[i:j] = [start], [end]
+
+    def _drain(self) -> None:
+        """Hash, read back from the page cache, the written intervals the prefix now reaches."""
+        fd = self._file.fileno()
+        while self._starts and self._starts[0] <= self._hashed:
+            # An interval may begin below the prefix: a later in-order write covered its head,
+            # and the file holds that later write, which is what was hashed.
+            end = self._ends[0]
+            del self._starts[0], self._ends[0]
+            while self._hashed < end:
+                block = os.pread(fd, min(HASH_BLOCK, end - self._hashed), self._hashed)
+                if not block:  # shorter than written (truncated by someone else): give up
+                    self._stale = True
+                    return
+                self._digest.update(block)
+                self._hashed += len(block)
