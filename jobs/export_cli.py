@@ -55,7 +55,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from sphinxx.jobs.export import export_checkpoint
     from sphinxx.storage import StorageError, StorageOptions
-    from sphinxx.storage.cli import client_failure
+    from sphinxx.storage.cli import client_failure, storage_error_line
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
     options = StorageOptions(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
@@ -66,7 +66,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             max_shard_bytes=int(args.max_shard_size * 2**30),
         )  # fmt: skip
     except StorageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(storage_error_line(err, args.checkpoint, options.resolved_endpoint()), file=sys.stderr)
         return 1
     except ValueError as err:
         print(f"error: {args.checkpoint}: {err}", file=sys.stderr)

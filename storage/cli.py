@@ -128,7 +128,8 @@ def _command(
             _check_run(store)
             return func(args, store, step)
         except StorageError as err:
-            print(f"error: {err}", file=sys.stderr)
+            endpoint = StorageOptions(endpoint_url=args.endpoint_url).resolved_endpoint()
+            print(storage_error_line(err, args.uri, endpoint), file=sys.stderr)
             return 1
         except ValueError as err:
             print(f"error: {args.uri}: {err}", file=sys.stderr)
@@ -142,6 +143,17 @@ def _command(
             return 1
 
     return run
+
+
+def storage_error_line(err: BaseException, uri: str, endpoint: str | None) -> str:
+    """`error: ...` for a StorageError. The storage layer wraps the S3 client's own failures (no
+    credentials, endpoint down); those are said as `client_failure` says them, about `uri`."""
+    cause = err.__cause__
+    if cause is not None and type(cause).__module__.split(".", 1)[0] in ("botocore", "aiobotocore"):
+        message = client_failure(cause, endpoint)
+        if message is not None:
+            return f"error: {uri}: {message}"
+    return f"error: {err}"
 
 
 def client_failure(err: BaseException, endpoint: str | None) -> str | None:
