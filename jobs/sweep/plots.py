@@ -40,17 +40,30 @@ def sci_label(x: float, _pos: Any = None) -> str:
     return f"{mantissa:g}e{exponent}"
 
 
-def log_axis(axis: Any, low: float, high: float) -> None:
-    """Log scale with at least two labelled ticks inside [low, high], labelled by `sci_label`."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    for subs in ((1.0,), (1.0, 2.0, 5.0), tuple(float(s) for s in range(1, 10))):
-        locator = LogLocator(base=10.0, subs=subs, numticks=12)
-        inside = [t for t in locator.tick_values(low, high) if low * 0.999 <= t <= high * 1.001]
-        if len(inside) >= 2:
+def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """Tick values s x 10^e inside [low, high]: powers of ten, else 1-2-5, else 1..9, else with 1.5 and
+    2.5 too — the first set with at least two inside — thinned to at most `most`. Computed here rather than by matplotlib's
+    LogLocator, which falls back to linear ticks (1.25e6, 1.5e6, ...) on a span under a decade."""
+    first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
+    ticks: list[float] = []
+    halves = (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)
+    for subs in ((1,), (1, 2, 5), tuple(range(1, 10)), halves):
+        ticks = [s * 10.0**e for e in range(first, last + 1) for s in subs if low * 0.999 <= s * 10.0**e <= high * 1.001]
+        if len(ticks) >= 2:
             break
-    axis.set_major_locator(locator)
+    if len(ticks) < 2:  # a span inside one 1..9 step: its two ends
+        ticks = [low, high]
+    step = math.ceil(len(ticks) / most)
+    return ticks[::step]
+
+
+def log_axis(axis: Any, low: float, high: float) -> None:
+    """Log scale with at least two labelled ticks inside [low, high] (`log_ticks`), labelled by `sci_label`."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    axis.set_major_locator(FixedLocator(log_ticks(low, high)))
     axis.set_major_formatter(FuncFormatter(sci_label))
+    axis.set_minor_locator(NullLocator())
     axis.set_minor_formatter(NullFormatter())
 
 

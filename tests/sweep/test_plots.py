@@ -104,3 +104,16 @@ def test_bands_come_from_the_bootstrap() -> None:
     centre = np.asarray(result.predict(1e10, grid))
     assert np.all(low <= high) and np.all(high - low > 0)
     assert np.all(low <= centre + 1e-3) and np.all(centre - 1e-3 <= high)
+
+
+@pytest.mark.parametrize(("low", "high"), [(1e6, 1e10), (1.0e4, 2.4e4), (1.28e6, 2.98e6), (2.1e6, 2.3e6), (3e2, 9e8)])
+def test_log_ticks_are_few_round_and_inside_even_under_a_decade(low: float, high: float) -> None:
+    """matplotlib's LogLocator falls back to linear ticks (1.25e6, 1.5e6, 1.75e6, ...) under a decade,
+    whose labels ran into each other on the demo's N axis."""
+    from sphinxx.jobs.sweep.plots import log_ticks, sci_label
+
+    ticks = log_ticks(low, high)
+    assert 2 <= len(ticks) <= 6 and ticks == sorted(ticks)
+    assert all(low * 0.999 <= t <= high * 1.001 for t in ticks)
+    labels = [sci_label(t) for t in ticks]
+    assert len(set(labels)) == len(labels) and all(len(label) <= 6 for label in labels), labels
