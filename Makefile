@@ -17,10 +17,11 @@ PYTEST_ARGS ?=
 # written into .venv and __pycache__ (both git-ignored) on first import.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test lint install clean-demo help
+.PHONY: demo micro-family test lint install clean-demo help
 
 help:
 	@echo "make demo   - install, then run a tiny SPHINX-X scaling sweep end to end on the local default"
+	@echo "make micro-family - install, then a 3 x 3 sweep that shows the scaling law (about 20 min on 2 cores)"
 	@echo "make test   - install dev dependencies, then lint and run the whole test suite"
 	@echo "make lint   - ruff + import-linter contracts + mypy (the packages in pyproject's [tool.mypy]) only"
 
@@ -50,5 +51,9 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/python -m sphinxx.jobs.demo
 
+# 3 model sizes x 3 data fractions, scored on held-out data (README, "A sweep that shows the science").
+micro-family: $(STAMP)
+	$(BIN)/python -m sphinxx.jobs.demo --sweep examples/sweeps/micro-family.yaml --size 630 --workdir .micro
+
 clean-demo:
-	rm -rf .demo
+	rm -rf .demo .micro

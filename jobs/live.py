@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -75,6 +75,25 @@ def shown(text: str) -> bool:
     if "PlacementGroupCleaner" in text or text.startswith("{"):
         return False  # a known-harmless Ray complaint; the job's summary line (the runner reports it)
     return bool(ERROR.search(text))
+
+
+@dataclass
+class Repeats:
+    """Ray prints each worker line twice: mostly back to back, but not always (a held-out line
+    came again after the checkpoint lines that followed it). A line is a repeat when it equals
+    the previous one, or when it is one of our own (`[sphinxx]`, each unique: it names its step)
+    seen before."""
+
+    _previous: str | None = None
+    _ours: set[str] = field(default_factory=set)
+
+    def seen(self, text: str) -> bool:
+        if text == self._previous or text in self._ours:
+            return True
+        self._previous = text
+        if text.startswith("[sphinxx]"):
+            self._ours.add(text)
+        return False
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from sphinxx.jobs.live import LiveLine, checkpoint_step, clean, parse_step, shown
+from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
 from sphinxx.jobs.schema.admission import admit_run
 from sphinxx.jobs.schema.fields import SchemaError, deep_merge
 from sphinxx.jobs.schema.run import RunConfig, to_yaml
@@ -266,13 +266,12 @@ class LocalSweep:
         self.console.note(result + (f" ({local.error})" if local.error else ""))
 
     def _follow(self, stdout: Iterable[str], log: TextIO, lines: list[str], point: str, label: str) -> None:
-        """Log every line once (Ray prints each worker line twice), and keep the live line current."""
-        progress, checkpoint, previous = None, None, None
+        """Log every line once (`Repeats`), and keep the live line current."""
+        progress, checkpoint, repeats = None, None, Repeats()
         for raw in stdout:
             text = clean(raw)
-            if text == previous:
+            if repeats.seen(text):
                 continue
-            previous = text
             log.write(raw)
             lines.append(raw)
             if (step := parse_step(text)) is not None:
@@ -345,16 +344,37 @@ def _start_ray() -> str:
 
 
 def results_table(state: SweepState) -> str:
-    header = f"{'point':<34} {'model':<16} {'data':>5} {'status':<10} {'step':>6} {'loss':>8} {'time':>6}"
+    """One row per point: what it trained (N, D = tokens seen) and how well (training loss, and
+    held-out bits per byte when the sweep evaluates). Pure."""
+    header = (f"{'point':<34} {'model':<16} {'data':>5} {'status':<10} {'step':>6} {'N':>7} {'D':>7} "
+              f"{'loss':>7} {'bpb':>7} {'time':>6}")  # fmt: skip
     rows = [header, "-" * len(header)]
     for p in state.points.values():
         r = p.row
-        loss = f"{r.loss:.4f}" if r.loss is not None else "-"
-        step = r.step if r.step is not None else "-"
-        rows.append(
-            f"{r.name:<34} {r.model:<16} {r.data_fraction:>5.2f} {r.phase.lower():<10} {step:>6} {loss:>8} {p.seconds:>5.0f}s"
+        bpb = (r.heldout or {}).get("heldout_bpb")
+        cells = (
+            f"{r.name:<34} {r.model:<16} {r.data_fraction:>5.2f} {r.phase.lower():<10}",
+            f"{r.step if r.step is not None else '-':>6} {_count(r.params):>7} {_count(r.tokens):>7}",
+            f"{_decimal(r.loss):>7} {_decimal(bpb):>7} {p.seconds:>5.0f}s",
         )
+        rows.append(" ".join(cells))
+    if all(p.row.heldout is None for p in state.points.values()):
+        rows.append("(bpb: held-out bits per byte; this sweep holds out no data: data.heldout_records)")
     return "\n".join(rows)
+
+
+def _count(value: float | None) -> str:
+    """402816 -> 403k, 9442176 -> 9.44M (three significant digits)."""
+    if value is None:
+        return "-"
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.0f}"
+
+
+def _decimal(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def fit_summary(state: SweepState) -> str:

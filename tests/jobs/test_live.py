@@ -6,7 +6,7 @@ import io
 import os
 import pty
 
-from sphinxx.jobs.live import LiveLine, checkpoint_step, clean, parse_step, shown
+from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
 
 # Lines as the job's driver prints them under Ray (copied from a demo point's log).
 RAY = "\x1b[36m(RayTrainWorker pid=4845)\x1b[0m "
@@ -42,6 +42,16 @@ def test_only_our_notes_and_errors_reach_the_console() -> None:
     assert not any(shown(clean(line)) for line in NOISE)
     assert shown(clean(RAY + "[sphinxx] resumed from file:///c/step-000000006 at step 6/12"))
     assert shown("Traceback (most recent call last):") and shown("RuntimeError: boom")
+
+
+def test_each_line_is_kept_once_even_when_ray_repeats_it_later() -> None:
+    """Ray's repeats as seen in a micro-family point's log: back to back, and a held-out line again
+    after the checkpoint lines that followed it. Other lines may legitimately repeat (not ours)."""
+    heldout = RAY + "[sphinxx] held-out at step 42: heldout_loss 4.1260, heldout_bpb 2.5824\n"
+    stream = [STEP_LINE, STEP_LINE, heldout, CKPT_LINE, NOISE[0], heldout, NOISE[1], NOISE[0], LAST_LINE, LAST_LINE]
+    repeats = Repeats()
+    kept = [clean(line) for line in stream if not repeats.seen(clean(line))]
+    assert kept == [clean(line) for line in (STEP_LINE, heldout, CKPT_LINE, NOISE[0], NOISE[1], NOISE[0], LAST_LINE)]
 
 
 def test_off_a_terminal_each_new_state_is_one_plain_line() -> None:

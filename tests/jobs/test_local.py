@@ -67,3 +67,21 @@ def test_summary_parsing() -> None:
     lines = ["step 1 ...", '{"sphinxx_summary": true, "status": "succeeded", "step": 4}', "INFO trailing"]
     assert parse_summary(lines)["step"] == 4
     assert parse_summary(["{not json", '{"other": 1}']) is None
+
+
+def test_results_table_shows_n_d_and_the_held_out_score() -> None:
+    from sphinxx.jobs.local import LocalPoint, SweepState, results_table
+    from sphinxx.jobs.schema.status import PointRow, RunPhase
+
+    state = SweepState("s")
+    done = PointRow("s-micro-l-d100", "micro-l", 1.0, RunPhase.SUCCEEDED, step=72, loss=2.05123,
+                    tokens=261_234.0, params=9_451_136.0, heldout={"heldout_bpb": 1.23456})  # fmt: skip
+    failed = PointRow("s-micro-s-d25", "micro-s", 0.25, RunPhase.FAILED)
+    state.points = {done.name: LocalPoint(done, seconds=61.4), failed.name: LocalPoint(failed)}
+    header, _, first, second = results_table(state).splitlines()
+    assert header.split() == ["point", "model", "data", "status", "step", "N", "D", "loss", "bpb", "time"]
+    assert first.split() == ["s-micro-l-d100", "micro-l", "1.00", "succeeded", "72", "9.45M", "261k", "2.0512",
+                             "1.2346", "61s"]  # fmt: skip
+    assert second.split() == ["s-micro-s-d25", "micro-s", "0.25", "failed", "-", "-", "-", "-", "-", "0s"]
+    without = SweepState("s", points={failed.name: LocalPoint(failed)})
+    assert "holds out no data: data.heldout_records" in results_table(without)

@@ -38,9 +38,9 @@ def test_published_sizes_match_the_model_cards(name: str) -> None:
     assert (FLAVORS[name].params, FLAVORS[name].active_params) == PUBLISHED[name]
 
 
-def test_independent_formula_matches_for_debug_flavors() -> None:
-    """count_params (module walk) vs a closed-form count, for the two debug flavors."""
-    for name in ("debug", "debug-moe"):
+def test_independent_formula_matches_for_the_small_flavors() -> None:
+    """count_params (module walk) vs a closed-form count, for the debug and micro flavors."""
+    for name in ("debug", "debug-moe", "micro-s", "micro-m", "micro-l"):
         a = get_flavor(name)
         attn = a.dim * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads)
         ffn = (
