@@ -110,7 +110,11 @@ class CheckpointStore:
         rollback.py), then whatever a dead attempt left there is removed.
         """
         fs = self.fs()
-        self._archive_rolled_back(fs, step)
+        # One LIST decides the common case (nothing there: a new step) without a HEAD or GET.
+        if not (files := fs.list_files(self.layout.step_dir(step))):
+            return False
+        if MANIFEST_NAME in files:
+            self._archive_rolled_back(fs, step)
         return clear_uncommitted_step(fs, self.layout, step)
 
     def writer(
