@@ -31,11 +31,11 @@ HASH_BLOCK = 8 * MiB
 
 
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
+    """The file's sha256. `hashlib.file_digest` reads into one reused buffer: reading 8 MiB blocks
+    allocated (and page-faulted) a fresh buffer per block, 35% more CPU per byte, which a commit
+    on a busy machine pays in wall time (bench/storage.py)."""
     with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class HashingFile:

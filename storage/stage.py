@@ -42,7 +42,7 @@ from typing import Literal, TextIO
 
 from . import uri as uri_mod
 from .errors import CheckpointCorruptError, StorageAccessError
-from .fs import MiB, ObjectFS, ObjectInfo, StorageOptions, open_fs
+from .fs import ObjectFS, ObjectInfo, StorageOptions, open_fs
 from .transfer import TransferItem, TransferProgress, download
 
 STAGE_DIR_ENV = "SPHINXX_STAGE_DIR"
@@ -280,18 +280,16 @@ def _etag_matches(path: str, etag: str, part_size: int | None) -> bool:
         if part_size is None:
             return True
         digests = []
-        with open(path, "rb") as f:
-            while chunk := f.read(part_size):
-                digests.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+        buffer = bytearray(part_size)  # one buffer for every part (no allocation per read)
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                digests.append(hashlib.md5(memoryview(buffer)[:n], usedforsecurity=False).digest())
         combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return f"{combined}-{len(digests)}" == etag
     if len(etag) != 32:
         return True
-    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
-        while chunk := f.read(8 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest() == etag
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest() == etag
 
 
 class _Progress:
