@@ -83,7 +83,9 @@ def _traced(trace: Path, rank: int) -> int:
 def test_sigterm_mid_step_commits_that_step_and_the_retry_loses_none(tmp_path, synth, s3_bucket, mlflow_server):
     from sphinxx.jobs.tracking import create_run
 
-    storage, steps = f"s3://{s3_bucket}/runs", 12
+    # 30 steps (one epoch of the 140-record set is 35): on an idle machine a step takes ~0.1 s, and
+    # 12 steps were over before the signal (sent after a 0.5 s poll saw step 3) could stop them.
+    storage, steps = f"s3://{s3_bucket}/runs", 30
     # checkpoint_interval 100: without a stop, only the final step commits; any earlier commit is the stop's.
     raw = tiny_config(synth, "stop", storage, mlflow_server.tracking_uri, train={"steps": steps, "checkpoint_interval": 100})
     run = create_run(mlflow_server.tracking_uri, "train-e2e", "stop")
