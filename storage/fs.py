@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from fsspec.callbacks import Callback
     from mypy_boto3_s3 import S3Client
 
+    from .hashing import Hasher
     from .s3bulk import S3Bulk
 
 MiB = 1 << 20
@@ -315,6 +316,7 @@ class ObjectFS:
         size: int | None = None,
         etag: str | None = None,
         sha256: bool = False,
+        digest: Callable[[], Hasher] | None = None,
     ) -> str | None:
         """Download one object (on S3: ranged parts in parallel, see s3bulk.py).
 
@@ -325,18 +327,19 @@ class ObjectFS:
         instead of mixing two versions. With `sha256`, the S3 download hashes the bytes while
         they stream in (hashing.py) and returns the digest of the file written, so the caller
         need not read it again; None when it could not (another scheme, a part fetched twice):
-        then the caller hashes the file itself.
+        then the caller hashes the file itself. `digest` streams another hash the same way (staging
+        compares an `ETagDigest` with the object's ETag).
         """
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         if self.scheme == "s3":
             bucket, key, _ = self.fs.split_path(self.path(uri))
             bulk, progress = self._s3bulk(), _relative(callback)
-            if not sha256:
+            if digest is None and not sha256:
                 bulk.download(bucket, key, local_path, chunk_size, progress, size, etag)
                 return None
             from .hashing import HashingFile
 
-            with HashingFile(local_path) as sink:
+            with HashingFile(local_path, digest() if digest is not None else None) as sink:
                 bulk.download(bucket, key, sink, chunk_size, progress, size, etag)
                 return sink.hexdigest()
         self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))

@@ -1,4 +1,5 @@
-"""sha256 of files: after the fact (`sha256_file`), or while a download writes them (`HashingFile`).
+"""sha256 of files: after the fact (`sha256_file`), or while a download writes them (`HashingFile`;
+staging checks a download against its S3 ETag the same way, with `ETagDigest`).
 
 A restore used to download each file, then read it all again to check its sha256 against the
 manifest: a second pass over every byte, serial after the last part landed. `HashingFile` is the
@@ -24,6 +25,7 @@ import bisect
 import hashlib
 import os
 import threading
+from typing import Protocol
 
 from .fs import MiB
 
@@ -38,19 +40,57 @@ def sha256_file(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class ETagDigest:
+    """S3's ETag of an unencrypted object, computed from its bytes in order: the MD5 of the bytes
+    (a single-part upload), or with `part_size` the MD5 of the parts' MD5 digests followed by
+    `-<parts>` (a multipart upload with parts of that size, the last one shorter)."""
+
+    def __init__(self, part_size: int | None = None):
+        if part_size is not None and part_size < 1:
+            raise ValueError(f"part_size must be positive, got {part_size}")
+        self.part_size = part_size
+        self._part = hashlib.md5(usedforsecurity=False)
+        self._in_part = 0
+        self._parts: list[bytes] = []
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = len(view) if self.part_size is None else min(len(view), self.part_size - self._in_part)
+            self._part.update(view[:take])
+            self._in_part += take
+            view = view[take:]
+            if self.part_size is not None and self._in_part == self.part_size:
+                self._parts.append(self._part.digest())
+                self._part, self._in_part = hashlib.md5(usedforsecurity=False), 0
+
+    def hexdigest(self) -> str:
+        if self.part_size is None:
+            return self._part.hexdigest()
+        parts = self._parts + ([self._part.digest()] if self._in_part else [])
+        return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
 class HashingFile:
-    """A write-only, seekable file that computes its sha256 in offset order as it is written.
+    """A write-only, seekable file that computes its digest (sha256 unless told otherwise, e.g.
+    an `ETagDigest`) in offset order as it is written.
 
     s3transfer writes one file from one thread at a time (its IO thread, or the request thread
     of a single-part download); the lock makes each `seek`/`write` call atomic regardless.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, digest: Hasher | None = None):
         self.name = path
         self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed by close()); read back in _drain
         self._lock = threading.Lock()
         self._pos = 0
-        self._digest = hashlib.sha256()
+        self._digest: Hasher = digest if digest is not None else hashlib.sha256()
         self._hashed = 0  # bytes [0, _hashed) are in the digest
         self._starts: list[int] = []  # written intervals beyond the prefix: disjoint, sorted
         self._ends: list[int] = []
@@ -103,7 +143,7 @@ class HashingFile:
         self.close()
 
     def hexdigest(self) -> str | None:
-        """The sha256 of the file's bytes, or None when the stream cannot vouch for it (module doc)."""
+        """The digest of the file's bytes, or None when the stream cannot vouch for it (module doc)."""
         with self._lock:
             if self._stale or self._starts:
                 return None

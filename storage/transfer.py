@@ -20,6 +20,7 @@ permanent one (access denied, missing bucket), which surfaces at once as a
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import math
 import os
 import threading
@@ -33,7 +34,7 @@ from fsspec.callbacks import Callback
 
 from .errors import CheckpointCorruptError, StorageAccessError, StorageTimeoutError
 from .fs import MiB, ObjectFS
-from .hashing import sha256_file
+from .hashing import ETagDigest, sha256_file
 from .threads import DaemonThreadPool
 
 MAX_PARTS = 10_000
@@ -60,6 +61,10 @@ class TransferItem:
     size: int  # bytes; for downloads, the size the manifest promises
     sha256: str | None = None  # for downloads: checked when verify_checksums is on
     etag: str | None = None  # for S3 downloads: the object's ETag from a listing (spares a HEAD)
+    # For downloads checked against their S3 ETag (staging): compute it while the bytes stream in,
+    # as `ETagDigest(etag_part_size)` (None: a single-part object's MD5); `download` returns it.
+    stream_etag: bool = False
+    etag_part_size: int | None = None
 
 
 def chunk_size_for(size: int, min_chunk: int = 8 * MiB) -> int:
@@ -101,18 +106,26 @@ def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook |
     return _run_all(fs, items, one, tracker)
 
 
-def download(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None) -> None:
+def download(
+    fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None
+) -> list[str | None]:
     """Download every item into a temporary name, check size (and sha256), then move it into place.
 
     On S3 the sha256 is computed while the bytes stream in (hashing.py); the file is read
     again only where the stream could not vouch for it (other schemes, a part fetched twice).
+    Returns, per item, the ETag computed while streaming for `stream_etag` items (None where the
+    stream could not vouch for it, or for other items): the caller compares it with the object's.
     """
     tracker = _Tracker("download", items, progress)
 
-    def one(item: TransferItem) -> None:
+    def one(item: TransferItem) -> str | None:
         chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
         tmp = f"{item.local_path}.part-{uuid.uuid4().hex[:8]}"
         check = _wants_sha256(fs, item)
+        digest = None
+        if item.stream_etag and not check:
+            part_size = item.etag_part_size
+            digest = functools.partial(ETagDigest, part_size)
         try:
             streamed = _with_file_retries(
                 fs,
@@ -129,15 +142,17 @@ def download(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook
                     size=item.size,
                     etag=item.etag if attempt == 1 else None,
                     sha256=check,
+                    digest=digest,
                 ),
             )
-            _check_download(fs, item, tmp, streamed)
+            _check_download(fs, item, tmp, streamed if check else None)
             os.replace(tmp, item.local_path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        return streamed if digest is not None else None
 
-    _run_all(fs, items, one, tracker)
+    return _run_all(fs, items, one, tracker)
 
 
 def _wants_sha256(fs: ObjectFS, item: TransferItem) -> bool:

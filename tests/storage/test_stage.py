@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from sphinxx.storage import StorageOptions
-from sphinxx.storage.errors import StorageAccessError
+from sphinxx.storage.errors import CheckpointCorruptError, StorageAccessError
+from sphinxx.storage.hashing import ETagDigest
 from sphinxx.storage.stage import _etag_matches, cache_folder, stage
 from tests.storage.fault_proxy import Rule
 
@@ -144,11 +145,47 @@ def test_etag_of_single_and_multipart_objects(s3_server, s3_bucket, tmp_path) ->
     assert _etag_matches(str(tmp_path / "multi"), multi_etag, part)
     (tmp_path / "multi").write_bytes(data[:-1] + b"\0")
     assert not _etag_matches(str(tmp_path / "multi"), multi_etag, part)
+    # The streaming form (what a staging download computes), fed in chunks that straddle parts.
+    single, multi = ETagDigest(), ETagDigest(part)
+    single.update(data[:1000])
+    for start in range(0, len(data), 3 * 2**20 + 7):
+        multi.update(data[start : start + 3 * 2**20 + 7])
+    assert (single.hexdigest(), multi.hexdigest()) == (plain_etag, multi_etag)
 
     report = stage(f"s3://{s3_bucket}/multi", root=str(tmp_path / "cache"), log=io.StringIO())
     assert Path(report.local_path).read_bytes() == data
     record = (Path(report.local_path).parent / ".staged" / "multi.json").read_text()
     assert '"checked": "etag"' in record  # the part size came from HeadObject PartNumber=1
+
+
+def test_a_download_is_checked_against_its_etag_while_it_streams(s3_server, s3_bucket, tmp_path, monkeypatch) -> None:
+    """No second read of a staged file: the ETag is computed from the bytes as they land (single
+    and multipart objects), and a mismatch fails the staging and removes the file."""
+    import sphinxx.storage.stage as stage_mod
+
+    client, data = s3_server.client(), os.urandom(20 * 2**20 + 5)
+    client.put_object(Bucket=s3_bucket, Key="w/small.json", Body=data[:5000])
+    client.upload_file(str(_file(tmp_path / "big.bin", data)), s3_bucket, "w/big.bin")  # multipart (8 MiB parts)
+    assert "-" in client.head_object(Bucket=s3_bucket, Key="w/big.bin")["ETag"]
+
+    def no_reread(*args, **kwargs):
+        raise AssertionError("the staged file was read again to check its ETag")
+
+    monkeypatch.setattr(stage_mod, "_etag_matches", no_reread)
+    report = stage(f"s3://{s3_bucket}/w", root=str(tmp_path / "cache"), log=io.StringIO())
+    assert (Path(report.local_path) / "big.bin").read_bytes() == data
+    records = Path(report.local_path) / ".staged"
+    assert all('"checked": "etag"' in (records / f"{n}.json").read_text() for n in ("small.json", "big.bin"))
+
+    monkeypatch.setattr(ETagDigest, "hexdigest", lambda self: "0" * 32)  # what a corrupted stream gives
+    with pytest.raises(CheckpointCorruptError, match=r"w/small\.json downloaded with a checksum that does not match"):
+        stage(f"s3://{s3_bucket}/w/small.json", root=str(tmp_path / "cache2"), log=io.StringIO())
+    assert not list((tmp_path / "cache2").rglob("small.json"))
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 STAGER = textwrap.dedent(
