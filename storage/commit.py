@@ -93,7 +93,8 @@ class CheckpointWriter:
         ]
         digests = transfer.upload(self.fs, items, self.progress)
         entries = [
-            FileEntry(rel, it.size, d, self.rank) for rel, it, d in zip(names, items, digests, strict=True)
+            FileEntry(rel, it.size, d.sha256, self.rank, d.part_size)
+            for rel, it, d in zip(names, items, digests, strict=True)
         ]
         self._files.update((e.path, e) for e in entries)
         return entries

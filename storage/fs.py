@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from fsspec.callbacks import Callback
     from mypy_boto3_s3 import S3Client
 
-    from .hashing import Hasher
+    from .hashing import FileDigest, Hasher
     from .s3bulk import S3Bulk
 
 MiB = 1 << 20
@@ -294,17 +294,45 @@ class ObjectFS:
             self.fs.pipe_file(path, data)
 
     def put_file(
-        self, local_path: str, uri: str, *, chunk_size: int, callback: Callback | None = None
-    ) -> None:
+        self,
+        local_path: str,
+        uri: str,
+        *,
+        chunk_size: int,
+        callback: Callback | None = None,
+        digest: bool = False,
+    ) -> FileDigest | None:
         """Upload one local file (on S3: multipart with `chunk_size` parts, see s3bulk.py).
 
         `callback` is an fsspec Callback; on S3 it may go backwards when a part is retried.
+        With `digest`, where `signs_payloads`: the file's digest from the SHA-256 that botocore
+        signed for each part it sent (the whole file's for a single-part upload, else the part
+        tree, hashing.PartTreeDigest). None otherwise, or if a part's hash is missing: the caller
+        then hashes the file itself.
         """
-        if self.scheme == "s3":
-            bucket, key, _ = self.fs.split_path(self.path(uri))
-            self._s3bulk().upload(local_path, bucket, key, chunk_size, _relative(callback))
-        else:
+        if self.scheme != "s3":
             self.fs.put_file(local_path, self.path(uri), **({"callback": callback} if callback else {}))
+            return None
+        bucket, key, _ = self.fs.split_path(self.path(uri))
+        watch = digest and self.signs_payloads
+        hashes = self._s3bulk().upload(local_path, bucket, key, chunk_size, _relative(callback), watch)
+        if not hashes:
+            return None
+        from .hashing import FileDigest, part_tree_hexdigest
+
+        if set(hashes) == {0}:  # a single PutObject: the sha256 of the whole file
+            return FileDigest(hashes[0])
+        parts = -(-os.path.getsize(local_path) // chunk_size)
+        if set(hashes) != set(range(1, parts + 1)):
+            return None
+        return FileDigest(part_tree_hexdigest([hashes[n] for n in range(1, parts + 1)]), chunk_size)
+
+    @property
+    def signs_payloads(self) -> bool:
+        """Whether botocore signs the SHA-256 of every request body it sends to this store: S3 over
+        plain HTTP (an in-cluster MinIO, moto). Over HTTPS it sends `UNSIGNED-PAYLOAD`."""
+        endpoint = self.options.resolved_endpoint()
+        return self.scheme == "s3" and endpoint is not None and endpoint.lower().startswith("http://")
 
     def get_file(
         self,
@@ -315,7 +343,6 @@ class ObjectFS:
         callback: Callback | None = None,
         size: int | None = None,
         etag: str | None = None,
-        sha256: bool = False,
         digest: Callable[[], Hasher] | None = None,
     ) -> str | None:
         """Download one object (on S3: ranged parts in parallel, see s3bulk.py).
@@ -324,22 +351,22 @@ class ObjectFS:
         downloaded size and checksum against what it expected. `size` and `etag` together (a
         listing's ETag) spare s3transfer's per-object HeadObject; the ranged parts are fetched
         with `If-Match: etag`, so an object replaced since the listing fails the download
-        instead of mixing two versions. With `sha256`, the S3 download hashes the bytes while
-        they stream in (hashing.py) and returns the digest of the file written, so the caller
-        need not read it again; None when it could not (another scheme, a part fetched twice):
-        then the caller hashes the file itself. `digest` streams another hash the same way (staging
-        compares an `ETagDigest` with the object's ETag).
+        instead of mixing two versions. With `digest` (a hasher factory: a manifest's kind of
+        sha256, hashing.FileDigest, or staging's `ETagDigest`), the S3 download hashes the bytes
+        while they stream in (hashing.py) and returns the digest of the file written, so the
+        caller need not read it again; None when it could not (another scheme, a part fetched
+        twice): then the caller hashes the file itself.
         """
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         if self.scheme == "s3":
             bucket, key, _ = self.fs.split_path(self.path(uri))
             bulk, progress = self._s3bulk(), _relative(callback)
-            if digest is None and not sha256:
+            if digest is None:
                 bulk.download(bucket, key, local_path, chunk_size, progress, size, etag)
                 return None
             from .hashing import HashingFile
 
-            with HashingFile(local_path, digest() if digest is not None else None) as sink:
+            with HashingFile(local_path, digest()) as sink:
                 bulk.download(bucket, key, sink, chunk_size, progress, size, etag)
                 return sink.hexdigest()
         self.fs.get_file(self.path(uri), local_path, **({"callback": callback} if callback else {}))

@@ -22,10 +22,13 @@ well when some range was never written (a hole reads as zeros): only a complete 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import os
 import threading
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .fs import MiB
 
@@ -46,16 +49,14 @@ class Hasher(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class ETagDigest:
-    """S3's ETag of an unencrypted object, computed from its bytes in order: the MD5 of the bytes
-    (a single-part upload), or with `part_size` the MD5 of the parts' MD5 digests followed by
-    `-<parts>` (a multipart upload with parts of that size, the last one shorter)."""
+class _PartHashes:
+    """Hashes consecutive `part_size`-byte parts of a stream (one part when `part_size` is None)."""
 
-    def __init__(self, part_size: int | None = None):
+    def __init__(self, new: Callable[[], Any], part_size: int | None = None):
         if part_size is not None and part_size < 1:
             raise ValueError(f"part_size must be positive, got {part_size}")
-        self.part_size = part_size
-        self._part = hashlib.md5(usedforsecurity=False)
+        self.part_size, self._new = part_size, new
+        self._part = new()
         self._in_part = 0
         self._parts: list[bytes] = []
 
@@ -68,13 +69,67 @@ class ETagDigest:
             view = view[take:]
             if self.part_size is not None and self._in_part == self.part_size:
                 self._parts.append(self._part.digest())
-                self._part, self._in_part = hashlib.md5(usedforsecurity=False), 0
+                self._part, self._in_part = self._new(), 0
+
+    def part_digests(self) -> list[bytes]:
+        """The digest of every part so far, the last (shorter) one included."""
+        return self._parts + ([self._part.digest()] if self._in_part else [])
+
+
+class ETagDigest(_PartHashes):
+    """S3's ETag of an unencrypted object, computed from its bytes in order: the MD5 of the bytes
+    (a single-part upload), or with `part_size` the MD5 of the parts' MD5 digests followed by
+    `-<parts>` (a multipart upload with parts of that size, the last one shorter)."""
+
+    def __init__(self, part_size: int | None = None):
+        super().__init__(functools.partial(hashlib.md5, usedforsecurity=False), part_size)
 
     def hexdigest(self) -> str:
         if self.part_size is None:
             return self._part.hexdigest()
-        parts = self._parts + ([self._part.digest()] if self._in_part else [])
+        parts = self.part_digests()
         return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+class PartTreeDigest(_PartHashes):
+    """The sha256 of a file uploaded in `part_size` parts, as a manifest records it: the sha256 of
+    the concatenated (binary) sha256 digests of its parts, in order (`part_tree_hexdigest`)."""
+
+    def __init__(self, part_size: int):
+        super().__init__(hashlib.sha256, part_size)
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(b"".join(self.part_digests())).hexdigest()
+
+
+def part_tree_hexdigest(part_hexdigests: Sequence[str]) -> str:
+    """`PartTreeDigest`'s value from the parts' sha256 hex digests (e.g. the SigV4 payload hashes
+    of an upload's parts, s3bulk.py)."""
+    return hashlib.sha256(b"".join(bytes.fromhex(h) for h in part_hexdigests)).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """A file's sha256 as a manifest records it: of the whole file (`part_size` None), or the part
+    tree of its `part_size` parts (`PartTreeDigest`)."""
+
+    sha256: str
+    part_size: int | None = None
+
+    def new_hasher(self) -> Hasher:
+        """A hasher that computes this kind of digest from the bytes in order."""
+        return hashlib.sha256() if self.part_size is None else PartTreeDigest(self.part_size)
+
+    def of_file(self, path: str) -> str:
+        """This kind of digest of a local file."""
+        if self.part_size is None:
+            return sha256_file(path)
+        hasher, buffer = PartTreeDigest(self.part_size), bytearray(HASH_BLOCK)  # one reused buffer
+        view = memoryview(buffer)
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                hasher.update(view[:n])
+        return hasher.hexdigest()
 
 
 class HashingFile:

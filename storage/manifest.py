@@ -21,16 +21,31 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import CheckpointCorruptError
+from .hashing import FileDigest
 
-FORMAT_VERSION = 1
+# 2: a file entry may carry `part_size` (its sha256 is then the part tree, hashing.PartTreeDigest).
+# Format 1 manifests read as before: every entry's sha256 is of the whole file.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class FileEntry:
     path: str  # relative to the step folder, '/'-separated
     size: int  # bytes
-    sha256: str  # hex digest
+    sha256: str  # hex digest: of the whole file, or with `part_size` its part tree (hashing.PartTreeDigest)
     rank: int = 0  # the writer that produced it
+    part_size: int | None = None  # set for files uploaded in parts whose sha256 is their part tree
+
+    @property
+    def digest(self) -> FileDigest:
+        return FileDigest(self.sha256, self.part_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored: `part_size` only when set, so whole-file entries read as format 1 did."""
+        body = asdict(self)
+        if self.part_size is None:
+            del body["part_size"]
+        return body
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,7 @@ class WriterRecord:
     finished_at: float
 
     def to_json(self) -> bytes:
-        body = asdict(self) | {"format_version": FORMAT_VERSION}
+        body = asdict(self) | {"format_version": FORMAT_VERSION, "files": [f.to_dict() for f in self.files]}
         return json.dumps(body, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -126,7 +141,7 @@ class Manifest:
             "created_at": self.created_at,
             "created": dt.datetime.fromtimestamp(self.created_at, dt.UTC).isoformat(),
             "num_writers": self.num_writers,
-            "files": [asdict(f) for f in self.files],
+            "files": [f.to_dict() for f in self.files],
             **asdict(self.metadata),
         }
         return json.dumps(body, sort_keys=True, indent=1).encode()

@@ -14,6 +14,14 @@ One TransferManager per part size (almost always just 8 MiB) serves every
 file of a transfer: `file_concurrency x part_concurrency` threads, and as many
 parts in memory, bound the whole transfer.
 
+An upload can report the SHA-256 of every part it sent (`upload(..., payload_hashes=True)`): on a
+plain-HTTP endpoint botocore signs each request's payload, so it computes the SHA-256 of every
+part body (sent as `X-Amz-Content-SHA256`, which S3 checks against the bytes it receives).
+`_PayloadHashes` keeps those values, read from the signed request just before it is sent, so the
+commit records a digest of exactly the bytes S3 accepted without hashing the file a second time
+(transfer.py, hashing.PartTreeDigest). Over HTTPS botocore sends `UNSIGNED-PAYLOAD` (TLS and a
+CRC32 checksum protect the body instead): nothing is captured and the caller hashes the file.
+
 A download goes into a local path or a seekable file object (hashing.HashingFile,
 which hashes the bytes as they land). Given an object's size and ETag, s3transfer
 sends no HeadObject: the size plans the ranged parts, the ETag is their If-Match.
@@ -57,12 +65,27 @@ class S3Bulk:
         self._managers: dict[int, TransferManager] = {}
         self._inflight: dict[int, tuple[str, TransferFuture]] = {}  # id -> (uri, s3transfer future)
         self._lock = threading.Lock()
+        self._payload_hashes = _PayloadHashes(client)
 
     def upload(
-        self, local_path: str, bucket: str, key: str, chunk: int, progress: Callable[[int], None] | None
-    ) -> None:
-        future = self._manager(chunk).upload(local_path, bucket, key, subscribers=_subscribers(progress))
-        self._wait(future, f"s3://{bucket}/{key}")
+        self,
+        local_path: str,
+        bucket: str,
+        key: str,
+        chunk: int,
+        progress: Callable[[int], None] | None,
+        payload_hashes: bool = False,
+    ) -> dict[int, str] | None:
+        """Upload one file. With `payload_hashes`: the SHA-256 (hex) botocore signed for each part
+        sent, by part number (0 for a single-part PutObject); None without."""
+        if payload_hashes:
+            self._payload_hashes.watch(bucket, key)
+        try:
+            future = self._manager(chunk).upload(local_path, bucket, key, subscribers=_subscribers(progress))
+            self._wait(future, f"s3://{bucket}/{key}")
+        finally:
+            hashes = self._payload_hashes.unwatch(bucket, key) if payload_hashes else None
+        return hashes
 
     def download(
         self,
@@ -152,6 +175,53 @@ class S3Bulk:
                     executor_cls=DaemonThreadPool,  # type: ignore[arg-type]
                 )
             return self._managers[chunk]
+
+
+class _PayloadHashes:
+    """The signed payload SHA-256 of each part of the uploads being watched (module docstring).
+
+    `before-parameter-build` tags the request context of an UploadPart or PutObject of a watched
+    object with its part number; `before-send`, called with the signed request (for every attempt:
+    a retried part is signed again, over the same bytes), reads the hash from its header. A value
+    that is not a hex SHA-256 (`UNSIGNED-PAYLOAD`, a streaming marker) is not kept.
+    """
+
+    _TAG = "sphinxx_payload_hash"
+
+    def __init__(self, client: S3Client):
+        self._lock = threading.Lock()
+        self._watched: dict[tuple[str, str], dict[int, str]] = {}
+        events = client.meta.events
+        for operation in ("UploadPart", "PutObject"):
+            events.register(f"before-parameter-build.s3.{operation}", self._tag)
+            events.register(f"before-send.s3.{operation}", self._sent)
+
+    def watch(self, bucket: str, key: str) -> None:
+        with self._lock:
+            self._watched[(bucket, key)] = {}
+
+    def unwatch(self, bucket: str, key: str) -> dict[int, str]:
+        with self._lock:
+            return self._watched.pop((bucket, key), {})
+
+    def _tag(self, params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+        target = (params.get("Bucket"), params.get("Key"))
+        with self._lock:
+            if target in self._watched:
+                context[self._TAG] = (target, int(params.get("PartNumber", 0)))
+
+    def _sent(self, request: Any, **kwargs: Any) -> None:
+        tag = getattr(request, "context", {}).get(self._TAG)
+        if tag is None:
+            return
+        value = request.headers.get("X-Amz-Content-SHA256", b"")
+        value = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+        if len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+            return
+        target, part = tag
+        with self._lock:
+            if target in self._watched:
+                self._watched[target][part] = value
 
 
 def _shutdown_all(managers: list[TransferManager]) -> None:

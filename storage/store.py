@@ -210,6 +210,7 @@ class CheckpointStore:
                 e.size,
                 e.sha256,
                 etags.get(e.path),
+                part_size=e.part_size,
             )
             for e in wanted
         ]

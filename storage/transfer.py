@@ -5,7 +5,8 @@ go `file_concurrency` at a time (largest first, so one huge shard does not
 finish last alone), each as an S3 multipart transfer (s3bulk.py) sharing a
 pool of file_concurrency x part_concurrency part workers. Memory is bounded by
 that many parts (4 x 4 x 8 MiB = 128 MiB by default): bytes are read from disk
-in parts, never whole files. sha256 is computed in a thread beside the upload; a
+in parts, never whole files. An upload's digest is taken from the SHA-256 botocore signs for
+each part on plain-HTTP endpoints, else computed in a thread beside the upload; a
 download hashes the bytes as they stream in (hashing.py) and checks size and sha256
 against the manifest before renaming its temporary file into place.
 
@@ -34,7 +35,7 @@ from fsspec.callbacks import Callback
 
 from .errors import CheckpointCorruptError, StorageAccessError, StorageTimeoutError
 from .fs import MiB, ObjectFS
-from .hashing import ETagDigest, sha256_file
+from .hashing import ETagDigest, FileDigest, Hasher, sha256_file
 from .threads import DaemonThreadPool
 
 MAX_PARTS = 10_000
@@ -65,6 +66,7 @@ class TransferItem:
     # as `ETagDigest(etag_part_size)` (None: a single-part object's MD5); `download` returns it.
     stream_etag: bool = False
     etag_part_size: int | None = None
+    part_size: int | None = None  # for downloads: `sha256` is the part tree of parts this size
 
 
 def chunk_size_for(size: int, min_chunk: int = 8 * MiB) -> int:
@@ -87,21 +89,31 @@ def _hash_in_background(path: str) -> Callable[[], str]:
     return digest.result
 
 
-def upload(fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None) -> list[str]:
-    """Upload every item; return their sha256 digests in the order given."""
-    tracker = _Tracker("upload", items, progress)
+def upload(
+    fs: ObjectFS, items: Sequence[TransferItem], progress: ProgressHook | None = None
+) -> list[FileDigest]:
+    """Upload every item; return their digests (as the manifest records them) in the order given.
 
-    def one(item: TransferItem) -> str:
-        digest = _hash_in_background(item.local_path)  # overlaps hashing with the network wait
+    Where the store `signs_payloads`, the digest comes from the SHA-256 botocore signed for each
+    part it sent (fs.put_file): no second read of the file. Elsewhere the file's sha256 is
+    computed in a thread beside the upload (hashlib releases the GIL).
+    """
+    tracker = _Tracker("upload", items, progress)
+    signed = fs.signs_payloads
+
+    def one(item: TransferItem) -> FileDigest:
+        beside = None if signed else _hash_in_background(item.local_path)
         chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
-        _with_file_retries(
+        sent = _with_file_retries(
             fs,
             item,
             "upload",
             tracker,
-            lambda cb, _: fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb),
+            lambda cb, _: fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb, digest=signed),
         )
-        return digest()
+        if beside is not None:
+            return FileDigest(beside())
+        return sent or FileDigest(sha256_file(item.local_path))  # a part's signed hash was missing
 
     return _run_all(fs, items, one, tracker)
 
@@ -122,10 +134,11 @@ def download(
         chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
         tmp = f"{item.local_path}.part-{uuid.uuid4().hex[:8]}"
         check = _wants_sha256(fs, item)
-        digest = None
-        if item.stream_etag and not check:
-            part_size = item.etag_part_size
-            digest = functools.partial(ETagDigest, part_size)
+        digest: Callable[[], Hasher] | None = None
+        if check:
+            digest = _expected(item).new_hasher
+        elif item.stream_etag:
+            digest = functools.partial(ETagDigest, item.etag_part_size)
         try:
             streamed = _with_file_retries(
                 fs,
@@ -141,7 +154,6 @@ def download(
                     callback=cb,
                     size=item.size,
                     etag=item.etag if attempt == 1 else None,
-                    sha256=check,
                     digest=digest,
                 ),
             )
@@ -150,13 +162,17 @@ def download(
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return streamed if digest is not None else None
+        return streamed if item.stream_etag and not check else None
 
     return _run_all(fs, items, one, tracker)
 
 
 def _wants_sha256(fs: ObjectFS, item: TransferItem) -> bool:
     return fs.options.verify_checksums and bool(item.sha256)
+
+
+def _expected(item: TransferItem) -> FileDigest:
+    return FileDigest(item.sha256 or "", item.part_size)
 
 
 def _check_download(fs: ObjectFS, item: TransferItem, tmp: str, streamed: str | None = None) -> None:
@@ -167,7 +183,8 @@ def _check_download(fs: ObjectFS, item: TransferItem, tmp: str, streamed: str | 
         raise CheckpointCorruptError(
             f"{item.uri}: size {size} != {item.size} in the manifest", item.uri, [item.uri]
         )
-    if _wants_sha256(fs, item) and (streamed or sha256_file(tmp)) != item.sha256:
+    expected = _expected(item)
+    if _wants_sha256(fs, item) and (streamed or expected.of_file(tmp)) != expected.sha256:
         raise CheckpointCorruptError(f"{item.uri}: sha256 does not match the manifest", item.uri, [item.uri])
 
 

@@ -9,11 +9,11 @@ the previous checkpoint".
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 from dataclasses import dataclass
 
 from .errors import CheckpointCorruptError, StorageError
 from .fs import MiB, ObjectFS
+from .hashing import Hasher
 from .layout import RunLayout
 from .manifest import FileEntry, Manifest
 from .reader import size_problems
@@ -62,7 +62,7 @@ def _checksum_problems(fs: ObjectFS, layout: RunLayout, step: int, entries: list
     def one(entry: FileEntry) -> str | None:
         uri = layout.file(step, entry.path)
         try:
-            digest = _sha256_object(fs, uri)
+            digest = _digest_object(fs, uri, entry.digest.new_hasher())
         except FileNotFoundError:
             return f"{uri}: missing"
         except (StorageError, OSError) as err:
@@ -79,8 +79,8 @@ def _checksum_problems(fs: ObjectFS, layout: RunLayout, step: int, entries: list
         return [p for p in pool.map(one, entries) if p is not None]
 
 
-def _sha256_object(fs: ObjectFS, uri: str) -> str:
-    digest = hashlib.sha256()
+def _digest_object(fs: ObjectFS, uri: str, digest: Hasher) -> str:
+    """The object's digest of the kind its manifest entry records (whole file or part tree)."""
     with fs.open_read(uri) as stream:
         while block := stream.read(8 * MiB):
             digest.update(block)

@@ -3,6 +3,7 @@ while streaming), deadlines."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sphinxx.storage import CheckpointCorruptError, CheckpointStore, StorageOptions, StorageTimeoutError
-from sphinxx.storage.hashing import sha256_file
+from sphinxx.storage.hashing import FileDigest, PartTreeDigest, sha256_file
 from sphinxx.storage.transfer import MAX_PARTS, chunk_size_for
 from tests.storage.conftest import read_tree
 from tests.storage.fault_proxy import Rule
@@ -141,16 +142,14 @@ def test_a_process_whose_save_hung_still_exits(s3_env, s3_prefix, make_ckpt, tmp
 
 def _spy_rehash(monkeypatch) -> list[str]:
     """Record every file a download hashes by reading it back (the fallback to streamed hashing)."""
-    from sphinxx.storage import transfer
-
     reread: list[str] = []
-    real = transfer.sha256_file
+    real = FileDigest.of_file
 
-    def spy(path: str) -> str:
+    def spy(self: FileDigest, path: str) -> str:
         reread.append(path)
-        return real(path)
+        return real(self, path)
 
-    monkeypatch.setattr(transfer, "sha256_file", spy)
+    monkeypatch.setattr(FileDigest, "of_file", spy)
     return reread
 
 
@@ -171,13 +170,16 @@ def test_s3_restore_hashes_while_downloading(s3_prefix, fault_proxy, make_ckpt, 
     assert not [p for m, p, _ in fault_proxy.log if m == "HEAD" and p.endswith(".bin")]
     assert len([p for m, p, _ in fault_proxy.log if m == "GET" and "list-type=2" in p]) == 1
 
-    # The streamed digest is the sha256 of the file written, single-part and multi-part alike.
+    # The streamed digest is the sha256 of the file written, single-part and multi-part alike,
+    # and so is the part tree (what a manifest records for a file uploaded in parts).
     fs = store.fs()
     for name, size in (("big.bin", 20 * MiB), ("small.bin", 300 * 1024)):
         path = str(tmp_path / f"direct-{name}")
         uri = store.layout.file(1, name)
-        streamed = fs.get_file(uri, path, chunk_size=8 * MiB, size=size, sha256=True)
+        streamed = fs.get_file(uri, path, chunk_size=8 * MiB, size=size, digest=hashlib.sha256)
         assert streamed is not None and streamed == sha256_file(path) == sha256_file(f"{local}/{name}")
+        tree = fs.get_file(uri, path, chunk_size=8 * MiB, size=size, digest=lambda: PartTreeDigest(8 * MiB))
+        assert tree is not None and tree == FileDigest("", 8 * MiB).of_file(f"{local}/{name}")
 
 
 @pytest.mark.parametrize("size", [5000, 17 * MiB], ids=["single-part", "multi-part"])
@@ -234,7 +236,9 @@ def test_a_stale_listed_etag_is_retried_without_it(s3_prefix, fault_proxy, make_
     entry = store.get(1).manifest.files[0]
     target = str(tmp_path / "big.bin")
     fault_proxy.clear()
-    item = TransferItem(target, store.layout.file(1, "big.bin"), entry.size, entry.sha256, etag='"0123-3"')
+    item = TransferItem(
+        target, store.layout.file(1, "big.bin"), entry.size, entry.sha256, etag='"0123-3"', part_size=entry.part_size
+    )
     download(store.fs(), [item])
     assert Path(target).read_bytes() == (Path(local) / "big.bin").read_bytes()
     assert len([p for m, p, _ in fault_proxy.log if m == "HEAD"]) == 1  # the second attempt only
