@@ -7,7 +7,8 @@
 Prints JSON lines: one per timed run, then one summary per operation. Three implementations move
 the same bytes, interleaved and in rotating order:
 
-- `sphinxx`: everything a commit does (sha256 of every file, writer record, manifest with
+- `sphinxx`: everything a commit does (a sha256 of every file: on this plain-HTTP server the
+  part hashes botocore signs, docs/storage.md "File digests"; writer record, manifest with
   If-None-Match, read-back, latest.json) and everything a restore does (ranged parallel GETs,
   size + sha256 check);
 - `raw-parallel`: the fastest plain transfer boto3 / s3transfer can do on this server: every
@@ -17,7 +18,11 @@ the same bytes, interleaved and in rotating order:
 - `boto3-sequential`: `upload_file` / `download_file` file after file, boto3's defaults.
 
 moto is a single Python process: absolute speeds say little about real S3; the ratios on the same
-server in the same run are the numbers to read.
+server in the same run are the numbers to read. moto keeps every object in memory, so each run's
+objects are deleted after it (untimed): otherwise later runs meet a bigger, slower server. The
+summary gives the ratio of the medians and `paired_ratio_median`, the median of each round's
+sphinxx / raw-parallel (the same server state and machine load): on a 2-core machine shared
+with the server the single runs vary by +-20%, and the paired figure moves less.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
                         for f, key in zip(files, k, strict=True)
                     ]
                 )
+            _delete_prefix(client, bucket, f"bench/{run_id}/")  # moto holds every object in memory
             for op, (seconds, cpu) in (("commit", up), ("restore", down)):
                 if rep < 0:
                     continue
@@ -126,8 +132,12 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
         ours = statistics.median(times[(op, "sphinxx")])
         raw = statistics.median(times[(op, "raw-parallel")])
         sequential = statistics.median(times[(op, "boto3-sequential")])
+        # Paired: each round's sphinxx over that round's raw-parallel (the same server state and
+        # load), then the median; steadier than the ratio of medians when the machine drifts.
+        paired = statistics.median(o / r for o, r in zip(times[(op, "sphinxx")], times[(op, "raw-parallel")], strict=True))
         _emit(op=op, summary=True, sphinxx_s=round(ours, 3), raw_parallel_s=round(raw, 3),
               boto3_sequential_s=round(sequential, 3), ratio_sphinxx_over_raw_parallel=round(ours / raw, 3),
+              paired_ratio_median=round(paired, 3),
               goal_met=ours / raw <= 1.1, ratio_sequential_over_sphinxx=round(sequential / ours, 2),
               raw_parallel_concurrency=concurrency, bytes=total, cpus=os.cpu_count(),
               max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))  # fmt: skip
@@ -180,9 +190,18 @@ def _tune(client, bucket: str, local: str, files: list[str], work: str) -> int:
             lambda k=keys, r=restore, c=concurrency: _parallel(client, "download", bucket, r, files, k, c)
         )[0]
         shutil.rmtree(restore, ignore_errors=True)
+        _delete_prefix(client, bucket, f"tune/{concurrency}/")
         if seconds < best:
             best, choice = seconds, concurrency
     return choice
+
+
+def _delete_prefix(client, bucket: str, prefix: str) -> None:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
 
 
 def _download(client, bucket: str, key: str, path: str) -> None:

@@ -170,10 +170,13 @@ class ObjectFS:
                 return False
 
     def etag(self, uri: str) -> str | None:
+        """The object's ETag (one HEAD; s3fs's info() also LISTs when it is missing); None
+        off S3. FileNotFoundError when absent."""
         if self.scheme != "s3":
             return None
+        bucket, key, _ = self.fs.split_path(self.path(uri))
         with _guard("stat", uri, passthrough=(FileNotFoundError,)):
-            return self.fs.info(self.path(uri)).get("ETag")
+            return self.fs.call_s3("head_object", Bucket=bucket, Key=key).get("ETag")
 
     def list_dir(self, uri: str) -> list[ObjectInfo]:
         """Immediate children of a folder; empty when it does not exist."""
@@ -199,7 +202,7 @@ class ObjectFS:
         root = self.path(uri).rstrip("/")
         with _guard("list", uri):
             try:
-                found = self.fs.find(root, detail=True)
+                found = self._list_s3(root) if self.scheme == "s3" else self.fs.find(root, detail=True)
             except FileNotFoundError:
                 return {}
         out = {}
@@ -209,6 +212,21 @@ class ObjectFS:
             rel = name[len(root) + 1 :]
             out[rel] = ObjectInfo(rel, int(entry.get("size") or 0), _mtime(entry), etag=_etag(entry))
         return out
+
+    def _list_s3(self, root: str) -> dict[str, dict[str, Any]]:
+        """ListObjectsV2 below `root/`, every page: s3fs's find() sends a HEAD and another LIST
+        when the folder is empty, which is what every new checkpoint step is."""
+        bucket, key, _ = self.fs.split_path(root)
+        prefix = f"{key}/" if key else ""
+        found: dict[str, dict[str, Any]] = {}
+        token: dict[str, str] = {}
+        while True:
+            page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, **token)
+            for entry in page.get("Contents", []):
+                found[f"{bucket}/{entry['Key']}"] = {**entry, "size": entry.get("Size"), "type": "file"}
+            if not page.get("IsTruncated"):
+                return found
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def info(self, uri: str) -> ObjectInfo | None:
         """Size, mtime and ETag of one object; None when it does not exist (or is a folder)."""
@@ -452,7 +470,9 @@ def _make_s3fs(options: StorageOptions) -> Any:
         },
         use_listings_cache=False,
         skip_instance_cache=True,
-        max_concurrency=options.part_concurrency,
+        # 1: cat_file() then reads an object with one GET. Above 1 it first HEADs it, to fetch
+        # large objects in ranged parts; whole-file transfers go through s3bulk.py instead.
+        max_concurrency=1,
         session=session,
     )
     fs.retries = 1  # botocore retries; s3fs's own loop on top would multiply attempts (10 x 5)

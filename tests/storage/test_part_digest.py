@@ -124,3 +124,35 @@ def test_an_unsigned_payload_is_hashed_from_the_file(s3_server, s3_prefix, make_
     assert entry.part_size is None
     assert entry.sha256 == hashlib.sha256(open(f"{local}/big.bin", "rb").read()).hexdigest()
     assert store.verify(1).ok
+
+
+def test_a_save_sends_no_request_it_does_not_need(s3_prefix, fault_proxy, make_ckpt):
+    """The small requests of a single-writer save of a new step, in order: what the commit
+    protocol needs (docs/storage.md, "Commit protocol") and nothing more: no HEAD in front of
+    each GET, no HEAD + LIST after an empty listing."""
+    from sphinxx.storage import StorageOptions
+
+    local = make_ckpt({"w.bin": 20 * MiB, "meta.json": 100})
+    store = CheckpointStore(s3_prefix, "run", options=StorageOptions(endpoint_url=fault_proxy.endpoint_url))
+    store.latest()
+    fault_proxy.clear()
+    store.save(1, local)
+    small = []
+    for method, path, _ in fault_proxy.log:
+        name = path.split("?")[0].rsplit("/", 1)[-1]
+        if name not in ("w.bin", "meta.json"):  # the uploads themselves
+            small.append(f"{method} {'LIST' if 'list-type=2' in path else name}")
+    assert small == [
+        "GET LIST",  # prepare: the step folder is empty, a new step
+        "HEAD manifest.json",  # the writer refuses to start in a committed step
+        "HEAD manifest.json",  # ... to upload into one
+        "HEAD manifest.json",  # ... to finish in one
+        "PUT rank-00000.json",  # its writer record
+        "HEAD manifest.json",  # commit: not committed yet
+        "GET LIST",  # every recorded file is there with its size
+        "PUT manifest.json",  # create-once
+        "GET manifest.json",  # read back: ours
+        "HEAD latest.json",  # the pointer's ETag, for a compare-and-swap
+        "GET latest.json",  # it never moves backwards
+        "PUT latest.json",
+    ]
