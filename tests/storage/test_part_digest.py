@@ -156,3 +156,19 @@ def test_a_save_sends_no_request_it_does_not_need(s3_prefix, fault_proxy, make_c
         "GET latest.json",  # it never moves backwards
         "PUT latest.json",
     ]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "signed"),
+    [("http://minio.storage:9000", True), ("HTTP://10.0.0.5:9000", True), ("https://minio.example", False), (None, False)],
+)
+def test_only_plain_http_endpoints_are_expected_to_sign_payloads(endpoint, signed, monkeypatch):
+    """Over HTTPS (and on AWS itself, no endpoint) botocore sends UNSIGNED-PAYLOAD, so the commit
+    hashes the file beside the upload from the start instead of waiting for part hashes."""
+    from sphinxx.storage import StorageOptions
+    from sphinxx.storage.fs import open_fs
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    assert open_fs("s3://bucket/run", StorageOptions(endpoint_url=endpoint)).signs_payloads is signed
+    assert not open_fs("file:///tmp/run").signs_payloads
