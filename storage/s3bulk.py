@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .hashing import HashingFile
 
 
-IO_CHUNK = 1 << 20  # bytes per read from a download stream (see S3Bulk._manager)
+IO_CHUNK = 1 << 19  # bytes per read from a download stream (see S3Bulk._manager)
 
 _PERMISSION_CODES = {
     "AccessDenied",
@@ -160,9 +160,11 @@ class S3Bulk:
                     max_in_memory_download_chunks=self.threads,
                     num_download_attempts=5,
                     # Downloads read the stream in io chunks, each one write task for the single
-                    # IO thread (and one sha256 update): 1 MiB (s3transfer's default is 256 KiB)
-                    # took ~0.1 s less CPU per 200 MiB restore in bench/storage.py (2 MiB took
-                    # more: no longer cache-sized). 16 of them wait at most: 16 MiB, as before.
+                    # IO thread (and one sha256 update). 512 KiB: s3transfer's 256 KiB cost
+                    # ~0.07 s more CPU per 200 MiB restore in bench/storage.py, and 1 MiB made
+                    # a 600 MiB restore 1.6-1.8x slower than raw s3transfer on this 2-core VM
+                    # (perf: 79% of the time in the kernel's copy of pwrite data into the page
+                    # cache), where 512 KiB measured 1.01x. 16 of them wait at most (8 MiB).
                     max_io_queue_size=16,
                     io_chunksize=IO_CHUNK,
                 )
