@@ -22,7 +22,8 @@ server in the same run are the numbers to read. moto keeps every object in memor
 objects are deleted after it (untimed): otherwise later runs meet a bigger, slower server. The
 summary gives the ratio of the medians and `paired_ratio_median`, the median of each round's
 sphinxx / raw-parallel (the same server state and machine load): on a 2-core machine shared
-with the server the single runs vary by +-20%, and the paired figure moves less.
+with the server the single runs vary by +-20%, and the paired figure moves less, so `goal_met`
+(<= 1.1) reads the paired figure. Both are printed: quote both.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
         _emit(op=op, summary=True, sphinxx_s=round(ours, 3), raw_parallel_s=round(raw, 3),
               boto3_sequential_s=round(sequential, 3), ratio_sphinxx_over_raw_parallel=round(ours / raw, 3),
               paired_ratio_median=round(paired, 3),
-              goal_met=ours / raw <= 1.1, ratio_sequential_over_sphinxx=round(sequential / ours, 2),
+              goal_met=paired <= 1.1, ratio_sequential_over_sphinxx=round(sequential / ours, 2),
               raw_parallel_concurrency=concurrency, bytes=total, cpus=os.cpu_count(),
               max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))  # fmt: skip
 
