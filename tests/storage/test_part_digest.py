@@ -172,3 +172,23 @@ def test_only_plain_http_endpoints_are_expected_to_sign_payloads(endpoint, signe
         monkeypatch.delenv(name, raising=False)
     assert open_fs("s3://bucket/run", StorageOptions(endpoint_url=endpoint)).signs_payloads is signed
     assert not open_fs("file:///tmp/run").signs_payloads
+
+
+@pytest.mark.slow  # its own moto server
+def test_the_storage_benchmark_runs_and_reports_both_ratios() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, str(root / "bench" / "storage.py"), "--size-mib", "16", "--repeats", "1", "--warmup", "0"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    summaries = {r["op"]: r for r in rows if r.get("summary")}
+    assert set(summaries) == {"commit", "restore"}
+    for summary in summaries.values():
+        assert summary["ratio_sphinxx_over_raw_parallel"] > 0 and summary["paired_ratio_median"] > 0
+        assert summary["goal_met"] == (summary["paired_ratio_median"] <= 1.1)
+    timed = [r for r in rows if r.get("impl")]
+    assert {r["impl"] for r in timed} == {"sphinxx", "raw-parallel", "boto3-sequential"}
