@@ -4,7 +4,7 @@
 # that .ci/namespace_tree.sh assembles under build/typecheck; its messages are mapped back
 # to the real files (sphinxx/storage/x.py -> storage/x.py), relative to the repo root.
 #   usage: bash .ci/typecheck.sh                  # the gated packages (part of `make lint`)
-#          bash .ci/typecheck.sh -p sphinxx.jobs.sweep   # any other package, same config
+#          bash .ci/typecheck.sh -p sphinxx.sweep   # any other package, same config
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tree="$root/build/typecheck"

@@ -77,7 +77,7 @@ def main() -> int:
 
     from sphinxx.jobs.data.synth import write_synth
     from sphinxx.jobs.data.template import load_tokenizer
-    from sphinxx.jobs.schema.run import load_config
+    from sphinxx.schema.run import load_config
 
     tmp = tempfile.mkdtemp(prefix="bench-data-")
     server = None

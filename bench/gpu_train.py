@@ -212,7 +212,7 @@ def write_data(workdir: Path, records_needed: int):
 
 def run_config(args: argparse.Namespace, synth, workdir: Path):
     """The flavor's preset as one worker runs it here (module docstring)."""
-    from sphinxx.jobs.schema.run import load_config
+    from sphinxx.schema.run import load_config
 
     cuda = args.device.startswith("cuda")
     sources = [

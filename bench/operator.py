@@ -86,8 +86,8 @@ def main() -> int:
 
     from kubernetes import client
 
-    from sphinxx.jobs.sweep.points import admit_sweep
     from sphinxx.operator import decide
+    from sphinxx.sweep.points import admit_sweep
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     kube = start_kube(workdir / "kube")

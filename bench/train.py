@@ -33,7 +33,7 @@ VARIANTS = [(0, True), (0, False), (2, True), (2, False)]  # (ZeRO stage, skip t
 
 
 def _config(synth, zero_stage: int, skip: bool, world: int):
-    from sphinxx.jobs.schema.run import load_config
+    from sphinxx.schema.run import load_config
 
     return load_config(
         preset="debug",

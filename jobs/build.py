@@ -1,6 +1,6 @@
 """Building the model a run trains: SPHINX-X from the run config, on the worker's device.
 
-The decoder is exactly what admission checked (`sphinxx.jobs.schema.run.run_decoder_args`: the
+The decoder is exactly what admission checked (`sphinxx.schema.run.run_decoder_args`: the
 flavor with `model.overrides`, the EP size, the MoE kernel, the aux-loss weight), paired with the
 flavor's vision towers and any-resolution layout. Weights are random (seeded, the same on every
 rank) or loaded from the configured URIs; the towers are frozen (docs/training.md, "Training recipe").
@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 from sphinxx.jobs.context import Worker
-from sphinxx.jobs.schema.run import RunConfig
+from sphinxx.schema.run import RunConfig
 
 
 def model_args(cfg: RunConfig):
     """SphinxArgs of the run: the decoder admission checked (`run_decoder_args`) + towers + layout."""
-    from sphinxx.jobs.schema.run import run_decoder_args
     from sphinxx.model.flavors import get_sphinx_args
+    from sphinxx.schema.run import run_decoder_args
 
     return get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg))
 
@@ -59,8 +59,8 @@ def build_model(cfg: RunConfig, worker: Worker, staged: list[Any] | None = None)
         if "dinov2_weights" not in local:
             model.vision.dinov2.model.init_weights()
     if "llm_weights" in local:
-        from sphinxx.jobs.schema.flavors import resolve
         from sphinxx.model.convert import load_llm_weights
+        from sphinxx.schema.flavors import resolve
 
         family = resolve(cfg.model.flavor).hf_family
         load_llm_weights(local["llm_weights"], model.llm, family=family, ep_rank=worker.rank % ep_size)

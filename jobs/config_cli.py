@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.schema.run import ConfigError, load_config, to_dict, to_yaml
+    from sphinxx.schema.run import ConfigError, load_config, to_dict, to_yaml
 
     is_file = args.source.endswith((".yaml", ".yml")) or os.path.sep in args.source
     try:
@@ -56,14 +56,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.schema.run import json_schema
+    from sphinxx.schema.run import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.schema.run import preset_names
+    from sphinxx.schema.run import preset_names
 
     print("\n".join(preset_names()))
     return 0

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sphinxx.jobs.schema.run import RunConfig
+from sphinxx.schema.run import RunConfig
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sphinxx.jobs.progress import GPU_BF16_DENSE_PEAKS
-from sphinxx.jobs.schema.run import RunConfig
+from sphinxx.schema.run import RunConfig
 
 DEFAULT_GPU = "H100"
 DEFAULT_MFU = 0.4

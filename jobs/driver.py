@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sphinxx.jobs.schema.run import RunConfig, to_yaml
 from sphinxx.jobs.tracking import resolve_run_id
+from sphinxx.schema.run import RunConfig, to_yaml
 
 log = logging.getLogger("sphinxx.driver")
 

@@ -17,7 +17,7 @@ import logging
 import torch
 
 from sphinxx.jobs.context import Worker
-from sphinxx.jobs.schema.run import RunConfig
+from sphinxx.schema.run import RunConfig
 
 log = logging.getLogger("sphinxx.engine")
 

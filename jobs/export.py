@@ -119,7 +119,7 @@ def resolve_checkpoint(store: CheckpointStore, step: int | None) -> CheckpointIn
 
 def read_run_config(store: CheckpointStore) -> Any:
     """The run's resolved config (`config.yaml` beside `checkpoints/`), checked as the job checks it."""
-    from sphinxx.jobs.schema.run import load_config, parse_yaml
+    from sphinxx.schema.run import load_config, parse_yaml
 
     text = store.read_run_config()
     uri = store.layout.run_config
@@ -261,7 +261,7 @@ def _write_tokenizer(uri: str, out: str, vocab_size: int, log: TextIO) -> dict[s
 
 
 def _vision_preset(flavor: str) -> str:
-    from sphinxx.jobs.schema.flavors import resolve
+    from sphinxx.schema.flavors import resolve
 
     return resolve(flavor).vision
 

@@ -2,7 +2,7 @@
 
     sphinxx sweep run examples/sweeps/tiny.yaml --local [--workdir .demo] [--resume]
 
-Everything that makes a sweep *this* sweep is the sweep core's (`sphinxx.jobs.sweep`), shared
+Everything that makes a sweep *this* sweep is the sweep core's (`sphinxx.sweep`), shared
 with the operator: admission of every point, the points' names, order and configs, the MLflow
 parent and child runs (experiment, names, tags, states), the fit inputs (read from each point's
 final checkpoint) and the scaling-law fit. What differs is only where things run: every point's
@@ -33,13 +33,13 @@ from typing import Any, TextIO
 import yaml
 
 from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
-from sphinxx.jobs.schema.admission import admit_run
-from sphinxx.jobs.schema.fields import SchemaError, deep_merge
-from sphinxx.jobs.schema.run import RunConfig, to_yaml
-from sphinxx.jobs.schema.status import PointRow, RunPhase, ScalingLawStatus, TrackingState, dump_status
-from sphinxx.jobs.sweep import mlflow_runs
-from sphinxx.jobs.sweep.points import Point, admit_sweep, point_spec, points
-from sphinxx.jobs.sweep.results import fit_sweep, plot_fit, row_metrics
+from sphinxx.schema.admission import admit_run
+from sphinxx.schema.fields import SchemaError, deep_merge
+from sphinxx.schema.run import RunConfig, to_yaml
+from sphinxx.schema.status import PointRow, RunPhase, ScalingLawStatus, TrackingState, dump_status
+from sphinxx.sweep import mlflow_runs
+from sphinxx.sweep.points import Point, admit_sweep, point_spec, points
+from sphinxx.sweep.results import fit_sweep, plot_fit, row_metrics
 
 SUMMARY_KEY = "sphinxx_summary"  # the job's final JSON line carries this key
 NAMESPACE = "local"  # what stands in for the Kubernetes namespace in MLflow tags
@@ -74,7 +74,7 @@ class SweepState:
 
     @classmethod
     def load(cls, path: Path) -> SweepState:
-        from sphinxx.jobs.schema.status import parse_status
+        from sphinxx.schema.status import parse_status
 
         raw = json.loads(path.read_text())
         state = cls(raw["sweep"], raw["uid"], raw.get("parent_run_id"), scaling_law=raw.get("scaling_law"))
@@ -378,7 +378,7 @@ def _decimal(value: float | None) -> str:
 
 
 def fit_summary(state: SweepState) -> str:
-    from sphinxx.jobs.schema.status import parse_status
+    from sphinxx.schema.status import parse_status
 
     law = parse_status(ScalingLawStatus, state.scaling_law or {})
     if law.summary:

@@ -57,9 +57,9 @@ from sphinxx.jobs.metrics import (
 from sphinxx.jobs.preemption import Preempted, StopSignal
 from sphinxx.jobs.progress import ProgressPrinter, Throughput
 from sphinxx.jobs.schedule import Schedule
-from sphinxx.jobs.schema.run import RunConfig, flatten, to_yaml
 from sphinxx.jobs.timing import NULL_TIMER
 from sphinxx.jobs.tracking import MLflowTracker, NullTracker, tracking_uri
+from sphinxx.schema.run import RunConfig, flatten, to_yaml
 
 
 def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:

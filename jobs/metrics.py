@@ -63,7 +63,7 @@ def scaling_params(model: torch.nn.Module) -> int:
     """N of the scaling law: trainable parameters a token passes through, without the token
     embedding and the output head (Kaplan et al. 2020). Each expert tensor of an MoE layer counts
     top_k / num_experts of its global size (every expert of every EP rank, not this rank's slice),
-    as `sphinxx.jobs.schema.flavors.Flavor.scaling_params` counts the decoder; the projector and
+    as `sphinxx.schema.flavors.Flavor.scaling_params` counts the decoder; the projector and
     the image tags count fully. Frozen towers do not count."""
     share = {
         id(p): (m.args.top_k, m.args.num_experts) for m in expert_layers(model) for p in m.experts.parameters()

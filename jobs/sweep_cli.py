@@ -77,8 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _plan(args: argparse.Namespace) -> int:
     """The points of a sweep file; with --cost what each costs (docs/training.md, "Memory and cost estimates")."""
     from sphinxx.jobs.local import plan, read_sweep
-    from sphinxx.jobs.schema.fields import SchemaError
-    from sphinxx.jobs.schema.run import to_yaml
+    from sphinxx.schema.fields import SchemaError
+    from sphinxx.schema.run import to_yaml
 
     try:
         name, raw = read_sweep(args.file)
@@ -96,7 +96,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        from sphinxx.jobs.schema.run import to_dict
+        from sphinxx.schema.run import to_dict
 
         rows = []
         for i, (point, cfg) in enumerate(points):
@@ -131,10 +131,10 @@ def _check(args: argparse.Namespace) -> int:
     import os
 
     from sphinxx.jobs.local import plan, read_sweep
-    from sphinxx.jobs.schema.fields import SchemaError
-    from sphinxx.jobs.sweep.inputs import run_inputs
+    from sphinxx.schema.fields import SchemaError
     from sphinxx.storage import StorageOptions
     from sphinxx.storage.probe import probe_read, probe_write
+    from sphinxx.sweep.inputs import run_inputs
 
     try:
         name, raw = read_sweep(args.file)

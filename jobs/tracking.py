@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sphinxx.jobs.sweep.mlflow_runs import artifact_location
+from sphinxx.sweep.mlflow_runs import artifact_location
 
 log = logging.getLogger("sphinxx.tracking")
 

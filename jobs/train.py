@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 from sphinxx.jobs.context import JobContext
-from sphinxx.jobs.schema.run import ConfigError, RunConfig, check, check_runnable, load_config
+from sphinxx.schema.run import ConfigError, RunConfig, check, check_runnable, load_config
 
 log = logging.getLogger("sphinxx.train")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -69,7 +69,7 @@ def read_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _read_yaml(uri: str) -> dict[str, Any]:
-    from sphinxx.jobs.schema.run import parse_yaml
+    from sphinxx.schema.run import parse_yaml
     from sphinxx.storage import open_fs
     from sphinxx.storage import uri as uri_mod
 

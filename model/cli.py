@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term and the activations"
     )
     memory = p.add_argument_group(
-        "per-rank memory estimate", "unset flags take the flavor's preset (jobs/configs/<flavor>.yaml) or the schema defaults"
+        "per-rank memory estimate", "unset flags take the flavor's preset (sphinxx/schema/presets/<flavor>.yaml) or the schema defaults"
     )
     memory.add_argument("--world-size", type=int, help="ranks (default: the preset's parallel.min_workers)")
     memory.add_argument("--zero-stage", type=int, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
@@ -78,8 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.schema.flavors import FLAVORS
     from sphinxx.model.anyres import CELL_SIZE
+    from sphinxx.schema.flavors import FLAVORS
 
     for name, f in FLAVORS.items():
         canvas = f.grid * CELL_SIZE

@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from sphinxx.jobs.schema.decoder import ModelArgs
-from sphinxx.jobs.schema.flavors import resolve
 from sphinxx.model.flavors import get_flavor
 from sphinxx.model.state_dict_adapter import get_adapter
+from sphinxx.schema.decoder import ModelArgs
+from sphinxx.schema.flavors import resolve
 
 CONFIG_NAME = "sphinxx_llm.json"
 INDEX_NAME = "model.safetensors.index.json"

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.convert import _meta_shapes, _ShardWriter
 from sphinxx.model.state_dict_adapter import get_adapter
+from sphinxx.schema.decoder import ModelArgs
 
 FORMAT_VERSION = 1
 INDEX_NAME = "model.safetensors.index.json"

@@ -1,7 +1,7 @@
 """Building the named flavors: SPHINX-X args and models from the flavor table.
 
 The table itself (names, decoder shapes, vision towers, grid, exact parameter counts) is the
-project's vocabulary and lives in `sphinxx.jobs.schema.flavors`, where the torch-free operator
+project's vocabulary and lives in `sphinxx.schema.flavors`, where the torch-free operator
 reads it too. Here it becomes torch modules: `get_sphinx_args(name)` pairs the decoder with its
 vision preset and any-resolution layout, and `count_params` builds a decoder on the meta device
 so the published sizes can be checked (and shown by `sphinxx model info`) without memory.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sphinxx.jobs.schema.decoder import ModelArgs
-from sphinxx.jobs.schema.flavors import FLAVORS, decoder_args, resolve
+from sphinxx.schema.decoder import ModelArgs
+from sphinxx.schema.flavors import FLAVORS, decoder_args, resolve
 
 __all__ = ["FLAVORS", "build_sphinx", "count_params", "get_flavor", "get_sphinx_args"]
 

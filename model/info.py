@@ -150,8 +150,8 @@ def model_info(
     flavor: str, image: tuple[int, int] | None = None, seq_len: int | None = None
 ) -> dict[str, Any]:
     """Everything `sphinxx model info` prints, as one JSON-ready dict."""
-    from sphinxx.jobs.schema.flavors import resolve
     from sphinxx.model.flavors import build_sphinx
+    from sphinxx.schema.flavors import resolve
 
     spec = resolve(flavor)
     name = spec.name

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sphinxx.jobs.schema.decoder import ModelArgs
+from sphinxx.schema.decoder import ModelArgs
 
 
 class RMSNorm(nn.Module):

@@ -55,7 +55,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sphinxx.jobs.schema.decoder import ModelArgs
+from sphinxx.schema.decoder import ModelArgs
 
 DEEPSPEED_REDUCE_BUCKET = 500_000_000  # elements: DeepSpeed's default zero_optimization.reduce_bucket_size
 PRECISION_BYTES = {"bf16": 2, "fp32": 4}
@@ -228,15 +228,15 @@ def flavor_memory(flavor: str, setup: TrainingSetup, use_skip_token: bool = True
 
 
 def setup_from_run(cfg, images_per_sample: int = 1, world_size: int | None = None) -> TrainingSetup:
-    """The `TrainingSetup` of a resolved run config (`sphinxx.jobs.schema.run.RunConfig`).
+    """The `TrainingSetup` of a resolved run config (`sphinxx.schema.run.RunConfig`).
 
     World size: `parallel.min_workers` unless given, the elastic lower bound, where each rank's
     ZeRO partition is largest. Image tokens: `images_per_sample` square images on the run's
     canvas (`data.canvas`) with every view kept (the most positions an image takes), capped at
     `data.seq_len`.
     """
-    from sphinxx.jobs.schema.run import run_decoder_args
     from sphinxx.model.anyres import num_visual_tokens
+    from sphinxx.schema.run import run_decoder_args
 
     per_image = num_visual_tokens(100, 100, run_layout(cfg))
     return TrainingSetup(
@@ -253,9 +253,9 @@ def setup_from_run(cfg, images_per_sample: int = 1, world_size: int | None = Non
 
 def flavor_run_config(flavor: str):
     """The run config `sphinxx model info` takes its defaults from: the flavor's preset
-    (jobs/configs/<flavor>.yaml) where there is one, else the schema's defaults for the flavor."""
-    from sphinxx.jobs.schema.flavors import resolve
-    from sphinxx.jobs.schema.run import load_config, preset_names
+    (sphinxx/schema/presets/<flavor>.yaml) where there is one, else the schema's defaults for the flavor."""
+    from sphinxx.schema.flavors import resolve
+    from sphinxx.schema.run import load_config, preset_names
 
     name = resolve(flavor).name
     data = {"model": {"flavor": name}, "storage": {"uri": "file:///unused"}}
@@ -265,8 +265,8 @@ def flavor_run_config(flavor: str):
 def run_memory(cfg, setup: TrainingSetup | None = None) -> dict[str, Any]:
     """`memory_estimate` of the model a run config builds (the decoder admission checks, with
     `model.overrides`), under `setup` (default `setup_from_run(cfg)`)."""
-    from sphinxx.jobs.schema.run import run_decoder_args
     from sphinxx.model.flavors import get_sphinx_args
+    from sphinxx.schema.run import run_decoder_args
 
     args = get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg))
     return memory_estimate(args, setup or setup_from_run(cfg))

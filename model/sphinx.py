@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.anyres import (
     SLOT_SKIP,
     SLOT_VIEW,
@@ -49,6 +48,7 @@ from sphinxx.model.anyres import (
 )
 from sphinxx.model.llm import Transformer
 from sphinxx.model.vision import VisionArgs, VisionEncoders, load_vision_weights
+from sphinxx.schema.decoder import ModelArgs
 
 IGNORE_INDEX = -100
 SLOT_NONE = -1  # every slot of a text-only sample

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sphinxx.jobs.schema.decoder import ModelArgs
+from sphinxx.schema.decoder import ModelArgs
 
 Tensor = torch.Tensor
 

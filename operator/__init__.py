@@ -1,7 +1,7 @@
 """sphinxx.operator: the Kubernetes operator for ScalingSweep and TrainingRun (group sphinxx.dev/v1alpha1).
 
-It speaks the project's vocabulary (`sphinxx.jobs.schema`: specs, status, admission) and runs
-sweeps through the sweep core (`sphinxx.jobs.sweep`: points, MLflow runs, the fit); what is
+It speaks the project's vocabulary (`sphinxx.schema`: specs, status, admission) and runs
+sweeps through the sweep core (`sphinxx.sweep`: points, MLflow runs, the fit); what is
 Kubernetes- and KubeRay-specific lives here.
 Pure parts (no API calls, unit-tested): names.py (deterministic names and labels), crds.py (CRDs
 generated from the vocabulary), expand.py (points as TrainingRun objects), render.py (RayJob per

@@ -2,7 +2,7 @@
 
 `sphinxx operator crds --output helm/sphinxx/crds` writes them; a test fails when the files in
 the chart drift from this code. The schemas come from the one field model
-(`sphinxx.jobs.schema.openapi`, `Dialect.CRD`), so they are *structural* (what Kubernetes
+(`sphinxx.schema.openapi`, `Dialect.CRD`), so they are *structural* (what Kubernetes
 accepts) and say what the operator's admission says wherever a CRD can say it:
 
 - unknown fields are pruned by the API server, and refused by `kubectl apply`'s strict field
@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from sphinxx.jobs.schema.fields import Naming
-from sphinxx.jobs.schema.openapi import Dialect, schema_of
-from sphinxx.jobs.schema.resources import (
+from sphinxx.schema.fields import Naming
+from sphinxx.schema.openapi import Dialect, schema_of
+from sphinxx.schema.resources import (
     LAYER,
     LAYER_WITH_PRESET,
     RESOURCES_LAYER,
@@ -35,8 +35,8 @@ from sphinxx.jobs.schema.resources import (
     ScalingSweepSpec,
     TrainingRunSpec,
 )
-from sphinxx.jobs.schema.run import RunConfig, preset_names
-from sphinxx.jobs.schema.status import RunStatus, SweepStatus
+from sphinxx.schema.run import RunConfig, preset_names
+from sphinxx.schema.status import RunStatus, SweepStatus
 
 from . import names
 
@@ -94,7 +94,7 @@ def spec_schema(cls: type) -> dict[str, Any]:
 
 
 def status_schema(cls: type) -> dict[str, Any]:
-    """The status of a resource, from the vocabulary's typed status (`sphinxx.jobs.schema.status`).
+    """The status of a resource, from the vocabulary's typed status (`sphinxx.schema.status`).
 
     The operator owns status; unknown fields are kept so an older CRD never prunes a newer operator's.
     """

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sphinxx.jobs.schema.resources import FailurePolicy, ScalingSweepSpec
-from sphinxx.jobs.schema.status import (
+from sphinxx.schema.resources import FailurePolicy, ScalingSweepSpec
+from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
     CheckpointRef,
     RollbackStatus,
@@ -26,7 +26,7 @@ from sphinxx.jobs.schema.status import (
     TrackingState,
     parse_status,
 )
-from sphinxx.jobs.sweep.points import points
+from sphinxx.sweep.points import points
 
 from . import expand, names, status
 from .status import JobView

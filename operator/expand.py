@@ -1,7 +1,7 @@
 """A sweep's points as Kubernetes objects: one TrainingRun per point, kept in step with the axes.
 
 The points themselves (names, order, each point's spec) come from the sweep core,
-`sphinxx.jobs.sweep.points`, which the local runner uses too. Here they become TrainingRun
+`sphinxx.sweep.points`, which the local runner uses too. Here they become TrainingRun
 objects with the sweep's labels and an owner reference (`child_manifest`); editing the axes adds
 and removes points while the others keep their specs (`plan_children` patches only what
 changed); `maxParallelRuns` admits points in the stable order, smallest first (`admit`). Pure.
@@ -18,8 +18,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from sphinxx.jobs.schema.status import TERMINAL_RUN_PHASES
-from sphinxx.jobs.sweep.points import Point, point_spec
+from sphinxx.schema.status import TERMINAL_RUN_PHASES
+from sphinxx.sweep.points import Point, point_spec
 
 from . import names
 

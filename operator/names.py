@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from sphinxx.jobs.schema.resources import API_VERSION, GROUP, VERSION
+from sphinxx.schema.resources import API_VERSION, GROUP, VERSION
 
 __all__ = ["API_VERSION", "GROUP", "VERSION"]  # the API version lives with the specs
 

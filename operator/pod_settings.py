@@ -12,7 +12,7 @@ cluster asks of them (docs/operator.md, "Pod settings"), in this order:
   `podAnnotations`;
 - last, `headPodPatch` / `workerPodPatch`: a strategic-merge patch of the template, the escape
   hatch for anything else. Maps merge key by key and `null` deletes a key; lists named in
-  `sphinxx.jobs.schema.pods.MERGE_KEYS` (containers, volumes, env, volumeMounts, ports, ...)
+  `sphinxx.schema.pods.MERGE_KEYS` (containers, volumes, env, volumeMounts, ports, ...)
   merge item by item on their key, and an item `{"<key>": ..., "$patch": "delete"}` removes one;
   every other list is replaced, as `kubectl patch --type strategic` does for them.
 """
@@ -22,8 +22,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sphinxx.jobs.schema.pods import MERGE_KEYS, SHM_PATH, SHM_VOLUME, shm_size
-from sphinxx.jobs.schema.resources import Resources
+from sphinxx.schema.pods import MERGE_KEYS, SHM_PATH, SHM_VOLUME, shm_size
+from sphinxx.schema.resources import Resources
 
 
 def apply(template: dict[str, Any], res: Resources, worker: bool, gpus_per_pod: int) -> dict[str, Any]:

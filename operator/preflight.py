@@ -13,10 +13,10 @@ from __future__ import annotations
 import threading
 import time
 
-from sphinxx.jobs.schema.run import RunConfig
-from sphinxx.jobs.sweep.inputs import Input, run_inputs
+from sphinxx.schema.run import RunConfig
 from sphinxx.storage import StorageOptions
 from sphinxx.storage.probe import probe_read, probe_write
+from sphinxx.sweep.inputs import Input, run_inputs
 
 CACHE_S = 60.0
 _cache: dict[tuple[str, str, tuple[str, ...], str | None], tuple[float, str | None]] = {}

@@ -4,7 +4,7 @@ Handlers (handlers.py) only say *which* object to reconcile; the functions here 
 so every trigger (create, update, timer, a RayJob event, an operator restart) runs the same
 level-based code:
 
-    admit (sphinxx.jobs.schema / sphinxx.jobs.sweep) -> observe -> decide.py -> act -> write status
+    admit (sphinxx.schema / sphinxx.sweep) -> observe -> decide.py -> act -> write status
 
 An object is admitted once per pass (the admission is cached) and the result, typed, is what
 the rest of the pass uses; status is read and written as the vocabulary's typed `RunStatus` /
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sphinxx.jobs.schema.admission import AdmittedRun, admit_run
-from sphinxx.jobs.schema.fields import SchemaError
-from sphinxx.jobs.schema.resources import TrainingRunSpec
-from sphinxx.jobs.schema.run import RunConfig, to_yaml
-from sphinxx.jobs.schema.status import (
+from sphinxx.schema.admission import AdmittedRun, admit_run
+from sphinxx.schema.fields import SchemaError
+from sphinxx.schema.resources import TrainingRunSpec
+from sphinxx.schema.run import RunConfig, to_yaml
+from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
     RunPhase,
     RunStatus,
@@ -38,9 +38,9 @@ from sphinxx.jobs.schema.status import (
     dump_status,
     parse_status,
 )
-from sphinxx.jobs.sweep import mlflow_runs
-from sphinxx.jobs.sweep.points import AdmittedSweep, admit_sweep
-from sphinxx.jobs.sweep.results import fit_sweep, plot_fit
+from sphinxx.sweep import mlflow_runs
+from sphinxx.sweep.points import AdmittedSweep, admit_sweep
+from sphinxx.sweep.results import fit_sweep, plot_fit
 
 from . import checkpoints, decide, expand, names, status
 from .kube import Kube

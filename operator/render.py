@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from sphinxx.jobs.schema.resources import TrainingRunSpec
-from sphinxx.jobs.schema.run import RunConfig
+from sphinxx.schema.resources import TrainingRunSpec
+from sphinxx.schema.run import RunConfig
 
 from . import names, pod_settings
 

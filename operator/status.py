@@ -14,7 +14,7 @@ and the Ray job's own `jobStatus`, with `reason`/`message` on failure (docs/oper
 Conditions are whole lists keyed by `type` (merge patches replace lists on a real server too);
 a condition keeps its `lastTransitionTime` while its status does not change. The status types
 themselves (`RunStatus`, `SweepStatus`, `Condition`, the phase enums) are the vocabulary's,
-`sphinxx.jobs.schema.status`, from which the CRDs' status schemas are generated too.
+`sphinxx.schema.status`, from which the CRDs' status schemas are generated too.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sphinxx.jobs.schema.status import (
+from sphinxx.schema.status import (
     Condition,
     PointRow,
     RunPhase,
@@ -30,8 +30,8 @@ from sphinxx.jobs.schema.status import (
     SweepPhase,
     parse_status,
 )
-from sphinxx.jobs.sweep.points import Point
-from sphinxx.jobs.sweep.results import row_metrics
+from sphinxx.sweep.points import Point
+from sphinxx.sweep.results import row_metrics
 
 RUN_CONDITIONS = ("Ready", "Running", "Resuming", "Suspended", "Succeeded", "Failed")
 SWEEP_CONDITIONS = ("Ready", "Progressing", "Complete", "Failed")

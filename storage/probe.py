@@ -1,6 +1,6 @@
 """Can these URIs be read (or written) with the credentials at hand? One short answer per URI.
 
-Used by the pre-flight check (`sphinxx.jobs.sweep.inputs` says what to check): a read probe lists
+Used by the pre-flight check (`sphinxx.sweep.inputs` says what to check): a read probe lists
 the folder (or stats the object) and reads the first byte of one file, since a bucket policy can
 allow LIST and deny GET; a write probe writes and deletes a small object under the prefix. Each
 probe is a few requests, whatever the size of what it checks.

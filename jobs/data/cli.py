@@ -72,7 +72,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _index(args: argparse.Namespace) -> int:
     from sphinxx.jobs.data.format import index_source
-    from sphinxx.jobs.schema.run import DOMAINS
+    from sphinxx.schema.run import DOMAINS
 
     if args.domain not in DOMAINS:
         print(f"error: --domain must be one of {', '.join(DOMAINS)}", file=sys.stderr)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sphinxx.jobs.schema.run import RunConfig, load_config
+from sphinxx.schema.run import RunConfig, load_config
 
 SYNTH_SIZE = 42  # 6 records per source on average: every domain, every shape of record
 

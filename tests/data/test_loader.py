@@ -12,8 +12,8 @@ from PIL import Image
 
 from sphinxx.jobs.data.format import SourceWriter, record_to_json
 from sphinxx.jobs.data.loader import TooManyBadRecordsError, build_data
-from sphinxx.jobs.schema.run import load_config
 from sphinxx.model.anyres import AnyResConfig, num_visual_tokens
+from sphinxx.schema.run import load_config
 
 TURNS = [("<image>\nWhat is shown?", "A square."), ("And its color?", "Red.")]
 SIZES = [(64, 64), (128, 32), (32, 128), (90, 60), (40, 120), (150, 50)]

@@ -14,8 +14,8 @@ import yaml
 
 from sphinxx.jobs.data.synth_tasks import SOURCES
 from sphinxx.jobs.local import local_defaults
-from sphinxx.jobs.schema.flavors import FLAVORS
-from sphinxx.jobs.sweep import points as expand
+from sphinxx.schema.flavors import FLAVORS
+from sphinxx.sweep import points as expand
 
 from .conftest import REPO
 

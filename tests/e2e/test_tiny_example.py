@@ -16,8 +16,8 @@ import yaml
 
 from sphinxx.jobs.data.synth_tasks import SOURCES
 from sphinxx.jobs.local import local_defaults
-from sphinxx.jobs.schema.fields import SchemaError
-from sphinxx.jobs.sweep import points as expand
+from sphinxx.schema.fields import SchemaError
+from sphinxx.sweep import points as expand
 
 from .conftest import DEMO_DATA, REPO, SYNTH_SIZE, TINY_SWEEP, cluster_sweep
 

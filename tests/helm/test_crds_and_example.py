@@ -16,9 +16,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from sphinxx.jobs.schema.admission import admit_run
-from sphinxx.jobs.schema.flavors import SIZE_AXIS
-from sphinxx.jobs.sweep import points as expand
+from sphinxx.schema.admission import admit_run
+from sphinxx.schema.flavors import SIZE_AXIS
+from sphinxx.sweep import points as expand
 
 from .conftest import ROOT
 

@@ -19,8 +19,8 @@ import pytest
 
 from sphinxx.cli import build_parser as sphinxx_parser
 from sphinxx.cli import parse as sphinxx_parse
-from sphinxx.jobs.sweep import mlflow_runs as tracking
 from sphinxx.operator import kubectl_plugin, names, reconcile
+from sphinxx.sweep import mlflow_runs as tracking
 
 from .conftest import ROOT
 

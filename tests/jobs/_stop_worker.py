@@ -23,7 +23,7 @@ def main() -> int:
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.loop import train
     from sphinxx.jobs.preemption import Preempted
-    from sphinxx.jobs.schema.run import from_dict
+    from sphinxx.schema.run import from_dict
 
     with open(config_path) as fh:
         raw = json.load(fh)

@@ -16,7 +16,7 @@ TINY_MOE = {**TINY, "num_experts": 4, "top_k": 2, "moe_ffn_dim": 16}
 
 def tiny_run_config(flavor: str, zero_stage: int, ep_size: int, storage: str):
     """A checked RunConfig of `flavor` shrunk to TINY / TINY_MOE."""
-    from sphinxx.jobs.schema.run import load_config
+    from sphinxx.schema.run import load_config
 
     return load_config(
         preset=flavor,

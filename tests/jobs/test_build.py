@@ -12,7 +12,7 @@ from tests.jobs._tiny import TINY, tiny_run_config
 def test_model_is_the_checked_decoder_with_frozen_towers() -> None:
     from sphinxx.jobs.build import build_model, model_args
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.schema.run import run_decoder_args
+    from sphinxx.schema.run import run_decoder_args
 
     cfg = tiny_run_config("debug-moe", 2, 2, "file:///tmp/unused")
     assert model_args(cfg).llm == run_decoder_args(cfg)

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     import torch
     from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.schema.run import load_config
+    from sphinxx.schema.run import load_config
     from sphinxx.model.memory import run_memory, setup_from_run
 
     def status(key):

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from sphinxx.jobs import train
-from sphinxx.jobs.schema.run import ConfigError
+from sphinxx.schema.run import ConfigError
 
 DATA = ["data.tokenizer=/data/tok", "data.sources=[{name: a, uri: /data/a}]"]
 

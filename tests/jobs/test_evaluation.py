@@ -51,7 +51,7 @@ def _heldout_sums(rank: int, world: int, synth) -> list[list[float]]:
     from sphinxx.jobs.evaluation import HeldoutEvaluator
     from sphinxx.jobs.loop import _all_reduce
     from sphinxx.jobs.parallelize import init_distributed
-    from sphinxx.jobs.schema.run import from_dict
+    from sphinxx.schema.run import from_dict
 
     init_distributed("gloo")
     raw = tiny_config(synth, "heldout", "file:///tmp/unused", "", data={"heldout_records": 4})
@@ -85,8 +85,8 @@ def _train(rank: int, world: int, cfg, mlflow_run_id: str) -> dict:
 def test_a_run_evaluates_commits_the_results_and_resumes_without_redoing_them(tmp_path, synth, mlflow_server) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sphinxx.jobs.schema.run import from_dict
     from sphinxx.jobs.tracking import create_run
+    from sphinxx.schema.run import from_dict
     from sphinxx.storage import CheckpointStore
 
     storage = (tmp_path / "ckpt").as_uri()

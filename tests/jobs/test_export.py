@@ -41,7 +41,7 @@ def committed_run(storage: str, flavor: str, tokenizer: str, steps: tuple[int, .
     from sphinxx.jobs.checkpoint import Checkpointer, RunState
     from sphinxx.jobs.checkpoint.fragments import ensure_optimizer_state
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.schema.run import to_yaml
+    from sphinxx.schema.run import to_yaml
     from sphinxx.storage import CheckpointStore
 
     cfg = tiny_run_config(flavor, 0, 1, storage)
@@ -217,7 +217,7 @@ def _save_ep2(rank: int, world: int, storage: str):
     from sphinxx.jobs.checkpoint import Checkpointer, RunState
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.engine import build_engine
-    from sphinxx.jobs.schema.run import to_yaml
+    from sphinxx.schema.run import to_yaml
     from sphinxx.storage import CheckpointStore
 
     cfg = tiny_run_config("debug-moe", 2, 2, storage)  # EP needs ZeRO-1/2

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from sphinxx.jobs.local import parse_summary, plan, read_sweep
-from sphinxx.jobs.schema.fields import SchemaError as SpecError
+from sphinxx.schema.fields import SchemaError as SpecError
 
 SPHINXX = str(Path(sys.executable).parent / "sphinxx")
 
@@ -71,7 +71,7 @@ def test_summary_parsing() -> None:
 
 def test_results_table_shows_n_d_and_the_held_out_score() -> None:
     from sphinxx.jobs.local import LocalPoint, SweepState, results_table
-    from sphinxx.jobs.schema.status import PointRow, RunPhase
+    from sphinxx.schema.status import PointRow, RunPhase
 
     state = SweepState("s")
     done = PointRow("s-micro-l-d100", "micro-l", 1.0, RunPhase.SUCCEEDED, step=72, loss=2.05123,

@@ -99,8 +99,8 @@ def _train_and_size(rank: int, world: int, cfg, mlflow_run_id: str) -> dict:
 @pytest.mark.slow
 def test_every_checkpoint_commits_the_scaling_law_inputs(tmp_path, synth, mlflow_server) -> None:
     """loss, tokens_seen (D), num_params (N) and num_params_total land in each manifest's metrics."""
-    from sphinxx.jobs.schema.run import from_dict
     from sphinxx.jobs.tracking import create_run
+    from sphinxx.schema.run import from_dict
     from sphinxx.storage import CheckpointStore
 
     storage = (tmp_path / "ckpt").as_uri()

@@ -12,7 +12,7 @@ def _model(flavor: str, *overrides: str):
     """The model the job builds for `flavor` (towers frozen), at the flavor's own size."""
     from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.schema.run import load_config
+    from sphinxx.schema.run import load_config
 
     cfg = load_config(preset=flavor, overrides=["storage.uri=file:///tmp/unused", *overrides])
     return build_model(cfg, Worker())[0]
@@ -27,7 +27,7 @@ def _multimodal_params(model, tags: int) -> int:
 @pytest.mark.parametrize("flavor", ["debug", "debug-moe"])
 def test_scaling_params_is_the_flavors_n_plus_the_multimodal_parts(flavor: str) -> None:
     from sphinxx.jobs.metrics import scaling_params
-    from sphinxx.jobs.schema.flavors import FLAVORS
+    from sphinxx.schema.flavors import FLAVORS
 
     model = _model(flavor)
     spec = FLAVORS[flavor]
@@ -40,7 +40,7 @@ def test_scaling_params_is_the_flavors_n_plus_the_multimodal_parts(flavor: str) 
 def test_scaling_params_by_hand_for_moe() -> None:
     """Debug-moe's N from its shape: attention + norms + router fully, experts at top_k / E."""
     from sphinxx.jobs.metrics import scaling_params
-    from sphinxx.jobs.schema.flavors import FLAVORS
+    from sphinxx.schema.flavors import FLAVORS
 
     model = _model("debug-moe")
     a = FLAVORS["debug-moe"].llm

@@ -14,7 +14,7 @@ def test_the_worker_gets_the_drivers_config_object_and_identity(monkeypatch: pyt
 
     from sphinxx.jobs import loop, ray_worker
     from sphinxx.jobs.context import JobContext
-    from sphinxx.jobs.schema import run
+    from sphinxx.schema import run
 
     cfg = tiny_run_config("debug", 0, 1, "file:///tmp/unused")
     ctx = SimpleNamespace(get_world_rank=lambda: 1, get_world_size=lambda: 2, get_local_rank=lambda: 0)

@@ -121,7 +121,7 @@ def test_tracking_switched_off_needs_no_mlflow(tmp_path, monkeypatch: pytest.Mon
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.driver import prepare_run
     from sphinxx.jobs.loop import _open_tracker
-    from sphinxx.jobs.schema.run import load_config
+    from sphinxx.schema.run import load_config
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # any import of mlflow now raises
     storage = f"storage.uri={tmp_path.as_uri()}"

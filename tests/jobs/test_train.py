@@ -235,7 +235,7 @@ def _train_reference(rank: int, world: int, cfg: dict, run_id: str, env: dict) -
 
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.loop import train
-    from sphinxx.jobs.schema.run import from_dict
+    from sphinxx.schema.run import from_dict
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
     train(from_dict(cfg), Worker(rank=rank, world_size=world, mlflow_run_id=run_id))

@@ -17,10 +17,10 @@ import torch
 
 from sphinxx.jobs.build import build_model, stage_bytes
 from sphinxx.jobs.context import Worker
-from sphinxx.jobs.schema.decoder import ModelArgs
-from sphinxx.jobs.schema.run import load_config
 from sphinxx.model.convert import checkpoint_files, convert_hf, load_converted, load_llm_weights
 from sphinxx.model.llm import Transformer
+from sphinxx.schema.decoder import ModelArgs
+from sphinxx.schema.run import load_config
 from sphinxx.storage.errors import StorageAccessError
 from sphinxx.storage.stage import stage
 from tests.model.test_adapters import llama_hf_to_internlm2_names

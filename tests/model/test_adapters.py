@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping
 import pytest
 import torch
 
-from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.llm import Attention, Transformer
 from sphinxx.model.state_dict_adapter import (
     InternLM2Adapter,
@@ -22,6 +21,7 @@ from sphinxx.model.state_dict_adapter import (
     get_adapter,
     to_hf_state_dict,
 )
+from sphinxx.schema.decoder import ModelArgs
 from tests.model.test_llm import MOE_ARGS, hf_llama, hf_mixtral
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, ffn_dim=96, vocab_size=200, max_seq_len=64)

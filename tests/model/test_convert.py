@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.convert import CONFIG_NAME, INDEX_NAME, convert_hf, load_converted, read_model_args
 from sphinxx.model.llm import Transformer
 from sphinxx.model.state_dict_adapter import from_hf_state_dict, get_adapter
+from sphinxx.schema.decoder import ModelArgs
 from tests.model.test_adapters import llama_hf_to_internlm2_names
 from tests.model.test_llm import MOE_ARGS, hf_llama, hf_mixtral
 

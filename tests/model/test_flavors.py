@@ -1,4 +1,4 @@
-"""The flavor table (sphinxx.jobs.schema.flavors) against the model it describes.
+"""The flavor table (sphinxx.schema.flavors) against the model it describes.
 
 Every count in the table is checked against the decoder `sphinxx.model` builds on the meta device.
 The published ones are the arithmetic of the Hugging Face configs, which equal the totals of the
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from sphinxx.jobs.schema.flavors import FLAVORS, SIZE_AXIS, resolve
 from sphinxx.model.flavors import build_sphinx, count_params, get_flavor
 from sphinxx.model.info import parameter_counts
 from sphinxx.model.state_dict_adapter import ADAPTERS
 from sphinxx.model.vision import VISION_PRESETS
+from sphinxx.schema.flavors import FLAVORS, SIZE_AXIS, resolve
 
 PUBLISHED = {  # total, active: the model cards' numbers, written out independently of the table
     "tinyllama-1.1b": (1_100_048_384, 1_100_048_384),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sphinxx.jobs.schema.decoder import ModelArgs
 from sphinxx.model.llm import Transformer, apply_activation_checkpointing
 from sphinxx.model.state_dict_adapter import from_hf_state_dict, get_adapter
+from sphinxx.schema.decoder import ModelArgs
 
 TOL = 1e-5  # max abs logit difference allowed in fp32
 

@@ -75,7 +75,7 @@ def test_ep_needs_zero_and_moe() -> None:
 def test_full_presets_weights_match_published_counts(flavor: str) -> None:
     """bf16 weights = 2 x (the flavor table's decoder count + projector + tags); the towers are
     ConvNeXt-XXL 843,398,016 + DINOv2-g 1,136,480,768 (docs/model.md, tests/model/test_info.py)."""
-    from sphinxx.jobs.schema.flavors import resolve
+    from sphinxx.schema.flavors import resolve
 
     spec = resolve(flavor)
     d = spec.llm.dim
@@ -206,8 +206,8 @@ def _measure_engines(rank: int, world: int) -> list[dict]:
     from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.engine import build_engine
-    from sphinxx.jobs.schema.run import load_config
     from sphinxx.model.sphinx import SphinxSample, collate
+    from sphinxx.schema.run import load_config
 
     results = []
     for flavor, stage, ep, precision in CASES:

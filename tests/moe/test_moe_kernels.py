@@ -141,9 +141,9 @@ def test_glu_megablocks_without_megablocks_raises_the_hint() -> None:
 
 def test_family_sweep_mixtral_point_resolves_to_megablocks_under_ep_on_gpu() -> None:
     """The Mixtral point of examples/sweeps/sphinx-x-family.yaml, resolved as the job resolves it."""
-    from sphinxx.jobs.schema.admission import admit_run
-    from sphinxx.jobs.schema.run import run_decoder_args
-    from sphinxx.jobs.sweep import points as expand
+    from sphinxx.schema.admission import admit_run
+    from sphinxx.schema.run import run_decoder_args
+    from sphinxx.sweep import points as expand
 
     sweep = yaml.safe_load((ROOT / "examples" / "sweeps" / "sphinx-x-family.yaml").read_text())
     name, raw = sweep["metadata"]["name"], sweep["spec"]

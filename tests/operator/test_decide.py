@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sphinxx.jobs.schema.resources import FailurePolicy
-from sphinxx.jobs.schema.status import RunStatus, dump_status, parse_status
 from sphinxx.operator import decide, status
+from sphinxx.schema.resources import FailurePolicy
+from sphinxx.schema.status import RunStatus, dump_status, parse_status
 
 T0 = 1_800_000_000.0
 
@@ -199,9 +199,9 @@ def test_suspending_a_queued_run_deletes_the_attempt_kueue_holds() -> None:
 
 def _sweep_pass(phases: list[str], st: dict | None = None) -> decide.SweepAction:
     """One decide_sweep pass over a 1 x 2 sweep whose points are in `phases`."""
-    from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
-    from sphinxx.jobs.sweep.points import points
     from sphinxx.operator import expand
+    from sphinxx.sweep.points import admit_sweep as validate_sweep
+    from sphinxx.sweep.points import points
     from tests.schema.corpus import DATA
 
 
@@ -277,7 +277,7 @@ def test_a_refused_rollback_changes_nothing_but_the_token() -> None:
 
 
 def test_a_pass_posts_one_event_for_all_the_points_it_creates() -> None:
-    from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
+    from sphinxx.sweep.points import admit_sweep as validate_sweep
     from tests.schema.corpus import DATA
 
     fractions = [round((i + 1) / 12, 6) for i in range(12)]

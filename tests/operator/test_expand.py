@@ -6,12 +6,12 @@ import copy
 
 import pytest
 
-from sphinxx.jobs.schema import run as run_config
-from sphinxx.jobs.schema.admission import admit_run
-from sphinxx.jobs.schema.fields import SchemaError
-from sphinxx.jobs.sweep import points as sweep_points
-from sphinxx.jobs.sweep.points import admit_sweep
 from sphinxx.operator import expand, names
+from sphinxx.schema import run as run_config
+from sphinxx.schema.admission import admit_run
+from sphinxx.schema.fields import SchemaError
+from sphinxx.sweep import points as sweep_points
+from sphinxx.sweep.points import admit_sweep
 from tests.schema.corpus import DATA
 from tests.services.kmock_server import merge_patch  # the emulator's RFC 7386, not ours
 

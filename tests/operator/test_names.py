@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from sphinxx.jobs.schema.run import json_schema as config_schema
 from sphinxx.operator import names
+from sphinxx.schema.run import json_schema as config_schema
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -15,10 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sphinxx.jobs.schema.admission import admit_run
-from sphinxx.jobs.schema.flavors import NAMES as FLAVORS
-from sphinxx.jobs.schema.flavors import SIZE_AXIS
 from sphinxx.operator.render import Attempt, render_rayjob
+from sphinxx.schema.admission import admit_run
+from sphinxx.schema.flavors import NAMES as FLAVORS
+from sphinxx.schema.flavors import SIZE_AXIS
 from tests.schema.corpus import DATA
 
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
-from sphinxx.jobs.schema.admission import admit_run
-from sphinxx.jobs.schema.fields import SchemaError
-from sphinxx.jobs.sweep.points import admit_sweep, point_spec, points
 from sphinxx.operator import names, reconcile
 from sphinxx.operator.kube import Kube
 from sphinxx.operator.render import Attempt, render_rayjob
 from sphinxx.operator.settings import RunDefaults, Settings
+from sphinxx.schema.admission import admit_run
+from sphinxx.schema.fields import SchemaError
+from sphinxx.sweep.points import admit_sweep, point_spec, points
 from tests.schema.corpus import DATA
 
 
@@ -216,10 +216,10 @@ def test_the_charts_pod_defaults_schema_is_the_specs() -> None:
     import json
     from pathlib import Path
 
-    from sphinxx.jobs.schema.fields import Naming
-    from sphinxx.jobs.schema.openapi import Dialect, schema_of
-    from sphinxx.jobs.schema.resources import Resources
     from sphinxx.operator.settings import POD_DEFAULT_KEYS
+    from sphinxx.schema.fields import Naming
+    from sphinxx.schema.openapi import Dialect, schema_of
+    from sphinxx.schema.resources import Resources
 
     chart = json.loads((Path(__file__).resolve().parents[2] / "helm/sphinxx/values.schema.json").read_text())
     declared = chart["properties"]["runtime"]["properties"]["podDefaults"]["properties"]

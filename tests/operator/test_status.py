@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sphinxx.jobs.schema.fields import Naming, dump
-from sphinxx.jobs.sweep.points import admit_sweep as validate_sweep
-from sphinxx.jobs.sweep.points import points
 from sphinxx.operator import status
+from sphinxx.schema.fields import Naming, dump
+from sphinxx.sweep.points import admit_sweep as validate_sweep
+from sphinxx.sweep.points import points
 from tests.schema.corpus import DATA
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sphinxx.jobs.sweep import mlflow_runs as tracking
+from sphinxx.sweep import mlflow_runs as tracking
 from tests.schema.corpus import DATA
 from tests.services.process import free_port
 

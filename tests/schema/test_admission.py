@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sphinxx.jobs.schema.admission import admit_run
-from sphinxx.jobs.schema.fields import SchemaError
-from sphinxx.jobs.schema.run import load_config
-from sphinxx.jobs.sweep.points import admit_sweep, point_spec, points
+from sphinxx.schema.admission import admit_run
+from sphinxx.schema.fields import SchemaError
+from sphinxx.schema.run import load_config
+from sphinxx.sweep.points import admit_sweep, point_spec, points
 
 from .corpus import BAD, GOOD, RUN_BASE, Case
 

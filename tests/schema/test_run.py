@@ -7,8 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from sphinxx.jobs.schema.flavors import NAMES as FLAVORS
-from sphinxx.jobs.schema.run import (
+from sphinxx.schema.flavors import NAMES as FLAVORS
+from sphinxx.schema.run import (
     ConfigError,
     RunConfig,
     config_hash,

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from sphinxx.jobs.local import LocalSweep
-from sphinxx.jobs.schema.status import PointRow, RunPhase, dump_status
-from sphinxx.jobs.sweep.points import Point
-from sphinxx.jobs.sweep.results import fit_metrics, fit_sweep
 from sphinxx.operator.status import _point_row
+from sphinxx.schema.status import PointRow, RunPhase, dump_status
+from sphinxx.sweep.points import Point
+from sphinxx.sweep.results import fit_metrics, fit_sweep
 
 DOMAINS = ("language", "vision", "vision-language", "ocr", "set-of-mark")
 
@@ -109,7 +109,7 @@ def test_a_requested_loss_key_wins_and_a_point_without_it_is_left_out(monkeypatc
 
 
 def test_per_source_heldout_metrics_stay_out_of_the_rows_and_the_domain_fits() -> None:
-    from sphinxx.jobs.sweep.results import row_metrics
+    from sphinxx.sweep.results import row_metrics
 
     row = row_metrics({"loss": 2.0, "num_params": 1e6, "tokens_seen": 1e7, "heldout_bpb": 1.5,
                        "heldout_bpb/ocr": 1.7, "heldout_bpb/source:papers": 1.8, "heldout_loss": 2.1})  # fmt: skip

@@ -12,8 +12,8 @@ import itertools
 import numpy as np
 import pytest
 
-from sphinxx.jobs.sweep.results import fit_metrics, law_status
-from sphinxx.jobs.sweep.scaling_law import Point, compute_optimal, fit
+from sphinxx.sweep.results import fit_metrics, law_status
+from sphinxx.sweep.scaling_law import Point, compute_optimal, fit
 
 TRUE = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}  # Chinchilla's published fit
 SIZES = [1.1e9, 7.7e9, 13e9, 46.7e9]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sphinxx.jobs.schema.status import AxisLaw, Estimate, LeaveOneOut, ScalingLawStatus, TrackingState
-from sphinxx.jobs.sweep import mlflow_runs
+from sphinxx.schema.status import AxisLaw, Estimate, LeaveOneOut, ScalingLawStatus, TrackingState
+from sphinxx.sweep import mlflow_runs
 
 
 def test_a_local_store_keeps_its_artifacts_beside_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from sphinxx.jobs.sweep.plots import D_LABEL, N_LABEL, figure, sci_label
-from sphinxx.jobs.sweep.scaling_law import Point, fit
+from sphinxx.sweep.plots import D_LABEL, N_LABEL, figure, sci_label
+from sphinxx.sweep.scaling_law import Point, fit
 
 TICK = re.compile(r"^\d(\.\d+)?e-?\d+$")
 
@@ -94,7 +94,7 @@ def test_figure_is_readable(shape: str) -> None:
 
 
 def test_bands_come_from_the_bootstrap() -> None:
-    from sphinxx.jobs.sweep.scaling_law import band
+    from sphinxx.sweep.scaling_law import band
 
     rng = np.random.default_rng(0)
     points = [Point(p.params, p.data, p.loss * float(np.exp(rng.normal(0, 0.01)))) for p in _points()]
@@ -110,7 +110,7 @@ def test_bands_come_from_the_bootstrap() -> None:
 def test_log_ticks_are_few_round_and_inside_even_under_a_decade(low: float, high: float) -> None:
     """matplotlib's LogLocator falls back to linear ticks (1.25e6, 1.5e6, 1.75e6, ...) under a decade,
     whose labels ran into each other on the demo's N axis."""
-    from sphinxx.jobs.sweep.plots import log_ticks, sci_label
+    from sphinxx.sweep.plots import log_ticks, sci_label
 
     ticks = log_ticks(low, high)
     assert 2 <= len(ticks) <= 6 and ticks == sorted(ticks)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from sphinxx.jobs.schema.flavors import FLAVORS
-from sphinxx.jobs.sweep import points as sweep_points
-from sphinxx.jobs.sweep.points import admit_sweep, fraction_code, point_name, point_spec
+from sphinxx.schema.flavors import FLAVORS
+from sphinxx.sweep import points as sweep_points
+from sphinxx.sweep.points import admit_sweep, fraction_code, point_name, point_spec
 from tests.schema.corpus import RUN_BASE
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

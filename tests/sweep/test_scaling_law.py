@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from sphinxx.jobs.sweep.plots import plot_png
-from sphinxx.jobs.sweep.scaling_law import Point, fit
+from sphinxx.sweep.plots import plot_png
+from sphinxx.sweep.scaling_law import Point, fit
 
 TRUE = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}  # Chinchilla's published fit
 
@@ -81,8 +81,8 @@ def test_sweep_status_carries_the_fitted_coefficients() -> None:
 
     import jsonschema
 
-    from sphinxx.jobs.schema.status import dump_status
-    from sphinxx.jobs.sweep.results import law_status
+    from sphinxx.schema.status import dump_status
+    from sphinxx.sweep.results import law_status
 
     def scaling_law_status(f):
         return dump_status(law_status(f))
@@ -103,9 +103,9 @@ def test_sweep_status_carries_the_fitted_coefficients() -> None:
 
 
 def test_non_finite_numbers_stay_out_of_the_status() -> None:
-    from sphinxx.jobs.schema.status import dump_status
-    from sphinxx.jobs.sweep.results import law_status
-    from sphinxx.jobs.sweep.scaling_law import ScalingFit
+    from sphinxx.schema.status import dump_status
+    from sphinxx.sweep.results import law_status
+    from sphinxx.sweep.scaling_law import ScalingFit
 
     def scaling_law_status(f):
         return dump_status(law_status(f))

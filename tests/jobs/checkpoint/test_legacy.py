@@ -46,7 +46,7 @@ def _subset(stored, resolved, path: str = "") -> None:
 
 
 def test_stored_run_config_loads_unchanged() -> None:
-    from sphinxx.jobs.schema.run import load_config, to_dict
+    from sphinxx.schema.run import load_config, to_dict
 
     stored = yaml.safe_load((LEGACY / "config.yaml").read_text())
     cfg = load_config(data=stored)

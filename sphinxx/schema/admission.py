@@ -1,7 +1,7 @@
 """Admission of a TrainingRun: everything the job would refuse at start is refused here, first.
 
 `admit_run(name, spec)` is what the operator runs before it creates anything for a run, and what
-`sphinxx.jobs.sweep.points.admit_sweep` runs for every point of a sweep:
+`sphinxx.sweep.points.admit_sweep` runs for every point of a sweep:
 
 1. the object name (it becomes label values and the run id);
 2. no credentials anywhere in the spec (`credentials.py`);

@@ -11,7 +11,7 @@ Its pods: `spec.resources` <- `spec.overrides.<size>.resources` (deep-merged the
 size's `workersPerPod`, `cpu`, `memory`.
 
 `admit_sweep` admits the sweep and *every point it expands to* with the job's own checks
-(`sphinxx.jobs.schema.admission.admit_run`): a sweep is refused before any point exists if any
+(`sphinxx.schema.admission.admit_run`): a sweep is refused before any point exists if any
 point would be refused, and the error names the sweep field that caused it.
 """
 
@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sphinxx.jobs.schema.admission import admit_run, check_name, memo, resolve_layer
-from sphinxx.jobs.schema.credentials import refuse_credentials
-from sphinxx.jobs.schema.fields import Naming, SchemaError, deep_merge, has_path, parse
-from sphinxx.jobs.schema.flavors import FLAVORS
-from sphinxx.jobs.schema.pods import check_pods
-from sphinxx.jobs.schema.resources import AXIS_FIELDS, SHORTCUTS, Resources, ScalingSweepSpec, SizeOverride
-from sphinxx.jobs.schema.run import RunConfig, preset_names
+from sphinxx.schema.admission import admit_run, check_name, memo, resolve_layer
+from sphinxx.schema.credentials import refuse_credentials
+from sphinxx.schema.fields import Naming, SchemaError, deep_merge, has_path, parse
+from sphinxx.schema.flavors import FLAVORS
+from sphinxx.schema.pods import check_pods
+from sphinxx.schema.resources import AXIS_FIELDS, SHORTCUTS, Resources, ScalingSweepSpec, SizeOverride
+from sphinxx.schema.run import RunConfig, preset_names
 
 # Run ids get a hash suffix of 9 characters (operator) and must stay within 63: a point name
 # leaves room for it.

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sphinxx.jobs.schema.status import (
+from sphinxx.schema.status import (
     AxisLaw,
     Coefficients,
     ComputeOptimal,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sphinxx.jobs.schema.run import RunConfig
+from sphinxx.schema.run import RunConfig
 
 # A folder is usable as weights if it holds weight files; as a tokenizer if it holds one of its
 # vocabularies (the file names transformers reads: fast tokenizer, SentencePiece, byte-level BPE).

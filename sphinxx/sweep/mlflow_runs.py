@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sphinxx.jobs.schema.fields import Naming, dump
-from sphinxx.jobs.schema.status import ScalingLawStatus, TrackingState
+from sphinxx.schema.fields import Naming, dump
+from sphinxx.schema.status import ScalingLawStatus, TrackingState
 
 from .results import fit_metrics
 

@@ -65,7 +65,7 @@ class ModelOverrides:
 
 @dataclass
 class ModelConfig:
-    flavor: str = field("debug", "model flavor (sphinxx.jobs.schema.flavors)", enum=NAMES)
+    flavor: str = field("debug", "model flavor (sphinxx.schema.flavors)", enum=NAMES)
     overrides: ModelOverrides = nested(ModelOverrides, "decoder fields to change, for experiments")
     llm_weights: str | None = field(None, "path or s3:// URI of base LLM weights (HF safetensors dir or ours)")
     convnext_weights: str | None = field(None, "path or URI of the open_clip convnext_xxlarge checkpoint")
@@ -197,12 +197,12 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "run
 
 def preset_names() -> list[str]:
     return sorted(
-        p.name[: -len(".yaml")] for p in resources.files("sphinxx.jobs.configs").iterdir() if p.name.endswith(".yaml")
+        p.name[: -len(".yaml")] for p in resources.files("sphinxx.schema.presets").iterdir() if p.name.endswith(".yaml")
     )
 
 
 def preset(name: str) -> dict[str, Any]:
-    path = resources.files("sphinxx.jobs.configs") / f"{name}.yaml"
+    path = resources.files("sphinxx.schema.presets") / f"{name}.yaml"
     if not path.is_file():
         raise SchemaError("preset", f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
     return parse_yaml(path.read_text(), f"preset {name}")

@@ -1,4 +1,4 @@
-"""sphinxx.jobs.sweep: the sweep core, torch-free, the same on a cluster and on a laptop.
+"""sphinxx.sweep: the sweep core, torch-free, the same on a cluster and on a laptop.
 
 The operator (`sphinxx.operator`) and the local runner (`sphinxx sweep run --local`) both call
 it, so one sweep file gives the same points, runs, tags and fit wherever it runs:
@@ -8,6 +8,6 @@ it, so one sweep file gives the same points, runs, tags and fit wherever it runs
     results.py      the fit's inputs (N, D, L from each point's checkpoint) and the law's status form
     scaling_law.py  the fit itself (numpy + scipy, imported only when a sweep is fitted)
 
-It imports the vocabulary (`sphinxx.jobs.schema`) and nothing of the training side or the
+It imports the vocabulary (`sphinxx.schema`) and nothing of the model, storage, the training side or the
 operator (import-linter contracts in pyproject.toml).
 """

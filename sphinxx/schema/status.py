@@ -209,7 +209,7 @@ class DomainLaw:
 
 @dataclass
 class ScalingLawStatus:
-    """The scaling law fitted when the sweep succeeded (sphinxx.jobs.sweep.scaling_law)."""
+    """The scaling law fitted when the sweep succeeded (sphinxx.sweep.scaling_law)."""
 
     form: str | None = field(None, "chinchilla or per-axis", enum=("chinchilla", "per-axis"))
     summary: str = field("", "the law in one line")

@@ -2,7 +2,7 @@
 
 Group `sphinxx.dev`, version `v1alpha1`. Declared with the same field model as the run config
 (`fields.py`), so the CRD schemas (`sphinxx.operator.crds`), the operator's admission
-(`admission.py`, `sphinxx.jobs.sweep.points`) and the local runner read one vocabulary.
+(`admission.py`, `sphinxx.sweep.points`) and the local runner read one vocabulary.
 Python fields are snake_case; the objects spell them camelCase (`Naming.CAMEL`).
 
 `config` of a TrainingRun and `base` of a ScalingSweep are *layers* of a run config (`preset:`

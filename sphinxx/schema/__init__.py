@@ -1,4 +1,4 @@
-"""sphinxx.jobs.schema: the project's one vocabulary, torch-free.
+"""sphinxx.schema: the project's one vocabulary, torch-free.
 
 Every typed spec at a boundary is declared here with one field model (`fields.py`), and every
 consumer reads it from here: the job and the local runner (the run config), the operator (the
