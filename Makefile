@@ -23,7 +23,7 @@ help:
 	@echo "make demo   - install, then run a tiny SPHINX-X scaling sweep end to end on the local default"
 	@echo "make micro-family - install, then a 3 x 3 sweep that shows the scaling law (16 min on 2 cores)"
 	@echo "make test   - install dev dependencies, then lint and run the whole test suite"
-	@echo "make lint   - ruff + import-linter contracts + mypy (the packages in pyproject's [tool.mypy]) only"
+	@echo "make lint   - ruff check + ruff format --check + import-linter contracts + mypy (pyproject's [tool.mypy]) only"
 
 # Never `python -m ...` from the repo root before the package is installed: `-m` puts the
 # current directory first on sys.path, where our `operator/` folder shadows the standard
@@ -42,6 +42,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	bash .ci/lint_imports.sh
 	bash .ci/typecheck.sh
 

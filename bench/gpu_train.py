@@ -156,16 +156,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flavor", default="tinyllama-1.1b", choices=PRESETS)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--micro", type=int, default=None, help="samples per step (default 8 on CUDA, 1 on CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="measured steps (default 12 on CUDA, 2 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="steps before (default 3 on CUDA, 1 on CPU)")
-    parser.add_argument("--layers", type=int, default=3, help="decoder layers of the MoE flavor (mixtral-8x7b)")
-    parser.add_argument("--data-workers", type=int, default=None, help="DataLoader processes (default 6 / 0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the worker (default 8 / 2)")
     parser.add_argument(
-        "--max-seconds", type=float, default=None, help="stop after this much training, if a step was measured (default 150 / none)"
+        "--micro", type=int, default=None, help="samples per step (default 8 on CUDA, 1 on CPU)"
     )
-    parser.add_argument("--workdir", default=None, help="synthetic data and checkpoint folder (default: a temp dir)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="measured steps (default 12 on CUDA, 2 on CPU)"
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="steps before (default 3 on CUDA, 1 on CPU)")
+    parser.add_argument(
+        "--layers", type=int, default=3, help="decoder layers of the MoE flavor (mixtral-8x7b)"
+    )
+    parser.add_argument("--data-workers", type=int, default=None, help="DataLoader processes (default 6 / 0)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of the worker (default 8 / 2)"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop after this much training, if a step was measured (default 150 / none)",
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="synthetic data and checkpoint folder (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     defaults = (("micro", 8, 1), ("steps", 12, 2), ("warmup", 3, 1), ("data_workers", 6, 0), ("threads", 8, 2),
@@ -364,7 +377,9 @@ class Bench:
         if len(measured) >= self.args.steps:
             raise BenchDone
         if measured and time.monotonic() - self.training_started > self.args.max_seconds:
-            self.emit("note", message=f"--max-seconds {self.args.max_seconds}: {len(measured)} steps measured")
+            self.emit(
+                "note", message=f"--max-seconds {self.args.max_seconds}: {len(measured)} steps measured"
+            )
             raise BenchDone
 
 
@@ -428,12 +443,18 @@ def main(argv: list[str] | None = None) -> int:
     bench.sigterm = stop_on_sigterm()
     failed = None
     try:
-        train(cfg, Worker(rank=0, world_size=1, local_rank=0, device=device), PhaseTimer(device, bench.step, bench.config))
+        train(
+            cfg,
+            Worker(rank=0, world_size=1, local_rank=0, device=device),
+            PhaseTimer(device, bench.step, bench.config),
+        )
         emit("note", message="the run ended before the measured steps were done")
     except BenchDone:
         pass
     except Terminated:
-        emit("note", message=f"SIGTERM (time limit): {sum(not r['warmup'] for r in bench.rows)} steps measured")
+        emit(
+            "note", message=f"SIGTERM (time limit): {sum(not r['warmup'] for r in bench.rows)} steps measured"
+        )
     except Exception as err:  # noqa: BLE001 - reported as a line; the summary says what was measured
         failed = f"{type(err).__name__}: {str(err)[:1000]}"
         emit("error", message=failed)

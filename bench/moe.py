@@ -55,7 +55,11 @@ def fwd_bwd_ms(fn, x: torch.Tensor, grad: torch.Tensor) -> tuple[float, torch.Te
 
 
 def quantile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=4, method="inclusive")[int(q * 4) - 1] if len(values) > 1 else values[0]
+    return (
+        statistics.quantiles(values, n=4, method="inclusive")[int(q * 4) - 1]
+        if len(values) > 1
+        else values[0]
+    )
 
 
 def impls(a: argparse.Namespace) -> dict:

@@ -81,7 +81,9 @@ def main() -> int:
     parser.add_argument("--fractions", type=int, default=250, help="data fractions per model (x 4 models)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--repeats", type=int, default=5, help="in-process roll-up passes")
-    parser.add_argument("--quiet-window", type=float, default=30, help="seconds of steady state to count requests")
+    parser.add_argument(
+        "--quiet-window", type=float, default=30, help="seconds of steady state to count requests"
+    )
     args = parser.parse_args()
 
     from kubernetes import client
@@ -108,7 +110,10 @@ def main() -> int:
                     "preset": "debug",
                     "storage": {"uri": f"file://{workdir}/checkpoints"},
                     # never read: no job runs here (admission only needs them named)
-                    "data": {"tokenizer": "s3://bench/tok", "sources": [{"name": "a", "uri": "s3://bench/a"}]},
+                    "data": {
+                        "tokenizer": "s3://bench/tok",
+                        "sources": [{"name": "a", "uri": "s3://bench/a"}],
+                    },
                 },
                 "axes": {"models": MODELS, "dataFractions": fractions},
             },

@@ -35,10 +35,16 @@ from storage import MiB, _parallel, _start_moto, _timed, _tune  # noqa: E402  (b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=200, help="total weights (default 200)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per implementation (median reported)"
+    )
     parser.add_argument("--endpoint-url", help="use this S3 endpoint instead of starting moto_server")
     args = parser.parse_args()
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ.setdefault(key, value)
     server = None if args.endpoint_url else _start_moto()
     endpoint = args.endpoint_url or server[1]
@@ -55,7 +61,9 @@ def _model_folder(root: str, size_mib: int) -> list[str]:
     """A Hugging Face model folder: safetensors shards, their index, a config, a tokenizer, and a
     `.bin` copy of the weights that staging must skip."""
     shards = 4
-    layout = {f"model-{i:05d}-of-{shards:05d}.safetensors": size_mib * MiB // shards for i in range(1, shards + 1)}
+    layout = {
+        f"model-{i:05d}-of-{shards:05d}.safetensors": size_mib * MiB // shards for i in range(1, shards + 1)
+    }
     layout |= {"model.safetensors.index.json": 4096, "config.json": 1024, "tokenizer.json": 2 * MiB,
                "pytorch_model.bin": 8 * MiB}  # fmt: skip
     block = os.urandom(MiB)
@@ -96,10 +104,16 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
             root = os.path.join(work, f"{impl}-{rep}")
             if impl == "raw-parallel":
                 keys = [f"weights/{f}" for f in chosen]
-                seconds, cpu = _timed(lambda k=keys, r=root: _parallel(client, "download", bucket, r, chosen, k, concurrency))
+                seconds, cpu = _timed(
+                    lambda k=keys, r=root: _parallel(client, "download", bucket, r, chosen, k, concurrency)
+                )
             else:
-                seconds, cpu = _timed(lambda r=root: stage(uri, root=r, select=checkpoint_files, options=options, log=devnull))
-                warm = _timed(lambda r=root: stage(uri, root=r, select=checkpoint_files, options=options, log=devnull))
+                seconds, cpu = _timed(
+                    lambda r=root: stage(uri, root=r, select=checkpoint_files, options=options, log=devnull)
+                )
+                warm = _timed(
+                    lambda r=root: stage(uri, root=r, select=checkpoint_files, options=options, log=devnull)
+                )
                 times.setdefault("stage-warm", []).append(warm[0])
                 _emit(op="stage-warm", rep=rep, seconds=round(warm[0], 4))
             times.setdefault(impl, []).append(seconds)

@@ -101,7 +101,9 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
             if impl == "raw-parallel":
                 keys = [f"bench/{run_id}/{f}" for f in files]
                 up = _timed(lambda k=keys: _parallel(client, "upload", bucket, local, files, k, concurrency))
-                down = _timed(lambda k=keys, r=restore: _parallel(client, "download", bucket, r, files, k, concurrency))
+                down = _timed(
+                    lambda k=keys, r=restore: _parallel(client, "download", bucket, r, files, k, concurrency)
+                )
             elif impl == "sphinxx":
                 store = CheckpointStore(f"s3://{bucket}/bench", run_id, options=options)
                 store.latest()  # build the client outside the timed part, as a long-running trainer would
@@ -135,7 +137,9 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
         sequential = statistics.median(times[(op, "boto3-sequential")])
         # Paired: each round's sphinxx over that round's raw-parallel (the same server state and
         # load), then the median; steadier than the ratio of medians when the machine drifts.
-        paired = statistics.median(o / r for o, r in zip(times[(op, "sphinxx")], times[(op, "raw-parallel")], strict=True))
+        paired = statistics.median(
+            o / r for o, r in zip(times[(op, "sphinxx")], times[(op, "raw-parallel")], strict=True)
+        )
         _emit(op=op, summary=True, sphinxx_s=round(ours, 3), raw_parallel_s=round(raw, 3),
               boto3_sequential_s=round(sequential, 3), ratio_sphinxx_over_raw_parallel=round(ours / raw, 3),
               paired_ratio_median=round(paired, 3),
@@ -161,12 +165,16 @@ def _make_checkpoint(root: str, size_mib: int) -> list[str]:
     return sorted(layout)
 
 
-def _parallel(client, direction: str, bucket: str, root: str, files: list[str], keys: list[str], concurrency: int) -> None:
+def _parallel(
+    client, direction: str, bucket: str, root: str, files: list[str], keys: list[str], concurrency: int
+) -> None:
     """Every file at once through one s3transfer TransferManager (the raw-parallel baseline)."""
     from boto3.s3.transfer import TransferConfig
     from s3transfer.manager import TransferManager
 
-    config = TransferConfig(max_concurrency=concurrency, multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB)
+    config = TransferConfig(
+        max_concurrency=concurrency, multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB
+    )
     with TransferManager(client, config) as manager:
         futures = []
         for rel, key in zip(files, keys, strict=True):
@@ -186,7 +194,9 @@ def _tune(client, bucket: str, local: str, files: list[str], work: str) -> int:
     for concurrency in (4, 8, 16, 32):
         keys = [f"tune/{concurrency}/{f}" for f in files]
         restore = os.path.join(work, f"tune-{concurrency}")
-        seconds = _timed(lambda k=keys, c=concurrency: _parallel(client, "upload", bucket, local, files, k, c))[0]
+        seconds = _timed(
+            lambda k=keys, c=concurrency: _parallel(client, "upload", bucket, local, files, k, c)
+        )[0]
         seconds += _timed(
             lambda k=keys, r=restore, c=concurrency: _parallel(client, "download", bucket, r, files, k, c)
         )[0]

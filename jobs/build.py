@@ -22,7 +22,9 @@ def model_args(cfg: RunConfig):
     from sphinxx.model.flavors import get_sphinx_args
     from sphinxx.schema.run import run_decoder_args
 
-    return get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg))
+    return get_sphinx_args(
+        cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg)
+    )
 
 
 def build_model(cfg: RunConfig, worker: Worker, staged: list[Any] | None = None):

@@ -65,7 +65,9 @@ def heldout_keys(mixture: Mixture, micro_batch: int) -> list[MicroBatchKey]:
         records = [int(r) for r in mixture.heldout_records(s)]
         for start in range(0, len(records), micro_batch):
             chunk = tuple(records[start : start + micro_batch])
-            keys.append(MicroBatchKey(EVAL_STEP, len(keys), tuple(range(len(chunk))), (s,) * len(chunk), chunk))
+            keys.append(
+                MicroBatchKey(EVAL_STEP, len(keys), tuple(range(len(chunk))), (s,) * len(chunk), chunk)
+            )
     return keys
 
 
@@ -122,7 +124,11 @@ class HeldoutEvaluator:
                 out = model(mb.batch.to(device))
                 if key is not None and mb.samples:
                     sums[key.sources[0]] += torch.tensor(
-                        [float(out.ce_sum.detach().float().item()), float(mb.num_targets), float(mb.target_bytes)],
+                        [
+                            float(out.ce_sum.detach().float().item()),
+                            float(mb.num_targets),
+                            float(mb.target_bytes),
+                        ],
                         dtype=torch.float64,
                     )
         finally:

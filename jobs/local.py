@@ -120,7 +120,9 @@ def local_defaults(storage_uri: str, tracking_uri: str):
     return apply
 
 
-def plan(name: str, raw: dict[str, Any], storage_uri: str, tracking_uri: str) -> list[tuple[Point, RunConfig]]:
+def plan(
+    name: str, raw: dict[str, Any], storage_uri: str, tracking_uri: str
+) -> list[tuple[Point, RunConfig]]:
     """Every point's run config as its job reads it, smallest first, on local storage and tracking."""
     defaults = local_defaults(storage_uri, tracking_uri)
     admitted = admit_sweep(name, raw, defaults)
@@ -146,7 +148,9 @@ def _absolute_local_paths(data: dict[str, Any]) -> dict[str, Any]:
     if "tokenizer" in out:
         out["tokenizer"] = fix(out["tokenizer"])
     if isinstance(out.get("sources"), list):
-        out["sources"] = [{**s, "uri": fix(s.get("uri"))} if isinstance(s, dict) else s for s in out["sources"]]
+        out["sources"] = [
+            {**s, "uri": fix(s.get("uri"))} if isinstance(s, dict) else s for s in out["sources"]
+        ]
     return out
 
 
@@ -193,7 +197,9 @@ class LocalSweep:
         self.experiment = admitted.base.tracking.experiment
 
     def run(self, resume: bool) -> SweepState:
-        state = SweepState.load(self.state_path) if resume and self.state_path.exists() else SweepState(self.name)
+        state = (
+            SweepState.load(self.state_path) if resume and self.state_path.exists() else SweepState(self.name)
+        )
         sweep_ref = mlflow_runs.SweepRef(NAMESPACE, self.name, state.uid)
         state.parent_run_id = state.parent_run_id or mlflow_runs.ensure_parent_run(
             self.tracking_uri, self.experiment, sweep_ref
@@ -203,12 +209,21 @@ class LocalSweep:
         address = _start_ray()
         for index, (point, cfg) in enumerate(self.points, 1):
             label = f"[{index}/{len(self.points)}]"
-            local = state.points.setdefault(point.name, LocalPoint(PointRow(point.name, point.model, point.fraction)))
+            local = state.points.setdefault(
+                point.name, LocalPoint(PointRow(point.name, point.model, point.fraction))
+            )
             if local.row.phase == RunPhase.SUCCEEDED:
-                self.console.note(f"{label} {point.name} already succeeded at step {local.row.step}; skipping (--resume)")
+                self.console.note(
+                    f"{label} {point.name} already succeeded at step {local.row.step}; skipping (--resume)"
+                )
                 continue
             ref = mlflow_runs.PointRef(
-                NAMESPACE, point.name, point_uid(state.uid, point.name), point.model, point.fraction, self.name
+                NAMESPACE,
+                point.name,
+                point_uid(state.uid, point.name),
+                point.model,
+                point.fraction,
+                self.name,
             )
             local.mlflow_run_id = local.mlflow_run_id or mlflow_runs.ensure_child_run(
                 self.tracking_uri, self.experiment, ref, state.parent_run_id
@@ -224,7 +239,13 @@ class LocalSweep:
         return state
 
     def _run_point(
-        self, point: Point, cfg: RunConfig, local: LocalPoint, ray_address: str, parent_run_id: str | None, label: str
+        self,
+        point: Point,
+        cfg: RunConfig,
+        local: LocalPoint,
+        ray_address: str,
+        parent_run_id: str | None,
+        label: str,
     ) -> None:
         config_path = self.workdir / "configs" / f"{point.name}.yaml"
         config_path.parent.mkdir(exist_ok=True)
@@ -249,7 +270,9 @@ class LocalSweep:
         lines: list[str] = []
         with (
             open(log_path, "a") as log,
-            subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+            subprocess.Popen(
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ) as proc,
         ):
             assert proc.stdout is not None
             self._follow(proc.stdout, log, lines, point.name, label)
@@ -295,7 +318,9 @@ class LocalSweep:
         if latest is None:
             return
         row.step, row.checkpoint = int(latest.step), str(latest.uri)
-        metrics = {k: float(v) for k, v in dict(latest.manifest.metrics).items() if isinstance(v, (int, float))}
+        metrics = {
+            k: float(v) for k, v in dict(latest.manifest.metrics).items() if isinstance(v, (int, float))
+        }
         for key, value in row_metrics(metrics).items():
             setattr(row, key, value)
 
@@ -382,7 +407,11 @@ def fit_summary(state: SweepState) -> str:
 
     law = parse_status(ScalingLawStatus, state.scaling_law or {})
     if law.summary:
-        return "scaling law: " + law.summary + (f"  ({law.note})" if law.note and law.note not in law.summary else "")
+        return (
+            "scaling law: "
+            + law.summary
+            + (f"  ({law.note})" if law.note and law.note not in law.summary else "")
+        )
     return f"scaling law: none ({law.error or 'no finished points to fit'})"
 
 
@@ -412,7 +441,9 @@ def run_local(
     example = next(iter(state.points), "POINT")
     print(f"\ncheckpoints: {sweep.storage_uri}/<point>   e.g. sphinxx ckpt ls {sweep.storage_uri}/{example}")
     if sweep.tracking_uri.startswith("sqlite"):
-        print(f"MLflow:      mlflow ui --backend-store-uri {sweep.tracking_uri}   (experiment {sweep.experiment})")
+        print(
+            f"MLflow:      mlflow ui --backend-store-uri {sweep.tracking_uri}   (experiment {sweep.experiment})"
+        )
     else:
         print(f"MLflow:      {sweep.tracking_uri}   (experiment {sweep.experiment})")
     plot = sweep.workdir / "scaling_law.png"

@@ -93,10 +93,14 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
         if worker.rank == 0:
             print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
     flops = flop_model(model, worker.device)
-    tracker = _open_tracker(cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source)
+    tracker = _open_tracker(
+        cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source
+    )
     estimate = _log_estimate(cfg, worker, total, staged, tracker) if worker.rank == 0 else {}
     evaluator = _heldout_evaluator(cfg, worker, data)
-    if staged:  # what this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model of a run")
+    if (
+        staged
+    ):  # what this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model of a run")
         tracker.set_tags(  # tags, not metrics: a resumed attempt skips metrics at steps it already logged
             {
                 "sphinxx.stage_bytes_downloaded": sum(r.bytes_downloaded for r in staged),
@@ -143,9 +147,15 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, state.step)
         if worker.rank == 0:
             printer.maybe_print(state.step, metrics, sec_step)
-        if evaluator is not None and due(state.step, total, cfg.train.eval_interval, state.extra.get("heldout", {}).get("step")):
+        if evaluator is not None and due(
+            state.step, total, cfg.train.eval_interval, state.extra.get("heldout", {}).get("step")
+        ):
             heldout = evaluator.run(engine.module, worker.device).metrics()
-            state.extra["heldout"] = {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": heldout}
+            state.extra["heldout"] = {
+                "step": state.step,
+                "tokens_seen": state.tokens_seen,
+                "metrics": heldout,
+            }
             _log_heldout(tracker, worker, heldout, state)
         stopping = stop.agreed(_max_across_ranks)
         if state.step % cfg.train.checkpoint_interval == 0 or state.step == total or stopping:
@@ -194,7 +204,9 @@ def _open_checkpointer(cfg: RunConfig, worker: Worker, model, optimizer):
         options=StorageOptions(endpoint_url=cfg.storage.endpoint_url),
     )
     if worker.rank == 0:
-        store.clean_partial(grace_s=0)  # folders of a dead attempt (docs/storage.md, "Retention and partial-folder cleanup"); none is live
+        store.clean_partial(
+            grace_s=0
+        )  # folders of a dead attempt (docs/storage.md, "Retention and partial-folder cleanup"); none is live
     policy = RetentionPolicy(
         keep_last=cfg.storage.keep_last,
         keep_best=cfg.storage.keep_best,
@@ -330,7 +342,9 @@ def _heldout_evaluator(cfg: RunConfig, worker: Worker, data: Any):
     from sphinxx.jobs.evaluation import HeldoutEvaluator
 
     pipeline = SamplePipeline(data.encoder, data.image)
-    return HeldoutEvaluator(data.mixture, pipeline, cfg.train.micro_batch, worker.rank, worker.world_size, _all_reduce)
+    return HeldoutEvaluator(
+        data.mixture, pipeline, cfg.train.micro_batch, worker.rank, worker.world_size, _all_reduce
+    )
 
 
 def _log_heldout(tracker, worker: Worker, heldout: dict[str, float], state) -> None:

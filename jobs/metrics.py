@@ -66,7 +66,9 @@ def scaling_params(model: torch.nn.Module) -> int:
     as `sphinxx.schema.flavors.Flavor.scaling_params` counts the decoder; the projector and
     the image tags count fully. Frozen towers do not count."""
     share = {
-        id(p): (m.args.top_k, m.args.num_experts) for m in expert_layers(model) for p in m.experts.parameters()
+        id(p): (m.args.top_k, m.args.num_experts)
+        for m in expert_layers(model)
+        for p in m.experts.parameters()
     }
     total = 0
     for s in param_slots(model):

@@ -129,7 +129,9 @@ class Throughput:
     def __post_init__(self) -> None:
         self._steps = deque(maxlen=self.window + 1)
 
-    def mark(self, step: int, tokens: int, samples: int, now: float | None = None, flops: float = 0.0) -> None:
+    def mark(
+        self, step: int, tokens: int, samples: int, now: float | None = None, flops: float = 0.0
+    ) -> None:
         """Record that optimizer step `step` finished, having processed tokens/samples (and model
         FLOPs) globally."""
         self._steps.append((now if now is not None else time.perf_counter(), step, tokens, samples, flops))
@@ -186,7 +188,9 @@ class ProgressPrinter:
             rates.append(f"{metrics['samples_per_s']:.1f} samples/s")
         if metrics.get("mfu"):
             label = "mfu~" if self.mfu_estimate else "mfu"
-            rates.append(f"{label} {metrics['mfu'] * 100:.1f}%" + (" (est. peak)" if self.mfu_estimate else ""))
+            rates.append(
+                f"{label} {metrics['mfu'] * 100:.1f}%" + (" (est. peak)" if self.mfu_estimate else "")
+            )
         eta = format_eta((self.total_steps - step) * sec_per_step)
         return " ".join(parts) + (" | " + " ".join(rates) if rates else "") + f" | ETA {eta}"
 

@@ -30,15 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--gpu", default="H100", help="GPU of the GPU-hours (datasheet table; default H100)")
     plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
-    plan.add_argument("--json", action="store_true", help="print one JSON object (points, and totals with --cost)")
+    plan.add_argument(
+        "--json", action="store_true", help="print one JSON object (points, and totals with --cost)"
+    )
     plan.set_defaults(func=_plan)
 
     check = sub.add_parser(
-        "check", help="pre-flight: can every point's weights, tokenizer, data and checkpoint prefix be reached?"
+        "check",
+        help="pre-flight: can every point's weights, tokenizer, data and checkpoint prefix be reached?",
     )
-    check.add_argument("file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)")
     check.add_argument(
-        "--storage-uri", help="checkpoint prefix when the sweep names none (default: file://.sphinxx/<sweep>/checkpoints)"
+        "file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)"
+    )
+    check.add_argument(
+        "--storage-uri",
+        help="checkpoint prefix when the sweep names none (default: file://.sphinxx/<sweep>/checkpoints)",
     )
     check.set_defaults(func=_check)
 
@@ -155,7 +161,11 @@ def _check(args: argparse.Namespace) -> int:
     print(f"pre-flight of sweep {name}: {len(users)} inputs of {len(points)} points", flush=True)
     for (field, uri, access), names in users.items():
         options = StorageOptions(endpoint_url=endpoints[(field, uri, access)])
-        why = probe_write(uri, options) if access == "write" else probe_read(uri, needs[(field, uri, access)], options)
+        why = (
+            probe_write(uri, options)
+            if access == "write"
+            else probe_read(uri, needs[(field, uri, access)], options)
+        )
         where = "all points" if len(names) == len(points) else ", ".join(names)
         if why is None:
             print(f"ok    {field}: {uri} ({access}; {where})", flush=True)
@@ -163,7 +173,10 @@ def _check(args: argparse.Namespace) -> int:
             failed += 1
             print(f"FAIL  {field}: {uri} {why} ({where})", flush=True)
     if failed:
-        print(f"error: {failed} of {len(users)} inputs cannot be used; fix them before `kubectl apply`", file=sys.stderr)
+        print(
+            f"error: {failed} of {len(users)} inputs cannot be used; fix them before `kubectl apply`",
+            file=sys.stderr,
+        )
         return 1
     print("every input is readable and the checkpoint prefix is writable")
     return 0

@@ -112,7 +112,9 @@ def create_run(
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     location = artifact_location(uri) if uri else None
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=location)
+    experiment_id = (
+        found.experiment_id if found else client.create_experiment(experiment, artifact_location=location)
+    )
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id

@@ -47,7 +47,9 @@ class AnyResConfig:
     grid: int = 2  # g: the canvas is cut into g x g cells of 224 px (2 -> 448 canvas, 3 -> 672)
     convnext_view_size: int = 256  # each view is resized to this for ConvNeXt (256 or 512)
     dino_view_size: int = 224  # each view is resized to this for DINOv2 (16 x 16 patches of 14)
-    use_skip_token: bool = True  # False: encode padded cells too (comparisons only, docs/model.md, "Skip tokens")
+    use_skip_token: bool = (
+        True  # False: encode padded cells too (comparisons only, docs/model.md, "Skip tokens")
+    )
 
     def __post_init__(self) -> None:
         if self.grid < 1:

@@ -45,10 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--image", type=_image_size, metavar="WxH", help="also report this image's tokens and views"
     )
     p.add_argument(
-        "--seq-len", type=int, default=None, help="sequence length for the attention FLOPs term and the activations"
+        "--seq-len",
+        type=int,
+        default=None,
+        help="sequence length for the attention FLOPs term and the activations",
     )
     memory = p.add_argument_group(
-        "per-rank memory estimate", "unset flags take the flavor's preset (sphinxx/schema/presets/<flavor>.yaml) or the schema defaults"
+        "per-rank memory estimate",
+        "unset flags take the flavor's preset (sphinxx/schema/presets/<flavor>.yaml) or the schema defaults",
     )
     memory.add_argument("--world-size", type=int, help="ranks (default: the preset's parallel.min_workers)")
     memory.add_argument("--zero-stage", type=int, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
@@ -62,7 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="recompute each decoder block in backward (what-if: flavors of 7B and larger always do in the job)",
     )
     memory.add_argument(
-        "--images-per-sample", type=int, default=1, help="square images per sequence, every view kept (default 1)"
+        "--images-per-sample",
+        type=int,
+        default=1,
+        help="square images per sequence, every view kept (default 1)",
     )
     p.set_defaults(func=_cmd_info)
 

@@ -368,17 +368,23 @@ def load_hf(path: str, model: torch.nn.Module, *, family: str, ep_rank: int = 0)
         target = targets.get(name)
         if target is None or tuple(target.shape) != tuple(tensor.shape):
             want = tuple(target.shape) if target is not None else "no such parameter"
-            raise ValueError(f"{name}: checkpoint gives shape {tuple(tensor.shape)}, the model expects {want}")
+            raise ValueError(
+                f"{name}: checkpoint gives shape {tuple(tensor.shape)}, the model expects {want}"
+            )
         if target.is_meta:
             raise ValueError("model is on the meta device; call model.to_empty(device=...) first")
         target.copy_(tensor)
         loaded.add(name)
     missing = sorted(set(targets) - loaded)
     if missing:
-        raise ValueError(f"{path}: the checkpoint has no tensors for {len(missing)} parameters: {missing[:8]}")
+        raise ValueError(
+            f"{path}: the checkpoint has no tensors for {len(missing)} parameters: {missing[:8]}"
+        )
     others = getattr(args, "ep_size", 1) > 1  # the other ranks' experts are left unread on purpose
     unused = sorted(
-        k for k in source if k not in source.read and not adapter.is_ignored(k) and not (others and ".experts." in k)
+        k
+        for k in source
+        if k not in source.read and not adapter.is_ignored(k) and not (others and ".experts." in k)
     )
     if unused:
         raise ValueError(

@@ -31,7 +31,9 @@ def get_sphinx_args(name: str, use_skip_token: bool = True, llm: ModelArgs | Non
 
     flavor = resolve(name)
     vision = replace(VISION_PRESETS[flavor.vision], convnext_view_size=flavor.convnext_view_size)
-    image = AnyResConfig(grid=flavor.grid, convnext_view_size=flavor.convnext_view_size, use_skip_token=use_skip_token)
+    image = AnyResConfig(
+        grid=flavor.grid, convnext_view_size=flavor.convnext_view_size, use_skip_token=use_skip_token
+    )
     decoder = replace(llm, **llm_overrides) if llm is not None else get_flavor(flavor.name, **llm_overrides)
     return SphinxArgs(llm=decoder, vision=vision, image=image)
 

@@ -130,7 +130,10 @@ def activation_bytes(llm: ModelArgs, projector_in: int, setup: TrainingSetup) ->
 def _split_params(model) -> dict[str, int]:
     """Trainable dense, trainable expert (this rank's slice) and frozen parameter counts."""
     expert_ids = {
-        id(p) for m in model.modules() if hasattr(m, "experts") and hasattr(m, "router") for p in m.experts.parameters()
+        id(p)
+        for m in model.modules()
+        if hasattr(m, "experts") and hasattr(m, "router")
+        for p in m.experts.parameters()
     }
     counts = {"dense": 0, "experts_local": 0, "frozen": 0}
     for p in model.parameters():
@@ -216,11 +219,15 @@ def assumptions(setup: TrainingSetup) -> list[str]:
         "partition, the frozen towers' transient working memory",
     ]
     if setup.zero_stage in (1, 2):
-        out.append(f"reduce bucket: DeepSpeed's default reduce_bucket_size, {DEEPSPEED_REDUCE_BUCKET:.0e} elements")
+        out.append(
+            f"reduce bucket: DeepSpeed's default reduce_bucket_size, {DEEPSPEED_REDUCE_BUCKET:.0e} elements"
+        )
     return out
 
 
-def flavor_memory(flavor: str, setup: TrainingSetup, use_skip_token: bool = True, **llm_overrides) -> dict[str, Any]:
+def flavor_memory(
+    flavor: str, setup: TrainingSetup, use_skip_token: bool = True, **llm_overrides
+) -> dict[str, Any]:
     """`memory_estimate` of a named flavor with decoder overrides (`sphinxx model info`)."""
     from sphinxx.model.flavors import get_sphinx_args
 
@@ -246,7 +253,8 @@ def setup_from_run(cfg, images_per_sample: int = 1, world_size: int | None = Non
         precision=cfg.train.precision,
         micro_batch=cfg.train.micro_batch,
         seq_len=cfg.data.seq_len,
-        activation_checkpointing=cfg.model.activation_checkpointing or run_decoder_args(cfg).activation_checkpointing,
+        activation_checkpointing=cfg.model.activation_checkpointing
+        or run_decoder_args(cfg).activation_checkpointing,
         image_tokens=min(images_per_sample * per_image, cfg.data.seq_len),
     )
 
@@ -268,7 +276,9 @@ def run_memory(cfg, setup: TrainingSetup | None = None) -> dict[str, Any]:
     from sphinxx.model.flavors import get_sphinx_args
     from sphinxx.schema.run import run_decoder_args
 
-    args = get_sphinx_args(cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg))
+    args = get_sphinx_args(
+        cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg)
+    )
     return memory_estimate(args, setup or setup_from_run(cfg))
 
 

@@ -52,7 +52,12 @@ RUN_COLUMNS = [
 SWEEP_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Done", "type": "string", "jsonPath": ".status.progress", "description": "succeeded/total"},
-    {"name": "Queued", "type": "integer", "jsonPath": ".status.counts.queued", "description": "waiting for a slot"},
+    {
+        "name": "Queued",
+        "type": "integer",
+        "jsonPath": ".status.counts.queued",
+        "description": "waiting for a slot",
+    },
     {"name": "Running", "type": "integer", "jsonPath": ".status.counts.running"},
     {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -103,7 +108,9 @@ def status_schema(cls: type) -> dict[str, Any]:
     return schema
 
 
-def _crd(kind: str, plural: str, short: str, spec_cls: type, status_cls: type, columns: list) -> dict[str, Any]:
+def _crd(
+    kind: str, plural: str, short: str, spec_cls: type, status_cls: type, columns: list
+) -> dict[str, Any]:
     spec = spec_schema(spec_cls)
     if spec_cls is TrainingRunSpec:
         spec["x-kubernetes-validations"] = [WORKER_RULE]

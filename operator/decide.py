@@ -156,7 +156,11 @@ def decide_run(obs: RunObserved) -> RunAction:
     reason, message = str(phase), st.message
     resumable = attempt > 1 or obs.checkpoint is not None
     if not obs.admitted and attempt == 0:
-        phase, reason, message = RunPhase.QUEUED, "WaitingForSlot", "waiting for a slot under the sweep's maxParallelRuns"
+        phase, reason, message = (
+            RunPhase.QUEUED,
+            "WaitingForSlot",
+            "waiting for a slot under the sweep's maxParallelRuns",
+        )
     elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
         if obs.queued and not job.terminal and job.outcome != "none":
             # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a
@@ -164,7 +168,11 @@ def decide_run(obs: RunObserved) -> RunAction:
             act.delete_job = True
         elif job.outcome in ("pending", "running", "retrying") and not obs.job_suspended:
             act.suspend_job = True
-        phase, reason, message = RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend; checkpoints are kept"
+        phase, reason, message = (
+            RunPhase.SUSPENDED,
+            "Suspended",
+            "suspended by spec.suspend; checkpoints are kept",
+        )
     elif job.outcome == "none":
         if old_phase == RunPhase.SUCCEEDED or (old_phase == RunPhase.FAILED and not resume_now):
             pass
@@ -179,7 +187,9 @@ def decide_run(obs: RunObserved) -> RunAction:
             phase = RunPhase.RESUMING if resumable or attempt else RunPhase.PENDING
             reason, message = "AttemptCreated", f"attempt {attempt + 1} created"
         else:
-            phase, reason, message = _retry(obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone")
+            phase, reason, message = _retry(
+                obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone"
+            )
     elif obs.queued and (job.outcome == "suspended" or obs.job_suspended):
         # Kueue suspends a queued RayJob until admission (and again on preemption) and
         # unsuspends it itself: never toggle it, wait. A fresh cluster resumes from S3.
@@ -187,7 +197,11 @@ def decide_run(obs: RunObserved) -> RunAction:
         reason, message = "WaitingForAdmission", f"attempt {attempt} waits for Kueue admission"
     elif job.outcome == "suspended" or (obs.job_suspended and not obs.suspend):
         act.suspend_job = False  # KubeRay starts a fresh cluster, which resumes from S3
-        phase, reason, message = RunPhase.RESUMING, "Unsuspended", "resuming from the last committed checkpoint"
+        phase, reason, message = (
+            RunPhase.RESUMING,
+            "Unsuspended",
+            "resuming from the last committed checkpoint",
+        )
     elif job.outcome in ("pending", "retrying"):
         phase = RunPhase.RESUMING if resumable else RunPhase.PENDING
         reason, message = job.reason or phase, job.message or f"attempt {attempt} is starting"
@@ -198,10 +212,18 @@ def decide_run(obs: RunObserved) -> RunAction:
     elif job.outcome == "succeeded":
         phase, reason, message = RunPhase.SUCCEEDED, "Succeeded", f"finished in attempt {attempt}"
     elif job.outcome == "invalid":
-        phase, reason, message = RunPhase.FAILED, "ValidationFailed", job.message or "KubeRay rejected the RayJob"
+        phase, reason, message = (
+            RunPhase.FAILED,
+            "ValidationFailed",
+            job.message or "KubeRay rejected the RayJob",
+        )
     elif resume_now:
         act.create_attempt = attempt + 1
-        phase, reason, message = RunPhase.RESUMING, "ResumeRequested", f"attempt {attempt + 1} created by resume"
+        phase, reason, message = (
+            RunPhase.RESUMING,
+            "ResumeRequested",
+            f"attempt {attempt + 1} created by resume",
+        )
         if st.last_rollback is not None and obs.rollback is not None and not obs.rollback.error:
             reason = "RolledBack"
             message = f"attempt {attempt + 1} resumes from step {st.last_rollback.to_step} (rollback)"
@@ -218,7 +240,9 @@ def decide_run(obs: RunObserved) -> RunAction:
         act.events.append((kind, reason, f"{old_phase or 'New'} -> {phase}: {message}"))
     st.phase, st.message, st.observed_generation = phase, message, obs.generation
     st.conditions = status.run_conditions(st.conditions, phase, reason, message, obs.generation, obs.now_iso)
-    st.conditions = status.set_condition(st.conditions, "Invalid", False, "Valid", "", obs.generation, obs.now_iso)
+    st.conditions = status.set_condition(
+        st.conditions, "Invalid", False, "Valid", "", obs.generation, obs.now_iso
+    )
     if obs.inputs is not None:
         blocked = bool(obs.inputs)
         st.conditions = status.set_condition(
@@ -234,7 +258,9 @@ def _manual_resume(obs: RunObserved, st: RunStatus, old_phase: RunPhase | None, 
         return False
     st.resume_token = obs.resume_token
     if old_phase != RunPhase.FAILED:
-        act.events.append(("Normal", "ResumeIgnored", f"the run is {old_phase or 'new'}; only Failed runs resume"))
+        act.events.append(
+            ("Normal", "ResumeIgnored", f"the run is {old_phase or 'new'}; only Failed runs resume")
+        )
         return False
     st.retries = 0
     act.events.append(("Normal", "ResumeRequested", f"resume requested ({obs.resume_token})"))
@@ -252,7 +278,10 @@ def _rollback(obs: RunObserved, st: RunStatus, old_phase: RunPhase | None, act: 
         return False
     st.last_rollback = RollbackStatus(
         request=done.token,
-        to_step=done.to_step, rolled_back_steps=list(done.steps), after_attempt=st.attempt, time=obs.now_iso
+        to_step=done.to_step,
+        rolled_back_steps=list(done.steps),
+        after_attempt=st.attempt,
+        time=obs.now_iso,
     )
     st.last_checkpoint = CheckpointRef(step=done.to_step, uri=done.uri or "")
     listed = ", ".join(str(s) for s in done.steps)
@@ -274,7 +303,11 @@ def _retry(
 ) -> tuple[RunPhase, str, str]:
     """A failed attempt: the next one after backoff, or Failed once the retries are used up."""
     if st.retries >= obs.policy.max_retries:
-        return RunPhase.FAILED, "RetriesExhausted", f"attempt {attempt} failed ({reason}: {message}); no retries left"
+        return (
+            RunPhase.FAILED,
+            "RetriesExhausted",
+            f"attempt {attempt} failed ({reason}: {message}); no retries left",
+        )
     failed_at = _epoch(st.last_failure_time)
     if failed_at is None:
         st.last_failure_time = obs.now_iso
@@ -286,7 +319,11 @@ def _retry(
         return RunPhase.RESUMING, "Backoff", f"attempt {attempt} failed ({reason}); retrying in {wait:.0f}s"
     st.retries += 1
     act.create_attempt = attempt + 1
-    return RunPhase.RESUMING, "Retrying", f"attempt {attempt} failed ({reason}); attempt {attempt + 1} resumes"
+    return (
+        RunPhase.RESUMING,
+        "Retrying",
+        f"attempt {attempt} failed ({reason}); attempt {attempt + 1} resumes",
+    )
 
 
 # -------------------------------------------------------------------------------------- sweep
@@ -347,9 +384,13 @@ def decide_sweep(
     # One event per pass, not per point: a 1,000-point sweep posts one, not a thousand.
     if plan.create:
         created = [child["metadata"]["name"] for child in plan.create]
-        events.append(("Normal", "PointsCreated", f"{len(created)} TrainingRun(s) created: {name_list(created)}"))
+        events.append(
+            ("Normal", "PointsCreated", f"{len(created)} TrainingRun(s) created: {name_list(created)}")
+        )
     if plan.delete:
-        message = f"{len(plan.delete)} TrainingRun(s) removed (no longer on the axes): {name_list(plan.delete)}"
+        message = (
+            f"{len(plan.delete)} TrainingRun(s) removed (no longer on the axes): {name_list(plan.delete)}"
+        )
         events.append(("Normal", "PointsRemoved", message))
     st.phase, st.counts, st.progress, st.points = roll.phase, roll.counts, roll.progress, roll.points
     st.conditions = status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso)

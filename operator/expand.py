@@ -109,7 +109,10 @@ def plan_children(desired: list[dict[str, Any]], existing: list[dict[str, Any]])
 
 
 def admit(
-    ordered: list[Point], children: dict[str, dict[str, Any]], max_parallel: int, creating: frozenset[str] = frozenset()
+    ordered: list[Point],
+    children: dict[str, dict[str, Any]],
+    max_parallel: int,
+    creating: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Names of points to admit now: smallest first, at most `max_parallel` active (0 = no limit).
 
@@ -124,7 +127,9 @@ def admit(
         return admitted(obj) and (obj.get("status") or {}).get("phase") not in TERMINAL_RUN_PHASES
 
     waiting = [
-        p.name for p in ordered if p.name in creating or (p.name in children and not admitted(children[p.name]))
+        p.name
+        for p in ordered
+        if p.name in creating or (p.name in children and not admitted(children[p.name]))
     ]
     if max_parallel <= 0:
         return waiting

@@ -100,7 +100,12 @@ class Kube:
         group, version, plural = RESOURCES[resource]
         result = _obj(
             self.custom.list_namespaced_custom_object(
-                group, version, namespace, plural, label_selector=labels or None, _request_timeout=REQUEST_TIMEOUT
+                group,
+                version,
+                namespace,
+                plural,
+                label_selector=labels or None,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         )
         return builtins.list(result.get("items") or [])
@@ -165,8 +170,16 @@ class Kube:
         """Merge patch of the status subresource (lists such as conditions are sent whole)."""
         group, version, plural = RESOURCES[resource]
         try:
-            return _obj(self.custom.patch_namespaced_custom_object_status(
-                group, version, namespace, plural, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT)
+            return _obj(
+                self.custom.patch_namespaced_custom_object_status(
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": status},
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
             )
         except Exception as err:
             if self._missing(err, 404):
@@ -217,7 +230,6 @@ class Kube:
         }
         # The client accepts a plain dict for any model (its stubs name only the model class).
         self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
-
 
     def events(self, namespace: str, name: str) -> builtins.list[tuple[str, str, str]]:
         """(type, reason, message) of the Events on object `name`, oldest first (the plugin's answers)."""

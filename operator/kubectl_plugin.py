@@ -62,7 +62,10 @@ def cmd_resume(kube: Any, namespace: str, args: argparse.Namespace) -> int:
 def cmd_rollback(kube: Any, namespace: str, args: argparse.Namespace) -> int:
     token = f"{args.to_step}@{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
     patched = kube.patch(
-        "trainingruns", namespace, args.name, {"metadata": {"annotations": {names.ANNOTATION_ROLLBACK: token}}}
+        "trainingruns",
+        namespace,
+        args.name,
+        {"metadata": {"annotations": {names.ANNOTATION_ROLLBACK: token}}},
     )
     if patched is None:
         print(f"error: trun {namespace}/{args.name} not found", file=sys.stderr)
@@ -78,7 +81,9 @@ def cmd_rollback(kube: Any, namespace: str, args: argparse.Namespace) -> int:
                 print(f"rolled back: step(s) {steps} no longer count; {st.get('phase')}: {st.get('message')}")
                 return 0
             refused = [m for _, reason, m in kube.events(namespace, args.name) if reason == "RollbackRefused"]
-            print(f"error: rollback refused: {refused[-1] if refused else st.get('message')}", file=sys.stderr)
+            print(
+                f"error: rollback refused: {refused[-1] if refused else st.get('message')}", file=sys.stderr
+            )
             return 1
         time.sleep(0.5)
     if args.wait:
@@ -182,9 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("kind", choices=["trainingrun", "trun"])
     rollback.add_argument("name")
-    rollback.add_argument("--to-step", type=int, required=True, metavar="N", help="a committed step of the run")
     rollback.add_argument(
-        "--wait", type=float, default=60.0, metavar="S", help="seconds to wait for the operator's answer (0: none)"
+        "--to-step", type=int, required=True, metavar="N", help="a committed step of the run"
+    )
+    rollback.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the operator's answer (0: none)",
     )
     rollback.set_defaults(func=cmd_rollback)
     status = sub.add_parser("status", help="a sweep's points: phase, attempt, step, loss, checkpoint")

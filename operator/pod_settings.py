@@ -34,7 +34,9 @@ def apply(template: dict[str, Any], res: Resources, worker: bool, gpus_per_pod: 
     if worker:
         shm = shm_size(res.shm_size, gpus_per_pod)
         if shm is not None:
-            pod.setdefault("volumes", []).append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+            pod.setdefault("volumes", []).append(
+                {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": shm}}
+            )
             container.setdefault("volumeMounts", []).append({"name": SHM_VOLUME, "mountPath": SHM_PATH})
         if res.volumes:
             pod.setdefault("volumes", []).extend(copy.deepcopy(res.volumes))
@@ -78,7 +80,9 @@ def strategic_merge(base: Any, patch: Any, field: str | None = None) -> Any:
 def _merge_list(base: list[Any], patch: list[Any], key: str) -> list[Any]:
     out = copy.deepcopy(base)
     for item in patch:
-        index = next((i for i, old in enumerate(out) if isinstance(old, dict) and old.get(key) == item.get(key)), None)
+        index = next(
+            (i for i, old in enumerate(out) if isinstance(old, dict) and old.get(key) == item.get(key)), None
+        )
         if item.get("$patch") == "delete":
             if index is not None:
                 del out[index]

@@ -109,15 +109,21 @@ def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: st
     invalid = status.condition(st.conditions, "Invalid")
     if invalid and invalid.status == "True" and invalid.message == message:
         return
-    conditions = status.set_condition(st.conditions, "Invalid", True, "InvalidSpec", message, generation, now_iso)
-    st.conditions = status.set_condition(conditions, "Ready", False, "InvalidSpec", message, generation, now_iso)
+    conditions = status.set_condition(
+        st.conditions, "Invalid", True, "InvalidSpec", message, generation, now_iso
+    )
+    st.conditions = status.set_condition(
+        conditions, "Ready", False, "InvalidSpec", message, generation, now_iso
+    )
     st.phase = RunPhase.FAILED if isinstance(st, RunStatus) else SweepPhase.FAILED
     st.message, st.observed_generation = message, generation
     _write_status(kube, resource, obj, st)
     _events(kube, obj, [("Warning", "InvalidSpec", message)])
 
 
-def _tracking_failed(kube: Kube, obj: dict[str, Any], resource: str, err: Exception, settings: Settings) -> None:
+def _tracking_failed(
+    kube: Kube, obj: dict[str, Any], resource: str, err: Exception, settings: Settings
+) -> None:
     _, now_iso = _now()
     st = _status(obj, resource)
     before = status.condition(st.conditions, "TrackingReady")
@@ -126,12 +132,18 @@ def _tracking_failed(kube: Kube, obj: dict[str, Any], resource: str, err: Except
     )
     _write_status(kube, resource, obj, st)
     if not before or before.status != "False":
-        _events(kube, obj, [("Warning", "MLflowUnreachable", f"{err}; retrying every {settings.retry_delay:.0f}s")])
+        _events(
+            kube,
+            obj,
+            [("Warning", "MLflowUnreachable", f"{err}; retrying every {settings.retry_delay:.0f}s")],
+        )
     raise RetryLater(f"MLflow unreachable: {err}", settings.retry_delay)
 
 
 def _tracked(st: RunStatus | SweepStatus, generation: int, now_iso: str) -> None:
-    st.conditions = status.set_condition(st.conditions, "TrackingReady", True, "RunRecorded", "", generation, now_iso)
+    st.conditions = status.set_condition(
+        st.conditions, "TrackingReady", True, "RunRecorded", "", generation, now_iso
+    )
 
 
 def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
@@ -183,10 +195,14 @@ def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
 def _point_ref(obj: dict[str, Any], cfg: RunConfig) -> mlflow_runs.PointRef:
     meta = obj["metadata"]
     sweep = (meta.get("labels") or {}).get(names.LABEL_SWEEP)
-    return mlflow_runs.PointRef(meta["namespace"], meta["name"], meta["uid"], cfg.model.flavor, cfg.data.fraction, sweep)
+    return mlflow_runs.PointRef(
+        meta["namespace"], meta["name"], meta["uid"], cfg.model.flavor, cfg.data.fraction, sweep
+    )
 
 
-def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, settings: Settings) -> float | None:
+def _reconcile_valid_run(
+    kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, settings: Settings
+) -> float | None:
     meta, spec, cfg = obj["metadata"], admitted.spec, admitted.config
     namespace, name = meta["namespace"], meta["name"]
     old = parse_status(RunStatus, obj.get("status"))
@@ -197,7 +213,9 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
     if tracking_uri and not mlflow_run:
         parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
         try:
-            mlflow_run = mlflow_runs.ensure_child_run(tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent)
+            mlflow_run = mlflow_runs.ensure_child_run(
+                tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent
+            )
         except mlflow_runs.TrackingUnavailable as err:
             _tracking_failed(kube, obj, "trainingruns", err, settings)
 
@@ -245,7 +263,9 @@ def _reconcile_valid_run(kube: Kube, obj: dict[str, Any], admitted: AdmittedRun,
     return act.requeue_after
 
 
-def _preflight(cfg: RunConfig, old: RunStatus, rayjob: dict[str, Any] | None, spec: Any, settings: Settings) -> tuple[str, ...] | None:
+def _preflight(
+    cfg: RunConfig, old: RunStatus, rayjob: dict[str, Any] | None, spec: Any, settings: Settings
+) -> tuple[str, ...] | None:
     """Pre-flight problems before the first RayJob (docs/operator.md, "Pre-flight checks"); None when not checked."""
     if not settings.preflight or old.attempt > 0 or rayjob is not None or spec.suspend:
         return None
@@ -271,7 +291,9 @@ def _handle_rollback(
     if refusal or request.step is None:
         return decide.RollbackOutcome(request.token, error=refusal or "")
     if not old.attempt:
-        return decide.RollbackOutcome(request.token, error="the run has not started; there is nothing to roll back")
+        return decide.RollbackOutcome(
+            request.token, error="the run has not started; there is nothing to roll back"
+        )
     meta = obj["metadata"]
     reason = f"kubectl sphinxx rollback of {meta['namespace']}/{meta['name']} after attempt {old.attempt}"
     try:
@@ -308,7 +330,9 @@ def _latest(cfg: RunConfig, run_id: str) -> decide.Checkpoint | None:
         return None
 
 
-def attempt_config(cfg: RunConfig, st: RunStatus, tracking_uri: str | None, parent_run: str | None) -> RunConfig:
+def attempt_config(
+    cfg: RunConfig, st: RunStatus, tracking_uri: str | None, parent_run: str | None
+) -> RunConfig:
     """The config an attempt's job reads: the admitted config plus the run's identity. Pure."""
     tracking = dataclasses.replace(
         cfg.tracking, uri=tracking_uri, mlflow_run_id=st.mlflow_run_id, mlflow_parent_run_id=parent_run
@@ -347,7 +371,12 @@ def _create_attempt(kube: Kube, obj: dict[str, Any], launch: Launch, st: RunStat
     )
     _, created = kube.create("rayjobs", render_rayjob(attempt, launch.spec, cfg))
     # The prefix may be the operator's default: pinned, so a later default never moves the run.
-    st.ray_job_name, st.config_uri, st.storage_uri, st.ray_cluster_name = attempt.rayjob_name, config_uri, cfg.storage.uri, None
+    st.ray_job_name, st.config_uri, st.storage_uri, st.ray_cluster_name = (
+        attempt.rayjob_name,
+        config_uri,
+        cfg.storage.uri,
+        None,
+    )
     if not created:
         return []
     where = f" from step {launch.checkpoint.step}" if launch.checkpoint else ""
@@ -383,7 +412,11 @@ def _patch_cluster(kube: Kube, namespace: str, name: str, bounds: tuple[int, int
         namespace,
         name,
         [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": cluster["metadata"]["resourceVersion"]},
+            {
+                "op": "test",
+                "path": "/metadata/resourceVersion",
+                "value": cluster["metadata"]["resourceVersion"],
+            },
             {"op": "add", "path": f"{path}/minReplicas", "value": low},
             {"op": "add", "path": f"{path}/maxReplicas", "value": high},
             {"op": "add", "path": f"{path}/replicas", "value": replicas},
@@ -434,7 +467,9 @@ def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -
         _reconcile_valid_sweep(kube, obj, admitted, settings)
 
 
-def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], admitted: AdmittedSweep, settings: Settings) -> None:
+def _reconcile_valid_sweep(
+    kube: Kube, obj: dict[str, Any], admitted: AdmittedSweep, settings: Settings
+) -> None:
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     _, now_iso = _now()
@@ -447,7 +482,9 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], admitted: AdmittedSw
         except mlflow_runs.TrackingUnavailable as err:
             _tracking_failed(kube, obj, "scalingsweeps", err, settings)
     children = kube.list("trainingruns", namespace, labels=f"{names.LABEL_SWEEP}={name}")
-    act = decide.decide_sweep(obj, admitted.spec, children, _annotations(obj).get(names.ANNOTATION_RESUME), now_iso)
+    act = decide.decide_sweep(
+        obj, admitted.spec, children, _annotations(obj).get(names.ANNOTATION_RESUME), now_iso
+    )
     _apply_child_plan(kube, namespace, act, parent, now_iso)
     st = act.status
     if parent:
@@ -460,12 +497,16 @@ def _reconcile_valid_sweep(kube: Kube, obj: dict[str, Any], admitted: AdmittedSw
             mlflow_runs.set_run_status(tracking_uri, parent, act.tracking_status)
             st.mlflow_run_status = act.tracking_status
         except mlflow_runs.TrackingUnavailable as err:
-            log.warning("MLflow parent run %s not set %s (retried next pass): %s", parent, act.tracking_status, err)
+            log.warning(
+                "MLflow parent run %s not set %s (retried next pass): %s", parent, act.tracking_status, err
+            )
     _write_status(kube, "scalingsweeps", obj, st)
     _events(kube, obj, act.events)
 
 
-def _apply_child_plan(kube: Kube, namespace: str, act: decide.SweepAction, parent: str | None, now_iso: str) -> None:
+def _apply_child_plan(
+    kube: Kube, namespace: str, act: decide.SweepAction, parent: str | None, now_iso: str
+) -> None:
     """Create, patch, admit, resume and delete the sweep's TrainingRuns as the decision says."""
     admit = set(act.admit)
     for child in act.plan.create:
@@ -486,10 +527,20 @@ def _apply_child_plan(kube: Kube, namespace: str, act: decide.SweepAction, paren
     for child_name in act.plan.delete:
         kube.delete("trainingruns", namespace, child_name)
     for child_name in sorted(admit):
-        kube.patch("trainingruns", namespace, child_name, {"metadata": {"annotations": {names.ANNOTATION_ADMITTED: now_iso}}})
+        kube.patch(
+            "trainingruns",
+            namespace,
+            child_name,
+            {"metadata": {"annotations": {names.ANNOTATION_ADMITTED: now_iso}}},
+        )
     for child_name in act.resume:
         token = act.status.resume_token
-        kube.patch("trainingruns", namespace, child_name, {"metadata": {"annotations": {names.ANNOTATION_RESUME: token}}})
+        kube.patch(
+            "trainingruns",
+            namespace,
+            child_name,
+            {"metadata": {"annotations": {names.ANNOTATION_RESUME: token}}},
+        )
 
 
 def _fit(st: SweepStatus, tracking_uri: str | None, parent: str | None, sweep: str) -> ScalingLawStatus:

@@ -186,7 +186,9 @@ def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[s
             annotations[names.KUEUE_ELASTIC] = "true"
     job_spec: dict[str, Any] = {
         "entrypoint": f"python -m sphinxx.jobs.train --config {shlex.quote(att.config_uri)}",
-        "runtimeEnvYAML": yaml.dump(runtime_env(att, cfg), Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=True),
+        "runtimeEnvYAML": yaml.dump(
+            runtime_env(att, cfg), Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=True
+        ),
         "submissionMode": "K8sJobMode",
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": TTL_SECONDS_AFTER_FINISHED,

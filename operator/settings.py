@@ -38,7 +38,9 @@ class RunDefaults:
     queue_name: str | None = None  # SPHINXX_QUEUE_NAME: Kueue LocalQueue
     service_account: str | None = None  # SPHINXX_SERVICE_ACCOUNT: of the Ray pods (IRSA)
     env_from_secrets: list[str] = field(default_factory=list)  # SPHINXX_ENV_FROM_SECRETS (a,b)
-    pod: dict[str, Any] = field(default_factory=dict)  # SPHINXX_POD_DEFAULTS (JSON): POD_DEFAULT_KEYS of resources
+    pod: dict[str, Any] = field(
+        default_factory=dict
+    )  # SPHINXX_POD_DEFAULTS (JSON): POD_DEFAULT_KEYS of resources
 
     def apply_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """A run config (`spec.config`, a sweep's `spec.base`) with the storage prefix filled in."""
@@ -97,7 +99,9 @@ class Settings:
     retry_delay: float = 30.0  # SPHINXX_RETRY_DELAY: wait after MLflow or storage errors
     peering_lifetime: float = 60.0  # SPHINXX_PEERING_LIFETIME: a silent peer counts as gone after this (kopf)
     preflight: bool = True  # SPHINXX_PREFLIGHT: check each run's input URIs before its first RayJob
-    stage_host_path: str | None = None  # SPHINXX_STAGE_HOST_PATH: node folder for staged weights (else emptyDir)
+    stage_host_path: str | None = (
+        None  # SPHINXX_STAGE_HOST_PATH: node folder for staged weights (else emptyDir)
+    )
     defaults: RunDefaults = field(default_factory=RunDefaults)  # the RayJob defaults above
 
     @classmethod
@@ -131,7 +135,9 @@ def _pod_defaults() -> dict[str, Any]:
     value: dict[str, Any] = _json_env("SPHINXX_POD_DEFAULTS", dict, object)
     unknown = sorted(set(value) - set(POD_DEFAULT_KEYS))
     if unknown:
-        raise ValueError(f"SPHINXX_POD_DEFAULTS: unknown pod setting(s) {unknown}; known: {', '.join(POD_DEFAULT_KEYS)}")
+        raise ValueError(
+            f"SPHINXX_POD_DEFAULTS: unknown pod setting(s) {unknown}; known: {', '.join(POD_DEFAULT_KEYS)}"
+        )
     return value
 
 

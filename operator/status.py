@@ -96,7 +96,13 @@ def _outcome(deployment: str, job: str, reason: str, message: str) -> tuple[str,
 
 
 def set_condition(
-    conditions: list[Condition], type_: str, status: bool, reason: str, message: str, generation: int, now: str
+    conditions: list[Condition],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
 ) -> list[Condition]:
     """A new list with `type_` set; the transition time moves only when the status changes."""
     value = "True" if status else "False"
@@ -127,7 +133,13 @@ def run_conditions(
     for type_, value in truth.items():
         is_phase = value and (type_ == phase or type_ == "Ready")
         conditions = set_condition(
-            conditions, type_, value, reason if is_phase else phase, message if is_phase else "", generation, now
+            conditions,
+            type_,
+            value,
+            reason if is_phase else phase,
+            message if is_phase else "",
+            generation,
+            now,
         )
     return conditions
 

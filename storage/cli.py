@@ -225,7 +225,10 @@ def _latest(args: argparse.Namespace, store: CheckpointStore, _step: int | None)
     if info is None:
         if args.json:
             print("null")
-        print(f"error: {store.layout.checkpoints}: no committed checkpoint (nothing to resume from)", file=sys.stderr)
+        print(
+            f"error: {store.layout.checkpoints}: no committed checkpoint (nothing to resume from)",
+            file=sys.stderr,
+        )
         return 1
     m = info.manifest
     if args.json:
@@ -315,10 +318,13 @@ def _check_run(store: CheckpointStore) -> None:
 
     fs = store.fs()
     if not fs.bucket_exists(store.root):
-        raise StorageAccessError(f"{store.root}: the bucket does not exist (check the URI and --endpoint-url)", store.root)
+        raise StorageAccessError(
+            f"{store.root}: the bucket does not exist (check the URI and --endpoint-url)", store.root
+        )
     if not fs.list_dir(store.root):
         raise StorageAccessError(
-            f"{store.root}: nothing is stored there: no run at this path (the URI is <prefix>/<run-id>)", store.root
+            f"{store.root}: nothing is stored there: no run at this path (the URI is <prefix>/<run-id>)",
+            store.root,
         )
 
 

@@ -142,7 +142,14 @@ class _Fetcher:
     """Fetch the files of one folder into the cache, each under its lock (module docstring)."""
 
     def __init__(self, fs: ObjectFS, base: str, folder: str, verify: str, log: TextIO, what: str):
-        self.fs, self.base, self.folder, self.verify, self.log, self.what = fs, base, folder, verify, log, what
+        self.fs, self.base, self.folder, self.verify, self.log, self.what = (
+            fs,
+            base,
+            folder,
+            verify,
+            log,
+            what,
+        )
         self.progress = _Progress(log, what, base)
 
     def run(self, objects: list[ObjectInfo]) -> int:
@@ -228,10 +235,18 @@ class _Fetcher:
                 os.unlink(target)
         # A multipart ETag needs the part size (one HEAD with PartNumber=1); the listing's ETag
         # also spares s3transfer its HEAD per object, and pins the download to that version.
-        parts = {o.name: self.fs.part_size(self._uri(o)) if o.etag and "-" in o.etag else None for o in objects}
+        parts = {
+            o.name: self.fs.part_size(self._uri(o)) if o.etag and "-" in o.etag else None for o in objects
+        }
         items = [
-            TransferItem(self._target(o), self._uri(o), o.size, etag=o.etag, stream_etag=_checkable(o.etag, parts[o.name]),
-                         etag_part_size=parts[o.name])  # fmt: skip
+            TransferItem(
+                self._target(o),
+                self._uri(o),
+                o.size,
+                etag=o.etag,
+                stream_etag=_checkable(o.etag, parts[o.name]),
+                etag_part_size=parts[o.name],
+            )  # fmt: skip
             for o in objects
         ]
         # Sizes checked, temporary names renamed into place, and each ETag computed as the bytes

@@ -109,7 +109,9 @@ def upload(
             item,
             "upload",
             tracker,
-            lambda cb, _: fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb, digest=signed),
+            lambda cb, _: fs.put_file(
+                item.local_path, item.uri, chunk_size=chunk, callback=cb, digest=signed
+            ),
         )
         if beside is not None:
             return FileDigest(beside())

@@ -54,7 +54,9 @@ def postgres_server(services_dir: Path) -> Iterator[PostgresServer]:
 def mlflow_server(services_dir: Path, postgres_server: PostgresServer) -> Iterator[MLflowServer]:
     """The tracking server the tests share, on PostgreSQL as production MLflow runs (SQLite stays the
     laptop default of the local runner and the job)."""
-    server = start_mlflow(services_dir / "mlflow", backend_store_uri=postgres_server.create_database("mlflow"))
+    server = start_mlflow(
+        services_dir / "mlflow", backend_store_uri=postgres_server.create_database("mlflow")
+    )
     yield server
     server.process.stop()
 

@@ -96,7 +96,9 @@ class Mixture:
     def kept(self, s: int) -> np.ndarray:
         if s not in self._kept:
             src = self.sources[s]
-            self._kept[s] = kept_indices(self.seed, src.name, src.manifest.num_records, self.fraction, self.heldout)
+            self._kept[s] = kept_indices(
+                self.seed, src.name, src.manifest.num_records, self.fraction, self.heldout
+            )
             assert len(self._kept[s]) == src.num_kept
         return self._kept[s]
 

@@ -33,7 +33,9 @@ SYSTEM = (
 )
 SEP = "\n###"
 HUMAN = " Human: "
-ASSISTANT = " Assistant:"  # the generation prompt ends here (docs/model.md, "Conversation template and loss masking")
+ASSISTANT = (
+    " Assistant:"  # the generation prompt ends here (docs/model.md, "Conversation template and loss masking")
+)
 IMAGE_MARKER = "<image>"
 
 
@@ -101,7 +103,9 @@ def special_ids(tokenizer: Any) -> tuple[int, int, int]:
             return None
         value = int(value)
         if size is not None and not 0 <= value < size:
-            raise ValueError(f"the tokenizer {name} has {role.upper()} id {value} outside its vocabulary of {size}")
+            raise ValueError(
+                f"the tokenizer {name} has {role.upper()} id {value} outside its vocabulary of {size}"
+            )
         if unk is not None and value == unk and token != getattr(tokenizer, "unk_token", None):
             raise ValueError(f"the tokenizer {name} has no {role.upper()} token {token!r} in its vocabulary")
         return value
@@ -137,7 +141,9 @@ class ConversationEncoder:
                 ids.extend(piece_ids)
                 mask.extend([target] * len(piece_ids))
                 # No offsets: the piece's characters are spread evenly over its tokens.
-                cuts = [pos + round(len(piece) * k / max(len(piece_ids), 1)) for k in range(len(piece_ids) + 1)]
+                cuts = [
+                    pos + round(len(piece) * k / max(len(piece_ids), 1)) for k in range(len(piece_ids) + 1)
+                ]
                 spans.extend(zip(cuts[:-1], cuts[1:], strict=True))
                 pos += len(piece)
             return ids, mask, spans

@@ -73,7 +73,9 @@ def memo(fn: F) -> F:
 
 def check_name(name: str, path: str = "metadata.name") -> None:
     if len(name) > MAX_NAME:
-        raise SchemaError(path, f"must be at most {MAX_NAME} characters (it becomes a label value); got {len(name)}")
+        raise SchemaError(
+            path, f"must be at most {MAX_NAME} characters (it becomes a label value); got {len(name)}"
+        )
     if not re.fullmatch(NAME_PATTERN, name):
         raise SchemaError(path, f"must be lower-case letters, digits, '-' or '.'; got {name!r}")
 
@@ -116,7 +118,9 @@ def admit_run(name: str, spec: Any, runnable: bool = True) -> AdmittedRun:
     parsed = parse(TrainingRunSpec, spec, "spec", Naming.CAMEL)
     check_pods(parsed.resources, "spec.resources")
     layer = parsed.config
-    bounds = {k: v for k, v in (("min_workers", parsed.min_workers), ("max_workers", parsed.max_workers)) if v}
+    bounds = {
+        k: v for k, v in (("min_workers", parsed.min_workers), ("max_workers", parsed.max_workers)) if v
+    }
     if bounds and isinstance(layer, dict):
         # The spec's bounds win over the config's: resolve at them, so the job's cross-field rules
         # (batch size, EP divisibility) are checked where the run will actually be.
@@ -139,6 +143,8 @@ def _bound_error(err: SchemaError, spec: TrainingRunSpec) -> SchemaError:
     for key, value in (("min_workers", spec.min_workers), ("max_workers", spec.max_workers)):
         if value is not None and err.path == f"spec.config.parallel.{key}":
             field_name = Naming.CAMEL.key(key)
-            reason = err.reason.replace("parallel.max_workers", "maxWorkers").replace("parallel.min_workers", "minWorkers")
+            reason = err.reason.replace("parallel.max_workers", "maxWorkers").replace(
+                "parallel.min_workers", "minWorkers"
+            )
             return SchemaError(f"spec.{field_name}", reason)
     return err

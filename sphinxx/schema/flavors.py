@@ -53,7 +53,7 @@ class Flavor:
 
 
 _DEBUG: dict[str, int] = dict(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, vocab_size=4096)
-_MICRO: dict[str, int] = dict(vocab_size=4096)
+_MICRO_VOCAB = 4096  # the synthetic tokenizer's size (sphinxx data synth)
 _VISION = "convnext-xxl+dinov2-g"
 
 FLAVORS: dict[str, Flavor] = {
@@ -71,9 +71,30 @@ FLAVORS: dict[str, Flavor] = {
         ),
         # The micro family: three dense sizes, 64-dim heads, 4x apart or more in N, small enough
         # for a 3 x 3 scaling sweep on 2 CPU cores (examples/sweeps/micro-family.yaml).
-        Flavor("micro-s", ModelArgs(**_MICRO, dim=128, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=384), "debug", "llama", 1_442_432, 1_442_432),  # type: ignore[arg-type]
-        Flavor("micro-m", ModelArgs(**_MICRO, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=768), "debug", "llama", 5_245_184, 5_245_184),  # type: ignore[arg-type]
-        Flavor("micro-l", ModelArgs(**_MICRO, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=1024), "debug", "llama", 12_587_904, 12_587_904),  # type: ignore[arg-type]
+        Flavor(
+            "micro-s",
+            ModelArgs(vocab_size=_MICRO_VOCAB, dim=128, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=384),
+            "debug",
+            "llama",
+            1_442_432,
+            1_442_432,
+        ),
+        Flavor(
+            "micro-m",
+            ModelArgs(vocab_size=_MICRO_VOCAB, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=768),
+            "debug",
+            "llama",
+            5_245_184,
+            5_245_184,
+        ),
+        Flavor(
+            "micro-l",
+            ModelArgs(vocab_size=_MICRO_VOCAB, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=1024),
+            "debug",
+            "llama",
+            12_587_904,
+            12_587_904,
+        ),
         # TinyLlama/TinyLlama-1.1B-intermediate-step-1195k-token-2.5T
         Flavor(
             "tinyllama-1.1b",
@@ -175,7 +196,9 @@ def resolve(name: str) -> Flavor:
     """The flavor of a name or a SPHINX-X paper name (`sphinx-tiny`, case-insensitive)."""
     key = name if name in FLAVORS else ALIASES.get(name.lower())
     if key is None:
-        raise ValueError(f"unknown flavor {name!r}; choose one of {', '.join(NAMES)} (or {', '.join(ALIASES)})")
+        raise ValueError(
+            f"unknown flavor {name!r}; choose one of {', '.join(NAMES)} (or {', '.join(ALIASES)})"
+        )
     return FLAVORS[key]
 
 

@@ -39,7 +39,15 @@ MERGE_KEYS = {
     "imagePullSecrets": "name",
     "hostAliases": "ip",
 }
-MOUNT_KEYS = {"name", "mountPath", "readOnly", "subPath", "subPathExpr", "mountPropagation", "recursiveReadOnly"}
+MOUNT_KEYS = {
+    "name",
+    "mountPath",
+    "readOnly",
+    "subPath",
+    "subPathExpr",
+    "mountPropagation",
+    "recursiveReadOnly",
+}
 AFFINITY_KEYS = {"nodeAffinity", "podAffinity", "podAntiAffinity"}
 _NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
 _PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -61,14 +69,18 @@ def check_pods(res: Any, path: str) -> None:
     _check_mounts(res.volume_mounts, volumes, shm_on, join(path, "volumeMounts"))
     for key in res.affinity:
         if key not in AFFINITY_KEYS:
-            raise SchemaError(join(join(path, "affinity"), key), f"unknown affinity; use {', '.join(sorted(AFFINITY_KEYS))}")
+            raise SchemaError(
+                join(join(path, "affinity"), key), f"unknown affinity; use {', '.join(sorted(AFFINITY_KEYS))}"
+            )
         if not isinstance(res.affinity[key], Mapping):
             raise SchemaError(join(join(path, "affinity"), key), "must be an object")
     _check_metadata(res.pod_labels, join(path, "podLabels"), labels=True)
     _check_metadata(res.pod_annotations, join(path, "podAnnotations"), labels=False)
     _check_extra_resources(res.extra_resources, join(path, "extraResources"))
     for name in ("head_pod_patch", "worker_pod_patch"):
-        _check_patch(getattr(res, name), join(path, "headPodPatch" if name == "head_pod_patch" else "workerPodPatch"))
+        _check_patch(
+            getattr(res, name), join(path, "headPodPatch" if name == "head_pod_patch" else "workerPodPatch")
+        )
 
 
 def _check_volumes(volumes: list[Any], path: str) -> set[str]:
@@ -79,15 +91,22 @@ def _check_volumes(volumes: list[Any], path: str) -> set[str]:
             raise SchemaError(where, "must be an object (a Kubernetes Volume: name and one source)")
         name = volume.get("name")
         if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(_DNS_LABEL, name):
-            raise SchemaError(join(where, "name"), f"must be a DNS label (lower-case, at most 63 characters); got {name!r}")
+            raise SchemaError(
+                join(where, "name"), f"must be a DNS label (lower-case, at most 63 characters); got {name!r}"
+            )
         if name == SHM_VOLUME:
-            raise SchemaError(join(where, "name"), f"{SHM_VOLUME!r} is the /dev/shm volume (resources.shmSize)")
+            raise SchemaError(
+                join(where, "name"), f"{SHM_VOLUME!r} is the /dev/shm volume (resources.shmSize)"
+            )
         if name in names:
             raise SchemaError(join(where, "name"), f"volume names must be unique; {name!r} is used twice")
         names.add(name)
         sources = [k for k in volume if k != "name"]
         if len(sources) != 1 or not isinstance(volume[sources[0]], Mapping):
-            raise SchemaError(where, f"must have exactly one source object (hostPath, persistentVolumeClaim, ...); got {sources}")
+            raise SchemaError(
+                where,
+                f"must have exactly one source object (hostPath, persistentVolumeClaim, ...); got {sources}",
+            )
     return names
 
 
@@ -99,14 +118,21 @@ def _check_mounts(mounts: list[Any], volumes: set[str], shm_on: bool, path: str)
             raise SchemaError(where, "must be an object (name, mountPath, readOnly, subPath)")
         unknown = sorted(set(mount) - MOUNT_KEYS)
         if unknown:
-            raise SchemaError(join(where, unknown[0]), f"unknown field; known fields: {', '.join(sorted(MOUNT_KEYS))}")
+            raise SchemaError(
+                join(where, unknown[0]), f"unknown field; known fields: {', '.join(sorted(MOUNT_KEYS))}"
+            )
         if mount.get("name") not in volumes:
-            raise SchemaError(join(where, "name"), f"names no volume of resources.volumes ({', '.join(sorted(volumes)) or 'none'})")
+            raise SchemaError(
+                join(where, "name"),
+                f"names no volume of resources.volumes ({', '.join(sorted(volumes)) or 'none'})",
+            )
         target = mount.get("mountPath")
         if not isinstance(target, str) or not target.startswith("/"):
             raise SchemaError(join(where, "mountPath"), f"must be an absolute path; got {target!r}")
         if shm_on and target.rstrip("/") == SHM_PATH:
-            raise SchemaError(join(where, "mountPath"), "/dev/shm is set by resources.shmSize (\"0\" turns it off)")
+            raise SchemaError(
+                join(where, "mountPath"), '/dev/shm is set by resources.shmSize ("0" turns it off)'
+            )
         if target in paths:
             raise SchemaError(join(where, "mountPath"), f"{target} is mounted twice")
         paths.add(target)
@@ -114,10 +140,18 @@ def _check_mounts(mounts: list[Any], volumes: set[str], shm_on: bool, path: str)
 
 def _check_key(key: str, where: str) -> None:
     prefix, _, name = key.rpartition("/")
-    if (prefix and (len(prefix) > 253 or not re.fullmatch(_PREFIX, prefix))) or len(name) > 63 or not re.fullmatch(_NAME, name):
-        raise SchemaError(where, "is not a valid key: an optional DNS prefix and '/', then at most 63 of [A-Za-z0-9-_.]")
+    if (
+        (prefix and (len(prefix) > 253 or not re.fullmatch(_PREFIX, prefix)))
+        or len(name) > 63
+        or not re.fullmatch(_NAME, name)
+    ):
+        raise SchemaError(
+            where, "is not a valid key: an optional DNS prefix and '/', then at most 63 of [A-Za-z0-9-_.]"
+        )
     if key.startswith(RESERVED_PREFIXES):
-        raise SchemaError(where, f"keys under {' and '.join(RESERVED_PREFIXES)} are set by KubeRay and the operator")
+        raise SchemaError(
+            where, f"keys under {' and '.join(RESERVED_PREFIXES)} are set by KubeRay and the operator"
+        )
 
 
 def _check_metadata(values: Mapping[str, str], path: str, labels: bool) -> None:
@@ -125,7 +159,10 @@ def _check_metadata(values: Mapping[str, str], path: str, labels: bool) -> None:
         where = join(path, key)
         _check_key(key, where)
         if labels and (len(value) > 63 or (value and not re.fullmatch(_NAME, value))):
-            raise SchemaError(where, f"a label value is at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric; got {value!r}")
+            raise SchemaError(
+                where,
+                f"a label value is at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric; got {value!r}",
+            )
     if not labels and sum(len(k) + len(v) for k, v in values.items()) > 256 * 1024:
         raise SchemaError(path, "annotations may hold at most 256 KiB")
 
@@ -135,11 +172,17 @@ def _check_extra_resources(extra: Mapping[str, Any], path: str) -> None:
         where = join(path, key)
         prefix, _, name = key.partition("/")
         if not name or not re.fullmatch(_PREFIX, prefix) or not re.fullmatch(_NAME, name):
-            raise SchemaError(where, "must be an extended resource <domain>/<name>, e.g. rdma/hca or vpc.amazonaws.com/efa")
+            raise SchemaError(
+                where, "must be an extended resource <domain>/<name>, e.g. rdma/hca or vpc.amazonaws.com/efa"
+            )
         if key == GPU_RESOURCE:
-            raise SchemaError(where, "GPUs come from config.parallel.gpus_per_worker x resources.workersPerPod")
+            raise SchemaError(
+                where, "GPUs come from config.parallel.gpus_per_worker x resources.workersPerPod"
+            )
         if prefix.endswith("kubernetes.io") or prefix.endswith("k8s.io"):
-            raise SchemaError(where, "is not an extended resource (cpu and memory are resources.cpu / memory)")
+            raise SchemaError(
+                where, "is not an extended resource (cpu and memory are resources.cpu / memory)"
+            )
         ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
             isinstance(value, str) and re.fullmatch(_QUANTITY, value)
         )
@@ -164,7 +207,9 @@ def _check_merge_lists(node: Any, path: str) -> None:
             if isinstance(value, list) and key in MERGE_KEYS:
                 for i, item in enumerate(value):
                     if not isinstance(item, Mapping) or MERGE_KEYS[key] not in item:
-                        raise SchemaError(join(join(path, key), i), f"needs {MERGE_KEYS[key]!r}: items of {key} merge on it")
+                        raise SchemaError(
+                            join(join(path, key), i), f"needs {MERGE_KEYS[key]!r}: items of {key} merge on it"
+                        )
             _check_merge_lists(value, join(path, key))
     elif isinstance(node, list):
         for i, item in enumerate(node):

@@ -43,10 +43,14 @@ def layer(help: str, preset: bool = True) -> Any:
 
 @dataclass
 class FailurePolicy:
-    max_retries: int = count(3, "automatic new attempts after a failed one (each resumes from S3)", maximum=1000)
+    max_retries: int = count(
+        3, "automatic new attempts after a failed one (each resumes from S3)", maximum=1000
+    )
     backoff_seconds: float = field(30.0, "wait before the first retry; doubles with every retry",
                                    minimum=0, maximum=MAX_DAY)  # fmt: skip
-    max_backoff_seconds: float = field(600.0, "upper bound of the wait between attempts", minimum=0, maximum=MAX_DAY)
+    max_backoff_seconds: float = field(
+        600.0, "upper bound of the wait between attempts", minimum=0, maximum=MAX_DAY
+    )
     active_deadline_seconds: int | None = count(
         None, "fail an attempt that runs longer than this (KubeRay activeDeadlineSeconds)", minimum=1,
         maximum=365 * MAX_DAY,
@@ -76,30 +80,40 @@ class Resources:
         "without GPUs; \"0\" turns it off", pattern=QUANTITY,
     )  # fmt: skip
     volumes: list[dict[str, Any]] = field(
-        [], "extra volumes of the worker pods (Kubernetes Volumes: a node-local weight cache, a PVC)", max_items=64
+        [],
+        "extra volumes of the worker pods (Kubernetes Volumes: a node-local weight cache, a PVC)",
+        max_items=64,
     )
     volume_mounts: list[dict[str, Any]] = field(
-        [], "mounts of those volumes in the worker containers (name, mountPath, readOnly, subPath)", max_items=64
+        [],
+        "mounts of those volumes in the worker containers (name, mountPath, readOnly, subPath)",
+        max_items=64,
     )
     scheduler_name: str | None = field(None, "scheduler of every pod (e.g. volcano, yunikorn)",
                                        pattern=DNS_SUBDOMAIN, max_length=253)  # fmt: skip
     priority_class_name: str | None = field(None, "PriorityClass of every pod", pattern=DNS_SUBDOMAIN,
                                             max_length=253)  # fmt: skip
-    affinity: dict[str, Any] = field({}, "affinity of the worker pods (nodeAffinity, podAffinity, podAntiAffinity)")
+    affinity: dict[str, Any] = field(
+        {}, "affinity of the worker pods (nodeAffinity, podAffinity, podAntiAffinity)"
+    )
     image_pull_secrets: list[str] = field(
         [], "Secrets holding registry credentials, by name, for every pod",
         max_items=16, unique_items=True, items={"pattern": DNS_SUBDOMAIN, "max_length": 253},
     )  # fmt: skip
-    pod_labels: dict[str, str] = field({}, "extra labels of every pod (keys under ray.io/ and sphinxx.dev/ are taken)")
+    pod_labels: dict[str, str] = field(
+        {}, "extra labels of every pod (keys under ray.io/ and sphinxx.dev/ are taken)"
+    )
     pod_annotations: dict[str, str] = field({}, "extra annotations of every pod")
     extra_resources: dict[str, Any] = field(
-        {}, "extended resources requested (and limited) per worker pod, e.g. vpc.amazonaws.com/efa: 32, rdma/hca: 1"
+        {},
+        "extended resources requested (and limited) per worker pod, e.g. vpc.amazonaws.com/efa: 32, rdma/hca: 1",
     )
     head_pod_patch: dict[str, Any] = field(
         {}, "strategic-merge patch of the head pod template (metadata, spec), applied last: the escape hatch"
     )
     worker_pod_patch: dict[str, Any] = field(
-        {}, "strategic-merge patch of the worker pod template (metadata, spec), applied last: the escape hatch"
+        {},
+        "strategic-merge patch of the worker pod template (metadata, spec), applied last: the escape hatch",
     )
 
 
@@ -124,16 +138,24 @@ RESOURCES_LAYER = "resources-layer"  # a size's resources: fields of Resources, 
 
 def resources_layer(help: str) -> Any:
     """Pod settings of one size: free-form here, checked as `Resources` at admission (CRD: its schema)."""
-    return dataclasses.field(default_factory=dict, metadata={"help": help, "constraints": {}, "layer": RESOURCES_LAYER})
+    return dataclasses.field(
+        default_factory=dict, metadata={"help": help, "constraints": {}, "layer": RESOURCES_LAYER}
+    )
 
 
 @dataclass
 class SizeOverride:
-    min_workers: int | None = count(None, "elastic lower bound for this model size", minimum=1, maximum=MAX_WORKERS)
-    max_workers: int | None = count(None, "elastic upper bound for this model size", minimum=1, maximum=MAX_WORKERS)
+    min_workers: int | None = count(
+        None, "elastic lower bound for this model size", minimum=1, maximum=MAX_WORKERS
+    )
+    max_workers: int | None = count(
+        None, "elastic upper bound for this model size", minimum=1, maximum=MAX_WORKERS
+    )
     gpus_per_worker: int | None = count(None, "GPUs per worker", maximum=16)
     zero_stage: int | None = field(None, "DeepSpeed ZeRO stage: 0, 1 or 2", enum=(0, 1, 2))
-    ep_size: int | None = count(None, "expert-parallel size (MoE sizes; divides the experts)", minimum=1, maximum=1024)
+    ep_size: int | None = count(
+        None, "expert-parallel size (MoE sizes; divides the experts)", minimum=1, maximum=1024
+    )
     workers_per_pod: int | None = count(None, "workers per worker pod", minimum=1, maximum=64)
     cpu: str | None = field(None, "CPU request of a worker pod", pattern=QUANTITY)
     memory: str | None = field(None, "memory of a worker pod", pattern=QUANTITY)
@@ -146,7 +168,11 @@ class SizeOverride:
 
 
 # Set per point by the axes (or chosen through spec.base): a size's config layer may not set them.
-AXIS_FIELDS = {"preset": "spec.base.preset", "model.flavor": "spec.axes.models", "data.fraction": "spec.axes.dataFractions"}
+AXIS_FIELDS = {
+    "preset": "spec.base.preset",
+    "model.flavor": "spec.axes.models",
+    "data.fraction": "spec.axes.dataFractions",
+}
 # Per-size shortcuts and the config fields they set: one size sets each through one of the two.
 SHORTCUTS = {
     "min_workers": "parallel.min_workers",
@@ -173,11 +199,16 @@ class Axes:
 class ScalingSweepSpec:
     axes: Axes = field(dataclasses.MISSING, "model sizes x data fractions")
     base: dict[str, Any] = layer("the base run config of every point; `preset:` names a base")
-    overrides: dict[str, SizeOverride] = field({}, "per model size: workers, GPUs, ZeRO stage, EP size, pod size")
-    max_parallel_runs: int = count(0, "points running at once (smallest first); 0 = no limit", maximum=MAX_POINTS)
+    overrides: dict[str, SizeOverride] = field(
+        {}, "per model size: workers, GPUs, ZeRO stage, EP size, pod size"
+    )
+    max_parallel_runs: int = count(
+        0, "points running at once (smallest first); 0 = no limit", maximum=MAX_POINTS
+    )
     failure_policy: FailurePolicy = nested(FailurePolicy, "for every point")
     resources: Resources = nested(Resources, "pods of every point")
     suspend: bool = field(False, "suspend every point (running ones stop, keeping checkpoints)")
-    queue_name: str | None = field(None, "Kueue LocalQueue for every point", pattern=DNS_SUBDOMAIN, max_length=253)
+    queue_name: str | None = field(
+        None, "Kueue LocalQueue for every point", pattern=DNS_SUBDOMAIN, max_length=253
+    )
     delete_policy: str = field("Keep", "passed to every point", enum=DELETE_POLICIES)
-

@@ -54,7 +54,9 @@ class ModelOverrides:
     n_heads: int | None = count(None, "query heads (must divide dim)", minimum=1, maximum=1024)
     n_kv_heads: int | None = count(None, "key/value heads (must divide n_heads)", minimum=1, maximum=1024)
     ffn_dim: int | None = count(None, "SwiGLU hidden size of a dense FFN", minimum=1, maximum=1_000_000)
-    vocab_size: int | None = count(None, "embedding rows (>= the tokenizer's size)", minimum=1, maximum=1_000_000)
+    vocab_size: int | None = count(
+        None, "embedding rows (>= the tokenizer's size)", minimum=1, maximum=1_000_000
+    )
     rope_theta: float | None = field(None, "RoPE base", exclusive_minimum=0)
     norm_eps: float | None = field(None, "RMSNorm epsilon", exclusive_minimum=0)
     tie_embeddings: bool | None = field(None, "share the embedding and output matrices")
@@ -67,7 +69,9 @@ class ModelOverrides:
 class ModelConfig:
     flavor: str = field("debug", "model flavor (sphinxx.schema.flavors)", enum=NAMES)
     overrides: ModelOverrides = nested(ModelOverrides, "decoder fields to change, for experiments")
-    llm_weights: str | None = field(None, "path or s3:// URI of base LLM weights (HF safetensors dir or ours)")
+    llm_weights: str | None = field(
+        None, "path or s3:// URI of base LLM weights (HF safetensors dir or ours)"
+    )
     convnext_weights: str | None = field(None, "path or URI of the open_clip convnext_xxlarge checkpoint")
     dinov2_weights: str | None = field(None, "path or URI of the facebook/dinov2-giant weights")
     use_skip_token: bool = field(True, "replace fully padded sub-images by one learnable skip token")
@@ -77,8 +81,12 @@ class ModelConfig:
 
 @dataclass
 class DataSource:
-    name: str = field(MISSING, "unique source name (metrics, the data-fraction hash)", pattern=r"[A-Za-z0-9_.-]+")
-    uri: str = field(MISSING, "path or s3:// URI of the source root (manifest.json + JSONL shards)", min_length=1)
+    name: str = field(
+        MISSING, "unique source name (metrics, the data-fraction hash)", pattern=r"[A-Za-z0-9_.-]+"
+    )
+    uri: str = field(
+        MISSING, "path or s3:// URI of the source root (manifest.json + JSONL shards)", min_length=1
+    )
     weight: float = field(
         1.0, "repeat factor per epoch: 1 = one pass over the kept records, 0.5 = half", exclusive_minimum=0
     )
@@ -90,12 +98,16 @@ class DataConfig:
     sources: list[DataSource] = field([], "the mixture: sources with weights", max_items=1024)
     fraction: float = field(1.0, "data-scale axis: nested subset of every source, in (0, 1]",
                             exclusive_minimum=0, maximum=1)  # fmt: skip
-    seq_len: int = count(4096, "max tokens per sequence including image tokens", minimum=64, maximum=1_048_576)
+    seq_len: int = count(
+        4096, "max tokens per sequence including image tokens", minimum=64, maximum=1_048_576
+    )
     canvas: int = field(448, "square canvas side in pixels; grid = canvas / 224", enum=(224, 448, 672, 896))
     convnext_view_size: int = field(256, "ConvNeXt input size per view", enum=(256, 512))
     tokenizer: str | None = field(None, "path or URI of Hugging Face tokenizer files")
     heldout_records: int = count(
-        0, "records per source held out for evaluation (at most a tenth of the source; 0: none)", maximum=1_000_000
+        0,
+        "records per source held out for evaluation (at most a tenth of the source; 0: none)",
+        maximum=1_000_000,
     )
     epochs: float = field(1.0, "passes over the (fractioned) mixture", exclusive_minimum=0, maximum=10_000)
     num_workers: int = count(2, "DataLoader worker processes per training worker", maximum=256)
@@ -179,7 +191,10 @@ class TrackingConfig:
 @dataclass
 class RunConfig:
     run_id: str = field(
-        "run", "stable run id: the Ray Train run name and the checkpoint folder", pattern=NAME_PATTERN, max_length=63
+        "run",
+        "stable run id: the Ray Train run name and the checkpoint folder",
+        pattern=NAME_PATTERN,
+        max_length=63,
     )
     model: ModelConfig = nested(ModelConfig)
     data: DataConfig = nested(DataConfig)
@@ -197,7 +212,9 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "run
 
 def preset_names() -> list[str]:
     return sorted(
-        p.name[: -len(".yaml")] for p in resources.files("sphinxx.schema.presets").iterdir() if p.name.endswith(".yaml")
+        p.name[: -len(".yaml")]
+        for p in resources.files("sphinxx.schema.presets").iterdir()
+        if p.name.endswith(".yaml")
     )
 
 
@@ -333,7 +350,9 @@ def check(cfg: RunConfig) -> RunConfig:
 def check_rules(cfg: RunConfig) -> None:
     par, train, data = cfg.parallel, cfg.train, cfg.data
     if par.min_workers > par.max_workers:
-        raise SchemaError("parallel.min_workers", f"({par.min_workers}) must be <= parallel.max_workers ({par.max_workers})")
+        raise SchemaError(
+            "parallel.min_workers", f"({par.min_workers}) must be <= parallel.max_workers ({par.max_workers})"
+        )
     if train.micro_batch * par.min_workers > train.global_batch:
         raise SchemaError(
             "train.global_batch",
@@ -349,16 +368,22 @@ def check_rules(cfg: RunConfig) -> None:
                 f"({par.ep_size}) must divide min_workers ({par.min_workers}) and max_workers ({par.max_workers})",
             )
     if cfg.model.moe_kernel == "megablocks" and par.gpus_per_worker == 0:
-        raise SchemaError("model.moe_kernel", "megablocks runs on CUDA only; use grouped or loop with gpus_per_worker 0")
+        raise SchemaError(
+            "model.moe_kernel", "megablocks runs on CUDA only; use grouped or loop with gpus_per_worker 0"
+        )
     if cfg.model.moe_kernel == "megablocks" and train.precision != "bf16":
-        raise SchemaError("model.moe_kernel", "megablocks computes in bf16 only; set train.precision bf16 or use grouped")
+        raise SchemaError(
+            "model.moe_kernel", "megablocks computes in bf16 only; set train.precision bf16 or use grouped"
+        )
     names = [s.name for s in data.sources]
     if len(set(names)) != len(names):
         raise SchemaError("data.sources", f"source names must be unique; got {names}")
     if cfg.storage.uri.startswith("memory://"):
         raise SchemaError("storage.uri", "memory:// lives in one process; Ray workers need s3:// or file://")
     if not cfg.storage.uri.startswith(STORAGE_SCHEMES):
-        raise SchemaError("storage.uri", f"must be an s3:// or file:// URI or an absolute path; got {cfg.storage.uri!r}")
+        raise SchemaError(
+            "storage.uri", f"must be an s3:// or file:// URI or an absolute path; got {cfg.storage.uri!r}"
+        )
 
 
 def _decoder(cfg: RunConfig) -> ModelArgs:
@@ -374,7 +399,9 @@ def _decoder(cfg: RunConfig) -> ModelArgs:
     try:
         return run_decoder_args(cfg)
     except ValueError as err:
-        raise SchemaError("parallel.ep_size", f"({cfg.parallel.ep_size}) does not fit the model: {err}") from None
+        raise SchemaError(
+            "parallel.ep_size", f"({cfg.parallel.ep_size}) does not fit the model: {err}"
+        ) from None
 
 
 def run_decoder_args(cfg: RunConfig) -> ModelArgs:
@@ -386,16 +413,24 @@ def run_decoder_args(cfg: RunConfig) -> ModelArgs:
     base = decoder_args(cfg.model.flavor, **chosen)
     extra: dict[str, Any] = {"max_seq_len": max(cfg.data.seq_len, 64)}
     if base.is_moe:
-        extra.update(ep_size=cfg.parallel.ep_size, moe_kernel=cfg.model.moe_kernel, aux_loss_coef=cfg.train.aux_loss_coef)
+        extra.update(
+            ep_size=cfg.parallel.ep_size,
+            moe_kernel=cfg.model.moe_kernel,
+            aux_loss_coef=cfg.train.aux_loss_coef,
+        )
     return dataclasses.replace(base, **extra)
 
 
 def check_runnable(cfg: RunConfig) -> None:
     """What a run about to train needs beyond a valid config (the job refuses to start without it)."""
     if not cfg.data.sources:
-        raise SchemaError("data.sources", "is empty: list at least one source (`sphinxx data synth` makes some)")
+        raise SchemaError(
+            "data.sources", "is empty: list at least one source (`sphinxx data synth` makes some)"
+        )
     if not cfg.data.tokenizer:
-        raise SchemaError("data.tokenizer", "is not set: give the path or URI of Hugging Face tokenizer files")
+        raise SchemaError(
+            "data.tokenizer", "is not set: give the path or URI of Hugging Face tokenizer files"
+        )
 
 
 def json_schema() -> dict[str, Any]:

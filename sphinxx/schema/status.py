@@ -56,7 +56,9 @@ class Condition:
     reason: str = field("", "one CamelCase word")
     message: str = field("", "what a user needs to know")
     last_transition_time: str | None = field(None, "when status last changed (RFC 3339)")
-    observed_generation: int | None = count(None, "the spec generation this condition reflects", maximum=2**62)
+    observed_generation: int | None = count(
+        None, "the spec generation this condition reflects", maximum=2**62
+    )
 
 
 @dataclass
@@ -103,7 +105,9 @@ class RunStatus:
     last_failure_time: str | None = field(None, "when the current attempt was seen failed")
     message: str = field("", "what is happening, in one line")
     observed_generation: int | None = count(None, "the spec generation this status reflects", maximum=2**62)
-    conditions: list[Condition] = field([], "Ready, Running, Resuming, Suspended, Succeeded, Failed, Invalid, ...")
+    conditions: list[Condition] = field(
+        [], "Ready, Running, Resuming, Suspended, Succeeded, Failed, Invalid, ..."
+    )
 
 
 @dataclass
@@ -145,7 +149,9 @@ class AxisLaw:
 class Estimate:
     """One coefficient of the law with its bootstrap percentile interval."""
 
-    name: str = field("", "E, A, alpha, B, beta, G, a, b (chinchilla); params_/data_ coefficient, slope (per-axis)")
+    name: str = field(
+        "", "E, A, alpha, B, beta, G, a, b (chinchilla); params_/data_ coefficient, slope (per-axis)"
+    )
     value: float | None = field(None, "the fitted value")
     low: float | None = field(None, "lower end of the interval")
     high: float | None = field(None, "upper end of the interval")
@@ -156,7 +162,9 @@ class Uncertainty:
     """How the intervals were made: percentile bootstrap over the points."""
 
     level: float = field(0.9, "central probability of each interval (0.9: 5th to 95th percentile)")
-    resamples: int = count(0, "bootstrap resamples drawn (points with replacement, law refitted)", maximum=100_000)
+    resamples: int = count(
+        0, "bootstrap resamples drawn (points with replacement, law refitted)", maximum=100_000
+    )
     used: int = count(0, "resamples that could be refitted (enough distinct N and D)", maximum=100_000)
     seed: int = count(0, "the resampling seed", maximum=2**31)
 
@@ -167,7 +175,9 @@ class LeaveOneOut:
 
     rmse: float | None = field(None, "RMS of observed minus predicted loss, in loss units")
     max_abs: float | None = field(None, "largest absolute error, in loss units")
-    num_points: int = count(0, "points that could be predicted (a per-axis line needs two others)", maximum=2**31)
+    num_points: int = count(
+        0, "points that could be predicted (a per-axis line needs two others)", maximum=2**31
+    )
 
 
 @dataclass
@@ -216,7 +226,9 @@ class ScalingLawStatus:
     num_points: int = count(0, "points fitted", maximum=2**31)
     params_axis: str = field("", "what N is")
     data_axis: str = field("", "what D is")
-    loss_key: str = field("", "the checkpoint metric fitted as L: heldout_bpb when every point has it, else loss")
+    loss_key: str = field(
+        "", "the checkpoint metric fitted as L: heldout_bpb when every point has it, else loss"
+    )
     loss_axis: str = field("", "what L is")
     coefficients: Coefficients | None = field(None, "chinchilla form: L(N, D) = E + A / N^alpha + B / D^beta")
     compute_optimal: ComputeOptimal | None = field(None, "chinchilla form: the compute-optimal allocation")
@@ -225,7 +237,9 @@ class ScalingLawStatus:
     estimates: list[Estimate] = field([], "every coefficient with its bootstrap interval")
     uncertainty: Uncertainty | None = field(None, "how the intervals were made")
     loo: LeaveOneOut | None = field(None, "leave-one-out prediction error")
-    residuals: list[PointFit] = field([], "each fitted point: residual and leave-one-out error", max_items=10_000)
+    residuals: list[PointFit] = field(
+        [], "each fitted point: residual and leave-one-out error", max_items=10_000
+    )
     domains: list[DomainLaw] = field([], "per held-out domain, where every point has heldout_bpb/<domain>")
     note: str = field("", "why the simpler form was fitted")
     error: str = field("", "why no law could be fitted")

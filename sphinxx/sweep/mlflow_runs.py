@@ -69,7 +69,12 @@ class SweepRef:
     uid: str
 
     def tags(self) -> dict[str, str]:
-        return {TAG_KIND: "ScalingSweep", TAG_SWEEP: self.name, TAG_NAMESPACE: self.namespace, TAG_SWEEP_UID: self.uid}
+        return {
+            TAG_KIND: "ScalingSweep",
+            TAG_SWEEP: self.name,
+            TAG_NAMESPACE: self.namespace,
+            TAG_SWEEP_UID: self.uid,
+        }
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,12 @@ def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
     ticks: list[float] = []
     halves = (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)
     for subs in ((1,), (1, 2, 5), tuple(range(1, 10)), halves):
-        ticks = [s * 10.0**e for e in range(first, last + 1) for s in subs if low * 0.999 <= s * 10.0**e <= high * 1.001]
+        ticks = [
+            s * 10.0**e
+            for e in range(first, last + 1)
+            for s in subs
+            if low * 0.999 <= s * 10.0**e <= high * 1.001
+        ]
         if len(ticks) >= 2:
             break
     if len(ticks) < 2:  # a span inside one 1..9 step: its two ends
@@ -72,7 +77,14 @@ def _span(values: Sequence[float], pad: float = 1.25) -> tuple[float, float]:
 
 
 def _legend(ax: Any, title: str) -> None:
-    ax.legend(title=title, fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    ax.legend(
+        title=title,
+        fontsize=7,
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )
 
 
 def plot_png(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X scaling sweep") -> bytes:
@@ -100,7 +112,11 @@ def figure(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X s
     top_panels = 3 if result.form == "chinchilla" else 2
     height = 4.4 + (3.0 if domains else 0.0)
     fig = plt.figure(figsize=(5.2 * top_panels, height), layout="constrained")
-    interval = f", bands: {result.level:.0%} bootstrap intervals ({result.resamples_used} refits)" if result.samples else ""
+    interval = (
+        f", bands: {result.level:.0%} bootstrap intervals ({result.resamples_used} refits)"
+        if result.samples
+        else ""
+    )
     fig.suptitle(f"{title}: L = {result.loss_key}{interval}\n{result.summary()}", fontsize=9)
     rows: Any = fig.subfigures(2, 1, height_ratios=[4.4, 3.0]) if domains else [fig]
     top = rows[0].subplots(1, top_panels)
@@ -113,7 +129,11 @@ def figure(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X s
     if domains:
         small = rows[1].subplots(1, len(domains), squeeze=False)[0]
         for ax, (domain, law) in zip(small, domains, strict=True):
-            domain_points = [Point(p.params, p.data, p.observed, p.name) for p in law.points if not p.axis or p.axis == "data"]
+            domain_points = [
+                Point(p.params, p.data, p.observed, p.name)
+                for p in law.points
+                if not p.axis or p.axis == "data"
+            ]
             _loss_vs_data(ax, domain_points or list(points), law, colors, legend=False)
             ax.set_title(f"{domain} ({law.form})", fontsize=8)
             ax.set_ylabel(law.loss_key, fontsize=7)
@@ -121,14 +141,18 @@ def figure(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X s
     return fig
 
 
-def _loss_vs_data(ax: Any, points: Sequence[Point], result: ScalingFit, colors: dict[float, Any], legend: bool) -> None:
+def _loss_vs_data(
+    ax: Any, points: Sequence[Point], result: ScalingFit, colors: dict[float, Any], legend: bool
+) -> None:
     """Loss against D, one colour per model size, the law's curve and its band."""
     low, high = _span([p.data for p in points])
     grid = np.geomspace(low, high, 60)
     for size in sorted({p.params for p in points}):
         row = sorted((p for p in points if p.params == size), key=lambda p: p.data)
         color = colors.get(size, "C0")
-        ax.plot([p.data for p in row], [p.loss for p in row], "o", color=color, label=f"N = {sci_label(size)}")
+        ax.plot(
+            [p.data for p in row], [p.loss for p in row], "o", color=color, label=f"N = {sci_label(size)}"
+        )
         if result.form == "chinchilla":
             ax.plot(grid, result.predict(size, grid), "-", color=color, alpha=0.8)
             if (b := band(result, functools.partial(_law, n=size, d=grid))) is not None:
@@ -168,7 +192,9 @@ def _loss_vs_params(ax: Any, points: Sequence[Point], result: ScalingFit) -> Non
     for law in result.per_axis:
         if law.axis == "params":
             ax.plot(grid, law.predict(grid), "--", color="gray", label="power law (largest D)")
-            if (b := band(result, lambda c: c["params_coefficient"] * grid ** -c["params_slope"])) is not None:
+            if (
+                b := band(result, lambda c: c["params_coefficient"] * grid ** -c["params_slope"])
+            ) is not None:
                 ax.fill_between(grid, b[0], b[1], color="gray", alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     log_axis(ax.xaxis, low, high)
@@ -192,12 +218,21 @@ def _frontier(ax: Any, points: Sequence[Point], result: ScalingFit) -> None:
     colorbar = ax.figure.colorbar(contours, ax=ax, pad=0.02)
     colorbar.set_label(f"fitted L ({result.loss_key})", fontsize=7)
     colorbar.ax.tick_params(labelsize=6)
-    ax.scatter([p.params for p in points], [p.data for p in points], c="C0", s=18, zorder=3, label="sweep points")
+    ax.scatter(
+        [p.params for p in points], [p.data for p in points], c="C0", s=18, zorder=3, label="sweep points"
+    )
     optimal = result.compute_optimal()
     flops = np.geomspace(6 * n_low * d_low, 6 * n_high * d_high, 200)
     if optimal is not None:
         n_opt = optimal["G"] * (flops / 6) ** optimal["a"]
-        ax.plot(n_opt, flops / 6 / n_opt, "-", color="C3", lw=2, label=f"compute-optimal: N ~ C^{optimal['a']:.2f}")
+        ax.plot(
+            n_opt,
+            flops / 6 / n_opt,
+            "-",
+            color="C3",
+            lw=2,
+            label=f"compute-optimal: N ~ C^{optimal['a']:.2f}",
+        )
     for c in np.geomspace(6 * n_low * d_low, 6 * n_high * d_high, 6)[1:-1]:
         ns = np.geomspace(n_low, n_high, 50)
         ax.plot(ns, c / 6 / ns, ":", color="C1", lw=0.8)

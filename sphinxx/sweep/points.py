@@ -124,7 +124,8 @@ def _check_override(model: str, override: SizeOverride) -> None:
     for key in RESOURCE_SHORTCUTS:
         if getattr(override, key) is not None and CAMEL.key(key) in override.resources:
             raise SchemaError(
-                f"{path}.resources.{CAMEL.key(key)}", f"conflicts with {path}.{CAMEL.key(key)}; set only one of the two"
+                f"{path}.resources.{CAMEL.key(key)}",
+                f"conflicts with {path}.{CAMEL.key(key)}; set only one of the two",
             )
     for dotted, owner in AXIS_FIELDS.items():
         if has_path(override.config, dotted):
@@ -132,7 +133,8 @@ def _check_override(model: str, override: SizeOverride) -> None:
     for shortcut, dotted in SHORTCUTS.items():
         if getattr(override, shortcut) is not None and has_path(override.config, dotted):
             raise SchemaError(
-                f"{path}.config.{dotted}", f"conflicts with {path}.{CAMEL.key(shortcut)}; set only one of the two"
+                f"{path}.config.{dotted}",
+                f"conflicts with {path}.{CAMEL.key(shortcut)}; set only one of the two",
             )
 
 
@@ -198,8 +200,12 @@ def _where(err: SchemaError, raw: dict[str, Any], spec: ScalingSweepSpec, point:
         return SchemaError(f"spec.overrides.{point.model}.config.{detail}", f"{label}: {err.reason}")
     for shortcut, dotted in SHORTCUTS.items():
         if detail in (dotted, CAMEL.key(shortcut)) and override.get(CAMEL.key(shortcut)) is not None:
-            return SchemaError(f"spec.overrides.{point.model}.{CAMEL.key(shortcut)}", f"{label}: {err.reason}")
-    if err.path.startswith("spec.resources.") and has_path(override.get("resources"), detail.removeprefix("resources.")):
+            return SchemaError(
+                f"spec.overrides.{point.model}.{CAMEL.key(shortcut)}", f"{label}: {err.reason}"
+            )
+    if err.path.startswith("spec.resources.") and has_path(
+        override.get("resources"), detail.removeprefix("resources.")
+    ):
         return SchemaError(f"spec.overrides.{point.model}.{detail}", f"{label}: {err.reason}")
     where = f"spec.overrides.{point.model}" if point.model in spec.overrides else "spec.base"
     return SchemaError(where, f"{label}: {detail}: {err.reason}")

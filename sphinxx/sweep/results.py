@@ -63,7 +63,9 @@ class FitInput:
     params: float  # N
     tokens: float  # D
     loss: float  # training loss
-    heldout: Mapping[str, float] = dataclasses.field(default_factory=dict)  # heldout_bpb and heldout_bpb/<domain>
+    heldout: Mapping[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # heldout_bpb and heldout_bpb/<domain>
 
     def value(self, key: str) -> float | None:
         """The metric `key` of this point (loss, heldout_bpb or heldout_bpb/<domain>), None if it lacks it."""
@@ -84,7 +86,12 @@ def row_metrics(metrics: Mapping[str, float]) -> dict[str, Any]:
         return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
     heldout = {k: v for k in sorted(metrics) if _is_heldout(k) and (v := get(k)) is not None}
-    return {"params": get(PARAMS_KEY), "tokens": get(TOKENS_KEY), "loss": get(LOSS_KEY), "heldout": heldout or None}
+    return {
+        "params": get(PARAMS_KEY),
+        "tokens": get(TOKENS_KEY),
+        "loss": get(LOSS_KEY),
+        "heldout": heldout or None,
+    }
 
 
 def fit_inputs(rows: Sequence[PointRow]) -> tuple[list[FitInput], list[str]]:
@@ -95,7 +102,15 @@ def fit_inputs(rows: Sequence[PointRow]) -> tuple[list[FitInput], list[str]]:
             continue
         if row.params and row.tokens and row.loss is not None:
             inputs.append(
-                FitInput(row.name, row.model, row.data_fraction, row.params, row.tokens, row.loss, dict(row.heldout or {}))
+                FitInput(
+                    row.name,
+                    row.model,
+                    row.data_fraction,
+                    row.params,
+                    row.tokens,
+                    row.loss,
+                    dict(row.heldout or {}),
+                )
             )
         else:
             missing.append(row.name)
@@ -127,18 +142,29 @@ def fit_sweep(
     every point has `heldout_bpb/<domain>` (`ScalingFit.domains`, `status.domains`).
     """
     inputs, missing = fit_inputs(rows)
-    skipped = f"{len(missing)} succeeded point(s) lack {PARAMS_KEY}/{TOKENS_KEY}: {', '.join(missing)}" if missing else ""
+    skipped = (
+        f"{len(missing)} succeeded point(s) lack {PARAMS_KEY}/{TOKENS_KEY}: {', '.join(missing)}"
+        if missing
+        else ""
+    )
     key = choose_loss_key(inputs, loss_key)
 
     def unfitted(error: str, note: str = "") -> ScalingLawStatus:
         return ScalingLawStatus(
-            params_axis=PARAMS_AXIS, data_axis=DATA_AXIS, loss_key=key, loss_axis=_loss_axis(key), error=error, note=note
+            params_axis=PARAMS_AXIS,
+            data_axis=DATA_AXIS,
+            loss_key=key,
+            loss_axis=_loss_axis(key),
+            error=error,
+            note=note,
         )
 
     usable = [i for i in inputs if i.value(key) is not None]
     if len(usable) < len(inputs):
         lacking = [i.name for i in inputs if i.value(key) is None]
-        skipped = "; ".join(n for n in (skipped, f"{len(lacking)} point(s) lack {key}: {', '.join(lacking)}") if n)
+        skipped = "; ".join(
+            n for n in (skipped, f"{len(lacking)} point(s) lack {key}: {', '.join(lacking)}") if n
+        )
     if not usable:
         error = f"no succeeded point carries num_params, tokens_seen and {key}"
         return unfitted(error, skipped), None, inputs
@@ -147,12 +173,16 @@ def fit_sweep(
     except ImportError as err:  # numpy/scipy missing: the sweep is complete either way
         return ScalingLawStatus(error=f"scaling-law fit unavailable: {err}"), None, inputs
     try:
-        result = fit(_points(usable, key), resamples=RESAMPLES if resamples is None else resamples, loss_key=key)
+        result = fit(
+            _points(usable, key), resamples=RESAMPLES if resamples is None else resamples, loss_key=key
+        )
     except ValueError as err:
         return unfitted(str(err)), None, usable
     for domain_key in domain_keys(usable):
         n = DOMAIN_RESAMPLES if resamples is None else resamples
-        result.domains[domain_key.split("/", 1)[1]] = fit(_points(usable, domain_key), resamples=n, loss_key=domain_key)
+        result.domains[domain_key.split("/", 1)[1]] = fit(
+            _points(usable, domain_key), resamples=n, loss_key=domain_key
+        )
     status = law_status(result)
     status.note = "; ".join(n for n in (status.note, skipped) if n)
     return status, result, usable
@@ -195,7 +225,9 @@ def law_status(fit: ScalingFit) -> ScalingLawStatus:
     if fit.form == "chinchilla" and (optimal := fit.compute_optimal()) is not None:
         out.compute_optimal = ComputeOptimal(**{k: _finite(v) for k, v in optimal.items()})
     if fit.resamples:
-        out.uncertainty = Uncertainty(level=fit.level, resamples=fit.resamples, used=fit.resamples_used, seed=fit.seed)
+        out.uncertainty = Uncertainty(
+            level=fit.level, resamples=fit.resamples, used=fit.resamples_used, seed=fit.seed
+        )
     out.residuals = [
         PointFit(
             name=p.name,
@@ -233,7 +265,12 @@ def _coefficients(fit: ScalingFit) -> Coefficients | None:
 
 def _axis_laws(fit: ScalingFit) -> list[AxisLaw]:
     return [
-        AxisLaw(axis=law.axis, coefficient=_finite(law.coefficient), slope=_finite(law.slope), num_points=law.num_points)
+        AxisLaw(
+            axis=law.axis,
+            coefficient=_finite(law.coefficient),
+            slope=_finite(law.slope),
+            num_points=law.num_points,
+        )
         for law in fit.per_axis
     ]
 
@@ -250,7 +287,9 @@ def _loo(fit: ScalingFit) -> LeaveOneOut | None:
     errors = fit.loo_errors()
     if not errors:
         return None
-    return LeaveOneOut(rmse=_finite(fit.loo_rmse()), max_abs=_finite(fit.loo_max_abs()), num_points=len(errors))
+    return LeaveOneOut(
+        rmse=_finite(fit.loo_rmse()), max_abs=_finite(fit.loo_max_abs()), num_points=len(errors)
+    )
 
 
 def fit_metrics(status: ScalingLawStatus) -> dict[str, float]:
@@ -276,7 +315,9 @@ def fit_metrics(status: ScalingLawStatus) -> dict[str, float]:
     return out
 
 
-def _law_metrics(prefix: str, estimates: Sequence[Estimate], rms: float | None, loo: LeaveOneOut | None) -> dict[str, float]:
+def _law_metrics(
+    prefix: str, estimates: Sequence[Estimate], rms: float | None, loo: LeaveOneOut | None
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for e in estimates:
         for suffix, value in (("", e.value), ("_low", e.low), ("_high", e.high)):

@@ -34,7 +34,9 @@ SEED = 0  # the bootstrap's seed: the same points give the same intervals everyw
 CHINCHILLA_KEYS = ("E", "A", "alpha", "B", "beta")
 OPTIMAL_KEYS = ("G", "a", "b")  # N_opt(C) = G (C/6)^a, D_opt(C) = (C/6)/N_opt = (C/6)^b / G
 _FULL_GRID = np.linspace(0.02, 1.5, 38)  # exponent grid of a first fit
-_REFIT_GRID = np.linspace(0.05, 1.5, 8)  # coarser grid of a refit, which also starts at the full fit's exponents
+_REFIT_GRID = np.linspace(
+    0.05, 1.5, 8
+)  # coarser grid of a refit, which also starts at the full fit's exponents
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,9 @@ class ScalingFit:
 
     def predict(self, params: float | np.ndarray, data: float | np.ndarray) -> float | np.ndarray:
         if self.form == "chinchilla":
-            assert None not in (self.E, self.A, self.alpha, self.B, self.beta), "a chinchilla fit has all five"
+            assert None not in (self.E, self.A, self.alpha, self.B, self.beta), (
+                "a chinchilla fit has all five"
+            )
             return _chinchilla(self.coefficients(), params, data)
         raise ValueError("a per-axis fit has no joint prediction; use per_axis")
 
@@ -111,7 +115,11 @@ class ScalingFit:
         if self.form == "chinchilla":
             out = {k: float(getattr(self, k)) for k in CHINCHILLA_KEYS if getattr(self, k) is not None}
             return out | (compute_optimal(out) or {})
-        return {f"{law.axis}_{k}": float(getattr(law, k)) for law in self.per_axis for k in ("coefficient", "slope")}
+        return {
+            f"{law.axis}_{k}": float(getattr(law, k))
+            for law in self.per_axis
+            for k in ("coefficient", "slope")
+        }
 
     def compute_optimal(self) -> dict[str, float] | None:
         """G, a, b of N_opt(C) = G (C/6)^a (Chinchilla form with both terms present), else None."""
@@ -155,14 +163,21 @@ def compute_optimal(coefficients: dict[str, float]) -> dict[str, float] | None:
     return {"G": g, "a": beta / (alpha + beta), "b": alpha / (alpha + beta)}
 
 
-def _chinchilla(c: dict[str, float], params: float | np.ndarray, data: float | np.ndarray) -> float | np.ndarray:
+def _chinchilla(
+    c: dict[str, float], params: float | np.ndarray, data: float | np.ndarray
+) -> float | np.ndarray:
     n, d = np.asarray(params, dtype=np.float64), np.asarray(data, dtype=np.float64)
     out = c["E"] + c["A"] / n ** c["alpha"] + c["B"] / d ** c["beta"]
     return float(out) if np.ndim(out) == 0 else out
 
 
 def fit(
-    points: Sequence[Point], *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED, loss_key: str = "loss"
+    points: Sequence[Point],
+    *,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = SEED,
+    loss_key: str = "loss",
 ) -> ScalingFit:
     """Fit the full law when the sweep supports it, otherwise per-axis power laws; then its uncertainty.
 
@@ -187,7 +202,11 @@ def fit(
 
 
 def _full_form_fits(points: Sequence[Point]) -> bool:
-    return len(points) >= MIN_POINTS_FULL and len({p.params for p in points}) >= 3 and len({p.data for p in points}) >= 3
+    return (
+        len(points) >= MIN_POINTS_FULL
+        and len({p.params for p in points}) >= 3
+        and len({p.data for p in points}) >= 3
+    )
 
 
 def _finite_positive(p: Point) -> bool:
@@ -203,7 +222,11 @@ def _arrays(points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _variable_projection(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, grid: np.ndarray, starts: Sequence[tuple[float, float]] = ()
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    grid: np.ndarray,
+    starts: Sequence[tuple[float, float]] = (),
 ) -> dict[str, float]:
     """Variable projection: for fixed exponents the law is linear in (E, A, B).
 
@@ -241,14 +264,20 @@ def _variable_projection(
 def _fit_chinchilla(points: Sequence[Point]) -> ScalingFit:
     n, d, loss = _arrays(points)
     c = _variable_projection(n, d, loss, _FULL_GRID)
-    out = ScalingFit("chinchilla", len(points), E=c["E"], A=c["A"], alpha=c["alpha"], B=c["B"], beta=c["beta"])
+    out = ScalingFit(
+        "chinchilla", len(points), E=c["E"], A=c["A"], alpha=c["alpha"], B=c["B"], beta=c["beta"]
+    )
     pred = np.asarray(_chinchilla(c, n, d))
     out.residual_rms = float(np.sqrt(np.mean((np.log(pred) - np.log(loss)) ** 2)))
-    out.points = [PointFit(p.name, "", p.params, p.data, p.loss, float(y)) for p, y in zip(points, pred, strict=True)]
+    out.points = [
+        PointFit(p.name, "", p.params, p.data, p.loss, float(y)) for p, y in zip(points, pred, strict=True)
+    ]
     return out
 
 
-def _chinchilla_uncertainty(out: ScalingFit, points: Sequence[Point], resamples: int, level: float, seed: int) -> None:
+def _chinchilla_uncertainty(
+    out: ScalingFit, points: Sequence[Point], resamples: int, level: float, seed: int
+) -> None:
     """Leave-one-out predictions and bootstrap intervals: refits started at the full fit's exponents."""
     n, d, loss = _arrays(points)
     start = [(float(out.alpha or 0.3), float(out.beta or 0.3))]
@@ -310,7 +339,9 @@ def _fit_per_axis(points: Sequence[Point], note: str) -> ScalingFit:
     return out
 
 
-def _per_axis_uncertainty(out: ScalingFit, points: Sequence[Point], resamples: int, level: float, seed: int) -> None:
+def _per_axis_uncertainty(
+    out: ScalingFit, points: Sequence[Point], resamples: int, level: float, seed: int
+) -> None:
     """Bootstrap each axis law on its own slice (the points it was fitted on), resampled together.
 
     A line through two points has no spread to resample (every usable resample is the same two
@@ -321,7 +352,10 @@ def _per_axis_uncertainty(out: ScalingFit, points: Sequence[Point], resamples: i
         out.level, out.seed = level, seed
         return
     arrays = {
-        axis: (np.array([getattr(p, axis) for p in s], dtype=np.float64), np.array([p.loss for p in s], dtype=np.float64))
+        axis: (
+            np.array([getattr(p, axis) for p in s], dtype=np.float64),
+            np.array([p.loss for p in s], dtype=np.float64),
+        )
         for axis, s in slices.items()
     }
     rng = np.random.default_rng(seed)
@@ -356,9 +390,17 @@ def _bootstrap(
     _summarise(out, samples, resamples, level, seed)
 
 
-def _summarise(out: ScalingFit, samples: list[dict[str, float]], resamples: int, level: float, seed: int) -> None:
+def _summarise(
+    out: ScalingFit, samples: list[dict[str, float]], resamples: int, level: float, seed: int
+) -> None:
     """Percentile intervals of every coefficient over the bootstrap refits."""
-    out.level, out.seed, out.resamples, out.resamples_used, out.samples = level, seed, resamples, len(samples), samples
+    out.level, out.seed, out.resamples, out.resamples_used, out.samples = (
+        level,
+        seed,
+        resamples,
+        len(samples),
+        samples,
+    )
     tail = (1.0 - level) / 2.0
     for key in out.coefficients():
         values = np.array([s[key] for s in samples if key in s and math.isfinite(s[key])])
@@ -367,7 +409,9 @@ def _summarise(out: ScalingFit, samples: list[dict[str, float]], resamples: int,
             out.intervals[key] = (float(low), float(high))
 
 
-def band(result: ScalingFit, curve: Callable[[dict[str, float]], np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+def band(
+    result: ScalingFit, curve: Callable[[dict[str, float]], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The pointwise percentile band of `curve` (a function of a coefficient set) over the bootstrap."""
     if len(result.samples) < 2:
         return None

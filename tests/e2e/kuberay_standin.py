@@ -435,7 +435,7 @@ class KubeRayStandIn:
         pod_tmp.mkdir(parents=True, exist_ok=True)
 
         def local(env: dict[str, str]) -> dict[str, str]:
-            return {k: f"{pod_tmp}{v[len('/tmp'):]}" if v.startswith("/tmp/") else v for k, v in env.items()}
+            return {k: f"{pod_tmp}{v[len('/tmp') :]}" if v.startswith("/tmp/") else v for k, v in env.items()}
 
         head = local(self._container_env(cluster_spec["headGroupSpec"]["template"]))
         groups = cluster_spec.get("workerGroupSpecs") or []

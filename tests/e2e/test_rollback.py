@@ -109,13 +109,17 @@ def test_rollback_two_checkpoints_and_the_retry_resumes_there(
                         env={**os.environ, **s3_server.env}, timeout=120)  # fmt: skip
     assert ls.returncode == 0, ls.stderr
     states = {int(line.split()[0]): line.split()[1] for line in ls.stdout.splitlines()[1:-1]}
-    assert all(states[s] == "rolled-back" for s in rolled) and states[target].startswith("committed"), ls.stdout
+    assert all(states[s] == "rolled-back" for s in rolled) and states[target].startswith("committed"), (
+        ls.stdout
+    )
 
     # Attempt 2 (a new RayJob; the retry budget was reset) resumes at the chosen step and succeeds.
     second = wait_for(lambda: _attempts(kube, ns).get(2), 120, "attempt 2")
     assert second["metadata"]["annotations"]["sphinxx.dev/resume-from"] == store.layout.step_dir(target)
     final = wait_for(
-        lambda: _status(kube, ns).get("phase") in ("Succeeded", "Failed") and _status(kube, ns), 1500, "the retry"
+        lambda: _status(kube, ns).get("phase") in ("Succeeded", "Failed") and _status(kube, ns),
+        1500,
+        "the retry",
     )
     job_log = kuberay.log(second["metadata"]["name"])
     assert final["phase"] == "Succeeded", job_log[-4000:]
@@ -133,7 +137,9 @@ def test_rollback_two_checkpoints_and_the_retry_resumes_there(
         assert entry.archive, entry
         archived = json.loads(store.fs().read_bytes(f"{entry.archive}/manifest.json"))
         assert archived["step"] == entry.step and archived["commit_id"] == entry.commit_id
-        assert archived["attempt"] == 1  # (the new commits of these steps are attempt 2's; retention may drop them)
+        assert (
+            archived["attempt"] == 1
+        )  # (the new commits of these steps are attempt 2's; retention may drop them)
 
     # MLflow: one run; the rollback is written on it, and the superseded values are those logged
     # before the rollback (steps after the target appear twice; the later value is attempt 2's).
@@ -152,7 +158,9 @@ def test_rollback_two_checkpoints_and_the_retry_resumes_there(
         assert len(stamps) <= 2 and stamps[-1] > killed_at * 1000, (step, stamps)  # attempt 2's comes last
         twice += len(stamps) == 2 and stamps[0] < killed_at * 1000
     assert twice > 0, dict(values)  # attempt 1's values of the rolled-back steps are still there
-    assert _plugin(kube, "rollback", "trun", RUN, "--to-step", str(target), "-n", ns).returncode == 1  # Succeeded
+    assert (
+        _plugin(kube, "rollback", "trun", RUN, "--to-step", str(target), "-n", ns).returncode == 1
+    )  # Succeeded
 
 
 def _events(kube, ns: str) -> list[tuple[str, str, str]]:

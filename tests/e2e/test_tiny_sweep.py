@@ -261,7 +261,10 @@ def _check_fit(fit: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     by_axis = {law["axis"]: law for law in fit["perAxis"]}
     most_data = max(r["tokens"] for r in rows)
     largest = max(r["params"] for r in rows)
-    for axis, key, other, top in (("params", "params", "tokens", most_data), ("data", "tokens", "params", largest)):
+    for axis, key, other, top in (
+        ("params", "params", "tokens", most_data),
+        ("data", "tokens", "params", largest),
+    ):
         slice_ = [r for r in rows if r[other] == top]
         if len({r[key] for r in slice_}) < 2:
             assert axis not in by_axis, (axis, by_axis)
@@ -383,7 +386,9 @@ def test_the_same_sweep_file_runs_locally_with_the_same_runs_tags_and_fit_inputs
     # MLflow: the same experiment (the base's tracking.experiment), names and tags as the cluster's.
     mlflow = _mlflow(scenario)
     experiment = mlflow.get_experiment_by_name("tiny")
-    local = mlflow.search_runs([experiment.experiment_id], filter_string="tags.`sphinxx.dev/namespace` = 'local'")
+    local = mlflow.search_runs(
+        [experiment.experiment_id], filter_string="tags.`sphinxx.dev/namespace` = 'local'"
+    )
     (parent,) = [r for r in local if r.data.tags["sphinxx.dev/kind"] == "ScalingSweep"]
     children = {r.info.run_name: r for r in local if r.data.tags["sphinxx.dev/kind"] == "TrainingRun"}
     cluster_parent, cluster_children = _tracked_runs(scenario)
@@ -391,7 +396,12 @@ def test_the_same_sweep_file_runs_locally_with_the_same_runs_tags_and_fit_inputs
     assert parent.info.run_name == cluster_parent.info.run_name == SWEEP
     assert sorted(children) == sorted(cluster_by_name) == sorted(POINTS)  # no duplicate after the resume
     assert {r.info.status for r in [parent, *children.values()]} == {"FINISHED"}
-    own = {"sphinxx.dev/namespace", "sphinxx.dev/sweep-uid", "sphinxx.dev/trainingrun-uid", "mlflow.parentRunId"}
+    own = {
+        "sphinxx.dev/namespace",
+        "sphinxx.dev/sweep-uid",
+        "sphinxx.dev/trainingrun-uid",
+        "mlflow.parentRunId",
+    }
 
     def tags(run) -> dict[str, str]:
         return {k: v for k, v in run.data.tags.items() if k.startswith(("sphinxx.dev/", "mlflow.parent"))}
@@ -414,7 +424,11 @@ def test_the_same_sweep_file_runs_locally_with_the_same_runs_tags_and_fit_inputs
     cluster_rows = {r["name"]: r for r in cluster["points"]}
     for name in POINTS:
         here, there = local_rows[name], cluster_rows[name]
-        assert (here["params"], here["tokens"], here["step"]) == (there["params"], there["tokens"], there["step"]), name
+        assert (here["params"], here["tokens"], here["step"]) == (
+            there["params"],
+            there["tokens"],
+            there["step"],
+        ), name
         assert here["loss"] == pytest.approx(there["loss"], rel=0.05), name
     law = json.loads(state_path.read_text())["scaling_law"]
     same = ("form", "numPoints", "paramsAxis", "dataAxis", "lossKey", "lossAxis")

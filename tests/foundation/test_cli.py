@@ -68,6 +68,8 @@ def test_overrides_may_follow_options() -> None:
     args = parse(build_parser(), ["sweep", "run", "f.yaml", "--local", "--workdir", "/w", "train.lr=5e-4"])
     assert (args.file, args.workdir, args.overrides) == ("f.yaml", "/w", ["train.lr=5e-4"])
     with pytest.raises(SystemExit):
-        parse(build_parser(), ["sweep", "run", "f.yaml", "--local", "--wrkdir", "/w"])  # a typo stays an error
+        parse(
+            build_parser(), ["sweep", "run", "f.yaml", "--local", "--wrkdir", "/w"]
+        )  # a typo stays an error
     with pytest.raises(SystemExit):
         parse(build_parser(), ["ckpt", "ls", "s3://b/r", "extra=1"])  # no overrides there

@@ -21,7 +21,11 @@ def _lint(root: Path) -> subprocess.CompletedProcess[str]:
 def _copy(tmp_path: Path) -> Path:
     copy = tmp_path / "repo"
     shutil.copytree(
-        ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "build", "__pycache__", ".demo", ".micro", ".hypothesis")
+        ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "__pycache__", ".demo", ".micro", ".hypothesis"
+        ),
     )
     (copy / ".venv").symlink_to(ROOT / ".venv")
     return copy
@@ -42,16 +46,34 @@ def test_contracts_hold() -> None:
 # name the planted module.
 VIOLATIONS = {
     "model-jobs": ("model/_violation.py", "from sphinxx.jobs import loop  # the model is below the job\n"),
-    "schema-sweep": ("sphinxx/schema/_violation.py", "from sphinxx.sweep import points  # the schema is the bottom\n"),
-    "storage-model": ("storage/_violation.py", "from sphinxx.model import llm  # storage is beside the model\n"),
+    "schema-sweep": (
+        "sphinxx/schema/_violation.py",
+        "from sphinxx.sweep import points  # the schema is the bottom\n",
+    ),
+    "storage-model": (
+        "storage/_violation.py",
+        "from sphinxx.model import llm  # storage is beside the model\n",
+    ),
     "storage-torch": ("storage/_violation.py", "import torch  # storage must stay torch-free\n"),
-    "sweep-model": ("sphinxx/sweep/_violation.py", "from sphinxx.model import llm  # the sweep core must not train\n"),
+    "sweep-model": (
+        "sphinxx/sweep/_violation.py",
+        "from sphinxx.model import llm  # the sweep core must not train\n",
+    ),
     "sweep-torch": ("sphinxx/sweep/_violation.py", "import torch  # the sweep core is torch-free\n"),
     "schema-numpy": ("sphinxx/schema/_violation.py", "import numpy  # the base install has no numpy\n"),
-    "jobs-operator": ("jobs/_violation.py", "from sphinxx.operator import names  # nothing imports the operator\n"),
-    "model-operator": ("model/_violation.py", "from sphinxx.operator import names  # nothing imports the operator\n"),
+    "jobs-operator": (
+        "jobs/_violation.py",
+        "from sphinxx.operator import names  # nothing imports the operator\n",
+    ),
+    "model-operator": (
+        "model/_violation.py",
+        "from sphinxx.operator import names  # nothing imports the operator\n",
+    ),
     "operator-jobs": ("operator/_violation.py", "from sphinxx.jobs import loop  # training code\n"),
-    "operator-model": ("operator/_violation.py", "from sphinxx.model import llm  # the operator never builds models\n"),
+    "operator-model": (
+        "operator/_violation.py",
+        "from sphinxx.model import llm  # the operator never builds models\n",
+    ),
     "operator-torch": ("operator/_violation.py", "import torch  # the operator must stay torch-free\n"),
     "cli-operator": ("sphinxx/_violation.py", "from sphinxx.operator import names  # reached by name only\n"),
 }
@@ -65,8 +87,14 @@ def test_a_forbidden_import_breaks_the_build(tmp_path: Path, case: str) -> None:
     if case == "cli-operator":  # a module of the root package outside the layers: like the CLI
         contracts = copy / "pyproject.toml"
         text = contracts.read_text()
-        text = text.replace('exhaustive_ignores = ["cli", "__main__"]', 'exhaustive_ignores = ["cli", "__main__", "_violation"]')
-        text = text.replace('source_modules = ["sphinxx.cli", "sphinxx.__main__"]', 'source_modules = ["sphinxx.cli", "sphinxx.__main__", "sphinxx._violation"]')
+        text = text.replace(
+            'exhaustive_ignores = ["cli", "__main__"]',
+            'exhaustive_ignores = ["cli", "__main__", "_violation"]',
+        )
+        text = text.replace(
+            'source_modules = ["sphinxx.cli", "sphinxx.__main__"]',
+            'source_modules = ["sphinxx.cli", "sphinxx.__main__", "sphinxx._violation"]',
+        )
         contracts.write_text(text)
     result = _lint(copy)
     assert result.returncode != 0
@@ -82,7 +110,9 @@ def test_a_new_module_in_its_layer_needs_no_contract_edit(tmp_path: Path) -> Non
     )
     (copy / "sphinxx" / "sweep" / "_new_fit.py").write_text("from sphinxx.schema import fields\n")
     (copy / "storage" / "_new_store.py").write_text("from sphinxx.schema import fields\n")
-    (copy / "operator" / "_new_view.py").write_text("from sphinxx.storage import uri\nfrom sphinxx.sweep import results\n")
+    (copy / "operator" / "_new_view.py").write_text(
+        "from sphinxx.storage import uri\nfrom sphinxx.sweep import results\n"
+    )
     result = _lint(copy)
     assert result.returncode == 0, result.stdout[-2000:]
 
@@ -106,4 +136,6 @@ def test_every_package_folder_is_installed() -> None:
             if "__pycache__" in init.parts:
                 continue
             parts = init.parent.relative_to(ROOT / folder).parts
-            assert ".".join((name, *parts)) in packages, f"{init.parent} is missing from [tool.setuptools] packages"
+            assert ".".join((name, *parts)) in packages, (
+                f"{init.parent} is missing from [tool.setuptools] packages"
+            )

@@ -273,7 +273,9 @@ def test_metrics_count_requests_by_verb_and_resource(kube, api) -> None:
     api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _run("counted", ns))
     api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
     api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "counted")
-    api.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "counted", {"status": {"phase": "x"}})
+    api.patch_namespaced_custom_object_status(
+        GROUP, VERSION, ns, PLURAL, "counted", {"status": {"phase": "x"}}
+    )
     after = totals()
     delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
     assert {k: v for k, v in delta.items() if v} == {

@@ -115,9 +115,9 @@ def test_default_image_matches_the_operator_and_the_package() -> None:
 
 def test_peering_lifetime_reaches_kopf(render, monkeypatch: pytest.MonkeyPatch) -> None:
     """operator.peering.lifetime -> --peering-lifetime -> Settings -> kopf's settings.peering.lifetime."""
-    container = render({"replicaCount": 2, "operator": {"peering": {"lifetime": 20}}}).one("Deployment", RELEASE)[
-        "spec"
-    ]["template"]["spec"]["containers"][0]
+    container = render({"replicaCount": 2, "operator": {"peering": {"lifetime": 20}}}).one(
+        "Deployment", RELEASE
+    )["spec"]["template"]["spec"]["containers"][0]
     assert "--peering-lifetime=20" in container["args"]
     args = build_parser().parse_args(container["args"])
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("SPHINXX_")})

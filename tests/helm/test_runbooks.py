@@ -99,7 +99,7 @@ def parse(argv: list[str], prose: bool = False) -> None:
         return  # the tool's name in prose ("`sphinxx` output")
     assert "-h" not in rest and "--help" not in rest, f"quote a real invocation, not help: {shlex.join(argv)}"
     try:
-        args = (sphinxx_parse(parser, rest) if argv[0] == "sphinxx" else parser.parse_args(rest))
+        args = sphinxx_parse(parser, rest) if argv[0] == "sphinxx" else parser.parse_args(rest)
     except SystemExit:
         raise AssertionError(f"does not parse: {shlex.join(argv)}") from None
     if getattr(args, "func", None) is not None:
@@ -125,7 +125,11 @@ def test_page_has_every_section_in_order(page: Path) -> None:
 
 
 # The project's README and design docs are held to the same rule as the runbooks.
-DOCUMENTS = [ROOT / "README.md", ROOT / "helm" / "sphinxx" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [
+    ROOT / "README.md",
+    ROOT / "helm" / "sphinxx" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,11 @@ BAD_VALUES = [
     ),
     ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory", ""),
     ({"runtime": {"podDefaults": {"shmsize": "1Gi"}}}, "/runtime/podDefaults", "'shmsize' not allowed"),
-    ({"runtime": {"podDefaults": {"schedulerName": "Volcano"}}}, "/runtime/podDefaults/schedulerName", "pattern"),
+    (
+        {"runtime": {"podDefaults": {"schedulerName": "Volcano"}}},
+        "/runtime/podDefaults/schedulerName",
+        "pattern",
+    ),
     ({"rbac": {"secretNames": "s3-creds"}}, "/rbac/secretNames", "want array"),
     (
         {"mlflow": {"server": {"enabled": True}}, "s3": {"bucket": "ml-ckpt"}},

@@ -29,7 +29,9 @@ def main() -> int:
         raw = json.load(fh)
     cfg = from_dict(raw["config"])
     dist.init_process_group("gloo", rank=int(rank), world_size=int(world))
-    worker = Worker(rank=int(rank), world_size=int(world), attempt=int(attempt), mlflow_run_id=raw["mlflow_run_id"])
+    worker = Worker(
+        rank=int(rank), world_size=int(world), attempt=int(attempt), mlflow_run_id=raw["mlflow_run_id"]
+    )
     try:
         final = train(cfg, worker)
         print(json.dumps({"final_step": final["step"]}), flush=True)

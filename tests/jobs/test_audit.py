@@ -19,7 +19,14 @@ def test_each_step_is_one_flushed_line_per_rank(tmp_path) -> None:
     (path,) = (tmp_path / "trace").iterdir()
     assert path.name == f"rank1-attempt3-pid{os.getpid()}.jsonl"
     line = json.loads(path.read_text())  # already on disk: flushed at once
-    assert line == {"step": 7, "rank": 1, "world_size": 2, "attempt": 3, "pid": os.getpid(), "positions": [4, 6, 8]}
+    assert line == {
+        "step": 7,
+        "rank": 1,
+        "world_size": 2,
+        "attempt": 3,
+        "pid": os.getpid(),
+        "positions": [4, 6, 8],
+    }
 
 
 def test_off_without_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,7 +55,11 @@ SCRIPT = textwrap.dedent(
 
 def test_building_a_rank_share_peaks_at_about_one_copy_of_it() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(SHAPE)], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, json.dumps(SHAPE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])

@@ -68,7 +68,9 @@ def test_steps_derive_from_data_as_the_job_derives_them(tmp_path: Path) -> None:
     from tests.data.conftest import run_config
 
     write_synth(str(tmp_path), 40, seed=0)
-    cfg = run_config(tmp_path, "train.steps=0", "data.epochs=0.7", "data.fraction=0.5", "train.global_batch=3")
+    cfg = run_config(
+        tmp_path, "train.steps=0", "data.epochs=0.7", "data.fraction=0.5", "train.global_batch=3"
+    )
     samples = mixture_samples(cfg)
     assert training_steps(cfg, samples) == load_mixture(cfg.data).num_steps(3, 0.7)
     assert training_steps(cfg, samples) == math.ceil(math.ceil(0.7 * samples) / 3)
@@ -79,7 +81,15 @@ def test_steps_derive_from_data_as_the_job_derives_them(tmp_path: Path) -> None:
 def _plan(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return subprocess.run(
-        [sys.executable, "-m", "sphinxx.cli", "sweep", "plan", str(REPO / "examples/sweeps/tiny.yaml"), *args],
+        [
+            sys.executable,
+            "-m",
+            "sphinxx.cli",
+            "sweep",
+            "plan",
+            str(REPO / "examples/sweeps/tiny.yaml"),
+            *args,
+        ],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -110,8 +120,8 @@ def test_sweep_plan_cost_on_the_tiny_sweep(tmp_path: Path) -> None:
     out = json.loads(_plan(tmp_path, "--cost", "--gpu", "A100", "--mfu", "0.5", "--json").stdout)
     costs = [p["cost"] for p in out["points"]]
     assert len(costs) == 4 and all(c["steps_from"] == "data" and c["steps"] > 0 for c in costs)
-    assert out["total"]["tokens"] == sum(c["tokens"] for c in costs) == sum(
-        c["steps"] * 4 * 1024 for c in costs
+    assert (
+        out["total"]["tokens"] == sum(c["tokens"] for c in costs) == sum(c["steps"] * 4 * 1024 for c in costs)
     )  # global batch 4, seq_len 1024 (examples/sweeps/tiny.yaml)
     assert out["total"]["gpu_hours"] == pytest.approx(sum(c["flops"] for c in costs) / (0.5 * 312e12) / 3600)
     assert f"{out['total']['tokens']:,}" in total

@@ -17,17 +17,25 @@ def _resolve(*overrides: str, preset: str = "debug"):
     return train.read_config(train.parse_args(["--preset", preset, *DATA, *overrides]))
 
 
-def test_identity_is_the_configs_the_environment_only_fills_the_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_identity_is_the_configs_the_environment_only_fills_the_stores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("SPHINXX_RUN_ID", "trun-abc")  # neither is read: identity travels in the config
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweep-x")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
     cfg = _resolve("storage.uri=s3://bucket/prefix", "train.steps=7", "run_id=mine")
-    assert (cfg.run_id, cfg.tracking.experiment, cfg.tracking.uri) == ("mine", "sphinxx", "http://mlflow:5000")
+    assert (cfg.run_id, cfg.tracking.experiment, cfg.tracking.uri) == (
+        "mine",
+        "sphinxx",
+        "http://mlflow:5000",
+    )
     assert cfg.storage.endpoint_url == "http://minio:9000" and cfg.train.steps == 7
 
 
-def test_a_config_the_run_cannot_train_on_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_config_the_run_cannot_train_on_exits_2_naming_the_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert train.main(["--preset", "debug", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["error"].startswith("invalid config: data.sources: is empty")
@@ -55,7 +63,10 @@ def test_bad_configs_exit_2_with_a_summary_line(capsys: pytest.CaptureFixture[st
     assert train.main(["--config", str(broken)]) == train.EXIT_CONFIG
     error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
     assert f"{broken} is not valid YAML (line 2" in error
-    assert train.main(["--preset", "debug", *DATA, "train.lr=-1", "storage.uri=file:///tmp/x"]) == train.EXIT_CONFIG
+    assert (
+        train.main(["--preset", "debug", *DATA, "train.lr=-1", "storage.uri=file:///tmp/x"])
+        == train.EXIT_CONFIG
+    )
     assert "train.lr" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
 
 

@@ -61,7 +61,9 @@ def _heldout_sums(rank: int, world: int, synth) -> list[list[float]]:
     worker = Worker(rank=rank, world_size=world)
     data = build_data(cfg, rank, world)
     model, _ = build_model(cfg, worker)  # seeded: the same weights on every rank and at every world size
-    evaluator = HeldoutEvaluator(data.mixture, SamplePipeline(data.encoder, data.image), 1, rank, world, _all_reduce)
+    evaluator = HeldoutEvaluator(
+        data.mixture, SamplePipeline(data.encoder, data.image), 1, rank, world, _all_reduce
+    )
     return evaluator.run(model, "cpu").sums.tolist()
 
 
@@ -82,7 +84,9 @@ def _train(rank: int, world: int, cfg, mlflow_run_id: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_run_evaluates_commits_the_results_and_resumes_without_redoing_them(tmp_path, synth, mlflow_server) -> None:
+def test_a_run_evaluates_commits_the_results_and_resumes_without_redoing_them(
+    tmp_path, synth, mlflow_server
+) -> None:
     from mlflow.tracking import MlflowClient
 
     from sphinxx.jobs.tracking import create_run

@@ -33,7 +33,9 @@ runpy.run_path({script!r}, run_name="__main__")
 
 
 def _runner(*argv: str) -> list[str]:
-    code = RUNNER.format(absent=ABSENT_ON_THE_GPU_MACHINE, script=str(ROOT / "bench" / "gpu_train.py"), argv=list(argv))
+    code = RUNNER.format(
+        absent=ABSENT_ON_THE_GPU_MACHINE, script=str(ROOT / "bench" / "gpu_train.py"), argv=list(argv)
+    )
     return [sys.executable, "-c", code]
 
 
@@ -83,9 +85,19 @@ def test_cpu_smoke_of_the_moe_path(tmp_path) -> None:
 @pytest.mark.slow
 def test_gpu_checks_train_mode_cpu_smoke(tmp_path) -> None:
     """The one command of bench/GPU.md's training section, with DEVICE=cpu: setup skipped, both models."""
-    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path), "OMP_NUM_THREADS": "2"}
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path),
+        "OMP_NUM_THREADS": "2",
+    }
     done = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_checks.sh"), "train"], env=env, capture_output=True, text=True, timeout=900
+        ["bash", str(ROOT / "bench" / "gpu_checks.sh"), "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:]
     for name, flavor in (("gpu_train_tinyllama", "debug"), ("gpu_train_mixtral", "debug-moe")):
@@ -106,7 +118,9 @@ def test_sigterm_ends_the_measurement_with_a_summary_and_no_checkpoint(tmp_path)
     work = tmp_path / "work"
     argv = ("--device", "cpu", "--flavor", "debug", "--steps", "200", "--workdir", str(work))
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen(_runner(*argv), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        _runner(*argv), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     rows = []

@@ -10,8 +10,14 @@ from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_s
 
 # Lines as the job's driver prints them under Ray (copied from a demo point's log).
 RAY = "\x1b[36m(RayTrainWorker pid=4845)\x1b[0m "
-STEP_LINE = RAY + "[sphinxx] step 7/12 (58.3%) loss 6.5811 lr 5.00e-04 | 1,859 tok/s 4.6 samples/s mfu 40.1% | ETA 0:00:04\n"
-LAST_LINE = RAY + "[sphinxx] step 12/12 (100.0%) loss 5.7685 lr 0.00e+00 | 2,039 tok/s 5.1 samples/s mfu 31.3% | ETA -\n"
+STEP_LINE = (
+    RAY
+    + "[sphinxx] step 7/12 (58.3%) loss 6.5811 lr 5.00e-04 | 1,859 tok/s 4.6 samples/s mfu 40.1% | ETA 0:00:04\n"
+)
+LAST_LINE = (
+    RAY
+    + "[sphinxx] step 12/12 (100.0%) loss 5.7685 lr 0.00e+00 | 2,039 tok/s 5.1 samples/s mfu 31.3% | ETA -\n"
+)
 CKPT_LINE = RAY + (
     "Checkpoint successfully created at: Checkpoint(filesystem=local, "
     "path=/tmp/d/.demo/tiny/checkpoints/tiny-debug-d100/ray/tiny-debug-d100/pointer-000000006)\n"
@@ -29,13 +35,20 @@ def test_lines_are_cleaned_and_parsed() -> None:
     assert text.startswith("[sphinxx] step 7/12") and "\x1b" not in text
     step = parse_step(text)
     assert step is not None and (step.step, step.total, step.loss, step.tokens_per_s, step.eta) == (
-        7, 12, 6.5811, 1859.0, "0:00:04"
+        7,
+        12,
+        6.5811,
+        1859.0,
+        "0:00:04",
     )
     last = parse_step(clean(LAST_LINE))
     assert last is not None and last.eta is None and last.step == last.total == 12
     assert checkpoint_step(clean(CKPT_LINE)) == 6
     assert checkpoint_step(clean(RAY + "Checkpoint successfully created at: ...pointer-a2-000000015)")) == 15
-    assert clean("\x1b[36m(TrainController pid=4774, ip=10.0.0.1)\x1b[0m Requesting resources") == "Requesting resources"
+    assert (
+        clean("\x1b[36m(TrainController pid=4774, ip=10.0.0.1)\x1b[0m Requesting resources")
+        == "Requesting resources"
+    )
 
 
 def test_only_our_notes_and_errors_reach_the_console() -> None:
@@ -48,10 +61,23 @@ def test_each_line_is_kept_once_even_when_ray_repeats_it_later() -> None:
     """Ray's repeats as seen in a micro-family point's log: back to back, and a held-out line again
     after the checkpoint lines that followed it. Other lines may legitimately repeat (not ours)."""
     heldout = RAY + "[sphinxx] held-out at step 42: heldout_loss 4.1260, heldout_bpb 2.5824\n"
-    stream = [STEP_LINE, STEP_LINE, heldout, CKPT_LINE, NOISE[0], heldout, NOISE[1], NOISE[0], LAST_LINE, LAST_LINE]
+    stream = [
+        STEP_LINE,
+        STEP_LINE,
+        heldout,
+        CKPT_LINE,
+        NOISE[0],
+        heldout,
+        NOISE[1],
+        NOISE[0],
+        LAST_LINE,
+        LAST_LINE,
+    ]
     repeats = Repeats()
     kept = [clean(line) for line in stream if not repeats.seen(clean(line))]
-    assert kept == [clean(line) for line in (STEP_LINE, heldout, CKPT_LINE, NOISE[0], NOISE[1], NOISE[0], LAST_LINE)]
+    assert kept == [
+        clean(line) for line in (STEP_LINE, heldout, CKPT_LINE, NOISE[0], NOISE[1], NOISE[0], LAST_LINE)
+    ]
 
 
 def test_off_a_terminal_each_new_state_is_one_plain_line() -> None:
@@ -111,7 +137,9 @@ def test_mlflow_store_migrations_stay_off_the_runners_console(tmp_path) -> None:
         "from mlflow.tracking import MlflowClient\n"
         f"MlflowClient('sqlite:///{tmp_path}/mlflow.db').search_experiments()\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "mlflow.db").exists()  # the store was created, migrations ran
     assert "database tables" not in out.stdout + out.stderr

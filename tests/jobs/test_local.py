@@ -44,7 +44,9 @@ def test_plan_expands_like_the_operator_and_localises_paths(tmp_path: Path, monk
     ]
     for point, cfg in points:
         assert (
-            cfg.run_id == point.name and cfg.model.flavor == point.model and cfg.data.fraction == point.fraction
+            cfg.run_id == point.name
+            and cfg.model.flavor == point.model
+            and cfg.data.fraction == point.fraction
         )
         assert cfg.storage.uri == "file:///ck" and cfg.tracking.uri == "sqlite:///m.db"
         assert cfg.data.tokenizer == str(tmp_path / "data/tok")  # Ray workers run elsewhere
@@ -53,7 +55,11 @@ def test_plan_expands_like_the_operator_and_localises_paths(tmp_path: Path, monk
 
 def test_bad_sweep_is_rejected_with_the_field(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="dataFractions"):
-        plan(*read_sweep(str(sweep_file(tmp_path, {"preset": "debug"}, fractions=(0.0,)))), "file:///c", "sqlite:///m")
+        plan(
+            *read_sweep(str(sweep_file(tmp_path, {"preset": "debug"}, fractions=(0.0,)))),
+            "file:///c",
+            "sqlite:///m",
+        )
     result = subprocess.run(
         [SPHINXX, "sweep", "plan", str(sweep_file(tmp_path, {"preset": "debug"}, fractions=(1.5,)))],
         capture_output=True,

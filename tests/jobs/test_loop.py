@@ -122,4 +122,7 @@ def test_every_checkpoint_commits_the_scaling_law_inputs(tmp_path, synth, mlflow
         assert metrics["num_params"] == out["scaling"] < metrics["num_params_total"] == out["trainable"]
         tokens.append(metrics["tokens_seen"])
     assert 0 < tokens[0] < tokens[1] == out["final"]["tokens_seen"]  # cumulative, as the run saw them
-    assert (out["final"]["num_params"], out["final"]["num_params_total"]) == (out["scaling"], out["trainable"])
+    assert (out["final"]["num_params"], out["final"]["num_params_total"]) == (
+        out["scaling"],
+        out["trainable"],
+    )

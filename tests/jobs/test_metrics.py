@@ -120,7 +120,11 @@ def test_mfu_is_achieved_over_peak_flops_of_the_world() -> None:
     from sphinxx.jobs.progress import Peak
 
     flops = FlopModel(
-        per_token=10.0, per_squared_length=2.0, per_image_token=4.0, per_view=100.0, peak=Peak(1000.0, "test", False)
+        per_token=10.0,
+        per_squared_length=2.0,
+        per_image_token=4.0,
+        per_view=100.0,
+        peak=Peak(1000.0, "test", False),
     )
     stats = StepStats(0.0, 1.0, 1.0, 0.0, 5, tokens=20, samples=2, image_tokens=5, views=1, skipped_views=0,
                       squared_lengths=10**2 + 10**2)  # fmt: skip
@@ -217,7 +221,9 @@ def test_step_flops_of_a_batch_with_known_lengths_by_hand() -> None:
     attention = 12 * a.n_layers * a.dim
     projector = 4 * _multimodal_params(model, tags=0)
     assert (flops.per_token, flops.per_squared_length, flops.per_image_token) == (six_n, attention, projector)
-    expected = sum(six_n * t + attention * t * t for t in lengths) + projector * image_tokens + 3 * flops.per_view
+    expected = (
+        sum(six_n * t + attention * t * t for t in lengths) + projector * image_tokens + 3 * flops.per_view
+    )
     assert flops.step_flops(stats) == expected
     # At the configured seq_len every position would be credited 12 L d * 2048 of attention.
     assert flops.step_flops(stats) < sum(six_n + attention * model.args.llm.max_seq_len for _ in range(800))

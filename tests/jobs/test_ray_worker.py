@@ -39,5 +39,13 @@ def test_the_worker_gets_the_drivers_config_object_and_identity(monkeypatch: pyt
 def test_pointer_checkpoint_names_are_new_for_every_commit() -> None:
     from sphinxx.jobs.loop import pointer_name
 
-    names = {pointer_name(6, 1, "aaaa1111x"), pointer_name(6, 2, "bbbb2222x"), pointer_name(6, 2, "cccc3333x")}
-    assert names == {"pointer-000000006-a1-aaaa1111", "pointer-000000006-a2-bbbb2222", "pointer-000000006-a2-cccc3333"}
+    names = {
+        pointer_name(6, 1, "aaaa1111x"),
+        pointer_name(6, 2, "bbbb2222x"),
+        pointer_name(6, 2, "cccc3333x"),
+    }
+    assert names == {
+        "pointer-000000006-a1-aaaa1111",
+        "pointer-000000006-a2-bbbb2222",
+        "pointer-000000006-a2-cccc3333",
+    }

@@ -80,14 +80,18 @@ def _traced(trace: Path, rank: int) -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_step_commits_that_step_and_the_retry_loses_none(tmp_path, synth, s3_bucket, mlflow_server):
+def test_sigterm_mid_step_commits_that_step_and_the_retry_loses_none(
+    tmp_path, synth, s3_bucket, mlflow_server
+):
     from sphinxx.jobs.tracking import create_run
 
     # 30 steps (one epoch of the 140-record set is 35): on an idle machine a step takes ~0.1 s, and
     # 12 steps were over before the signal (sent after a 0.5 s poll saw step 3) could stop them.
     storage, steps = f"s3://{s3_bucket}/runs", 30
     # checkpoint_interval 100: without a stop, only the final step commits; any earlier commit is the stop's.
-    raw = tiny_config(synth, "stop", storage, mlflow_server.tracking_uri, train={"steps": steps, "checkpoint_interval": 100})
+    raw = tiny_config(
+        synth, "stop", storage, mlflow_server.tracking_uri, train={"steps": steps, "checkpoint_interval": 100}
+    )
     run = create_run(mlflow_server.tracking_uri, "train-e2e", "stop")
     store = CheckpointStore(storage, "stop")
     first = Group(tmp_path, "stop", raw, run, 1, tmp_path / "trace-a")
@@ -153,7 +157,9 @@ def test_sigterm_during_a_commit_that_cannot_finish_leaves_the_previous_checkpoi
     assert code == EXIT_DEADLINE, group.tail()
     assert took < grace + 5, f"rank 1 exited {took:.0f} s after SIGTERM (grace {grace} s)"
     latest = store.latest()
-    assert before is not None and latest is not None and latest.step == before.step  # the stop's commit never landed
+    assert (
+        before is not None and latest is not None and latest.step == before.step
+    )  # the stop's commit never landed
     # Nothing after it is committed: a stalled commit left, at most, a partial folder.
     assert [f.step for f in store.scan() if f.manifest is not None and f.step > latest.step] == []
     assert "has not committed: exiting now" in group.tail()

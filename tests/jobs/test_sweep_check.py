@@ -18,14 +18,19 @@ pytestmark = pytest.mark.slow  # a moto server process
 
 def _check(path: Path | str, s3_server, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, **s3_server.env}
-    return subprocess.run([SPHINXX, "sweep", "check", str(path)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run(
+        [SPHINXX, "sweep", "check", str(path)], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
+    )
 
 
 def _sweep(tmp_path: Path, bucket: str, weights: str) -> Path:
     base = {
         "preset": "debug",
         "model": {"llm_weights": weights},
-        "data": {"tokenizer": f"s3://{bucket}/tok", "sources": [{"name": "a", "uri": f"s3://{bucket}/data/a"}]},
+        "data": {
+            "tokenizer": f"s3://{bucket}/tok",
+            "sources": [{"name": "a", "uri": f"s3://{bucket}/data/a"}],
+        },
         "storage": {"uri": f"s3://{bucket}/runs"},
     }
     doc = {"apiVersion": "sphinxx.dev/v1alpha1", "kind": "ScalingSweep", "metadata": {"name": "chk"},
@@ -59,6 +64,12 @@ def test_the_family_example_fails_on_its_placeholder_buckets_with_clear_messages
     assert "pre-flight of sweep sphinx-x-family: 24 inputs of 12 points" in lines[0]
     fails = [line for line in lines if line.startswith("FAIL")]
     assert len(fails) == 24, result.stdout  # nothing exists on this S3
-    assert any(line.startswith("FAIL  model.llm_weights: s3://YOUR-BUCKET/weights/mixtral-8x7b does not exist") for line in fails)
-    assert any(line.startswith("FAIL  storage.uri: s3://sphinxx-checkpoints/sweeps") and "bucket" in line for line in fails)
+    assert any(
+        line.startswith("FAIL  model.llm_weights: s3://YOUR-BUCKET/weights/mixtral-8x7b does not exist")
+        for line in fails
+    )
+    assert any(
+        line.startswith("FAIL  storage.uri: s3://sphinxx-checkpoints/sweeps") and "bucket" in line
+        for line in fails
+    )
     assert "24 of 24 inputs cannot be used" in result.stderr

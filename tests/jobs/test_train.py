@@ -73,7 +73,13 @@ def test_two_workers_learn_commit_to_s3_and_track_through_an_mlflow_outage(
     # The scaling law's inputs (what the operator and the local runner fit from).
     fit = manifest.metrics
     assert fit["loss"] == summary["final_loss"] and fit["tokens_seen"] == summary["tokens_seen"] > 0
-    assert 0 < fit["num_params"] == summary["num_params"] < fit["num_params_total"] == summary["num_params_total"]
+    assert (
+        0
+        < fit["num_params"]
+        == summary["num_params"]
+        < fit["num_params_total"]
+        == summary["num_params_total"]
+    )
 
     client = _client(mlflow_server)
     run = client.get_run(summary["mlflow_run_id"])

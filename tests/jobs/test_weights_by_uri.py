@@ -42,7 +42,9 @@ def node_cache(tmp_path, monkeypatch) -> Path:
 def _upload(client, bucket: str, folder: Path, prefix: str) -> str:
     for path in folder.rglob("*"):
         if path.is_file():
-            client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder)}", Body=path.read_bytes())
+            client.put_object(
+                Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder)}", Body=path.read_bytes()
+            )
     return f"s3://{bucket}/{prefix}"
 
 
@@ -61,7 +63,9 @@ def _logits(llm) -> torch.Tensor:
         return llm.eval()(TOKENS)
 
 
-def test_raw_hf_llama_folder_on_s3_equals_transformers_and_the_converted_load(s3_server, s3_bucket, tmp_path, node_cache) -> None:
+def test_raw_hf_llama_folder_on_s3_equals_transformers_and_the_converted_load(
+    s3_server, s3_bucket, tmp_path, node_cache
+) -> None:
     hf_model = hf_llama(ARGS)
     src = tmp_path / "hf"
     hf_model.save_pretrained(str(src), max_shard_size="100KB")
@@ -98,10 +102,14 @@ def test_raw_hf_llama_folder_on_s3_equals_transformers_and_the_converted_load(s3
 
 def test_converted_folder_on_s3_loads_like_the_local_folder(s3_server, s3_bucket, tmp_path) -> None:
     hf_llama(ARGS).save_pretrained(str(tmp_path / "hf"))
-    convert_hf(str(tmp_path / "hf"), "debug", str(tmp_path / "ours"), overrides={k: getattr(ARGS, k) for k in FIELDS})
+    convert_hf(
+        str(tmp_path / "hf"), "debug", str(tmp_path / "ours"), overrides={k: getattr(ARGS, k) for k in FIELDS}
+    )
     uri = _upload(s3_server.client(), s3_bucket, tmp_path / "ours", "converted/tiny")
     from_s3, _ = build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker())
-    local, _ = build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=str(tmp_path / "ours")), Worker())
+    local, _ = build_model(
+        _config("debug", ARGS, FIELDS, tmp_path, llm_weights=str(tmp_path / "ours")), Worker()
+    )
     assert torch.equal(_logits(from_s3.llm), _logits(local.llm))
 
 

@@ -237,7 +237,12 @@ def _measure_engines(rank: int, world: int) -> list[dict]:
             groups = parallelize.optimizer_param_groups(model, cfg.train.weight_decay)
             adamw = torch.optim.AdamW(groups, lr=1e-3, foreach=False)
             config = parallelize.deepspeed_config(
-                zero_stage=stage, micro_batch=1, grad_accum_steps=ACCUM, precision="bf16", grad_clip=1.0, ep_size=ep
+                zero_stage=stage,
+                micro_batch=1,
+                grad_accum_steps=ACCUM,
+                precision="bf16",
+                grad_clip=1.0,
+                ep_size=ep,
             )
             engine = parallelize.initialize(model, adamw, config, ep_group)
             optimizer = engine.optimizer
@@ -270,7 +275,8 @@ def test_estimate_matches_a_real_deepspeed_engine() -> None:
     measured = run_distributed(_measure_engines, world, timeout=600)[0]
     for (flavor, stage, ep, precision), real in zip(CASES, measured, strict=True):
         c = flavor_memory(
-            flavor, TrainingSetup(world_size=world, zero_stage=stage, ep_size=ep, precision=precision, seq_len=64)
+            flavor,
+            TrainingSetup(world_size=world, zero_stage=stage, ep_size=ep, precision=precision, seq_len=64),
         )["bytes"]
         estimate = c["weights"] + c["frozen_towers"] + c["gradients"] + c["optimizer_states"]
         held = real["held"] - (c["reduce_bucket"] if stage == 1 else 0)

@@ -187,7 +187,9 @@ def _fake_gmm(a, b, batch_sizes, trans_b=False):
 
 
 def _glu(x, w1, v1, w2, batch_sizes, act):
-    return _fake_gmm(act(_fake_gmm(x, w1, batch_sizes, True)) * _fake_gmm(x, v1, batch_sizes, True), w2, batch_sizes)
+    return _fake_gmm(
+        act(_fake_gmm(x, w1, batch_sizes, True)) * _fake_gmm(x, v1, batch_sizes, True), w2, batch_sizes
+    )
 
 
 class _FakeMemoryOptimizedGLU(torch.autograd.Function):

@@ -39,7 +39,9 @@ def test_reads_come_from_the_index_not_the_api(kube) -> None:
     assert [o["metadata"]["name"] for o in cached.list("trainingruns", ns, f"{names.LABEL_SWEEP}=s")] == ["a"]
     assert cached.list("trainingruns", ns, f"{names.LABEL_SWEEP}=other") == []
     # Resources without an index, and selectors the cache does not evaluate, go to the API.
-    assert [o["metadata"]["name"] for o in cached.list("trainingruns", ns, f"{names.LABEL_SWEEP} in (s)")] == ["a"]
+    assert [
+        o["metadata"]["name"] for o in cached.list("trainingruns", ns, f"{names.LABEL_SWEEP} in (s)")
+    ] == ["a"]
 
 
 def test_own_writes_are_seen_until_the_watch_catches_up(kube) -> None:
@@ -93,8 +95,15 @@ def test_fresher_compares_resource_versions_as_integers() -> None:
 
 
 def test_rayjobs_are_mirrored_without_their_cluster_template() -> None:
-    job = {"metadata": {"name": "j"}, "spec": {"suspend": True, "rayClusterSpec": {"big": 1}, "runtimeEnvYAML": "x"}}
+    job = {
+        "metadata": {"name": "j"},
+        "spec": {"suspend": True, "rayClusterSpec": {"big": 1}, "runtimeEnvYAML": "x"},
+    }
     assert mirror("rayjobs", job)["spec"] == {"suspend": True}
     assert job["spec"]["rayClusterSpec"] == {"big": 1}  # the original is untouched
     assert mirror("trainingruns", job)["spec"] == job["spec"]
-    assert selector_pair("a=b") == ("a", "b") and selector_pair("a!=b") is None and selector_pair("a=b,c=d") is None
+    assert (
+        selector_pair("a=b") == ("a", "b")
+        and selector_pair("a!=b") is None
+        and selector_pair("a=b,c=d") is None
+    )

@@ -176,7 +176,9 @@ def test_crd_accepts_partial_layers_and_every_preset() -> None:
     }
     assert not _crd_refusals("ScalingSweep", layered)
     for preset in ("debug", "tinyllama-1.1b", "mixtral-8x7b"):
-        text = (Path(__file__).resolve().parents[2] / "sphinxx" / "schema" / "presets" / f"{preset}.yaml").read_text()
+        text = (
+            Path(__file__).resolve().parents[2] / "sphinxx" / "schema" / "presets" / f"{preset}.yaml"
+        ).read_text()
         config = {"preset": preset, **(yaml.safe_load(text) or {})}
         assert not _crd_refusals("TrainingRun", {"config": config}), preset
     assert not _crd_refusals("TrainingRun", {"config": RUN_BASE, "maxWorkers": 2, "suspend": False})

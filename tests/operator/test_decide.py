@@ -94,9 +94,7 @@ def test_failure_backs_off_then_retries_then_gives_up() -> None:
     early = decide.decide_run(_obs(failed, first.status, now=T0 + 5))
     assert early.create_attempt is None and early.requeue_after == 5
     retry = decide.decide_run(_obs(failed, first.status, now=T0 + 10))
-    assert (
-        retry.create_attempt == 2 and wire(retry)["retries"] == 1 and "lastFailureTime" not in wire(retry)
-    )
+    assert retry.create_attempt == 2 and wire(retry)["retries"] == 1 and "lastFailureTime" not in wire(retry)
     # Attempt 2 fails too; the second retry waits 2 x 10 s capped at 15 s.
     second = decide.decide_run(_obs(failed, retry.status, now=T0 + 20))
     assert second.requeue_after == 15
@@ -204,8 +202,10 @@ def _sweep_pass(phases: list[str], st: dict | None = None) -> decide.SweepAction
     from sphinxx.sweep.points import points
     from tests.schema.corpus import DATA
 
-
-    raw = {"base": {"preset": "debug", "data": DATA}, "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]}}
+    raw = {
+        "base": {"preset": "debug", "data": DATA},
+        "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]},
+    }
     sweep = {
         "metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1},
         "spec": raw,
@@ -240,9 +240,14 @@ def test_rollback_requests_parse_once_and_refuse_while_an_attempt_can_write() ->
     assert bad is not None and bad.step is None and "is not '<step>@<time>'" in bad.error
     running = status.observe_rayjob(_job("Running", "RUNNING"))
     assert "suspend the run" in (decide.rollback_refusal("Running", running) or "")
-    assert "still suspending" in (decide.rollback_refusal("Suspended", status.observe_rayjob(_job("Suspending"))) or "")
+    assert "still suspending" in (
+        decide.rollback_refusal("Suspended", status.observe_rayjob(_job("Suspending"))) or ""
+    )
     assert decide.rollback_refusal("Suspended", status.observe_rayjob(_job("Suspended"))) is None
-    assert decide.rollback_refusal("Failed", status.observe_rayjob(_job("Failed", "FAILED", "AppFailed"))) is None
+    assert (
+        decide.rollback_refusal("Failed", status.observe_rayjob(_job("Failed", "FAILED", "AppFailed")))
+        is None
+    )
     assert decide.rollback_refusal("Failed", status.observe_rayjob(None)) is None
     assert "succeeded" in (decide.rollback_refusal("Succeeded", status.observe_rayjob(None)) or "")
 
@@ -273,7 +278,11 @@ def test_a_refused_rollback_changes_nothing_but_the_token() -> None:
     suspended = {"attempt": 1, "phase": "Suspended", "rayJobName": "r-a1"}
     done = decide.RollbackOutcome("20@u", 20, "u", (30,))
     act = decide.decide_run(_obs(_job("Suspended", suspend=True), suspended, suspend=True, rollback=done))
-    assert act.create_attempt is None and wire(act)["phase"] == "Suspended" and wire(act)["lastRollback"]["toStep"] == 20
+    assert (
+        act.create_attempt is None
+        and wire(act)["phase"] == "Suspended"
+        and wire(act)["lastRollback"]["toStep"] == 20
+    )
 
 
 def test_a_pass_posts_one_event_for_all_the_points_it_creates() -> None:
@@ -281,7 +290,10 @@ def test_a_pass_posts_one_event_for_all_the_points_it_creates() -> None:
     from tests.schema.corpus import DATA
 
     fractions = [round((i + 1) / 12, 6) for i in range(12)]
-    raw = {"base": {"preset": "debug", "data": DATA}, "axes": {"models": ["debug"], "dataFractions": fractions}}
+    raw = {
+        "base": {"preset": "debug", "data": DATA},
+        "axes": {"models": ["debug"], "dataFractions": fractions},
+    }
     sweep = {"metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1}, "spec": raw}
     act = decide.decide_sweep(sweep, validate_sweep("s", raw).spec, [], None, "t")
     created = [e for e in act.events if e[1] == "PointsCreated"]

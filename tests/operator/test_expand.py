@@ -118,7 +118,9 @@ def test_points_being_created_are_admitted_in_the_same_pass() -> None:
     # Nothing exists yet: the first `max_parallel` new points are admitted as they are created.
     assert expand.admit(ordered, {}, 2, frozenset(names_in_order)) == names_in_order[:2]
     # A new point competes with existing unadmitted ones in size order, not creation order.
-    children = {c["metadata"]["name"]: c for c in _children(RAW) if c["metadata"]["name"] != names_in_order[0]}
+    children = {
+        c["metadata"]["name"]: c for c in _children(RAW) if c["metadata"]["name"] != names_in_order[0]
+    }
     assert expand.admit(ordered, children, 1, frozenset(names_in_order[:1])) == names_in_order[:1]
     # Without a free slot nothing new is admitted.
     for name in names_in_order[1:3]:

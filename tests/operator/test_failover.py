@@ -54,7 +54,9 @@ def _run(name: str, storage: str) -> dict:
 
 def _succeed(cluster: Cluster, rayjob: str) -> None:
     cluster.drive(rayjob, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=now_iso())
-    cluster.drive(rayjob, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime=now_iso(), succeeded=1)
+    cluster.drive(
+        rayjob, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime=now_iso(), succeeded=1
+    )
 
 
 def _attempts(cluster: Cluster) -> Counter:
@@ -67,7 +69,10 @@ def _attempts(cluster: Cluster) -> Counter:
 def test_peering_failover_mid_sweep_creates_nothing_twice(kube, s3_server, cluster, tmp_path) -> None:
     ns = cluster.ns
     cluster.api.create_namespaced_custom_object(
-        "kopf.dev", "v1", ns, "kopfpeerings",
+        "kopf.dev",
+        "v1",
+        ns,
+        "kopfpeerings",
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}},
     )  # fmt: skip  (the chart creates it; kopf requires it with --peering)
     work = tmp_path / "ops"
@@ -79,14 +84,18 @@ def test_peering_failover_mid_sweep_creates_nothing_twice(kube, s3_server, clust
         wait_for(lambda: resumed in active.process.log_path.read_text(), 60, "the active replica to resume")
         stays(lambda: resumed not in standby.process.log_path.read_text(), 3)
         cluster.kube.apply(_sweep("ha", f"file://{tmp_path}/ckpt", maxParallelRuns=1), ns)
-        first = wait_for(lambda: len(cluster.rayjobs()) == 1 and cluster.rayjobs(), 60, "the first point's RayJob")
+        first = wait_for(
+            lambda: len(cluster.rayjobs()) == 1 and cluster.rayjobs(), 60, "the first point's RayJob"
+        )
         assert len(cluster.runs()) == 2  # made by the active replica: the standby paused before the apply
 
         active.process.kill()  # mid-sweep: one point running, the other waiting for its slot
         killed = time.monotonic()
         for name in first:  # the first point finishes while no operator is active
             _succeed(cluster, name)
-        wait_for(lambda: len(cluster.rayjobs()) == 2, TAKEOVER_S, "the standby replica to start the second point")
+        wait_for(
+            lambda: len(cluster.rayjobs()) == 2, TAKEOVER_S, "the standby replica to start the second point"
+        )
         takeover = time.monotonic() - killed
         assert "Resuming operations after the pause" in standby.process.log_path.read_text()
         (second,) = set(cluster.rayjobs()) - set(first)
@@ -94,12 +103,19 @@ def test_peering_failover_mid_sweep_creates_nothing_twice(kube, s3_server, clust
         wait_for(lambda: cluster.status("scalingsweeps", "ha").get("phase") == "Succeeded", 60, "the sweep")
         stays(lambda: len(cluster.rayjobs()) == 2 and len(cluster.runs()) == 2, 3)
         counts = _attempts(cluster)
-        assert sorted(counts) == [("ha-debug-d100", "1"), ("ha-debug-d50", "1")] and set(counts.values()) == {1}
+        assert sorted(counts) == [("ha-debug-d100", "1"), ("ha-debug-d50", "1")] and set(counts.values()) == {
+            1
+        }
         runs = cluster.runs()
         assert {r["status"]["phase"] for r in runs.values()} == {"Succeeded"}
         assert all(r["status"]["attempt"] == 1 for r in runs.values())
         # One RayJob creation reported per run (the phase change to Pending is its own event).
-        created = [m for n in runs for _, r, m in cluster.events(n) if r == "AttemptCreated" and m.startswith("RayJob ")]
+        created = [
+            m
+            for n in runs
+            for _, r, m in cluster.events(n)
+            if r == "AttemptCreated" and m.startswith("RayJob ")
+        ]
         assert len(created) == 2, created
         print(f"\n[failover] takeover after {takeover:.0f}s")
     finally:
@@ -115,7 +131,9 @@ def test_a_namespace_scoped_operator_ignores_other_namespaces(kube, s3_server, c
         cluster.kube.apply(_run("ours", f"file://{tmp_path}/ckpt"), cluster.ns)
         wait_for(lambda: cluster.rayjobs("ours"), 60, "our run's RayJob")
         # (the RayJob is created before the run's status patch lands)
-        wait_for(lambda: cluster.status("trainingruns", "ours").get("phase") == "Pending", 30, "our run's phase")
+        wait_for(
+            lambda: cluster.status("trainingruns", "ours").get("phase") == "Pending", 30, "our run's phase"
+        )
 
         def untouched() -> bool:
             theirs = other.get("trainingruns", "theirs") or {}
@@ -127,12 +145,18 @@ def test_a_namespace_scoped_operator_ignores_other_namespaces(kube, s3_server, c
         operator.process.stop()
         for name in list(other.runs()):
             other.patch("trainingruns", name, {"metadata": {"finalizers": None}})
-            other.api.delete_namespaced_custom_object("sphinxx.dev", "v1alpha1", other.ns, "trainingruns", name)
+            other.api.delete_namespaced_custom_object(
+                "sphinxx.dev", "v1alpha1", other.ns, "trainingruns", name
+            )
 
 
 @pytest.mark.parametrize("policy", ["Delete", "Keep"])
-def test_deleting_a_sweep_follows_its_delete_policy(policy, kube, s3_server, cluster, s3_env, s3_bucket, tmp_path) -> None:
-    operator = start_operator(tmp_path / "ops", kube, s3_server.env, [cluster.ns], name=f"policy-{policy.lower()}")
+def test_deleting_a_sweep_follows_its_delete_policy(
+    policy, kube, s3_server, cluster, s3_env, s3_bucket, tmp_path
+) -> None:
+    operator = start_operator(
+        tmp_path / "ops", kube, s3_server.env, [cluster.ns], name=f"policy-{policy.lower()}"
+    )
     try:
         _delete_sweep(policy, cluster, s3_bucket, tmp_path)
     finally:
@@ -157,7 +181,9 @@ def _delete_sweep(policy: str, cluster: Cluster, s3_bucket: str, tmp_path) -> No
     for job in jobs:
         cluster.drive(job, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=now_iso())
     wait_for(
-        lambda: all(cluster.status("trainingruns", r).get("lastCheckpoint") for r in cluster.runs()), 30, "checkpoints"
+        lambda: all(cluster.status("trainingruns", r).get("lastCheckpoint") for r in cluster.runs()),
+        30,
+        "checkpoints",
     )
 
     cluster.kube.kubectl("delete", "sweep", name, "-n", cluster.ns, "--wait=false")
@@ -166,6 +192,8 @@ def _delete_sweep(policy: str, cluster: Cluster, s3_bucket: str, tmp_path) -> No
     left = {run_id: [c.step for c in CheckpointStore(prefix, run_id).committed()] for run_id in run_ids}
     if policy == "Delete":
         assert left == {run_id: [] for run_id in run_ids}
-        assert all(CheckpointStore(prefix, r).read_run_config() is None for r in run_ids)  # the whole run root
+        assert all(
+            CheckpointStore(prefix, r).read_run_config() is None for r in run_ids
+        )  # the whole run root
     else:
         assert left == {run_id: [10] for run_id in run_ids}

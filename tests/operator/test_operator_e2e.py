@@ -84,8 +84,15 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     stays(lambda: len(cluster.rayjobs()) == 2)
     # The points waiting for a slot say so, distinctly from the admitted ones (kubectl's PHASE column).
     waiting = {"grid-debug-moe-d50", "grid-debug-moe-d100"}
-    wait_for(lambda: {n for n, r in cluster.runs().items() if (r.get("status") or {}).get("phase") == "Queued"} == waiting)
-    rows = [line.split() for line in cluster.kube.kubectl("get", "trun", "-n", cluster.ns).stdout.splitlines()[1:]]
+    wait_for(
+        lambda: (
+            {n for n, r in cluster.runs().items() if (r.get("status") or {}).get("phase") == "Queued"}
+            == waiting
+        )
+    )
+    rows = [
+        line.split() for line in cluster.kube.kubectl("get", "trun", "-n", cluster.ns).stdout.splitlines()[1:]
+    ]
     assert {row[0] for row in rows if row[1] == "Queued"} == waiting
     assert wait_for(lambda: cluster.status("scalingsweeps", "grid").get("counts", {}).get("queued") == 2)
 
@@ -95,7 +102,10 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
         run_id = wait_for(lambda: cluster.status("trainingruns", run).get("runId"))
         loss = 3.0 - (0.5 if "moe" in run else 0.0) - (0.3 if run.endswith("d100") else 0.0)
         # what the job records at each commit: the loss and the fit's N and D
-        fit = {"num_params": 2e6 if "moe" in run else 1e6, "tokens_seen": 2e4 if run.endswith("d100") else 1e4}
+        fit = {
+            "num_params": 2e6 if "moe" in run else 1e6,
+            "tokens_seen": 2e4 if run.endswith("d100") else 1e4,
+        }
         CheckpointStore(f"file://{tmp_path}", run_id).save(
             10, str(shard), metadata={"metrics": {"loss": loss, **fit}}
         )

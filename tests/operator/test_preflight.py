@@ -36,9 +36,17 @@ def _bucket_with_inputs(s3_server) -> str:
 
 
 def _run(name: str, bucket: str, **model) -> dict:
-    data = {"tokenizer": f"s3://{bucket}/tok", "sources": [{"name": "dialog", "uri": f"s3://{bucket}/data/dialog"}]}
+    data = {
+        "tokenizer": f"s3://{bucket}/tok",
+        "sources": [{"name": "dialog", "uri": f"s3://{bucket}/data/dialog"}],
+    }
     config = {"preset": "debug", "storage": {"uri": f"s3://{bucket}/runs"}, "data": data, "model": model}
-    return {"apiVersion": "sphinxx.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name}, "spec": {"config": config}}
+    return {
+        "apiVersion": "sphinxx.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {"config": config},
+    }
 
 
 def _blocked(cluster: Cluster, name: str):
@@ -55,7 +63,8 @@ def test_unreadable_inputs_block_the_run_before_any_rayjob(preflight_operator, c
     assert f"model.llm_weights: {missing} does not exist" in blocked["message"]
     assert cluster.status("trainingruns", "no-weights")["phase"] == "Pending"
     warnings = wait_for(
-        lambda: [e for e in cluster.events("no-weights") if e[:2] == ("Warning", "InputsUnreadable")], what="event"
+        lambda: [e for e in cluster.events("no-weights") if e[:2] == ("Warning", "InputsUnreadable")],
+        what="event",
     )
     assert missing in warnings[0][2] and warnings[0][2].startswith("pre-flight check failed: ")
     stays(lambda: not cluster.rayjobs("no-weights"), seconds=3)
@@ -67,8 +76,13 @@ def test_unreadable_inputs_block_the_run_before_any_rayjob(preflight_operator, c
     bad["spec"]["config"]["data"]["sources"].append({"name": "gone", "uri": f"s3://{bucket}/data/gone"})
     cluster.kube.apply(bad, cluster.ns)
     blocked = wait_for(lambda: _blocked(cluster, "bad-data"), timeout=60, what="Blocked condition")
-    assert f"data.tokenizer: s3://{bucket}/weights holds 2 files but none ending with tokenizer.json" in blocked["message"]
-    assert f"data.sources[1] (gone): s3://{bucket}/data/gone/manifest.json does not exist" in blocked["message"]
+    assert (
+        f"data.tokenizer: s3://{bucket}/weights holds 2 files but none ending with tokenizer.json"
+        in blocked["message"]
+    )
+    assert (
+        f"data.sources[1] (gone): s3://{bucket}/data/gone/manifest.json does not exist" in blocked["message"]
+    )
     assert "model.llm_weights" not in blocked["message"]
     stays(lambda: not cluster.rayjobs("bad-data"), seconds=2)
 

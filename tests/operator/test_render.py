@@ -136,8 +136,13 @@ def test_fixed_size_run_has_no_autoscaler() -> None:
 
 def test_workers_stage_weights_in_the_node_folder_when_one_is_set() -> None:
     parsed, cfg = validate_run("staged", _spec("debug"))
-    for host_path, source in ((None, {"emptyDir": {}}), ("/mnt/nvme/sphinxx", {"hostPath": {"path": "/mnt/nvme/sphinxx", "type": "DirectoryOrCreate"}})):
-        cluster = render_rayjob(_attempt("staged", stage_host_path=host_path), parsed, cfg)["spec"]["rayClusterSpec"]
+    for host_path, source in (
+        (None, {"emptyDir": {}}),
+        ("/mnt/nvme/sphinxx", {"hostPath": {"path": "/mnt/nvme/sphinxx", "type": "DirectoryOrCreate"}}),
+    ):
+        cluster = render_rayjob(_attempt("staged", stage_host_path=host_path), parsed, cfg)["spec"][
+            "rayClusterSpec"
+        ]
         pod = cluster["workerGroupSpecs"][0]["template"]["spec"]
         (volume,) = [v for v in pod["volumes"] if v["name"] == "sphinxx-stage"]
         assert {k: v for k, v in volume.items() if k != "name"} == source
@@ -185,7 +190,15 @@ POD_SETTINGS = {
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
                     "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1a"]}]}
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "topology.kubernetes.io/zone",
+                                    "operator": "In",
+                                    "values": ["us-east-1a"],
+                                }
+                            ]
+                        }
                     ]
                 }
             }
@@ -193,12 +206,17 @@ POD_SETTINGS = {
     },
     "service-account": {"serviceAccount": "sphinxx-irsa"},
     "image-pull-secrets": {"imagePullSecrets": ["registry", "mirror"]},
-    "pod-metadata": {"podLabels": {"team": "vision", "cost-center": "ml-42"}, "podAnnotations": {"prometheus.io/scrape": "true"}},
+    "pod-metadata": {
+        "podLabels": {"team": "vision", "cost-center": "ml-42"},
+        "podAnnotations": {"prometheus.io/scrape": "true"},
+    },
     "extra-resources": {"extraResources": {"vpc.amazonaws.com/efa": 32, "rdma/hca": "1"}},
     "pod-patches": {
         "headPodPatch": {
             "metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}},
-            "spec": {"containers": [{"name": "ray-head", "env": [{"name": "RAY_LOG_TO_STDERR", "value": "1"}]}]},
+            "spec": {
+                "containers": [{"name": "ray-head", "env": [{"name": "RAY_LOG_TO_STDERR", "value": "1"}]}]
+            },
         },
         "workerPodPatch": {
             "spec": {
@@ -245,18 +263,35 @@ def test_pod_settings_land_where_they_belong() -> None:
     # the node cache, then /dev/shm: 4Gi per GPU of the pod (8 GPUs), on workers only; the user's volumes after them.
     assert [v["name"] for v in worker["spec"]["volumes"]] == ["sphinxx-stage", "dshm", "weights", "data"]
     assert worker["spec"]["volumes"][1]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
-    assert [m["mountPath"] for m in wc["volumeMounts"]] == ["/var/cache/sphinxx-stage", "/dev/shm", "/weights", "/data"]
+    assert [m["mountPath"] for m in wc["volumeMounts"]] == [
+        "/var/cache/sphinxx-stage",
+        "/dev/shm",
+        "/weights",
+        "/data",
+    ]
     assert "volumes" not in head["spec"]
     # Extended resources: requested and limited per worker pod, next to the GPUs.
-    assert wc["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": 8, "rdma/hca": "1", "vpc.amazonaws.com/efa": 32}
+    assert wc["resources"]["limits"] == {
+        "memory": "64Gi",
+        "nvidia.com/gpu": 8,
+        "rdma/hca": "1",
+        "vpc.amazonaws.com/efa": 32,
+    }
     assert wc["resources"]["requests"]["rdma/hca"] == "1"
     # Scheduling and metadata on every pod.
     for template in (head, worker):
-        assert (template["spec"]["schedulerName"], template["spec"]["priorityClassName"]) == ("volcano", "training-high")
+        assert (template["spec"]["schedulerName"], template["spec"]["priorityClassName"]) == (
+            "volcano",
+            "training-high",
+        )
         assert template["metadata"]["labels"] == {"team": "vision", "cost-center": "ml-42"}
     # The patches merge: the worker container keeps its env and lifecycle and gains the patch's.
     assert worker["spec"]["hostNetwork"] is True
-    assert [e["name"] for e in wc["env"]] == ["SPHINXX_STOP_FILE", "SPHINXX_STAGE_DIR", "NCCL_IB_HCA"] and "lifecycle" in wc
+    assert [e["name"] for e in wc["env"]] == [
+        "SPHINXX_STOP_FILE",
+        "SPHINXX_STAGE_DIR",
+        "NCCL_IB_HCA",
+    ] and "lifecycle" in wc
     assert wc["securityContext"] == {"capabilities": {"add": ["IPC_LOCK"]}}
     assert head["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true", "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",

@@ -28,6 +28,7 @@ def validate_run(name: str, spec: dict):
 def _config(preset: str, **sections: Any) -> dict[str, Any]:
     return {"preset": preset, "data": DATA, **sections}
 
+
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 ENV = {
     "SPHINXX_STORAGE_PREFIX": "s3://ml-ckpt/sphinxx",
@@ -61,8 +62,12 @@ def test_from_env_reads_every_runtime_default(clean_env: pytest.MonkeyPatch) -> 
     assert Settings.from_env().defaults == DEFAULTS
 
 
-@pytest.mark.parametrize(("value", "on"), [(None, True), ("1", True), ("0", False), ("false", False), ("off", False)])
-def test_preflight_is_on_unless_turned_off(clean_env: pytest.MonkeyPatch, value: str | None, on: bool) -> None:
+@pytest.mark.parametrize(
+    ("value", "on"), [(None, True), ("1", True), ("0", False), ("false", False), ("off", False)]
+)
+def test_preflight_is_on_unless_turned_off(
+    clean_env: pytest.MonkeyPatch, value: str | None, on: bool
+) -> None:
     clean_env.delenv("SPHINXX_PREFLIGHT", raising=False)
     if value is not None:
         clean_env.setenv("SPHINXX_PREFLIGHT", value)
@@ -151,7 +156,10 @@ def test_defaults_reach_the_rendered_rayjob() -> None:
 
 
 def test_sweep_without_storage_is_valid_only_with_a_default_prefix() -> None:
-    raw = {"base": {"train": {"steps": 10}, "data": DATA}, "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]}}
+    raw = {
+        "base": {"train": {"steps": 10}, "data": DATA},
+        "axes": {"models": ["debug"], "dataFractions": [0.5, 1.0]},
+    }
     with pytest.raises(SchemaError) as err:
         admit_sweep("nostore", raw)
     assert err.value.path == "spec.base.storage.uri"
@@ -162,7 +170,12 @@ def test_sweep_without_storage_is_valid_only_with_a_default_prefix() -> None:
 
 
 def _run_obj(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": names.API_VERSION, "kind": "TrainingRun", "metadata": {"name": "solo"}, "spec": spec}
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {"name": "solo"},
+        "spec": spec,
+    }
 
 
 def test_reconcile_applies_the_defaults_and_pins_the_storage_prefix(kube, tmp_path) -> None:
@@ -189,10 +202,17 @@ def test_reconcile_applies_the_defaults_and_pins_the_storage_prefix(kube, tmp_pa
     assert validate_run("solo", reconcile._run_spec(fresh, moved))[1].storage.uri == second
 
 
-POD = {"schedulerName": "volcano", "imagePullSecrets": ["registry"], "extraResources": {"rdma/hca": 1}, "shmSize": "64Gi"}
+POD = {
+    "schedulerName": "volcano",
+    "imagePullSecrets": ["registry"],
+    "extraResources": {"rdma/hca": 1},
+    "shmSize": "64Gi",
+}
 
 
-def test_pod_defaults_come_from_the_environment_and_fill_unset_pod_settings(clean_env: pytest.MonkeyPatch) -> None:
+def test_pod_defaults_come_from_the_environment_and_fill_unset_pod_settings(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     import json
 
     clean_env.setenv("SPHINXX_POD_DEFAULTS", json.dumps(POD))
@@ -202,7 +222,9 @@ def test_pod_defaults_come_from_the_environment_and_fill_unset_pod_settings(clea
     filled = defaults.apply_run({"config": config, "resources": {"shmSize": "0"}})
     assert filled["resources"] == {**POD, "shmSize": "0"}  # the run's own value wins
     spec, cfg = validate_run("pods", filled)
-    worker = render_rayjob(_attempt("pods"), spec, cfg)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]
+    worker = render_rayjob(_attempt("pods"), spec, cfg)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0][
+        "template"
+    ]
     assert worker["spec"]["schedulerName"] == "volcano"
     assert [v["name"] for v in worker["spec"]["volumes"]] == ["sphinxx-stage"]  # no /dev/shm (shmSize 0)
     assert worker["spec"]["containers"][0]["resources"]["limits"]["rdma/hca"] == 1

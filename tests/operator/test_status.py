@@ -117,7 +117,10 @@ def test_point_rows_are_reparsed_only_when_the_child_changes() -> None:
     (point,) = points("memo", validate_sweep("memo", raw).spec)
 
     def child(rv: str, phase: str) -> dict:
-        return {"metadata": {"uid": "u-memo", "resourceVersion": rv}, "status": {"phase": phase, "attempt": 1}}
+        return {
+            "metadata": {"uid": "u-memo", "resourceVersion": rv},
+            "status": {"phase": phase, "attempt": 1},
+        }
 
     first = status.point_row(point, child("5", "Pending"))
     assert status.point_row(point, child("5", "Pending")) is first  # same version: the same row

@@ -48,7 +48,9 @@ class KubeServer:
 
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=30) as response:
             text = response.read().decode()
-        found = re.findall(r'apiserver_request_total\{verb="(\w+)",resource="([\w.]+)",subresource="(\w*)"\} (\d+)', text)
+        found = re.findall(
+            r'apiserver_request_total\{verb="(\w+)",resource="([\w.]+)",subresource="(\w*)"\} (\d+)', text
+        )
         return {(verb, res, sub): int(n) for verb, res, sub, n in found}
 
     def kubectl(

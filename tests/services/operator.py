@@ -51,7 +51,9 @@ def start_operator(
     `name` and a short peering lifetime, so a killed replica is replaced within seconds)."""
     port = free_port()
     liveness = f"http://127.0.0.1:{port}/healthz"
-    argv = [venv_bin("sphinxx"), "operator", "run", "--liveness", liveness, "--log-format", "full"] + (["--verbose"] if os.environ.get("SPHINXX_TEST_VERBOSE") else [])
+    argv = [venv_bin("sphinxx"), "operator", "run", "--liveness", liveness, "--log-format", "full"] + (
+        ["--verbose"] if os.environ.get("SPHINXX_TEST_VERBOSE") else []
+    )
     if peering:
         argv += [f"--peering={peering}", "--peering-lifetime=15"]
         argv += [f"--priority={priority}"] if priority is not None else []

@@ -119,7 +119,13 @@ def test_rollback_marks_newer_steps_and_ls_shows_them(run_uri, capsys):
     assert "rolled back to step 200: step(s) 300, 400 no longer count" in out
     rc, out, _ = run(["ckpt", "ls", run_uri, "--json"], capsys)
     states = {row["step"]: row["state"] for row in map(json.loads, out.splitlines())}
-    assert states == {100: "committed", 200: "committed", 300: "rolled-back", 400: "rolled-back", 500: "partial"}
+    assert states == {
+        100: "committed",
+        200: "committed",
+        300: "rolled-back",
+        400: "rolled-back",
+        500: "partial",
+    }
     rc, out, _ = run(["ckpt", "latest", run_uri], capsys)
     assert rc == 0 and out.startswith("step 200 ")
     rc, _, err = run(["ckpt", "rollback", run_uri, "--to-step", "300"], capsys)

@@ -36,7 +36,11 @@ def test_a_uri_that_points_at_nothing_is_one_error_line(command, kind, s3_bucket
     code, out, err = _run(["ckpt", command[0], uri, *command[1:]], capsys)
     lines = err.strip().splitlines()
     assert code == 1 and out == "", (code, out, err)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and uri.split("/run")[0].split("/no")[0] in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and uri.split("/run")[0].split("/no")[0] in lines[0]
+    )
     assert says in lines[0], lines[0]
 
 

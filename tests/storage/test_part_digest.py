@@ -73,7 +73,9 @@ def _no_rereads(monkeypatch) -> list[str]:
     return read
 
 
-def test_a_commit_over_http_records_the_part_hashes_botocore_signed(s3_prefix, make_ckpt, tmp_path, monkeypatch):
+def test_a_commit_over_http_records_the_part_hashes_botocore_signed(
+    s3_prefix, make_ckpt, tmp_path, monkeypatch
+):
     local = make_ckpt({"model/big.bin": 20 * MiB, "small.json": 3000})
     store = CheckpointStore(s3_prefix, "run")
     assert store.fs().signs_payloads  # moto over http://
@@ -160,7 +162,12 @@ def test_a_save_sends_no_request_it_does_not_need(s3_prefix, fault_proxy, make_c
 
 @pytest.mark.parametrize(
     ("endpoint", "signed"),
-    [("http://minio.storage:9000", True), ("HTTP://10.0.0.5:9000", True), ("https://minio.example", False), (None, False)],
+    [
+        ("http://minio.storage:9000", True),
+        ("HTTP://10.0.0.5:9000", True),
+        ("https://minio.example", False),
+        (None, False),
+    ],
 )
 def test_only_plain_http_endpoints_are_expected_to_sign_payloads(endpoint, signed, monkeypatch):
     """Over HTTPS (and on AWS itself, no endpoint) botocore sends UNSIGNED-PAYLOAD, so the commit
@@ -181,7 +188,16 @@ def test_the_storage_benchmark_runs_and_reports_both_ratios() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    argv = [sys.executable, str(root / "bench" / "storage.py"), "--size-mib", "16", "--repeats", "1", "--warmup", "0"]
+    argv = [
+        sys.executable,
+        str(root / "bench" / "storage.py"),
+        "--size-mib",
+        "16",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]

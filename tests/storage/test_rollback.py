@@ -25,7 +25,12 @@ def test_rollback_marks_newer_commits_and_latest_skips_them(prefix):
     assert [c.step for c in store.committed()] == [10, 20]
     # Nothing was deleted: the manifests and files are where they were, shown as rolled back.
     rows = {f.step: (f.manifest is not None, f.rolled_back, f.committed) for f in store.scan()}
-    assert rows == {10: (True, False, True), 20: (True, False, True), 30: (True, True, False), 40: (True, True, False)}
+    assert rows == {
+        10: (True, False, True),
+        20: (True, False, True),
+        30: (True, True, False),
+        40: (True, True, False),
+    }
     assert store.fs().read_bytes(store.layout.file(40, "model/w.bin")) == b"v40"
     assert json.loads(store.fs().read_bytes(store.layout.latest))["step"] == 20
     # The log is keyed by (step, commit id) and says where to roll back to.

@@ -57,7 +57,9 @@ def test_stages_a_folder_once_and_reuses_it(s3_server, s3_bucket, fault_proxy, m
     assert first.local_path == cache_folder(str(tmp_path / "cache"), uri)
     for name, data in model_files.items():
         assert (Path(first.local_path) / name).read_bytes() == data
-    assert first.files == 4 and first.bytes_downloaded == first.bytes_total == sum(map(len, model_files.values()))
+    assert first.files == 4 and first.bytes_downloaded == first.bytes_total == sum(
+        map(len, model_files.values())
+    )
     assert "[stage] model.llm_weights: fetching" in log.getvalue()
     assert set(_object_gets(fault_proxy)) == {f"/{s3_bucket}/model/{n}" for n in model_files}
 
@@ -67,7 +69,9 @@ def test_stages_a_folder_once_and_reuses_it(s3_server, s3_bucket, fault_proxy, m
     assert _object_gets(fault_proxy) == {}  # a listing only: nothing fetched
 
 
-def test_select_fetches_only_the_chosen_files(s3_server, s3_bucket, fault_proxy, model_files, tmp_path) -> None:
+def test_select_fetches_only_the_chosen_files(
+    s3_server, s3_bucket, fault_proxy, model_files, tmp_path
+) -> None:
     _upload(s3_server.client(), s3_bucket, model_files)
     report = stage(
         f"s3://{s3_bucket}/model",
@@ -83,7 +87,9 @@ def test_select_fetches_only_the_chosen_files(s3_server, s3_bucket, fault_proxy,
 def test_a_single_object_uri_stages_that_file(s3_server, s3_bucket, tmp_path) -> None:
     data = os.urandom(200_000)
     s3_server.client().put_object(Bucket=s3_bucket, Key="towers/open_clip_pytorch_model.bin", Body=data)
-    report = stage(f"s3://{s3_bucket}/towers/open_clip_pytorch_model.bin", root=str(tmp_path), log=io.StringIO())
+    report = stage(
+        f"s3://{s3_bucket}/towers/open_clip_pytorch_model.bin", root=str(tmp_path), log=io.StringIO()
+    )
     assert report.local_path.endswith("open_clip_pytorch_model.bin")
     assert Path(report.local_path).read_bytes() == data
 
@@ -99,7 +105,9 @@ def test_missing_uri_and_local_paths(s3_bucket, tmp_path) -> None:
         stage(str(tmp_path / "absent"), root=str(tmp_path / "c"))
 
 
-def test_a_changed_or_corrupted_cached_file_is_fetched_again(s3_server, s3_bucket, model_files, tmp_path) -> None:
+def test_a_changed_or_corrupted_cached_file_is_fetched_again(
+    s3_server, s3_bucket, model_files, tmp_path
+) -> None:
     _upload(s3_server.client(), s3_bucket, model_files)
     uri, root = f"s3://{s3_bucket}/model", str(tmp_path / "cache")
     report = stage(uri, root=root, log=io.StringIO())
@@ -158,14 +166,18 @@ def test_etag_of_single_and_multipart_objects(s3_server, s3_bucket, tmp_path) ->
     assert '"checked": "etag"' in record  # the part size came from HeadObject PartNumber=1
 
 
-def test_a_download_is_checked_against_its_etag_while_it_streams(s3_server, s3_bucket, tmp_path, monkeypatch) -> None:
+def test_a_download_is_checked_against_its_etag_while_it_streams(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+) -> None:
     """No second read of a staged file: the ETag is computed from the bytes as they land (single
     and multipart objects), and a mismatch fails the staging and removes the file."""
     import sphinxx.storage.stage as stage_mod
 
     client, data = s3_server.client(), os.urandom(20 * 2**20 + 5)
     client.put_object(Bucket=s3_bucket, Key="w/small.json", Body=data[:5000])
-    client.upload_file(str(_file(tmp_path / "big.bin", data)), s3_bucket, "w/big.bin")  # multipart (8 MiB parts)
+    client.upload_file(
+        str(_file(tmp_path / "big.bin", data)), s3_bucket, "w/big.bin"
+    )  # multipart (8 MiB parts)
     assert "-" in client.head_object(Bucket=s3_bucket, Key="w/big.bin")["ETag"]
 
     def no_reread(*args, **kwargs):
@@ -178,7 +190,9 @@ def test_a_download_is_checked_against_its_etag_while_it_streams(s3_server, s3_b
     assert all('"checked": "etag"' in (records / f"{n}.json").read_text() for n in ("small.json", "big.bin"))
 
     monkeypatch.setattr(ETagDigest, "hexdigest", lambda self: "0" * 32)  # what a corrupted stream gives
-    with pytest.raises(CheckpointCorruptError, match=r"w/small\.json downloaded with a checksum that does not match"):
+    with pytest.raises(
+        CheckpointCorruptError, match=r"w/small\.json downloaded with a checksum that does not match"
+    ):
         stage(f"s3://{s3_bucket}/w/small.json", root=str(tmp_path / "cache2"), log=io.StringIO())
     assert not list((tmp_path / "cache2").rglob("small.json"))
 
@@ -210,7 +224,9 @@ def _stager(uri: str, root: str, endpoint: str, env: dict[str, str]) -> subproce
     )
 
 
-def test_two_workers_on_a_node_download_each_file_once(s3_server, s3_bucket, fault_proxy, model_files, tmp_path) -> None:
+def test_two_workers_on_a_node_download_each_file_once(
+    s3_server, s3_bucket, fault_proxy, model_files, tmp_path
+) -> None:
     import json
 
     _upload(s3_server.client(), s3_bucket, model_files)
@@ -230,7 +246,9 @@ def test_two_workers_on_a_node_download_each_file_once(s3_server, s3_bucket, fau
         assert (Path(results[0]["path"]) / name).read_bytes() == data
 
 
-def test_a_killed_download_leaves_no_file_under_its_name(s3_server, s3_bucket, fault_proxy, model_files, tmp_path) -> None:
+def test_a_killed_download_leaves_no_file_under_its_name(
+    s3_server, s3_bucket, fault_proxy, model_files, tmp_path
+) -> None:
     _upload(s3_server.client(), s3_bucket, model_files)
     fault_proxy.add(Rule("delay", method="GET", path=r"00001-of-00002", stall_s=60, times=1))
     env = {**os.environ, **s3_server.env}
@@ -246,8 +264,12 @@ def test_a_killed_download_leaves_no_file_under_its_name(s3_server, s3_bucket, f
     proc.wait(timeout=30)
     assert not (folder / "model-00001-of-00002.safetensors").exists()
     fault_proxy.clear()
-    report = stage(uri, root=root, options=StorageOptions(endpoint_url=fault_proxy.endpoint_url), log=io.StringIO())
-    assert (folder / "model-00001-of-00002.safetensors").read_bytes() == model_files["model-00001-of-00002.safetensors"]
+    report = stage(
+        uri, root=root, options=StorageOptions(endpoint_url=fault_proxy.endpoint_url), log=io.StringIO()
+    )
+    assert (folder / "model-00001-of-00002.safetensors").read_bytes() == model_files[
+        "model-00001-of-00002.safetensors"
+    ]
     assert not [e for e in _names(folder) if ".part-" in e]
     assert report.bytes_downloaded >= len(model_files["model-00001-of-00002.safetensors"])
 

@@ -237,7 +237,12 @@ def test_a_stale_listed_etag_is_retried_without_it(s3_prefix, fault_proxy, make_
     target = str(tmp_path / "big.bin")
     fault_proxy.clear()
     item = TransferItem(
-        target, store.layout.file(1, "big.bin"), entry.size, entry.sha256, etag='"0123-3"', part_size=entry.part_size
+        target,
+        store.layout.file(1, "big.bin"),
+        entry.size,
+        entry.sha256,
+        etag='"0123-3"',
+        part_size=entry.part_size,
     )
     download(store.fs(), [item])
     assert Path(target).read_bytes() == (Path(local) / "big.bin").read_bytes()

@@ -29,11 +29,18 @@ def _manifests(heldout: bool) -> dict[str, dict[str, float]]:
     out = {}
     for i, (n, d) in enumerate(itertools.product((1e8, 3e8, 1e9), (1e9, 3e9, 1e10))):
         base = 1.7 + 400 / n**0.34 + 410 / d**0.28
-        metrics = {"num_params": n, "tokens_seen": d, "loss": base * float(np.exp(rng.normal(0, 0.005))), "step": 100.0}
+        metrics = {
+            "num_params": n,
+            "tokens_seen": d,
+            "loss": base * float(np.exp(rng.normal(0, 0.005))),
+            "step": 100.0,
+        }
         if heldout:
             metrics["heldout_bpb"] = 0.8 * base
             for k, domain in enumerate(DOMAINS[:3]):  # the other two domains only on some points
-                metrics[f"heldout_bpb/{domain}"] = (0.7 + 0.05 * k) * base * float(np.exp(rng.normal(0, 0.003)))
+                metrics[f"heldout_bpb/{domain}"] = (
+                    (0.7 + 0.05 * k) * base * float(np.exp(rng.normal(0, 0.003)))
+                )
             if i % 2:
                 metrics["heldout_bpb/ocr"] = 0.9 * base
         out[f"p{i}"] = metrics
@@ -43,7 +50,13 @@ def _manifests(heldout: bool) -> dict[str, dict[str, float]]:
 def _operator_rows(manifests: dict[str, dict[str, float]]) -> list[PointRow]:
     rows = []
     for name, metrics in manifests.items():
-        child = {"status": {"phase": "Succeeded", "lastCheckpoint": {"step": 100, "uri": f"s3://b/{name}"}, "metrics": metrics}}
+        child = {
+            "status": {
+                "phase": "Succeeded",
+                "lastCheckpoint": {"step": 100, "uri": f"s3://b/{name}"},
+                "metrics": metrics,
+            }
+        }
         rows.append(_point_row(Point("tiny", 1.0, name), child))
     return rows
 
@@ -96,7 +109,9 @@ def test_operator_and_local_runner_fit_the_same_law(heldout: bool, monkeypatch: 
         assert all(r.heldout is None for r in cluster)  # no empty map in every row of the status
 
 
-def test_a_requested_loss_key_wins_and_a_point_without_it_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_requested_loss_key_wins_and_a_point_without_it_is_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     manifests = _manifests(heldout=True)
     rows = _operator_rows(manifests)
     law, _, inputs = fit_sweep(rows, loss_key="loss", resamples=0)

@@ -96,7 +96,9 @@ def test_compute_optimal_allocation_matches_brute_force() -> None:
     optimal = compute_optimal(TRUE)
     assert optimal is not None
     alpha, beta = TRUE["alpha"], TRUE["beta"]
-    assert optimal["a"] == pytest.approx(beta / (alpha + beta)) and optimal["a"] + optimal["b"] == pytest.approx(1.0)
+    assert optimal["a"] == pytest.approx(beta / (alpha + beta)) and optimal["a"] + optimal[
+        "b"
+    ] == pytest.approx(1.0)
     for flops in (1e20, 1e22, 1e24):
         n = np.geomspace(1e6, 1e14, 400_001)
         loss = law(n, flops / (6 * n))  # type: ignore[arg-type]
@@ -121,8 +123,17 @@ def test_per_axis_fallback_reports_fit_metrics_with_intervals() -> None:
     assert low <= 0.1 <= high and high - low < 0.05
     assert "data_slope" not in result.intervals  # two data sizes: a line through two points has no spread
     metrics = fit_metrics(law_status(result))
-    for key in ("fit_params_slope", "fit_params_slope_low", "fit_params_slope_high", "fit_params_coefficient",
-                "fit_data_slope", "fit_loo_rmse", "fit_loo_max_abs", "fit_residual_rms", "fit_interval_level"):
+    for key in (
+        "fit_params_slope",
+        "fit_params_slope_low",
+        "fit_params_slope_high",
+        "fit_params_coefficient",
+        "fit_data_slope",
+        "fit_loo_rmse",
+        "fit_loo_max_abs",
+        "fit_residual_rms",
+        "fit_interval_level",
+    ):
         assert key in metrics, key
     assert metrics["fit_params_slope"] == pytest.approx(0.1, abs=0.01)
     assert metrics["fit_interval_level"] == 0.9

@@ -10,7 +10,9 @@ from sphinxx.schema.status import AxisLaw, Estimate, LeaveOneOut, ScalingLawStat
 from sphinxx.sweep import mlflow_runs
 
 
-def test_a_local_store_keeps_its_artifacts_beside_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_store_keeps_its_artifacts_beside_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
 
     launch = tmp_path / "launch"
@@ -32,7 +34,9 @@ def test_a_local_store_keeps_its_artifacts_beside_the_database(tmp_path: Path, m
     assert run.data.metrics["fit_num_points"] == 2.0
     # a per-axis law gets fit_* metrics too: its coefficients with their intervals and the LOO error
     assert {k: v for k, v in run.data.metrics.items() if k.startswith("fit_params_slope")} == {
-        "fit_params_slope": 0.1, "fit_params_slope_low": 0.08, "fit_params_slope_high": 0.12
+        "fit_params_slope": 0.1,
+        "fit_params_slope_low": 0.08,
+        "fit_params_slope_high": 0.12,
     }
     assert run.data.metrics["fit_loo_rmse"] == 0.01 and run.data.metrics["fit_loo_max_abs"] == 0.02
     artifacts = tmp_path / "work" / "mlartifacts"

@@ -40,7 +40,9 @@ def _texts(fig) -> list:
                 drawn |= {id(t) for t in (tick.label1, tick.label2) if t.get_visible()}
     out = []
     for text in fig.findobj(Text):
-        if not (text.get_visible() and text.get_text().strip()) or (id(text) in ticks and id(text) not in drawn):
+        if not (text.get_visible() and text.get_text().strip()) or (
+            id(text) in ticks and id(text) not in drawn
+        ):
             continue
         box = text.get_window_extent(renderer)
         if box.width > 0 and box.height > 0:
@@ -49,7 +51,14 @@ def _texts(fig) -> list:
 
 
 def test_sci_labels() -> None:
-    assert [sci_label(x) for x in (1e6, 2e6, 2.5e9, 1e10, 4.67e10, 9.999e6)] == ["1e6", "2e6", "2.5e9", "1e10", "4.67e10", "1e7"]
+    assert [sci_label(x) for x in (1e6, 2e6, 2.5e9, 1e10, 4.67e10, 9.999e6)] == [
+        "1e6",
+        "2e6",
+        "2.5e9",
+        "1e10",
+        "4.67e10",
+        "1e7",
+    ]
 
 
 @pytest.mark.parametrize("shape", ["chinchilla", "per-axis", "domains"])
@@ -63,7 +72,9 @@ def test_figure_is_readable(shape: str) -> None:
     if shape == "domains":
         for domain in ("language", "ocr"):
             result.domains[domain] = fit(
-                [Point(p.params, p.data, p.loss * 1.1, p.name) for p in points], resamples=10, loss_key=f"heldout_bpb/{domain}"
+                [Point(p.params, p.data, p.loss * 1.1, p.name) for p in points],
+                resamples=10,
+                loss_key=f"heldout_bpb/{domain}",
             )
     fig = figure(points, result, "sweep grid")
     try:
@@ -73,7 +84,11 @@ def test_figure_is_readable(shape: str) -> None:
         for ax in axes:
             # log ticks: at least two labelled, every label "1e7"-style (no "6.4 x 10^0" minor labels)
             lo, hi = ax.get_xlim()
-            labels = [t.get_text() for t in ax.xaxis.get_ticklabels() if lo <= t.get_position()[0] <= hi and t.get_text()]
+            labels = [
+                t.get_text()
+                for t in ax.xaxis.get_ticklabels()
+                if lo <= t.get_position()[0] <= hi and t.get_text()
+            ]
             assert len(labels) >= 2 and all(TICK.match(label) for label in labels), labels
             assert all(not t.get_text() for t in ax.xaxis.get_ticklabels(minor=True))
             assert ax.get_xlabel() in (D_LABEL, N_LABEL)
@@ -106,7 +121,9 @@ def test_bands_come_from_the_bootstrap() -> None:
     assert np.all(low <= centre + 1e-3) and np.all(centre - 1e-3 <= high)
 
 
-@pytest.mark.parametrize(("low", "high"), [(1e6, 1e10), (1.0e4, 2.4e4), (1.28e6, 2.98e6), (2.1e6, 2.3e6), (3e2, 9e8)])
+@pytest.mark.parametrize(
+    ("low", "high"), [(1e6, 1e10), (1.0e4, 2.4e4), (1.28e6, 2.98e6), (2.1e6, 2.3e6), (3e2, 9e8)]
+)
 def test_log_ticks_are_few_round_and_inside_even_under_a_decade(low: float, high: float) -> None:
     """matplotlib's LogLocator falls back to linear ticks (1.25e6, 1.5e6, 1.75e6, ...) under a decade,
     whose labels ran into each other on the demo's N axis."""

@@ -53,12 +53,18 @@ def test_a_sizes_pod_settings_merge_over_the_sweeps() -> None:
         "overrides": {
             "debug-moe": {
                 "cpu": "16",
-                "resources": {"shmSize": "0", "podLabels": {"size": "moe"}, "extraResources": {"rdma/hca": 1}},
+                "resources": {
+                    "shmSize": "0",
+                    "podLabels": {"size": "moe"},
+                    "extraResources": {"rdma/hca": 1},
+                },
             }
         },
     }
     admit_sweep("pods", raw)
-    by_model = {p.model: point_spec(raw, p) for p in sweep_points.points("pods", admit_sweep("pods", raw).spec)}
+    by_model = {
+        p.model: point_spec(raw, p) for p in sweep_points.points("pods", admit_sweep("pods", raw).spec)
+    }
     assert by_model["debug"]["resources"] == raw["resources"]
     assert by_model["debug-moe"]["resources"] == {
         "schedulerName": "volcano",
