@@ -22,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +38,14 @@ def emit(**fields) -> None:
 def run(cfg, tokenizer, workers: int, micro_batches: int) -> dict:
     from sphinxx.jobs.data.loader import build_data
 
-    cfg.data.num_workers = workers
-    stream = build_data(cfg, tokenizer=tokenizer, num_steps=micro_batches + 1)
+    cfg = replace(cfg, data=replace(cfg.data, num_workers=workers))
+    stream = build_data(
+        cfg.data,
+        cfg.train,
+        use_skip_token=cfg.model.use_skip_token,
+        tokenizer=tokenizer,
+        num_steps=micro_batches + 1,
+    )
     totals = dict.fromkeys(STAGES, 0.0)
     samples, start = 0, None
     cpu0 = _cpu_seconds()

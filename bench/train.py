@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/train.py [--world 2] [--steps 4] [--size 140] [--threads 1]
 
-The real training step (`sphinxx.jobs.loop._train_step` on the model of `jobs.build` and the
+The real training step (`sphinxx.jobs.loop.train_step` on the model of `jobs.build` and the
 DeepSpeed engine of `jobs.engine`, global-target loss normalisation, data from `jobs.data` on
 the synthetic set, 448 canvas) runs in `--world` gloo processes for four variants built side by
 side in the same processes: ZeRO 0 / 2 x skip tokens on / off. Timed steps are interleaved round-robin across the variants
@@ -67,17 +67,22 @@ def _worker(rank: int, world: int, synth, steps: int, threads: int) -> dict | No
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.data.loader import build_data
     from sphinxx.jobs.engine import build_engine
-    from sphinxx.jobs.loop import _train_step
+    from sphinxx.jobs.loop import train_step
     from sphinxx.jobs.metrics import flop_model
+    from sphinxx.schema.run import run_decoder_args
 
     torch.set_num_threads(threads)
     worker = Worker(rank=rank, world_size=world)
     runs = []
     for zero_stage, skip in VARIANTS:
         cfg = _config(synth, zero_stage, skip, world)
-        data = build_data(cfg, rank, world)
-        model, _ = build_model(cfg, worker)
-        engine, _ = build_engine(model, cfg, worker, data.accum_steps)
+        data = build_data(
+            cfg.data, cfg.train, use_skip_token=cfg.model.use_skip_token, rank=rank, world_size=world
+        )
+        model, _ = build_model(
+            cfg.model, run_decoder_args(cfg), worker, seed=cfg.train.seed, precision=cfg.train.precision
+        )
+        engine, _ = build_engine(model, cfg.train, cfg.parallel, worker, data.accum_steps)
         runs.append((model, engine, data.iter_steps(), flop_model(model, worker.device), []))
     # One peak for all variants (best of the measurements), so MFU ratios are throughput ratios.
     peak = max((run[3].peak for run in runs), key=lambda p: p.flops)
@@ -88,7 +93,7 @@ def _worker(rank: int, world: int, synth, steps: int, threads: int) -> dict | No
             group = next(batches)
             dist.barrier()
             start = time.perf_counter()
-            stats = _train_step(engine, model, group, worker)
+            stats = train_step(engine, model, group, worker)
             dist.barrier()
             if rep:  # rep 0 warms up caches and lazy state
                 out.append((time.perf_counter() - start, stats))

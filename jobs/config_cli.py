@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from sphinxx.schema.run import ConfigError, json_schema, load_config, preset_names, to_dict, to_yaml
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("config", help="show resolved run configs and their schema")
@@ -37,8 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from sphinxx.schema.run import ConfigError, load_config, to_dict, to_yaml
-
     is_file = args.source.endswith((".yaml", ".yml")) or os.path.sep in args.source
     try:
         cfg = load_config(
@@ -56,14 +56,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from sphinxx.schema.run import json_schema
-
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from sphinxx.schema.run import preset_names
-
     print("\n".join(preset_names()))
     return 0

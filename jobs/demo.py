@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from sphinxx.jobs.data.synth import write_synth
+from sphinxx.jobs.local import run_local
+
 SWEEP = "examples/sweeps/tiny.yaml"
 
 
@@ -42,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = workdir / "data"
     started = time.monotonic()
     if not (data_dir / "data.yaml").exists():
-        from sphinxx.jobs.data.synth import write_synth
-
         print(
             f"[demo] writing the synthetic multimodal set ({args.size} records) to {data_dir} ...", flush=True
         )
@@ -51,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] {len(result.manifests)} sources, tokenizer with {result.vocab_size} ids", flush=True)
     else:
         print(f"[demo] reusing the synthetic set in {data_dir}", flush=True)
-
-    from sphinxx.jobs.local import run_local
 
     print(
         f"[demo] running {args.sweep} on local Ray (progress lines below; logs in {workdir}/<sweep>/logs)",

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sphinxx.jobs.stores import run_store
 from sphinxx.jobs.tracking import resolve_run_id
 from sphinxx.schema.run import RunConfig, to_yaml
 
@@ -30,15 +31,8 @@ class PreparedRun:
     resumed_from: int | None  # latest committed step at start, if any
 
 
-def _store(cfg: RunConfig, attempt: int):
-    from sphinxx.storage import CheckpointStore, StorageOptions
-
-    options = StorageOptions(endpoint_url=cfg.storage.endpoint_url)
-    return CheckpointStore(cfg.storage.uri, cfg.run_id, attempt=attempt, options=options)
-
-
 def prepare_run(cfg: RunConfig, attempt: int, code_version: str) -> PreparedRun:
-    store = _store(cfg, attempt)
+    store = run_store(cfg.run_id, cfg.storage, attempt)
     store.write_run_config(to_yaml(cfg))
     manifest = store.write_run_manifest(code_version=code_version)
     recorded = manifest.get("extra", {}).get("mlflow_run_id")
@@ -67,7 +61,7 @@ def run_summary(
     cfg: RunConfig, run: PreparedRun, final: dict[str, Any] | None, error: Any, seconds: float
 ) -> dict[str, Any]:
     """Fields of the final JSON line; `status` is 'succeeded' only if the last step is committed."""
-    store = _store(cfg, 0)
+    store = run_store(cfg.run_id, cfg.storage)
     latest = store.latest()
     final = final or {}
     manifest_id = (store.read_run_manifest() or {}).get("extra", {}).get("mlflow_run_id")
@@ -94,17 +88,15 @@ def run_summary(
     elif not done:
         out["error"] = "training returned without committing its final checkpoint"
     if run.owns_mlflow_run and mlflow_run_id:
-        _end_mlflow_run(cfg, mlflow_run_id, out["status"])
+        _end_mlflow_run(cfg.tracking.uri, mlflow_run_id, out["status"])
     return out
 
 
-def _end_mlflow_run(cfg: RunConfig, run_id: str, status: str) -> None:
+def _end_mlflow_run(tracking_uri: str | None, run_id: str, status: str) -> None:
     """Close a run this job created (an operator-owned run is closed by the operator)."""
     try:
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # the one MLflow call of the driver, only for a run it owns
 
-        MlflowClient(cfg.tracking.uri).set_terminated(
-            run_id, "FINISHED" if status == "succeeded" else "FAILED"
-        )
+        MlflowClient(tracking_uri).set_terminated(run_id, "FINISHED" if status == "succeeded" else "FAILED")
     except Exception as err:  # noqa: BLE001 - tracking never fails the job
         log.warning("could not end MLflow run %s: %s", run_id, err)

@@ -16,43 +16,42 @@ import logging
 
 import torch
 
+from sphinxx.jobs import parallelize
 from sphinxx.jobs.context import Worker
-from sphinxx.schema.run import RunConfig
+from sphinxx.schema.run import ParallelConfig, TrainConfig
 
 log = logging.getLogger("sphinxx.engine")
 
 
-def build_engine(model: torch.nn.Module, cfg: RunConfig, worker: Worker, accum: int):
+def build_engine(
+    model: torch.nn.Module, train: TrainConfig, parallel: ParallelConfig, worker: Worker, accum: int
+):
     """DeepSpeed engine around `model`: torch AdamW (recipe betas/eps) on `jobs.parallelize`'s
     param groups and config; for MoE flavors its EP groups and engine shim (docs/moe.md, "DeepSpeed and ZeRO with experts")."""
-    from sphinxx.jobs import parallelize
-
-    bf16 = uses_bf16(cfg, worker)
-    if cfg.train.precision == "bf16" and not bf16:
+    bf16 = uses_bf16(train.precision, worker.device)
+    if train.precision == "bf16" and not bf16:
         log.warning("bf16 requested but not supported on %s; training in fp32", worker.device)
     parallelize.init_distributed("nccl" if worker.device.startswith("cuda") else "gloo")
     ep_size = expert_parallel_size(model)
-    ep = parallelize.parallelize(model, ep_size=ep_size, zero_stage=cfg.parallel.zero_stage)
-    groups = parallelize.optimizer_param_groups(model, cfg.train.weight_decay)
-    optimizer = torch.optim.AdamW(
-        groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps, foreach=False
-    )
+    ep = parallelize.parallelize(model, ep_size=ep_size, zero_stage=parallel.zero_stage)
+    groups = parallelize.optimizer_param_groups(model, train.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, foreach=False)
     config = parallelize.deepspeed_config(
-        zero_stage=cfg.parallel.zero_stage,
-        micro_batch=cfg.train.micro_batch,
+        zero_stage=parallel.zero_stage,
+        micro_batch=train.micro_batch,
         grad_accum_steps=accum,
         precision="bf16" if bf16 else "fp32",
-        grad_clip=cfg.train.grad_clip,
+        grad_clip=train.grad_clip,
         ep_size=ep_size,
     )
     engine = parallelize.initialize(model, optimizer, config, ep)
     return engine, engine.optimizer
 
 
-def uses_bf16(cfg: RunConfig, worker: Worker) -> bool:
-    """Whether the engine trains in bf16 (fp32 master weights in the optimizer): asked for, and the
-    worker's device supports it. On CPU the run trains in fp32."""
-    return cfg.train.precision == "bf16" and worker.device != "cpu" and torch.cuda.is_bf16_supported()
+def uses_bf16(precision: str, device: str) -> bool:
+    """Whether the engine trains in bf16 (fp32 master weights in the optimizer): asked for
+    (`train.precision`), and the worker's device supports it. On CPU the run trains in fp32."""
+    return precision == "bf16" and device != "cpu" and torch.cuda.is_bf16_supported()
 
 
 def expert_parallel_size(model: torch.nn.Module) -> int:

@@ -24,13 +24,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import torch
 
+from sphinxx.jobs.build import sphinx_args
 from sphinxx.jobs.checkpoint.fragments import parse_expert_key
+from sphinxx.jobs.data.template import load_tokenizer
+from sphinxx.model.export import export_llm, export_multimodal, split_state
+from sphinxx.model.sphinx import SphinxArgs
+from sphinxx.schema.flavors import resolve
+from sphinxx.schema.run import RunConfig, load_config, parse_yaml, run_decoder_args
 from sphinxx.storage import CheckpointInfo, CheckpointNotFoundError, CheckpointStore, StorageOptions
 from sphinxx.storage.layout import locate, step_name
+from sphinxx.storage.manifest import FileEntry
 from sphinxx.storage.transfer import TransferProgress
 
 MODEL_DIR = "model/"
@@ -117,10 +125,8 @@ def resolve_checkpoint(store: CheckpointStore, step: int | None) -> CheckpointIn
         ) from None
 
 
-def read_run_config(store: CheckpointStore) -> Any:
+def read_run_config(store: CheckpointStore) -> RunConfig:
     """The run's resolved config (`config.yaml` beside `checkpoints/`), checked as the job checks it."""
-    from sphinxx.schema.run import load_config, parse_yaml
-
     text = store.read_run_config()
     uri = store.layout.run_config
     if text is None:
@@ -162,64 +168,20 @@ def export_checkpoint(
     checkpoint's). `work_dir`: where the `model/` files are downloaded (kept; default a temporary
     folder, removed afterwards).
     """
-    from sphinxx.jobs.build import model_args
-    from sphinxx.model.export import export_llm, export_multimodal, split_state
-
     log = log or sys.stderr
     started = time.monotonic()
-    layout, uri_step = locate(checkpoint)
-    if step is not None and uri_step is not None and step != uri_step:
-        raise ValueError(f"{checkpoint} names step {uri_step} but --step is {step}; give one of them")
-    step = step if step is not None else uri_step
+    source = find_source(checkpoint, step, options)
     target = local_output(out)
-    prefix, run_id = layout.root.rsplit("/", 1)
-    store = CheckpointStore(prefix, run_id, options=options)
-    info = resolve_checkpoint(store, step)
-    cfg = read_run_config(store)
-    sphinx_args = model_args(cfg)
-    files = [e for e in info.manifest.files if e.path.startswith(MODEL_DIR)]
-    if not files:
-        raise CheckpointNotFoundError(f"{info.uri}: the checkpoint holds no model/ files", info.uri)
-    size = sum(e.size for e in files)
-    print(
-        f"export {info.uri} (flavor {cfg.model.flavor}): downloading {len(files)} model files, "
-        f"{_mib(size)} of {_mib(info.manifest.total_bytes)} (no optimizer state)",
-        file=log,
-    )
-    staging = work_dir or tempfile.mkdtemp(prefix=f"sphinxx-export-{step_name(info.step)}-")
+    print(source.announcement(), file=log)
+    staging = work_dir or tempfile.mkdtemp(prefix=f"sphinxx-export-{step_name(source.info.step)}-")
     partial = target + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
+    tokenizer_uri = tokenizer or source.config.data.tokenizer
     try:
-        store.download(
-            info.step, staging, select=lambda e: e.path.startswith(MODEL_DIR), progress=_progress(log)
-        )
-        llm, multimodal, vision = split_state(CheckpointTensors(os.path.join(staging, "model")))
+        source.download(staging, log)
         os.makedirs(partial)
-        token_ids = None
-        tokenizer_uri = tokenizer or cfg.data.tokenizer
-        if with_tokenizer and tokenizer_uri:
-            token_ids = _write_tokenizer(tokenizer_uri, partial, sphinx_args.llm.vocab_size, log)
-        elif with_tokenizer:
-            print("  no tokenizer: the run config sets no data.tokenizer (give --tokenizer URI)", file=log)
-        print(f"  writing the decoder to {target}", file=log)
-        llm_summary = export_llm(
-            llm, sphinx_args.llm, partial, dtype=dtype, token_ids=token_ids,
-            max_shard_bytes=max_shard_bytes, progress=_tensor_progress(log),
-        )  # fmt: skip
-        source = {
-            "flavor": cfg.model.flavor,
-            "vision_preset": _vision_preset(cfg.model.flavor),
-            "towers": {"convnext": cfg.model.convnext_weights, "dinov2": cfg.model.dinov2_weights},
-            "tokenizer": tokenizer_uri if with_tokenizer else None,
-            "source": {
-                "checkpoint": info.uri,
-                "run_id": info.manifest.run_id,
-                "step": info.step,
-                "config_hash": info.manifest.metadata.config_hash,
-                "metrics": dict(info.manifest.metrics),
-            },
-        }
-        export_multimodal(multimodal, sphinx_args, partial, vision=vision, dtype=dtype, info=source)
+        written = _write_folder(source, os.path.join(staging, "model"), partial,
+                                tokenizer_uri if with_tokenizer else None, with_tokenizer, dtype, max_shard_bytes, log)  # fmt: skip
         if os.path.isdir(target):
             os.rmdir(target)  # empty (checked above)
         os.replace(partial, target)
@@ -227,29 +189,117 @@ def export_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
         if work_dir is None:
             shutil.rmtree(staging, ignore_errors=True)
-    summary = {
-        "out": target,
-        "checkpoint": info.uri,
-        "step": info.step,
-        "flavor": cfg.model.flavor,
-        "downloaded_files": len(files),
-        "downloaded_bytes": size,
+    llm_summary, token_ids = written
+    print(
+        f"exported step {source.info.step} as {llm_summary['architecture']} ({llm_summary['dtype']}, "
+        f"{_mib(llm_summary['bytes'])}) to {target}",
+        file=log,
+    )
+    return {
+        **source.summary(target),
         **llm_summary,
         "tokenizer": token_ids is not None,
         "seconds": round(time.monotonic() - started, 1),
     }
-    print(
-        f"exported step {info.step} as {llm_summary['architecture']} ({llm_summary['dtype']}, "
-        f"{_mib(llm_summary['bytes'])}) to {target}",
-        file=log,
-    )
-    return summary
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """A committed step to export: its store, manifest entry, the run's config and model files."""
+
+    store: CheckpointStore
+    info: CheckpointInfo
+    config: RunConfig
+    files: list[FileEntry]  # the step's `model/` files (never the optimizer shards)
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.files)
+
+    @property
+    def args(self) -> SphinxArgs:
+        """The model the run trained (the decoder admission checked, the flavor's towers)."""
+        return sphinx_args(self.config.model, run_decoder_args(self.config))
+
+    def announcement(self) -> str:
+        return (
+            f"export {self.info.uri} (flavor {self.config.model.flavor}): downloading {len(self.files)} model "
+            f"files, {_mib(self.size)} of {_mib(self.info.manifest.total_bytes)} (no optimizer state)"
+        )
+
+    def summary(self, target: str) -> dict[str, Any]:
+        return {
+            "out": target,
+            "checkpoint": self.info.uri,
+            "step": self.info.step,
+            "flavor": self.config.model.flavor,
+            "downloaded_files": len(self.files),
+            "downloaded_bytes": self.size,
+        }
+
+    def download(self, staging: str, log: TextIO) -> None:
+        self.store.download(
+            self.info.step, staging, select=lambda e: e.path.startswith(MODEL_DIR), progress=_progress(log)
+        )
+
+
+def find_source(checkpoint: str, step: int | None, options: StorageOptions | None) -> ExportSource:
+    """The committed step `checkpoint` names (run root or step folder, `step` or the latest)."""
+    layout, uri_step = locate(checkpoint)
+    if step is not None and uri_step is not None and step != uri_step:
+        raise ValueError(f"{checkpoint} names step {uri_step} but --step is {step}; give one of them")
+    prefix, run_id = layout.root.rsplit("/", 1)
+    store = CheckpointStore(prefix, run_id, options=options)
+    info = resolve_checkpoint(store, step if step is not None else uri_step)
+    config = read_run_config(store)
+    files = [e for e in info.manifest.files if e.path.startswith(MODEL_DIR)]
+    if not files:
+        raise CheckpointNotFoundError(f"{info.uri}: the checkpoint holds no model/ files", info.uri)
+    return ExportSource(store, info, config, files)
+
+
+def _write_folder(
+    source: ExportSource,
+    model_dir: str,
+    out: str,
+    tokenizer_uri: str | None,
+    with_tokenizer: bool,
+    dtype: torch.dtype | None,
+    max_shard_bytes: int,
+    log: TextIO,
+) -> tuple[dict[str, Any], dict[str, int | None] | None]:
+    """The decoder, the tokenizer and the multimodal side file into `out`; (LLM summary, token ids)."""
+    args, cfg = source.args, source.config
+    llm, multimodal, vision = split_state(CheckpointTensors(model_dir))
+    token_ids = None
+    if tokenizer_uri:
+        token_ids = _write_tokenizer(tokenizer_uri, out, args.llm.vocab_size, log)
+    elif with_tokenizer:
+        print("  no tokenizer: the run config sets no data.tokenizer (give --tokenizer URI)", file=log)
+    print(f"  writing the decoder to {out.removesuffix('.partial')}", file=log)
+    llm_summary = export_llm(
+        llm, args.llm, out, dtype=dtype, token_ids=token_ids,
+        max_shard_bytes=max_shard_bytes, progress=_tensor_progress(log),
+    )  # fmt: skip
+    info = {
+        "flavor": cfg.model.flavor,
+        "vision_preset": resolve(cfg.model.flavor).vision,
+        "towers": {"convnext": cfg.model.convnext_weights, "dinov2": cfg.model.dinov2_weights},
+        "tokenizer": tokenizer_uri,
+        "source": {
+            "checkpoint": source.info.uri,
+            "run_id": source.info.manifest.run_id,
+            "step": source.info.step,
+            "config_hash": source.info.manifest.metadata.config_hash,
+            "metrics": dict(source.info.manifest.metrics),
+        },
+    }
+    export_multimodal(multimodal, args, out, vision=vision, dtype=dtype, info=info)
+    return llm_summary, token_ids
 
 
 def _write_tokenizer(uri: str, out: str, vocab_size: int, log: TextIO) -> dict[str, int | None]:
     """Stage the tokenizer as training loads it, write its files into `out`; its special ids."""
-    from sphinxx.jobs.data.template import load_tokenizer
-
     print(f"  tokenizer from {uri}", file=log)
     tok = load_tokenizer(uri)
     if len(tok) > vocab_size:
@@ -258,12 +308,6 @@ def _write_tokenizer(uri: str, out: str, vocab_size: int, log: TextIO) -> dict[s
         )
     tok.save_pretrained(out)
     return {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
-
-
-def _vision_preset(flavor: str) -> str:
-    from sphinxx.schema.flavors import resolve
-
-    return resolve(flavor).vision
 
 
 def _progress(log: TextIO) -> Any:

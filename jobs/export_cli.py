@@ -51,6 +51,7 @@ def register(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    # torch, transformers and the storage client load when the command runs, not at `sphinxx --help`.
     import torch
 
     from sphinxx.jobs.export import export_checkpoint

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,10 +34,18 @@ from typing import Any, TextIO
 import yaml
 
 from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
+from sphinxx.jobs.stores import run_store
 from sphinxx.schema.admission import admit_run
 from sphinxx.schema.fields import SchemaError, deep_merge
-from sphinxx.schema.run import RunConfig, to_yaml
-from sphinxx.schema.status import PointRow, RunPhase, ScalingLawStatus, TrackingState, dump_status
+from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
+from sphinxx.schema.status import (
+    PointRow,
+    RunPhase,
+    ScalingLawStatus,
+    TrackingState,
+    dump_status,
+    parse_status,
+)
 from sphinxx.sweep import mlflow_runs
 from sphinxx.sweep.points import Point, admit_sweep, point_spec, points
 from sphinxx.sweep.results import fit_sweep, plot_fit, row_metrics
@@ -74,8 +83,6 @@ class SweepState:
 
     @classmethod
     def load(cls, path: Path) -> SweepState:
-        from sphinxx.schema.status import parse_status
-
         raw = json.loads(path.read_text())
         state = cls(raw["sweep"], raw["uid"], raw.get("parent_run_id"), scaling_law=raw.get("scaling_law"))
         for name, point in raw["points"].items():
@@ -280,7 +287,7 @@ class LocalSweep:
         self.console.end()
         local.seconds += time.monotonic() - started
         summary = parse_summary(lines[-200:]) or {}
-        self._read_checkpoint(cfg, local.row)
+        self._read_checkpoint(cfg.run_id, cfg.storage, local.row)
         done = code == 0 and summary.get("status", "succeeded") == "succeeded"
         local.row.phase = RunPhase.SUCCEEDED if done else RunPhase.FAILED
         local.error = None if done else (summary.get("error") or f"exit code {code}; log: {log_path}")
@@ -309,12 +316,9 @@ class LocalSweep:
             if progress is not None:
                 self.console.update(LiveLine.render(label, point, progress, checkpoint))
 
-    def _read_checkpoint(self, cfg: RunConfig, row: PointRow) -> None:
+    def _read_checkpoint(self, run_id: str, storage: StorageConfig, row: PointRow) -> None:
         """The point's newest committed checkpoint: its step and the fit's inputs (as the operator reads them)."""
-        from sphinxx.storage import CheckpointStore, StorageOptions
-
-        options = StorageOptions(endpoint_url=cfg.storage.endpoint_url)
-        latest = CheckpointStore(cfg.storage.uri, cfg.run_id, options=options).latest()
+        latest = run_store(run_id, storage).latest()
         if latest is None:
             return
         row.step, row.checkpoint = int(latest.step), str(latest.uri)
@@ -343,8 +347,6 @@ class LocalSweep:
 def _quiet_third_parties() -> None:
     """Keep the runner's own console to the sweep: MLflow's store migrations and Ray's note that a
     local cluster enabled token authentication are expected, and say nothing a user must act on."""
-    import logging
-
     import mlflow  # noqa: F401  (mlflow sets its loggers to INFO when first imported: set ours after)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -352,7 +354,7 @@ def _quiet_third_parties() -> None:
 
 
 def _start_ray() -> str:
-    import ray
+    import ray  # when a sweep runs; `sphinxx sweep plan` imports this module and starts no Ray
 
     if ray.is_initialized():
         pass
@@ -403,8 +405,6 @@ def _decimal(value: float | None) -> str:
 
 
 def fit_summary(state: SweepState) -> str:
-    from sphinxx.schema.status import parse_status
-
     law = parse_status(ScalingLawStatus, state.scaling_law or {})
     if law.summary:
         return (

@@ -1,9 +1,14 @@
 """The per-worker training loop: what every worker runs once its model and engine are built.
 
-One worker = one data-parallel rank. It builds SPHINX-X from the flavor (`build`), applies
-parallelism from outside (`engine`: DeepSpeed ZeRO from `parallel.zero_stage`; expert parallelism
-for MoE flavors), restores the latest committed checkpoint (at any world size), then trains
-global batches:
+One worker = one data-parallel rank. `train` is the worker's entry point and the only function
+here that sees the whole run config; it hands each part its own section, in named steps:
+
+    build_parts     data (`data`, `train`), SPHINX-X (`model` + the decoder admission checked),
+                    DeepSpeed (`train`, `parallel`), the schedule (`train`), the store and the
+                    checkpointer (`storage`)
+    resume          the latest committed checkpoint, at any world size
+    open_tracker    rank 0's MLflow run (`tracking`)
+    StepLoop.run    global batches until the step budget is done:
 
     for every optimizer step s (global batch s of the elastic sampler):
         N = target tokens of the whole global batch (one all-reduce)
@@ -12,7 +17,8 @@ global batches:
         optimizer step with lr(s), clipped by train.grad_clip
 
 so the gradient is d/dθ [ sum of CE over the global batch / N + mean aux ] whatever the world
-size W and accumulation are (docs/model.md, "Loss normalisation over the global batch"): an elastic resize changes nothing but speed.
+size W and accumulation are (docs/model.md, "Loss normalisation over the global batch"): an
+elastic resize changes nothing but speed.
 
 A worker asked to stop (SIGTERM, the pod's preStop hook: `preemption.StopSignal`) finishes its
 step; all ranks agree at the end of every step (one all-reduce of a flag), save that step, and
@@ -34,16 +40,22 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sphinxx.jobs.audit import SampleTrace
-from sphinxx.jobs.build import build_model, check_vocab
+from sphinxx.jobs.build import build_model, check_vocab, loaded_tower_prefixes
+from sphinxx.jobs.checkpoint import Checkpointer, RunState
 from sphinxx.jobs.context import Worker
+from sphinxx.jobs.cost import run_estimate
+from sphinxx.jobs.data.dataset import SamplePipeline
+from sphinxx.jobs.data.loader import DataStream, build_data
 from sphinxx.jobs.engine import build_engine, expert_parallel_size
-from sphinxx.jobs.evaluation import due
+from sphinxx.jobs.evaluation import HeldoutEvaluator, due
 from sphinxx.jobs.metrics import (
+    FlopModel,
     StepStats,
     all_reduce_host,
     checkpoint_metrics,
@@ -57,9 +69,13 @@ from sphinxx.jobs.metrics import (
 from sphinxx.jobs.preemption import Preempted, StopSignal
 from sphinxx.jobs.progress import ProgressPrinter, Throughput
 from sphinxx.jobs.schedule import Schedule
+from sphinxx.jobs.stores import retention_policy, run_store, storage_options
 from sphinxx.jobs.timing import NULL_TIMER
-from sphinxx.jobs.tracking import MLflowTracker, NullTracker, tracking_uri
-from sphinxx.schema.run import RunConfig, flatten, to_yaml
+from sphinxx.jobs.tracking import open_tracker
+from sphinxx.model.sphinx import SphinxX
+from sphinxx.schema.run import RunConfig, StorageConfig, TrainConfig, flatten, run_decoder_args, to_yaml
+from sphinxx.storage import CheckpointInfo, CheckpointStore, RetentionPolicy
+from sphinxx.storage.stage import StageReport
 
 
 def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
@@ -70,115 +86,265 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
     peak behind `mfu` comes from. `timer` (a `timing.PhaseTimer`, benchmarks only) times each
     step's phases; None times nothing.
     """
-    from sphinxx.jobs.checkpoint import RunState
-    from sphinxx.jobs.data.loader import build_data
-
     torch.set_num_threads(max(1, cfg.parallel.cpus_per_worker))
-    data = build_data(cfg, worker.rank, worker.world_size)
-    total = data.stop_step
-    staged: list[Any] = []
-    model, _ = build_model(cfg, worker, staged)
-    check_vocab(data, model)
-    # Sized before the engine: under ZeRO-3 DeepSpeed empties the parameters it partitions.
-    sizes = model_sizes(model)
-    engine, optimizer = build_engine(model, cfg, worker, data.accum_steps)
-    schedule = Schedule(total, cfg.train.lr, cfg.train.min_lr, cfg.train.warmup, cfg.train.schedule)
-    store, ckpt = _open_checkpointer(cfg, worker, model, optimizer)
-    restored = ckpt.restore()
-    state = RunState(0, {}, schedule.state_dict())
-    if restored is not None:
-        state = restored.state
-        data.load_state_dict({"sampler": state.sampler, "stats": restored.rank_data or {}})
-        engine.global_steps = state.step
-        if worker.rank == 0:
-            print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{total}", flush=True)
-    flops = flop_model(model, worker.device)
-    tracker = _open_tracker(
-        cfg, worker, store, sizes["num_params_total"], state.step, total, flops.peak.source
+    parts = build_parts(cfg, worker)
+    state = resume(parts, worker)
+    tags = run_tags(cfg.model.flavor, cfg.data.fraction, worker, parts)
+    tracker = open_tracker(
+        cfg.tracking, cfg.run_id, worker, parts.store,
+        restored_step=state.step, params=flatten(cfg), config_text=to_yaml(cfg), tags=tags,
+    )  # fmt: skip
+    estimate = {}
+    if worker.rank == 0:
+        cost = run_estimate(cfg, worker.world_size, parts.total, sum(r.bytes_total for r in parts.staged))
+        estimate = log_estimate(cost, worker.world_size, tracker)
+    evaluator = heldout_evaluator(cfg.data.heldout_records, cfg.train.micro_batch, worker, parts.data)
+    tag_staging(tracker, parts.staged)
+    loop = StepLoop(parts, state, cfg.train, worker, tracker, evaluator, estimate, timer or NULL_TIMER)
+    metrics = loop.run()
+    if state.step > 0:
+        tracker.log_metrics(parts.data.stats.metrics(), state.step)
+    tracker.close(timeout=120)
+    return {**metrics, **parts.sizes, "mfu_peak_source": parts.flops.peak.source}
+
+
+# ------------------------------------------------------------------------------- the parts
+
+
+@dataclass
+class Parts:
+    """What one worker trains with, each built from its own section of the run config."""
+
+    data: DataStream
+    model: SphinxX
+    engine: Any  # DeepSpeedEngine
+    optimizer: Any
+    schedule: Schedule
+    store: CheckpointStore
+    ckpt: Checkpointer
+    sizes: dict[str, int]  # num_params / num_params_total (metrics.model_sizes)
+    flops: FlopModel
+    staged: list[StageReport]  # what staging the weights cost on this node
+
+    @property
+    def total(self) -> int:
+        """Optimizer steps of the run (`train.steps`, or derived from the data)."""
+        return int(self.data.stop_step or 0)
+
+
+def build_parts(cfg: RunConfig, worker: Worker) -> Parts:
+    """Data, model, engine, schedule, store and checkpointer of this worker, section by section."""
+    data = build_data(
+        cfg.data,
+        cfg.train,
+        use_skip_token=cfg.model.use_skip_token,
+        rank=worker.rank,
+        world_size=worker.world_size,
     )
-    estimate = _log_estimate(cfg, worker, total, staged, tracker) if worker.rank == 0 else {}
-    evaluator = _heldout_evaluator(cfg, worker, data)
-    if (
-        staged
-    ):  # what this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model of a run")
-        tracker.set_tags(  # tags, not metrics: a resumed attempt skips metrics at steps it already logged
-            {
-                "sphinxx.stage_bytes_downloaded": sum(r.bytes_downloaded for r in staged),
-                "sphinxx.stage_bytes_total": sum(r.bytes_total for r in staged),
-                "sphinxx.stage_seconds": round(sum(r.seconds for r in staged), 3),
-            }
+    staged: list[StageReport] = []
+    model, _ = build_model(
+        cfg.model, run_decoder_args(cfg), worker,
+        seed=cfg.train.seed, precision=cfg.train.precision, options=storage_options(cfg.storage), staged=staged,
+    )  # fmt: skip
+    check_vocab(data, model)
+    sizes = model_sizes(model)  # before the engine: under ZeRO-3 DeepSpeed empties what it partitions
+    engine, optimizer = build_engine(model, cfg.train, cfg.parallel, worker, data.accum_steps)
+    train = cfg.train
+    schedule = Schedule(int(data.stop_step or 0), train.lr, train.min_lr, train.warmup, train.schedule)
+    store = open_store(cfg.run_id, cfg.storage, worker)
+    ckpt = open_checkpointer(
+        store, model, optimizer, worker,
+        seed=train.seed, zero_stage=cfg.parallel.zero_stage,
+        skip_prefixes=loaded_tower_prefixes(cfg.model), policy=retention_policy(cfg.storage),
+    )  # fmt: skip
+    flops = flop_model(model, worker.device)
+    return Parts(data, model, engine, optimizer, schedule, store, ckpt, sizes, flops, staged)
+
+
+def open_store(run_id: str, storage: StorageConfig, worker: Worker) -> CheckpointStore:
+    """The run's store (`storage` section); rank 0 removes what a dead attempt left behind
+    (docs/storage.md, "Retention and partial-folder cleanup"): no other attempt is live."""
+    store = run_store(run_id, storage, attempt=worker.attempt)
+    if worker.rank == 0:
+        store.clean_partial(grace_s=0)
+    return store
+
+
+def open_checkpointer(
+    store: CheckpointStore,
+    model: torch.nn.Module,
+    optimizer: Any,
+    worker: Worker,
+    *,
+    seed: int,
+    zero_stage: int,
+    skip_prefixes: tuple[str, ...] = (),
+    policy: RetentionPolicy | None = None,
+) -> Checkpointer:
+    """This rank's Checkpointer; the metadata every manifest records about the run's layout."""
+    return Checkpointer(
+        store,
+        model,
+        optimizer,
+        worker.rank,
+        worker.world_size,
+        seed=seed,
+        skip_prefixes=skip_prefixes,
+        metadata={
+            "zero_stage": zero_stage,
+            "ep_size": expert_parallel_size(model),
+            "dp_size": worker.world_size,
+            "code_version": worker.code_version,
+            "extra": {"attempt": worker.attempt},
+        },
+        policy=policy,
+    )
+
+
+def resume(parts: Parts, worker: Worker) -> RunState:
+    """The run state of the latest committed checkpoint, loaded into the parts; a fresh one if none."""
+    restored = parts.ckpt.restore()
+    if restored is None:
+        return RunState(0, {}, parts.schedule.state_dict())
+    state = restored.state
+    parts.data.load_state_dict({"sampler": state.sampler, "stats": restored.rank_data or {}})
+    parts.engine.global_steps = state.step
+    if worker.rank == 0:
+        print(f"[sphinxx] resumed from {restored.info.uri} at step {state.step}/{parts.total}", flush=True)
+    return state
+
+
+def heldout_evaluator(
+    heldout_records: int, micro_batch: int, worker: Worker, data: DataStream
+) -> HeldoutEvaluator | None:
+    """This rank's held-out evaluator (docs/training.md, "Held-out evaluation"); None without a split."""
+    if not heldout_records:
+        return None
+    pipeline = SamplePipeline(data.encoder, data.image)
+    return HeldoutEvaluator(data.mixture, pipeline, micro_batch, worker.rank, worker.world_size, _all_reduce)
+
+
+# ------------------------------------------------------------------------------- the steps
+
+
+class StepLoop:
+    """Global batches from the restored step to the budget: step, log, evaluate, checkpoint, stop."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        state: RunState,
+        train: TrainConfig,
+        worker: Worker,
+        tracker: Any,
+        evaluator: HeldoutEvaluator | None,
+        estimate: dict[str, float],
+        timer: Any,
+    ):
+        self.parts, self.state, self.train, self.worker = parts, state, train, worker
+        self.tracker, self.evaluator, self.estimate, self.timer = tracker, evaluator, estimate, timer
+        self.meter = Throughput()
+        self.meter.mark(state.step, 0, 0)
+        self.printer = ProgressPrinter(
+            parts.total, train.log_interval, mfu_estimate=parts.flops.peak.estimate
         )
-    timer = timer or NULL_TIMER
-    timer.start(model, flops)
-    meter = Throughput()
-    meter.mark(state.step, 0, 0)
-    printer = ProgressPrinter(total, cfg.train.log_interval, mfu_estimate=flops.peak.estimate)
-    trace = SampleTrace.from_env(worker)
-    stop = StopSignal.from_env(cfg.train.termination_grace_seconds)
-    metrics: dict[str, Any] = {"step": state.step}
-    for group in _timed(data.iter_steps(), timer):
+        self.trace = SampleTrace.from_env(worker)
+        self.stop = StopSignal.from_env(train.termination_grace_seconds)
+        self.lr = 0.0  # of the last step (`step` sets it, `log` reports it)
+
+    def run(self) -> dict[str, Any]:
+        """Every remaining global batch; returns the last step's metrics."""
+        parts, state = self.parts, self.state
+        self.timer.start(parts.model, parts.flops)
+        metrics: dict[str, Any] = {"step": state.step}
+        for group in _timed(parts.data.iter_steps(), self.timer):
+            stats = self.step(group)
+            metrics = self.log(stats)
+            self.evaluate()
+            stopping = self.stop.agreed(_max_across_ranks)
+            if state.step % self.train.checkpoint_interval == 0 or state.step == parts.total or stopping:
+                self.checkpoint(stats, metrics, stopping)
+            if stopping and state.step < parts.total:
+                self.stopped()
+            self.timer.step_done(state.step, stats, metrics)
+        return metrics
+
+    def step(self, group: list[Any]) -> StepStats:
+        """One optimizer step at the schedule's learning rate; the run state moves past it."""
         step = group[0].step
-        lr = schedule(step)
-        for pg in optimizer.param_groups:
+        lr = self.parts.schedule(step)
+        for pg in self.parts.optimizer.param_groups:
             pg["lr"] = lr
-        stats = _train_step(engine, model, group, worker, timer)
-        trace.record(step, group)
-        state.step = step + 1
-        state.tokens_seen += stats.tokens
-        state.samples_seen += stats.samples
-        meter.mark(state.step, stats.tokens, stats.samples, flops=flops.step_flops(stats))
-        tok_s, smp_s, sec_step = meter.rates()
+        stats = train_step(self.parts.engine, self.parts.model, group, self.worker, self.timer)
+        self.trace.record(step, group)
+        self.state.step = step + 1
+        self.state.tokens_seen += stats.tokens
+        self.state.samples_seen += stats.samples
+        self.lr = lr
+        return stats
+
+    def log(self, stats: StepStats) -> dict[str, Any]:
+        """The step's metrics: to MLflow every `train.log_interval` steps, a progress line on rank 0."""
+        state, flops = self.state, self.parts.flops
+        self.meter.mark(state.step, stats.tokens, stats.samples, flops=flops.step_flops(stats))
+        tok_s, smp_s, sec_step = self.meter.rates()
         metrics = {
             "step": state.step,
             "loss": stats.loss,
             "ce_loss": stats.ce,
             "aux_loss": stats.aux,
-            "lr": lr,
+            "lr": self.lr,
             "grad_norm": stats.grad_norm,
             "tokens_per_s": tok_s,
             "samples_per_s": smp_s,
-            "mfu": flops.mfu_of_rate(meter.flops_per_s(), worker.world_size),
+            "mfu": flops.mfu_of_rate(self.meter.flops_per_s(), self.worker.world_size),
             "visual_tokens": stats.image_tokens,
             "skip_ratio": stats.skipped_views / max(1, stats.views + stats.skipped_views),
             "tokens_seen": state.tokens_seen,
-            **expert_load(model),
+            **expert_load(self.parts.model),
         }
-        if state.step % cfg.train.log_interval == 0 or state.step == total:
-            tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, state.step)
-        if worker.rank == 0:
-            printer.maybe_print(state.step, metrics, sec_step)
-        if evaluator is not None and due(
-            state.step, total, cfg.train.eval_interval, state.extra.get("heldout", {}).get("step")
-        ):
-            heldout = evaluator.run(engine.module, worker.device).metrics()
-            state.extra["heldout"] = {
-                "step": state.step,
-                "tokens_seen": state.tokens_seen,
-                "metrics": heldout,
-            }
-            _log_heldout(tracker, worker, heldout, state)
-        stopping = stop.agreed(_max_across_ranks)
-        if state.step % cfg.train.checkpoint_interval == 0 or state.step == total or stopping:
-            state.sampler = data.state_dict()["sampler"]
-            # + the cost estimate and the measured MFU, which the operator shows in status.metrics
-            committed = {**checkpoint_metrics(stats.loss, state.tokens_seen, sizes), **estimate, "mfu": metrics["mfu"],
-                         **state.extra.get("heldout", {}).get("metrics", {})}  # fmt: skip
-            try:
-                info = ckpt.save(state, data.state_dict()["stats"], committed, final=state.step == total)
-            finally:
-                if stopping:
-                    stop.done()
-            _after_checkpoint(info, metrics, worker, tracker, state.step)
-        if stopping and state.step < total:
-            if worker.rank == 0:
-                print(f"[sphinxx] stopped on request ({stop.why}) at step {state.step}/{total}", flush=True)
-            tracker.close(timeout=min(30.0, stop.remaining()))
-            raise Preempted(state.step, stop.why or "stop requested")
-        timer.step_done(state.step, stats, metrics)
-    if state.step > 0:
-        tracker.log_metrics(data.stats.metrics(), state.step)
-    tracker.close(timeout=120)
-    return {**metrics, **sizes, "mfu_peak_source": flops.peak.source}
+        if state.step % self.train.log_interval == 0 or state.step == self.parts.total:
+            self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, state.step)
+        if self.worker.rank == 0:
+            self.printer.maybe_print(state.step, metrics, sec_step)
+        return metrics
+
+    def evaluate(self) -> None:
+        """The held-out split, when due (`train.eval_interval`, the last step; once per step)."""
+        state = self.state
+        done = state.extra.get("heldout", {}).get("step")
+        if self.evaluator is None or not due(state.step, self.parts.total, self.train.eval_interval, done):
+            return
+        heldout = self.evaluator.run(self.parts.engine.module, self.worker.device).metrics()
+        state.extra["heldout"] = {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": heldout}
+        _log_heldout(self.tracker, self.worker, heldout, state)
+
+    def checkpoint(self, stats: StepStats, metrics: dict[str, Any], stopping: bool) -> None:
+        """Commit this step on every rank, with the metrics the operator and the fit read."""
+        state, data = self.state, self.parts.data
+        state.sampler = data.state_dict()["sampler"]
+        committed = {
+            **checkpoint_metrics(stats.loss, state.tokens_seen, self.parts.sizes),
+            **self.estimate,  # the cost estimate and the measured MFU, shown in status.metrics
+            "mfu": metrics["mfu"],
+            **state.extra.get("heldout", {}).get("metrics", {}),
+        }
+        try:
+            info = self.parts.ckpt.save(
+                state, data.state_dict()["stats"], committed, final=state.step == self.parts.total
+            )
+        finally:
+            if stopping:
+                self.stop.done()
+        _after_checkpoint(info, metrics, self.worker, self.tracker, state.step)
+
+    def stopped(self) -> None:
+        """A requested stop, committed: flush what tracking can in the grace left, then raise."""
+        step, total = self.state.step, self.parts.total
+        if self.worker.rank == 0:
+            print(f"[sphinxx] stopped on request ({self.stop.why}) at step {step}/{total}", flush=True)
+        self.tracker.close(timeout=min(30.0, self.stop.remaining()))
+        raise Preempted(step, self.stop.why or "stop requested")
 
 
 def _timed(steps: Iterable, timer) -> Iterator:
@@ -192,50 +358,7 @@ def _timed(steps: Iterable, timer) -> Iterator:
         yield group
 
 
-def _open_checkpointer(cfg: RunConfig, worker: Worker, model, optimizer):
-    """The run's store (partial folders of a dead attempt cleaned) and this rank's Checkpointer."""
-    from sphinxx.jobs.checkpoint import Checkpointer
-    from sphinxx.storage import CheckpointStore, RetentionPolicy, StorageOptions
-
-    store = CheckpointStore(
-        cfg.storage.uri,
-        cfg.run_id,
-        attempt=worker.attempt,
-        options=StorageOptions(endpoint_url=cfg.storage.endpoint_url),
-    )
-    if worker.rank == 0:
-        store.clean_partial(
-            grace_s=0
-        )  # folders of a dead attempt (docs/storage.md, "Retention and partial-folder cleanup"); none is live
-    policy = RetentionPolicy(
-        keep_last=cfg.storage.keep_last,
-        keep_best=cfg.storage.keep_best,
-        metric=cfg.storage.best_metric,
-        milestone_every=cfg.storage.milestone_every,
-    )
-    skip = ("vision.convnext.",) if cfg.model.convnext_weights else ()
-    skip += ("vision.dinov2.",) if cfg.model.dinov2_weights else ()
-    ckpt = Checkpointer(
-        store,
-        model,
-        optimizer,
-        worker.rank,
-        worker.world_size,
-        seed=cfg.train.seed,
-        skip_prefixes=skip,
-        metadata={
-            "zero_stage": cfg.parallel.zero_stage,
-            "ep_size": expert_parallel_size(model),
-            "dp_size": worker.world_size,
-            "code_version": worker.code_version,
-            "extra": {"attempt": worker.attempt},
-        },
-        policy=policy,
-    )
-    return store, ckpt
-
-
-def _train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) -> StepStats:
+def train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) -> StepStats:
     """One global batch on this rank: accum micro-batches, one optimizer step."""
     accum = len(group)
     local = torch.tensor([float(sum(mb.num_targets for mb in group))])
@@ -258,19 +381,7 @@ def _train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) -
             engine.step()
         ce_sum += out.ce_sum.detach().item()
         aux_sum += out.aux_loss.detach().item()
-        slots = batch.image_slots
-        lengths = batch.sequence_lengths() if mb.samples else []
-        counts += torch.tensor(
-            [
-                float(sum(lengths)),
-                float(mb.num_samples),
-                float(mb.num_image_tokens),
-                float((slots == 1).sum()),
-                float((slots == 0).sum()),
-                float(sum(t * t for t in lengths)),  # the attention term's count (metrics.FlopModel)
-            ],
-            dtype=torch.float64,
-        )
+        counts += _batch_counts(mb, batch)
     totals = _all_reduce(torch.tensor([ce_sum, aux_sum / accum], dtype=torch.float64))
     counts = _all_reduce(counts)
     ce = totals[0].item() / num_targets
@@ -290,6 +401,24 @@ def _train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) -
     )
 
 
+def _batch_counts(mb: Any, batch: Any) -> torch.Tensor:
+    """What one micro-batch holds: tokens, samples, image tokens, kept and skipped views, and the
+    attention term's count (sum of squared lengths, `metrics.FlopModel`)."""
+    slots = batch.image_slots
+    lengths = batch.sequence_lengths() if mb.samples else []
+    return torch.tensor(
+        [
+            float(sum(lengths)),
+            float(mb.num_samples),
+            float(mb.num_image_tokens),
+            float((slots == 1).sum()),
+            float((slots == 0).sum()),
+            float(sum(t * t for t in lengths)),
+        ],
+        dtype=torch.float64,
+    )
+
+
 def _max_across_ranks(value: float) -> float:
     """The largest `value` of all ranks (one all-reduce of one number)."""
     return float(all_reduce_host(torch.tensor([value]), op="max")[0].item())  # NCCL: on the GPU
@@ -302,52 +431,35 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- tracking
 
 
-def _open_tracker(
-    cfg: RunConfig, worker: Worker, store, trainable: int, restored_step: int, total: int, mfu_peak: str = ""
-):
-    """Rank 0's MLflow tracker; a no-op tracker on other ranks and when `tracking.enabled` is false."""
-    if worker.rank != 0 or not cfg.tracking.enabled:
-        return NullTracker()
-    uri = tracking_uri(cfg.tracking.uri)
+def run_tags(flavor: str, data_fraction: float, worker: Worker, parts: Parts) -> dict[str, Any]:
+    """The MLflow tags of this attempt: the point's axes and what this attempt trains with."""
+    return {
+        "sphinxx.flavor": flavor,
+        "sphinxx.data_fraction": data_fraction,
+        "sphinxx.world_size": worker.world_size,
+        "sphinxx.attempt": worker.attempt,
+        "sphinxx.code_version": worker.code_version,
+        "sphinxx.total_steps": parts.total,
+        "sphinxx.trainable_params": parts.sizes["num_params_total"],
+        "sphinxx.mfu_peak": parts.flops.peak.source,
+    }
 
-    def record(run_id: str) -> None:
-        store.write_run_manifest(code_version=worker.code_version, extra={"mlflow_run_id": run_id})
 
-    tracker = MLflowTracker(
-        uri, worker.mlflow_run_id, cfg.tracking.experiment, cfg.run_id, on_created=record, retry_max_s=10.0
-    )
-    tracker.skip_through(restored_step)
-    tracker.log_params(flatten(cfg))
+def tag_staging(tracker: Any, staged: list[StageReport]) -> None:
+    """What this attempt's weights cost to stage on rank 0's node (docs/training.md, "The model
+    of a run"): tags, not metrics, since a resumed attempt skips metrics at steps it already logged."""
+    if not staged:
+        return
     tracker.set_tags(
         {
-            "sphinxx.flavor": cfg.model.flavor,
-            "sphinxx.data_fraction": cfg.data.fraction,
-            "sphinxx.world_size": worker.world_size,
-            "sphinxx.attempt": worker.attempt,
-            "sphinxx.code_version": worker.code_version,
-            "sphinxx.total_steps": total,
-            "sphinxx.trainable_params": trainable,
-            "sphinxx.mfu_peak": mfu_peak,
+            "sphinxx.stage_bytes_downloaded": sum(r.bytes_downloaded for r in staged),
+            "sphinxx.stage_bytes_total": sum(r.bytes_total for r in staged),
+            "sphinxx.stage_seconds": round(sum(r.seconds for r in staged), 3),
         }
     )
-    tracker.log_text(to_yaml(cfg), "config.yaml")
-    return tracker
 
 
-def _heldout_evaluator(cfg: RunConfig, worker: Worker, data: Any):
-    """The held-out evaluator of this rank (docs/training.md, "Held-out evaluation"); None without a split."""
-    if not cfg.data.heldout_records:
-        return None
-    from sphinxx.jobs.data.dataset import SamplePipeline
-    from sphinxx.jobs.evaluation import HeldoutEvaluator
-
-    pipeline = SamplePipeline(data.encoder, data.image)
-    return HeldoutEvaluator(
-        data.mixture, pipeline, cfg.train.micro_batch, worker.rank, worker.world_size, _all_reduce
-    )
-
-
-def _log_heldout(tracker, worker: Worker, heldout: dict[str, float], state) -> None:
+def _log_heldout(tracker, worker: Worker, heldout: dict[str, float], state: RunState) -> None:
     """Against the global step, and (`*_by_tokens`, MLflow step = tokens seen) against D."""
     if not heldout:
         return
@@ -355,28 +467,19 @@ def _log_heldout(tracker, worker: Worker, heldout: dict[str, float], state) -> N
     overall = {f"{k}_by_tokens": v for k, v in heldout.items() if k in ("heldout_loss", "heldout_bpb")}
     tracker.log_metrics(overall, state.tokens_seen)
     if worker.rank == 0:
-        print(f"[sphinxx] held-out at step {state.step}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in heldout.items() if "/source:" not in k), flush=True)  # fmt: skip
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in heldout.items() if "/source:" not in k)
+        print(f"[sphinxx] held-out at step {state.step}: {shown}", flush=True)
 
 
-def _log_estimate(cfg: RunConfig, worker: Worker, steps: int, staged: list[Any], tracker) -> dict[str, float]:
-    """The run's cost estimate (docs/training.md, "Memory and cost estimates") on the job log and as
-    MLflow tags, so what the run measures (step time, MFU, memory) can be compared with it; returns
-    the numbers the checkpoints commit with their metrics ({} when there is no estimate)."""
-    import dataclasses
-
-    from sphinxx.jobs.cost import run_cost
-    from sphinxx.model.memory import run_memory, setup_from_run
-
-    try:
-        fixed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
-        memory = run_memory(cfg, setup_from_run(cfg, world_size=worker.world_size))
-        cost = run_cost(fixed, memory=memory, stage_bytes=sum(r.bytes_total for r in staged))
-    except Exception as err:  # noqa: BLE001 - an estimate never stops a run
-        print(f"[sphinxx] no cost estimate: {type(err).__name__}: {err}", flush=True)
+def log_estimate(cost: dict[str, Any] | None, world_size: int, tracker: Any) -> dict[str, float]:
+    """The run's cost estimate (`cost.run_estimate`; docs/training.md, "Memory and cost estimates")
+    on the job log and as MLflow tags, so what the run measures (step time, MFU, memory) can be
+    compared with it; returns the numbers the checkpoints commit with their metrics ({} when there
+    is no estimate)."""
+    if cost is None:
         return {}
     print(
-        f"[sphinxx] estimate at world size {worker.world_size}: {cost['memory_per_rank_gib']:.2f} GiB per rank, "
+        f"[sphinxx] estimate at world size {world_size}: {cost['memory_per_rank_gib']:.2f} GiB per rank, "
         f"{cost['tokens']:,} tokens (upper bound), {cost['flops']:.3e} FLOPs, "
         f"{cost['gpu_hours']:.3g} GPU-hours on {cost['gpu']} at MFU {cost['mfu']}",
         flush=True,
@@ -409,7 +512,9 @@ def pointer_name(step: int, attempt: int, commit_id: str) -> str:
     return f"pointer-{step:09d}-a{attempt}-{commit_id[:8]}"
 
 
-def _after_checkpoint(info, metrics: dict[str, Any], worker: Worker, tracker, step: int) -> None:
+def _after_checkpoint(
+    info: CheckpointInfo | None, metrics: dict[str, Any], worker: Worker, tracker: Any, step: int
+) -> None:
     """Tell MLflow and Ray about a commit (rank 0 has `info`; every rank must call report)."""
     pointer_dir = None
     if info is not None:

@@ -33,6 +33,11 @@ from typing import Any
 from torch import nn
 
 from sphinxx.model.expert_parallel import ExpertParallel, attach_expert_parallel
+from sphinxx.model.moe import MoE
+
+# DeepSpeed is imported inside the functions that call it: its import probes the accelerator and
+# registers its ops (seconds), which the plain-keyword helpers (`deepspeed_config`) and the
+# modules that import this one for them (the cost model, benchmarks) never need.
 
 # DeepSpeed versions whose engine internals the MoE shim was read against and tested with.
 SHIM_TESTED_DEEPSPEED = ("0.19.8",)
@@ -133,8 +138,6 @@ def deepspeed_expert_parallel(ep_size: int) -> ExpertParallel:
 
 def parallelize(model: nn.Module, *, ep_size: int, zero_stage: int) -> ExpertParallel | None:
     """Prepare ``model`` for :func:`initialize`: EP groups + attached dispatchers, or ZeRO-3 leaves."""
-    from sphinxx.model.moe import MoE
-
     has_moe = any(isinstance(m, MoE) for m in model.modules())
     if ep_size > 1:
         if not has_moe:
@@ -157,8 +160,6 @@ def _flag_our_moe_layers() -> Iterator[None]:
     """Scoped shim: make ``DeepSpeedEngine`` treat our EP-attached MoE layers as MoE layers."""
     import deepspeed
     from deepspeed.runtime.engine import DeepSpeedEngine
-
-    from sphinxx.model.moe import MoE
 
     if deepspeed.__version__ not in SHIM_TESTED_DEEPSPEED:
         warnings.warn(

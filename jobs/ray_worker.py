@@ -15,17 +15,16 @@ import os
 import shutil
 from typing import Any
 
+import ray.train
+import ray.train.torch
+import torch
+
 from sphinxx.jobs.context import JobContext, Worker
+from sphinxx.jobs.loop import train
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train V2 entry: `config` = {"job": JobContext} (train_loop_config, from the driver)."""
-    import ray.train
-    import ray.train.torch
-    import torch
-
-    from sphinxx.jobs.loop import train
-
     job: JobContext = config["job"]
     ctx = ray.train.get_context()
     # Ray Train routes print() and the root logger to the driver already; a handler of our own
@@ -50,8 +49,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 def _ray_report(metrics: dict[str, Any], pointer_dir: str | None) -> None:
     """Report a step's metrics to Ray Train, with the pointer checkpoint after a commit."""
-    import ray.train
-
     clean = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
     if pointer_dir is None:
         ray.train.report(clean)

@@ -5,19 +5,34 @@ sphinxx sweep plan examples/sweeps/tiny.yaml --cost    # + tokens, FLOPs, GPU-ho
 sphinxx sweep check examples/sweeps/tiny.yaml          # can every weight, tokenizer, data and checkpoint URI be reached?
 sphinxx sweep run examples/sweeps/tiny.yaml --local    # train every point on local Ray
 sphinxx sweep run examples/sweeps/tiny.yaml --local --resume
+
+Registration is cheap (`sphinxx --help` imports this module): the handlers import the sweep
+planner (`jobs.local`: storage, boto3, omegaconf, ~0.35 s) and the cost model (torch) when they
+run, each such import marked where it stands.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from typing import Any
+
+from sphinxx.schema.fields import SchemaError
+from sphinxx.schema.run import RunConfig, to_dict, to_yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("sweep", help="plan or run a scaling sweep locally")
     parser.set_defaults(group_parser=parser)
     sub = parser.add_subparsers(metavar="SUBCOMMAND")
+    _register_plan(sub)
+    _register_check(sub)
+    _register_run(sub)
 
+
+def _register_plan(sub: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="print the points of a sweep file and their resolved configs")
     plan.add_argument(
         "file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)"
@@ -35,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     plan.set_defaults(func=_plan)
 
+
+def _register_check(sub: argparse._SubParsersAction) -> None:
     check = sub.add_parser(
         "check",
         help="pre-flight: can every point's weights, tokenizer, data and checkpoint prefix be reached?",
@@ -48,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.set_defaults(func=_check)
 
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run every point of a sweep on this machine (local Ray)")
     run.add_argument(
         "file", metavar="FILE", help="a ScalingSweep manifest (the file you would kubectl apply)"
@@ -82,9 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     """The points of a sweep file; with --cost what each costs (docs/training.md, "Memory and cost estimates")."""
-    from sphinxx.jobs.local import plan, read_sweep
-    from sphinxx.schema.fields import SchemaError
-    from sphinxx.schema.run import to_yaml
+    from sphinxx.jobs.local import plan, read_sweep  # the planner: see the module docstring
 
     try:
         name, raw = read_sweep(args.file)
@@ -100,10 +117,6 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     if args.json:
-        import json
-
-        from sphinxx.schema.run import to_dict
-
         rows = []
         for i, (point, cfg) in enumerate(points):
             row: dict = {"name": point.name, "model": point.model, "fraction": point.fraction}
@@ -134,10 +147,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """The operator's pre-flight check (docs/operator.md, "Pre-flight checks"), from this machine's credentials."""
-    import os
-
+    # The planner and the storage probes (boto3, s3fs): see the module docstring.
     from sphinxx.jobs.local import plan, read_sweep
-    from sphinxx.schema.fields import SchemaError
     from sphinxx.storage import StorageOptions
     from sphinxx.storage.probe import probe_read, probe_write
     from sphinxx.sweep.inputs import run_inputs
@@ -182,22 +193,23 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _point_cost(cfg, gpu: str, mfu: float) -> dict:
+def _point_cost(cfg: RunConfig, gpu: str, mfu: float) -> dict[str, Any]:
     """`jobs.cost.run_cost` of one point; steps that derive from data read the sources' manifests
     through the data path the sweep names, and an unreachable one is reported, not fatal."""
+    # torch (the model on the meta device): only with --cost.
+    from sphinxx.jobs.build import stage_bytes
     from sphinxx.jobs.cost import mixture_samples, run_cost
+    from sphinxx.jobs.stores import storage_options
 
     samples, note = None, None
     if not cfg.train.steps:
         try:
-            samples = mixture_samples(cfg)
+            samples = mixture_samples(cfg.data)
         except Exception as err:  # noqa: BLE001 - reported per point: an unreachable store, no credentials, ...
             note = f"steps derive from data and the manifests cannot be read: {err}"
     staged = None
     try:
-        from sphinxx.jobs.build import stage_bytes
-
-        staged = stage_bytes(cfg)
+        staged = stage_bytes(cfg.model, cfg.data.tokenizer, storage_options(cfg.storage))
     except Exception as err:  # noqa: BLE001 - reported per point, as above
         note = "; ".join(filter(None, [note, f"bytes to stage unknown: {err}"]))
     cost = run_cost(cfg, samples_per_epoch=samples, gpu=gpu, mfu=mfu, stage_bytes=staged)
@@ -237,7 +249,7 @@ def _cost_line(cost: dict) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.local import run_local
+    from sphinxx.jobs.local import run_local  # the runner (Ray, MLflow): when it runs
 
     return run_local(
         args.file, args.workdir, args.resume, args.storage_uri, args.tracking_uri, args.overrides

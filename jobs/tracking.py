@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sphinxx.jobs.context import Worker
+from sphinxx.schema.run import TrackingConfig
+from sphinxx.storage import CheckpointStore
 from sphinxx.sweep.mlflow_runs import artifact_location
 
 log = logging.getLogger("sphinxx.tracking")
@@ -308,3 +311,41 @@ class MLflowTracker:
                 self.replayed += self._queue.qsize() + count
                 self.down_since = None
             self._done(count)
+
+
+def open_tracker(
+    tracking: TrackingConfig,
+    run_id: str,
+    worker: Worker,
+    store: CheckpointStore | None,
+    *,
+    restored_step: int = 0,
+    params: dict[str, Any] | None = None,
+    config_text: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> MLflowTracker | NullTracker:
+    """Rank 0's MLflow tracker of run `run_id` (the `tracking` section); the no-op tracker on
+    other ranks and when `tracking.enabled` is false.
+
+    The MLflow run is the driver's (`worker.mlflow_run_id`), or created once MLflow answers and
+    recorded in the store's `run.json`; metrics of steps up to `restored_step` are dropped (already
+    logged by the attempt that committed them). `params`, `tags` and `config_text` (as
+    `config.yaml`) are logged once.
+    """
+    if worker.rank != 0 or not tracking.enabled:
+        return NullTracker()
+
+    def record(mlflow_run_id: str) -> None:
+        if store is not None:
+            store.write_run_manifest(code_version=worker.code_version, extra={"mlflow_run_id": mlflow_run_id})
+
+    tracker = MLflowTracker(
+        tracking_uri(tracking.uri), worker.mlflow_run_id, tracking.experiment, run_id, on_created=record,
+        retry_max_s=10.0,
+    )  # fmt: skip
+    tracker.skip_through(restored_step)
+    tracker.log_params(params or {})
+    tracker.set_tags(tags or {})
+    if config_text is not None:
+        tracker.log_text(config_text, "config.yaml")
+    return tracker

@@ -34,10 +34,24 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from sphinxx.jobs.context import JobContext
-from sphinxx.schema.run import ConfigError, RunConfig, check, check_runnable, load_config
+from sphinxx.jobs.driver import prepare_run, run_summary
+from sphinxx.jobs.stores import storage_options
+from sphinxx.jobs.tracking import tracking_uri
+from sphinxx.schema.run import (
+    ConfigError,
+    RunConfig,
+    StorageConfig,
+    check,
+    check_runnable,
+    load_config,
+    parse_yaml,
+)
+from sphinxx.storage import RunLayout, open_fs
+from sphinxx.storage import uri as uri_mod
 
 log = logging.getLogger("sphinxx.train")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -54,25 +68,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def read_config(args: argparse.Namespace) -> RunConfig:
     """defaults <- preset <- config file <- overrides, checked like admission checks it, plus the
     tracking store and S3 endpoint pinned down where the job starts."""
-    from sphinxx.jobs.tracking import tracking_uri
-
     data = _read_yaml(args.config) if args.config else None
     cfg = load_config(preset=args.preset, data=data, overrides=args.overrides)
     # Resolved here so that workers need no environment of their own (Ray's workers inherit the
     # raylet's environment, not the driver's).
     if cfg.tracking.enabled:
-        cfg.tracking.uri = tracking_uri(cfg.tracking.uri)
+        cfg = replace(cfg, tracking=replace(cfg.tracking, uri=tracking_uri(cfg.tracking.uri)))
     if cfg.storage.uri.startswith("s3://") and not cfg.storage.endpoint_url:
-        cfg.storage.endpoint_url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        cfg = replace(cfg, storage=replace(cfg.storage, endpoint_url=endpoint))
     check_runnable(cfg)
     return check(cfg)
 
 
 def _read_yaml(uri: str) -> dict[str, Any]:
-    from sphinxx.schema.run import parse_yaml
-    from sphinxx.storage import open_fs
-    from sphinxx.storage import uri as uri_mod
-
     location = uri_mod.normalize(uri)
     try:
         text = open_fs(location).read_bytes(location).decode()
@@ -81,7 +90,9 @@ def _read_yaml(uri: str) -> dict[str, Any]:
     return parse_yaml(text, uri)  # a YAML error names the file, line and column
 
 
-def build_trainer(job: JobContext):
+def build_trainer(job: JobContext) -> Any:
+    # Ray loads here and in `main`, not at import: `read_config`, the job's one config reader, is
+    # also called by tests and benchmarks that start no Ray.
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -91,7 +102,7 @@ def build_trainer(job: JobContext):
         par.max_workers if par.min_workers == par.max_workers else (par.min_workers, par.max_workers)
     )
     resources = {"CPU": par.cpus_per_worker, **({"GPU": par.gpus_per_worker} if par.gpus_per_worker else {})}
-    storage_path, filesystem = ray_storage(cfg)
+    storage_path, filesystem = ray_storage(cfg.run_id, cfg.storage)
     return TorchTrainer(
         _entry,
         train_loop_config={"job": job},  # pickled as is: the workers parse nothing
@@ -123,22 +134,22 @@ def worker_env() -> dict[str, str]:
 
 
 def _entry(config: dict[str, Any]) -> dict[str, Any] | None:
+    # On the workers only: the driver process never loads torch, DeepSpeed or the model.
     from sphinxx.jobs.ray_worker import train_loop_per_worker
 
     return train_loop_per_worker(config)
 
 
-def ray_storage(cfg: RunConfig):
-    """Ray Train's storage: `<storage.uri>/<name>/ray`, through our s3fs (docs/training.md, "Ray Train V2 TorchTrainer") on S3."""
-    from sphinxx.storage import RunLayout, StorageOptions, open_fs
-
-    root = RunLayout.for_run(cfg.storage.uri, cfg.run_id).root + "/ray"
+def ray_storage(run_id: str, storage: StorageConfig) -> tuple[str, Any]:
+    """Ray Train's storage: `<storage.uri>/<run_id>/ray`, through our s3fs on S3 (docs/training.md,
+    "Ray Train V2 TorchTrainer"); (path, pyarrow filesystem or None for a local path)."""
+    root = RunLayout.for_run(storage.uri, run_id).root + "/ray"
     scheme, rest = root.split("://", 1)
     if scheme == "file":
         return rest, None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    from pyarrow.fs import FSSpecHandler, PyFileSystem  # only for object stores; pyarrow comes with Ray
 
-    fs = open_fs(root, StorageOptions(endpoint_url=cfg.storage.endpoint_url)).fs
+    fs = open_fs(root, storage_options(storage)).fs
     # Ray pickles the filesystem to its controller and workers. The factory's instance carries an
     # aiobotocore session that does not unpickle (botocore's error factory recurses), so Ray gets
     # the same s3fs settings without it: each process then builds its own session (credentials
@@ -161,13 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = read_config(parse_args(argv))
     except (ConfigError, ValueError) as err:
         return _finish({**summary, "error": f"invalid config: {err}"}, EXIT_CONFIG)
-    from sphinxx.jobs.driver import prepare_run, run_summary
-
     attempt = int(os.environ.get("SPHINXX_ATTEMPT", "1"))
     version = code_version()
     run = prepare_run(cfg, attempt, version)
     summary.update(run_id=cfg.run_id, attempt=attempt, mlflow_run_id=run.mlflow_run_id)
-    import ray
+    import ray  # see build_trainer
 
     if not ray.is_initialized():
         # The job-level runtime env reaches the Train controller (it writes Ray's storage) and the

@@ -3,7 +3,9 @@
 Why: a sweep point that does not fit its GPUs fails minutes into a run, after the image pull,
 the weight staging and the model build. These numbers come from the flavor's shapes on the meta
 device and from what the job configures (`sphinxx.jobs.engine`, `sphinxx.jobs.parallelize`), so
-`sphinxx model info FLAVOR` and `sphinxx sweep plan --cost` can print them without memory.
+`sphinxx model info FLAVOR` and `sphinxx sweep plan --cost` can print them without memory. This
+module takes a model shape and a `TrainingSetup`; which setup a run trains under is the job's
+business (`sphinxx.jobs.run_memory`), since the model never reads run configs.
 
 What the job holds per rank, in bytes (DeepSpeed 0.19.8 with `parallelize.deepspeed_config`;
 docs/training.md, "Memory and cost estimates"). Psi = trainable parameters on this rank (dense
@@ -55,6 +57,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import torch
+
+from sphinxx.model.flavors import get_sphinx_args
+from sphinxx.model.sphinx import SphinxArgs, SphinxX
 from sphinxx.schema.decoder import ModelArgs
 
 DEEPSPEED_REDUCE_BUCKET = 500_000_000  # elements: DeepSpeed's default zero_optimization.reduce_bucket_size
@@ -127,7 +133,7 @@ def activation_bytes(llm: ModelArgs, projector_in: int, setup: TrainingSetup) ->
     return {"blocks": blocks, "head": head, "projector": projector, "recompute": recompute}
 
 
-def _split_params(model) -> dict[str, int]:
+def _split_params(model: torch.nn.Module) -> dict[str, int]:
     """Trainable dense, trainable expert (this rank's slice) and frozen parameter counts."""
     expert_ids = {
         id(p)
@@ -146,17 +152,13 @@ def _split_params(model) -> dict[str, int]:
     return counts
 
 
-def memory_estimate(args, setup: TrainingSetup) -> dict[str, Any]:
+def memory_estimate(args: SphinxArgs, setup: TrainingSetup) -> dict[str, Any]:
     """Per-rank bytes of training SphinxArgs `args` as `setup` says (module docstring's table).
 
     The model is built on the meta device with the setup's EP size, so the expert slice is the
     rank's own. Returns the components, their total, the parameter counts behind them and the
     assumptions, JSON-ready.
     """
-    import torch
-
-    from sphinxx.model.sphinx import SphinxX
-
     llm = args.llm
     if setup.ep_size > 1 and not llm.is_moe:
         raise ValueError(f"ep_size {setup.ep_size} needs an MoE flavor")
@@ -226,68 +228,7 @@ def assumptions(setup: TrainingSetup) -> list[str]:
 
 
 def flavor_memory(
-    flavor: str, setup: TrainingSetup, use_skip_token: bool = True, **llm_overrides
+    flavor: str, setup: TrainingSetup, use_skip_token: bool = True, **llm_overrides: Any
 ) -> dict[str, Any]:
     """`memory_estimate` of a named flavor with decoder overrides (`sphinxx model info`)."""
-    from sphinxx.model.flavors import get_sphinx_args
-
     return memory_estimate(get_sphinx_args(flavor, use_skip_token=use_skip_token, **llm_overrides), setup)
-
-
-def setup_from_run(cfg, images_per_sample: int = 1, world_size: int | None = None) -> TrainingSetup:
-    """The `TrainingSetup` of a resolved run config (`sphinxx.schema.run.RunConfig`).
-
-    World size: `parallel.min_workers` unless given, the elastic lower bound, where each rank's
-    ZeRO partition is largest. Image tokens: `images_per_sample` square images on the run's
-    canvas (`data.canvas`) with every view kept (the most positions an image takes), capped at
-    `data.seq_len`.
-    """
-    from sphinxx.model.anyres import num_visual_tokens
-    from sphinxx.schema.run import run_decoder_args
-
-    per_image = num_visual_tokens(100, 100, run_layout(cfg))
-    return TrainingSetup(
-        world_size=world_size or cfg.parallel.min_workers,
-        zero_stage=cfg.parallel.zero_stage,
-        ep_size=cfg.parallel.ep_size,
-        precision=cfg.train.precision,
-        micro_batch=cfg.train.micro_batch,
-        seq_len=cfg.data.seq_len,
-        activation_checkpointing=cfg.model.activation_checkpointing
-        or run_decoder_args(cfg).activation_checkpointing,
-        image_tokens=min(images_per_sample * per_image, cfg.data.seq_len),
-    )
-
-
-def flavor_run_config(flavor: str):
-    """The run config `sphinxx model info` takes its defaults from: the flavor's preset
-    (sphinxx/schema/presets/<flavor>.yaml) where there is one, else the schema's defaults for the flavor."""
-    from sphinxx.schema.flavors import resolve
-    from sphinxx.schema.run import load_config, preset_names
-
-    name = resolve(flavor).name
-    data = {"model": {"flavor": name}, "storage": {"uri": "file:///unused"}}
-    return load_config(preset=name if name in preset_names() else None, data=data)
-
-
-def run_memory(cfg, setup: TrainingSetup | None = None) -> dict[str, Any]:
-    """`memory_estimate` of the model a run config builds (the decoder admission checks, with
-    `model.overrides`), under `setup` (default `setup_from_run(cfg)`)."""
-    from sphinxx.model.flavors import get_sphinx_args
-    from sphinxx.schema.run import run_decoder_args
-
-    args = get_sphinx_args(
-        cfg.model.flavor, use_skip_token=cfg.model.use_skip_token, llm=run_decoder_args(cfg)
-    )
-    return memory_estimate(args, setup or setup_from_run(cfg))
-
-
-def run_layout(cfg):
-    """The any-resolution layout a run's data processor uses (as `jobs.data.loader.image_config`)."""
-    from sphinxx.model.anyres import CELL_SIZE, AnyResConfig
-
-    return AnyResConfig(
-        grid=cfg.data.canvas // CELL_SIZE,
-        convnext_view_size=cfg.data.convnext_view_size,
-        use_skip_token=cfg.model.use_skip_token,
-    )

@@ -25,9 +25,11 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
 ]
 
 # Subcommands that a group's own package may not import (docs/architecture.md, "Layers"):
-# `sphinxx model export` reads the checkpoint store, which `sphinxx.model` never imports. Each
-# (group, module) module's `register(group_subcommands)` adds its sub-parsers to that group.
+# `sphinxx model info` reads presets and run configs and `sphinxx model export` the checkpoint
+# store, neither of which `sphinxx.model` imports. Each (group, module) module's
+# `register(group_subcommands)` adds its sub-parsers to that group.
 SUBCOMMANDS: list[tuple[str, str]] = [
+    ("model", "sphinxx.jobs.info_cli"),
     ("model", "sphinxx.jobs.export_cli"),
 ]
 

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from sphinxx.schema.run import DOMAINS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="synthetic data set and data-source inspection")
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.data.synth import write_synth
+    from sphinxx.jobs.data.synth import write_synth  # tokenizers, PIL (4 s): when the command runs
 
     try:
         result = write_synth(args.out, args.size, args.seed, args.shard_size)
@@ -71,8 +73,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.data.format import index_source
-    from sphinxx.schema.run import DOMAINS
+    from sphinxx.jobs.data.format import index_source  # the storage client (boto3): as above
 
     if args.domain not in DOMAINS:
         print(f"error: --domain must be one of {', '.join(DOMAINS)}", file=sys.stderr)
@@ -94,7 +95,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from sphinxx.jobs.data.report import inspect_sources
+    from sphinxx.jobs.data.report import inspect_sources  # torch, tokenizers: as above
 
     try:
         report = inspect_sources(

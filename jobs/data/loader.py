@@ -1,6 +1,6 @@
 """The loader the train loop iterates: one rank's micro-batches, resume state, bad-record policy.
 
-    data = build_data(cfg, rank=r, world_size=w)           # reads manifests, loads the tokenizer
+    data = build_data(cfg.data, cfg.train, rank=r, world_size=w)   # reads manifests, the tokenizer
     data.load_state_dict(ckpt["data"])                     # optional: resume (any world size)
     for step_batches in data.iter_steps():                 # accum_steps LoadedBatch per step
         ...  # forward/backward each .batch (a SphinxBatch), then the optimizer step
@@ -32,6 +32,7 @@ from sphinxx.jobs.data.mixture import Mixture, load_mixture
 from sphinxx.jobs.data.sampler import ElasticSampler, check_state
 from sphinxx.jobs.data.template import ConversationEncoder, load_tokenizer
 from sphinxx.model.anyres import CELL_SIZE, AnyResConfig
+from sphinxx.schema.run import DataConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 # Byte-level tokenizers warn (and disable threads) when used across fork; we never batch-encode.
@@ -192,17 +193,21 @@ def _identity(item: LoadedBatch) -> LoadedBatch:
     return item
 
 
-def image_config(cfg: Any) -> AnyResConfig:
-    """The processor settings of a run config (they must match the model's)."""
+def image_config(data: DataConfig, use_skip_token: bool = True) -> AnyResConfig:
+    """The processor settings of a run (`data.canvas`, `data.convnext_view_size` and the model's
+    `use_skip_token`; they must match the model's)."""
     return AnyResConfig(
-        grid=cfg.data.canvas // CELL_SIZE,
-        convnext_view_size=cfg.data.convnext_view_size,
-        use_skip_token=cfg.model.use_skip_token,
+        grid=data.canvas // CELL_SIZE,
+        convnext_view_size=data.convnext_view_size,
+        use_skip_token=use_skip_token,
     )
 
 
 def build_data(
-    cfg: Any,
+    data: DataConfig,
+    train: TrainConfig,
+    *,
+    use_skip_token: bool = True,
     rank: int = 0,
     world_size: int = 1,
     tokenizer: Any = None,
@@ -210,12 +215,11 @@ def build_data(
     num_steps: int | None = None,
     **kwargs: Any,
 ) -> DataStream:
-    """The DataStream of rank `rank` of `world_size` for a RunConfig.
+    """The DataStream of rank `rank` of `world_size` for a run's `data` and `train` sections.
 
     `num_steps` defaults to `train.steps`, or, when that is 0, to the steps of `data.epochs`
     passes over the mixture. `tokenizer` defaults to the one at `data.tokenizer`.
     """
-    data = cfg.data
     if tokenizer is None:
         if not data.tokenizer:
             raise ValueError(
@@ -224,13 +228,13 @@ def build_data(
         tokenizer = load_tokenizer(data.tokenizer)
     mixture = mixture or load_mixture(data)
     if num_steps is None:
-        num_steps = cfg.train.steps or mixture.num_steps(cfg.train.global_batch, data.epochs)
+        num_steps = train.steps or mixture.num_steps(train.global_batch, data.epochs)
     return DataStream(
         mixture,
         ConversationEncoder(tokenizer, data.seq_len),
-        image_config(cfg),
-        cfg.train.global_batch,
-        cfg.train.micro_batch,
+        image_config(data, use_skip_token),
+        train.global_batch,
+        train.micro_batch,
         rank,
         world_size,
         stop_step=num_steps,

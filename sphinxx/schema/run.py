@@ -15,6 +15,13 @@ Then one check runs, the same for every caller: each field's declared constraint
 by `ModelArgs` exactly as the job builds it). Every error is a `SchemaError` whose path names the
 field (`train.lr: ...`). `check_runnable` adds what only a run that is about to train needs (data
 sources, a tokenizer); admission and the job's start both call it.
+
+A resolved config is immutable: every section is a frozen dataclass, so what the driver read is
+what every worker trains with; a caller that must derive another config (the operator's attempt
+config, the job pinning its tracking store) builds a new one with `dataclasses.replace`. Each
+part of the system is handed the section it uses (`ModelConfig`, `DataConfig`, `TrainConfig`,
+`ParallelConfig`, `StorageConfig`, `TrackingConfig`); only entry points see a whole `RunConfig`
+(docs/architecture.md, "Each part reads its own section").
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ MAX_WORKERS = 65_536
 ConfigError = SchemaError
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelOverrides:
     """Decoder fields a run may change (e.g. a smaller n_layers for an experiment); unset keep the flavor's."""
 
@@ -65,7 +72,7 @@ class ModelOverrides:
     moe_ffn_dim: int | None = count(None, "SwiGLU hidden size of one expert", minimum=1, maximum=1_000_000)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     flavor: str = field("debug", "model flavor (sphinxx.schema.flavors)", enum=NAMES)
     overrides: ModelOverrides = nested(ModelOverrides, "decoder fields to change, for experiments")
@@ -79,7 +86,7 @@ class ModelConfig:
     moe_kernel: str = field("auto", "expert kernel for MoE flavors", enum=MOE_KERNELS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSource:
     name: str = field(
         MISSING, "unique source name (metrics, the data-fraction hash)", pattern=r"[A-Za-z0-9_.-]+"
@@ -93,7 +100,7 @@ class DataSource:
     domain: str = field("language", "mixture domain of this source", enum=DOMAINS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     sources: list[DataSource] = field([], "the mixture: sources with weights", max_items=1024)
     fraction: float = field(1.0, "data-scale axis: nested subset of every source, in (0, 1]",
@@ -116,7 +123,7 @@ class DataConfig:
     seed: int = count(0, "seed of the data-fraction hash and the sampler order", maximum=2**31 - 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = count(0, "optimizer steps; 0 derives them from the data: ceil(samples * epochs / global_batch)",
                        maximum=MAX_STEPS)  # fmt: skip
@@ -147,7 +154,7 @@ class TrainConfig:
     )  # fmt: skip
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParallelConfig:
     # ZeRO-3 partitions the parameters themselves; the checkpoints, written by global coordinates
     # so that they restore at any world size, cover the optimizer partitions of ZeRO-1/2 only.
@@ -162,7 +169,7 @@ class ParallelConfig:
     max_failures: int = count(1, "in-attempt worker restarts Ray Train may make", maximum=1000)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StorageConfig:
     uri: str = field(MISSING, "checkpoint prefix: s3://bucket/prefix or file:///path", min_length=1)
     endpoint_url: str | None = field(None, "S3 endpoint (MinIO, moto); default: AWS_ENDPOINT_URL or AWS")
@@ -173,7 +180,7 @@ class StorageConfig:
                                  maximum=MAX_STEPS)  # fmt: skip
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = field(
         True,
@@ -188,7 +195,7 @@ class TrackingConfig:
     mlflow_parent_run_id: str | None = field(None, "parent (sweep) MLflow run, for nested child runs")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     run_id: str = field(
         "run",

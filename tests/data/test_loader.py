@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from sphinxx.jobs.data.format import SourceWriter, record_to_json
-from sphinxx.jobs.data.loader import TooManyBadRecordsError, build_data
+from sphinxx.jobs.data.loader import TooManyBadRecordsError
 from sphinxx.model.anyres import AnyResConfig, num_visual_tokens
 from sphinxx.schema.run import load_config
+from tests.jobs._tiny import run_data
 
 TURNS = [("<image>\nWhat is shown?", "A square."), ("And its color?", "Red.")]
 SIZES = [(64, 64), (128, 32), (32, 128), (90, 60), (40, 120), (150, 50)]
@@ -96,7 +97,7 @@ def corpus_config(root: Path, *overrides: str):
 def test_every_kind_of_bad_record_is_counted_logged_and_skipped(tmp_path, synth_tokenizer, caplog) -> None:
     expected = write_corpus(tmp_path)
     cfg = corpus_config(tmp_path, "data.max_bad_record_ratio=0.5")
-    stream = build_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=10)
+    stream = run_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=10)
     with caplog.at_level(logging.WARNING, logger="sphinxx.jobs.data.loader"):
         batches = list(stream)
     assert stream.stats.records == expected["records"] == 35
@@ -112,7 +113,7 @@ def test_every_kind_of_bad_record_is_counted_logged_and_skipped(tmp_path, synth_
 def test_past_the_ratio_the_run_fails_with_an_actionable_message(tmp_path, synth_tokenizer) -> None:
     write_corpus(tmp_path)
     cfg = corpus_config(tmp_path, "data.max_bad_record_ratio=0.2")
-    stream = build_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=10)
+    stream = run_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=10)
     with pytest.raises(TooManyBadRecordsError, match=r"data.max_bad_record_ratio=0.2") as err:
         list(stream)
     assert "unreadable_shard" in str(err.value) or "malformed_json" in str(err.value)
@@ -121,7 +122,7 @@ def test_past_the_ratio_the_run_fails_with_an_actionable_message(tmp_path, synth
 def test_a_few_bad_records_early_do_not_fail_a_healthy_run(tmp_path, synth_tokenizer) -> None:
     write_corpus(tmp_path)
     cfg = corpus_config(tmp_path, "data.max_bad_record_ratio=0.2")
-    stream = build_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=1000)
+    stream = run_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=1000)
     # First step: 5 records, judged against a grace of 1000 x 0.2 = 200 bad ones whatever the draw.
     next(stream.iter_steps())
     assert stream.stats.records == 5
@@ -130,7 +131,7 @@ def test_a_few_bad_records_early_do_not_fail_a_healthy_run(tmp_path, synth_token
 def test_images_longer_than_seq_len_are_skipped_not_cut(tmp_path, synth_tokenizer) -> None:
     write_corpus(tmp_path)
     cfg = corpus_config(tmp_path, "data.max_bad_record_ratio=0.5", "data.seq_len=1024")
-    stream = build_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=10)
+    stream = run_data(cfg, tokenizer=synth_tokenizer, min_records_for_ratio=10)
     batches = list(stream)
     too_long = sum(num_visual_tokens(w, h, AnyResConfig()) + 2 > 1024 for w, h in SIZES)
     assert stream.stats.skipped == {"too_long": too_long}
@@ -153,7 +154,7 @@ def test_a_micro_batch_with_nothing_usable_still_has_one_target_free_row(tmp_pat
             "data.max_bad_record_ratio=1",
         ],
     )
-    (mb,) = list(build_data(cfg, tokenizer=synth_tokenizer))
+    (mb,) = list(run_data(cfg, tokenizer=synth_tokenizer))
     assert mb.batch.tokens.shape[0] == 1 and mb.num_targets == 0 and mb.num_samples == 0
     assert mb.batch.tokens[0, 0] == synth_tokenizer.bos_token_id
 
@@ -166,7 +167,7 @@ def test_batches_feed_the_model_and_respect_seq_len(synth_root, synth_tokenizer)
     # canvas 224 (two views per image) keeps the CPU forward quick; the 448 layout is the model's tests' job.
     cfg = run_config(synth_root, "data.seq_len=600", "data.canvas=224")
     model = build_sphinx("debug", vocab_size=len(synth_tokenizer))
-    for mb in build_data(cfg, tokenizer=synth_tokenizer, num_steps=1):
+    for mb in run_data(cfg, tokenizer=synth_tokenizer, num_steps=1):
         out = model(mb.batch)
         assert out.num_targets == mb.num_targets > 0
         assert max(mb.batch.sequence_lengths()) <= 600

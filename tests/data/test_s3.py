@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from sphinxx.jobs.data.loader import build_data
 from sphinxx.jobs.data.synth import write_synth
 from sphinxx.storage.fs import open_fs
 from tests.data.conftest import SYNTH_SIZE, run_config
 from tests.data.test_synth import files
+from tests.jobs._tiny import run_data
 
 
 @pytest.mark.slow  # a moto server process and ~100 PUTs
@@ -27,8 +27,8 @@ def test_synth_on_s3_reads_like_local(synth_root: Path, s3_bucket: str, tmp_path
     assert remote == local
 
     # Same batches, same accounting. The S3 run loads its tokenizer from the bucket too.
-    local_batches = list(build_data(run_config(synth_root), num_steps=3))
-    s3_batches = list(build_data(run_config(root), num_steps=3))
+    local_batches = list(run_data(run_config(synth_root), num_steps=3))
+    s3_batches = list(run_data(run_config(root), num_steps=3))
     assert len(local_batches) == len(s3_batches) == 3 * 2
     for a, b in zip(local_batches, s3_batches, strict=True):
         assert (a.step, a.micro, a.samples, a.bad) == (b.step, b.micro, b.samples, b.bad)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from sphinxx.jobs.data.loader import build_data
 from sphinxx.jobs.data.sampler import ElasticSampler, accum_steps, check_state
 from tests.data.conftest import run_config
 from tests.data.test_mixture import make_mixture
+from tests.jobs._tiny import run_data
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -54,19 +56,17 @@ def test_resume_at_another_world_size_sees_exactly_the_unseen_samples(
     # canvas 224: two views per image keeps this end-to-end test quick on a shared CPU.
     cfg = run_config(synth_root, "train.global_batch=4", "train.micro_batch=1", "data.canvas=224")
     total_steps, stop_at = 4, 2
-    baseline = seen(build_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=total_steps))
+    baseline = seen(run_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=total_steps))
     assert len(baseline) == 4 * total_steps
 
     first = [
-        build_data(cfg, r, before, tokenizer=synth_tokenizer, num_steps=total_steps) for r in range(before)
+        run_data(cfg, r, before, tokenizer=synth_tokenizer, num_steps=total_steps) for r in range(before)
     ]
     rows = [row for stream in first for row in seen(stream, max_steps=stop_at)]
     states = [stream.state_dict() for stream in first]
     assert all(s["sampler"]["next_step"] == stop_at for s in states)
 
-    second = [
-        build_data(cfg, r, after, tokenizer=synth_tokenizer, num_steps=total_steps) for r in range(after)
-    ]
+    second = [run_data(cfg, r, after, tokenizer=synth_tokenizer, num_steps=total_steps) for r in range(after)]
     for stream in second:
         stream.load_state_dict(states[0])
         rows += seen(stream)
@@ -77,11 +77,11 @@ def test_resume_at_another_world_size_sees_exactly_the_unseen_samples(
 
 def test_state_from_another_global_batch_or_mixture_is_refused(synth_root, synth_tokenizer) -> None:
     cfg = run_config(synth_root)
-    stream = build_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=1)
+    stream = run_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=1)
     state = stream.state_dict()["sampler"]
     with pytest.raises(ValueError, match="global_batch changed"):
         check_state(state, stream.mixture, 8)
-    other = build_data(
+    other = run_data(
         run_config(synth_root, "data.fraction=0.5"), 0, 1, tokenizer=synth_tokenizer, num_steps=1
     )
     with pytest.raises(ValueError, match="data mixture changed"):
@@ -92,9 +92,9 @@ def test_state_from_another_global_batch_or_mixture_is_refused(synth_root, synth
 @pytest.mark.slow
 def test_worker_processes_do_not_change_the_stream(synth_root, synth_tokenizer) -> None:
     cfg = run_config(synth_root)
-    in_process = list(build_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=4))
-    cfg.data.num_workers = 2
-    workers = list(build_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=4))
+    in_process = list(run_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=4))
+    cfg = replace(cfg, data=replace(cfg.data, num_workers=2))
+    workers = list(run_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=4))
     assert [(m.step, m.micro, m.samples) for m in workers] == [
         (m.step, m.micro, m.samples) for m in in_process
     ]

@@ -57,3 +57,37 @@ def rank_group(step: int, rank: int, world: int):
         samples = [(0, i) for i in range(len(chunk))]
         group.append(LoadedBatch(step, a, batch, samples=samples, num_targets=batch.num_targets))
     return group
+
+
+def run_model(cfg, worker, staged=None):
+    """The model a run trains, built as the job's `loop.build_parts` builds it: from the `model`
+    section and the decoder admission checked (returns (model, ep_size))."""
+    from sphinxx.jobs.build import build_model
+    from sphinxx.jobs.stores import storage_options
+    from sphinxx.schema.run import run_decoder_args
+
+    return build_model(
+        cfg.model, run_decoder_args(cfg), worker,
+        seed=cfg.train.seed, precision=cfg.train.precision, options=storage_options(cfg.storage), staged=staged,
+    )  # fmt: skip
+
+
+def run_engine(model, cfg, worker, accum: int):
+    """DeepSpeed around `model` from the run's `train` and `parallel` sections (as the job builds it)."""
+    from sphinxx.jobs.engine import build_engine
+
+    return build_engine(model, cfg.train, cfg.parallel, worker, accum)
+
+
+def run_data(cfg, rank: int = 0, world_size: int = 1, **kwargs):
+    """The run's DataStream of rank `rank` (as `loop.build_parts` builds it)."""
+    from sphinxx.jobs.data.loader import build_data
+
+    return build_data(
+        cfg.data,
+        cfg.train,
+        use_skip_token=cfg.model.use_skip_token,
+        rank=rank,
+        world_size=world_size,
+        **kwargs,
+    )

@@ -10,13 +10,14 @@ from tests.jobs._tiny import TINY, tiny_run_config
 
 
 def test_model_is_the_checked_decoder_with_frozen_towers() -> None:
-    from sphinxx.jobs.build import build_model, model_args
+    from sphinxx.jobs.build import sphinx_args
     from sphinxx.jobs.context import Worker
     from sphinxx.schema.run import run_decoder_args
+    from tests.jobs._tiny import run_model
 
     cfg = tiny_run_config("debug-moe", 2, 2, "file:///tmp/unused")
-    assert model_args(cfg).llm == run_decoder_args(cfg)
-    model, ep_size = build_model(cfg, Worker())
+    assert sphinx_args(cfg.model, run_decoder_args(cfg)).llm == run_decoder_args(cfg)
+    model, ep_size = run_model(cfg, Worker())
     assert ep_size == 2 and model.args.llm.dim == TINY["dim"]
     assert not any(p.requires_grad for p in model.vision.parameters())
     assert all(p.requires_grad for p in model.llm.parameters())

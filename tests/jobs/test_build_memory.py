@@ -22,10 +22,10 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch
-    from sphinxx.jobs.build import build_model
+    from tests.jobs._tiny import run_model
     from sphinxx.jobs.context import Worker
     from sphinxx.schema.run import load_config
-    from sphinxx.model.memory import run_memory, setup_from_run
+    from sphinxx.jobs.run_memory import run_memory, setup_from_run
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent(
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current RSS
     before = status("VmRSS")
-    model, _ = build_model(cfg, Worker(rank=1, world_size=2))
+    model, _ = run_model(cfg, Worker(rank=1, world_size=2))
     held = sum(t.numel() * t.element_size() for t in model.parameters())
     print(json.dumps({"peak_growth": status("VmHWM") - before, "held": held,
                       "estimate": estimate["bytes"]["weights"] + estimate["bytes"]["frozen_towers"],

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sphinxx.jobs.cost import gpu_peak, run_cost, training_steps
-from sphinxx.model.memory import flavor_run_config
+from sphinxx.jobs.run_memory import flavor_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,11 +71,11 @@ def test_steps_derive_from_data_as_the_job_derives_them(tmp_path: Path) -> None:
     cfg = run_config(
         tmp_path, "train.steps=0", "data.epochs=0.7", "data.fraction=0.5", "train.global_batch=3"
     )
-    samples = mixture_samples(cfg)
-    assert training_steps(cfg, samples) == load_mixture(cfg.data).num_steps(3, 0.7)
-    assert training_steps(cfg, samples) == math.ceil(math.ceil(0.7 * samples) / 3)
-    assert training_steps(cfg, None) is None
-    assert training_steps(_with_steps(cfg, 7), None) == 7
+    samples = mixture_samples(cfg.data)
+    assert training_steps(cfg.train, cfg.data.epochs, samples) == load_mixture(cfg.data).num_steps(3, 0.7)
+    assert training_steps(cfg.train, cfg.data.epochs, samples) == math.ceil(math.ceil(0.7 * samples) / 3)
+    assert training_steps(cfg.train, cfg.data.epochs, None) is None
+    assert training_steps(_with_steps(cfg, 7).train, cfg.data.epochs, None) == 7
 
 
 def _plan(cwd: Path, *args: str) -> subprocess.CompletedProcess:

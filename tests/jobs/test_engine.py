@@ -18,15 +18,13 @@ def test_expert_parallel_size_of_dense_and_moe_models() -> None:
 
 
 def _engine_up(rank: int, world: int) -> int:
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.engine import build_engine
-    from tests.jobs._tiny import GLOBAL_BATCH, tiny_run_config
+    from tests.jobs._tiny import GLOBAL_BATCH, run_engine, run_model, tiny_run_config
 
     cfg = tiny_run_config("debug", 0, 1, "file:///tmp/unused")
     worker = Worker(rank=rank, world_size=world)
-    model, _ = build_model(cfg, worker)
-    engine, _ = build_engine(model, cfg, worker, GLOBAL_BATCH)
+    model, _ = run_model(cfg, worker)
+    engine, _ = run_engine(model, cfg, worker, GLOBAL_BATCH)
     return engine.train_micro_batch_size_per_gpu()
 
 

@@ -72,9 +72,11 @@ def test_bad_configs_exit_2_with_a_summary_line(capsys: pytest.CaptureFixture[st
 
 def test_ray_storage_is_the_run_root_and_picklable_on_s3(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    path, fs = train.ray_storage(_resolve("run_id=r1", "storage.uri=file:///data/ckpt"))
+    local = _resolve("run_id=r1", "storage.uri=file:///data/ckpt")
+    path, fs = train.ray_storage(local.run_id, local.storage)
     assert (path, fs) == ("/data/ckpt/r1/ray", None)
-    path, fs = train.ray_storage(_resolve("run_id=r1", "storage.uri=s3://bucket/sweeps/a"))
+    remote = _resolve("run_id=r1", "storage.uri=s3://bucket/sweeps/a")
+    path, fs = train.ray_storage(remote.run_id, remote.storage)
     assert path == "bucket/sweeps/a/r1/ray"
     clone = pickle.loads(pickle.dumps(fs))  # Ray ships it to the controller and workers
     assert clone.type_name == fs.type_name

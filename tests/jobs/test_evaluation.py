@@ -44,14 +44,13 @@ def test_metrics_per_source_domain_and_overall() -> None:
 
 
 def _heldout_sums(rank: int, world: int, synth) -> list[list[float]]:
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.data.dataset import SamplePipeline
-    from sphinxx.jobs.data.loader import build_data
     from sphinxx.jobs.evaluation import HeldoutEvaluator
     from sphinxx.jobs.loop import _all_reduce
     from sphinxx.jobs.parallelize import init_distributed
     from sphinxx.schema.run import from_dict
+    from tests.jobs._tiny import run_data, run_model
 
     init_distributed("gloo")
     raw = tiny_config(synth, "heldout", "file:///tmp/unused", "", data={"heldout_records": 4})
@@ -59,8 +58,8 @@ def _heldout_sums(rank: int, world: int, synth) -> list[list[float]]:
     raw["tracking"] = {"enabled": False}
     cfg = from_dict(raw)
     worker = Worker(rank=rank, world_size=world)
-    data = build_data(cfg, rank, world)
-    model, _ = build_model(cfg, worker)  # seeded: the same weights on every rank and at every world size
+    data = run_data(cfg, rank, world)
+    model, _ = run_model(cfg, worker)  # seeded: the same weights on every rank and at every world size
     evaluator = HeldoutEvaluator(
         data.mixture, SamplePipeline(data.encoder, data.image), 1, rank, world, _all_reduce
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,17 +38,17 @@ def write_tokenizer(folder: Path) -> None:
 
 def committed_run(storage: str, flavor: str, tokenizer: str, steps: tuple[int, ...] = (3,)):
     """Save `steps` of a tiny model with the training Checkpointer; returns (store, model)."""
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.checkpoint import Checkpointer, RunState
     from sphinxx.jobs.checkpoint.fragments import ensure_optimizer_state
     from sphinxx.jobs.context import Worker
     from sphinxx.schema.run import to_yaml
     from sphinxx.storage import CheckpointStore
+    from tests.jobs._tiny import run_model
 
     cfg = tiny_run_config(flavor, 0, 1, storage)
-    cfg.data.tokenizer = tokenizer
+    cfg = replace(cfg, data=replace(cfg.data, tokenizer=tokenizer))
     torch.manual_seed(0)
-    model, _ = build_model(cfg, Worker())
+    model, _ = run_model(cfg, Worker())
     store = CheckpointStore(storage, cfg.run_id)
     store.write_run_config(to_yaml(cfg))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
@@ -213,16 +214,15 @@ def test_moe_checkpoint_saved_with_ep2_exports_every_expert(tmp_path: Path) -> N
 def _save_ep2(rank: int, world: int, storage: str):
     from dataclasses import replace
 
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.checkpoint import Checkpointer, RunState
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.engine import build_engine
     from sphinxx.schema.run import to_yaml
     from sphinxx.storage import CheckpointStore
+    from tests.jobs._tiny import run_engine, run_model
 
     cfg = tiny_run_config("debug-moe", 2, 2, storage)  # EP needs ZeRO-1/2
     worker = Worker(rank=rank, world_size=world)
-    model, _ = build_model(cfg, worker)
+    model, _ = run_model(cfg, worker)
     with torch.no_grad():
         torch.manual_seed(100)  # replicated tensors equal on every rank
         for p in model.llm.parameters():
@@ -231,7 +231,7 @@ def _save_ep2(rank: int, world: int, storage: str):
         for name, p in model.llm.named_parameters():
             if ".moe.experts." in name:
                 p.normal_(0.0, 0.1)
-    engine, optimizer = build_engine(model, cfg, worker, 2)
+    engine, optimizer = run_engine(model, cfg, worker, 2)
     store = CheckpointStore(storage, cfg.run_id)
     if rank == 0:
         store.write_run_config(to_yaml(cfg))

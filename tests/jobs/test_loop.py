@@ -2,13 +2,14 @@
 
 The reference of the step is plain torch on a copy of the same weights: the whole global batch
 in one forward, CE summed over every target token divided by their number, clipping, torch
-AdamW. The subject is the job's `_train_step` (DeepSpeed engine from `jobs.engine`, 4
+AdamW. The subject is the job's `train_step` (DeepSpeed engine from `jobs.engine`, 4
 micro-batches of accumulation, loss normalised by the global target count).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,25 +21,24 @@ from tests.jobs.conftest import tiny_config
 
 
 def _compare_step(rank: int, world: int) -> float:
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.engine import build_engine
-    from sphinxx.jobs.loop import _train_step
+    from sphinxx.jobs.loop import train_step
     from sphinxx.model.sphinx import collate
+    from tests.jobs._tiny import run_engine, run_model
 
     cfg = tiny_run_config("debug", 0, 1, "file:///tmp/unused")
     # Adam's first step is ~lr * sign(g): with eps 1e-8, gradient elements near 1e-9 (rounding noise
     # of two equally valid summation orders) could flip a whole lr. A larger eps keeps the
     # comparison about the gradient, which is what this test is for.
-    cfg.train.eps = 1e-4
+    cfg = replace(cfg, train=replace(cfg.train, eps=1e-4))
     worker = Worker(rank=rank, world_size=world)
-    model, _ = build_model(cfg, worker)
+    model, _ = run_model(cfg, worker)
     reference = copy.deepcopy(model)
-    engine, optimizer = build_engine(model, cfg, worker, GLOBAL_BATCH)
+    engine, optimizer = run_engine(model, cfg, worker, GLOBAL_BATCH)
     for pg in optimizer.param_groups:
         pg["lr"] = 0.01
     group = rank_group(0, rank, world)  # 4 micro-batches of 1 sample at world size 1
-    stats = _train_step(engine, model, group, worker)
+    stats = train_step(engine, model, group, worker)
 
     # Reference: one batch of all 4 samples, sum of CE / number of targets.
     batch = collate([_sample(mb) for mb in group])
@@ -85,14 +85,14 @@ def test_accumulated_step_equals_full_batch_reference() -> None:
 
 
 def _train_and_size(rank: int, world: int, cfg, mlflow_run_id: str) -> dict:
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.loop import train
     from sphinxx.jobs.metrics import scaling_params, trainable_params
+    from tests.jobs._tiny import run_model
 
     worker = Worker(rank=rank, world_size=world, mlflow_run_id=mlflow_run_id)
     final = train(cfg, worker)
-    model, _ = build_model(cfg, worker)  # the same model, built again to size it independently
+    model, _ = run_model(cfg, worker)  # the same model, built again to size it independently
     return {"final": final, "scaling": scaling_params(model), "trainable": trainable_params(model)}
 
 

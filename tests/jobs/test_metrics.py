@@ -10,12 +10,12 @@ from tests.jobs._tiny import TINY_MOE
 
 def _model(flavor: str, *overrides: str):
     """The model the job builds for `flavor` (towers frozen), at the flavor's own size."""
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
     from sphinxx.schema.run import load_config
+    from tests.jobs._tiny import run_model
 
     cfg = load_config(preset=flavor, overrides=["storage.uri=file:///tmp/unused", *overrides])
-    return build_model(cfg, Worker())[0]
+    return run_model(cfg, Worker())[0]
 
 
 def _multimodal_params(model, tags: int) -> int:
@@ -203,17 +203,17 @@ def _decoder_params_by_hand(a) -> int:
 
 
 def test_step_flops_of_a_batch_with_known_lengths_by_hand() -> None:
-    """The loop's own count of a real step (its `_train_step` on the debug model) times the FLOP
+    """The loop's own count of a real step (its `train_step` on the debug model) times the FLOP
     model equals 6 N per position + 12 L d T^2 per sequence + 4 P per image position + the
     towers' forward per view, with T the real lengths (not the configured seq_len)."""
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.loop import _train_step
+    from sphinxx.jobs.loop import train_step
     from sphinxx.jobs.metrics import flop_model
 
     model = _model("debug")
     a = model.args.llm
     group, lengths, image_tokens = _known_group(model)
-    stats = _train_step(_PlainEngine(model), model, group, Worker())
+    stats = train_step(_PlainEngine(model), model, group, Worker())
     assert (stats.tokens, stats.squared_lengths, stats.image_tokens) == (800, 25 + 81 + 786**2, image_tokens)
     assert (stats.views, stats.skipped_views) == (3, 2)
     flops = flop_model(model, "cpu")
@@ -235,15 +235,15 @@ def test_mfu_on_cpu_of_a_measured_step_is_at_most_one_and_labelled_an_estimate()
     import time
 
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.loop import _train_step
+    from sphinxx.jobs.loop import train_step
     from sphinxx.jobs.metrics import flop_model
 
     model = _model("debug")
     engine = _PlainEngine(model)
     group, _, _ = _known_group(model)
-    _train_step(engine, model, group, Worker())  # warm-up: first-call allocations
+    train_step(engine, model, group, Worker())  # warm-up: first-call allocations
     start = time.perf_counter()
-    stats = _train_step(engine, model, group, Worker())
+    stats = train_step(engine, model, group, Worker())
     seconds = time.perf_counter() - start
     flops = flop_model(model, "cpu")
     assert flops.peak.estimate and flops.peak.source.startswith("estimate: fp32 matmul measured on CPU")

@@ -12,7 +12,7 @@ from tests.jobs._tiny import tiny_run_config
 def test_the_worker_gets_the_drivers_config_object_and_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray.train
 
-    from sphinxx.jobs import loop, ray_worker
+    from sphinxx.jobs import ray_worker
     from sphinxx.jobs.context import JobContext
     from sphinxx.schema import run
 
@@ -26,7 +26,9 @@ def test_the_worker_gets_the_drivers_config_object_and_identity(monkeypatch: pyt
     monkeypatch.setattr(run, "load_config", no_parsing)
     monkeypatch.setattr(run, "from_dict", no_parsing)
     seen = {}
-    monkeypatch.setattr(loop, "train", lambda cfg, worker: seen.update(cfg=cfg, worker=worker) or {"step": 1})
+    monkeypatch.setattr(
+        ray_worker, "train", lambda cfg, worker: seen.update(cfg=cfg, worker=worker) or {"step": 1}
+    )
     job = JobContext(cfg, attempt=4, mlflow_run_id="run-9", code_version="v1")
     assert ray_worker.train_loop_per_worker({"job": job}) == {"step": 1}
     worker = seen["worker"]

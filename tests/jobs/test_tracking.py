@@ -120,13 +120,13 @@ def test_tracking_switched_off_needs_no_mlflow(tmp_path, monkeypatch: pytest.Mon
 
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.driver import prepare_run
-    from sphinxx.jobs.loop import _open_tracker
+    from sphinxx.jobs.tracking import open_tracker
     from sphinxx.schema.run import load_config
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # any import of mlflow now raises
     storage = f"storage.uri={tmp_path.as_uri()}"
     assert load_config(preset="debug", overrides=[storage]).tracking.enabled  # on by default
     cfg = load_config(preset="debug", overrides=[storage, "tracking.enabled=false"])
-    assert isinstance(_open_tracker(cfg, Worker(rank=0), None, 1, 0, 10), NullTracker)
+    assert isinstance(open_tracker(cfg.tracking, cfg.run_id, Worker(rank=0), None), NullTracker)
     prepared = prepare_run(cfg, 0, "test")
     assert prepared.mlflow_run_id is None and not prepared.owns_mlflow_run

@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from sphinxx.jobs.build import build_model, stage_bytes
+from sphinxx.jobs.build import stage_bytes
 from sphinxx.jobs.context import Worker
+from sphinxx.jobs.stores import storage_options
 from sphinxx.model.convert import checkpoint_files, convert_hf, load_converted, load_llm_weights
 from sphinxx.model.llm import Transformer
 from sphinxx.schema.decoder import ModelArgs
 from sphinxx.schema.run import load_config
 from sphinxx.storage.errors import StorageAccessError
 from sphinxx.storage.stage import stage
+from tests.jobs._tiny import run_model
 from tests.model.test_adapters import llama_hf_to_internlm2_names
 from tests.model.test_llm import MOE_ARGS, hf_llama, hf_mixtral
 from tests.model.test_vision import DEBUG, _hub_layout, timm_convnext_state
@@ -77,8 +79,10 @@ def test_raw_hf_llama_folder_on_s3_equals_transformers_and_the_converted_load(
 
     staged: list = []
     cfg = _config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri)
-    planned = stage_bytes(cfg)  # what `sphinxx sweep plan --cost` reports, from a listing
-    model, _ = build_model(cfg, Worker(), staged)
+    planned = stage_bytes(
+        cfg.model, cfg.data.tokenizer, storage_options(cfg.storage)
+    )  # what `sphinxx sweep plan --cost` reports, from a listing
+    model, _ = run_model(cfg, Worker(), staged)
     got = _logits(model.llm)
     diff = (got - hf_model(TOKENS).logits).abs().max().item()
     print(f"raw HF llama from s3 vs transformers: max abs diff {diff:.3e}")
@@ -96,7 +100,7 @@ def test_raw_hf_llama_folder_on_s3_equals_transformers_and_the_converted_load(
     assert "pytorch_model.bin" not in names and "original" not in names  # one format, top level only
     assert report.bytes_downloaded == report.bytes_total == planned > 0
     again: list = []
-    build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker(), again)
+    run_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker(), again)
     assert again[0].bytes_downloaded == 0 and again[0].local_path == report.local_path
 
 
@@ -106,8 +110,8 @@ def test_converted_folder_on_s3_loads_like_the_local_folder(s3_server, s3_bucket
         str(tmp_path / "hf"), "debug", str(tmp_path / "ours"), overrides={k: getattr(ARGS, k) for k in FIELDS}
     )
     uri = _upload(s3_server.client(), s3_bucket, tmp_path / "ours", "converted/tiny")
-    from_s3, _ = build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker())
-    local, _ = build_model(
+    from_s3, _ = run_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker())
+    local, _ = run_model(
         _config("debug", ARGS, FIELDS, tmp_path, llm_weights=str(tmp_path / "ours")), Worker()
     )
     assert torch.equal(_logits(from_s3.llm), _logits(local.llm))
@@ -135,11 +139,11 @@ def test_mixtral_expert_parallel_rank_loads_its_experts_from_s3(s3_server, s3_bu
     hf_model = hf_mixtral(MOE_ARGS)
     hf_model.save_pretrained(str(tmp_path / "hf"), max_shard_size="200KB")
     uri = _upload(s3_server.client(), s3_bucket, tmp_path / "hf", "models/tiny-mixtral")
-    full, _ = build_model(_config("debug-moe", MOE_ARGS, MOE_FIELDS, tmp_path, llm_weights=uri), Worker())
+    full, _ = run_model(_config("debug-moe", MOE_ARGS, MOE_FIELDS, tmp_path, llm_weights=uri), Worker())
     diff = (_logits(full.llm) - hf_model(TOKENS).logits).abs().max().item()
     assert diff <= 1e-5
     cfg = _config("debug-moe", MOE_ARGS, MOE_FIELDS, tmp_path, ep_size=2, llm_weights=uri)
-    rank1, ep_size = build_model(cfg, Worker(rank=1, world_size=2))
+    rank1, ep_size = run_model(cfg, Worker(rank=1, world_size=2))
     assert ep_size == 2
     whole = dict(full.llm.named_parameters())
     for name, param in rank1.llm.named_parameters():
@@ -171,7 +175,7 @@ def test_vision_towers_from_s3_equal_the_local_files(s3_server, s3_bucket, tmp_p
     cfg = _config("debug", ARGS, FIELDS, tmp_path,
                   convnext_weights=f"s3://{s3_bucket}/towers/convnext/open_clip_pytorch_model.bin",
                   dinov2_weights=dino_uri)  # fmt: skip
-    model, _ = build_model(cfg, Worker())
+    model, _ = run_model(cfg, Worker())
     reference = VisionEncoders(DEBUG)
     load_vision_weights(reference, str(towers / "open_clip_pytorch_model.bin"), str(dino))
     ours = model.vision.state_dict()
@@ -182,8 +186,8 @@ def test_vision_towers_from_s3_equal_the_local_files(s3_server, s3_bucket, tmp_p
 def test_missing_weights_name_the_field_and_the_uri(s3_bucket, tmp_path) -> None:
     uri = f"s3://{s3_bucket}/models/not-uploaded"
     with pytest.raises(StorageAccessError, match=f"model.llm_weights: nothing at {uri}"):
-        build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker())
+        run_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=uri), Worker())
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="neither a converted checkpoint"):
-        build_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=str(empty)), Worker())
+        run_model(_config("debug", ARGS, FIELDS, tmp_path, llm_weights=str(empty)), Worker())

@@ -203,11 +203,10 @@ def _held_bytes(model: torch.nn.Module, optimizer) -> int:
 def _measure_engines(rank: int, world: int) -> list[dict]:
     """Per case: the most bytes held after any micro-step's backward over two optimizer steps."""
     from sphinxx.jobs import parallelize
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.engine import build_engine
     from sphinxx.model.sphinx import SphinxSample, collate
     from sphinxx.schema.run import load_config
+    from tests.jobs._tiny import run_engine, run_model
 
     results = []
     for flavor, stage, ep, precision in CASES:
@@ -226,9 +225,9 @@ def _measure_engines(rank: int, world: int) -> list[dict]:
             ],
         )
         worker = Worker(rank=rank, world_size=world)
-        model, _ = build_model(cfg, worker)
+        model, _ = run_model(cfg, worker)
         if precision == "fp32":
-            engine, optimizer = build_engine(model, cfg, worker, ACCUM)
+            engine, optimizer = run_engine(model, cfg, worker, ACCUM)
         else:
             # build_engine trains fp32 on CPU; the same calls with bf16 (DeepSpeed's CPU
             # accelerator supports it) give the GPU's bf16 layout.

@@ -62,22 +62,22 @@ def _operator_rows(manifests: dict[str, dict[str, float]]) -> list[PointRow]:
 
 
 def _local_rows(manifests: dict[str, dict[str, float]], monkeypatch: pytest.MonkeyPatch) -> list[PointRow]:
-    import sphinxx.storage
+    import sphinxx.jobs.stores
 
     class Store:
-        def __init__(self, uri: str, run_id: str, options: object = None) -> None:
+        def __init__(self, uri: str, run_id: str, **options: object) -> None:
             self.run_id = run_id
 
         def latest(self) -> SimpleNamespace:
             manifest = SimpleNamespace(metrics=manifests[self.run_id])
             return SimpleNamespace(step=100, uri=f"s3://b/{self.run_id}", manifest=manifest)
 
-    monkeypatch.setattr(sphinxx.storage, "CheckpointStore", Store)
+    monkeypatch.setattr(sphinxx.jobs.stores, "CheckpointStore", Store)
     rows = []
     for name in manifests:
         row = PointRow(name, "tiny", 1.0, phase=RunPhase.SUCCEEDED)
         cfg = SimpleNamespace(storage=SimpleNamespace(uri="s3://b", endpoint_url=None), run_id=name)
-        LocalSweep._read_checkpoint(None, cfg, row)  # type: ignore[arg-type]
+        LocalSweep._read_checkpoint(None, cfg.run_id, cfg.storage, row)  # type: ignore[arg-type]
         rows.append(row)
     return rows
 

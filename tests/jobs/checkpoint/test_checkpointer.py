@@ -16,17 +16,16 @@ from tests.jobs._tiny import GLOBAL_BATCH, MICRO, rank_group, tiny_run_config
 
 
 def _setup(rank: int, world: int, case: tuple, storage: str):
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.checkpoint import Checkpointer
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.engine import build_engine
     from sphinxx.storage import CheckpointStore
+    from tests.jobs._tiny import run_engine, run_model
 
     flavor, zero_stage, ep_size = case
     cfg = tiny_run_config(flavor, zero_stage, ep_size, storage)
     worker = Worker(rank=rank, world_size=world)
-    model, _ = build_model(cfg, worker)
-    engine, optimizer = build_engine(model, cfg, worker, GLOBAL_BATCH // (MICRO * world))
+    model, _ = run_model(cfg, worker)
+    engine, optimizer = run_engine(model, cfg, worker, GLOBAL_BATCH // (MICRO * world))
     ckpt = Checkpointer(CheckpointStore(storage, cfg.run_id), model, optimizer, rank, world)
     return worker, model, engine, optimizer, ckpt
 
@@ -77,25 +76,25 @@ def _merge(per_rank: list[dict], ep_size: int) -> dict[str, dict[str, torch.Tens
 
 def _save_then_continue(rank: int, world: int, case: tuple, storage: str):
     from sphinxx.jobs.checkpoint import RunState
-    from sphinxx.jobs.loop import _train_step
+    from sphinxx.jobs.loop import train_step
 
     worker, model, engine, optimizer, ckpt = _setup(rank, world, case, storage)
     for step in range(2):
-        _train_step(engine, model, rank_group(step, rank, world), worker)
+        train_step(engine, model, rank_group(step, rank, world), worker)
     ckpt.save(RunState(2, {"next_step": 2}, {}), {}, {"loss": 1.0})
     saved = _full_state(model, optimizer)
-    _train_step(engine, model, rank_group(2, rank, world), worker)
+    train_step(engine, model, rank_group(2, rank, world), worker)
     return saved, _full_state(model, optimizer)
 
 
 def _restore_then_continue(rank: int, world: int, case: tuple, storage: str):
-    from sphinxx.jobs.loop import _train_step
+    from sphinxx.jobs.loop import train_step
 
     worker, model, engine, optimizer, ckpt = _setup(rank, world, case, storage)
     restored = ckpt.restore()
     assert restored is not None and restored.state.step == 2
     loaded = _full_state(model, optimizer)
-    _train_step(engine, model, rank_group(2, rank, world), worker)
+    train_step(engine, model, rank_group(2, rank, world), worker)
     return loaded, _full_state(model, optimizer)
 
 

@@ -66,18 +66,17 @@ def _copy_run(tmp_path: Path, synth) -> tuple[str, Path]:
 
 def _resume(rank: int, world: int, config: str):
     """Load the legacy step bit for bit, then let the train loop resume it to step 4."""
-    from sphinxx.jobs.build import build_model
     from sphinxx.jobs.checkpoint import Checkpointer
     from sphinxx.jobs.context import Worker
-    from sphinxx.jobs.engine import build_engine
     from sphinxx.jobs.loop import train
     from sphinxx.jobs.train import parse_args, read_config
     from sphinxx.storage import CheckpointStore
+    from tests.jobs._tiny import run_engine, run_model
 
     cfg = read_config(parse_args(["--config", config, "train.steps=4"]))
     worker = Worker(rank=rank, world_size=world, attempt=2)
-    model, _ = build_model(cfg, worker)
-    _engine, optimizer = build_engine(model, cfg, worker, accum=2)
+    model, _ = run_model(cfg, worker)
+    _engine, optimizer = run_engine(model, cfg, worker, accum=2)
     store = CheckpointStore(cfg.storage.uri, cfg.run_id)
     restored = Checkpointer(store, model, optimizer, rank, world).restore()
     loaded = {name: p.detach().clone() for name, p in model.named_parameters()}
