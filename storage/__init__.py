@@ -57,9 +57,10 @@ from .errors import (
     StorageError,
     StorageTimeoutError,
 )
-from .fs import ObjectFS, StorageOptions, open_fs
+from .fs import ObjectFS, open_fs
 from .layout import RunLayout, locate, step_name
 from .manifest import CommitMetadata, FileEntry, Manifest, WriterRecord
+from .options import StorageOptions
 from .reader import StepFolder
 from .retention import CheckpointSummary, RetentionPlan, RetentionPolicy, plan_partial_gc, plan_retention
 from .rollback import Rollback, RollbackLog, RolledBackStep

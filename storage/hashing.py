@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .fs import MiB
+from .options import MiB
 
 HASH_BLOCK = 8 * MiB
 DRAIN_BLOCK = 1 * MiB  # HashingFile reads back out-of-order writes in blocks of this size

@@ -34,8 +34,9 @@ from typing import Any, Literal, TypeVar
 from fsspec.callbacks import Callback
 
 from .errors import CheckpointCorruptError, StorageAccessError, StorageTimeoutError
-from .fs import MiB, ObjectFS
+from .fs import ObjectFS
 from .hashing import ETagDigest, FileDigest, Hasher, sha256_file
+from .options import MiB
 from .threads import DaemonThreadPool
 
 MAX_PARTS = 10_000
