@@ -107,6 +107,10 @@ CYCLES = {
         "from sphinxx.storage import layout  # layout imports uri\n",
         "No cycles are allowed in sphinxx.storage",
     ),
+    "through the package": (
+        "from sphinxx.storage import StorageError  # the package's __init__ imports uri\n",
+        "sphinxx.storage.uri is not allowed to import sphinxx.storage",
+    ),
 }
 
 
