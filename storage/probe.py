@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from . import uri as uri_mod
 from .errors import StorageError
-from .fs import open_fs
+from .objectfs import open_fs
 from .options import StorageOptions
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from sphinxx.jobs.data.loader import build_data
 from sphinxx.jobs.data.synth import write_synth
-from sphinxx.storage.fs import open_fs
+from sphinxx.storage.objectfs import open_fs
 from tests.data.conftest import SYNTH_SIZE, run_config
 from tests.data.test_synth import files
 
