@@ -18,8 +18,9 @@ thread at a time); it hashes the bytes in file order while they arrive:
 So `hexdigest()` is either the sha256 of exactly the bytes in the file, or None. It is None as
 well when some range was never written (a hole reads as zeros): only a complete prefix counts.
 
-An upload needs no pass of its own either: `digest_of_parts` makes its digest from the SHA-256
-botocore signed for each part it sent (s3bulk.py), as a part tree (`PartTreeDigest`).
+An upload to a plain-HTTP S3 endpoint needs no pass of its own either: `digest_of_parts` makes
+its digest from the SHA-256 botocore signed for each part it sent (s3bulk.py): the whole file's
+for a single PutObject, else the part tree (`PartTreeDigest`).
 """
 
 from __future__ import annotations
