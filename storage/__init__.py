@@ -45,6 +45,31 @@ into a committed step (CheckpointAlreadyCommittedError); retention never
 deletes the newest committed checkpoint and deletes a victim's manifest before
 its files. Errors name the URI (errors.py). The CLI is `sphinxx ckpt`
 (cli.py).
+
+Modules (no cycle among them, and none imports the package: import-linter, pyproject.toml):
+
+    uri.py          string URIs (`s3://`, `file://`, `memory://`): scheme, join, normalize
+    layout.py       every URI of a run under its prefix; `locate` for a pasted URI (no I/O)
+    options.py      `StorageOptions` (endpoint, retries, timeouts, concurrency) and `MiB`
+    errors.py       the errors, each naming its URI; `guard` turns client failures into them
+    clients.py      builds the S3 clients (s3fs and boto3), the only place that does
+    objectfs.py     `ObjectFS`, the URI-in, bytes-out seam over fsspec, and `open_fs`
+    listing.py      `ObjectInfo` from fsspec and S3 listing entries; ListObjectsV2 paging
+    conditional.py  create-once and compare-and-swap writes of small objects
+    s3bulk.py       whole-file S3 transfers through boto3's s3transfer
+    transfer.py     many files at once: parallel, bounded memory, progress, retries, deadline
+    hashing.py      sha256 of files, after the fact or while a download writes them; ETags
+    threads.py      a thread pool whose threads never hold the process open
+    manifest.py     the manifest and writer records: the JSON format of a checkpoint
+    commit.py       the multi-writer commit protocol: writers, their records, the manifest
+    reader.py       which checkpoints are committed, the latest good one, `latest.json`
+    rollback.py     the rollback log: newer commits stop counting, without being deleted
+    retention.py    which checkpoints to keep: pure decisions over committed manifests
+    verify.py       re-check a committed checkpoint's sizes and sha256
+    store.py        `CheckpointStore`, the one object its users call
+    stage.py        node-local staging of read-only inputs (weights, tokenizers)
+    probe.py        can these URIs be read or written with the credentials at hand
+    cli.py          `sphinxx ckpt`: ls, latest, verify, gc, rollback
 """
 
 from .commit import CheckpointWriter
@@ -57,9 +82,10 @@ from .errors import (
     StorageError,
     StorageTimeoutError,
 )
-from .fs import ObjectFS, StorageOptions, open_fs
 from .layout import RunLayout, locate, step_name
 from .manifest import CommitMetadata, FileEntry, Manifest, WriterRecord
+from .objectfs import ObjectFS, open_fs
+from .options import StorageOptions
 from .reader import StepFolder
 from .retention import CheckpointSummary, RetentionPlan, RetentionPolicy, plan_partial_gc, plan_retention
 from .rollback import Rollback, RollbackLog, RolledBackStep

@@ -21,19 +21,28 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:  # the handlers import the store when they run: registering the CLI stays cheap
-    from .manifest import Manifest
-    from .reader import StepFolder
-    from .store import CheckpointStore
+# Eager, and still cheap for `sphinxx --help`: importing this module runs the package's
+# __init__ first, which has already imported all of these (none pulls in an S3 client).
+from .errors import StorageAccessError, StorageError
+from .layout import locate
+from .manifest import Manifest
+from .options import StorageOptions
+from .reader import StepFolder, read_pointer
+from .retention import RetentionPolicy
+from .store import CheckpointStore
+
+# What `sphinxx ckpt` adds its subcommands to (quoted: argparse's class is generic only in its stub).
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 # Where a client-side failure comes from: the S3 client stack (a bug elsewhere keeps its traceback).
 CLIENT_MODULES = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "aiohttp", "urllib3")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def register(subparsers: Subcommands) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "ckpt",
         help="checkpoints on S3 / file / memory: ls, latest, verify, gc, rollback",
@@ -41,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.set_defaults(group_parser=parser)
     sub = parser.add_subparsers(dest="ckpt_command", metavar="SUBCOMMAND")
+    common = _common_flags()
+    for add in (_add_ls, _add_latest, _add_verify, _add_gc, _add_rollback):  # the order --help shows
+        add(sub, common)
+    return parser
+
+
+def _common_flags() -> argparse.ArgumentParser:
+    """The URI and how to reach the store: a parent parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "uri", metavar="URI", help="run root <prefix>/<run-id> (s3://, file:// or a local path)"
@@ -54,17 +71,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-attempts", type=int, default=10, metavar="N",
         help="tries per S3 request, the first included (default 10; 1 fails fast on a wrong endpoint)",
     )  # fmt: skip
+    return common
 
+
+def _add_ls(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     ls = sub.add_parser("ls", parents=[common], help="list committed and partial checkpoints")
     ls.add_argument("--json", action="store_true", help="one JSON object per step")
     ls.set_defaults(func=_ls)
 
+
+def _add_latest(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     latest = sub.add_parser(
         "latest", parents=[common], help="the newest committed checkpoint that checks out"
     )
     latest.add_argument("--json", action="store_true", help="print its manifest summary as JSON")
     latest.set_defaults(func=_latest)
 
+
+def _add_verify(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     verify = sub.add_parser("verify", parents=[common], help="check sizes and sha256 against the manifest")
     verify.add_argument("--step", type=int, help="step to verify (default: the latest committed)")
     verify.add_argument(
@@ -73,6 +97,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_verify)
 
+
+def _add_gc(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     gc = sub.add_parser("gc", parents=[common], help="apply retention and remove stale partial checkpoints")
     gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     gc.add_argument(
@@ -93,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gc.add_argument("--json", action="store_true", help="print the plan as JSON")
     gc.set_defaults(func=_gc)
 
+
+def _add_rollback(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     rollback = sub.add_parser(
         "rollback", parents=[common],
         help="mark every checkpoint newer than --to-step as rolled back (kept, no longer resumed from)",
@@ -103,7 +131,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rollback.add_argument("--reason", default="", help="why (recorded in the rollback log)")
     rollback.add_argument("--json", action="store_true", help="print the rollback record as JSON")
     rollback.set_defaults(func=_rollback)
-    return parser
 
 
 def _command(
@@ -113,8 +140,6 @@ def _command(
 
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
-        from sphinxx.storage import CheckpointStore, StorageError, StorageOptions, locate
-
         try:
             options = StorageOptions(
                 endpoint_url=args.endpoint_url,
@@ -183,8 +208,6 @@ def client_failure(err: BaseException, endpoint: str | None) -> str | None:
 
 @_command
 def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
-    from sphinxx.storage.reader import read_pointer
-
     folders = store.scan()
     pointer = read_pointer(store.fs(), store.layout)
     rows = [_folder_row(f) for f in folders]
@@ -244,8 +267,6 @@ def _latest(args: argparse.Namespace, store: CheckpointStore, _step: int | None)
 
 
 def _metadata(manifest: Manifest) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {k: v for k, v in asdict(manifest.metadata).items()}
 
 
@@ -271,8 +292,6 @@ def _verify(args: argparse.Namespace, store: CheckpointStore, uri_step: int | No
 
 @_command
 def _gc(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> int:
-    from sphinxx.storage import RetentionPolicy
-
     if args.metric is None and args.keep_best != 1:
         raise ValueError("--keep-best needs --metric NAME to rank by")
     policy = RetentionPolicy(keep_last=args.keep_last, keep_best=args.keep_best, metric=args.metric,
@@ -314,8 +333,6 @@ def _check_run(store: CheckpointStore) -> None:
     A wrong URI (a typo in the bucket, the prefix or the run id) is then one clear line and exit 1,
     not an empty listing that looks like a run without checkpoints.
     """
-    from sphinxx.storage import StorageAccessError
-
     fs = store.fs()
     if not fs.bucket_exists(store.root):
         raise StorageAccessError(

@@ -20,6 +20,7 @@ checkpoint; files it may still have in flight are not in the manifest, and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -28,9 +29,9 @@ from types import TracebackType
 
 from . import transfer
 from .errors import CheckpointAlreadyCommittedError, CheckpointCorruptError, IncompleteCheckpointError
-from .fs import ObjectFS
 from .layout import RunLayout, checkpoint_relpath
 from .manifest import CommitMetadata, FileEntry, Manifest, WriterRecord
+from .objectfs import ObjectFS
 
 
 class CheckpointWriter:
@@ -101,8 +102,6 @@ class CheckpointWriter:
 
     def write_bytes(self, relpath: str, data: bytes) -> FileEntry:
         """Write one small object directly (e.g. RNG or sampler state)."""
-        import hashlib
-
         self._check_open()
         rel = checkpoint_relpath(relpath)
         self.fs.write_bytes(self.layout.file(self.step, rel), data)

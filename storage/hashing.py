@@ -17,6 +17,10 @@ thread at a time); it hashes the bytes in file order while they arrive:
 
 So `hexdigest()` is either the sha256 of exactly the bytes in the file, or None. It is None as
 well when some range was never written (a hole reads as zeros): only a complete prefix counts.
+
+An upload to a plain-HTTP S3 endpoint needs no pass of its own either: `digest_of_parts` makes
+its digest from the SHA-256 botocore signed for each part it sent (s3bulk.py): the whole file's
+for a single PutObject, else the part tree (`PartTreeDigest`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .fs import MiB
+from .options import MiB
 
 HASH_BLOCK = 8 * MiB
 DRAIN_BLOCK = 1 * MiB  # HashingFile reads back out-of-order writes in blocks of this size
@@ -131,6 +135,18 @@ class FileDigest:
             while n := f.readinto(buffer):
                 hasher.update(view[:n])
         return hasher.hexdigest()
+
+
+def digest_of_parts(part_hashes: dict[int, str], size: int, part_size: int) -> FileDigest | None:
+    """The digest of a `size`-byte file uploaded in `part_size` parts, from each part's sha256 (hex)
+    by part number (s3bulk.py's signed payload hashes): 0 alone is a single PutObject, whose hash
+    is the whole file's; else the part tree. None when a part's hash is missing."""
+    if set(part_hashes) == {0}:
+        return FileDigest(part_hashes[0])
+    parts = -(-size // part_size)
+    if set(part_hashes) != set(range(1, parts + 1)):
+        return None
+    return FileDigest(part_tree_hexdigest([part_hashes[n] for n in range(1, parts + 1)]), part_size)
 
 
 class HashingFile:

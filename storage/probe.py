@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from . import uri as uri_mod
 from .errors import StorageError
-from .fs import StorageOptions, open_fs
+from .objectfs import open_fs
+from .options import StorageOptions
 
 
 def probe_read(uri: str, needs_any: Sequence[str] = (), options: StorageOptions | None = None) -> str | None:

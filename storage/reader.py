@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 
 from . import uri as uri_mod
-from .errors import CheckpointCorruptError, StorageError
-from .fs import ObjectFS, PreconditionFailedError
+from .errors import CheckpointCorruptError, PreconditionFailedError, StorageError
 from .layout import RunLayout, parse_step_name
 from .manifest import FORMAT_VERSION, Manifest
+from .objectfs import ObjectFS
 from .rollback import RollbackLog
 
 log = logging.getLogger(__name__)

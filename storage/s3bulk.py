@@ -7,7 +7,7 @@ measured 20-30% slower than boto3 on the same moto server (bench/storage.py).
 s3transfer computes them in worker threads (hashlib and zlib release the GIL),
 retries interrupted download streams (`num_download_attempts`), keeps at most
 `max_in_memory_*_chunks` parts in memory, and never exceeds 10,000 parts.
-Both clients are built by fs.py from the same StorageOptions (endpoint,
+Both clients are built by clients.py from the same StorageOptions (endpoint,
 region, profile, retries, timeouts).
 
 One TransferManager per part size (almost always just 8 MiB) serves every
@@ -34,17 +34,19 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.futures import TransferFuture
+from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from .hashing import HashingFile
 from .threads import DaemonThreadPool
 
-# s3transfer is imported where used (`import sphinxx.storage` stays light); mypy_boto3_s3 is
-# a stub-only package of the dev extra, never imported at run time.
+# s3transfer and botocore at the head: objectfs.py imports this module only for the first
+# whole-file transfer over S3, so `import sphinxx.storage` stays light. mypy_boto3_s3 is a
+# stub-only package of the dev extra, never imported at run time.
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from s3transfer.futures import TransferFuture
-    from s3transfer.manager import TransferManager
-    from s3transfer.subscribers import BaseSubscriber
-
-    from .hashing import HashingFile
 
 
 IO_CHUNK = 1 << 19  # bytes per read from a download stream (see S3Bulk._manager)
@@ -148,8 +150,6 @@ class S3Bulk:
                 self._inflight.pop(id(future), None)
 
     def _manager(self, chunk: int) -> TransferManager:
-        from s3transfer.manager import TransferConfig, TransferManager
-
         with self._lock:
             if chunk not in self._managers:
                 config = TransferConfig(
@@ -234,8 +234,6 @@ def _shutdown_all(managers: list[TransferManager]) -> None:
 def _subscribers(progress: Callable[[int], None] | None) -> list[BaseSubscriber] | None:
     if progress is None:
         return None
-    from s3transfer.subscribers import BaseSubscriber
-
     report = progress  # not None: the class body below does not see the narrowing of `progress`
 
     class Progress(BaseSubscriber):
@@ -247,7 +245,6 @@ def _subscribers(progress: Callable[[int], None] | None) -> list[BaseSubscriber]
 
 def _known(size: int, etag: str | None) -> BaseSubscriber:
     """A subscriber that gives s3transfer the object's size (and ETag) up front."""
-    from s3transfer.subscribers import BaseSubscriber
 
     class Known(BaseSubscriber):
         def on_queued(self, future: TransferFuture, **kwargs: Any) -> None:
@@ -260,8 +257,6 @@ def _known(size: int, etag: str | None) -> BaseSubscriber:
 
 def _wait(future: TransferFuture, uri: str) -> None:
     """Wait; re-raise failures as the OSError family s3fs uses (PermissionError, FileNotFoundError, EIO)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         future.result()
     except ClientError as err:

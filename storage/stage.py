@@ -42,7 +42,9 @@ from typing import Literal, TextIO
 
 from . import uri as uri_mod
 from .errors import CheckpointCorruptError, StorageAccessError
-from .fs import ObjectFS, ObjectInfo, StorageOptions, open_fs
+from .listing import ObjectInfo
+from .objectfs import ObjectFS, open_fs
+from .options import StorageOptions
 from .transfer import TransferItem, TransferProgress, download
 
 STAGE_DIR_ENV = "SPHINXX_STAGE_DIR"

@@ -19,10 +19,11 @@ from typing import Any
 
 from . import transfer
 from .commit import CheckpointWriter, clear_uncommitted_step, commit_step
-from .errors import CheckpointCorruptError, CheckpointNotFoundError, StorageError
-from .fs import ObjectFS, PreconditionFailedError, StorageOptions, open_fs
+from .errors import CheckpointCorruptError, CheckpointNotFoundError, PreconditionFailedError, StorageError
 from .layout import MANIFEST_NAME, RunLayout, locate
 from .manifest import FORMAT_VERSION, CommitMetadata, FileEntry, Manifest, WriterRecord
+from .objectfs import ObjectFS, open_fs
+from .options import StorageOptions
 from .reader import (
     StepFolder,
     read_manifest,

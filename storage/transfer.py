@@ -12,7 +12,7 @@ against the manifest before renaming its temporary file into place.
 
 Part size is at least 8 MiB (boto3's default) and at least size / 10,000
 (S3 allows at most 10,000 parts; `MAX_PARTS` in s3transfer), rounded up to a
-MiB. Per-request retries are botocore's (fs.py); a whole file is retried only
+MiB. Per-request retries are botocore's (clients.py); a whole file is retried only
 for transient errors botocore cannot see (a body cut mid-stream), never for a
 permanent one (access denied, missing bucket), which surfaces at once as a
 `StorageAccessError` naming the URI.
@@ -34,8 +34,9 @@ from typing import Any, Literal, TypeVar
 from fsspec.callbacks import Callback
 
 from .errors import CheckpointCorruptError, StorageAccessError, StorageTimeoutError
-from .fs import MiB, ObjectFS
 from .hashing import ETagDigest, FileDigest, Hasher, sha256_file
+from .objectfs import ObjectFS
+from .options import MiB
 from .threads import DaemonThreadPool
 
 MAX_PARTS = 10_000

@@ -12,10 +12,11 @@ import concurrent.futures as cf
 from dataclasses import dataclass
 
 from .errors import CheckpointCorruptError, StorageError
-from .fs import MiB, ObjectFS
 from .hashing import Hasher
 from .layout import RunLayout
 from .manifest import FileEntry, Manifest
+from .objectfs import ObjectFS
+from .options import MiB
 from .reader import size_problems
 
 

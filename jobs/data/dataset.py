@@ -51,7 +51,7 @@ from sphinxx.model.anyres import AnyResConfig, process_image
 from sphinxx.model.sphinx import SphinxSample
 from sphinxx.storage import uri as uri_mod
 from sphinxx.storage.errors import StorageError
-from sphinxx.storage.fs import ObjectFS, open_fs
+from sphinxx.storage.objectfs import ObjectFS, open_fs
 
 SKIP_TOO_LONG = "too_long"  # the image alone does not fit data.seq_len
 SKIP_NO_TARGET = "no_target"  # truncation removed every answer token

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from sphinxx.storage import uri as uri_mod
-from sphinxx.storage.fs import ObjectFS, open_fs
+from sphinxx.storage.objectfs import ObjectFS, open_fs
 
 FORMAT = "sphinxx.source/v1"
 MANIFEST = "manifest.json"

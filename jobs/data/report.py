@@ -16,7 +16,7 @@ from sphinxx.jobs.data.format import BadRecordError, line_offsets, parse_record,
 from sphinxx.jobs.data.fraction import kept_indices
 from sphinxx.jobs.data.mixture import Mixture, MixtureSource
 from sphinxx.storage import uri as uri_mod
-from sphinxx.storage.fs import open_fs
+from sphinxx.storage.objectfs import open_fs
 
 UNBOUNDED = 1 << 30  # a seq_len that never truncates, to count every text token
 

@@ -25,7 +25,7 @@ from sphinxx.jobs.data.format import Manifest, SourceWriter, record_to_json
 from sphinxx.jobs.data.synth_tasks import SOURCES
 from sphinxx.jobs.data.template import render
 from sphinxx.storage import uri as uri_mod
-from sphinxx.storage.fs import open_fs
+from sphinxx.storage.objectfs import open_fs
 
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sphinxx.jobs.data.synth import write_synth
-from sphinxx.storage.fs import open_fs
+from sphinxx.storage.objectfs import open_fs
 from tests.data.conftest import SYNTH_SIZE, run_config
 from tests.data.test_synth import files
 from tests.jobs._tiny import run_data

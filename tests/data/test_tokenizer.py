@@ -409,7 +409,7 @@ def test_internlm2_from_s3_fetches_only_tokenizer_files(
     sp_model: Path, sp, s3_bucket: str, tmp_path: Path, monkeypatch
 ) -> None:
     from sphinxx.storage.errors import StorageAccessError
-    from sphinxx.storage.fs import open_fs
+    from sphinxx.storage.objectfs import open_fs
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SPHINXX_STAGE_DIR", str(cache))

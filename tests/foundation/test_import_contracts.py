@@ -101,6 +101,30 @@ def test_a_forbidden_import_breaks_the_build(tmp_path: Path, case: str) -> None:
     assert "BROKEN" in result.stdout and _dotted(module) in result.stdout, result.stdout[-2000:]
 
 
+# An import cycle planted in storage: the lint must fail and say so.
+CYCLES = {
+    "siblings": (
+        "from sphinxx.storage import layout  # layout imports uri\n",
+        "No cycles are allowed in sphinxx.storage",
+    ),
+    "through the package": (
+        "from sphinxx.storage import StorageError  # the package's __init__ imports uri\n",
+        "sphinxx.storage.uri is not allowed to import sphinxx.storage",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CYCLES))
+def test_an_import_cycle_in_storage_breaks_the_build(tmp_path: Path, case: str) -> None:
+    line, named = CYCLES[case]
+    copy = _copy(tmp_path)
+    module = copy / "storage" / "uri.py"
+    module.write_text(module.read_text() + line)
+    result = _lint(copy)
+    assert result.returncode != 0
+    assert "BROKEN" in result.stdout and named in result.stdout, result.stdout[-2000:]
+
+
 def test_a_new_module_in_its_layer_needs_no_contract_edit(tmp_path: Path) -> None:
     """New modules import what their layer may: the lint passes with pyproject.toml untouched."""
     copy = _copy(tmp_path)

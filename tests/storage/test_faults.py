@@ -110,7 +110,7 @@ def test_conditional_write_is_create_once_on_moto(s3_prefix):
     with pytest.raises(FileExistsError):
         fs.write_bytes(uri, b"second", create_only=True)
     assert fs.read_bytes(uri) == b"first"
-    from sphinxx.storage.fs import PreconditionFailedError
+    from sphinxx.storage.errors import PreconditionFailedError
 
     etag = fs.etag(uri)
     fs.write_bytes(uri, b"third", if_match=etag)

@@ -173,7 +173,7 @@ def test_only_plain_http_endpoints_are_expected_to_sign_payloads(endpoint, signe
     """Over HTTPS (and on AWS itself, no endpoint) botocore sends UNSIGNED-PAYLOAD, so the commit
     hashes the file beside the upload from the start instead of waiting for part hashes."""
     from sphinxx.storage import StorageOptions
-    from sphinxx.storage.fs import open_fs
+    from sphinxx.storage.objectfs import open_fs
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
