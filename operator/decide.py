@@ -18,6 +18,7 @@ from sphinxx.schema.resources import FailurePolicy, ScalingSweepSpec
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
     CheckpointRef,
+    ConditionType,
     RollbackStatus,
     RunPhase,
     RunStatus,
@@ -29,7 +30,7 @@ from sphinxx.schema.status import (
 from sphinxx.sweep.points import points
 
 from . import expand, names, status
-from .status import JobView
+from .status import JobDeploymentStatus, JobView, Outcome
 
 Event = tuple[str, str, str]  # (type Normal|Warning, reason, message)
 
@@ -82,9 +83,9 @@ def rollback_refusal(phase: RunPhase | None, job: JobView) -> str | None:
     """
     if phase == RunPhase.SUCCEEDED:
         return "the run succeeded; a rollback would not resume anything"
-    if job.outcome == "suspended" and job.reason == "Suspending":
+    if job.outcome == Outcome.SUSPENDED and job.reason == JobDeploymentStatus.SUSPENDING:
         return "the attempt is still suspending; roll back once the run is Suspended"
-    if not job.terminal and job.outcome not in ("none", "suspended"):
+    if job.outcome.is_live:
         return (
             f"the attempt is {job.outcome}: suspend the run (spec.suspend: true) or wait until it is Failed, "
             "then roll back"
@@ -162,18 +163,18 @@ def decide_run(obs: RunObserved) -> RunAction:
             "waiting for a slot under the sweep's maxParallelRuns",
         )
     elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
-        if obs.queued and not job.terminal and job.outcome != "none":
+        if obs.queued and job.outcome.is_unfinished:
             # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a
             # job it holds suspended would start on admission, so our suspend deletes the attempt.
             act.delete_job = True
-        elif job.outcome in ("pending", "running", "retrying") and not obs.job_suspended:
+        elif job.outcome.is_live and not obs.job_suspended:
             act.suspend_job = True
         phase, reason, message = (
             RunPhase.SUSPENDED,
             "Suspended",
             "suspended by spec.suspend; checkpoints are kept",
         )
-    elif job.outcome == "none":
+    elif job.outcome == Outcome.NONE:
         if old_phase == RunPhase.SUCCEEDED or (old_phase == RunPhase.FAILED and not resume_now):
             pass
         elif attempt == 0 and obs.inputs:
@@ -190,28 +191,28 @@ def decide_run(obs: RunObserved) -> RunAction:
             phase, reason, message = _retry(
                 obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone"
             )
-    elif obs.queued and (job.outcome == "suspended" or obs.job_suspended):
+    elif obs.queued and (job.outcome == Outcome.SUSPENDED or obs.job_suspended):
         # Kueue suspends a queued RayJob until admission (and again on preemption) and
         # unsuspends it itself: never toggle it, wait. A fresh cluster resumes from S3.
         phase = RunPhase.RESUMING if resumable else RunPhase.PENDING
         reason, message = "WaitingForAdmission", f"attempt {attempt} waits for Kueue admission"
-    elif job.outcome == "suspended" or (obs.job_suspended and not obs.suspend):
+    elif job.outcome == Outcome.SUSPENDED or (obs.job_suspended and not obs.suspend):
         act.suspend_job = False  # KubeRay starts a fresh cluster, which resumes from S3
         phase, reason, message = (
             RunPhase.RESUMING,
             "Unsuspended",
             "resuming from the last committed checkpoint",
         )
-    elif job.outcome in ("pending", "retrying"):
+    elif job.outcome.is_starting:
         phase = RunPhase.RESUMING if resumable else RunPhase.PENDING
         reason, message = job.reason or phase, job.message or f"attempt {attempt} is starting"
-    elif job.outcome == "running":
+    elif job.outcome == Outcome.RUNNING:
         phase, reason, message = RunPhase.RUNNING, "Running", f"attempt {attempt} is running"
         if obs.cluster_bounds is not None and obs.cluster_bounds != obs.bounds:
             act.patch_cluster = obs.bounds
-    elif job.outcome == "succeeded":
+    elif job.outcome == Outcome.SUCCEEDED:
         phase, reason, message = RunPhase.SUCCEEDED, "Succeeded", f"finished in attempt {attempt}"
-    elif job.outcome == "invalid":
+    elif job.outcome == Outcome.INVALID:
         phase, reason, message = (
             RunPhase.FAILED,
             "ValidationFailed",
@@ -241,12 +242,12 @@ def decide_run(obs: RunObserved) -> RunAction:
     st.phase, st.message, st.observed_generation = phase, message, obs.generation
     st.conditions = status.run_conditions(st.conditions, phase, reason, message, obs.generation, obs.now_iso)
     st.conditions = status.set_condition(
-        st.conditions, "Invalid", False, "Valid", "", obs.generation, obs.now_iso
+        st.conditions, ConditionType.INVALID, False, "Valid", "", obs.generation, obs.now_iso
     )
     if obs.inputs is not None:
         blocked = bool(obs.inputs)
         st.conditions = status.set_condition(
-            st.conditions, "Blocked", blocked, "InputsUnreadable" if blocked else "InputsReadable",
+            st.conditions, ConditionType.BLOCKED, blocked, "InputsUnreadable" if blocked else "InputsReadable",
             message if blocked else "every input readable, the checkpoint prefix writable", obs.generation, obs.now_iso,
         )  # fmt: skip
     return act
@@ -393,7 +394,9 @@ def decide_sweep(
         )
         events.append(("Normal", "PointsRemoved", message))
     st.phase, st.counts, st.progress, st.points = roll.phase, roll.counts, roll.progress, roll.points
-    st.conditions = status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso)
+    st.conditions = status.set_condition(
+        roll.conditions, ConditionType.INVALID, False, "Valid", "", generation, now_iso
+    )
     st.observed_generation, st.message = generation, f"{roll.progress} succeeded"
     wanted = parent_run_status(roll.phase)
     return SweepAction(

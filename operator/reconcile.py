@@ -29,6 +29,7 @@ from sphinxx.schema.resources import TrainingRunSpec
 from sphinxx.schema.run import RunConfig, to_yaml
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
+    ConditionType,
     RunPhase,
     RunStatus,
     ScalingLawStatus,
@@ -46,6 +47,7 @@ from . import checkpoints, decide, expand, names, status
 from .kube import Kube
 from .render import Attempt, render_rayjob, worker_bounds
 from .settings import Settings
+from .status import Outcome
 
 log = logging.getLogger("sphinxx.operator")
 ANNOTATION_PARENT_RUN = f"{names.GROUP}/mlflow-parent-run-id"
@@ -106,14 +108,14 @@ def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: st
     _, now_iso = _now()
     generation, st = _generation(obj), _status(obj, resource)
     message = f"{err.path}: {err.reason}"
-    invalid = status.condition(st.conditions, "Invalid")
+    invalid = status.condition(st.conditions, ConditionType.INVALID)
     if invalid and invalid.status == "True" and invalid.message == message:
         return
     conditions = status.set_condition(
-        st.conditions, "Invalid", True, "InvalidSpec", message, generation, now_iso
+        st.conditions, ConditionType.INVALID, True, "InvalidSpec", message, generation, now_iso
     )
     st.conditions = status.set_condition(
-        conditions, "Ready", False, "InvalidSpec", message, generation, now_iso
+        conditions, ConditionType.READY, False, "InvalidSpec", message, generation, now_iso
     )
     st.phase = RunPhase.FAILED if isinstance(st, RunStatus) else SweepPhase.FAILED
     st.message, st.observed_generation = message, generation
@@ -126,9 +128,15 @@ def _tracking_failed(
 ) -> None:
     _, now_iso = _now()
     st = _status(obj, resource)
-    before = status.condition(st.conditions, "TrackingReady")
+    before = status.condition(st.conditions, ConditionType.TRACKING_READY)
     st.conditions = status.set_condition(
-        st.conditions, "TrackingReady", False, "MLflowUnreachable", str(err), _generation(obj), now_iso
+        st.conditions,
+        ConditionType.TRACKING_READY,
+        False,
+        "MLflowUnreachable",
+        str(err),
+        _generation(obj),
+        now_iso,
     )
     _write_status(kube, resource, obj, st)
     if not before or before.status != "False":
@@ -142,7 +150,7 @@ def _tracking_failed(
 
 def _tracked(st: RunStatus | SweepStatus, generation: int, now_iso: str) -> None:
     st.conditions = status.set_condition(
-        st.conditions, "TrackingReady", True, "RunRecorded", "", generation, now_iso
+        st.conditions, ConditionType.TRACKING_READY, True, "RunRecorded", "", generation, now_iso
     )
 
 
@@ -156,7 +164,7 @@ def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
     meta, st = obj["metadata"], obj.get("status") or {}
     if st.get("observedGeneration") != meta.get("generation"):
         return False
-    invalid = next((c for c in st.get("conditions") or [] if c.get("type") == "Invalid"), None)
+    invalid = next((c for c in st.get("conditions") or [] if c.get("type") == ConditionType.INVALID), None)
     if invalid and invalid.get("status") == "True":
         return True
     if sweep:
@@ -235,7 +243,7 @@ def _reconcile_valid_run(
         admitted=decide.admitted(obj),
         resume_token=_annotations(obj).get(names.ANNOTATION_RESUME),
         checkpoint=checkpoint,
-        cluster_bounds=_cluster_bounds(kube, namespace, job) if job.outcome == "running" else None,
+        cluster_bounds=_cluster_bounds(kube, namespace, job) if job.outcome == Outcome.RUNNING else None,
         now=now,
         now_iso=now_iso,
         rollback=rollback,
