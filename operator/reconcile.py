@@ -154,27 +154,25 @@ def _tracked(st: RunStatus | SweepStatus, generation: int, now_iso: str) -> None
     )
 
 
-def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
-    """Nothing can change until the user edits the object: skip admission.
+def _settled(obj: dict[str, Any], st: RunStatus | SweepStatus) -> bool:
+    """Nothing can change until the user edits the object: skip admission. `st` is its status, parsed.
 
     True for an Invalid spec already reported at this generation, and for a run that ended
     (Succeeded, or Failed with no new resume request) at this generation. A sweep is never
     settled while its points may still move, so only an Invalid sweep is.
     """
-    meta, st = obj["metadata"], obj.get("status") or {}
-    if st.get("observedGeneration") != meta.get("generation"):
+    if st.observed_generation != obj["metadata"].get("generation"):
         return False
-    invalid = next((c for c in st.get("conditions") or [] if c.get("type") == ConditionType.INVALID), None)
-    if invalid and invalid.get("status") == "True":
+    invalid = status.condition(st.conditions, ConditionType.INVALID)
+    if invalid and invalid.status == "True":
         return True
-    if sweep:
+    if isinstance(st, SweepStatus):
         return False
     resume = _annotations(obj).get(names.ANNOTATION_RESUME)
     rollback = _annotations(obj).get(names.ANNOTATION_ROLLBACK)
-    if rollback and rollback != st.get("rollbackToken"):
+    if rollback and rollback != st.rollback_token:
         return False  # a new rollback request: answered even for a finished run
-    phase = st.get("phase")
-    return phase == RunPhase.SUCCEEDED or (phase == RunPhase.FAILED and resume == st.get("resumeToken"))
+    return st.phase == RunPhase.SUCCEEDED or (st.phase == RunPhase.FAILED and resume == st.resume_token)
 
 
 # ------------------------------------------------------------------------------ TrainingRun
@@ -184,14 +182,17 @@ def reconcile_run(kube: Kube, namespace: str, name: str, settings: Settings) -> 
     """Bring one TrainingRun one step closer to its spec; returns a requeue delay, if any."""
     with _lock("run", namespace, name):
         obj = kube.get("trainingruns", namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj):
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        old = parse_status(RunStatus, obj.get("status"))
+        if _settled(obj, old):
             return None
         try:
             admitted = admit_run(name, _run_spec(obj, settings))
         except SchemaError as err:
             mark_invalid(kube, obj, err, "trainingruns")
             return None
-        return _reconcile_valid_run(kube, obj, admitted, settings)
+        return _reconcile_valid_run(kube, obj, admitted, old, settings)
 
 
 def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -209,11 +210,10 @@ def _point_ref(obj: dict[str, Any], cfg: RunConfig) -> mlflow_runs.PointRef:
 
 
 def _reconcile_valid_run(
-    kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, settings: Settings
+    kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, old: RunStatus, settings: Settings
 ) -> float | None:
     meta, spec, cfg = obj["metadata"], admitted.spec, admitted.config
     namespace, name = meta["namespace"], meta["name"]
-    old = parse_status(RunStatus, obj.get("status"))
     now, now_iso = _now()
     run_id = old.run_id or names.run_id(namespace, name, meta["uid"])
     tracking_uri = cfg.tracking.uri or settings.tracking_uri
@@ -465,7 +465,9 @@ def _admit_sweep(obj: dict[str, Any], settings: Settings) -> AdmittedSweep:
 def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -> None:
     with _lock("sweep", namespace, name):
         obj = kube.get("scalingsweeps", namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj, sweep=True):
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        if _settled(obj, parse_status(SweepStatus, obj.get("status"))):
             return
         try:
             admitted = _admit_sweep(obj, settings)
