@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sphinxx.schema.admission import AdmittedRun, admit_run
 from sphinxx.schema.fields import SchemaError
@@ -125,7 +125,8 @@ def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: st
 
 def _tracking_failed(
     kube: Kube, obj: dict[str, Any], resource: str, err: Exception, settings: Settings
-) -> None:
+) -> NoReturn:
+    """MLflow is unreachable: TrackingReady=False, one event per outage, then RetryLater."""
     _, now_iso = _now()
     st = _status(obj, resource)
     before = status.condition(st.conditions, ConditionType.TRACKING_READY)
@@ -209,29 +210,70 @@ def _point_ref(obj: dict[str, Any], cfg: RunConfig) -> mlflow_runs.PointRef:
     )
 
 
+@dataclass(frozen=True)
+class RunPass:
+    """One pass over a TrainingRun whose spec was admitted: what it is and what it has, before deciding."""
+
+    obj: dict[str, Any]
+    admitted: AdmittedRun
+    old: RunStatus  # its status as read at the start of the pass
+    run_id: str
+    tracking_uri: str | None
+    mlflow_run: str | None  # its MLflow child run, once that exists
+    rayjob: dict[str, Any] | None  # the current attempt's RayJob
+
+
 def _reconcile_valid_run(
     kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, old: RunStatus, settings: Settings
 ) -> float | None:
-    meta, spec, cfg = obj["metadata"], admitted.spec, admitted.config
-    namespace, name = meta["namespace"], meta["name"]
+    """Observe, decide, act; returns a requeue delay, if any."""
+    meta, cfg = obj["metadata"], admitted.config
     now, now_iso = _now()
-    run_id = old.run_id or names.run_id(namespace, name, meta["uid"])
     tracking_uri = cfg.tracking.uri or settings.tracking_uri
-    mlflow_run = old.mlflow_run_id
-    if tracking_uri and not mlflow_run:
-        parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
-        try:
-            mlflow_run = mlflow_runs.ensure_child_run(
-                tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent
-            )
-        except mlflow_runs.TrackingUnavailable as err:
-            _tracking_failed(kube, obj, "trainingruns", err, settings)
+    run = RunPass(
+        obj,
+        admitted,
+        old,
+        run_id=old.run_id or names.run_id(meta["namespace"], meta["name"], meta["uid"]),
+        tracking_uri=tracking_uri,
+        mlflow_run=_child_run(kube, obj, cfg, old.mlflow_run_id, tracking_uri, settings),
+        rayjob=kube.get("rayjobs", meta["namespace"], old.ray_job_name) if old.ray_job_name else None,
+    )
+    obs = _observe_run(kube, run, settings, now, now_iso)
+    act = decide.decide_run(obs)
+    _act_on_run(kube, run, obs, act, settings)
+    return act.requeue_after
 
-    rayjob = kube.get("rayjobs", namespace, old.ray_job_name) if old.ray_job_name else None
-    job = status.observe_rayjob(rayjob)
-    rollback = _handle_rollback(obj, old, job, cfg, run_id, tracking_uri, mlflow_run)
-    checkpoint = _latest(cfg, run_id) if old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES else None
-    obs = decide.RunObserved(
+
+def _child_run(
+    kube: Kube,
+    obj: dict[str, Any],
+    cfg: RunConfig,
+    known: str | None,
+    tracking_uri: str | None,
+    settings: Settings,
+) -> str | None:
+    """The run's MLflow child run: the one status names, else found or created (under the sweep's parent)."""
+    if not tracking_uri or known:
+        return known
+    parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
+    try:
+        return mlflow_runs.ensure_child_run(
+            tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent
+        )
+    except mlflow_runs.TrackingUnavailable as err:
+        _tracking_failed(kube, obj, "trainingruns", err, settings)
+
+
+def _observe_run(
+    kube: Kube, run: RunPass, settings: Settings, now: float, now_iso: str
+) -> decide.RunObserved:
+    """Everything the decision reads: the RayJob in our terms, a rollback carried out, storage, the cluster."""
+    obj, old, spec, cfg = run.obj, run.old, run.admitted.spec, run.admitted.config
+    job = status.observe_rayjob(run.rayjob)
+    rollback = _handle_rollback(obj, old, job, cfg, run.run_id, run.tracking_uri, run.mlflow_run)
+    started = old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES  # an attempt that may have committed
+    return decide.RunObserved(
         generation=_generation(obj),
         policy=spec.failure_policy,
         suspend=spec.suspend,
@@ -239,36 +281,53 @@ def _reconcile_valid_run(
         bounds=worker_bounds(spec, cfg),
         status=old,
         job=job,
-        job_suspended=bool(((rayjob or {}).get("spec") or {}).get("suspend")),
+        job_suspended=bool(((run.rayjob or {}).get("spec") or {}).get("suspend")),
         admitted=decide.admitted(obj),
         resume_token=_annotations(obj).get(names.ANNOTATION_RESUME),
-        checkpoint=checkpoint,
-        cluster_bounds=_cluster_bounds(kube, namespace, job) if job.outcome == Outcome.RUNNING else None,
+        checkpoint=_latest(cfg, run.run_id) if started else None,
+        cluster_bounds=_cluster_bounds(kube, obj["metadata"]["namespace"], job),
         now=now,
         now_iso=now_iso,
         rollback=rollback,
-        inputs=_preflight(cfg, old, rayjob, spec, settings),
+        inputs=_preflight(cfg, old, run.rayjob, spec, settings),
     )
-    act = decide.decide_run(obs)
-    st = act.status
-    st.run_id, st.model, st.data_fraction = run_id, cfg.model.flavor, cfg.data.fraction
-    if mlflow_run:
-        st.mlflow_run_id = mlflow_run
-        _tracked(st, obs.generation, now_iso)
+
+
+def _act_on_run(
+    kube: Kube, run: RunPass, obs: decide.RunObserved, act: decide.RunAction, settings: Settings
+) -> None:
+    """Carry out the decision: a new attempt, the RayJob's changes, MLflow's end; then status and events."""
+    cfg, st = run.admitted.config, act.status
+    st.run_id, st.model, st.data_fraction = run.run_id, cfg.model.flavor, cfg.data.fraction
+    if run.mlflow_run:
+        st.mlflow_run_id = run.mlflow_run
+        _tracked(st, obs.generation, obs.now_iso)
     if act.create_attempt is not None:
-        launch = Launch(spec, attempt_config(cfg, st, tracking_uri, _annotations(obj).get(ANNOTATION_PARENT_RUN)),
-                        act.create_attempt, obs.checkpoint or _latest(cfg, run_id), settings.image,
-                        settings.stage_host_path)  # fmt: skip
-        act.events += _create_attempt(kube, obj, launch, st)
-    _act_on_rayjob(kube, namespace, rayjob, act, job)
-    if act.finish_tracking and mlflow_run and tracking_uri:
+        launch = _launch(run, st, act.create_attempt, obs.checkpoint, settings)
+        act.events += _create_attempt(kube, run.obj, launch, st)
+    _act_on_rayjob(kube, run.obj["metadata"]["namespace"], run.rayjob, act, obs.job)
+    if act.finish_tracking and run.mlflow_run and run.tracking_uri:
         try:
-            mlflow_runs.set_run_status(tracking_uri, mlflow_run, act.finish_tracking)
+            mlflow_runs.set_run_status(run.tracking_uri, run.mlflow_run, act.finish_tracking)
         except mlflow_runs.TrackingUnavailable as err:
-            log.warning("could not end MLflow run %s: %s", mlflow_run, err)
-    _write_status(kube, "trainingruns", obj, st)
-    _events(kube, obj, act.events)
-    return act.requeue_after
+            log.warning("could not end MLflow run %s: %s", run.mlflow_run, err)
+    _write_status(kube, "trainingruns", run.obj, st)
+    _events(kube, run.obj, act.events)
+
+
+def _launch(
+    run: RunPass, st: RunStatus, attempt: int, checkpoint: decide.Checkpoint | None, settings: Settings
+) -> Launch:
+    """What attempt `attempt` starts from: the attempt's config, and the checkpoint it resumes from."""
+    cfg, parent = run.admitted.config, _annotations(run.obj).get(ANNOTATION_PARENT_RUN)
+    return Launch(
+        run.admitted.spec,
+        attempt_config(cfg, st, run.tracking_uri, parent),
+        attempt,
+        checkpoint or _latest(cfg, run.run_id),
+        settings.image,
+        settings.stage_host_path,
+    )
 
 
 def _preflight(
@@ -321,6 +380,7 @@ def _handle_rollback(
 def _act_on_rayjob(
     kube: Kube, namespace: str, rayjob: dict[str, Any] | None, act: decide.RunAction, job: status.JobView
 ) -> None:
+    """Suspend, unsuspend or delete the attempt's RayJob; set its cluster's worker bounds in place."""
     if rayjob is not None and act.suspend_job is not None:
         kube.patch("rayjobs", namespace, rayjob["metadata"]["name"], {"spec": {"suspend": act.suspend_job}})
     if rayjob is not None and act.delete_job:
@@ -397,6 +457,9 @@ def _gpu_group(cluster: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
 
 
 def _cluster_bounds(kube: Kube, namespace: str, job: status.JobView) -> tuple[int, int] | None:
+    """The worker group's bounds on a running attempt's RayCluster (None when not running)."""
+    if job.outcome != Outcome.RUNNING:
+        return None
     cluster = kube.get("rayclusters", namespace, job.cluster) if job.cluster else None
     found = _gpu_group(cluster) if cluster else None
     if found is None:
