@@ -45,6 +45,7 @@ from sphinxx.sweep.results import fit_sweep, plot_fit
 
 from . import checkpoints, decide, expand, names, status
 from .kube import Kube
+from .preflight import check_run
 from .render import Attempt, render_rayjob, worker_bounds
 from .settings import Settings
 from .status import Outcome
@@ -336,8 +337,6 @@ def _preflight(
     """Pre-flight problems before the first RayJob (docs/operator.md, "Pre-flight checks"); None when not checked."""
     if not settings.preflight or old.attempt > 0 or rayjob is not None or spec.suspend:
         return None
-    from sphinxx.operator.preflight import check_run
-
     return tuple(check_run(cfg))
 
 
