@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+
+from sphinxx.storage import CheckpointStore, StorageOptions
 
 from .decide import Checkpoint
 
-_stores: dict[tuple[str, str, str | None], Any] = {}
+_stores: dict[tuple[str, str, str | None], CheckpointStore] = {}
 _lock = threading.Lock()
 METRIC_KEYS = ("loss", "train_loss", "val_loss")  # the first one present becomes status.metrics.loss
 
 
-def _store(prefix: str, run_id: str, endpoint_url: str | None) -> Any:
-    from sphinxx.storage import CheckpointStore, StorageOptions
-
+def _store(prefix: str, run_id: str, endpoint_url: str | None) -> CheckpointStore:
     key = (prefix, run_id, endpoint_url)
     with _lock:
         if key not in _stores:

@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for key, value in env.items():
         if value is not None:
             os.environ[key] = str(value)
-    from kopf.cli import main as kopf_main
+    from kopf.cli import main as kopf_main  # seconds to import: only `operator run` needs it
 
     try:
         kopf_main(args=kopf_argv(args), prog_name="sphinxx operator", standalone_mode=False)
@@ -122,6 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `sphinxx --help` imports this module, and the CRDs need the
+    # vocabulary's schema generator and yaml (~80 ms) that no other command's registration loads.
     from . import crds
 
     if args.check:

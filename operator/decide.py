@@ -12,12 +12,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sphinxx.schema.resources import FailurePolicy, ScalingSweepSpec
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
     CheckpointRef,
+    Condition,
+    ConditionType,
     RollbackStatus,
     RunPhase,
     RunStatus,
@@ -29,7 +31,7 @@ from sphinxx.schema.status import (
 from sphinxx.sweep.points import points
 
 from . import expand, names, status
-from .status import JobView
+from .status import JobDeploymentStatus, JobView, Outcome
 
 Event = tuple[str, str, str]  # (type Normal|Warning, reason, message)
 
@@ -82,9 +84,9 @@ def rollback_refusal(phase: RunPhase | None, job: JobView) -> str | None:
     """
     if phase == RunPhase.SUCCEEDED:
         return "the run succeeded; a rollback would not resume anything"
-    if job.outcome == "suspended" and job.reason == "Suspending":
+    if job.outcome == Outcome.SUSPENDED and job.reason == JobDeploymentStatus.SUSPENDING:
         return "the attempt is still suspending; roll back once the run is Suspended"
-    if not job.terminal and job.outcome not in ("none", "suspended"):
+    if job.outcome.is_live:
         return (
             f"the attempt is {job.outcome}: suspend the run (spec.suspend: true) or wait until it is Failed, "
             "then roll back"
@@ -135,101 +137,126 @@ def _epoch(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+class Next(NamedTuple):
+    """The phase a pass decides for a run, with the reason and message its conditions and event carry."""
+
+    phase: RunPhase
+    reason: str
+    message: str
+
+
 def decide_run(obs: RunObserved) -> RunAction:
+    """The TrainingRun state machine: requests first (resume, rollback), then the phase, then status."""
     st = copy.deepcopy(obs.status)
     old_phase = st.phase
-    attempt = st.attempt
     act = RunAction(status=st)
     resume_now = _manual_resume(obs, st, old_phase, act)
     resume_now = _rollback(obs, st, old_phase, act) or resume_now
-    job = obs.job
+    _mirror(obs, st)
+    _record(obs, act, old_phase, _next_phase(obs, st, act, resume_now))
+    return act
 
+
+def _mirror(obs: RunObserved, st: RunStatus) -> None:
+    """Copy what was observed into status: the newest checkpoint, worker bounds and counts, the cluster."""
     if obs.checkpoint is not None:
         st.last_checkpoint = CheckpointRef(step=obs.checkpoint.step, uri=obs.checkpoint.uri)
         if obs.checkpoint.metrics:
             st.metrics = dict(obs.checkpoint.metrics)
-    st.workers = {"min": obs.bounds[0], "max": obs.bounds[1], **job.workers}
-    if job.cluster:
-        st.ray_cluster_name = job.cluster
+    st.workers = {"min": obs.bounds[0], "max": obs.bounds[1], **obs.job.workers}
+    if obs.job.cluster:
+        st.ray_cluster_name = obs.job.cluster
 
-    phase: RunPhase = old_phase or RunPhase.PENDING
-    reason, message = str(phase), st.message
-    resumable = attempt > 1 or obs.checkpoint is not None
-    if not obs.admitted and attempt == 0:
-        phase, reason, message = (
-            RunPhase.QUEUED,
-            "WaitingForSlot",
-            "waiting for a slot under the sweep's maxParallelRuns",
-        )
-    elif obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
-        if obs.queued and not job.terminal and job.outcome != "none":
-            # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a
-            # job it holds suspended would start on admission, so our suspend deletes the attempt.
-            act.delete_job = True
-        elif job.outcome in ("pending", "running", "retrying") and not obs.job_suspended:
-            act.suspend_job = True
-        phase, reason, message = (
-            RunPhase.SUSPENDED,
-            "Suspended",
-            "suspended by spec.suspend; checkpoints are kept",
-        )
-    elif job.outcome == "none":
-        if old_phase == RunPhase.SUCCEEDED or (old_phase == RunPhase.FAILED and not resume_now):
-            pass
-        elif attempt == 0 and obs.inputs:
-            # Blocked before any GPU is allocated; rechecked on every tick until the inputs are there.
-            phase, reason = RunPhase.PENDING, "InputsUnreadable"
-            message = "pre-flight check failed: " + "; ".join(obs.inputs)
-            if message != st.message:
-                act.events.append(("Warning", reason, message))
-        elif attempt == 0 or resume_now or old_phase == RunPhase.SUSPENDED:
-            act.create_attempt = attempt + 1
-            phase = RunPhase.RESUMING if resumable or attempt else RunPhase.PENDING
-            reason, message = "AttemptCreated", f"attempt {attempt + 1} created"
-        else:
-            phase, reason, message = _retry(
-                obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone"
-            )
-    elif obs.queued and (job.outcome == "suspended" or obs.job_suspended):
+
+def _resumable(obs: RunObserved, attempt: int) -> bool:
+    """A new cluster would resume (not start fresh): a later attempt, or a committed checkpoint exists."""
+    return attempt > 1 or obs.checkpoint is not None
+
+
+def _next_phase(obs: RunObserved, st: RunStatus, act: RunAction, resume_now: bool) -> Next:
+    """Where the run goes from what its RayJob says; sets on `act` what must be done to get there."""
+    job, old_phase = obs.job, st.phase
+    if not obs.admitted and st.attempt == 0:
+        return Next(RunPhase.QUEUED, "WaitingForSlot", "waiting for a slot under the sweep's maxParallelRuns")
+    if obs.suspend and old_phase not in TERMINAL_RUN_PHASES:
+        return _suspend(obs, act)
+    if job.outcome == Outcome.NONE:
+        return _without_rayjob(obs, st, act, resume_now)
+    if obs.queued and (job.outcome == Outcome.SUSPENDED or obs.job_suspended):
         # Kueue suspends a queued RayJob until admission (and again on preemption) and
         # unsuspends it itself: never toggle it, wait. A fresh cluster resumes from S3.
-        phase = RunPhase.RESUMING if resumable else RunPhase.PENDING
-        reason, message = "WaitingForAdmission", f"attempt {attempt} waits for Kueue admission"
-    elif job.outcome == "suspended" or (obs.job_suspended and not obs.suspend):
+        phase = RunPhase.RESUMING if _resumable(obs, st.attempt) else RunPhase.PENDING
+        return Next(phase, "WaitingForAdmission", f"attempt {st.attempt} waits for Kueue admission")
+    if job.outcome == Outcome.SUSPENDED or (obs.job_suspended and not obs.suspend):
         act.suspend_job = False  # KubeRay starts a fresh cluster, which resumes from S3
-        phase, reason, message = (
-            RunPhase.RESUMING,
-            "Unsuspended",
-            "resuming from the last committed checkpoint",
-        )
-    elif job.outcome in ("pending", "retrying"):
-        phase = RunPhase.RESUMING if resumable else RunPhase.PENDING
-        reason, message = job.reason or phase, job.message or f"attempt {attempt} is starting"
-    elif job.outcome == "running":
-        phase, reason, message = RunPhase.RUNNING, "Running", f"attempt {attempt} is running"
+        return Next(RunPhase.RESUMING, "Unsuspended", "resuming from the last committed checkpoint")
+    return _follow_rayjob(obs, st, act, resume_now)
+
+
+def _suspend(obs: RunObserved, act: RunAction) -> Next:
+    """`spec.suspend`: stop the running attempt (checkpoints are kept) and start none."""
+    if obs.queued and obs.job.outcome.is_unfinished:
+        # Kueue owns spec.suspend of a queued RayJob (docs/operator.md, "Suspend and Kueue"); a
+        # job it holds suspended would start on admission, so our suspend deletes the attempt.
+        act.delete_job = True
+    elif obs.job.outcome.is_live and not obs.job_suspended:
+        act.suspend_job = True
+    return Next(RunPhase.SUSPENDED, "Suspended", "suspended by spec.suspend; checkpoints are kept")
+
+
+def _without_rayjob(obs: RunObserved, st: RunStatus, act: RunAction, resume_now: bool) -> Next:
+    """No RayJob for the current attempt: stay ended, wait for inputs, start one, or count a lost one."""
+    old_phase, attempt = st.phase, st.attempt
+    if old_phase == RunPhase.SUCCEEDED or (old_phase == RunPhase.FAILED and not resume_now):
+        ended = old_phase or RunPhase.PENDING  # nothing to start: the run stays as it is
+        return Next(ended, str(ended), st.message)
+    if attempt == 0 and obs.inputs:
+        # Blocked before any GPU is allocated; rechecked on every tick until the inputs are there.
+        message = "pre-flight check failed: " + "; ".join(obs.inputs)
+        if message != st.message:
+            act.events.append(("Warning", "InputsUnreadable", message))
+        return Next(RunPhase.PENDING, "InputsUnreadable", message)
+    if attempt == 0 or resume_now or old_phase == RunPhase.SUSPENDED:
+        act.create_attempt = attempt + 1
+        phase = RunPhase.RESUMING if _resumable(obs, attempt) or attempt else RunPhase.PENDING
+        return Next(phase, "AttemptCreated", f"attempt {attempt + 1} created")
+    return _retry(obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone")
+
+
+def _follow_rayjob(obs: RunObserved, st: RunStatus, act: RunAction, resume_now: bool) -> Next:
+    """The attempt's RayJob exists and is not suspended: its outcome decides."""
+    job, attempt = obs.job, st.attempt
+    if job.outcome.is_starting:
+        phase = RunPhase.RESUMING if _resumable(obs, attempt) else RunPhase.PENDING
+        return Next(phase, job.reason or phase, job.message or f"attempt {attempt} is starting")
+    if job.outcome == Outcome.RUNNING:
         if obs.cluster_bounds is not None and obs.cluster_bounds != obs.bounds:
             act.patch_cluster = obs.bounds
-    elif job.outcome == "succeeded":
-        phase, reason, message = RunPhase.SUCCEEDED, "Succeeded", f"finished in attempt {attempt}"
-    elif job.outcome == "invalid":
-        phase, reason, message = (
-            RunPhase.FAILED,
-            "ValidationFailed",
-            job.message or "KubeRay rejected the RayJob",
-        )
-    elif resume_now:
-        act.create_attempt = attempt + 1
-        phase, reason, message = (
-            RunPhase.RESUMING,
-            "ResumeRequested",
-            f"attempt {attempt + 1} created by resume",
-        )
-        if st.last_rollback is not None and obs.rollback is not None and not obs.rollback.error:
-            reason = "RolledBack"
-            message = f"attempt {attempt + 1} resumes from step {st.last_rollback.to_step} (rollback)"
-    else:
-        phase, reason, message = _retry(obs, st, act, attempt, job.reason, job.message)
+        return Next(RunPhase.RUNNING, "Running", f"attempt {attempt} is running")
+    if job.outcome == Outcome.SUCCEEDED:
+        return Next(RunPhase.SUCCEEDED, "Succeeded", f"finished in attempt {attempt}")
+    if job.outcome == Outcome.INVALID:
+        return Next(RunPhase.FAILED, "ValidationFailed", job.message or "KubeRay rejected the RayJob")
+    if resume_now:  # the attempt failed and a resume (or a rollback) asks for the next one now
+        return _resume_attempt(obs, st, act)
+    return _retry(obs, st, act, attempt, job.reason, job.message)
 
+
+def _resume_attempt(obs: RunObserved, st: RunStatus, act: RunAction) -> Next:
+    """A Failed run resumed by hand or rolled back: the next attempt at once."""
+    attempt = st.attempt
+    act.create_attempt = attempt + 1
+    if st.last_rollback is not None and obs.rollback is not None and not obs.rollback.error:
+        step = st.last_rollback.to_step
+        return Next(
+            RunPhase.RESUMING, "RolledBack", f"attempt {attempt + 1} resumes from step {step} (rollback)"
+        )
+    return Next(RunPhase.RESUMING, "ResumeRequested", f"attempt {attempt + 1} created by resume")
+
+
+def _record(obs: RunObserved, act: RunAction, old_phase: RunPhase | None, step: Next) -> None:
+    """Write the decided phase into status: the new attempt, MLflow's end, the transition event."""
+    st, (phase, reason, message) = act.status, step
     if act.create_attempt is not None:
         st.last_failure_time = None
         st.attempt = act.create_attempt
@@ -239,17 +266,24 @@ def decide_run(obs: RunObserved) -> RunAction:
         kind = "Warning" if phase == RunPhase.FAILED else "Normal"
         act.events.append((kind, reason, f"{old_phase or 'New'} -> {phase}: {message}"))
     st.phase, st.message, st.observed_generation = phase, message, obs.generation
-    st.conditions = status.run_conditions(st.conditions, phase, reason, message, obs.generation, obs.now_iso)
-    st.conditions = status.set_condition(
-        st.conditions, "Invalid", False, "Valid", "", obs.generation, obs.now_iso
+    st.conditions = _run_conditions(obs, st.conditions, step)
+
+
+def _run_conditions(obs: RunObserved, conditions: list[Condition], step: Next) -> list[Condition]:
+    """The phase's conditions, Invalid=False (the spec was admitted), and Blocked when inputs were checked."""
+    generation, now = obs.generation, obs.now_iso
+    conditions = status.run_conditions(conditions, step.phase, step.reason, step.message, generation, now)
+    conditions = status.set_condition(conditions, ConditionType.INVALID, False, "Valid", "", generation, now)
+    if obs.inputs is None:
+        return conditions
+    if obs.inputs:
+        return status.set_condition(
+            conditions, ConditionType.BLOCKED, True, "InputsUnreadable", step.message, generation, now
+        )
+    readable = "every input readable, the checkpoint prefix writable"
+    return status.set_condition(
+        conditions, ConditionType.BLOCKED, False, "InputsReadable", readable, generation, now
     )
-    if obs.inputs is not None:
-        blocked = bool(obs.inputs)
-        st.conditions = status.set_condition(
-            st.conditions, "Blocked", blocked, "InputsUnreadable" if blocked else "InputsReadable",
-            message if blocked else "every input readable, the checkpoint prefix writable", obs.generation, obs.now_iso,
-        )  # fmt: skip
-    return act
 
 
 def _manual_resume(obs: RunObserved, st: RunStatus, old_phase: RunPhase | None, act: RunAction) -> bool:
@@ -298,12 +332,10 @@ def _rollback(obs: RunObserved, st: RunStatus, old_phase: RunPhase | None, act: 
     return True
 
 
-def _retry(
-    obs: RunObserved, st: RunStatus, act: RunAction, attempt: int, reason: str, message: str
-) -> tuple[RunPhase, str, str]:
+def _retry(obs: RunObserved, st: RunStatus, act: RunAction, attempt: int, reason: str, message: str) -> Next:
     """A failed attempt: the next one after backoff, or Failed once the retries are used up."""
     if st.retries >= obs.policy.max_retries:
-        return (
+        return Next(
             RunPhase.FAILED,
             "RetriesExhausted",
             f"attempt {attempt} failed ({reason}: {message}); no retries left",
@@ -316,13 +348,13 @@ def _retry(
     wait = failed_at + backoff(obs.policy, st.retries) - obs.now
     if wait > 0:
         act.requeue_after = wait
-        return RunPhase.RESUMING, "Backoff", f"attempt {attempt} failed ({reason}); retrying in {wait:.0f}s"
+        return Next(
+            RunPhase.RESUMING, "Backoff", f"attempt {attempt} failed ({reason}); retrying in {wait:.0f}s"
+        )
     st.retries += 1
     act.create_attempt = attempt + 1
-    return (
-        RunPhase.RESUMING,
-        "Retrying",
-        f"attempt {attempt} failed ({reason}); attempt {attempt + 1} resumes",
+    return Next(
+        RunPhase.RESUMING, "Retrying", f"attempt {attempt} failed ({reason}); attempt {attempt + 1} resumes"
     )
 
 
@@ -393,7 +425,9 @@ def decide_sweep(
         )
         events.append(("Normal", "PointsRemoved", message))
     st.phase, st.counts, st.progress, st.points = roll.phase, roll.counts, roll.progress, roll.points
-    st.conditions = status.set_condition(roll.conditions, "Invalid", False, "Valid", "", generation, now_iso)
+    st.conditions = status.set_condition(
+        roll.conditions, ConditionType.INVALID, False, "Valid", "", generation, now_iso
+    )
     st.observed_generation, st.message = generation, f"{roll.progress} succeeded"
     wanted = parent_run_status(roll.phase)
     return SweepAction(

@@ -65,6 +65,8 @@ class Kube:
     """Typed access to the resources in RESOURCES, plus events."""
 
     def __init__(self, api_client: Any = None):
+        # Here, not at the top: the client takes ~1 s to import, and RESOURCES / RBAC_RULES are read
+        # without it (the chart's tests, `kubectl sphinxx --help`).
         from kubernetes import client, config
 
         if api_client is None:
@@ -79,6 +81,7 @@ class Kube:
 
     @staticmethod
     def _missing(err: Exception, *codes: int) -> bool:
+        # Lazy for the same reason (by now __init__ has loaded it).
         from kubernetes.client.rest import ApiException
 
         return isinstance(err, ApiException) and err.status in codes

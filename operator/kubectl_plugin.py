@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import names
+from .kube import Kube
 
 KINDS = {
     "trun": "trainingruns",
@@ -35,9 +36,7 @@ KINDS = {
 
 
 def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
-    from kubernetes import config
-
-    from .kube import Kube
+    from kubernetes import config  # ~1 s to import: only a command that talks to the API pays it
 
     contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
     chosen = next((c for c in contexts if c["name"] == context), active) if context else active

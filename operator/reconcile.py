@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sphinxx.schema.admission import AdmittedRun, admit_run
 from sphinxx.schema.fields import SchemaError
@@ -29,6 +29,7 @@ from sphinxx.schema.resources import TrainingRunSpec
 from sphinxx.schema.run import RunConfig, to_yaml
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
+    ConditionType,
     RunPhase,
     RunStatus,
     ScalingLawStatus,
@@ -44,8 +45,10 @@ from sphinxx.sweep.results import fit_sweep, plot_fit
 
 from . import checkpoints, decide, expand, names, status
 from .kube import Kube
+from .preflight import check_run
 from .render import Attempt, render_rayjob, worker_bounds
 from .settings import Settings
+from .status import Outcome
 
 log = logging.getLogger("sphinxx.operator")
 ANNOTATION_PARENT_RUN = f"{names.GROUP}/mlflow-parent-run-id"
@@ -106,14 +109,14 @@ def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: st
     _, now_iso = _now()
     generation, st = _generation(obj), _status(obj, resource)
     message = f"{err.path}: {err.reason}"
-    invalid = status.condition(st.conditions, "Invalid")
+    invalid = status.condition(st.conditions, ConditionType.INVALID)
     if invalid and invalid.status == "True" and invalid.message == message:
         return
     conditions = status.set_condition(
-        st.conditions, "Invalid", True, "InvalidSpec", message, generation, now_iso
+        st.conditions, ConditionType.INVALID, True, "InvalidSpec", message, generation, now_iso
     )
     st.conditions = status.set_condition(
-        conditions, "Ready", False, "InvalidSpec", message, generation, now_iso
+        conditions, ConditionType.READY, False, "InvalidSpec", message, generation, now_iso
     )
     st.phase = RunPhase.FAILED if isinstance(st, RunStatus) else SweepPhase.FAILED
     st.message, st.observed_generation = message, generation
@@ -123,12 +126,19 @@ def mark_invalid(kube: Kube, obj: dict[str, Any], err: SchemaError, resource: st
 
 def _tracking_failed(
     kube: Kube, obj: dict[str, Any], resource: str, err: Exception, settings: Settings
-) -> None:
+) -> NoReturn:
+    """MLflow is unreachable: TrackingReady=False, one event per outage, then RetryLater."""
     _, now_iso = _now()
     st = _status(obj, resource)
-    before = status.condition(st.conditions, "TrackingReady")
+    before = status.condition(st.conditions, ConditionType.TRACKING_READY)
     st.conditions = status.set_condition(
-        st.conditions, "TrackingReady", False, "MLflowUnreachable", str(err), _generation(obj), now_iso
+        st.conditions,
+        ConditionType.TRACKING_READY,
+        False,
+        "MLflowUnreachable",
+        str(err),
+        _generation(obj),
+        now_iso,
     )
     _write_status(kube, resource, obj, st)
     if not before or before.status != "False":
@@ -142,31 +152,29 @@ def _tracking_failed(
 
 def _tracked(st: RunStatus | SweepStatus, generation: int, now_iso: str) -> None:
     st.conditions = status.set_condition(
-        st.conditions, "TrackingReady", True, "RunRecorded", "", generation, now_iso
+        st.conditions, ConditionType.TRACKING_READY, True, "RunRecorded", "", generation, now_iso
     )
 
 
-def _settled(obj: dict[str, Any], sweep: bool = False) -> bool:
-    """Nothing can change until the user edits the object: skip admission.
+def _settled(obj: dict[str, Any], st: RunStatus | SweepStatus) -> bool:
+    """Nothing can change until the user edits the object: skip admission. `st` is its status, parsed.
 
     True for an Invalid spec already reported at this generation, and for a run that ended
     (Succeeded, or Failed with no new resume request) at this generation. A sweep is never
     settled while its points may still move, so only an Invalid sweep is.
     """
-    meta, st = obj["metadata"], obj.get("status") or {}
-    if st.get("observedGeneration") != meta.get("generation"):
+    if st.observed_generation != obj["metadata"].get("generation"):
         return False
-    invalid = next((c for c in st.get("conditions") or [] if c.get("type") == "Invalid"), None)
-    if invalid and invalid.get("status") == "True":
+    invalid = status.condition(st.conditions, ConditionType.INVALID)
+    if invalid and invalid.status == "True":
         return True
-    if sweep:
+    if isinstance(st, SweepStatus):
         return False
     resume = _annotations(obj).get(names.ANNOTATION_RESUME)
     rollback = _annotations(obj).get(names.ANNOTATION_ROLLBACK)
-    if rollback and rollback != st.get("rollbackToken"):
+    if rollback and rollback != st.rollback_token:
         return False  # a new rollback request: answered even for a finished run
-    phase = st.get("phase")
-    return phase == RunPhase.SUCCEEDED or (phase == RunPhase.FAILED and resume == st.get("resumeToken"))
+    return st.phase == RunPhase.SUCCEEDED or (st.phase == RunPhase.FAILED and resume == st.resume_token)
 
 
 # ------------------------------------------------------------------------------ TrainingRun
@@ -176,14 +184,17 @@ def reconcile_run(kube: Kube, namespace: str, name: str, settings: Settings) -> 
     """Bring one TrainingRun one step closer to its spec; returns a requeue delay, if any."""
     with _lock("run", namespace, name):
         obj = kube.get("trainingruns", namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj):
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        old = parse_status(RunStatus, obj.get("status"))
+        if _settled(obj, old):
             return None
         try:
             admitted = admit_run(name, _run_spec(obj, settings))
         except SchemaError as err:
             mark_invalid(kube, obj, err, "trainingruns")
             return None
-        return _reconcile_valid_run(kube, obj, admitted, settings)
+        return _reconcile_valid_run(kube, obj, admitted, old, settings)
 
 
 def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -200,30 +211,70 @@ def _point_ref(obj: dict[str, Any], cfg: RunConfig) -> mlflow_runs.PointRef:
     )
 
 
-def _reconcile_valid_run(
-    kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, settings: Settings
-) -> float | None:
-    meta, spec, cfg = obj["metadata"], admitted.spec, admitted.config
-    namespace, name = meta["namespace"], meta["name"]
-    old = parse_status(RunStatus, obj.get("status"))
-    now, now_iso = _now()
-    run_id = old.run_id or names.run_id(namespace, name, meta["uid"])
-    tracking_uri = cfg.tracking.uri or settings.tracking_uri
-    mlflow_run = old.mlflow_run_id
-    if tracking_uri and not mlflow_run:
-        parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
-        try:
-            mlflow_run = mlflow_runs.ensure_child_run(
-                tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent
-            )
-        except mlflow_runs.TrackingUnavailable as err:
-            _tracking_failed(kube, obj, "trainingruns", err, settings)
+@dataclass(frozen=True)
+class RunPass:
+    """One pass over a TrainingRun whose spec was admitted: what it is and what it has, before deciding."""
 
-    rayjob = kube.get("rayjobs", namespace, old.ray_job_name) if old.ray_job_name else None
-    job = status.observe_rayjob(rayjob)
-    rollback = _handle_rollback(obj, old, job, cfg, run_id, tracking_uri, mlflow_run)
-    checkpoint = _latest(cfg, run_id) if old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES else None
-    obs = decide.RunObserved(
+    obj: dict[str, Any]
+    admitted: AdmittedRun
+    old: RunStatus  # its status as read at the start of the pass
+    run_id: str
+    tracking_uri: str | None
+    mlflow_run: str | None  # its MLflow child run, once that exists
+    rayjob: dict[str, Any] | None  # the current attempt's RayJob
+
+
+def _reconcile_valid_run(
+    kube: Kube, obj: dict[str, Any], admitted: AdmittedRun, old: RunStatus, settings: Settings
+) -> float | None:
+    """Observe, decide, act; returns a requeue delay, if any."""
+    meta, cfg = obj["metadata"], admitted.config
+    now, now_iso = _now()
+    tracking_uri = cfg.tracking.uri or settings.tracking_uri
+    run = RunPass(
+        obj,
+        admitted,
+        old,
+        run_id=old.run_id or names.run_id(meta["namespace"], meta["name"], meta["uid"]),
+        tracking_uri=tracking_uri,
+        mlflow_run=_child_run(kube, obj, cfg, old.mlflow_run_id, tracking_uri, settings),
+        rayjob=kube.get("rayjobs", meta["namespace"], old.ray_job_name) if old.ray_job_name else None,
+    )
+    obs = _observe_run(kube, run, settings, now, now_iso)
+    act = decide.decide_run(obs)
+    _act_on_run(kube, run, obs, act, settings)
+    return act.requeue_after
+
+
+def _child_run(
+    kube: Kube,
+    obj: dict[str, Any],
+    cfg: RunConfig,
+    known: str | None,
+    tracking_uri: str | None,
+    settings: Settings,
+) -> str | None:
+    """The run's MLflow child run: the one status names, else found or created (under the sweep's parent)."""
+    if not tracking_uri or known:
+        return known
+    parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
+    try:
+        return mlflow_runs.ensure_child_run(
+            tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent
+        )
+    except mlflow_runs.TrackingUnavailable as err:
+        _tracking_failed(kube, obj, "trainingruns", err, settings)
+
+
+def _observe_run(
+    kube: Kube, run: RunPass, settings: Settings, now: float, now_iso: str
+) -> decide.RunObserved:
+    """Everything the decision reads: the RayJob in our terms, a rollback carried out, storage, the cluster."""
+    obj, old, spec, cfg = run.obj, run.old, run.admitted.spec, run.admitted.config
+    job = status.observe_rayjob(run.rayjob)
+    rollback = _handle_rollback(obj, old, job, cfg, run.run_id, run.tracking_uri, run.mlflow_run)
+    started = old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES  # an attempt that may have committed
+    return decide.RunObserved(
         generation=_generation(obj),
         policy=spec.failure_policy,
         suspend=spec.suspend,
@@ -231,36 +282,53 @@ def _reconcile_valid_run(
         bounds=worker_bounds(spec, cfg),
         status=old,
         job=job,
-        job_suspended=bool(((rayjob or {}).get("spec") or {}).get("suspend")),
+        job_suspended=bool(((run.rayjob or {}).get("spec") or {}).get("suspend")),
         admitted=decide.admitted(obj),
         resume_token=_annotations(obj).get(names.ANNOTATION_RESUME),
-        checkpoint=checkpoint,
-        cluster_bounds=_cluster_bounds(kube, namespace, job) if job.outcome == "running" else None,
+        checkpoint=_latest(cfg, run.run_id) if started else None,
+        cluster_bounds=_cluster_bounds(kube, obj["metadata"]["namespace"], job),
         now=now,
         now_iso=now_iso,
         rollback=rollback,
-        inputs=_preflight(cfg, old, rayjob, spec, settings),
+        inputs=_preflight(cfg, old, run.rayjob, spec, settings),
     )
-    act = decide.decide_run(obs)
-    st = act.status
-    st.run_id, st.model, st.data_fraction = run_id, cfg.model.flavor, cfg.data.fraction
-    if mlflow_run:
-        st.mlflow_run_id = mlflow_run
-        _tracked(st, obs.generation, now_iso)
+
+
+def _act_on_run(
+    kube: Kube, run: RunPass, obs: decide.RunObserved, act: decide.RunAction, settings: Settings
+) -> None:
+    """Carry out the decision: a new attempt, the RayJob's changes, MLflow's end; then status and events."""
+    cfg, st = run.admitted.config, act.status
+    st.run_id, st.model, st.data_fraction = run.run_id, cfg.model.flavor, cfg.data.fraction
+    if run.mlflow_run:
+        st.mlflow_run_id = run.mlflow_run
+        _tracked(st, obs.generation, obs.now_iso)
     if act.create_attempt is not None:
-        launch = Launch(spec, attempt_config(cfg, st, tracking_uri, _annotations(obj).get(ANNOTATION_PARENT_RUN)),
-                        act.create_attempt, obs.checkpoint or _latest(cfg, run_id), settings.image,
-                        settings.stage_host_path)  # fmt: skip
-        act.events += _create_attempt(kube, obj, launch, st)
-    _act_on_rayjob(kube, namespace, rayjob, act, job)
-    if act.finish_tracking and mlflow_run and tracking_uri:
+        launch = _launch(run, st, act.create_attempt, obs.checkpoint, settings)
+        act.events += _create_attempt(kube, run.obj, launch, st)
+    _act_on_rayjob(kube, run.obj["metadata"]["namespace"], run.rayjob, act, obs.job)
+    if act.finish_tracking and run.mlflow_run and run.tracking_uri:
         try:
-            mlflow_runs.set_run_status(tracking_uri, mlflow_run, act.finish_tracking)
+            mlflow_runs.set_run_status(run.tracking_uri, run.mlflow_run, act.finish_tracking)
         except mlflow_runs.TrackingUnavailable as err:
-            log.warning("could not end MLflow run %s: %s", mlflow_run, err)
-    _write_status(kube, "trainingruns", obj, st)
-    _events(kube, obj, act.events)
-    return act.requeue_after
+            log.warning("could not end MLflow run %s: %s", run.mlflow_run, err)
+    _write_status(kube, "trainingruns", run.obj, st)
+    _events(kube, run.obj, act.events)
+
+
+def _launch(
+    run: RunPass, st: RunStatus, attempt: int, checkpoint: decide.Checkpoint | None, settings: Settings
+) -> Launch:
+    """What attempt `attempt` starts from: the attempt's config, and the checkpoint it resumes from."""
+    cfg, parent = run.admitted.config, _annotations(run.obj).get(ANNOTATION_PARENT_RUN)
+    return Launch(
+        run.admitted.spec,
+        attempt_config(cfg, st, run.tracking_uri, parent),
+        attempt,
+        checkpoint or _latest(cfg, run.run_id),
+        settings.image,
+        settings.stage_host_path,
+    )
 
 
 def _preflight(
@@ -269,8 +337,6 @@ def _preflight(
     """Pre-flight problems before the first RayJob (docs/operator.md, "Pre-flight checks"); None when not checked."""
     if not settings.preflight or old.attempt > 0 or rayjob is not None or spec.suspend:
         return None
-    from sphinxx.operator.preflight import check_run
-
     return tuple(check_run(cfg))
 
 
@@ -313,6 +379,7 @@ def _handle_rollback(
 def _act_on_rayjob(
     kube: Kube, namespace: str, rayjob: dict[str, Any] | None, act: decide.RunAction, job: status.JobView
 ) -> None:
+    """Suspend, unsuspend or delete the attempt's RayJob; set its cluster's worker bounds in place."""
     if rayjob is not None and act.suspend_job is not None:
         kube.patch("rayjobs", namespace, rayjob["metadata"]["name"], {"spec": {"suspend": act.suspend_job}})
     if rayjob is not None and act.delete_job:
@@ -389,6 +456,9 @@ def _gpu_group(cluster: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
 
 
 def _cluster_bounds(kube: Kube, namespace: str, job: status.JobView) -> tuple[int, int] | None:
+    """The worker group's bounds on a running attempt's RayCluster (None when not running)."""
+    if job.outcome != Outcome.RUNNING:
+        return None
     cluster = kube.get("rayclusters", namespace, job.cluster) if job.cluster else None
     found = _gpu_group(cluster) if cluster else None
     if found is None:
@@ -457,7 +527,9 @@ def _admit_sweep(obj: dict[str, Any], settings: Settings) -> AdmittedSweep:
 def reconcile_sweep(kube: Kube, namespace: str, name: str, settings: Settings) -> None:
     with _lock("sweep", namespace, name):
         obj = kube.get("scalingsweeps", namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp") or _settled(obj, sweep=True):
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        if _settled(obj, parse_status(SweepStatus, obj.get("status"))):
             return
         try:
             admitted = _admit_sweep(obj, settings)

@@ -11,19 +11,25 @@ and the Ray job's own `jobStatus`, with `reason`/`message` on failure (docs/oper
     Suspending, Suspended                      -> suspended
     Retrying                                   -> retrying (only if someone set backoffLimit)
 
+KubeRay's values are enums here with KubeRay's own strings and predicates (`JobStatus`,
+`JobDeploymentStatus`, `JobFailedReason`, after `ray-operator/apis/ray/v1/rayjob_types.go`); a
+value this operator does not know (a newer KubeRay) reads as pending, under its own name.
+
 Conditions are whole lists keyed by `type` (merge patches replace lists on a real server too);
 a condition keeps its `lastTransitionTime` while its status does not change. The status types
-themselves (`RunStatus`, `SweepStatus`, `Condition`, the phase enums) are the vocabulary's,
-`sphinxx.schema.status`, from which the CRDs' status schemas are generated too.
+themselves (`RunStatus`, `SweepStatus`, `Condition`, `ConditionType`, the phase enums) are the
+vocabulary's, `sphinxx.schema.status`, from which the CRDs' status schemas are generated too.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from sphinxx.schema.status import (
     Condition,
+    ConditionType,
     PointRow,
     RunPhase,
     RunStatus,
@@ -33,15 +39,127 @@ from sphinxx.schema.status import (
 from sphinxx.sweep.points import Point
 from sphinxx.sweep.results import row_metrics
 
-RUN_CONDITIONS = ("Ready", "Running", "Resuming", "Suspended", "Succeeded", "Failed")
-SWEEP_CONDITIONS = ("Ready", "Progressing", "Complete", "Failed")
+RUN_CONDITIONS = (
+    ConditionType.READY,
+    ConditionType.RUNNING,
+    ConditionType.RESUMING,
+    ConditionType.SUSPENDED,
+    ConditionType.SUCCEEDED,
+    ConditionType.FAILED,
+)
+SWEEP_CONDITIONS = (
+    ConditionType.READY,
+    ConditionType.PROGRESSING,
+    ConditionType.COMPLETE,
+    ConditionType.FAILED,
+)
+
+
+# ------------------------------------------------------------------ KubeRay's RayJob status values
+
+
+class JobStatus(enum.StrEnum):
+    """`status.jobStatus`: the Ray job's own status, as KubeRay copies it from Ray."""
+
+    NEW = ""  # not submitted yet
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """KubeRay's IsJobTerminal (Ray's JobStatus.is_terminal): the Ray job has ended."""
+        return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class JobDeploymentStatus(enum.StrEnum):
+    """`status.jobDeploymentStatus`: KubeRay's own state machine (the cluster, the submission)."""
+
+    NEW = ""
+    INITIALIZING = "Initializing"
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    VALIDATION_FAILED = "ValidationFailed"
+    SUSPENDING = "Suspending"
+    SUSPENDED = "Suspended"
+    RETRYING = "Retrying"
+    WAITING = "Waiting"
+
+    @classmethod
+    def parse(cls, value: str) -> JobDeploymentStatus | None:
+        """The member for a value KubeRay wrote; None for one this operator does not know."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+    @property
+    def is_terminal(self) -> bool:
+        """KubeRay's IsJobDeploymentTerminal: Complete or Failed (KubeRay leaves ValidationFailed out)."""
+        return self in (JobDeploymentStatus.COMPLETE, JobDeploymentStatus.FAILED)
+
+    @property
+    def is_suspended(self) -> bool:
+        """Suspending or Suspended: KubeRay is taking the cluster down, or has (`spec.suspend`)."""
+        return self in (JobDeploymentStatus.SUSPENDING, JobDeploymentStatus.SUSPENDED)
+
+
+class JobFailedReason(enum.StrEnum):
+    """`status.reason`: why KubeRay set a RayJob's deployment status to Failed."""
+
+    SUBMISSION_FAILED = "SubmissionFailed"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    PRE_RUNNING_DEADLINE_EXCEEDED = "PreRunningDeadlineExceeded"
+    APP_FAILED = "AppFailed"
+    TRANSITION_GRACE_PERIOD_EXCEEDED = "JobDeploymentStatusTransitionGracePeriodExceeded"
+    JOB_STATUS_CHECK_TIMEOUT_EXCEEDED = "JobStatusCheckTimeoutExceeded"
+    VALIDATION_FAILED = "ValidationFailed"
+
+
+# ------------------------------------------------------------------------- an attempt, our terms
+
+
+class Outcome(enum.StrEnum):
+    """What one attempt's RayJob says, in our terms (the table above). Its value appears in messages."""
+
+    NONE = "none"  # no RayJob: not created yet, or gone
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INVALID = "invalid"
+    SUSPENDED = "suspended"
+    RETRYING = "retrying"
+
+    @property
+    def is_terminal(self) -> bool:
+        """The attempt has ended: succeeded, failed, or refused by KubeRay."""
+        return self in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.INVALID)
+
+    @property
+    def is_starting(self) -> bool:
+        """On its way up: pending, or retrying under KubeRay's own backoffLimit."""
+        return self in (Outcome.PENDING, Outcome.RETRYING)
+
+    @property
+    def is_live(self) -> bool:
+        """Starting or running: an attempt that can still write checkpoints."""
+        return self.is_starting or self == Outcome.RUNNING
+
+    @property
+    def is_unfinished(self) -> bool:
+        """A RayJob that has not ended: live, or suspended."""
+        return self.is_live or self == Outcome.SUSPENDED
 
 
 @dataclass(frozen=True)
 class JobView:
     """What one attempt's RayJob says, in our terms."""
 
-    outcome: str  # none | pending | running | succeeded | failed | invalid | suspended | retrying
+    outcome: Outcome
     reason: str = ""
     message: str = ""
     cluster: str | None = None
@@ -49,14 +167,10 @@ class JobView:
     end_time: str | None = None
     workers: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def terminal(self) -> bool:
-        return self.outcome in ("succeeded", "failed", "invalid")
-
 
 def observe_rayjob(rayjob: dict[str, Any] | None) -> JobView:
     if rayjob is None:
-        return JobView("none")
+        return JobView(Outcome.NONE)
     st = rayjob.get("status") or {}
     deployment, job = st.get("jobDeploymentStatus") or "", st.get("jobStatus") or ""
     reason, message = st.get("reason") or "", st.get("message") or ""
@@ -76,28 +190,33 @@ def observe_rayjob(rayjob: dict[str, Any] | None) -> JobView:
     )
 
 
-def _outcome(deployment: str, job: str, reason: str, message: str) -> tuple[str, str, str]:
-    """(outcome, reason, message) of a RayJob's deployment status and job status (the table above)."""
-    if deployment == "ValidationFailed" or reason == "ValidationFailed":
-        return "invalid", "ValidationFailed", message
-    if deployment == "Complete" and job == "SUCCEEDED":
-        return "succeeded", "Succeeded", message
-    if deployment == "Complete":
-        return "failed", reason or f"Job{job.title() or 'Ended'}", message or f"Ray job ended {job}"
-    if deployment == "Failed":
-        return "failed", reason or "Failed", message or f"Ray job {job or 'failed'}"
-    if deployment in ("Suspending", "Suspended"):
-        return "suspended", deployment, message
-    if deployment == "Retrying":
-        return "retrying", "Retrying", message
-    if deployment == "Running":
-        return "running", "Running", message
-    return "pending", deployment or "New", message
+def _outcome(deployment: str, job: str, reason: str, message: str) -> tuple[Outcome, str, str]:
+    """(outcome, reason, message) of a RayJob's deployment status and job status (the table above).
+
+    `job` and `reason` stay KubeRay's strings (compared with members), so one this operator does
+    not know still reaches the messages; `deployment` is parsed, an unknown one reads as pending.
+    """
+    known = JobDeploymentStatus.parse(deployment)
+    if known == JobDeploymentStatus.VALIDATION_FAILED or reason == JobFailedReason.VALIDATION_FAILED:
+        return Outcome.INVALID, JobFailedReason.VALIDATION_FAILED.value, message
+    if known == JobDeploymentStatus.COMPLETE and job == JobStatus.SUCCEEDED:
+        return Outcome.SUCCEEDED, "Succeeded", message
+    if known == JobDeploymentStatus.COMPLETE:
+        return Outcome.FAILED, reason or f"Job{job.title() or 'Ended'}", message or f"Ray job ended {job}"
+    if known == JobDeploymentStatus.FAILED:
+        return Outcome.FAILED, reason or "Failed", message or f"Ray job {job or 'failed'}"
+    if known is not None and known.is_suspended:
+        return Outcome.SUSPENDED, deployment, message
+    if known == JobDeploymentStatus.RETRYING:
+        return Outcome.RETRYING, "Retrying", message
+    if known == JobDeploymentStatus.RUNNING:
+        return Outcome.RUNNING, "Running", message
+    return Outcome.PENDING, deployment or "New", message
 
 
 def set_condition(
     conditions: list[Condition],
-    type_: str,
+    type_: ConditionType,
     status: bool,
     reason: str,
     message: str,
@@ -123,28 +242,28 @@ def run_conditions(
 ) -> list[Condition]:
     """The phase-derived conditions of a TrainingRun, all consistent with `phase`."""
     truth = {
-        "Ready": phase in (RunPhase.RUNNING, RunPhase.SUCCEEDED),
-        "Running": phase == RunPhase.RUNNING,
-        "Resuming": phase == RunPhase.RESUMING,
-        "Suspended": phase == RunPhase.SUSPENDED,
-        "Succeeded": phase == RunPhase.SUCCEEDED,
-        "Failed": phase == RunPhase.FAILED,
+        ConditionType.READY: phase in (RunPhase.RUNNING, RunPhase.SUCCEEDED),
+        ConditionType.RUNNING: phase == RunPhase.RUNNING,
+        ConditionType.RESUMING: phase == RunPhase.RESUMING,
+        ConditionType.SUSPENDED: phase == RunPhase.SUSPENDED,
+        ConditionType.SUCCEEDED: phase == RunPhase.SUCCEEDED,
+        ConditionType.FAILED: phase == RunPhase.FAILED,
     }
     for type_, value in truth.items():
-        is_phase = value and (type_ == phase or type_ == "Ready")
+        # A true condition is Ready or the phase's own: it carries the phase's reason and message.
         conditions = set_condition(
             conditions,
             type_,
             value,
-            reason if is_phase else phase,
-            message if is_phase else "",
+            reason if value else phase,
+            message if value else "",
             generation,
             now,
         )
     return conditions
 
 
-def condition(conditions: list[Condition] | None, type_: str) -> Condition | None:
+def condition(conditions: list[Condition] | None, type_: ConditionType) -> Condition | None:
     return next((c for c in conditions or [] if c.type == type_), None)
 
 
@@ -221,10 +340,10 @@ def rollup(
         phase = SweepPhase.PENDING
     message = f"{counts['succeeded']}/{counts['total']} succeeded, {counts['failed']} failed"
     truth = {
-        "Ready": phase != SweepPhase.FAILED,
-        "Progressing": phase in (SweepPhase.PENDING, SweepPhase.RUNNING),
-        "Complete": phase == SweepPhase.SUCCEEDED,
-        "Failed": counts["failed"] > 0,
+        ConditionType.READY: phase != SweepPhase.FAILED,
+        ConditionType.PROGRESSING: phase in (SweepPhase.PENDING, SweepPhase.RUNNING),
+        ConditionType.COMPLETE: phase == SweepPhase.SUCCEEDED,
+        ConditionType.FAILED: counts["failed"] > 0,
     }
     for type_, value in truth.items():
         conditions = set_condition(conditions, type_, value, phase, message, generation, now)

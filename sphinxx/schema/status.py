@@ -45,13 +45,33 @@ class TrackingState(enum.StrEnum):
     KILLED = "KILLED"
 
 
+class ConditionType(enum.StrEnum):
+    """The `type` of a status condition, by which conditions are keyed (docs/architecture.md, "Custom resources").
+
+    `Condition.type` stays a string field, so a condition some other writer added still parses (and
+    the CRDs do not change); every condition this operator writes has one of these types.
+    """
+
+    READY = "Ready"  # run: Running or Succeeded; sweep: not Failed; False while the spec is Invalid
+    RUNNING = "Running"  # Running .. Failed: a run's phase-derived conditions
+    RESUMING = "Resuming"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"  # on a sweep: some point failed
+    PROGRESSING = "Progressing"  # sweep: Pending or Running
+    COMPLETE = "Complete"  # sweep: every point succeeded
+    INVALID = "Invalid"  # the spec was refused by admission
+    BLOCKED = "Blocked"  # run: the pre-flight check found an input unreadable (before the first attempt)
+    TRACKING_READY = "TrackingReady"  # the MLflow run exists; False while MLflow is unreachable
+
+
 TERMINAL_RUN_PHASES = (RunPhase.SUCCEEDED, RunPhase.FAILED)
 CONDITION_STATUSES = ("True", "False", "Unknown")
 
 
 @dataclass
 class Condition:
-    type: str = field("", "condition type (Ready, Running, Invalid, ...)")
+    type: str = field("", "condition type (Ready, Running, Invalid, ...)")  # ConditionType, when we wrote it
     status: str = field("Unknown", "True, False or Unknown", enum=CONDITION_STATUSES)
     reason: str = field("", "one CamelCase word")
     message: str = field("", "what a user needs to know")

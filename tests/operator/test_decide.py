@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from sphinxx.operator import decide, status
 from sphinxx.schema.resources import FailurePolicy
-from sphinxx.schema.status import RunStatus, dump_status, parse_status
+from sphinxx.schema.status import ConditionType, RunStatus, dump_status, parse_status
 
 T0 = 1_800_000_000.0
 
@@ -51,22 +51,22 @@ def test_unreadable_inputs_block_the_first_attempt_until_they_are_readable() -> 
     problem = "model.llm_weights: s3://w/tiny does not exist (no object, and no files under it)"
     act = decide.decide_run(_obs(inputs=(problem,)))
     assert act.create_attempt is None and wire(act)["phase"] == "Pending" and wire(act)["attempt"] == 0
-    blocked = status.condition(act.status.conditions, "Blocked")
+    blocked = status.condition(act.status.conditions, ConditionType.BLOCKED)
     assert blocked.status == "True" and blocked.reason == "InputsUnreadable" and problem in blocked.message
     assert ("Warning", "InputsUnreadable", f"pre-flight check failed: {problem}") in act.events
     again = decide.decide_run(_obs(st=act.status, inputs=(problem,)))
     assert again.events == [] and again.create_attempt is None  # the same problem: no new event
     fixed = decide.decide_run(_obs(st=again.status, inputs=()))
     assert fixed.create_attempt == 1
-    assert status.condition(fixed.status.conditions, "Blocked").status == "False"
+    assert status.condition(fixed.status.conditions, ConditionType.BLOCKED).status == "False"
     # Not checked (a retry, or the check turned off): no Blocked condition is touched.
-    assert status.condition(decide.decide_run(_obs()).status.conditions, "Blocked") is None
+    assert status.condition(decide.decide_run(_obs()).status.conditions, ConditionType.BLOCKED) is None
 
 
 def test_unadmitted_point_waits() -> None:
     act = decide.decide_run(_obs(admitted=False))
     assert act.create_attempt is None and wire(act)["phase"] == "Queued"  # not Pending: nothing exists yet
-    assert status.condition(act.status.conditions, "Ready").reason == "Queued"
+    assert status.condition(act.status.conditions, ConditionType.READY).reason == "Queued"
     assert wire(act)["message"].startswith("waiting for a slot")
 
 
@@ -180,7 +180,7 @@ def test_queued_rayjob_suspend_is_left_to_kueue() -> None:
         _obs(held, {"attempt": 1, "phase": "Running"}, queued=True, checkpoint=ckpt)
     )
     assert preempted.suspend_job is None and wire(preempted)["phase"] == "Resuming"
-    resuming = status.condition(preempted.status.conditions, "Resuming")
+    resuming = status.condition(preempted.status.conditions, ConditionType.RESUMING)
     assert resuming.reason == "WaitingForAdmission"
     # Without a queue the same RayJob is ours to unsuspend.
     assert decide.decide_run(_obs(held, {"attempt": 1, "phase": "Suspended"})).suspend_job is False
