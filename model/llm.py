@@ -191,7 +191,7 @@ class Transformer(nn.Module):
         Submodules with their own `init_weights` (the MoE layer) initialise themselves.
         """
         for module in self.modules():
-            # nn.Module's __getattr__ types every unknown attribute as Tensor | Module; take it as found.
+            # getattr rather than hasattr + call: nn.Module types unknown attributes as Tensor | Module.
             init = getattr(module, "init_weights", None) if module is not self else None
             if init is not None:
                 init()
