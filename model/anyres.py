@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -153,8 +154,6 @@ def to_float_image(image: Any) -> torch.Tensor:
         if image.dtype == torch.uint8:
             return image.float() / 255.0
         return image.float()
-    from PIL import Image  # Pillow only where images are decoded
-
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image or a [3, H, W] tensor, got {type(image).__name__}")
     data = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)

@@ -35,8 +35,11 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sphinxx.model.flavors import get_flavor
+from sphinxx.model.llm import Transformer
 from sphinxx.model.state_dict_adapter import get_adapter
 from sphinxx.schema.decoder import ModelArgs
 from sphinxx.schema.flavors import resolve
@@ -111,8 +114,6 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
     @staticmethod
     def _open(file: str) -> Any:
         if file.endswith(".safetensors"):
-            from safetensors import safe_open
-
             return safe_open(file, framework="pt", device="cpu")
         return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
 
@@ -174,8 +175,6 @@ class _ShardWriter:
         self.total_bytes += size
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self.shard:
             return
         tmp = f"shard-{len(self.files) + 1:05d}.safetensors.partial"
@@ -195,8 +194,6 @@ class _ShardWriter:
 
 
 def _meta_shapes(args: ModelArgs) -> dict[str, torch.Size]:
-    from sphinxx.model.llm import Transformer
-
     with torch.device("meta"):
         model = Transformer(args)
     # named_parameters lists a tied weight once, as the adapters do
@@ -291,8 +288,6 @@ def load_converted(path: str, model: torch.nn.Module, *, ep_rank: int = 0, stric
     A parameter whose first dimension is 1/ep_size of the stored one (experts built for EP)
     gets rows [ep_rank * n, (ep_rank + 1) * n) of the stored tensor, read lazily.
     """
-    from safetensors import safe_open
-
     path = _local_dir(path, "converted checkpoint")
     read_model_args(path)  # refuses incomplete conversions
     with open(os.path.join(path, INDEX_NAME)) as f:
@@ -325,7 +320,7 @@ def load_converted(path: str, model: torch.nn.Module, *, ep_rank: int = 0, stric
                 target.copy_(tensor)
 
 
-def load_llm_weights(path: str, model: torch.nn.Module, *, family: str, ep_rank: int = 0) -> str:
+def load_llm_weights(path: str, model: Transformer, *, family: str, ep_rank: int = 0) -> str:
     """Load a local LLM checkpoint folder of either layout into `model`; returns the layout read.
 
     Ours (`sphinxx_llm.json` present) goes through `load_converted`; a raw Hugging Face folder
@@ -340,7 +335,7 @@ def load_llm_weights(path: str, model: torch.nn.Module, *, family: str, ep_rank:
 
 
 @torch.no_grad()
-def load_hf(path: str, model: torch.nn.Module, *, family: str, ep_rank: int = 0) -> None:
+def load_hf(path: str, model: Transformer, *, family: str, ep_rank: int = 0) -> None:
     """Convert a raw Hugging Face checkpoint folder into `model` (materialised) while reading it.
 
     Tensors are read one at a time (safetensors `safe_open`, mmap'ed `.bin`), renamed or unpacked

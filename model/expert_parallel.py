@@ -87,9 +87,11 @@ def mark_expert_params(params: list[nn.Parameter], group_name: str) -> None:
     ``deepspeed.moe.utils.is_moe_param`` tests ``allreduce is False``; ``group_name`` picks the
     param's MoE optimizer group and its eDP process group in ZeRO-1/2.
     """
+    # Ad-hoc attributes that DeepSpeed reads off the Parameter (torch's Parameter declares neither).
+    marks = {"allreduce": False, "group_name": group_name}
     for p in params:
-        p.allreduce = False
-        p.group_name = group_name
+        for name, value in marks.items():
+            setattr(p, name, value)
 
 
 def attach_expert_parallel(model: nn.Module, ep: ExpertParallel) -> int:
@@ -98,7 +100,7 @@ def attach_expert_parallel(model: nn.Module, ep: ExpertParallel) -> int:
     The layers must have been built with ``MoEArgs.ep_size == ep.size`` (their expert params hold
     ``num_experts / ep.size`` experts). Returns the number of MoE layers found.
     """
-    from sphinxx.model.moe import MoE  # lazy: moe.py imports this module
+    from sphinxx.model.moe import MoE  # lazy: moe.py imports this module at its head (an import cycle)
 
     layers = [m for m in model.modules() if isinstance(m, MoE)]
     for moe in layers:
@@ -117,7 +119,9 @@ class _AllToAll(torch.autograd.Function):
     """``all_to_all_single`` on dim 0 with uneven splits; backward is the reverse exchange."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any):
+    def forward(
+        ctx: Any, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any
+    ) -> torch.Tensor:
         ctx.splits, ctx.group = (out_splits, in_splits), group
         out = x.new_empty((sum(out_splits), *x.shape[1:]))
         dist.all_to_all_single(
@@ -126,7 +130,7 @@ class _AllToAll(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         out_splits, in_splits = ctx.splits
         grad_in = grad.new_empty((sum(in_splits), *grad.shape[1:]))
         dist.all_to_all_single(

@@ -32,8 +32,11 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from transformers import GenerationConfig, LlamaConfig, MixtralConfig
 
 from sphinxx.model.convert import _meta_shapes, _ShardWriter
+from sphinxx.model.sphinx import SphinxArgs
 from sphinxx.model.state_dict_adapter import get_adapter
 from sphinxx.schema.decoder import ModelArgs
 
@@ -55,14 +58,14 @@ def hf_architecture(args: ModelArgs) -> tuple[str, str]:
     return ("MixtralForCausalLM", "mixtral") if args.is_moe else ("LlamaForCausalLM", "llama")
 
 
-def hf_config(args: ModelArgs, dtype: torch.dtype, token_ids: Mapping[str, int | None] | None = None) -> Any:
+def hf_config(
+    args: ModelArgs, dtype: torch.dtype, token_ids: Mapping[str, int | None] | None = None
+) -> LlamaConfig | MixtralConfig:
     """transformers' own config class for the decoder, every field that changes the logits set.
 
     `max_position_embeddings` is the run's `max_seq_len` (what it trained at; RoPE is unscaled).
     `token_ids`: bos/eos/pad ids of the tokenizer (None leaves transformers' defaults out).
     """
-    from transformers import LlamaConfig, MixtralConfig
-
     ids = {f"{k}_token_id": v for k, v in (token_ids or {}).items() if k in ("bos", "eos", "pad")}
     architecture, _ = hf_architecture(args)
     common: dict[str, Any] = dict(
@@ -154,8 +157,6 @@ def export_llm(
     config = hf_config(args, out_dtype, token_ids)
     config.save_pretrained(out)
     if token_ids:
-        from transformers import GenerationConfig
-
         GenerationConfig.from_model_config(config).save_pretrained(out)
     return {
         "architecture": architecture,
@@ -221,7 +222,7 @@ def split_state(
 
 def export_multimodal(
     multimodal: Mapping[str, torch.Tensor],
-    sphinx_args: Any,
+    sphinx_args: SphinxArgs,
     out: str,
     *,
     vision: Mapping[str, torch.Tensor] | None = None,
@@ -234,8 +235,6 @@ def export_multimodal(
     `sphinx_args` is the run's `SphinxArgs`; `info` is merged into the JSON (flavor, tower URIs,
     source checkpoint and step: what the caller knows). Returns the JSON body.
     """
-    from safetensors.torch import save_file
-
     image = sphinx_args.image
     expected = {"projector.proj.weight", "projector.proj.bias", "projector.norm.weight", "projector.norm.bias",
                 "start_img", "end_img", *(["skip_token"] if image.use_skip_token else [])}  # fmt: skip

@@ -10,25 +10,30 @@ so the published sizes can be checked (and shown by `sphinxx model info`) withou
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+import torch
+
+from sphinxx.model.anyres import AnyResConfig
+from sphinxx.model.llm import Transformer
+from sphinxx.model.sphinx import SphinxArgs, SphinxX
+from sphinxx.model.vision import VISION_PRESETS
 from sphinxx.schema.decoder import ModelArgs
 from sphinxx.schema.flavors import FLAVORS, decoder_args, resolve
 
 __all__ = ["FLAVORS", "build_sphinx", "count_params", "get_flavor", "get_sphinx_args"]
 
 
-def get_flavor(name: str, **overrides) -> ModelArgs:
+def get_flavor(name: str, **overrides: Any) -> ModelArgs:
     """A fresh copy of flavor `name`'s decoder with `overrides` applied (e.g. vocab_size=...)."""
     return decoder_args(name, **overrides)
 
 
-def get_sphinx_args(name: str, use_skip_token: bool = True, llm: ModelArgs | None = None, **llm_overrides):
+def get_sphinx_args(
+    name: str, use_skip_token: bool = True, llm: ModelArgs | None = None, **llm_overrides: Any
+) -> SphinxArgs:
     """SphinxArgs of flavor `name`: its decoder (or `llm`, already resolved) with `llm_overrides`,
     its vision towers and its any-resolution layout."""
-    from sphinxx.model.anyres import AnyResConfig
-    from sphinxx.model.sphinx import SphinxArgs
-    from sphinxx.model.vision import VISION_PRESETS
-
     flavor = resolve(name)
     vision = replace(VISION_PRESETS[flavor.vision], convnext_view_size=flavor.convnext_view_size)
     image = AnyResConfig(
@@ -38,12 +43,10 @@ def get_sphinx_args(name: str, use_skip_token: bool = True, llm: ModelArgs | Non
     return SphinxArgs(llm=decoder, vision=vision, image=image)
 
 
-def build_sphinx(name: str, device=None, use_skip_token: bool = True, **llm_overrides):
+def build_sphinx(
+    name: str, device: torch.device | str | None = None, use_skip_token: bool = True, **llm_overrides: Any
+) -> SphinxX:
     """Build flavor `name`; device="meta" for counting or for big models loaded afterwards."""
-    import torch
-
-    from sphinxx.model.sphinx import SphinxX
-
     args = get_sphinx_args(name, use_skip_token=use_skip_token, **llm_overrides)
     if device is None:
         return SphinxX(args)
@@ -57,10 +60,6 @@ def count_params(args: ModelArgs, active: bool = False) -> int:
     active=True counts what one token uses: each MoE layer's experts scaled by top_k / num_experts
     (router, attention, norms, embeddings and head count fully).
     """
-    import torch
-
-    from sphinxx.model.llm import Transformer
-
     with torch.device("meta"):
         model = Transformer(args)
     total = 0

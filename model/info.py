@@ -40,7 +40,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sphinxx.model.anyres import image_slots, num_visual_tokens, slot_tokens
+from sphinxx.model.anyres import AnyResConfig, image_slots, num_visual_tokens, slot_tokens
+from sphinxx.model.flavors import build_sphinx, count_params
+from sphinxx.model.sphinx import SphinxX
+from sphinxx.model.vision import VisionEncoders
+from sphinxx.schema.flavors import resolve
 
 ASPECT_TABLE = ((1, 1), (4, 3), (16, 9), (2, 1), (1, 2), (3, 1), (1, 3))
 
@@ -49,10 +53,8 @@ def _numel(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def parameter_counts(model) -> dict[str, int]:
+def parameter_counts(model: SphinxX) -> dict[str, int]:
     """Per-component counts of a SphinxX (usually built on the meta device)."""
-    from sphinxx.model.flavors import count_params
-
     llm_args = model.args.llm
     llm = _numel(model.llm)
     tags = sum(t.numel() for t in (model.start_img, model.end_img, model.skip_token) if t is not None)
@@ -77,7 +79,7 @@ def _macs_by_shape(module: nn.Module, pixels: torch.Tensor) -> int:
     """Multiply-accumulates of every Conv2d / Linear in one forward, from output shapes (meta)."""
     total = 0
 
-    def hook(mod: nn.Module, _inputs, output: torch.Tensor) -> None:
+    def hook(mod: nn.Module, _inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         nonlocal total
         if isinstance(mod, nn.Conv2d):
             per_out = (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
@@ -97,7 +99,7 @@ def _macs_by_shape(module: nn.Module, pixels: torch.Tensor) -> int:
     return total
 
 
-def vision_flops_per_view(vision) -> dict[str, int]:
+def vision_flops_per_view(vision: VisionEncoders) -> dict[str, int]:
     """Forward FLOPs of each tower for one view (towers built on the meta device)."""
     args = vision.args
     conv = 2 * _macs_by_shape(
@@ -111,7 +113,7 @@ def vision_flops_per_view(vision) -> dict[str, int]:
     return {"convnext": conv, "dinov2": dino_linear + dino_attention}
 
 
-def flops(model, counts: dict[str, int], seq_len: int) -> dict[str, Any]:
+def flops(model: SphinxX, counts: dict[str, int], seq_len: int) -> dict[str, Any]:
     llm = model.args.llm
     dense = counts["llm_active"] - counts["llm_embedding"]
     attention = 12 * llm.n_layers * llm.dim * seq_len
@@ -133,7 +135,7 @@ def flops(model, counts: dict[str, int], seq_len: int) -> dict[str, Any]:
     }
 
 
-def image_info(width: int, height: int, config, per_view_flops: int) -> dict[str, Any]:
+def image_info(width: int, height: int, config: AnyResConfig, per_view_flops: int) -> dict[str, Any]:
     slots = image_slots(width, height, config)
     real = sum(1 for s in slots if s == 1)
     return {
@@ -150,9 +152,6 @@ def model_info(
     flavor: str, image: tuple[int, int] | None = None, seq_len: int | None = None
 ) -> dict[str, Any]:
     """Everything `sphinxx model info` prints, as one JSON-ready dict."""
-    from sphinxx.model.flavors import build_sphinx
-    from sphinxx.schema.flavors import resolve
-
     spec = resolve(flavor)
     name = spec.name
     model = build_sphinx(name, device="meta")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sphinxx.model.moe import MoE, MoEArgs
 from sphinxx.schema.decoder import ModelArgs
 
 
@@ -112,14 +113,12 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-def build_moe(args: ModelArgs) -> nn.Module:
-    """The Mixtral FFN (docs/moe.md). Imported lazily so dense models never load the MoE code.
+def build_moe(args: ModelArgs) -> MoE:
+    """The Mixtral FFN (docs/moe.md).
 
     Each layer returns its own share of the loss, w * L_l / num_layers, so the sum over layers
     in `forward_hidden` is the spec's w * mean_l L_l (docs/moe.md, "Load-balancing loss"); every block is MoE.
     """
-    from sphinxx.model.moe import MoE, MoEArgs
-
     return MoE(
         MoEArgs(
             dim=args.dim,
@@ -192,8 +191,10 @@ class Transformer(nn.Module):
         Submodules with their own `init_weights` (the MoE layer) initialise themselves.
         """
         for module in self.modules():
-            if module is not self and hasattr(module, "init_weights"):
-                module.init_weights()
+            # getattr rather than hasattr + call: nn.Module types unknown attributes as Tensor | Module.
+            init = getattr(module, "init_weights", None) if module is not self else None
+            if init is not None:
+                init()
             elif isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, RMSNorm):
@@ -241,5 +242,6 @@ def apply_activation_checkpointing(model: Transformer, every: int = 1) -> Transf
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     for i, layer in enumerate(model.layers):
+        assert isinstance(layer, TransformerBlock)  # nn.ModuleList yields plain nn.Module to the type checker
         layer.activation_checkpointing = i % every == 0
     return model

@@ -176,8 +176,8 @@ class MoE(nn.Module):
 
     def _experts(self, tokens: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """tokens [T, H], weights [T, k], ids [T, k] global expert ids -> [T, H]."""
-        ep_attached = self.ep is not None and self.ep.size > 1
-        kernel = moe_kernels.resolve_kernel(self.args.kernel, tokens, self.args, ep_attached)
+        ep = self.ep if self.ep is not None and self.ep.size > 1 else None  # None: no EP group attached
+        kernel = moe_kernels.resolve_kernel(self.args.kernel, tokens, self.args, ep is not None)
         glu = moe_kernels.GLU_KERNELS[kernel]
         num_tokens, top_k = ids.shape
         flat_ids = ids.reshape(-1)  # (token, slot) order
@@ -187,9 +187,9 @@ class MoE(nn.Module):
         counts = torch.zeros(self.args.num_experts, dtype=torch.long, device=ids.device)
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
         mlp = self.experts.mlp
-        if ep_attached:
-            received, recv_counts, state = dispatch(rows, counts, self.ep)
-            out = combine(local_experts(received, recv_counts, glu, mlp.w1, mlp.v1, mlp.w2), state, self.ep)
+        if ep is not None:
+            received, recv_counts, state = dispatch(rows, counts, ep)
+            out = combine(local_experts(received, recv_counts, glu, mlp.w1, mlp.v1, mlp.w2), state, ep)
         else:
             out = glu(rows, counts, mlp.w1, mlp.v1, mlp.w2)
         out = out[inverse_permutation(order)].view(num_tokens, top_k, -1)  # back to (token, slot) order

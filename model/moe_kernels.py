@@ -157,7 +157,8 @@ def glu_megablocks(
     if rows.shape[0] == 0:
         return _no_rows(rows, w1, v1, w2)
     require_megablocks()
-    import grouped_gemm  # lazy: optional, CUDA-only (checked by require_megablocks)
+    # lazy: optional, CUDA-only backend (checked by require_megablocks); never on import of sphinxx.model
+    import grouped_gemm
     from megablocks.layers.glu import memory_optimized_grouped_glu
 
     num_local = counts.numel()
@@ -216,7 +217,7 @@ def megablocks_import_error() -> str | None:
     """None if MegaBlocks (with grouped_gemm) imports and CUDA is up, else the reason."""
     if not torch.cuda.is_available():
         return "CUDA is not available (MegaBlocks is CUDA-only)"
-    try:
+    try:  # lazy: the optional CUDA-only backend is probed here, on first use, never at import
         import grouped_gemm  # noqa: F401
         import megablocks  # noqa: F401
         import megablocks.layers.glu  # noqa: F401

@@ -286,11 +286,11 @@ class SphinxX(nn.Module):
             label = batch.labels[b, :length]
             label_rows.append(torch.cat([label[:1], label.new_full((num_image,), IGNORE_INDEX), label[1:]]))
         seq_len = max(len(r) for r in index_rows)
-        index = torch.tensor([r + [zero_index] * (seq_len - len(r)) for r in index_rows], device=text.device)
+        gather = torch.tensor([r + [zero_index] * (seq_len - len(r)) for r in index_rows], device=text.device)
         labels = torch.stack([F.pad(r, (0, seq_len - r.numel()), value=IGNORE_INDEX) for r in label_rows])
         # Position t predicts token t + 1.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        return Assembled(source[index], targets, [len(r) for r in index_rows])
+        return Assembled(source[gather], targets, [len(r) for r in index_rows])
 
     @staticmethod
     def token_mask(lengths: Sequence[int], seq_len: int, device: torch.device) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from sphinxx.model.moe_convert import mixtral_experts_from_hf, mixtral_experts_to_hf
 from sphinxx.schema.decoder import ModelArgs
 
 Tensor = torch.Tensor
@@ -250,8 +251,6 @@ class MixtralAdapter(LlamaAdapter):
         return expected
 
     def layer_from_hf(self, hf: Mapping[str, Tensor], i: int) -> Iterator[tuple[str, Tensor]]:
-        from sphinxx.model.moe_convert import mixtral_experts_from_hf
-
         yield from super().layer_from_hf(hf, i)
         moe = mixtral_experts_from_hf(
             hf, f"model.layers.{i}.", self.args.num_experts, ep_rank=self.ep_rank, ep_size=self.args.ep_size
@@ -260,8 +259,6 @@ class MixtralAdapter(LlamaAdapter):
             yield f"layers.{i}.moe.{name}", tensor
 
     def layer_to_hf(self, ours: Mapping[str, Tensor], i: int) -> Iterator[tuple[str, Tensor]]:
-        from sphinxx.model.moe_convert import mixtral_experts_to_hf
-
         if self.args.ep_size != 1:
             raise ValueError("export needs every expert: gather the EP shards (ep_size 1) before to_hf")
         yield from super().layer_to_hf(ours, i)

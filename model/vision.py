@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from sphinxx.model.anyres import CLIP_MEAN, CLIP_STD
@@ -117,6 +118,8 @@ class ConvNextTower(nn.Module):
 
     def __init__(self, args: ConvNextTowerArgs, token_grid: int = 16):
         super().__init__()
+        # lazy: transformers' model classes take seconds to import; whoever imports sphinx.py only for
+        # the batch format or the loss mask (the data pipeline, `sphinxx data ...`) must not pay that.
         from transformers import ConvNextConfig, ConvNextModel
 
         config = ConvNextConfig(
@@ -148,7 +151,7 @@ class Dinov2Tower(nn.Module):
 
     def __init__(self, args: Dinov2TowerArgs):
         super().__init__()
-        from transformers import Dinov2Config, Dinov2Model
+        from transformers import Dinov2Config, Dinov2Model  # lazy: as in ConvNextTower
 
         config = Dinov2Config(
             hidden_size=args.hidden_size,
@@ -249,8 +252,6 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not os.path.exists(path):
         raise ValueError(f"weight file {path} does not exist (stage S3 objects locally before loading)")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     # Training checkpoints wrap the weights; DDP adds a "module." prefix.

@@ -25,10 +25,10 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from sphinxx.jobs.data.collate import LoadedBatch, collate_rows
@@ -157,28 +157,29 @@ class RecordReader:
         for raw in raws:
             if isinstance(raw.item, Record) and raw.item.images:
                 raw.image_uri = resolve_image(self.sources[raw.source].uri, raw.item.images[0])
-        self._fetch_images([r for r in raws if r.image_uri])
+        self._fetch_images([(r.image_uri, r) for r in raws if r.image_uri])
         return raws
 
-    def _fetch_images(self, raws: list[RawSample]) -> None:
-        by_scheme: dict[str, list[RawSample]] = {}
-        for r in raws:
-            by_scheme.setdefault(r.image_uri.split("://", 1)[0], []).append(r)
+    def _fetch_images(self, wanted: list[tuple[str, RawSample]]) -> None:
+        """Fetch each (image URI, sample)'s bytes into the sample (or mark it bad: missing image)."""
+        by_scheme: dict[str, list[tuple[str, RawSample]]] = {}
+        for uri, r in wanted:
+            by_scheme.setdefault(uri.split("://", 1)[0], []).append((uri, r))
         for group in by_scheme.values():
-            fs = self.fs(group[0].image_uri)
+            fs = self.fs(group[0][0])
             try:
-                found = fs.read_many([r.image_uri for r in group])
+                found = fs.read_many([uri for uri, _ in group])
             except StorageError:  # one failing read fails the batched call: retry one by one
                 found = {}
-                for r in group:
+                for uri, _ in group:
                     try:
-                        found[r.image_uri] = fs.read_bytes(r.image_uri)
+                        found[uri] = fs.read_bytes(uri)
                     except FileNotFoundError:
                         pass
-            for r in group:
-                r.image_bytes = found.get(r.image_uri)
+            for uri, r in group:
+                r.image_bytes = found.get(uri)
                 if r.image_bytes is None:
-                    r.item = BadRecordError(MISSING_IMAGE, r.image_uri, f"referenced by {r.location}")
+                    r.item = BadRecordError(MISSING_IMAGE, uri, f"referenced by {r.location}")
 
 
 def _parse(data: bytes | BaseException, location: str) -> Record | BadRecordError:
@@ -219,7 +220,9 @@ class SamplePipeline:
             out.bad.append((raw.item.kind, raw.item.location, raw.item.detail))
             return None
         record, processed = raw.item, None
+        assert record is not None  # fetch() gave every sample its item: a Record or a BadRecordError
         if raw.image_bytes is not None:
+            assert raw.image_uri is not None  # the bytes were fetched from it
             t0 = time.perf_counter()
             try:
                 image = _decode(raw.image_bytes)
@@ -246,9 +249,7 @@ class SamplePipeline:
         return SphinxSample(encoded.tokens, encoded.labels, processed)
 
 
-def _decode(data: bytes) -> Any:
-    from PIL import Image
-
+def _decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()  # decode now: a truncated or corrupt file fails here, inside the worker
     return image.convert("RGB")

@@ -34,6 +34,7 @@ order, lines in file order), so re-sharding that keeps the order keeps every sub
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from collections.abc import Sequence
@@ -293,8 +294,6 @@ def index_source(root: str, name: str, domain: str, pattern: str = "shards/*.jso
     are read once each. Returns the manifest and the number of lines that are not valid records
     (they stay in place and are counted as bad records at training time).
     """
-    import fnmatch
-
     root = uri_mod.normalize(root)
     fs = open_fs(root)
     paths = sorted(p for p in fs.list_files(root) if fnmatch.fnmatch(p, pattern))

@@ -190,7 +190,7 @@ class Mixture:
 
     def summary(self) -> dict[str, Any]:
         """Resolved record counts and shares per source and per domain (logged as MLflow params)."""
-        sources = {
+        sources: dict[str, dict[str, Any]] = {
             s.name: {
                 "domain": s.domain,
                 "weight": s.weight,

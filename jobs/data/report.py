@@ -9,30 +9,42 @@ subset a fraction selects; the loader also counts what a run actually consumed (
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sphinxx.jobs.data.format import BadRecordError, line_offsets, parse_record, read_manifest, resolve_image
+import yaml
+from PIL import Image
+
+from sphinxx.jobs.data.format import (
+    BadRecordError,
+    Record,
+    line_offsets,
+    parse_record,
+    read_manifest,
+    resolve_image,
+)
 from sphinxx.jobs.data.fraction import kept_indices
 from sphinxx.jobs.data.mixture import Mixture, MixtureSource
+from sphinxx.jobs.data.template import ConversationEncoder, load_tokenizer
+from sphinxx.model.anyres import CELL_SIZE, AnyResConfig, num_visual_tokens
 from sphinxx.storage import uri as uri_mod
 from sphinxx.storage.objectfs import open_fs
 
 UNBOUNDED = 1 << 30  # a seq_len that never truncates, to count every text token
 
+# (name, root URI, domain, weight) of one source named on the command line or in a YAML file.
+SourceSpec = tuple[str, str, str, float]
+
 
 def count_subset(
     mixture: Mixture, tokenizer: Any = None, canvas: int = 448, use_skip_token: bool = True
-) -> dict:
+) -> dict[str, Any]:
     """Exact counts over the kept records of every source of `mixture`."""
-    from sphinxx.jobs.data.template import ConversationEncoder
-    from sphinxx.model.anyres import CELL_SIZE, AnyResConfig, num_visual_tokens
-
     encoder = ConversationEncoder(tokenizer, UNBOUNDED) if tokenizer is not None else None
     image_cfg = AnyResConfig(grid=canvas // CELL_SIZE, use_skip_token=use_skip_token)
-    sources = {}
+    sources: dict[str, dict[str, Any]] = {}
     for s, (src, share) in enumerate(zip(mixture.sources, mixture.probs, strict=True)):
-        row = {
+        row: dict[str, Any] = {
             "domain": src.domain,
             "weight": src.weight,
             "records": src.manifest.num_records,
@@ -59,7 +71,7 @@ def count_subset(
     return {"fraction": mixture.fraction, "seed": mixture.seed, "sources": sources, "totals": totals}
 
 
-def _kept_records(src: MixtureSource, kept: set[int]):
+def _kept_records(src: MixtureSource, kept: set[int]) -> Iterator[Record | BadRecordError]:
     """Parsed kept records of one source, shard by shard (one whole-shard read each)."""
     fs = open_fs(src.uri)
     start = 0
@@ -80,21 +92,17 @@ def _kept_records(src: MixtureSource, kept: set[int]):
 
 
 def _image_size(root: str, ref: str) -> tuple[int, int]:
-    from PIL import Image
-
     uri = resolve_image(root, ref)
     with Image.open(io.BytesIO(open_fs(uri).read_bytes(uri))) as image:  # reads the header only
         return image.size
 
 
-def _sources_from_yaml(uri: str) -> tuple[list[MixtureSource], dict[str, Any]]:
-    import yaml
-
+def _sources_from_yaml(uri: str) -> tuple[list[SourceSpec], dict[str, Any]]:
     text = open_fs(uri_mod.normalize(uri)).read_bytes(uri_mod.normalize(uri))
     data = (yaml.safe_load(text) or {}).get("data", {})
     if not data.get("sources"):
         raise ValueError(f"{uri} has no data.sources list")
-    sources = []
+    sources: list[SourceSpec] = []
     for spec in data["sources"]:
         root = uri_mod.normalize(spec["uri"])
         sources.append((spec["name"], root, spec.get("domain", "language"), float(spec.get("weight", 1.0))))
@@ -109,7 +117,8 @@ def inspect_sources(
     canvas: int | None = None,
 ) -> dict[str, Any]:
     """The report of `sphinxx data inspect`: source roots or a YAML with a `data:` section."""
-    specs, defaults = [], {}
+    specs: list[SourceSpec] = []
+    defaults: dict[str, Any] = {}
     for uri in uris:
         if uri.endswith((".yaml", ".yml")):
             found, defaults = _sources_from_yaml(uri)
@@ -127,7 +136,5 @@ def inspect_sources(
         sources.append(MixtureSource(name, root, domain, weight, manifest, kept))
     tok = None
     if tokenizer or defaults.get("tokenizer"):
-        from sphinxx.jobs.data.template import load_tokenizer
-
         tok = load_tokenizer(tokenizer or defaults["tokenizer"])
     return count_subset(Mixture(sources, fraction, seed), tok, canvas or int(defaults.get("canvas", 448)))

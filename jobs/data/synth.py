@@ -21,6 +21,9 @@ import random
 import tempfile
 from dataclasses import dataclass
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
 from sphinxx.jobs.data.format import Manifest, SourceWriter, record_to_json
 from sphinxx.jobs.data.synth_tasks import SOURCES
 from sphinxx.jobs.data.template import render
@@ -115,11 +118,8 @@ def tokenizer_corpus(seed: int, per_source: int = TOKENIZER_CORPUS_PER_SOURCE) -
     return corpus
 
 
-def train_tokenizer(seed: int, per_source: int = TOKENIZER_CORPUS_PER_SOURCE):
+def train_tokenizer(seed: int, per_source: int = TOKENIZER_CORPUS_PER_SOURCE) -> PreTrainedTokenizerFast:
     """A byte-level BPE (digits split one by one, so arithmetic stays learnable) as an HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     # Rayon threads make training 4x slower on a busy 2-core machine and buy nothing at this size.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tok = Tokenizer(models.BPE())

@@ -24,6 +24,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from PIL import Image, ImageDraw, ImageFont
+
 Turns = list[tuple[str, str]]
 Sample = tuple[Turns, Any]  # (turns, PIL image or None)
 
@@ -81,8 +83,6 @@ def _canvas(rng: random.Random, draw: bool, long_range: tuple[int, int] = (96, 2
     bg = rng.choice(list(BACKGROUNDS))
     image = None
     if draw:
-        from PIL import Image
-
         image = Image.new("RGB", (w, h), BACKGROUNDS[bg])
     return w, h, (image, bg)
 
@@ -108,9 +108,7 @@ def _intersects(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _draw_shape(image: Any, shape: dict[str, Any]) -> None:
-    from PIL import ImageDraw
-
+def _draw_shape(image: Image.Image, shape: dict[str, Any]) -> None:
     d = ImageDraw.Draw(image)
     x1, y1, x2, y2 = shape["box"]
     fill = COLORS[shape["color"]]
@@ -122,9 +120,7 @@ def _draw_shape(image: Any, shape: dict[str, Any]) -> None:
         d.polygon([((x1 + x2) // 2, y1), (x1, y2 - 1), (x2 - 1, y2 - 1)], fill=fill)
 
 
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
@@ -224,9 +220,7 @@ def charts(rng: random.Random, draw: bool) -> Sample:
     return turns, image
 
 
-def _draw_bars(rng: random.Random, labels: list[str], values: dict[str, int]) -> Any:
-    from PIL import Image, ImageDraw
-
+def _draw_bars(rng: random.Random, labels: list[str], values: dict[str, int]) -> Image.Image:
     bar_w = 28
     w, h = bar_w * len(labels) + 16, 96 if rng.random() < 0.5 else 200
     image = Image.new("RGB", (w, h), BACKGROUNDS["white"])
@@ -242,9 +236,7 @@ def _draw_bars(rng: random.Random, labels: list[str], values: dict[str, int]) ->
     return image
 
 
-def _draw_table(labels: list[str], values: dict[str, int]) -> Any:
-    from PIL import Image, ImageDraw
-
+def _draw_table(labels: list[str], values: dict[str, int]) -> Image.Image:
     row_h = 18
     w, h = 90, row_h * len(labels) + 4
     image = Image.new("RGB", (w, h), BACKGROUNDS["white"])
@@ -273,8 +265,6 @@ def ocr(rng: random.Random, draw: bool) -> Sample:
         turns.append((f"Read line {k + 1}.", lines[k]))
     image = None
     if draw:
-        from PIL import Image, ImageDraw
-
         font = _font(16)
         probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
         width = max(int(probe.textlength(line, font=font)) for line in lines) + 16
@@ -308,8 +298,6 @@ def marks(rng: random.Random, draw: bool) -> Sample:
             )
         )
     if draw:
-        from PIL import ImageDraw
-
         font = _font(10)
         for number, shape in enumerate(shapes, start=1):
             _draw_shape(image, shape)

@@ -25,7 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sphinxx.jobs.data.tokenizer import (
+    NoTokenizerFilesError,
+    TokenizerFilesError,
+    load_local,
+    tokenizer_files,
+)
 from sphinxx.model.sphinx import IGNORE_INDEX  # the model's loss mask: labels it never trains on
+from sphinxx.storage.stage import stage
 
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -135,7 +142,10 @@ class ConversationEncoder:
     def _encode_text(self, rendered: Rendered) -> tuple[list[int], list[bool], list[tuple[int, int]]]:
         """Token ids, target mask, and each token's character span in the rendered text."""
         if not self.use_offsets:
-            ids, mask, spans, pos = [], [], [], 0
+            ids: list[int] = []
+            mask: list[bool] = []
+            spans: list[tuple[int, int]] = []
+            pos = 0
             for piece, target in rendered.pieces:
                 piece_ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
                 ids.extend(piece_ids)
@@ -199,8 +209,6 @@ def load_tokenizer(uri: str, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a folder of Hugging Face tokenizer files: a local path or a URI (its
     tokenizer files copied to a local cache first). Which layouts load, and how:
     `sphinxx.jobs.data.tokenizer` (docs/training.md, "Tokenizers")."""
-    from sphinxx.jobs.data.tokenizer import TokenizerFilesError, load_local
-
     local = _local_copy(uri)
     try:
         tokenizer = load_local(local, uri, trust_remote_code=trust_remote_code)
@@ -216,10 +224,8 @@ def load_tokenizer(uri: str, trust_remote_code: bool = False) -> Any:
 def _local_copy(uri: str) -> str:
     """The tokenizer files at `uri` as a local folder: staged once per node (`sphinxx.storage.stage`),
     only the files a tokenizer reads, never the weights that may share the folder."""
-    from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, tokenizer_files
-    from sphinxx.storage.stage import stage
 
-    def select(names):
+    def select(names: Sequence[str]) -> list[str]:
         files = [n for n in tokenizer_files(names) if "/" not in n]  # tokenizer files are flat
         if not files:
             raise NoTokenizerFilesError(f"no tokenizer files under {uri}")

@@ -25,6 +25,9 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+import sentencepiece
+from tokenizers import Tokenizer
+
 # Everything a tokenizer load reads. `config.json`: AutoTokenizer reads it when the tokenizer
 # config names no class. `tokenization*.py`: remote code, run only with trust_remote_code.
 TOKENIZER_FILES = frozenset(
@@ -108,25 +111,23 @@ def load_local(folder: str, uri: str, trust_remote_code: bool = False) -> Any:
     if not os.path.isdir(folder):
         raise NoTokenizerFilesError(f"no tokenizer files under {uri}: the folder does not exist")
     how = loader_for(os.listdir(folder), uri)
+    # lazy: transformers takes seconds to import; the file rules above (staging, `tokenizer_files`)
+    # and whoever imports the template without loading a tokenizer must not pay that.
     if how == "auto":
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # lazy: as AutoTokenizer above
 
     config = _read_json(os.path.join(folder, "tokenizer_config.json"))
     if how == "tokenizer.json":
-        from tokenizers import Tokenizer
-
         defined = Tokenizer.from_file(os.path.join(folder, "tokenizer.json")).get_vocab_size(
             with_added_tokens=True
         )
         # The file's post-processor decides BOS/EOS for add_special_tokens=True.
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     else:
-        import sentencepiece
-
         model_path = os.path.join(folder, "tokenizer.model")
         pieces = sentencepiece.SentencePieceProcessor(model_file=model_path).get_piece_size()
         added = [int(i) for i in config.get("added_tokens_decoder") or {}]
@@ -170,8 +171,6 @@ def _read_json(path: str) -> dict[str, Any]:
 
 def _check_against_sentencepiece(tokenizer: Any, model_path: str, uri: str) -> None:
     """Refuse a conversion that would train on other ids than the model's own tokenizer gives."""
-    import sentencepiece
-
     reference = sentencepiece.SentencePieceProcessor(model_file=model_path).encode(PROBE_TEXT)
     ours = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
     at = first_difference(ours, reference)
