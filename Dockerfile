@@ -10,7 +10,7 @@
 # Versions follow pyproject.toml (tests/helm/test_dockerfile.py checks the extras and pins named
 # here against it): the package installs with the `train,operator` extras; torch is pinned to the
 # `model` extra's version; MegaBlocks is installed with --no-deps (its own pins would replace our
-# torch, see design/moe.md); the MLflow server uses the same mlflow pin as the client.
+# torch, see docs/moe.md, "Expert kernels"); the MLflow server uses the same mlflow pin as the client.
 
 ARG PYTHON_VERSION=3.11
 # The CUDA image must match the CUDA major version of the torch build below (TORCH_INDEX).
@@ -66,7 +66,8 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update && apt-get install -y --no-install-recommends wget \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=src /src /opt/sphinxx
-# torch from the CPU index first: the PyPI wheel is the multi-GB CUDA build (environment.md).
+# torch from the CPU index first: the PyPI wheel is the multi-GB CUDA build (docs/architecture.md,
+# "Dependencies and pins").
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
  && pip install "/opt/sphinxx[train,operator]" \
  && useradd --uid 10001 --user-group --create-home sphinxx

@@ -78,7 +78,7 @@ def env_row(device: str) -> dict:
 
 
 def poison_cuda_allocator(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: str) -> None:
-    """Leave NaN-filled blocks of these sizes in the caching allocator (METHOD.md: poison outputs).
+    """Leave NaN-filled blocks of these sizes in the caching allocator (poisoned outputs).
 
     A kernel that returns ``torch.empty`` memory it never writes (the zero-token-expert weight grad
     of some grouped GEMMs) then hands back NaN instead of a lucky zero.

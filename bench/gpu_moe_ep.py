@@ -77,7 +77,8 @@ def inputs(a, routing: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build(a, state: dict[str, torch.Tensor], ep=None):
-    from sphinxx.model.expert_parallel import attach_expert_parallel, expert_range
+    from sphinxx.model.attach import attach_expert_parallel
+    from sphinxx.model.expert_parallel import expert_range
     from sphinxx.model.moe import MoE, MoEArgs
 
     ep_size = 1 if ep is None else ep.size

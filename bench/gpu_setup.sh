@@ -43,7 +43,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHL="$ROOT/.whl"
 SITE="${SITE:-/tmp/site}"
 DEEPSPEED_VERSION=0.19.8
-# Missing on the GPU machine (/work/.library/device/KINDS.md, "Python packages already there"):
+# Missing from the lent GPU machine's preinstalled Python packages:
 # DeepSpeed's pydantic (and its own dependencies) and hjson; the run config's omegaconf.
 TRAIN_DEPS=(pydantic pydantic-core annotated-types typing-inspection typing-extensions hjson omegaconf)
 # Every path below is absolute. Run pip and python away from the repo root, where `python -m`

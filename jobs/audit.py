@@ -12,6 +12,7 @@ import json
 import os
 
 from sphinxx.jobs.context import Worker
+from sphinxx.jobs.data.collate import LoadedBatch
 
 
 class SampleTrace:
@@ -34,7 +35,7 @@ class SampleTrace:
     def from_env(cls, worker: Worker) -> SampleTrace:
         return cls(os.environ.get("SPHINXX_SAMPLE_TRACE"), worker)
 
-    def record(self, step: int, group) -> None:
+    def record(self, step: int, group: list[LoadedBatch]) -> None:
         if self.file is None:
             return
         line = {

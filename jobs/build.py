@@ -141,7 +141,7 @@ def stage_inputs(
     return local
 
 
-def check_vocab(data: Any, model: torch.nn.Module) -> None:
+def check_vocab(data: Any, model: SphinxX) -> None:
     """The tokenizer's ids must fit the model's embedding table (a user error, named as such)."""
     size = len(data.encoder.tokenizer)
     if size > model.args.llm.vocab_size:

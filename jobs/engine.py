@@ -13,6 +13,7 @@ used as such by benchmarks and tests/moe; this module is the run-config side of 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ log = logging.getLogger("sphinxx.engine")
 
 def build_engine(
     model: torch.nn.Module, train: TrainConfig, parallel: ParallelConfig, worker: Worker, accum: int
-):
+) -> tuple[Any, Any]:
     """DeepSpeed engine around `model`: torch AdamW (recipe betas/eps) on `jobs.parallelize`'s
     param groups and config; for MoE flavors its EP groups and engine shim (docs/moe.md, "DeepSpeed and ZeRO with experts")."""
     bf16 = uses_bf16(train.precision, worker.device)
@@ -35,7 +36,9 @@ def build_engine(
     ep_size = expert_parallel_size(model)
     ep = parallelize.parallelize(model, ep_size=ep_size, zero_stage=parallel.zero_stage)
     groups = parallelize.optimizer_param_groups(model, train.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, foreach=False)
+    optimizer = torch.optim.AdamW(
+        groups, lr=train.lr, betas=(train.betas[0], train.betas[1]), eps=train.eps, foreach=False
+    )
     config = parallelize.deepspeed_config(
         zero_stage=parallel.zero_stage,
         micro_batch=train.micro_batch,

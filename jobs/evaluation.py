@@ -121,7 +121,7 @@ class HeldoutEvaluator:
         try:
             for key in self.keys:
                 mb = self._batch(key)
-                out = model(mb.batch.to(device))
+                out = model(mb.on(device))
                 if key is not None and mb.samples:
                     sums[key.sources[0]] += torch.tensor(
                         [

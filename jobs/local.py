@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -113,7 +113,7 @@ def read_sweep(path: str) -> tuple[str, dict[str, Any]]:
     return name, sweeps[0].get("spec") or {}
 
 
-def local_defaults(storage_uri: str, tracking_uri: str):
+def local_defaults(storage_uri: str, tracking_uri: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """What this machine fills into every point, as the operator's chart defaults do on a cluster."""
 
     def apply(spec: dict[str, Any]) -> dict[str, Any]:
@@ -236,8 +236,7 @@ class LocalSweep:
                 self.tracking_uri, self.experiment, ref, state.parent_run_id
             )
             mlflow_runs.set_run_status(self.tracking_uri, local.mlflow_run_id, TrackingState.RUNNING)
-            self._run_point(point, cfg, local, address, state.parent_run_id, label)
-            succeeded = local.row.phase == RunPhase.SUCCEEDED
+            succeeded = self._run_point(point, cfg, local, address, state.parent_run_id, label)
             state_end = TrackingState.FINISHED if succeeded else TrackingState.FAILED
             mlflow_runs.set_run_status(self.tracking_uri, local.mlflow_run_id, state_end)
             state.save(self.state_path)
@@ -253,7 +252,8 @@ class LocalSweep:
         ray_address: str,
         parent_run_id: str | None,
         label: str,
-    ) -> None:
+    ) -> bool:
+        """One attempt of a point's job, followed live; its row updated. Whether it succeeded."""
         config_path = self.workdir / "configs" / f"{point.name}.yaml"
         config_path.parent.mkdir(exist_ok=True)
         tracking = dataclasses.replace(
@@ -294,6 +294,7 @@ class LocalSweep:
         loss = f"{local.row.loss:.3f}" if local.row.loss is not None else "-"
         result = f"{label} {point.name} {local.row.phase.lower()} in {local.seconds:.0f}s: step {local.row.step}, loss {loss}"
         self.console.note(result + (f" ({local.error})" if local.error else ""))
+        return done
 
     def _follow(self, stdout: Iterable[str], log: TextIO, lines: list[str], point: str, label: str) -> None:
         """Log every line once (`Repeats`), and keep the live line current."""

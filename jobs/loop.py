@@ -50,6 +50,7 @@ from sphinxx.jobs.build import build_model, check_vocab, loaded_tower_prefixes
 from sphinxx.jobs.checkpoint import Checkpointer, RunState
 from sphinxx.jobs.context import Worker
 from sphinxx.jobs.cost import run_estimate
+from sphinxx.jobs.data.collate import LoadedBatch
 from sphinxx.jobs.data.dataset import SamplePipeline
 from sphinxx.jobs.data.loader import DataStream, build_data
 from sphinxx.jobs.engine import build_engine, expert_parallel_size
@@ -347,7 +348,7 @@ class StepLoop:
         raise Preempted(step, self.stop.why or "stop requested")
 
 
-def _timed(steps: Iterable, timer) -> Iterator:
+def _timed(steps: Iterable[list[LoadedBatch]], timer: Any) -> Iterator[list[LoadedBatch]]:
     """`steps`, with the wait for each next global batch timed as the `data` phase."""
     it = iter(steps)
     while True:
@@ -358,7 +359,9 @@ def _timed(steps: Iterable, timer) -> Iterator:
         yield group
 
 
-def train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) -> StepStats:
+def train_step(
+    engine: Any, model: torch.nn.Module, group: list[LoadedBatch], worker: Worker, timer: Any = NULL_TIMER
+) -> StepStats:
     """One global batch on this rank: accum micro-batches, one optimizer step."""
     accum = len(group)
     local = torch.tensor([float(sum(mb.num_targets for mb in group))])
@@ -369,7 +372,7 @@ def train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) ->
     norm = None
     for i, mb in enumerate(group):
         with timer.phase("data"):
-            batch = mb.batch.to(worker.device)
+            batch = mb.on(worker.device)
         with timer.phase("forward"):
             out = engine(batch)
             loss = out.ce_sum * scale + out.aux_loss / accum
@@ -401,7 +404,7 @@ def train_step(engine, model, group, worker: Worker, timer: Any = NULL_TIMER) ->
     )
 
 
-def _batch_counts(mb: Any, batch: Any) -> torch.Tensor:
+def _batch_counts(mb: LoadedBatch, batch: Any) -> torch.Tensor:
     """What one micro-batch holds: tokens, samples, image tokens, kept and skipped views, and the
     attention term's count (sum of squared lengths, `metrics.FlopModel`)."""
     slots = batch.image_slots
@@ -459,7 +462,7 @@ def tag_staging(tracker: Any, staged: list[StageReport]) -> None:
     )
 
 
-def _log_heldout(tracker, worker: Worker, heldout: dict[str, float], state: RunState) -> None:
+def _log_heldout(tracker: Any, worker: Worker, heldout: dict[str, float], state: RunState) -> None:
     """Against the global step, and (`*_by_tokens`, MLflow step = tokens seen) against D."""
     if not heldout:
         return

@@ -100,13 +100,13 @@ def checkpoint_metrics(loss: float, tokens_seen: int, sizes: dict[str, int]) -> 
 # ---------------------------------------------------------------------------- gradients
 
 
-def grad_norm(engine) -> float:
+def grad_norm(engine: Any) -> float:
     """The norm DeepSpeed recorded at the last step (0.0 if it recorded none)."""
     norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else 0.0
 
 
-def engine_tracks_grad_norm(engine) -> bool:
+def engine_tracks_grad_norm(engine: Any) -> bool:
     """ZeRO-1/2 and the bf16 optimizer record the clipped norm; plain fp32 ZeRO-0 discards it."""
     return bool(engine.zero_optimization() or engine.bfloat16_enabled())
 
@@ -165,7 +165,7 @@ def all_reduce_host(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
 def expert_load(model: torch.nn.Module) -> dict[str, float]:
     """MoE: each expert's share of routed tokens (mean over layers) and max/mean imbalance."""
     loads = [
-        m.tokens_per_expert for m in model.modules() if getattr(m, "tokens_per_expert", None) is not None
+        t for m in model.modules() if isinstance(t := getattr(m, "tokens_per_expert", None), torch.Tensor)
     ]
     if not loads:
         return {}

@@ -32,7 +32,8 @@ from typing import Any
 
 from torch import nn
 
-from sphinxx.model.expert_parallel import ExpertParallel, attach_expert_parallel
+from sphinxx.model.attach import attach_expert_parallel
+from sphinxx.model.expert_parallel import ExpertParallel
 from sphinxx.model.moe import MoE
 
 # DeepSpeed is imported inside the functions that call it: its import probes the accelerator and

@@ -217,10 +217,10 @@ def _point_cost(cfg: RunConfig, gpu: str, mfu: float) -> dict[str, Any]:
     return cost
 
 
-def _totals(costs: list[dict]) -> dict:
+def _totals(costs: list[dict[str, Any]]) -> dict[str, Any]:
     """Sums over points; a sum with an unknown part is unknown (None). Memory: the largest rank."""
 
-    def total(key: str):
+    def total(key: str) -> float | None:
         values = [c[key] for c in costs]
         return None if any(v is None for v in values) else sum(values)
 
@@ -234,8 +234,8 @@ def _totals(costs: list[dict]) -> dict:
     }
 
 
-def _cost_line(cost: dict) -> str:
-    def num(value, fmt: str) -> str:
+def _cost_line(cost: dict[str, Any]) -> str:
+    def num(value: float | None, fmt: str) -> str:
         return "unknown" if value is None else format(value, fmt)
 
     line = (

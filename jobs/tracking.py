@@ -171,7 +171,7 @@ class MLflowTracker:
 
         clean = {str(k): str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}
 
-        def send(client) -> None:
+        def send(client: Any) -> None:
             existing = client.get_run(self._run()).data.params
             changed = sorted(k for k, v in clean.items() if k in existing and existing[k] != v)
             if changed:

@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 
+from sphinxx.schema.flavors import FLAVORS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("model", help="SPHINX-X model flavors: sizes, token counts, conversion")
@@ -39,8 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from sphinxx.model.anyres import CELL_SIZE
-    from sphinxx.schema.flavors import FLAVORS
+    from sphinxx.model.anyres import CELL_SIZE  # anyres imports torch: not at `sphinxx --help`
 
     for name, f in FLAVORS.items():
         canvas = f.grid * CELL_SIZE
@@ -50,6 +51,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    # torch and the converter load when the command runs, not at `sphinxx --help`.
     import torch
 
     from sphinxx.model.convert import convert_hf

@@ -1,7 +1,7 @@
 """Expert parallelism (EP) for the MoE layer: process groups, token dispatch/combine, param marks.
 
 Why here and not in ``moe.py``: model code is single-device (``docs/architecture.md, "Conventions the code follows"``); EP is attached
-from outside by :func:`attach_expert_parallel`, and the MoE layer only calls :func:`dispatch` /
+from outside by :func:`sphinxx.model.attach.attach_expert_parallel`, and the MoE layer only calls :func:`dispatch` /
 :func:`local_experts` / :func:`combine` when a group is attached.
 
 Topology (docs/moe.md, "Expert parallelism", DeepSpeed's convention so the dispatcher and the ZeRO optimizer
@@ -92,27 +92,6 @@ def mark_expert_params(params: list[nn.Parameter], group_name: str) -> None:
     for p in params:
         for name, value in marks.items():
             setattr(p, name, value)
-
-
-def attach_expert_parallel(model: nn.Module, ep: ExpertParallel) -> int:
-    """Attach ``ep`` to every MoE layer of ``model`` and mark their expert params.
-
-    The layers must have been built with ``MoEArgs.ep_size == ep.size`` (their expert params hold
-    ``num_experts / ep.size`` experts). Returns the number of MoE layers found.
-    """
-    from sphinxx.model.moe import MoE  # lazy: moe.py imports this module at its head (an import cycle)
-
-    layers = [m for m in model.modules() if isinstance(m, MoE)]
-    for moe in layers:
-        if moe.args.ep_size != ep.size:
-            raise ValueError(
-                f"MoE built with ep_size={moe.args.ep_size} but the attached EP group has size {ep.size}; "
-                "build the model with MoEArgs.ep_size equal to the EP group size"
-            )
-        moe.ep = ep
-        if ep.size > 1:
-            mark_expert_params(list(moe.experts.parameters()), ep.group_name)
-    return len(layers)
 
 
 class _AllToAll(torch.autograd.Function):

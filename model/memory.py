@@ -138,8 +138,8 @@ def _split_params(model: torch.nn.Module) -> dict[str, int]:
     expert_ids = {
         id(p)
         for m in model.modules()
-        if hasattr(m, "experts") and hasattr(m, "router")
-        for p in m.experts.parameters()
+        if isinstance(getattr(m, "experts", None), torch.nn.Module) and hasattr(m, "router")
+        for p in m.get_submodule("experts").parameters()
     }
     counts = {"dense": 0, "experts_local": 0, "frozen": 0}
     for p in model.parameters():
@@ -173,6 +173,8 @@ def memory_estimate(args: SphinxArgs, setup: TrainingSetup) -> dict[str, Any]:
     partition = n["dense"] / dp + n["experts_local"] / edp
     stage = setup.zero_stage
     grads = g * (partition if stage == 2 else trainable)
+    master: float
+    adam: float
     if stage == 0:
         master = 4 * trainable if g != 4 else 0
         adam = 8 * trainable

@@ -1,6 +1,6 @@
 """Mixtral's sparse MoE FFN (8 experts, top-2, dropless) with our own load-balancing loss.
 
-Design: ``shared/docs/moe.md, "Expert kernels"``. In one paragraph: a fp32 softmax router with top-k and
+Design: docs/moe.md, "Expert kernels". In one paragraph: a fp32 softmax router with top-k and
 renormalisation (Mixtral semantics), experts stored in MegaBlocks' dMoE GLU layout
 (``experts.mlp.w1 / v1 / w2``, each ``[E_local * F, H]``) so the same state dict runs on every
 kernel (``moe_kernels.py``), and a MegaBlocks-form load-balancing loss returned by each layer:
@@ -8,7 +8,7 @@ nothing lives in module-global state, so two models in one process and activatio
 recompute cannot double count.
 
 Single-device code: expert parallelism is attached from outside
-(``expert_parallel.attach_expert_parallel``); when attached, routed rows go through
+(``attach.attach_expert_parallel``); when attached, routed rows go through
 ``expert_parallel.dispatch`` / ``local_experts`` / ``combine`` around the kernel. Every kernel,
 MegaBlocks included, takes the same routed rows (``moe_kernels`` says why).
 """
@@ -143,7 +143,7 @@ class MoE(nn.Module):
         self.args = args
         self.router = Router(args.dim, args.num_experts, args.top_k)
         self.experts = Experts(args.num_local_experts, args.dim, args.ffn_dim)
-        self.ep: ExpertParallel | None = None  # set by expert_parallel.attach_expert_parallel
+        self.ep: ExpertParallel | None = None  # set by attach.attach_expert_parallel
         self.tokens_per_expert: torch.Tensor | None = None
         self.init_weights()
 

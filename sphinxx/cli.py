@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 
+from sphinxx import __version__
+
 # (group name, module providing register(subparsers)) in the order shown by --help.
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("config", "sphinxx.jobs.config_cli"),
@@ -51,8 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from sphinxx import __version__
-
     return f"sphinxx {__version__}"
 
 

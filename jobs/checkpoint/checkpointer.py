@@ -117,7 +117,7 @@ class Checkpointer:
     # -- save --------------------------------------------------------------------------------
     def save(
         self, state: RunState, rank_data: dict[str, Any], metrics: dict[str, float], final: bool = False
-    ):
+    ) -> CheckpointInfo | None:
         """Write this rank's files, commit on rank 0, apply retention. Returns the CheckpointInfo
         on rank 0, None elsewhere. Every rank must call it at the same step."""
         step = state.step

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sphinxx.model.moe import MoE
+
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -48,13 +50,9 @@ class ParamSlot:
     num_local_experts: int = 0
 
 
-def expert_layers(model: nn.Module) -> list[nn.Module]:
+def expert_layers(model: nn.Module) -> list[MoE]:
     """The MoE layers whose experts are (possibly EP-sliced) stacked tensors."""
-    return [
-        m
-        for m in model.modules()
-        if getattr(m, "experts", None) is not None and hasattr(getattr(m, "args", None), "num_local_experts")
-    ]
+    return [m for m in model.modules() if isinstance(m, MoE)]
 
 
 def param_slots(model: nn.Module) -> list[ParamSlot]:
@@ -205,14 +203,13 @@ def owned_ranges(slots: list[ParamSlot]) -> dict[str, list[tuple[int, int]]]:
     for s in slots:
         if not s.param.requires_grad:
             continue
-        mapping = getattr(s.param, "_hp_mapping", None)
-        if fragment_mode and mapping is None:
+        if not fragment_mode:
+            need.setdefault(s.name, []).append((s.offset, s.offset + s.param.numel()))
             continue
-        if fragment_mode:
+        mapping = getattr(s.param, "_hp_mapping", None)
+        if mapping is not None:  # None: no part of this parameter is in this rank's partition
             start = s.offset + mapping.lp_fragment_address.start
             need.setdefault(s.name, []).append((start, start + mapping.lp_fragment_address.numel))
-        else:
-            need.setdefault(s.name, []).append((s.offset, s.offset + s.param.numel()))
     return need
 
 

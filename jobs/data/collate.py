@@ -46,6 +46,12 @@ class LoadedBatch:
     def num_samples(self) -> int:
         return len(self.samples)
 
+    def on(self, device: str) -> SphinxBatch:
+        """The collated batch on `device` (`collate_rows` sets it before a micro-batch leaves the pipeline)."""
+        if self.batch is None:
+            raise RuntimeError(f"micro-batch {self.micro} of step {self.step} was never collated")
+        return self.batch.to(device)
+
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 

@@ -189,7 +189,8 @@ class DataStream:
             )
 
 
-def _identity(item: LoadedBatch) -> LoadedBatch:
+def _identity(item: Any) -> Any:
+    """`collate_fn` with `batch_size=None`: each item is already a whole micro-batch (a LoadedBatch)."""
     return item
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from .decoder import ModelArgs
 from .fields import SchemaError, count, dump, field, nested, validate
 from .flavors import NAMES, decoder_args, resolve
+from .openapi import Dialect, schema_of
 
 MISSING: Any = "???"  # omegaconf's marker of a required value
 DOMAINS = ("language", "vision", "vision-language", "ocr", "set-of-mark")
@@ -442,6 +443,4 @@ def check_runnable(cfg: RunConfig) -> None:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of a fully resolved run config (`sphinxx config schema`)."""
-    from .openapi import Dialect, schema_of
-
     return schema_of(RunConfig, Dialect.JSON)

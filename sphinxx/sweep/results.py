@@ -168,7 +168,7 @@ def fit_sweep(
     if not usable:
         error = f"no succeeded point carries num_params, tokens_seen and {key}"
         return unfitted(error, skipped), None, inputs
-    try:
+    try:  # numpy and scipy: loaded when a sweep is fitted, not by every importer of the sweep core
         from .scaling_law import RESAMPLES, fit
     except ImportError as err:  # numpy/scipy missing: the sweep is complete either way
         return ScalingLawStatus(error=f"scaling-law fit unavailable: {err}"), None, inputs
@@ -197,7 +197,7 @@ def _loss_axis(key: str) -> str:
 
 
 def _points(inputs: Sequence[FitInput], key: str) -> list[Point]:
-    from .scaling_law import Point
+    from .scaling_law import Point  # numpy, as above
 
     return [Point(i.params, i.tokens, float(i.value(key) or 0.0), i.name, i.fraction) for i in inputs]
 
@@ -338,6 +338,6 @@ def _finite(value: float | None) -> float | None:
 
 def plot_fit(inputs: Sequence[FitInput], fit: ScalingFit, title: str) -> bytes:
     """The fit's plot (PNG bytes) over its inputs: see `plots.plot_png`."""
-    from .plots import plot_png
+    from .plots import plot_png  # matplotlib (~0.5 s): only when a plot is drawn
 
     return plot_png(_points(inputs, fit.loss_key), fit, title)

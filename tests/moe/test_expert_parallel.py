@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from torch.testing import assert_close
 
 from sphinxx.model import moe_kernels
+from sphinxx.model.attach import attach_expert_parallel
 from sphinxx.model.expert_parallel import (
-    attach_expert_parallel,
     expert_range,
     local_expert_order,
     local_experts,
