@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from sphinxx.schema.admission import AdmittedRun, admit_run
 from sphinxx.schema.fields import SchemaError
 from sphinxx.schema.resources import TrainingRunSpec
-from sphinxx.schema.run import RunConfig, to_yaml
+from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
     ConditionType,
@@ -203,12 +203,11 @@ def _run_spec(obj: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return defaults.apply_run(obj.get("spec") or {})
 
 
-def _point_ref(obj: dict[str, Any], cfg: RunConfig) -> mlflow_runs.PointRef:
+def _point_ref(obj: dict[str, Any], flavor: str, data_fraction: float) -> mlflow_runs.PointRef:
+    """The MLflow identity of a TrainingRun: its object's identity and the point's two axes."""
     meta = obj["metadata"]
     sweep = (meta.get("labels") or {}).get(names.LABEL_SWEEP)
-    return mlflow_runs.PointRef(
-        meta["namespace"], meta["name"], meta["uid"], cfg.model.flavor, cfg.data.fraction, sweep
-    )
+    return mlflow_runs.PointRef(meta["namespace"], meta["name"], meta["uid"], flavor, data_fraction, sweep)
 
 
 @dataclass(frozen=True)
@@ -260,7 +259,10 @@ def _child_run(
     parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
     try:
         return mlflow_runs.ensure_child_run(
-            tracking_uri, cfg.tracking.experiment, _point_ref(obj, cfg), parent
+            tracking_uri,
+            cfg.tracking.experiment,
+            _point_ref(obj, cfg.model.flavor, cfg.data.fraction),
+            parent,
         )
     except mlflow_runs.TrackingUnavailable as err:
         _tracking_failed(kube, obj, "trainingruns", err, settings)
@@ -272,20 +274,20 @@ def _observe_run(
     """Everything the decision reads: the RayJob in our terms, a rollback carried out, storage, the cluster."""
     obj, old, spec, cfg = run.obj, run.old, run.admitted.spec, run.admitted.config
     job = status.observe_rayjob(run.rayjob)
-    rollback = _handle_rollback(obj, old, job, cfg, run.run_id, run.tracking_uri, run.mlflow_run)
+    rollback = _handle_rollback(obj, old, job, cfg.storage, run.run_id, run.tracking_uri, run.mlflow_run)
     started = old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES  # an attempt that may have committed
     return decide.RunObserved(
         generation=_generation(obj),
         policy=spec.failure_policy,
         suspend=spec.suspend,
         queued=bool(spec.queue_name),
-        bounds=worker_bounds(spec, cfg),
+        bounds=worker_bounds(spec, cfg.parallel),
         status=old,
         job=job,
         job_suspended=bool(((run.rayjob or {}).get("spec") or {}).get("suspend")),
         admitted=decide.admitted(obj),
         resume_token=_annotations(obj).get(names.ANNOTATION_RESUME),
-        checkpoint=_latest(cfg, run.run_id) if started else None,
+        checkpoint=_latest(cfg.storage, run.run_id) if started else None,
         cluster_bounds=_cluster_bounds(kube, obj["metadata"]["namespace"], job),
         now=now,
         now_iso=now_iso,
@@ -325,7 +327,7 @@ def _launch(
         run.admitted.spec,
         attempt_config(cfg, st, run.tracking_uri, parent),
         attempt,
-        checkpoint or _latest(cfg, run.run_id),
+        checkpoint or _latest(cfg.storage, run.run_id),
         settings.image,
         settings.stage_host_path,
     )
@@ -344,7 +346,7 @@ def _handle_rollback(
     obj: dict[str, Any],
     old: RunStatus,
     job: status.JobView,
-    cfg: RunConfig,
+    storage: StorageConfig,
     run_id: str,
     tracking_uri: str | None,
     mlflow_run: str | None,
@@ -363,7 +365,7 @@ def _handle_rollback(
     meta = obj["metadata"]
     reason = f"kubectl sphinxx rollback of {meta['namespace']}/{meta['name']} after attempt {old.attempt}"
     try:
-        done = checkpoints.rollback(cfg.storage.uri, run_id, request.step, reason, cfg.storage.endpoint_url)
+        done = checkpoints.rollback(storage.uri, run_id, request.step, reason, storage.endpoint_url)
     except Exception as err:  # a refused or failed rollback is reported, never retried on its own
         return decide.RollbackOutcome(request.token, error=f"rollback to step {request.step} failed: {err}")
     if tracking_uri and mlflow_run:
@@ -389,9 +391,9 @@ def _act_on_rayjob(
         act.events.append(("Normal", "WorkersRescaled", f"worker pods bounds set to {act.patch_cluster}"))
 
 
-def _latest(cfg: RunConfig, run_id: str) -> decide.Checkpoint | None:
+def _latest(storage: StorageConfig, run_id: str) -> decide.Checkpoint | None:
     try:
-        return checkpoints.latest(cfg.storage.uri, run_id, cfg.storage.endpoint_url)
+        return checkpoints.latest(storage.uri, run_id, storage.endpoint_url)
     except Exception as err:  # storage outages must not stop status updates; the next pass retries
         log.warning("reading checkpoints of %s failed: %s", run_id, err)
         return None

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from sphinxx.schema.resources import TrainingRunSpec
-from sphinxx.schema.run import RunConfig
+from sphinxx.schema.run import ParallelConfig, RunConfig, StorageConfig
 
 from . import names, pod_settings
 
@@ -57,17 +57,17 @@ class Attempt:
         return names.rayjob_name(self.namespace, self.name, self.uid, self.attempt)
 
 
-def worker_bounds(spec: TrainingRunSpec, cfg: RunConfig) -> tuple[int, int]:
+def worker_bounds(spec: TrainingRunSpec, parallel: ParallelConfig) -> tuple[int, int]:
     """Worker pods (min, max): ceil(workers / workers per pod); the config carries the run's bounds."""
     per_pod = spec.resources.workers_per_pod
-    return math.ceil(cfg.parallel.min_workers / per_pod), math.ceil(cfg.parallel.max_workers / per_pod)
+    return math.ceil(parallel.min_workers / per_pod), math.ceil(parallel.max_workers / per_pod)
 
 
-def runtime_env(att: Attempt, cfg: RunConfig) -> dict[str, Any]:
+def runtime_env(att: Attempt, storage: StorageConfig) -> dict[str, Any]:
     """The attempt number, and the S3 endpoint for libraries that read it from the environment."""
     env = {"SPHINXX_ATTEMPT": str(att.attempt)}
-    if cfg.storage.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = cfg.storage.endpoint_url
+    if storage.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = storage.endpoint_url
     return {"env_vars": env}
 
 
@@ -129,15 +129,17 @@ def _pod(container: dict[str, Any], spec: TrainingRunSpec, worker: bool, grace_s
     return {"spec": pod}
 
 
-def cluster_spec(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[str, Any]:
+def cluster_spec(
+    att: Attempt, spec: TrainingRunSpec, parallel: ParallelConfig, grace_seconds: int
+) -> dict[str, Any]:
     res = spec.resources
     image = res.image or att.image
-    low, high = worker_bounds(spec, cfg)
-    gpus = cfg.parallel.gpus_per_worker * res.workers_per_pod
+    low, high = worker_bounds(spec, parallel)
+    gpus = parallel.gpus_per_worker * res.workers_per_pod
     head = _container("ray-head", image, spec, res.head_cpu, res.head_memory, 0)
     worker = _container("ray-worker", image, spec, res.cpu, res.memory, gpus)
-    stop_on_sigterm(worker, cfg.train.termination_grace_seconds)
-    worker_pod = _pod(worker, spec, True, cfg.train.termination_grace_seconds)
+    stop_on_sigterm(worker, grace_seconds)
+    worker_pod = _pod(worker, spec, True, grace_seconds)
     stage_cache(worker_pod, att.stage_host_path)  # before the pod settings: a patch may change it
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs-server"},
@@ -187,7 +189,9 @@ def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[s
     job_spec: dict[str, Any] = {
         "entrypoint": f"python -m sphinxx.jobs.train --config {shlex.quote(att.config_uri)}",
         "runtimeEnvYAML": yaml.dump(
-            runtime_env(att, cfg), Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=True
+            runtime_env(att, cfg.storage),
+            Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+            sort_keys=True,
         ),
         "submissionMode": "K8sJobMode",
         "shutdownAfterJobFinishes": True,
@@ -195,7 +199,7 @@ def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[s
         "backoffLimit": 0,
         "preRunningDeadlineSeconds": PRE_RUNNING_DEADLINE_SECONDS,
         "suspend": att.suspend,
-        "rayClusterSpec": cluster_spec(att, spec, cfg),
+        "rayClusterSpec": cluster_spec(att, spec, cfg.parallel, cfg.train.termination_grace_seconds),
     }
     if spec.failure_policy.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.failure_policy.active_deadline_seconds

@@ -36,14 +36,9 @@ RUN_LEVEL: dict[str, str] = {
     "sphinxx/sweep/inputs.py:run_inputs": "the pre-flight: every URI a run reads or writes",
     # The operator: admission, the attempt's config and its RayJob are about a whole run.
     "operator/preflight.py:check_run": "the operator's pre-flight of a run (sweep.inputs.run_inputs)",
-    "operator/reconcile.py:_point_ref": "the MLflow identity of a point (axes and experiment)",
+    "operator/reconcile.py:_child_run": "reconcile step: the point's MLflow child run (experiment and axes)",
     "operator/reconcile.py:_preflight": "reconcile step: the pre-flight of the run it admits",
-    "operator/reconcile.py:_handle_rollback": "reconcile step: a rollback of the run",
-    "operator/reconcile.py:_latest": "reconcile step: the run's newest committed checkpoint",
     "operator/reconcile.py:attempt_config": "the config of an attempt (a new RunConfig per attempt)",
-    "operator/render.py:worker_bounds": "a RayJob's elastic bounds from the spec and the run config",
-    "operator/render.py:runtime_env": "a RayJob's runtime environment",
-    "operator/render.py:cluster_spec": "a RayJob's RayCluster",
     "operator/render.py:render_rayjob": "the RayJob of an attempt",
 }
 
