@@ -110,7 +110,8 @@ def fwd_bwd_ms(fn: Callable[[torch.Tensor], torch.Tensor], x, grad, warmup: int,
 
 
 def moe_fwd_bwd_flops(tokens: int, top_k: int, dim: int, ffn_dim: int) -> float:
-    # fwd = 2 * T * k * 3 * H * F (three GEMMs per routed row); fwd+bwd ~ 3x (docs/moe.md, "What was verified where").
+    # fwd = 2 * T * k * 3 * H * F (three GEMMs per routed row); fwd+bwd ~ 3x
+    # (docs/moe.md, "What was verified where").
     return 3 * 2 * tokens * top_k * 3 * dim * ffn_dim
 
 

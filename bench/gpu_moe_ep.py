@@ -176,7 +176,8 @@ def timing(a, groups: dict, rank: int, world: int) -> None:
             slowest = max(e[name] for e in everyone)
             emit("timing", config=name, tokens_per_rank=a.tokens, fwd_bwd_ms_slowest_rank=round(slowest, 3),
                  fwd_bwd_ms_per_rank=[round(e[name], 3) for e in everyone],
-                 tflops_per_rank=round(flops / slowest / 1e9, 1), vs_ep1=round(slowest / base, 3))  # fmt: skip
+                 tflops_per_rank=round(flops / slowest / 1e9, 1),
+                 vs_ep1=round(slowest / base, 3))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

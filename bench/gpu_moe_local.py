@@ -1,4 +1,5 @@
-"""One-GPU check of MegaBlocks under expert parallelism: what one EP rank computes, and the Mixtral layer's speed.
+"""One-GPU check of MegaBlocks under expert parallelism: what one EP rank computes, and the
+Mixtral layer's speed.
 
 Run on the GPU machine from the repo root (MegaBlocks from bench/gpu_setup.sh on PYTHONPATH;
 bench/GPU.md has the one command that does both):
@@ -223,7 +224,7 @@ def timing(a) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--device", default="cuda", help="cuda, or cpu for a smoke test of this script (tiny shapes)"
     )
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference stays fp32
     env = env_row(a.device)
     a.megablocks_error = env["megablocks_error"]
-    emit("env", **env, parity_shape={"dim": a.dim, "ffn_dim": a.ffn_dim, "experts": a.experts, "rows": a.rows},
+    emit("env", **env,
+         parity_shape={"dim": a.dim, "ffn_dim": a.ffn_dim, "experts": a.experts, "rows": a.rows},
          timing_shape={"tokens": a.tokens, "dim": a.dim_t, "ffn_dim": a.ffn_dim_t, "experts": a.experts,
                        "top_k": a.top_k})  # fmt: skip
     ok = parity(a)
@@ -259,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         per_round = timing(a)
         fast = "ours-megablocks" if "ours-megablocks" in per_round else "ours-grouped"
         ratios = [e / m for e, m in zip(per_round["transformers-eager"], per_round[fast], strict=True)]
-        summary |= {"speedup_impl": fast, "speedup_over_transformers_eager_per_round": [round(r, 3) for r in ratios],
-                    "speedup_median": round(statistics.median(ratios), 3), "speedup_min": round(min(ratios), 3),
-                    "speedup_max": round(max(ratios), 3), "goal": 3.0,
+        summary |= {"speedup_impl": fast,
+                    "speedup_over_transformers_eager_per_round": [round(r, 3) for r in ratios],
+                    "speedup_median": round(statistics.median(ratios), 3),
+                    "speedup_min": round(min(ratios), 3), "speedup_max": round(max(ratios), 3), "goal": 3.0,
                     "goal_met": statistics.median(ratios) >= 3.0}  # fmt: skip
     emit("summary", **summary)
     return 0 if ok else 1

@@ -181,8 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    defaults = (("micro", 8, 1), ("steps", 12, 2), ("warmup", 3, 1), ("data_workers", 6, 0), ("threads", 8, 2),
-                ("max_seconds", 150.0, math.inf))  # fmt: skip
+    defaults = (("micro", 8, 1), ("steps", 12, 2), ("warmup", 3, 1), ("data_workers", 6, 0),
+                ("threads", 8, 2), ("max_seconds", 150.0, math.inf))  # fmt: skip
     for name, gpu, cpu in defaults:
         if getattr(args, name) is None:
             setattr(args, name, gpu if cuda else cpu)

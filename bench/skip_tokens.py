@@ -147,8 +147,9 @@ def timing_report(sizes, batch: int, repeats: int, seed: int, scenario: str) -> 
             "padded_tokens": sum(b.tokens.shape[0] * max(b.sequence_lengths()) for b in bs),
             "encoded_views": sum(b.dino_pixels.shape[0] for b in bs),
         }
-        emit({"kind": "timing", "scenario": scenario, "flavor": "debug", "mode": name, "images": len(sizes), "batch": batch,
-              "repeats": repeats, "threads": torch.get_num_threads()} | results[name])  # fmt: skip
+        emit({"kind": "timing", "scenario": scenario, "flavor": "debug", "mode": name, "images": len(sizes),
+              "batch": batch, "repeats": repeats, "threads": torch.get_num_threads()}
+             | results[name])  # fmt: skip
     ratio = {k: round(results["noskip"][k] / results["skip"][k], 3) for k in results["skip"]}
     emit({"kind": "ratio", "scenario": scenario, "flavor": "debug", "noskip_over_skip": ratio})
 

@@ -121,9 +121,10 @@ def _run(args: argparse.Namespace, endpoint: str, work: str) -> None:
                   mb_per_s=round(total / 1e6 / seconds, 1))  # fmt: skip
             shutil.rmtree(root, ignore_errors=True)
     cold, raw, warm = (statistics.median(times[k]) for k in ("stage-cold", "raw-parallel", "stage-warm"))
-    _emit(op="summary", stage_cold_s=round(cold, 3), raw_parallel_s=round(raw, 3), stage_warm_s=round(warm, 4),
-          ratio_stage_over_raw_parallel=round(cold / raw, 3), stage_mb_per_s=round(total / 1e6 / cold, 1),
-          raw_parallel_mb_per_s=round(total / 1e6 / raw, 1), bytes=total, cpus=os.cpu_count())  # fmt: skip
+    _emit(op="summary", stage_cold_s=round(cold, 3), raw_parallel_s=round(raw, 3),
+          stage_warm_s=round(warm, 4), ratio_stage_over_raw_parallel=round(cold / raw, 3),
+          stage_mb_per_s=round(total / 1e6 / cold, 1), raw_parallel_mb_per_s=round(total / 1e6 / raw, 1),
+          bytes=total, cpus=os.cpu_count())  # fmt: skip
 
 
 def _emit(**fields) -> None:

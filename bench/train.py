@@ -5,8 +5,8 @@ Run:  .venv/bin/python bench/train.py [--world 2] [--steps 4] [--size 140] [--th
 The real training step (`sphinxx.jobs.loop.train_step` on the model of `jobs.build` and the
 DeepSpeed engine of `jobs.engine`, global-target loss normalisation, data from `jobs.data` on
 the synthetic set, 448 canvas) runs in `--world` gloo processes for four variants built side by
-side in the same processes: ZeRO 0 / 2 x skip tokens on / off. Timed steps are interleaved round-robin across the variants
-(after one warm-up step each), so machine load hits all of them alike. Prints JSON lines:
+side in the same processes: ZeRO 0 / 2 x skip tokens on / off. Timed steps are interleaved round-robin across
+the variants (after one warm-up step each), so machine load hits all of them alike. Prints JSON lines:
 
 - {"kind": "variant", ...}: per variant, median seconds per optimizer step, tokens/s (every LLM
   position: text, image and skip tokens), samples/s, MFU (the job's `metrics.FlopModel`: FLOPs of

@@ -1,6 +1,7 @@
 """The sample audit trail: which stream positions each rank trained on at each step.
 
-An elastic resize or a restart must neither repeat nor skip samples (docs/training.md, "Elastic workers and the constant global batch"). The
+An elastic resize or a restart must neither repeat nor skip samples
+(docs/training.md, "Elastic workers and the constant global batch"). The
 trail answers "did a resume repeat or skip samples?" after the fact, from the processes that
 actually trained, without trusting the sampler's own bookkeeping: the end-to-end tests read it.
 Off unless SPHINXX_SAMPLE_TRACE names a directory (the driver forwards it to the workers).

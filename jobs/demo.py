@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--fresh"]
     again = " ".join(["python -m sphinxx.jobs.demo", *given, "--fresh"])
     print(
-        f"\n[demo] {'done' if code == 0 else 'FAILED'} in {minutes:.1f} min. Open the MLflow UI with the command above "
-        f"(then http://127.0.0.1:5000); `sphinxx ckpt ls <checkpoints>/<point>` lists a point's checkpoints; "
+        f"\n[demo] {'done' if code == 0 else 'FAILED'} in {minutes:.1f} min. "
+        f"Open the MLflow UI with the command above (then http://127.0.0.1:5000); "
+        f"`sphinxx ckpt ls <checkpoints>/<point>` lists a point's checkpoints; "
         f"`{again}` starts over.\n"
         f"[demo] The commands are in .venv: `source .venv/bin/activate` (or run `.venv/bin/sphinxx ...`)."
     )

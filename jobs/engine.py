@@ -2,8 +2,9 @@
 
 `build_engine` turns the run's `train` and `parallel` sections into `jobs.parallelize`'s calls:
 the distributed backend (NCCL on CUDA, gloo on CPU), expert-parallel groups for MoE flavors
-(docs/moe.md, "DeepSpeed and ZeRO with experts"), torch AdamW with the recipe's betas/eps on `parallelize.optimizer_param_groups`,
-and the DeepSpeed config (ZeRO stage, micro-batch, accumulation, precision, clipping).
+(docs/moe.md, "DeepSpeed and ZeRO with experts"), torch AdamW with the recipe's betas/eps on
+`parallelize.optimizer_param_groups`, and the DeepSpeed config (ZeRO stage, micro-batch, accumulation,
+precision, clipping).
 
 `jobs.parallelize` stays its own module: it is the one place that knows DeepSpeed's MoE
 bookkeeping and its version-checked shim, takes plain keyword arguments (no run config), and is
@@ -28,7 +29,8 @@ def build_engine(
     model: torch.nn.Module, train: TrainConfig, parallel: ParallelConfig, worker: Worker, accum: int
 ) -> tuple[Any, Any]:
     """DeepSpeed engine around `model`: torch AdamW (recipe betas/eps) on `jobs.parallelize`'s
-    param groups and config; for MoE flavors its EP groups and engine shim (docs/moe.md, "DeepSpeed and ZeRO with experts")."""
+    param groups and config; for MoE flavors its EP groups and engine shim
+    (docs/moe.md, "DeepSpeed and ZeRO with experts")."""
     bf16 = uses_bf16(train.precision, worker.device)
     if train.precision == "bf16" and not bf16:
         log.warning("bf16 requested but not supported on %s; training in fp32", worker.device)

@@ -103,7 +103,8 @@ def resolve_checkpoint(store: CheckpointStore, step: int | None) -> CheckpointIn
         info = store.latest()
         if info is None:
             raise CheckpointNotFoundError(
-                f"{store.layout.checkpoints}: no committed checkpoint to export (the run has not saved one yet)",
+                f"{store.layout.checkpoints}: no committed checkpoint to export "
+                "(the run has not saved one yet)",
                 store.layout.checkpoints,
             )
         return info
@@ -131,7 +132,8 @@ def read_run_config(store: CheckpointStore) -> RunConfig:
     uri = store.layout.run_config
     if text is None:
         raise CheckpointNotFoundError(
-            f"{uri}: the run config is missing; export needs it for the flavor, model.overrides and tokenizer",
+            f"{uri}: the run config is missing; "
+            "export needs it for the flavor, model.overrides and tokenizer",
             uri,
         )
     return load_config(data=parse_yaml(text, uri))
@@ -181,7 +183,8 @@ def export_checkpoint(
         source.download(staging, log)
         os.makedirs(partial)
         written = _write_folder(source, os.path.join(staging, "model"), partial,
-                                tokenizer_uri if with_tokenizer else None, with_tokenizer, dtype, max_shard_bytes, log)  # fmt: skip
+                                tokenizer_uri if with_tokenizer else None, with_tokenizer, dtype,
+                                max_shard_bytes, log)  # fmt: skip
         if os.path.isdir(target):
             os.rmdir(target)  # empty (checked above)
         os.replace(partial, target)
@@ -223,8 +226,9 @@ class ExportSource:
 
     def announcement(self) -> str:
         return (
-            f"export {self.info.uri} (flavor {self.config.model.flavor}): downloading {len(self.files)} model "
-            f"files, {_mib(self.size)} of {_mib(self.info.manifest.total_bytes)} (no optimizer state)"
+            f"export {self.info.uri} (flavor {self.config.model.flavor}): "
+            f"downloading {len(self.files)} model files, {_mib(self.size)} of "
+            f"{_mib(self.info.manifest.total_bytes)} (no optimizer state)"
         )
 
     def summary(self, target: str) -> dict[str, Any]:

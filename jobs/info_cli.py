@@ -56,7 +56,10 @@ def register(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "--activation-checkpointing",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="recompute each decoder block in backward (what-if: flavors of 7B and larger always do in the job)",
+        help=(
+            "recompute each decoder block in backward "
+            "(what-if: flavors of 7B and larger always do in the job)"
+        ),
     )
     memory.add_argument(
         "--images-per-sample",
@@ -81,10 +84,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     p = info["params"]
     print(
-        f"{info['flavor']} ({info['paper_name'] or 'debug'}): llm {info['llm_flavor']}, vision {info['vision']}"
+        f"{info['flavor']} ({info['paper_name'] or 'debug'}): "
+        f"llm {info['llm_flavor']}, vision {info['vision']}"
     )
     print(
-        f"  canvas {info['canvas']} ({info['grid']}x{info['grid']} cells), skip token {info['use_skip_token']}"
+        f"  canvas {info['canvas']} ({info['grid']}x{info['grid']} cells), "
+        f"skip token {info['use_skip_token']}"
     )
     print(f"  params total {p['total']:,}  trainable {p['trainable']:,}  frozen {p['frozen']:,}")
     print(

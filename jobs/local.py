@@ -270,7 +270,8 @@ class LocalSweep:
         log_path = self.workdir / "logs" / f"{point.name}.log"
         log_path.parent.mkdir(exist_ok=True)
         self.console.note(
-            f"{label} {point.name}: {point.model} x data {point.fraction}, attempt {local.attempts + 1}, log {log_path}"
+            f"{label} {point.name}: {point.model} x data {point.fraction}, "
+            f"attempt {local.attempts + 1}, log {log_path}"
         )
         local.row.phase, local.attempts, started = RunPhase.RUNNING, local.attempts + 1, time.monotonic()
         local.row.attempt = local.attempts
@@ -292,7 +293,10 @@ class LocalSweep:
         local.row.phase = RunPhase.SUCCEEDED if done else RunPhase.FAILED
         local.error = None if done else (summary.get("error") or f"exit code {code}; log: {log_path}")
         loss = f"{local.row.loss:.3f}" if local.row.loss is not None else "-"
-        result = f"{label} {point.name} {local.row.phase.lower()} in {local.seconds:.0f}s: step {local.row.step}, loss {loss}"
+        result = (
+            f"{label} {point.name} {local.row.phase.lower()} in {local.seconds:.0f}s: "
+            f"step {local.row.step}, loss {loss}"
+        )
         self.console.note(result + (f" ({local.error})" if local.error else ""))
         return done
 
@@ -318,7 +322,8 @@ class LocalSweep:
                 self.console.update(LiveLine.render(label, point, progress, checkpoint))
 
     def _read_checkpoint(self, run_id: str, storage: StorageConfig, row: PointRow) -> None:
-        """The point's newest committed checkpoint: its step and the fit's inputs (as the operator reads them)."""
+        """The point's newest committed checkpoint: its step and the fit's inputs
+        (as the operator reads them)."""
         latest = run_store(run_id, storage).latest()
         if latest is None:
             return
@@ -443,7 +448,8 @@ def run_local(
     print(f"\ncheckpoints: {sweep.storage_uri}/<point>   e.g. sphinxx ckpt ls {sweep.storage_uri}/{example}")
     if sweep.tracking_uri.startswith("sqlite"):
         print(
-            f"MLflow:      mlflow ui --backend-store-uri {sweep.tracking_uri}   (experiment {sweep.experiment})"
+            f"MLflow:      mlflow ui --backend-store-uri {sweep.tracking_uri}   "
+            f"(experiment {sweep.experiment})"
         )
     else:
         print(f"MLflow:      {sweep.tracking_uri}   (experiment {sweep.experiment})")

@@ -145,7 +145,8 @@ def build_parts(cfg: RunConfig, worker: Worker) -> Parts:
     staged: list[StageReport] = []
     model, _ = build_model(
         cfg.model, run_decoder_args(cfg), worker,
-        seed=cfg.train.seed, precision=cfg.train.precision, options=storage_options(cfg.storage), staged=staged,
+        seed=cfg.train.seed, precision=cfg.train.precision, options=storage_options(cfg.storage),
+        staged=staged,
     )  # fmt: skip
     check_vocab(data, model)
     sizes = model_sizes(model)  # before the engine: under ZeRO-3 DeepSpeed empties what it partitions

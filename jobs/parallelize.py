@@ -1,6 +1,7 @@
 """Apply parallelism to a single-device model: expert parallelism + DeepSpeed ZeRO settings.
 
-Why a separate module: model code stays single-device (``docs/architecture.md, "Conventions the code follows"`` habit 3); this is the
+Why a separate module: model code stays single-device
+(``docs/architecture.md, "Conventions the code follows"`` habit 3); this is the
 one place that knows DeepSpeed's MoE bookkeeping (docs/moe.md, "DeepSpeed and ZeRO with experts"):
 
 - EP groups come from ``deepspeed.utils.groups._create_expert_and_data_parallel`` (contiguous EP
@@ -149,7 +150,8 @@ def parallelize(model: nn.Module, *, ep_size: int, zero_stage: int) -> ExpertPar
         attach_expert_parallel(model, ep)
         return ep
     if zero_stage == 3 and has_moe:
-        # Gather w1/v1/w2 of a layer in one go (docs/moe.md, "DeepSpeed and ZeRO with experts") [U: not yet measured].
+        # Gather w1/v1/w2 of a layer in one go (docs/moe.md, "DeepSpeed and ZeRO with experts")
+        # [U: not yet measured].
         from deepspeed.utils import set_z3_leaf_modules
 
         set_z3_leaf_modules(model, [MoE])

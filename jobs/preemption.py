@@ -13,8 +13,9 @@ Preemption, node drains and elastic resizes end worker pods with SIGTERM and a g
    - a *stop file* (`SPHINXX_STOP_FILE`), checked once per step. The operator renders a `preStop`
      hook on every worker container that writes it (`python -m sphinxx.jobs.preemption
      --stop-file ... --wait ...`) and waits, while the pod's grace period runs, until the workers
-     say they are done (or none is alive: a pod ended after its job is not held up). This is how Ray Train workers in a pod learn of a SIGTERM: Kubernetes
-     sends it to the container's first process only, never to the Ray worker processes;
+     say they are done (or none is alive: a pod ended after its job is not held up). This is how Ray Train
+     workers in a pod learn of a SIGTERM: Kubernetes sends it to the container's first process only, never to
+     the Ray worker processes;
 2. it finishes the step it is in; at the end of every step all ranks agree with one all-reduce of
    a flag (`StopSignal.agreed`), so one rank's SIGTERM stops them all at the same step;
 3. every rank saves a checkpoint of that step through the commit protocol (nothing is visible

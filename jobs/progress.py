@@ -2,7 +2,8 @@
 
 One line every `log_interval` steps on stdout, from rank 0 only:
 
-    [sphinxx] step 120/1000 (12.0%) loss 2.3412 lr 1.90e-05 | 12,345 tok/s 48.2 samples/s mfu 31.2% | ETA 0:12:34
+    [sphinxx] step 120/1000 (12.0%) loss 2.3412 lr 1.90e-05 | 12,345 tok/s 48.2 samples/s mfu 31.2%
+        | ETA 0:12:34
 
 Throughput counts every position the LLM processes (text, image and skip tokens), which is what
 the FLOPs estimate is per. MFU = achieved model FLOPs / peak FLOP/s of the workers' devices

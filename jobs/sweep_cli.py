@@ -2,7 +2,8 @@
 
 sphinxx sweep plan examples/sweeps/tiny.yaml           # the points and their configs
 sphinxx sweep plan examples/sweeps/tiny.yaml --cost    # + tokens, FLOPs, GPU-hours, memory per rank
-sphinxx sweep check examples/sweeps/tiny.yaml          # can every weight, tokenizer, data and checkpoint URI be reached?
+sphinxx sweep check examples/sweeps/tiny.yaml          # can every weight, tokenizer, data and checkpoint
+                                                       # URI be reached?
 sphinxx sweep run examples/sweeps/tiny.yaml --local    # train every point on local Ray
 sphinxx sweep run examples/sweeps/tiny.yaml --local --resume
 
@@ -100,7 +101,8 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    """The points of a sweep file; with --cost what each costs (docs/training.md, "Memory and cost estimates")."""
+    """The points of a sweep file; with --cost what each costs
+    (docs/training.md, "Memory and cost estimates")."""
     from sphinxx.jobs.local import plan, read_sweep  # the planner: see the module docstring
 
     try:
@@ -132,7 +134,8 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     for i, (point, cfg) in enumerate(points):
         print(
-            f"{point.name}\t{point.model}\t{point.fraction}\tworkers {cfg.parallel.min_workers}-{cfg.parallel.max_workers}"
+            f"{point.name}\t{point.model}\t{point.fraction}\t"
+            f"workers {cfg.parallel.min_workers}-{cfg.parallel.max_workers}"
         )
         if costs is not None:
             print("  " + _cost_line(costs[i]))
@@ -146,7 +149,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """The operator's pre-flight check (docs/operator.md, "Pre-flight checks"), from this machine's credentials."""
+    """The operator's pre-flight check (docs/operator.md, "Pre-flight checks"),
+    from this machine's credentials."""
     # The planner and the storage probes (boto3, s3fs): see the module docstring.
     from sphinxx.jobs.local import plan, read_sweep
     from sphinxx.storage import StorageOptions

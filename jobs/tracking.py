@@ -221,7 +221,8 @@ class MLflowTracker:
         done = self.flush(timeout)
         if not done:
             log.warning(
-                "MLflow at %s unreachable at exit: %d queued tracking calls are lost (training is unaffected)",
+                "MLflow at %s unreachable at exit: %d queued tracking calls are lost "
+                "(training is unaffected)",
                 self.uri,
                 self._pending,
             )
@@ -294,7 +295,8 @@ class MLflowTracker:
                         self.down_since = time.monotonic()
                         self.outages += 1
                         log.warning(
-                            "MLflow at %s unreachable (%s); buffering metrics and retrying, training continues",
+                            "MLflow at %s unreachable (%s); "
+                            "buffering metrics and retrying, training continues",
                             self.uri,
                             str(err).splitlines()[0][:200],
                         )

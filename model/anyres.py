@@ -15,8 +15,8 @@ Procedure per image (docs/model.md, "Any-resolution images"), pure torch + Pillo
 4. views: global (whole canvas) first, then the kept cells in raster order. Each view is given
    at 224 px (DINOv2) and at `convnext_view_size` px (ConvNeXt).
 
-Token cost per image (docs/model.md, "Visual tokens per image"): every kept view costs 257 + 2 (start/end tags) positions, a
-skipped cell costs 1; a text-only sample has no views and costs 0.
+Token cost per image (docs/model.md, "Visual tokens per image"): every kept view costs 257 + 2 (start/end
+tags) positions, a skipped cell costs 1; a text-only sample has no views and costs 0.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Expert parallelism (EP) for the MoE layer: process groups, token dispatch/combine, param marks.
 
-Why here and not in ``moe.py``: model code is single-device (``docs/architecture.md, "Conventions the code follows"``); EP is attached
-from outside by :func:`sphinxx.model.attach.attach_expert_parallel`, and the MoE layer only calls :func:`dispatch` /
+Why here and not in ``moe.py``: model code is single-device
+(``docs/architecture.md, "Conventions the code follows"``); EP is attached from outside by
+:func:`sphinxx.model.attach.attach_expert_parallel`, and the MoE layer only calls :func:`dispatch` /
 :func:`local_experts` / :func:`combine` when a group is attached.
 
 Topology (docs/moe.md, "Expert parallelism", DeepSpeed's convention so the dispatcher and the ZeRO optimizer

@@ -236,8 +236,9 @@ def export_multimodal(
     source checkpoint and step: what the caller knows). Returns the JSON body.
     """
     image = sphinx_args.image
-    expected = {"projector.proj.weight", "projector.proj.bias", "projector.norm.weight", "projector.norm.bias",
-                "start_img", "end_img", *(["skip_token"] if image.use_skip_token else [])}  # fmt: skip
+    expected = {"projector.proj.weight", "projector.proj.bias", "projector.norm.weight",
+                "projector.norm.bias", "start_img", "end_img",
+                *(["skip_token"] if image.use_skip_token else [])}  # fmt: skip
     if set(multimodal) != expected:
         raise ValueError(
             f"the checkpoint's projector and tags do not match its run config: missing "

@@ -213,8 +213,8 @@ def assumptions(setup: TrainingSetup) -> list[str]:
         f"DeepSpeed 0.19.8 ZeRO-{setup.zero_stage} as sphinxx.jobs.parallelize configures it; {dtype} "
         "parameters and gradients (DeepSpeed casts every parameter, the frozen towers included), "
         "fp32 master weights and fp32 AdamW m and v",
-        f"partitions over DP = {setup.world_size} ranks, experts over eDP = {setup.world_size // setup.ep_size} "
-        f"(EP {setup.ep_size})",
+        f"partitions over DP = {setup.world_size} ranks, "
+        f"experts over eDP = {setup.world_size // setup.ep_size} (EP {setup.ep_size})",
         f"activations of one micro-batch of {setup.micro_batch} x {setup.seq_len} tokens (every position "
         f"filled), labels at {setup.target_fraction:.0%} of them, {setup.image_tokens} image tokens per "
         f"sequence, activation checkpointing {'on' if setup.activation_checkpointing else 'off'}; "

@@ -1,8 +1,9 @@
 """State-dict adapter between Hugging Face Mixtral MoE blocks and our ``MoE`` layer.
 
-The only place that knows Hugging Face's Mixtral expert names (``docs/architecture.md, "Conventions the code follows"`` habit 5).
-Layouts (docs/moe.md, "Weight conversion from Hugging Face Mixtral"; transformers 5.24 ``models/mixtral/modeling_mixtral.py`` and
-``conversion_mapping.py``):
+The only place that knows Hugging Face's Mixtral expert names
+(``docs/architecture.md, "Conventions the code follows"`` habit 5).
+Layouts (docs/moe.md, "Weight conversion from Hugging Face Mixtral"; transformers 5.24
+``models/mixtral/modeling_mixtral.py`` and ``conversion_mapping.py``):
 
 - transformers 4.x and the Hub safetensors files (per expert)::
 

@@ -5,9 +5,9 @@ Why one module: this is where image views become LLM positions. It owns the proj
 view, the bare `skip_token` that stands in for a fully padded cell, the sequence assembly and the
 masked cross-entropy. The decoder (`llm.py`) and the towers (`vision.py`) know nothing of each other.
 
-Sequence of one sample (docs/model.md, "Sequence layout"): [BOS] [global view] [cell 0 | SKIP] ... [cell n-1 | SKIP] [text],
-each real view as [start_img, 257 fused tokens, end_img]; positions 0..L-1 contiguous; causal
-attention; right padding. Text-only samples have no image block.
+Sequence of one sample (docs/model.md, "Sequence layout"): [BOS] [global view] [cell 0 | SKIP] ...
+[cell n-1 | SKIP] [text], each real view as [start_img, 257 fused tokens, end_img]; positions 0..L-1
+contiguous; causal attention; right padding. Text-only samples have no image block.
 
 Batch format (what the data pipeline produces; see `collate`):
 
@@ -22,9 +22,10 @@ Batch format (what the data pipeline produces; see `collate`):
 - `dino_pixels` [N, 3, 224, 224] and `convnext_pixels` [N, 3, cs, cs]: every real view of the
   micro-batch in sample order, then slot order (N may be 0). One batched call per encoder.
 
-Loss (docs/model.md, "Loss normalisation over the global batch"): forward returns the CE sum over target tokens and their count, so a trainer can
-divide by the GLOBAL target count (invariant to world size and accumulation), plus the MoE aux
-term already weighted by the decoder. The LM head runs only at target positions.
+Loss (docs/model.md, "Loss normalisation over the global batch"): forward returns the CE sum over target
+tokens and their count, so a trainer can divide by the GLOBAL target count (invariant to world size and
+accumulation), plus the MoE aux term already weighted by the decoder. The LM head runs only at target
+positions.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class Assembled(NamedTuple):
 
 
 class Projector(nn.Module):
-    """Linear(C_vision, d) + LayerNorm(d): no activation, shared by every view (docs/model.md, "Fusion, projector and tags")."""
+    """Linear(C_vision, d) + LayerNorm(d): no activation, shared by every view
+    (docs/model.md, "Fusion, projector and tags")."""
 
     def __init__(self, in_dim: int, dim: int):
         super().__init__()
@@ -220,7 +222,8 @@ class SphinxX(nn.Module):
         load_vision_weights(self.vision, convnext_path, dinov2_path)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the frozen towers, which are reloaded from their source (docs/model.md, "Vision towers")."""
+        """Everything but the frozen towers, which are reloaded from their source
+        (docs/model.md, "Vision towers")."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("vision.")}
 
     def num_visual_tokens(self, width: int, height: int) -> int:

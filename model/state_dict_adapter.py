@@ -1,10 +1,10 @@
 """State-dict adapters: the only code that knows Hugging Face / InternLM2 / Mixtral weight names.
 
 Each adapter maps between a foreign checkpoint and our `Transformer` names
-(docs/model.md, "Weight adapters and conversion"). Both directions are generators over a `Mapping[str, Tensor]`
-and touch the source one key at a time, so the source may be a mapping of lazily loaded tensors
-(safetensors `safe_open`, mmap'ed `.bin`) and a converter holds at most one output shard plus the
-tensors of one layer in memory, never two full copies of the model.
+(docs/model.md, "Weight adapters and conversion"). Both directions are generators over a
+`Mapping[str, Tensor]` and touch the source one key at a time, so the source may be a mapping of lazily
+loaded tensors (safetensors `safe_open`, mmap'ed `.bin`) and a converter holds at most one output shard
+plus the tensors of one layer in memory, never two full copies of the model.
 
     adapter = get_adapter("internlm2", args)
     for name, tensor in adapter.from_hf(lazy_hf_mapping):   # ours, one tensor at a time
@@ -12,7 +12,8 @@ tensors of one layer in memory, never two full copies of the model.
     hf = dict(adapter.to_hf(model.state_dict()))           # export
 
 Families: `llama` (TinyLlama, LLaMA2, debug), `internlm2` (fused `wqkv`), `mixtral` (attention
-and norms here; router and expert tensors through `moe_convert.py`, docs/moe.md, "Weight conversion from Hugging Face Mixtral").
+and norms here; router and expert tensors through `moe_convert.py`,
+docs/moe.md, "Weight conversion from Hugging Face Mixtral").
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ class InternLM2Adapter(StateDictAdapter):
 
 
 class MixtralAdapter(LlamaAdapter):
-    """Mixtral: Llama attention and norms; router and experts via `moe_convert` (docs/moe.md, "Weight conversion from Hugging Face Mixtral").
+    """Mixtral: Llama attention and norms; router and experts via `moe_convert`
+    (docs/moe.md, "Weight conversion from Hugging Face Mixtral").
 
     from_hf reads both the Hub per-expert layout (transformers 4.x, safetensors files) and the
     fused transformers 5.x in-memory layout; to_hf writes `layout` ("4.x" = Hub files).

@@ -1,7 +1,8 @@
 """The two frozen vision towers of SPHINX-X and the adapters that load their weights.
 
 Why transformers and not open_clip / timm: both import torchvision, which cannot be installed
-next to our CPU torch (docs/architecture.md, "Dependencies and pins"). transformers builds both towers offline from configs:
+next to our CPU torch (docs/architecture.md, "Dependencies and pins"). transformers builds both towers
+offline from configs:
 
 - CLIP ConvNeXt-XXL (open_clip `convnext_xxlarge`, a timm trunk) as `ConvNextModel`. Its weights
   come from the open_clip checkpoint through `convnext_from_open_clip` (timm names -> HF names).

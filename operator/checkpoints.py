@@ -2,8 +2,8 @@
 
 The operator never lists step folders itself: `CheckpointStore.latest()` returns only a step whose
 commit marker (`manifest.json`) exists and whose files check out, so a resume never starts from a
-partial checkpoint (docs/storage.md, "Reading: the latest good checkpoint"). Stores are cached per run because building an S3
-client costs ~0.5 s of CPU; the store itself refreshes its filesystem (and credentials) every
+partial checkpoint (docs/storage.md, "Reading: the latest good checkpoint"). Stores are cached per run because
+building an S3 client costs ~0.5 s of CPU; the store itself refreshes its filesystem (and credentials) every
 few minutes. Rollbacks go through here too: the operator, not the user's machine, holds the
 storage credentials.
 """

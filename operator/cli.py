@@ -47,8 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--peering-lifetime",
         type=float,
-        help="seconds a replica's peering record counts after its last keep-alive (default 60; more than 10): "
-        "how soon a paused replica takes over from one that died (SPHINXX_PEERING_LIFETIME)",
+        help=(
+            "seconds a replica's peering record counts after its last keep-alive "
+            "(default 60; more than 10): "
+            "how soon a paused replica takes over from one that died (SPHINXX_PEERING_LIFETIME)"
+        ),
     )
     run.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint; '' disables"

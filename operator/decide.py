@@ -72,7 +72,8 @@ def rollback_request(annotation: str | None, acted: str | None) -> RollbackReque
         return RollbackRequest(
             annotation,
             None,
-            f"{names.ANNOTATION_ROLLBACK}={annotation!r} is not '<step>@<time>' (use kubectl sphinxx rollback)",
+            f"{names.ANNOTATION_ROLLBACK}={annotation!r} is not '<step>@<time>' "
+            "(use kubectl sphinxx rollback)",
         )
     return RollbackRequest(annotation, int(head))
 

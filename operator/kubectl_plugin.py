@@ -149,15 +149,18 @@ def cmd_logs(kube: Any, namespace: str, args: argparse.Namespace) -> int:
         attempt = (job["metadata"].get("labels") or {}).get(names.LABEL_ATTEMPT)
         cluster = (job.get("status") or {}).get("rayClusterName")
         print(
-            f"\nattempt {attempt}: RayJob {name} ({(job.get('status') or {}).get('jobDeploymentStatus') or 'New'})"
+            f"\nattempt {attempt}: RayJob {name} "
+            f"({(job.get('status') or {}).get('jobDeploymentStatus') or 'New'})"
         )
         print(f"  driver (submitter) logs: kubectl logs -n {namespace} job/{name}")
         if cluster:
             print(
-                f"  head node logs:          kubectl logs -n {namespace} -l ray.io/cluster={cluster},ray.io/node-type=head"
+                f"  head node logs:          kubectl logs -n {namespace} "
+                f"-l ray.io/cluster={cluster},ray.io/node-type=head"
             )
             print(
-                f"  worker logs:             kubectl logs -n {namespace} -l ray.io/cluster={cluster},ray.io/group=gpu"
+                f"  worker logs:             kubectl logs -n {namespace} "
+                f"-l ray.io/cluster={cluster},ray.io/group=gpu"
             )
         print(f"  events:                  kubectl describe rayjob -n {namespace} {name}")
     if st.get("mlflowRunId"):

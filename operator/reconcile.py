@@ -271,7 +271,8 @@ def _child_run(
 def _observe_run(
     kube: Kube, run: RunPass, settings: Settings, now: float, now_iso: str
 ) -> decide.RunObserved:
-    """Everything the decision reads: the RayJob in our terms, a rollback carried out, storage, the cluster."""
+    """Everything the decision reads: the RayJob in our terms, a rollback carried out, storage,
+    the cluster."""
     obj, old, spec, cfg = run.obj, run.old, run.admitted.spec, run.admitted.config
     job = status.observe_rayjob(run.rayjob)
     rollback = _handle_rollback(obj, old, job, cfg.storage, run.run_id, run.tracking_uri, run.mlflow_run)
@@ -336,7 +337,8 @@ def _launch(
 def _preflight(
     cfg: RunConfig, old: RunStatus, rayjob: dict[str, Any] | None, spec: Any, settings: Settings
 ) -> tuple[str, ...] | None:
-    """Pre-flight problems before the first RayJob (docs/operator.md, "Pre-flight checks"); None when not checked."""
+    """Pre-flight problems before the first RayJob (docs/operator.md, "Pre-flight checks");
+    None when not checked."""
     if not settings.preflight or old.attempt > 0 or rayjob is not None or spec.suspend:
         return None
     return tuple(check_run(cfg))
@@ -497,7 +499,8 @@ def _patch_cluster(kube: Kube, namespace: str, name: str, bounds: tuple[int, int
 
 
 def finalize_run(kube: Kube, obj: dict[str, Any], settings: Settings) -> None:
-    """Deletion: remove every attempt's RayJob; end (or delete) the MLflow run; keep checkpoints unless told."""
+    """Deletion: remove every attempt's RayJob; end (or delete) the MLflow run;
+    keep checkpoints unless told."""
     meta, st = obj["metadata"], parse_status(RunStatus, obj.get("status"))
     namespace, name = meta["namespace"], meta["name"]
     for rayjob in kube.list("rayjobs", namespace, labels=f"{names.LABEL_RUN}={name}"):

@@ -1,12 +1,12 @@
 """RayJob rendering: one KubeRay `ray.io/v1` RayJob per TrainingRun attempt. Pure.
 
-Field choices follow docs/operator.md, "The RayJob of an attempt" and "Worker group and elastic bounds": `backoffLimit: 0` (retries are our attempts,
-each a new RayJob and a new cluster), `shutdownAfterJobFinishes: true` (frees GPUs; `suspend`
-and Kueue need it), one worker group `gpu` whose replica bounds come from the run's elastic
-bounds, the in-tree autoscaler only when min < max, `restartPolicy: Never` (autoscaler v2),
-and no secrets anywhere in the object: credentials come from `envFrom` Secrets or IRSA. The
-spec's pod settings (/dev/shm, volumes, scheduler, affinity, RDMA resources, patches) are added
-by `pod_settings.apply`.
+Field choices follow docs/operator.md, "The RayJob of an attempt" and "Worker group and elastic bounds":
+`backoffLimit: 0` (retries are our attempts, each a new RayJob and a new cluster),
+`shutdownAfterJobFinishes: true` (frees GPUs; `suspend` and Kueue need it), one worker group `gpu` whose
+replica bounds come from the run's elastic bounds, the in-tree autoscaler only when min < max,
+`restartPolicy: Never` (autoscaler v2), and no secrets anywhere in the object: credentials come from
+`envFrom` Secrets or IRSA. The spec's pod settings (/dev/shm, volumes, scheduler, affinity, RDMA
+resources, patches) are added by `pod_settings.apply`.
 
 Golden files under tests/operator/golden/ show the result for every flavor as reviewable YAML.
 """

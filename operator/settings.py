@@ -131,7 +131,8 @@ class Settings:
 
 
 def _pod_defaults() -> dict[str, Any]:
-    """SPHINXX_POD_DEFAULTS: a JSON object of pod settings (POD_DEFAULT_KEYS), checked when a run uses them."""
+    """SPHINXX_POD_DEFAULTS: a JSON object of pod settings (POD_DEFAULT_KEYS),
+    checked when a run uses them."""
     value: dict[str, Any] = _json_env("SPHINXX_POD_DEFAULTS", dict, object)
     unknown = sorted(set(value) - set(POD_DEFAULT_KEYS))
     if unknown:

@@ -1,7 +1,8 @@
 """Status mapping: KubeRay RayJob fields -> our view of an attempt; runs -> sweep roll-up. Pure.
 
 RayJob has no conditions (ray-project/kuberay#5152); its lifecycle is `jobDeploymentStatus`
-and the Ray job's own `jobStatus`, with `reason`/`message` on failure (docs/operator.md, "KubeRay status and TrainingRun phases"):
+and the Ray job's own `jobStatus`, with `reason`/`message` on failure
+(docs/operator.md, "KubeRay status and TrainingRun phases"):
 
     none, "", New, Initializing, Waiting       -> pending
     Running (jobStatus "", PENDING, RUNNING)   -> running

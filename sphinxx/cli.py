@@ -39,7 +39,9 @@ SUBCOMMANDS: list[tuple[str, str]] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sphinxx",
-        description="Scaling sweeps of the SPHINX-X multimodal LLM family (Ray Train + DeepSpeed on Kubernetes).",
+        description=(
+            "Scaling sweeps of the SPHINX-X multimodal LLM family (Ray Train + DeepSpeed on Kubernetes)."
+        ),
     )
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="group", metavar="COMMAND")

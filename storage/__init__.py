@@ -14,7 +14,8 @@ The API the training job and the operator use::
     from sphinxx.storage import CheckpointStore, CommitMetadata, RetentionPolicy, StorageOptions
 
     store = CheckpointStore("s3://bucket/sweeps/sweep-a", run_id, attempt=attempt)
-    # endpoint/region/credentials: StorageOptions(...) or the environment (AWS_ENDPOINT_URL, AWS_PROFILE, IRSA)
+    # endpoint/region/credentials: StorageOptions(...) or the environment
+    # (AWS_ENDPOINT_URL, AWS_PROFILE, IRSA)
 
     # start of an attempt (rank 0): remove what a dead attempt left behind
     store.clean_partial(grace_s=0)
@@ -30,7 +31,8 @@ The API the training job and the operator use::
     info = store.commit(step, num_writers, metadata=CommitMetadata(
         world_size=..., zero_stage=..., ep_size=..., dp_size=..., metrics={"val_loss": 2.3},
         config_hash=..., code_version=..., final=False), writers=records)   # rank 0, after a barrier
-    store.apply_retention(RetentionPolicy(keep_last=3, keep_best=1, metric="val_loss", milestone_every=10_000))
+    store.apply_retention(RetentionPolicy(keep_last=3, keep_best=1, metric="val_loss",
+                                          milestone_every=10_000))
 
     # operator / tools
     store.committed()                          # [CheckpointInfo], ascending

@@ -115,7 +115,8 @@ def _add_gc(sub: Subcommands, common: argparse.ArgumentParser) -> None:
         "--milestone-every", type=int, default=0, metavar="N", help="keep every step divisible by N (0: none)"
     )
     gc.add_argument("--grace", type=float, default=3600.0, metavar="S",
-                    help="delete partial folders only when untouched for S seconds (default 3600)")  # fmt: skip
+                    help="delete partial folders only when untouched for S seconds "
+                         "(default 3600)")  # fmt: skip
     gc.add_argument("--json", action="store_true", help="print the plan as JSON")
     gc.set_defaults(func=_gc)
 
@@ -224,7 +225,8 @@ def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
         state = row["state"] + ("*" if row["step"] == pointer else "")
         when = _iso(row["time"]) if row["time"] else "-"
         print(
-            f"{row['step']:>10}  {state:<11} {row['files']:>6} {_size(row['bytes']):>10}  {when:<20} {metrics}"
+            f"{row['step']:>10}  {state:<11} {row['files']:>6} {_size(row['bytes']):>10}  "
+            f"{when:<20} {metrics}"
         )
     print(f"* latest.json -> step {pointer}" if pointer is not None else "latest.json: none")
     return 0
@@ -239,7 +241,8 @@ def _folder_row(folder: StepFolder) -> dict[str, Any]:
                 "attempt": m.attempt, "final": m.metadata.final}  # fmt: skip
     state = "corrupt" if folder.error else "partial"
     return {"step": folder.step, "state": state, "uri": folder.uri, "files": folder.num_files,
-            "bytes": folder.total_bytes, "time": folder.newest_mtime, "metrics": {}, "error": folder.error}  # fmt: skip
+            "bytes": folder.total_bytes, "time": folder.newest_mtime, "metrics": {},
+            "error": folder.error}  # fmt: skip
 
 
 @_command
@@ -261,7 +264,8 @@ def _latest(args: argparse.Namespace, store: CheckpointStore, _step: int | None)
         print(json.dumps(body, sort_keys=True))
     else:
         print(
-            f"step {info.step}  {info.uri}  ({len(m.files)} files, {_size(m.total_bytes)}, {_iso(m.created_at)})"
+            f"step {info.step}  {info.uri}  "
+            f"({len(m.files)} files, {_size(m.total_bytes)}, {_iso(m.created_at)})"
         )
     return 0
 
@@ -274,8 +278,9 @@ def _metadata(manifest: Manifest) -> dict[str, Any]:
 def _verify(args: argparse.Namespace, store: CheckpointStore, uri_step: int | None) -> int:
     report = store.verify(args.step if args.step is not None else uri_step, checksums=not args.sizes_only)
     if args.json:
-        print(json.dumps({"step": report.step, "uri": report.uri, "ok": report.ok, "files": report.files_checked,
-                          "checksums": report.checksums, "problems": list(report.problems)}, sort_keys=True))  # fmt: skip
+        print(json.dumps({"step": report.step, "uri": report.uri, "ok": report.ok,
+                          "files": report.files_checked, "checksums": report.checksums,
+                          "problems": list(report.problems)}, sort_keys=True))  # fmt: skip
     elif report.ok:
         what = "sizes and sha256" if report.checksums else "sizes"
         print(
@@ -300,7 +305,8 @@ def _gc(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
     partial = store.clean_partial(args.grace, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "keep": {str(k): list(v) for k, v in plan.keep.items()},
-                          "delete": list(plan.delete), "delete_partial": list(partial)}, sort_keys=True))  # fmt: skip
+                          "delete": list(plan.delete), "delete_partial": list(partial)},
+                         sort_keys=True))  # fmt: skip
         return 0
     verb = "would delete" if args.dry_run else "deleted"
     for step, reasons in sorted(plan.keep.items()):
@@ -320,7 +326,8 @@ def _rollback(args: argparse.Namespace, store: CheckpointStore, _step: int | Non
     steps = list(record.step_numbers)
     if args.json:
         print(json.dumps({"id": record.id, "to_step": record.to_step, "rolled_back": steps,
-                          "reason": record.reason, "created_at": record.created_at}, sort_keys=True))  # fmt: skip
+                          "reason": record.reason, "created_at": record.created_at},
+                         sort_keys=True))  # fmt: skip
     else:
         print(f"rolled back to step {record.to_step}: step(s) {', '.join(map(str, steps))} no longer count "
               f"(kept; see `sphinxx ckpt ls`)")  # fmt: skip

@@ -127,7 +127,8 @@ class CheckpointWriter:
             raise ValueError(f"writer rank {self.rank} of {self.uri} already finished; open a new writer")
         if self.fs.exists(self.layout.manifest(self.step)):
             raise CheckpointAlreadyCommittedError(
-                f"{self.uri} is already committed; rank {self.rank} may not write into it (checkpoints are write-once)",
+                f"{self.uri} is already committed; rank {self.rank} may not write into it "
+                "(checkpoints are write-once)",
                 self.uri,
             )
 

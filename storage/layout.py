@@ -47,7 +47,8 @@ def parse_step_name(name: str) -> int | None:
 def validate_run_id(run_id: str) -> str:
     if not _RUN_ID_RE.match(run_id or ""):
         raise ValueError(
-            f"invalid run id {run_id!r}: use letters, digits, '.', '_' or '-' (no '/'), starting with a letter or digit"
+            f"invalid run id {run_id!r}: use letters, digits, '.', '_' or '-' (no '/'), "
+            "starting with a letter or digit"
         )
     return run_id
 

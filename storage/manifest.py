@@ -176,6 +176,7 @@ def _load(data: bytes, uri: str) -> dict[str, Any]:
     version = body.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(
-            f"{uri} has format_version {version!r}; this sphinxx reads up to {FORMAT_VERSION}: upgrade sphinxx"
+            f"{uri} has format_version {version!r}; "
+            f"this sphinxx reads up to {FORMAT_VERSION}: upgrade sphinxx"
         )
     return body

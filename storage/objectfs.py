@@ -131,7 +131,8 @@ class ObjectFS:
         return object_info(uri.rstrip("/").rsplit("/", 1)[-1], entry)
 
     def part_size(self, uri: str) -> int | None:
-        """Size of part 1 of a multipart S3 object (HeadObject PartNumber=1); None if not multipart or unknown."""
+        """Size of part 1 of a multipart S3 object (HeadObject PartNumber=1);
+        None if not multipart or unknown."""
         if self.scheme != "s3":
             return None
         bucket, key, _ = self.fs.split_path(self.path(uri))

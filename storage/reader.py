@@ -1,4 +1,5 @@
-"""Reading a run's checkpoints: which are committed, and which is the latest good one (docs/storage.md, "Reading: the latest good checkpoint").
+"""Reading a run's checkpoints: which are committed, and which is the latest good one
+(docs/storage.md, "Reading: the latest good checkpoint").
 
 A step folder without `manifest.json` is never read. `latest()` is the newest
 committed step whose listed objects exist with their listed sizes; the
@@ -56,7 +57,8 @@ def step_numbers(fs: ObjectFS, layout: RunLayout) -> list[int]:
 
 
 def read_rollbacks(fs: ObjectFS, layout: RunLayout) -> RollbackLog:
-    """The run's rollback log (empty when it was never rolled back); CheckpointCorruptError when unreadable."""
+    """The run's rollback log (empty when it was never rolled back);
+    CheckpointCorruptError when unreadable."""
     try:
         return RollbackLog.from_json(fs.read_bytes(layout.rollbacks), layout.rollbacks)
     except FileNotFoundError:

@@ -1,4 +1,5 @@
-"""Which checkpoints to keep: pure decisions over committed manifests (docs/storage.md, "Retention and partial-folder cleanup").
+"""Which checkpoints to keep: pure decisions over committed manifests
+(docs/storage.md, "Retention and partial-folder cleanup").
 
 Kept, each for a stated reason:
 - the newest committed checkpoint, always (it is what a resume reads);

@@ -336,7 +336,8 @@ class CheckpointStore:
     def write_run_manifest(
         self, code_version: str | None = None, extra: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Record this attempt in `run.json` (run id, config hash, code version, attempts), merging what is there."""
+        """Record this attempt in `run.json` (run id, config hash, code version, attempts),
+        merging what is there."""
         fs = self.fs()
         body = self.read_run_manifest() or {
             "format_version": FORMAT_VERSION,

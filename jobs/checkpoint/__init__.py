@@ -1,9 +1,9 @@
 """Save and restore a training run through `sphinxx.storage`, loadable at any world size.
 
 A checkpoint must restore *exactly* after an elastic resize or a retry with fewer workers
-(docs/training.md, "Elastic workers and the constant global batch"). ZeRO-1/2 shards the fp32 master weights and Adam moments over the
-data-parallel ranks, and expert parallelism slices the experts over EP ranks, so DeepSpeed's own
-per-rank files only load at the world size that wrote them. The choice: we write model and
+(docs/training.md, "Elastic workers and the constant global batch"). ZeRO-1/2 shards the fp32 master weights
+and Adam moments over the data-parallel ranks, and expert parallelism slices the experts over EP ranks, so
+DeepSpeed's own per-rank files only load at the world size that wrote them. The choice: we write model and
 optimizer state keyed by *global* coordinates, never by rank.
 
 - `fragments`: where each parameter sits in its global tensor (`ParamSlot`) and the optimizer

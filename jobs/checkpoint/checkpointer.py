@@ -261,7 +261,8 @@ class Checkpointer:
                     value = torch.cat(parts, dim=0)
                 if tuple(value.shape) != tuple(s.param.shape):
                     raise ValueError(
-                        f"checkpoint tensor {s.name} has shape {tuple(value.shape)}, the model {tuple(s.param.shape)}"
+                        f"checkpoint tensor {s.name} has shape {tuple(value.shape)}, "
+                        f"the model {tuple(s.param.shape)}"
                     )
                 s.param.copy_(value.to(s.param.dtype))
 

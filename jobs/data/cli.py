@@ -65,7 +65,8 @@ def _synth(args: argparse.Namespace) -> int:
         return 2
     for name, manifest in result.manifests.items():
         print(
-            f"{name:16s} {manifest.domain:16s} {manifest.num_records:6d} records {manifest.num_images:6d} images"
+            f"{name:16s} {manifest.domain:16s} {manifest.num_records:6d} records "
+            f"{manifest.num_images:6d} images"
         )
     print(f"tokenizer: {result.tokenizer_uri} ({result.vocab_size} ids)")
     print(f"config:    {result.config_uri}")
@@ -84,7 +85,8 @@ def _index(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
-        f"{manifest.name}: {manifest.num_records} records in {len(manifest.shards)} shards, {manifest.num_images} with images"
+        f"{manifest.name}: {manifest.num_records} records in {len(manifest.shards)} shards, "
+        f"{manifest.num_images} with images"
     )
     if invalid:
         print(

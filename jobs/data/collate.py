@@ -47,7 +47,8 @@ class LoadedBatch:
         return len(self.samples)
 
     def on(self, device: str) -> SphinxBatch:
-        """The collated batch on `device` (`collate_rows` sets it before a micro-batch leaves the pipeline)."""
+        """The collated batch on `device`
+        (`collate_rows` sets it before a micro-batch leaves the pipeline)."""
         if self.batch is None:
             raise RuntimeError(f"micro-batch {self.micro} of step {self.step} was never collated")
         return self.batch.to(device)

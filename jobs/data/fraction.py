@@ -1,6 +1,7 @@
 """The data-scale axis: a deterministic, nested subset of every source.
 
-Record i of source s is kept iff hash(seed, s, i) / 2^64 < f (docs/training.md, "Data fraction: nested subsets").
+Record i of source s is kept iff hash(seed, s, i) / 2^64 < f
+(docs/training.md, "Data fraction: nested subsets").
 Because the test compares one fixed hash against a threshold that grows with f, the subsets are
 nested (the 0.25 subset lies inside the 0.5 subset); because the hash sees only the seed, the
 source name and the record index, they do not depend on the world size, the worker count or the

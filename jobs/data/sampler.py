@@ -109,13 +109,14 @@ def check_state(state: dict[str, Any], mixture: Mixture, global_batch: int, stri
         )
     if state["global_batch"] != global_batch:
         raise ValueError(
-            f"train.global_batch changed from {state['global_batch']} to {global_batch} since the checkpoint; "
-            "the sampler resumes by global batch index, so keep the global batch (change micro_batch instead)"
+            f"train.global_batch changed from {state['global_batch']} to {global_batch} "
+            "since the checkpoint; the sampler resumes by global batch index, so keep the global batch "
+            "(change micro_batch instead)"
         )
     if strict and state["fingerprint"] != mixture.fingerprint():
         raise ValueError(
-            "the data mixture changed since the checkpoint (sources, record counts, weights, data.fraction or "
-            "data.seed differ), so resuming would repeat or skip samples; restore the data config, or resume "
-            "with strict=False to accept a different stream"
+            "the data mixture changed since the checkpoint (sources, record counts, weights, "
+            "data.fraction or data.seed differ), so resuming would repeat or skip samples; restore "
+            "the data config, or resume with strict=False to accept a different stream"
         )
     return int(state["next_step"])

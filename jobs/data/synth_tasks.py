@@ -14,8 +14,8 @@ coordinates in the spec's format, images from 1:6 to 6:1 so that skip tokens occ
 
 Each generator takes a `random.Random` and `draw`; with draw=False it skips the drawing (the
 tokenizer corpus needs only the text). Coordinates: [x1, y1, x2, y2] or [x, y] with two
-decimals, normalised by the image's long side (top-left anchoring, docs/model.md, "Any-resolution images"). Text is
-drawn with Pillow's built-in font only (`ImageFont.load_default`), so nothing is downloaded.
+decimals, normalised by the image's long side (top-left anchoring, docs/model.md, "Any-resolution images").
+Text is drawn with Pillow's built-in font only (`ImageFont.load_default`), so nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The conversation template (conv_v1_2), tokenisation and answer-only labels (docs/model.md, "Conversation template and loss masking").
+"""The conversation template (conv_v1_2), tokenisation and answer-only labels
+(docs/model.md, "Conversation template and loss masking").
 
     text = SYSTEM + "\\n\\n###" + for each turn: " Human: " + q + "\\n###" + " Assistant: " + a + "\\n###"
     tokens = [BOS] + tokenize(text) + [EOS]
@@ -56,7 +57,8 @@ class Rendered:
 
 
 def clean_question(question: str) -> str:
-    """Drop `<image>` markers: the image always comes first, outside the text (docs/model.md, "Sequence layout")."""
+    """Drop `<image>` markers: the image always comes first, outside the text
+    (docs/model.md, "Sequence layout")."""
     if IMAGE_MARKER not in question:
         return question
     return question.replace(IMAGE_MARKER, "").strip()
@@ -167,8 +169,8 @@ class ConversationEncoder:
         budget = self.seq_len - num_image_tokens
         if budget < 2:
             raise SampleTooLongError(
-                f"the image takes {num_image_tokens} positions, leaving {budget} of data.seq_len={self.seq_len} "
-                "for text; raise data.seq_len or lower data.canvas"
+                f"the image takes {num_image_tokens} positions, leaving {budget} of "
+                f"data.seq_len={self.seq_len} for text; raise data.seq_len or lower data.canvas"
             )
         rendered = render(turns)
         ids, mask, spans = self._encode_text(rendered)

@@ -161,7 +161,8 @@ def _check_metadata(values: Mapping[str, str], path: str, labels: bool) -> None:
         if labels and (len(value) > 63 or (value and not re.fullmatch(_NAME, value))):
             raise SchemaError(
                 where,
-                f"a label value is at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric; got {value!r}",
+                "a label value is at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric; "
+                f"got {value!r}",
             )
     if not labels and sum(len(k) + len(v) for k, v in values.items()) > 256 * 1024:
         raise SchemaError(path, "annotations may hold at most 256 KiB")

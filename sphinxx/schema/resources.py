@@ -106,7 +106,8 @@ class Resources:
     pod_annotations: dict[str, str] = field({}, "extra annotations of every pod")
     extra_resources: dict[str, Any] = field(
         {},
-        "extended resources requested (and limited) per worker pod, e.g. vpc.amazonaws.com/efa: 32, rdma/hca: 1",
+        "extended resources requested (and limited) per worker pod, "
+        "e.g. vpc.amazonaws.com/efa: 32, rdma/hca: 1",
     )
     head_pod_patch: dict[str, Any] = field(
         {}, "strategic-merge patch of the head pod template (metadata, spec), applied last: the escape hatch"
@@ -120,9 +121,11 @@ class Resources:
 @dataclass
 class TrainingRunSpec:
     config: dict[str, Any] = layer("the run config (sphinxx config schema); `preset:` names a base")
-    min_workers: int | None = count(None, "elastic lower bound of workers; default config.parallel.min_workers",
+    min_workers: int | None = count(None, "elastic lower bound of workers; "
+                                          "default config.parallel.min_workers",
                                     minimum=1, maximum=MAX_WORKERS)  # fmt: skip
-    max_workers: int | None = count(None, "elastic upper bound of workers; default config.parallel.max_workers",
+    max_workers: int | None = count(None, "elastic upper bound of workers; "
+                                          "default config.parallel.max_workers",
                                     minimum=1, maximum=MAX_WORKERS)  # fmt: skip
     resources: Resources = nested(Resources, "pods of the RayCluster")
     failure_policy: FailurePolicy = nested(FailurePolicy, "retries and deadlines")

@@ -55,7 +55,8 @@ ConfigError = SchemaError
 
 @dataclass(frozen=True)
 class ModelOverrides:
-    """Decoder fields a run may change (e.g. a smaller n_layers for an experiment); unset keep the flavor's."""
+    """Decoder fields a run may change (e.g. a smaller n_layers for an experiment);
+    unset keep the flavor's."""
 
     dim: int | None = count(None, "model width (hidden size)", minimum=1, maximum=65_536)
     n_layers: int | None = count(None, "decoder blocks", minimum=1, maximum=1024)
@@ -126,8 +127,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = count(0, "optimizer steps; 0 derives them from the data: ceil(samples * epochs / global_batch)",
-                       maximum=MAX_STEPS)  # fmt: skip
+    steps: int = count(0, "optimizer steps; 0 derives them from the data: "
+                          "ceil(samples * epochs / global_batch)", maximum=MAX_STEPS)  # fmt: skip
     global_batch: int = count(256, "sequences per optimizer step, constant at any world size", minimum=1)
     micro_batch: int = count(4, "sequences per worker per forward/backward", minimum=1, maximum=65_536)
     lr: float = field(2e-5, "peak learning rate", exclusive_minimum=0, maximum=10)
@@ -147,11 +148,13 @@ class TrainConfig:
                                      minimum=1, maximum=MAX_STEPS)  # fmt: skip
     log_interval: int = count(10, "print a progress line and log metrics every this many steps",
                               minimum=1, maximum=MAX_STEPS)  # fmt: skip
-    eval_interval: int = count(0, "evaluate on the held-out split (data.heldout_records) every this many steps "
-                               "and at the end; 0: at the end only", maximum=MAX_STEPS)  # fmt: skip
+    eval_interval: int = count(0, "evaluate on the held-out split (data.heldout_records) "
+                                  "every this many steps and at the end; 0: at the end only",
+                               maximum=MAX_STEPS)  # fmt: skip
     termination_grace_seconds: int = count(
-        120, "after SIGTERM (preemption, node drain, resize) a worker finishes its step and commits a checkpoint "
-        "within this many seconds; the worker pods' terminationGracePeriodSeconds", minimum=10, maximum=3600,
+        120, "after SIGTERM (preemption, node drain, resize) a worker finishes its step and commits "
+             "a checkpoint within this many seconds; the worker pods' terminationGracePeriodSeconds",
+        minimum=10, maximum=3600,
     )  # fmt: skip
 
 
@@ -364,7 +367,8 @@ def check_rules(cfg: RunConfig) -> None:
     if train.micro_batch * par.min_workers > train.global_batch:
         raise SchemaError(
             "train.global_batch",
-            f"({train.global_batch}) is smaller than micro_batch x min_workers ({train.micro_batch} x {par.min_workers})",
+            f"({train.global_batch}) is smaller than micro_batch x min_workers "
+            f"({train.micro_batch} x {par.min_workers})",
         )
     if train.min_lr > train.lr:
         raise SchemaError("train.min_lr", f"({train.min_lr}) must be <= train.lr ({train.lr})")
@@ -373,7 +377,8 @@ def check_rules(cfg: RunConfig) -> None:
         if par.min_workers % par.ep_size or par.max_workers % par.ep_size:
             raise SchemaError(
                 "parallel.ep_size",
-                f"({par.ep_size}) must divide min_workers ({par.min_workers}) and max_workers ({par.max_workers})",
+                f"({par.ep_size}) must divide min_workers ({par.min_workers}) "
+                f"and max_workers ({par.max_workers})",
             )
     if cfg.model.moe_kernel == "megablocks" and par.gpus_per_worker == 0:
         raise SchemaError(

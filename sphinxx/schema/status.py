@@ -46,7 +46,8 @@ class TrackingState(enum.StrEnum):
 
 
 class ConditionType(enum.StrEnum):
-    """The `type` of a status condition, by which conditions are keyed (docs/architecture.md, "Custom resources").
+    """The `type` of a status condition, by which conditions are keyed
+    (docs/architecture.md, "Custom resources").
 
     `Condition.type` stays a string field, so a condition some other writer added still parses (and
     the CRDs do not change); every condition this operator writes has one of these types.
@@ -89,13 +90,16 @@ class CheckpointRef:
 
 @dataclass
 class RollbackStatus:
-    """The last rollback of a run (`kubectl sphinxx rollback`): commits newer than to_step stopped counting."""
+    """The last rollback of a run (`kubectl sphinxx rollback`):
+    commits newer than to_step stopped counting."""
 
     request: str = field("", "the sphinxx.dev/rollback value it carried out")
     to_step: int = count(0, "the committed step the run resumes from", maximum=2**62)
-    rolled_back_steps: list[int] = field([], "commits marked rolled back (kept on S3, no longer resumed from)",
+    rolled_back_steps: list[int] = field([], "commits marked rolled back "
+                                             "(kept on S3, no longer resumed from)",
                                          max_items=100_000)  # fmt: skip
-    after_attempt: int = count(0, "the attempt that ran last before the rollback; later attempts resume from to_step",
+    after_attempt: int = count(0, "the attempt that ran last before the rollback; "
+                                  "later attempts resume from to_step",
                                maximum=2**31)  # fmt: skip
     time: str | None = field(None, "when the operator rolled back (RFC 3339); MLflow metrics of later steps "
                              "logged before it are superseded")  # fmt: skip
@@ -143,8 +147,9 @@ class PointRow:
     loss: float | None = field(None, "loss at that checkpoint")
     tokens: float | None = field(None, "training tokens consumed at that checkpoint")
     params: float | None = field(None, "N of the scaling law (active, non-embedding parameters)")
-    heldout: dict[str, float] | None = field(None, "held-out bits per byte at that checkpoint: heldout_bpb (all domains) "
-                                      "and heldout_bpb/<domain>")  # fmt: skip
+    heldout: dict[str, float] | None = field(None, "held-out bits per byte at that checkpoint: "
+                                                   "heldout_bpb (all domains) "
+                                                   "and heldout_bpb/<domain>")  # fmt: skip
     checkpoint: str | None = field(None, "URI of that checkpoint")
 
 

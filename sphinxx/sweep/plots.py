@@ -42,8 +42,9 @@ def sci_label(x: float, _pos: Any = None) -> str:
 
 def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
     """Tick values s x 10^e inside [low, high]: powers of ten, else 1-2-5, else 1..9, else with 1.5 and
-    2.5 too — the first set with at least two inside — thinned to at most `most`. Computed here rather than by matplotlib's
-    LogLocator, which falls back to linear ticks (1.25e6, 1.5e6, ...) on a span under a decade."""
+    2.5 too — the first set with at least two inside — thinned to at most `most`. Computed here rather
+    than by matplotlib's LogLocator, which falls back to linear ticks (1.25e6, 1.5e6, ...) on a span
+    under a decade."""
     first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
     ticks: list[float] = []
     halves = (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)
@@ -63,7 +64,8 @@ def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
 
 
 def log_axis(axis: Any, low: float, high: float) -> None:
-    """Log scale with at least two labelled ticks inside [low, high] (`log_ticks`), labelled by `sci_label`."""
+    """Log scale with at least two labelled ticks inside [low, high] (`log_ticks`),
+    labelled by `sci_label`."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     axis.set_major_locator(FixedLocator(log_ticks(low, high)))

@@ -140,7 +140,8 @@ def _check_override(model: str, override: SizeOverride) -> None:
 
 @dataclass(frozen=True)
 class AdmittedSweep:
-    """A sweep that may run: its parsed spec and its resolved base config (tracking, experiment). Read-only."""
+    """A sweep that may run: its parsed spec and its resolved base config (tracking, experiment).
+    Read-only."""
 
     spec: ScalingSweepSpec
     base: RunConfig
@@ -180,7 +181,8 @@ def admit_sweep(
             other = seen[point.name]
             raise SchemaError(
                 "spec.axes.dataFractions",
-                f"{other.fraction} and {point.fraction} give the same point name {point.name}; use fewer decimals",
+                f"{other.fraction} and {point.fraction} give the same point name {point.name}; "
+                "use fewer decimals",
             )
         seen[point.name] = point
         child = point_spec(raw, point)

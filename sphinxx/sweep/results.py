@@ -118,7 +118,8 @@ def fit_inputs(rows: Sequence[PointRow]) -> tuple[list[FitInput], list[str]]:
 
 
 def choose_loss_key(inputs: Sequence[FitInput], requested: str | None = None) -> str:
-    """Which metric is L: `requested` if given, else heldout_bpb when every point has it, else training loss."""
+    """Which metric is L: `requested` if given, else heldout_bpb when every point has it,
+    else training loss."""
     if requested:
         return requested
     return HELDOUT_KEY if inputs and all(i.value(HELDOUT_KEY) is not None for i in inputs) else LOSS_KEY

@@ -5,8 +5,8 @@ and the local sweep runner. The full form is Chinchilla's (Hoffmann et al. 2022)
 
     L(N, D) = E + A / N**alpha + B / D**beta
 
-fitted by variable projection (see `_fit_chinchilla`). Five parameters need points that vary N and D independently:
-with fewer than `MIN_POINTS_FULL` points or fewer than 3 distinct values on either
+fitted by variable projection (see `_fit_chinchilla`). Five parameters need points that vary N and D
+independently: with fewer than `MIN_POINTS_FULL` points or fewer than 3 distinct values on either
 axis, the fit falls back to one power law per axis, L = k * x**-slope, each fitted on
 the slice where the other axis is largest (the best-trained points), and says so.
 
@@ -194,7 +194,10 @@ def fit(
     else:
         out = _fit_per_axis(
             points,
-            note=f"{len(points)} points, {distinct_n} sizes x {distinct_d} data sizes: too few for the 5-parameter law",
+            note=(
+                f"{len(points)} points, {distinct_n} sizes x {distinct_d} data sizes: "
+                "too few for the 5-parameter law"
+            ),
         )
         _per_axis_uncertainty(out, points, resamples, level, seed)
     out.loss_key = loss_key

@@ -22,7 +22,8 @@ def _byte_level(merges: bool):
     tok.decoder = decoders.ByteLevel()
     corpus = ["Assistant: héllo wörld, naïve café", "the answer is 42 ### über"] * 50
     trainer = trainers.BpeTrainer(vocab_size=300 if merges else 261, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)  # fmt: skip
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 

@@ -49,7 +49,8 @@ def test_record_round_trip_and_role_aliases() -> None:
         ),
         (b'{"conversations": [{"from": "human", "value": "q"}]}', "invalid_record"),
         (
-            b'{"images": ["a", "b"], "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}',
+            b'{"images": ["a", "b"], "conversations": [{"from": "human", "value": "q"}, '
+            b'{"from": "gpt", "value": "a"}]}',
             "invalid_record",
         ),
     ],

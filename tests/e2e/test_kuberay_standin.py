@@ -124,7 +124,8 @@ def standin(kube, api: Api, tmp_path: Path) -> Iterator[KubeRayStandIn]:
 DUMP_ENV = (
     "python -c 'import json, os; "
     'job = json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]); '
-    'print(json.dumps({"driver": {k: os.environ.get(k) for k in ("SECRET_KEY", "POD", "FROM_RUNTIME_ENV", "RAY_ADDRESS")}, '
+    'print(json.dumps({"driver": {k: os.environ.get(k) for k in '
+    '("SECRET_KEY", "POD", "FROM_RUNTIME_ENV", "RAY_ADDRESS")}, '
     '"workers": job["runtime_env"]["env_vars"]}))\''
 )
 

@@ -162,7 +162,8 @@ def scenario(
     final = wait_for(done, SWEEP_TIMEOUT, "the sweep to finish", every=2)
     sc.seconds["total"] = time.monotonic() - started
     print(
-        f"\n[e2e] sweep {final['phase']} in {sc.seconds['total']:.0f}s; kill at {sc.seconds['until_kill']:.0f}s"
+        f"\n[e2e] sweep {final['phase']} in {sc.seconds['total']:.0f}s; "
+        f"kill at {sc.seconds['until_kill']:.0f}s"
     )
     assert not kuberay.errors, kuberay.errors
     return sc
@@ -364,7 +365,8 @@ def test_the_same_sweep_file_runs_locally_with_the_same_runs_tags_and_fit_inputs
     s3_names = ",".join(k for k in scenario.s3_env if k.startswith("AWS_"))
     env = {**os.environ, **scenario.s3_env, "RAY_ADDRESS": ray_cluster, "SPHINXX_WORKER_ENV": s3_names}
     argv = [_bin("sphinxx"), "sweep", "run", scenario.manifest, "--local", "--workdir", str(workdir),
-            "--tracking-uri", scenario.tracking_uri, "--storage-uri", f"s3://{scenario.bucket}/local"]  # fmt: skip
+            "--tracking-uri", scenario.tracking_uri,
+            "--storage-uri", f"s3://{scenario.bucket}/local"]  # fmt: skip
     state_path = workdir / SWEEP / "state.json"
 
     def phases() -> dict[str, str]:

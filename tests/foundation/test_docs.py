@@ -81,8 +81,9 @@ def test_no_citation_of_a_document_outside_the_repository() -> None:
 
 
 def test_the_citation_check_bites(tmp_path: Path) -> None:
-    for text in ('see ``shared/docs/moe.md, "Expert kernels"``', "# (environment.md)", "see ../shared/design/x.md",
-                 "(/work/.library/device/KINDS.md)", "METHOD.md: poison outputs"):  # fmt: skip
+    for text in ('see ``shared/docs/moe.md, "Expert kernels"``', "# (environment.md)",
+                 "see ../shared/design/x.md", "(/work/.library/device/KINDS.md)",
+                 "METHOD.md: poison outputs"):  # fmt: skip
         cited = [m.group(1) for m in MARKDOWN_PATH.finditer(text)]
         assert cited and not any(_resolves(ROOT / "model" / "moe.py", c) for c in cited), text
     assert [m.group(1) for m in MARKDOWN_PATH.finditer("docs/moe.md and ops_runbooks/README.md")] == [

@@ -103,7 +103,8 @@ def test_objects_validate_against_kubernetes_schemas(toggled: tuple[str, Rendere
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as err:
             pytest.fail(
-                f"{name}: {template} {obj['kind']}/{obj['metadata']['name']}: {err.message} at {list(err.path)}"
+                f"{name}: {template} {obj['kind']}/{obj['metadata']['name']}: "
+                f"{err.message} at {list(err.path)}"
             )
 
 

@@ -68,7 +68,8 @@ def run_model(cfg, worker, staged=None):
 
     return build_model(
         cfg.model, run_decoder_args(cfg), worker,
-        seed=cfg.train.seed, precision=cfg.train.precision, options=storage_options(cfg.storage), staged=staged,
+        seed=cfg.train.seed, precision=cfg.train.precision, options=storage_options(cfg.storage),
+        staged=staged,
     )  # fmt: skip
 
 

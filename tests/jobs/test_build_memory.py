@@ -37,8 +37,9 @@ SCRIPT = textwrap.dedent(
                       overrides=["storage.uri=file:///tmp/unused", "run_id=mem", "parallel.ep_size=2",
                                  "parallel.min_workers=2", "parallel.max_workers=2", "data.seq_len=64"])
     whole = run_memory(load_config(preset="debug-moe", data={"model": {"overrides": shape}},
-                                   overrides=["storage.uri=file:///tmp/unused", "run_id=mem", "data.seq_len=64",
-                                              "parallel.ep_size=1", "parallel.min_workers=1", "parallel.max_workers=1"]))
+                                   overrides=["storage.uri=file:///tmp/unused", "run_id=mem",
+                                              "data.seq_len=64", "parallel.ep_size=1",
+                                              "parallel.min_workers=1", "parallel.max_workers=1"]))
     estimate = run_memory(cfg, setup_from_run(cfg, world_size=2))
     torch.zeros(1)  # allocator and thread pools up before the baseline
     with open("/proc/self/clear_refs", "w") as f:
@@ -64,7 +65,8 @@ def test_building_a_rank_share_peaks_at_about_one_copy_of_it() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"rank share: estimate {got['estimate'] / 2**20:.1f} MiB, held {got['held'] / 2**20:.1f} MiB, "
-          f"peak RSS growth {got['peak_growth'] / 2**20:.1f} MiB; whole model {got['whole'] / 2**20:.1f} MiB")  # fmt: skip
+          f"peak RSS growth {got['peak_growth'] / 2**20:.1f} MiB; "
+          f"whole model {got['whole'] / 2**20:.1f} MiB")  # fmt: skip
     assert got["held"] == got["estimate"]  # the estimate counts exactly the tensors this rank holds
     assert got["estimate"] * 0.9 <= got["peak_growth"] <= got["estimate"] * 1.1 + 64 * 2**20
     assert got["peak_growth"] < 0.8 * got["whole"]  # never the whole model, even for a moment

@@ -94,7 +94,8 @@ def test_a_run_evaluates_commits_the_results_and_resumes_without_redoing_them(
 
     storage = (tmp_path / "ckpt").as_uri()
     raw = tiny_config(synth, "eval-run", storage, mlflow_server.tracking_uri,
-                      train={"steps": 4, "checkpoint_interval": 2, "eval_interval": 2}, data={"heldout_records": 4})  # fmt: skip
+                      train={"steps": 4, "checkpoint_interval": 2, "eval_interval": 2},
+                      data={"heldout_records": 4})  # fmt: skip
     raw["parallel"].update(min_workers=1, max_workers=1)
     run_id = create_run(mlflow_server.tracking_uri, "train-e2e", "eval-run")
     run_distributed(_train, 1, from_dict(raw), run_id)

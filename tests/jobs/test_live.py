@@ -10,9 +10,9 @@ from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_s
 
 # Lines as the job's driver prints them under Ray (copied from a demo point's log).
 RAY = "\x1b[36m(RayTrainWorker pid=4845)\x1b[0m "
-STEP_LINE = (
-    RAY
-    + "[sphinxx] step 7/12 (58.3%) loss 6.5811 lr 5.00e-04 | 1,859 tok/s 4.6 samples/s mfu 40.1% | ETA 0:00:04\n"
+STEP_LINE = RAY + (
+    "[sphinxx] step 7/12 (58.3%) loss 6.5811 lr 5.00e-04 | 1,859 tok/s 4.6 samples/s mfu 40.1% "
+    "| ETA 0:00:04\n"
 )
 LAST_LINE = (
     RAY

@@ -86,8 +86,8 @@ def test_results_table_shows_n_d_and_the_held_out_score() -> None:
     state.points = {done.name: LocalPoint(done, seconds=61.4), failed.name: LocalPoint(failed)}
     header, _, first, second = results_table(state).splitlines()
     assert header.split() == ["point", "model", "data", "status", "step", "N", "D", "loss", "bpb", "time"]
-    assert first.split() == ["s-micro-l-d100", "micro-l", "1.00", "succeeded", "72", "9.45M", "261k", "2.0512",
-                             "1.2346", "61s"]  # fmt: skip
+    assert first.split() == ["s-micro-l-d100", "micro-l", "1.00", "succeeded", "72", "9.45M", "261k",
+                             "2.0512", "1.2346", "61s"]  # fmt: skip
     assert second.split() == ["s-micro-s-d25", "micro-s", "0.25", "failed", "-", "-", "-", "-", "-", "0s"]
     without = SweepState("s", points={failed.name: LocalPoint(failed)})
     assert "holds out no data: data.heldout_records" in results_table(without)

@@ -35,7 +35,8 @@ def test_progress_line_every_n_steps_and_at_the_end() -> None:
     assert printed == [10, 20, 25]
     first = out.getvalue().splitlines()[0]
     assert first == (
-        "[sphinxx] step 10/25 (40.0%) loss 2.3457 lr 1.90e-05 | 12,346 tok/s 48.2 samples/s mfu 31.2% | ETA 0:00:30"
+        "[sphinxx] step 10/25 (40.0%) loss 2.3457 lr 1.90e-05 | 12,346 tok/s 48.2 samples/s mfu 31.2% "
+        "| ETA 0:00:30"
     )
 
 

@@ -64,7 +64,8 @@ class Group:
                 p.wait(30)
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(f"--- {log.name}\n"
+                         + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
                          for log in self.logs)  # fmt: skip
 
     def result(self, rank: int) -> dict:
@@ -131,7 +132,8 @@ def test_sigterm_during_a_commit_that_cannot_finish_leaves_the_previous_checkpoi
     proxy = FaultProxy(s3_server.endpoint_url)  # the workers reach S3 only through it
     storage, grace = f"s3://{s3_bucket}/runs", 10
     raw = tiny_config(synth, "stall", storage, mlflow_server.tracking_uri,
-                      train={"steps": 40, "checkpoint_interval": 2, "termination_grace_seconds": grace})  # fmt: skip
+                      train={"steps": 40, "checkpoint_interval": 2,
+                             "termination_grace_seconds": grace})  # fmt: skip
     raw["storage"]["endpoint_url"] = proxy.endpoint_url
     run = create_run(mlflow_server.tracking_uri, "train-e2e", "stall")
     store = CheckpointStore(storage, "stall", options=StorageOptions(endpoint_url=s3_server.endpoint_url))

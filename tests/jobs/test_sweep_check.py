@@ -34,7 +34,8 @@ def _sweep(tmp_path: Path, bucket: str, weights: str) -> Path:
         "storage": {"uri": f"s3://{bucket}/runs"},
     }
     doc = {"apiVersion": "sphinxx.dev/v1alpha1", "kind": "ScalingSweep", "metadata": {"name": "chk"},
-           "spec": {"base": base, "axes": {"models": ["debug", "debug-moe"], "dataFractions": [0.5, 1.0]}}}  # fmt: skip
+           "spec": {"base": base,
+                    "axes": {"models": ["debug", "debug-moe"], "dataFractions": [0.5, 1.0]}}}  # fmt: skip
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -56,7 +56,8 @@ def _config(flavor: str, args: ModelArgs, fields, tmp_path, ep_size: int = 1, **
         preset=flavor,
         data={"model": {"overrides": overrides, **model}},
         overrides=[f"storage.uri=file://{tmp_path}/store", "run_id=weights", "data.seq_len=64",
-                   f"parallel.ep_size={ep_size}", f"parallel.min_workers={ep_size}", f"parallel.max_workers={ep_size}"],
+                   f"parallel.ep_size={ep_size}", f"parallel.min_workers={ep_size}",
+                   f"parallel.max_workers={ep_size}"],
     )  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """Any-resolution processor: canvas geometry, skip masks, padding, view order, token counts.
 
-Expected masks and counts are worked out by hand from docs/model.md, "Any-resolution images" and "Visual tokens per image"
+Expected masks and counts are worked out by hand from
+docs/model.md, "Any-resolution images" and "Visual tokens per image"
 (cell (r, c) of size 224 is skipped iff c*224 >= w' or r*224 >= h'; a view costs 259 positions,
 a skipped cell 1), not produced by the code under test.
 """

@@ -208,7 +208,8 @@ def test_logits_match_transformers_mixtral() -> None:
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_moe_aux_is_coef_times_mean_layer_loss(padded: bool) -> None:
-    """forward_hidden's aux = w * mean_l L_l with L_l = (E / (T k)) sum_e count_e meanprob_e (docs/moe.md, "Load-balancing loss").
+    """forward_hidden's aux = w * mean_l L_l with L_l = (E / (T k)) sum_e count_e meanprob_e
+    (docs/moe.md, "Load-balancing loss").
 
     L_l is computed here from each layer's router weight and its captured input, independently
     of the MoE module's own loss code; with token_mask, right padding is left out of T.

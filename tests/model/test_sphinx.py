@@ -246,7 +246,8 @@ def test_meta_build_then_load_matches_eager() -> None:
 
 
 def test_moe_aux_loss_ignores_right_padding() -> None:
-    """The load-balancing loss counts only real positions (docs/moe.md, "Load-balancing loss"), computed independently."""
+    """The load-balancing loss counts only real positions (docs/moe.md, "Load-balancing loss"),
+    computed independently."""
     torch.manual_seed(0)
     model = build_sphinx(
         "debug-moe", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, moe_ffn_dim=32, vocab_size=512

@@ -41,7 +41,8 @@ def test_matches_transformers_block(kernel: str) -> None:
 
 
 def _aux_by_hand(x: torch.Tensor, router_w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """docs/moe.md, "Load-balancing loss" written out independently of the layer: one-hot counts, fp32 softmax."""
+    """docs/moe.md, "Load-balancing loss" written out independently of the layer:
+    one-hot counts, fp32 softmax."""
     tokens = x.reshape(-1, H)
     keep = torch.ones(tokens.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1)
     probs = (tokens @ router_w.t()).float().softmax(-1)[keep]
@@ -63,7 +64,8 @@ def test_aux_loss_formula_and_hf_identity(with_mask: bool) -> None:
     _, aux = ours(x, token_mask=mask)
     expected = _aux_by_hand(x, hf.gate.weight.detach(), mask)
     assert_close(aux, coef * expected / num_layers, rtol=1e-6, atol=0)
-    # One layer of HF's pooled loss has no 1/k and no weight: HF = k * ours / w (docs/moe.md, "Load-balancing loss").
+    # One layer of HF's pooled loss has no 1/k and no weight: HF = k * ours / w
+    # (docs/moe.md, "Load-balancing loss").
     logits = (x.reshape(-1, H) @ hf.gate.weight.detach().t(),)
     hf_loss = load_balancing_loss_func(logits, E, K, attention_mask=None if mask is None else mask.long())
     assert_close(hf_loss, K * aux * num_layers / coef, rtol=1e-5, atol=0)

@@ -260,7 +260,8 @@ def test_a_rollback_of_a_failed_run_starts_the_next_attempt_from_the_chosen_step
     assert act.create_attempt == 3 and st["retries"] == 0 and st["phase"] == "Resuming"
     assert st["rollbackToken"] == "20@t" and st["lastCheckpoint"]["step"] == 20
     assert st["lastRollback"] == {
-        "request": "20@t", "toStep": 20, "rolledBackSteps": [30, 40], "afterAttempt": 2, "time": "2027-01-15T08:00:00Z",
+        "request": "20@t", "toStep": 20, "rolledBackSteps": [30, 40], "afterAttempt": 2,
+        "time": "2027-01-15T08:00:00Z",
     }  # fmt: skip
     assert ("Normal", "RolledBack") in {(t, r) for t, r, _ in act.events}
     assert "resumes from step 20" in st["message"]

@@ -255,12 +255,14 @@ def test_golden_rayjob_per_pod_setting(setting: str) -> None:
 def test_pod_settings_land_where_they_belong() -> None:
     spec = _spec("tinyllama-1.1b")
     spec["resources"] = {**spec["resources"], **POD_SETTINGS["volumes"], **POD_SETTINGS["scheduler"],
-                         **POD_SETTINGS["extra-resources"], **POD_SETTINGS["pod-metadata"], **POD_SETTINGS["pod-patches"]}  # fmt: skip
+                         **POD_SETTINGS["extra-resources"], **POD_SETTINGS["pod-metadata"],
+                         **POD_SETTINGS["pod-patches"]}  # fmt: skip
     parsed, cfg = validate_run("pods", spec)
     cluster = render_rayjob(_attempt("pods"), parsed, cfg)["spec"]["rayClusterSpec"]
     head, worker = cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]
     wc = worker["spec"]["containers"][0]
-    # the node cache, then /dev/shm: 4Gi per GPU of the pod (8 GPUs), on workers only; the user's volumes after them.
+    # the node cache, then /dev/shm: 4Gi per GPU of the pod (8 GPUs), on workers only; the user's volumes
+    # after them.
     assert [v["name"] for v in worker["spec"]["volumes"]] == ["sphinxx-stage", "dshm", "weights", "data"]
     assert worker["spec"]["volumes"][1]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
     assert [m["mountPath"] for m in wc["volumeMounts"]] == [

@@ -1,4 +1,5 @@
-"""RayJob status mapping with KubeRay's real field values (docs/operator.md, "KubeRay status and TrainingRun phases"), and the sweep roll-up."""
+"""RayJob status mapping with KubeRay's real field values
+(docs/operator.md, "KubeRay status and TrainingRun phases"), and the sweep roll-up."""
 
 from __future__ import annotations
 
@@ -236,7 +237,8 @@ def test_sweep_rollup_counts_rows_and_phase() -> None:
     }
     roll = status.rollup(ordered, children, False, [], 1, "t")
     assert roll.counts == {
-        "total": 4, "queued": 1, "pending": 0, "running": 1, "resuming": 0, "succeeded": 1, "failed": 1, "suspended": 0,
+        "total": 4, "queued": 1, "pending": 0, "running": 1, "resuming": 0, "succeeded": 1, "failed": 1,
+        "suspended": 0,
     }  # fmt: skip
     assert roll.phase == "Running" and roll.progress == "1/4"
     assert dump(roll.points[0], Naming.CAMEL, drop_none=True) == {

@@ -697,7 +697,10 @@ class SphinxxKubeEmulator(kmock.KubernetesEmulator):
             raise KubernetesError(
                 status=409,
                 reason="Conflict",
-                message=f'Operation cannot be fulfilled on {spec.plural} "{request.name}": the object has been modified',
+                message=(
+                    f'Operation cannot be fulfilled on {spec.plural} "{request.name}": '
+                    "the object has been modified"
+                ),
             )
         return await self._store_update(spec, old, new, request.subresource)
 

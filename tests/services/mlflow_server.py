@@ -40,7 +40,8 @@ def start_mlflow(
         "127.0.0.1",
         "--port",
         str(port),
-        # One worker and no job runner: ~0.5 GiB instead of ~3 GiB (docs/architecture.md, "Real components in tests").
+        # One worker and no job runner: ~0.5 GiB instead of ~3 GiB
+        # (docs/architecture.md, "Real components in tests").
         "--workers",
         "1",
     ]

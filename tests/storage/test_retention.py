@@ -101,7 +101,8 @@ def test_partial_gc_respects_the_grace_period():
     keep_last=st.integers(2, 4),
 )
 def test_store_retention_counts_only_committed(layout, keep_last):
-    """On memory://: partial folders, even the newest, neither count towards K nor get deleted by retention."""
+    """On memory://: partial folders, even the newest, neither count towards K
+    nor get deleted by retention."""
     import uuid
 
     store = CheckpointStore(f"memory://ret-{uuid.uuid4().hex[:8]}/runs", "run")
@@ -123,7 +124,8 @@ def test_store_retention_counts_only_committed(layout, keep_last):
 
 
 def test_deletion_removes_the_manifest_before_the_files(s3_prefix, fault_proxy):
-    """If deleting a victim's files fails, it is already uncommitted: never a committed-but-empty checkpoint."""
+    """If deleting a victim's files fails, it is already uncommitted:
+    never a committed-but-empty checkpoint."""
     from sphinxx.storage import StorageOptions
 
     store = CheckpointStore(

@@ -289,7 +289,8 @@ def test_cache_folder_names_are_stable_and_distinct() -> None:
 def test_the_staging_benchmark_runs_and_reports_its_ratio() -> None:
     import json
 
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "stage.py"), "--size-mib", "16", "--repeats", "1"],
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "stage.py"),
+                          "--size-mib", "16", "--repeats", "1"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]

@@ -127,5 +127,6 @@ def test_per_source_heldout_metrics_stay_out_of_the_rows_and_the_domain_fits() -
     from sphinxx.sweep.results import row_metrics
 
     row = row_metrics({"loss": 2.0, "num_params": 1e6, "tokens_seen": 1e7, "heldout_bpb": 1.5,
-                       "heldout_bpb/ocr": 1.7, "heldout_bpb/source:papers": 1.8, "heldout_loss": 2.1})  # fmt: skip
+                       "heldout_bpb/ocr": 1.7, "heldout_bpb/source:papers": 1.8,
+                       "heldout_loss": 2.1})  # fmt: skip
     assert row["heldout"] == {"heldout_bpb": 1.5, "heldout_bpb/ocr": 1.7}
