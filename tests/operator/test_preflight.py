@@ -91,7 +91,11 @@ def test_readable_inputs_pass_and_the_run_starts(preflight_operator, cluster, s3
     bucket = _bucket_with_inputs(s3_server)
     cluster.kube.apply(_run("good", bucket, llm_weights=f"s3://{bucket}/weights/tiny"), cluster.ns)
     wait_for(lambda: cluster.rayjobs("good"), timeout=60, what="the RayJob")
-    conditions = {c["type"]: c for c in cluster.status("trainingruns", "good")["conditions"]}
+    # The operator creates the RayJob, then writes the status of that same pass.
+    status = wait_for(
+        lambda: cluster.status("trainingruns", "good").get("conditions"), timeout=30, what="the status"
+    )
+    conditions = {c["type"]: c for c in status}
     assert conditions["Blocked"]["status"] == "False" and conditions["Blocked"]["reason"] == "InputsReadable"
     # the write probe cleaned up after itself
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="runs/").get("Contents", [])
