@@ -34,8 +34,10 @@ $(BIN)/python:
 $(UV): $(BIN)/python
 	$(BIN)/pip install -q uv
 
+# --compile-bytecode: every process the tests and the demo start (Ray workers, jobs, the operator)
+# imports torch, DeepSpeed, transformers and Ray; compiled once here, none of them compiles them again.
 $(STAMP): pyproject.toml .ci/constraints-cpu.txt | $(UV)
-	$(UV) pip install --python $(BIN)/python $(UV_FLAGS) -e '.[dev]'
+	$(UV) pip install --python $(BIN)/python $(UV_FLAGS) --compile-bytecode -e '.[dev]'
 	@touch $@
 
 install: $(STAMP)

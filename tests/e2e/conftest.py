@@ -36,12 +36,17 @@ S3_SECRET = "sphinxx-s3"  # the Secret tiny.yaml's resources.envFromSecrets name
 SYNTH_SIZE = 240  # the demo's data set size, so the steps match what `make demo` trains
 
 
-@pytest.fixture(scope="module")
+# The bucket, the data set on it and the operator are shared by the end-to-end modules (each
+# costs seconds to make: the CLI writes the set, kopf starts); each module gets its own namespace
+# and KubeRay stand-in, so their objects never meet.
+
+
+@pytest.fixture(scope="session")
 def e2e_bucket(s3_server) -> str:
     return s3_server.new_bucket("e2e")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def synth_on_s3(s3_server, e2e_bucket: str) -> str:
     """The synthetic set and tokenizer written to the bucket by the CLI a user would run."""
     prefix = f"s3://{e2e_bucket}/data"
@@ -55,7 +60,7 @@ def synth_on_s3(s3_server, e2e_bucket: str) -> str:
     return prefix
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def e2e_operator(kube, s3_server, mlflow_server, tmp_path_factory) -> Iterator[OperatorServer]:
     env = {**s3_server.env, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "SPHINXX_PREFLIGHT": "1"}
     server = start_operator(tmp_path_factory.mktemp("e2e-operator"), kube, env=env)
