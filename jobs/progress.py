@@ -72,7 +72,7 @@ def device_peak(device: str, cpu_threads: int | None = None) -> Peak:
     """Peak FLOP/s of a training worker's device (`cpu`, `cuda`, `cuda:1`): datasheet for known
     GPUs, measured (and marked as an estimate) on other GPUs and on CPU."""
     if device.startswith("cuda"):
-        import torch
+        import torch  # the module's tables (datasheet peaks) are read by torch-free code too
 
         name = torch.cuda.get_device_name(torch.device(device))
         known = gpu_datasheet_peak(name)
@@ -89,7 +89,7 @@ def measure_matmul_flops(
     device: str, dtype: str, threads: int | None = None, size: int = 512, repeats: int = 8
 ) -> float:
     """Best-of-N square GEMM FLOP/s on `device` (about 0.1 s on 2 CPU cores; 4096 on a GPU)."""
-    import torch
+    import torch  # as in device_peak
 
     prev = torch.get_num_threads()
     if threads:

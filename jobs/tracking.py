@@ -12,6 +12,9 @@ Protocol (docs/training.md, "MLflow tracking from rank 0"):
 - All calls go through one background thread. If the server is unreachable the calls stay
   queued in order, a warning says so once per outage, and they are replayed when it answers
   again. Client errors (HTTP 4xx: e.g. a param whose value changed) are logged and dropped.
+
+MLflow (3-4 s to import) is imported inside the calls that use it: ranks other than 0 and runs with
+`tracking.enabled: false` never import it (a GPU machine may not have it installed at all).
 """
 
 from __future__ import annotations

@@ -250,6 +250,7 @@ def load_config(
     A file or the data may name their preset with a top-level `preset:` key. Returns a checked,
     plain `RunConfig` (dataclass instances, no omegaconf nodes).
     """
+    # omegaconf and yaml load when a config is read, not when `sphinxx --help` registers commands.
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -285,7 +286,7 @@ def read_yaml(path: str) -> dict[str, Any]:
 
 
 def parse_yaml(text: str, where: str) -> dict[str, Any]:
-    import yaml
+    import yaml  # as in load_config
 
     try:
         loaded = yaml.safe_load(text) or {}
@@ -319,7 +320,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 def to_yaml(cfg: RunConfig) -> str:
     """Plain YAML of the resolved config (what `load_config(file=...)` reads back), via libyaml when
     present: the operator writes one per attempt, and the pure-Python emitter costs milliseconds."""
-    import yaml
+    import yaml  # as in load_config
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     return str(yaml.dump(to_dict(cfg), Dumper=dumper, sort_keys=False))

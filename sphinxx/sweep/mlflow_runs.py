@@ -107,6 +107,7 @@ class PointRef:
 def client(uri: str) -> Any:
     for key, value in FAST_FAIL_ENV.items():
         os.environ.setdefault(key, value)
+    # MLflow (3-4 s) loads at the first call: `sphinxx --help` and the operator's startup import this module.
     from mlflow.tracking import MlflowClient
 
     with _lock:
@@ -116,7 +117,7 @@ def client(uri: str) -> Any:
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # as in client()
 
     try:
         return fn(*args, **kwargs)
@@ -221,7 +222,7 @@ def log_fit(uri: str, run_id: str, law: ScalingLawStatus, png: bytes | None) -> 
     """
     mlflow = client(uri)
     _call(mlflow.log_dict, run_id, dump(law, Naming.CAMEL, drop_none=True), "scaling_law.json")
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # as in client()
 
     now = int(time.time() * 1000)
     metrics = [Metric(key, value, now, 0) for key, value in fit_metrics(law).items()]

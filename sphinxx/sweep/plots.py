@@ -11,6 +11,9 @@ Panels (docs/operator.md, "The scaling-law fit"):
 Readability is part of the contract: log axes tick at powers of ten (or at 1-2-5 multiples when
 the data span less than a decade) labelled "1e7", never "6.4 x 10^0"; axes carry units; legends
 sit outside the data area and the law's summary is the figure's title, so no text covers points.
+
+matplotlib is imported inside the functions that draw: the Agg backend must be chosen before
+pyplot loads, and nothing that only fits a law pays for it.
 """
 
 from __future__ import annotations

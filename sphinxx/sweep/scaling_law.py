@@ -238,7 +238,7 @@ def _variable_projection(
     (which approximate Chinchilla's log residuals). Fast and free of bad local minima in the
     linear coefficients, which Chinchilla's many-start L-BFGS needs to avoid.
     """
-    from scipy.optimize import minimize, nnls
+    from scipy.optimize import minimize, nnls  # scipy (~1 s): when a fit runs, not at import
 
     ones, target = np.ones_like(n), np.ones_like(loss)
 

@@ -36,9 +36,9 @@ S3_SECRET = "sphinxx-s3"  # the Secret tiny.yaml's resources.envFromSecrets name
 SYNTH_SIZE = 240  # the demo's data set size, so the steps match what `make demo` trains
 
 
-# The bucket, the data set on it and the operator are shared by the end-to-end modules (each
-# costs seconds to make: the CLI writes the set, kopf starts); each module gets its own namespace
-# and KubeRay stand-in, so their objects never meet.
+# The bucket and the data set on it are shared by the end-to-end modules (the CLI takes seconds to
+# write the set); each module gets its own namespace, KubeRay stand-in and operator. The operator
+# stops with its module: it watches every namespace, and later tests' objects are not its business.
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def synth_on_s3(s3_server, e2e_bucket: str) -> str:
     return prefix
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e2e_operator(kube, s3_server, mlflow_server, tmp_path_factory) -> Iterator[OperatorServer]:
     env = {**s3_server.env, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "SPHINXX_PREFLIGHT": "1"}
     server = start_operator(tmp_path_factory.mktemp("e2e-operator"), kube, env=env)
