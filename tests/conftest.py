@@ -88,4 +88,3 @@ def kube(services_dir: Path):
     server = start_kube(services_dir / "kube")
     yield server
     server.process.stop()
-
