@@ -50,7 +50,11 @@ def _check(rows: list[dict], flavor: str) -> dict:
     assert [s["warmup"] for s in steps] == [True, False, False]
     assert all(s["views"] > 1 and s["samples"] >= 1 for s in steps)  # real multi-view images every step
     assert summary["steps"] == 2 and summary["failed"] is None
-    assert 0 < summary["mfu"] <= 1 and summary["tokens_per_s"] > 0
+    assert summary["mfu"] > 0 and summary["tokens_per_s"] > 0
+    # MFU is the model's FLOP/s over the peak. On CPU the peak is an estimate measured beside
+    # whatever else the machine runs, so MFU may pass 1 there; the formula must hold regardless.
+    ratio = summary["model_tflops_per_s"] / summary["peak_tflops"]
+    assert summary["mfu"] == pytest.approx(ratio, rel=0.02, abs=2e-4)
     assert config["peak_is_estimate"] and summary["mfu_is_estimate"] and summary["peak_tflops"] > 0
     split = summary["step_time_split"]
     assert set(split) == {"vision", "llm_forward", "llm_backward", "optimizer", "data_wait", "other"}
