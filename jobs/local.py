@@ -34,9 +34,11 @@ from typing import Any, TextIO
 import yaml
 
 from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
+from sphinxx.jobs.preflight import preflight
 from sphinxx.jobs.stores import run_store
 from sphinxx.schema.admission import admit_run
 from sphinxx.schema.fields import SchemaError, deep_merge
+from sphinxx.schema.manifests import kind_of, name_of
 from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
 from sphinxx.schema.status import (
     PointRow,
@@ -104,13 +106,12 @@ def read_sweep(path: str) -> tuple[str, dict[str, Any]]:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         raise SchemaError("", f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
-    sweeps = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ScalingSweep"]
+    named = [(f"document {i}", d) for i, d in enumerate(docs, 1)]
+    sweeps = [(where, d) for where, d in named if kind_of(d, where) == "ScalingSweep"]
     if len(sweeps) != 1:
         raise SchemaError("kind", f"{path} must hold exactly one ScalingSweep; found {len(sweeps)}")
-    name = (sweeps[0].get("metadata") or {}).get("name")
-    if not name:
-        raise SchemaError("metadata.name", "is required")
-    return name, sweeps[0].get("spec") or {}
+    where, doc = sweeps[0]
+    return name_of(doc, where), doc.get("spec") or {}
 
 
 def local_defaults(storage_uri: str, tracking_uri: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -435,6 +436,12 @@ def run_local(
         print(f"error: invalid sweep {file}: {err}", file=sys.stderr)
         return 2
     print(f"sweep {sweep.name}: {len(sweep.points)} points -> {sweep.workdir}", flush=True)
+    # The operator's pre-flight, before Ray starts: a missing input is one line now, not a Ray
+    # traceback a minute from now.
+    failed = preflight(sweep.points, sys.stderr, quiet=True)
+    if failed:
+        print(f"error: {failed} input(s) above cannot be used; nothing was started", file=sys.stderr)
+        return 1
     _quiet_third_parties()
     try:
         state = sweep.run(resume)

@@ -153,9 +153,7 @@ def _check(args: argparse.Namespace) -> int:
     from this machine's credentials."""
     # The planner and the storage probes (boto3, s3fs): see the module docstring.
     from sphinxx.jobs.local import plan, read_sweep
-    from sphinxx.storage import StorageOptions
-    from sphinxx.storage.probe import probe_read, probe_write
-    from sphinxx.sweep.inputs import run_inputs
+    from sphinxx.jobs.preflight import needed, preflight
 
     try:
         name, raw = read_sweep(args.file)
@@ -164,32 +162,12 @@ def _check(args: argparse.Namespace) -> int:
     except SchemaError as err:
         print(f"error: invalid sweep {args.file}: {err}", file=sys.stderr)
         return 2
-    users: dict[tuple[str, str, str], list[str]] = {}
-    needs: dict[tuple[str, str, str], tuple[str, ...]] = {}
-    endpoints: dict[tuple[str, str, str], str | None] = {}
-    for point, cfg in points:
-        for item in run_inputs(cfg):
-            key = (item.field, item.uri, item.access)
-            users.setdefault(key, []).append(point.name)
-            needs[key], endpoints[key] = item.needs_any, cfg.storage.endpoint_url
-    failed = 0
-    print(f"pre-flight of sweep {name}: {len(users)} inputs of {len(points)} points", flush=True)
-    for (field, uri, access), names in users.items():
-        options = StorageOptions(endpoint_url=endpoints[(field, uri, access)])
-        why = (
-            probe_write(uri, options)
-            if access == "write"
-            else probe_read(uri, needs[(field, uri, access)], options)
-        )
-        where = "all points" if len(names) == len(points) else ", ".join(names)
-        if why is None:
-            print(f"ok    {field}: {uri} ({access}; {where})", flush=True)
-        else:
-            failed += 1
-            print(f"FAIL  {field}: {uri} {why} ({where})", flush=True)
+    print(f"pre-flight of sweep {name}: {len(needed(points))} inputs of {len(points)} points", flush=True)
+    failed = preflight(points, sys.stdout)
     if failed:
+        total = len(needed(points))
         print(
-            f"error: {failed} of {len(users)} inputs cannot be used; fix them before `kubectl apply`",
+            f"error: {failed} of {total} inputs cannot be used; fix them before `kubectl apply`",
             file=sys.stderr,
         )
         return 1

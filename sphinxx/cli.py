@@ -23,6 +23,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("model", "sphinxx.model.cli"),
     ("data", "sphinxx.jobs.data.cli"),
     ("sweep", "sphinxx.jobs.sweep_cli"),
+    ("validate", "sphinxx.jobs.validate_cli"),
     ("operator", "sphinxx.operator.cli"),
 ]
 

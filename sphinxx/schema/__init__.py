@@ -12,6 +12,7 @@ import-linter keeps it so (docs/architecture.md, "Layers").
     flavors.py      the flavor table: every named model, its shape and exact parameter counts
     run.py          the run config (omegaconf-layered) and its cross-field rules
     resources.py    TrainingRun and ScalingSweep specs
+    manifests.py    which documents of a file are ours: apiVersion and kind as the CRDs serve them
     status.py       their status: phases, conditions, typed rows
     credentials.py  credentials are refused anywhere in a spec
     admission.py    a TrainingRun admitted with the job's own checks

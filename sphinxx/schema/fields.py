@@ -143,9 +143,16 @@ def unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def check(value: Any, constraints: Mapping[str, Any], path: str) -> None:
-    """Every declared constraint of one value; the first one broken raises SchemaError."""
+    """Every declared constraint of one value; the first one broken raises SchemaError.
+
+    Whatever the constraints, a float must be finite: NaN passes every comparison and ±inf every
+    one-sided bound, and a run with either trains to NaN after its GPUs are allocated. Every field
+    (and every item of a list or map field) is checked here, so a new float field gets the rule.
+    """
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SchemaError(path, f"must be a finite number; got {value!r}")
     if "enum" in constraints:
         allowed = [e.value if isinstance(e, enum.Enum) else e for e in constraints["enum"]]
         plain = value.value if isinstance(value, enum.Enum) else value
@@ -193,7 +200,7 @@ def _scalar(tp: Any, value: Any, path: str) -> Any:
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),  # finite: `check`
         str: isinstance(value, str),
     }.get(tp)
     if ok is None:
@@ -274,6 +281,9 @@ def validate(obj: Any, path: str = "") -> None:
                     validate(item, join(where, i))
                 else:
                     check(item, constraints_of(f).get("items", {}), join(where, i))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                check(item, constraints_of(f).get("items", {}), join(where, key))
         check(value, constraints_of(f), where)
 
 

@@ -23,6 +23,7 @@ from .run import MAX_WORKERS
 GROUP = "sphinxx.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+KINDS = ("ScalingSweep", "TrainingRun")  # the CRDs' kinds (operator/crds.py renders one per kind)
 DELETE_POLICIES = ("Keep", "Delete")
 # Kubernetes: resource quantities ("8", "500m", "64Gi"), DNS-1123 labels and subdomains.
 QUANTITY = r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?"

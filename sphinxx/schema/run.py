@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .credentials import refuse_credentials
 from .decoder import ModelArgs
 from .fields import SchemaError, count, dump, field, nested, validate
 from .flavors import NAMES, decoder_args, resolve
@@ -66,8 +67,8 @@ class ModelOverrides:
     vocab_size: int | None = count(
         None, "embedding rows (>= the tokenizer's size)", minimum=1, maximum=1_000_000
     )
-    rope_theta: float | None = field(None, "RoPE base", exclusive_minimum=0)
-    norm_eps: float | None = field(None, "RMSNorm epsilon", exclusive_minimum=0)
+    rope_theta: float | None = field(None, "RoPE base", exclusive_minimum=0, maximum=10_000_000_000)
+    norm_eps: float | None = field(None, "RMSNorm epsilon", exclusive_minimum=0, maximum=1)
     tie_embeddings: bool | None = field(None, "share the embedding and output matrices")
     num_experts: int | None = count(None, "experts per MoE layer (0 = dense)", maximum=1024)
     top_k: int | None = count(None, "experts per token", minimum=1, maximum=64)
@@ -97,7 +98,10 @@ class DataSource:
         MISSING, "path or s3:// URI of the source root (manifest.json + JSONL shards)", min_length=1
     )
     weight: float = field(
-        1.0, "repeat factor per epoch: 1 = one pass over the kept records, 0.5 = half", exclusive_minimum=0
+        1.0,
+        "repeat factor per epoch: 1 = one pass over the kept records, 0.5 = half",
+        exclusive_minimum=0,
+        maximum=1_000_000,
     )
     domain: str = field("language", "mixture domain of this source", enum=DOMAINS)
 
@@ -132,16 +136,19 @@ class TrainConfig:
     global_batch: int = count(256, "sequences per optimizer step, constant at any world size", minimum=1)
     micro_batch: int = count(4, "sequences per worker per forward/backward", minimum=1, maximum=65_536)
     lr: float = field(2e-5, "peak learning rate", exclusive_minimum=0, maximum=10)
-    min_lr: float = field(0.0, "learning rate at the end of the schedule", minimum=0)
+    min_lr: float = field(0.0, "learning rate at the end of the schedule", minimum=0, maximum=10)
     schedule: str = field("cosine", "decay after warmup", enum=SCHEDULES)
     warmup: float = field(0.01, "warmup length as a fraction of all steps (0.01 epoch in the paper)",
                           minimum=0, maximum=1)  # fmt: skip
     betas: list[float] = field([0.9, 0.95], "AdamW betas", min_items=2, max_items=2,
                                items={"minimum": 0, "maximum": 1})  # fmt: skip
-    eps: float = field(1e-8, "AdamW epsilon", exclusive_minimum=0)
-    weight_decay: float = field(0.0, "AdamW weight decay (norms and biases never decayed)", minimum=0)
-    grad_clip: float = field(2.0, "clip the global gradient norm to this; 0 disables", minimum=0)
-    aux_loss_coef: float = field(0.01, "weight of the MoE load-balancing loss", minimum=0)
+    eps: float = field(1e-8, "AdamW epsilon", exclusive_minimum=0, maximum=1)
+    weight_decay: float = field(0.0, "AdamW weight decay (norms and biases never decayed)", minimum=0,
+                                maximum=10)  # fmt: skip
+    grad_clip: float = field(
+        2.0, "clip the global gradient norm to this; 0 disables", minimum=0, maximum=1_000_000
+    )
+    aux_loss_coef: float = field(0.01, "weight of the MoE load-balancing loss", minimum=0, maximum=100)
     precision: str = field("bf16", "compute precision (fp32 master weights either way)", enum=PRECISIONS)
     seed: int = count(0, "seed of model init and dropout-free RNG state", maximum=2**31 - 1)
     checkpoint_interval: int = count(500, "commit a checkpoint every this many steps (and at the end)",
@@ -256,6 +263,8 @@ def load_config(
 
     file_data = read_yaml(file) if file else {}
     data = dict(data or {})
+    for layer in (file_data, data, *map(_dotted, overrides or [])):
+        refuse_credentials(layer, "")  # before anything is echoed back in an error
     name = preset or file_data.pop("preset", None) or data.get("preset")
     data.pop("preset", None)
     layers = [globals()["preset"](name)] if name else []
@@ -275,6 +284,15 @@ def load_config(
     assert isinstance(run, RunConfig)
     check(run)
     return run
+
+
+def _dotted(item: str) -> dict[str, Any]:
+    """`a.b=value` (an override) as `{a: {b: value}}`, for the credential rule."""
+    key, _, value = item.partition("=")
+    nested: Any = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
 
 
 def read_yaml(path: str) -> dict[str, Any]:

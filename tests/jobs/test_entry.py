@@ -111,3 +111,31 @@ def test_default_tracking_store_is_the_users_never_the_cwd(monkeypatch: pytest.M
     MlflowClient(cfg.tracking.uri).log_text(run_id, "hello", "note.txt")
     assert not any(launch.iterdir()), list(launch.iterdir())  # no mlflow.db, no mlruns/ in the cwd
     assert (home / "mlflow.db").exists() and list((home / "mlartifacts").rglob("note.txt"))
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("train: {lr: .nan}\n", "invalid config: train.lr: must be a finite number"),
+        ("data: {epochs: .inf}\n", "invalid config: data.epochs: must be a finite number"),
+        (
+            "tracking: {uri: 'postgresql://u:hunter2@db/x'}\n",
+            "invalid config: tracking.uri: the URI carries a password",
+        ),
+        (
+            "model: {llm_weights: 's3://w/x?X-Amz-Security-Token=abc'}\n",
+            "invalid config: model.llm_weights: the value",
+        ),
+    ],
+    ids=["nan", "inf", "password", "presigned"],
+)
+def test_the_job_refuses_round_two_input_at_start_in_one_line(
+    text: str, says: str, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The third path (after admission and the offline CLI): the job's own reader, before any GPU
+    work, exits 2 with one summary line naming the field and the rule (and never the secret)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: debug\nstorage: {uri: 'file:///tmp/x'}\n" + text)
+    assert train.main(["--config", str(path), *DATA]) == train.EXIT_CONFIG
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert error.startswith(says) and "\n" not in error and "hunter2" not in error, error

@@ -74,3 +74,31 @@ def test_the_family_example_fails_on_its_placeholder_buckets_with_clear_messages
         for line in fails
     )
     assert "24 of 24 inputs cannot be used" in result.stderr
+
+
+def test_the_local_runner_runs_the_same_pre_flight_before_it_starts_ray(tmp_path) -> None:
+    """A data path that does not exist: `sweep run --local` stops in seconds with the finding (not a
+    minute later with Ray tracebacks), and nothing is started: no Ray, no MLflow store, no state."""
+    data = tmp_path / "data"
+    base = {
+        "data": {"tokenizer": str(data / "tokenizer"), "sources": [{"name": "a", "uri": str(data / "nope")}]},
+    }
+    doc = {"apiVersion": "sphinxx.dev/v1alpha1", "kind": "ScalingSweep", "metadata": {"name": "gone"},
+           "spec": {"base": base, "axes": {"models": ["debug"], "dataFractions": [1.0]}}}  # fmt: skip
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    (data / "tokenizer").mkdir(parents=True)
+    (data / "tokenizer" / "tokenizer.json").write_text("{}")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run(
+        [SPHINXX, "sweep", "run", str(path), "--local", "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    fails = [line for line in done.stderr.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and fails[0].startswith("FAIL  data.sources[0] (a): "), done.stderr
+    assert f"{data / 'nope'}/manifest.json" in fails[0]
+    assert "error: 1 input(s) above cannot be used; nothing was started" in done.stderr
+    assert "Traceback" not in done.stderr and "ray" not in done.stderr.lower()
+    assert not (tmp_path / "work" / "gone" / "mlflow.db").exists()
+    assert not (tmp_path / "work" / "gone" / "state.json").exists()

@@ -215,7 +215,19 @@ POD_SETTINGS = {
         "headPodPatch": {
             "metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}},
             "spec": {
-                "containers": [{"name": "ray-head", "env": [{"name": "RAY_LOG_TO_STDERR", "value": "1"}]}]
+                "containers": [
+                    {
+                        "name": "ray-head",
+                        "env": [
+                            {
+                                "name": "RAY_LOG_TO_STDERR",
+                                "valueFrom": {
+                                    "configMapKeyRef": {"name": "ray-settings", "key": "log-to-stderr"}
+                                },
+                            }
+                        ],
+                    }
+                ]
             },
         },
         "workerPodPatch": {
@@ -226,7 +238,12 @@ POD_SETTINGS = {
                     {
                         "name": "ray-worker",
                         "securityContext": {"capabilities": {"add": ["IPC_LOCK"]}},
-                        "env": [{"name": "NCCL_IB_HCA", "value": "mlx5"}],
+                        "env": [
+                            {
+                                "name": "NCCL_IB_HCA",
+                                "valueFrom": {"configMapKeyRef": {"name": "nccl", "key": "ib-hca"}},
+                            }
+                        ],
                     }
                 ],
             }
@@ -298,7 +315,12 @@ def test_pod_settings_land_where_they_belong() -> None:
     assert head["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true", "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
     }  # fmt: skip
-    assert head["spec"]["containers"][0]["env"] == [{"name": "RAY_LOG_TO_STDERR", "value": "1"}]
+    assert head["spec"]["containers"][0]["env"] == [
+        {
+            "name": "RAY_LOG_TO_STDERR",
+            "valueFrom": {"configMapKeyRef": {"name": "ray-settings", "key": "log-to-stderr"}},
+        }
+    ]
 
 
 def test_strategic_merge_rules() -> None:

@@ -56,7 +56,13 @@ def axes(models: Any = ("debug", "debug-moe"), fractions: Any = (0.5, 1.0)) -> d
     return {"models": list(models), "dataFractions": list(fractions)}
 
 
+def patch_env(*env: dict[str, Any], container: str = "ray-worker") -> dict[str, Any]:
+    """A pod patch that sets `env` on one container."""
+    return {"spec": {"containers": [{"name": container, "env": list(env)}]}}
+
+
 T, S = "TrainingRun", "ScalingSweep"
+NAN, INF = float("nan"), float("inf")
 MIXTRAL = {
     "base": {k: v for k, v in RUN_BASE.items() if k != "preset"},
     "axes": axes(["mixtral-8x7b"], [1.0]),
@@ -150,6 +156,36 @@ BAD = [
     Case("sweep-bad-affinity", S, "sweep-affinity", sweep(resources={"affinity": {"nodeSelector": {}}}), "spec.resources.affinity.nodeSelector", False),
     Case("secret-in-tolerations", S, "leaky-toleration", sweep(resources={"tolerations": [{"key": "gpu", "token": "abc"}]}), "spec.resources.tolerations[0].token", False),
     Case("base-without-sources", S, "no-data", sweep(base={k: v for k, v in RUN_BASE.items() if k != "data"}), "spec.base", False),
+    # --- credentials (round two): every string of a spec, env lists, KEY=value, keys, token shapes
+    Case("env-secret-in-worker-patch", T, "env-aws-secret", run(resources={"workerPodPatch": patch_env({"name": "AWS_SECRET_ACCESS_KEY", "value": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"})}), "spec.resources.workerPodPatch.spec.containers[0].env[0].value", False),
+    Case("env-password-in-head-patch", T, "env-db-password", run(resources={"headPodPatch": patch_env({"name": "DB_PASSWORD", "value": "hunter2"}, container="ray-head")}), "spec.resources.headPodPatch.spec.containers[0].env[0].value", False),
+    Case("env-literal-under-plain-name", T, "env-literal", run(resources={"workerPodPatch": patch_env({"name": "NCCL_DEBUG", "valueFrom": {"configMapKeyRef": {"name": "n", "key": "d"}}}, {"name": "SETTING", "value": "hunter2"})}), "spec.resources.workerPodPatch.spec.containers[0].env[1].value", False),
+    Case("key-value-in-annotation", T, "annotated-secret", run(resources={"podAnnotations": {"example.com/creds": "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG"}}), "spec.resources.podAnnotations.example.com/creds", False),
+    Case("password-flag-in-annotation", T, "annotated-flag", run(resources={"podAnnotations": {"example.com/args": "--verbose --db-password=hunter2"}}), "spec.resources.podAnnotations.example.com/args", False),
+    Case("access-key-as-resource-key", T, "keyed-resource", run(resources={"extraResources": {"AKIAIOSFODNN7EXAMPLE": 1}}), "spec.resources.extraResources.AKIAIOSFODNN7EXAMPLE", False),
+    Case("token-in-uri-query", T, "query-token", config(data={**DATA, "tokenizer": "s3://data/tokenizer?token=abc123"}), "spec.config.data.tokenizer", False),
+    Case("presigned-url-weights", T, "presigned", config(model={"llm_weights": "s3://w/x?X-Amz-Security-Token=abc&X-Amz-Signature=def"}), "spec.config.model.llm_weights", False),
+    Case("hf-token-in-label", T, "hf-label", run(resources={"podLabels": {"hub": "hf_" + "a1B2c3D4e5" * 4}}), "spec.resources.podLabels.hub", False),
+    Case("private-key-in-annotation", T, "pem-annotation", run(resources={"podAnnotations": {"example.com/key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow"}}), "spec.resources.podAnnotations.example.com/key", False),
+    Case("name-value-pair-secret", T, "paired-secret", run(resources={"tolerations": [{"name": "API_KEY", "value": "abc"}]}), "spec.resources.tolerations[0].value", False),
+    Case("sweep-env-token-in-patch", S, "sweep-env-token", sweep(resources={"workerPodPatch": patch_env({"name": "GITHUB_TOKEN", "value": "x"})}), "spec.resources.workerPodPatch.spec.containers[0].env[0].value", False),
+    Case("size-env-secret-in-patch", S, "size-env-secret", sweep(overrides={"debug": {"resources": {"headPodPatch": patch_env({"name": "HF_TOKEN", "value": "x"}, container="ray-head")}}}), "spec.overrides.debug.resources.headPodPatch.spec.containers[0].env[0].value", False),
+    # --- numbers that are not numbers (round two): NaN passes every comparison, inf every one-sided bound
+    Case("lr-nan", T, "nan-lr", config(train={"lr": NAN}), "spec.config.train.lr", False),
+    Case("lr-inf", T, "inf-lr", config(train={"lr": INF}), "spec.config.train.lr", True),
+    Case("eps-nan", T, "nan-eps", config(train={"eps": NAN}), "spec.config.train.eps", False),
+    Case("eps-inf", T, "inf-eps", config(train={"eps": INF}), "spec.config.train.eps", True),
+    Case("epochs-inf", T, "inf-epochs", config(data={**DATA, "epochs": INF}), "spec.config.data.epochs", True),
+    Case("epochs-nan", T, "nan-epochs", config(data={**DATA, "epochs": NAN}), "spec.config.data.epochs", False),
+    Case("source-weight-nan", T, "nan-weight", config(data={**DATA, "sources": [{"name": "d", "uri": "s3://data/d", "weight": NAN}]}), "spec.config.data.sources[0].weight", False),
+    Case("rope-theta-inf", T, "inf-rope", config(model={"overrides": {"rope_theta": INF}}), "spec.config.model.overrides.rope_theta", True),
+    Case("grad-clip-nan", T, "nan-clip", config(train={"grad_clip": NAN}), "spec.config.train.grad_clip", False),
+    Case("grad-clip-minus-inf", T, "minus-inf-clip", config(train={"grad_clip": -INF}), "spec.config.train.grad_clip", True),
+    Case("betas-nan", T, "nan-betas", config(train={"betas": [0.9, NAN]}), "spec.config.train.betas[1]", False),
+    Case("weight-decay-inf", T, "inf-decay", config(train={"weight_decay": INF}), "spec.config.train.weight_decay", True),
+    Case("sweep-base-lr-nan", S, "sweep-nan-lr", sweep(base={**RUN_BASE, "train": {"lr": NAN}}), "spec.base.train.lr", False),
+    Case("size-config-aux-nan", S, "size-nan-aux", sweep(overrides={"debug-moe": {"config": {"train": {"aux_loss_coef": NAN}}}}), "spec.overrides.debug-moe.config.train.aux_loss_coef", False),
+    Case("size-config-min-lr-inf", S, "size-inf-min-lr", sweep(overrides={"debug": {"config": {"train": {"min_lr": INF}}}}), "spec.overrides.debug.config.train.min_lr", True),
 ]  # fmt: skip
 
 GOOD = [
@@ -165,8 +201,20 @@ GOOD = [
         "volumeMounts": [{"name": "weights", "mountPath": "/weights", "readOnly": True}],
         "affinity": {"nodeAffinity": {}}, "imagePullSecrets": ["registry"], "podLabels": {"team": "vision"},
         "podAnnotations": {"example.com/note": "a b c"}, "extraResources": {"rdma/hca": 1, "vpc.amazonaws.com/efa": "32"},
-        "workerPodPatch": {"spec": {"hostNetwork": True, "containers": [{"name": "ray-worker", "env": [{"name": "NCCL_DEBUG", "value": "INFO"}]}]}},
+        "workerPodPatch": {"spec": {"hostNetwork": True, "containers": [{"name": "ray-worker", "env": [{"name": "NCCL_DEBUG", "valueFrom": {"configMapKeyRef": {"name": "nccl", "key": "debug"}}}, {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}}]}]}},
     })),
     (S, "ok-size-pods", sweep(resources={"schedulerName": "volcano"}, overrides={"debug-moe": {"resources": {"shmSize": "0", "podLabels": {"size": "moe"}}}})),
     (S, "ok-mixtral-ep8", {**MIXTRAL, "overrides": {"mixtral-8x7b": {"epSize": 8, "minWorkers": 16, "maxWorkers": 32}}}),
 ]  # fmt: skip
+
+# Documents that are not what they claim (round two): the API server refuses these before any
+# admission runs (no such kind under that apiVersion), so only the offline CLI must say so.
+# (id, the manifest's apiVersion and kind, the field the refusal names)
+IDENTITY = [
+    ("sweep-as-apps-v1", "apps/v1", "ScalingSweep", "apiVersion"),
+    ("sweep-as-unserved-version", "sphinxx.dev/v9", "ScalingSweep", "apiVersion"),
+    ("sweep-without-api-version", None, "ScalingSweep", "apiVersion"),
+    ("run-as-batch-v1", "batch/v1", "TrainingRun", "apiVersion"),
+    ("unknown-kind-in-our-group", "sphinxx.dev/v1alpha1", "Sweep", "kind"),
+    ("our-group-lowercase-kind", "sphinxx.dev/v1alpha1", "scalingsweep", "kind"),
+]
