@@ -59,6 +59,11 @@ class Preempted(RuntimeError):
         self.step = step
         self.why = why
 
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:
+        # Ray Train's controller unpickles the exception a worker raised; the default (the message
+        # as the only argument) would not fit this constructor, and Ray would log a TypeError.
+        return type(self), (self.step, self.why)
+
 
 class StopSignal:
     """Whether this worker was asked to stop, and by when it must be gone.

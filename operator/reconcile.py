@@ -64,6 +64,9 @@ class RetryLater(Exception):
         super().__init__(message)
         self.delay = delay
 
+    def __reduce__(self) -> tuple[type, tuple[str, float]]:
+        return type(self), (self.args[0], self.delay)  # every exception of ours pickles (see Preempted)
+
 
 def _lock(kind: str, namespace: str, name: str) -> threading.Lock:
     with _locks_guard:

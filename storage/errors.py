@@ -22,6 +22,10 @@ class StorageError(Exception):
         super().__init__(message)
         self.uri = uri
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        # Raised in Ray workers and unpickled by the driver: rebuilt from the constructor's arguments.
+        return type(self), (self.args[0], self.uri)
+
 
 class StorageAccessError(StorageError):
     """The store failed or refused a request after retries (permission, missing bucket, 5xx...)."""
@@ -49,6 +53,9 @@ class CheckpointCorruptError(StorageError):
     def __init__(self, message: str, uri: str, problems: list[str]):
         super().__init__(message, uri)
         self.problems = problems
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return type(self), (self.args[0], self.uri, self.problems)
 
 
 class CheckpointNotFoundError(StorageError):

@@ -70,6 +70,9 @@ class BadRecordError(Exception):
         self.location = location
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return type(self), (self.kind, self.location, self.detail)  # crosses Ray: see Preempted
+
 
 @dataclass(frozen=True)
 class ShardInfo:

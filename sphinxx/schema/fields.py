@@ -54,6 +54,9 @@ class SchemaError(ValueError):
         self.reason = reason
         super().__init__(f"{path}: {reason}" if path else reason)
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.path, self.reason)  # pickled across processes (Ray, the operator)
+
     def under(self, prefix: str) -> SchemaError:
         """The same error with its path moved under `prefix` (`train.lr` -> `spec.config.train.lr`)."""
         if not prefix:
