@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 
 from sphinxx.schema.flavors import NAMES as FLAVORS
+from sphinxx.schema.flavors import resolve
 from sphinxx.schema.run import (
     ConfigError,
     RunConfig,
@@ -49,6 +50,18 @@ def test_published_presets_cover_the_parameter_axis() -> None:
     }
     assert load_config("mixtral-8x7b", overrides=["storage.uri=s3://b"]).train.lr == 5e-6
     assert load_config("llama2-13b", overrides=["storage.uri=s3://b"]).train.lr == 2e-5
+
+
+def test_the_plus_2k_preset_trains_on_the_flavors_672_canvas() -> None:
+    plus, plus_2k = (
+        load_config(name, overrides=["storage.uri=s3://b"]) for name in ("llama2-13b", "llama2-13b-2k")
+    )
+    assert (
+        plus_2k.model.flavor == "llama2-13b-2k"
+        and plus_2k.data.canvas == 672 == 224 * resolve("llama2-13b-2k").grid
+    )
+    assert plus.data.canvas == 448
+    assert (plus_2k.train, plus_2k.parallel) == (plus.train, plus.parallel)  # only the canvas differs
 
 
 @pytest.mark.parametrize(
