@@ -22,6 +22,13 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "sphinxx-operator"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 KUEUE_ELASTIC = "kueue.x-k8s.io/elastic-job"
+# KubeRay's batch-scheduler labels (its `--batch-scheduler` flag must name the same scheduler):
+# with them KubeRay creates the PodGroup / task groups that gang-schedule head and workers.
+RAY_SCHEDULER_NAME = "ray.io/scheduler-name"
+RAY_GANG_SCHEDULING = "ray.io/gang-scheduling-enabled"
+VOLCANO_QUEUE = "volcano.sh/queue-name"
+YUNIKORN_APP_ID = "yunikorn.apache.org/app-id"
+YUNIKORN_QUEUE = "yunikorn.apache.org/queue"
 
 ANNOTATION_RESUME = f"{GROUP}/resume"  # `kubectl annotate ... sphinxx.dev/resume=now --overwrite`
 ANNOTATION_ADMITTED = f"{GROUP}/admitted"  # set by the sweep when a point may start (maxParallelRuns)

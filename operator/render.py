@@ -13,6 +13,7 @@ Golden files under tests/operator/golden/ show the result for every flavor as re
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shlex
 from dataclasses import dataclass
@@ -170,6 +171,31 @@ def cluster_spec(
     return out
 
 
+def gang_labels(scheduler: str | None, queue: str | None, namespace: str, rayjob: str) -> dict[str, str]:
+    """The RayJob labels that make KubeRay gang-schedule its pods with Volcano or YuniKorn.
+
+    `schedulerName` alone only sets each pod's scheduler, which then places head and workers one
+    by one; KubeRay creates a Volcano PodGroup (or YuniKorn task groups) sized for the whole
+    cluster only when the RayJob carries its batch-scheduler label. `queueName` names the
+    scheduler's queue there (Kueue's LocalQueue otherwise). Other schedulers: no labels.
+    """
+    if scheduler == "volcano":
+        out = {names.RAY_SCHEDULER_NAME: "volcano"}
+        if queue:
+            out[names.VOLCANO_QUEUE] = queue
+        return out
+    if scheduler == "yunikorn":
+        # YuniKorn's application id must be unique across namespaces and is a label value.
+        app = f"{namespace}-{rayjob}"
+        if len(app) > 63:
+            app = f"{rayjob[:54]}-{hashlib.sha256(f'{namespace}/{rayjob}'.encode()).hexdigest()[:8]}"
+        out = {names.RAY_GANG_SCHEDULING: "true", names.YUNIKORN_APP_ID: app}
+        if queue:
+            out[names.YUNIKORN_QUEUE] = queue
+        return out
+    return {}
+
+
 def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[str, Any]:
     labels = {
         names.LABEL_RUN: att.name,
@@ -182,7 +208,9 @@ def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[s
     annotations = {}
     if att.resume_uri:
         annotations[names.ANNOTATION_RESUME_FROM] = att.resume_uri
-    if spec.queue_name:
+    gang = gang_labels(spec.resources.scheduler_name, spec.queue_name, att.namespace, att.rayjob_name)
+    labels.update(gang)
+    if spec.queue_name and not gang:
         labels[names.KUEUE_QUEUE] = spec.queue_name
         if cfg.parallel.min_workers < cfg.parallel.max_workers:
             annotations[names.KUEUE_ELASTIC] = "true"

@@ -131,7 +131,8 @@ class TrainingRunSpec:
     resources: Resources = nested(Resources, "pods of the RayCluster")
     failure_policy: FailurePolicy = nested(FailurePolicy, "retries and deadlines")
     suspend: bool = field(False, "stop the running attempt (keeping its checkpoints) and start none")
-    queue_name: str | None = field(None, "Kueue LocalQueue; the RayJob then waits for admission",
+    queue_name: str | None = field(None, "Kueue LocalQueue (the RayJob then waits for admission); with "
+                                   "resources.schedulerName volcano or yunikorn, that scheduler's queue",
                                    pattern=DNS_SUBDOMAIN, max_length=253)  # fmt: skip
     delete_policy: str = field("Keep", "on deletion, Keep or Delete checkpoints and the MLflow run",
                                enum=DELETE_POLICIES)  # fmt: skip

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sphinxx.operator.render import Attempt, render_rayjob
+from sphinxx.operator.render import Attempt, gang_labels, render_rayjob
 from sphinxx.schema.admission import admit_run
 from sphinxx.schema.flavors import NAMES as FLAVORS
 from sphinxx.schema.flavors import SIZE_AXIS
@@ -351,3 +351,42 @@ def test_strategic_merge_rules() -> None:
     ]
     assert out["spec"]["tolerations"] == [{"key": "t2"}] and out["spec"]["nodeSelector"] == {"gpu": "h100"}
     assert base["spec"]["containers"][1] == {"name": "b"}  # the input is untouched
+
+
+@pytest.mark.parametrize("scheduler", ["volcano", "yunikorn"])
+def test_golden_rayjob_gang_scheduled_by_volcano_or_yunikorn(scheduler: str) -> None:
+    """`schedulerName` volcano / yunikorn: the RayJob carries KubeRay's batch-scheduler labels (so
+    KubeRay makes the PodGroup / task groups for head and workers together) and the queue goes to
+    that scheduler, not to Kueue; every pod names the scheduler."""
+    spec = _spec("tinyllama-1.1b", queueName="research")
+    spec["resources"] = {**spec["resources"], "schedulerName": scheduler}
+    parsed, cfg = validate_run("scaling-tinyllama-1-1b-d100", spec)
+    job = render_rayjob(_attempt("scaling-tinyllama-1-1b-d100"), parsed, cfg)
+    labels = job["metadata"]["labels"]
+    assert "kueue.x-k8s.io/queue-name" not in labels
+    assert "kueue.x-k8s.io/elastic-job" not in job["metadata"].get("annotations", {})
+    if scheduler == "volcano":
+        assert (labels["ray.io/scheduler-name"], labels["volcano.sh/queue-name"]) == ("volcano", "research")
+    else:
+        assert (
+            labels["ray.io/gang-scheduling-enabled"] == "true"
+            and labels["yunikorn.apache.org/queue"] == "research"
+        )
+        assert labels["yunikorn.apache.org/app-id"] == f"team-a-{job['metadata']['name']}"
+    cluster = job["spec"]["rayClusterSpec"]
+    for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
+        assert template["spec"]["schedulerName"] == scheduler
+    rendered = yaml.dump(job, Dumper=_Dumper, sort_keys=False, width=110)
+    path = GOLDEN / f"rayjob-gang-{scheduler}.yaml"
+    if os.environ.get("SPHINXX_UPDATE_GOLDEN"):
+        path.write_text(rendered)
+    assert path.read_text() == rendered, f"{path.name} differs; review and regenerate (see module docstring)"
+
+
+def test_yunikorn_app_ids_stay_valid_label_values_and_unique_across_namespaces() -> None:
+    long = "p" * 60
+    a, b = (
+        gang_labels("yunikorn", None, ns, long)["yunikorn.apache.org/app-id"] for ns in ("team-a", "team-b")
+    )
+    assert a != b and len(a) <= 63 and len(b) <= 63 and a.startswith(long[:54])
+    assert gang_labels("default-scheduler", "q", "ns", "r") == {}
