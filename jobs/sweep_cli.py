@@ -1,6 +1,6 @@
 """`sphinxx sweep`: expand a ScalingSweep file, or run it locally without a cluster.
 
-sphinxx sweep plan examples/sweeps/tiny.yaml           # the points and their configs
+sphinxx sweep plan examples/sweeps/tiny.yaml           # the points (--configs: and their resolved configs)
 sphinxx sweep plan examples/sweeps/tiny.yaml --cost    # + tokens, FLOPs, GPU-hours, memory per rank
 sphinxx sweep check examples/sweeps/tiny.yaml          # can every weight, tokenizer, data and checkpoint
                                                        # URI be reached?
