@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -138,6 +139,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.process.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -58,9 +58,11 @@ samples/s, MFU, peak memory, the split of step time).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -434,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     env = env_row(device)
     emit("env", **env)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-train-"))
+    if not args.workdir:  # a folder of ours: data and checkpoints go with the process
+        atexit.register(shutil.rmtree, workdir, True)
     needed = (args.warmup + args.steps + 1) * args.micro
     synth, size = write_data(workdir, needed)
     cfg = run_config(args, synth, workdir)

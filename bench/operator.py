@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def main() -> int:
     finally:
         op.process.stop()
         kube.process.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -21,8 +21,10 @@ Each variant reads the same global batches (same seed); only the padded cells di
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -152,7 +154,9 @@ def main() -> int:
 
     from sphinxx.jobs.data.synth import write_synth
 
-    synth = write_synth(tempfile.mkdtemp(prefix="bench-train-"), size=args.size)
+    work = tempfile.mkdtemp(prefix="bench-train-")
+    atexit.register(shutil.rmtree, work, True)  # the synthetic set goes with the process
+    synth = write_synth(work, size=args.size)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
