@@ -48,8 +48,8 @@ lint: $(STAMP)
 	bash .ci/lint_imports.sh
 	bash .ci/typecheck.sh
 
-# The whole suite runs as two concurrent pytest lanes (.ci/test_lanes.sh: ~14 min instead of ~18 on
-# 2 cores); with PYTEST_ARGS set (paths, -k, -m, ...) one pytest runs exactly what they select.
+# The whole suite runs as three concurrent pytest lanes (.ci/test_lanes.sh; one pytest keeps 2 cores
+# less than half busy); with PYTEST_ARGS set (paths, -k, -m, ...) one pytest runs what they select.
 test: lint
 ifeq ($(strip $(PYTEST_ARGS)),)
 	bash .ci/test_lanes.sh

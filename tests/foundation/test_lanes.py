@@ -1,5 +1,5 @@
-"""`make test` runs the suite as two concurrent pytest lanes (.ci/test_lanes.sh): every test
-collected exactly once, in one lane or the other, and the script's exit status is the lanes'."""
+"""`make test` runs the suite as three concurrent pytest lanes (.ci/test_lanes.sh): every test
+collected exactly once, in one lane, and the script's exit status is the lanes'."""
 
 from __future__ import annotations
 
@@ -16,47 +16,60 @@ SCRIPT = ROOT / ".ci" / "test_lanes.sh"
 NODE = re.compile(r"^tests/\S+::\S+", re.M)
 
 
-def _lanes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BIN": str(Path(sys.executable).parent), "LANE_LOG": str(tmp_path / "lane.log")}
+def _lanes(tmp_path: Path, bin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BIN": str(bin_dir), "LANE_LOG_DIR": str(tmp_path)}
     return subprocess.run(
-        ["bash", str(SCRIPT), "-p", "no:cacheprovider", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        ["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
-def test_the_two_lanes_collect_every_test_exactly_once(tmp_path: Path) -> None:
-    done = _lanes(tmp_path, "--collect-only", "-q")
+def test_the_lanes_collect_every_test_exactly_once(tmp_path: Path) -> None:
+    done = _lanes(tmp_path, Path(sys.executable).parent, "-p", "no:cacheprovider", "--collect-only", "-q")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    training = NODE.findall((tmp_path / "lane.log").read_text())
+    e2e = NODE.findall((tmp_path / "test-lane-e2e.log").read_text())
+    training = NODE.findall((tmp_path / "test-lane-training.log").read_text())
     rest = NODE.findall(done.stdout.split("=== training lane")[0])
-    assert training and rest
-    assert not set(training) & set(rest), sorted(set(training) & set(rest))
-    # Every test file of the suite is collected, in one lane or split between the two by test.
+    assert e2e and training and rest
+    lanes = [set(e2e), set(training), set(rest)]
+    assert all(not a & b for i, a in enumerate(lanes) for b in lanes[i + 1 :])
+    # Every test file of the suite is collected, each in exactly one lane.
     files = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")}
-    collected = {n.split("::")[0] for n in training + rest}
-    assert collected == files, sorted(files ^ collected)
-    assert all(n.startswith(("tests/e2e/", "tests/jobs/test_train.py::")) for n in training)
-    split = {n for n in training + rest if n.startswith("tests/jobs/test_train.py::")}
-    assert split & set(training) and split & set(rest)  # the one file split by test
+    by_lane = [{n.split("::")[0] for n in lane} for lane in lanes]
+    assert set().union(*by_lane) == files, sorted(files ^ set().union(*by_lane))
+    assert sum(len(f) for f in by_lane) == len(files)
+    assert all(n.startswith("tests/e2e/") for n in e2e)
+    assert all(n.startswith("tests/jobs/") for n in training)
 
 
 @pytest.mark.parametrize(
-    ("training", "rest", "expected"),
-    [(0, 0, 0), (1, 0, 1), (0, 1, 1), (2, 0, 2), (5, 0, 0), (0, 5, 0), (5, 5, 5), (5, 1, 1)],
+    ("e2e", "training", "rest", "expected"),
+    [
+        (0, 0, 0, 0),
+        (1, 0, 0, 1),
+        (0, 1, 0, 1),
+        (0, 0, 1, 1),
+        (0, 2, 0, 2),
+        (5, 0, 0, 0),
+        (0, 5, 5, 0),
+        (5, 5, 5, 5),
+        (5, 1, 5, 1),
+    ],
 )
-def test_the_exit_status_is_the_first_failing_lanes(
-    tmp_path: Path, training: int, rest: int, expected: int
+def test_the_exit_status_is_a_failing_lanes(
+    tmp_path: Path, e2e: int, training: int, rest: int, expected: int
 ) -> None:
     # Only the exit codes are under test here, so each lane is a one-line `pytest` that exits with
-    # the status given for it (the lane with tests/e2e on its command line is the training lane).
+    # the status given for it (recognised by the first path on its command line).
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pytest"
-    fake.write_text(f'#!/bin/sh\ncase " $* " in *" tests/e2e "*) exit {training};; *) exit {rest};; esac\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "BIN": str(bin_dir), "LANE_LOG": str(tmp_path / "lane.log")}
-    done = subprocess.run(
-        ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" tests/e2e "*) exit {e2e};; *" tests/jobs/test_train.py "*) exit {training};; '
+        f"*) exit {rest};; esac\n"
     )
+    fake.chmod(0o755)
+    done = _lanes(tmp_path, bin_dir)
     assert done.returncode == expected, done.stdout
     assert f"rest rc={rest}" in done.stdout and f"training rc={training}" in done.stdout
+    assert f"e2e rc={e2e}" in done.stdout
