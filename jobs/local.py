@@ -31,12 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
 from sphinxx.jobs.preflight import preflight
 from sphinxx.jobs.stores import run_store
 from sphinxx.schema.admission import admit_run
+from sphinxx.schema.documents import load_yaml_all, read_document
 from sphinxx.schema.fields import SchemaError, deep_merge
 from sphinxx.schema.manifests import kind_of, name_of
 from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
@@ -98,14 +97,8 @@ class SweepState:
 
 def read_sweep(path: str) -> tuple[str, dict[str, Any]]:
     """(sweep name, raw spec) from a ScalingSweep manifest file (`plan` admits it)."""
-    try:
-        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
-    except OSError as err:
-        raise SchemaError("", f"cannot read sweep file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise SchemaError("", f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    # The one safe reader (sphinxx.schema.documents): bounded size, aliases and depth, no duplicate keys.
+    docs = [d for d in load_yaml_all(read_document(path, "sweep file"), path) if d]
     named = [(f"document {i}", d) for i, d in enumerate(docs, 1)]
     sweeps = [(where, d) for where, d in named if kind_of(d, where) == "ScalingSweep"]
     if len(sweeps) != 1:

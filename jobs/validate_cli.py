@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sphinxx.schema.admission import admit_run
+from sphinxx.schema.documents import load_yaml_all, read_document
 from sphinxx.schema.fields import SchemaError, deep_merge
 from sphinxx.schema.manifests import kind_of, name_of
 from sphinxx.sweep.points import admit_sweep, points
@@ -100,11 +100,5 @@ def _storage_default(storage_uri: str | None) -> Callable[[dict[str, Any]], dict
 
 
 def _documents(path: str) -> list[Any]:
-    import yaml  # when a file is read, not when `sphinxx --help` registers commands
-
-    try:
-        return [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
-    except OSError as err:
-        raise SchemaError("", f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise SchemaError("", f"not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    # The CLI's one safe reader: bounded size, alias expansion and depth; duplicate keys refused.
+    return [d for d in load_yaml_all(read_document(path, "manifest"), path) if d is not None]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from sphinxx.schema.documents import load_json
+from sphinxx.schema.fields import SchemaError
 
 DEFAULT_IMAGE = "ghcr.io/sphinxx/sphinxx:0.1.0"
 # Pod settings of `resources` the chart may give every run (`runtime.podDefaults`, SPHINXX_POD_DEFAULTS).
@@ -148,9 +150,9 @@ def _json_env(name: str, kind: type, item: type) -> Any:
     if not text:
         return kind()
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{name} must be JSON ({err}); got {text!r}") from None
+        value = load_json(text, name)  # the one safe reader: a key given twice is refused, not dropped
+    except SchemaError as err:
+        raise ValueError(f"{err}; got {text!r}") from None
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
     if not isinstance(value, kind) or items is None or not all(isinstance(v, item) for v in items):
         shape = "an object of strings" if kind is dict else "a list of objects"

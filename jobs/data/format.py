@@ -43,11 +43,15 @@ from typing import Any
 
 import numpy as np
 
+from sphinxx.schema.documents import load_json
 from sphinxx.storage import uri as uri_mod
 from sphinxx.storage.objectfs import ObjectFS, open_fs
 
 FORMAT = "sphinxx.source/v1"
 MANIFEST = "manifest.json"
+# A manifest is read whole by every job and `data inspect`: ~200 bytes a shard, so 64 MiB is some
+# 300,000 shards, past any real source, while a runaway file is refused before json parses it.
+MANIFEST_MAX_BYTES = 64 * 2**20
 HUMAN_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
 
@@ -100,8 +104,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> Manifest:
+        data = load_json(text, where, max_bytes=MANIFEST_MAX_BYTES)  # the one safe reader: no duplicate keys
         try:
-            data = json.loads(text)
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
             shards = tuple(

@@ -12,7 +12,6 @@ import io
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import yaml
 from PIL import Image
 
 from sphinxx.jobs.data.format import (
@@ -27,6 +26,7 @@ from sphinxx.jobs.data.fraction import kept_indices
 from sphinxx.jobs.data.mixture import Mixture, MixtureSource
 from sphinxx.jobs.data.template import ConversationEncoder, load_tokenizer
 from sphinxx.model.anyres import CELL_SIZE, AnyResConfig, num_visual_tokens
+from sphinxx.schema.documents import load_yaml
 from sphinxx.storage import uri as uri_mod
 from sphinxx.storage.objectfs import open_fs
 
@@ -99,8 +99,9 @@ def _image_size(root: str, ref: str) -> tuple[int, int]:
 
 def _sources_from_yaml(uri: str) -> tuple[list[SourceSpec], dict[str, Any]]:
     text = open_fs(uri_mod.normalize(uri)).read_bytes(uri_mod.normalize(uri))
-    data = (yaml.safe_load(text) or {}).get("data", {})
-    if not data.get("sources"):
+    loaded = load_yaml(text, uri)  # the one safe reader: bounded, no duplicate keys
+    data = loaded.get("data") if isinstance(loaded, dict) else None
+    if not isinstance(data, dict) or not data.get("sources"):
         raise ValueError(f"{uri} has no data.sources list")
     sources: list[SourceSpec] = []
     for spec in data["sources"]:

@@ -7,6 +7,7 @@ custom resources, their status, admission) and the CRDs and JSON schemas generat
 import-linter keeps it so (docs/architecture.md, "Layers").
 
     fields.py       the field model: declare, parse, check, dump (SchemaError names the path)
+    documents.py    the one reader of users' YAML and JSON: bounded size, aliases and depth, no duplicate keys
     openapi.py      JSON Schema and structural CRD schemas from the same declarations
     decoder.py      ModelArgs: the decoder's shape and its rules
     flavors.py      the flavor table: every named model, its shape and exact parameter counts

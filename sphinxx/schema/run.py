@@ -31,11 +31,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from .credentials import refuse_credentials
 from .decoder import ModelArgs
+from .documents import load_yaml, read_yaml_file
 from .fields import SchemaError, count, dump, field, nested, validate
 from .flavors import NAMES, decoder_args, resolve
 from .openapi import Dialect, schema_of
@@ -296,23 +296,18 @@ def _dotted(item: str) -> dict[str, Any]:
 
 
 def read_yaml(path: str) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise SchemaError("", f"cannot read config file {path}: {err.strerror}") from None
-    return parse_yaml(text, path)
+    """The mapping of a run-config file, read by the one safe reader (`documents.py`: bounded
+    size, aliases and depth, no duplicate keys)."""
+    return _config_mapping(read_yaml_file(path, "config file"), path)
 
 
-def parse_yaml(text: str, where: str) -> dict[str, Any]:
-    import yaml  # as in load_config
+def parse_yaml(text: str | bytes, where: str) -> dict[str, Any]:
+    """The mapping of a run config's text (a preset, a stored config), read as `read_yaml` reads."""
+    return _config_mapping(load_yaml(text, where), where)
 
-    try:
-        loaded = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SchemaError("", f"{where} is not valid YAML{line}: {problem}") from None
+
+def _config_mapping(loaded: Any, where: str) -> dict[str, Any]:
+    loaded = loaded or {}  # an empty file is an empty config
     if not isinstance(loaded, dict):
         raise SchemaError("", f"{where} must be a mapping of config sections, got {type(loaded).__name__}")
     return loaded

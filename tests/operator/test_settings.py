@@ -82,11 +82,18 @@ def test_preflight_is_on_unless_turned_off(
         ("SPHINXX_GPU_NODE_SELECTOR", '{"gpu": 1}'),
         ("SPHINXX_GPU_TOLERATIONS", '{"key": "x"}'),
         ("SPHINXX_GPU_TOLERATIONS", '["nvidia.com/gpu"]'),
+        ("SPHINXX_GPU_NODE_SELECTOR", '{"gpu": "h100", "gpu": "a100"}'),  # one would be dropped
     ],
 )
 def test_malformed_json_names_the_variable(clean_env: pytest.MonkeyPatch, name: str, value: str) -> None:
     clean_env.setenv(name, value)
     with pytest.raises(ValueError, match=name):
+        Settings.from_env()
+
+
+def test_a_key_given_twice_is_refused_not_dropped(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SPHINXX_POD_DEFAULTS", '{"schedulerName": "volcano",\n "schedulerName": "default"}')
+    with pytest.raises(ValueError, match="^SPHINXX_POD_DEFAULTS:2: key 'schedulerName' is given twice"):
         Settings.from_env()
 
 
