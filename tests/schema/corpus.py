@@ -218,3 +218,37 @@ IDENTITY = [
     ("unknown-kind-in-our-group", "sphinxx.dev/v1alpha1", "Sweep", "kind"),
     ("our-group-lowercase-kind", "sphinxx.dev/v1alpha1", "scalingsweep", "kind"),
 ]
+
+# Files the YAML reader itself must refuse, before any field is looked at (round two):
+# (id, the file's text, what the one-line error says). sphinxx.schema.documents has the limits.
+_SWEEP_HEAD = "apiVersion: sphinxx.dev/v1alpha1\nkind: ScalingSweep\nmetadata: {name: tiny}\n"
+_LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+TEXTS = [
+    (
+        "alias-bomb",
+        _SWEEP_HEAD
+        + "spec:\n  base:\n    l0: &l0 lol\n"
+        + "".join("    " + line for line in _LAUGHS.splitlines(True)),
+        "expands to more than",
+    ),
+    (
+        "deep-flow-nesting",
+        _SWEEP_HEAD + "spec: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "nested deeper than",
+    ),
+    (
+        "deep-block-nesting",
+        _SWEEP_HEAD + "spec: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n",
+        "nested deeper than",
+    ),
+    (
+        "duplicate-lr",
+        _SWEEP_HEAD + "spec:\n  base:\n    train:\n      lr: 1.0e-4\n      lr: 1.0e-2\n",
+        "key 'lr' is given twice (first at line 7)",
+    ),
+    (
+        "duplicate-storage",
+        _SWEEP_HEAD + "spec:\n  base:\n    storage: {uri: s3://a/b}\n    storage: {uri: s3://c/d}\n",
+        "key 'storage' is given twice (first at line 6)",
+    ),
+]

@@ -16,7 +16,7 @@ import yaml
 from sphinxx.cli import main
 from sphinxx.schema.resources import API_VERSION
 
-from .corpus import BAD, GOOD, IDENTITY, SWEEP_BASE, Case
+from .corpus import BAD, GOOD, IDENTITY, SWEEP_BASE, TEXTS, Case
 
 
 def _manifest(tmp_path: Path, kind: str, name: str, spec: dict) -> str:
@@ -113,3 +113,15 @@ def test_every_example_sweep_validates(path: Path, capsys: pytest.CaptureFixture
     if path.name == "sphinx-x-family.yaml":
         rc, out, err = _run(["validate", str(path)], capsys)
         assert (rc, err) == (0, "") and out == "ok    ScalingSweep/sphinx-x-family: 12 points\n", out
+
+
+@pytest.mark.parametrize(("id_", "text", "says"), TEXTS, ids=[t[0] for t in TEXTS])
+def test_files_the_reader_refuses_get_one_line_from_every_offline_command(
+    id_: str, text: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / f"{id_}.yaml"
+    path.write_text(text)
+    for argv in (["validate", str(path)], ["sweep", "plan", str(path)]):
+        rc, out, err = _run(argv, capsys)
+        assert rc == 2 and out == "" and len(err.splitlines()) == 1, (argv, err[:500])
+        assert str(path) in err and says in err, (argv, err)
