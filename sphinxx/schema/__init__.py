@@ -14,5 +14,6 @@ import-linter keeps it so (docs/architecture.md, "Layers").
     resources.py    TrainingRun and ScalingSweep specs
     status.py       their status: phases, conditions, typed rows
     credentials.py  credentials are refused anywhere in a spec
+    uris.py         the URI rule of every `uri=` field: no `..`, `.` or empty segments, no backslash
     admission.py    a TrainingRun admitted with the job's own checks
 """
