@@ -47,6 +47,8 @@ from sphinxx.schema.status import (
     dump_status,
     parse_status,
 )
+from sphinxx.schema.uris import STORAGE
+from sphinxx.schema.uris import problem as uri_problem
 from sphinxx.sweep import mlflow_runs
 from sphinxx.sweep.points import Point, admit_sweep, point_spec, points
 from sphinxx.sweep.results import fit_sweep, plot_fit, row_metrics
@@ -137,12 +139,14 @@ def plan(
 def _absolute_local_paths(data: dict[str, Any]) -> dict[str, Any]:
     """Relative data paths in a sweep file mean "from where I ran the command".
 
-    Ray Train workers run in their own working directory, so they are made absolute here.
+    Ray Train workers run in their own working directory, so they are made absolute here. A path
+    the URI rule refuses (`../data`: `sphinxx.schema.uris`) is left as written, so admission names
+    it as it would on a cluster instead of resolving it away.
     """
 
     def fix(uri: Any) -> Any:
         if isinstance(uri, str) and uri and "://" not in uri and not uri.startswith("/"):
-            return str(Path(uri).resolve())
+            return uri if uri_problem(uri, STORAGE) else str(Path(uri).resolve())
         return uri
 
     out = dict(data)

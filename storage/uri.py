@@ -3,12 +3,20 @@
 URIs stay strings (never `Path`) because most of them are remote. A bare local
 path is accepted where a user types one and turned into `file://` with an
 absolute path, so `sphinxx ckpt ls ./ckpts/run-1` works.
+
+An `s3://` or `file://` URI is taken literally or not at all: a `..`, `.` or empty
+segment, or a backslash, is refused (`sphinxx.schema.uris.path_problem`, the rule
+admission applies to every URI field of a spec), because clients disagree on what
+`s3://bucket/runs/../x` addresses and in a `file://` URI it is traversal. This
+is defence in depth for URIs built from input that admission never saw.
 """
 
 from __future__ import annotations
 
 import os
 import re
+
+from sphinxx.schema.uris import path_problem
 
 SCHEMES = ("s3", "file", "memory")
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$")
@@ -29,20 +37,28 @@ def normalize(uri: str) -> str:
         raise ValueError(
             f"unsupported storage URI {uri!r}: use one of {', '.join(s + '://' for s in SCHEMES)}"
         )
-    rest = rest.rstrip("/")
     if scheme == "s3":
         bucket = rest.split("/", 1)[0]
         if not bucket:
             raise ValueError(f"S3 URI {uri!r} has no bucket: write s3://bucket/prefix")
+        _literal(uri, rest)
     elif scheme == "file":
-        if not rest.startswith("/"):
+        if not rest.rstrip("/").startswith("/"):
             raise ValueError(f"file URI {uri!r} must be absolute: write file:///abs/path")
-        rest = os.path.normpath(rest)
-    elif scheme == "memory":
+        _literal(uri, rest[1:])
+    rest = rest.rstrip("/")
+    if scheme == "memory":
         rest = rest.lstrip("/")
         if not rest:
             raise ValueError(f"memory URI {uri!r} needs a name: write memory://name/prefix")
     return f"{scheme}://{rest}"
+
+
+def _literal(uri: str, path: str) -> None:
+    """Refuse a path that does not say literally where it points (see the module docstring)."""
+    fault = path_problem(path)
+    if fault is not None:
+        raise ValueError(f"storage URI {uri!r} {fault}")
 
 
 def scheme(uri: str) -> str:

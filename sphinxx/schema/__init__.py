@@ -16,5 +16,6 @@ import-linter keeps it so (docs/architecture.md, "Layers").
     manifests.py    which documents of a file are ours: apiVersion and kind as the CRDs serve them
     status.py       their status: phases, conditions, typed rows
     credentials.py  credentials are refused anywhere in a spec
+    uris.py         the URI rule of every `uri=` field: no `..`, `.` or empty segments, no backslash
     admission.py    a TrainingRun admitted with the job's own checks
 """

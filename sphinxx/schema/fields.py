@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING
 from typing import Any, TypeVar
 
+from . import uris
+
 T = TypeVar("T")
 
 # The bounds every count gets unless it says otherwise: large enough for any real run, small
@@ -42,6 +44,7 @@ CONSTRAINT_KEYS = (
     "min_items",
     "max_items",
     "unique_items",
+    "uri",  # a URI of kind uris.STORAGE or uris.TRACKING: one rule (uris.py), in the CRD a pattern
     "items",  # constraints of each item of a list / value of a map (a dict of these same keys)
 )
 
@@ -174,6 +177,8 @@ def check(value: Any, constraints: Mapping[str, Any], path: str) -> None:
         raise SchemaError(path, f"must be at most {constraints['max_length']} characters; got {len(value)}")
     if "pattern" in constraints and not re.fullmatch(constraints["pattern"], value):
         raise SchemaError(path, f"must match {constraints['pattern']}; got {value!r}")
+    if "uri" in constraints and (fault := uris.problem(value, constraints["uri"])):
+        raise SchemaError(path, f"{fault}; got {value!r}")
     if "min_items" in constraints and len(value) < constraints["min_items"]:
         raise SchemaError(path, f"must have at least {constraints['min_items']} item(s); got {len(value)}")
     if "max_items" in constraints and len(value) > constraints["max_items"]:

@@ -25,6 +25,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from . import uris
 from .fields import Naming, constraints_of, help_of, hints, is_required, unwrap_optional
 
 TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
@@ -140,6 +141,9 @@ class _Generator:
                 out["exclusiveMinimum"] = c["exclusive_minimum"]
         if "pattern" in c:
             out["pattern"] = f"^(?:{c['pattern']})$"  # ours is a full match; JSON Schema's a search
+        if "uri" in c:
+            assert "pattern" not in c, "a URI field's pattern is its URI rule (uris.pattern)"
+            out["pattern"] = f"^(?:{uris.pattern(c['uri'])})$"
         if c.get("unique_items"):
             if self.crd:
                 out["x-kubernetes-list-type"] = "set"

@@ -39,6 +39,7 @@ from .documents import load_yaml, read_yaml_file
 from .fields import SchemaError, count, dump, field, nested, validate
 from .flavors import NAMES, decoder_args, resolve
 from .openapi import Dialect, schema_of
+from .uris import STORAGE, TRACKING
 
 MISSING: Any = "???"  # omegaconf's marker of a required value
 DOMAINS = ("language", "vision", "vision-language", "ocr", "set-of-mark")
@@ -80,10 +81,12 @@ class ModelConfig:
     flavor: str = field("debug", "model flavor (sphinxx.schema.flavors)", enum=NAMES)
     overrides: ModelOverrides = nested(ModelOverrides, "decoder fields to change, for experiments")
     llm_weights: str | None = field(
-        None, "path or s3:// URI of base LLM weights (HF safetensors dir or ours)"
+        None, "path or s3:// URI of base LLM weights (HF safetensors dir or ours)", uri=STORAGE
     )
-    convnext_weights: str | None = field(None, "path or URI of the open_clip convnext_xxlarge checkpoint")
-    dinov2_weights: str | None = field(None, "path or URI of the facebook/dinov2-giant weights")
+    convnext_weights: str | None = field(
+        None, "path or URI of the open_clip convnext_xxlarge checkpoint", uri=STORAGE
+    )
+    dinov2_weights: str | None = field(None, "path or URI of the facebook/dinov2-giant weights", uri=STORAGE)
     use_skip_token: bool = field(True, "replace fully padded sub-images by one learnable skip token")
     activation_checkpointing: bool = field(False, "recompute each decoder block in backward (7B and larger)")
     moe_kernel: str = field("auto", "expert kernel for MoE flavors", enum=MOE_KERNELS)
@@ -95,7 +98,10 @@ class DataSource:
         MISSING, "unique source name (metrics, the data-fraction hash)", pattern=r"[A-Za-z0-9_.-]+"
     )
     uri: str = field(
-        MISSING, "path or s3:// URI of the source root (manifest.json + JSONL shards)", min_length=1
+        MISSING,
+        "path or s3:// URI of the source root (manifest.json + JSONL shards)",
+        min_length=1,
+        uri=STORAGE,
     )
     weight: float = field(
         1.0,
@@ -116,7 +122,7 @@ class DataConfig:
     )
     canvas: int = field(448, "square canvas side in pixels; grid = canvas / 224", enum=(224, 448, 672, 896))
     convnext_view_size: int = field(256, "ConvNeXt input size per view", enum=(256, 512))
-    tokenizer: str | None = field(None, "path or URI of Hugging Face tokenizer files")
+    tokenizer: str | None = field(None, "path or URI of Hugging Face tokenizer files", uri=STORAGE)
     heldout_records: int = count(
         0,
         "records per source held out for evaluation (at most a tenth of the source; 0: none)",
@@ -182,7 +188,9 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    uri: str = field(MISSING, "checkpoint prefix: s3://bucket/prefix or file:///path", min_length=1)
+    uri: str = field(
+        MISSING, "checkpoint prefix: s3://bucket/prefix or file:///path", min_length=1, uri=STORAGE
+    )
     endpoint_url: str | None = field(None, "S3 endpoint (MinIO, moto); default: AWS_ENDPOINT_URL or AWS")
     keep_last: int = count(3, "keep the newest K committed checkpoints", minimum=2, maximum=10_000)
     keep_best: int = count(1, "also keep the best M by best_metric", maximum=10_000)
@@ -199,7 +207,9 @@ class TrackingConfig:
         "e.g. for benchmarks on machines without an MLflow server",
     )
     uri: str | None = field(
-        None, "MLflow tracking URI; default MLFLOW_TRACKING_URI, else a local store where the job starts"
+        None,
+        "MLflow tracking URI; default MLFLOW_TRACKING_URI, else a local store where the job starts",
+        uri=TRACKING,
     )
     experiment: str = field("sphinxx", "MLflow experiment name", min_length=1, max_length=500)
     mlflow_run_id: str | None = field(None, "existing MLflow run to continue (set by the operator)")

@@ -69,6 +69,13 @@ def test_bad_sweep_is_rejected_with_the_field(tmp_path: Path) -> None:
     assert result.returncode == 2 and "dataFractions" in result.stderr
 
 
+def test_a_parent_path_is_refused_as_on_a_cluster_not_resolved_away(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = {"preset": "debug", "data": {"tokenizer": "../tok", "sources": [{"name": "a", "uri": "./data/a"}]}}
+    with pytest.raises(SpecError, match=r"^spec\.base\.data\.tokenizer: must not have a '\.\.' segment"):
+        plan(*read_sweep(str(sweep_file(tmp_path, base))), "file:///c", "sqlite:///m")
+
+
 def test_summary_parsing() -> None:
     lines = ["step 1 ...", '{"sphinxx_summary": true, "status": "succeeded", "step": 4}', "INFO trailing"]
     assert parse_summary(lines)["step"] == 4

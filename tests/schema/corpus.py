@@ -186,6 +186,21 @@ BAD = [
     Case("sweep-base-lr-nan", S, "sweep-nan-lr", sweep(base={**RUN_BASE, "train": {"lr": NAN}}), "spec.base.train.lr", False),
     Case("size-config-aux-nan", S, "size-nan-aux", sweep(overrides={"debug-moe": {"config": {"train": {"aux_loss_coef": NAN}}}}), "spec.overrides.debug-moe.config.train.aux_loss_coef", False),
     Case("size-config-min-lr-inf", S, "size-inf-min-lr", sweep(overrides={"debug": {"config": {"train": {"min_lr": INF}}}}), "spec.overrides.debug.config.train.min_lr", True),
+    # --- URIs (round two)
+    Case("uri-dotdot-s3-storage", T, "uri-dotdot-s3", config(storage={"uri": "s3://bucket/runs/../other-team"}), "spec.config.storage.uri", True),
+    Case("uri-dotdot-file-storage", T, "uri-dotdot-file", config(storage={"uri": "file:///tmp/sphinxx/../../etc"}), "spec.config.storage.uri", True),
+    Case("uri-dotdot-source", T, "uri-dotdot-source", config(data={"sources": [{"name": "dialog", "uri": "s3://data/dialog/../../other-team/dialog"}]}), "spec.config.data.sources[0].uri", True),
+    Case("uri-dotdot-relative-tokenizer", T, "uri-dotdot-relative", config(data={"tokenizer": "../shared/tokenizer"}), "spec.config.data.tokenizer", True),
+    Case("uri-dot-segment-weights", T, "uri-dot-weights", config(model={"llm_weights": "s3://weights/./llama2-13b"}), "spec.config.model.llm_weights", True),
+    Case("uri-empty-segment-weights", T, "uri-empty-segment", config(model={"dinov2_weights": "s3://weights//dinov2-giant"}), "spec.config.model.dinov2_weights", True),
+    Case("uri-backslash-tokenizer", T, "uri-backslash", config(data={"tokenizer": "data\\tokenizer"}), "spec.config.data.tokenizer", True),
+    Case("uri-file-not-absolute", T, "uri-file-relative", config(model={"convnext_weights": "file://weights/convnext.bin"}), "spec.config.model.convnext_weights", True),
+    Case("uri-gs-storage", T, "uri-gs-scheme", config(storage={"uri": "gs://bucket/runs"}), "spec.config.storage.uri", True),
+    Case("uri-http-storage", T, "uri-http-scheme", config(storage={"uri": "http://minio:9000/runs"}), "spec.config.storage.uri", True),
+    Case("uri-dotdot-tracking", T, "uri-dotdot-tracking", config(tracking={"uri": "file:///tmp/mlruns/../../etc/mlruns"}), "spec.config.tracking.uri", True),
+    Case("uri-dotdot-sweep-base", S, "uri-sweep-base", sweep(base={**RUN_BASE, "storage": {"uri": "s3://bucket/sweeps/../other-team"}}), "spec.base.storage.uri", True),
+    Case("uri-dot-size-config", S, "uri-size-weights", sweep(overrides={"debug": {"config": {"model": {"llm_weights": "s3://weights/debug/./v2"}}}}), "spec.overrides.debug.config.model.llm_weights", True),
+    Case("uri-gs-size-config", S, "uri-size-tokenizer", sweep(overrides={"debug": {"config": {"data": {"tokenizer": "gs://data/tokenizer"}}}}), "spec.overrides.debug.config.data.tokenizer", True),
 ]  # fmt: skip
 
 GOOD = [
@@ -205,6 +220,15 @@ GOOD = [
     })),
     (S, "ok-size-pods", sweep(resources={"schedulerName": "volcano"}, overrides={"debug-moe": {"resources": {"shmSize": "0", "podLabels": {"size": "moe"}}}})),
     (S, "ok-mixtral-ep8", {**MIXTRAL, "overrides": {"mixtral-8x7b": {"epSize": 8, "minWorkers": 16, "maxWorkers": 32}}}),
+    # URIs that must stay accepted: s3a://, a trailing '/', a directory named .demo, a leading ./,
+    # file:///abs, sqlite:////abs (an MLflow store: empty segments are its syntax).
+    (T, "ok-uris", config(
+        model={"llm_weights": "s3a://weights/llama2-13b/", "convnext_weights": "file:///abs/path/convnext.bin",
+               "dinov2_weights": "./weights/dinov2-giant"},
+        data={"tokenizer": ".demo/data/tokenizer", "sources": [{"name": "dialog", "uri": ".demo/data/synth-dialog"}]},
+        storage={"uri": "file:///abs/path/checkpoints/"}, tracking={"uri": "sqlite:////abs/path/mlflow.db"},
+    )),
+    (S, "ok-size-uris", sweep(overrides={"debug-moe": {"config": {"model": {"llm_weights": "S3A://weights/v1.5/moe"}}}})),
 ]  # fmt: skip
 
 # Documents that are not what they claim (round two): the API server refuses these before any
