@@ -292,6 +292,7 @@ class _Budget:
 
 class _DuplicateKey(Exception):
     def __init__(self, key: str):
+        super().__init__(key)  # args = (key,): pickles like every exception of ours
         self.key = key
 
 

@@ -20,6 +20,7 @@ from sphinxx.jobs.data.template import SampleTooLongError
 from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, TokenizerFilesError
 from sphinxx.jobs.preemption import Preempted
 from sphinxx.operator.reconcile import RetryLater
+from sphinxx.schema.documents import _DuplicateKey
 from sphinxx.schema.fields import SchemaError
 from sphinxx.storage import errors
 from sphinxx.sweep.mlflow_runs import TrackingUnavailable
@@ -41,6 +42,7 @@ EXAMPLES: list[BaseException] = [
     TokenizerFilesError("tokenizer.model without tokenizer_config.json"),
     NoTokenizerFilesError("no vocabulary in s3://b/tok"),
     SchemaError("train.lr", "must be a finite number; got nan"),
+    _DuplicateKey("lr"),
     TrackingUnavailable("http://mlflow:5000 answered 503"),
     RetryLater("the API server is busy", 5.0),
     errors.StorageError("failed", "s3://b/x"),
