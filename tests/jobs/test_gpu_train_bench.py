@@ -53,8 +53,10 @@ def _check(rows: list[dict], flavor: str) -> dict:
     assert summary["mfu"] > 0 and summary["tokens_per_s"] > 0
     # MFU is the model's FLOP/s over the peak. On CPU the peak is an estimate measured beside
     # whatever else the machine runs, so MFU may pass 1 there; the formula must hold regardless.
-    ratio = summary["model_tflops_per_s"] / summary["peak_tflops"]
-    assert summary["mfu"] == pytest.approx(ratio, rel=0.02, abs=2e-4)
+    # (Both figures are rounded in the summary: TFLOP/s to 3 decimals, tiny on CPU, the peak to 4.)
+    peak = summary["peak_tflops"]
+    ratio = summary["model_tflops_per_s"] / peak
+    assert abs(summary["mfu"] - ratio) <= (0.0005 + 0.00005 * ratio) / peak + 1e-4, (summary["mfu"], ratio)
     assert config["peak_is_estimate"] and summary["mfu_is_estimate"] and summary["peak_tflops"] > 0
     split = summary["step_time_split"]
     assert set(split) == {"vision", "llm_forward", "llm_backward", "optimizer", "data_wait", "other"}

@@ -66,6 +66,14 @@ def _attempts(cluster: Cluster) -> Counter:
     )
 
 
+def _created_events(cluster: Cluster) -> int:
+    return sum(
+        r == "AttemptCreated" and m.startswith("RayJob ")
+        for n in cluster.runs()
+        for _, r, m in cluster.events(n)
+    )
+
+
 def test_peering_failover_mid_sweep_creates_nothing_twice(kube, s3_server, cluster, tmp_path) -> None:
     ns = cluster.ns
     cluster.api.create_namespaced_custom_object(
@@ -88,6 +96,9 @@ def test_peering_failover_mid_sweep_creates_nothing_twice(kube, s3_server, clust
             lambda: len(cluster.rayjobs()) == 1 and cluster.rayjobs(), 60, "the first point's RayJob"
         )
         assert len(cluster.runs()) == 2  # made by the active replica: the standby paused before the apply
+        # Events are posted after the object they report; kill only once this one's is out (a
+        # loaded machine can take seconds), so the count below is about duplicates, not a race.
+        wait_for(lambda: _created_events(cluster) == 1, 60, "the first point's AttemptCreated event")
 
         active.process.kill()  # mid-sweep: one point running, the other waiting for its slot
         killed = time.monotonic()
@@ -110,13 +121,7 @@ def test_peering_failover_mid_sweep_creates_nothing_twice(kube, s3_server, clust
         assert {r["status"]["phase"] for r in runs.values()} == {"Succeeded"}
         assert all(r["status"]["attempt"] == 1 for r in runs.values())
         # One RayJob creation reported per run (the phase change to Pending is its own event).
-        created = [
-            m
-            for n in runs
-            for _, r, m in cluster.events(n)
-            if r == "AttemptCreated" and m.startswith("RayJob ")
-        ]
-        assert len(created) == 2, created
+        assert _created_events(cluster) == 2, [cluster.events(n) for n in runs]
         print(f"\n[failover] takeover after {takeover:.0f}s")
     finally:
         active.process.stop()
