@@ -199,3 +199,18 @@ def test_chart_ships_kopfs_peering_crds() -> None:
         assert version["name"] == "v1" and "subresources" not in version
         text = (CHART_CRDS / f"kopf-{kind.lower()}s.yaml").read_text()
         assert yaml.safe_load(text) == crd
+
+
+def test_the_offline_identity_check_reads_what_the_crds_declare() -> None:
+    """`sphinxx validate` and `sphinxx sweep` refuse a document under another apiVersion or kind
+    (sphinxx.schema.manifests); what they accept must be exactly what the CRDs serve."""
+    from sphinxx.schema.resources import API_VERSION, KINDS
+
+    ours = crds.crds()
+    served = {
+        (f"{c['spec']['group']}/{v['name']}", c["spec"]["names"]["kind"])
+        for c in ours
+        for v in c["spec"]["versions"]
+        if v["served"]
+    }
+    assert served == {(API_VERSION, kind) for kind in KINDS}
