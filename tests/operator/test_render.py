@@ -73,14 +73,20 @@ def _render(flavor: str, **spec) -> dict:
     return render_rayjob(_attempt(name), parsed, cfg)
 
 
-@pytest.mark.parametrize("flavor", FLAVOR_CASES)
-def test_golden_rayjob(flavor: str) -> None:
-    rendered = yaml.dump(_render(flavor), Dumper=_Dumper, sort_keys=False, width=110)
-    assert yaml.safe_load(rendered) == _render(flavor)
-    path = GOLDEN / f"rayjob-{flavor}.yaml"
+def _matches_golden(job: dict, name: str) -> str:
+    """The RayJob as YAML equals golden/NAME (rewritten instead with SPHINXX_UPDATE_GOLDEN=1)."""
+    rendered = yaml.dump(job, Dumper=_Dumper, sort_keys=False, width=110)
+    path = GOLDEN / name
     if os.environ.get("SPHINXX_UPDATE_GOLDEN"):
         path.write_text(rendered)
     assert path.read_text() == rendered, f"{path.name} differs; review and regenerate (see module docstring)"
+    return rendered
+
+
+@pytest.mark.parametrize("flavor", FLAVOR_CASES)
+def test_golden_rayjob(flavor: str) -> None:
+    rendered = _matches_golden(_render(flavor), f"rayjob-{flavor}.yaml")
+    assert yaml.safe_load(rendered) == _render(flavor)
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -262,11 +268,7 @@ def test_golden_rayjob_per_pod_setting(setting: str) -> None:
     for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", **template.get("metadata", {})}}
         kubernetes_validate.validate({**pod, "spec": template["spec"]}, "1.32", strict=True)
-    rendered = yaml.dump(job, Dumper=_Dumper, sort_keys=False, width=110)
-    path = GOLDEN / f"rayjob-pod-{setting}.yaml"
-    if os.environ.get("SPHINXX_UPDATE_GOLDEN"):
-        path.write_text(rendered)
-    assert path.read_text() == rendered, f"{path.name} differs; review and regenerate (see module docstring)"
+    _matches_golden(job, f"rayjob-pod-{setting}.yaml")
 
 
 def test_pod_settings_land_where_they_belong() -> None:
@@ -376,11 +378,7 @@ def test_golden_rayjob_gang_scheduled_by_volcano_or_yunikorn(scheduler: str) -> 
     cluster = job["spec"]["rayClusterSpec"]
     for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
         assert template["spec"]["schedulerName"] == scheduler
-    rendered = yaml.dump(job, Dumper=_Dumper, sort_keys=False, width=110)
-    path = GOLDEN / f"rayjob-gang-{scheduler}.yaml"
-    if os.environ.get("SPHINXX_UPDATE_GOLDEN"):
-        path.write_text(rendered)
-    assert path.read_text() == rendered, f"{path.name} differs; review and regenerate (see module docstring)"
+    _matches_golden(job, f"rayjob-gang-{scheduler}.yaml")
 
 
 def test_yunikorn_app_ids_stay_valid_label_values_and_unique_across_namespaces() -> None:
