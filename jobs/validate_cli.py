@@ -54,8 +54,8 @@ def validate_file(path: str, storage_uri: str | None) -> list[tuple[str, bool]]:
     """(one line, admitted) per document of ours in `path`; a file that cannot be read is one line."""
     try:
         docs = _documents(path)
-    except SchemaError as err:
-        return [(f"error: {path}: {err}", False)]
+    except SchemaError as err:  # the reader's messages name the file
+        return [(f"error: {err}" if path in str(err) else f"error: {path}: {err}", False)]
     out = []
     for number, doc in enumerate(docs, 1):
         where = f"document {number}"
@@ -70,6 +70,11 @@ def validate_file(path: str, storage_uri: str | None) -> list[tuple[str, bool]]:
             spec = doc.get("spec") or {}
             out.append((f"ok    {kind}/{name}: {_admit(kind, name, spec, storage_uri)}", True))
         except SchemaError as err:
+            if err.path.endswith("storage.uri") and "is required" in err.reason and not storage_uri:
+                err = SchemaError(
+                    err.path,
+                    f"{err.reason} (the operator fills its default prefix; say it with --storage-uri)",
+                )
             label = (
                 f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}"
                 if isinstance(doc, dict)

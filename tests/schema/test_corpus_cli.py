@@ -125,3 +125,16 @@ def test_files_the_reader_refuses_get_one_line_from_every_offline_command(
         rc, out, err = _run(argv, capsys)
         assert rc == 2 and out == "" and len(err.splitlines()) == 1, (argv, err[:500])
         assert str(path) in err and says in err, (argv, err)
+
+
+def test_a_laptop_sweep_without_storage_is_refused_with_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = str(EXAMPLES[0].parent / "tiny.yaml")
+    rc, out, err = _run(["validate", tiny], capsys)
+    assert rc == 2 and out == "" and "spec.base.storage.uri: is required" in err and "--storage-uri" in err
+    rc, out, err = _run(["validate", str(tmp_path / "missing.yaml")], capsys)
+    assert (
+        rc == 2
+        and err == f"error: cannot read manifest {tmp_path / 'missing.yaml'}: No such file or directory\n"
+    )
