@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
-from sphinxx.jobs.preflight import preflight
+from sphinxx.jobs.preflight import needed, preflight
 from sphinxx.jobs.stores import run_store
 from sphinxx.schema.admission import admit_run
 from sphinxx.schema.documents import load_yaml_all, read_document
@@ -435,7 +435,7 @@ def run_local(
     print(f"sweep {sweep.name}: {len(sweep.points)} points -> {sweep.workdir}", flush=True)
     # The operator's pre-flight, before Ray starts: a missing input is one line now, not a Ray
     # traceback a minute from now.
-    failed = preflight(sweep.points, sys.stderr, quiet=True)
+    failed = preflight(needed(sweep.points), sys.stderr, quiet=True)
     if failed:
         print(f"error: {failed} input(s) above cannot be used; nothing was started", file=sys.stderr)
         return 1

@@ -56,9 +56,9 @@ def needed(points: list[tuple[Point, RunConfig]]) -> list[Needed]:
     ]
 
 
-def preflight(points: list[tuple[Point, RunConfig]], out: TextIO, quiet: bool = False) -> int:
-    """Probe every input, print one line each (only the failures when `quiet`); the number failing."""
-    inputs = needed(points)
+def preflight(inputs: list[Needed], out: TextIO, quiet: bool = False) -> int:
+    """Probe every input (from `needed`), print one line each (only the failures when `quiet`);
+    the number failing."""
     failed = 0
     for item in inputs:
         why = item.probe()

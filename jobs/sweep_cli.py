@@ -162,12 +162,12 @@ def _check(args: argparse.Namespace) -> int:
     except SchemaError as err:
         print(f"error: invalid sweep {args.file}: {err}", file=sys.stderr)
         return 2
-    print(f"pre-flight of sweep {name}: {len(needed(points))} inputs of {len(points)} points", flush=True)
-    failed = preflight(points, sys.stdout)
+    inputs = needed(points)
+    print(f"pre-flight of sweep {name}: {len(inputs)} inputs of {len(points)} points", flush=True)
+    failed = preflight(inputs, sys.stdout)
     if failed:
-        total = len(needed(points))
         print(
-            f"error: {failed} of {total} inputs cannot be used; fix them before `kubectl apply`",
+            f"error: {failed} of {len(inputs)} inputs cannot be used; fix them before `kubectl apply`",
             file=sys.stderr,
         )
         return 1

@@ -131,8 +131,8 @@ def findings(data: Any, path: str, in_env_list: bool = False) -> Iterator[tuple[
             where = join(path, str(key))
             if is_secret_key(str(key)) and value not in (None, "", {}, []):
                 yield where, f"the key {key!r} holds a credential; {HOW}"
-            elif _shape(str(key)):
-                yield where, f"the key contains {_shape(str(key))}; {HOW}"
+            elif shape := _shape(str(key)):
+                yield where, f"the key contains {shape}; {HOW}"
             yield from findings(value, where, in_env_list=key == "env" and isinstance(value, list))
     elif isinstance(data, list):
         for i, value in enumerate(data):

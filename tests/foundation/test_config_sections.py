@@ -37,7 +37,6 @@ RUN_LEVEL: dict[str, str] = {
     # The operator: admission, the attempt's config and its RayJob are about a whole run.
     "operator/preflight.py:check_run": "the operator's pre-flight of a run (sweep.inputs.run_inputs)",
     "jobs/preflight.py:needed": "the laptop's pre-flight of a sweep: every URI its runs read or write",
-    "jobs/preflight.py:preflight": "the laptop's pre-flight of a sweep (needed, then probes)",
     "operator/reconcile.py:_child_run": "reconcile step: the point's MLflow child run (experiment and axes)",
     "operator/reconcile.py:_preflight": "reconcile step: the pre-flight of the run it admits",
     "operator/reconcile.py:attempt_config": "the config of an attempt (a new RunConfig per attempt)",
