@@ -23,7 +23,8 @@ help:
 	@echo "make demo   - install, then run a tiny SPHINX-X scaling sweep end to end on the local default"
 	@echo "make micro-family - install, then a 3 x 3 sweep that shows the scaling law (16 min on 2 cores)"
 	@echo "make test   - install dev dependencies, then lint and run the whole test suite"
-	@echo "make lint   - ruff check + ruff format --check + import-linter contracts + mypy (pyproject's [tool.mypy]) only"
+	@echo "make lint   - ruff check + ruff format --check + import-linter contracts + mypy (pyproject's [tool.mypy])"
+	@echo "              + hadolint (Dockerfile) + bash -n and shellcheck (every shell script) only"
 
 # Never `python -m ...` from the repo root before the package is installed: `-m` puts the
 # current directory first on sys.path, where our `operator/` folder shadows the standard
@@ -47,6 +48,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	bash .ci/lint_imports.sh
 	bash .ci/typecheck.sh
+	$(BIN)/hadolint Dockerfile
+	bash .ci/lint_shell.sh
 
 # The whole suite runs as three concurrent pytest lanes (.ci/test_lanes.sh; one pytest keeps 2 cores
 # less than half busy); with PYTEST_ARGS set (paths, -k, -m, ...) one pytest runs what they select.

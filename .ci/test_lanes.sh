@@ -15,7 +15,7 @@
 # they end; the rest streams live. The exit status is the first non-zero one (a lane that selected
 # no tests, pytest's 5, counts as passing when another lane ran tests).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 BIN=${BIN:-.venv/bin}
 
 # Balanced by measured times: each lane is about a third of the suite's ~1,060 s in one pytest.

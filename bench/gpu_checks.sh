@@ -32,7 +32,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 OUT="${OUT:-$ROOT/build/gpu-out}"
 mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1
