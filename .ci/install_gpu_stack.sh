@@ -32,7 +32,10 @@
 # DeepSpeed: an sdist with pure-Python code; its setup.py pre-compiles no op unless DS_BUILD_OPS=1.
 # The job's path (ZeRO-1/2/3 with torch's AdamW as client optimizer, jobs/parallelize.py) uses no
 # DeepSpeed op, and any other op is JIT-compiled on first use (nvcc and ninja are in the image), so
-# the wheel is built with DS_BUILD_OPS=0 (py3-none-any) and is the same file everywhere.
+# the wheel is built with DS_BUILD_OPS=0 (py3-none-any) and is the same file everywhere. What its
+# setup.py records of the building machine (e.g. accelerator "cpu" where no GPU is) is read only for
+# pre-compiled ops; at run time DeepSpeed detects CUDA itself. No DeepSpeed run on a GPU is
+# recorded in bench/results yet (`bash bench/gpu_checks.sh train`, bench/GPU.md, makes one).
 #
 # MegaBlocks, grouped_gemm and stanford-stk are sdist-only on PyPI; megablocks and grouped_gemm
 # compile CUDA extensions against the installed torch, and their metadata pins torch 2.7.x, so they
@@ -61,8 +64,8 @@ usage() {
     exit 2
 }
 
-absolute() {  # absolute DIR: the path, made absolute (and created)
-    mkdir -p "$1"
+absolute() {  # absolute DIR: the path of an existing folder, made absolute
+    [[ -d "$1" ]] || { echo "no folder $1" >&2; exit 1; }
     (cd "$1" && pwd)
 }
 
@@ -167,7 +170,7 @@ install() {
         case "$1" in
             --torch-index) index="$2"; shift 2 ;;
             --from) from="$(absolute "$2")"; shift 2 ;;
-            --target) target="$(absolute "$2")"; shift 2 ;;
+            --target) mkdir -p "$2"; target="$(absolute "$2")"; shift 2 ;;
             --no-build) nobuild=1; shift ;;
             *) usage ;;
         esac
@@ -219,7 +222,7 @@ install() {
 case "${1:-}" in
     pins) pins ;;
     fix-megablocks) [[ $# -eq 2 ]] || usage; fix_megablocks "$2" ;;
-    fetch) [[ $# -eq 2 ]] || usage; dir="$(absolute "$2")"; cd /tmp; fetch "$dir" ;;
+    fetch) [[ $# -eq 2 ]] || usage; mkdir -p "$2"; dir="$(absolute "$2")"; cd /tmp; fetch "$dir" ;;
     install) shift; install "$@" ;;
     *) usage ;;
 esac

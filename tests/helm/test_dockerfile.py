@@ -1,8 +1,10 @@
 """The Dockerfile agrees with pyproject.toml (no Docker engine here, so it is checked as text).
 
-The image installs the package with extras that must exist, pins torch / mlflow / megablocks /
+The image installs the package with extras that must exist, pins torch (CPU stage) / mlflow /
 boto3 exactly as pyproject.toml does, and copies every folder that pyproject maps into the
-`sphinxx` namespace (a missing one would install a package without, say, the operator).
+`sphinxx` namespace (a missing one would install a package without, say, the operator). The `gpu`
+stage's stack (CUDA torch, DeepSpeed, MegaBlocks) is .ci/install_gpu_stack.sh's, with its pins:
+tests/foundation/test_gpu_stack.py.
 """
 
 from __future__ import annotations
@@ -55,18 +57,11 @@ def test_pinned_versions_match_pyproject() -> None:
     for req in _docker_requirements():
         name = req.name.lower()
         if name not in pins:
-            continue  # e.g. psycopg2-binary, stanford-stk: image-only, not a package dependency
+            continue  # e.g. psycopg2-binary: image-only, not a package dependency
         assert req.specifier == pins[name], f"Dockerfile pins {req}, pyproject.toml {name}{pins[name]}"
         checked.add(name)
     # The pins that matter most must actually be checked, not vanish from the Dockerfile.
-    assert {"torch", "mlflow", "megablocks", "boto3", "botocore"} <= checked, checked
-
-
-def test_megablocks_is_installed_without_its_dependencies() -> None:
-    # Its own pins (torch 2.7.0) would replace our torch (docs/moe.md, "Expert kernels").
-    line = next(chunk for chunk in DOCKERFILE.split("&&") if "megablocks==" in chunk)
-    assert "--no-deps" in line and "--no-build-isolation" in line
-    assert "megablocks" in " ".join(EXTRAS["gpu"])
+    assert {"torch", "mlflow", "boto3", "botocore"} <= checked, checked
 
 
 def test_every_mapped_package_folder_is_copied() -> None:
