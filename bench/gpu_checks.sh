@@ -6,8 +6,9 @@
 #     bash bench/gpu_checks.sh train    # the job's training path through DeepSpeed, about 4 minutes
 #
 # Mode `moe`:
-# 1. bench/gpu_setup.sh: MegaBlocks + grouped_gemm + stanford-stk (+ DeepSpeed when .whl/train/
-#    is there) into /tmp/site (built wheels go to $OUT; put them in .whl/built/ and the next run
+# 1. bench/gpu_setup.sh: the image's GPU stack by .ci/install_gpu_stack.sh (MegaBlocks +
+#    grouped_gemm + stanford-stk, built with the CUDA 13 fix, and DeepSpeed with .whl/train/'s
+#    dependencies) into /tmp/site (built wheels go to $OUT; put them in .whl/built/ and the next run
 #    skips the build).
 # 2. bench/gpu_moe_local.py: MegaBlocks' local-expert parity under simulated EP 1/2/4/8, then the
 #    Mixtral layer, MegaBlocks vs transformers eager, interleaved rounds (goal >= 3x).
