@@ -18,6 +18,7 @@ What it holds:
     cost.py, run_memory.py   what a run costs before it runs
     export.py       a checkpoint as a Hugging Face model folder
     local.py        the local sweep runner (`sphinxx sweep run FILE --local`)
+    eval_import.py  `sphinxx eval import`: a benchmark's official files -> task JSONL (sphinxx.evals)
     demo.py         `make demo`
     *_cli.py        the `sphinxx config|sweep|model export` commands
 

@@ -24,6 +24,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("data", "sphinxx.jobs.data.cli"),
     ("sweep", "sphinxx.jobs.sweep_cli"),
     ("validate", "sphinxx.jobs.validate_cli"),
+    ("eval", "sphinxx.jobs.eval_cli"),
     ("operator", "sphinxx.operator.cli"),
 ]
 

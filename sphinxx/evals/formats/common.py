@@ -1,0 +1,138 @@
+"""What every importer shares: the files it reads, the request, the result, per-record guards.
+
+An importer is a pure function `(Files, ImportRequest) -> Imported`: it reads the official files
+through `Files` (the job's command hands it one over the storage layer) and returns the records,
+the problems of the records it skipped, and the images it decoded (MMBench ships them inline).
+A record that cannot be built is skipped with a `Problem` naming where it is and why; it is never
+dropped silently and never stops the import. A file that cannot be read at all is a `FormatError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sphinxx.schema.fields import SchemaError
+
+from ..task import TaskRecord
+
+
+class Files(Protocol):
+    """Read access to the source: URIs in, bytes out."""
+
+    def read(self, uri: str) -> bytes: ...  # FileNotFoundError when absent
+
+    def exists(self, uri: str) -> bool: ...
+
+    def names(self, uri: str) -> list[str]: ...  # the files directly in a folder, sorted
+
+
+class FormatError(ValueError):
+    """A source file that cannot be read as its format says (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    fmt: str
+    src: str  # the source URI (normalised)
+    images: str | None = None  # the image root; None: the format's default beside the source
+    split: str | None = None  # keep only this split
+    annotations: str | None = None  # the companion file (VQAv2 answers, RefCOCO instances)
+    image_out: str = ""  # where decoded images go (MMBench): a folder beside the destination
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # the record's place: file and id or line
+    reason: str  # why it was skipped, without the place (so reasons can be counted)
+
+
+@dataclass
+class Imported:
+    records: list[TaskRecord] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    images: dict[str, bytes] = field(default_factory=dict)  # URI -> bytes to write
+    notes: list[str] = field(default_factory=list)
+    filtered: int = 0  # records of other splits (--split) or outside the benchmark (ScienceQA-IMG)
+
+    def add(self, where: str, build: Callable[[], TaskRecord | list[TaskRecord] | None]) -> None:
+        """Build one source item's record(s); any failure is recorded as a problem and skipped."""
+        try:
+            built = build()
+        except SchemaError as err:
+            self.problems.append(Problem(where, f"field {err.path}: {err.reason}"))
+            return
+        except KeyError as err:
+            self.problems.append(Problem(where, f"missing field {err.args[0]!r}"))
+            return
+        except (TypeError, ValueError, IndexError, AttributeError) as err:
+            self.problems.append(Problem(where, str(err) or type(err).__name__))
+            return
+        self.records += [] if built is None else built if isinstance(built, list) else [built]
+
+
+def join(uri: str, *parts: str) -> str:
+    out = uri.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}" if part.strip("/") else out
+    return out
+
+
+def parent(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def stem(uri: str) -> str:
+    name = basename(uri)
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def read_json(files: Files, uri: str) -> Any:
+    try:
+        data = files.read(uri)
+    except FileNotFoundError:
+        raise FormatError(f"{uri}: no such file") from None
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FormatError(f"{uri}: not JSON ({err})") from None
+
+
+def field_of(item: Any, key: str) -> Any:
+    """A required field of a source item (KeyError names it; a non-object item is a TypeError)."""
+    if not isinstance(item, dict):
+        raise TypeError(f"not an object: {str(item)[:80]!r}")
+    return item[key]
+
+
+def text(item: Any, key: str) -> str:
+    """A required non-empty string field of a source item."""
+    value = field_of(item, key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"field {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def texts(item: Any, key: str) -> list[str]:
+    """A required list of strings (VQA answers may be dicts with an "answer" key)."""
+    value = field_of(item, key)
+    if not isinstance(value, list):
+        raise ValueError(f"field {key!r} must be a list, got {type(value).__name__}")
+    out = [v["answer"] if isinstance(v, dict) else v for v in value]
+    if not out or not all(isinstance(v, str) for v in out):
+        raise ValueError(f"field {key!r} must be a non-empty list of strings, got {value!r}")
+    return out
+
+
+def ident(item: Any, key: str) -> str:
+    """A required id field (string or integer) as a string."""
+    value = field_of(item, key)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise ValueError(f"field {key!r} must be an id (string or integer), got {value!r}")
+    return str(value)
