@@ -75,7 +75,8 @@ def import_benchmark(
     files = StoreFiles()
     out = run_import(files, request)
     if not out.records:
-        raise FormatError(f"{request.src}: no {fmt} record could be read ({_reasons_line(out)})")
+        why = "; ".join([_reasons_line(out), *out.notes])
+        raise FormatError(f"{request.src}: no {fmt} record could be read ({why})")
     for image_uri, data in out.images.items():
         files.fs(image_uri).write_bytes(image_uri, data)
     text = "".join(dump_line(r) + "\n" for r in out.records)
@@ -88,7 +89,8 @@ def import_benchmark(
 
 def _reasons_line(out: Imported) -> str:
     reasons = Counter(p.reason for p in out.problems)
-    return "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3)) or "the source is empty"
+    found = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
+    return found or ("every record filtered out" if out.filtered else "the source holds no record")
 
 
 def import_report(request: ImportRequest, dest: str, out: Imported) -> dict[str, Any]:

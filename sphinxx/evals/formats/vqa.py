@@ -61,8 +61,8 @@ def vqav2(files: Files, request: ImportRequest) -> Imported:
         out.notes.append(f"no annotations at {answers_uri}: records carry no answers (unscored)")
 
     def build(item: Any) -> TaskRecord:
-        qid = ident(item, "question_id")
-        image_id = int(item["image_id"])
+        qid, question = ident(item, "question_id"), text(item, "question")
+        image_id = int(field_of(item, "image_id"))
         rest: dict[str, Any] = {}
         if answers is not None:
             if qid not in answers:
@@ -71,7 +71,7 @@ def vqav2(files: Files, request: ImportRequest) -> Imported:
             rest["answers"] = texts(found, "answers")
             rest["meta"] = {k: str(found[k]) for k in ("question_type", "answer_type") if k in found}
         image = join(images, folder, f"COCO_{folder}_{image_id:012d}.jpg")
-        return _short("vqav2", qid, subtype, image, text(item, "question"), metric="vqa_accuracy", **rest)
+        return _short("vqav2", qid, subtype, image, question, metric="vqa_accuracy", **rest)
 
     for n, item in enumerate(questions["questions"]):
         out.add(f"{basename(request.src)}[{n}]", lambda item=item: build(item))
