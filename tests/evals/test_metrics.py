@@ -147,9 +147,17 @@ def test_pope_reads_the_first_sentence_for_no_or_not() -> None:
 
 def _yes_no(metric: str, rid: str, truth: str, category: str = "", group: str = "") -> TaskRecord:
     return TaskRecord(
-        id=rid, task=metric, split="test", images=["file:///i.jpg"], question="q?", prompt="q?",
-        metric=metric, answers=[truth], category=category, group=group,
-    )  # fmt: skip
+        id=rid,
+        task=metric,
+        split="test",
+        images=["file:///i.jpg"],
+        question="q?",
+        prompt="q?",
+        metric=metric,
+        answers=[truth],
+        category=category,
+        group=group,
+    )
 
 
 def test_pope_scores_with_yes_as_the_positive_class() -> None:
@@ -216,9 +224,17 @@ def test_choice_letter(text: str, letter: str | None) -> None:
 
 def _choice(rid: str, group: str, answer: str) -> TaskRecord:
     return TaskRecord(
-        id=rid, task="mmbench", split="dev", images=["file:///i.png"], question="q?", prompt="q?",
-        metric="circular_choice", answers=[answer], choices=["w", "x", "y", "z"], group=group,
-    )  # fmt: skip
+        id=rid,
+        task="mmbench",
+        split="dev",
+        images=["file:///i.png"],
+        question="q?",
+        prompt="q?",
+        metric="circular_choice",
+        answers=[answer],
+        choices=["w", "x", "y", "z"],
+        group=group,
+    )
 
 
 def test_circular_evaluation_counts_a_question_only_when_every_shift_is_right() -> None:
@@ -238,9 +254,15 @@ def test_circular_evaluation_counts_a_question_only_when_every_shift_is_right() 
 def test_score_counts_missing_answers_wrong_and_leaves_unscored_records_out() -> None:
     def vqa(rid: str, answers: list[str]) -> TaskRecord:
         return TaskRecord(
-            id=rid, task="vqav2", split="val2014", images=["file:///i.jpg"], question="q?", prompt="q?",
-            metric="vqa_accuracy", answers=answers,
-        )  # fmt: skip
+            id=rid,
+            task="vqav2",
+            split="val2014",
+            images=["file:///i.jpg"],
+            question="q?",
+            prompt="q?",
+            metric="vqa_accuracy",
+            answers=answers,
+        )
 
     records = [vqa("a", ["2"] * 10), vqa("b", ["red"] * 10), vqa("c", [])]
     result = score(records, {"a": "two"})

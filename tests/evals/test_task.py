@@ -12,9 +12,16 @@ from sphinxx.schema.fields import SchemaError
 
 def _record(**fields: object) -> dict[str, object]:
     base: dict[str, object] = {
-        "id": "q1", "task": "refcoco", "split": "val", "images": ["s3://b/coco/1.jpg"], "question": "left dog",
-        "prompt": "Please provide ...", "metric": "box_iou_0.5", "box": [1.0, 2.0, 30.0, 40.0], "image_size": [640, 480],
-    }  # fmt: skip
+        "id": "q1",
+        "task": "refcoco",
+        "split": "val",
+        "images": ["s3://b/coco/1.jpg"],
+        "question": "left dog",
+        "prompt": "Please provide ...",
+        "metric": "box_iou_0.5",
+        "box": [1.0, 2.0, 30.0, 40.0],
+        "image_size": [640, 480],
+    }
     return base | fields
 
 

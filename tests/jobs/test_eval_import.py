@@ -128,10 +128,22 @@ def test_textvqa_and_docvqa_data_lists(tmp_path: Path) -> None:
     textvqa = {
         "dataset_name": "textvqa",
         "data": [
-            {"question": "what brand?", "image_id": "0054c91397f2fe05", "answers": ["nokia"] * 10, "question_id": 1, "set_name": "val"},
-            {"question": "what year?", "image_id": "x", "answers": "1999", "question_id": 2, "set_name": "val"},
+            {
+                "question": "what brand?",
+                "image_id": "0054c91397f2fe05",
+                "answers": ["nokia"] * 10,
+                "question_id": 1,
+                "set_name": "val",
+            },
+            {
+                "question": "what year?",
+                "image_id": "x",
+                "answers": "1999",
+                "question_id": 2,
+                "set_name": "val",
+            },
         ],
-    }  # fmt: skip
+    }
     records, report = _imported(
         "textvqa", _write(tmp_path / "TextVQA_0.5.1_val.json", textvqa), tmp_path / "t.jsonl"
     )
@@ -144,10 +156,15 @@ def test_textvqa_and_docvqa_data_lists(tmp_path: Path) -> None:
     docvqa = {
         "dataset_split": "val",
         "data": [
-            {"questionId": 49153, "question": "What is the date?", "image": "documents/pybv0228_81.png", "answers": ["1/2/99", "Jan 2 1999"]},
+            {
+                "questionId": 49153,
+                "question": "What is the date?",
+                "image": "documents/pybv0228_81.png",
+                "answers": ["1/2/99", "Jan 2 1999"],
+            },
             {"questionId": 49154, "question": "Who signed?", "answers": ["J. Smith"]},
         ],
-    }  # fmt: skip
+    }
     records, report = _imported(
         "docvqa", _write(tmp_path / "val" / "val_v1.0.json", docvqa), tmp_path / "d.jsonl"
     )
@@ -192,11 +209,23 @@ def _py2_pickle(value: Any) -> bytes:
 
 
 REFS = [
-    {"ref_id": 0, "ann_id": 100, "image_id": 1, "split": "val", "category_id": 18,
-     "sentences": [{"sent": "left dog", "sent_id": 0}, {"sent": "dog on the left", "sent_id": 1}]},
-    {"ref_id": 1, "ann_id": 999, "image_id": 1, "split": "testA", "sentences": [{"sent": "man", "sent_id": 2}]},
+    {
+        "ref_id": 0,
+        "ann_id": 100,
+        "image_id": 1,
+        "split": "val",
+        "category_id": 18,
+        "sentences": [{"sent": "left dog", "sent_id": 0}, {"sent": "dog on the left", "sent_id": 1}],
+    },
+    {
+        "ref_id": 1,
+        "ann_id": 999,
+        "image_id": 1,
+        "split": "testA",
+        "sentences": [{"sent": "man", "sent_id": 2}],
+    },
     {"ref_id": 2, "ann_id": 100, "image_id": 1, "split": "testB", "sentences": []},
-]  # fmt: skip
+]
 INSTANCES = {
     "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 640, "height": 480}],
     "annotations": [{"id": 100, "image_id": 1, "bbox": [10.0, 20.0, 100.0, 50.0], "category_id": 18}],
@@ -236,11 +265,25 @@ def test_a_refs_pickle_that_names_a_class_is_refused(tmp_path: Path) -> None:
 
 def test_pope_jsonl(tmp_path: Path) -> None:
     lines = [
-        json.dumps({"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?", "label": "yes"}),
-        json.dumps({"question_id": 2, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a cat?", "label": "maybe"}),
+        json.dumps(
+            {
+                "question_id": 1,
+                "image": "COCO_val2014_000000310196.jpg",
+                "text": "Is there a snowboard in the image?",
+                "label": "yes",
+            }
+        ),
+        json.dumps(
+            {
+                "question_id": 2,
+                "image": "COCO_val2014_000000310196.jpg",
+                "text": "Is there a cat?",
+                "label": "maybe",
+            }
+        ),
         "{broken",
         "",
-    ]  # fmt: skip
+    ]
     src = _write(tmp_path / "coco_pope_adversarial.json", "\n".join(lines))
     records, report = _imported("pope", src, tmp_path / "pope.jsonl", images="/data/coco/val2014")
     assert len(records) == 1 and records[0].category == "adversarial" and records[0].answers == ["yes"]
@@ -264,7 +307,12 @@ def test_mme_category_files(tmp_path: Path) -> None:
     records, report = _imported(
         "mme", tmp_path / "results", tmp_path / "mme.jsonl", images=str(tmp_path / "MME")
     )
-    assert [r.id for r in records] == ["artwork/10002.jpg/1", "artwork/10002.jpg/2", "existence/000000006040.jpg/1", "existence/000000006040.jpg/2"]  # fmt: skip
+    assert [r.id for r in records] == [
+        "artwork/10002.jpg/1",
+        "artwork/10002.jpg/2",
+        "existence/000000006040.jpg/1",
+        "existence/000000006040.jpg/2",
+    ]
     assert records[0].images == [f"file://{tmp_path}/MME/artwork/images/10002.jpg"]
     assert records[2].images == [f"file://{tmp_path}/MME/existence/000000006040.jpg"]
     assert records[2].group == "existence/000000006040.jpg" and records[3].answers == ["No"]
@@ -285,7 +333,8 @@ def test_mmbench_tsv_to_s3_with_images_and_circular_shifts(s3_bucket: str) -> No
     header = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tl2-category\tsplit"
     image = _png()
     rows = [
-        f"0\tWhat is shown?\tA photo of a farm.\ta dog\ta cat\ta cow\ta hen\tC\tobject_localization\t{image}\tperception\tdev",
+        "0\tWhat is shown?\tA photo of a farm.\ta dog\ta cat\ta cow\ta hen\tC\tobject_localization\t"
+        f"{image}\tperception\tdev",
         "1\tIs it red?\tnan\tyes\tno\tnan\tnan\tA\timage_emotion\t0\tperception\tdev",
         "2\tBroken image?\tnan\tx\ty\tnan\tnan\tA\tocr\t!!!not-base64\tperception\tdev",
         f"3\tBad answer?\tnan\tx\ty\tnan\tnan\tE\tocr\t{image}\tperception\tdev",
@@ -316,11 +365,24 @@ def test_mmbench_tsv_to_s3_with_images_and_circular_shifts(s3_bucket: str) -> No
 
 def test_scienceqa_img_problems_and_splits(tmp_path: Path) -> None:
     problems = {
-        "1": {"question": "Which is a mammal?", "choices": ["shark", "whale", "trout"], "answer": 1,
-              "hint": "Look at the picture.", "image": "image.png", "subject": "natural science", "grade": "grade4"},
+        "1": {
+            "question": "Which is a mammal?",
+            "choices": ["shark", "whale", "trout"],
+            "answer": 1,
+            "hint": "Look at the picture.",
+            "image": "image.png",
+            "subject": "natural science",
+            "grade": "grade4",
+        },
         "2": {"question": "Text only?", "choices": ["a", "b"], "answer": 0, "hint": "", "image": None},
-        "3": {"question": "Bad answer?", "choices": ["a", "b"], "answer": 5, "hint": "", "image": "image.png"},
-    }  # fmt: skip
+        "3": {
+            "question": "Bad answer?",
+            "choices": ["a", "b"],
+            "answer": 5,
+            "hint": "",
+            "image": "image.png",
+        },
+    }
     src = _write(tmp_path / "problems.json", problems)
     _write(
         tmp_path / "pid_splits.json",

@@ -97,7 +97,7 @@ def mmbench(files: Files, request: ImportRequest) -> Imported:
         return [_shifted(row, index, k, options, answer, question, hint, uri, split) for k in shifts]
 
     for n, row in enumerate(rows, start=2):  # line 1 is the header
-        out.add(f"{basename(request.src)}:{n}", lambda row=row: build(row))
+        out.add(f"{basename(request.src)}:{n}", build, row)
     return out
 
 
@@ -175,5 +175,5 @@ def scienceqa(files: Files, request: ImportRequest) -> Imported:
     for split in ("train", "val", "test"):  # minival / minitrain are subsets of these
         pids = splits.get(split, [])
         for pid in pids if isinstance(pids, list) else []:
-            out.add(f"pid_splits.json[{split}][{pid}]", lambda pid=str(pid), split=split: build(pid, split))
+            out.add(f"pid_splits.json[{split}][{pid}]", build, str(pid), split)
     return out

@@ -57,10 +57,10 @@ class Imported:
     notes: list[str] = field(default_factory=list)
     filtered: int = 0  # records of other splits (--split) or outside the benchmark (ScienceQA-IMG)
 
-    def add(self, where: str, build: Callable[[], TaskRecord | list[TaskRecord] | None]) -> None:
-        """Build one source item's record(s); any failure is recorded as a problem and skipped."""
+    def add(self, where: str, build: Callable[..., TaskRecord | list[TaskRecord] | None], *item: Any) -> None:
+        """Build one source item's record(s) (`build(*item)`); a failure is recorded as a problem, skipped."""
         try:
-            built = build()
+            built = build(*item)
         except SchemaError as err:
             self.problems.append(Problem(where, f"field {err.path}: {err.reason}"))
             return

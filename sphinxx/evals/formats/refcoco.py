@@ -99,5 +99,5 @@ def refcoco(files: Files, request: ImportRequest) -> Imported:
         ]
 
     for n, ref in enumerate(refs):
-        out.add(f"{basename(request.src)}[{n}]", lambda ref=ref: build(ref))
+        out.add(f"{basename(request.src)}[{n}]", build, ref)
     return out

@@ -74,7 +74,7 @@ def vqav2(files: Files, request: ImportRequest) -> Imported:
         return _short("vqav2", qid, subtype, image, question, metric="vqa_accuracy", **rest)
 
     for n, item in enumerate(questions["questions"]):
-        out.add(f"{basename(request.src)}[{n}]", lambda item=item: build(item))
+        out.add(f"{basename(request.src)}[{n}]", build, item)
     return out
 
 
@@ -96,7 +96,7 @@ def gqa(files: Files, request: ImportRequest) -> Imported:
         return _short("gqa", qid, split, image, text(item, "question"), metric="exact_match", **rest)
 
     for qid, item in data.items():
-        out.add(f"{basename(request.src)}[{qid}]", lambda qid=qid, item=item: build(qid, item))
+        out.add(f"{basename(request.src)}[{qid}]", build, qid, item)
     return out
 
 
@@ -122,7 +122,7 @@ def textvqa(files: Files, request: ImportRequest) -> Imported:
         return _short("textvqa", qid, split, image, text(item, "question"), metric="vqa_accuracy", **rest)
 
     for n, item in enumerate(items):
-        out.add(f"{basename(request.src)}[{n}]", lambda item=item: build(item))
+        out.add(f"{basename(request.src)}[{n}]", build, item)
     return out
 
 
@@ -140,7 +140,7 @@ def docvqa(files: Files, request: ImportRequest) -> Imported:
         return _short("docvqa", qid, split, image, text(item, "question"), metric="anls", **rest)
 
     for n, item in enumerate(items):
-        out.add(f"{basename(request.src)}[{n}]", lambda item=item: build(item))
+        out.add(f"{basename(request.src)}[{n}]", build, item)
     return out
 
 
@@ -170,5 +170,5 @@ def chartqa(files: Files, request: ImportRequest) -> Imported:
         )
 
     for n, item in enumerate(items):
-        out.add(f"{basename(request.src)}[{n}]", lambda n=n, item=item: build(n, item))
+        out.add(f"{basename(request.src)}[{n}]", build, n, item)
     return out

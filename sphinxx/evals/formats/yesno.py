@@ -55,7 +55,7 @@ def pope(files: Files, request: ImportRequest) -> Imported:
 
     for n, line in enumerate(_lines(files, request.src), start=1):
         if line.strip():
-            out.add(f"{basename(request.src)}:{n}", lambda line=line: build(line))
+            out.add(f"{basename(request.src)}:{n}", build, line)
     return out
 
 
@@ -101,4 +101,4 @@ def _mme_category(files: Files, request: ImportRequest, name: str, images: str, 
 
     for n, line in enumerate(_lines(files, join(request.src, name)), start=1):
         if line.strip():
-            out.add(f"{name}:{n}", lambda line=line: build(line))
+            out.add(f"{name}:{n}", build, line)
