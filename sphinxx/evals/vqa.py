@@ -1,20 +1,19 @@
 """VQA accuracy as the VQA benchmark defines it (VQAv2, TextVQA).
 
-The official evaluation (the VQA challenge's `vqaEval.py`) normalises answers with a handful of
-tables and then scores a prediction against the ten human answers: for each of the ten subsets
-of nine annotators, min(#matches / 3, 1), averaged. This module re-states those rules:
+The official evaluation (the VQA challenge's `vqaEval.py`, which LLaMA2-Accessory's `eval_mm` runs
+unchanged) normalises answers with a handful of tables and then scores a prediction against the
+ten human answers: for each of the ten subsets of nine annotators, min(#matches / 3, 1), averaged.
+This module re-states its rules:
 
 - punctuation: each of ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted when it touches
   a space in the answer or the answer holds a digit-comma-digit, else replaced by a space; then
-  a period not followed by a digit is deleted (at most 32 of them: the official script passes
+  a period not followed by a digit is deleted (at most 32 of them: the script passes
   `re.UNICODE`, which is 32, as `re.sub`'s count);
 - digits and articles: lower case, number words "none"/"zero".."ten" become digits, "a", "an",
   "the" are dropped, and apostrophe-less contractions get their apostrophes ("dont" -> "don't");
-- the official script normalises only when the ten answers disagree (it leaves a unanimous set,
-  and the prediction scored against it, as given); we keep that rule;
-- the prediction is first prepared as the submission converters of LLaVA and LLaMA2-Accessory
-  do (the EvalAI answer processor: lower case, "," and "?" removed, "'s" split off, then the
-  same punctuation, digit and article rules), so "Two." scores against "2".
+- the prediction always goes through both steps (so "Two." scores against "2"); the human
+  answers go through the punctuation step only, and only when they disagree: a unanimous set is
+  compared as it is stored (the dataset's answers are already lower case, digits, no articles).
 """
 
 from __future__ import annotations
@@ -113,30 +112,16 @@ def digits_and_articles(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """The official normalisation of one answer: punctuation, then digits, articles, contractions."""
+    """The official processing of a predicted answer: punctuation, then digits, articles, contractions."""
     return digits_and_articles(strip_punctuation(text))
-
-
-def prepare_prediction(text: str) -> str:
-    """A model's answer as the submission converters prepare it (EvalAI's answer processor)."""
-    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return normalize_answer(text)
-
-
-def _clean(text: str) -> str:
-    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """The VQA score of one prediction against the human answers (ten in VQAv2 and TextVQA), 0..1."""
     if not answers:
         raise ValueError("VQA accuracy needs the human answers; this question has none")
-    given = _clean(prepare_prediction(prediction))
-    truth = [_clean(a) for a in answers]
-    if len(set(truth)) > 1:
-        truth = [normalize_answer(a) for a in truth]
-        given = normalize_answer(given)
+    given = normalize_answer(prediction.replace("\n", " ").replace("\t", " ").strip())
+    truth = [strip_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
     total = 0.0
     for left_out in range(len(truth)):
         others = truth[:left_out] + truth[left_out + 1 :]

@@ -16,7 +16,7 @@ from sphinxx.evals.answers import (
 from sphinxx.evals.boxes import box_hit, format_box, iou, parse_box
 from sphinxx.evals.metrics import score
 from sphinxx.evals.task import TaskRecord
-from sphinxx.evals.vqa import normalize_answer, prepare_prediction, vqa_accuracy
+from sphinxx.evals.vqa import normalize_answer, vqa_accuracy
 
 # ------------------------------------------------------------------------------------ VQA
 
@@ -53,19 +53,23 @@ def test_vqa_accuracy_normalises_as_the_official_script(
     assert vqa_accuracy(prediction, answers) == pytest.approx(expected)
 
 
-def test_a_unanimous_answer_set_is_not_normalised() -> None:
-    """The official script normalises only when the annotators disagree: "Dog" x 10 stays as given."""
-    assert vqa_accuracy("dog", ["Dog"] * 10) == 0.0
-    assert vqa_accuracy("dog", ["Dog"] * 9 + ["dogs"]) == pytest.approx(1.0)
+def test_human_answers_get_the_punctuation_step_only_and_only_when_they_disagree() -> None:
+    """The official script leaves a unanimous set as stored and never lower-cases human answers."""
+    assert vqa_accuracy("hot-dog", ["hot-dog"] * 9 + ["hotdog"]) == pytest.approx(1.0)  # both "hot dog"
+    assert vqa_accuracy("hot-dog", ["hot-dog"] * 10) == 0.0  # the prediction becomes "hot dog", the set stays
+    assert vqa_accuracy("dog", ["Dog"] * 9 + ["dogs"]) == 0.0  # punctuation only: "Dog" keeps its case
+    assert vqa_accuracy("two", ["two"] * 10) == 0.0  # the prediction reads "2"; the unanimous set "two"
 
 
 def test_normalisation_tables() -> None:
-    assert normalize_answer("a man's hat.") == "man's hat"
+    assert normalize_answer("A man's hat.") == "man's hat"
     assert normalize_answer("none of the three") == "0 of 3"
     assert normalize_answer("whats (that)") == "what's that"
     assert normalize_answer("couldnt've") == "couldn't've"
+    assert normalize_answer("somebody'd") == "somebodyd"  # the official table's one reversed entry
     assert normalize_answer("well") == "well"  # not "we'll": the table leaves real words alone
-    assert prepare_prediction("Yes, it is.") == "yes it is"
+    assert normalize_answer("Yes, it is.") == "yes it is"
+    assert normalize_answer("3.5 m.") == "3.5 m"
     with pytest.raises(ValueError, match="human answers"):
         vqa_accuracy("x", [])
 
