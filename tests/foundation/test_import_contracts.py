@@ -61,6 +61,14 @@ VIOLATIONS = {
     ),
     "sweep-torch": ("sphinxx/sweep/_violation.py", "import torch  # the sweep core is torch-free\n"),
     "schema-numpy": ("sphinxx/schema/_violation.py", "import numpy  # the base install has no numpy\n"),
+    "evals-storage": (
+        "sphinxx/evals/_violation.py",
+        "from sphinxx.storage import uri  # the benchmarks are below the parts\n",
+    ),
+    "evals-s3fs": (
+        "sphinxx/evals/_violation.py",
+        "import s3fs  # the job reads benchmark files, not the metrics\n",
+    ),
     "jobs-operator": (
         "jobs/_violation.py",
         "from sphinxx.operator import names  # nothing imports the operator\n",
