@@ -14,6 +14,7 @@ import pkgutil
 
 import pytest
 
+from sphinxx.evals.formats import FormatError
 from sphinxx.jobs.data.format import BadRecordError
 from sphinxx.jobs.data.loader import TooManyBadRecordsError
 from sphinxx.jobs.data.template import SampleTooLongError
@@ -43,6 +44,7 @@ EXAMPLES: list[BaseException] = [
     NoTokenizerFilesError("no vocabulary in s3://b/tok"),
     SchemaError("train.lr", "must be a finite number; got nan"),
     _DuplicateKey("lr"),
+    FormatError("s3://b/vqav2/questions.json: not JSON"),
     TrackingUnavailable("http://mlflow:5000 answered 503"),
     RetryLater("the API server is busy", 5.0),
     errors.StorageError("failed", "s3://b/x"),
