@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sphinxx.evals.answers import (
     anls,
@@ -82,6 +86,20 @@ def test_exact_match_gqa() -> None:
     assert exact_match(" Left ", ["left"]) == 1.0
     assert exact_match("the dog", ["dog"]) == 0.0  # no article rules in GQA
     assert exact_match("", ["dog"]) == 0.0
+
+
+@cache
+def _edits(a: str, b: str) -> int:
+    """The textbook recursive definition of the edit distance (an independent reference)."""
+    if not a or not b:
+        return len(a) + len(b)
+    return min(_edits(a[1:], b) + 1, _edits(a, b[1:]) + 1, _edits(a[1:], b[1:]) + (a[0] != b[0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="abc ", max_size=7), st.text(alphabet="abc ", max_size=7))
+def test_levenshtein_is_the_edit_distance(a: str, b: str) -> None:
+    assert levenshtein(a, b) == levenshtein(b, a) == _edits(a, b)
 
 
 def test_anls_threshold_and_best_reference() -> None:
