@@ -88,12 +88,11 @@ def gqa(files: Files, request: ImportRequest) -> Imported:
     images = request.images or join(parent(request.src), "images")
 
     def build(qid: str, item: Any) -> TaskRecord:
-        answer = field_of(item, "question") and item.get("answer")
-        rest: dict[str, Any] = {"answers": [text(item, "answer")]} if answer is not None else {}
-        types = item.get("types") if isinstance(item.get("types"), dict) else {}
+        question, image = text(item, "question"), join(images, f"{ident(item, 'imageId')}.jpg")
+        rest: dict[str, Any] = {"answers": [text(item, "answer")]} if "answer" in item else {}
+        types = item["types"] if isinstance(item.get("types"), dict) else {}
         rest["meta"] = {k: str(v) for k, v in types.items()}
-        image = join(images, f"{ident(item, 'imageId')}.jpg")
-        return _short("gqa", qid, split, image, text(item, "question"), metric="exact_match", **rest)
+        return _short("gqa", qid, split, image, question, metric="exact_match", **rest)
 
     for qid, item in data.items():
         out.add(f"{basename(request.src)}[{qid}]", build, qid, item)
