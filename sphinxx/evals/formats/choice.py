@@ -91,10 +91,11 @@ def mmbench(files: Files, request: ImportRequest) -> Imported:
             raise ValueError(f"field 'answer' {answer!r} is not one of the options' letters")
         data = _image(field_of(row, "image"), cells)
         uri = join(request.image_out, f"{index}.{_extension(data)}")
-        out.images[uri] = data
         shifts = [0] if circular_given else list(range(len(options)))
         question, hint = text(row, "question"), _present(row.get("hint"))
-        return [_shifted(row, index, k, options, answer, question, hint, uri, split) for k in shifts]
+        records = [_shifted(row, index, k, options, answer, question, hint, uri, split) for k in shifts]
+        out.images[uri] = data  # only for a question that is kept
+        return records
 
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         out.add(f"{basename(request.src)}:{n}", build, row)
