@@ -87,7 +87,7 @@ def test_rollback_two_checkpoints_and_the_retry_resumes_there(
 
     # Attempt 1 commits at least three checkpoints, then its driver is killed.
     first = wait_for(lambda: _attempts(kube, ns).get(1), 120, "attempt 1")["metadata"]["name"]
-    wait_for(lambda: len(store.committed()) >= 3, 1200, "three committed checkpoints", every=0.2)
+    wait_for(lambda: len(store.committed()) >= 3, 1200, "three committed checkpoints", every=0.5)
     kuberay.kill_driver(first)
     wait_for(lambda: _status(kube, ns).get("phase") == "Failed", 120, "the run to be Failed")
     committed = [c.step for c in store.committed()]

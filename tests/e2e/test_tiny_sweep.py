@@ -2,10 +2,13 @@
 checkpoints on S3 -> MLflow -> a Complete sweep with a fitted scaling law.
 
 One sweep run (examples/sweeps/tiny.yaml, 4 points, data and checkpoints on a moto S3 server)
-serves all three tests, because on two CPU cores every training job costs about a minute of
+serves all four tests, because on two CPU cores every training job costs about a minute of
 start-up. While it runs, the scenario fixture
-  (b) kills the driver of one point (`tiny-debug-d100`) after its first committed checkpoint, and
-  (c) restarts the operator process while the sweep is still running.
+  (b) kills the driver of one point (`tiny-debug-d100`) after its first committed checkpoint,
+  (c) restarts the operator process while the sweep is still running, and
+  (d) runs the very same file with `sphinxx sweep run --local` beside it on the same Ray (a
+      laptop user's run, interrupted after its first point and resumed), since both runs spend
+      most of their time waiting for jobs to start.
 The tests then check everything from the outside only: `kubectl get -o json`, the S3 bucket
 (boto3 and `sphinxx ckpt`), the MLflow server's API and the job logs the KubeRay stand-in keeps.
 
@@ -16,10 +19,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +65,7 @@ class Scenario:
     succeeded_at_restart: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     manifest: str = ""  # the file applied with kubectl
+    local: LocalRun | None = None  # (d), running beside the cluster sweep
 
 
 def _json(kube, *args: str) -> Any:
@@ -103,6 +111,73 @@ def _summary(log: str) -> dict[str, Any] | None:
     return None
 
 
+class LocalRun:
+    """(d) `sphinxx sweep run FILE --local` on the file applied to the cluster, in a thread: killed
+    after its first point (the laptop goes to sleep, or the user hits Ctrl-C twice), then resumed."""
+
+    def __init__(self, manifest: str, sc: Scenario, ray_address: str, workdir: Path) -> None:
+        s3_names = ",".join(k for k in sc.s3_env if k.startswith("AWS_"))
+        self.env = {**os.environ, **sc.s3_env, "RAY_ADDRESS": ray_address, "SPHINXX_WORKER_ENV": s3_names}
+        self.argv = [_bin("sphinxx"), "sweep", "run", manifest, "--local", "--workdir", str(workdir),
+                     "--tracking-uri", sc.tracking_uri,
+                     "--storage-uri", f"s3://{sc.bucket}/local"]  # fmt: skip
+        self.state_path = workdir / SWEEP / "state.json"
+        self.first_log = workdir.parent / "first.log"
+        self.done_first = ""
+        self.second: subprocess.CompletedProcess[str] | None = None
+        self.error: BaseException | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.thread = threading.Thread(target=self._run, name="local-sweep", daemon=True)
+
+    def start(self) -> LocalRun:
+        self.thread.start()
+        return self
+
+    def phases(self) -> dict[str, str]:
+        if not self.state_path.exists():
+            return {}
+        return {n: p["row"]["phase"] for n, p in json.loads(self.state_path.read_text())["points"].items()}
+
+    def _run(self) -> None:
+        try:
+            with open(self.first_log, "w") as log:
+                first = self._start(self.argv, log)
+                wait_for(
+                    lambda: "Succeeded" in self.phases().values() or first.poll() is not None,
+                    FIRST_COMMIT_TIMEOUT,
+                    "a first local point",
+                )
+                assert first.poll() is None, self.first_log.read_text()[-3000:]
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait(30)
+            (self.done_first,) = [n for n, phase in self.phases().items() if phase == "Succeeded"]
+            second = self._start([*self.argv, "--resume"], subprocess.PIPE)
+            out, err = second.communicate(timeout=1800)
+            self.second = subprocess.CompletedProcess(second.args, second.returncode, out, err)
+        except BaseException as exc:  # reported by the test that joins the thread
+            self.error = exc
+
+    def _start(self, argv: list[str], out: Any) -> subprocess.Popen[str]:
+        err = subprocess.STDOUT if out is not subprocess.PIPE else subprocess.PIPE
+        self.proc = subprocess.Popen(
+            argv, env=self.env, stdout=out, stderr=err, text=True, start_new_session=True
+        )
+        return self.proc
+
+    def stop(self) -> None:
+        """Leave nothing running when the module ends early (a failed cluster sweep)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def join(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the local sweep did not finish in {timeout:.0f}s"
+        if self.error is not None:
+            raise self.error
+        assert self.second is not None
+        return self.second
+
+
 @pytest.fixture(scope="module")
 def scenario(
     kube,
@@ -113,8 +188,9 @@ def scenario(
     e2e_bucket,
     s3_server,
     mlflow_server,
+    ray_cluster,
     tmp_path_factory,
-) -> Scenario:
+) -> Iterator[Scenario]:
     ns, started = e2e_namespace, time.monotonic()
     sc = Scenario(
         ns,
@@ -127,6 +203,19 @@ def scenario(
     manifest.write_text(yaml.safe_dump(cluster_sweep(TINY_SWEEP, synth_on_s3, sc.storage_prefix)))
     kube.kubectl("apply", "-n", ns, "-f", str(manifest))
     sc.manifest = str(manifest)
+    # (d) The laptop run of the same file, beside the cluster's (checked by the last test).
+    sc.local = LocalRun(sc.manifest, sc, ray_cluster, tmp_path_factory.mktemp("local") / "work").start()
+    try:
+        yield from _cluster_scenario(sc, kube, e2e_operator, kuberay, s3_server, started)
+    finally:
+        sc.local.stop()
+
+
+def _cluster_scenario(
+    sc: Scenario, kube, e2e_operator, kuberay, s3_server, started: float
+) -> Iterator[Scenario]:
+    """(b) and (c) on the cluster sweep, then its end."""
+    ns, e2e_bucket = sc.namespace, sc.bucket
 
     # (b) Wait for the first committed checkpoint of KILLED, then kill its driver.
     run_id = wait_for(lambda: _status(kube, "trun", KILLED, ns).get("runId"), 120, "the run id")
@@ -137,7 +226,7 @@ def scenario(
         running = jobs and (jobs[0].get("status") or {}).get("jobStatus") == "RUNNING"
         return bool(running and _committed_steps(s3, e2e_bucket, run_id))
 
-    wait_for(first_commit, FIRST_COMMIT_TIMEOUT, f"a committed checkpoint of {KILLED}", every=0.2)
+    wait_for(first_commit, FIRST_COMMIT_TIMEOUT, f"a committed checkpoint of {KILLED}", every=1.0)
     sc.killed_rayjob = next(j["metadata"]["name"] for j in _rayjobs(kube, ns, KILLED) if _attempt(j) == 1)
     sc.committed_before_kill = _committed_steps(s3, e2e_bucket, run_id)
     kuberay.kill_driver(sc.killed_rayjob)
@@ -166,7 +255,7 @@ def scenario(
         f"kill at {sc.seconds['until_kill']:.0f}s"
     )
     assert not kuberay.errors, kuberay.errors
-    return sc
+    yield sc
 
 
 def test_tiny_sweep_completes_end_to_end(scenario: Scenario, kube) -> None:
@@ -353,37 +442,17 @@ def test_operator_restart_mid_sweep_duplicates_nothing(
 
 
 def test_the_same_sweep_file_runs_locally_with_the_same_runs_tags_and_fit_inputs(
-    scenario: Scenario, kube, ray_cluster: str, tmp_path: Path
+    scenario: Scenario, kube
 ) -> None:
     """`sphinxx sweep run FILE --local` on the very file applied to the cluster, interrupted after its
     first point and resumed as a laptop user would: the same MLflow experiment, run names and tags,
     and the same fit inputs (N and D of every point; L as close as two trainings of it)."""
-    import os
-    import signal
-
-    workdir = tmp_path / "work"
-    s3_names = ",".join(k for k in scenario.s3_env if k.startswith("AWS_"))
-    env = {**os.environ, **scenario.s3_env, "RAY_ADDRESS": ray_cluster, "SPHINXX_WORKER_ENV": s3_names}
-    argv = [_bin("sphinxx"), "sweep", "run", scenario.manifest, "--local", "--workdir", str(workdir),
-            "--tracking-uri", scenario.tracking_uri,
-            "--storage-uri", f"s3://{scenario.bucket}/local"]  # fmt: skip
-    state_path = workdir / SWEEP / "state.json"
-
-    def phases() -> dict[str, str]:
-        if not state_path.exists():
-            return {}
-        return {n: p["row"]["phase"] for n, p in json.loads(state_path.read_text())["points"].items()}
-
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: "Succeeded" in phases().values() or first.poll() is not None, 900, "a first point")
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(first.pid, signal.SIGKILL)  # the laptop goes to sleep, or the user hits Ctrl-C twice
-        first.wait(30)
-    (done_first,) = [n for n, phase in phases().items() if phase == "Succeeded"]
-    second = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=1800)
+    local = scenario.local
+    assert local is not None
+    second = local.join(SWEEP_TIMEOUT)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
-    assert f"{done_first} already succeeded" in second.stdout and "scaling law:" in second.stdout
+    assert f"{local.done_first} already succeeded" in second.stdout and "scaling law:" in second.stdout
+    state_path = local.state_path
 
     # MLflow: the same experiment (the base's tracking.experiment), names and tags as the cluster's.
     mlflow = _mlflow(scenario)
@@ -463,8 +532,6 @@ def _s3(scenario: Scenario):
 
 
 def _ckpt(scenario: Scenario, *args: str) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [_bin("sphinxx"), "ckpt", *args],
         env={**os.environ, **scenario.s3_env},

@@ -16,6 +16,9 @@ def start_ray(temp_dir: str) -> str:
         _temp_dir=temp_dir,
         configure_logging=False,
         log_to_driver=True,
+        # No idle workers started ahead of demand: every job here brings its own runtime_env, so
+        # a prestarted worker is never used, and each one costs a core-second or two of imports.
+        _system_config={"enable_worker_prestart": False, "prestart_worker_first_driver": False},
     )
     return context.address_info["gcs_address"]
 
