@@ -12,7 +12,7 @@ Torch-free: the driver imports it without the training stack.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,10 @@ class JobContext:
     attempt: int = 0  # operator attempt (SPHINXX_ATTEMPT), recorded in manifests and tags
     mlflow_run_id: str | None = None  # resolved by the driver; None: rank 0 creates it lazily
     code_version: str = "unknown"
+    # Planned stops of the run before this segment (the driver's count, `jobs/segments.py`): every
+    # commit records them, so the next attempt and the operator read them back from the manifest.
+    preemptions: int = 0
+    resizes: int = 0
 
 
 @dataclass
@@ -42,3 +46,7 @@ class Worker:
     device: str = "cpu"
     # Called on every rank after each committed checkpoint: (metrics, pointer dir or None).
     report: Callable[[dict[str, Any], str | None], None] = field(default=lambda metrics, pointer: None)
+    preemptions: int = 0  # planned stops of the run before this segment (JobContext)
+    resizes: int = 0
+    # What is free in the cluster now (rank 0 under Ray: ray.available_resources); None: never grow.
+    free_resources: Callable[[], Mapping[str, float]] | None = None

@@ -9,6 +9,8 @@ Kept apart from the entrypoint (`train.py`) so that both halves are testable wit
   `tracking.enabled` false there is no MLflow run at all.
 - `run_summary` reads the committed state back from the store (the source of truth, not Ray's
   metrics), ends a run the job owns, and returns the fields of the final JSON line.
+- `committed_stops` reads the run's planned stops (preemptions, resizes) from the newest
+  committed checkpoint: where the driver's count of segments starts (`jobs/segments.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from sphinxx.jobs.stores import run_store
 from sphinxx.jobs.tracking import resolve_run_id
-from sphinxx.schema.run import RunConfig, to_yaml
+from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
 
 log = logging.getLogger("sphinxx.driver")
 
@@ -55,6 +57,13 @@ def prepare_run(cfg: RunConfig, attempt: int, code_version: str) -> PreparedRun:
     if created:
         store.write_run_manifest(code_version=code_version, extra={"mlflow_run_id": run_id})
     return PreparedRun(run_id, created or run_id == recorded, None if latest is None else latest.step)
+
+
+def committed_stops(run_id: str, storage: StorageConfig) -> tuple[int, int]:
+    """(preemptions, resizes) as the newest committed checkpoint records them; (0, 0) without one."""
+    latest = run_store(run_id, storage).latest()
+    metrics = latest.manifest.metrics if latest is not None else {}
+    return int(metrics.get("preemptions", 0)), int(metrics.get("resizes", 0))
 
 
 def run_summary(

@@ -22,7 +22,10 @@ elastic resize changes nothing but speed.
 
 A worker asked to stop (SIGTERM, the pod's preStop hook: `preemption.StopSignal`) finishes its
 step; all ranks agree at the end of every step (one all-reduce of a flag), save that step, and
-raise `preemption.Preempted`, so the retry or the resized group resumes there, losing no step.
+raise `preemption.Preempted`, so the next segment resumes there, losing no step. The same vote
+carries rank 0's look for room to grow (`resize.CapacityWatch`): the group then commits the step
+and raises `preemption.Resized`, and the next segment starts bigger (docs/training.md, "Resizes
+and preemptions"). Every commit records the run's planned stops (`preemptions`, `resizes`).
 
 Every `train.checkpoint_interval` steps and at the end all ranks save through
 `checkpoint.Checkpointer` (commit protocol of `sphinxx.storage`), committing the loss and the
@@ -67,14 +70,23 @@ from sphinxx.jobs.metrics import (
     grad_norm_before_step,
     model_sizes,
 )
-from sphinxx.jobs.preemption import Preempted, StopSignal
+from sphinxx.jobs.preemption import PREEMPTED, RESIZE, Preempted, Resized, StopSignal
 from sphinxx.jobs.progress import ProgressPrinter, Throughput
+from sphinxx.jobs.resize import CapacityWatch
 from sphinxx.jobs.schedule import Schedule
 from sphinxx.jobs.stores import retention_policy, run_store, storage_options
 from sphinxx.jobs.timing import NULL_TIMER
 from sphinxx.jobs.tracking import open_tracker
 from sphinxx.model.sphinx import SphinxX
-from sphinxx.schema.run import RunConfig, StorageConfig, TrainConfig, flatten, run_decoder_args, to_yaml
+from sphinxx.schema.run import (
+    ParallelConfig,
+    RunConfig,
+    StorageConfig,
+    TrainConfig,
+    flatten,
+    run_decoder_args,
+    to_yaml,
+)
 from sphinxx.storage import CheckpointInfo, CheckpointStore, RetentionPolicy
 from sphinxx.storage.stage import StageReport
 
@@ -101,7 +113,8 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
         estimate = log_estimate(cost, worker.world_size, tracker)
     evaluator = heldout_evaluator(cfg.data.heldout_records, cfg.train.micro_batch, worker, parts.data)
     tag_staging(tracker, parts.staged)
-    loop = StepLoop(parts, state, cfg.train, worker, tracker, evaluator, estimate, timer or NULL_TIMER)
+    watch = capacity_watch(cfg.parallel, worker)
+    loop = StepLoop(parts, state, cfg.train, worker, tracker, evaluator, estimate, timer or NULL_TIMER, watch)
     metrics = loop.run()
     if state.step > 0:
         tracker.log_metrics(parts.data.stats.metrics(), state.step)
@@ -161,6 +174,15 @@ def build_parts(cfg: RunConfig, worker: Worker) -> Parts:
     )  # fmt: skip
     flops = flop_model(model, worker.device)
     return Parts(data, model, engine, optimizer, schedule, store, ckpt, sizes, flops, staged)
+
+
+def capacity_watch(parallel: ParallelConfig, worker: Worker) -> CapacityWatch:
+    """Rank 0's look for room to grow (`parallel.resize_check_seconds`); idle on other ranks."""
+    per_worker = {"CPU": float(parallel.cpus_per_worker), "GPU": float(parallel.gpus_per_worker)}
+    probe = worker.free_resources if worker.rank == 0 else None
+    return CapacityWatch(
+        probe, per_worker, worker.world_size, parallel.max_workers, float(parallel.resize_check_seconds)
+    )
 
 
 def open_store(run_id: str, storage: StorageConfig, worker: Worker) -> CheckpointStore:
@@ -242,6 +264,7 @@ class StepLoop:
         evaluator: HeldoutEvaluator | None,
         estimate: dict[str, float],
         timer: Any,
+        watch: CapacityWatch | None = None,
     ):
         self.parts, self.state, self.train, self.worker = parts, state, train, worker
         self.tracker, self.evaluator, self.estimate, self.timer = tracker, evaluator, estimate, timer
@@ -252,6 +275,7 @@ class StepLoop:
         )
         self.trace = SampleTrace.from_env(worker)
         self.stop = StopSignal.from_env(train.termination_grace_seconds)
+        self.watch = watch or CapacityWatch(None, {}, worker.world_size, worker.world_size, 0)  # never grows
         self.lr = 0.0  # of the last step (`step` sets it, `log` reports it)
 
     def run(self) -> dict[str, Any]:
@@ -263,11 +287,11 @@ class StepLoop:
             stats = self.step(group)
             metrics = self.log(stats)
             self.evaluate()
-            stopping = self.stop.agreed(_max_across_ranks)
+            stopping = self.stop.vote(_max_across_ranks, grow=self.watch.room())
             if state.step % self.train.checkpoint_interval == 0 or state.step == parts.total or stopping:
                 self.checkpoint(stats, metrics, stopping)
             if stopping and state.step < parts.total:
-                self.stopped()
+                self.stopped(stopping)
             self.timer.step_done(state.step, stats, metrics)
         return metrics
 
@@ -321,7 +345,7 @@ class StepLoop:
         state.extra["heldout"] = {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": heldout}
         _log_heldout(self.tracker, self.worker, heldout, state)
 
-    def checkpoint(self, stats: StepStats, metrics: dict[str, Any], stopping: bool) -> None:
+    def checkpoint(self, stats: StepStats, metrics: dict[str, Any], stopping: str | None) -> None:
         """Commit this step on every rank, with the metrics the operator and the fit read."""
         state, data = self.state, self.parts.data
         state.sampler = data.state_dict()["sampler"]
@@ -330,23 +354,43 @@ class StepLoop:
             **self.estimate,  # the cost estimate and the measured MFU, shown in status.metrics
             "mfu": metrics["mfu"],
             **state.extra.get("heldout", {}).get("metrics", {}),
+            **stop_metrics(self.worker, stopping if state.step < self.parts.total else None),
         }
         try:
             info = self.parts.ckpt.save(
                 state, data.state_dict()["stats"], committed, final=state.step == self.parts.total
             )
         finally:
-            if stopping:
+            if stopping == PREEMPTED:
                 self.stop.done()
         _after_checkpoint(info, metrics, self.worker, self.tracker, state.step)
 
-    def stopped(self) -> None:
-        """A requested stop, committed: flush what tracking can in the grace left, then raise."""
+    def stopped(self, kind: str) -> None:
+        """A planned stop, committed: flush what tracking can in the grace left, then raise."""
         step, total = self.state.step, self.parts.total
+        if kind == RESIZE:
+            room = f"room for {self.watch.seen} more worker(s) beside {self.worker.world_size}"
+            if self.worker.rank == 0:
+                print(f"[sphinxx] stopped to grow ({room}) at step {step}/{total}", flush=True)
+            self.tracker.close(timeout=30.0)
+            raise Resized(step, room)
         if self.worker.rank == 0:
             print(f"[sphinxx] stopped on request ({self.stop.why}) at step {step}/{total}", flush=True)
         self.tracker.close(timeout=min(30.0, self.stop.remaining()))
         raise Preempted(step, self.stop.why or "stop requested")
+
+
+def stop_metrics(worker: Worker, stopping: str | None) -> dict[str, float]:
+    """The run's planned stops as a commit records them (the operator shows them in status):
+    `preemptions` and `resizes` including this commit's stop, and on a preemption's commit
+    `preempted_in_attempt` (the operator's sign that an attempt which then failed was preempted). Pure."""
+    out = {
+        "preemptions": float(worker.preemptions + (stopping == PREEMPTED)),
+        "resizes": float(worker.resizes + (stopping == RESIZE)),
+    }
+    if stopping == PREEMPTED:
+        out["preempted_in_attempt"] = float(worker.attempt)
+    return out
 
 
 def _timed(steps: Iterable[list[LoadedBatch]], timer: Any) -> Iterator[list[LoadedBatch]]:

@@ -51,18 +51,45 @@ EXIT_DEADLINE = 75  # the watchdog's exit code: the grace period ran out before 
 MARGIN_S = 5.0  # ends the process this long before the grace period does (Ray and the pod still exit)
 
 
-class Preempted(RuntimeError):
-    """Raised on every rank after the stop checkpoint committed: the retry resumes at `step`."""
+PREEMPTED, RESIZE = "preempted", "resize"  # the kinds of a planned stop (`StopRequested.kind`)
+
+
+class StopRequested(RuntimeError):
+    """A planned stop at a committed step: raised on every rank once the checkpoint of `step` is
+    committed. Not a failure: the Ray adapter returns `outcome()` instead of raising it, and the
+    driver counts it apart from `parallel.max_failures` (`jobs/segments.py`)."""
+
+    kind = "stop"
 
     def __init__(self, step: int, why: str):
-        super().__init__(f"stopped at step {step} on request ({why}); checkpoint of step {step} committed")
+        super().__init__(f"stopped at step {step} ({self.kind}: {why}); checkpoint of step {step} committed")
         self.step = step
         self.why = why
 
     def __reduce__(self) -> tuple[type, tuple[int, str]]:
-        # Ray Train's controller unpickles the exception a worker raised; the default (the message
-        # as the only argument) would not fit this constructor, and Ray would log a TypeError.
+        # Ray unpickles what crosses it; the default (the message as the only argument) would not
+        # fit this constructor, and Ray would log a TypeError instead of the stop reason.
         return type(self), (self.step, self.why)
+
+    def outcome(self) -> dict[str, object]:
+        """What a worker returns to Ray Train for this stop (the driver reads rank 0's)."""
+        return {STOP_KEY: self.kind, "step": self.step, "why": self.why}
+
+
+STOP_KEY = "sphinxx_stop"  # the key of a stop outcome in a worker's return value
+
+
+class Preempted(StopRequested):
+    """Asked to stop (SIGTERM, the preStop stop file, a peer): the next segment resumes at `step`."""
+
+    kind = PREEMPTED
+
+
+class Resized(StopRequested):
+    """Stopped to grow: room for more workers appeared (`jobs/resize.py`); the next segment starts
+    with as many workers as fit and resumes at `step`."""
+
+    kind = RESIZE
 
 
 class StopSignal:
@@ -166,12 +193,19 @@ class StopSignal:
         A rank that learns of the stop from its peers starts its own grace period: the whole
         group stops and saves together.
         """
-        mine = 1.0 if self.requested else 0.0
-        if all_reduce_max(mine) > 0:
+        return self.vote(all_reduce_max) == PREEMPTED
+
+    def vote(self, all_reduce_max: Callable[[float], float], grow: bool = False) -> str | None:
+        """The stop all ranks agree on at the end of a step, with one all-reduce: PREEMPTED once
+        any rank was asked to stop, else RESIZE when any rank (rank 0, `resize.CapacityWatch`) saw
+        room to grow, else None. A stop request wins over a resize."""
+        mine = 2.0 if self.requested else 1.0 if grow else 0.0
+        agreed = all_reduce_max(mine)
+        if agreed >= 2:
             if self.deadline is None:
                 self.request("a peer was asked to stop")
-            return True
-        return False
+            return PREEMPTED
+        return RESIZE if agreed >= 1 else None
 
     def done(self) -> None:
         """Tell the preStop hook this worker has finished stopping (checkpoint committed or not)."""

@@ -6,6 +6,12 @@ attempt's identity) into a `Worker`, calls `loop.train`, and reports each commit
 to Ray Train as a *pointer*: a tiny directory holding {step, uri, commit_id}, named uniquely per
 commit (`loop.pointer_name`; docs/storage.md, "Pointer checkpoints for Ray Train"). The
 checkpoint itself lives in our store; Ray keeps only the pointer, so its own storage stays small.
+
+A planned stop (`preemption.StopRequested`: a preemption or a resize, committed at its step) is
+*returned*, not raised: an exception would be a `WorkerGroupError` to Ray Train's failure policy,
+charged to `max_failures`. The driver reads the outcome and starts the next segment
+(`jobs/segments.py`). Rank 0 gets `ray.available_resources` as its probe for room to grow
+(`jobs/resize.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 
 from sphinxx.jobs.context import JobContext, Worker
 from sphinxx.jobs.loop import train
+from sphinxx.jobs.preemption import StopRequested
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -43,8 +50,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         code_version=job.code_version,
         device=str(device),
         report=_ray_report,
+        preemptions=job.preemptions,
+        resizes=job.resizes,
+        free_resources=ray.available_resources,
     )
-    return train(cfg, worker)
+    try:
+        return train(cfg, worker)
+    except StopRequested as stop:  # committed at stop.step: an outcome for the driver, not a failure
+        return stop.outcome()
 
 
 def _ray_report(metrics: dict[str, Any], pointer_dir: str | None) -> None:

@@ -18,7 +18,13 @@ The config is read and checked once, here (`read_config`); the workers get it as
 `num_params` is N of the scaling law (active, non-embedding parameters) and `num_params_total` every
 trainable parameter, as in every committed checkpoint's `manifest.metrics` (with `tokens_seen`).
 
-Exit codes: 0 succeeded, 1 training failed (after Ray Train's in-attempt retries), 2 bad config.
+An attempt is one or more *segments* (`jobs/segments.py`): a planned stop (a preemption, a
+resize; committed at its step) or a failure ends one, and the driver starts the next with the same
+run name, resuming from the newest committed checkpoint, while `parallel.max_failures` (failures)
+and `parallel.max_preemptions` (preemptions) allow. The summary counts them (`preemptions`,
+`resizes`, `failures`).
+
+Exit codes: 0 succeeded, 1 training failed (after the attempt's restarts), 2 bad config.
 The run's identity (`run_id`, the MLflow run in `tracking`) is in the config; the operator
 writes it there. Environment read: RAY_ADDRESS (else a local Ray is started), SPHINXX_ATTEMPT
 (the attempt number), MLFLOW_TRACKING_URI (when the config names no tracking store),
@@ -38,7 +44,8 @@ from dataclasses import replace
 from typing import Any
 
 from sphinxx.jobs.context import JobContext
-from sphinxx.jobs.driver import prepare_run, run_summary
+from sphinxx.jobs.driver import committed_stops, prepare_run, run_summary
+from sphinxx.jobs.segments import End, PreemptionsExhausted, Tally, next_segment, segment_end
 from sphinxx.jobs.stores import storage_options
 from sphinxx.jobs.tracking import tracking_uri
 from sphinxx.schema.run import (
@@ -111,16 +118,66 @@ def build_trainer(job: JobContext) -> Any:
             num_workers=workers,  # type: ignore[arg-type]
             use_gpu=par.gpus_per_worker > 0,
             resources_per_worker=resources,
+            # Ray's own up-scale restarts a running group without a commit: the job grows itself
+            # at a committed step instead (jobs/resize.py); a new segment starts at the size that fits.
+            # V2's field; mypy reads ray.train's V1 ScalingConfig (V2 is chosen at import time).
+            elastic_resize_monitor_interval_s=RAY_RESIZE_OFF_S,  # type: ignore[call-arg]
         ),
         torch_config=TorchConfig(backend="nccl" if par.gpus_per_worker else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.run_id,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=par.max_failures),
+            # Every end of a worker group comes back to the driver, which counts failures and
+            # preemptions apart (jobs/segments.py): Ray Train retries nothing itself.
+            # V2's field (max_preemption_failures); mypy reads ray.train's V1 FailureConfig.
+            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=0),  # type: ignore[call-arg]
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+RAY_RESIZE_OFF_S = 10.0 * 365 * 24 * 3600  # Ray Train's elastic monitor interval: never within a run
+
+
+def run_segments(job: JobContext) -> tuple[Any, Any, Tally]:
+    """Segments until the run succeeds or a bound is reached: (error, rank 0's return value, tally)."""
+    cfg, par = job.config, job.config.parallel
+    preemptions, resizes = committed_stops(cfg.run_id, cfg.storage)
+    tally = Tally(preemptions=preemptions, resizes=resizes)
+    while True:
+        error, returned = fit_segment(replace(job, preemptions=tally.preemptions, resizes=tally.resizes))
+        committed = committed_stops(cfg.run_id, cfg.storage)[0]
+        end = segment_end(returned, error is not None, committed > tally.preemptions or ray_preempted(error))
+        step = next_segment(end, tally, par.max_failures, par.max_preemptions)
+        log.info("segment ended (%s): %s", end, step.message)
+        tally = step.tally
+        if not step.again:
+            if end == End.PREEMPTED:
+                error = PreemptionsExhausted(tally.preemptions, par.max_preemptions)
+            return error, returned, tally
+
+
+def fit_segment(job: JobContext) -> tuple[Any, Any]:
+    """One Ray Train run: (its error or None, rank 0's return value)."""
+    try:
+        result = build_trainer(job).fit()
+        return result.error, result.return_value
+    except Exception as err:  # noqa: BLE001 - any failure of a segment is counted by the driver
+        log.exception("training segment failed")
+        return err, None
+
+
+def ray_preempted(error: Any) -> bool:
+    """Whether Ray Train itself saw a preemption end the segment: its PreemptionError (a node drain
+    it watched), or a worker whose actor died with a node reclaim (RayActorError.preempted)."""
+    if error is None:
+        return False
+    if type(error).__name__ == "PreemptionError":
+        return True
+    failures = getattr(error, "worker_failures", None) or {}
+    causes = [getattr(e, "health_check_failure", e) for e in failures.values()]
+    return any(getattr(cause, "preempted", False) is True for cause in causes)
 
 
 # Forwarded to the job's actors when set: Ray workers inherit the raylet's environment, not the driver's.
@@ -191,14 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             log_to_driver=True,
         )
     job = JobContext(cfg, attempt=attempt, mlflow_run_id=run.mlflow_run_id, code_version=version)
-    error, final = None, None
-    try:
-        result = build_trainer(job).fit()
-        error, final = result.error, result.return_value
-    except Exception as err:  # noqa: BLE001 - the boundary that turns any failure into the summary line
-        log.exception("training failed")
-        error = err
+    error, final, tally = run_segments(job)
     summary.update(run_summary(cfg, run, final, error, time.time() - started))
+    summary.update(preemptions=tally.preemptions, resizes=tally.resizes, failures=tally.failures)
     return _finish(summary, EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED)
 
 

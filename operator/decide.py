@@ -113,6 +113,7 @@ class RunObserved:
     now_iso: str
     rollback: RollbackOutcome | None = None  # a rollback request handled in this pass
     inputs: tuple[str, ...] | None = None  # pre-flight problems (preflight.check_run); None = not checked
+    max_preemptions: int = 20  # config.parallel.max_preemptions: preemptions are not retries
 
 
 @dataclass
@@ -164,6 +165,10 @@ def _mirror(obs: RunObserved, st: RunStatus) -> None:
         st.last_checkpoint = CheckpointRef(step=obs.checkpoint.step, uri=obs.checkpoint.uri)
         if obs.checkpoint.metrics:
             st.metrics = dict(obs.checkpoint.metrics)
+        # The job counts its planned stops in every commit (jobs/segments.py); never backwards
+        # within a run, so a rollback to an older commit does not hide the preemptions it had.
+        st.preemptions = max(st.preemptions, int(obs.checkpoint.metrics.get("preemptions", 0)))
+        st.resizes = max(st.resizes, int(obs.checkpoint.metrics.get("resizes", 0)))
     st.workers = {"min": obs.bounds[0], "max": obs.bounds[1], **obs.job.workers}
     if obs.job.cluster:
         st.ray_cluster_name = obs.job.cluster
@@ -240,7 +245,34 @@ def _follow_rayjob(obs: RunObserved, st: RunStatus, act: RunAction, resume_now: 
         return Next(RunPhase.FAILED, "ValidationFailed", job.message or "KubeRay rejected the RayJob")
     if resume_now:  # the attempt failed and a resume (or a rollback) asks for the next one now
         return _resume_attempt(obs, st, act)
+    if preempted_attempt(obs.checkpoint, attempt, obs.max_preemptions):
+        return _after_preemption(obs, st, act, attempt)
     return _retry(obs, st, act, attempt, job.reason, job.message)
+
+
+def preempted_attempt(checkpoint: Checkpoint | None, attempt: int, max_preemptions: int) -> bool:
+    """Whether a failed attempt ended in a preemption the run may still resume from: its newest
+    commit is the step its workers committed when asked to stop (`preempted_in_attempt`, written by
+    the job), and the run's preemptions are within `parallel.max_preemptions`. Pure."""
+    if checkpoint is None or checkpoint.metrics.get("preempted_in_attempt") != attempt:
+        return False
+    return int(checkpoint.metrics.get("preemptions", 0)) <= max_preemptions
+
+
+def _after_preemption(obs: RunObserved, st: RunStatus, act: RunAction, attempt: int) -> Next:
+    """A preempted attempt: the next one at once, using no retry and no backoff (preemptions
+    have their own bound, `parallel.max_preemptions`)."""
+    step = obs.checkpoint.step if obs.checkpoint is not None else 0
+    act.create_attempt = attempt + 1
+    act.events.append(
+        (
+            "Normal",
+            "Preempted",
+            f"attempt {attempt} was preempted after committing step {step} "
+            f"({st.preemptions} of {obs.max_preemptions} preemptions); attempt {attempt + 1} resumes there",
+        )
+    )
+    return Next(RunPhase.RESUMING, "Preempted", f"attempt {attempt} preempted; attempt {attempt + 1} resumes")
 
 
 def _resume_attempt(obs: RunObserved, st: RunStatus, act: RunAction) -> Next:
@@ -268,6 +300,7 @@ def _record(obs: RunObserved, act: RunAction, old_phase: RunPhase | None, step: 
         act.events.append((kind, reason, f"{old_phase or 'New'} -> {phase}: {message}"))
     st.phase, st.message, st.observed_generation = phase, message, obs.generation
     st.conditions = _run_conditions(obs, st.conditions, step)
+    st.conditions = _preempted_condition(obs, st)
 
 
 def _run_conditions(obs: RunObserved, conditions: list[Condition], step: Next) -> list[Condition]:
@@ -284,6 +317,21 @@ def _run_conditions(obs: RunObserved, conditions: list[Condition], step: Next) -
     readable = "every input readable, the checkpoint prefix writable"
     return status.set_condition(
         conditions, ConditionType.BLOCKED, False, "InputsReadable", readable, generation, now
+    )
+
+
+def _preempted_condition(obs: RunObserved, st: RunStatus) -> list[Condition]:
+    """Preempted=True once the run was preempted (the count and its bound); absent before."""
+    if not st.preemptions:
+        return st.conditions
+    over = st.preemptions > obs.max_preemptions
+    reason = "PreemptionsExhausted" if over else "Preempted"
+    message = (
+        f"preempted {st.preemptions} time(s), each resumed from the step it committed; "
+        f"parallel.max_preemptions is {obs.max_preemptions}"
+    )
+    return status.set_condition(
+        st.conditions, ConditionType.PREEMPTED, True, reason, message, obs.generation, obs.now_iso
     )
 
 

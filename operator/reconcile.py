@@ -297,6 +297,7 @@ def _observe_run(
         now_iso=now_iso,
         rollback=rollback,
         inputs=_preflight(cfg, old, run.rayjob, spec, settings),
+        max_preemptions=cfg.parallel.max_preemptions,
     )
 
 

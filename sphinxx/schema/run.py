@@ -183,7 +183,14 @@ class ParallelConfig:
     max_workers: int = count(1, "elastic upper bound of Ray Train workers", minimum=1, maximum=MAX_WORKERS)
     gpus_per_worker: int = count(1, "GPUs per Ray Train worker; 0 trains on CPU with gloo", maximum=16)
     cpus_per_worker: int = count(1, "CPUs reserved per Ray Train worker", minimum=1, maximum=1024)
-    max_failures: int = count(1, "in-attempt worker restarts Ray Train may make", maximum=1000)
+    max_failures: int = count(1, "restarts of the worker group after a failure, per attempt (preemptions "
+                                 "and resizes are not failures)", maximum=1000)  # fmt: skip
+    max_preemptions: int = count(20, "preemptions of the run (a worker asked to stop: preStop, SIGTERM, "
+                                     "a node drain) it resumes from; counted apart from max_failures",
+                                 maximum=10_000)  # fmt: skip
+    resize_check_seconds: int = count(30, "with min_workers < max_workers, how often rank 0 looks for room "
+                                          "for more workers, to commit and restart bigger; 0: never",
+                                      maximum=86_400)  # fmt: skip
 
 
 @dataclass(frozen=True)

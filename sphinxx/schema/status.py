@@ -64,6 +64,7 @@ class ConditionType(enum.StrEnum):
     INVALID = "Invalid"  # the spec was refused by admission
     BLOCKED = "Blocked"  # run: the pre-flight check found an input unreadable (before the first attempt)
     TRACKING_READY = "TrackingReady"  # the MLflow run exists; False while MLflow is unreachable
+    PREEMPTED = "Preempted"  # run: preempted at least once (count in status.preemptions, own bound)
 
 
 TERMINAL_RUN_PHASES = (RunPhase.SUCCEEDED, RunPhase.FAILED)
@@ -127,6 +128,10 @@ class RunStatus:
     rollback_token: str | None = field(None, "the last sphinxx.dev/rollback annotation acted on")
     last_rollback: RollbackStatus | None = field(None, "the last rollback (kubectl sphinxx rollback)")
     last_failure_time: str | None = field(None, "when the current attempt was seen failed")
+    preemptions: int = count(0, "times the run was preempted and resumed from the step it committed "
+                                "(bounded by config.parallel.max_preemptions, not by retries)",
+                             maximum=2**31)  # fmt: skip
+    resizes: int = count(0, "times the worker group committed and restarted bigger", maximum=2**31)
     message: str = field("", "what is happening, in one line")
     observed_generation: int | None = count(None, "the spec generation this status reflects", maximum=2**62)
     conditions: list[Condition] = field(

@@ -19,7 +19,8 @@ from sphinxx.jobs.data.format import BadRecordError
 from sphinxx.jobs.data.loader import TooManyBadRecordsError
 from sphinxx.jobs.data.template import SampleTooLongError
 from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, TokenizerFilesError
-from sphinxx.jobs.preemption import Preempted
+from sphinxx.jobs.preemption import Preempted, Resized, StopRequested
+from sphinxx.jobs.segments import PreemptionsExhausted
 from sphinxx.operator.reconcile import RetryLater
 from sphinxx.schema.documents import _DuplicateKey
 from sphinxx.schema.fields import SchemaError
@@ -37,6 +38,9 @@ PACKAGES = (
 )
 EXAMPLES: list[BaseException] = [
     Preempted(6, "SIGTERM"),
+    Resized(9, "room for 1 more worker(s) beside 1"),
+    StopRequested(3, "a planned stop"),
+    PreemptionsExhausted(21, 20),
     BadRecordError("invalid_record", "s3://b/shard-0.jsonl:3", "no conversations"),
     TooManyBadRecordsError("12 of 100 records unreadable"),
     SampleTooLongError("the image block needs 1295 positions; seq_len is 1024"),
