@@ -302,3 +302,54 @@ def test_a_pass_posts_one_event_for_all_the_points_it_creates() -> None:
     message = created[0][2]
     assert message.startswith("12 TrainingRun(s) created: s-debug-d") and message.endswith("(+7 more)")
     assert decide.name_list(["a", "b"]) == "a, b"
+
+
+def _stop_commit(step: int, preemptions: int, attempt: int | None) -> decide.Checkpoint:
+    """A checkpoint as the job commits it: its planned stops, and the attempt a preemption stopped."""
+    metrics = {"loss": 2.0, "preemptions": float(preemptions), "resizes": 1.0}
+    if attempt is not None:
+        metrics["preempted_in_attempt"] = float(attempt)
+    return decide.Checkpoint(step, f"s3://b/r/checkpoints/step-{step:09d}", metrics)
+
+
+def test_preempted_attempts_resume_without_a_retry_until_their_own_bound() -> None:
+    failed = _job("Failed", "FAILED", "AppFailed")
+    # Attempt 1's workers committed step 12 when asked to stop, then the attempt died (head lost).
+    first = decide.decide_run(
+        _obs(failed, {"attempt": 1, "phase": "Running"}, checkpoint=_stop_commit(12, 1, 1), max_preemptions=2)
+    )
+    assert first.create_attempt == 2 and first.requeue_after is None  # no backoff
+    assert wire(first)["retries"] == 0 and wire(first)["preemptions"] == 1 and wire(first)["resizes"] == 1
+    assert wire(first)["phase"] == "Resuming" and first.events[-1][1] == "Preempted"
+    cond = status.condition(first.status.conditions, ConditionType.PREEMPTED)
+    assert cond.status == "True" and cond.reason == "Preempted" and "max_preemptions is 2" in cond.message
+    # Attempt 2 is preempted too: the second preemption still uses no retry (retries: 0 of 2 left).
+    second = decide.decide_run(
+        _obs(failed, first.status, checkpoint=_stop_commit(20, 2, 2), max_preemptions=2)
+    )
+    assert second.create_attempt == 3 and wire(second)["retries"] == 0 and wire(second)["preemptions"] == 2
+    # Attempt 3 fails without a new preemption commit (its newest commit is attempt 2's): a real failure.
+    third = decide.decide_run(
+        _obs(failed, second.status, checkpoint=_stop_commit(20, 2, 2), max_preemptions=2)
+    )
+    assert third.create_attempt is None and third.requeue_after == 10  # the retry path, with backoff
+    # Over the bound: a preemption is a failure again (retries, then Failed).
+    over = decide.decide_run(
+        _obs(failed, {"attempt": 5, "phase": "Running"}, checkpoint=_stop_commit(30, 3, 5), max_preemptions=2)
+    )
+    assert over.create_attempt is None and over.requeue_after == 10
+    assert status.condition(over.status.conditions, ConditionType.PREEMPTED).reason == "PreemptionsExhausted"
+
+
+def test_preemption_pure_decision() -> None:
+    assert decide.preempted_attempt(_stop_commit(5, 1, 3), 3, 1)
+    assert not decide.preempted_attempt(_stop_commit(5, 1, 2), 3, 1)  # an earlier attempt's stop
+    assert not decide.preempted_attempt(_stop_commit(5, 2, 3), 3, 1)  # over the bound
+    assert not decide.preempted_attempt(_stop_commit(5, 0, None), 3, 1)  # a periodic commit
+    assert not decide.preempted_attempt(None, 3, 1)
+    # A run never preempted has no Preempted condition at all.
+    act = decide.decide_run(
+        _obs(_job("Running", "RUNNING"), {"attempt": 1}, checkpoint=_stop_commit(4, 0, None))
+    )
+    assert status.condition(act.status.conditions, ConditionType.PREEMPTED) is None
+    assert wire(act).get("preemptions", 0) == 0
