@@ -96,12 +96,25 @@ def test_a_scale_up_mid_run_commits_its_step_and_resumes_bigger_redoing_none(
     assert sorted(logged) == list(range(1, steps + 1)) and set(logged.values()) == {1}
 
 
+def _preempt(job: Job, trace: Path, stop_file: Path, store: CheckpointStore, after: int) -> int:
+    """Two steps past `after`, preempt the job's pod as Kubernetes would; the step it committed."""
+    wait_until(
+        lambda: [r for r in read_traces(trace) if r["step"] >= after + 2], 400, f"step {after + 3}", job
+    )
+    assert prestop(str(stop_file), wait_s=120) == 0  # the worker pods' preStop hook
+    for marker in stop_file.parent.iterdir():  # a new pod starts with an empty /tmp
+        marker.unlink()
+    committed = wait_until(
+        lambda: [c.step for c in store.committed() if c.step > after], 120, "a commit", job
+    )
+    return int(committed[0])
+
+
 def test_two_preemptions_of_one_point_with_max_failures_1_still_finish(
     tmp_path, synth, s3_bucket, mlflow_server, job_env
 ) -> None:
     storage, name, steps = f"s3://{s3_bucket}/runs", "preempted-twice", 30
-    trace, stop_dir = tmp_path / "trace", tmp_path / "pod"
-    stop_file = stop_dir / "sphinxx-stop"
+    trace, stop_file = tmp_path / "trace", tmp_path / "pod" / "sphinxx-stop"
     cfg = tiny_config(
         synth, name, storage, mlflow_server.tracking_uri,
         train={"steps": steps, "checkpoint_interval": 100},  # commits: the two stops and the last step
@@ -115,17 +128,8 @@ def test_two_preemptions_of_one_point_with_max_failures_1_still_finish(
     job = Job(tmp_path, name, cfg, env).start(extra_env={"SPHINXX_SAMPLE_TRACE": str(trace)})
     store = CheckpointStore(storage, name)
     stops: list[int] = []
-    for n in (1, 2):
-        after = (stops or [0])[-1]
-        wait_until(
-            lambda: [r for r in read_traces(trace) if r["step"] >= after + 2], 400, f"step {after + 3}", job
-        )
-        assert prestop(str(stop_file), wait_s=120) == 0  # the worker pods' preStop hook
-        for marker in stop_dir.iterdir():  # a new pod starts with an empty /tmp
-            marker.unlink()
-        stops.append(
-            wait_until(lambda: [c.step for c in store.committed() if c.step > after], 120, "a commit", job)[0]
-        )
+    for _ in range(2):
+        stops.append(_preempt(job, trace, stop_file, store, after=(stops or [0])[-1]))
     assert job.wait(600) == 0, job.tail()
 
     summary = job.summary()
