@@ -5,6 +5,8 @@ What it holds:
     train.py        the job's entrypoint (`python -m sphinxx.jobs.train --config URI`): reads and
                     checks the run config once, starts Ray Train
     driver.py       run identity before the attempt (stored config, MLflow run), summary after
+    segments.py     what ended a Ray Train run of the attempt and whether another starts (pure)
+    resize.py       rank 0's look for room to grow, so the group commits before it restarts bigger
     context.py      what a worker is told (`JobContext`) and knows about itself (`Worker`)
     ray_worker.py   the Ray Train adapter; the only training module that imports Ray
     build.py        the model of a run, from its `model` section

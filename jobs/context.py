@@ -31,6 +31,7 @@ class JobContext:
     # commit records them, so the next attempt and the operator read them back from the manifest.
     preemptions: int = 0
     resizes: int = 0
+    resized_from: int = 0  # the world size a resize ended the previous segment at (0: it did not)
 
 
 @dataclass
@@ -48,5 +49,6 @@ class Worker:
     report: Callable[[dict[str, Any], str | None], None] = field(default=lambda metrics, pointer: None)
     preemptions: int = 0  # planned stops of the run before this segment (JobContext)
     resizes: int = 0
+    resized_from: int = 0  # JobContext.resized_from
     # What is free in the cluster now (rank 0 under Ray: ray.available_resources); None: never grow.
     free_resources: Callable[[], Mapping[str, float]] | None = None

@@ -177,9 +177,17 @@ def build_parts(cfg: RunConfig, worker: Worker) -> Parts:
 
 
 def capacity_watch(parallel: ParallelConfig, worker: Worker) -> CapacityWatch:
-    """Rank 0's look for room to grow (`parallel.resize_check_seconds`); idle on other ranks."""
+    """Rank 0's look for room to grow (`parallel.resize_check_seconds`); idle on other ranks, and
+    for the rest of a segment that a resize started no bigger than it was (Ray placed no more
+    workers than before: looking again would only restart it again)."""
     per_worker = {"CPU": float(parallel.cpus_per_worker), "GPU": float(parallel.gpus_per_worker)}
     probe = worker.free_resources if worker.rank == 0 else None
+    if worker.resized_from and worker.world_size <= worker.resized_from:
+        probe = None
+        if worker.rank == 0:
+            print(
+                f"[sphinxx] the resize left {worker.world_size} worker(s): no more looks for room", flush=True
+            )
     return CapacityWatch(
         probe, per_worker, worker.world_size, parallel.max_workers, float(parallel.resize_check_seconds)
     )

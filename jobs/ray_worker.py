@@ -52,12 +52,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         report=_ray_report,
         preemptions=job.preemptions,
         resizes=job.resizes,
+        resized_from=job.resized_from,
         free_resources=ray.available_resources,
     )
     try:
         return train(cfg, worker)
     except StopRequested as stop:  # committed at stop.step: an outcome for the driver, not a failure
-        return stop.outcome()
+        return {**stop.outcome(), "world_size": worker.world_size}
 
 
 def _ray_report(metrics: dict[str, Any], pointer_dir: str | None) -> None:

@@ -144,14 +144,18 @@ def run_segments(job: JobContext) -> tuple[Any, Any, Tally]:
     """Segments until the run succeeds or a bound is reached: (error, rank 0's return value, tally)."""
     cfg, par = job.config, job.config.parallel
     preemptions, resizes = committed_stops(cfg.run_id, cfg.storage)
-    tally = Tally(preemptions=preemptions, resizes=resizes)
+    tally, resized_from = Tally(preemptions=preemptions, resizes=resizes), 0
     while True:
-        error, returned = fit_segment(replace(job, preemptions=tally.preemptions, resizes=tally.resizes))
+        segment = replace(
+            job, preemptions=tally.preemptions, resizes=tally.resizes, resized_from=resized_from
+        )
+        error, returned = fit_segment(segment)
         committed = committed_stops(cfg.run_id, cfg.storage)[0]
         end = segment_end(returned, error is not None, committed > tally.preemptions or ray_preempted(error))
         step = next_segment(end, tally, par.max_failures, par.max_preemptions)
         log.info("segment ended (%s): %s", end, step.message)
         tally = step.tally
+        resized_from = int(returned.get("world_size", 0)) if end == End.RESIZED else 0
         if not step.again:
             if end == End.PREEMPTED:
                 error = PreemptionsExhausted(tally.preemptions, par.max_preemptions)

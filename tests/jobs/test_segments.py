@@ -83,3 +83,18 @@ def test_one_vote_carries_stop_requests_and_resizes(mine: float, peers: float, e
     agreed = stop.vote(lambda value: max(value, peers), grow=mine > 0)
     assert agreed == expected
     assert (stop.deadline is not None) == (expected == "preempted")  # a peer's stop starts our grace
+
+
+def test_rank_0_stops_looking_when_a_resize_did_not_grow_the_group(capsys) -> None:
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.loop import capacity_watch
+    from sphinxx.schema.run import ParallelConfig
+
+    par = ParallelConfig(min_workers=1, max_workers=4, gpus_per_worker=0, resize_check_seconds=5)
+    free = lambda: {"CPU": 8.0}  # noqa: E731
+    assert capacity_watch(par, Worker(rank=0, world_size=2, free_resources=free)).probe is free
+    assert capacity_watch(par, Worker(rank=1, world_size=2, free_resources=free)).probe is None
+    assert capacity_watch(par, Worker(rank=0, world_size=3, resized_from=2, free_resources=free)).probe is free
+    capsys.readouterr()
+    assert capacity_watch(par, Worker(rank=0, world_size=2, resized_from=2, free_resources=free)).probe is None
+    assert "the resize left 2 worker(s): no more looks for room" in capsys.readouterr().out
