@@ -48,6 +48,9 @@ RUN_COLUMNS = [
     {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss"},
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get trun -o wide`: planned restarts, which lose no step and use no retry.
+    {"name": "Preempted", "type": "integer", "jsonPath": ".status.preemptions", "priority": 1},
+    {"name": "Resized", "type": "integer", "jsonPath": ".status.resizes", "priority": 1},
 ]
 SWEEP_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
