@@ -52,6 +52,7 @@ MARGIN_S = 5.0  # ends the process this long before the grace period does (Ray a
 
 
 PREEMPTED, RESIZE = "preempted", "resize"  # the kinds of a planned stop (`StopRequested.kind`)
+VOTE_STOP, VOTE_GROW = 2.0, 1.0  # a rank's vote at the end of a step (`StopSignal.vote`; MAX wins)
 
 
 class StopRequested(RuntimeError):
@@ -199,13 +200,13 @@ class StopSignal:
         """The stop all ranks agree on at the end of a step, with one all-reduce: PREEMPTED once
         any rank was asked to stop, else RESIZE when any rank (rank 0, `resize.CapacityWatch`) saw
         room to grow, else None. A stop request wins over a resize."""
-        mine = 2.0 if self.requested else 1.0 if grow else 0.0
+        mine = VOTE_STOP if self.requested else VOTE_GROW if grow else 0.0
         agreed = all_reduce_max(mine)
-        if agreed >= 2:
+        if agreed >= VOTE_STOP:
             if self.deadline is None:
                 self.request("a peer was asked to stop")
             return PREEMPTED
-        return RESIZE if agreed >= 1 else None
+        return RESIZE if agreed >= VOTE_GROW else None
 
     def done(self) -> None:
         """Tell the preStop hook this worker has finished stopping (checkpoint committed or not)."""

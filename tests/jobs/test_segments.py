@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sphinxx.jobs.preemption import Preempted, Resized, StopSignal
+from sphinxx.jobs.preemption import VOTE_GROW, VOTE_STOP, Preempted, Resized, StopSignal
 from sphinxx.jobs.resize import CapacityWatch, workers_that_fit
 from sphinxx.jobs.segments import End, Tally, next_segment, segment_end
 
@@ -76,7 +76,7 @@ def test_the_watch_looks_when_due_and_only_while_the_group_can_grow() -> None:
 
 @pytest.mark.parametrize(
     ("mine", "peers", "expected"),
-    [(0.0, 0.0, None), (1.0, 0.0, "resize"), (0.0, 1.0, "resize"), (1.0, 2.0, "preempted")],
+    [(0.0, 0.0, None), (1.0, 0.0, "resize"), (0.0, VOTE_GROW, "resize"), (1.0, VOTE_STOP, "preempted")],
 )
 def test_one_vote_carries_stop_requests_and_resizes(mine: float, peers: float, expected: str | None) -> None:
     stop = StopSignal(grace_s=60, exit_fn=lambda code: None)
@@ -94,7 +94,11 @@ def test_rank_0_stops_looking_when_a_resize_did_not_grow_the_group(capsys) -> No
     free = lambda: {"CPU": 8.0}  # noqa: E731
     assert capacity_watch(par, Worker(rank=0, world_size=2, free_resources=free)).probe is free
     assert capacity_watch(par, Worker(rank=1, world_size=2, free_resources=free)).probe is None
-    assert capacity_watch(par, Worker(rank=0, world_size=3, resized_from=2, free_resources=free)).probe is free
+    assert (
+        capacity_watch(par, Worker(rank=0, world_size=3, resized_from=2, free_resources=free)).probe is free
+    )
     capsys.readouterr()
-    assert capacity_watch(par, Worker(rank=0, world_size=2, resized_from=2, free_resources=free)).probe is None
+    assert (
+        capacity_watch(par, Worker(rank=0, world_size=2, resized_from=2, free_resources=free)).probe is None
+    )
     assert "the resize left 2 worker(s): no more looks for room" in capsys.readouterr().out

@@ -169,7 +169,7 @@ def test_sigterm_during_a_commit_that_cannot_finish_leaves_the_previous_checkpoi
 
 def test_stop_signal_agreement_deadline_and_the_prestop_hook(tmp_path) -> None:
     """The parts without processes: one vote per step, the watchdog's deadline, the hook's files."""
-    from sphinxx.jobs.preemption import EXIT_DEADLINE, MARGIN_S, StopSignal, prestop
+    from sphinxx.jobs.preemption import EXIT_DEADLINE, MARGIN_S, VOTE_STOP, StopSignal, prestop
 
     now = [100.0]
     exits: list[int] = []
@@ -177,7 +177,7 @@ def test_stop_signal_agreement_deadline_and_the_prestop_hook(tmp_path) -> None:
     assert not stop.requested and stop.remaining() == float("inf")
     assert stop.agreed(lambda mine: max(mine, 0.0)) is False
     # A peer's vote stops this rank too, and starts its own grace period.
-    assert stop.agreed(lambda mine: 1.0) is True and stop.why == "a peer was asked to stop"
+    assert stop.agreed(lambda mine: VOTE_STOP) is True and stop.why == "a peer was asked to stop"
     assert stop.remaining() == 30 - MARGIN_S
     # The stop file (written by the pod's preStop hook) is a request too.
     stop_file = str(tmp_path / "stop")
