@@ -133,6 +133,7 @@ def test_two_preemptions_of_one_point_with_max_failures_1_still_finish(
         train={"steps": steps, "checkpoint_interval": 100},  # commits: the two stops and the last step
         parallel={"max_failures": 1},
     )  # fmt: skip
+    stop_file.parent.mkdir()  # the pod's /tmp: the workers announce themselves there at start
     env = {
         **job_env,
         "SPHINXX_STOP_FILE": str(stop_file),  # what the operator sets on worker pods
