@@ -28,6 +28,7 @@ CONDITION_TYPES = {
     "INVALID": "Invalid",
     "BLOCKED": "Blocked",
     "TRACKING_READY": "TrackingReady",
+    "PREEMPTED": "Preempted",
 }
 
 
@@ -42,7 +43,8 @@ def test_a_condition_type_is_written_as_its_plain_string() -> None:
     data = dump_status(st)
     assert type(data["conditions"][0]["type"]) is str
     assert json.dumps(data) == (
-        '{"attempt": 0, "retries": 0, "metrics": {}, "workers": {}, "message": "", '
+        '{"attempt": 0, "retries": 0, "metrics": {}, "workers": {}, "preemptions": 0, "resizes": 0, '
+        '"message": "", '
         '"conditions": [{"type": "TrackingReady", "status": "True", "reason": "RunRecorded", "message": ""}]}'
     )
 
