@@ -4,7 +4,7 @@
 # Most of the suite's time is single-core: one Ray job starting, one operator waiting on the API
 # server, one server starting. One pytest uses about 40% of two cores. So the suite runs as
 #   e2e       the end-to-end sweeps (tests/e2e: operator + KubeRay stand-in + Ray jobs), and the
-#             job's stop tests (the tiny sweep's laptop run now overlaps its cluster run)
+#             job's stop and resize tests (the tiny sweep's laptop run now overlaps its cluster run)
 #   training  the job's own multi-process runs (training, checkpoints, evaluation)
 #   rest      everything else (operator, storage, schema, model, sweep, data, ...)
 # each with its own servers on free ports and its own Ray, so they share nothing but the machine.
@@ -23,6 +23,7 @@ BIN=${BIN:-.venv/bin}
 E2E_LANE=(
   tests/e2e
   tests/jobs/test_stop.py
+  tests/jobs/test_resize.py
 )
 TRAINING_LANE=(
   tests/jobs/test_train.py
