@@ -61,12 +61,16 @@ class Needed:
     all_points: bool
     endpoint_url: str | None
 
-    def line(self, why: str | None) -> str:
+    def describe(self, why: str | None) -> str:
+        """`field: uri`, why it cannot be used (or how it is used) and by which points."""
         where = "all points" if self.all_points else ", ".join(self.points)
         item = self.input
         if why is None:
-            return f"ok    {item.field}: {item.uri} ({item.access}; {where})"
-        return f"FAIL  {item.field}: {item.uri} {why} ({where})"
+            return f"{item.field}: {item.uri} ({item.access}; {where})"
+        return f"{item.field}: {item.uri} {why} ({where})"
+
+    def line(self, why: str | None) -> str:
+        return f"{'ok  ' if why is None else 'FAIL'}  {self.describe(why)}"
 
 
 def needed(points: list[tuple[Point, RunConfig]]) -> list[Needed]:
