@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import datetime
 import json
+import os
 import threading
 from typing import Any, cast
 
@@ -320,6 +321,8 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None) -> tuple[Kube, 
     and the namespace its context names ("default" when none)."""
     from kubernetes import config  # ~1 s to import: only a command that talks to the API pays it
 
+    # $KUBECONFIG now, not as the client read it when first imported (its default path).
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
     contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
     chosen = next((c for c in contexts if c["name"] == context), active) if context else active
     namespace = (chosen or {}).get("context", {}).get("namespace") or "default"

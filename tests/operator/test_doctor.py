@@ -13,6 +13,8 @@ import base64
 import copy
 import datetime
 import os
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -409,3 +411,103 @@ def test_names_that_resolve_only_in_the_cluster_warn_instead_of_failing() -> Non
     refused = doctor.check_mlflow("http://m:5000", doctor.HttpProbe(health=200, api=401))
     assert refused.level == Level.FAIL and "refused the credentials" in refused.detail
     assert doctor.exit_code([s3, mlflow]) == 0 and doctor.exit_code([s3, refused]) == 1
+
+
+# ------------------------------------------------------------------ docs/first-day.md, run
+
+
+FIRST_DAY = ROOT / "docs" / "first-day.md"
+# Exit status of each command of the page run against the healthy cluster: the sweep's inputs are
+# the example's placeholders, which do not exist, so its pre-flight fails (and must say so). The
+# rest (helm, docker, huggingface-cli, aws, `sweep plan --cost`, which reads every weight folder's
+# size) is parsed only (tests/helm/test_runbooks.py).
+EXPECTED = {
+    ("sphinxx", "doctor"): 0,
+    ("sphinxx", "validate"): 0,
+    ("sphinxx", "sweep", "check"): 1,
+    ("kubectl", "sphinxx"): 0,
+    ("kubectl", "apply"): 0,
+    ("kubectl", "get"): 0,
+}
+
+
+def _runnable(argv: list[str]) -> tuple[str, ...] | None:
+    for key in sorted(EXPECTED, key=len, reverse=True):
+        if tuple(argv[: len(key)]) == key:
+            if key == ("kubectl", "get") and argv[2] not in ("sweep", "trun"):
+                return None  # cluster objects the emulator has no controller for (nodes, CRDs)
+            return key
+    return None
+
+
+def _localized(argv: list[str], cluster: Cluster) -> list[str]:
+    """The page's namespaces and kubeconfig, as the emulated cluster names them."""
+    out = []
+    for i, word in enumerate(argv):
+        if i and argv[i - 1] in ("-n", "--namespace") and word == "ml":
+            word = cluster.ns
+        out.append(str(cluster.kube.kubeconfig) if word == "~/.kube/config" else word)
+    return out
+
+
+def test_the_first_day_page_runs_against_the_cluster(cluster, capsys, monkeypatch) -> None:
+    from sphinxx.operator import kubectl_plugin
+    from tests.helm.test_runbooks import commands, invocations
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kube.kubeconfig))
+    for key, value in cluster.s3.env.items():  # `sweep check` probes with this machine's credentials
+        monkeypatch.setenv(key, value)
+    page = FIRST_DAY.read_text()
+    blocks = [line for _, line, prose in commands(page) if not prose]
+    in_order = [
+        argv
+        for line in blocks
+        for argv in (invocations(line) or [shlex.split(re.sub(r"\s#.*$", "", line))])
+        if argv[:1] in (["sphinxx"], ["kubectl"])
+    ]
+    ran: dict[str, int] = {}
+    for argv in in_order:
+        key = _runnable(argv)
+        if key is None:
+            continue
+        if argv[:3] == ["kubectl", "sphinxx", "logs"]:  # a point's TrainingRun, as the operator creates it
+            cluster.kube.apply(_point(argv[3], cluster.ns))
+        local = _localized(argv, cluster)
+        capsys.readouterr()
+        if local[0] == "sphinxx":
+            code = sphinxx_main(local[1:])
+        elif local[1] == "sphinxx":
+            code = kubectl_plugin.main(local[2:])
+        else:
+            code = cluster.kube.kubectl(*local[1:], check=False).returncode
+        out = capsys.readouterr().out
+        ran[shlex.join(argv)] = code
+        # The example sweep's inputs are placeholders: with the sweep file, the doctor fails on them.
+        expected = 1 if key == ("sphinxx", "doctor") and argv[-1].endswith(".yaml") else EXPECTED[key]
+        assert code == expected, f"{shlex.join(argv)} exited {code}:\n{out}"
+        if key == ("sphinxx", "sweep", "check") or expected == 1:
+            missing = "model.llm_weights: s3://YOUR-BUCKET/weights/tinyllama-1.1b does not exist"
+            assert any(line.startswith("FAIL") and missing in line for line in out.splitlines()), out
+    assert len(ran) >= 12, (
+        ran
+    )  # the doctor twice (+ a sweep), validate, plan, check, apply, get, status, logs
+    assert any(c.startswith("sphinxx doctor --namespace ml examples/") for c in ran)
+    assert ran["kubectl sphinxx status sphinx-x-family -n ml"] == 0
+
+
+def _point(name: str, namespace: str) -> dict[str, Any]:
+    labels = {"sphinxx.dev/sweep": "sphinx-x-family"}
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    return {"apiVersion": "sphinxx.dev/v1alpha1", "kind": "TrainingRun", "metadata": meta, "spec": {}}
+
+
+def test_the_pages_sample_output_has_the_doctors_lines(cluster, capsys) -> None:
+    """The sample in docs/first-day.md names the checks the doctor prints, in its format."""
+    sample = re.findall(r"^(PASS|WARN|FAIL)  ([^:]+):", FIRST_DAY.read_text(), flags=re.M)
+    _, lines = cluster.doctor(capsys)
+    real = {line.split(":", 1)[0][6:] for line in lines if line[:4] in ("PASS", "WARN", "FAIL")}
+    named = {
+        n.replace("sphinxx-system/", f"{cluster.op_ns}/").replace("ml/", f"{cluster.ns}/") for _, n in sample
+    }
+    assert len(sample) >= 10 and named == real
