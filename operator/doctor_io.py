@@ -62,7 +62,8 @@ def run_doctor(
         )
     else:
         creds = secret_checks(kube, namespace, config, settings, emit)
-        with environment({**_plain_env(config), **creds.values}):
+        # Without Secret values (IRSA, a Secret it may not read) the probes use this machine's own keys.
+        with environment({**_plain_env(config), **creds.values}, keep_own=not creds.values):
             emit(bucket_check(settings, creds.source))
             emit(doctor.check_mlflow(config.tracking_uri, mlflow_probe(config.tracking_uri)))
             if sweep_file:
@@ -151,7 +152,9 @@ class Credentials:
     def source(self) -> str:
         if self.unread:
             return f"with this machine's credentials: {', '.join(self.unread)} could not be read"
-        return "with the operator's credentials" if self.values else "with no Secret (IRSA / node role)"
+        if self.values:
+            return "with the operator's credentials"
+        return "with this machine's credentials: the operator has no credentials Secret (IRSA / node role)"
 
 
 def secret_checks(
@@ -211,11 +214,12 @@ def _plain_env(config: OperatorConfig) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """These AWS_* / MLFLOW_TRACKING_* variables, and no others of theirs, while the probes run."""
+def environment(values: Mapping[str, str], keep_own: bool = False) -> Iterator[None]:
+    """These AWS_* / MLFLOW_TRACKING_* variables while the probes run: the only ones of their kind,
+    unless `keep_own` (then over this machine's own)."""
     saved = {k: v for k, v in os.environ.items() if k.startswith(CREDENTIAL_PREFIXES)}
     try:
-        for key in saved:
+        for key in () if keep_own else saved:
             del os.environ[key]
         os.environ.update(values)
         yield

@@ -511,3 +511,21 @@ def test_the_pages_sample_output_has_the_doctors_lines(cluster, capsys) -> None:
         n.replace("sphinxx-system/", f"{cluster.op_ns}/").replace("ml/", f"{cluster.ns}/") for _, n in sample
     }
     assert len(sample) >= 10 and named == real
+
+
+def test_the_probes_use_the_operators_credentials_and_restore_the_users(monkeypatch) -> None:
+    from sphinxx.operator.doctor_io import Credentials, environment
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "mine")
+    monkeypatch.setenv("AWS_PROFILE", "laptop")
+    with environment({"AWS_ACCESS_KEY_ID": "operator"}):
+        assert os.environ["AWS_ACCESS_KEY_ID"] == "operator" and "AWS_PROFILE" not in os.environ
+    assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_PROFILE"]) == ("mine", "laptop")
+    # No Secret values (IRSA): the endpoint is the operator's, the keys this machine's, and the line says so.
+    with environment({"AWS_ENDPOINT_URL": "http://minio:9000"}, keep_own=True):
+        assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_ENDPOINT_URL"]) == (
+            "mine",
+            "http://minio:9000",
+        )
+    assert os.environ.get("AWS_ENDPOINT_URL") != "http://minio:9000"
+    assert Credentials().source.startswith("with this machine's credentials")
