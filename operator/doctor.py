@@ -226,7 +226,8 @@ def check_operator(
         fix = f"kubectl -n {ns} describe {deploy}; kubectl -n {ns} logs {deploy}"
         return Check("operator", Level.FAIL, f"{op.namespace}/{op.name} has 0/{op.replicas} ready{seen}", fix)
     detail = f"{op.namespace}/{op.name} {op.ready}/{op.replicas} ready, image {op.image}"
-    tag = op.image.rsplit(":", 1)[-1] if ":" in op.image.rsplit("/", 1)[-1] else ""
+    name = op.image.split("@", 1)[0].rsplit("/", 1)[-1]  # a digest (`@sha256:...`) names no version
+    tag = name.rsplit(":", 1)[-1] if ":" in name and "@" not in op.image else ""
     if tag and tag.removesuffix("-gpu") != version:
         detail += f"; this doctor is sphinxx {version} and compares the CRDs with its own"
         return Check("operator", Level.WARN, detail, f"run the doctor of sphinxx {tag.removesuffix('-gpu')}")

@@ -529,3 +529,15 @@ def test_the_probes_use_the_operators_credentials_and_restore_the_users(monkeypa
         )
     assert os.environ.get("AWS_ENDPOINT_URL") != "http://minio:9000"
     assert Credentials().source.startswith("with this machine's credentials")
+
+
+def test_an_operator_of_another_version_warns_and_two_fail() -> None:
+    def op(image: str, namespace: str = "ops") -> OperatorConfig:
+        return OperatorConfig(namespace, "sphinxx", image, 1, 1)
+
+    other = doctor.check_operator([op("reg.example.com:5000/sphinxx:0.2.0")], [], "0.1.0", "in any namespace")
+    assert other.level == Level.WARN and other.fix == "run the doctor of sphinxx 0.2.0"
+    for image in ("reg.example.com:5000/sphinxx:0.1.0-gpu", "reg.example.com:5000/sphinxx@sha256:ab12"):
+        assert doctor.check_operator([op(image)], [], "0.1.0", "in any namespace").level == Level.PASS
+    two = doctor.check_operator([op("x:0.1.0"), op("x:0.1.0", "team-b")], [], "0.1.0", "in any namespace")
+    assert two.level == Level.FAIL and "ops/sphinxx, team-b/sphinxx" in two.detail
