@@ -34,10 +34,7 @@ from typing import Any, TextIO
 from sphinxx.jobs.live import LiveLine, Repeats, checkpoint_step, clean, parse_step, shown
 from sphinxx.jobs.preflight import needed, preflight
 from sphinxx.jobs.stores import run_store
-from sphinxx.schema.admission import admit_run
-from sphinxx.schema.documents import load_yaml_all, read_document
 from sphinxx.schema.fields import SchemaError, deep_merge
-from sphinxx.schema.manifests import kind_of, name_of
 from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
 from sphinxx.schema.status import (
     PointRow,
@@ -50,7 +47,8 @@ from sphinxx.schema.status import (
 from sphinxx.schema.uris import STORAGE
 from sphinxx.schema.uris import problem as uri_problem
 from sphinxx.sweep import mlflow_runs
-from sphinxx.sweep.points import Point, admit_sweep, point_spec, points
+from sphinxx.sweep.points import Point, admit_sweep, read_sweep
+from sphinxx.sweep.points import plan as plan_points
 from sphinxx.sweep.results import fit_sweep, plot_fit, row_metrics
 
 SUMMARY_KEY = "sphinxx_summary"  # the job's final JSON line carries this key
@@ -97,18 +95,6 @@ class SweepState:
 # ---------------------------------------------------------------------------- planning (pure)
 
 
-def read_sweep(path: str) -> tuple[str, dict[str, Any]]:
-    """(sweep name, raw spec) from a ScalingSweep manifest file (`plan` admits it)."""
-    # The one safe reader (sphinxx.schema.documents): bounded size, aliases and depth, no duplicate keys.
-    docs = [d for d in load_yaml_all(read_document(path, "sweep file"), path) if d]
-    named = [(f"document {i}", d) for i, d in enumerate(docs, 1)]
-    sweeps = [(where, d) for where, d in named if kind_of(d, where) == "ScalingSweep"]
-    if len(sweeps) != 1:
-        raise SchemaError("kind", f"{path} must hold exactly one ScalingSweep; found {len(sweeps)}")
-    where, doc = sweeps[0]
-    return name_of(doc, where), doc.get("spec") or {}
-
-
 def local_defaults(storage_uri: str, tracking_uri: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """What this machine fills into every point, as the operator's chart defaults do on a cluster."""
 
@@ -127,13 +113,7 @@ def plan(
     name: str, raw: dict[str, Any], storage_uri: str, tracking_uri: str
 ) -> list[tuple[Point, RunConfig]]:
     """Every point's run config as its job reads it, smallest first, on local storage and tracking."""
-    defaults = local_defaults(storage_uri, tracking_uri)
-    admitted = admit_sweep(name, raw, defaults)
-    out = []
-    for point in points(name, admitted.spec):
-        cfg = admit_run(point.name, defaults(point_spec(raw, point))).config
-        out.append((point, dataclasses.replace(cfg, run_id=point.name)))
-    return out
+    return plan_points(name, raw, local_defaults(storage_uri, tracking_uri))
 
 
 def _absolute_local_paths(data: dict[str, Any]) -> dict[str, Any]:

@@ -8,61 +8,23 @@ the same probes (`sphinxx.storage.probe`), in `sphinxx sweep check FILE` and bef
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TextIO
 
-from sphinxx.schema.run import RunConfig
 from sphinxx.storage import StorageOptions
-from sphinxx.storage.probe import probe_read, probe_write
-from sphinxx.sweep.inputs import Input, run_inputs
-from sphinxx.sweep.points import Point
+from sphinxx.storage.probe import probe
+from sphinxx.sweep import inputs
+from sphinxx.sweep.inputs import Needed, needed
+
+__all__ = ["Needed", "needed", "preflight", "probe_needed"]
 
 
-@dataclass(frozen=True)
-class Needed:
-    """One distinct input of a sweep and the points that need it."""
-
-    input: Input
-    points: tuple[str, ...]
-    all_points: bool
-    endpoint_url: str | None
-
-    def probe(self) -> str | None:
-        """Why this input cannot be used, or None when it can (one request or a few)."""
-        options = StorageOptions(endpoint_url=self.endpoint_url)
-        if self.input.access == "write":
-            return probe_write(self.input.uri, options)
-        return probe_read(self.input.uri, self.input.needs_any, options)
-
-    def line(self, why: str | None) -> str:
-        where = "all points" if self.all_points else ", ".join(self.points)
-        item = self.input
-        if why is None:
-            return f"ok    {item.field}: {item.uri} ({item.access}; {where})"
-        return f"FAIL  {item.field}: {item.uri} {why} ({where})"
+def probe_needed(item: Needed) -> str | None:
+    """Why this input cannot be used from here, or None when it can (one request or a few)."""
+    options = StorageOptions(endpoint_url=item.endpoint_url)
+    return probe(item.input.uri, item.input.access, item.input.needs_any, options)
 
 
-def needed(points: list[tuple[Point, RunConfig]]) -> list[Needed]:
-    """Every distinct input of the planned points, in the order they are first named."""
-    users: dict[Input, list[str]] = {}
-    endpoints: dict[Input, str | None] = {}
-    for point, cfg in points:
-        for item in run_inputs(cfg):
-            users.setdefault(item, []).append(point.name)
-            endpoints[item] = cfg.storage.endpoint_url
-    return [
-        Needed(item, tuple(names), len(names) == len(points), endpoints[item])
-        for item, names in users.items()
-    ]
-
-
-def preflight(inputs: list[Needed], out: TextIO, quiet: bool = False) -> int:
-    """Probe every input (from `needed`), print one line each (only the failures when `quiet`);
-    the number failing."""
-    failed = 0
-    for item in inputs:
-        why = item.probe()
-        failed += why is not None
-        if why is not None or not quiet:
-            print(item.line(why), file=out, flush=True)
-    return failed
+def preflight(items: list[Needed], out: TextIO, quiet: bool = False) -> int:
+    """Probe every input (from `needed`) with this machine's credentials, print one line each (only
+    the failures when `quiet`); the number failing."""
+    return inputs.preflight(items, probe_needed, out, quiet)

@@ -3,13 +3,17 @@
 A thin wrapper over the official `kubernetes` client: dicts in, dicts out, 404 -> None, 409 on
 create -> the existing object (deterministic names make creates idempotent). `RBAC_RULES` lists
 every verb on every resource the operator uses, its own and kopf's; the Helm chart's ClusterRole
-is checked against it by a test.
+is checked against it by a test. The read-only calls at the end of `Kube` (CRDs, Deployments,
+pods, nodes, Secrets, service accounts, peering objects) are `sphinxx doctor`'s, made with the
+user's kubeconfig, never the operator's: they are not in `RBAC_RULES`.
 """
 
 from __future__ import annotations
 
 import builtins
 import datetime
+import json
+import os
 import threading
 from typing import Any, cast
 
@@ -78,6 +82,8 @@ class Kube:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.extensions = client.ApiextensionsV1Api(api_client)
 
     @staticmethod
     def _missing(err: Exception, *codes: int) -> bool:
@@ -241,6 +247,86 @@ class Kube:
         ).items
         ordered = sorted(items, key=lambda e: str(e.last_timestamp or e.first_timestamp or ""))
         return [(str(e.type), str(e.reason), str(e.message)) for e in ordered]
+
+    # ------------------------------------------------------------------ `sphinxx doctor`'s reads
+
+    @staticmethod
+    def status_code(err: Exception) -> int | None:
+        """The HTTP status of an API error (403: not allowed; 404: not found), None for any other error."""
+        from kubernetes.client.rest import ApiException  # lazy, as in _missing
+
+        return err.status if isinstance(err, ApiException) else None
+
+    @staticmethod
+    def _raw(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The JSON the API sent, unparsed by the client's models (which drop fields they do not know,
+        such as parts of a CRD schema)."""
+        response = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        return cast(dict[str, Any], json.loads(response.data))
+
+    def _read(self, call: Any, *args: Any) -> dict[str, Any] | None:
+        try:
+            return self._raw(call, *args)
+        except Exception as err:
+            if self._missing(err, 404):
+                return None
+            raise
+
+    def crd(self, name: str) -> dict[str, Any] | None:
+        """The CustomResourceDefinition `name` (`<plural>.<group>`), None when absent."""
+        return self._read(self.extensions.read_custom_resource_definition, name)
+
+    def deployments(self, namespace: str | None, labels: str) -> builtins.list[dict[str, Any]]:
+        """Deployments with these labels in `namespace`, or in every namespace (None)."""
+        if namespace is None:
+            found = self._raw(self.apps.list_deployment_for_all_namespaces, label_selector=labels)
+        else:
+            found = self._raw(self.apps.list_namespaced_deployment, namespace, label_selector=labels)
+        return builtins.list(found.get("items") or [])
+
+    def pods(self, namespace: str, labels: str) -> builtins.list[dict[str, Any]]:
+        found = self._raw(self.core.list_namespaced_pod, namespace, label_selector=labels)
+        return builtins.list(found.get("items") or [])
+
+    def nodes(self) -> builtins.list[dict[str, Any]]:
+        return builtins.list(self._raw(self.core.list_node).get("items") or [])
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret (values base64-encoded, as the API serves them), None when absent."""
+        return self._read(self.core.read_namespaced_secret, name, namespace)
+
+    def service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(self.core.read_namespaced_service_account, name, namespace)
+
+    def peering(self, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """kopf's peering object: a ClusterKopfPeering (namespace None) or a KopfPeering."""
+        try:
+            if namespace is None:
+                got = self.custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", name, _request_timeout=REQUEST_TIMEOUT
+                )
+            else:
+                got = self.custom.get_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", name, _request_timeout=REQUEST_TIMEOUT
+                )
+            return _obj(got)
+        except Exception as err:
+            if self._missing(err, 404):
+                return None
+            raise
+
+
+def from_kubeconfig(kubeconfig: str | None, context: str | None) -> tuple[Kube, str]:
+    """A client from a kubeconfig (KUBECONFIG / ~/.kube/config when None), as kubectl builds one,
+    and the namespace its context names ("default" when none)."""
+    from kubernetes import config  # ~1 s to import: only a command that talks to the API pays it
+
+    # $KUBECONFIG now, not as the client read it when first imported (its default path).
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
+    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = next((c for c in contexts if c["name"] == context), active) if context else active
+    namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
+    return Kube(config.new_client_from_config(config_file=kubeconfig, context=context)), namespace
 
 
 _default: Kube | None = None

@@ -8,6 +8,7 @@ Installed as the console script `kubectl-sphinxx`, which kubectl finds on PATH:
                                                  # a Failed run resumes from N in the same MLflow run
     kubectl sphinxx status SWEEP [-n NS]         # one row per point: phase, attempt, step, loss, checkpoint
     kubectl sphinxx logs TRUN [-n NS]            # the commands that show an attempt's logs
+    kubectl sphinxx doctor [SWEEP_FILE] [-n NS]  # is this cluster ready for sweeps? PASS/WARN/FAIL
 
 It talks to the API through the same kubeconfig kubectl uses (KUBECONFIG / --kubeconfig). A
 rollback is a request, like a resume: the plugin writes the annotation `sphinxx.dev/rollback`
@@ -24,8 +25,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from . import names
-from .kube import Kube
+from . import doctor_cli, names
+from .kube import from_kubeconfig
 
 KINDS = {
     "trun": "trainingruns",
@@ -33,15 +34,6 @@ KINDS = {
     "sweep": "scalingsweeps",
     "scalingsweep": "scalingsweeps",
 }
-
-
-def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
-    from kubernetes import config  # ~1 s to import: only a command that talks to the API pays it
-
-    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
-    chosen = next((c for c in contexts if c["name"] == context), active) if context else active
-    namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
-    return Kube(config.new_client_from_config(config_file=kubeconfig, context=context)), namespace
 
 
 def cmd_resume(kube: Any, namespace: str, args: argparse.Namespace) -> int:
@@ -172,6 +164,10 @@ def cmd_logs(kube: Any, namespace: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(kube: Any, namespace: str, args: argparse.Namespace) -> int:
+    return doctor_cli.doctor(kube, namespace, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubectl sphinxx", description="SPHINX-X scaling sweeps on Kubernetes"
@@ -206,14 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="where to find the logs of a run's attempts")
     logs.add_argument("name")
     logs.set_defaults(func=cmd_logs)
-    for child in (resume, rollback, status, logs):  # kubectl users put -n anywhere
+    doctor = sub.add_parser("doctor", help=doctor_cli.HELP)
+    doctor_cli.add_arguments(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+    for child in (resume, rollback, status, logs, doctor):  # kubectl users put -n anywhere
         child.add_argument("-n", "--namespace", dest="sub_namespace")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    kube, namespace = _client(args.kubeconfig, args.context)
+    kube, namespace = from_kubeconfig(args.kubeconfig, args.context)
     return int(args.func(kube, args.sub_namespace or args.namespace or namespace, args) or 0)
 
 

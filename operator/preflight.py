@@ -15,7 +15,7 @@ import time
 
 from sphinxx.schema.run import RunConfig
 from sphinxx.storage import StorageOptions
-from sphinxx.storage.probe import probe_read, probe_write
+from sphinxx.storage.probe import probe
 from sphinxx.sweep.inputs import Input, run_inputs
 
 CACHE_S = 60.0
@@ -40,10 +40,7 @@ def _probe(item: Input, options: StorageOptions, now: float) -> str | None:
         hit = _cache.get(key)
     if hit is not None and now - hit[0] < CACHE_S:
         return hit[1]
-    if item.access == "write":
-        why = probe_write(item.uri, options)
-    else:
-        why = probe_read(item.uri, item.needs_any, options)
+    why = probe(item.uri, item.access, item.needs_any, options)
     with _lock:
         _cache[key] = (now, why)
     return why

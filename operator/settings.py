@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,8 +108,9 @@ class Settings:
     defaults: RunDefaults = field(default_factory=RunDefaults)  # the RayJob defaults above
 
     @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """From the process environment, or from `env` (the operator Deployment's, read by `doctor`)."""
+        env = os.environ if env is None else env
         return cls(
             image=env.get("SPHINXX_IMAGE", DEFAULT_IMAGE),
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
@@ -120,22 +122,22 @@ class Settings:
             stage_host_path=env.get("SPHINXX_STAGE_HOST_PATH") or None,
             defaults=RunDefaults(
                 storage_prefix=env.get("SPHINXX_STORAGE_PREFIX") or None,
-                node_selector=_json_env("SPHINXX_GPU_NODE_SELECTOR", dict, str),
-                tolerations=_json_env("SPHINXX_GPU_TOLERATIONS", list, dict),
+                node_selector=_json_env(env, "SPHINXX_GPU_NODE_SELECTOR", dict, str),
+                tolerations=_json_env(env, "SPHINXX_GPU_TOLERATIONS", list, dict),
                 queue_name=env.get("SPHINXX_QUEUE_NAME") or None,
                 service_account=env.get("SPHINXX_SERVICE_ACCOUNT") or None,
                 env_from_secrets=[
                     s.strip() for s in env.get("SPHINXX_ENV_FROM_SECRETS", "").split(",") if s.strip()
                 ],
-                pod=_pod_defaults(),
+                pod=_pod_defaults(env),
             ),
         )
 
 
-def _pod_defaults() -> dict[str, Any]:
+def _pod_defaults(env: Mapping[str, str]) -> dict[str, Any]:
     """SPHINXX_POD_DEFAULTS: a JSON object of pod settings (POD_DEFAULT_KEYS),
     checked when a run uses them."""
-    value: dict[str, Any] = _json_env("SPHINXX_POD_DEFAULTS", dict, object)
+    value: dict[str, Any] = _json_env(env, "SPHINXX_POD_DEFAULTS", dict, object)
     unknown = sorted(set(value) - set(POD_DEFAULT_KEYS))
     if unknown:
         raise ValueError(
@@ -144,9 +146,9 @@ def _pod_defaults() -> dict[str, Any]:
     return value
 
 
-def _json_env(name: str, kind: type, item: type) -> Any:
+def _json_env(env: Mapping[str, str], name: str, kind: type, item: type) -> Any:
     """A JSON object of strings or a JSON list of objects from `name`; empty when unset."""
-    text = os.environ.get(name, "").strip()
+    text = env.get(name, "").strip()
     if not text:
         return kind()
     try:

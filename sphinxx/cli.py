@@ -26,6 +26,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("validate", "sphinxx.jobs.validate_cli"),
     ("eval", "sphinxx.jobs.eval_cli"),
     ("operator", "sphinxx.operator.cli"),
+    ("doctor", "sphinxx.operator.doctor_cli"),
 ]
 
 # Subcommands that a group's own package may not import (docs/architecture.md, "Layers"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Literal
 
 from . import uri as uri_mod
 from .errors import StorageError
@@ -56,6 +57,18 @@ def probe_write(prefix: str, options: StorageOptions | None = None) -> str | Non
     except Exception as err:  # noqa: BLE001 - any client failure (no credentials, ...) is the answer
         return f"is not writable: {type(err).__name__}: {err}"
     return None
+
+
+def probe(
+    uri: str,
+    access: Literal["read", "write"],
+    needs_any: Sequence[str] = (),
+    options: StorageOptions | None = None,
+) -> str | None:
+    """`probe_write` for a prefix the run writes, else `probe_read`: None when usable, else why not."""
+    if access == "write":
+        return probe_write(uri, options)
+    return probe_read(uri, needs_any, options)
 
 
 def _short(err: StorageError) -> str:

@@ -18,6 +18,7 @@ point would be refused, and the error names the sweep field that caused it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from typing import Any
 
 from sphinxx.schema.admission import admit_run, check_name, memo, resolve_layer
 from sphinxx.schema.credentials import refuse_credentials
+from sphinxx.schema.documents import load_yaml_all, read_document
 from sphinxx.schema.fields import Naming, SchemaError, deep_merge, has_path, parse
 from sphinxx.schema.flavors import FLAVORS
+from sphinxx.schema.manifests import kind_of, name_of
 from sphinxx.schema.pods import check_pods
 from sphinxx.schema.resources import AXIS_FIELDS, SHORTCUTS, Resources, ScalingSweepSpec, SizeOverride
 from sphinxx.schema.run import RunConfig, preset_names
@@ -211,3 +214,31 @@ def _where(err: SchemaError, raw: dict[str, Any], spec: ScalingSweepSpec, point:
         return SchemaError(f"spec.overrides.{point.model}.{detail}", f"{label}: {err.reason}")
     where = f"spec.overrides.{point.model}" if point.model in spec.overrides else "spec.base"
     return SchemaError(where, f"{label}: {detail}: {err.reason}")
+
+
+def read_sweep(path: str) -> tuple[str, dict[str, Any]]:
+    """(sweep name, raw spec) from a ScalingSweep manifest file (`plan` admits it)."""
+    # The one safe reader (sphinxx.schema.documents): bounded size, aliases and depth, no duplicate keys.
+    docs = [d for d in load_yaml_all(read_document(path, "sweep file"), path) if d]
+    named = [(f"document {i}", d) for i, d in enumerate(docs, 1)]
+    sweeps = [(where, d) for where, d in named if kind_of(d, where) == "ScalingSweep"]
+    if len(sweeps) != 1:
+        raise SchemaError("kind", f"{path} must hold exactly one ScalingSweep; found {len(sweeps)}")
+    where, doc = sweeps[0]
+    return name_of(doc, where), doc.get("spec") or {}
+
+
+def plan(
+    name: str, raw: dict[str, Any], apply_defaults: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[tuple[Point, RunConfig]]:
+    """Every point's run config as its job reads it (run id: the point's name), smallest first.
+
+    `apply_defaults` is what the runner fills into each point's spec: the local runner's storage
+    and tracking, or the operator's chart defaults (`sphinxx doctor SWEEP_FILE`).
+    """
+    admitted = admit_sweep(name, raw, apply_defaults)
+    out = []
+    for point in points(name, admitted.spec):
+        cfg = admit_run(point.name, apply_defaults(point_spec(raw, point))).config
+        out.append((point, dataclasses.replace(cfg, run_id=point.name)))
+    return out

@@ -36,7 +36,7 @@ RUN_LEVEL: dict[str, str] = {
     "sphinxx/sweep/inputs.py:run_inputs": "the pre-flight: every URI a run reads or writes",
     # The operator: admission, the attempt's config and its RayJob are about a whole run.
     "operator/preflight.py:check_run": "the operator's pre-flight of a run (sweep.inputs.run_inputs)",
-    "jobs/preflight.py:needed": "the laptop's pre-flight of a sweep: every URI its runs read or write",
+    "sphinxx/sweep/inputs.py:needed": "a sweep's pre-flight (sweep check, doctor): every URI its runs use",
     "operator/reconcile.py:_child_run": "reconcile step: the point's MLflow child run (experiment and axes)",
     "operator/reconcile.py:_preflight": "reconcile step: the pre-flight of the run it admits",
     "operator/reconcile.py:attempt_config": "the config of an attempt (a new RunConfig per attempt)",

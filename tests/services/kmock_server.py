@@ -142,6 +142,10 @@ BUILTIN_RESOURCES: list[ResourceSpec] = [
     _builtin("", "v1", "configmaps", "ConfigMap", short_names=["cm"]),
     _builtin("", "v1", "secrets", "Secret"),
     _builtin("", "v1", "pods", "Pod", short_names=["po"], subresources=["status"]),
+    # What `sphinxx doctor` reads: nodes (allocatable GPUs), service accounts, the operator's Deployment.
+    _builtin("", "v1", "nodes", "Node", namespaced=False, short_names=["no"], subresources=["status"]),
+    _builtin("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
+    _builtin("apps", "v1", "deployments", "Deployment", short_names=["deploy"], subresources=["status"]),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
     _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
              namespaced=False, short_names=["crd", "crds"], subresources=["status"]),
