@@ -53,7 +53,9 @@ TAG_PARENT = "mlflow.parentRunId"
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 _clients: dict[str, Any] = {}
+_experiments: dict[tuple[str, str], str] = {}  # (uri, name) -> id: an experiment's id never changes
 _lock = threading.Lock()
+SEARCH_PAGE = 1000  # runs per search page (child_runs)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -141,6 +143,24 @@ def artifact_location(uri: str) -> str | None:
 
 
 def experiment_id(uri: str, name: str) -> str:
+    """The experiment's id, created if missing; asked of the server once per process (`forget_experiment`)."""
+    with _lock:
+        known = _experiments.get((uri, name))
+    if known is not None:
+        return known
+    found = str(_experiment_id(uri, name))
+    with _lock:
+        _experiments[(uri, name)] = found
+    return found
+
+
+def forget_experiment(uri: str, name: str) -> None:
+    """Ask the server again next time (a call on the experiment failed: it may have been deleted)."""
+    with _lock:
+        _experiments.pop((uri, name), None)
+
+
+def _experiment_id(uri: str, name: str) -> str:
     mlflow = client(uri)
     experiment = _call(mlflow.get_experiment_by_name, name)
     if experiment is not None:
@@ -154,14 +174,29 @@ def experiment_id(uri: str, name: str) -> str:
         return str(experiment.experiment_id)
 
 
+def _create(uri: str, experiment: str, name: str, tags: dict[str, str]) -> str:
+    try:
+        return str(
+            _call(
+                client(uri).create_run, experiment_id(uri, experiment), run_name=name, tags=tags
+            ).info.run_id
+        )
+    except TrackingUnavailable:
+        forget_experiment(uri, experiment)
+        raise
+
+
 def _find_or_create(uri: str, experiment: str, uid_tag: str, name: str, tags: dict[str, str]) -> str:
-    mlflow = client(uri)
     exp = experiment_id(uri, experiment)
     query = f"tags.`{uid_tag}` = '{tags[uid_tag]}'"
-    found = _call(mlflow.search_runs, [exp], filter_string=query, max_results=1)
+    try:
+        found = _call(client(uri).search_runs, [exp], filter_string=query, max_results=1)
+    except TrackingUnavailable:
+        forget_experiment(uri, experiment)
+        raise
     if found:
         return str(found[0].info.run_id)
-    return str(_call(mlflow.create_run, exp, run_name=name, tags=tags).info.run_id)
+    return _create(uri, experiment, name, tags)
 
 
 def ensure_parent_run(uri: str, experiment: str, sweep: SweepRef) -> str:
@@ -172,6 +207,38 @@ def ensure_parent_run(uri: str, experiment: str, sweep: SweepRef) -> str:
 def ensure_child_run(uri: str, experiment: str, point: PointRef, parent_run_id: str | None) -> str:
     """A point's child run: found by its uid tag, else created (nested under the parent)."""
     return _find_or_create(uri, experiment, TAG_RUN_UID, point.name, point.tags(parent_run_id))
+
+
+def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
+    """Every child run of a parent, by its TrainingRun uid tag: one paged search for a whole sweep.
+
+    Where two runs carry one uid (never made by this protocol), the newest wins, as in
+    `ensure_child_run`.
+    """
+    mlflow, exp = client(uri), experiment_id(uri, experiment)
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        try:
+            page = _call(
+                mlflow.search_runs, [exp], filter_string=query, max_results=SEARCH_PAGE, page_token=token
+            )
+        except TrackingUnavailable:
+            forget_experiment(uri, experiment)
+            raise
+        for run in page:
+            uid = run.data.tags.get(TAG_RUN_UID)
+            if uid:
+                found.setdefault(uid, str(run.info.run_id))
+        token = page.token
+        if not token:
+            return found
+
+
+def create_child_run(uri: str, experiment: str, point: PointRef, parent_run_id: str | None) -> str:
+    """Create a point's child run (the caller has looked for one: `child_runs`)."""
+    return _create(uri, experiment, point.name, point.tags(parent_run_id))
 
 
 def set_run_status(uri: str, run_id: str, state: TrackingState) -> None:
