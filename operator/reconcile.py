@@ -243,7 +243,7 @@ def _reconcile_valid_run(
         tracking_uri=tracking_uri,
         mlflow_run=mlflow_run,
         tracking_error=tracking_error,
-        rayjob=kube.get("rayjobs", meta["namespace"], old.ray_job_name) if old.ray_job_name else None,
+        rayjob=_current_rayjob(kube, meta["namespace"], old),
     )
     obs = _observe_run(kube, run, settings, now, now_iso)
     act = decide.decide_run(obs)
@@ -251,6 +251,18 @@ def _reconcile_valid_run(
     if tracking_error:  # tried again after the retry delay (the condition and the event say why)
         return min(act.requeue_after or settings.retry_delay, settings.retry_delay)
     return act.requeue_after
+
+
+def _current_rayjob(kube: Kube, namespace: str, old: RunStatus) -> dict[str, Any] | None:
+    """The current attempt's RayJob. Missing from the watch, it is asked of the API before the pass
+    decides it is gone (a lost RayJob is retried as a failure): a watch can lag behind a busy API
+    server by more than the minute the operator remembers its own writes (cache.Recent)."""
+    if not old.ray_job_name:
+        return None
+    found = kube.get("rayjobs", namespace, old.ray_job_name)
+    if found is None and old.phase not in TERMINAL_RUN_PHASES:
+        found = kube.get_fresh("rayjobs", namespace, old.ray_job_name)
+    return found
 
 
 def _child_run(
