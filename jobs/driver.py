@@ -6,7 +6,9 @@ Kept apart from the entrypoint (`train.py`) so that both halves are testable wit
   the MLflow run (tracking.resolve_run_id): from the operator (tracking.mlflow_run_id),
   from an earlier attempt (recorded in `run.json`), or created now and recorded. If MLflow is
   unreachable the job still starts: rank 0 creates the run once MLflow answers. With
-  `tracking.enabled` false there is no MLflow run at all.
+  `tracking.await_run_id` (the operator started the job before the run existed) the job creates
+  no run: it takes the id the operator writes into the stored config, now or, on rank 0, once it
+  is there. With `tracking.enabled` false there is no MLflow run at all.
 - `run_summary` reads the committed state back from the store (the source of truth, not Ray's
   metrics), ends a run the job owns, and returns the fields of the final JSON line.
 - `committed_stops` reads the run's planned stops (preemptions, resizes) from the newest
@@ -16,11 +18,11 @@ Kept apart from the entrypoint (`train.py`) so that both halves are testable wit
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sphinxx.jobs.stores import run_store
-from sphinxx.jobs.tracking import resolve_run_id
+from sphinxx.jobs.tracking import resolve_run_id, stored_run_id
 from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
 
 log = logging.getLogger("sphinxx.driver")
@@ -35,12 +37,19 @@ class PreparedRun:
 
 def prepare_run(cfg: RunConfig, attempt: int, code_version: str) -> PreparedRun:
     store = run_store(cfg.run_id, cfg.storage, attempt)
-    store.write_run_config(to_yaml(cfg))
+    awaiting = cfg.tracking.enabled and cfg.tracking.await_run_id and not cfg.tracking.mlflow_run_id
+    named = stored_run_id(store) if awaiting else None  # the operator may have named it since we read
+    if named:
+        cfg = replace(cfg, tracking=replace(cfg.tracking, mlflow_run_id=named))
+    if not awaiting or named:  # else the operator's file stays: it is where the run id will appear
+        store.write_run_config(to_yaml(cfg))
     manifest = store.write_run_manifest(code_version=code_version)
     recorded = manifest.get("extra", {}).get("mlflow_run_id")
     latest = store.latest()
     if not cfg.tracking.enabled:
         return PreparedRun(None, False, None if latest is None else latest.step)
+    if cfg.tracking.await_run_id:  # the operator's run: never created or ended here
+        return PreparedRun(cfg.tracking.mlflow_run_id, False, None if latest is None else latest.step)
     try:
         run_id, created = resolve_run_id(
             cfg.tracking.uri,

@@ -65,6 +65,29 @@ def tracking_uri(configured: str | None) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
+class RunIdPending(RuntimeError):
+    """The operator has not written the run's MLflow run id into the stored config yet (retried)."""
+
+
+def stored_run_id(store: CheckpointStore) -> str | None:
+    """`tracking.mlflow_run_id` of the run's stored config (where the operator names the run)."""
+    import yaml  # as in load_config
+
+    text = store.read_run_config()
+    data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if text else None
+    tracking = data.get("tracking") if isinstance(data, dict) else None
+    found = tracking.get("mlflow_run_id") if isinstance(tracking, dict) else None
+    return str(found) if found else None
+
+
+def awaited_run_id(store: CheckpointStore) -> str:
+    """The run id the operator wrote (`tracking.await_run_id`); RunIdPending until it has."""
+    found = stored_run_id(store)
+    if found is None:
+        raise RunIdPending(f"the operator has not named the MLflow run in {store.layout.run_config} yet")
+    return found
+
+
 def is_client_error(err: Exception) -> bool:
     """True for errors retrying cannot fix (HTTP 4xx other than 429)."""
     status = getattr(err, "get_http_status_code", lambda: 500)()
@@ -142,6 +165,7 @@ class MLflowTracker:
         run_name: str = "run",
         on_created: Callable[[str], None] | None = None,
         retry_max_s: float = 10.0,
+        resolve: Callable[[], str] | None = None,
     ):
         from mlflow import MlflowClient
 
@@ -151,6 +175,7 @@ class MLflowTracker:
         self._experiment = experiment
         self._run_name = run_name
         self._on_created = on_created
+        self._resolve = resolve  # where the run id comes from when not given (default: create the run)
         self._client = MlflowClient(tracking_uri=uri)
         self._retry_max_s = retry_max_s
         self._min_step = -1
@@ -270,8 +295,11 @@ class MLflowTracker:
 
     def _execute(self, op: Any) -> None:
         if self.run_id is None:
-            self.run_id = create_run(self.uri, self._experiment, self._run_name)
-            log.info("created MLflow run %s", self.run_id)
+            if self._resolve is not None:
+                self.run_id = self._resolve()
+            else:
+                self.run_id = create_run(self.uri, self._experiment, self._run_name)
+            log.info("tracking to MLflow run %s", self.run_id)
             if self._on_created is not None:
                 self._on_created(self.run_id)
         if isinstance(op, tuple) and op[0] == "metrics":
@@ -333,9 +361,10 @@ def open_tracker(
     other ranks and when `tracking.enabled` is false.
 
     The MLflow run is the driver's (`worker.mlflow_run_id`), or created once MLflow answers and
-    recorded in the store's `run.json`; metrics of steps up to `restored_step` are dropped (already
-    logged by the attempt that committed them). `params`, `tags` and `config_text` (as
-    `config.yaml`) are logged once.
+    recorded in the store's `run.json` (with `tracking.await_run_id`: the one the operator names in
+    the stored config, read until it is there; calls are buffered meanwhile); metrics of steps up
+    to `restored_step` are dropped (already logged by the attempt that committed them). `params`,
+    `tags` and `config_text` (as `config.yaml`) are logged once.
     """
     if worker.rank != 0 or not tracking.enabled:
         return NullTracker()
@@ -344,9 +373,10 @@ def open_tracker(
         if store is not None:
             store.write_run_manifest(code_version=worker.code_version, extra={"mlflow_run_id": mlflow_run_id})
 
+    awaited = store if tracking.await_run_id and worker.mlflow_run_id is None else None
     tracker = MLflowTracker(
         tracking_uri(tracking.uri), worker.mlflow_run_id, tracking.experiment, run_id, on_created=record,
-        retry_max_s=10.0,
+        retry_max_s=10.0, resolve=(lambda: awaited_run_id(awaited)) if awaited is not None else None,
     )  # fmt: skip
     tracker.skip_through(restored_step)
     tracker.log_params(params or {})

@@ -153,6 +153,11 @@ class CachedKube(Kube):
             return super().get(resource, namespace, name)
         return self.recent.get(resource, (namespace, name), self._watched(resource, (namespace, name)))
 
+    def get_fresh(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = super().get_fresh(resource, namespace, name)
+        self._after_write(resource, (namespace, name), obj)  # remembered as a write's response is
+        return obj
+
     def list(self, resource: str, namespace: str, labels: str = "") -> builtins.list[dict[str, Any]]:
         pair = selector_pair(labels) if labels else ("", "")
         if resource not in self.indexes or pair is None:

@@ -225,7 +225,8 @@ def _without_rayjob(obs: RunObserved, st: RunStatus, act: RunAction, resume_now:
     if attempt == 0 or resume_now or old_phase == RunPhase.SUSPENDED:
         act.create_attempt = attempt + 1
         phase = RunPhase.RESUMING if _resumable(obs, attempt) or attempt else RunPhase.PENDING
-        return Next(phase, "AttemptCreated", f"attempt {attempt + 1} created")
+        # the message the next pass reads off the new RayJob too: one status write, not two
+        return Next(phase, "AttemptCreated", f"attempt {attempt + 1} is starting")
     return _retry(obs, st, act, attempt, "RayJobMissing", "the attempt's RayJob is gone")
 
 

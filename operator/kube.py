@@ -92,6 +92,10 @@ class Kube:
 
         return isinstance(err, ApiException) and err.status in codes
 
+    def get_fresh(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """`get` from the API server itself, even where a cache answers `get` (cache.CachedKube)."""
+        return Kube.get(self, resource, namespace, name)
+
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         group, version, plural = RESOURCES[resource]
         try:

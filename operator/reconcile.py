@@ -43,7 +43,7 @@ from sphinxx.sweep import mlflow_runs
 from sphinxx.sweep.points import AdmittedSweep, admit_sweep
 from sphinxx.sweep.results import fit_sweep, plot_fit
 
-from . import checkpoints, decide, expand, names, status
+from . import checkpoints, decide, expand, names, status, tracking
 from .kube import Kube
 from .preflight import check_run
 from .render import Attempt, render_rayjob, worker_bounds
@@ -223,6 +223,7 @@ class RunPass:
     run_id: str
     tracking_uri: str | None
     mlflow_run: str | None  # its MLflow child run, once that exists
+    tracking_error: str | None  # the last try to find or create that run failed (tried again)
     rayjob: dict[str, Any] | None  # the current attempt's RayJob
 
 
@@ -233,19 +234,35 @@ def _reconcile_valid_run(
     meta, cfg = obj["metadata"], admitted.config
     now, now_iso = _now()
     tracking_uri = cfg.tracking.uri or settings.tracking_uri
+    mlflow_run, tracking_error = _child_run(kube, obj, cfg, old.mlflow_run_id, tracking_uri, settings)
     run = RunPass(
         obj,
         admitted,
         old,
         run_id=old.run_id or names.run_id(meta["namespace"], meta["name"], meta["uid"]),
         tracking_uri=tracking_uri,
-        mlflow_run=_child_run(kube, obj, cfg, old.mlflow_run_id, tracking_uri, settings),
-        rayjob=kube.get("rayjobs", meta["namespace"], old.ray_job_name) if old.ray_job_name else None,
+        mlflow_run=mlflow_run,
+        tracking_error=tracking_error,
+        rayjob=_current_rayjob(kube, meta["namespace"], old),
     )
     obs = _observe_run(kube, run, settings, now, now_iso)
     act = decide.decide_run(obs)
     _act_on_run(kube, run, obs, act, settings)
+    if tracking_error:  # tried again after the retry delay (the condition and the event say why)
+        return min(act.requeue_after or settings.retry_delay, settings.retry_delay)
     return act.requeue_after
+
+
+def _current_rayjob(kube: Kube, namespace: str, old: RunStatus) -> dict[str, Any] | None:
+    """The current attempt's RayJob. Missing from the watch, it is asked of the API before the pass
+    decides it is gone (a lost RayJob is retried as a failure): a watch can lag behind a busy API
+    server by more than the minute the operator remembers its own writes (cache.Recent)."""
+    if not old.ray_job_name:
+        return None
+    found = kube.get("rayjobs", namespace, old.ray_job_name)
+    if found is None and old.phase not in TERMINAL_RUN_PHASES:
+        found = kube.get_fresh("rayjobs", namespace, old.ray_job_name)
+    return found
 
 
 def _child_run(
@@ -255,20 +272,32 @@ def _child_run(
     known: str | None,
     tracking_uri: str | None,
     settings: Settings,
-) -> str | None:
-    """The run's MLflow child run: the one status names, else found or created (under the sweep's parent)."""
+) -> tuple[str | None, str | None]:
+    """(the run's MLflow child run, why it could not be had): the one status names, else what the
+    pool found or created (under the sweep's parent); (None, None) while the pool is at it."""
     if not tracking_uri or known:
-        return known
-    parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
+        return known, None
+    meta = obj["metadata"]
+
+    def again() -> None:  # the pool's try ended: a pass takes the id (or the error) now
+        _rerun(kube, meta["namespace"], meta["name"], settings)
+
     try:
-        return mlflow_runs.ensure_child_run(
-            tracking_uri,
-            cfg.tracking.experiment,
-            _point_ref(obj, cfg.model.flavor, cfg.data.fraction),
-            parent,
-        )
+        ref = _point_ref(obj, cfg.model.flavor, cfg.data.fraction)
+        parent = _annotations(obj).get(ANNOTATION_PARENT_RUN)
+        return tracking.child_runs().lookup(tracking_uri, cfg.tracking.experiment, ref, parent, again), None
     except mlflow_runs.TrackingUnavailable as err:
-        _tracking_failed(kube, obj, "trainingruns", err, settings)
+        return None, str(err)
+
+
+def _rerun(kube: Kube, namespace: str, name: str, settings: Settings) -> None:
+    """A pass outside kopf's handlers (the MLflow pool's); its retry is the run's timer."""
+    try:
+        reconcile_run(kube, namespace, name, settings)
+    except RetryLater:
+        pass
+    except Exception:  # a pass off kopf's handlers: nothing else would log it
+        log.exception("reconcile of TrainingRun %s/%s failed", namespace, name)
 
 
 def _observe_run(
@@ -307,9 +336,11 @@ def _act_on_run(
     """Carry out the decision: a new attempt, the RayJob's changes, MLflow's end; then status and events."""
     cfg, st = run.admitted.config, act.status
     st.run_id, st.model, st.data_fraction = run.run_id, cfg.model.flavor, cfg.data.fraction
-    if run.mlflow_run:
+    if run.mlflow_run and (run.old.mlflow_run_id or _publish_run_id(run, st, act, settings)):
         st.mlflow_run_id = run.mlflow_run
         _tracked(st, obs.generation, obs.now_iso)
+    elif run.tracking_error:
+        act.events += _untracked(st, run.tracking_error, obs.generation, obs.now_iso, settings)
     if act.create_attempt is not None:
         launch = _launch(run, st, act.create_attempt, obs.checkpoint, settings)
         act.events += _create_attempt(kube, run.obj, launch, st)
@@ -321,6 +352,39 @@ def _act_on_run(
             log.warning("could not end MLflow run %s: %s", run.mlflow_run, err)
     _write_status(kube, "trainingruns", run.obj, st)
     _events(kube, run.obj, act.events)
+
+
+def _publish_run_id(run: RunPass, st: RunStatus, act: decide.RunAction, settings: Settings) -> bool:
+    """The MLflow run now exists: name it in the stored config of an attempt started without it
+    (its job waits for the id there). False when storage failed (status waits; the next pass retries)."""
+    if not run.old.config_uri or act.create_attempt is not None:
+        return True  # no attempt yet, or a new one whose config names the run from the start
+    cfg = run.admitted.config
+    st.mlflow_run_id = run.mlflow_run
+    text = to_yaml(
+        attempt_config(cfg, st, run.tracking_uri, _annotations(run.obj).get(ANNOTATION_PARENT_RUN))
+    )
+    try:
+        checkpoints.write_config(cfg.storage.uri, run.run_id, text, cfg.storage.endpoint_url)
+    except Exception as err:  # storage outages must not stop status updates; the next pass retries
+        log.warning("MLflow run id of %s not written to %s: %s", run.run_id, run.old.config_uri, err)
+        st.mlflow_run_id = None
+        act.requeue_after = min(act.requeue_after or settings.retry_delay, settings.retry_delay)
+        return False
+    return True
+
+
+def _untracked(
+    st: RunStatus, error: str, generation: int, now_iso: str, settings: Settings
+) -> list[decide.Event]:
+    """MLflow did not answer: TrackingReady=False (the point goes on), one event per outage."""
+    before = status.condition(st.conditions, ConditionType.TRACKING_READY)
+    st.conditions = status.set_condition(
+        st.conditions, ConditionType.TRACKING_READY, False, "MLflowUnreachable", error, generation, now_iso
+    )
+    if before and before.status == "False":
+        return []
+    return [("Warning", "MLflowUnreachable", f"{error}; retrying every {settings.retry_delay:.0f}s")]
 
 
 def _launch(
@@ -408,9 +472,16 @@ def _latest(storage: StorageConfig, run_id: str) -> decide.Checkpoint | None:
 def attempt_config(
     cfg: RunConfig, st: RunStatus, tracking_uri: str | None, parent_run: str | None
 ) -> RunConfig:
-    """The config an attempt's job reads: the admitted config plus the run's identity. Pure."""
+    """The config an attempt's job reads: the admitted config plus the run's identity. Pure.
+
+    With a tracking store and no MLflow run yet, `tracking.await_run_id` tells the job that the
+    operator creates the run and writes its id here later (`_publish_run_id`)."""
     tracking = dataclasses.replace(
-        cfg.tracking, uri=tracking_uri, mlflow_run_id=st.mlflow_run_id, mlflow_parent_run_id=parent_run
+        cfg.tracking,
+        uri=tracking_uri,
+        mlflow_run_id=st.mlflow_run_id,
+        mlflow_parent_run_id=parent_run,
+        await_run_id=bool(tracking_uri) and not st.mlflow_run_id,
     )
     return dataclasses.replace(cfg, run_id=st.run_id or cfg.run_id, tracking=tracking)
 

@@ -221,6 +221,11 @@ class TrackingConfig:
     experiment: str = field("sphinxx", "MLflow experiment name", min_length=1, max_length=500)
     mlflow_run_id: str | None = field(None, "existing MLflow run to continue (set by the operator)")
     mlflow_parent_run_id: str | None = field(None, "parent (sweep) MLflow run, for nested child runs")
+    await_run_id: bool = field(
+        False,
+        "set by the operator when it starts the job before the run's MLflow run exists: the job creates "
+        "no run; rank 0 buffers its metrics until the operator writes mlflow_run_id into the stored config",
+    )
 
 
 @dataclass(frozen=True)

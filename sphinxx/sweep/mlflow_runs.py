@@ -25,6 +25,7 @@ condition and a retry and the local runner into an error message.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import Any
 from sphinxx.schema.fields import Naming, dump
 from sphinxx.schema.status import ScalingLawStatus, TrackingState
 
+from .mlflow_rest import FoundRun, RestError, RestTracking, is_server
 from .results import fit_metrics
 
 TAG_KIND = "sphinxx.dev/kind"
@@ -53,7 +55,10 @@ TAG_PARENT = "mlflow.parentRunId"
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 _clients: dict[str, Any] = {}
+_stores: dict[str, Any] = {}  # uri -> RestTracking | _ClientStore
+_experiments: dict[tuple[str, str], str] = {}  # (uri, name) -> id: an experiment's id never changes
 _lock = threading.Lock()
+SEARCH_PAGE = 1000  # runs per search page (child_runs)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -116,15 +121,68 @@ def client(uri: str) -> Any:
         return _clients[uri]
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from mlflow.exceptions import MlflowException  # as in client()
+class _ClientStore:
+    """`mlflow_rest.RestTracking`'s calls through MlflowClient: for stores that are not a server."""
 
+    def __init__(self, uri: str):
+        self.client = client(uri)
+
+    def experiment_id(self, name: str) -> str | None:
+        found = self.client.get_experiment_by_name(name)
+        return None if found is None else str(found.experiment_id)
+
+    def create_experiment(self, name: str, artifact_location: str | None) -> str:
+        return str(self.client.create_experiment(name, artifact_location=artifact_location))
+
+    def search_runs(
+        self, experiment_id: str, query: str, max_results: int, page_token: str | None = None
+    ) -> tuple[list[FoundRun], str | None]:
+        page = self.client.search_runs(
+            [experiment_id], filter_string=query, max_results=max_results, page_token=page_token
+        )
+        return [FoundRun(str(r.info.run_id), dict(r.data.tags)) for r in page], page.token or None
+
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+        return str(self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id)
+
+    def set_status(self, run_id: str, status: str, ended: bool) -> None:
+        if ended:
+            self.client.set_terminated(run_id, status=status)
+        else:
+            self.client.update_run(run_id, status=status)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+
+def _store(uri: str) -> RestTracking | _ClientStore:
+    """A tracking server by REST (no mlflow import: mlflow_rest.py); any other store by MlflowClient."""
+    for key, value in FAST_FAIL_ENV.items():
+        os.environ.setdefault(key, value)
+    with _lock:
+        found = _stores.get(uri)
+    if found is None:
+        found = RestTracking(uri) if is_server(uri) else _ClientStore(uri)
+        with _lock:
+            found = _stores.setdefault(uri, found)
+    return found
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
-    except MlflowException as err:
-        raise TrackingUnavailable(str(err).splitlines()[0]) from err
+    except RestError as err:
+        raise TrackingUnavailable(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
     except OSError as err:  # connection refused, DNS, timeouts (requests' errors are OSErrors)
         raise TrackingUnavailable(f"{type(err).__name__}: {err}") from err
+    except Exception as err:
+        if "mlflow" not in sys.modules:  # then it is no MlflowException: only MlflowClient raises those
+            raise
+        from mlflow.exceptions import MlflowException  # loaded already (see above)
+
+        if isinstance(err, MlflowException):
+            raise TrackingUnavailable(str(err).splitlines()[0]) from err
+        raise
 
 
 def artifact_location(uri: str) -> str | None:
@@ -141,27 +199,53 @@ def artifact_location(uri: str) -> str | None:
 
 
 def experiment_id(uri: str, name: str) -> str:
-    mlflow = client(uri)
-    experiment = _call(mlflow.get_experiment_by_name, name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
+    """The experiment's id, created if missing; asked of the server once per process (`forget_experiment`)."""
+    with _lock:
+        known = _experiments.get((uri, name))
+    if known is not None:
+        return known
+    found = str(_experiment_id(uri, name))
+    with _lock:
+        _experiments[(uri, name)] = found
+    return found
+
+
+def forget_experiment(uri: str, name: str) -> None:
+    """Ask the server again next time (a call on the experiment failed: it may have been deleted)."""
+    with _lock:
+        _experiments.pop((uri, name), None)
+
+
+def _experiment_id(uri: str, name: str) -> str:
+    store = _store(uri)
+    found = _call(store.experiment_id, name)
+    if found is not None:
+        return found
     try:
-        return str(_call(mlflow.create_experiment, name, artifact_location=artifact_location(uri)))
+        return str(_call(store.create_experiment, name, artifact_location(uri)))
     except TrackingUnavailable:
-        experiment = _call(mlflow.get_experiment_by_name, name)  # created concurrently by another writer
-        if experiment is None:
+        found = _call(store.experiment_id, name)  # created concurrently by another writer
+        if found is None:
             raise
-        return str(experiment.experiment_id)
+        return found
+
+
+def _on_experiment(uri: str, experiment: str, fn: Any, *args: Any) -> Any:
+    """`fn(experiment id, *args)`; a failure forgets the cached id (the experiment may be gone)."""
+    try:
+        return _call(fn, experiment_id(uri, experiment), *args)
+    except TrackingUnavailable:
+        forget_experiment(uri, experiment)
+        raise
 
 
 def _find_or_create(uri: str, experiment: str, uid_tag: str, name: str, tags: dict[str, str]) -> str:
-    mlflow = client(uri)
-    exp = experiment_id(uri, experiment)
+    store = _store(uri)
     query = f"tags.`{uid_tag}` = '{tags[uid_tag]}'"
-    found = _call(mlflow.search_runs, [exp], filter_string=query, max_results=1)
+    found, _ = _on_experiment(uri, experiment, store.search_runs, query, 1)
     if found:
-        return str(found[0].info.run_id)
-    return str(_call(mlflow.create_run, exp, run_name=name, tags=tags).info.run_id)
+        return str(found[0].run_id)
+    return str(_on_experiment(uri, experiment, store.create_run, name, tags))
 
 
 def ensure_parent_run(uri: str, experiment: str, sweep: SweepRef) -> str:
@@ -174,17 +258,38 @@ def ensure_child_run(uri: str, experiment: str, point: PointRef, parent_run_id: 
     return _find_or_create(uri, experiment, TAG_RUN_UID, point.name, point.tags(parent_run_id))
 
 
+def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
+    """Every child run of a parent, by its TrainingRun uid tag: one paged search for a whole sweep.
+
+    Where two runs carry one uid (never made by this protocol), the newest wins, as in
+    `ensure_child_run`.
+    """
+    store = _store(uri)
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        page, token = _on_experiment(uri, experiment, store.search_runs, query, SEARCH_PAGE, token)
+        for run in page:
+            uid = run.tags.get(TAG_RUN_UID)
+            if uid:
+                found.setdefault(uid, run.run_id)
+        if not token:
+            return found
+
+
+def create_child_run(uri: str, experiment: str, point: PointRef, parent_run_id: str | None) -> str:
+    """Create a point's child run (the caller has looked for one: `child_runs`)."""
+    return str(_on_experiment(uri, experiment, _store(uri).create_run, point.name, point.tags(parent_run_id)))
+
+
 def set_run_status(uri: str, run_id: str, state: TrackingState) -> None:
     """End a run (FINISHED, FAILED, KILLED) or open it again (RUNNING: a resumed sweep or point)."""
-    mlflow = client(uri)
-    if state == TrackingState.RUNNING:
-        _call(mlflow.update_run, run_id, status=state.value)
-    else:
-        _call(mlflow.set_terminated, run_id, status=state.value)
+    _call(_store(uri).set_status, run_id, state.value, state != TrackingState.RUNNING)
 
 
 def delete_run(uri: str, run_id: str) -> None:
-    _call(client(uri).delete_run, run_id)
+    _call(_store(uri).delete_run, run_id)
 
 
 def rollback_note(to_step: int, steps: tuple[int, ...], after_attempt: int, when: str) -> str:

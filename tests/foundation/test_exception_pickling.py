@@ -21,10 +21,12 @@ from sphinxx.jobs.data.template import SampleTooLongError
 from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, TokenizerFilesError
 from sphinxx.jobs.preemption import Preempted, Resized, StopRequested
 from sphinxx.jobs.segments import PreemptionsExhausted
+from sphinxx.jobs.tracking import RunIdPending
 from sphinxx.operator.reconcile import RetryLater
 from sphinxx.schema.documents import _DuplicateKey
 from sphinxx.schema.fields import SchemaError
 from sphinxx.storage import errors
+from sphinxx.sweep.mlflow_rest import RestError
 from sphinxx.sweep.mlflow_runs import TrackingUnavailable
 
 PACKAGES = (
@@ -50,6 +52,8 @@ EXAMPLES: list[BaseException] = [
     _DuplicateKey("lr"),
     FormatError("s3://b/vqav2/questions.json: not JSON"),
     TrackingUnavailable("http://mlflow:5000 answered 503"),
+    RestError("RESOURCE_DOES_NOT_EXIST: no experiment 'e'", "RESOURCE_DOES_NOT_EXIST"),
+    RunIdPending("the operator has not named the MLflow run in s3://b/r/config.yaml yet"),
     RetryLater("the API server is busy", 5.0),
     errors.StorageError("failed", "s3://b/x"),
     errors.StorageAccessError("access denied", "s3://b/x"),

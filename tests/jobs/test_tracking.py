@@ -130,3 +130,43 @@ def test_tracking_switched_off_needs_no_mlflow(tmp_path, monkeypatch: pytest.Mon
     assert isinstance(open_tracker(cfg.tracking, cfg.run_id, Worker(rank=0), None), NullTracker)
     prepared = prepare_run(cfg, 0, "test")
     assert prepared.mlflow_run_id is None and not prepared.owns_mlflow_run
+
+
+def test_a_job_started_before_its_run_exists_takes_the_operators_run(mlflow_server, tmp_path) -> None:
+    """`tracking.await_run_id` (the operator created the RayJob first): the driver creates no run
+    and keeps the operator's stored config; rank 0 buffers its metrics until the operator writes
+    the run id there, then logs them to that run, the experiment's only one."""
+    from dataclasses import replace
+
+    from mlflow import MlflowClient
+
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.driver import prepare_run
+    from sphinxx.jobs.stores import run_store
+    from sphinxx.jobs.tracking import open_tracker
+    from sphinxx.schema.run import load_config, to_yaml
+
+    uri = mlflow_server.tracking_uri
+    overrides = [f"storage.uri={tmp_path.as_uri()}", f"tracking.uri={uri}", "tracking.experiment=await"]
+    cfg = load_config(preset="debug", overrides=[*overrides, "tracking.await_run_id=true"])
+    store = run_store(cfg.run_id, cfg.storage)
+    store.write_run_config(to_yaml(cfg))  # as the operator writes it with the RayJob
+    prepared = prepare_run(cfg, 1, "test")
+    assert prepared.mlflow_run_id is None and not prepared.owns_mlflow_run
+    assert store.read_run_config() == to_yaml(cfg)  # the file where the id will appear is left alone
+
+    tracker = open_tracker(cfg.tracking, cfg.run_id, Worker(rank=0), store)
+    tracker.log_metrics({"loss": 1.5}, 1)
+    assert not tracker.flush(timeout=2)  # buffered: no run to log to yet, and none created
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("await") is None
+
+    named = create_run(uri, "await", cfg.run_id)  # the operator's pool creates the run ...
+    store.write_run_config(to_yaml(replace(cfg, tracking=replace(cfg.tracking, mlflow_run_id=named))))
+    assert tracker.flush(timeout=60) and tracker.close(timeout=10)  # ... and names it: replayed there
+    assert _history(uri, named, "loss") == [(1, 1.5)]
+    experiment = client.get_experiment_by_name("await").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [named]
+    # a later attempt (or a driver that starts after the operator wrote the id) continues it
+    again = prepare_run(cfg, 2, "test")
+    assert again.mlflow_run_id == named and not again.owns_mlflow_run

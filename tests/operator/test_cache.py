@@ -107,3 +107,33 @@ def test_rayjobs_are_mirrored_without_their_cluster_template() -> None:
         and selector_pair("a!=b") is None
         and selector_pair("a=b,c=d") is None
     )
+
+
+def test_a_rayjob_the_watch_lags_on_is_asked_of_the_api_before_it_counts_as_gone(kube) -> None:
+    """Past `Recent.ttl` a lagging watch would say a live attempt's RayJob is missing (retried as a
+    failure); the pass asks the API first, and a RayJob that is really gone stays gone."""
+    from sphinxx.operator.reconcile import _current_rayjob
+    from sphinxx.schema.status import RunPhase, RunStatus
+
+    ns = kube.new_namespace("cache")
+    now = [0.0]
+    api = Kube(kube.api_client())
+    cached = CachedKube(api, {"rayjobs": {}}, Recent(ttl=60, clock=lambda: now[0]))
+    job = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": "j-a1", "namespace": ns},
+        "spec": {},
+    }
+    cached.create("rayjobs", job)
+    now[0] = 120.0  # the watch has not delivered it and our write is forgotten ...
+    assert cached.recent.unseen("rayjobs", ns, set()) == []  # ... at the next write or list
+    assert cached.get("rayjobs", ns, "j-a1") is None
+    running = RunStatus(phase=RunPhase.PENDING, attempt=1, ray_job_name="j-a1")
+    assert _current_rayjob(cached, ns, running)["metadata"]["name"] == "j-a1"
+    assert cached.get("rayjobs", ns, "j-a1") is not None  # remembered again, as a write's response
+    api.delete("rayjobs", ns, "j-a1")
+    now[0] = 240.0
+    assert cached.recent.unseen("rayjobs", ns, set()) == []
+    assert _current_rayjob(cached, ns, running) is None
+    assert _current_rayjob(cached, ns, RunStatus(phase=RunPhase.PENDING)) is None  # no attempt yet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import pytest
@@ -62,6 +63,10 @@ def test_an_attempts_config_is_a_new_one_and_the_admitted_config_is_untouched() 
         "m1",
         "parent-1",
     )
+    assert not out.tracking.await_run_id  # the run is named: nothing to wait for
+    pending = reconcile.attempt_config(cfg, RunStatus(run_id="run-abc123"), "http://mlflow:5000", "parent-1")
+    assert pending.tracking.await_run_id and pending.tracking.mlflow_run_id is None
+    assert not reconcile.attempt_config(cfg, RunStatus(run_id="run-abc123"), None, None).tracking.await_run_id
 
 
 class FakeKube:
@@ -83,38 +88,76 @@ def _run_obj() -> dict[str, Any]:
     return {"metadata": {**meta, "annotations": {reconcile.ANNOTATION_PARENT_RUN: "parent-1"}}, "status": {}}
 
 
-def test_the_child_run_is_created_only_when_tracked_and_not_yet_known(monkeypatch) -> None:
+def _pool(monkeypatch, create) -> tuple[list, threading.Event]:
+    """A fresh MLflow pool whose sweep index starts empty and whose creations go to `create`;
+    the event is set when the pool asks for the run's pass again."""
+    searches: list[str] = []
+    monkeypatch.setattr(reconcile.tracking, "_child_runs", reconcile.tracking.ChildRuns(workers=1))
+    monkeypatch.setattr(
+        reconcile.mlflow_runs, "child_runs", lambda uri, exp, parent: searches.append(parent) or {}
+    )
+    monkeypatch.setattr(reconcile.mlflow_runs, "create_child_run", create)
+    again = threading.Event()
+    monkeypatch.setattr(reconcile, "_rerun", lambda *args: again.set())
+    return searches, again
+
+
+def test_the_child_run_is_made_off_the_pass_only_when_tracked_and_not_yet_known(monkeypatch) -> None:
     calls: list[tuple[str, str | None]] = []
 
-    def ensure(uri, experiment, point, parent):
+    def create(uri, experiment, point, parent):
         calls.append((point.name, parent))
         return "child-1"
 
-    monkeypatch.setattr(reconcile.mlflow_runs, "ensure_child_run", ensure)
+    searches, again = _pool(monkeypatch, create)
     cfg, settings = admit_run("r", {"config": RUN_BASE}).config, Settings(preflight=False)
     kube = FakeKube()
-    assert reconcile._child_run(kube, _run_obj(), cfg, None, None, settings) is None  # not tracked
-    assert reconcile._child_run(kube, _run_obj(), cfg, "known", "http://m", settings) == "known"
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, None, settings) == (None, None)  # not tracked
+    assert reconcile._child_run(kube, _run_obj(), cfg, "known", "http://m", settings) == ("known", None)
     assert calls == []
-    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == "child-1"
-    assert calls == [("r", "parent-1")]
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == (None, None)  # pending
+    assert again.wait(10)  # the pool's try ended: the run's pass runs again
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == ("child-1", None)
+    assert calls == [("r", "parent-1")] and searches == ["parent-1"]
+    again.clear()
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == (None, None)
+    assert again.wait(10)
+    # asked again (status lost the id): found in the sweep's index, neither searched nor created again
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == ("child-1", None)
+    assert calls == [("r", "parent-1")] and searches == ["parent-1"]
 
 
-def test_mlflow_unreachable_marks_tracking_not_ready_and_retries_later(monkeypatch) -> None:
+def test_mlflow_unreachable_marks_tracking_not_ready_and_is_tried_again(monkeypatch) -> None:
     def down(*args):
         raise reconcile.mlflow_runs.TrackingUnavailable("connection refused")
 
-    monkeypatch.setattr(reconcile.mlflow_runs, "ensure_child_run", down)
-    cfg, kube = admit_run("r", {"config": RUN_BASE}).config, FakeKube()
-    with pytest.raises(reconcile.RetryLater):
-        reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", Settings(preflight=False))
-    (condition,) = kube.patches[0]["conditions"]
-    assert (condition["type"], condition["status"], condition["reason"]) == (
+    _, again = _pool(monkeypatch, down)
+    cfg, kube, settings = admit_run("r", {"config": RUN_BASE}).config, FakeKube(), Settings(preflight=False)
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == (None, None)
+    assert again.wait(10)
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == (
+        None,
+        "connection refused",
+    )
+    again.clear()
+    assert reconcile._child_run(kube, _run_obj(), cfg, None, "http://m", settings) == (
+        None,
+        None,
+    )  # a new try
+    assert again.wait(10)
+
+    st = RunStatus()
+    events = reconcile._untracked(st, "connection refused", 1, "2027-01-01T00:00:00Z", settings)
+    (condition,) = st.conditions
+    assert (condition.type, condition.status, condition.reason) == (
         "TrackingReady",
         "False",
         "MLflowUnreachable",
     )
-    assert kube.events == [("Warning", "MLflowUnreachable")]
+    assert [(t, r) for t, r, _ in events] == [("Warning", "MLflowUnreachable")]
+    assert (
+        reconcile._untracked(st, "connection refused", 1, "2027-01-01T00:00:01Z", settings) == []
+    )  # one per outage
 
 
 def test_preflight_runs_only_before_the_first_rayjob(monkeypatch) -> None:

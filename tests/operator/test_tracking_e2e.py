@@ -7,7 +7,7 @@ import yaml
 
 from sphinxx.sweep import mlflow_runs as tracking
 from tests.schema.corpus import DATA
-from tests.services.process import free_port
+from tests.services.switch import Switch
 
 from .conftest import Cluster, now_iso, wait_for
 
@@ -86,29 +86,56 @@ def test_sweep_parent_and_child_runs_survive_retries(
     assert cluster.status("scalingsweeps", "tracked")["mlflowRunStatus"] == "FINISHED"
 
 
-def test_unreachable_mlflow_is_a_condition_not_a_crash(operator_server, cluster, tmp_path) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_an_mlflow_outage_is_a_condition_and_the_rayjob_gets_its_run_later(
+    operator_server, cluster, mlflow_server, tmp_path
+) -> None:
+    """MLflow is down when the run starts: the RayJob is created anyway (its config says the run id
+    is coming), TrackingReady=False with one event; when MLflow answers, the run id reaches the
+    status and the stored config the job reads, and the point keeps its one attempt and one run."""
+    from mlflow.tracking import MlflowClient
+
+    switch = Switch(mlflow_server.tracking_uri)  # off: connections close at once
     run = {
         "apiVersion": "sphinxx.dev/v1alpha1",
         "kind": "TrainingRun",
-        "metadata": {"name": "untracked"},
+        "metadata": {"name": "outage"},
         "spec": {
             "config": {
                 "preset": "debug",
                 "storage": {"uri": f"file://{tmp_path}"},
-                "tracking": {"uri": dead},
+                "tracking": {"uri": switch.url, "experiment": "outage"},
                 "data": DATA,
             }
         },
     }
-    cluster.kube.apply(run, cluster.ns)
+    try:
+        cluster.kube.apply(run, cluster.ns)
 
-    def unreachable():
-        conditions = cluster.status("trainingruns", "untracked").get("conditions") or []
-        return next((c for c in conditions if c["type"] == "TrackingReady" and c["status"] == "False"), None)
+        def unreachable():
+            conditions = cluster.status("trainingruns", "outage").get("conditions") or []
+            return next(
+                (c for c in conditions if c["type"] == "TrackingReady" and c["status"] == "False"), None
+            )
 
-    condition = wait_for(unreachable, what="TrackingReady=False")
-    assert condition["reason"] == "MLflowUnreachable"
-    assert ("Warning", "MLflowUnreachable") in {(t, r) for t, r, _ in cluster.events("untracked")}
-    assert cluster.rayjobs() == {}  # the run id must exist before any attempt does
-    assert operator_server.healthy()
+        assert wait_for(unreachable, what="TrackingReady=False")["reason"] == "MLflowUnreachable"
+        assert ("Warning", "MLflowUnreachable") in {(t, r) for t, r, _ in cluster.events("outage")}
+        (job,) = wait_for(lambda: cluster.rayjobs("outage"), what="the RayJob, before any MLflow run")
+        waiting = _config(cluster, "outage")["tracking"]
+        assert waiting["await_run_id"] is True and waiting["mlflow_run_id"] is None
+        assert operator_server.healthy()
+
+        switch.on()
+        child = wait_for(
+            lambda: cluster.status("trainingruns", "outage").get("mlflowRunId"), what="the run id"
+        )
+        stored = _config(cluster, "outage")["tracking"]
+        assert stored["mlflow_run_id"] == child and stored["await_run_id"] is False
+        ready = wait_for(lambda: not unreachable() and cluster.status("trainingruns", "outage")["conditions"])
+        assert {c["type"]: c["status"] for c in ready}["TrackingReady"] == "True"
+        assert set(cluster.rayjobs("outage")) == {job}  # the same attempt: nothing dropped or redone
+        client = MlflowClient(mlflow_server.tracking_uri)
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        runs = client.search_runs([experiment], filter_string=f"tags.`{tracking.TAG_RUN}` = 'outage'")
+        assert [r.info.run_id for r in runs] == [child]
+    finally:
+        switch.close()
