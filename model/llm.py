@@ -6,15 +6,17 @@ Single-device code in the torchtitan style: no parallelism in here, activation c
 is switched on from outside with `apply_activation_checkpointing`, weights are loaded through
 `state_dict_adapter.py` (the only place that knows foreign names).
 
-Interface used by the multimodal model (`sphinx.py`):
+Interface used by the multimodal model (`sphinx.py`) and by generation (`generate.py`):
 - `embed(tokens)` -> [B, S, D] token embeddings (image embeddings are spliced in by the caller);
 - `forward_hidden(h)` -> (final-normed hidden [B, S, D], aux loss 0-dim tensor);
+- `forward_hidden(h, attention_mask=..., cache=...)`: the same with left padding and a KV cache
+  (`kv_cache.py`): positions per row from the mask, offset by what the cache holds;
 - `output` is applied by the caller at labelled positions only (92544-row vocabularies);
 - `forward(tokens)` -> full logits [B, S, V], for parity tests.
 
 RoPE follows the Hugging Face "rotate-half" convention, so HF checkpoints load without the q/k
-row permutation that Meta-format weights need. Attention is plain causal over the whole
-sequence; right padding needs no mask because pad positions come after every real token.
+row permutation that Meta-format weights need. In training attention is plain causal over the
+whole sequence; right padding needs no mask because pad positions come after every real token.
 
 Build large models on the meta device, then `to_empty` and load (or `init_weights`):
 
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sphinxx.model.kv_cache import KVCache, LayerCache, attention_bias, position_ids
 from sphinxx.model.moe import MoE, MoEArgs
 from sphinxx.schema.decoder import ModelArgs
 
@@ -60,15 +63,25 @@ def rope_cos_sin(
     Computed in fp32 on every forward rather than stored as a buffer: it costs one outer product,
     survives meta-device construction untouched, and has no max-length cache to outgrow.
     """
+    return rope_cos_sin_at(torch.arange(seq_len, device=device), head_dim, theta, dtype)
+
+
+def rope_cos_sin_at(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [..., S, head_dim] at integer `positions` [..., S] (per-row positions when
+    generating: left padding and a KV cache shift where each row's tokens sit)."""
+    device = positions.device
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-    freqs = torch.outer(positions, inv_freq)  # [S, head_dim / 2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [S, head_dim]: the two halves share frequencies
+    freqs = positions.to(torch.float32)[..., None] * inv_freq  # [..., S, head_dim / 2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [..., S, head_dim]: the two halves share frequencies
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, S, head_dim] by position; pairs are (i, i + head_dim / 2)."""
+    """Rotate x [B, H, S, head_dim] by position; pairs are (i, i + head_dim / 2).
+
+    cos, sin: [S, head_dim] (every row at positions 0..S-1) or [B, 1, S, head_dim] (per row)."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos + rotated * sin
@@ -87,16 +100,29 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        """x [B, S, D]. `mask` [B, 1, S, L] (True = may attend; `kv_cache.attention_bias`), None =
+        plain causal over x alone; `cache` holds the L - S earlier keys and values of this layer."""
         bsz, seq_len, _ = x.shape
         # [B, S, heads * head_dim] -> [B, heads, S, head_dim]
         q = self.wq(x).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        if cache is not None:
+            k, v = cache.update(k, v)  # the past keys were rotated at their own positions already
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq_len, -1))
 
 
@@ -151,16 +177,28 @@ class TransformerBlock(nn.Module):
         self.activation_checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, token_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, token_mask, use_reentrant=False)
-        return self._forward(x, cos, sin, token_mask)
+            return checkpoint(self._forward, x, cos, sin, token_mask, mask, cache, use_reentrant=False)
+        return self._forward(x, cos, sin, token_mask, mask, cache)
 
     def _forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, token_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        token_mask: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         if hasattr(self, "moe"):
             ffn_out, aux = self.moe(self.ffn_norm(h), token_mask)
         else:
@@ -205,7 +243,12 @@ class Transformer(nn.Module):
         return self.tok_embeddings(tokens)
 
     def forward_hidden(
-        self, h: torch.Tensor, token_mask: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run every block and the final norm on embeddings h [B, S, D].
 
@@ -213,19 +256,54 @@ class Transformer(nn.Module):
         load-balancing terms, a 0-dim fp32 zero for dense models. Add it to the CE loss as is.
         token_mask [B, S] bool (False = right padding) only keeps padding out of the MoE
         load-balancing statistics; attention needs no mask (module docstring).
+
+        Generation: `attention_mask` [B, L] (True = real token, False = left padding) covers the
+        `cache.length` cached positions and the S new ones (L = cache.length + S); `cache` gets
+        this call's keys and values and advances by S. Either one switches RoPE to per-row
+        positions (`kv_cache.position_ids`) and attention to an explicit mask.
         """
         seq_len = h.shape[1]
-        if seq_len > self.args.max_seq_len:
+        past = cache.length if cache is not None else 0
+        if past + seq_len > self.args.max_seq_len:
             raise ValueError(
-                f"sequence length {seq_len} exceeds max_seq_len {self.args.max_seq_len}; "
+                f"sequence length {past + seq_len} exceeds max_seq_len {self.args.max_seq_len}; "
                 "truncate the batch or raise ModelArgs.max_seq_len"
             )
-        cos, sin = rope_cos_sin(seq_len, self.args.head_dim, self.args.rope_theta, h.device, h.dtype)
+        mask = None
+        if attention_mask is None and cache is None:  # training: positions 0..S-1, plain causal
+            cos, sin = rope_cos_sin(seq_len, self.args.head_dim, self.args.rope_theta, h.device, h.dtype)
+        else:
+            if cache is not None:
+                cache.check_room(seq_len)
+            if attention_mask is None:
+                attention_mask = torch.ones(h.shape[0], past + seq_len, dtype=torch.bool, device=h.device)
+            if tuple(attention_mask.shape) != (h.shape[0], past + seq_len):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                    f"{(h.shape[0], past + seq_len)} (batch, cached + new positions)"
+                )
+            positions = position_ids(attention_mask, seq_len)
+            cos, sin = rope_cos_sin_at(positions, self.args.head_dim, self.args.rope_theta, h.dtype)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, S, head_dim]: one table per row
+            mask = attention_bias(attention_mask, seq_len)
+            if token_mask is None:
+                token_mask = attention_mask[:, past:].bool()
         aux = torch.zeros((), device=h.device, dtype=torch.float32)
-        for layer in self.layers:
-            h, layer_aux = layer(h, cos, sin, token_mask)
+        for i, layer in enumerate(self.layers):
+            layer_cache = cache.layers[i] if cache is not None else None
+            h, layer_aux = layer(h, cos, sin, token_mask, mask, layer_cache)
             aux = aux + layer_aux
+        if cache is not None:
+            cache.advance(seq_len)
         return self.norm(h), aux
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` positions, on the model's device."""
+        weight = self.tok_embeddings.weight
+        return KVCache(
+            self.args.n_layers, batch, self.args.n_kv_heads, self.args.head_dim, max_len,
+            dtype=dtype or weight.dtype, device=weight.device,
+        )  # fmt: skip
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] -> logits [B, S, vocab] at every position (tests and generation)."""
