@@ -22,6 +22,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("ckpt", "sphinxx.storage.cli"),
     ("model", "sphinxx.model.cli"),
     ("data", "sphinxx.jobs.data.cli"),
+    ("generate", "sphinxx.jobs.generate_cli"),
     ("sweep", "sphinxx.jobs.sweep_cli"),
     ("validate", "sphinxx.jobs.validate_cli"),
     ("eval", "sphinxx.jobs.eval_cli"),

@@ -78,6 +78,12 @@ def render(turns: Sequence[tuple[str, str]]) -> Rendered:
     return Rendered("".join(p for p, _ in pieces), tuple(pieces), tuple(spans))
 
 
+def render_prompt(question: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The text generation starts from: the turns so far as `render` writes them, then the new
+    question, ending at " Assistant:" (the model generates the space, the answer and "\\n###")."""
+    return render(history).text + HUMAN + clean_question(question) + SEP + ASSISTANT
+
+
 @dataclass
 class Encoded:
     tokens: list[int]  # [BOS] + text tokens + [EOS] (EOS dropped when truncated)
@@ -164,6 +170,11 @@ class ConversationEncoder:
         offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
         mask = [_overlaps(start, end, rendered.answer_spans) for start, end in offsets]
         return ids, mask, offsets
+
+    def encode_prompt(self, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """[BOS] + the tokens of `render_prompt`: what generation feeds the model after the image."""
+        text = render_prompt(question, history)
+        return [self.bos_id, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
 
     def encode(self, turns: Sequence[tuple[str, str]], num_image_tokens: int = 0) -> Encoded:
         budget = self.seq_len - num_image_tokens

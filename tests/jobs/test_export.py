@@ -36,7 +36,9 @@ def write_tokenizer(folder: Path) -> None:
     fast.save_pretrained(str(folder))
 
 
-def committed_run(storage: str, flavor: str, tokenizer: str, steps: tuple[int, ...] = (3,)):
+def committed_run(
+    storage: str, flavor: str, tokenizer: str, steps: tuple[int, ...] = (3,), seq_len: int = 64
+):
     """Save `steps` of a tiny model with the training Checkpointer; returns (store, model)."""
     from sphinxx.jobs.checkpoint import Checkpointer, RunState
     from sphinxx.jobs.checkpoint.fragments import ensure_optimizer_state
@@ -46,7 +48,7 @@ def committed_run(storage: str, flavor: str, tokenizer: str, steps: tuple[int, .
     from tests.jobs._tiny import run_model
 
     cfg = tiny_run_config(flavor, 0, 1, storage)
-    cfg = replace(cfg, data=replace(cfg.data, tokenizer=tokenizer))
+    cfg = replace(cfg, data=replace(cfg.data, tokenizer=tokenizer, seq_len=seq_len))
     torch.manual_seed(0)
     model, _ = run_model(cfg, Worker())
     store = CheckpointStore(storage, cfg.run_id)
