@@ -38,7 +38,7 @@ from sphinxx.jobs.data.loader import image_config
 from sphinxx.jobs.data.template import SEP, ConversationEncoder, load_tokenizer
 from sphinxx.jobs.export import CheckpointTensors, ExportSource, find_source
 from sphinxx.model.anyres import AnyResConfig, process_image
-from sphinxx.model.generate import GenerationConfig, Generated, Prompt, generate
+from sphinxx.model.generate import Generated, GenerationConfig, Prompt, generate
 from sphinxx.model.sphinx import SphinxX
 from sphinxx.model.vision import weight_files
 from sphinxx.schema.documents import load_json, read_document

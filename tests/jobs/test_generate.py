@@ -13,7 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 import torch
 from PIL import Image
 

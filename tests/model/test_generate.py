@@ -162,3 +162,23 @@ def test_bad_settings_are_refused() -> None:
         generate_text(model, [[1, 2]], GenerationConfig(stop_strings=("x",)))
     with pytest.raises(ValueError, match="max_seq_len"):
         generate_text(model, [[1] * 60], GenerationConfig(max_new_tokens=10))
+
+
+def test_the_generation_benchmark_runs_its_smallest_setting() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    argv = ["--flavors", "micro-s", "--new-tokens", "4", "--image", "none", "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "generate.py"), *argv],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["kind"] for r in rows] == ["setting", "timing", "timing", "ratio"]
+    assert {r["mode"] for r in rows[1:3]} == {"cached", "recompute"}
+    assert rows[-1]["baseline"] == "recompute" and rows[-1]["same_tokens"] is True
+    assert rows[-1]["speedup"] > 0 and rows[0]["prompt_positions"] == 41
