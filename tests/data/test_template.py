@@ -9,6 +9,7 @@ from sphinxx.jobs.data.template import (
     ConversationEncoder,
     SampleTooLongError,
     render,
+    render_prompt,
 )
 
 SYSTEM = (
@@ -34,6 +35,19 @@ def spec_text(turns: list[tuple[str, str]]) -> str:
 def test_render_is_the_spec_template() -> None:
     assert render(TURNS).text == spec_text(TURNS)
     assert render(TURNS[1:2]).text == spec_text(TURNS[1:2])
+
+
+def test_the_generation_prompt_is_the_template_up_to_the_answer(synth_tokenizer) -> None:
+    """render_prompt stops where the targets start: " Assistant:", before the answer's space."""
+    for history, (q, a) in ((TURNS[:0], TURNS[0]), (TURNS[:2], TURNS[2])):
+        full = spec_text([*history, (q, a)])
+        prompt = render_prompt(q, history)
+        assert full == prompt + " " + a + "\n###" and prompt.endswith("\n### Assistant:")
+    # Its tokens are the training tokens before the first target (the tokeniser sees the same prefix).
+    encoder = ConversationEncoder(synth_tokenizer, 4096)
+    encoded = encoder.encode(TURNS[1:2])
+    first_target = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
+    assert encoder.encode_prompt(TURNS[1][0]) == encoded.tokens[:first_target]
 
 
 def test_answer_spans_cover_the_space_answer_and_separator() -> None:
