@@ -33,7 +33,22 @@ def _quoted(page: str, pattern: str) -> tuple[str, ...]:
 
 
 MOE = "gpu_moe_h200.jsonl"
+
+
+def _speedup(name: str, flavor: str) -> float:
+    rows = [json.loads(line) for line in (ROOT / "bench" / "results" / name).read_text().splitlines() if line]
+    return next(r["speedup"] for r in rows if r["kind"] == "ratio" and r["flavor"] == flavor)
+
+
 CHECKS = {
+    "docs/model.md: KV cache speed-ups": (
+        "docs/model.md",
+        r"the cache was ([\d.]+)x faster for `debug` and ([\d.]+)x for `debug-moe`",
+        lambda: (
+            f"{_speedup('generate_cpu.jsonl', 'debug'):.2f}",
+            f"{_speedup('generate_cpu.jsonl', 'debug-moe'):.2f}",
+        ),
+    ),
     "README: GPU MoE speed-ups": (
         "README.md",
         r"Speed-ups over transformers eager are ([\d.]+)x \(`megablocks`, (\d+) TFLOP/s\), "
