@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 import torch
 
 from sphinxx.model.generate import GenerationConfig, generate_text
@@ -57,7 +56,6 @@ def _worker(
     return [[r.tokens for r in out], steps[0]]
 
 
-@pytest.mark.slow  # two spawned processes
 def test_two_ep_ranks_generate_the_tokens_of_one() -> None:
     full = ours_from(hf_mixtral(MOE_ARGS), MOE_ARGS, family="mixtral")
     free = generate_text(full, PROMPTS[0], GenerationConfig(max_new_tokens=10))
