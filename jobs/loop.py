@@ -71,7 +71,7 @@ from sphinxx.jobs.metrics import (
     model_sizes,
 )
 from sphinxx.jobs.preemption import PREEMPTED, RESIZE, Preempted, Resized, StopSignal
-from sphinxx.jobs.progress import ProgressPrinter, Throughput
+from sphinxx.jobs.progress import ProgressPrinter, ProgressWriter, Throughput
 from sphinxx.jobs.resize import CapacityWatch
 from sphinxx.jobs.schedule import Schedule
 from sphinxx.jobs.stores import retention_policy, run_store, storage_options
@@ -281,6 +281,10 @@ class StepLoop:
         self.printer = ProgressPrinter(
             parts.total, train.log_interval, mfu_estimate=parts.flops.peak.estimate
         )
+        self.record = ProgressWriter(
+            parts.store, worker.attempt, train.progress_seconds, mfu_estimate=parts.flops.peak.estimate
+        )
+        self.sec_step = 0.0  # of the last logged window (`log` sets it; the record at a commit reads it)
         self.trace = SampleTrace.from_env(worker)
         self.stop = StopSignal.from_env(train.termination_grace_seconds)
         self.watch = watch or CapacityWatch(None, {}, worker.world_size, worker.world_size, 0)  # never grows
@@ -339,8 +343,9 @@ class StepLoop:
         }
         if state.step % self.train.log_interval == 0 or state.step == self.parts.total:
             self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, state.step)
-        if self.worker.rank == 0:
-            self.printer.maybe_print(state.step, metrics, sec_step)
+        self.sec_step = sec_step
+        if self.worker.rank == 0 and self.printer.maybe_print(state.step, metrics, sec_step):
+            self.record.maybe_write(state.step, self.parts.total, metrics, sec_step)
         return metrics
 
     def evaluate(self) -> None:
@@ -372,6 +377,8 @@ class StepLoop:
             if stopping == PREEMPTED:
                 self.stop.done()
         _after_checkpoint(info, metrics, self.worker, self.tracker, state.step)
+        if self.worker.rank == 0:  # the record never lags a commit: status.progress is never behind it
+            self.record.maybe_write(state.step, self.parts.total, metrics, self.sec_step, force=True)
 
     def stopped(self, kind: str) -> None:
         """A planned stop, committed: flush what tracking can in the grace left, then raise."""

@@ -19,6 +19,9 @@ The peak (`device_peak`):
   instruction set and clocks, so the measurement is what a well-shaped matmul reaches there.
 An estimated peak is said where MFU is shown: the progress line prints `mfu~` and `(est. peak)`,
 the MLflow run carries the tag `sphinxx.mfu_peak`, and the job's summary `mfu_peak_source`.
+
+The same figures reach the operator through the progress record rank 0 overwrites next to the
+checkpoints (`ProgressWriter`, sphinxx.schema.progress; docs/operator.md, "Live progress").
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+from sphinxx.schema.progress import ProgressRecord, clock, encode, eta_seconds
 
 # Dense bf16 tensor-core peaks, FLOP/s per GPU, without sparsity (the datasheets print the
 # sparse figure, twice these). Matched as substrings of torch.cuda.get_device_name(), first match
@@ -160,10 +165,7 @@ class Throughput:
 def format_eta(seconds: float) -> str:
     if seconds <= 0 or seconds != seconds:  # nan guard
         return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+    return clock(seconds)
 
 
 @dataclass
@@ -199,4 +201,62 @@ class ProgressPrinter:
         if step % self.every and step != self.total_steps:
             return False
         print(self.line(step, metrics, sec_per_step), file=self.stream, flush=True)
+        return True
+
+
+@dataclass
+class ProgressWriter:
+    """Rank 0's progress record (sphinxx.schema.progress) for the operator's live status.
+
+    Overwrites `<run root>/progress.json` at a logged step once `every_s` seconds passed since
+    the last write (0: every logged step), and at every commit and the last step (`force`). A
+    failed write is reported once and never stops training: the record is a courtesy.
+    """
+
+    store: Any  # a sphinxx.storage.CheckpointStore (write_progress)
+    attempt: int
+    every_s: float
+    mfu_estimate: bool = False
+    clock: Any = time.time
+    _last: float | None = None
+    _warned: bool = False
+
+    def due(self, now: float, force: bool) -> bool:
+        return force or self._last is None or now - self._last >= self.every_s
+
+    def record(self, step: int, total: int, metrics: dict[str, float], sec_per_step: float) -> ProgressRecord:
+        """The record of this step (pure but for the clock)."""
+        mfu = metrics.get("mfu")
+        return ProgressRecord(
+            run_id=self.store.run_id,
+            attempt=self.attempt,
+            step=step,
+            total_steps=total,
+            loss=metrics.get("loss"),
+            tokens_per_s=float(metrics.get("tokens_per_s") or 0.0),
+            samples_per_s=float(metrics.get("samples_per_s") or 0.0),
+            mfu=float(mfu) if mfu else None,
+            mfu_estimate=self.mfu_estimate,
+            seconds_per_step=sec_per_step,
+            eta_seconds=eta_seconds(step, total, sec_per_step),
+            tokens_seen=float(metrics.get("tokens_seen") or 0.0),
+            time=self.clock(),
+        )
+
+    def maybe_write(
+        self, step: int, total: int, metrics: dict[str, float], sec_per_step: float, force: bool = False
+    ) -> bool:
+        """Write the record when due; True when written."""
+        now = self.clock()
+        if not self.due(now, force):
+            return False
+        self._last = now
+        try:
+            self.store.write_progress(encode(self.record(step, total, metrics, sec_per_step)))
+        except Exception as err:  # storage hiccups must not stop training; the next write retries
+            if not self._warned:
+                print(f"[sphinxx] progress record not written (status stays at the last one): {err}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                self._warned = True
+            return False
         return True

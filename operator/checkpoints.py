@@ -4,7 +4,8 @@ The operator never lists step folders itself: `CheckpointStore.latest()` returns
 commit marker (`manifest.json`) exists and whose files check out, so a resume never starts from a
 partial checkpoint (docs/storage.md, "Reading: the latest good checkpoint"). Stores are cached per run because
 building an S3 client costs ~0.5 s of CPU; the store itself refreshes its filesystem (and credentials) every
-few minutes. Rollbacks go through here too: the operator, not the user's machine, holds the
+few minutes. The job's progress record (`progress.json`, the live status) is read here too, and
+rollbacks go through here: the operator, not the user's machine, holds the
 storage credentials.
 """
 
@@ -62,6 +63,12 @@ def rollback(
     store = _store(prefix, run_id, endpoint_url)
     record = store.rollback(to_step, reason)
     return RolledBack(record.to_step, str(store.layout.step_dir(record.to_step)), tuple(record.step_numbers))
+
+
+def read_progress(prefix: str, run_id: str, endpoint_url: str | None = None) -> tuple[bytes | None, str]:
+    """The run's progress record (one GET; None when the job has not written one) and its URI."""
+    store = _store(prefix, run_id, endpoint_url)
+    return store.read_progress(), store.layout.progress
 
 
 def write_config(prefix: str, run_id: str, text: str, endpoint_url: str | None = None) -> str:

@@ -44,8 +44,17 @@ RUN_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Model", "type": "string", "jsonPath": ".status.model"},
     {"name": "Data", "type": "number", "jsonPath": ".status.dataFraction"},
-    {"name": "Step", "type": "integer", "jsonPath": ".status.lastCheckpoint.step"},
-    {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "live step"},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+    {"name": "Tok/s", "type": "number", "jsonPath": ".status.progress.tokensPerSecond"},
+    {"name": "MFU", "type": "number", "jsonPath": ".status.progress.mfu"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
+    {
+        "name": "Ckpt",
+        "type": "integer",
+        "jsonPath": ".status.lastCheckpoint.step",
+        "description": "committed",
+    },
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     # `kubectl get trun -o wide`: planned restarts, which lose no step and use no retry.
@@ -63,6 +72,7 @@ SWEEP_COLUMNS = [
     },
     {"name": "Running", "type": "integer", "jsonPath": ".status.counts.running"},
     {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.eta", "description": "every point done"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 WORKER_RULE = {

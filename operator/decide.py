@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from sphinxx.schema.progress import ProgressRecord, Reading, clock
 from sphinxx.schema.resources import FailurePolicy, ScalingSweepSpec
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
@@ -22,6 +23,7 @@ from sphinxx.schema.status import (
     ConditionType,
     RollbackStatus,
     RunPhase,
+    RunProgress,
     RunStatus,
     SweepPhase,
     SweepStatus,
@@ -114,6 +116,7 @@ class RunObserved:
     rollback: RollbackOutcome | None = None  # a rollback request handled in this pass
     inputs: tuple[str, ...] | None = None  # pre-flight problems (preflight.check_run); None = not checked
     max_preemptions: int = 20  # config.parallel.max_preemptions: preemptions are not retries
+    progress: Reading | None = None  # the job's progress record, read this pass; None = not read
 
 
 @dataclass
@@ -156,7 +159,74 @@ def decide_run(obs: RunObserved) -> RunAction:
     resume_now = _rollback(obs, st, old_phase, act) or resume_now
     _mirror(obs, st)
     _record(obs, act, old_phase, _next_phase(obs, st, act, resume_now))
+    st.progress = live_progress(st.progress, obs.progress, obs.checkpoint, st.phase)
+    if obs.progress is not None:
+        reported = obs.progress.record is not None
+        st.conditions = status.set_condition(
+            st.conditions, ConditionType.PROGRESS_REPORTED, reported, obs.progress.reason,
+            obs.progress.message, obs.generation, obs.now_iso,
+        )  # fmt: skip
     return act
+
+
+def progress_due(
+    outcome: Outcome, last_read: float | None, now: float, interval: float, slack: float
+) -> bool:
+    """Read the run's progress record in this pass? Only while its attempt runs, and at most once
+    per `interval` seconds (less `slack`, so a timer tick a little early does not skip a read). Pure."""
+    if outcome != Outcome.RUNNING:
+        return False
+    return last_read is None or now - last_read >= interval - slack
+
+
+def _epoch_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _from_record(record: ProgressRecord) -> RunProgress:
+    """The status figures of a usable record, rounded to what a reader needs."""
+    eta = round(record.eta_seconds) if record.eta_seconds is not None else None
+    return RunProgress(
+        step=record.step,
+        total_steps=record.total_steps or None,
+        loss=round(record.loss, 4) if record.loss is not None else None,
+        tokens_per_second=round(record.tokens_per_s, 1),
+        mfu=round(record.mfu, 4) if record.mfu is not None else None,
+        seconds_per_step=round(record.seconds_per_step, 3) if record.seconds_per_step else None,
+        eta_seconds=eta,
+        eta=clock(eta) if eta is not None else None,
+        attempt=record.attempt,
+        updated_at=_epoch_iso(record.time),
+    )
+
+
+def live_progress(
+    old: RunProgress | None, reading: Reading | None, checkpoint: Checkpoint | None, phase: RunPhase | None
+) -> RunProgress | None:
+    """`status.progress` after a pass. Pure.
+
+    A usable record replaces the figures; a record read but unusable (missing, malformed, stale,
+    of an older attempt) keeps them but drops the ETA; no read keeps everything. The newest
+    committed checkpoint wins when it is further along (step and loss), and the ETA is only
+    shown while the run is Running.
+    """
+    if reading is not None and reading.record is not None:
+        new = _from_record(reading.record)
+    elif old is not None:
+        new = copy.deepcopy(old)
+        if reading is not None:
+            new.eta_seconds, new.eta = None, None
+    else:
+        new = None
+    if checkpoint is not None and (new is None or checkpoint.step > new.step):
+        new = new or RunProgress()
+        new.step, new.loss, new.updated_at = checkpoint.step, checkpoint.metrics.get("loss"), None
+        if new.total_steps and new.seconds_per_step and new.eta_seconds is not None:
+            new.eta_seconds = round(max(new.total_steps - new.step, 0) * new.seconds_per_step)
+            new.eta = clock(new.eta_seconds)
+    if new is not None and phase != RunPhase.RUNNING:
+        new.eta_seconds, new.eta = None, None
+    return new
 
 
 def _mirror(obs: RunObserved, st: RunStatus) -> None:
@@ -459,7 +529,9 @@ def decide_sweep(
         st.resume_token = resume_token
         resume = [n for n, c in by_name.items() if (c.get("status") or {}).get("phase") == RunPhase.FAILED]
         events.append(("Normal", "ResumeRequested", f"resuming {len(resume)} failed point(s)"))
-    roll = status.rollup(ordered, by_name, spec.suspend, st.conditions, generation, now_iso)
+    roll = status.rollup(
+        ordered, by_name, spec.suspend, st.conditions, generation, now_iso, spec.max_parallel_runs
+    )
     if roll.phase != st.phase:
         kind = "Warning" if roll.phase == SweepPhase.FAILED else "Normal"
         events.append((kind, roll.phase, f"{st.phase or 'New'} -> {roll.phase}: {roll.progress} succeeded"))
@@ -478,6 +550,7 @@ def decide_sweep(
     st.conditions = status.set_condition(
         roll.conditions, ConditionType.INVALID, False, "Valid", "", generation, now_iso
     )
+    st.eta_seconds, st.eta, st.eta_note = roll.eta.seconds, roll.eta.text, roll.eta.note
     st.observed_generation, st.message = generation, f"{roll.progress} succeeded"
     wanted = parent_run_status(roll.phase)
     return SweepAction(

@@ -100,6 +100,9 @@ class Settings:
     run_interval: float = 15.0  # SPHINXX_RUN_INTERVAL: seconds between level checks of a TrainingRun
     sweep_interval: float = 15.0  # SPHINXX_SWEEP_INTERVAL: seconds between roll-ups of a sweep
     retry_delay: float = 30.0  # SPHINXX_RETRY_DELAY: wait after MLflow or storage errors
+    # SPHINXX_PROGRESS_INTERVAL: a Running run's progress record is read at most this often (live status)
+    progress_interval: float = 45.0
+    progress_stale: float = 300.0  # SPHINXX_PROGRESS_STALE: an older record is ignored, and said so
     peering_lifetime: float = 60.0  # SPHINXX_PEERING_LIFETIME: a silent peer counts as gone after this (kopf)
     preflight: bool = True  # SPHINXX_PREFLIGHT: check each run's input URIs before its first RayJob
     stage_host_path: str | None = (
@@ -117,6 +120,8 @@ class Settings:
             run_interval=float(env.get("SPHINXX_RUN_INTERVAL", 15)),
             sweep_interval=float(env.get("SPHINXX_SWEEP_INTERVAL", 15)),
             retry_delay=float(env.get("SPHINXX_RETRY_DELAY", 30)),
+            progress_interval=float(env.get("SPHINXX_PROGRESS_INTERVAL", 45)),
+            progress_stale=float(env.get("SPHINXX_PROGRESS_STALE", 300)),
             peering_lifetime=float(env.get("SPHINXX_PEERING_LIFETIME", 60)),
             preflight=env.get("SPHINXX_PREFLIGHT", "1").strip().lower() not in ("0", "false", "no", "off"),
             stage_host_path=env.get("SPHINXX_STAGE_HOST_PATH") or None,

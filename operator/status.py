@@ -40,6 +40,8 @@ from sphinxx.schema.status import (
 from sphinxx.sweep.points import Point
 from sphinxx.sweep.results import row_metrics
 
+from .eta import SweepEta, point_eta, sweep_eta
+
 RUN_CONDITIONS = (
     ConditionType.READY,
     ConditionType.RUNNING,
@@ -278,6 +280,7 @@ class Rollup:
     progress: str
     points: list[PointRow]
     conditions: list[Condition]
+    eta: SweepEta
 
 
 _ROWS: dict[tuple[Point, str, str], PointRow] = {}
@@ -324,9 +327,14 @@ def rollup(
     conditions: list[Condition],
     generation: int,
     now: str,
+    slots: int = 0,
 ) -> Rollup:
+    """Counts, rows, phase and conditions of a sweep from its points; the ETA on `slots` (eta.py)."""
     counts = {key: 0 for key in ("total", *(p.value.lower() for p in RunPhase))}
     rows = [point_row(point, children.get(point.name)) for point in ordered]
+    etas = [
+        point_eta(row.model, row.data_fraction, row.phase, _progress(children.get(row.name))) for row in rows
+    ]
     for row in rows:
         counts["total"] += 1
         counts[row.phase.value.lower()] += 1
@@ -348,4 +356,10 @@ def rollup(
     }
     for type_, value in truth.items():
         conditions = set_condition(conditions, type_, value, phase, message, generation, now)
-    return Rollup(phase, counts, f"{counts['succeeded']}/{counts['total']}", rows, conditions)
+    progress = f"{counts['succeeded']}/{counts['total']}"
+    return Rollup(phase, counts, progress, rows, conditions, sweep_eta(etas, slots, suspended))
+
+
+def _progress(child: dict[str, Any] | None) -> dict[str, Any] | None:
+    progress = ((child or {}).get("status") or {}).get("progress")
+    return progress if isinstance(progress, dict) else None

@@ -69,3 +69,18 @@ def create_local_once(path: str, data: bytes) -> None:
         os.link(tmp, path)  # fails with FileExistsError if someone got there first
     finally:
         os.unlink(tmp)
+
+
+def replace_local(path: str, data: bytes) -> None:
+    """Atomic overwrite on a POSIX disk: write a temp file beside `path`, rename it over `path`."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

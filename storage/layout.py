@@ -4,6 +4,7 @@
 <prefix>/<run-id>/                      the run root; stable across attempts
   config.yaml                           the resolved run config
   run.json                              the run manifest (run id, config hash, code version, attempts)
+  progress.json                         the running job's progress record, overwritten in place
   ray/                                  Ray Train's storage_path (pointer checkpoints only)
   checkpoints/
     step-000012000/                     write-once, named by the global step (9 digits)
@@ -84,6 +85,11 @@ class RunLayout:
     @property
     def run_config(self) -> str:
         return uri_mod.join(self.root, "config.yaml")
+
+    @property
+    def progress(self) -> str:
+        """The running job's progress record (sphinxx.schema.progress); the operator's live status."""
+        return uri_mod.join(self.root, "progress.json")
 
     @property
     def run_manifest(self) -> str:

@@ -24,7 +24,7 @@ from fsspec.callbacks import Callback
 
 from . import uri as uri_mod
 from .clients import make_boto3_client, make_s3fs
-from .conditional import create_local_once, put_conditionally
+from .conditional import create_local_once, put_conditionally, replace_local
 from .errors import PreconditionFailedError, guard
 from .hashing import FileDigest, Hasher, HashingFile, digest_of_parts
 from .listing import ObjectInfo, children, files_below, list_objects, object_info
@@ -181,6 +181,19 @@ class ObjectFS:
                     required=self.options.conditional_writes == "on",
                     unsupported=self._stop_conditional_writes,
                 )
+            else:
+                self.fs.pipe_file(path, data)
+
+    def replace_bytes(self, uri: str, data: bytes) -> None:
+        """Overwrite one small object so that a reader sees the old bytes or the new, never a mix.
+
+        A PUT on S3 and a write to `memory://` replace the object whole; on a local disk the bytes
+        go to a temporary name beside it, which is then renamed over it (`os.replace`).
+        """
+        path = self.path(uri)
+        with guard("write", uri):
+            if self.scheme == "file":
+                replace_local(path, data)
             else:
                 self.fs.pipe_file(path, data)
 

@@ -333,6 +333,17 @@ class CheckpointStore:
         except FileNotFoundError:
             return None
 
+    def write_progress(self, data: bytes) -> None:
+        """Overwrite the run's progress record (`progress.json`) in one piece (ObjectFS.replace_bytes)."""
+        self.fs().replace_bytes(self.layout.progress, data)
+
+    def read_progress(self) -> bytes | None:
+        """The progress record's bytes (one GET), or None when the job has not written one."""
+        try:
+            return self.fs().read_bytes(self.layout.progress)
+        except FileNotFoundError:
+            return None
+
     def write_run_manifest(
         self, code_version: str | None = None, extra: dict[str, Any] | None = None
     ) -> dict[str, Any]:

@@ -161,6 +161,10 @@ class TrainConfig:
                                      minimum=1, maximum=MAX_STEPS)  # fmt: skip
     log_interval: int = count(10, "print a progress line and log metrics every this many steps",
                               minimum=1, maximum=MAX_STEPS)  # fmt: skip
+    progress_seconds: int = count(30, "rank 0 overwrites <storage.uri>/<run id>/progress.json (the "
+                                      "operator's live status) at a logged step at most this often, "
+                                      "and at every commit; 0: at every logged step",
+                                  maximum=86_400)  # fmt: skip
     eval_interval: int = count(0, "evaluate on the held-out split (data.heldout_records) "
                                   "every this many steps and at the end; 0: at the end only",
                                maximum=MAX_STEPS)  # fmt: skip

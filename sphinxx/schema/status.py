@@ -65,6 +65,7 @@ class ConditionType(enum.StrEnum):
     BLOCKED = "Blocked"  # run: the pre-flight check found an input unreadable (before the first attempt)
     TRACKING_READY = "TrackingReady"  # the MLflow run exists; False while MLflow is unreachable
     PREEMPTED = "Preempted"  # run: preempted at least once (count in status.preemptions, own bound)
+    PROGRESS_REPORTED = "ProgressReported"  # run: the job's progress record was read and used (progress.py)
 
 
 TERMINAL_RUN_PHASES = (RunPhase.SUCCEEDED, RunPhase.FAILED)
@@ -107,6 +108,27 @@ class RollbackStatus:
 
 
 @dataclass
+class RunProgress:
+    """Where a run is between checkpoints, from its job's progress record (sphinxx.schema.progress).
+
+    `step` and `loss` are never behind the newest committed checkpoint; the rates and the ETA come
+    from the record only and are left out once the run is not Running.
+    """
+
+    step: int = count(0, "optimizer steps done (the record's, or the newest checkpoint's if later)",
+                      maximum=2**62)  # fmt: skip
+    total_steps: int | None = count(None, "optimizer steps of the run", maximum=2**62)
+    loss: float | None = field(None, "training loss at that step")
+    tokens_per_second: float | None = field(None, "tokens per second over the recent steps")
+    mfu: float | None = field(None, "model FLOPs utilisation over the recent steps (0..1)")
+    seconds_per_step: float | None = field(None, "wall seconds per step over the recent steps")
+    eta_seconds: int | None = count(None, "seconds to the last step at the recent rate", maximum=2**62)
+    eta: str | None = field(None, "the same as H:MM:SS")
+    attempt: int | None = count(None, "the attempt that reported it", maximum=2**31)
+    updated_at: str | None = field(None, "when the job wrote the record it comes from (RFC 3339)")
+
+
+@dataclass
 class RunStatus:
     phase: RunPhase | None = field(None, "where the run is")
     attempt: int = count(0, "attempt number (one RayJob each)", maximum=2**31)
@@ -123,6 +145,9 @@ class RunStatus:
     )
     last_checkpoint: CheckpointRef | None = field(None, "the newest committed checkpoint")
     metrics: dict[str, float] = field({}, "metrics of the newest committed checkpoint")
+    progress: RunProgress | None = field(
+        None, "live progress between checkpoints (the job's progress record)"
+    )
     workers: dict[str, int] = field({}, "elastic bounds and the worker counts KubeRay reports")
     resume_token: str | None = field(None, "the last sphinxx.dev/resume annotation acted on")
     rollback_token: str | None = field(None, "the last sphinxx.dev/rollback annotation acted on")
@@ -281,6 +306,9 @@ class SweepStatus:
     progress: str = field("", "succeeded/total")
     counts: dict[str, int] = field({}, "points by phase, and total")
     points: list[PointRow] = field([], "one row per point, smallest first")
+    eta_seconds: int | None = count(None, "estimated seconds until every point has finished", maximum=2**62)
+    eta: str | None = field(None, "the same as H:MM:SS; a trailing + when some points have no estimate yet")
+    eta_note: str = field("", "how the ETA was estimated, and what it leaves out")
     mlflow_run_id: str | None = field(None, "the sweep's parent MLflow run")
     mlflow_run_status: TrackingState | None = field(
         None, "what the operator last set the parent MLflow run to (it ends with the sweep)"
