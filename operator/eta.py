@@ -110,7 +110,7 @@ def sweep_eta(points: Sequence[PointEta], slots: int, suspended: bool = False) -
     """When the sweep's last point should end, from now (see the module docstring)."""
     unfinished = [p for p in points if p.phase not in TERMINAL_RUN_PHASES]
     if not unfinished:
-        return SweepEta(0, clock(0), "every point has finished")
+        return SweepEta(None, None, "every point has finished")
     if suspended:
         return SweepEta(None, None, "the sweep is suspended")
     lengths: dict[str, list[tuple[float, float]]] = {}

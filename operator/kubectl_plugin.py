@@ -6,7 +6,8 @@ Installed as the console script `kubectl-sphinxx`, which kubectl finds on PATH:
     kubectl sphinxx resume sweep NAME [-n NS]    # every Failed point of the sweep
     kubectl sphinxx rollback trun NAME --to-step N [-n NS]   # newer checkpoints stop counting (kept);
                                                  # a Failed run resumes from N in the same MLflow run
-    kubectl sphinxx status SWEEP [-n NS]         # one row per point: phase, attempt, step, loss, checkpoint
+    kubectl sphinxx status SWEEP [-n NS]         # one row per point: phase, attempt, live step, loss,
+                                                 # tok/s, ETA, checkpoint; the sweep's ETA on top
     kubectl sphinxx logs TRUN [-n NS]            # the commands that show an attempt's logs
     kubectl sphinxx doctor [SWEEP_FILE] [-n NS]  # is this cluster ready for sweeps? PASS/WARN/FAIL
 
@@ -90,6 +91,31 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _sweep_line(name: str, st: dict[str, Any]) -> str:
+    """`sweep NAME: PHASE, S/T succeeded, R running, ETA H:MM:SS` (what `kubectl get sweep` shows)."""
+    counts, eta = st.get("counts") or {}, st.get("eta")
+    line = f"sweep {name}: {st.get('phase', 'Pending')}, {st.get('progress', '0/0')} succeeded"
+    line += f", {counts.get('running', 0)} running" if counts.get("running") else ""
+    return line + (f", ETA {eta}" if eta and st.get("phase") not in ("Succeeded", "Failed") else "")
+
+
+def _point_cells(point: dict[str, Any], live: dict[str, Any]) -> list[Any]:
+    """One point's row: the TrainingRun's own status (fresher than the roll-up) where it has one."""
+    checkpoint, progress = live.get("lastCheckpoint") or {}, live.get("progress") or {}
+    return [
+        point["name"],
+        point["model"],
+        point["dataFraction"],
+        live.get("phase", point.get("phase")),
+        live.get("attempt", point.get("attempt")),
+        progress.get("step", checkpoint.get("step", point.get("step"))),
+        progress.get("loss", (live.get("metrics") or {}).get("loss", point.get("loss"))),
+        progress.get("tokensPerSecond"),
+        progress.get("eta"),
+        checkpoint.get("uri", point.get("checkpoint")),
+    ]
+
+
 def cmd_status(kube: Any, namespace: str, args: argparse.Namespace) -> int:
     sweep = kube.get("scalingsweeps", namespace, args.name)
     if sweep is None:
@@ -100,26 +126,13 @@ def cmd_status(kube: Any, namespace: str, args: argparse.Namespace) -> int:
         r["metadata"]["name"]: r
         for r in kube.list("trainingruns", namespace, f"{names.LABEL_SWEEP}={args.name}")
     }
-    header = ["NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "CHECKPOINT"]
-    rows = []
-    for point in st.get("points") or []:
-        live = (runs.get(point["name"]) or {}).get("status") or {}  # fresher than the roll-up
-        checkpoint = live.get("lastCheckpoint") or {}
-        rows.append(
-            [
-                point["name"],
-                point["model"],
-                point["dataFraction"],
-                live.get("phase", point.get("phase")),
-                live.get("attempt", point.get("attempt")),
-                checkpoint.get("step", point.get("step")),
-                (live.get("metrics") or {}).get("loss", point.get("loss")),
-                checkpoint.get("uri", point.get("checkpoint")),
-            ]
-        )
+    header = ["NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "TOK/S", "ETA", "CHECKPOINT"]
+    rows = [
+        _point_cells(point, (runs.get(point["name"]) or {}).get("status") or {}) for point in st["points"]
+    ]
     table = [header] + [[_cell(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    print(f"sweep {args.name}: {st.get('phase', 'Pending')}, {st.get('progress', '0/0')} succeeded")
+    print(_sweep_line(args.name, st))
     for row in table:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
@@ -196,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the operator's answer (0: none)",
     )
     rollback.set_defaults(func=cmd_rollback)
-    status = sub.add_parser("status", help="a sweep's points: phase, attempt, step, loss, checkpoint")
+    status = sub.add_parser("status", help="a sweep's points: phase, step, loss, tok/s, ETA, checkpoint")
     status.add_argument("name")
     status.set_defaults(func=cmd_status)
     logs = sub.add_parser("logs", help="where to find the logs of a run's attempts")

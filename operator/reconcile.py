@@ -27,7 +27,7 @@ from sphinxx.schema.admission import AdmittedRun, admit_run
 from sphinxx.schema.fields import SchemaError
 from sphinxx.schema.progress import Reading, read_record
 from sphinxx.schema.resources import TrainingRunSpec
-from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
+from sphinxx.schema.run import RunConfig, StorageConfig, TrainConfig, to_yaml
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
     ConditionType,
@@ -328,7 +328,7 @@ def _observe_run(
         rollback=rollback,
         inputs=_preflight(cfg, old, run.rayjob, spec, settings),
         max_preemptions=cfg.parallel.max_preemptions,
-        progress=_read_progress(cfg, run.run_id, old.attempt, job, settings, now),
+        progress=_read_progress(cfg.storage, cfg.train, run.run_id, old.attempt, job, settings, now),
     )
 
 
@@ -336,7 +336,13 @@ _progress_reads: dict[str, float] = {}  # run id -> when its progress record was
 
 
 def _read_progress(
-    cfg: RunConfig, run_id: str, attempt: int, job: status.JobView, settings: Settings, now: float
+    storage: StorageConfig,
+    train: TrainConfig,
+    run_id: str,
+    attempt: int,
+    job: status.JobView,
+    settings: Settings,
+    now: float,
 ) -> Reading | None:
     """The job's progress record, judged (sphinxx.schema.progress); None when not due this pass.
 
@@ -349,13 +355,12 @@ def _read_progress(
             _progress_reads.pop(run_id, None)
         return None
     _progress_reads[run_id] = now
-    storage = cfg.storage
     try:
         data, uri = checkpoints.read_progress(storage.uri, run_id, storage.endpoint_url)
     except Exception as err:  # storage outages must not stop status updates; the next read retries
         return Reading(None, "Unreadable", f"progress record of {run_id} not read: {err}")
-    max_age = max(settings.progress_stale, 3 * cfg.train.progress_seconds)
-    return read_record(data, uri, run_id, attempt, now, max_age, cfg.train.log_interval)
+    max_age = max(settings.progress_stale, 3 * train.progress_seconds)
+    return read_record(data, uri, run_id, attempt, now, max_age, train.log_interval)
 
 
 def _act_on_run(

@@ -133,11 +133,16 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     assert done["counts"]["succeeded"] == 4 and done["progress"] == "4/4" and len(done["points"]) == 4
 
     table = cluster.kube.kubectl("get", "sweep", "grid", "-n", cluster.ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "DONE", "QUEUED", "RUNNING", "FAILED", "AGE"]
-    assert table[1].split()[:5] == ["grid", "Succeeded", "4/4", "0", "0"]
+    assert table[0].split() == ["NAME", "PHASE", "DONE", "QUEUED", "RUNNING", "FAILED", "ETA", "AGE"]
+    assert table[1].split()[:7] == ["grid", "Succeeded", "4/4", "0", "0", "0", "<none>"]
     runs_table = cluster.kube.kubectl("get", "trun", "-n", cluster.ns).stdout.splitlines()
-    assert runs_table[0].split() == ["NAME", "PHASE", "MODEL", "DATA", "STEP", "LOSS", "ATTEMPT", "AGE"]
-    assert runs_table[1].split()[:4] == ["grid-debug-d100", "Succeeded", "debug", "1"]
+    assert runs_table[0].split() == [
+        "NAME", "PHASE", "MODEL", "DATA", "STEP", "LOSS", "TOK/S", "MFU", "ETA", "CKPT", "ATTEMPT", "AGE"
+    ]  # fmt: skip
+    # No progress record: Step and Loss are the committed checkpoint's; no rate, no ETA once it ended.
+    assert runs_table[1].split()[:11] == [
+        "grid-debug-d100", "Succeeded", "debug", "1", "10", "2.7", "<none>", "<none>", "<none>", "10", "1"
+    ]  # fmt: skip
     reasons = {reason for _, reason, _ in cluster.events("grid-debug-d50")}
     assert {"AttemptCreated", "Succeeded"} <= reasons
     law = wait_for(
@@ -149,10 +154,13 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     out = _plugin(cluster, "status", "grid", "-n", cluster.ns)
     lines = out.splitlines()
     assert lines[0] == "sweep grid: Succeeded, 4/4 succeeded"
-    assert lines[1].split() == ["NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "CHECKPOINT"]
+    assert lines[1].split() == [
+        "NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "TOK/S", "ETA", "CHECKPOINT"
+    ]  # fmt: skip
     row = next(line.split() for line in lines if line.startswith("grid-debug-moe-d100"))
-    assert row[:7] == ["grid-debug-moe-d100", "debug-moe", "1", "Succeeded", "1", "10", "2.2"]
-    assert row[7].endswith("/checkpoints/step-000000010")
+    # No job wrote a progress record here: the step and loss are the committed checkpoint's.
+    assert row[:9] == ["grid-debug-moe-d100", "debug-moe", "1", "Succeeded", "1", "10", "2.2", "-", "-"]
+    assert row[9].endswith("/checkpoints/step-000000010")
 
 
 def _plugin(cluster: Cluster, *args: str) -> str:

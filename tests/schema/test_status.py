@@ -15,7 +15,7 @@ from sphinxx.schema.status import (
 )
 
 # Every condition type the operator writes, as the CRs' status shows it (docs/architecture.md,
-# "Custom resources"; docs/operator.md, "Pre-flight checks", "MLflow parent and child runs").
+# "Custom resources"; docs/operator.md, "Pre-flight checks", "MLflow parent and child runs", "Live progress").
 CONDITION_TYPES = {
     "READY": "Ready",
     "RUNNING": "Running",
@@ -29,6 +29,7 @@ CONDITION_TYPES = {
     "BLOCKED": "Blocked",
     "TRACKING_READY": "TrackingReady",
     "PREEMPTED": "Preempted",
+    "PROGRESS_REPORTED": "ProgressReported",
 }
 
 

@@ -18,7 +18,12 @@ from pathlib import Path
 from .kube import KubeServer
 from .process import ServerProcess, free_port, http_ok, venv_bin
 
-TEST_INTERVALS = {"SPHINXX_RUN_INTERVAL": "1", "SPHINXX_SWEEP_INTERVAL": "1", "SPHINXX_RETRY_DELAY": "1"}
+TEST_INTERVALS = {
+    "SPHINXX_RUN_INTERVAL": "1",
+    "SPHINXX_SWEEP_INTERVAL": "1",
+    "SPHINXX_RETRY_DELAY": "1",
+    "SPHINXX_PROGRESS_INTERVAL": "1",
+}
 # The specs of most operator tests name buckets that do not exist (s3://data/...): their operator
 # runs as one deployed without read access to the buckets. The pre-flight tests turn it on.
 TEST_PREFLIGHT = {"SPHINXX_PREFLIGHT": "0"}
