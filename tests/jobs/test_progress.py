@@ -87,3 +87,46 @@ def test_progress_line_says_when_the_peak_is_an_estimate() -> None:
     printer = ProgressPrinter(total_steps=10, every=10, stream=out, mfu_estimate=True)
     printer.maybe_print(10, {"loss": 1.0, "mfu": 0.031}, sec_per_step=1.0)
     assert "mfu~ 3.1% (est. peak)" in out.getvalue()
+
+
+class _Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_progress_record_is_written_when_due_and_read_back_by_the_operators_rules(tmp_path) -> None:
+    from sphinxx.jobs.progress import ProgressWriter
+    from sphinxx.schema.progress import read_record
+    from sphinxx.storage import CheckpointStore
+
+    store = CheckpointStore(f"file://{tmp_path}", "run-1")
+    clock = _Clock(1000.0)
+    writer = ProgressWriter(store, attempt=2, every_s=30, mfu_estimate=True, clock=clock)
+    metrics = {"loss": 2.5, "tokens_per_s": 900.0, "samples_per_s": 3.0, "mfu": 0.2, "tokens_seen": 4e3}
+    assert writer.maybe_write(10, 100, metrics, 0.5)  # the first logged step always writes
+    clock.t += 10
+    assert not writer.maybe_write(11, 100, {**metrics, "loss": 2.4}, 0.5)  # 10 s < 30 s
+    assert writer.maybe_write(12, 100, {**metrics, "loss": 2.3}, 0.5, force=True)  # a commit
+    clock.t += 30
+    assert writer.maybe_write(13, 100, {**metrics, "loss": 2.2}, 0.5)
+    reading = read_record(store.read_progress(), store.layout.progress, "run-1", 2, clock.t, 300)
+    r = reading.record
+    assert reading.reason == "Reported" and (r.step, r.total_steps, r.loss) == (13, 100, 2.2)
+    assert (r.tokens_per_s, r.mfu, r.mfu_estimate, r.seconds_per_step) == (900.0, 0.2, True, 0.5)
+    assert r.eta_seconds == (100 - 13) * 0.5 and r.time == clock.t and r.attempt == 2
+
+
+def test_a_failed_progress_write_never_stops_training(tmp_path, capsys) -> None:
+    from sphinxx.jobs.progress import ProgressWriter
+    from sphinxx.storage import CheckpointStore
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the run root should be")
+    writer = ProgressWriter(CheckpointStore(f"file://{blocker}", "run-1"), attempt=1, every_s=0)
+    assert not writer.maybe_write(1, 10, {"loss": 1.0}, 1.0)
+    assert not writer.maybe_write(2, 10, {"loss": 1.0}, 1.0)
+    err = capsys.readouterr().err
+    assert err.count("progress record not written") == 1  # said once, not at every step
