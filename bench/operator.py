@@ -3,6 +3,7 @@
     .venv/bin/python bench/operator.py                  # 4 models x 250 data fractions
     .venv/bin/python bench/operator.py --fractions 25   # 100 points, a quick look
     .venv/bin/python bench/operator.py --mlflow         # the same with MLflow on, vs. without
+    .venv/bin/python bench/operator.py --live           # every point running: the live status's cost
 
 Starts kmock and `sphinxx operator run` (as processes, as in the tests), applies one sweep with no
 `maxParallelRuns` limit, and prints JSON lines:
@@ -28,6 +29,17 @@ mode adds the seconds until every point's status names its MLflow run, the MLflo
 endpoint (from the server's access log), the child runs found under the parent (one per point),
 and ratios against the baseline (`"baseline": "no MLflow"`): time to all RayJobs, peak memory,
 status PATCHes.
+
+`--live` (bench/operator_live.py) measures what the live status costs (docs/operator.md, "Live
+progress"): checkpoints and progress records on a moto S3 server with its request recorder on,
+every RayJob set Running (the bench stands in for KubeRay), and every point's job standing in as
+a thread that overwrites its `progress.json` every `--write-interval` seconds (the job's default
+`train.progress_seconds`). It prints, per minute over a `--live-window` of steady training: the
+API requests by verb, the status PATCHes of TrainingRuns and of the sweep, and the operator's S3
+requests split into progress-record GETs and the checkpoint reads it made before this feature
+(the baseline: `progress_vs_checkpoint_reads` is the ratio, measured in the same window); how old
+each point's `status.progress` is at the end; then the same counts over a `--quiet-window` after
+the writers stop and every status shows the last record (nothing changes: no PATCH).
 """
 
 from __future__ import annotations
@@ -46,6 +58,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # for tests.services; last, so our operator/ never shadows the stdlib module
+
+from operator_live import live  # noqa: E402 - bench/operator_live.py, beside this script
 
 from tests.services.kube import start_kube  # noqa: E402
 from tests.services.mlflow_server import start_mlflow  # noqa: E402
@@ -291,7 +305,14 @@ def main() -> int:
     parser.add_argument("--mlflow", action="store_true", help="measure with MLflow on, against the baseline")
     parser.add_argument("--tracking-uri", help="--mlflow: a running MLflow server (default: start one)")
     parser.add_argument("--mlflow-log", type=Path, help="--mlflow: that server's log (for its request count)")
+    parser.add_argument("--live", action="store_true", help="running points with progress records")
+    parser.add_argument("--write-interval", type=float, default=30, help="--live: seconds between records")
+    parser.add_argument("--progress-interval", type=float, default=45, help="--live: the operator's")
+    parser.add_argument("--run-interval", type=float, default=15, help="--live: the operator's timer")
+    parser.add_argument("--live-window", type=float, default=120, help="--live: seconds measured")
     args = parser.parse_args()
+    if args.live:
+        return live(args, emit, wait_until, MODELS)
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     try:
         if args.mlflow:

@@ -59,6 +59,9 @@ class Scenario:
     tracking_uri: str
     s3_env: dict[str, str]
     kill_time: float = 0.0
+    live: list[dict[str, Any]] = field(default_factory=list)  # KILLED's status.progress before the kill
+    sweep_etas: list[str] = field(default_factory=list)  # the sweep's ETA column meanwhile
+    plugin_status: str = ""  # `kubectl sphinxx status tiny` once a point and the sweep show progress
     committed_before_kill: list[int] = field(default_factory=list)
     killed_rayjob: str = ""
     phase_at_restart: str = ""
@@ -178,6 +181,27 @@ class LocalRun:
         return self.second
 
 
+def _watch_live(kube, ns: str, sc: Scenario) -> None:
+    """Note what `kubectl get` shows of the live status while the first attempt of KILLED trains."""
+    run = _status(kube, "trun", KILLED, ns)
+    if run.get("progress") and "lastCheckpoint" not in run:
+        sc.live.append(run["progress"])
+    eta = _status(kube, "sweep", SWEEP, ns).get("eta")
+    if eta:
+        sc.sweep_etas.append(eta)
+    if sc.live and sc.sweep_etas and not sc.plugin_status:
+        sc.plugin_status = _plugin_status(kube, ns)
+
+
+def _plugin_status(kube, ns: str) -> str:
+    """`kubectl sphinxx status tiny`: kubectl finds the plugin on PATH, as a user's kubectl would."""
+    env = {**os.environ, **kube.env, "PATH": f"{Path(_bin('kubectl-sphinxx')).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["kubectl", "sphinxx", "status", SWEEP, "-n", ns], env=env, capture_output=True, text=True
+    )
+    return out.stdout + out.stderr
+
+
 @pytest.fixture(scope="module")
 def scenario(
     kube,
@@ -200,7 +224,10 @@ def scenario(
         s3_server.env,
     )
     manifest = tmp_path_factory.mktemp("sweep") / "tiny.yaml"
-    manifest.write_text(yaml.safe_dump(cluster_sweep(TINY_SWEEP, synth_on_s3, sc.storage_prefix)))
+    sweep = cluster_sweep(TINY_SWEEP, synth_on_s3, sc.storage_prefix)
+    # A record at every logged step, and the first commit at step 6: steps 1-5 show only live.
+    sweep["spec"]["base"]["train"].update(progress_seconds=0, checkpoint_interval=6)
+    manifest.write_text(yaml.safe_dump(sweep))
     kube.kubectl("apply", "-n", ns, "-f", str(manifest))
     sc.manifest = str(manifest)
     # (d) The laptop run of the same file, beside the cluster's (checked by the last test).
@@ -222,6 +249,7 @@ def _cluster_scenario(
     s3 = s3_server.client()
 
     def first_commit() -> bool:
+        _watch_live(kube, ns, sc)
         jobs = [j for j in _rayjobs(kube, ns, KILLED) if _attempt(j) == 1]
         running = jobs and (jobs[0].get("status") or {}).get("jobStatus") == "RUNNING"
         return bool(running and _committed_steps(s3, e2e_bucket, run_id))
@@ -364,6 +392,45 @@ def _check_fit(fit: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         coefficient = math.exp(y.mean() - slope * x.mean())
         assert by_axis[axis]["slope"] == pytest.approx(-slope, rel=1e-6, abs=1e-9), axis
         assert by_axis[axis]["coefficient"] == pytest.approx(coefficient, rel=1e-6), axis
+
+
+def test_a_running_points_status_moves_with_an_eta_before_its_first_checkpoint(scenario: Scenario) -> None:
+    """While attempt 1 of KILLED trained toward its first commit (step 6), `kubectl get trun` showed its
+    step moving, with a loss, a rate and an ETA, from the progress record its rank 0 writes; the
+    sweep showed an ETA, and `kubectl sphinxx status` the same figures."""
+    first_commit = scenario.committed_before_kill[0]
+    steps = sorted({p["step"] for p in scenario.live})
+    assert len(steps) >= 2 and steps[-1] < first_commit, (steps, first_commit)  # it moved, before a commit
+    for p in scenario.live:
+        assert p["totalSteps"] > p["step"] > 0 and p["tokensPerSecond"] > 0 and math.isfinite(p["loss"])
+        assert p["etaSeconds"] > 0 and re.fullmatch(r"\d+:\d\d:\d\d", p["eta"]) and p["attempt"] == 1
+    # The ETA is what is left at the job's own pace: (total - step) x seconds per step.
+    last = scenario.live[-1]
+    assert last["etaSeconds"] == pytest.approx(
+        (last["totalSteps"] - last["step"]) * last["secondsPerStep"], abs=2
+    )
+    assert scenario.sweep_etas and all(re.fullmatch(r"\d+:\d\d:00\+?", e) for e in scenario.sweep_etas)
+    lines = scenario.plugin_status.splitlines()
+    assert lines[0].startswith(f"sweep {SWEEP}: Running, 0/4 succeeded, ") and ", ETA " in lines[0], lines
+    assert lines[1].split() == [
+        "NAME",
+        "MODEL",
+        "DATA",
+        "PHASE",
+        "ATTEMPT",
+        "STEP",
+        "LOSS",
+        "TOK/S",
+        "ETA",
+        "CHECKPOINT",
+    ]
+    row = next(line.split() for line in lines if line.startswith(KILLED))
+    assert (
+        row[3] == "Running"
+        and int(row[5]) >= 1
+        and float(row[7]) > 0
+        and re.fullmatch(r"\d+:\d\d:\d\d", row[8])
+    )
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(scenario: Scenario, kube, kuberay) -> None:

@@ -9,6 +9,7 @@ micro-batches of accumulation, loss normalised by the global target count).
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import replace
 
 import pytest
@@ -126,3 +127,12 @@ def test_every_checkpoint_commits_the_scaling_law_inputs(tmp_path, synth, mlflow
         out["scaling"],
         out["trainable"],
     )
+    # Rank 0's progress record (the operator's live status) ends at the last step, written at its commit.
+    from sphinxx.schema.progress import read_record
+
+    reading = read_record(store.read_progress(), store.layout.progress, "fit-inputs", 0, time.time(), 300)
+    record = reading.record
+    assert reading.reason == "Reported", reading.message
+    assert (record.step, record.total_steps, record.eta_seconds) == (4, 4, 0.0)
+    assert record.tokens_seen == out["final"]["tokens_seen"] and record.tokens_per_s > 0
+    assert record.loss == pytest.approx(out["final"]["loss"])

@@ -134,14 +134,22 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
 
     table = cluster.kube.kubectl("get", "sweep", "grid", "-n", cluster.ns).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "DONE", "QUEUED", "RUNNING", "FAILED", "ETA", "AGE"]
-    assert table[1].split()[:7] == ["grid", "Succeeded", "4/4", "0", "0", "0", "<none>"]
+    sweep_row = _rows(table)[0]
+    assert [sweep_row[k] for k in ("NAME", "PHASE", "DONE", "RUNNING", "ETA")] == [
+        "grid",
+        "Succeeded",
+        "4/4",
+        "0",
+        "",
+    ]
     runs_table = cluster.kube.kubectl("get", "trun", "-n", cluster.ns).stdout.splitlines()
     assert runs_table[0].split() == [
         "NAME", "PHASE", "MODEL", "DATA", "STEP", "LOSS", "TOK/S", "MFU", "ETA", "CKPT", "ATTEMPT", "AGE"
     ]  # fmt: skip
     # No progress record: Step and Loss are the committed checkpoint's; no rate, no ETA once it ended.
-    assert runs_table[1].split()[:11] == [
-        "grid-debug-d100", "Succeeded", "debug", "1", "10", "2.7", "<none>", "<none>", "<none>", "10", "1"
+    row = _rows(runs_table)[0]
+    assert [row[k] for k in ("NAME", "PHASE", "STEP", "LOSS", "TOK/S", "ETA", "CKPT")] == [
+        "grid-debug-d100", "Succeeded", "10", "2.7", "", "", "10"
     ]  # fmt: skip
     reasons = {reason for _, reason, _ in cluster.events("grid-debug-d50")}
     assert {"AttemptCreated", "Succeeded"} <= reasons
@@ -161,6 +169,16 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     # No job wrote a progress record here: the step and loss are the committed checkpoint's.
     assert row[:9] == ["grid-debug-moe-d100", "debug-moe", "1", "Succeeded", "1", "10", "2.2", "-", "-"]
     assert row[9].endswith("/checkpoints/step-000000010")
+
+
+def _rows(lines: list[str]) -> list[dict[str, str]]:
+    """`kubectl get`'s table as dicts, cut at the header's column starts (an empty cell stays empty)."""
+    import re
+
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    names = lines[0].split()
+    cut = [*starts[1:], None]
+    return [{n: line[a:b].strip() for n, a, b in zip(names, starts, cut, strict=True)} for line in lines[1:]]
 
 
 def _plugin(cluster: Cluster, *args: str) -> str:
@@ -271,6 +289,67 @@ def test_worker_bounds_edit_patches_the_raycluster(operator_server, cluster, tmp
     workers = cluster.status("trainingruns", "elastic")["workers"]
     assert st and workers == {"min": 1, "max": 4, "desired": 1, "available": 1, "ready": 1}
     assert list(_attempts(cluster, "elastic")) == [1]  # no restart
+
+
+def test_a_running_attempts_progress_record_shows_live_in_status_without_idle_writes(
+    operator_server, cluster, tmp_path
+) -> None:
+    """What the job's rank 0 writes next to its checkpoints reaches `kubectl get trun` before any commit;
+    an unchanged record costs no status write, and a malformed one is ignored with a reason."""
+    import time
+
+    from sphinxx.schema.progress import ProgressRecord, encode
+    from sphinxx.storage import CheckpointStore
+
+    cluster.kube.apply(_run("live", f"file://{tmp_path}"), cluster.ns)
+    rayjob = wait_for(lambda: _attempts(cluster, "live").get(1))
+    run_id = wait_for(lambda: cluster.status("trainingruns", "live").get("runId"))
+    cluster.drive(rayjob, jobDeploymentStatus="Running", jobStatus="RUNNING", startTime=now_iso())
+    store = CheckpointStore(f"file://{tmp_path}", run_id)
+
+    def report(step: int) -> None:  # what the job's ProgressWriter writes, 2 s a step, 100 steps
+        store.write_progress(encode(ProgressRecord(
+            run_id=run_id, attempt=1, step=step, total_steps=100, loss=3.0 - step / 100, tokens_per_s=2048.0,
+            mfu=0.25, seconds_per_step=2.0, eta_seconds=(100 - step) * 2.0, time=time.time(),
+        )))  # fmt: skip
+
+    report(5)
+    live = wait_for(
+        lambda: cluster.status("trainingruns", "live").get("progress", {}).get("step") == 5 and True
+    )
+    st = cluster.status("trainingruns", "live")
+    assert live and st["phase"] == "Running" and "lastCheckpoint" not in st  # before any checkpoint
+    assert (st["progress"]["eta"], st["progress"]["etaSeconds"], st["progress"]["loss"]) == (
+        "0:03:10",
+        190,
+        2.95,
+    )
+    reported = next(c for c in st["conditions"] if c["type"] == "ProgressReported")
+    assert (reported["status"], reported["reason"]) == ("True", "Reported")
+    row = _rows(cluster.kube.kubectl("get", "trun", "live", "-n", cluster.ns).stdout.splitlines())[0]
+    assert [row[k] for k in ("PHASE", "STEP", "LOSS", "TOK/S", "MFU", "ETA", "CKPT")] == [
+        "Running", "5", "2.95", "2048", "0.25", "0:03:10", ""
+    ]  # fmt: skip
+    report(9)
+    wait_for(lambda: cluster.status("trainingruns", "live")["progress"]["step"] == 9, what="step 9")
+
+    # Nothing changes: the operator keeps reading (once a second here) but writes no status.
+    key = ("PATCH", "trainingruns", "status")
+    before = cluster.kube.request_totals().get(key, 0)
+    time.sleep(3)
+    assert cluster.kube.request_totals().get(key, 0) == before
+
+    store.write_progress(b'{"format_version": 1, "run_id": "%s", "step": "ten"}' % run_id.encode())
+    bad = wait_for(
+        lambda: next(
+            (c for c in cluster.status("trainingruns", "live")["conditions"]
+             if c["type"] == "ProgressReported" and c["status"] == "False"), None,
+        ), what="ProgressReported=False",
+    )  # fmt: skip
+    assert bad["reason"] == "Malformed" and "progress.json.step" in bad["message"]
+    progress = cluster.status("trainingruns", "live")["progress"]
+    assert progress["step"] == 9 and "eta" not in progress  # the last figures stay; no ETA from them
+    assert cluster.status("trainingruns", "live")["phase"] == "Running"
 
 
 def test_suspend_and_resume_toggle_the_rayjob(operator_server, cluster, tmp_path) -> None:

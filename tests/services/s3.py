@@ -55,11 +55,12 @@ def _boto_kwargs() -> dict[str, str]:
     }
 
 
-def start_s3(log_dir: Path) -> S3Server:
+def start_s3(log_dir: Path, env: dict[str, str] | None = None) -> S3Server:
+    """moto on a free port; `env` reaches moto itself (bench/operator.py --live turns its request
+    recorder on with MOTO_ENABLE_RECORDING and MOTO_RECORDER_FILEPATH)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = ServerProcess(
-        "moto_server", [venv_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_dir / "moto.log"
-    )
+    argv = [venv_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    process = ServerProcess("moto_server", argv, log_dir / "moto.log", env=env)
     process.start(lambda: http_ok(url + "/moto-api/"))
     return S3Server(endpoint_url=url, process=process)
