@@ -47,6 +47,7 @@ class Jobs:
         self.s3, self.bucket, self.run_ids, self.every = s3, bucket, run_ids, every
         self.stop = threading.Event()
         self.started = time.time()
+        self.last_step = 0  # of the last round that reached every run
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def step(self) -> int:
@@ -61,6 +62,7 @@ class Jobs:
             while not self.stop.is_set():
                 begun, step = time.monotonic(), self.step()
                 list(pool.map(self._put, self.run_ids, [step] * len(self.run_ids)))
+                self.last_step = step
                 self.stop.wait(max(0.0, self.every - (time.monotonic() - begun)))
 
 
@@ -97,6 +99,12 @@ def _ages(api: Any) -> list[float]:
         stamp = ((run.get("status") or {}).get("progress") or {}).get("updatedAt")
         ages.append(now - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else 1e9)
     return ages
+
+
+def _steps(api: Any) -> set[int | None]:
+    """The live steps the points' statuses show."""
+    runs = api.list_namespaced_custom_object("sphinxx.dev", "v1alpha1", NS, "trainingruns")["items"]
+    return {((r.get("status") or {}).get("progress") or {}).get("step") for r in runs}
 
 
 def _start(workdir: Path, args: Any) -> tuple[Any, Any, Any, Path]:
@@ -173,7 +181,8 @@ def live(args: Any, emit: Any, wait_until: Any, models: list[str]) -> int:
 
         jobs.stop.set()
         jobs.thread.join()
-        time.sleep(args.progress_interval + args.run_interval)  # the last records reach status
+        final = jobs.last_step  # every point's status shows its last record: from here nothing changes
+        wait_until(lambda: _steps(api) == {final}, 4 * (args.progress_interval + args.run_interval) + 60)
         _recorded(s3.endpoint_url, recording)
         before = kube.request_totals()
         time.sleep(args.quiet_window)
