@@ -32,7 +32,13 @@ def _quoted(page: str, pattern: str) -> tuple[str, ...]:
     return match.groups()
 
 
+def _metric(name: str, metric: str) -> dict:
+    rows = [json.loads(line) for line in (ROOT / "bench" / "results" / name).read_text().splitlines() if line]
+    return next(r for r in rows if r.get("metric") == metric)
+
+
 MOE = "gpu_moe_h200.jsonl"
+LIVE = "operator_live_100.jsonl"
 
 
 def _speedup(name: str, flavor: str) -> float:
@@ -68,6 +74,21 @@ CHECKS = {
             f"{_summary('gpu_moe_local_h200.jsonl')['speedup_median']:.2f}",
             f"{_summary(MOE)['speedup_over_transformers_eager']['ours-megablocks-dmoe']:.2f}",
             f"{_summary(MOE)['speedup_over_transformers_eager']['transformers-grouped_mm']:.2f}",
+        ),
+    ),
+    "docs/operator.md: live status cost": (
+        "docs/operator.md",
+        r"the operator sent ([\d.]+) status PATCHes a minute while the records moved and (\d+) once they "
+        r"stopped, and made (\d+) progress-record GETs a minute, ([\d.]+) times the (\d+) checkpoint reads "
+        r"a minute it already makes; the oldest `status.progress` was ([\d.]+) s old \(median ([\d.]+) s\)",
+        lambda: (
+            f"{_metric(LIVE, 'live_status_patches')['value']:g}",
+            f"{_metric(LIVE, 'quiet_status_patches')['value']:g}",
+            f"{_metric(LIVE, 'live_s3_reads')['by_kind']['progress_get']:g}",
+            f"{_metric(LIVE, 'progress_vs_checkpoint_reads')['value']:g}",
+            f"{_metric(LIVE, 'live_s3_reads')['by_kind']['other_get']:g}",
+            f"{_metric(LIVE, 'status_progress_age_max')['value']:.1f}",
+            f"{_metric(LIVE, 'status_progress_age_max')['median']:.1f}",
         ),
     ),
 }
