@@ -128,7 +128,8 @@ def cmd_status(kube: Any, namespace: str, args: argparse.Namespace) -> int:
     }
     header = ["NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "TOK/S", "ETA", "CHECKPOINT"]
     rows = [
-        _point_cells(point, (runs.get(point["name"]) or {}).get("status") or {}) for point in st["points"]
+        _point_cells(point, (runs.get(point["name"]) or {}).get("status") or {})
+        for point in st.get("points") or []  # none before the operator's first roll-up
     ]
     table = [header] + [[_cell(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]

@@ -118,7 +118,17 @@ def test_every_checkpoint_commits_the_scaling_law_inputs(tmp_path, synth, mlflow
     for info in committed:
         metrics = dict(store.get(info.step).manifest.metrics)
         estimate = {"estimate_memory_per_rank_gib", "estimate_flops", "estimate_gpu_hours"}
-        assert set(metrics) == {"loss", "tokens_seen", "num_params", "num_params_total", "mfu", *estimate}
+        stops = {"preemptions", "resizes"}  # planned stops so far, carried across attempts
+        assert set(metrics) == {
+            "loss",
+            "tokens_seen",
+            "num_params",
+            "num_params_total",
+            "mfu",
+            *estimate,
+            *stops,
+        }
+        assert (metrics["preemptions"], metrics["resizes"]) == (0, 0)  # an uninterrupted run
         assert metrics["estimate_memory_per_rank_gib"] > 0 and metrics["estimate_gpu_hours"] > 0
         assert metrics["num_params"] == out["scaling"] < metrics["num_params_total"] == out["trainable"]
         tokens.append(metrics["tokens_seen"])
