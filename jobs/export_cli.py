@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,31 +54,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from sphinxx.jobs.export import export_checkpoint
-    from sphinxx.storage import StorageError, StorageOptions
-    from sphinxx.storage.cli import client_failure, storage_error_line
+    from sphinxx.storage import StorageOptions
+    from sphinxx.storage.cli import at_boundary
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
     options = StorageOptions(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
-    try:
+
+    def export() -> int:
         summary = export_checkpoint(
             args.checkpoint, args.out, step=args.step, options=options, tokenizer=args.tokenizer,
             with_tokenizer=not args.no_tokenizer, dtype=dtype,
             max_shard_bytes=int(args.max_shard_size * 2**30),
         )  # fmt: skip
-    except StorageError as err:
-        print(storage_error_line(err, args.checkpoint, options.resolved_endpoint()), file=sys.stderr)
-        return 1
-    except ValueError as err:
-        print(f"error: {args.checkpoint}: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the CLI's boundary: client failures become one line, bugs re-raise
-        message = client_failure(err, options.resolved_endpoint())
-        if message is None:
-            raise
-        print(f"error: {args.checkpoint}: {message}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(summary, sort_keys=True))
-    else:
-        print(summary["out"])
-    return 0
+        print(json.dumps(summary, sort_keys=True) if args.json else summary["out"])
+        return 0
+
+    return at_boundary(export, args.checkpoint, options.resolved_endpoint())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,27 +58,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     # torch, transformers and the storage client load when the command runs, not at `sphinxx --help`.
-    from sphinxx.storage import StorageError, StorageOptions
-    from sphinxx.storage.cli import client_failure, storage_error_line
+    from sphinxx.storage import StorageOptions
+    from sphinxx.storage.cli import at_boundary
 
     options = StorageOptions(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
-    try:
-        results = _run(args, options)
-    except StorageError as err:
-        print(storage_error_line(err, args.checkpoint, options.resolved_endpoint()), file=sys.stderr)
-        return 1
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the CLI's boundary: client failures become one line, bugs re-raise
-        message = client_failure(err, options.resolved_endpoint())
-        if message is None:
-            raise
-        print(f"error: {args.checkpoint}: {message}", file=sys.stderr)
-        return 1
-    for result in results:
-        print(json.dumps(result, sort_keys=True) if args.json else result["answer"])
-    return 0
+
+    def generate() -> int:
+        for result in _run(args, options):
+            print(json.dumps(result, sort_keys=True) if args.json else result["answer"])
+        return 0
+
+    # a ValueError is about the requests (a prompt, an image, a JSONL line), not the checkpoint
+    return at_boundary(generate, args.checkpoint, options.resolved_endpoint(), name_uri=False)
 
 
 def _run(args: argparse.Namespace, options: StorageOptions) -> list[dict[str, Any]]:

@@ -141,7 +141,7 @@ def _command(
 
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
-        try:
+        def command() -> int:
             options = StorageOptions(
                 endpoint_url=args.endpoint_url,
                 region=args.region,
@@ -153,22 +153,32 @@ def _command(
             store = CheckpointStore(prefix, run_id, options=options)
             _check_run(store)
             return func(args, store, step)
-        except StorageError as err:
-            endpoint = StorageOptions(endpoint_url=args.endpoint_url).resolved_endpoint()
-            print(storage_error_line(err, args.uri, endpoint), file=sys.stderr)
-            return 1
-        except ValueError as err:
-            print(f"error: {args.uri}: {err}", file=sys.stderr)
-            return 2
-        except Exception as err:  # the CLI's boundary: client failures become one line, bugs re-raise
-            endpoint = StorageOptions(endpoint_url=args.endpoint_url).resolved_endpoint()
-            message = client_failure(err, endpoint)
-            if message is None:
-                raise
-            print(f"error: {args.uri}: {message}", file=sys.stderr)
-            return 1
+
+        endpoint = StorageOptions(endpoint_url=args.endpoint_url).resolved_endpoint()
+        return at_boundary(command, args.uri, endpoint)
 
     return run
+
+
+def at_boundary(command: Callable[[], int], uri: str, endpoint: str | None, *, name_uri: bool = True) -> int:
+    """A storage command's exit status, its failures said in one line on stderr: a StorageError or a
+    failure of the S3 client stack (credentials, connection) exits 1, bad input (ValueError) exits 2
+    (`error: URI: ...`, or `error: ...` with `name_uri=False` where the input is not the URI); any
+    other exception is a bug and re-raises."""
+    try:
+        return command()
+    except StorageError as err:
+        print(storage_error_line(err, uri, endpoint), file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"error: {uri}: {err}" if name_uri else f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the CLI's boundary: client failures become one line, bugs re-raise
+        message = client_failure(err, endpoint)
+        if message is None:
+            raise
+        print(f"error: {uri}: {message}", file=sys.stderr)
+        return 1
 
 
 def storage_error_line(err: BaseException, uri: str, endpoint: str | None) -> str:
