@@ -58,14 +58,8 @@ def put_conditionally(
 
 def create_local_once(path: str, data: bytes) -> None:
     """Atomic create-once on a POSIX disk: write a temp file, hard-link it into place."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=directory)
+    tmp = _write_beside(path, data, sync=True)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.link(tmp, path)  # fails with FileExistsError if someone got there first
     finally:
         os.unlink(tmp)
@@ -73,14 +67,27 @@ def create_local_once(path: str, data: bytes) -> None:
 
 def replace_local(path: str, data: bytes) -> None:
     """Atomic overwrite on a POSIX disk: write a temp file beside `path`, rename it over `path`."""
+    tmp = _write_beside(path, data, sync=False)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _write_beside(path: str, data: bytes, *, sync: bool) -> str:
+    """`data` in a new temp file in `path`'s folder (made if missing), flushed to disk if `sync`;
+    its name. Nothing is left behind if the write fails."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return tmp
