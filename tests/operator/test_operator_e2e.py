@@ -151,8 +151,10 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     assert [row[k] for k in ("NAME", "PHASE", "STEP", "LOSS", "TOK/S", "ETA", "CKPT")] == [
         "grid-debug-d100", "Succeeded", "10", "2.7", "", "", "10"
     ]  # fmt: skip
-    reasons = {reason for _, reason, _ in cluster.events("grid-debug-d50")}
-    assert {"AttemptCreated", "Succeeded"} <= reasons
+    wait_for(  # kopf posts events from its own queue, a moment after the status
+        lambda: {"AttemptCreated", "Succeeded"} <= {r for _, r, _ in cluster.events("grid-debug-d50")},
+        what="the point's AttemptCreated and Succeeded events",
+    )
     law = wait_for(
         lambda: cluster.status("scalingsweeps", "grid").get("scalingLaw"), what="the scaling-law fit"
     )

@@ -118,7 +118,11 @@ def test_an_mlflow_outage_is_a_condition_and_the_rayjob_gets_its_run_later(
             )
 
         assert wait_for(unreachable, what="TrackingReady=False")["reason"] == "MLflowUnreachable"
-        assert ("Warning", "MLflowUnreachable") in {(t, r) for t, r, _ in cluster.events("outage")}
+        # kopf posts events from its own queue, so the event may land just after the condition
+        wait_for(
+            lambda: ("Warning", "MLflowUnreachable") in {(t, r) for t, r, _ in cluster.events("outage")},
+            what="the MLflowUnreachable event",
+        )
         (job,) = wait_for(lambda: cluster.rayjobs("outage"), what="the RayJob, before any MLflow run")
         waiting = _config(cluster, "outage")["tracking"]
         assert waiting["await_run_id"] is True and waiting["mlflow_run_id"] is None
