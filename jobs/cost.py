@@ -28,16 +28,15 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
-
 from sphinxx.jobs.build import sphinx_args
 from sphinxx.jobs.data.loader import image_config
 from sphinxx.jobs.data.mixture import load_mixture
 from sphinxx.jobs.progress import GPU_BF16_DENSE_PEAKS
 from sphinxx.jobs.run_memory import run_memory, setup_from_run
 from sphinxx.model.anyres import SLOT_VIEW, AnyResConfig, image_slots, slot_tokens
+from sphinxx.model.flavors import meta_sphinx
 from sphinxx.model.info import flops, parameter_counts
-from sphinxx.model.sphinx import SphinxArgs, SphinxX
+from sphinxx.model.sphinx import SphinxArgs
 from sphinxx.schema.run import DataConfig, RunConfig, TrainConfig, run_decoder_args
 
 DEFAULT_GPU = "H100"
@@ -77,8 +76,7 @@ class UnitCosts:
 def unit_costs(args: SphinxArgs, layout: AnyResConfig, seq_len: int, images_per_sample: int = 1) -> UnitCosts:
     """Per-token, per-image-token and per-view FLOPs of model `args` (meta device) at `seq_len`,
     images laid out as the run's processor lays them out (`layout`)."""
-    with torch.device("meta"):
-        model = SphinxX(args)
+    model = meta_sphinx(args)
     cost = flops(model, parameter_counts(model), seq_len)
     slots = image_slots(100, 100, layout)
     image_tokens = min(images_per_sample * slot_tokens(slots), seq_len)

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from sphinxx.jobs.checkpoint.fragments import expert_layers, param_slots
 from sphinxx.jobs.engine import expert_parallel_size
 from sphinxx.jobs.progress import Peak, device_peak
+from sphinxx.model.flavors import meta_sphinx
 from sphinxx.model.info import flops, parameter_counts
-from sphinxx.model.sphinx import SphinxX
 
 
 @dataclass
@@ -216,8 +216,7 @@ class FlopModel:
 def flop_model(model: Any, device: str) -> FlopModel:
     """FLOPs per unit of work of `model` (a meta-device copy is counted, so this costs no memory)
     and the peak of `device`, the worker's (`cpu`, `cuda:0`)."""
-    with torch.device("meta"):
-        meta = SphinxX(model.args)
+    meta = meta_sphinx(model.args)
     counts = parameter_counts(meta)
     cost = flops(meta, counts, model.args.llm.max_seq_len)
     return FlopModel(

@@ -9,6 +9,7 @@ so the published sizes can be checked (and shown by `sphinxx model info`) withou
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from sphinxx.model.vision import VISION_PRESETS
 from sphinxx.schema.decoder import ModelArgs
 from sphinxx.schema.flavors import FLAVORS, decoder_args, resolve
 
-__all__ = ["FLAVORS", "build_sphinx", "count_params", "get_flavor", "get_sphinx_args"]
+__all__ = ["FLAVORS", "build_sphinx", "count_params", "get_flavor", "get_sphinx_args", "meta_sphinx"]
 
 
 def get_flavor(name: str, **overrides: Any) -> ModelArgs:
@@ -52,6 +53,29 @@ def build_sphinx(
         return SphinxX(args)
     with torch.device(device):
         return SphinxX(args)
+
+
+_META_MODELS: OrderedDict[str, SphinxX] = OrderedDict()
+_META_KEEP = 8
+
+
+def meta_sphinx(args: SphinxArgs) -> SphinxX:
+    """SphinxX `args` on the meta device, for counting (parameters, FLOPs, memory per rank).
+
+    Built once per distinct `args` in a process and shared by every caller (a worker's cost
+    estimate, its FLOP model and its memory estimate each count the same model; building even a
+    tiny one takes a second of CPU), so callers only read it. The last few are kept.
+    """
+    key = repr(args)
+    model = _META_MODELS.get(key)
+    if model is None:
+        with torch.device("meta"):
+            model = SphinxX(args)
+        _META_MODELS[key] = model
+        while len(_META_MODELS) > _META_KEEP:
+            _META_MODELS.popitem(last=False)
+    _META_MODELS.move_to_end(key)
+    return model
 
 
 def count_params(args: ModelArgs, active: bool = False) -> int:

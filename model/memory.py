@@ -59,8 +59,8 @@ from typing import Any
 
 import torch
 
-from sphinxx.model.flavors import get_sphinx_args
-from sphinxx.model.sphinx import SphinxArgs, SphinxX
+from sphinxx.model.flavors import get_sphinx_args, meta_sphinx
+from sphinxx.model.sphinx import SphinxArgs
 from sphinxx.schema.decoder import ModelArgs
 
 DEEPSPEED_REDUCE_BUCKET = 500_000_000  # elements: DeepSpeed's default zero_optimization.reduce_bucket_size
@@ -164,8 +164,7 @@ def memory_estimate(args: SphinxArgs, setup: TrainingSetup) -> dict[str, Any]:
         raise ValueError(f"ep_size {setup.ep_size} needs an MoE flavor")
     if llm.is_moe:
         llm = replace(llm, ep_size=setup.ep_size)
-    with torch.device("meta"):
-        model = SphinxX(replace(args, llm=llm))
+    model = meta_sphinx(replace(args, llm=llm))
     n = _split_params(model)
     g = PRECISION_BYTES[setup.precision]
     dp, edp = setup.world_size, setup.world_size // setup.ep_size

@@ -81,3 +81,18 @@ def test_get_flavor_errors_are_actionable() -> None:
         get_flavor("debug", hidden_size=10)
     with pytest.raises(ValueError, match="n_kv_heads"):
         get_flavor("debug", n_kv_heads=3)
+
+
+def test_meta_models_are_built_once_per_distinct_args_and_count_like_a_fresh_build() -> None:
+    from dataclasses import replace
+
+    from sphinxx.model.flavors import get_sphinx_args, meta_sphinx
+
+    args = get_sphinx_args("debug")
+    first = meta_sphinx(args)
+    assert meta_sphinx(get_sphinx_args("debug")) is first  # equal args: the same model
+    assert next(first.parameters()).device.type == "meta"
+    wider = meta_sphinx(replace(args, llm=replace(args.llm, dim=args.llm.dim * 2)))
+    assert wider is not first
+    assert parameter_counts(first) == parameter_counts(build_sphinx("debug", device="meta"))
+    assert parameter_counts(wider)["llm"] > parameter_counts(first)["llm"]

@@ -10,6 +10,11 @@ def start_ray(temp_dir: str) -> str:
     import ray
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Ray Train starts a PreemptionWatcher actor per worker group to hear of Ray node drains;
+    # this one-node Ray never drains a node (the job's own preemption path is SIGTERM, tested
+    # as such), and each watcher is one more process importing Ray (~2 CPU-s) per segment.
+    # Actors inherit the raylet's environment, which is this process's at ray.init.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     context = ray.init(
         num_cpus=4,  # logical CPUs: lets two training workers plus a driver task fit on 2 real cores
         include_dashboard=False,
