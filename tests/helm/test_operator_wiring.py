@@ -25,6 +25,15 @@ from .conftest import CHART_DIR, RELEASE, ROOT
 ALL_RUNTIME_VALUES = {
     "s3": {"bucket": "ml-ckpt", "endpointUrl": "http://minio.storage:9000", "credentialsSecret": "s3-creds"},
     "mlflow": {"trackingUri": "http://mlflow.mlflow:5000", "credentialsSecret": "mlflow-creds"},
+    "operator": {
+        "timing": {
+            "runInterval": 20,
+            "sweepInterval": 30,
+            "retryDelay": 60,
+            "progressInterval": 90,
+            "progressStale": 600,
+        }
+    },
     "runtime": {
         "image": "reg/sphinxx:1-gpu",
         "gpuNodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
@@ -124,3 +133,20 @@ def test_peering_lifetime_reaches_kopf(render, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("kopf.cli.main", lambda **_: None)
     operator_cli.cmd_run(args)
     assert Settings.from_env().peering_lifetime == 20
+
+
+def test_the_charts_timing_defaults_are_the_operators(render, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chart installed with its defaults runs the operator exactly as `Settings()` documents, and
+    each operator.timing value reaches the setting it names."""
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("SPHINXX_")})
+    container = render({}).one("Deployment", RELEASE)["spec"]["template"]["spec"]["containers"][0]
+    monkeypatch.setattr(
+        os, "environ", {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+    )
+    defaults, chart = Settings(), Settings.from_env()
+    fields = ("run_interval", "sweep_interval", "retry_delay", "progress_interval", "progress_stale")
+    assert [getattr(chart, f) for f in fields] == [getattr(defaults, f) for f in fields]
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("SPHINXX_")})
+    custom = {e["name"]: e["value"] for e in _container(render)["env"] if "value" in e}
+    monkeypatch.setattr(os, "environ", {**os.environ, **custom})
+    assert [getattr(Settings.from_env(), f) for f in fields] == [20, 30, 60, 90, 600]

@@ -24,6 +24,8 @@ BAD_VALUES = [
     ({"operator": {"logformat": "json"}}, "/operator", "'logformat' not allowed"),
     ({"operator": {"logFormat": "xml"}}, "/operator/logFormat", "json"),
     ({"operator": {"watchNamespaces": ["Team_A"]}}, "/operator/watchNamespaces/0", "pattern"),
+    ({"operator": {"timing": {"progressInterval": 0}}}, "/operator/timing/progressInterval", "minimum"),
+    ({"operator": {"timing": {"runinterval": 5}}}, "/operator/timing", "'runinterval' not allowed"),
     ({"s3": {"bucket": "s3://ml-ckpt"}}, "/s3/bucket", "pattern"),
     ({"s3": {"endpointUrl": "minio:9000"}}, "/s3/endpointUrl", "pattern"),
     ({"mlflow": {"trackingUri": "mlflow:5000"}}, "/mlflow/trackingUri", "pattern"),
