@@ -6,7 +6,8 @@ Installed as the console script `kubectl-sphinxx`, which kubectl finds on PATH:
     kubectl sphinxx resume sweep NAME [-n NS]    # every Failed point of the sweep
     kubectl sphinxx rollback trun NAME --to-step N [-n NS]   # newer checkpoints stop counting (kept);
                                                  # a Failed run resumes from N in the same MLflow run
-    kubectl sphinxx status SWEEP [-n NS]         # one row per point: phase, attempt, live step, loss,
+    kubectl sphinxx status SWEEP [-n NS]         # one row per point: phase, attempt, preemptions and
+                                                 # resizes, live step, loss,
                                                  # tok/s, ETA, checkpoint; the sweep's ETA on top
     kubectl sphinxx logs TRUN [-n NS]            # the commands that show an attempt's logs
     kubectl sphinxx doctor [SWEEP_FILE] [-n NS]  # is this cluster ready for sweeps? PASS/WARN/FAIL
@@ -108,6 +109,8 @@ def _point_cells(point: dict[str, Any], live: dict[str, Any]) -> list[Any]:
         point["dataFraction"],
         live.get("phase", point.get("phase")),
         live.get("attempt", point.get("attempt")),
+        live.get("preemptions", 0),  # each resumed from the step it committed, no retry spent
+        live.get("resizes", 0),  # each committed and restarted bigger
         progress.get("step", checkpoint.get("step", point.get("step"))),
         progress.get("loss", (live.get("metrics") or {}).get("loss", point.get("loss"))),
         progress.get("tokensPerSecond"),
@@ -126,7 +129,10 @@ def cmd_status(kube: Any, namespace: str, args: argparse.Namespace) -> int:
         r["metadata"]["name"]: r
         for r in kube.list("trainingruns", namespace, f"{names.LABEL_SWEEP}={args.name}")
     }
-    header = ["NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "TOK/S", "ETA", "CHECKPOINT"]
+    header = [
+        "NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "PREEMPTED", "RESIZED", "STEP", "LOSS", "TOK/S", "ETA",
+        "CHECKPOINT",
+    ]  # fmt: skip
     rows = [
         _point_cells(point, (runs.get(point["name"]) or {}).get("status") or {})
         for point in st.get("points") or []  # none before the operator's first roll-up

@@ -423,6 +423,8 @@ def test_a_running_points_status_moves_with_an_eta_before_its_first_checkpoint(s
         "DATA",
         "PHASE",
         "ATTEMPT",
+        "PREEMPTED",
+        "RESIZED",
         "STEP",
         "LOSS",
         "TOK/S",
@@ -432,9 +434,10 @@ def test_a_running_points_status_moves_with_an_eta_before_its_first_checkpoint(s
     row = next(line.split() for line in lines if line.startswith(KILLED))
     assert (
         row[3] == "Running"
-        and int(row[5]) >= 1
-        and float(row[7]) > 0
-        and re.fullmatch(r"\d+:\d\d:\d\d", row[8])
+        and row[5:7] == ["0", "0"]
+        and int(row[7]) >= 1
+        and float(row[9]) > 0
+        and re.fullmatch(r"\d+:\d\d:\d\d", row[10])
     )
 
 

@@ -165,12 +165,15 @@ def test_sweep_runs_points_smallest_first_within_max_parallel(operator_server, c
     lines = out.splitlines()
     assert lines[0] == "sweep grid: Succeeded, 4/4 succeeded"
     assert lines[1].split() == [
-        "NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "STEP", "LOSS", "TOK/S", "ETA", "CHECKPOINT"
+        "NAME", "MODEL", "DATA", "PHASE", "ATTEMPT", "PREEMPTED", "RESIZED", "STEP", "LOSS", "TOK/S", "ETA",
+        "CHECKPOINT",
     ]  # fmt: skip
     row = next(line.split() for line in lines if line.startswith("grid-debug-moe-d100"))
     # No job wrote a progress record here: the step and loss are the committed checkpoint's.
-    assert row[:9] == ["grid-debug-moe-d100", "debug-moe", "1", "Succeeded", "1", "10", "2.2", "-", "-"]
-    assert row[9].endswith("/checkpoints/step-000000010")
+    assert row[:11] == [
+        "grid-debug-moe-d100", "debug-moe", "1", "Succeeded", "1", "0", "0", "10", "2.2", "-", "-"
+    ]  # fmt: skip
+    assert row[11].endswith("/checkpoints/step-000000010")
 
 
 def _rows(lines: list[str]) -> list[dict[str, str]]:
