@@ -179,6 +179,36 @@ def progress_due(
     return last_read is None or now - last_read >= interval - slack
 
 
+def checkpoint_due(
+    outcome: Outcome,
+    last_read: float | None,
+    now: float,
+    interval: float,
+    slack: float,
+    reported_step: int | None,
+    known_step: int | None,
+    checkpoint_interval: int,
+) -> bool:
+    """Read the run's newest committed checkpoint in this pass? Pure.
+
+    Every pass while the attempt is not running (starting, ended: what comes next depends on the
+    commits). While it runs, at most once per `interval` seconds (less `slack`) - unless the
+    progress record just read (`reported_step`) is past the next `checkpoint_interval` boundary
+    after the newest commit the status shows (`known_step`), so a commit there may exist: then
+    now, and again each pass that reads such a record until the status shows it. A run commits
+    every `checkpoint_interval` steps; reading S3 on every 15 s tick of 1,000 running points
+    lists checkpoints for nothing.
+    """
+    if outcome != Outcome.RUNNING or last_read is None:
+        return True
+    if (
+        reported_step is not None
+        and reported_step >= ((known_step or 0) // checkpoint_interval + 1) * checkpoint_interval
+    ):
+        return True
+    return now - last_read >= interval - slack
+
+
 def _epoch_iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -310,6 +310,7 @@ def _observe_run(
     job = status.observe_rayjob(run.rayjob)
     rollback = _handle_rollback(obj, old, job, cfg.storage, run.run_id, run.tracking_uri, run.mlflow_run)
     started = old.attempt > 0 and old.phase not in TERMINAL_RUN_PHASES  # an attempt that may have committed
+    progress = _read_progress(cfg.storage, cfg.train, run.run_id, old.attempt, job, settings, now)
     return decide.RunObserved(
         generation=_generation(obj),
         policy=spec.failure_policy,
@@ -321,15 +322,43 @@ def _observe_run(
         job_suspended=bool(((run.rayjob or {}).get("spec") or {}).get("suspend")),
         admitted=decide.admitted(obj),
         resume_token=_annotations(obj).get(names.ANNOTATION_RESUME),
-        checkpoint=_latest(cfg.storage, run.run_id) if started else None,
+        checkpoint=_latest_when_due(cfg, run.run_id, old, job, progress, settings, now) if started else None,
         cluster_bounds=_cluster_bounds(kube, obj["metadata"]["namespace"], job),
         now=now,
         now_iso=now_iso,
         rollback=rollback,
         inputs=_preflight(cfg, old, run.rayjob, spec, settings),
         max_preemptions=cfg.parallel.max_preemptions,
-        progress=_read_progress(cfg.storage, cfg.train, run.run_id, old.attempt, job, settings, now),
+        progress=progress,
     )
+
+
+_checkpoint_reads: dict[str, float] = {}  # run id -> when its checkpoints were last read (epoch s)
+
+
+def _latest_when_due(
+    cfg: RunConfig,
+    run_id: str,
+    old: RunStatus,
+    job: status.JobView,
+    progress: Reading | None,
+    settings: Settings,
+    now: float,
+) -> decide.Checkpoint | None:
+    """The newest committed checkpoint, when `decide.checkpoint_due` says to read it (else None:
+    not read this pass, the status keeps what it shows)."""
+    reported = progress.record.step if progress is not None and progress.record is not None else None
+    known = old.last_checkpoint.step if old.last_checkpoint is not None else None
+    if not decide.checkpoint_due(
+        job.outcome, _checkpoint_reads.get(run_id), now, settings.checkpoint_read_interval,
+        settings.run_interval / 2, reported, known, cfg.train.checkpoint_interval,
+    ):  # fmt: skip
+        return None
+    if job.outcome == Outcome.RUNNING:
+        _checkpoint_reads[run_id] = now
+    else:
+        _checkpoint_reads.pop(run_id, None)
+    return _latest(cfg.storage, run_id)
 
 
 _progress_reads: dict[str, float] = {}  # run id -> when its progress record was last read (epoch s)

@@ -103,6 +103,9 @@ class Settings:
     # SPHINXX_PROGRESS_INTERVAL: a Running run's progress record is read at most this often (live status)
     progress_interval: float = 45.0
     progress_stale: float = 300.0  # SPHINXX_PROGRESS_STALE: an older record is ignored, and said so
+    # SPHINXX_CHECKPOINT_READ_INTERVAL: while an attempt runs, its checkpoints are listed at most this
+    # often, unless its progress record passed a commit boundary (decide.checkpoint_due)
+    checkpoint_read_interval: float = 60.0
     peering_lifetime: float = 60.0  # SPHINXX_PEERING_LIFETIME: a silent peer counts as gone after this (kopf)
     preflight: bool = True  # SPHINXX_PREFLIGHT: check each run's input URIs before its first RayJob
     stage_host_path: str | None = (
@@ -122,6 +125,7 @@ class Settings:
             retry_delay=float(env.get("SPHINXX_RETRY_DELAY", 30)),
             progress_interval=float(env.get("SPHINXX_PROGRESS_INTERVAL", 45)),
             progress_stale=float(env.get("SPHINXX_PROGRESS_STALE", 300)),
+            checkpoint_read_interval=float(env.get("SPHINXX_CHECKPOINT_READ_INTERVAL", 60)),
             peering_lifetime=float(env.get("SPHINXX_PEERING_LIFETIME", 60)),
             preflight=env.get("SPHINXX_PREFLIGHT", "1").strip().lower() not in ("0", "false", "no", "off"),
             stage_host_path=env.get("SPHINXX_STAGE_HOST_PATH") or None,

@@ -32,6 +32,7 @@ ALL_RUNTIME_VALUES = {
             "retryDelay": 60,
             "progressInterval": 90,
             "progressStale": 600,
+            "checkpointReadInterval": 120,
         }
     },
     "runtime": {
@@ -144,9 +145,12 @@ def test_the_charts_timing_defaults_are_the_operators(render, monkeypatch: pytes
         os, "environ", {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
     )
     defaults, chart = Settings(), Settings.from_env()
-    fields = ("run_interval", "sweep_interval", "retry_delay", "progress_interval", "progress_stale")
+    fields = (
+        "run_interval", "sweep_interval", "retry_delay", "progress_interval", "progress_stale",
+        "checkpoint_read_interval",
+    )  # fmt: skip
     assert [getattr(chart, f) for f in fields] == [getattr(defaults, f) for f in fields]
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("SPHINXX_")})
     custom = {e["name"]: e["value"] for e in _container(render)["env"] if "value" in e}
     monkeypatch.setattr(os, "environ", {**os.environ, **custom})
-    assert [getattr(Settings.from_env(), f) for f in fields] == [20, 30, 60, 90, 600]
+    assert [getattr(Settings.from_env(), f) for f in fields] == [20, 30, 60, 90, 600, 120]

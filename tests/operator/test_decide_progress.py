@@ -81,3 +81,17 @@ def test_reads_are_due_only_while_running_and_at_most_once_per_interval() -> Non
     assert not due(Outcome.RUNNING, T0 - 30, T0, 45, 7.5)
     assert due(Outcome.RUNNING, T0 - 38, T0, 45, 7.5)  # a timer tick a little early still reads
     assert not any(due(o, None, T0, 45, 7.5) for o in Outcome if o != Outcome.RUNNING)
+
+
+def test_checkpoints_of_a_running_attempt_are_read_when_a_commit_may_exist_or_the_interval_passed() -> None:
+    due = decide.checkpoint_due
+    # Not running (starting, ended): every pass; running: the first pass of this operator too.
+    assert all(due(o, T0 - 1, T0, 60, 7.5, None, 100, 50) for o in Outcome if o != Outcome.RUNNING)
+    assert due(Outcome.RUNNING, None, T0, 60, 7.5, None, None, 50)
+    # Running, read 15 s ago, the record short of the next boundary (status shows step 100, interval 50).
+    assert not due(Outcome.RUNNING, T0 - 15, T0, 60, 7.5, 149, 100, 50)
+    assert not due(Outcome.RUNNING, T0 - 15, T0, 60, 7.5, None, 100, 50)  # no record this pass
+    assert due(Outcome.RUNNING, T0 - 15, T0, 60, 7.5, 150, 100, 50)  # step 150 may be committed
+    assert due(Outcome.RUNNING, T0 - 15, T0, 60, 7.5, 60, None, 50)  # the first commit, at 50
+    assert not due(Outcome.RUNNING, T0 - 15, T0, 60, 7.5, 49, None, 50)
+    assert due(Outcome.RUNNING, T0 - 53, T0, 60, 7.5, 120, 100, 50)  # the interval (less slack) passed

@@ -23,6 +23,7 @@ TEST_INTERVALS = {
     "SPHINXX_SWEEP_INTERVAL": "1",
     "SPHINXX_RETRY_DELAY": "1",
     "SPHINXX_PROGRESS_INTERVAL": "1",
+    "SPHINXX_CHECKPOINT_READ_INTERVAL": "1",
 }
 # The specs of most operator tests name buckets that do not exist (s3://data/...): their operator
 # runs as one deployed without read access to the buckets. The pre-flight tests turn it on.
