@@ -310,6 +310,10 @@ def main() -> int:
     parser.add_argument("--progress-interval", type=float, default=45, help="--live: the operator's")
     parser.add_argument("--run-interval", type=float, default=15, help="--live: the operator's timer")
     parser.add_argument("--live-window", type=float, default=120, help="--live: seconds measured")
+    parser.add_argument(
+        "--checkpoint-read-interval", type=float, default=60,
+        help="--live: the operator's SPHINXX_CHECKPOINT_READ_INTERVAL (0: list checkpoints on every pass)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.live:
         return live(args, emit, wait_until, MODELS)

@@ -116,6 +116,7 @@ def _start(workdir: Path, args: Any) -> tuple[Any, Any, Any, Path]:
         "SPHINXX_RUN_INTERVAL": str(args.run_interval),
         "SPHINXX_SWEEP_INTERVAL": str(args.run_interval),
         "SPHINXX_PROGRESS_INTERVAL": str(args.progress_interval),
+        "SPHINXX_CHECKPOINT_READ_INTERVAL": str(args.checkpoint_read_interval),
     }
     op = start_operator(workdir / "operator", kube, env={**s3.env, **intervals})
     return s3, kube, op, recording
@@ -212,4 +213,5 @@ def _emit_window(
     reads = {k: v for k, v in s3.items() if k != "progress_put" and k != "other_put"}
     emit(f"{window}_s3_reads", sum(reads.values()) * 60 / seconds, "requests/min", points=total,
          by_kind=_per_minute(dict(s3), seconds),
-         progress_gets_per_point=round(s3["progress_get"] * 60 / seconds / total, 3))  # fmt: skip
+         progress_gets_per_point=round(s3["progress_get"] * 60 / seconds / total, 3),
+         checkpoint_reads_per_point=round(s3["other_get"] * 60 / seconds / total, 3))  # fmt: skip

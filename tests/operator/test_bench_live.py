@@ -21,13 +21,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_live_bench_counts_bounded_reads_and_no_idle_writes() -> None:
     argv = [sys.executable, str(ROOT / "bench" / "operator.py"), "--live", "--fractions", "1",
             "--write-interval", "2", "--progress-interval", "2", "--run-interval", "1",
-            "--live-window", "10", "--quiet-window", "6", "--timeout", "300"]  # fmt: skip
+            "--live-window", "10", "--quiet-window", "6", "--timeout", "300",
+            "--checkpoint-read-interval", "4"]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     lines = {m["metric"]: m for m in map(json.loads, out.stdout.splitlines()) if m.get("bench") == "operator"}
     live, quiet = lines["live_s3_reads"], lines["quiet_s3_reads"]
     # At most one GET per running point per (interval - half a timer tick): 60 / 1.5 = 40 a minute.
     assert 0 < live["progress_gets_per_point"] <= 40 and quiet["progress_gets_per_point"] <= 40
+    # Checkpoints of a running point: one listing (rollbacks, pointer, step folders: ~3-4 requests)
+    # per (4 s - half a tick), not one per 1 s tick (~200 requests a minute here before).
+    assert 0 < live["checkpoint_reads_per_point"] <= 90 and quiet["checkpoint_reads_per_point"] <= 90
     assert lines["live_status_patches"]["value"] > 0  # the records moved: status followed
     assert lines["quiet_status_patches"]["value"] == 0  # nothing changed: nothing written
     assert lines["status_progress_age_max"]["value"] < 60  # every point refreshed within a minute
