@@ -4,8 +4,8 @@
 # Most of the suite's time is single-core: one Ray job starting, one operator waiting on the API
 # server, one server starting. One pytest uses about 40% of two cores. So the suite runs as
 #   e2e       the end-to-end sweeps (tests/e2e: operator + KubeRay stand-in + Ray jobs), and the
-#             job's stop and resize tests (the tiny sweep's laptop run now overlaps its cluster run)
-#   training  the job's own multi-process runs (training, checkpoints, evaluation)
+#             job's resize tests (the tiny sweep's laptop run overlaps its cluster run)
+#   training  the job's own multi-process runs (training, stops, checkpoints, evaluation)
 #   rest      everything else (operator, storage, schema, model, sweep, data, ...)
 # each with its own servers on free ports and its own Ray, so they share nothing but the machine.
 # Every test runs exactly once: the first two lanes are lists of paths here, the rest lane is
@@ -22,11 +22,11 @@ BIN=${BIN:-.venv/bin}
 # Balanced by measured times: each lane is about a third of the suite's ~1,060 s in one pytest.
 E2E_LANE=(
   tests/e2e
-  tests/jobs/test_stop.py
   tests/jobs/test_resize.py
 )
 TRAINING_LANE=(
   tests/jobs/test_train.py
+  tests/jobs/test_stop.py
   tests/jobs/checkpoint
   tests/jobs/test_gpu_train_bench.py
   tests/jobs/test_evaluation.py
