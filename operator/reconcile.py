@@ -322,7 +322,9 @@ def _observe_run(
         job_suspended=bool(((run.rayjob or {}).get("spec") or {}).get("suspend")),
         admitted=decide.admitted(obj),
         resume_token=_annotations(obj).get(names.ANNOTATION_RESUME),
-        checkpoint=_latest_when_due(cfg, run.run_id, old, job, progress, settings, now) if started else None,
+        checkpoint=_latest_when_due(cfg.storage, cfg.train, run.run_id, old, job, progress, settings, now)
+        if started
+        else None,
         cluster_bounds=_cluster_bounds(kube, obj["metadata"]["namespace"], job),
         now=now,
         now_iso=now_iso,
@@ -337,7 +339,8 @@ _checkpoint_reads: dict[str, float] = {}  # run id -> when its checkpoints were 
 
 
 def _latest_when_due(
-    cfg: RunConfig,
+    storage: StorageConfig,
+    train: TrainConfig,
     run_id: str,
     old: RunStatus,
     job: status.JobView,
@@ -351,14 +354,14 @@ def _latest_when_due(
     known = old.last_checkpoint.step if old.last_checkpoint is not None else None
     if not decide.checkpoint_due(
         job.outcome, _checkpoint_reads.get(run_id), now, settings.checkpoint_read_interval,
-        settings.run_interval / 2, reported, known, cfg.train.checkpoint_interval,
+        settings.run_interval / 2, reported, known, train.checkpoint_interval,
     ):  # fmt: skip
         return None
     if job.outcome == Outcome.RUNNING:
         _checkpoint_reads[run_id] = now
     else:
         _checkpoint_reads.pop(run_id, None)
-    return _latest(cfg.storage, run_id)
+    return _latest(storage, run_id)
 
 
 _progress_reads: dict[str, float] = {}  # run id -> when its progress record was last read (epoch s)
