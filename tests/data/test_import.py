@@ -493,3 +493,31 @@ def test_imported_sources_read_back_as_training_samples(tmp_path: Path, synth_to
     batches = list(stream)
     assert stream.stats.records == 8 and stream.stats.bad == {} and stream.stats.samples == 8
     assert stream.stats.images == 3 and sum(b.num_samples for b in batches) == 8
+
+
+def test_memory_stays_bounded_by_the_shard_not_the_file(tmp_path: Path) -> None:
+    """A 16 MiB file of 2,000 long dialogs: the import's peak Python allocation stays a small
+    fraction of the file (items are parsed one at a time, one shard of lines is held)."""
+    import tracemalloc
+
+    answer = "word " * 2000  # 10 kB
+    items = [
+        {
+            "id": str(i),
+            "conversations": [{"from": "human", "value": f"Tell {i}."}, {"from": "gpt", "value": answer}],
+        }
+        for i in range(2000)
+    ]
+    src = _write(tmp_path / "big.json", items)
+    size = src.stat().st_size
+    assert size > 16 * 2**20
+    tracemalloc.start()
+    try:
+        result = import_source(
+            ImportOptions("sharegpt", str(src), str(tmp_path / "out"), records_per_shard=64)
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.report["records"] == 2000
+    assert peak < size / 8, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB file"
