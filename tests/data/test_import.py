@@ -192,10 +192,12 @@ def test_vqav2_pairs_the_two_files_as_they_stream(tmp_path: Path) -> None:
             {"image_id": 46, "question": "Which annotation?", "question_id": 460},
         ],
     }
-    annotations = {  # 440 before 430: out of order within the window; 460 has none
+    # 440 before 430: out of order within the window; 440 without multiple_choice_answer (OK-VQA):
+    # the most frequent of its answers; 460 has none.
+    annotations = {
         "annotations": [
             {"question_id": 420, "image_id": 42, "multiple_choice_answer": "red", "answers": []},
-            {"question_id": 440, "image_id": 44, "multiple_choice_answer": "no", "answers": []},
+            {"question_id": 440, "image_id": 44, "answers": [{"answer": a} for a in ("yes", "no", "no")]},
             {"question_id": 430, "image_id": 43, "multiple_choice_answer": "2", "answers": []},
             {"question_id": 450, "image_id": 45, "multiple_choice_answer": "there", "answers": []},
         ]

@@ -2,8 +2,9 @@
 
 Each question becomes one record: the question in the short-answer prompt (`sphinxx.evals.
 prompts.short_answer`, "Answer the question using a single word or phrase.", as LLaVA-1.5 and
-SPHINX train VQA) answered with one answer: VQAv2's `multiple_choice_answer`, TextVQA's most
-frequent of its ten answers (the first of equals), DocVQA's first. Layouts and image paths are
+SPHINX train VQA) answered with one answer: VQAv2's `multiple_choice_answer` (else the most frequent of its
+`answers`: OK-VQA's files have VQAv2's layout), TextVQA's most frequent of its ten answers (the
+first of equals), DocVQA's first. Layouts and image paths are
 the benchmark importers' (docs/evaluation.md, "Importing a benchmark").
 
 VQAv2's questions (SRC) and annotations (`--annotations`, default the name beside SRC) are two
@@ -45,6 +46,11 @@ def _short(rid: str, question: str, answer: str, image: str, path: str, size: An
     )
 
 
+def _most_common(item: Any) -> str:
+    """The most frequent of an item's `answers` (strings or {"answer"}), the first of equals."""
+    return Counter(a.strip() for a in texts(item, "answers")).most_common(1)[0][0]
+
+
 class _Pairing:
     """Annotations streamed beside the questions, looked up by question_id within a window."""
 
@@ -78,7 +84,12 @@ def vqav2(streams: Streams, request: ImportRequest) -> Iterator[Event]:
     def build(item: Any) -> Sample:
         qid, question = ident(item, "question_id"), text(item, "question")
         image_id = int(field_of(item, "image_id"))
-        answer = text(pairing.find(qid), "multiple_choice_answer")
+        found = pairing.find(qid)
+        answer = (
+            text(found, "multiple_choice_answer")
+            if "multiple_choice_answer" in found
+            else _most_common(found)
+        )
         image = vqav2_image(images, subtype, image_id)
         return _short(f"vqav2-{qid}", question, answer, image, image[len(images) + 1 :])
 
@@ -90,7 +101,7 @@ def textvqa(streams: Streams, request: ImportRequest) -> Iterator[Event]:
     images, name = request.images or parent(request.src), basename(request.src)
 
     def build(item: Any) -> Sample:
-        answer = Counter(a.strip() for a in texts(item, "answers")).most_common(1)[0][0]
+        answer = _most_common(item)
         image = textvqa_image(images, text(item, "set_name"), ident(item, "image_id"))
         size = (int(item["image_width"]), int(item["image_height"])) if "image_width" in item else None
         rid = f"textvqa-{ident(item, 'question_id')}"
