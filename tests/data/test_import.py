@@ -27,15 +27,10 @@ from sphinxx.jobs.data.importer import ImportOptions, import_source
 from sphinxx.schema.run import load_config
 from sphinxx.storage.objectfs import open_fs
 from tests.jobs._tiny import run_data
+from tests.jobs.test_eval_import import _reasons, _write
 
 SHORT = "\nAnswer the question using a single word or phrase."
 REFER = "Please provide the bounding box coordinate of the region this sentence describes: {}."
-
-
-def _write(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
-    return path
 
 
 def _png(path: Path, size: tuple[int, int]) -> None:
@@ -66,10 +61,6 @@ def _run(fmt: str, src: Path | str, dest: Path | str, **options: Any) -> tuple[l
     assert report["records"] == len(records)
     assert report["skipped"] == sum(report["reasons"].values()) == len(report["problems"])
     return records, report
-
-
-def _problems(report: dict[str, Any]) -> list[str]:
-    return [f"{p['where']}: {p['reason']}" for p in report["problems"]]
 
 
 def _turns(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -129,7 +120,7 @@ def test_llava_and_sharegpt_dialogs(tmp_path: Path) -> None:
     assert (
         report["trimmed_turns"] == 2 and report["with_images"] == 1 and report["domain"] == "vision-language"
     )
-    assert _problems(report) == [
+    assert _reasons(report) == [
         "llava_instruct_150k.json[2]: turn 0: human and assistant turns do not alternate",
         "llava_instruct_150k.json[3]: turn 1: unknown role 'robot'",
         "llava_instruct_150k.json[4]: 2 images; the model takes at most one image per sample",
@@ -140,7 +131,7 @@ def test_llava_and_sharegpt_dialogs(tmp_path: Path) -> None:
     text_only, report = _run("sharegpt", src, tmp_path / "sharegpt")
     assert [r["id"] for r in text_only] == ["sg1"] and report["domain"] == "language"
     assert "llava_instruct_150k.json id 000000033471: names an image; import image dialogs as 'llava'" in (
-        _problems(report)
+        _reasons(report)
     )
 
 
@@ -175,7 +166,7 @@ def test_coco_captions(tmp_path: Path) -> None:
             [[500, 375]],
         ),
     ]
-    assert _problems(report) == [
+    assert _reasons(report) == [
         "captions_train2017.json[2]: image_id 77 is not in the file's images",
         "captions_train2017.json[3]: field 'caption' must be a non-empty string, got ''",
     ]
@@ -222,7 +213,7 @@ def test_vqav2_pairs_the_two_files_as_they_stream(tmp_path: Path) -> None:
             ["s3://data/coco/train2014/COCO_train2014_000000000044.jpg"],
         ),
     ]
-    assert _problems(report) == [
+    assert _reasons(report) == [
         "v2_OpenEnded_mscoco_train2014_questions.json[3]: missing field 'image_id'",
         "v2_OpenEnded_mscoco_train2014_questions.json[4]: no annotation for question_id 460 "
         "(the files must list them in the same order)",
@@ -264,7 +255,7 @@ def test_textvqa_and_docvqa(tmp_path: Path) -> None:
             [[1024, 768]],
         ),
     ]  # Nokia 6 times, nokia 3: the most frequent answer as written
-    assert _problems(report) == [
+    assert _reasons(report) == [
         "TextVQA_0.5.1_train.json[1]: field 'answers' must be a non-empty list of strings, got []"
     ]
     docvqa = {
@@ -289,7 +280,7 @@ def test_textvqa_and_docvqa(tmp_path: Path) -> None:
             [f"file://{tmp_path}/docvqa/documents/xnbl0037_1.png"],
         ),
     ]
-    assert _problems(report) == ["train_v1.0.json[1]: missing field 'question'"]
+    assert _reasons(report) == ["train_v1.0.json[1]: missing field 'question'"]
 
 
 def _refcoco_files(root: Path) -> Path:
@@ -352,7 +343,7 @@ def test_refcoco_boxes_in_the_papers_coordinate_text(tmp_path: Path) -> None:
     ]
     assert records[2]["images"] == ["s3://data/coco/train2014/COCO_train2014_000000000006.jpg"]
     assert report["domain"] == "vision"
-    assert _problems(report) == [
+    assert _reasons(report) == [
         "refs(unc).p[3]: ann_id 999 is not in instances.json",
         "refs(unc).p[4]: field 'sentences' must be a non-empty list",
     ]
@@ -466,7 +457,7 @@ def test_s3_source_and_destination_with_copied_images(s3_bucket: str, tmp_path: 
     copied = fs.read_bytes(f"{dest}/images/COCO_train2014_000000000005.jpg")
     assert copied == (local / "train2014" / "COCO_train2014_000000000005.jpg").read_bytes()
     assert report["images_copied"] == 2
-    assert "id refcoco-2-21: s3://" in _problems(report)[0] and report["reasons"]["image not found"] == 1
+    assert "id refcoco-2-21: s3://" in _reasons(report)[0] and report["reasons"]["image not found"] == 1
 
 
 def test_imported_sources_read_back_as_training_samples(tmp_path: Path, synth_tokenizer) -> None:
