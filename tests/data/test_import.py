@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 
 from sphinxx.cli import main
@@ -24,6 +25,7 @@ from sphinxx.jobs.data import cli as data_cli
 from sphinxx.jobs.data import importers
 from sphinxx.jobs.data.format import parse_record, read_manifest
 from sphinxx.jobs.data.importer import ImportOptions, import_source
+from sphinxx.model.flavors import build_sphinx
 from sphinxx.schema.run import load_config
 from sphinxx.storage.objectfs import open_fs
 from tests.jobs._tiny import run_data
@@ -460,7 +462,10 @@ def test_s3_source_and_destination_with_copied_images(s3_bucket: str, tmp_path: 
     assert "id refcoco-2-21: s3://" in _reasons(report)[0] and report["reasons"]["image not found"] == 1
 
 
-def test_imported_sources_read_back_as_training_samples(tmp_path: Path, synth_tokenizer) -> None:
+@pytest.fixture(scope="module")
+def imported_mixture(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A run config over two imported sources: RefCOCO (with its images) and ShareGPT dialogs."""
+    tmp_path = tmp_path_factory.mktemp("mixture")
     _png(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000005.jpg", (640, 480))
     _png(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000006.jpg", (300, 600))
     src = _refcoco_files(tmp_path / "refcoco")
@@ -477,19 +482,37 @@ def test_imported_sources_read_back_as_training_samples(tmp_path: Path, synth_to
         {"name": "grounding", "uri": str(tmp_path / "grounding"), "domain": "vision"},
         {"name": "dialog", "uri": str(tmp_path / "dialog"), "domain": "language"},
     ]
-    cfg = load_config(
+    return load_config(
         preset="debug",
-        data={"data": {"sources": sources, "seq_len": 2048}},
+        data={"data": {"sources": sources, "seq_len": 1024, "canvas": 224}},
         overrides=["train.global_batch=4", "train.micro_batch=4", "train.steps=2"],
     )
-    stream = run_data(cfg, tokenizer=synth_tokenizer)
+
+
+def test_imported_sources_read_back_as_training_samples(imported_mixture, synth_tokenizer) -> None:
+    stream = run_data(imported_mixture, tokenizer=synth_tokenizer)
     batches = list(stream)
     assert stream.stats.records == 8 and stream.stats.bad == {} and stream.stats.samples == 8
     assert stream.stats.images == 3 and sum(b.num_samples for b in batches) == 8
 
 
+@pytest.mark.slow  # building the debug model's vision towers takes ~10 s on 2 shared cores
+def test_an_imported_batch_trains_a_step(imported_mixture, synth_tokenizer) -> None:
+    """One optimizer step of the debug model on the first imported batch: finite loss, weights move."""
+    batch = next(iter(run_data(imported_mixture, tokenizer=synth_tokenizer, num_steps=1)))
+    model = build_sphinx("debug", vocab_size=len(synth_tokenizer))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    out = model(batch.batch)
+    assert out.num_targets == batch.num_targets > 0 and out.loss.isfinite()
+    out.loss.backward()
+    torch.optim.SGD(trainable.values(), lr=0.1).step()
+    moved = [n for n, p in trainable.items() if not torch.equal(p, before[n])]
+    assert "projector" in " ".join(moved) and len(moved) > len(trainable) // 2, moved
+
+
 def test_memory_stays_bounded_by_the_shard_not_the_file(tmp_path: Path) -> None:
-    """A 16 MiB file of 2,000 long dialogs: the import's peak Python allocation stays a small
+    """A 19 MiB file of 2,000 long dialogs: the import's peak Python allocation stays a small
     fraction of the file (items are parsed one at a time, one shard of lines is held)."""
     import tracemalloc
 
@@ -507,7 +530,7 @@ def test_memory_stays_bounded_by_the_shard_not_the_file(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         result = import_source(
-            ImportOptions("sharegpt", str(src), str(tmp_path / "out"), records_per_shard=64)
+            ImportOptions("sharegpt", str(src), str(tmp_path / "out"), records_per_shard=16)
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
