@@ -8,8 +8,8 @@ import`), streams the converter's samples into shards (`SourceWriter`), and writ
     images/...                             only with --copy-images; otherwise records hold image URIs
     import.progress.json                   after every shard: how far the converter's events were
                                            written, the shards, the problems so far
-    import.report.json                     at the end: records, skipped (count per reason, the first
-                                           1000 listed with their place), trimmed turns, images
+    import.report.json                     at the end: records, records with an image, skipped (count
+                                           per reason, the first 1000 listed with their place), trimmed turns
 
 An interrupted import run again with the same arguments goes on from the last shard written:
 the converter's events are a function of the files alone, so it skips the events already in
@@ -24,6 +24,7 @@ progress kept and no manifest written.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ from .importers import FORMATS, Sample
 PROGRESS = "import.progress.json"
 REPORT = "import.report.json"
 RECORDS_PER_SHARD = 4096
+RECENT_COPIES = 4096
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,11 @@ def import_source(options: ImportOptions) -> ImportResult:
         shards=[written_shard(dest, n, files.fs(dest)) for n in range(progress.shards)],
         num_images=progress.num_images,
     )
-    events = 0
+    events, copier = 0, _Copier(files) if options.copy_images else None
     for events, event in enumerate(FORMATS[options.fmt].convert(files, request), 1):
         if events <= resumed_at:
             continue
-        problem = event if isinstance(event, Problem) else _write(files, writer, event, options.copy_images)
+        problem = event if isinstance(event, Problem) else _write(writer, event, copier)
         if problem is not None:
             log.add(problem)
             continue
@@ -186,15 +188,15 @@ def _progress(files: StoreFiles, dest: str, identity: dict[str, Any]) -> Progres
     return progress
 
 
-def _write(files: StoreFiles, writer: SourceWriter, sample: Sample, copy: bool) -> Problem | None:
+def _write(writer: SourceWriter, sample: Sample, copy: _Copier | None) -> Problem | None:
     """Add one sample's record (and its image copy) to the source; the Problem when it cannot be."""
     images: list[str] = []
     if sample.image is not None:
         images = [sample.image]
-        if copy:
+        if copy is not None:
             images = [uri_mod.join("images", sample.image_path or sample.image.split("://", 1)[-1])]
             try:
-                _copy(files, sample.image, uri_mod.join(writer.root, images[0]))
+                copy(sample.image, uri_mod.join(writer.root, images[0]))
             except FileNotFoundError:
                 return Problem(f"id {sample.id}: {sample.image}", "image not found")
     sizes = [sample.image_size] if sample.image_size and images else []
@@ -207,12 +209,25 @@ def _write(files: StoreFiles, writer: SourceWriter, sample: Sample, copy: bool) 
     return None
 
 
-def _copy(files: StoreFiles, src: str, dst: str) -> None:
-    source = files.fs(src)
-    if uri_mod.scheme(src) == uri_mod.scheme(dst):
-        source.copy_file(src, dst)  # server-side on S3
-    else:
-        files.fs(dst).write_bytes(dst, source.read_bytes(src))
+class _Copier:
+    """Copies images into the source; an image copied among the last RECENT_COPIES is not copied
+    again (RefCOCO's sentences of one object, VQA's questions of one image come together)."""
+
+    def __init__(self, files: StoreFiles):
+        self.files, self.recent = files, OrderedDict[str, None]()
+
+    def __call__(self, src: str, dst: str) -> None:
+        if dst in self.recent:
+            self.recent.move_to_end(dst)
+            return
+        source = self.files.fs(src)
+        if uri_mod.scheme(src) == uri_mod.scheme(dst):
+            source.copy_file(src, dst)  # server-side on S3
+        else:
+            self.files.fs(dst).write_bytes(dst, source.read_bytes(src))
+        self.recent[dst] = None
+        if len(self.recent) > RECENT_COPIES:
+            self.recent.popitem(last=False)
 
 
 def _save(
@@ -235,7 +250,7 @@ def _report(
         "domain": manifest.domain,
         "records": manifest.num_records,
         "with_images": manifest.num_images,
-        "images_copied": manifest.num_images if options.copy_images else 0,
+        "images_copied": options.copy_images,
         "shards": len(manifest.shards),
         "trimmed_turns": progress.trimmed,
         **log.summary(),

@@ -79,7 +79,7 @@ def coco_captions(streams: Streams, request: ImportRequest) -> Iterator[Event]:
 def refcoco(streams: Streams, request: ImportRequest) -> Iterator[Event]:
     split = request.split or DEFAULT_REF_SPLIT
     name = basename(request.src)
-    refs = [(n, ref) for n, ref in enumerate(read_refs(streams, request.src))]
+    refs = list(enumerate(read_refs(streams, request.src)))
     kept = [(n, ref) for n, ref in refs if not isinstance(ref, dict) or ref.get("split") == split]
     instances = request.annotations or join(parent(request.src), "instances.json")
     wanted_images = {ref.get("image_id") for _, ref in kept if isinstance(ref, dict)}

@@ -11,7 +11,7 @@ A file that cannot be read at all is a `FormatError` naming it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 import ijson
@@ -38,7 +38,6 @@ class Sample:
     image_path: str | None = None  # where a copy goes below the source root (--copy-images)
     image_size: tuple[int, int] | None = None  # [w, h] when the published files say
     trimmed: int = 0  # turns dropped around the dialog (a leading non-human, a last unanswered)
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 Event = Sample | Problem
