@@ -36,7 +36,7 @@ from sphinxx.evals.formats.vqa import annotations_uri, textvqa_image, vqav2_imag
 
 from .common import Event, Sample, Streams, items
 
-PAIR_WINDOW = 100_000  # annotations held while looking for a question's (files out of order)
+PAIR_WINDOW = 10_000  # annotations held while looking for a question's (~3 kB each with ten answers)
 _SUBTYPE = re.compile(r"mscoco_(\w+?)_questions")
 
 
