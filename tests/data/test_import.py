@@ -274,7 +274,9 @@ def test_textvqa_and_docvqa(tmp_path: Path) -> None:
         ],
     }
     src = _write(tmp_path / "docvqa" / "train_v1.0.json", docvqa)
-    records, report = _run("docvqa", src, tmp_path / "docvqa_out")
+    records, report = _run("docvqa", src, tmp_path / "docvqa_out", domain="ocr", name="docvqa-train")
+    assert read_manifest(str(tmp_path / "docvqa_out")).domain == "ocr" == report["domain"]
+    assert report["name"] == "docvqa-train"
     assert [(r["id"], _turns(r), r["images"]) for r in records] == [
         (
             "docvqa-7",
@@ -459,6 +461,16 @@ def test_s3_source_and_destination_with_copied_images(s3_bucket: str, tmp_path: 
     copied = fs.read_bytes(f"{dest}/images/COCO_train2014_000000000005.jpg")
     assert copied == (local / "train2014" / "COCO_train2014_000000000005.jpg").read_bytes()
     assert report["images_copied"] is True and report["with_images"] == 2
+    again = import_source(
+        ImportOptions(
+            "refcoco",
+            f"s3://{s3_bucket}/raw/refs(unc).p",
+            dest,
+            images=f"s3://{s3_bucket}/raw/train2014",
+            copy_images=True,
+        )
+    )
+    assert again.finished_before and again.report == report  # run again: nothing to do
     assert "id refcoco-2-21: s3://" in _reasons(report)[0] and report["reasons"]["image not found"] == 1
 
 
