@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from sphinxx.evals.formats import FORMATS
 
@@ -53,10 +54,15 @@ def _import(args: argparse.Namespace) -> int:
     print(f"{report['records']} records -> {summary.dest}")
     if report["images_written"]:
         print(f"{report['images_written']} images written beside it")
-    if report["skipped"]:
-        print(f"{report['skipped']} bad records skipped (see {summary.report_uri}):", file=sys.stderr)
-        for reason, count in list(report["reasons"].items())[:5]:
-            print(f"  {count} x {reason}", file=sys.stderr)
+    say_skipped(report, summary.report_uri)
     for note in report["notes"]:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def say_skipped(report: dict[str, Any], report_uri: str) -> None:
+    """The skipped records of an import report on stderr: how many, the five commonest reasons."""
+    if report["skipped"]:
+        print(f"{report['skipped']} bad records skipped (see {report_uri}):", file=sys.stderr)
+        for reason, count in list(report["reasons"].items())[:5]:
+            print(f"  {count} x {reason}", file=sys.stderr)

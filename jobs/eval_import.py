@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from sphinxx.evals.formats import FormatError, Imported, ImportRequest, run_import
+from sphinxx.evals.formats.common import ProblemLog
 from sphinxx.evals.task import dump_line
 from sphinxx.storage import uri as uri_mod
 from sphinxx.storage.objectfs import ObjectFS, open_fs
-
-LISTED_PROBLEMS = 1000  # skipped records listed one by one in the report; all are counted
 
 
 class StoreFiles:
@@ -37,6 +36,10 @@ class StoreFiles:
 
     def read(self, uri: str) -> bytes:
         return self.fs(uri).read_bytes(uri)
+
+    def open(self, uri: str) -> BinaryIO:
+        """A stream over the file (`sphinxx data import` reads big JSON files item by item)."""
+        return self.fs(uri).open_read(uri)
 
     def exists(self, uri: str) -> bool:
         return self.fs(uri).exists(uri)
@@ -101,11 +104,9 @@ def import_report(request: ImportRequest, dest: str, out: Imported) -> dict[str,
         "dest": dest,
         "records": len(out.records),
         "unscored": sum(1 for r in out.records if not r.scored),
-        "skipped": len(out.problems),
         "filtered": out.filtered,
         "images_written": len(out.images),
         "splits": dict(Counter(r.split for r in out.records)),
-        "reasons": dict(Counter(p.reason for p in out.problems).most_common()),
-        "problems": [{"where": p.where, "reason": p.reason} for p in out.problems[:LISTED_PROBLEMS]],
+        **ProblemLog.of(out.problems).summary(),
         "notes": out.notes,
     }

@@ -13,7 +13,9 @@ Modules, in the order data flows through them:
   and tokenisation in DataLoader workers; bad records are reported, not raised.
 - `loader`: the DataLoader the train loop iterates, with bad-record accounting and resume state.
 - `synth`: a small deterministic multimodal set (every domain in miniature) and its tokenizer.
-- `cli`: `sphinxx data synth` and `sphinxx data inspect`.
+- `importers` (pure converters of public data sets' published layouts) and `importer` (their I/O
+  edge): a public data set -> a source, streamed, resumable, bad items reported.
+- `cli`: `sphinxx data synth`, `sphinxx data import` and `sphinxx data inspect`.
 
 This `__init__` imports nothing so that `sphinxx --help` stays cheap.
 """

@@ -2,6 +2,7 @@
 
 sphinxx data synth ./synth --size 200 --seed 0          # local folder (or s3://bucket/prefix)
 sphinxx data index s3://bucket/coco --name coco --domain vision   # manifest + indexes for JSONL shards
+sphinxx data import llava ./llava/llava_instruct_150k.json s3://bucket/llava --images s3://bucket/coco/train2017
 sphinxx data inspect ./synth/data.yaml --fraction 0.25   # counts per source for a fraction
 sphinxx data inspect s3://bucket/src-a s3://bucket/src-b --tokenizer ./synth/tokenizer --json
 """
@@ -12,7 +13,21 @@ import argparse
 import json
 import sys
 
+from sphinxx.jobs.eval_cli import say_skipped
 from sphinxx.schema.run import DOMAINS
+
+# The formats of `data import` (importers.FORMATS, kept here so that registration imports no parser).
+IMPORT_FORMATS = (
+    "llava",
+    "sharegpt",
+    "coco-captions",
+    "vqav2",
+    "textvqa",
+    "docvqa",
+    "refcoco",
+    "refcoco+",
+    "refcocog",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     index.add_argument("--pattern", default="shards/*.jsonl", help="shards relative to the root (glob)")
     index.set_defaults(func=_index)
 
+    _register_import(sub)
+
     inspect = sub.add_parser("inspect", help="records, images and tokens per source for a data fraction")
     inspect.add_argument(
         "uris",
@@ -53,6 +70,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(func=_inspect)
+
+
+def _register_import(sub: argparse._SubParsersAction) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="a public data set's published files -> a source (DEST/import.report.json lists the skipped)",
+        description="docs/training.md, 'Importing public data sets', says what SRC is for each format.",
+    )
+    imp.add_argument(
+        "format", metavar="FORMAT", choices=IMPORT_FORMATS, help=f"one of {', '.join(IMPORT_FORMATS)}"
+    )
+    imp.add_argument("src", metavar="SRC", help="the published file (local path, file:// or s3://)")
+    imp.add_argument(
+        "dest", metavar="DEST", help="the source root to write (folder, file:// or s3:// prefix)"
+    )
+    imp.add_argument("--images", default=None, help="the image root (default: the format's place beside SRC)")
+    imp.add_argument(
+        "--annotations", default=None, help="the companion file: VQAv2 annotations, RefCOCO instances.json"
+    )
+    imp.add_argument("--split", default=None, help="RefCOCO: the refs' split to keep (default train)")
+    imp.add_argument("--name", default=None, help="source name (default: DEST's last segment)")
+    imp.add_argument("--domain", default=None, choices=DOMAINS, help="mixture domain (default: the format's)")
+    imp.add_argument(
+        "--copy-images", action="store_true", help="copy the images into DEST/images (default: URIs)"
+    )
+    imp.add_argument("--shard-size", type=int, default=4096, help="records per JSONL shard (default 4096)")
+    imp.set_defaults(func=_import)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -94,6 +138,35 @@ def _index(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from sphinxx.jobs.data.importer import ImportOptions, import_source  # ijson, boto3: when it runs
+    from sphinxx.storage.cli import at_boundary
+
+    options = ImportOptions(
+        args.format,
+        args.src,
+        args.dest,
+        images=args.images,
+        annotations=args.annotations,
+        split=args.split,
+        name=args.name,
+        domain=args.domain,
+        copy_images=args.copy_images,
+        records_per_shard=args.shard_size,
+    )
+
+    def run() -> int:
+        result = import_source(options)
+        report = result.report
+        again = f" (went on after {result.resumed_at} items of an earlier run)" if result.resumed_at else ""
+        again = " (imported before: nothing to do)" if result.finished_before else again
+        print(f"{report['name']} ({report['domain']}): {report['records']} records -> {result.dest}{again}")
+        say_skipped(report, result.report_uri)
+        return 0
+
+    return at_boundary(run, args.src, None, name_uri=False)
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -242,10 +242,19 @@ class SourceWriter:
     """Writes one source: shards of `records_per_shard` lines, their indexes, images, manifest.
 
     The manifest is written last, so a reader never sees a source whose shards are missing.
+    `shards` and `num_images` continue a source whose first shards were written before (an
+    interrupted import: `importer.py`).
     """
 
     def __init__(
-        self, root: str, name: str, domain: str, records_per_shard: int = 256, description: str = ""
+        self,
+        root: str,
+        name: str,
+        domain: str,
+        records_per_shard: int = 256,
+        description: str = "",
+        shards: Sequence[ShardInfo] = (),
+        num_images: int = 0,
     ):
         if records_per_shard < 1:
             raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
@@ -254,31 +263,46 @@ class SourceWriter:
         self.name, self.domain, self.description = name, domain, description
         self.records_per_shard = records_per_shard
         self._lines: list[bytes] = []
-        self._shards: list[ShardInfo] = []
-        self._num_images = 0
+        self._shards: list[ShardInfo] = list(shards)
+        self._num_images = num_images
 
-    def add(self, line: str, images: dict[str, bytes] | None = None) -> None:
-        """Append one record line; `images` maps relative paths to file bytes."""
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return tuple(self._shards)
+
+    @property
+    def num_images(self) -> int:
+        return self._num_images
+
+    def add(
+        self, line: str, images: dict[str, bytes] | None = None, *, image_refs: int = 0
+    ) -> ShardInfo | None:
+        """Append one record line; `images` maps relative paths to file bytes; `image_refs` counts
+        images the record references without this writer writing them. Returns the shard this line
+        completed (written), if it did."""
         if "\n" in line:
             raise ValueError("a record line must not contain a newline (JSON-escape it)")
         for rel, data in (images or {}).items():
             self.fs.write_bytes(uri_mod.join(self.root, rel), data)
             self._num_images += 1
+        self._num_images += image_refs
         self._lines.append(line.encode("utf-8") + b"\n")
         if len(self._lines) >= self.records_per_shard:
-            self._flush()
+            return self._flush()
+        return None
 
-    def _flush(self) -> None:
+    def _flush(self) -> ShardInfo | None:
         if not self._lines:
-            return
+            return None
         data = b"".join(self._lines)
-        number = len(self._shards)
-        path, index = f"shards/{number:05d}.jsonl", f"shards/{number:05d}.idx"
+        path, index = shard_paths(len(self._shards))
         self.fs.write_bytes(uri_mod.join(self.root, path), data)
         self.fs.write_bytes(uri_mod.join(self.root, index), encode_index(line_offsets(data)))
         digest = hashlib.sha256(data).hexdigest()
-        self._shards.append(ShardInfo(path, len(self._lines), len(data), digest, index))
+        shard = ShardInfo(path, len(self._lines), len(data), digest, index)
+        self._shards.append(shard)
         self._lines = []
+        return shard
 
     def close(self) -> Manifest:
         self._flush()
@@ -292,6 +316,18 @@ class SourceWriter:
         )
         self.fs.write_bytes(uri_mod.join(self.root, MANIFEST), manifest.to_json().encode())
         return manifest
+
+
+def shard_paths(number: int) -> tuple[str, str]:
+    """The JSONL and index paths of a `SourceWriter`'s shard `number` (relative to the root)."""
+    return f"shards/{number:05d}.jsonl", f"shards/{number:05d}.idx"
+
+
+def written_shard(root: str, number: int, fs: ObjectFS) -> ShardInfo:
+    """The ShardInfo of shard `number` that a `SourceWriter` wrote at `root` (read back, to go on)."""
+    path, index = shard_paths(number)
+    data = fs.read_bytes(uri_mod.join(root, path))
+    return ShardInfo(path, data.count(b"\n"), len(data), hashlib.sha256(data).hexdigest(), index)
 
 
 def index_source(root: str, name: str, domain: str, pattern: str = "shards/*.jsonl") -> tuple[Manifest, int]:

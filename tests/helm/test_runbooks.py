@@ -124,11 +124,12 @@ def test_page_has_every_section_in_order(page: Path) -> None:
     assert page.read_text().startswith("# "), "one H1 title naming the symptom"
 
 
-# The project's README and design docs are held to the same rule as the runbooks.
+# The project's README, design docs and example pages are held to the same rule as the runbooks.
 DOCUMENTS = [
     ROOT / "README.md",
     ROOT / "helm" / "sphinxx" / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "examples").rglob("*.md")),
 ]
 
 

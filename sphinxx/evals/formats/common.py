@@ -10,13 +10,17 @@ dropped silently and never stops the import. A file that cannot be read at all i
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sphinxx.schema.fields import SchemaError
 
 from ..task import TaskRecord
+
+LISTED_PROBLEMS = 1000  # skipped records listed one by one in a report; all are counted
+T = TypeVar("T")
 
 
 class Files(Protocol):
@@ -59,18 +63,59 @@ class Imported:
 
     def add(self, where: str, build: Callable[..., TaskRecord | list[TaskRecord] | None], *item: Any) -> None:
         """Build one source item's record(s) (`build(*item)`); a failure is recorded as a problem, skipped."""
-        try:
-            built = build(*item)
-        except SchemaError as err:
-            self.problems.append(Problem(where, f"field {err.path}: {err.reason}"))
-            return
-        except KeyError as err:
-            self.problems.append(Problem(where, f"missing field {err.args[0]!r}"))
-            return
-        except (TypeError, ValueError, IndexError, AttributeError) as err:
-            self.problems.append(Problem(where, str(err) or type(err).__name__))
+        built = attempt(where, build, *item)
+        if isinstance(built, Problem):
+            self.problems.append(built)
             return
         self.records += [] if built is None else built if isinstance(built, list) else [built]
+
+
+def attempt(where: str, build: Callable[..., T], *item: Any) -> T | Problem:
+    """`build(*item)`, or the `Problem` that says why the item at `where` cannot be built."""
+    try:
+        return build(*item)
+    except SchemaError as err:
+        return Problem(where, f"field {err.path}: {err.reason}")
+    except KeyError as err:
+        return Problem(where, f"missing field {err.args[0]!r}")
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        return Problem(where, str(err) or type(err).__name__)
+
+
+@dataclass
+class ProblemLog:
+    """Skipped records counted by reason, the first `LISTED_PROBLEMS` listed: a report in bounded memory."""
+
+    skipped: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    listed: list[Problem] = field(default_factory=list)
+
+    def add(self, problem: Problem) -> None:
+        self.skipped += 1
+        self.reasons[problem.reason] += 1
+        if len(self.listed) < LISTED_PROBLEMS:
+            self.listed.append(problem)
+
+    def summary(self) -> dict[str, Any]:
+        """The report's `skipped`, `reasons` (most frequent first) and `problems` (where, reason)."""
+        return {
+            "skipped": self.skipped,
+            "reasons": dict(self.reasons.most_common()),
+            "problems": [{"where": p.where, "reason": p.reason} for p in self.listed],
+        }
+
+    @classmethod
+    def of(cls, problems: list[Problem]) -> ProblemLog:
+        log = cls()
+        for problem in problems:
+            log.add(problem)
+        return log
+
+    @classmethod
+    def from_summary(cls, data: dict[str, Any]) -> ProblemLog:
+        """The log a `summary()` was written from (an interrupted import goes on counting)."""
+        listed = [Problem(p["where"], p["reason"]) for p in data["problems"]]
+        return cls(int(data["skipped"]), Counter(data["reasons"]), listed)
 
 
 def join(uri: str, *parts: str) -> str:

@@ -65,6 +65,12 @@ def _index(files: Files, uri: str) -> tuple[dict[int, Any], dict[int, Any]]:
     return images, boxes
 
 
+def target(annotation: Any, image: Any) -> tuple[list[float], list[int]]:
+    """The referred object's box [x1, y1, x2, y2] in pixels (COCO's [x, y, w, h]) and its image's [w, h]."""
+    x, y, w, h = (float(v) for v in field_of(annotation, "bbox"))
+    return [x, y, x + w, y + h], [int(field_of(image, "width")), int(field_of(image, "height"))]
+
+
 def refcoco(files: Files, request: ImportRequest) -> Imported:
     out = Imported()
     refs = read_refs(files, request.src)
@@ -77,8 +83,7 @@ def refcoco(files: Files, request: ImportRequest) -> Imported:
         if image is None or annotation is None:
             missing = "image_id" if image is None else "ann_id"
             raise ValueError(f"{missing} {ref[missing]!r} is not in instances.json")
-        x, y, w, h = (float(v) for v in annotation["bbox"])
-        size = [int(image["width"]), int(image["height"])]
+        box, size = target(annotation, image)
         sentences = field_of(ref, "sentences")
         if not isinstance(sentences, list) or not sentences:
             raise ValueError("field 'sentences' must be a non-empty list")
@@ -91,7 +96,7 @@ def refcoco(files: Files, request: ImportRequest) -> Imported:
                 question=text(s, "sent"),
                 prompt=prompts.referring(text(s, "sent")),
                 metric="box_iou_0.5",
-                box=[x, y, x + w, y + h],
+                box=box,
                 image_size=size,
                 group=ident(ref, "ref_id"),
             )

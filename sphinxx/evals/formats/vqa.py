@@ -35,7 +35,18 @@ def _short(task: str, rid: str, split: str, image: str, question: str, **rest: A
     )
 
 
-def _annotations_uri(questions: str) -> str:
+def vqav2_image(images: str, subtype: str, image_id: int) -> str:
+    """The COCO image of a VQAv2 question: <images>/<folder>/COCO_<folder>_<12-digit id>.jpg."""
+    folder = "test2015" if subtype.startswith("test") else subtype  # test-dev2015 images are test2015's
+    return join(images, folder, f"COCO_{folder}_{image_id:012d}.jpg")
+
+
+def textvqa_image(images: str, split: str, image_id: str) -> str:
+    """A TextVQA image: test images in test_images/, train and val images in train_images/."""
+    return join(images, "test_images" if split == "test" else "train_images", f"{image_id}.jpg")
+
+
+def annotations_uri(questions: str) -> str:
     """v2_OpenEnded_mscoco_val2014_questions.json -> v2_mscoco_val2014_annotations.json, beside it."""
     name = basename(questions).replace("OpenEnded_", "").replace("_questions", "_annotations")
     return join(parent(questions), name)
@@ -48,9 +59,8 @@ def vqav2(files: Files, request: ImportRequest) -> Imported:
     if not isinstance(questions, dict) or not isinstance(questions.get("questions"), list):
         raise FormatError(f"{request.src}: a VQAv2 questions file has a 'questions' list")
     subtype = str(questions.get("data_subtype", "val2014"))
-    folder = "test2015" if subtype.startswith("test") else subtype  # test-dev2015 images are test2015's
     images = request.images or parent(request.src)
-    answers_uri = request.annotations or _annotations_uri(request.src)
+    answers_uri = request.annotations or annotations_uri(request.src)
     answers: dict[str, Any] | None = None
     if files.exists(answers_uri):
         annotations = read_json(files, answers_uri)
@@ -70,7 +80,7 @@ def vqav2(files: Files, request: ImportRequest) -> Imported:
             found = answers[qid]
             rest["answers"] = texts(found, "answers")
             rest["meta"] = {k: str(found[k]) for k in ("question_type", "answer_type") if k in found}
-        image = join(images, folder, f"COCO_{folder}_{image_id:012d}.jpg")
+        image = vqav2_image(images, subtype, image_id)
         return _short("vqav2", qid, subtype, image, question, metric="vqa_accuracy", **rest)
 
     for n, item in enumerate(questions["questions"]):
@@ -114,9 +124,8 @@ def textvqa(files: Files, request: ImportRequest) -> Imported:
 
     def build(item: Any) -> TaskRecord:
         split = text(item, "set_name")
-        folder = "test_images" if split == "test" else "train_images"  # val images lie with train's
         rest: dict[str, Any] = {"answers": texts(item, "answers")} if "answers" in item else {}
-        image = join(images, folder, f"{ident(item, 'image_id')}.jpg")
+        image = textvqa_image(images, split, ident(item, "image_id"))
         qid = ident(item, "question_id")
         return _short("textvqa", qid, split, image, text(item, "question"), metric="vqa_accuracy", **rest)
 
