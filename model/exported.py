@@ -50,7 +50,7 @@ from sphinxx.model.sphinx import SphinxArgs, SphinxX
 from sphinxx.model.vision import ConvNextTowerArgs, Dinov2TowerArgs, VisionArgs, load_strict
 from sphinxx.schema.decoder import ModelArgs
 
-ImageInput = Image.Image | str | None  # a PIL image, a local path, or no image
+ImageInput = Image.Image | str | None  # a PIL image, a local path or file:// URI, or no image
 
 
 class ExportedFolderError(ValueError):
@@ -254,8 +254,12 @@ def _tokenizer(where: str, ids: Mapping[str, Any]) -> tuple[Any, int, int]:
 
 
 def _open_image(image: Image.Image | str) -> Image.Image:
+    """A PIL image, a local path or a `file://` URI as RGB (other URIs: copy the file here first)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    if "://" in image and not image.startswith("file://"):
+        raise ValueError(f"{image}: the loader reads local images only (a path or file:// URI)")
+    image = image.removeprefix("file://")
     try:
         with Image.open(image) as opened:
             return opened.convert("RGB")
