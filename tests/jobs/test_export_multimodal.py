@@ -220,3 +220,37 @@ def test_a_folder_missing_a_file_is_a_clear_error(tmp_path: Path, capsys) -> Non
         load_exported(str(out))
     with pytest.raises(ExportedFolderError, match="no such folder"):
         load_exported(str(tmp_path / "nowhere"))
+
+
+def test_a_tower_loaded_from_its_uri_is_exported_from_there(tmp_path: Path, monkeypatch) -> None:
+    """Checkpoints leave out towers a run loads from URIs; the export stages them from the URI."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sphinxx.jobs.export import export_checkpoint
+    from sphinxx.model.exported import load_exported
+    from tests.model.test_vision import DEBUG, timm_convnext_state
+
+    monkeypatch.setenv("SPHINXX_STAGE_DIR", str(tmp_path / "node-cache"))
+    write_tokenizer(tmp_path / "tok")
+    tower = tmp_path / "towers" / "open_clip_pytorch_model.bin"
+    tower.parent.mkdir()
+    torch.save(timm_convnext_state(DEBUG.convnext, seed=5), tower)
+    store, model = committed_run(
+        (tmp_path / "runs").as_uri(), "debug", str(tmp_path / "tok"), convnext_weights=tower.as_uri()
+    )
+    from sphinxx.jobs.export import CheckpointTensors
+
+    store.download(3, str(tmp_path / "ckpt"))
+    in_checkpoint = set(CheckpointTensors(str(tmp_path / "ckpt" / "model")))
+    assert not any(k.startswith("vision.convnext.") for k in in_checkpoint)  # as the job saves
+    assert any(k.startswith("vision.dinov2.") for k in in_checkpoint)
+    out = tmp_path / "out"
+    export_checkpoint(store.root, str(out))
+    manifest = json.loads((out / "sphinxx_multimodal.json").read_text())
+    assert manifest["tower_uris"]["convnext"] == tower.as_uri()
+    written = load_file(str(out / "vision" / "convnext" / "model.safetensors"))
+    state = model.state_dict()
+    assert written and all(torch.equal(v, state[f"vision.convnext.model.{k}"]) for k, v in written.items())
+    loaded = load_exported(str(out)).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items()), "the loader's model is the trained one"
