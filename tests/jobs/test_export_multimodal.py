@@ -44,6 +44,9 @@ for name, folder in FOLDERS.items():
     config = model.generation_config(max_new_tokens=NEW)
     rows = model.generate([(QUESTION, IMAGE), (QUESTION, None)], config)
     out[name] = [r["tokens"] for r in rows] + [model.answer(QUESTION, image=IMAGE, max_new_tokens=NEW)]
+from sphinxx.model.exported import main
+argv = [FOLDERS["debug"], "--image", IMAGE, "--prompt", QUESTION, "--max-new-tokens", str(NEW), "--json"]
+assert main(argv) == 0
 exec(SNIPPET)  # docs/evaluation.md's block, as written but for the paths
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ABSENT or m.startswith(
     ("sphinxx.jobs", "sphinxx.storage", "sphinxx.operator", "sphinxx.sweep", "sphinxx.schema.run")))
@@ -146,6 +149,8 @@ def test_dense_and_moe_exports_answer_as_sphinxx_generate_without_the_training_s
     got, printed = run_loader(tmp_path, folders, image)
     assert got["heavy"] == []
     assert printed[-1].startswith("pope {") and "'accuracy'" in printed[-1] and "'yes_ratio'" in printed[-1]
+    command = json.loads(printed[-2])  # python -m sphinxx.model.exported FOLDER --image ... --json
+    assert command["tokens"] == want["debug"][0] and command["answer"] == want["debug"][2]
     for flavor in folders:
         tokens_image, tokens_text, answer = got["answers"][flavor]
         assert tokens_image == want[flavor][0], flavor
