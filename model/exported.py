@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
@@ -177,7 +178,10 @@ def read_manifest(folder: str) -> dict[str, Any]:
 
 def sphinx_args_of(manifest: Mapping[str, Any]) -> tuple[SphinxArgs, AnyResConfig]:
     """The model and the processor settings the manifest records."""
-    llm = ModelArgs(**{**manifest["llm"]["args"], "ep_size": 1, "activation_checkpointing": False})
+    recorded_llm = dict(manifest["llm"]["args"])
+    if recorded_llm.get("moe_kernel") == "megablocks":  # CUDA-only; "auto" uses it where it runs
+        recorded_llm["moe_kernel"] = "auto"
+    llm = ModelArgs(**{**recorded_llm, "ep_size": 1, "activation_checkpointing": False})
     recorded = manifest["vision"]["args"]
     conv = recorded["convnext"]
     vision = VisionArgs(
@@ -216,19 +220,30 @@ def load_exported(
     with torch.device("meta"):
         model = SphinxX(args)
     model.to_empty(device="cpu")
-    load_hf(folder, model.llm, family=manifest["llm"]["family"])
+    try:
+        load_hf(folder, model.llm, family=manifest["llm"]["family"])
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise ExportedFolderError(f"{folder}: the decoder does not load: {err}") from None
     _load_multimodal(model, folder, manifest)
     for tower in TOWERS:
         where = os.path.join(folder, manifest["vision"][tower]["dir"], "model.safetensors")
-        load_strict(getattr(model.vision, tower).model, load_file(where), tower, where)
+        load_strict(getattr(model.vision, tower).model, _tensors(where), tower, where)
     model = model.to(dtype).eval()
     tok, bos, eos = _tokenizer(tokenizer or folder, manifest.get("token_ids") or {})
     return ExportedModel(model, tok, processor, template, bos, eos, manifest)
 
 
+def _tensors(where: str) -> dict[str, torch.Tensor]:
+    """A safetensors file of the export; a damaged one is an error naming it."""
+    try:
+        return load_file(where)
+    except (OSError, SafetensorError) as err:
+        raise ExportedFolderError(f"{where}: not a readable safetensors file ({err})") from None
+
+
 def _load_multimodal(model: SphinxX, folder: str, manifest: Mapping[str, Any]) -> None:
     where = os.path.join(folder, manifest["weights"])
-    state = load_file(where)
+    state = _tensors(where)
     expected = {k for k in model.state_dict() if not k.startswith(("llm.", "vision."))}
     if set(state) != expected:
         raise ExportedFolderError(

@@ -211,6 +211,14 @@ def test_a_folder_missing_a_file_is_a_clear_error(tmp_path: Path, capsys) -> Non
     store, _ = committed_run((tmp_path / "runs").as_uri(), "debug", str(tmp_path / "tok"))
     out = tmp_path / "out"
     export_checkpoint(store.root, str(out))
+    projector = out / "sphinxx_multimodal.safetensors"
+    good = projector.read_bytes()
+    projector.write_bytes(good[: len(good) // 2])  # a copy cut short
+    with pytest.raises(
+        ExportedFolderError, match=r"sphinxx_multimodal\.safetensors: not a readable safetensors"
+    ):
+        load_exported(str(out))
+    projector.write_bytes(good)
     (out / "vision" / "dinov2" / "model.safetensors").unlink()
     capsys.readouterr()  # the export's progress lines
     with pytest.raises(
