@@ -267,3 +267,17 @@ def test_a_tower_loaded_from_its_uri_is_exported_from_there(tmp_path: Path, monk
     assert written and all(torch.equal(v, state[f"vision.convnext.model.{k}"]) for k, v in written.items())
     loaded = load_exported(str(out)).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items()), "the loader's model is the trained one"
+
+
+def test_the_recorded_template_writes_prompts_as_training_does() -> None:
+    """The loader renders the template from the pieces the export records (jobs.export.TEMPLATE);
+    the result must be the job's own `render_prompt`, history and `<image>` markers included."""
+    from sphinxx.jobs.data.template import render_prompt
+    from sphinxx.jobs.export import TEMPLATE
+    from sphinxx.model.exported import template_of
+
+    template = template_of(json.loads(json.dumps(TEMPLATE)))  # as read back from the manifest
+    history = [("<image>\nWhat is it?", "A cat."), ("And its colour?", "Black.")]
+    for question, turns in (("<image> How many?", []), ("Why?", history), ("plain", history[:1])):
+        assert template.render(question, turns) == render_prompt(question, turns)
+    assert template.stop == ("###",)
