@@ -1,10 +1,10 @@
 """`sphinxx model export` writes the whole multimodal model; `sphinxx.model.exported` opens it alone.
 
 The checkpoints are real (tiny `debug` / `debug-moe` SphinxX saved by the training Checkpointer,
-as in test_export.py). The loader runs in a separate interpreter whose site-packages is this
-one's minus the training and cluster stack (Ray, DeepSpeed, kopf, Kubernetes, MLflow, boto3,
-botocore, s3fs, omegaconf, pyarrow): those packages are not installed there, as on a machine
-that ran `pip install --no-deps sphinxx` beside torch, transformers, safetensors and Pillow. Its
+as in test_export.py). The loader runs in a separate interpreter whose site-packages holds only
+torch, transformers, safetensors, Pillow and what they require, and sphinxx (no Ray, DeepSpeed,
+kopf, Kubernetes, MLflow, boto3, s3fs, omegaconf, ...: not blocked, not installed), as on a
+machine that ran `pip install --no-deps sphinxx` beside those four. Its
 greedy answer tokens for an image and a question must equal those of `sphinxx generate` on the
 checkpoint (the same code path the command runs: download, rebuild, load, template, processor).
 """
@@ -13,22 +13,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import sysconfig
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.jobs.test_export import committed_run
 from tests.jobs.test_generate import write_image, write_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-# Top-level names (import names and distribution names) the loader's interpreter does not have.
+# What the loader's interpreter has installed: these distributions and what they require (their
+# own dependency closure, as pip would install it), and sphinxx itself (its editable hook).
+INSTALLED = ("torch", "transformers", "safetensors", "pillow")
+# Import names of the training, cluster and storage stack (and the base install's extras), which
+# must not be importable there: the check that the interpreter is as bare as claimed.
 ABSENT = (
-    "ray", "deepspeed", "kopf", "kubernetes", "mlflow", "mlflow_skinny", "mlflow_tracing", "boto3",
-    "botocore", "s3fs", "aiobotocore", "omegaconf", "pyarrow",
+    "ray", "deepspeed", "kopf", "kubernetes", "mlflow", "boto3", "botocore", "s3fs", "aiobotocore",
+    "omegaconf", "pyarrow", "sentencepiece", "moto", "psycopg2",
 )  # fmt: skip
 QUESTION = "w3 w7 w11"
 NEW = 8
@@ -54,15 +60,36 @@ print(json.dumps({"answers": out, "heavy": heavy}))
 """
 
 
+def requirement_closure(roots: tuple[str, ...]) -> list[metadata.Distribution]:
+    """The installed distributions `roots` need: themselves and their requirements, recursively
+    (extras left out, environment markers evaluated)."""
+    found: dict[str, metadata.Distribution] = {}
+    todo = list(roots)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in found:
+            continue
+        try:
+            found[name] = dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # an optional requirement this environment lacks
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return list(found.values())
+
+
 def bare_site(where: Path) -> Path:
-    """A site-packages of links to this interpreter's, the ABSENT distributions left out."""
+    """A site-packages of links to this interpreter's entries of INSTALLED's closure and sphinxx."""
     site = Path(sysconfig.get_paths()["purelib"])
     where.mkdir()
-    for entry in site.iterdir():
-        top = re.split(r"[-.]", entry.name, maxsplit=1)[0].lower().replace("-", "_")
-        if top in ABSENT:
-            continue
-        (where / entry.name).symlink_to(entry)
+    tops = {p.name for p in site.glob("*sphinxx*")}  # the editable install's hook and metadata
+    for dist in requirement_closure(INSTALLED):
+        tops.update(f.parts[0] for f in dist.files or [] if f.parts[0] != "..")
+    for name in sorted(tops):
+        if (site / name).exists():
+            (where / name).symlink_to(site / name)
     return where
 
 
