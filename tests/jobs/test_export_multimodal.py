@@ -308,3 +308,23 @@ def test_the_recorded_template_writes_prompts_as_training_does() -> None:
     for question, turns in (("<image> How many?", []), ("Why?", history), ("plain", history[:1])):
         assert template.render(question, turns) == render_prompt(question, turns)
     assert template.stop == ("###",)
+
+
+def test_a_bf16_export_loads_with_the_rounded_weights(tmp_path: Path) -> None:
+    """`--dtype bf16` casts every part; the loader reads them back (fp32 by default) unchanged."""
+    import torch
+
+    from sphinxx.jobs.export import export_checkpoint
+    from sphinxx.model.exported import load_exported
+
+    write_tokenizer(tmp_path / "tok")
+    store, model = committed_run((tmp_path / "runs").as_uri(), "debug-moe", str(tmp_path / "tok"))
+    out = tmp_path / "out"
+    export_checkpoint(store.root, str(out), dtype=torch.bfloat16)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    loaded = load_exported(str(out)).model.state_dict()
+    for name, value in model.state_dict().items():
+        assert loaded[name].dtype == torch.float32
+        assert torch.equal(loaded[name], value.to(torch.bfloat16).float()), name
+    half = load_exported(str(out), dtype=torch.bfloat16).model
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
