@@ -1,13 +1,15 @@
-"""Export a committed training checkpoint as a Hugging Face folder (`sphinxx model export`).
+"""Export a committed training checkpoint as one folder (`sphinxx model export`).
 
-Why: any sweep point should go through a team's usual benchmark harnesses (lm-eval and the
-like), which load `AutoModelForCausalLM.from_pretrained(folder)`. This is the I/O side: it finds
-the checkpoint with the store's conventions (`sphinxx ckpt`: a run root `<prefix>/<run-id>` or a
-pasted `.../checkpoints/step-N`, committed steps only), reads the run's `config.yaml` next to
-`checkpoints/` (flavor, `model.overrides`, tokenizer, tower URIs), downloads only the `model/`
-files of the step (never the optimizer shards, which are ~6x larger), reassembles the experts
-(`model/expert-<g>.pt`, keys `<name>@expert<g>`) into full tensors, stages the tokenizer, and hands
-everything to the pure writer `sphinxx.model.export` (docs/model.md, "Export for standard evaluation").
+Why: any sweep point should go through a team's usual benchmark harnesses: text-only ones (lm-eval
+and the like) load `AutoModelForCausalLM.from_pretrained(folder)`, and the multimodal model opens
+with the standalone loader `sphinxx.model.exported`, outside any sweep. This is the I/O side: it
+finds the checkpoint with the store's conventions (`sphinxx ckpt`: a run root `<prefix>/<run-id>`
+or a pasted `.../checkpoints/step-N`, committed steps only), reads the run's `config.yaml` next to
+`checkpoints/` (flavor, `model.overrides`, tokenizer, tower URIs, image layout), downloads only the
+`model/` files of the step (never the optimizer shards, which are ~6x larger), reassembles the
+experts (`model/expert-<g>.pt`, keys `<name>@expert<g>`) into full tensors, stages the tokenizer
+and the towers the run loaded from URIs (they are not in checkpoints), and hands everything to
+the pure writer `sphinxx.model.export` (docs/model.md, "Export for standard evaluation").
 
     from sphinxx.jobs.export import export_checkpoint
     summary = export_checkpoint("s3://bucket/sweeps/sweep-a/run-1", "/data/eval/run-1", step=2000)
@@ -29,19 +31,34 @@ from typing import Any, TextIO
 
 import torch
 
-from sphinxx.jobs.build import sphinx_args
+from sphinxx.jobs.build import loaded_tower_prefixes, sphinx_args
 from sphinxx.jobs.checkpoint.fragments import parse_expert_key
-from sphinxx.jobs.data.template import load_tokenizer
-from sphinxx.model.export import export_llm, export_multimodal, split_state
+from sphinxx.jobs.data.loader import image_config
+from sphinxx.jobs.data.template import ASSISTANT, HUMAN, IMAGE_MARKER, SEP, SYSTEM, load_tokenizer
+from sphinxx.model.export import VISION_PREFIX, export_llm, export_multimodal, split_state
 from sphinxx.model.sphinx import SphinxArgs
+from sphinxx.model.vision import VisionEncoders, load_vision_weights, weight_files
 from sphinxx.schema.flavors import resolve
 from sphinxx.schema.run import RunConfig, load_config, parse_yaml, run_decoder_args
 from sphinxx.storage import CheckpointInfo, CheckpointNotFoundError, CheckpointStore, StorageOptions
 from sphinxx.storage.layout import locate, step_name
 from sphinxx.storage.manifest import FileEntry
+from sphinxx.storage.stage import stage
 from sphinxx.storage.transfer import TransferProgress
 
 MODEL_DIR = "model/"
+# The conversation template as the standalone loader renders it (jobs/data/template.py, conv_v1_2):
+# system + "\n" + separator, then per turn human + question + separator + assistant [+ " " + answer
+# + separator]; generation starts after the last assistant prefix and stops at `stop`.
+TEMPLATE = {
+    "name": "conv_v1_2",
+    "system": SYSTEM,
+    "separator": SEP,
+    "human": HUMAN,
+    "assistant": ASSISTANT,
+    "image_marker": IMAGE_MARKER,
+    "stop": [SEP.strip()],
+}
 
 
 class CheckpointTensors(Mapping[str, torch.Tensor]):
@@ -272,7 +289,7 @@ def _write_folder(
     max_shard_bytes: int,
     log: TextIO,
 ) -> tuple[dict[str, Any], dict[str, int | None] | None]:
-    """The decoder, the tokenizer and the multimodal side file into `out`; (LLM summary, token ids)."""
+    """The decoder, the tokenizer, the towers and the multimodal parts into `out`; (LLM summary, ids)."""
     args, cfg = source.args, source.config
     llm, multimodal, vision = split_state(CheckpointTensors(model_dir))
     token_ids = None
@@ -288,7 +305,7 @@ def _write_folder(
     info = {
         "flavor": cfg.model.flavor,
         "vision_preset": resolve(cfg.model.flavor).vision,
-        "towers": {"convnext": cfg.model.convnext_weights, "dinov2": cfg.model.dinov2_weights},
+        "tower_uris": {"convnext": cfg.model.convnext_weights, "dinov2": cfg.model.dinov2_weights},
         "tokenizer": tokenizer_uri,
         "source": {
             "checkpoint": source.info.uri,
@@ -298,8 +315,32 @@ def _write_folder(
             "metrics": dict(source.info.manifest.metrics),
         },
     }
-    export_multimodal(multimodal, args, out, vision=vision, dtype=dtype, info=info)
+    towers = {**vision, **tower_tensors(source, log)}
+    export_multimodal(
+        multimodal, args, out, vision=towers, processor=image_config(cfg.data, cfg.model.use_skip_token),
+        template=TEMPLATE, token_ids=token_ids, dtype=dtype, info=info,
+    )  # fmt: skip
     return llm_summary, token_ids
+
+
+def tower_tensors(source: ExportSource, log: TextIO) -> dict[str, torch.Tensor]:
+    """The towers the run loaded from its URIs (`model.convnext_weights` / `model.dinov2_weights`),
+    which checkpoints leave out: staged and read as training reads them, in our names (`vision.*`)."""
+    prefixes = loaded_tower_prefixes(source.config.model)
+    if not prefixes:
+        return {}
+    paths: dict[str, str | None] = {}
+    for name in ("convnext_weights", "dinov2_weights"):
+        uri = getattr(source.config.model, name)
+        if uri:
+            print(f"  vision tower from {uri}", file=log)
+            what = f"model.{name}"
+            paths[name] = stage(uri, select=weight_files, options=source.store.options, what=what).local_path
+    with torch.device("meta"):
+        towers = VisionEncoders(source.args.vision)  # the towers' shapes; loading assigns the tensors
+    load_vision_weights(towers, paths.get("convnext_weights"), paths.get("dinov2_weights"))
+    state = {VISION_PREFIX + k: v for k, v in towers.state_dict().items()}
+    return {k: v for k, v in state.items() if k.startswith(prefixes)}
 
 
 def _write_tokenizer(uri: str, out: str, vocab_size: int, log: TextIO) -> dict[str, int | None]:

@@ -1,4 +1,7 @@
-"""`sphinxx model export`: a committed checkpoint -> a folder `AutoModelForCausalLM` loads.
+"""`sphinxx model export`: a committed checkpoint -> one folder with the whole multimodal model.
+
+The decoder in it loads with `AutoModelForCausalLM`; all of it (towers, projector, tags, image
+processor, template, tokenizer) with the standalone loader `sphinxx.model.exported`.
 
     sphinxx model export s3://bucket/sweeps/sweep-a/run-1 /data/eval/run-1              # latest committed
     sphinxx model export s3://bucket/sweeps/sweep-a/run-1/checkpoints/step-000002000 /data/eval/run-1-2000
@@ -20,7 +23,7 @@ import json
 def register(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = model_commands.add_parser(
         "export",
-        help="a committed training checkpoint as a Hugging Face folder (LLM + tokenizer + projector)",
+        help="a committed checkpoint as one folder: HF decoder, tokenizer, towers, projector, manifest",
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument(

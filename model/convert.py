@@ -103,6 +103,8 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
                 with open(os.path.join(path, index)) as f:
                     return dict(json.load(f)["weight_map"])
         files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+        if "model.safetensors" in files:  # the name transformers reads first; others are not its weights
+            files = ["model.safetensors"]
         files = files or sorted(n for n in os.listdir(path) if n.endswith(".bin"))
         if len(files) != 1:
             raise ValueError(

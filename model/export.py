@@ -1,9 +1,11 @@
-"""Write a trained SPHINX-X LLM as a folder transformers loads, plus its multimodal parts beside it.
+"""Write a trained SPHINX-X as one folder: the LLM as transformers loads it, the rest beside it.
 
-Why: the teams evaluating a sweep run their own harnesses (lm-eval and the like), which load
-`AutoModelForCausalLM.from_pretrained(folder)`. So the decoder leaves in the Hub layout of its
-architecture, and the parts transformers has no class for (projector, image tags) go into files
-of our own next to it (docs/model.md, "Export for standard evaluation"):
+Why: the teams evaluating a sweep run their own harnesses. Text-only harnesses (lm-eval and the
+like) load `AutoModelForCausalLM.from_pretrained(folder)`, so the decoder leaves in the Hub layout
+of its architecture; the multimodal model leaves complete in the same folder (vision towers,
+projector, tags, the any-resolution processor's settings, the conversation template, the
+tokenizer), which `sphinxx.model.exported` opens and generates from without the training stack
+(docs/model.md, "Export for standard evaluation"):
 
     config.json                          LlamaConfig / MixtralConfig built from the ModelArgs
     generation_config.json               bos / eos / pad of the tokenizer
@@ -11,7 +13,11 @@ of our own next to it (docs/model.md, "Export for standard evaluation"):
                                          + model.safetensors.index.json
     tokenizer files                      written by the caller (jobs/export.py)
     sphinxx_multimodal.safetensors       projector.*, start_img, end_img, skip_token (ours)
-    sphinxx_multimodal.json              vision preset, canvas, skip token, shapes, sources
+    vision/convnext/, vision/dinov2/     each tower as transformers writes it: config.json +
+                                         model.safetensors (ConvNextModel / Dinov2Model names)
+    sphinxx_multimodal.json              the manifest: model args, processor, template, tokenizer
+                                         ids, file list, sources; written last (a folder with it
+                                         is a complete export)
 
 Every dense decoder (TinyLlama, LLaMA2, InternLM2, debug) leaves as `LlamaForCausalLM`: after
 conversion they are the same architecture, so InternLM2 is written with Llama names (no fused
@@ -20,7 +26,7 @@ Hub files' layout, which transformers 5.x fuses at load). Names come from the st
 (state_dict_adapter.py), the only code that knows foreign names.
 
 Pure: local folders and in-memory (or mmap'ed) tensors only; `sphinxx.model` never talks to
-object stores (the download and the tokenizer staging live in `sphinxx.jobs.export`).
+object stores (the download, the tower and tokenizer staging live in `sphinxx.jobs.export`).
 """
 
 from __future__ import annotations
@@ -28,23 +34,30 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from transformers import GenerationConfig, LlamaConfig, MixtralConfig
 
+from sphinxx.model.anyres import CELL_SIZE, CLIP_MEAN, CLIP_STD, AnyResConfig
 from sphinxx.model.convert import _meta_shapes, _ShardWriter
 from sphinxx.model.sphinx import SphinxArgs
 from sphinxx.model.state_dict_adapter import get_adapter
+from sphinxx.model.vision import VisionArgs, VisionEncoders
 from sphinxx.schema.decoder import ModelArgs
 
-FORMAT_VERSION = 1
+# 2: the towers in vision/<tower>/, the model args, processor, template and file list in the JSON.
+FORMAT_VERSION = 2
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 MULTIMODAL_WEIGHTS = "sphinxx_multimodal.safetensors"
 MULTIMODAL_CONFIG = "sphinxx_multimodal.json"
+TOWERS = ("convnext", "dinov2")
+TOWER_CLASSES = {"convnext": "ConvNextModel", "dinov2": "Dinov2Model"}
+TOWER_CONFIG = "config.json"
+TOWER_WEIGHTS = "model.safetensors"
 # Our trainable tensors outside the decoder (sphinx.py): the projector and the image tags.
 MULTIMODAL_PREFIXES = ("projector.", "start_img", "end_img", "skip_token")
 LLM_PREFIX = "llm."
@@ -220,22 +233,82 @@ def split_state(
     return PrefixView(state, LLM_PREFIX), multimodal, vision
 
 
+def tower_dir(tower: str) -> str:
+    """The folder of one vision tower inside an export, relative to it."""
+    return f"{VISION_PREFIX.rstrip('.')}/{tower}"
+
+
+def export_vision(
+    vision: Mapping[str, torch.Tensor], args: VisionArgs, out: str, dtype: torch.dtype | None = None
+) -> dict[str, Any]:
+    """Write both towers (`vision.<tower>.model.*` of our state dict, every tensor present) into
+    `out/vision/<tower>/` as transformers writes a `ConvNextModel` / `Dinov2Model`: its config
+    (built from `args`, as `vision.py` builds the tower) and `model.safetensors` with its names.
+    Returns the manifest's `vision` entry."""
+    with torch.device("meta"):
+        towers = VisionEncoders(args)  # shapes and configs only, no memory
+    expected = {VISION_PREFIX + k: tuple(v.shape) for k, v in towers.state_dict().items()}
+    missing = sorted(set(expected) - set(vision))
+    unexpected = sorted(set(vision) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(vision) if tuple(vision[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"the vision towers do not match the run's vision preset: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}, wrong shape {wrong[:4]} (towers loaded from URIs must be "
+            "handed in with the checkpoint's tensors)"
+        )
+    entry: dict[str, Any] = {"args": asdict(args)}
+    for tower in TOWERS:
+        folder = os.path.join(out, tower_dir(tower))
+        os.makedirs(folder, exist_ok=True)
+        getattr(towers, tower).model.config.save_pretrained(folder)
+        prefix = f"{VISION_PREFIX}{tower}.model."
+        tensors = {k[len(prefix) :]: vision[k] for k in sorted(vision) if k.startswith(prefix)}
+        save_file(
+            {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in tensors.items()},
+            os.path.join(folder, TOWER_WEIGHTS),
+            metadata={"format": "pt"},
+        )
+        entry[tower] = {"dir": tower_dir(tower), "class": TOWER_CLASSES[tower], "tensors": len(tensors)}
+    return entry
+
+
+def processor_entry(image: AnyResConfig) -> dict[str, Any]:
+    """The any-resolution processor's settings as the manifest writes them (`anyres.py`)."""
+    return {
+        "grid": image.grid,
+        "canvas": image.canvas,
+        "cell_size": CELL_SIZE,
+        "convnext_view_size": image.convnext_view_size,
+        "dino_view_size": image.dino_view_size,
+        "use_skip_token": image.use_skip_token,
+        "resize": "bicubic, antialias; long side to the canvas; pasted at (0, 0) on CLIP-mean padding",
+        "normalize": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+    }
+
+
 def export_multimodal(
     multimodal: Mapping[str, torch.Tensor],
     sphinx_args: SphinxArgs,
     out: str,
     *,
-    vision: Mapping[str, torch.Tensor] | None = None,
+    vision: Mapping[str, torch.Tensor],
+    processor: AnyResConfig | None = None,
+    template: Mapping[str, Any] | None = None,
+    token_ids: Mapping[str, int | None] | None = None,
     dtype: torch.dtype | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the projector and the tags (and `vision`, towers that live only in the checkpoint)
-    as `sphinxx_multimodal.safetensors` with our names, described by `sphinxx_multimodal.json`.
+    """Write the projector and the tags as `sphinxx_multimodal.safetensors` (our names), both
+    towers under `vision/` (`export_vision`), and last the manifest `sphinxx_multimodal.json`.
 
-    `sphinx_args` is the run's `SphinxArgs`; `info` is merged into the JSON (flavor, tower URIs,
-    source checkpoint and step: what the caller knows). Returns the JSON body.
+    `sphinx_args` is the run's `SphinxArgs`; `processor` the run's image layout (default the
+    model's); `template` the conversation template's pieces and stop strings; `token_ids` the
+    tokenizer's bos/eos/pad; `info` is merged into the JSON (flavor, tower URIs, source checkpoint
+    and step: what the caller knows). The decoder and tokenizer files must be in `out` already:
+    the manifest lists every file of the folder. Returns the JSON body.
     """
-    image = sphinx_args.image
+    image = processor or sphinx_args.image
     expected = {"projector.proj.weight", "projector.proj.bias", "projector.norm.weight",
                 "projector.norm.bias", "start_img", "end_img",
                 *(["skip_token"] if image.use_skip_token else [])}  # fmt: skip
@@ -244,31 +317,47 @@ def export_multimodal(
             f"the checkpoint's projector and tags do not match its run config: missing "
             f"{sorted(expected - set(multimodal))}, unexpected {sorted(set(multimodal) - expected)}"
         )
-    tensors = {**multimodal, **(vision or {})}
+    vision_entry = export_vision(vision, sphinx_args.vision, out, dtype)
     save_file(
-        {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in sorted(tensors.items())},
+        {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in sorted(multimodal.items())},
         os.path.join(out, MULTIMODAL_WEIGHTS),
         metadata={"format": "pt"},
     )
     weight = multimodal["projector.proj.weight"]
+    llm_args = replace(sphinx_args.llm, ep_size=1, activation_checkpointing=False)
     body: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "weights": MULTIMODAL_WEIGHTS,
-        "llm": {"architecture": hf_architecture(sphinx_args.llm)[0], "hidden_size": sphinx_args.llm.dim},
-        "canvas": image.canvas,
-        "grid": image.grid,
-        "convnext_view_size": image.convnext_view_size,
-        "dino_view_size": sphinx_args.vision.dino_view_size,
-        "use_skip_token": image.use_skip_token,
+        "llm": {
+            "architecture": hf_architecture(llm_args)[0],
+            "family": hf_architecture(llm_args)[1],
+            "hidden_size": llm_args.dim,
+            "args": asdict(llm_args),
+        },
+        "vision": vision_entry,
+        "processor": processor_entry(image),
         "projector": {
             "kind": "Linear(in_dim, hidden_size) + LayerNorm(hidden_size)",
             "in_dim": int(weight.shape[1]),
             "out_dim": int(weight.shape[0]),
         },
-        "shapes": {k: list(v.shape) for k, v in sorted(tensors.items())},
-        "towers_in_file": sorted({k.split(".")[1] for k in vision or {}}),
+        "shapes": {k: list(v.shape) for k, v in sorted(multimodal.items())},
+        "template": dict(template) if template is not None else None,
+        "token_ids": dict(token_ids) if token_ids else None,
         **dict(info or {}),
     }
+    body["files"] = folder_files(out)
     with open(os.path.join(out, MULTIMODAL_CONFIG), "w") as f:
         json.dump(body, f, indent=1, sort_keys=True)
     return body
+
+
+def folder_files(out: str) -> list[str]:
+    """Every file under `out`, relative, `/`-separated, sorted (the manifest itself left out)."""
+    found = []
+    for root, _, names in os.walk(out):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), out).replace(os.sep, "/")
+            if rel != MULTIMODAL_CONFIG:
+                found.append(rel)
+    return sorted(found)

@@ -355,7 +355,8 @@ def dinov2_from_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: str) -> None:
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: str) -> None:
+    """Every tensor of `module` from `state`, nothing else, shapes equal (ValueError naming `path`)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -371,12 +372,12 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, p
 def load_vision_weights(vision: VisionEncoders, convnext_path: str | None, dinov2_path: str | None) -> None:
     """Load the towers from local files (open_clip checkpoint; HF DINOv2 file or directory)."""
     if convnext_path:
-        _load_strict(
+        load_strict(
             vision.convnext.model,
             convnext_from_open_clip(read_state_dict(convnext_path)),
             "ConvNeXt",
             convnext_path,
         )
     if dinov2_path:
-        _load_strict(vision.dinov2.model, dinov2_from_hf(read_state_dict(dinov2_path)), "DINOv2", dinov2_path)
+        load_strict(vision.dinov2.model, dinov2_from_hf(read_state_dict(dinov2_path)), "DINOv2", dinov2_path)
     vision.requires_grad_(False)

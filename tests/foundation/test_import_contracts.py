@@ -83,6 +83,10 @@ VIOLATIONS = {
         "from sphinxx.model import llm  # the operator never builds models\n",
     ),
     "operator-torch": ("operator/_violation.py", "import torch  # the operator must stay torch-free\n"),
+    "loader-storage-client": (
+        "model/exported.py",
+        "import fsspec  # the standalone loader runs without the storage stack\n",
+    ),
     "cli-operator": ("sphinxx/_violation.py", "from sphinxx.operator import names  # reached by name only\n"),
 }
 

@@ -37,9 +37,15 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def committed_run(
-    storage: str, flavor: str, tokenizer: str, steps: tuple[int, ...] = (3,), seq_len: int = 64
+    storage: str,
+    flavor: str,
+    tokenizer: str,
+    steps: tuple[int, ...] = (3,),
+    seq_len: int = 64,
+    **model_fields,
 ):
-    """Save `steps` of a tiny model with the training Checkpointer; returns (store, model)."""
+    """Save `steps` of a tiny model with the training Checkpointer; returns (store, model).
+    `model_fields` replace fields of the run's `model` section (tower URIs)."""
     from sphinxx.jobs.checkpoint import Checkpointer, RunState
     from sphinxx.jobs.checkpoint.fragments import ensure_optimizer_state
     from sphinxx.jobs.context import Worker
@@ -49,13 +55,17 @@ def committed_run(
 
     cfg = tiny_run_config(flavor, 0, 1, storage)
     cfg = replace(cfg, data=replace(cfg.data, tokenizer=tokenizer, seq_len=seq_len))
+    cfg = replace(cfg, model=replace(cfg.model, **model_fields))
     torch.manual_seed(0)
     model, _ = run_model(cfg, Worker())
     store = CheckpointStore(storage, cfg.run_id)
     store.write_run_config(to_yaml(cfg))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     ensure_optimizer_state(optimizer)  # optim/ files of real size: the export must skip them
-    ckpt = Checkpointer(store, model, optimizer, 0, 1)
+    from sphinxx.jobs.build import loaded_tower_prefixes
+
+    # as the job saves: towers loaded from URIs stay out of the checkpoint
+    ckpt = Checkpointer(store, model, optimizer, 0, 1, skip_prefixes=loaded_tower_prefixes(cfg.model))
     for step in steps:
         with torch.no_grad():  # weights large enough for a meaningful logits comparison
             for p in model.llm.parameters():
@@ -81,7 +91,11 @@ def check_multimodal(out: Path, model, step: int) -> dict:
     for name in ("projector.proj.weight", "projector.norm.bias", "start_img", "end_img", "skip_token"):
         assert torch.equal(tensors[name], state[name]), name
     assert body["source"]["step"] == step and body["source"]["checkpoint"].endswith(f"step-{step:09d}")
-    assert body["use_skip_token"] is True and body["canvas"] == model.args.image.canvas
+    assert (
+        body["processor"]["use_skip_token"] is True and body["processor"]["canvas"] == model.args.image.canvas
+    )
+    assert set(tensors) == {"projector.proj.weight", "projector.proj.bias", "projector.norm.weight",
+                            "projector.norm.bias", "start_img", "end_img", "skip_token"}  # fmt: skip
     assert body["projector"]["out_dim"] == model.args.llm.dim
     assert body["shapes"]["projector.proj.weight"] == list(state["projector.proj.weight"].shape)
     return body
@@ -107,7 +121,9 @@ def test_dense_export_loads_in_transformers_with_our_logits(tmp_path: Path) -> N
     assert tok("the cat sat")["input_ids"] == [WORDS.index(w) for w in ("the", "cat", "sat")]
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == WORDS.index("</s>")
     body = check_multimodal(out, model, 3)
-    assert body["towers_in_file"] == ["convnext", "dinov2"]  # no tower URIs: they live in the checkpoint
+    # No tower URIs: the towers come from the checkpoint, each in its own folder.
+    assert body["tower_uris"] == {"convnext": None, "dinov2": None}
+    assert all((out / "vision" / t / "model.safetensors").exists() for t in ("convnext", "dinov2"))
     # Only model/ was downloaded: the staging folder is exactly what the store fetched.
     fetched = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
     assert fetched and all(f.startswith("model/") or f == "manifest.json" for f in fetched), fetched
