@@ -32,6 +32,7 @@ TRAINING_LANE=(
   tests/jobs/test_evaluation.py
   tests/jobs/test_loop.py
   tests/jobs/test_export.py
+  tests/jobs/test_export_multimodal.py
 )
 
 log_dir=${LANE_LOG_DIR:-build}
