@@ -22,6 +22,7 @@ from sphinxx.jobs.data.tokenizer import NoTokenizerFilesError, TokenizerFilesErr
 from sphinxx.jobs.preemption import Preempted, Resized, StopRequested
 from sphinxx.jobs.segments import PreemptionsExhausted
 from sphinxx.jobs.tracking import RunIdPending
+from sphinxx.model.exported import ExportedFolderError
 from sphinxx.operator.reconcile import RetryLater
 from sphinxx.schema.documents import _DuplicateKey
 from sphinxx.schema.fields import SchemaError
@@ -51,6 +52,7 @@ EXAMPLES: list[BaseException] = [
     SchemaError("train.lr", "must be a finite number; got nan"),
     _DuplicateKey("lr"),
     FormatError("s3://b/vqav2/questions.json: not JSON"),
+    ExportedFolderError("/exports/p1: vision/dinov2/model.safetensors is missing"),
     TrackingUnavailable("http://mlflow:5000 answered 503"),
     RestError("RESOURCE_DOES_NOT_EXIST: no experiment 'e'", "RESOURCE_DOES_NOT_EXIST"),
     RunIdPending("the operator has not named the MLflow run in s3://b/r/config.yaml yet"),
