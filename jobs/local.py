@@ -49,6 +49,7 @@ from sphinxx.schema.uris import problem as uri_problem
 from sphinxx.sweep import mlflow_runs
 from sphinxx.sweep.points import Point, admit_sweep, read_sweep
 from sphinxx.sweep.points import plan as plan_points
+from sphinxx.sweep.abilities import committed_benchmarks
 from sphinxx.sweep.results import fit_sweep, plot_fit, row_metrics
 
 SUMMARY_KEY = "sphinxx_summary"  # the job's final JSON line carries this key
@@ -311,6 +312,7 @@ class LocalSweep:
         }
         for key, value in row_metrics(metrics).items():
             setattr(row, key, value)
+        row.benchmarks = committed_benchmarks(latest.manifest.metrics) or None
 
     def _finish(self, state: SweepState) -> None:
         """Fit the law (sweep core), log it on the parent run, and end the parent run with the sweep."""

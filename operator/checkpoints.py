@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from sphinxx.storage import CheckpointStore, StorageOptions
+from sphinxx.sweep.abilities import committed_benchmarks
 
 from .decide import Checkpoint
 
@@ -40,7 +41,8 @@ def latest(prefix: str, run_id: str, endpoint_url: str | None = None) -> Checkpo
     loss = next((metrics[k] for k in METRIC_KEYS if k in metrics), None)
     if loss is not None:
         metrics["loss"] = loss
-    return Checkpoint(step=int(info.step), uri=str(info.uri), metrics=metrics)
+    benchmarks = committed_benchmarks(info.manifest.metrics)
+    return Checkpoint(step=int(info.step), uri=str(info.uri), metrics=metrics, benchmarks=benchmarks)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .hashing import FileDigest
 # 2: a file entry may carry `part_size` (its sha256 is then the part tree, hashing.PartTreeDigest).
 # Format 1 manifests read as before: every entry's sha256 is of the whole file.
 FORMAT_VERSION = 2
+BENCHMARKS_KEY = "benchmarks"  # the one metric that is not a number: per-benchmark scores (docs/evaluation.md)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,30 @@ class CommitMetadata:
 
     def __post_init__(self) -> None:
         for name, metric in self.metrics.items():
-            if not isinstance(metric, int | float) or isinstance(metric, bool) or not math.isfinite(metric):
+            if name == BENCHMARKS_KEY:
+                _check_benchmarks(metric)
+            elif not _finite_number(metric):
                 raise ValueError(f"metric {name!r} must be a finite number, got {metric!r}")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_benchmarks(value: Any) -> None:
+    """`metrics["benchmarks"]`: {<task>: {"score": finite number, "metric", "samples", "step", "tokens",
+    ...}} (docs/evaluation.md); every other metric is one finite number."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"metric {BENCHMARKS_KEY!r} must map task names to scores, got {value!r}")
+    for task, entry in value.items():
+        where = f"metric {BENCHMARKS_KEY}.{task}"
+        if not isinstance(task, str) or not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be an object keyed by the task name, got {entry!r}")
+        if not _finite_number(entry.get("score")):
+            raise ValueError(f"{where}.score must be a finite number, got {entry.get('score')!r}")
+        for key in ("samples", "step", "tokens"):
+            if key in entry and not _finite_number(entry[key]):
+                raise ValueError(f"{where}.{key} must be a finite number, got {entry[key]!r}")
 
 
 @dataclass(frozen=True)

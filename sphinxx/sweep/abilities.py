@@ -1,0 +1,222 @@
+"""How abilities scale: every benchmark's score per point, and its trend against compute.
+
+One definition for the operator (which reads the scores from each TrainingRun's status, copied from
+its newest committed checkpoint) and the local runner (which reads the checkpoint itself):
+
+- the job commits, with a checkpoint's metrics, `benchmarks: {<task>: {score, metric, samples,
+  step, tokens}}` (docs/evaluation.md); `committed_benchmarks` reads it into typed rows;
+- a point's compute is C = 6 N D with N its `num_params` and D the tokens seen at the evaluated
+  step (the record's `tokens`, else the point's `tokens_seen`);
+- each benchmark gets a logistic trend in log10 C (`ability_law`), over the succeeded points that
+  carry a score on it; too few points, or scores that do not vary, give a reason instead.
+
+The table (`benchmark_table`) is the one text both the local runner and `kubectl sphinxx status`
+print, and the rows (`table_rows`) are what the parent MLflow run shows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sphinxx.schema.status import (
+    BandPoint,
+    BenchmarkScore,
+    BenchmarkTrend,
+    Estimate,
+    PointFit,
+    PointRow,
+    RunPhase,
+    Uncertainty,
+)
+
+BENCHMARKS_KEY = "benchmarks"  # the key of a checkpoint's metrics the job commits the scores under
+FORM = "logistic-log-compute"
+PERCENT = (0.0, 100.0)
+# The range of each metric's headline score as sphinxx.evals.metrics reports it: percent, except
+# MME's perception (10 categories of acc + acc+, 200 each). A metric not listed: percent.
+METRIC_RANGES = {"mme": (0.0, 2000.0)}
+TREND_RESAMPLES = 100  # bootstrap refits of each benchmark's trend
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    return METRIC_RANGES.get(metric, PERCENT)
+
+
+def committed_benchmarks(metrics: Mapping[str, Any]) -> dict[str, BenchmarkScore]:
+    """The benchmark scores of a checkpoint's committed metrics; an entry without a finite score
+    is left out (the storage layer refuses to commit one)."""
+    raw = metrics.get(BENCHMARKS_KEY)
+    out: dict[str, BenchmarkScore] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for task in sorted(raw):
+        entry = raw[task]
+        if not isinstance(entry, Mapping) or not _number(entry.get("score")):
+            continue
+        out[str(task)] = BenchmarkScore(
+            score=float(entry["score"]),
+            metric=str(entry.get("metric") or ""),
+            samples=_count(entry.get("samples")),
+            step=_count(entry.get("step")),
+            tokens=float(entry["tokens"]) if _number(entry.get("tokens")) else None,
+        )
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if _number(value) and value >= 0 else None
+
+
+def benchmark_names(rows: Sequence[PointRow]) -> list[str]:
+    """Every benchmark any point has a score on, sorted."""
+    return sorted({name for row in rows for name in (row.benchmarks or {})})
+
+
+def compute_of(row: PointRow, score: BenchmarkScore | None = None) -> float | None:
+    """C = 6 N D of a point (D: the evaluated step's tokens when the score carries them)."""
+    tokens = score.tokens if score is not None and score.tokens else row.tokens
+    return 6.0 * row.params * tokens if row.params and tokens else None
+
+
+def table_rows(rows: Sequence[PointRow]) -> list[dict[str, Any]]:
+    """One dict per point: name, model, data fraction, phase, N, D, C and every benchmark's score
+    (None where the point has none): the parent MLflow run's table."""
+    names = benchmark_names(rows)
+    out = []
+    for row in rows:
+        scores = row.benchmarks or {}
+        out.append(
+            {
+                "point": row.name,
+                "model": row.model,
+                "data_fraction": row.data_fraction,
+                "phase": row.phase.value,
+                "N": row.params,
+                "D": row.tokens,
+                "C": compute_of(row),
+                **{name: scores[name].score if name in scores else None for name in names},
+            }
+        )
+    return out
+
+
+def benchmark_table(rows: Sequence[PointRow]) -> str:
+    """The per-benchmark table: one line per point, one column per benchmark (its metric under the
+    name). Empty when no point has a benchmark score. Pure."""
+    names = benchmark_names(rows)
+    if not names:
+        return ""
+    metrics = {n: next(r.benchmarks[n].metric for r in rows if n in (r.benchmarks or {})) for n in names}
+    width = max(12, *(len(n) for n in names), *(len(m) for m in metrics.values()))
+    point_width = max(5, *(len(r.name) for r in rows))
+    head = f"{'point':<{point_width}} {'N':>7} {'D':>7} {'C=6ND':>8}"
+    lines = [
+        head + "".join(f" {n:>{width}}" for n in names),
+        " " * len(head) + "".join(f" {metrics[n]:>{width}}" for n in names),
+    ]
+    lines.append("-" * len(lines[0]))
+    for row in rows:
+        scores = row.benchmarks or {}
+        cells = "".join(
+            f" {scores[n].score:>{width}.4g}" if n in scores and scores[n].score is not None else f" {'-':>{width}}"
+            for n in names
+        )
+        lines.append(
+            f"{row.name:<{point_width}} {_short(row.params):>7} {_short(row.tokens):>7} "
+            f"{_short(compute_of(row)):>8}{cells}"
+        )
+    return "\n".join(lines)
+
+
+def _short(value: float | None) -> str:
+    """3.2e8-style: three significant digits."""
+    return "-" if value is None else f"{value:.3g}"
+
+
+def fit_abilities(rows: Sequence[PointRow], resamples: int | None = None) -> list[BenchmarkTrend]:
+    """A trend per benchmark over the succeeded points (`ability_law.fit_trend`), as status."""
+    names = benchmark_names(rows)
+    if not names:
+        return []
+    from . import ability_law  # numpy and scipy: when a sweep with benchmarks is fitted
+
+    succeeded = [r for r in rows if r.phase == RunPhase.SUCCEEDED]
+    out = []
+    for name in names:
+        points, lacking = [], []
+        for row in succeeded:
+            score = (row.benchmarks or {}).get(name)
+            if score is None or score.score is None or compute_of(row, score) is None:
+                lacking.append(row.name)
+                continue
+            tokens = score.tokens or row.tokens
+            points.append(ability_law.ScorePoint(row.params or 0.0, tokens or 0.0, score.score, row.name,
+                                                 row.data_fraction))  # fmt: skip
+        metric = next(r.benchmarks[name].metric for r in rows if name in (r.benchmarks or {}))
+        trend = ability_law.fit_trend(
+            points, *metric_range(metric), resamples=TREND_RESAMPLES if resamples is None else resamples
+        )
+        note = f"{len(lacking)} succeeded point(s) without a score: {', '.join(lacking)}" if lacking else ""
+        out.append(trend_status(name, metric, trend, note))
+    return out
+
+
+def trend_status(name: str, metric: str, trend: Any, note: str = "") -> BenchmarkTrend:
+    """A fitted `ability_law.Trend` (or its reason) as `status.scalingLaw.benchmarks[]`."""
+    import numpy as np  # with the fit, as above
+
+    out = BenchmarkTrend(benchmark=name, metric=metric, num_points=trend.num_points, low=trend.low,
+                         high=trend.high, summary=trend.summary(name), note=note,
+                         reason=trend.reason)  # fmt: skip
+    if not trend.fitted:
+        return out
+    out.form, out.residual_rms = FORM, _finite(trend.residual_rms)
+    for key, value in trend.coefficients().items():
+        low, high = trend.intervals.get(key, (None, None))
+        out.estimates.append(Estimate(name=key, value=_finite(value), low=_finite(low), high=_finite(high)))
+    if trend.resamples:
+        out.uncertainty = Uncertainty(
+            level=trend.level, resamples=trend.resamples, used=trend.resamples_used, seed=trend.seed
+        )
+    out.residuals = [
+        PointFit(name=p.name, observed=_finite(p.score), predicted=_finite(y), residual=_finite(p.score - y))
+        for p, y in zip(trend.points, trend.predicted, strict=True)
+    ]
+    computes = [p.compute for p in trend.points]
+    grid = np.geomspace(min(computes), max(computes), 25)
+    band = trend.band(grid)
+    for i, (c, y) in enumerate(zip(grid, trend.predict(grid), strict=True)):
+        low, high = (float(band[0][i]), float(band[1][i])) if band is not None else (None, None)
+        out.band.append(BandPoint(compute=float(c), predicted=_finite(float(y)), low=_finite(low), high=_finite(high)))
+    return out
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def metric_key(name: str) -> str:
+    """A benchmark name as part of an MLflow metric key (letters, digits, _ - . / only)."""
+    return re.sub(r"[^A-Za-z0-9_\-./]", "_", name)
+
+
+def trend_metrics(trends: Sequence[BenchmarkTrend]) -> dict[str, float]:
+    """`bench_<task>_<param>` (`_low`, `_high`) and `bench_<task>_residual_rms` of the parent run."""
+    out: dict[str, float] = {}
+    for trend in trends:
+        prefix = f"bench_{metric_key(trend.benchmark)}_"
+        for e in trend.estimates:
+            for suffix, value in (("", e.value), ("_low", e.low), ("_high", e.high)):
+                if value is not None:
+                    out[f"{prefix}{e.name}{suffix}"] = value
+        if trend.residual_rms is not None:
+            out[f"{prefix}residual_rms"] = trend.residual_rms
+        out[f"{prefix}num_points"] = float(trend.num_points)
+    return out
