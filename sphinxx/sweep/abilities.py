@@ -137,7 +137,24 @@ def benchmark_table(rows: Sequence[PointRow]) -> str:
 
 def _short(value: float | None) -> str:
     """3.2e8-style: three significant digits."""
-    return "-" if value is None else f"{value:.3g}"
+    return "-" if value is None else f"{value:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
+def score_points(rows: Sequence[PointRow], name: str) -> tuple[list[Any], list[str]]:
+    """(`ability_law.ScorePoint`s of the succeeded points scored on `name`, the succeeded points not)."""
+    from .ability_law import ScorePoint  # numpy and scipy: when a sweep with benchmarks is fitted
+
+    points, lacking = [], []
+    for row in rows:
+        if row.phase != RunPhase.SUCCEEDED:
+            continue
+        score = (row.benchmarks or {}).get(name)
+        if score is None or score.score is None or compute_of(row, score) is None:
+            lacking.append(row.name)
+            continue
+        tokens = float(score.tokens or row.tokens or 0.0)
+        points.append(ScorePoint(float(row.params or 0.0), tokens, score.score, row.name, row.data_fraction))
+    return points, lacking
 
 
 def fit_abilities(rows: Sequence[PointRow], resamples: int | None = None) -> list[BenchmarkTrend]:
@@ -145,27 +162,31 @@ def fit_abilities(rows: Sequence[PointRow], resamples: int | None = None) -> lis
     names = benchmark_names(rows)
     if not names:
         return []
-    from . import ability_law  # numpy and scipy: when a sweep with benchmarks is fitted
+    from .ability_law import fit_trend  # as above
 
-    succeeded = [r for r in rows if r.phase == RunPhase.SUCCEEDED]
     out = []
     for name in names:
-        points, lacking = [], []
-        for row in succeeded:
-            score = (row.benchmarks or {}).get(name)
-            if score is None or score.score is None or compute_of(row, score) is None:
-                lacking.append(row.name)
-                continue
-            tokens = score.tokens or row.tokens
-            points.append(ability_law.ScorePoint(row.params or 0.0, tokens or 0.0, score.score, row.name,
-                                                 row.data_fraction))  # fmt: skip
+        points, lacking = score_points(rows, name)
         metric = next(r.benchmarks[name].metric for r in rows if name in (r.benchmarks or {}))
-        trend = ability_law.fit_trend(
-            points, *metric_range(metric), resamples=TREND_RESAMPLES if resamples is None else resamples
-        )
+        n = TREND_RESAMPLES if resamples is None else resamples
+        trend = fit_trend(points, *metric_range(metric), resamples=n)
         note = f"{len(lacking)} succeeded point(s) without a score: {', '.join(lacking)}" if lacking else ""
         out.append(trend_status(name, metric, trend, note))
     return out
+
+
+def plot_abilities(rows: Sequence[PointRow], trends: Sequence[BenchmarkTrend], title: str) -> dict[str, bytes]:
+    """One PNG per benchmark (`plots.benchmark_png`), by task name."""
+    if not trends:
+        return {}
+    from .plots import benchmark_png  # matplotlib (~0.5 s): only when a plot is drawn
+
+    return {t.benchmark: benchmark_png(score_points(rows, t.benchmark)[0], t, title) for t in trends}
+
+
+def plot_name(name: str) -> str:
+    """The file a benchmark's plot is written to, beside scaling_law.png."""
+    return f"benchmark_{metric_key(name).replace('/', '_')}.png"
 
 
 def trend_status(name: str, metric: str, trend: Any, note: str = "") -> BenchmarkTrend:
@@ -220,3 +241,20 @@ def trend_metrics(trends: Sequence[BenchmarkTrend]) -> dict[str, float]:
             out[f"{prefix}residual_rms"] = trend.residual_rms
         out[f"{prefix}num_points"] = float(trend.num_points)
     return out
+
+
+def ability_report(rows: Sequence[PointRow], trends: Sequence[BenchmarkTrend]) -> str:
+    """What the local runner and `kubectl sphinxx status` print under the points: the per-benchmark
+    table and each benchmark's trend in one line (or why none). Empty without benchmarks. Pure."""
+    table = benchmark_table(rows)
+    if not table:
+        return ""
+    lines = ["", "benchmarks (score per point; C = 6 N D):", table]
+    for trend in trends:
+        band = ""
+        if trend.uncertainty is not None:
+            band = f"; {trend.uncertainty.level:.0%} intervals: " + ", ".join(
+                f"{e.name} [{e.low:.4g}, {e.high:.4g}]" for e in trend.estimates if e.low is not None and e.high is not None
+            )
+        lines.append(f"trend: {trend.summary}{band}" + (f" ({trend.note})" if trend.note else ""))
+    return "\n".join(lines)
