@@ -149,16 +149,21 @@ def fit_trend(
 
 def degenerate(points: Sequence[ScorePoint], low: float, high: float) -> str | None:
     """Why these points support no trend, or None."""
-    computes = {p.compute for p in points}
-    if len(points) < MIN_POINTS or len(computes) < MIN_COMPUTES:
+    computes = _distinct(np.log10([p.compute for p in points]))
+    if len(points) < MIN_POINTS or computes < MIN_COMPUTES:
         return (
-            f"too few points: {len(points)} point(s) at {len(computes)} compute value(s); a 4-parameter "
+            f"too few points: {len(points)} point(s) at {computes} compute value(s); a 4-parameter "
             f"logistic needs {MIN_POINTS} points at {MIN_COMPUTES} distinct C = 6ND"
         )
     scores = [p.score for p in points]
     if max(scores) - min(scores) <= 1e-9 * max(high - low, 1.0):
         return f"every point scores {scores[0]:.4g}: no trend to fit"
     return None
+
+
+def _distinct(x: np.ndarray) -> int:
+    """Distinct compute values among log10 C (equal to 1e-6 decades: 6 N D in floating point)."""
+    return len({round(float(v), 6) for v in x})
 
 
 def _usable(p: ScorePoint) -> bool:
@@ -245,7 +250,7 @@ def _bootstrap(
     samples = []
     for _ in range(resamples):
         idx = rng.integers(0, len(x), len(x))
-        if len(set(x[idx].tolist())) < MIN_COMPUTES or np.ptp(y[idx]) <= 0:
+        if _distinct(x[idx]) < MIN_COMPUTES or np.ptp(y[idx]) <= 0:
             continue
         samples.append(box.fit(x[idx], y[idx], [start], coarse=True))
     out.resamples, out.resamples_used, out.samples = resamples, len(samples), samples
