@@ -44,7 +44,7 @@ class Checkpoint:
     step: int
     uri: str
     metrics: dict[str, float] = field(default_factory=dict)
-    benchmarks: dict[str, BenchmarkScore] = field(default_factory=dict)  # committed with it (abilities.py)
+    benchmarks: dict[str, BenchmarkScore] = field(default_factory=dict)  # eval.benchmarks' entries
 
 
 @dataclass(frozen=True)
@@ -267,8 +267,7 @@ def _mirror(obs: RunObserved, st: RunStatus) -> None:
         st.last_checkpoint = CheckpointRef(step=obs.checkpoint.step, uri=obs.checkpoint.uri)
         if obs.checkpoint.metrics:
             st.metrics = dict(obs.checkpoint.metrics)
-        if obs.checkpoint.benchmarks:
-            st.benchmarks = dict(obs.checkpoint.benchmarks)
+        st.benchmarks = copy.deepcopy(obs.checkpoint.benchmarks)  # every later commit carries them on
         # The job counts its planned stops in every commit (jobs/segments.py); never backwards
         # within a run, so a rollback to an older commit does not hide the preemptions it had.
         st.preemptions = max(st.preemptions, int(obs.checkpoint.metrics.get("preemptions", 0)))

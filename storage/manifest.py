@@ -26,7 +26,6 @@ from .hashing import FileDigest
 # 2: a file entry may carry `part_size` (its sha256 is then the part tree, hashing.PartTreeDigest).
 # Format 1 manifests read as before: every entry's sha256 is of the whole file.
 FORMAT_VERSION = 2
-BENCHMARKS_KEY = "benchmarks"  # the one metric that is not a number: per-benchmark scores (docs/evaluation.md)
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,9 @@ class CommitMetadata:
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of the optimizer shards
     ep_size: int | None = None  # expert-parallel size
     dp_size: int | None = None  # data-parallel size
-    metrics: Mapping[str, float] = field(
-        default_factory=dict
-    )  # e.g. {"val_loss": 2.31}; retention ranks by these
+    # e.g. {"val_loss": 2.31}; retention ranks by these. A value may also be a record of numbers and
+    # strings (the job's `benchmarks`: docs/training.md, "Benchmarks in every point").
+    metrics: Mapping[str, Any] = field(default_factory=dict)
     config_hash: str | None = None  # sha256 of the resolved run config
     code_version: str | None = None  # git sha or package version
     final: bool = False  # the run's last checkpoint: retention keeps it forever
@@ -105,30 +104,26 @@ class CommitMetadata:
 
     def __post_init__(self) -> None:
         for name, metric in self.metrics.items():
-            if name == BENCHMARKS_KEY:
-                _check_benchmarks(metric)
-            elif not _finite_number(metric):
+            if isinstance(metric, Mapping):
+                _check_record(name, metric)
+            elif not _finite(metric):
                 raise ValueError(f"metric {name!r} must be a finite number, got {metric!r}")
 
 
-def _finite_number(value: Any) -> bool:
+def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_benchmarks(value: Any) -> None:
-    """`metrics["benchmarks"]`: {<task>: {"score": finite number, "metric", "samples", "step", "tokens",
-    ...}} (docs/evaluation.md); every other metric is one finite number."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"metric {BENCHMARKS_KEY!r} must map task names to scores, got {value!r}")
-    for task, entry in value.items():
-        where = f"metric {BENCHMARKS_KEY}.{task}"
-        if not isinstance(task, str) or not isinstance(entry, Mapping):
-            raise ValueError(f"{where} must be an object keyed by the task name, got {entry!r}")
-        if not _finite_number(entry.get("score")):
-            raise ValueError(f"{where}.score must be a finite number, got {entry.get('score')!r}")
-        for key in ("samples", "step", "tokens"):
-            if key in entry and not _finite_number(entry[key]):
-                raise ValueError(f"{where}.{key} must be a finite number, got {entry[key]!r}")
+def _check_record(path: str, record: Mapping[str, Any]) -> None:
+    """A metric may be a record (the job's `benchmarks`): string keys, leaves finite numbers or strings."""
+    for key, value in record.items():
+        where = f"{path}.{key}"
+        if not isinstance(key, str):
+            raise ValueError(f"metric {path!r}: keys must be strings, got {key!r}")
+        if isinstance(value, Mapping):
+            _check_record(where, value)
+        elif not (_finite(value) or isinstance(value, str)):
+            raise ValueError(f"metric {where!r} must be a finite number or a string, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +143,7 @@ class Manifest:
         return sum(f.size for f in self.files)
 
     @property
-    def metrics(self) -> Mapping[str, float]:
+    def metrics(self) -> Mapping[str, Any]:
         return self.metadata.metrics
 
     def files_of(self, ranks: set[int] | None) -> tuple[FileEntry, ...]:

@@ -130,14 +130,15 @@ class RunProgress:
 
 @dataclass
 class BenchmarkScore:
-    """One benchmark's headline score at a checkpoint, as the job commits it (the checkpoint's metrics,
-    key `benchmarks`; docs/evaluation.md)."""
+    """One benchmark of `eval.benchmarks` as the newest committed checkpoint records it."""
 
-    score: float | None = field(None, "the headline score on the benchmark's own scale (percent; MME 0..2000)")
-    metric: str = field("", "how it was scored: vqa_accuracy, exact_match, anls, ... (sphinxx.evals)")
-    samples: int | None = count(None, "questions scored", maximum=2**62)
-    step: int | None = count(None, "the optimizer step evaluated", maximum=2**62)
-    tokens: float | None = field(None, "training tokens seen at that step")
+    score: float = field(0.0, "the headline: a fraction in [0, 1], or the benchmark's own scale "
+                              "(MME's perception, 0..2000)")  # fmt: skip
+    metric: str = field("", "how the answers were scored (docs/evaluation.md, Metrics)")
+    samples: int = count(0, "records scored", maximum=2**62)
+    step: int = count(0, "the step the model was scored at", maximum=2**62)
+    tokens: int = count(0, "training tokens seen at that step", maximum=2**62)
+    details: dict[str, float] = field({}, "every number the benchmark publishes, as published (percent)")
 
 
 @dataclass
@@ -157,7 +158,9 @@ class RunStatus:
     )
     last_checkpoint: CheckpointRef | None = field(None, "the newest committed checkpoint")
     metrics: dict[str, float] = field({}, "metrics of the newest committed checkpoint")
-    benchmarks: dict[str, BenchmarkScore] = field({}, "benchmark scores committed with that checkpoint")
+    benchmarks: dict[str, BenchmarkScore] = field(
+        {}, "benchmark scores the newest committed checkpoint records (eval.benchmarks)"
+    )
     progress: RunProgress | None = field(
         None, "live progress between checkpoints (the job's progress record)"
     )

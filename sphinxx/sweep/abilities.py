@@ -4,7 +4,8 @@ One definition for the operator (which reads the scores from each TrainingRun's 
 its newest committed checkpoint) and the local runner (which reads the checkpoint itself):
 
 - the job commits, with a checkpoint's metrics, `benchmarks: {<task>: {score, metric, samples,
-  step, tokens}}` (docs/evaluation.md); `committed_benchmarks` reads it into typed rows;
+  step, tokens, details}}` (docs/training.md), the score a fraction in [0, 1] (MME on its own
+  0..2000); `committed_benchmarks` reads it into typed rows;
 - a point's compute is C = 6 N D with N its `num_params` and D the tokens seen at the evaluated
   step (the record's `tokens`, else the point's `tokens_seen`);
 - each benchmark gets a logistic trend in log10 C (`ability_law`), over the succeeded points that
@@ -21,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sphinxx.schema.fields import SchemaError, parse
 from sphinxx.schema.status import (
     BandPoint,
     BenchmarkScore,
@@ -34,44 +36,28 @@ from sphinxx.schema.status import (
 
 BENCHMARKS_KEY = "benchmarks"  # the key of a checkpoint's metrics the job commits the scores under
 FORM = "logistic-log-compute"
-PERCENT = (0.0, 100.0)
-# The range of each metric's headline score as sphinxx.evals.metrics reports it: percent, except
-# MME's perception (10 categories of acc + acc+, 200 each). A metric not listed: percent.
+FRACTION = (0.0, 1.0)
+# The range of a committed score: the headline as a fraction in [0, 1], except MME's perception,
+# on its own scale (10 categories of acc + acc+, 200 each; docs/evaluation.md).
 METRIC_RANGES = {"mme": (0.0, 2000.0)}
 TREND_RESAMPLES = 100  # bootstrap refits of each benchmark's trend
 
 
 def metric_range(metric: str) -> tuple[float, float]:
-    return METRIC_RANGES.get(metric, PERCENT)
+    return METRIC_RANGES.get(metric, FRACTION)
 
 
 def committed_benchmarks(metrics: Mapping[str, Any]) -> dict[str, BenchmarkScore]:
-    """The benchmark scores of a checkpoint's committed metrics; an entry without a finite score
-    is left out (the storage layer refuses to commit one)."""
+    """The benchmark scores of a checkpoint's committed metrics, as the operator reads them into the
+    TrainingRun's status (`operator/checkpoints.py`): an entry that does not parse is left out."""
     raw = metrics.get(BENCHMARKS_KEY)
     out: dict[str, BenchmarkScore] = {}
-    if not isinstance(raw, Mapping):
-        return out
-    for task in sorted(raw):
-        entry = raw[task]
-        if not isinstance(entry, Mapping) or not _number(entry.get("score")):
+    for name, item in raw.items() if isinstance(raw, dict) else ():
+        try:
+            out[str(name)] = parse(BenchmarkScore, item)
+        except SchemaError:
             continue
-        out[str(task)] = BenchmarkScore(
-            score=float(entry["score"]),
-            metric=str(entry.get("metric") or ""),
-            samples=_count(entry.get("samples")),
-            step=_count(entry.get("step")),
-            tokens=float(entry["tokens"]) if _number(entry.get("tokens")) else None,
-        )
     return out
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value: Any) -> int | None:
-    return int(value) if _number(value) and value >= 0 else None
 
 
 def benchmark_names(rows: Sequence[PointRow]) -> list[str]:
@@ -125,7 +111,7 @@ def benchmark_table(rows: Sequence[PointRow]) -> str:
     for row in rows:
         scores = row.benchmarks or {}
         cells = "".join(
-            f" {scores[n].score:>{width}.4g}" if n in scores and scores[n].score is not None else f" {'-':>{width}}"
+            f" {scores[n].score:>{width}.4g}" if n in scores else f" {'-':>{width}}"
             for n in names
         )
         lines.append(
@@ -149,7 +135,7 @@ def score_points(rows: Sequence[PointRow], name: str) -> tuple[list[Any], list[s
         if row.phase != RunPhase.SUCCEEDED:
             continue
         score = (row.benchmarks or {}).get(name)
-        if score is None or score.score is None or compute_of(row, score) is None:
+        if score is None or not math.isfinite(score.score) or compute_of(row, score) is None:
             lacking.append(row.name)
             continue
         tokens = float(score.tokens or row.tokens or 0.0)

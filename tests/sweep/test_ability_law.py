@@ -126,29 +126,30 @@ def test_degenerate_inputs_give_a_reason_never_a_fit(points: list[ScorePoint], r
 def test_the_status_form_of_a_degenerate_benchmark_has_its_reason_and_no_numbers() -> None:
     rows = [
         PointRow(f"p{i}", "tiny", 1.0, phase=RunPhase.SUCCEEDED, params=n, tokens=d,
-                 benchmarks={"pope": BenchmarkScore(score=50.0, metric="pope")})
+                 benchmarks={"pope": BenchmarkScore(score=0.5, metric="pope")})
         for i, (n, d) in enumerate(itertools.product(SIZES, TOKENS))
     ]  # fmt: skip
     rows[0].phase = RunPhase.FAILED  # a failed point is no input
     (trend,) = fit_abilities(rows, resamples=10)
     assert trend.benchmark == "pope" and trend.num_points == 11 and trend.form is None
-    assert "every point scores 50" in trend.reason and not trend.estimates and not trend.band
+    assert "every point scores 0.5" in trend.reason and not trend.estimates and not trend.band
     assert trend.uncertainty is None and not trend.residuals
 
 
 def test_every_metric_has_a_range_and_committed_scores_are_read_as_committed() -> None:
     assert set(METRIC_RANGES) <= set(METRICS)
-    assert metric_range("mme") == (0.0, 2000.0) and metric_range("vqa_accuracy") == (0.0, 100.0)
+    assert metric_range("mme") == (0.0, 2000.0) and metric_range("vqa_accuracy") == (0.0, 1.0)
     record = {
         "loss": 2.0,
         "benchmarks": {
-            "textvqa": {"score": 31.5, "metric": "vqa_accuracy", "samples": 200, "step": 40, "tokens": 81920},
-            "broken": {"metric": "anls"},  # no score: left out
-            "gqa": {"score": 12, "metric": "exact_match", "samples": 10, "step": 40, "tokens": 81920,
-                    "details": {"x": 1.0}},
+            "textvqa": {"score": 0.315, "metric": "vqa_accuracy", "samples": 200, "step": 40, "tokens": 81920},
+            "broken": {"score": "n/a", "metric": "anls"},  # does not parse: left out
+            "gqa": {"score": 0.12, "metric": "exact_match", "samples": 10, "step": 40, "tokens": 81920,
+                    "details": {"accuracy": 12.0}},
         },
     }  # fmt: skip
     scores = committed_benchmarks(record)
-    assert list(scores) == ["gqa", "textvqa"]
-    assert scores["textvqa"] == BenchmarkScore(31.5, "vqa_accuracy", 200, 40, 81920.0)
+    assert sorted(scores) == ["gqa", "textvqa"]
+    assert scores["textvqa"] == BenchmarkScore(0.315, "vqa_accuracy", 200, 40, 81920)
+    assert scores["gqa"].details == {"accuracy": 12.0}
     assert committed_benchmarks({"loss": 2.0}) == {} and committed_benchmarks({"benchmarks": 3}) == {}

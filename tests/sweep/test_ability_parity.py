@@ -32,20 +32,20 @@ from sphinxx.sweep.points import Point
 from sphinxx.sweep.results import fit_metrics, fit_sweep
 
 SIZES, TOKENS = (1e6, 3e6, 1e7), (1e9, 3e9, 1e10)
-COUNT = {"floor": 20.0, "ceiling": 80.0, "midpoint": 16.8, "slope": 2.5}  # percent, rising with C
+COUNT = {"floor": 0.2, "ceiling": 0.8, "midpoint": 16.8, "slope": 2.5}  # a fraction, rising with C
 
 
 def _benchmarks(i: int, n: float, d: float, rng: np.random.Generator) -> dict[str, dict]:
     x = math.log10(6 * n * d)
     out = {
-        "count": {"score": float(logistic(COUNT, np.array(x))) + float(rng.normal(0, 0.5)),
+        "count": {"score": float(logistic(COUNT, np.array(x))) + float(rng.normal(0, 0.005)),
                   "metric": "exact_match", "samples": 64, "step": 100, "tokens": int(d)},
         "mme": {"score": 600.0 + 300.0 * (x - 15.5) + float(rng.normal(0, 10)), "metric": "mme",
                 "samples": 40, "step": 100, "tokens": int(d)},
-        "flat": {"score": 50.0, "metric": "pope", "samples": 32, "step": 100, "tokens": int(d)},
+        "flat": {"score": 0.5, "metric": "pope", "samples": 32, "step": 100, "tokens": int(d)},
     }  # fmt: skip
     if i < 3:  # scored on three points only: too few for a trend
-        out["rare"] = {"score": 10.0 * i, "metric": "vqa_accuracy", "samples": 8, "step": 100, "tokens": int(d)}
+        out["rare"] = {"score": 0.1 * i, "metric": "vqa_accuracy", "samples": 8, "step": 100, "tokens": int(d)}
     return out
 
 
@@ -126,7 +126,7 @@ def test_operator_and_local_runner_give_the_same_benchmark_table_and_trends(tmp_
     assert estimates["ceiling"].low <= estimates["ceiling"].value <= estimates["ceiling"].high
     assert len(count.band) == 25 and count.uncertainty is not None and count.uncertainty.used > 10
     assert trends["mme"].high == 2000.0 and trends["mme"].form  # MME's own scale
-    assert "every point scores 50" in trends["flat"].reason and not trends["flat"].estimates
+    assert "every point scores 0.5" in trends["flat"].reason and not trends["flat"].estimates
     assert "too few points" in trends["rare"].reason and "6 succeeded point(s) without a score" in trends["rare"].note
     assert "bench_count_midpoint_low" in fit_metrics(law_c) and "bench_flat_floor" not in fit_metrics(law_c)
     # the text both CLIs print under the points
