@@ -48,9 +48,9 @@ from sphinxx.schema.status import (
 from sphinxx.schema.uris import STORAGE
 from sphinxx.schema.uris import problem as uri_problem
 from sphinxx.sweep import mlflow_runs
+from sphinxx.sweep.abilities import ability_report, committed_benchmarks, plot_abilities, plot_name
 from sphinxx.sweep.points import Point, admit_sweep, read_sweep
 from sphinxx.sweep.points import plan as plan_points
-from sphinxx.sweep.abilities import ability_report, committed_benchmarks, plot_abilities, plot_name
 from sphinxx.sweep.results import fit_sweep, plot_fit, row_metrics
 
 SUMMARY_KEY = "sphinxx_summary"  # the job's final JSON line carries this key

@@ -41,8 +41,8 @@ from sphinxx.schema.status import (
     parse_status,
 )
 from sphinxx.sweep import mlflow_runs
-from sphinxx.sweep.points import AdmittedSweep, admit_sweep
 from sphinxx.sweep.abilities import plot_abilities
+from sphinxx.sweep.points import AdmittedSweep, admit_sweep
 from sphinxx.sweep.results import fit_sweep, plot_fit
 
 from . import checkpoints, decide, expand, names, status, tracking

@@ -306,7 +306,9 @@ class BenchmarkTrend:
 
     benchmark: str = field("", "the task name the job committed")
     metric: str = field("", "its metric")
-    form: str | None = field(None, "the fitted form; unset when no trend was fitted", enum=("logistic-log-compute",))
+    form: str | None = field(
+        None, "the fitted form; unset when no trend was fitted", enum=("logistic-log-compute",)
+    )
     summary: str = field("", "the trend in one line")
     num_points: int = count(0, "points with a score on this benchmark", maximum=2**31)
     low: float | None = field(None, "the metric's range (lower end): floor and ceiling stay inside")

@@ -65,6 +65,11 @@ def benchmark_names(rows: Sequence[PointRow]) -> list[str]:
     return sorted({name for row in rows for name in (row.benchmarks or {})})
 
 
+def metric_of(rows: Sequence[PointRow], name: str) -> str:
+    """The metric of benchmark `name`, as the first point scored on it says."""
+    return next((r.benchmarks or {})[name].metric for r in rows if name in (r.benchmarks or {}))
+
+
 def compute_of(row: PointRow, score: BenchmarkScore | None = None) -> float | None:
     """C = 6 N D of a point (D: the evaluated step's tokens when the score carries them)."""
     tokens = score.tokens if score is not None and score.tokens else row.tokens
@@ -99,7 +104,7 @@ def benchmark_table(rows: Sequence[PointRow]) -> str:
     names = benchmark_names(rows)
     if not names:
         return ""
-    metrics = {n: next(r.benchmarks[n].metric for r in rows if n in (r.benchmarks or {})) for n in names}
+    metrics = {n: metric_of(rows, n) for n in names}
     width = max(12, *(len(n) for n in names), *(len(m) for m in metrics.values()))
     point_width = max(5, *(len(r.name) for r in rows))
     head = f"{'point':<{point_width}} {'N':>7} {'D':>7} {'C=6ND':>8}"
@@ -111,8 +116,7 @@ def benchmark_table(rows: Sequence[PointRow]) -> str:
     for row in rows:
         scores = row.benchmarks or {}
         cells = "".join(
-            f" {scores[n].score:>{width}.4g}" if n in scores else f" {'-':>{width}}"
-            for n in names
+            f" {scores[n].score:>{width}.4g}" if n in scores else f" {'-':>{width}}" for n in names
         )
         lines.append(
             f"{row.name:<{point_width}} {_short(row.params):>7} {_short(row.tokens):>7} "
@@ -153,7 +157,7 @@ def fit_abilities(rows: Sequence[PointRow], resamples: int | None = None) -> lis
     out = []
     for name in names:
         points, lacking = score_points(rows, name)
-        metric = next(r.benchmarks[name].metric for r in rows if name in (r.benchmarks or {}))
+        metric = metric_of(rows, name)
         n = TREND_RESAMPLES if resamples is None else resamples
         trend = fit_trend(points, *metric_range(metric), resamples=n)
         note = f"{len(lacking)} succeeded point(s) without a score: {', '.join(lacking)}" if lacking else ""
@@ -161,7 +165,9 @@ def fit_abilities(rows: Sequence[PointRow], resamples: int | None = None) -> lis
     return out
 
 
-def plot_abilities(rows: Sequence[PointRow], trends: Sequence[BenchmarkTrend], title: str) -> dict[str, bytes]:
+def plot_abilities(
+    rows: Sequence[PointRow], trends: Sequence[BenchmarkTrend], title: str
+) -> dict[str, bytes]:
     """One PNG per benchmark (`plots.benchmark_png`), by task name."""
     if not trends:
         return {}
@@ -201,7 +207,9 @@ def trend_status(name: str, metric: str, trend: Any, note: str = "") -> Benchmar
     band = trend.band(grid)
     for i, (c, y) in enumerate(zip(grid, trend.predict(grid), strict=True)):
         low, high = (float(band[0][i]), float(band[1][i])) if band is not None else (None, None)
-        out.band.append(BandPoint(compute=float(c), predicted=_finite(float(y)), low=_finite(low), high=_finite(high)))
+        out.band.append(
+            BandPoint(compute=float(c), predicted=_finite(float(y)), low=_finite(low), high=_finite(high))
+        )
     return out
 
 
@@ -240,7 +248,9 @@ def ability_report(rows: Sequence[PointRow], trends: Sequence[BenchmarkTrend]) -
         band = ""
         if trend.uncertainty is not None:
             band = f"; {trend.uncertainty.level:.0%} intervals: " + ", ".join(
-                f"{e.name} [{e.low:.4g}, {e.high:.4g}]" for e in trend.estimates if e.low is not None and e.high is not None
+                f"{e.name} [{e.low:.4g}, {e.high:.4g}]"
+                for e in trend.estimates
+                if e.low is not None and e.high is not None
             )
         lines.append(f"trend: {trend.summary}{band}" + (f" ({trend.note})" if trend.note else ""))
     return "\n".join(lines)

@@ -204,7 +204,11 @@ class _Box:
             cg = np.clip(np.nan_to_num(cg, nan=self.low), self.low, self.high)
             sse = ((cf[:, None] * a + cg[:, None] * b - y) ** 2).sum(1)
             better = sse < best
-            best_f, best_g, best = np.where(better, cf, best_f), np.where(better, cg, best_g), np.minimum(sse, best)
+            best_f, best_g, best = (
+                np.where(better, cf, best_f),
+                np.where(better, cg, best_g),
+                np.minimum(sse, best),
+            )
         return np.stack([best_f, best_g], 1), best
 
     def sigmoid(self, x: np.ndarray, ms: np.ndarray) -> np.ndarray:

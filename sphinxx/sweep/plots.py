@@ -296,7 +296,9 @@ def benchmark_figure(points: Sequence[ScorePoint], trend: BenchmarkTrend, title:
         if trend.uncertainty and trend.band
         else ""
     )
-    fig.suptitle(f"{title}{': ' if title else ''}{trend.benchmark} ({trend.metric}){band}\n{what}", fontsize=9)
+    fig.suptitle(
+        f"{title}{': ' if title else ''}{trend.benchmark} ({trend.metric}){band}\n{what}", fontsize=9
+    )
     axes = fig.subplots(1, 3)
     coefficients = {e.name: e.value for e in trend.estimates if e.value is not None}
     curve = functools.partial(_trend, coefficients) if len(coefficients) == 4 else None
@@ -347,7 +349,9 @@ def _score_vs_axis(
     grid = np.geomspace(low, high, 60)
     keys = sorted({value for _, value in series})
     for i, key in enumerate(keys):
-        row = sorted((p for p, (_, v) in zip(points, series, strict=True) if v == key), key=lambda p: getattr(p, axis))
+        row = sorted(
+            (p for p, (_, v) in zip(points, series, strict=True) if v == key), key=lambda p: getattr(p, axis)
+        )
         color = (colors or {}).get(key) or plt.get_cmap("plasma")(i / max(1, len(keys) - 1) * 0.85)
         if axis == "params":
             other = float(np.exp(np.mean(np.log([p.data for p in row]))))
@@ -361,6 +365,6 @@ def _score_vs_axis(
     ax.set_xscale("log")
     log_axis(ax.xaxis, low, high)
     ax.set_xlabel(N_LABEL if axis == "params" else D_LABEL, fontsize=8)
-    ax.set_title(f"score vs {'model size, per data fraction' if axis == 'params' else 'data, per model size'}",
-                 fontsize=9)  # fmt: skip
+    what = "model size, per data fraction" if axis == "params" else "data, per model size"
+    ax.set_title(f"score vs {what}", fontsize=9)
     _legend(ax, "data" if axis == "params" else "model size")

@@ -111,7 +111,10 @@ def test_a_falling_score_and_the_metric_range_bound_the_fit() -> None:
     [
         ([ScorePoint(1e6 * (i + 1), 1e9, 10.0 * i) for i in range(4)], "too few points: 4 point(s)"),
         # six points but only three compute values (C = 6ND repeats along a diagonal)
-        ([ScorePoint(n, c / 6 / n, c / 1e15) for c in (1e15, 1e16, 1e17) for n in (1e6, 1e7)], "at 3 compute value(s)"),
+        (
+            [ScorePoint(n, c / 6 / n, c / 1e15) for c in (1e15, 1e16, 1e17) for n in (1e6, 1e7)],
+            "at 3 compute value(s)",
+        ),
         ([ScorePoint(n, d, 42.0) for n, d in itertools.product(SIZES, TOKENS)], "every point scores 42"),
         ([], "too few points: 0 point(s)"),
     ],
@@ -119,7 +122,12 @@ def test_a_falling_score_and_the_metric_range_bound_the_fit() -> None:
 def test_degenerate_inputs_give_a_reason_never_a_fit(points: list[ScorePoint], reason: str) -> None:
     trend = fit_trend(points, 0.0, 100.0, resamples=10)
     assert reason in trend.reason
-    assert not trend.fitted and trend.coefficients() == {} and not trend.samples and trend.band(np.ones(3)) is None
+    assert (
+        not trend.fitted
+        and trend.coefficients() == {}
+        and not trend.samples
+        and trend.band(np.ones(3)) is None
+    )
     assert "no trend" in trend.summary("vqav2")
 
 
@@ -142,7 +150,8 @@ def test_every_metric_has_a_range_and_committed_scores_are_read_as_committed() -
     record = {
         "loss": 2.0,
         "benchmarks": {
-            "textvqa": {"score": 0.315, "metric": "vqa_accuracy", "samples": 200, "step": 40, "tokens": 81920},
+            "textvqa": {"score": 0.315, "metric": "vqa_accuracy", "samples": 200, "step": 40,
+                        "tokens": 81920},
             "broken": {"score": "n/a", "metric": "anls"},  # does not parse: left out
             "gqa": {"score": 0.12, "metric": "exact_match", "samples": 10, "step": 40, "tokens": 81920,
                     "details": {"accuracy": 12.0}},

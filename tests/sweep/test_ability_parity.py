@@ -32,6 +32,7 @@ from sphinxx.sweep.points import Point
 from sphinxx.sweep.results import fit_metrics, fit_sweep
 
 SIZES, TOKENS = (1e6, 3e6, 1e7), (1e9, 3e9, 1e10)
+COMPLETE = {"status": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}}  # the RayJob's, done
 COUNT = {"floor": 0.2, "ceiling": 0.8, "midpoint": 16.8, "slope": 2.5}  # a fraction, rising with C
 
 
@@ -45,7 +46,13 @@ def _benchmarks(i: int, n: float, d: float, rng: np.random.Generator) -> dict[st
         "flat": {"score": 0.5, "metric": "pope", "samples": 32, "step": 100, "tokens": int(d)},
     }  # fmt: skip
     if i < 3:  # scored on three points only: too few for a trend
-        out["rare"] = {"score": 0.1 * i, "metric": "vqa_accuracy", "samples": 8, "step": 100, "tokens": int(d)}
+        out["rare"] = {
+            "score": 0.1 * i,
+            "metric": "vqa_accuracy",
+            "samples": 8,
+            "step": 100,
+            "tokens": int(d),
+        }
     return out
 
 
@@ -61,8 +68,9 @@ def _commit(prefix: str, tmp_path: Path, only: tuple[str, ...] = ()) -> list[Poi
         store = CheckpointStore(prefix, name)
         with store.writer(100) as writer:
             writer.upload_dir(shard)
+        scores = {k: v for k, v in _benchmarks(i, n, d, rng).items() if k in (only or k)}
         metrics = {"num_params": n, "tokens_seen": d, "loss": 2.0 + 300 / n**0.3 + 300 / d**0.3,
-                   "benchmarks": {k: v for k, v in _benchmarks(i, n, d, rng).items() if k in (only or k)}}  # fmt: skip
+                   "benchmarks": scores}  # fmt: skip
         store.commit(100, writers=[writer.finish()], metadata=CommitMetadata(metrics=metrics, final=True))
         points.append(Point("tiny", 1.0, name))
     return points
@@ -76,13 +84,16 @@ def _operator_rows(prefix: str, points: list[Point]) -> list[PointRow]:
         obs = decide.RunObserved(
             generation=1, policy=FailurePolicy(max_retries=2), suspend=False, queued=False, bounds=(1, 1),
             status=parse_status(RunStatus, {"attempt": 1, "phase": "Running"}),
-            job=status.observe_rayjob({"status": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}}),
+            job=status.observe_rayjob(COMPLETE),
             job_suspended=False, admitted=True, resume_token=None, checkpoint=checkpoint, cluster_bounds=None,
             now=1.8e9, now_iso="2027-01-15T08:00:00Z",
         )  # fmt: skip
         run = decide.decide_run(obs).status
         assert run.phase == RunPhase.SUCCEEDED
-        children[point.name] = {"metadata": {"name": point.name}, "status": dump_status(run)}  # as the server holds it
+        children[point.name] = {
+            "metadata": {"name": point.name},
+            "status": dump_status(run),
+        }  # as the server holds it
     return status.rollup(points, children, False, [], 1, "2027-01-15T08:00:00Z").points
 
 
@@ -127,7 +138,10 @@ def test_operator_and_local_runner_give_the_same_benchmark_table_and_trends(tmp_
     assert len(count.band) == 25 and count.uncertainty is not None and count.uncertainty.used > 10
     assert trends["mme"].high == 2000.0 and trends["mme"].form  # MME's own scale
     assert "every point scores 0.5" in trends["flat"].reason and not trends["flat"].estimates
-    assert "too few points" in trends["rare"].reason and "6 succeeded point(s) without a score" in trends["rare"].note
+    assert (
+        "too few points" in trends["rare"].reason
+        and "6 succeeded point(s) without a score" in trends["rare"].note
+    )
     assert "bench_count_midpoint_low" in fit_metrics(law_c) and "bench_flat_floor" not in fit_metrics(law_c)
     # the text both CLIs print under the points
     assert ability_report(cluster, law_c.benchmarks) == ability_report(local, law_l.benchmarks)
@@ -141,12 +155,10 @@ def test_both_write_a_plot_per_benchmark_and_the_same_table_to_the_parent_run(
     from mlflow.tracking import MlflowClient
 
     import sphinxx.sweep.abilities
-
-    monkeypatch.setattr(sphinxx.sweep.abilities, "TREND_RESAMPLES", 10)  # fast; the numbers are not the point
-    import sphinxx.sweep.results
-
     import sphinxx.sweep.scaling_law
 
+    # fast: the numbers are the first test's business
+    monkeypatch.setattr(sphinxx.sweep.abilities, "TREND_RESAMPLES", 10)
     monkeypatch.setattr(sphinxx.sweep.scaling_law, "RESAMPLES", 10)
     prefix = f"file://{tmp_path / 'ckpt'}"
     points = _commit(prefix, tmp_path, only=("count", "rare"))  # a trend, and none: a plot each
@@ -171,11 +183,16 @@ def test_both_write_a_plot_per_benchmark_and_the_same_table_to_the_parent_run(
         root = Path(client.download_artifacts(parent, "", str(tmp_path / parent)))
         assert sorted(p.name for p in (root / "benchmarks").iterdir()) == [
             "benchmark_count.png", "benchmark_rare.png"]  # fmt: skip
-        tables.append((json.loads((root / "benchmarks.json").read_text()), (root / "benchmarks.txt").read_text()))
+        tables.append(
+            (json.loads((root / "benchmarks.json").read_text()), (root / "benchmarks.txt").read_text())
+        )
         metrics = client.get_run(parent).data.metrics
         assert metrics["bench_count_num_points"] == 9 and "bench_count_slope_high" in metrics
     assert tables[0] == tables[1]
     body, text = tables[0]
     assert body["columns"] == ["point", "model", "data_fraction", "phase", "N", "D", "C", "count", "rare"]
-    assert body["data"][0][:7] == ["p0", "tiny", 1.0, "Succeeded", 1e6, 1e9, 6e15] and body["data"][8][-1] is None
+    assert (
+        body["data"][0][:7] == ["p0", "tiny", 1.0, "Succeeded", 1e6, 1e9, 6e15]
+        and body["data"][8][-1] is None
+    )
     assert text.startswith("point") and "exact_match" in text
