@@ -152,8 +152,9 @@ def test_a_benchmark_figure_is_readable_and_says_why_it_has_no_trend(fitted: boo
     rows = []
     for i, (n, d) in enumerate(itertools.product((1e6, 3e6, 1e7), (1e9, 3e9, 1e10))):
         score = float(logistic(true, np.log10(6 * n * d))) if fitted else 0.25
+        scores = {"count": BenchmarkScore(score, "exact_match")}
         rows.append(PointRow(f"p{i}", "tiny", (0.1, 0.3, 1.0)[i % 3], phase=RunPhase.SUCCEEDED, params=n,
-                             tokens=d, benchmarks={"count": BenchmarkScore(score, "exact_match")}))  # fmt: skip
+                             tokens=d, benchmarks=scores))  # fmt: skip
     (trend,) = fit_abilities(rows, resamples=10)
     fig = benchmark_figure(score_points(rows, "count")[0], trend, "sweep grid")
     try:
