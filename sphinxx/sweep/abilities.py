@@ -4,8 +4,8 @@ One definition for the operator (which reads the scores from each TrainingRun's 
 its newest committed checkpoint) and the local runner (which reads the checkpoint itself):
 
 - the job commits, with a checkpoint's metrics, `benchmarks: {<task>: {score, metric, samples,
-  step, tokens, details}}` (docs/training.md), the score a fraction in [0, 1] (MME on its own
-  0..2000); `committed_benchmarks` reads it into typed rows;
+  step, tokens, details}}`, the score a fraction in [0, 1] (MME on its own 0..2000; docs/evaluation.md,
+  "How abilities scale across a sweep"); `committed_benchmarks` reads it into typed rows;
 - a point's compute is C = 6 N D with N its `num_params` and D the tokens seen at the evaluated
   step (the record's `tokens`, else the point's `tokens_seen`);
 - each benchmark gets a logistic trend in log10 C (`ability_law`), over the succeeded points that
