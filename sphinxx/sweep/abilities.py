@@ -168,12 +168,14 @@ def fit_abilities(rows: Sequence[PointRow], resamples: int | None = None) -> lis
 def plot_abilities(
     rows: Sequence[PointRow], trends: Sequence[BenchmarkTrend], title: str
 ) -> dict[str, bytes]:
-    """One PNG per benchmark (`plots.benchmark_png`), by task name."""
-    if not trends:
+    """One PNG per benchmark with at least one succeeded point scored on it (`plots.benchmark_png`),
+    by task name."""
+    points = {t.benchmark: score_points(rows, t.benchmark)[0] for t in trends}
+    if not any(points.values()):
         return {}
     from .plots import benchmark_png  # matplotlib (~0.5 s): only when a plot is drawn
 
-    return {t.benchmark: benchmark_png(score_points(rows, t.benchmark)[0], t, title) for t in trends}
+    return {t.benchmark: benchmark_png(points[t.benchmark], t, title) for t in trends if points[t.benchmark]}
 
 
 def plot_name(name: str) -> str:

@@ -14,7 +14,13 @@ import pytest
 
 from sphinxx.evals.task import METRICS
 from sphinxx.schema.status import BenchmarkScore, PointRow, RunPhase
-from sphinxx.sweep.abilities import METRIC_RANGES, committed_benchmarks, fit_abilities, metric_range
+from sphinxx.sweep.abilities import (
+    METRIC_RANGES,
+    committed_benchmarks,
+    fit_abilities,
+    metric_range,
+    plot_abilities,
+)
 from sphinxx.sweep.ability_law import ScorePoint, Trend, fit_trend, logistic
 
 TRUE = {"floor": 25.0, "ceiling": 85.0, "midpoint": 17.0, "slope": 2.0}
@@ -138,10 +144,23 @@ def test_the_status_form_of_a_degenerate_benchmark_has_its_reason_and_no_numbers
         for i, (n, d) in enumerate(itertools.product(SIZES, TOKENS))
     ]  # fmt: skip
     rows[0].phase = RunPhase.FAILED  # a failed point is no input
-    (trend,) = fit_abilities(rows, resamples=10)
-    assert trend.benchmark == "pope" and trend.num_points == 11 and trend.form is None
-    assert "every point scores 0.5" in trend.reason and not trend.estimates and not trend.band
-    assert trend.uncertainty is None and not trend.residuals
+    rows[0].benchmarks = {"mme": BenchmarkScore(score=900.0, metric="mme")}  # scored there only
+    rows[1].benchmarks = {}
+    mme, pope = fit_abilities(rows, resamples=10)  # by name
+    assert pope.benchmark == "pope" and pope.num_points == 10 and pope.form is None
+    assert "every point scores 0.5" in pope.reason and not pope.estimates and not pope.band
+    assert (
+        pope.uncertainty is None
+        and not pope.residuals
+        and pope.note == "1 succeeded point(s) without a score: p1"
+    )
+    assert (
+        mme.num_points == 0
+        and "too few points: 0 point(s)" in mme.reason
+        and (mme.low, mme.high) == (0, 2000)
+    )
+    # nothing to draw for mme (no succeeded point has it); pope's points are drawn with the reason
+    assert plot_abilities(rows, [mme], "sweep") == {}
 
 
 def test_every_metric_has_a_range_and_committed_scores_are_read_as_committed() -> None:
