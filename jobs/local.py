@@ -37,6 +37,7 @@ from sphinxx.jobs.stores import run_store
 from sphinxx.schema.fields import SchemaError, deep_merge
 from sphinxx.schema.run import RunConfig, StorageConfig, to_yaml
 from sphinxx.schema.status import (
+    BenchmarkTrend,
     PointRow,
     RunPhase,
     ScalingLawStatus,
@@ -47,6 +48,7 @@ from sphinxx.schema.status import (
 from sphinxx.schema.uris import STORAGE
 from sphinxx.schema.uris import problem as uri_problem
 from sphinxx.sweep import mlflow_runs
+from sphinxx.sweep.abilities import ability_report, committed_benchmarks, plot_abilities, plot_name
 from sphinxx.sweep.points import Point, admit_sweep, read_sweep
 from sphinxx.sweep.points import plan as plan_points
 from sphinxx.sweep.results import fit_sweep, plot_fit, row_metrics
@@ -311,6 +313,7 @@ class LocalSweep:
         }
         for key, value in row_metrics(metrics).items():
             setattr(row, key, value)
+        row.benchmarks = committed_benchmarks(latest.manifest.metrics) or None
 
     def _finish(self, state: SweepState) -> None:
         """Fit the law (sweep core), log it on the parent run, and end the parent run with the sweep."""
@@ -319,10 +322,13 @@ class LocalSweep:
         png = plot_fit(inputs, result, f"sweep {self.name}") if result is not None else None
         if png:
             (self.workdir / "scaling_law.png").write_bytes(png)
+        benchmark_pngs = plot_abilities(rows, law.benchmarks, f"sweep {self.name}")
+        for name, data in benchmark_pngs.items():  # beside the loss plot
+            (self.workdir / plot_name(name)).write_bytes(data)
         state.scaling_law = dump_status(law)
         (self.workdir / "scaling_law.json").write_text(json.dumps(state.scaling_law, indent=2))
         assert state.parent_run_id is not None
-        mlflow_runs.log_fit(self.tracking_uri, state.parent_run_id, law, png)
+        mlflow_runs.log_fit(self.tracking_uri, state.parent_run_id, law, png, rows, benchmark_pngs)
         done = all(r.phase == RunPhase.SUCCEEDED for r in rows)
         end = TrackingState.FINISHED if done else TrackingState.FAILED
         mlflow_runs.set_run_status(self.tracking_uri, state.parent_run_id, end)
@@ -399,6 +405,10 @@ def fit_summary(state: SweepState) -> str:
     return f"scaling law: none ({law.error or 'no finished points to fit'})"
 
 
+def _trends(state: SweepState) -> list[BenchmarkTrend]:
+    return parse_status(ScalingLawStatus, state.scaling_law or {}).benchmarks
+
+
 def run_local(
     file: str,
     workdir: str,
@@ -428,6 +438,8 @@ def run_local(
     print()
     print(results_table(state))
     print(fit_summary(state))
+    if report := ability_report([p.row for p in state.points.values()], _trends(state)):
+        print(report)
     example = next(iter(state.points), "POINT")
     print(f"\ncheckpoints: {sweep.storage_uri}/<point>   e.g. sphinxx ckpt ls {sweep.storage_uri}/{example}")
     if sweep.tracking_uri.startswith("sqlite"):
@@ -440,4 +452,6 @@ def run_local(
     plot = sweep.workdir / "scaling_law.png"
     if plot.exists():
         print(f"plot:        {plot}")
+    for path in sorted(sweep.workdir.glob("benchmark_*.png")):
+        print(f"plot:        {path}")
     return 0 if all(p.row.phase == RunPhase.SUCCEEDED for p in state.points.values()) else 1

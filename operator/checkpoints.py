@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
+from sphinxx.schema.fields import SchemaError, parse
+from sphinxx.schema.status import BenchmarkScore
 from sphinxx.storage import CheckpointStore, StorageOptions
 
 from .decide import Checkpoint
@@ -36,11 +39,25 @@ def latest(prefix: str, run_id: str, endpoint_url: str | None = None) -> Checkpo
     info = _store(prefix, run_id, endpoint_url).latest()
     if info is None:
         return None
-    metrics = {k: float(v) for k, v in dict(info.manifest.metrics).items() if isinstance(v, (int, float))}
+    committed = dict(info.manifest.metrics)
+    metrics = {k: float(v) for k, v in committed.items() if isinstance(v, (int, float))}
     loss = next((metrics[k] for k in METRIC_KEYS if k in metrics), None)
     if loss is not None:
         metrics["loss"] = loss
-    return Checkpoint(step=int(info.step), uri=str(info.uri), metrics=metrics)
+    return Checkpoint(int(info.step), str(info.uri), metrics, benchmarks(committed.get("benchmarks")))
+
+
+def benchmarks(entries: Any) -> dict[str, BenchmarkScore]:
+    """The job's `benchmarks` metric record (docs/evaluation.md, "How abilities scale across a
+    sweep") as typed status; an entry that does not parse (a newer or older job's) is left out,
+    never fatal."""
+    out: dict[str, BenchmarkScore] = {}
+    for name, item in (entries or {}).items() if isinstance(entries, dict) else ():
+        try:
+            out[str(name)] = parse(BenchmarkScore, item)
+        except SchemaError:
+            continue
+    return out
 
 
 @dataclass(frozen=True)

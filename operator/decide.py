@@ -18,6 +18,7 @@ from sphinxx.schema.progress import ProgressRecord, Reading, clock
 from sphinxx.schema.resources import FailurePolicy, ScalingSweepSpec
 from sphinxx.schema.status import (
     TERMINAL_RUN_PHASES,
+    BenchmarkScore,
     CheckpointRef,
     Condition,
     ConditionType,
@@ -43,6 +44,7 @@ class Checkpoint:
     step: int
     uri: str
     metrics: dict[str, float] = field(default_factory=dict)
+    benchmarks: dict[str, BenchmarkScore] = field(default_factory=dict)  # eval.benchmarks' entries
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ def _mirror(obs: RunObserved, st: RunStatus) -> None:
         st.last_checkpoint = CheckpointRef(step=obs.checkpoint.step, uri=obs.checkpoint.uri)
         if obs.checkpoint.metrics:
             st.metrics = dict(obs.checkpoint.metrics)
+        st.benchmarks = copy.deepcopy(obs.checkpoint.benchmarks)  # every later commit carries them on
         # The job counts its planned stops in every commit (jobs/segments.py); never backwards
         # within a run, so a rollback to an older commit does not hide the preemptions it had.
         st.preemptions = max(st.preemptions, int(obs.checkpoint.metrics.get("preemptions", 0)))

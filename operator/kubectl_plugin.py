@@ -27,6 +27,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from sphinxx.schema.status import PointRow, ScalingLawStatus, parse_status
+from sphinxx.sweep.abilities import ability_report
+
 from . import doctor_cli, names
 from .kube import from_kubeconfig
 
@@ -142,6 +145,9 @@ def cmd_status(kube: Any, namespace: str, args: argparse.Namespace) -> int:
     print(_sweep_line(args.name, st))
     for row in table:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    points = [parse_status(PointRow, p) for p in st.get("points") or []]
+    if report := ability_report(points, parse_status(ScalingLawStatus, st.get("scalingLaw")).benchmarks):
+        print(report)
     return 0
 
 

@@ -41,6 +41,7 @@ from sphinxx.schema.status import (
     parse_status,
 )
 from sphinxx.sweep import mlflow_runs
+from sphinxx.sweep.abilities import plot_abilities
 from sphinxx.sweep.points import AdmittedSweep, admit_sweep
 from sphinxx.sweep.results import fit_sweep, plot_fit
 
@@ -766,7 +767,8 @@ def _fit(st: SweepStatus, tracking_uri: str | None, parent: str | None, sweep: s
     if tracking_uri and parent:
         try:
             png = plot_fit(inputs, result, f"sweep {sweep}") if result is not None else None
-            mlflow_runs.log_fit(tracking_uri, parent, law, png)
+            benchmark_pngs = plot_abilities(st.points, law.benchmarks, f"sweep {sweep}")
+            mlflow_runs.log_fit(tracking_uri, parent, law, png, st.points, benchmark_pngs)
         except Exception as err:  # the fit is in status either way
             log.warning("scaling law not logged to MLflow: %s", err)
     return law

@@ -317,6 +317,7 @@ def _point_row(point: Point, child: dict[str, Any] | None) -> PointRow:
         step=checkpoint.step if checkpoint else None,
         checkpoint=(checkpoint.uri or None) if checkpoint else None,
         **row_metrics(st.metrics),
+        benchmarks=dict(st.benchmarks) or None,
     )
 
 

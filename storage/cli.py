@@ -231,7 +231,10 @@ def _ls(args: argparse.Namespace, store: CheckpointStore, _step: int | None) -> 
         return 0
     print(f"{'STEP':>10}  {'STATE':<11} {'FILES':>6} {'SIZE':>10}  {'TIME (UTC)':<20} METRICS")
     for row in rows:
-        metrics = " ".join(f"{k}={v:g}" for k, v in sorted(row["metrics"].items()))
+        metrics = " ".join(
+            f"{k}={v:g}" if isinstance(v, int | float) else f"{k}:{len(v)}"  # benchmarks: their count
+            for k, v in sorted(row["metrics"].items())
+        )
         state = row["state"] + ("*" if row["step"] == pointer else "")
         when = _iso(row["time"]) if row["time"] else "-"
         print(

@@ -80,9 +80,9 @@ class CommitMetadata:
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of the optimizer shards
     ep_size: int | None = None  # expert-parallel size
     dp_size: int | None = None  # data-parallel size
-    metrics: Mapping[str, float] = field(
-        default_factory=dict
-    )  # e.g. {"val_loss": 2.31}; retention ranks by these
+    # e.g. {"val_loss": 2.31}; retention ranks by these. A value may also be a record of numbers and
+    # strings (the job's `benchmarks`: docs/evaluation.md, "How abilities scale across a sweep").
+    metrics: Mapping[str, Any] = field(default_factory=dict)
     config_hash: str | None = None  # sha256 of the resolved run config
     code_version: str | None = None  # git sha or package version
     final: bool = False  # the run's last checkpoint: retention keeps it forever
@@ -104,8 +104,26 @@ class CommitMetadata:
 
     def __post_init__(self) -> None:
         for name, metric in self.metrics.items():
-            if not isinstance(metric, int | float) or isinstance(metric, bool) or not math.isfinite(metric):
+            if isinstance(metric, Mapping):
+                _check_record(name, metric)
+            elif not _finite(metric):
                 raise ValueError(f"metric {name!r} must be a finite number, got {metric!r}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_record(path: str, record: Mapping[str, Any]) -> None:
+    """A metric may be a record (the job's `benchmarks`): string keys, leaves finite numbers or strings."""
+    for key, value in record.items():
+        where = f"{path}.{key}"
+        if not isinstance(key, str):
+            raise ValueError(f"metric {path!r}: keys must be strings, got {key!r}")
+        if isinstance(value, Mapping):
+            _check_record(where, value)
+        elif not (_finite(value) or isinstance(value, str)):
+            raise ValueError(f"metric {where!r} must be a finite number or a string, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,7 @@ class Manifest:
         return sum(f.size for f in self.files)
 
     @property
-    def metrics(self) -> Mapping[str, float]:
+    def metrics(self) -> Mapping[str, Any]:
         return self.metadata.metrics
 
     def files_of(self, ranks: set[int] | None) -> tuple[FileEntry, ...]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .manifest import Manifest
 
@@ -59,7 +59,7 @@ class CheckpointSummary:
     """What retention needs to know of one committed checkpoint."""
 
     step: int
-    metrics: Mapping[str, float] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
     final: bool = False
 
     @classmethod
@@ -103,7 +103,11 @@ def plan_retention(
 def _best(checkpoints: Iterable[CheckpointSummary], policy: RetentionPolicy) -> list[int]:
     if policy.metric is None or policy.keep_best == 0:
         return []
-    scored = [(c.metrics[policy.metric], c.step) for c in checkpoints if policy.metric in c.metrics]
+    scored = [
+        (float(c.metrics[policy.metric]), c.step)
+        for c in checkpoints
+        if isinstance(c.metrics.get(policy.metric), int | float)  # not a record such as `benchmarks`
+    ]
     sign = 1 if policy.mode == "min" else -1
     # Ties go to the newer step: it has seen more data for the same score.
     scored.sort(key=lambda vs: (sign * vs[0], -vs[1]))

@@ -129,6 +129,19 @@ class RunProgress:
 
 
 @dataclass
+class BenchmarkScore:
+    """One benchmark of `eval.benchmarks` as the newest committed checkpoint records it."""
+
+    score: float = field(0.0, "the headline: a fraction in [0, 1], or the benchmark's own scale "
+                              "(MME's perception, 0..2000)")  # fmt: skip
+    metric: str = field("", "how the answers were scored (docs/evaluation.md, Metrics)")
+    samples: int = count(0, "records scored", maximum=2**62)
+    step: int = count(0, "the step the model was scored at", maximum=2**62)
+    tokens: int = count(0, "training tokens seen at that step", maximum=2**62)
+    details: dict[str, float] = field({}, "every number the benchmark publishes, as published (percent)")
+
+
+@dataclass
 class RunStatus:
     phase: RunPhase | None = field(None, "where the run is")
     attempt: int = count(0, "attempt number (one RayJob each)", maximum=2**31)
@@ -145,6 +158,9 @@ class RunStatus:
     )
     last_checkpoint: CheckpointRef | None = field(None, "the newest committed checkpoint")
     metrics: dict[str, float] = field({}, "metrics of the newest committed checkpoint")
+    benchmarks: dict[str, BenchmarkScore] = field(
+        {}, "benchmark scores the newest committed checkpoint records (eval.benchmarks)"
+    )
     progress: RunProgress | None = field(
         None, "live progress between checkpoints (the job's progress record)"
     )
@@ -180,6 +196,8 @@ class PointRow:
     heldout: dict[str, float] | None = field(None, "held-out bits per byte at that checkpoint: "
                                                    "heldout_bpb (all domains) "
                                                    "and heldout_bpb/<domain>")  # fmt: skip
+    benchmarks: dict[str, BenchmarkScore] | None = field(None, "benchmark scores at that checkpoint, "
+                                                               "by task name")  # fmt: skip
     checkpoint: str | None = field(None, "URI of that checkpoint")
 
 
@@ -273,6 +291,39 @@ class DomainLaw:
 
 
 @dataclass
+class BandPoint:
+    """The trend and its bootstrap band at one compute value."""
+
+    compute: float | None = field(None, "C = 6 N D")
+    predicted: float | None = field(None, "the trend's score")
+    low: float | None = field(None, "lower end of the band")
+    high: float | None = field(None, "upper end of the band")
+
+
+@dataclass
+class BenchmarkTrend:
+    """One benchmark's score against compute C = 6 N D: a logistic in log10 C (sphinxx.sweep.ability_law)."""
+
+    benchmark: str = field("", "the task name the job committed")
+    metric: str = field("", "its metric")
+    form: str | None = field(
+        None, "the fitted form; unset when no trend was fitted", enum=("logistic-log-compute",)
+    )
+    summary: str = field("", "the trend in one line")
+    num_points: int = count(0, "points with a score on this benchmark", maximum=2**31)
+    low: float | None = field(None, "the metric's range (lower end): floor and ceiling stay inside")
+    high: float | None = field(None, "the metric's range (upper end)")
+    estimates: list[Estimate] = field([], "floor, ceiling, midpoint (log10 C), slope (per decade), "
+                                          "each with its bootstrap interval")  # fmt: skip
+    residual_rms: float | None = field(None, "RMS of observed minus fitted score")
+    uncertainty: Uncertainty | None = field(None, "how the intervals and the band were made")
+    residuals: list[PointFit] = field([], "each point: observed and fitted score", max_items=10_000)
+    band: list[BandPoint] = field([], "the trend and its band over the points' compute range", max_items=1000)
+    note: str = field("", "points left out (no score on this benchmark)")
+    reason: str = field("", "why no trend was fitted: too few points, or scores that do not vary")
+
+
+@dataclass
 class ScalingLawStatus:
     """The scaling law fitted when the sweep succeeded (sphinxx.sweep.scaling_law)."""
 
@@ -296,6 +347,7 @@ class ScalingLawStatus:
         [], "each fitted point: residual and leave-one-out error", max_items=10_000
     )
     domains: list[DomainLaw] = field([], "per held-out domain, where every point has heldout_bpb/<domain>")
+    benchmarks: list[BenchmarkTrend] = field([], "per benchmark: its score against compute C = 6 N D")
     note: str = field("", "why the simpler form was fitted")
     error: str = field("", "why no law could be fitted")
 

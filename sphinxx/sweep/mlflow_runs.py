@@ -29,13 +29,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sphinxx.schema.fields import Naming, dump
-from sphinxx.schema.status import ScalingLawStatus, TrackingState
+from sphinxx.schema.status import PointRow, ScalingLawStatus, TrackingState
 
+from .abilities import benchmark_names, benchmark_table, plot_name, table_rows
 from .mlflow_rest import FoundRun, RestError, RestTracking, is_server
 from .results import fit_metrics
 
@@ -319,11 +321,22 @@ def record_rollback(
     _call(mlflow.set_tag, run_id, TAG_ROLLBACK, f"to-step={to_step} after-attempt={after_attempt} at={when}")
 
 
-def log_fit(uri: str, run_id: str, law: ScalingLawStatus, png: bytes | None) -> None:
+def log_fit(
+    uri: str,
+    run_id: str,
+    law: ScalingLawStatus,
+    png: bytes | None,
+    rows: Sequence[PointRow] = (),
+    benchmark_pngs: Mapping[str, bytes] | None = None,
+) -> None:
     """The scaling law on the parent run: `scaling_law.json`, `fit_*` metrics, a summary tag, the plot.
 
     The metrics (`results.fit_metrics`) are the same for either form: every coefficient with its
-    bootstrap interval, the residual RMS and the leave-one-out error, per held-out domain too.
+    bootstrap interval, the residual RMS and the leave-one-out error, per held-out domain too, and
+    every benchmark's trend (`bench_*`). Where the points were scored on benchmarks, the table of
+    every benchmark per point (`benchmarks.json`, columns and data; `benchmarks.txt`, as the CLIs
+    print it) and one plot per benchmark (`benchmarks/benchmark_<task>.png`). Every artifact is
+    overwritten, never appended to, so logging the same fit again changes nothing.
     """
     mlflow = client(uri)
     _call(mlflow.log_dict, run_id, dump(law, Naming.CAMEL, drop_none=True), "scaling_law.json")
@@ -334,8 +347,18 @@ def log_fit(uri: str, run_id: str, law: ScalingLawStatus, png: bytes | None) -> 
     for start in range(0, len(metrics), 500):  # one request per batch (MLflow takes up to 1000 metrics)
         _call(mlflow.log_batch, run_id, metrics=metrics[start : start + 500])
     _call(mlflow.set_tag, run_id, TAG_SCALING_LAW, (law.summary or law.error)[:5000])
-    if png:
-        with tempfile.TemporaryDirectory() as tmp:
+    if benchmark_names(rows):
+        table = table_rows(rows)
+        columns = list(table[0])
+        body = {"columns": columns, "data": [[row[c] for c in columns] for row in table]}
+        _call(mlflow.log_dict, run_id, body, "benchmarks.json")
+        _call(mlflow.log_text, run_id, benchmark_table(rows) + "\n", "benchmarks.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        if png:
             path = Path(tmp) / "scaling_law.png"
             path.write_bytes(png)
             _call(mlflow.log_artifact, run_id, str(path))
+        for name, data in (benchmark_pngs or {}).items():
+            path = Path(tmp) / plot_name(name)
+            path.write_bytes(data)
+            _call(mlflow.log_artifact, run_id, str(path), "benchmarks")

@@ -8,6 +8,9 @@ Panels (docs/operator.md, "The scaling-law fit"):
   frontier N_opt(C), D_opt(C) and iso-compute lines C = 6 N D;
 - per held-out domain (where the fit has them), small multiples of loss against D.
 
+And one PNG per benchmark (`benchmark_png`): its score against compute C = 6 N D with the logistic
+trend and its bootstrap band, against N and against D (the trend at each series' other axis).
+
 Readability is part of the contract: log axes tick at powers of ten (or at 1-2-5 multiples when
 the data span less than a decade) labelled "1e7", never "6.4 x 10^0"; axes carry units; legends
 sit outside the data area and the law's summary is the figure's title, so no text covers points.
@@ -26,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from sphinxx.schema.status import BenchmarkTrend
+
+from .ability_law import ScorePoint
 from .scaling_law import Point, ScalingFit, band
 
 D_LABEL = "training tokens D"
@@ -253,3 +259,112 @@ def _frontier(ax: Any, points: Sequence[Point], result: ScalingFit) -> None:
     ax.tick_params(labelsize=7)
     ax.set_title("iso-loss contours and compute-optimal frontier", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, frameon=False)
+
+
+# ------------------------------------------------------------------ a benchmark against N, D and C
+
+C_LABEL = "training compute C = 6 N D (FLOPs)"
+
+
+def benchmark_png(points: Sequence[ScorePoint], trend: BenchmarkTrend, title: str = "") -> bytes:
+    """One benchmark's figure, PNG bytes: see `benchmark_figure`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = benchmark_figure(points, trend, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def benchmark_figure(points: Sequence[ScorePoint], trend: BenchmarkTrend, title: str = "") -> Any:
+    """Score against C (the logistic trend and its bootstrap band), against N (one series per data
+    fraction, the trend at that fraction's mean D) and against D (one series per model size, the
+    trend at that N). Without a trend the points alone, and the reason in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(15.6, 4.6), layout="constrained")
+    what = trend.summary if trend.form else f"{trend.benchmark}: no trend ({trend.reason})"
+    band = (
+        f", band: {trend.uncertainty.level:.0%} bootstrap ({trend.uncertainty.used} refits)"
+        if trend.uncertainty and trend.band
+        else ""
+    )
+    fig.suptitle(
+        f"{title}{': ' if title else ''}{trend.benchmark} ({trend.metric}){band}\n{what}", fontsize=9
+    )
+    axes = fig.subplots(1, 3)
+    coefficients = {e.name: e.value for e in trend.estimates if e.value is not None}
+    curve = functools.partial(_trend, coefficients) if len(coefficients) == 4 else None
+    sizes = sorted({p.params for p in points})
+    colors = {n: plt.get_cmap("viridis")(i / max(1, len(sizes) - 1) * 0.9) for i, n in enumerate(sizes)}
+    _score_vs_compute(axes[0], points, trend, colors)
+    _score_vs_axis(axes[1], points, curve, "params", [("fraction", p.fraction) for p in points])
+    _score_vs_axis(axes[2], points, curve, "data", [("N", p.params) for p in points], colors)
+    for ax in axes:
+        ax.set_ylabel(f"{trend.benchmark} ({trend.metric})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.canvas.draw()
+    return fig
+
+
+def _trend(c: dict[str, float], compute: Any) -> Any:
+    z = np.clip(c["slope"] * (np.log10(compute) - c["midpoint"]), -60.0, 60.0)
+    return c["floor"] + (c["ceiling"] - c["floor"]) / (1.0 + np.exp(-z))
+
+
+def _score_vs_compute(ax: Any, points: Sequence[ScorePoint], trend: BenchmarkTrend, colors: dict) -> None:
+    for size in sorted(colors):
+        row = [p for p in points if p.params == size]
+        ax.plot([p.compute for p in row], [p.score for p in row], "o", color=colors[size],
+                label=f"N = {sci_label(size)}")  # fmt: skip
+    if trend.band:
+        grid = [b.compute for b in trend.band]
+        ax.plot(grid, [b.predicted for b in trend.band], "-", color="C3", label="logistic in log10 C")
+        if all(b.low is not None and b.high is not None for b in trend.band):
+            ax.fill_between(grid, [b.low for b in trend.band], [b.high for b in trend.band], color="C3",
+                            alpha=0.15, linewidth=0, label="bootstrap band")  # fmt: skip
+    low, high = _span([p.compute for p in points])
+    ax.set_xscale("log")
+    log_axis(ax.xaxis, low, high)
+    ax.set_xlabel(C_LABEL, fontsize=8)
+    ax.set_title("score vs compute, per model size", fontsize=9)
+    _legend(ax, "model size")
+
+
+def _score_vs_axis(
+    ax: Any, points: Sequence[ScorePoint], curve: Any, axis: str, series: list[tuple[str, float]],
+    colors: dict | None = None,
+) -> None:  # fmt: skip
+    """Score against N (`axis` "params", one series per fraction) or D (one series per model size)."""
+    import matplotlib.pyplot as plt
+
+    low, high = _span([getattr(p, axis) for p in points])
+    grid = np.geomspace(low, high, 60)
+    keys = sorted({value for _, value in series})
+    for i, key in enumerate(keys):
+        row = sorted(
+            (p for p, (_, v) in zip(points, series, strict=True) if v == key), key=lambda p: getattr(p, axis)
+        )
+        color = (colors or {}).get(key) or plt.get_cmap("plasma")(i / max(1, len(keys) - 1) * 0.85)
+        if axis == "params":
+            other = float(np.exp(np.mean(np.log([p.data for p in row]))))
+            label = f"fraction {key:g} (D ~ {sci_label(other)})" if key else f"D ~ {sci_label(other)}"
+        else:
+            other, label = key, f"N = {sci_label(key)}"
+        ax.plot([getattr(p, axis) for p in row], [p.score for p in row], "s" if axis == "params" else "o",
+                color=color, label=label)  # fmt: skip
+        if curve is not None:
+            ax.plot(grid, curve(6.0 * grid * other), "-", color=color, alpha=0.7)
+    ax.set_xscale("log")
+    log_axis(ax.xaxis, low, high)
+    ax.set_xlabel(N_LABEL if axis == "params" else D_LABEL, fontsize=8)
+    what = "model size, per data fraction" if axis == "params" else "data, per model size"
+    ax.set_title(f"score vs {what}", fontsize=9)
+    _legend(ax, "data" if axis == "params" else "model size")

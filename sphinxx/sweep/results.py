@@ -38,6 +38,8 @@ from sphinxx.schema.status import (
     Uncertainty,
 )
 
+from .abilities import fit_abilities, trend_metrics
+
 if TYPE_CHECKING:  # numpy and scipy stay out of the import path until a fit is made
     from .scaling_law import Point, ScalingFit
 
@@ -140,8 +142,21 @@ def fit_sweep(
     """Fit the scaling law to a sweep's rows: (its status form, the fit itself or None, its inputs).
 
     L is `loss_key` (default: `choose_loss_key`); a law per held-out domain is fitted too where
-    every point has `heldout_bpb/<domain>` (`ScalingFit.domains`, `status.domains`).
+    every point has `heldout_bpb/<domain>` (`ScalingFit.domains`, `status.domains`). Every benchmark
+    the points were scored on gets its trend against compute (`abilities.fit_abilities`,
+    `status.benchmarks`), whether or not the loss law could be fitted.
     """
+    status, result, inputs = _fit_loss(rows, loss_key, resamples)
+    try:
+        status.benchmarks = fit_abilities(rows, resamples)
+    except ImportError as err:  # numpy/scipy missing, as for the loss law
+        status.note = "; ".join(n for n in (status.note, f"benchmark trends unavailable: {err}") if n)
+    return status, result, inputs
+
+
+def _fit_loss(
+    rows: Sequence[PointRow], loss_key: str | None, resamples: int | None
+) -> tuple[ScalingLawStatus, ScalingFit | None, list[FitInput]]:
     inputs, missing = fit_inputs(rows)
     skipped = (
         f"{len(missing)} succeeded point(s) lack {PARAMS_KEY}/{TOKENS_KEY}: {', '.join(missing)}"
@@ -296,7 +311,8 @@ def _loo(fit: ScalingFit) -> LeaveOneOut | None:
 def fit_metrics(status: ScalingLawStatus) -> dict[str, float]:
     """`fit_*` metrics of the parent MLflow run, for either form: every coefficient with its interval
     (`fit_<name>`, `fit_<name>_low`, `fit_<name>_high`), the residual RMS, the leave-one-out error,
-    and the same per held-out domain (`fit_<domain>_<name>`, ...)."""
+    and the same per held-out domain (`fit_<domain>_<name>`, ...); every benchmark's trend
+    (`bench_<task>_<name>`, ...: `abilities.trend_metrics`)."""
     out = _law_metrics("fit_", status.estimates, status.residual_rms, status.loo)
     if not status.estimates:  # a status written before estimates existed: its coefficients alone
         if status.coefficients is not None:
@@ -313,7 +329,7 @@ def fit_metrics(status: ScalingLawStatus) -> dict[str, float]:
     out["fit_num_points"] = float(status.num_points)
     for domain in status.domains:
         out |= _law_metrics(f"fit_{domain.domain}_", domain.estimates, domain.residual_rms, domain.loo)
-    return out
+    return out | trend_metrics(status.benchmarks)
 
 
 def _law_metrics(

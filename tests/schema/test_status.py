@@ -44,8 +44,8 @@ def test_a_condition_type_is_written_as_its_plain_string() -> None:
     data = dump_status(st)
     assert type(data["conditions"][0]["type"]) is str
     assert json.dumps(data) == (
-        '{"attempt": 0, "retries": 0, "metrics": {}, "workers": {}, "preemptions": 0, "resizes": 0, '
-        '"message": "", '
+        '{"attempt": 0, "retries": 0, "metrics": {}, "benchmarks": {}, "workers": {}, "preemptions": 0, '
+        '"resizes": 0, "message": "", '
         '"conditions": [{"type": "TrackingReady", "status": "True", "reason": "RunRecorded", "message": ""}]}'
     )
 

@@ -130,3 +130,13 @@ def test_rollback_marks_newer_steps_and_ls_shows_them(run_uri, capsys):
     assert rc == 0 and out.startswith("step 200 ")
     rc, _, err = run(["ckpt", "rollback", run_uri, "--to-step", "300"], capsys)
     assert rc == 1 and "step 300 is not a committed checkpoint" in err
+
+
+def test_ls_shows_a_benchmarks_record_by_its_count(tmp_path, make_ckpt, capsys):
+    """The job's `benchmarks` metric is a record, not a number: `ckpt ls` counts its entries."""
+    store = CheckpointStore("file://" + str(tmp_path / "sweeps"), "run-b")
+    scores = {name: {"score": 0.5, "metric": "exact_match", "samples": 4, "step": 10, "tokens": 40}
+              for name in ("gqa", "pope")}  # fmt: skip
+    store.save(10, make_ckpt({"model/w.bin": 20}), metadata={"metrics": {"loss": 2.5, "benchmarks": scores}})
+    rc, out, _ = run(["ckpt", "ls", store.root], capsys)
+    assert rc == 0 and out.splitlines()[1].split()[-2:] == ["benchmarks:2", "loss=2.5"]

@@ -134,3 +134,48 @@ def test_log_ticks_are_few_round_and_inside_even_under_a_decade(low: float, high
     assert all(low * 0.999 <= t <= high * 1.001 for t in ticks)
     labels = [sci_label(t) for t in ticks]
     assert len(set(labels)) == len(labels) and all(len(label) <= 6 for label in labels), labels
+
+
+@pytest.mark.parametrize("fitted", [True, False])
+def test_a_benchmark_figure_is_readable_and_says_why_it_has_no_trend(fitted: bool) -> None:
+    """Score against C (trend and band), N and D: the same rules as the loss figure; without a trend
+    the points alone, and the reason in the title."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from sphinxx.schema.status import BenchmarkScore, PointRow, RunPhase
+    from sphinxx.sweep.abilities import fit_abilities, score_points
+    from sphinxx.sweep.ability_law import logistic
+    from sphinxx.sweep.plots import C_LABEL, benchmark_figure
+
+    true = {"floor": 0.1, "ceiling": 0.9, "midpoint": 17.0, "slope": 2.0}
+    rows = []
+    for i, (n, d) in enumerate(itertools.product((1e6, 3e6, 1e7), (1e9, 3e9, 1e10))):
+        score = float(logistic(true, np.log10(6 * n * d))) if fitted else 0.25
+        scores = {"count": BenchmarkScore(score, "exact_match")}
+        rows.append(PointRow(f"p{i}", "tiny", (0.1, 0.3, 1.0)[i % 3], phase=RunPhase.SUCCEEDED, params=n,
+                             tokens=d, benchmarks=scores))  # fmt: skip
+    (trend,) = fit_abilities(rows, resamples=10)
+    fig = benchmark_figure(score_points(rows, "count")[0], trend, "sweep grid")
+    try:
+        axes = fig.axes
+        assert [ax.get_xlabel() for ax in axes] == [C_LABEL, N_LABEL, D_LABEL]
+        renderer = fig.canvas.get_renderer()
+        for ax in axes:
+            lo, hi = ax.get_xlim()
+            labels = [t.get_text() for t in ax.xaxis.get_ticklabels() if lo <= t.get_position()[0] <= hi]
+            assert len(labels) >= 2 and all(TICK.match(label) for label in labels), labels
+            assert ax.get_ylabel() == "count (exact_match)"
+            assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+        for (a, box_a), (b, box_b) in itertools.combinations(_texts(fig), 2):
+            assert not box_a.overlaps(box_b), f"{a!r} overlaps {b!r}"
+        title = fig._suptitle.get_text()
+        band = [c for c in axes[0].collections if isinstance(c, PolyCollection)]
+        curves = [line for line in axes[0].get_lines() if line.get_linestyle() == "-"]
+        if fitted:
+            assert "count = 0.1 + (0.9 - 0.1)" in title and "90% bootstrap" in title
+            assert len(band) == 1 and len(curves) == 1
+        else:
+            assert "no trend (every point scores 0.25" in title and not band and not curves
+    finally:
+        plt.close(fig)
