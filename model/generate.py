@@ -180,5 +180,5 @@ def generate(
     samples = [SphinxSample(list(p.tokens), [IGNORE_INDEX] * len(p.tokens), p.image) for p in prompts]
     device = model.llm.tok_embeddings.weight.device
     batch = collate(samples, image=model.args.image).to(device)
-    h, _, lengths = model.assemble(batch)
+    h, _, lengths, _ = model.assemble(batch)
     return generate_from_embeddings(model.llm, h, lengths, config, decode, keep_going)

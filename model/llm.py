@@ -17,6 +17,7 @@ Interface used by the multimodal model (`sphinx.py`) and by generation (`generat
 RoPE follows the Hugging Face "rotate-half" convention, so HF checkpoints load without the q/k
 row permutation that Meta-format weights need. In training attention is plain causal over the
 whole sequence; right padding needs no mask because pad positions come after every real token.
+Packed rows (several samples per row, `packing.py`) take a block-diagonal causal mask instead.
 
 Build large models on the meta device, then `to_empty` and load (or `init_weights`):
 
@@ -28,6 +29,8 @@ Build large models on the meta device, then `to_empty` and load (or `init_weight
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sphinxx.model.kv_cache import KVCache, LayerCache, attention_bias, position_ids
 from sphinxx.model.moe import MoE, MoEArgs
+from sphinxx.model.packing import PackedMask, VarlenLayout, packed_attention_inputs, varlen_attention
 from sphinxx.schema.decoder import ModelArgs
 
 
@@ -105,10 +109,11 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: PackedMask | None = None,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        """x [B, S, D]. `mask` [B, 1, S, L] (True = may attend; `kv_cache.attention_bias`), None =
+        """x [B, S, D]. `mask` [B, 1, S, L] (True = may attend; `kv_cache.attention_bias`, or the
+        block-diagonal mask of packed rows), a `VarlenLayout` (packed rows through flash-attn), None =
         plain causal over x alone; `cache` holds the L - S earlier keys and values of this layer."""
         bsz, seq_len, _ = x.shape
         # [B, S, heads * head_dim] -> [B, heads, S, head_dim]
@@ -121,6 +126,8 @@ class Attention(nn.Module):
         gqa = self.n_kv_heads != self.n_heads
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif isinstance(mask, VarlenLayout):
+            out = varlen_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq_len, -1))
@@ -182,7 +189,7 @@ class TransformerBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         token_mask: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        mask: PackedMask | None = None,
         cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.activation_checkpointing and torch.is_grad_enabled():
@@ -195,7 +202,7 @@ class TransformerBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         token_mask: torch.Tensor | None,
-        mask: torch.Tensor | None,
+        mask: PackedMask | None,
         cache: LayerCache | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
@@ -249,6 +256,7 @@ class Transformer(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segments: Sequence[Sequence[int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run every block and the final norm on embeddings h [B, S, D].
 
@@ -261,6 +269,9 @@ class Transformer(nn.Module):
         `cache.length` cached positions and the S new ones (L = cache.length + S); `cache` gets
         this call's keys and values and advances by S. Either one switches RoPE to per-row
         positions (`kv_cache.position_ids`) and attention to an explicit mask.
+
+        Packed training rows: `segments` lists per row the lengths of the samples laid end to end in
+        it (`packing.py`); positions restart at each sample and each sample attends only to itself.
         """
         seq_len = h.shape[1]
         past = cache.length if cache is not None else 0
@@ -269,8 +280,14 @@ class Transformer(nn.Module):
                 f"sequence length {past + seq_len} exceeds max_seq_len {self.args.max_seq_len}; "
                 "truncate the batch or raise ModelArgs.max_seq_len"
             )
-        mask = None
-        if attention_mask is None and cache is None:  # training: positions 0..S-1, plain causal
+        mask: PackedMask | None = None
+        if segments is not None:
+            if attention_mask is not None or cache is not None:
+                raise ValueError("segments (packed training rows) take no attention_mask or cache")
+            positions, mask = packed_attention_inputs(segments, seq_len, h.device, h.dtype)
+            cos, sin = rope_cos_sin_at(positions, self.args.head_dim, self.args.rope_theta, h.dtype)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, S, head_dim]: one table per row
+        elif attention_mask is None and cache is None:  # training: positions 0..S-1, plain causal
             cos, sin = rope_cos_sin(seq_len, self.args.head_dim, self.args.rope_theta, h.device, h.dtype)
         else:
             if cache is not None:

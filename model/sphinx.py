@@ -20,7 +20,11 @@ Batch format (what the data pipeline produces; see `collate`):
 - `image_slots` [B, 1 + g*g]: SLOT_VIEW (1) / SLOT_SKIP (0) per slot (global, then cells in raster
   order), SLOT_NONE (-1) for every slot of a text-only sample;
 - `dino_pixels` [N, 3, 224, 224] and `convnext_pixels` [N, 3, cs, cs]: every real view of the
-  micro-batch in sample order, then slot order (N may be 0). One batched call per encoder.
+  micro-batch in sample order, then slot order (N may be 0). One batched call per encoder;
+- `rows` [B] int64: the decoder row of each sample. `arange(B)` (the default) gives every sample
+  a row of its own, right-padded to the longest; packed rows (`rows` from the data pipeline's
+  first-fit) hold several whole samples end to end, in batch order, each attending only to
+  itself with positions restarting at its BOS (docs/model.md, "Packed rows").
 
 Loss (docs/model.md, "Loss normalisation over the global batch"): forward returns the CE sum over target
 tokens and their count, so a trainer can divide by the GLOBAL target count (invariant to world size and
@@ -94,6 +98,7 @@ class SphinxBatch:
     image_slots: torch.Tensor  # [B, 1 + g*g] int64 (SLOT_VIEW / SLOT_SKIP / SLOT_NONE); [B, 0] if no images
     dino_pixels: torch.Tensor  # [N, 3, 224, 224]
     convnext_pixels: torch.Tensor  # [N, 3, cs, cs]
+    rows: torch.Tensor  # [B] int64: decoder row of each sample (arange: one sample per row)
 
     def to(self, device: torch.device | str) -> SphinxBatch:
         return SphinxBatch(**{k: v.to(device, non_blocking=True) for k, v in self.__dict__.items()})
@@ -111,15 +116,23 @@ class SphinxBatch:
         ]
 
     def sequence_lengths(self) -> list[int]:
+        """LLM positions of each sample (image block + text), whichever row it sits in."""
         return [t + i for t, i in zip(self.text_lengths.tolist(), self.image_tokens(), strict=True)]
 
 
 def collate(
-    samples: Sequence[SphinxSample], pad_id: int = 0, image: AnyResConfig | None = None
+    samples: Sequence[SphinxSample],
+    pad_id: int = 0,
+    image: AnyResConfig | None = None,
+    rows: Sequence[int] | None = None,
 ) -> SphinxBatch:
-    """Stack samples (with or without images) into one right-padded SphinxBatch."""
+    """Stack samples (with or without images) into one right-padded SphinxBatch; `rows` packs them
+    (the decoder row of each sample, rows numbered 0..R-1 with none empty; default one row each)."""
     if not samples:
         raise ValueError("collate needs at least one sample")
+    rows = list(range(len(samples))) if rows is None else list(rows)
+    if len(rows) != len(samples) or sorted(set(rows)) != list(range(max(rows) + 1)):
+        raise ValueError(f"rows {rows} must number {len(samples)} samples' rows 0..R-1 with none empty")
     first = next((s.image for s in samples if s.image is not None), None)
     # Text-only rows get SLOT_NONE in every slot of the batch's layout width.
     num_slots = len(first.slots) if first is not None else image.num_slots if image is not None else 0
@@ -152,6 +165,7 @@ def collate(
         image_slots=torch.tensor(slots, dtype=torch.long).view(len(samples), num_slots),
         dino_pixels=torch.cat(dino) if dino else torch.zeros(0, 3, 224, 224),
         convnext_pixels=torch.cat(convnext) if convnext else torch.zeros(0, 3, cs, cs),
+        rows=torch.tensor(rows, dtype=torch.long),
     )
 
 
@@ -170,9 +184,10 @@ class Assembled(NamedTuple):
     """What `SphinxX.assemble` hands to the decoder: returned, not kept on the module, so that
     nothing of one batch outlives the call (activation-checkpoint recompute, two batches in flight)."""
 
-    h: torch.Tensor  # [B, L, d] embeddings of the full sequences, right-padded with zeros
-    targets: torch.Tensor  # [B, L] next-token targets, -100 = none
-    lengths: list[int]  # real (unpadded) length of each sequence, for `token_mask`
+    h: torch.Tensor  # [R, L] embeddings of the decoder rows, right-padded with zeros
+    targets: torch.Tensor  # [R, L] next-token targets, -100 = none
+    lengths: list[int]  # real (unpadded) length of each row, for `token_mask`
+    segments: list[list[int]]  # per row, the lengths of the samples laid end to end in it
 
 
 class Projector(nn.Module):
@@ -239,8 +254,8 @@ class SphinxX(nn.Module):
         return torch.cat([start, tokens, end], dim=1)
 
     def assemble(self, batch: SphinxBatch) -> Assembled:
-        """Embeddings [B, L, d] of the full sequences, next-token targets [B, L] (-100 = none) and
-        each sequence's real length."""
+        """Embeddings [R, L, d] of the decoder rows, next-token targets [R, L] (-100 = none), each
+        row's real length and its samples' lengths (one sample per row unless `batch.rows` packs)."""
         slots = batch.image_slots.tolist()
         num_views = sum(s == SLOT_VIEW for row in slots for s in row)
         if num_views != batch.dino_pixels.shape[0] or num_views != batch.convnext_pixels.shape[0]:
@@ -288,12 +303,14 @@ class SphinxX(nn.Module):
             index_rows.append(index)
             label = batch.labels[b, :length]
             label_rows.append(torch.cat([label[:1], label.new_full((num_image,), IGNORE_INDEX), label[1:]]))
+        index_rows, label_rows, segments = _pack(batch.rows.tolist(), index_rows, label_rows)
         seq_len = max(len(r) for r in index_rows)
         gather = torch.tensor([r + [zero_index] * (seq_len - len(r)) for r in index_rows], device=text.device)
         labels = torch.stack([F.pad(r, (0, seq_len - r.numel()), value=IGNORE_INDEX) for r in label_rows])
-        # Position t predicts token t + 1.
+        # Position t predicts token t + 1. In a packed row the last position of a sample meets the
+        # next sample's BOS, whose label is always -100 (collate checks it): no target crosses samples.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-        return Assembled(source[gather], targets, [len(r) for r in index_rows])
+        return Assembled(source[gather], targets, [len(r) for r in index_rows], segments)
 
     @staticmethod
     def token_mask(lengths: Sequence[int], seq_len: int, device: torch.device) -> torch.Tensor:
@@ -302,9 +319,12 @@ class SphinxX(nn.Module):
         return torch.arange(seq_len, device=device)[None, :] < real[:, None]
 
     def forward(self, batch: SphinxBatch) -> SphinxOutput:
-        h, targets, lengths = self.assemble(batch)
+        h, targets, lengths, segments = self.assemble(batch)
         # Right padding must not count in the MoE load-balancing loss (docs/moe.md, "Load-balancing loss").
-        hidden, aux = self.llm.forward_hidden(h, token_mask=self.token_mask(lengths, h.shape[1], h.device))
+        token_mask = self.token_mask(lengths, h.shape[1], h.device)
+        # One sample per row: plain causal attention. Packed rows: block-diagonal causal, RoPE per sample.
+        packed = any(len(s) > 1 for s in segments)
+        hidden, aux = self.llm.forward_hidden(h, token_mask=token_mask, segments=segments if packed else None)
         mask = targets != IGNORE_INDEX
         num_targets = int(mask.sum())
         # [M, V]: the head only where a label exists. M = 0 still runs it (sum 0, zero grads), so the
@@ -313,3 +333,21 @@ class SphinxX(nn.Module):
         ce_sum = F.cross_entropy(logits, targets[mask], reduction="sum")
         loss = ce_sum / max(num_targets, 1) + aux
         return SphinxOutput(loss=loss, ce_sum=ce_sum, num_targets=num_targets, aux_loss=aux)
+
+
+def _pack(
+    rows: list[int], index_rows: list[list[int]], label_rows: list[torch.Tensor]
+) -> tuple[list[list[int]], list[torch.Tensor], list[list[int]]]:
+    """Per-sample gather indices and labels laid end to end per decoder row (samples in batch order),
+    with each row's sample lengths. One sample per row in order (`arange`) returns them as they are."""
+    if rows == list(range(len(rows))):
+        return index_rows, label_rows, [[len(r)] for r in index_rows]
+    num_rows = max(rows) + 1
+    packed_index: list[list[int]] = [[] for _ in range(num_rows)]
+    packed_labels: list[list[torch.Tensor]] = [[] for _ in range(num_rows)]
+    segments: list[list[int]] = [[] for _ in range(num_rows)]
+    for row, index, label in zip(rows, index_rows, label_rows, strict=True):
+        packed_index[row].extend(index)
+        packed_labels[row].append(label)
+        segments[row].append(len(index))
+    return packed_index, [torch.cat(parts) for parts in packed_labels], segments

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sphinxx.jobs.data.packing import PADDED, assign_rows, computed_positions
 from sphinxx.jobs.data.template import ConversationEncoder
 from sphinxx.model.anyres import AnyResConfig
 from sphinxx.model.sphinx import IGNORE_INDEX, SphinxBatch, SphinxSample, collate
@@ -35,6 +36,7 @@ class LoadedBatch:
     num_image_tokens: int = 0  # LLM positions of image blocks (views + skip tokens)
     num_text_tokens: int = 0  # BOS + text + EOS
     num_targets: int = 0  # labelled tokens (sum over the global batch to normalise the loss)
+    computed_positions: int = 0  # decoder positions of the forward: rows x longest row (padding included)
     target_bytes: int = 0  # UTF-8 bytes of the text the targets spell (bits per byte)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
@@ -64,12 +66,20 @@ class LoadedBatch:
 
 
 def collate_rows(
-    out: LoadedBatch, rows: Sequence[SphinxSample], encoder: ConversationEncoder, image: AnyResConfig
+    out: LoadedBatch,
+    rows: Sequence[SphinxSample],
+    encoder: ConversationEncoder,
+    image: AnyResConfig,
+    packing: str = PADDED,
 ) -> None:
-    """Fill `out.batch` and the counts from the kept rows (a dummy row if none is left)."""
+    """Fill `out.batch` and the counts from the kept samples (a dummy row if none is left), laid
+    into decoder rows as `packing` (`data.packing`, see `packing.py`) says."""
     if not rows:
         rows = [SphinxSample(tokens=[encoder.bos_id], labels=[IGNORE_INDEX], image=None)]
-    out.batch = collate(rows, pad_id=encoder.pad_id, image=image)
+    lengths = [len(r.tokens) + (r.image.num_tokens if r.image is not None else 0) for r in rows]
+    decoder_rows = assign_rows(lengths, encoder.seq_len, packing)
+    out.batch = collate(rows, pad_id=encoder.pad_id, image=image, rows=decoder_rows)
+    out.computed_positions = computed_positions(lengths, decoder_rows)
     out.num_images = sum(1 for r in rows if r.image is not None)
     out.num_image_tokens = sum(r.image.num_tokens for r in rows if r.image is not None)
     out.num_text_tokens = int(out.batch.text_lengths.sum()) if out.samples else 0

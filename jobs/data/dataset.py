@@ -45,6 +45,7 @@ from sphinxx.jobs.data.format import (
     resolve_image,
 )
 from sphinxx.jobs.data.mixture import Mixture
+from sphinxx.jobs.data.packing import PADDED
 from sphinxx.jobs.data.sampler import ElasticSampler, MicroBatchKey
 from sphinxx.jobs.data.template import ConversationEncoder, SampleTooLongError
 from sphinxx.model.anyres import AnyResConfig, process_image
@@ -195,10 +196,11 @@ def _parse(data: bytes | BaseException, location: str) -> Record | BadRecordErro
 
 @dataclass
 class SamplePipeline:
-    """CPU stages after fetching: decode, any-res process, tokenise, collate."""
+    """CPU stages after fetching: decode, any-res process, tokenise, collate (and pack: `packing`)."""
 
     encoder: ConversationEncoder
     image: AnyResConfig
+    packing: str = PADDED
 
     def build(self, key: MicroBatchKey, raws: list[RawSample], fetch_s: float) -> LoadedBatch:
         out = LoadedBatch.empty(key.step, key.micro, attempted=len(raws))
@@ -211,7 +213,7 @@ class SamplePipeline:
                 out.samples.append((raw.source, raw.record))
                 out.positions.append(raw.position)
         t0 = time.perf_counter()
-        collate_rows(out, rows, self.encoder, self.image)
+        collate_rows(out, rows, self.encoder, self.image, self.packing)
         out.timings["collate"] = time.perf_counter() - t0
         return out
 

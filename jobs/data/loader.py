@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from sphinxx.jobs.data.collate import LoadedBatch
 from sphinxx.jobs.data.dataset import MicroBatchStream, RecordReader, SamplePipeline, SourceRef, worker_init
 from sphinxx.jobs.data.mixture import Mixture, load_mixture
+from sphinxx.jobs.data.packing import PADDED
 from sphinxx.jobs.data.sampler import ElasticSampler, check_state
 from sphinxx.jobs.data.template import ConversationEncoder, load_tokenizer
 from sphinxx.model.anyres import CELL_SIZE, AnyResConfig
@@ -54,6 +55,7 @@ class DataStats:
     image_tokens: int = 0
     text_tokens: int = 0
     targets: int = 0
+    computed_positions: int = 0  # decoder positions computed, right padding included
     truncated: int = 0
     bad: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
@@ -69,6 +71,7 @@ class DataStats:
         self.image_tokens += mb.num_image_tokens
         self.text_tokens += mb.num_text_tokens
         self.targets += mb.num_targets
+        self.computed_positions += mb.computed_positions
         self.truncated += mb.truncated
         for kind, _loc, _detail in mb.bad:
             self.bad[kind] = self.bad.get(kind, 0) + 1
@@ -81,6 +84,8 @@ class DataStats:
         out.update(
             {"data/image_tokens": float(self.image_tokens), "data/text_tokens": float(self.text_tokens)}
         )
+        real = self.image_tokens + self.text_tokens
+        out["data/padded_ratio"] = 1.0 - real / self.computed_positions if self.computed_positions else 0.0
         out["data/bad_records"] = float(self.num_bad)
         out["data/bad_ratio"] = self.num_bad / max(1, self.records)
         return out
@@ -103,8 +108,10 @@ class DataStream:
         max_bad_record_ratio: float = 0.01,
         min_records_for_ratio: int = 1000,
         read_ahead: int = 2,
+        packing: str = PADDED,
     ):
         self.mixture, self.encoder, self.image = mixture, encoder, image
+        self.packing = packing
         self.sampler = ElasticSampler(mixture, global_batch, micro_batch, rank, world_size, 0, stop_step)
         self.num_workers = num_workers
         self.max_bad_record_ratio = max_bad_record_ratio
@@ -136,7 +143,7 @@ class DataStream:
         self.sampler.start_step = self.next_step
         reader = RecordReader(SourceRef.from_mixture(self.mixture))
         dataset = MicroBatchStream(
-            self.sampler, reader, SamplePipeline(self.encoder, self.image), self.read_ahead
+            self.sampler, reader, SamplePipeline(self.encoder, self.image, self.packing), self.read_ahead
         )
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
@@ -241,5 +248,6 @@ def build_data(
         stop_step=num_steps,
         num_workers=data.num_workers,
         max_bad_record_ratio=data.max_bad_record_ratio,
+        packing=data.packing,
         **kwargs,
     )

@@ -112,6 +112,9 @@ class DataSource:
     domain: str = field("language", "mixture domain of this source", enum=DOMAINS)
 
 
+PACKING_MODES = ("packed", "padded")  # data.packing (jobs/data/packing.py)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     sources: list[DataSource] = field([], "the mixture: sources with weights", max_items=1024)
@@ -133,6 +136,13 @@ class DataConfig:
     max_bad_record_ratio: float = field(0.01, "fail the run past this share of unreadable records",
                                         minimum=0, maximum=1)  # fmt: skip
     seed: int = count(0, "seed of the data-fraction hash and the sampler order", maximum=2**31 - 1)
+    packing: str = field(
+        "packed",
+        "decoder rows of a micro-batch: packed (its samples first-fit into rows of at most seq_len "
+        "positions, each sample attending only to itself; same loss, less padding) or padded (one "
+        "sample per row, right-padded to the longest)",
+        enum=PACKING_MODES,
+    )
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def _compare_step(rank: int, world: int) -> float:
 
     # Reference: one batch of all 4 samples, sum of CE / number of targets.
     batch = collate([_sample(mb) for mb in group])
-    h, targets, _ = reference.assemble(batch)
+    h, targets, _, _ = reference.assemble(batch)
     hidden, _ = reference.llm.forward_hidden(h)
     mask = targets != -100
     loss = F.cross_entropy(reference.llm.output(hidden[mask]).float(), targets[mask], reduction="sum")

@@ -97,7 +97,7 @@ def test_layout_of_one_sample(model) -> None:
     sample = make_sample(gen, 10, 5, image)
     batch = collate([sample])
     with torch.no_grad():
-        h, targets, lengths = model.assemble(batch)
+        h, targets, lengths, _ = model.assemble(batch)
         tokens = model.projector(model.vision(image.convnext_views, image.dino_views))
         text = model.llm.embed(batch.tokens)[0]
     assert h.shape == (1, 779 + 10, SMALL_LLM["dim"]) and lengths == [779 + 10]
@@ -142,7 +142,7 @@ def test_assemble_returns_the_lengths_and_keeps_nothing_on_the_model(model, mixe
     _, batch = mixed_batch
     before = dict(vars(model))
     with torch.no_grad():
-        h, _, lengths = model.assemble(batch)
+        h, _, lengths, _ = model.assemble(batch)
     assert vars(model) == before  # no state carried from one call to the next
     assert lengths == batch.sequence_lengths()
     mask = model.token_mask(lengths, h.shape[1], h.device)
