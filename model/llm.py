@@ -38,7 +38,14 @@ from torch.utils.checkpoint import checkpoint
 
 from sphinxx.model.kv_cache import KVCache, LayerCache, attention_bias, position_ids
 from sphinxx.model.moe import MoE, MoEArgs
-from sphinxx.model.packing import PackedMask, VarlenLayout, packed_attention_inputs, varlen_attention
+from sphinxx.model.packing import (
+    PackedMask,
+    SegmentLayout,
+    VarlenLayout,
+    packed_attention_inputs,
+    segment_attention,
+    varlen_attention,
+)
 from sphinxx.schema.decoder import ModelArgs
 
 
@@ -113,7 +120,8 @@ class Attention(nn.Module):
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """x [B, S, D]. `mask` [B, 1, S, L] (True = may attend; `kv_cache.attention_bias`, or the
-        block-diagonal mask of packed rows), a `VarlenLayout` (packed rows through flash-attn), None =
+        block-diagonal mask of packed rows), the packed rows' spans (`SegmentLayout`: one SDPA call
+        per sample) or a `VarlenLayout` (packed rows through flash-attn), None =
         plain causal over x alone; `cache` holds the L - S earlier keys and values of this layer."""
         bsz, seq_len, _ = x.shape
         # [B, S, heads * head_dim] -> [B, heads, S, head_dim]
@@ -128,6 +136,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         elif isinstance(mask, VarlenLayout):
             out = varlen_attention(q, k, v, mask)
+        elif isinstance(mask, SegmentLayout):
+            out = segment_attention(q, k, v, mask, gqa)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq_len, -1))

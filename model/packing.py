@@ -6,24 +6,28 @@ row, the lengths of its samples (every row's lengths sum to at most the row widt
 - `packed_positions`: RoPE positions restarting at 0 at each sample's first token (BOS), so a
   sample sees exactly the positions it would see alone in a row; padding counts on from 0 as a
   segment of its own;
-- `block_causal_mask`: [B, 1, S, S] bool, True where query i may read key j: the same segment
-  and j <= i. Padding is a segment of its own, so a padding query still reads itself (a fully
-  masked softmax row would be NaN) and no real token ever reads padding or another sample;
-- `VarlenLayout` and `varlen_attention`: the same attention without an S x S mask, through
-  flash-attn's `flash_attn_varlen_func` on CUDA (every row's segments, padding included, laid end
-  to end as one packed sequence with cumulative offsets). Used only when flash-attn is installed,
-  the tensors are on CUDA and in fp16/bf16; otherwise SDPA takes the mask (docs/model.md,
-  "Packed rows").
+- attention that is causal within each sample and blind across samples: the block-diagonal
+  causal mask (query i reads key j iff both are in one sample and j <= i), computed without
+  building it, so a packed row costs the sum of its samples' squared lengths, not the row's:
+  - `VarlenLayout` / `varlen_attention`: flash-attn's `flash_attn_varlen_func` on CUDA, every
+    row's segments (padding included) laid end to end with cumulative offsets; used when
+    flash-attn is installed and the tensors are CUDA fp16/bf16;
+  - `SegmentLayout` / `segment_attention`: otherwise, one causal SDPA call per sample (CPU, or a
+    GPU without flash-attn). An SDPA call with the [S, S] mask would compute every query against
+    every key of the row: on the CPU bench that made packed training slower than padded
+    (docs/training.md, "Packed rows"). Right padding gets zeros (nothing reads it).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 def _with_padding(segments: Sequence[Sequence[int]], width: int) -> list[list[int]]:
@@ -36,13 +40,6 @@ def _with_padding(segments: Sequence[Sequence[int]], width: int) -> list[list[in
     return rows
 
 
-def segment_ids(segments: Sequence[Sequence[int]], width: int, device: torch.device | str) -> torch.Tensor:
-    """[B, S] int64: which segment of its row each position is (padding: one segment after the last)."""
-    rows = _with_padding(segments, width)
-    ids = [torch.repeat_interleave(torch.arange(len(r)), torch.tensor(r)) for r in rows]
-    return torch.stack(ids).to(device)
-
-
 def packed_positions(
     segments: Sequence[Sequence[int]], width: int, device: torch.device | str
 ) -> torch.Tensor:
@@ -52,14 +49,43 @@ def packed_positions(
     return torch.stack(pos).to(device)
 
 
-def block_causal_mask(
-    segments: Sequence[Sequence[int]], width: int, device: torch.device | str
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Per row, the (start, length) of each real sample; the positions after them are padding."""
+
+    spans: tuple[tuple[tuple[int, int], ...], ...]
+
+
+def segment_layout(segments: Sequence[Sequence[int]], width: int) -> SegmentLayout:
+    _with_padding(segments, width)  # checks that every row fits
+    spans = []
+    for segs in segments:
+        starts = [0, *itertools.accumulate(segs)][:-1]
+        spans.append(tuple(zip(starts, segs, strict=True)))
+    return SegmentLayout(tuple(spans))
+
+
+def segment_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout, gqa: bool
 ) -> torch.Tensor:
-    """[B, 1, S, S] bool: query i reads key j iff both are in one segment and j <= i."""
-    seg = segment_ids(segments, width, device)
-    idx = torch.arange(width, device=seg.device)
-    causal = idx[None, :] <= idx[:, None]  # [S, S]: key <= query
-    return ((seg[:, :, None] == seg[:, None, :]) & causal).unsqueeze(1)
+    """Causal SDPA over each sample alone; q [B, H, S, D], k, v [B, H_kv, S, D] -> [B, H, S, D]."""
+    rows = []
+    for b, spans in enumerate(layout.spans):
+        parts = [
+            F.scaled_dot_product_attention(
+                q[b : b + 1, :, s : s + n],
+                k[b : b + 1, :, s : s + n],
+                v[b : b + 1, :, s : s + n],
+                is_causal=True,
+                enable_gqa=gqa,
+            )  # fmt: skip
+            for s, n in spans
+        ]
+        used = sum(n for _, n in spans)
+        if used < q.shape[2]:
+            parts.append(q.new_zeros(1, q.shape[1], q.shape[2] - used, q.shape[3]))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows)
 
 
 @dataclass(frozen=True)
@@ -99,15 +125,15 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     return out.view(bsz, seq_len, heads, head_dim).transpose(1, 2)
 
 
-PackedMask = torch.Tensor | VarlenLayout
+PackedMask = torch.Tensor | VarlenLayout | SegmentLayout
 
 
 def packed_attention_inputs(
     segments: Sequence[Sequence[int]], width: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, PackedMask]:
     """RoPE positions [B, S] and what attention takes: a varlen layout where flash-attn can run,
-    else the [B, 1, S, S] block-diagonal causal mask for SDPA."""
+    else the samples' spans for one SDPA call each."""
     positions = packed_positions(segments, width, device)
     if flash_varlen_available(device, dtype):
         return positions, varlen_layout(segments, width, device)
-    return positions, block_causal_mask(segments, width, device)
+    return positions, segment_layout(segments, width)

@@ -6,10 +6,11 @@ sampler's business alone, so packing changes no sample a run, a resume or a resi
 (docs/training.md, "Packed rows"); the rows are a pure function of the window's lengths, so the
 same micro-batch always packs the same way.
 
-`pack_rows` is first-fit decreasing (longest first, ties in stream order) into the fewest rows of
-at most `capacity` (= data.seq_len) positions, with the row width then shrunk to the smallest that
-first-fit still fits into that many rows: rows come out near-equally full, so right padding
-(rows x the longest row, minus the real positions) is what is left of one row's slack.
+`pack_rows` is first-fit decreasing (longest first, ties in stream order) into rows of at most
+`capacity` (= data.seq_len) positions. Of the row counts from the fewest possible upwards, it takes
+the one whose narrowest fitting width computes the fewest positions (rows x width): rows come out
+near-equally full, so right padding is what is left of the lumpiest sample sizes. One row per
+sample is among the candidates, so packing never computes more positions than padding.
 
 Modes (`data.packing`):
 - `packed`: `pack_rows`; the model attends block-diagonally (each sample to itself);
@@ -46,22 +47,16 @@ def first_fit(order: Sequence[int], lengths: Sequence[int], capacity: int, max_r
     return rows
 
 
-def pack_rows(lengths: Sequence[int], capacity: int) -> list[int]:
-    """Row index of each sample: first-fit decreasing into the fewest rows of <= `capacity`
-    positions, then the narrowest width that keeps that row count. Rows are numbered by their first
-    sample in input order, so row r's samples keep their stream order."""
-    if not lengths:
-        return []
-    if min(lengths) < 1 or max(lengths) > capacity:
-        raise ValueError(f"sample lengths must lie in 1..{capacity} (data.seq_len), got {list(lengths)}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    total, longest = sum(lengths), max(lengths)
-    num_rows = -(-total // capacity)
+def narrowest(
+    order: Sequence[int], lengths: Sequence[int], capacity: int, num_rows: int
+) -> tuple[int, list[int]] | None:
+    """The narrowest width <= `capacity` at which first-fit in `order` needs at most `num_rows` rows,
+    with its rows; None if even `capacity` needs more (binary search: the fit at the width returned
+    is always a real one)."""
     rows = first_fit(order, lengths, capacity, num_rows)
-    while rows is None:  # first-fit decreasing needs a row more than the lower bound
-        num_rows += 1
-        rows = first_fit(order, lengths, capacity, num_rows)
-    lo, hi = max(longest, -(-total // num_rows)), capacity  # the narrowest width that fits lies here
+    if rows is None:
+        return None
+    lo, hi = max(max(lengths), -(-sum(lengths) // num_rows)), capacity
     while lo < hi:
         mid = (lo + hi) // 2
         fitted = first_fit(order, lengths, mid, num_rows)
@@ -69,7 +64,27 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[int]:
             lo = mid + 1
         else:
             hi, rows = mid, fitted
-    return _renumber(rows)  # the fit at the narrowest width found
+    return hi, rows
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[int]:
+    """Row index of each sample: first-fit decreasing into rows of at most `capacity` positions, the
+    row count and width chosen to compute the fewest positions (rows x width; ties: fewer rows).
+    Rows are numbered by their first sample in input order, so row r's samples keep stream order."""
+    if not lengths:
+        return []
+    if min(lengths) < 1 or max(lengths) > capacity:
+        raise ValueError(f"sample lengths must lie in 1..{capacity} (data.seq_len), got {list(lengths)}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    best: tuple[int, list[int]] | None = None
+    for num_rows in range(-(-sum(lengths) // capacity), len(lengths) + 1):
+        if best is not None and num_rows * max(lengths) >= best[0]:
+            break  # no width below the longest sample: more rows cannot compute fewer positions
+        fit = narrowest(order, lengths, capacity, num_rows)
+        if fit is not None and (best is None or num_rows * fit[0] < best[0]):
+            best = (num_rows * fit[0], fit[1])
+    assert best is not None  # one row per sample always fits
+    return _renumber(best[1])
 
 
 def _renumber(rows: list[int]) -> list[int]:

@@ -110,7 +110,9 @@ def test_packed_resume_at_another_world_size_sees_exactly_the_unseen_samples(
     cfg = run_config(synth_root, "train.global_batch=8", "train.micro_batch=2", "data.canvas=224")
     total_steps, stop_at = 3, 1
     baseline = seen(run_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=total_steps))
-    first = [run_data(cfg, r, before, tokenizer=synth_tokenizer, num_steps=total_steps) for r in range(before)]
+    first = [
+        run_data(cfg, r, before, tokenizer=synth_tokenizer, num_steps=total_steps) for r in range(before)
+    ]
     rows = [row for stream in first for row in seen(stream, max_steps=stop_at)]
     state = first[0].state_dict()
     for r in range(after):
@@ -131,6 +133,7 @@ def test_packed_resume_at_the_same_world_size_packs_the_same_rows(synth_root, sy
     assert head + _rows_of(resumed) == whole
 
 
+@pytest.mark.slow  # a subprocess that writes a synthetic set and builds the debug model (~25 s)
 def test_bench_smallest_setting() -> None:
     """bench/packing.py at its smallest setting, so it cannot rot: both layouts read the same samples,
     packing computes fewer positions, and the loss of the two layouts agrees."""

@@ -13,10 +13,10 @@ import torch
 from sphinxx.model.anyres import AnyResConfig, process_image
 from sphinxx.model.flavors import build_sphinx
 from sphinxx.model.packing import (
-    block_causal_mask,
     flash_varlen_available,
     packed_positions,
-    segment_ids,
+    segment_attention,
+    segment_layout,
     varlen_layout,
 )
 from sphinxx.model.sphinx import SphinxX, collate
@@ -28,23 +28,48 @@ TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512)
 def test_positions_restart_per_sample_and_padding_is_its_own_segment() -> None:
     segments = [[3, 2], [4]]  # row 0: samples of 3 and 2, one pad; row 1: 4 and two pads
     assert packed_positions(segments, 6, "cpu").tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
-    assert segment_ids(segments, 6, "cpu").tolist() == [[0, 0, 0, 1, 1, 2], [0, 0, 0, 0, 1, 1]]
+    assert segment_layout(segments, 6).spans == (((0, 3), (3, 2)), ((0, 4),))
     with pytest.raises(ValueError, match="do not fit"):
         packed_positions([[4, 3]], 6, "cpu")
 
 
-def test_block_causal_mask_by_hand() -> None:
-    mask = block_causal_mask([[2, 3]], 6, "cpu")
-    assert mask.shape == (1, 1, 6, 6)
-    expected = [
+def _block_causal_mask(segments: list[list[int]], width: int) -> torch.Tensor:
+    """[B, 1, S, S]: query i reads key j iff both lie in one sample and j <= i (padding: itself only)."""
+    mask = torch.zeros(len(segments), 1, width, width, dtype=torch.bool)
+    for b, segs in enumerate(segments):
+        start = 0
+        for n in segs:
+            for i in range(start, start + n):
+                mask[b, 0, i, start : i + 1] = True
+            start += n
+        for i in range(start, width):
+            mask[b, 0, i, i] = True
+    return mask
+
+
+def test_hand_built_mask() -> None:
+    assert _block_causal_mask([[2, 3]], 6)[0, 0].int().tolist() == [
         [1, 0, 0, 0, 0, 0],
         [1, 1, 0, 0, 0, 0],
         [0, 0, 1, 0, 0, 0],  # the second sample starts: it reads nothing of the first
         [0, 0, 1, 1, 0, 0],
         [0, 0, 1, 1, 1, 0],
-        [0, 0, 0, 0, 0, 1],  # padding reads only itself (no fully masked softmax row)
+        [0, 0, 0, 0, 0, 1],  # padding
     ]
-    assert mask[0, 0].int().tolist() == expected
+
+
+def test_segment_attention_equals_sdpa_with_the_block_diagonal_mask() -> None:
+    gen = torch.Generator().manual_seed(0)
+    segments, width = [[5, 3, 1], [7], [2, 2, 2, 2]], 9
+    q = torch.randn(3, 4, width, 8, generator=gen)
+    k, v = torch.randn(2, 3, 2, width, 8, generator=gen)  # grouped-query: 2 KV heads for 4
+    got = segment_attention(q, k, v, segment_layout(segments, width), gqa=True)
+    mask = _block_causal_mask(segments, width)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    for b, segs in enumerate(segments):  # real positions agree; padding (unread) is zero here
+        used = sum(segs)
+        torch.testing.assert_close(got[b, :, :used], want[b, :, :used], rtol=1e-5, atol=1e-6)
+        assert not got[b, :, used:].any()
 
 
 def test_varlen_layout_lays_every_segment_end_to_end() -> None:
