@@ -91,7 +91,25 @@ CHECKS = {
             f"{_metric(LIVE, 'status_progress_age_max')['median']:.1f}",
         ),
     ),
+    "docs/training.md: packing": (
+        "docs/training.md",
+        r"padding was ([\d.]+)% of the computed positions packed against ([\d.]+)% padded, "
+        r"and packed training ran at ([\d.]+)x the padded tokens/s",
+        lambda: (
+            f"{100 * _packing_ratio()['padded_fraction_packed']:.1f}",
+            f"{100 * _packing_ratio()['padded_fraction_padded']:.1f}",
+            f"{_packing_ratio()['tokens_per_s']:.2f}",
+        ),
+    ),
 }
+
+
+def _packing_ratio() -> dict:
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "bench" / "results" / "packing_cpu.jsonl").read_text().splitlines()
+    ]
+    return next(r for r in rows if r["kind"] == "ratio")
 
 
 @pytest.mark.parametrize("check", list(CHECKS), ids=list(CHECKS))
