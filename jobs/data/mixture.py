@@ -85,6 +85,12 @@ class Mixture:
         self.__dict__.update(state)
         self._reset_caches()
 
+    def cache_bytes(self) -> int:
+        """Bytes of the arrays this mixture holds (its lazily filled caches): what a worker pays."""
+        caches = (self._kept, self._perms, self._orders, self._tables)
+        values = [v for cache in caches for v in cache.values()]
+        return sum(a.nbytes for v in values for a in (v if isinstance(v, tuple) else (v,)))
+
     # -- sizes ----------------------------------------------------------------------------
     def num_samples(self, epochs: float) -> int:
         return math.ceil(epochs * self.samples_per_epoch)
