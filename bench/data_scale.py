@@ -86,9 +86,11 @@ def write_source(root: Path, name: str, domain: str, count: int, per_shard: int)
     """One source of fixed-width text-only records, streamed shard by shard (format.py's layout)."""
     from sphinxx.jobs.data.format import Manifest, ShardInfo, encode_index, line_offsets
 
-    question = f"Describe item {{}} of {name} in one line.".replace("{}", "%09d")
-    prefix = '{"id": "%s-%%09d", "conversations": [{"from": "human", "value": "%s"}, ' % (name, question)
-    template = (prefix + '{"from": "gpt", "value": "It is item %09d."}]}\n').encode()
+    # Fixed width: the record number (%09d) three times, filled in by bytes formatting below.
+    human = f'{{"from": "human", "value": "Describe item %09d of {name} in one line."}}'
+    answer = '{"from": "gpt", "value": "It is item %09d."}'
+    line = f'{{"id": "{name}-%09d", "conversations": [{human}, {answer}]}}\n'
+    template = line.encode()
     shards = []
     (root / "shards").mkdir(parents=True)
     for number, lo in enumerate(range(0, count, per_shard)):

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from sphinxx.jobs.data.collate import LoadedBatch
 from sphinxx.jobs.data.dataset import MicroBatchStream, RecordReader, SamplePipeline, SourceRef, worker_init
-from sphinxx.jobs.data.mixture import Mixture, load_mixture
+from sphinxx.jobs.data.mixture import FEISTEL, Mixture, load_mixture
 from sphinxx.jobs.data.packing import PADDED
 from sphinxx.jobs.data.sampler import ElasticSampler, check_state
 from sphinxx.jobs.data.template import ConversationEncoder, load_tokenizer
@@ -135,6 +135,15 @@ class DataStream:
         return {"sampler": self.sampler.state_dict(self.next_step), "stats": asdict(self.stats)}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        # A checkpoint of a stream in the order before FEISTEL goes on in that order (exactly).
+        if (
+            self.mixture.adopt_order(state["sampler"].get("fingerprint", ""))
+            and self.mixture.order != FEISTEL
+        ):
+            log.info(
+                "the checkpoint's data stream has the %s within-source order: continuing it",
+                self.mixture.order,
+            )
         self.next_step = check_state(state["sampler"], self.mixture, self.sampler.global_batch, strict)
         self.stats = DataStats(**state.get("stats", {}))
 

@@ -19,6 +19,11 @@ before any position a cheap prefix sum: the stream is randomly addressable.
 Within a source: the k-th draw of source s is record kept_s[perm_{s,e'}[k mod n_s]] with
 e' = k div n_s, where perm_{s,e'} is a seeded permutation per (source, source epoch). Each
 source is therefore consumed without replacement within its epoch, and reshuffled for the next.
+The permutation is a keyed Feistel bijection evaluated at just the draws a batch needs
+(`permutation`, order FEISTEL): nothing of size n_s is shuffled or held. Streams of checkpoints
+written before it used numpy's materialised permutation (order MATERIALISED, a fingerprint of
+its own): a resume from one continues that order (`adopt_order`). kept_s is a compact
+`fraction.KeptIndex` (nothing stored at fraction 1 but the held-out split).
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from typing import Any
 import numpy as np
 
 from sphinxx.jobs.data.format import Manifest, read_manifest
-from sphinxx.jobs.data.fraction import heldout_count, heldout_indices, kept_indices, source_key
+from sphinxx.jobs.data.fraction import KeptIndex, heldout_count, heldout_indices, kept_index, source_key
+from sphinxx.jobs.data.permutation import ROUNDS, permute_many, round_keys
 from sphinxx.storage import uri as uri_mod
 
 CHUNK = 1024  # positions per chunk of the source schedule
+FEISTEL = "feistel"  # within-source order: a keyed bijection evaluated pointwise (the default)
+MATERIALISED = "materialised"  # the order of streams before it: numpy permutations held in memory
+ORDERS = (FEISTEL, MATERIALISED)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,16 @@ class MixtureSource:
 class Mixture:
     """Deterministic, randomly addressable stream of (source, record) pairs."""
 
-    def __init__(self, sources: list[MixtureSource], fraction: float, seed: int, heldout: int = 0):
+    def __init__(
+        self,
+        sources: list[MixtureSource],
+        fraction: float,
+        seed: int,
+        heldout: int = 0,
+        order: str = FEISTEL,
+        kept: dict[int, KeptIndex] | None = None,
+    ):
+        """`kept`: the sources' kept indexes when the caller has them (`load_mixture`), else lazy."""
         if not sources:
             raise ValueError(
                 "data.sources is empty: list at least one source (sphinxx data synth makes some)"
@@ -68,18 +86,23 @@ class Mixture:
             )
         self.samples_per_epoch = int(self.per_epoch.sum())
         self.probs = self.per_epoch / self.samples_per_epoch
-        self._reset_caches()
+        self.num_kept = np.array([s.num_kept for s in sources], dtype=np.int64)
+        self.order = FEISTEL
+        self.set_order(order)
+        self._kept.update(kept or {})
 
     # -- pickling: workers rebuild the (large) caches lazily ------------------------------
+    _CACHES = ("_kept", "_perms", "_keys", "_orders", "_tables")
+
     def _reset_caches(self) -> None:
-        self._kept: dict[int, np.ndarray] = {}
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._kept: dict[int, KeptIndex] = {}
+        self._perms: dict[tuple[int, int], np.ndarray] = {}  # MATERIALISED only
+        self._keys: dict[tuple[int, int], np.ndarray] = {}  # FEISTEL round keys per (source, epoch)
         self._orders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._tables: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_kept", "_perms", "_orders", "_tables")}
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in self._CACHES}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -87,9 +110,26 @@ class Mixture:
 
     def cache_bytes(self) -> int:
         """Bytes of the arrays this mixture holds (its lazily filled caches): what a worker pays."""
-        caches = (self._kept, self._perms, self._orders, self._tables)
-        values = [v for cache in caches for v in cache.values()]
+        values = [v for name in self._CACHES for v in getattr(self, name).values()]
         return sum(a.nbytes for v in values for a in (v if isinstance(v, tuple) else (v,)))
+
+    # -- the within-source order ----------------------------------------------------------
+    def set_order(self, order: str) -> None:
+        """Use `order` (FEISTEL or MATERIALISED) for the records within each source."""
+        if order not in ORDERS:
+            raise ValueError(f"unknown within-source order {order!r}; one of {', '.join(ORDERS)}")
+        kept = getattr(self, "_kept", {})
+        self._reset_caches()
+        self._kept.update(kept)  # the kept records do not depend on the order
+        self.order = order
+
+    def adopt_order(self, fingerprint: str) -> bool:
+        """Switch to the order whose stream has `fingerprint` (a checkpoint's), if one has it."""
+        for order in ORDERS:
+            if fingerprint == self.fingerprint(order):
+                self.set_order(order)
+                return True
+        return False
 
     # -- sizes ----------------------------------------------------------------------------
     def num_samples(self, epochs: float) -> int:
@@ -99,14 +139,19 @@ class Mixture:
         """Optimizer steps of `epochs` passes: ceil(samples / global batch) (docs/training.md, "Mixture")."""
         return math.ceil(self.num_samples(epochs) / global_batch)
 
-    def kept(self, s: int) -> np.ndarray:
+    def kept_index(self, s: int) -> KeptIndex:
+        """Source s's records inside the data fraction (rank -> record index), built once."""
         if s not in self._kept:
             src = self.sources[s]
-            self._kept[s] = kept_indices(
+            self._kept[s] = kept_index(
                 self.seed, src.name, src.manifest.num_records, self.fraction, self.heldout
             )
             assert len(self._kept[s]) == src.num_kept
         return self._kept[s]
+
+    def kept(self, s: int) -> np.ndarray:
+        """Every kept record index of source s, sorted (materialised: for reports and tests)."""
+        return self.kept_index(s).all()
 
     def heldout_records(self, s: int) -> np.ndarray:
         """Source s's held-out split (`fraction.heldout_indices`): the same for every fraction."""
@@ -172,27 +217,54 @@ class Mixture:
             sources[sel] = src
             before = epoch * self.per_epoch + self._epoch_table(epoch)[chunk]
             draws[sel] = before[src] + rank[within]
+        source_epochs, within = np.divmod(draws, self.num_kept[sources])
+        ranks = self._permute(sources, source_epochs, within)
         records = np.empty(len(positions), dtype=np.int64)
         for s in np.unique(sources):
-            n = self.sources[s].num_kept
             sel = sources == s
-            epochs, within = np.divmod(draws[sel], n)
-            out = np.empty(len(within), dtype=np.int64)
-            for epoch in np.unique(epochs):
-                part = epochs == epoch
-                out[part] = self.kept(int(s))[self._permutation(int(s), int(epoch))[within[part]]]
-            records[sel] = out
+            records[sel] = self.kept_index(int(s)).take(ranks[sel])
         return sources, records
 
+    def _permute(self, sources: np.ndarray, epochs: np.ndarray, within: np.ndarray) -> np.ndarray:
+        """perm_{s,e}(k) for every (source, source epoch, k): the rank among the kept records."""
+        pairs = np.unique(np.stack([sources, epochs]), axis=1).T.tolist() if len(sources) else []
+        if self.order == MATERIALISED:
+            out = np.empty(len(within), dtype=np.int64)
+            for s, e in pairs:
+                sel = (sources == s) & (epochs == e)
+                out[sel] = self._permutation(s, e)[within[sel]]
+            return out
+        keys = np.empty((len(within), ROUNDS), dtype=np.uint64)
+        for s, e in pairs:
+            keys[(sources == s) & (epochs == e)] = self._round_keys(s, e)
+        return permute_many(within, self.num_kept[sources], keys)
+
+    def _round_keys(self, s: int, epoch: int) -> np.ndarray:
+        if (s, epoch) not in self._keys:
+            text = f"sphinxx.order\x00{self.seed}\x00{self.sources[s].name}\x00{epoch}"
+            key = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            if len(self._keys) > 4 * len(self.sources):
+                self._keys.clear()
+            self._keys[(s, epoch)] = round_keys(key)
+        return self._keys[(s, epoch)]
+
     # -- reporting ------------------------------------------------------------------------
-    def fingerprint(self) -> str:
-        """Changes iff the stream would change (stored with the sampler state)."""
+    def fingerprint(self, order: str | None = None) -> str:
+        """Changes iff the stream would change (stored with the sampler state); of this mixture's
+        order, or of `order`'s stream."""
         parts = [[s.name, s.manifest.num_records, s.weight, s.num_kept] for s in self.sources]
         # CHUNK and the schedule's layout are part of the stream too.
-        blob = json.dumps(
-            {"sources": parts, "fraction": self.fraction, "seed": self.seed, "chunk": CHUNK, "v": 2}
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        fields: dict[str, Any] = {
+            "sources": parts,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "chunk": CHUNK,
+        }
+        if (order or self.order) == MATERIALISED:
+            fields["v"] = 2  # exactly the fingerprint of the streams before FEISTEL
+        else:
+            fields.update(v=3, order=FEISTEL)
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
         """Resolved record counts and shares per source and per domain (logged as MLflow params)."""
@@ -226,11 +298,13 @@ class Mixture:
 
 def load_mixture(data: Any) -> Mixture:
     """The mixture of a `DataConfig` (reads every source's manifest through the storage layer)."""
-    sources = []
-    for spec in data.sources:
+    sources, kept = [], {}
+    for s, spec in enumerate(data.sources):
         root = uri_mod.normalize(spec.uri)
         manifest = read_manifest(root)
-        heldout = data.heldout_records
-        num_kept = len(kept_indices(data.seed, spec.name, manifest.num_records, data.fraction, heldout))
-        sources.append(MixtureSource(spec.name, root, spec.domain, float(spec.weight), manifest, num_kept))
-    return Mixture(sources, data.fraction, data.seed, data.heldout_records)
+        # Built once here and kept: DataLoader workers forked from this process share it.
+        kept[s] = kept_index(data.seed, spec.name, manifest.num_records, data.fraction, data.heldout_records)
+        sources.append(
+            MixtureSource(spec.name, root, spec.domain, float(spec.weight), manifest, len(kept[s]))
+        )
+    return Mixture(sources, data.fraction, data.seed, data.heldout_records, kept=kept)

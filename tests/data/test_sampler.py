@@ -101,3 +101,42 @@ def test_worker_processes_do_not_change_the_stream(synth_root, synth_tokenizer) 
     for a, b in zip(in_process, workers, strict=True):
         for name, value in a.batch.__dict__.items():
             assert value.equal(getattr(b.batch, name)), name
+
+
+def test_a_checkpoint_of_the_materialised_order_resumes_in_that_order(synth_root, synth_tokenizer) -> None:
+    """A stream saved before the FEISTEL order (its fingerprint is the old formula) goes on exactly."""
+    import hashlib
+    import json
+
+    from sphinxx.jobs.data.mixture import CHUNK, FEISTEL, MATERIALISED
+
+    cfg = run_config(synth_root, "train.global_batch=4", "train.micro_batch=2")
+    old = run_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=6)
+    old.mixture.set_order(MATERIALISED)
+    old.next_step = 3
+    state = old.state_dict()
+    parts = [[s.name, s.manifest.num_records, s.weight, s.num_kept] for s in old.mixture.sources]
+    blob = {"sources": parts, "fraction": 1.0, "seed": 0, "chunk": CHUNK, "v": 2}  # before FEISTEL
+    assert state["sampler"]["fingerprint"] == hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:16]
+    resumed = run_data(cfg, 0, 2, tokenizer=synth_tokenizer, num_steps=6)  # at another world size
+    assert (
+        resumed.mixture.order == FEISTEL and resumed.mixture.fingerprint() != state["sampler"]["fingerprint"]
+    )
+    resumed.load_state_dict(state)
+    assert resumed.mixture.order == MATERIALISED and resumed.next_step == 3
+    for step in (3, 4, 5):
+        expected = [old.sampler.key(step, m) for m in range(old.accum_steps)]
+        got = [resumed.sampler.key(step, 0)] + [ElasticSampler(resumed.mixture, 4, 2, 1, 2).key(step, 0)]
+        assert key_rows(got) == key_rows(expected)
+    # The two orders are different streams over the same records.
+    fresh = run_data(cfg, 0, 1, tokenizer=synth_tokenizer, num_steps=6).mixture
+    positions = np.arange(3 * fresh.samples_per_epoch)
+    (s_old, r_old), (s_new, r_new) = old.mixture.locate(positions), fresh.locate(positions)
+    assert np.array_equal(s_old, s_new) and not np.array_equal(r_old, r_new)
+    assert sorted(zip(s_old.tolist(), r_old.tolist(), strict=True)) == sorted(
+        zip(s_new.tolist(), r_new.tolist(), strict=True)
+    )
+
+
+def key_rows(keys) -> list[tuple[int, int, int]]:
+    return sorted(t for k in keys for t in zip(k.positions, k.sources, k.records, strict=True))
