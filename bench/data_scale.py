@@ -21,12 +21,16 @@ process so that one measurement's caches and heap do not leak into the next:
   process (`Mixture.locate` over the whole batch, what the ranks' keys compute between them): the
   first step (caches cold), the mean and maximum of the next `--steps`, and a cold draw far into
   the second epoch (a resume).
+
+  Both for each within-source order: `materialised` (numpy's permutation per source epoch, held
+  in memory: the baseline, the order of streams before the Feistel one) and `feistel` (the
+  default), with the ratios feistel / materialised in the same run.
 - `startup`: a job's start-up to its first micro-batch, model build excluded: the tokenizer,
   `build_data` (mixture included) for rank 0 of `--world-size` with `--workers` DataLoader
   workers, and the first micro-batch out of the loader (worker start, key, ranged reads of the
   records and their line indexes, tokenisation, collation). Goal: < 60 s.
 
-The baseline named in `ratio` rows is the goal the figure is measured against.
+Each `ratio` row names its baseline: the goal, or the materialised order.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ GROUPS = (
     ("ocr-layout", "ocr", 1000),
     ("set-of-mark", "set-of-mark", 10),
 )
+ORDERS = ("materialised", "feistel")  # mixture.MATERIALISED (the baseline) and mixture.FEISTEL
 GIB = 2**30
 GOAL_MEMORY = 1 * GIB
 GOAL_STARTUP_S = 60.0
@@ -157,6 +162,7 @@ def measure_memory(args: dict) -> dict:
     rss0 = rss_bytes()
     tracemalloc.start()
     mixture = load_mixture(cfg.data)
+    mixture.set_order(args["order"])
     g, world = args["global_batch"], args["world_size"]
     sampler = ElasticSampler(mixture, g, args["micro_batch"], 0, world)
     far = resume_step(mixture.samples_per_epoch, g)
@@ -184,6 +190,7 @@ def measure_sampling(args: dict) -> dict:
     from sphinxx.jobs.data.mixture import load_mixture
 
     mixture = load_mixture(data_config(args).data)
+    mixture.set_order(args["order"])
     g = args["global_batch"]
 
     def draw(step: int) -> float:
@@ -293,17 +300,32 @@ def measure_setting(shared: dict, args: argparse.Namespace) -> None:
         seconds=round(mix["seconds"], 3),
         samples_per_epoch=mix["samples_per_epoch"],
     )
-    mem = in_fresh_process("memory", shared)
-    emit(phase="memory", **setting, world_size=args.world_size, steps=args.steps, **mem)
-    emit(
-        kind="ratio",
-        metric="memory_vs_goal",
-        baseline="1 GiB",
-        value=round(mem["rss_delta_bytes"] / GOAL_MEMORY, 4),
-    )
-    samp = in_fresh_process("sampling", shared)
-    ms = {f"{k[:-2]}_ms": round(v * 1000, 3) for k, v in samp.items()}
-    emit(phase="sampling", **setting, global_batch=args.global_batch, **ms)
+    mem, samp = {}, {}
+    for order in ORDERS:  # the baseline first: numpy's permutations, held in memory
+        mem[order] = in_fresh_process("memory", {**shared, "order": order})
+        emit(
+            phase="memory", **setting, order=order, world_size=args.world_size, steps=args.steps, **mem[order]
+        )
+        samp[order] = in_fresh_process("sampling", {**shared, "order": order})
+        ms = {f"{k[:-2]}_ms": round(v * 1000, 3) for k, v in samp[order].items()}
+        emit(phase="sampling", **setting, order=order, global_batch=args.global_batch, **ms)
+    new, old = ORDERS[1], ORDERS[0]
+    emit(kind="ratio", **setting, metric="memory_vs_goal", baseline="1 GiB",
+         value=round(mem[new]["rss_delta_bytes"] / GOAL_MEMORY, 4))  # fmt: skip
+    for metric, a, b in (
+        ("memory", mem[new]["rss_delta_bytes"], mem[old]["rss_delta_bytes"]),
+        ("cache_bytes", mem[new]["cache_bytes"], mem[old]["cache_bytes"]),
+        ("first_step", samp[new]["first_s"], samp[old]["first_s"]),
+        ("warm_step", samp[new]["warm_mean_s"], samp[old]["warm_mean_s"]),
+        ("resume_step", samp[new]["resume_s"], samp[old]["resume_s"]),
+    ):
+        emit(
+            kind="ratio",
+            **setting,
+            metric=f"{metric}_{new}_vs_{old}",
+            baseline=old,
+            value=round(a / max(b, 1e-9), 4),
+        )
     start = in_fresh_process("startup", shared)
     emit(
         phase="startup",
@@ -313,6 +335,7 @@ def measure_setting(shared: dict, args: argparse.Namespace) -> None:
     )
     emit(
         kind="ratio",
+        **setting,
         metric="startup_vs_goal",
         baseline="60 s",
         value=round(start["seconds"] / GOAL_STARTUP_S, 4),
