@@ -15,6 +15,7 @@ The hash is SplitMix64 (Steele et al., 2014) over the record index, keyed by a B
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,7 @@ def heldout_count(num_records: int, requested: int) -> int:
 HASH_BLOCK = 1 << 20  # records hashed at a time: the transient memory stays at 8 MiB a source
 
 
-def _blocks(num_records: int):
+def _blocks(num_records: int) -> Iterator[tuple[int, np.ndarray]]:
     for lo in range(0, num_records, HASH_BLOCK):
         yield lo, np.arange(lo, min(num_records, lo + HASH_BLOCK), dtype=np.uint64)
 

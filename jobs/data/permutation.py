@@ -7,14 +7,15 @@ every DataLoader worker of every rank, and the time to shuffle it before the fir
 bijection gives perm(i) for just the positions a batch needs: no memory, a few numpy operations
 per batch, the same value in any process (docs/training.md, "Mixture").
 
-Construction. The domain is [0, 4^h) with h the smallest width such that 4^h >= n (h >= 1), so
-it is less than 4n. A value x splits into two h-bit halves (L, R); each of ROUNDS rounds maps
-(L, R) -> (R, L xor F_r(R)), with F_r(R) the low h bits of SplitMix64(R xor k_r) and k_r a
-round key drawn from the 64-bit key: a bijection of [0, 4^h) whatever F is (a Feistel network;
-Luby and Rackoff, 1988: four rounds of a pseudorandom function give a strong pseudorandom
-permutation). Cycle-walking (Black and Rogaway, 2002) applies it again to every value that
-lands at n or above until it lands below n, which is a bijection of [0, n); fewer than 4 passes
-are expected since 4^h < 4n.
+Construction. The domain is [0, 2^b) with b the bit length of n - 1 (at least 1), so it is
+less than 2n. A value x splits into a left part of l bits and a right part of r bits (l = b div
+2, r = b - l); each of ROUNDS rounds maps (L, R) -> (R, L xor F_i(R)), with F_i(R) the low l bits
+of SplitMix64(R xor k_i) and k_i a round key drawn from the 64-bit key, after which the parts
+swap widths (an unbalanced Feistel network): a bijection of [0, 2^b) whatever F is (Luby and
+Rackoff, 1988: four rounds of a pseudorandom function give a strong pseudorandom permutation).
+Cycle-walking (Black and Rogaway, 2002) applies it again to every value that lands at n or
+above until it lands below n, which is a bijection of [0, n); fewer than 2 passes are expected
+since 2^b < 2n.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
-def half_width(n: int) -> int:
-    """h: the half width in bits, the smallest h >= 1 with 4^h >= n."""
-    return max(1, ((n - 1).bit_length() + 1) // 2)
+def domain_bits(n: int) -> int:
+    """b: the bit length of n - 1, at least 1 (the network permutes [0, 2^b), 2^b >= n)."""
+    return max(1, (n - 1).bit_length())
 
 
 def round_keys(key: int) -> np.ndarray:
@@ -48,13 +49,16 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> _S31)
 
 
-def _feistel(x: np.ndarray, half: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """One pass of the network: x, half [k] uint64 (each x in [0, 4^half)), keys [k, ROUNDS]."""
-    mask = (np.uint64(1) << half) - np.uint64(1)
-    left, right = x >> half, x & mask
-    for r in range(ROUNDS):
-        left, right = right, left ^ (_mix(right ^ keys[:, r]) & mask)
-    return (left << half) | right
+def _feistel(x: np.ndarray, bits: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """One pass of the network: x, bits [k] uint64 (each x in [0, 2^bits)), keys [k, ROUNDS]."""
+    one = np.uint64(1)
+    width_l = bits >> one
+    width_r = bits - width_l
+    for i in range(ROUNDS):
+        left, right = x >> width_r, x & ((one << width_r) - one)
+        x = (right << width_l) | (left ^ (_mix(right ^ keys[:, i]) & ((one << width_l) - one)))
+        width_l, width_r = width_r, width_l
+    return x
 
 
 def permute_many(indices: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -66,13 +70,12 @@ def permute_many(indices: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.nda
     n = np.asarray(n, dtype=np.int64)
     if idx.size and (n.min() < 1 or idx.min() < 0 or (idx >= n).any()):
         raise ValueError("every index must lie in [0, n) with n >= 1")
-    bits = np.frexp(np.maximum(n - 1, 1).astype(np.float64))[1]  # bit length of n - 1 (n < 2^53)
-    half = np.maximum(1, (bits + 1) // 2).astype(np.uint64)
+    bits = np.frexp(np.maximum(n - 1, 1).astype(np.float64))[1].astype(np.uint64)  # n < 2^53
     limit = n.astype(np.uint64)
-    out = _feistel(idx.astype(np.uint64), half, keys)
+    out = _feistel(idx.astype(np.uint64), bits, keys)
     walk = np.flatnonzero(out >= limit)
     while walk.size:  # cycle-walking: only the values that left [0, n) go round again
-        out[walk] = _feistel(out[walk], half[walk], keys[walk])
+        out[walk] = _feistel(out[walk], bits[walk], keys[walk])
         walk = walk[out[walk] >= limit[walk]]
     return out.astype(np.int64)
 

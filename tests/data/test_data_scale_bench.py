@@ -1,7 +1,8 @@
 """bench/data_scale.py's smallest setting, so the bench cannot rot between runs.
 
-20,000 records in the paper's 13 groups, half of them kept: every phase's line, each measured in a fresh process,
-the goals' ratios, and a first batch read from the written shards without a bad record.
+20,000 records in the paper's 13 groups, half of them kept: every phase's line, each measured in
+a fresh process, the goals' ratios, and a first batch read from the written shards without a bad
+record.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import pytest
 
 from sphinxx.jobs.data import fraction
 from sphinxx.jobs.data.fraction import KeptIndex, kept_index, record_hashes, threshold
-from sphinxx.jobs.data.permutation import ROUNDS, half_width, permute, permute_many, round_keys
+from sphinxx.jobs.data.permutation import ROUNDS, domain_bits, permute, permute_many, round_keys
 
 
 @pytest.mark.parametrize("n", [*range(1, 40), 64, 65, 255, 256, 257, 1000, 4097, 65537])
@@ -18,8 +18,18 @@ def test_permute_is_a_bijection_of_0_to_n(n: int) -> None:
         assert np.array_equal(np.sort(out), np.arange(n)), (n, key)
 
 
-def test_the_domain_is_the_smallest_power_of_four_at_least_n() -> None:
-    assert [half_width(n) for n in (1, 2, 4, 5, 16, 17, 64, 65, 2**40)] == [1, 1, 1, 2, 2, 3, 3, 4, 20]
+def test_the_domain_is_the_smallest_power_of_two_at_least_n() -> None:
+    assert [domain_bits(n) for n in (1, 2, 3, 4, 5, 16, 17, 2**40, 2**40 + 1)] == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        4,
+        5,
+        40,
+        41,
+    ]
 
 
 def test_pointwise_values_equal_the_whole_permutation_and_many_equals_one_by_one() -> None:
