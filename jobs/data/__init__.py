@@ -6,6 +6,8 @@ Modules, in the order data flows through them:
   the record schema; `SourceWriter` writes it.
 - `fraction`: the nested, world-size independent subset of each source (the data-scale axis).
 - `mixture`: the sources of a run config, weighted into one deterministic sample stream.
+- `permutation`: the keyed Feistel permutation that orders each source's records within an epoch,
+  evaluated only where a batch needs it.
 - `sampler`: global batches of that stream dealt over data-parallel ranks and accumulation
   steps; its position is the only data state a checkpoint needs.
 - `template`: the conv_v1_2 conversation template, tokenisation and answer-only labels.

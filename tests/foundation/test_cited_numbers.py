@@ -101,7 +101,36 @@ CHECKS = {
             f"{_packing_ratio()['tokens_per_s']:.2f}",
         ),
     ),
+    "docs/training.md: worker memory at 15M records": (
+        "docs/training.md",
+        r"\| worker memory, RSS delta \| (\d+) MB \((\d+) MB\) \| (\d+) MB \((\d+) MB\) \|",
+        lambda: tuple(
+            f"{_scale(name, 'memory', f)['rss_delta_bytes'] / 1e6:.0f}"
+            for name in (SCALE_BEFORE, SCALE)
+            for f in (1.0, 0.5)
+        ),
+    ),
+    "docs/training.md: start-up at 15M records": (
+        "docs/training.md",
+        r"\| start-up to the first micro-batch \| ([\d.]+) s \(([\d.]+) s\) \| ([\d.]+) s \(([\d.]+) s\) \|",
+        lambda: tuple(
+            f"{_scale(name, 'startup', f)['seconds']:.1f}"
+            for name in (SCALE_BEFORE, SCALE)
+            for f in (1.0, 0.5)
+        ),
+    ),
 }
+SCALE, SCALE_BEFORE = "data_scale_15m_cpu.jsonl", "data_scale_15m_cpu_before.jsonl"
+
+
+def _scale(name: str, phase: str, fraction: float) -> dict:
+    """bench/data_scale.py's row of `phase` at `fraction` (the Feistel order's, where there are two)."""
+    rows = [json.loads(line) for line in (ROOT / "bench" / "results" / name).read_text().splitlines() if line]
+    return next(
+        r
+        for r in rows
+        if r.get("phase") == phase and r["fraction"] == fraction and r.get("order", "feistel") == "feistel"
+    )
 
 
 def _packing_ratio() -> dict:
