@@ -48,7 +48,9 @@ from typing import Any
 
 import torch
 
+from sphinxx.evals.report import entry, mlflow_metrics
 from sphinxx.jobs.audit import SampleTrace
+from sphinxx.jobs.benchmarks import BenchmarkEvaluator, BenchmarkResult, benchmark_evaluator
 from sphinxx.jobs.build import build_model, check_vocab, loaded_tower_prefixes
 from sphinxx.jobs.checkpoint import Checkpointer, RunState
 from sphinxx.jobs.context import Worker
@@ -112,9 +114,15 @@ def train(cfg: RunConfig, worker: Worker, timer: Any = None) -> dict[str, Any]:
         cost = run_estimate(cfg, worker.world_size, parts.total, sum(r.bytes_total for r in parts.staged))
         estimate = log_estimate(cost, worker.world_size, tracker)
     evaluator = heldout_evaluator(cfg.data.heldout_records, cfg.train.micro_batch, worker, parts.data)
+    bench = benchmark_evaluator(
+        cfg.eval.benchmarks, parts.data.encoder, parts.data.image, worker.rank, worker.world_size,
+        cfg.train.eval_interval, options=storage_options(cfg.storage),
+    )  # fmt: skip
     tag_staging(tracker, parts.staged)
     watch = capacity_watch(cfg.parallel, worker)
-    loop = StepLoop(parts, state, cfg.train, worker, tracker, evaluator, estimate, timer or NULL_TIMER, watch)
+    loop = StepLoop(
+        parts, state, cfg.train, worker, tracker, evaluator, estimate, timer or NULL_TIMER, watch, bench
+    )
     metrics = loop.run()
     if state.step > 0:
         tracker.log_metrics(parts.data.stats.metrics(), state.step)
@@ -273,6 +281,7 @@ class StepLoop:
         estimate: dict[str, float],
         timer: Any,
         watch: CapacityWatch | None = None,
+        bench: BenchmarkEvaluator | None = None,
     ):
         self.parts, self.state, self.train, self.worker = parts, state, train, worker
         self.tracker, self.evaluator, self.estimate, self.timer = tracker, evaluator, estimate, timer
@@ -289,6 +298,7 @@ class StepLoop:
         self.stop = StopSignal.from_env(train.termination_grace_seconds)
         self.watch = watch or CapacityWatch(None, {}, worker.world_size, worker.world_size, 0)  # never grows
         self.lr = 0.0  # of the last step (`step` sets it, `log` reports it)
+        self.bench = bench  # eval.benchmarks, scored by generation (jobs/benchmarks.py)
 
     def run(self) -> dict[str, Any]:
         """Every remaining global batch; returns the last step's metrics."""
@@ -299,6 +309,7 @@ class StepLoop:
             stats = self.step(group)
             metrics = self.log(stats)
             self.evaluate()
+            self.score_benchmarks()
             stopping = self.stop.vote(_max_across_ranks, grow=self.watch.room())
             if state.step % self.train.checkpoint_interval == 0 or state.step == parts.total or stopping:
                 self.checkpoint(stats, metrics, stopping)
@@ -358,6 +369,18 @@ class StepLoop:
         state.extra["heldout"] = {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": heldout}
         _log_heldout(self.tracker, self.worker, heldout, state)
 
+    def score_benchmarks(self) -> None:
+        """The benchmarks of `eval.benchmarks`, when due (the last step, and every eval_interval
+        with `at_eval_interval`; once per step: a resumed run keeps what a commit recorded)."""
+        state, bench = self.state, self.bench
+        done = state.extra.get("benchmarks", {}).get("step")
+        if bench is None or not due(state.step, self.parts.total, bench.interval, done):
+            return
+        results = bench.run(self.parts.engine.module)
+        entries = {r.benchmark.name: entry(r.scores, state.step, state.tokens_seen) for r in results}
+        state.extra["benchmarks"] = {"step": state.step, "tokens_seen": state.tokens_seen, "scores": entries}
+        _log_benchmarks(self.tracker, self.worker, results, entries, state)
+
     def checkpoint(self, stats: StepStats, metrics: dict[str, Any], stopping: str | None) -> None:
         """Commit this step on every rank, with the metrics the operator and the fit read."""
         state, data = self.state, self.parts.data
@@ -367,6 +390,7 @@ class StepLoop:
             **self.estimate,  # the cost estimate and the measured MFU, shown in status.metrics
             "mfu": metrics["mfu"],
             **state.extra.get("heldout", {}).get("metrics", {}),
+            **benchmark_metrics(state.extra),
             **stop_metrics(self.worker, stopping if state.step < self.parts.total else None),
         }
         try:
@@ -393,6 +417,12 @@ class StepLoop:
             print(f"[sphinxx] stopped on request ({self.stop.why}) at step {step}/{total}", flush=True)
         self.tracker.close(timeout=min(30.0, self.stop.remaining()))
         raise Preempted(step, self.stop.why or "stop requested")
+
+
+def benchmark_metrics(extra: dict[str, Any]) -> dict[str, Any]:
+    """`benchmarks` of the committed metrics: the entries of the last evaluation (`evals.report`). Pure."""
+    scores = extra.get("benchmarks", {}).get("scores")
+    return {"benchmarks": scores} if scores else {}
 
 
 def stop_metrics(worker: Worker, stopping: str | None) -> dict[str, float]:
@@ -532,6 +562,22 @@ def _log_heldout(tracker: Any, worker: Worker, heldout: dict[str, float], state:
     if worker.rank == 0:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in heldout.items() if "/source:" not in k)
         print(f"[sphinxx] held-out at step {state.step}: {shown}", flush=True)
+
+
+def _log_benchmarks(
+    tracker: Any, worker: Worker, results: list[BenchmarkResult], entries: dict[str, Any], state: RunState
+) -> None:
+    """Scores against the global step and (`*_by_tokens`, MLflow step = tokens seen) against D; the
+    per-sample predictions as `benchmarks/step-<step>/<name>.jsonl` artifacts (rank 0's tracker)."""
+    metrics = mlflow_metrics(entries)
+    tracker.log_metrics(metrics, state.step)
+    tracker.log_metrics({f"{k}_by_tokens": v for k, v in metrics.items() if k.count("/") == 1}, state.tokens_seen)
+    if worker.rank != 0:
+        return
+    for result in results:
+        tracker.log_text(result.predictions_jsonl(), f"benchmarks/step-{state.step:09d}/{result.benchmark.name}.jsonl")
+    shown = ", ".join(f"{name} {e['score']:.4f}" for name, e in entries.items())
+    print(f"[sphinxx] benchmarks at step {state.step}: {shown}", flush=True)
 
 
 def log_estimate(cost: dict[str, Any] | None, world_size: int, tracker: Any) -> dict[str, float]:

@@ -81,7 +81,7 @@ class CommitMetadata:
     ep_size: int | None = None  # expert-parallel size
     dp_size: int | None = None  # data-parallel size
     # e.g. {"val_loss": 2.31}; retention ranks by these. A value may also be a record of numbers and
-    # strings (the job's `benchmarks`: docs/evaluation.md, "How abilities scale across a sweep").
+    # strings (the job's `benchmarks`: docs/training.md, "Benchmarks in every point").
     metrics: Mapping[str, Any] = field(default_factory=dict)
     config_hash: str | None = None  # sha256 of the resolved run config
     code_version: str | None = None  # git sha or package version

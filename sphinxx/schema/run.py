@@ -20,7 +20,7 @@ A resolved config is immutable: every section is a frozen dataclass, so what the
 what every worker trains with; a caller that must derive another config (the operator's attempt
 config, the job pinning its tracking store) builds a new one with `dataclasses.replace`. Each
 part of the system is handed the section it uses (`ModelConfig`, `DataConfig`, `TrainConfig`,
-`ParallelConfig`, `StorageConfig`, `TrackingConfig`); only entry points see a whole `RunConfig`
+`ParallelConfig`, `StorageConfig`, `TrackingConfig`, `EvalConfig`); only entry points see a whole `RunConfig`
 (docs/architecture.md, "Each part reads its own section").
 """
 
@@ -243,6 +243,40 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class BenchmarkTask:
+    uri: str = field(
+        MISSING, "the task JSONL (`sphinxx eval import` writes it; docs/evaluation.md)", min_length=1,
+        uri=STORAGE,
+    )  # fmt: skip
+    name: str | None = field(
+        None, "the benchmark's name in metrics and status (default: its records' `task`)",
+        pattern=r"[A-Za-z0-9_.+-]+", max_length=100,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchmarksConfig:
+    tasks: list[BenchmarkTask] = field([], "benchmark task files scored in the point; empty: none",
+                                       max_items=256)  # fmt: skip
+    max_samples: int = count(200, "records scored per task, the first ones of its file; 0: every record",
+                             maximum=10_000_000)  # fmt: skip
+    max_new_tokens: int = count(32, "answer length limit in tokens", minimum=1, maximum=4096)
+    temperature: float = field(0.0, "0: greedy decoding (the default); > 0 samples", minimum=0, maximum=10)
+    top_p: float = field(1.0, "nucleus sampling mass when temperature > 0 (1: off)", exclusive_minimum=0,
+                         maximum=1)  # fmt: skip
+    seed: int = count(0, "sampling seed (temperature > 0)", maximum=2**31 - 1)
+    batch_size: int = count(8, "questions per generate call on one rank", minimum=1, maximum=4096)
+    at_eval_interval: bool = field(False, "also score every train.eval_interval steps, not only at the end")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmarks: BenchmarksConfig = nested(
+        BenchmarksConfig, "benchmarks scored by generation at the end of the point (docs/training.md)"
+    )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run_id: str = field(
         "run",
@@ -256,6 +290,7 @@ class RunConfig:
     parallel: ParallelConfig = nested(ParallelConfig)
     storage: StorageConfig = nested(StorageConfig)
     tracking: TrackingConfig = nested(TrackingConfig)
+    eval: EvalConfig = nested(EvalConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "run_id")
@@ -441,12 +476,22 @@ def check_rules(cfg: RunConfig) -> None:
     names = [s.name for s in data.sources]
     if len(set(names)) != len(names):
         raise SchemaError("data.sources", f"source names must be unique; got {names}")
+    _check_benchmarks(cfg.eval.benchmarks)
     if cfg.storage.uri.startswith("memory://"):
         raise SchemaError("storage.uri", "memory:// lives in one process; Ray workers need s3:// or file://")
     if not cfg.storage.uri.startswith(STORAGE_SCHEMES):
         raise SchemaError(
             "storage.uri", f"must be an s3:// or file:// URI or an absolute path; got {cfg.storage.uri!r}"
         )
+
+
+def _check_benchmarks(bench: BenchmarksConfig) -> None:
+    uris = [t.uri for t in bench.tasks]
+    if len(set(uris)) != len(uris):
+        raise SchemaError("eval.benchmarks.tasks", f"a task file is listed twice: {uris}")
+    names = [t.name for t in bench.tasks if t.name]
+    if len(set(names)) != len(names):
+        raise SchemaError("eval.benchmarks.tasks", f"task names must be unique; got {names}")
 
 
 def _decoder(cfg: RunConfig) -> ModelArgs:
