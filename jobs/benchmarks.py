@@ -112,13 +112,16 @@ def read_benchmarks(config: BenchmarksConfig, options: StorageOptions | None) ->
             out.append(read_benchmark(task.uri, task.name, config.max_samples, options))
         except (ValueError, StorageError) as err:
             raise ValueError(f"eval.benchmarks.tasks[{i}]: {err}") from None
-    names = [b.name for b in out]
+    return unique_names(out, "eval.benchmarks.tasks: ")
+
+
+def unique_names(benchmarks: list[Benchmark], where: str = "") -> list[Benchmark]:
+    """`benchmarks`, if no two share a name (their results are keyed by it)."""
+    names = [b.name for b in benchmarks]
     for name in names:
         if names.count(name) > 1:
-            raise ValueError(
-                f"eval.benchmarks.tasks: two task files are both named {name!r}; set `name` on each"
-            )
-    return out
+            raise ValueError(f"{where}two task files are both named {name!r}; give each its own name")
+    return benchmarks
 
 
 def generation_config(config: BenchmarksConfig) -> GenerationConfig:
@@ -218,7 +221,9 @@ class BenchmarkEvaluator:
                 return None, f"image {record.images[0]}: {type(err).__name__}: {err}"
         tokens = self.encoder.encode_prompt(record.prompt)
         if record.answer_prefix:
-            tokens += self.encoder.tokenizer(" " + record.answer_prefix, add_special_tokens=False)["input_ids"]
+            tokens += self.encoder.tokenizer(" " + record.answer_prefix, add_special_tokens=False)[
+                "input_ids"
+            ]
         used = len(tokens) + (processed.num_tokens if processed is not None else 0)
         if used + self.config.max_new_tokens > max_seq_len:
             return None, (

@@ -109,6 +109,7 @@ class Generator:
     checkpoint: str  # the committed step's URI
     step: int
     options: StorageOptions | None = None
+    tokens_seen: int = 0  # the step's committed `tokens_seen` (0 if it has none)
 
     def prompt(self, request: Request) -> Prompt:
         """The request as model input: the processed image and [BOS] + the templated question."""
@@ -187,7 +188,9 @@ def load_generator(
             f"vocab_size {model.args.llm.vocab_size}"
         )
     layout = image_config(source.config.data, source.config.model.use_skip_token)
-    return Generator(model, encoder, layout, source.info.uri, source.info.step, options)
+    tokens = source.info.manifest.metrics.get("tokens_seen", 0)
+    tokens_seen = int(tokens) if isinstance(tokens, int | float) else 0
+    return Generator(model, encoder, layout, source.info.uri, source.info.step, options, tokens_seen)
 
 
 def build_from_checkpoint(source: ExportSource, model_dir: str, options: StorageOptions | None) -> SphinxX:

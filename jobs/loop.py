@@ -571,11 +571,15 @@ def _log_benchmarks(
     per-sample predictions as `benchmarks/step-<step>/<name>.jsonl` artifacts (rank 0's tracker)."""
     metrics = mlflow_metrics(entries)
     tracker.log_metrics(metrics, state.step)
-    tracker.log_metrics({f"{k}_by_tokens": v for k, v in metrics.items() if k.count("/") == 1}, state.tokens_seen)
+    tracker.log_metrics(
+        {f"{k}_by_tokens": v for k, v in metrics.items() if k.count("/") == 1}, state.tokens_seen
+    )
     if worker.rank != 0:
         return
     for result in results:
-        tracker.log_text(result.predictions_jsonl(), f"benchmarks/step-{state.step:09d}/{result.benchmark.name}.jsonl")
+        tracker.log_text(
+            result.predictions_jsonl(), f"benchmarks/step-{state.step:09d}/{result.benchmark.name}.jsonl"
+        )
     shown = ", ".join(f"{name} {e['score']:.4f}" for name, e in entries.items())
     print(f"[sphinxx] benchmarks at step {state.step}: {shown}", flush=True)
 

@@ -48,9 +48,8 @@ def latest(prefix: str, run_id: str, endpoint_url: str | None = None) -> Checkpo
 
 
 def benchmarks(entries: Any) -> dict[str, BenchmarkScore]:
-    """The job's `benchmarks` metric record (docs/evaluation.md, "How abilities scale across a
-    sweep") as typed status; an entry that does not parse (a newer or older job's) is left out,
-    never fatal."""
+    """The job's `benchmarks` metric record (docs/training.md, "Benchmarks in every point") as typed
+    status; an entry that does not parse (a newer or older job's) is left out, never fatal."""
     out: dict[str, BenchmarkScore] = {}
     for name, item in (entries or {}).items() if isinstance(entries, dict) else ():
         try:

@@ -116,7 +116,7 @@ class Checkpointer:
 
     # -- save --------------------------------------------------------------------------------
     def save(
-        self, state: RunState, rank_data: dict[str, Any], metrics: dict[str, float], final: bool = False
+        self, state: RunState, rank_data: dict[str, Any], metrics: dict[str, Any], final: bool = False
     ) -> CheckpointInfo | None:
         """Write this rank's files, commit on rank 0, apply retention. Returns the CheckpointInfo
         on rank 0, None elsewhere. Every rank must call it at the same step."""
@@ -136,7 +136,9 @@ class Checkpointer:
         if self.rank == 0:
             meta = CommitMetadata(
                 world_size=self.world_size,
-                metrics={k: float(v) for k, v in metrics.items()},
+                metrics={
+                    k: v if isinstance(v, dict) else float(v) for k, v in metrics.items()
+                },  # `benchmarks`: a record
                 final=final,
                 **self.metadata,
             )

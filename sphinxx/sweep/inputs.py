@@ -48,6 +48,10 @@ def run_inputs(cfg: RunConfig) -> list[Input]:
     for i, source in enumerate(cfg.data.sources):
         manifest = source.uri.rstrip("/") + "/manifest.json"
         found.append(Input(f"data.sources[{i}] ({source.name})", manifest, "read"))
+    for i, task in enumerate(cfg.eval.benchmarks.tasks):
+        found.append(
+            Input(f"eval.benchmarks.tasks[{i}]" + (f" ({task.name})" if task.name else ""), task.uri, "read")
+        )
     found.append(Input("storage.uri", cfg.storage.uri, "write"))
     return found
 
