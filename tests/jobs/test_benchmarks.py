@@ -33,11 +33,11 @@ def write_tasks(path: Path, records: list[dict]) -> str:
 
 
 def _tasks(tmp: Path) -> list[dict]:
-    """Two benchmarks: 5 short-answer records (one image unreadable, one text-only) and 2 yes/no."""
-    images = [Path(write_image(tmp / f"img{i}.png", (160 + 40 * i, 120), seed=i)).as_uri() for i in range(3)]
-    short = [_record(i, "shapes", "exact_match", ["circle"], images[i % 3]) for i in range(3)]
-    short.append(_record(3, "shapes", "exact_match", ["red"], None))
-    short.append(_record(4, "shapes", "exact_match", ["red"], (tmp / "missing.png").as_uri()))
+    """Two benchmarks: 4 short-answer records (one image unreadable, one text-only) and 2 yes/no."""
+    images = [Path(write_image(tmp / f"img{i}.png", (160 + 40 * i, 120), seed=i)).as_uri() for i in range(2)]
+    short = [_record(i, "shapes", "exact_match", ["circle"], images[i]) for i in range(2)]
+    short.append(_record(2, "shapes", "exact_match", ["red"], None))
+    short.append(_record(3, "shapes", "exact_match", ["red"], (tmp / "missing.png").as_uri()))
     yesno = [_record(i, "exists", "pope", ["yes" if i else "no"], images[i]) for i in range(2)]
     return [
         {"uri": write_tasks(tmp / "shapes.jsonl", short)},
@@ -57,6 +57,7 @@ def test_every_rank_makes_as_many_generate_calls_and_every_record_is_dealt_once(
 
 
 def _evaluate(rank: int, world: int, synth, tasks: list[dict]) -> dict:
+    """This rank's evaluation of the run's seeded model (`world` 1: in this process, no process group)."""
     from sphinxx.jobs.benchmarks import benchmark_evaluator
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.data.loader import image_config
@@ -65,12 +66,15 @@ def _evaluate(rank: int, world: int, synth, tasks: list[dict]) -> dict:
     from sphinxx.schema.run import from_dict
     from tests.jobs._tiny import run_model
 
-    init_distributed("gloo")
+    if world > 1:
+        init_distributed("gloo")
     raw = tiny_config(synth, "bench", "file:///tmp/unused", "")
     raw["parallel"].update(min_workers=world, max_workers=world)
-    raw["eval"] = {"benchmarks": {"tasks": tasks, "max_new_tokens": 6, "batch_size": 2}}
+    raw["eval"] = {"benchmarks": {"tasks": tasks, "max_new_tokens": 4, "batch_size": 2}}
     cfg = from_dict(raw)
-    model, _ = run_model(cfg, Worker(rank=rank, world_size=world))  # seeded: the same weights at any world size
+    model, _ = run_model(
+        cfg, Worker(rank=rank, world_size=world)
+    )  # seeded: the same weights at any world size
     encoder = ConversationEncoder(load_tokenizer(cfg.data.tokenizer), cfg.data.seq_len)
     image = image_config(cfg.data, cfg.model.use_skip_token)
     evaluator = benchmark_evaluator(cfg.eval.benchmarks, encoder, image, rank, world, 0)
@@ -95,15 +99,15 @@ def _evaluate(rank: int, world: int, synth, tasks: list[dict]) -> dict:
 @pytest.mark.slow
 def test_one_and_two_ranks_give_the_same_answers_and_scores(synth, tmp_path) -> None:
     tasks = _tasks(tmp_path)
-    one = run_distributed(_evaluate, 1, synth, tasks)[0]
+    one = _evaluate(0, 1, synth, tasks)
     two = run_distributed(_evaluate, 2, synth, tasks)
     assert two[0]["forwards"] == two[1]["forwards"]  # lockstep: every rank ran as many decoder steps
     for got in two:
         assert got["answers"] == one["answers"] and got["scores"] == one["scores"]
     assert set(one["answers"]) == {"shapes", "exists-val"}
-    assert any(one["answers"]["shapes"][:4])  # the model said something (not EOS at once everywhere)
+    assert any(one["answers"]["shapes"][:3])  # the model said something (not EOS at once everywhere)
     errors = one["errors"]["shapes"]
-    assert errors[:4] == [None] * 4 and "missing.png" in errors[4]  # answered "", scored wrong
+    assert errors[:3] == [None] * 3 and "missing.png" in errors[3]  # answered "", scored wrong
     assert set(one["scores"]["exists-val"]) == {"f1", "accuracy", "precision", "recall", "yes_ratio"}
 
 
@@ -178,7 +182,7 @@ def test_a_run_commits_logs_and_keeps_its_benchmark_scores_across_a_resume(
     entries = committed[2]["benchmarks"]
     assert set(entries) == {"shapes", "exists-val"}
     shapes = entries["shapes"]
-    assert shapes["metric"] == "exact_match" and shapes["samples"] == 5 and shapes["step"] == 2
+    assert shapes["metric"] == "exact_match" and shapes["samples"] == 4 and shapes["step"] == 2
     assert 0.0 <= shapes["score"] <= 1.0 and shapes["tokens"] == committed[2]["tokens_seen"] > 0
     assert entries["exists-val"]["details"]["yes_ratio"] >= 0
     client = MlflowClient(mlflow_server.tracking_uri)
@@ -187,9 +191,11 @@ def test_a_run_commits_logs_and_keeps_its_benchmark_scores_across_a_resume(
     assert [m.step for m in by_tokens] == [shapes["tokens"]]
     f1 = client.get_metric_history(run_id, "benchmark/exists-val/f1")
     assert [m.value for m in f1] == [entries["exists-val"]["details"]["f1"]]
-    artifact = client.download_artifacts(run_id, "benchmarks/step-000000002/shapes.jsonl", str(tmp_path))
+    artifact = client.download_artifacts(
+        run_id, "benchmarks/step-000000002/shapes.jsonl", str(tmp_path / "got")
+    )
     rows = [json.loads(line) for line in Path(artifact).read_text().splitlines()]
-    assert [r["id"] for r in rows] == [f"shapes-{i}" for i in range(5)] and "missing.png" in rows[4]["error"]
+    assert [r["id"] for r in rows] == [f"shapes-{i}" for i in range(4)] and "missing.png" in rows[3]["error"]
 
     # Resumed with one more step: step 2's scores are kept, not redone; step 3 is scored once.
     raw["train"]["steps"] = 3
@@ -202,9 +208,35 @@ def test_a_run_commits_logs_and_keeps_its_benchmark_scores_across_a_resume(
     # The operator reads them into the TrainingRun's status.
     ckpt = checkpoints.latest(storage, "bench-run")
     assert ckpt is not None
-    act = decide.decide_run(_obs(_job("Running", "RUNNING"), {"attempt": 1, "phase": "Running"}, checkpoint=ckpt))
+    act = decide.decide_run(
+        _obs(_job("Running", "RUNNING"), {"attempt": 1, "phase": "Running"}, checkpoint=ckpt)
+    )
     wire = dump_status(act.status)
     assert wire["benchmarks"]["shapes"]["score"] == latest.manifest.metrics["benchmarks"]["shapes"]["score"]
     assert wire["benchmarks"]["exists-val"]["details"]["f1"] >= 0
-    assert parse_status(RunStatus, wire).benchmarks["shapes"].samples == 5  # read back as stored
+    assert parse_status(RunStatus, wire).benchmarks["shapes"].samples == 4  # read back as stored
     assert torch.isfinite(torch.tensor(wire["metrics"]["loss"]))
+
+
+def test_the_pre_flight_checks_benchmark_task_files_like_any_input(tmp_path: Path) -> None:
+    import io
+
+    from sphinxx.jobs.preflight import preflight
+    from sphinxx.schema.run import load_config
+    from sphinxx.sweep.inputs import Needed, run_inputs
+
+    good = write_tasks(tmp_path / "good.jsonl", [_record(0, "shapes", "exact_match", ["red"], None)])
+    missing = (tmp_path / "nowhere" / "gqa.jsonl").as_uri()
+    tasks = [{"uri": good}, {"uri": missing, "name": "gqa"}]
+    cfg = load_config(
+        "debug", data={"eval": {"benchmarks": {"tasks": tasks}}, "storage": {"uri": tmp_path.as_uri()}}
+    )
+    items = [i for i in run_inputs(cfg) if i.field.startswith("eval.")]
+    assert [(i.field, i.uri, i.access) for i in items] == [
+        ("eval.benchmarks.tasks[0]", good, "read"), ("eval.benchmarks.tasks[1] (gqa)", missing, "read")
+    ]  # fmt: skip
+    out = io.StringIO()
+    assert preflight([Needed(i, ("p",), True, None) for i in items], out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"ok    eval.benchmarks.tasks[0]: {good} (read; all points)"
+    assert lines[1].startswith(f"FAIL  eval.benchmarks.tasks[1] (gqa): {missing} does not exist")

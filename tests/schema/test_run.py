@@ -83,6 +83,8 @@ def test_the_plus_2k_preset_trains_on_the_flavors_672_canvas() -> None:
         ("model.overrides.n_kv_heads=3", "model.overrides"),
         ("storage.uri=memory://x", "storage.uri"),
         ("train.betas=[0.9]", "train.betas"),
+        ("eval.benchmarks.max_new_tokens=0", "eval.benchmarks.max_new_tokens"),
+        ("eval.benchmarks.top_p=0", "eval.benchmarks.top_p"),
     ],
 )
 def test_bad_values_name_the_field(override: str, path: str) -> None:
@@ -90,6 +92,24 @@ def test_bad_values_name_the_field(override: str, path: str) -> None:
         load_config("debug", overrides=[override])
     assert info.value.path.replace("[0]", ".0") == path
     assert str(info.value).startswith(path)
+
+
+def test_benchmark_task_files_are_checked_by_field() -> None:
+    def tasks(*items: dict) -> dict:
+        return {"eval": {"benchmarks": {"tasks": list(items)}}}
+
+    cfg = load_config(
+        "debug", data=tasks({"uri": "s3://bench/tasks/gqa.jsonl"}, {"uri": "/t/a.jsonl", "name": "a"})
+    )
+    assert [t.name for t in cfg.eval.benchmarks.tasks] == [None, "a"] and cfg.eval.benchmarks.temperature == 0
+    with pytest.raises(ConfigError, match=r"^eval\.benchmarks\.tasks\[0\]\.uri"):
+        load_config("debug", data=tasks({"uri": "ftp://bench/gqa.jsonl"}))
+    with pytest.raises(ConfigError, match=r"^eval\.benchmarks\.tasks: task names must be unique"):
+        load_config(
+            "debug", data=tasks({"uri": "/t/a.jsonl", "name": "x"}, {"uri": "/t/b.jsonl", "name": "x"})
+        )
+    with pytest.raises(ConfigError, match=r"^eval\.benchmarks\.tasks: a task file is listed twice"):
+        load_config("debug", data=tasks({"uri": "/t/a.jsonl"}, {"uri": "/t/a.jsonl", "name": "b"}))
 
 
 def test_missing_required_field_is_named() -> None:

@@ -160,3 +160,20 @@ def test_metadata_is_validated():
     with pytest.raises(ValueError, match="finite"):
         store.commit(1, metadata={"metrics": {"loss": float("nan")}})
     assert store.commit(1, metadata={"final": True, "extra": {"tokens": 123}}).manifest.metadata.final
+
+
+def test_a_metric_may_be_a_record_of_numbers_and_strings():
+    """The job's `benchmarks` metric is a record; it reads back as committed, and retention still
+    ranks by numbers only."""
+    store = CheckpointStore("memory://meta-record/runs", "run-1")
+    record = {"vqav2": {"score": 0.5, "metric": "vqa_accuracy", "samples": 4, "details": {"accuracy": 50.0}}}
+    with store.writer(1) as w:
+        w.write_bytes("a", b"x")
+    with pytest.raises(ValueError, match=r"'benchmarks.vqav2.score' must be a finite number"):
+        store.commit(
+            1, metadata={"metrics": {"benchmarks": {"vqav2": {**record["vqav2"], "score": float("inf")}}}}
+        )
+    with pytest.raises(ValueError, match=r"'benchmarks.vqav2.details' must be a finite number or a string"):
+        store.commit(1, metadata={"metrics": {"benchmarks": {"vqav2": {"details": [1.0]}}}})
+    store.commit(1, metadata={"metrics": {"loss": 2.0, "benchmarks": record}})
+    assert store.get(1).manifest.metrics["benchmarks"] == record
