@@ -56,25 +56,39 @@ def test_every_rank_makes_as_many_generate_calls_and_every_record_is_dealt_once(
             assert all(len(b) <= batch for d in dealt for b in d)
 
 
-def _evaluate(rank: int, world: int, synth, tasks: list[dict]) -> dict:
-    """This rank's evaluation of the run's seeded model (`world` 1: in this process, no process group)."""
+MOE = {"num_experts": 4, "top_k": 2, "moe_ffn_dim": 64}
+
+
+def _config(synth, tasks: list[dict], world: int):
+    """The tiny run with 4 experts, split over `world` ranks by expert parallelism."""
+    from sphinxx.schema.run import from_dict
+
+    raw = tiny_config(synth, "bench", "file:///tmp/unused", "")
+    raw["preset"] = "debug-moe"
+    raw["model"]["overrides"].update(MOE)
+    raw["parallel"].update(min_workers=world, max_workers=world, ep_size=world, zero_stage=2)
+    raw["eval"] = {"benchmarks": {"tasks": tasks, "max_new_tokens": 4, "batch_size": 2}}
+    return from_dict(raw)
+
+
+def _evaluate(rank: int, world: int, synth, tasks: list[dict], state: dict[str, torch.Tensor]) -> dict:
+    """This rank's evaluation with the weights `state` (every expert; an EP rank keeps its own).
+    `world` 1 runs in this process, without a process group."""
     from sphinxx.jobs.benchmarks import benchmark_evaluator
     from sphinxx.jobs.context import Worker
     from sphinxx.jobs.data.loader import image_config
     from sphinxx.jobs.data.template import ConversationEncoder, load_tokenizer
-    from sphinxx.jobs.parallelize import init_distributed
-    from sphinxx.schema.run import from_dict
+    from sphinxx.model.attach import attach_expert_parallel
+    from sphinxx.model.expert_parallel import new_expert_parallel_groups
     from tests.jobs._tiny import run_model
+    from tests.moe.test_generate_ep import _rank_slice
 
+    cfg = _config(synth, tasks, world)
+    model, _ = run_model(cfg, Worker(rank=rank, world_size=world))
+    model.load_state_dict(_rank_slice(state, rank, world))
     if world > 1:
-        init_distributed("gloo")
-    raw = tiny_config(synth, "bench", "file:///tmp/unused", "")
-    raw["parallel"].update(min_workers=world, max_workers=world)
-    raw["eval"] = {"benchmarks": {"tasks": tasks, "max_new_tokens": 4, "batch_size": 2}}
-    cfg = from_dict(raw)
-    model, _ = run_model(
-        cfg, Worker(rank=rank, world_size=world)
-    )  # seeded: the same weights at any world size
+        ep, _ = new_expert_parallel_groups(world)
+        attach_expert_parallel(model, ep)  # every MoE forward is an all-to-all between the ranks
     encoder = ConversationEncoder(load_tokenizer(cfg.data.tokenizer), cfg.data.seq_len)
     image = image_config(cfg.data, cfg.model.use_skip_token)
     evaluator = benchmark_evaluator(cfg.eval.benchmarks, encoder, image, rank, world, 0)
@@ -97,10 +111,15 @@ def _evaluate(rank: int, world: int, synth, tasks: list[dict]) -> dict:
 
 
 @pytest.mark.slow
-def test_one_and_two_ranks_give_the_same_answers_and_scores(synth, tmp_path) -> None:
+def test_one_rank_and_two_expert_parallel_ranks_give_the_same_answers_and_scores(synth, tmp_path) -> None:
+    from sphinxx.jobs.context import Worker
+    from tests.jobs._tiny import run_model
+
     tasks = _tasks(tmp_path)
-    one = _evaluate(0, 1, synth, tasks)
-    two = run_distributed(_evaluate, 2, synth, tasks)
+    full, _ = run_model(_config(synth, tasks, 1), Worker())
+    state = {k: v.detach().clone() for k, v in full.state_dict().items()}
+    one = _evaluate(0, 1, synth, tasks, state)
+    two = run_distributed(_evaluate, 2, synth, tasks, state)
     assert two[0]["forwards"] == two[1]["forwards"]  # lockstep: every rank ran as many decoder steps
     for got in two:
         assert got["answers"] == one["answers"] and got["scores"] == one["scores"]
