@@ -42,13 +42,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sphinxx.evals.report import entry, mlflow_metrics
+from sphinxx.evals.report import entry, mlflow_metrics, mlflow_name
 from sphinxx.jobs.audit import SampleTrace
 from sphinxx.jobs.benchmarks import BenchmarkEvaluator, BenchmarkResult, benchmark_evaluator
 from sphinxx.jobs.build import build_model, check_vocab, loaded_tower_prefixes
@@ -376,10 +377,11 @@ class StepLoop:
         done = state.extra.get("benchmarks", {}).get("step")
         if bench is None or not due(state.step, self.parts.total, bench.interval, done):
             return
+        start = time.monotonic()
         results = bench.run(self.parts.engine.module)
         entries = {r.benchmark.name: entry(r.scores, state.step, state.tokens_seen) for r in results}
         state.extra["benchmarks"] = {"step": state.step, "tokens_seen": state.tokens_seen, "scores": entries}
-        _log_benchmarks(self.tracker, self.worker, results, entries, state)
+        _log_benchmarks(self.tracker, self.worker, results, entries, state, time.monotonic() - start)
 
     def checkpoint(self, stats: StepStats, metrics: dict[str, Any], stopping: str | None) -> None:
         """Commit this step on every rank, with the metrics the operator and the fit read."""
@@ -565,23 +567,28 @@ def _log_heldout(tracker: Any, worker: Worker, heldout: dict[str, float], state:
 
 
 def _log_benchmarks(
-    tracker: Any, worker: Worker, results: list[BenchmarkResult], entries: dict[str, Any], state: RunState
+    tracker: Any,
+    worker: Worker,
+    results: list[BenchmarkResult],
+    entries: dict[str, Any],
+    state: RunState,
+    seconds: float,
 ) -> None:
-    """Scores against the global step and (`*_by_tokens`, MLflow step = tokens seen) against D; the
-    per-sample predictions as `benchmarks/step-<step>/<name>.jsonl` artifacts (rank 0's tracker)."""
+    """Scores against the global step and (`*_by_tokens`, MLflow step = tokens seen) against D, and
+    what scoring took (`benchmark_seconds`); the per-sample predictions as
+    `benchmarks/step-<step>/<name>.jsonl` artifacts (rank 0's tracker)."""
     metrics = mlflow_metrics(entries)
-    tracker.log_metrics(metrics, state.step)
+    tracker.log_metrics({**metrics, "benchmark_seconds": seconds}, state.step)
     tracker.log_metrics(
         {f"{k}_by_tokens": v for k, v in metrics.items() if k.count("/") == 1}, state.tokens_seen
     )
     if worker.rank != 0:
         return
     for result in results:
-        tracker.log_text(
-            result.predictions_jsonl(), f"benchmarks/step-{state.step:09d}/{result.benchmark.name}.jsonl"
-        )
+        name = mlflow_name(result.benchmark.name)
+        tracker.log_text(result.predictions_jsonl(), f"benchmarks/step-{state.step:09d}/{name}.jsonl")
     shown = ", ".join(f"{name} {e['score']:.4f}" for name, e in entries.items())
-    print(f"[sphinxx] benchmarks at step {state.step}: {shown}", flush=True)
+    print(f"[sphinxx] benchmarks at step {state.step} ({seconds:.1f} s): {shown}", flush=True)
 
 
 def log_estimate(cost: dict[str, Any] | None, world_size: int, tracker: Any) -> dict[str, float]:

@@ -22,7 +22,7 @@ from typing import Any
 from .metrics import MME_PERCEPTION, Scores
 
 OWN_SCALE = {"mme": (0.0, 200.0 * len(MME_PERCEPTION))}  # metric -> (low, high) where not [0, 1]
-_MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+_MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. ]")
 
 
 def score_range(metric: str) -> tuple[float, float]:
@@ -49,8 +49,8 @@ def entry(scores: Scores, step: int, tokens: int) -> dict[str, Any]:
 
 
 def mlflow_name(name: str) -> str:
-    """`name` with what MLflow refuses in a metric key replaced ("refcoco+" -> "refcoco_plus",
-    "acc@0.5" -> "acc_at_0.5")."""
+    """`name` as one part of an MLflow metric key or an artifact name: what MLflow refuses and "/"
+    replaced ("refcoco+" -> "refcoco_plus", "acc@0.5" -> "acc_at_0.5")."""
     return _MLFLOW_UNSAFE.sub("_", name.replace("+", "_plus").replace("@", "_at_"))
 
 
