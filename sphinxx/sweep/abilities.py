@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sphinxx.evals.report import OWN_SCALE, score_range
 from sphinxx.schema.fields import SchemaError, parse
 from sphinxx.schema.status import (
     BandPoint,
@@ -36,15 +37,14 @@ from sphinxx.schema.status import (
 
 BENCHMARKS_KEY = "benchmarks"  # the key of a checkpoint's metrics the job commits the scores under
 FORM = "logistic-log-compute"
-FRACTION = (0.0, 1.0)
 # The range of a committed score: the headline as a fraction in [0, 1], except MME's perception,
-# on its own scale (10 categories of acc + acc+, 200 each; docs/evaluation.md).
-METRIC_RANGES = {"mme": (0.0, 2000.0)}
+# on its own scale (10 categories of acc + acc+, 200 each); the job's entries say so (evals/report.py).
+METRIC_RANGES = OWN_SCALE
 TREND_RESAMPLES = 100  # bootstrap refits of each benchmark's trend
 
 
 def metric_range(metric: str) -> tuple[float, float]:
-    return METRIC_RANGES.get(metric, FRACTION)
+    return score_range(metric)
 
 
 def committed_benchmarks(metrics: Mapping[str, Any]) -> dict[str, BenchmarkScore]:
