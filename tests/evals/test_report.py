@@ -1,4 +1,4 @@
-"""The committed entry of a benchmark (sphinxx/evals/report.py): its score's scale, MLflow names, the table."""
+"""The committed entry of a benchmark (sphinxx/evals/report.py): its scale, MLflow names, the table."""
 
 from __future__ import annotations
 
