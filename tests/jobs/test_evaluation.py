@@ -1,5 +1,7 @@
 """Held-out evaluation (jobs/evaluation.py): the dealing, the metrics, equal sums at 1 and 2 ranks,
-and a run that evaluates, commits the results with its checkpoints and keeps them on resume."""
+and a run that evaluates, commits the results with its checkpoints and keeps them on resume: the
+held-out split and the benchmarks of `eval.benchmarks` (jobs/benchmarks.py), whose scores also
+reach MLflow (with each answer as an artifact) and the operator's TrainingRun status."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 
 from tests.jobs._dist import run_distributed
 from tests.jobs.conftest import tiny_config
+from tests.jobs.test_benchmarks import bench_tasks, check_benchmarks, check_status
 
 
 def test_due_every_interval_and_at_the_end_never_twice() -> None:
@@ -95,7 +98,8 @@ def test_a_run_evaluates_commits_the_results_and_resumes_without_redoing_them(
     storage = (tmp_path / "ckpt").as_uri()
     raw = tiny_config(synth, "eval-run", storage, mlflow_server.tracking_uri,
                       train={"steps": 4, "checkpoint_interval": 2, "eval_interval": 2},
-                      data={"heldout_records": 4})  # fmt: skip
+                      data={"heldout_records": 4},
+                      eval={"benchmarks": {"tasks": bench_tasks(tmp_path), "max_new_tokens": 2}})  # fmt: skip
     raw["parallel"].update(min_workers=1, max_workers=1)
     run_id = create_run(mlflow_server.tracking_uri, "train-e2e", "eval-run")
     run_distributed(_train, 1, from_dict(raw), run_id)
@@ -112,8 +116,14 @@ def test_a_run_evaluates_commits_the_results_and_resumes_without_redoing_them(
     by_tokens = client.get_metric_history(run_id, "heldout_bpb_by_tokens")
     assert [m.step for m in by_tokens] == [int(committed[2]["tokens_seen"]), int(committed[4]["tokens_seen"])]
 
+    check_benchmarks(committed, client, run_id, tmp_path)
+
     # Resumed with more steps: continues from step 4 (evaluated there already), evaluates at 6.
     raw["train"]["steps"] = 6
     run_distributed(_train, 1, from_dict(raw), run_id)
     history = client.get_metric_history(run_id, "heldout_bpb")
     assert [m.step for m in history] == [2, 4, 6]
+    assert [m.step for m in client.get_metric_history(run_id, "benchmark/shapes")] == [4, 6]  # once each
+    latest = store.latest()
+    assert latest is not None and latest.manifest.metrics["benchmarks"]["shapes"]["step"] == 6
+    check_status(storage, "eval-run", latest.manifest.metrics["benchmarks"])
