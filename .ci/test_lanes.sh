@@ -30,6 +30,7 @@ TRAINING_LANE=(
   tests/jobs/checkpoint
   tests/jobs/test_gpu_train_bench.py
   tests/jobs/test_evaluation.py
+  tests/jobs/test_benchmarks.py
   tests/jobs/test_loop.py
   tests/jobs/test_export.py
   tests/jobs/test_export_multimodal.py
