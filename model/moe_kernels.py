@@ -182,10 +182,10 @@ class _SegmentGLU(torch.autograd.Function):
 
     Each expert's rows are one contiguous block of ``rows`` and its weights one contiguous
     [F, H] block of each Parameter, so every GEMM is a dense BLAS call on views (``out=`` slices
-    of one preallocated buffer; no gather, no cat). Forward 3 and backward 6 GEMMs per expert,
-    exactly the dense count; the elementwise work is whole-batch: silu and the product forward,
-    ``silu_backward`` and two products backward. Saved: rows, a = x W1^T, b = x V1^T, h.
-    An expert without rows gets exactly zero weight gradients.
+    of preallocated buffers; no gather, no cat): forward 3 and backward 6 GEMMs per expert, the
+    dense count. The elementwise work runs per expert right after its GEMMs, while the expert's
+    [rows, F] block is still in cache. Saved: rows, a = x W1^T, b = x V1^T and silu(a); h is
+    recomputed per expert in backward. An expert without rows gets exactly zero weight gradients.
     """
 
     @staticmethod
@@ -195,44 +195,46 @@ class _SegmentGLU(torch.autograd.Function):
         segs = _segments(counts)
         rows = rows.contiguous()
         a = rows.new_empty(rows.shape[0], w1e.shape[1])
-        b = torch.empty_like(a)
-        for e, lo, hi in segs:
-            torch.mm(rows[lo:hi], w1e[e].t(), out=a[lo:hi])
-            torch.mm(rows[lo:hi], v1e[e].t(), out=b[lo:hi])
-        h = F.silu(a).mul_(b)
+        b, act = torch.empty_like(a), torch.empty_like(a)
+        h = a.new_empty(max(hi - lo for _, lo, hi in segs), a.shape[1])  # scratch, one expert at a time
         y = rows.new_empty(rows.shape)
         for e, lo, hi in segs:
-            torch.mm(h[lo:hi], w2e[e], out=y[lo:hi])
+            x, he = rows[lo:hi], h[: hi - lo]
+            torch.mm(x, w1e[e].t(), out=a[lo:hi])
+            torch.mm(x, v1e[e].t(), out=b[lo:hi])
+            torch.ops.aten.silu.out(a[lo:hi], out=act[lo:hi])
+            torch.mul(act[lo:hi], b[lo:hi], out=he)
+            torch.mm(he, w2e[e], out=y[lo:hi])
         ctx.segs, ctx.num_local = segs, num_local
-        ctx.save_for_backward(rows, a, b, h, *weights)
+        ctx.save_for_backward(rows, a, b, act, *weights)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, a, b, h, *weights = ctx.saved_tensors
+        rows, a, b, act, *weights = ctx.saved_tensors
         w1e, v1e, w2e = (_expert_views(w, ctx.num_local) for w in weights)
         need_x, _, need_w1, need_v1, need_w2 = ctx.needs_input_grad
         grad = grad.contiguous()
         dw1, dv1, dw2 = (_zero_idle(w, ctx.segs, ctx.num_local) if n else None
                          for w, n in zip(weights, (need_w1, need_v1, need_w2), strict=True))  # fmt: skip
-        dh = torch.empty_like(a)
-        for e, lo, hi in ctx.segs:
-            torch.mm(grad[lo:hi], w2e[e].t(), out=dh[lo:hi])
-            if dw2 is not None:
-                torch.mm(h[lo:hi].t(), grad[lo:hi], out=dw2[e])
-        del h
-        db = F.silu(a).mul_(dh)  # d/db of silu(a) * b
-        da = torch.ops.aten.silu_backward(dh.mul_(b), a)  # dh * b through silu
         dx = rows.new_empty(rows.shape) if need_x else None
+        rows_max = max(hi - lo for _, lo, hi in ctx.segs)
+        dh, da, db = (a.new_empty(rows_max, a.shape[1]) for _ in range(3))  # scratch per expert
         for e, lo, hi in ctx.segs:
+            n, g, x, ae, be, se = hi - lo, grad[lo:hi], rows[lo:hi], a[lo:hi], b[lo:hi], act[lo:hi]
+            if dw2 is not None:
+                torch.mm(torch.mul(se, be, out=da[:n]).t(), g, out=dw2[e])  # h = silu(a) * b
+            torch.mm(g, w2e[e].t(), out=dh[:n])
+            torch.mul(dh[:n], se, out=db[:n])  # d/db of silu(a) * b
+            torch.ops.aten.silu_backward.grad_input(dh[:n].mul_(be), ae, grad_input=da[:n])
             if dx is not None:
-                torch.mm(da[lo:hi], w1e[e], out=dx[lo:hi])
-                dx[lo:hi].addmm_(db[lo:hi], v1e[e])
+                torch.mm(da[:n], w1e[e], out=dx[lo:hi])
+                dx[lo:hi].addmm_(db[:n], v1e[e])
             if dw1 is not None:
-                torch.mm(da[lo:hi].t(), rows[lo:hi], out=dw1[e])
+                torch.mm(da[:n].t(), x, out=dw1[e])
             if dv1 is not None:
-                torch.mm(db[lo:hi].t(), rows[lo:hi], out=dv1[e])
+                torch.mm(db[:n].t(), x, out=dv1[e])
         flat = (None if g is None else g.view(-1, g.shape[-1]) for g in (dw1, dv1, dw2))
         return (dx, None, *flat)
 
