@@ -47,15 +47,20 @@ def test_roofline_does_the_expert_flops_of_one_layer_call(monkeypatch) -> None:
 
 def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch, capsys) -> None:
     bench = _bench(monkeypatch)
-    argv = ["moe.py", "--tokens", "256", "--rounds", "2", "--iters", "1", "--clock", "cpu", "--with-torch-grouped-mm"]
+    argv = ["moe.py", "--tokens", "256", "--rounds", "2", "--iters", "1", "--threads", "1", "--clock", "cpu",
+            "--with-torch-grouped-mm"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
-    bench.main()
+    threads = torch.get_num_threads()
+    try:
+        bench.main()
+    finally:
+        torch.set_num_threads(threads)  # the bench sets it process-wide
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     timed = {r["impl"]: r for r in rows if r["impl"] != "ratio"}
     impls = ["roofline", "transformers-eager", "transformers-grouped_mm", "ours-grouped", "ours-loop",
              "ours-grouped_torch_mm"]  # fmt: skip
     assert list(timed) == impls
-    assert all(r["clock"] == "cpu" and r["tokens"] == 256 and len(r["per_round_ms"]) == 2 for r in timed.values())
+    assert all(r["clock"] == "cpu" and r["threads"] == 1 and r["tokens"] == 256 and len(r["per_round_ms"]) == 2 for r in timed.values())
     assert timed["roofline"]["expert_gflop"] == round(18 * 256 * 2 * 256 * 512 / 1e9, 4)
     for name in impls[2:]:  # same weights and tokens: every kernel computes transformers' output
         assert timed[name]["max_abs_diff_vs_transformers"] < 1e-5, name
