@@ -18,8 +18,9 @@ no grouping and no elementwise work. (The router's GEMMs, 2 T H E per pass, are 
 JSON lines: one per implementation and token count (median and min over all its calls, its
 per-round medians, GFLOP/s on the expert FLOPs, and the max abs difference of the outputs
 against transformers, so a fast wrong kernel shows), then one ``ratio`` line per token count: for
-each implementation, ``<name>_of_roofline`` (``grouped_of_roofline``, ``transformers_eager_of_roofline``, ...), the median over steps of (roofline time / its time)
-within the same step (1.0: at the dense-GEMM limit), and for each of ours and transformers'
+each implementation, ``<name>_of_roofline`` (``grouped_of_roofline``,
+``transformers_eager_of_roofline``, ...), the median over steps of (roofline time / its time) within
+the same step (1.0: at the dense-GEMM limit), and for each of ours and transformers'
 grouped_mm, ``transformers_over_<name>``, the median of (transformers eager time / its time) (> 1:
 faster than transformers); each with the 25th and 75th percentiles and the ratio of the two minima.
 
@@ -187,7 +188,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5, help="steps per round; one timed call of each per step")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
-    ap.add_argument("--with-torch-grouped-mm", action="store_true", help="also time torch's grouped_mm kernel")
+    ap.add_argument(
+        "--with-torch-grouped-mm", action="store_true", help="also time torch's grouped_mm kernel"
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -8,9 +8,14 @@ which kernel answers it. Three interchangeable kernels, one contract
 
 - ``loop``: one matmul chain per expert segment. Runs anywhere, any dtype (fp64 too); the
   reference the others are tested against.
-- ``grouped``: three ``torch.nn.functional.grouped_mm`` calls over the whole routed batch. On CPU it
-  needs torch >= 2.9 and 16-byte strides (fp32: dim and ffn_dim multiples of 4; bf16: of 8); on
-  CUDA bf16 (CUTLASS path on SM90). No host sync: the offsets stay on the device.
+- ``grouped``: on CUDA, three ``torch.nn.functional.grouped_mm`` calls over the whole routed batch
+  (bf16, CUTLASS path on SM90; no host sync: the offsets stay on the device). On CPU, the segment
+  kernel ``_SegmentGLU``: per expert, BLAS GEMMs on its contiguous slab of rows and weights, and a
+  hand-written backward doing the elementwise work per expert while it is in cache; torch's CPU
+  ``grouped_mm`` (a loop of GEMMs per group under autograd) reached less of the dense-GEMM
+  roofline in the same bench run (docs/moe.md, "The grouped kernel on CPU and its roofline").
+  Its selection rule is unchanged (torch >= 2.9 and 16-byte strides on CPU: fp32 dim and ffn_dim
+  multiples of 4, bf16 of 8).
 - ``megablocks``: MegaBlocks 0.10.0's grouped GLU (``megablocks.layers.glu``'s memory-optimized
   grouped GLU: ``grouped_gemm`` GEMMs, silu recomputed in backward, buffers reused), CUDA and bf16
   only, imported lazily; never on import of ``sphinxx.model``.
@@ -135,9 +140,8 @@ def glu_grouped(
     """Grouped kernel; same contract as :func:`glu_loop`.
 
     On CPU, :class:`_SegmentGLU` (BLAS GEMMs on each expert's contiguous slab, hand-written
-    backward); elsewhere torch's ``grouped_mm`` (:func:`glu_grouped_mm`). torch's CPU ``grouped_mm``
-    is a generic fallback several times slower than MKL's GEMM on the same shapes (bench/moe.py
-    ``--with-torch-grouped-mm`` times it beside the roofline).
+    backward); elsewhere torch's ``grouped_mm`` (:func:`glu_grouped_mm`). ``bench/moe.py
+    --with-torch-grouped-mm`` times both on CPU beside the dense-GEMM roofline.
     """
     if rows.device.type == "cpu":
         if rows.shape[0] == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch,
     impls = ["roofline", "transformers-eager", "transformers-grouped_mm", "ours-grouped", "ours-loop",
              "ours-grouped_torch_mm"]  # fmt: skip
     assert list(timed) == impls
-    assert all(r["clock"] == "cpu" and r["threads"] == 1 and r["tokens"] == 256 and len(r["per_round_ms"]) == 2 for r in timed.values())
+    assert all(
+        r["clock"] == "cpu" and r["threads"] == 1 and r["tokens"] == 256 and len(r["per_round_ms"]) == 2
+        for r in timed.values()
+    )
     assert timed["roofline"]["expert_gflop"] == round(18 * 256 * 2 * 256 * 512 / 1e9, 4)
     for name in impls[2:]:  # same weights and tokens: every kernel computes transformers' output
         assert timed[name]["max_abs_diff_vs_transformers"] < 1e-5, name
@@ -70,4 +74,30 @@ def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch,
         lo, hi = ratio[f"{key}_of_roofline_p25_p75"]
         assert 0 < lo <= ratio[f"{key}_of_roofline"] <= hi, key
         assert ratio[f"{key}_of_roofline_of_minima"] > 0
-    assert {f"transformers_over_{k}" for k in ("grouped_mm", "grouped", "loop", "grouped_torch_mm")} <= set(ratio)
+    assert {f"transformers_over_{k}" for k in ("grouped_mm", "grouped", "loop", "grouped_torch_mm")} <= set(
+        ratio
+    )
+
+
+def test_docs_quote_the_roofline_run() -> None:
+    """docs/moe.md's figures for the grouped kernel are those of the result file it cites."""
+    results = Path(__file__).resolve().parents[2] / "bench" / "results" / "moe_cpu_roofline.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line]
+    ratio = {r["tokens"]: r for r in rows if r["impl"] == "ratio"}
+    text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "moe.md").read_text().split())
+    quoted = re.search(
+        r"not met: ([\d.]+) at 1,024 and ([\d.]+) at 4,096 tokens \(([\d.]+)x and ([\d.]+)x transformers'",
+        text,
+    )
+    assert quoted, "docs/moe.md no longer states the roofline result"
+    expected = (
+        f"{ratio[1024]['grouped_of_roofline']:.2f}",
+        f"{ratio[4096]['grouped_of_roofline']:.2f}",
+        f"{ratio[1024]['transformers_over_grouped']:.2f}",
+        f"{ratio[4096]['transformers_over_grouped']:.2f}",
+    )
+    assert quoted.groups() == expected
+    table_row = re.search(r"\| ours `grouped` \(segment kernel\) \| ([\d.]+) \([^)]*\) \| ([\d.]+) \(", text)
+    assert table_row and table_row.groups() == tuple(
+        f"{ratio[t]['grouped_of_roofline']:.3f}" for t in (1024, 4096)
+    )
