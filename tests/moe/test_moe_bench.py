@@ -1,6 +1,6 @@
 """bench/moe.py's roofline: it does exactly the layer's expert FLOPs, and the bench's smallest setting runs.
 
-The roofline is the goal's yardstick (docs/moe.md, "CPU kernels against the roofline"), so its FLOPs
+The roofline is the goal's yardstick (docs/moe.md, "The grouped kernel on CPU and its roofline"), so its FLOPs
 are checked against torch's own FLOP counter on the reference (`loop`) layer, and the smallest
 bench setting (256 tokens at the default width) runs in seconds and reports every kernel's ratio.
 """
