@@ -12,7 +12,7 @@ which kernel answers it. Three interchangeable kernels, one contract
   (bf16, CUTLASS path on SM90; no host sync: the offsets stay on the device). On CPU, the segment
   kernel ``_SegmentGLU``: per expert, BLAS GEMMs on its contiguous slab of rows and weights, and a
   hand-written backward doing the elementwise work per expert while it is in cache; torch's CPU
-  ``grouped_mm`` (a loop of GEMMs per group under autograd) reached less of the dense-GEMM
+  ``grouped_mm`` reached less of the dense-GEMM
   roofline in the same bench run (docs/moe.md, "The grouped kernel on CPU and its roofline").
   Its selection rule is unchanged (torch >= 2.9 and 16-byte strides on CPU: fp32 dim and ffn_dim
   multiples of 4, bf16 of 8).
