@@ -25,7 +25,6 @@ from sphinxx.model.expert_parallel import (
     ExpertParallel,
     combine,
     dispatch,
-    inverse_permutation,
     local_experts,
 )
 
@@ -182,7 +181,8 @@ class MoE(nn.Module):
         num_tokens, top_k = ids.shape
         flat_ids = ids.reshape(-1)  # (token, slot) order
         order = torch.argsort(flat_ids, stable=True)
-        rows = tokens[order // top_k]  # [T*k, H], grouped by global expert
+        src = order // top_k  # the token of each routed row
+        rows = tokens.index_select(0, src)  # [T*k, H], grouped by global expert
         # scatter_add rather than bincount: no device-to-host sync on CUDA.
         counts = torch.zeros(self.args.num_experts, dtype=torch.long, device=ids.device)
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
@@ -192,6 +192,8 @@ class MoE(nn.Module):
             out = combine(local_experts(received, recv_counts, glu, mlp.w1, mlp.v1, mlp.w2), state, ep)
         else:
             out = glu(rows, counts, mlp.w1, mlp.v1, mlp.w2)
-        out = out[inverse_permutation(order)].view(num_tokens, top_k, -1)  # back to (token, slot) order
-        # The gradient w.r.t. the routing weights flows through this weighted sum.
-        return torch.einsum("tkh,tk->th", out, weights)
+        # The weighted combine in routed order: each row times its routing weight, added into its token
+        # (index_add, whose backward is a gather; no unpermute, no [T, k, H] einsum). The gradient
+        # w.r.t. the routing weights flows through the product.
+        routed_weights = weights.reshape(-1).index_select(0, order)
+        return tokens.new_zeros(num_tokens, out.shape[-1]).index_add(0, src, out * routed_weights[:, None])

@@ -8,9 +8,14 @@ which kernel answers it. Three interchangeable kernels, one contract
 
 - ``loop``: one matmul chain per expert segment. Runs anywhere, any dtype (fp64 too); the
   reference the others are tested against.
-- ``grouped``: three ``torch.nn.functional.grouped_mm`` calls over the whole routed batch. On CPU it
-  needs torch >= 2.9 and 16-byte strides (fp32: dim and ffn_dim multiples of 4; bf16: of 8); on
-  CUDA bf16 (CUTLASS path on SM90). No host sync: the offsets stay on the device.
+- ``grouped``: on CUDA, three ``torch.nn.functional.grouped_mm`` calls over the whole routed batch
+  (bf16, CUTLASS path on SM90; no host sync: the offsets stay on the device). On CPU, the segment
+  kernel ``_SegmentGLU``: per expert, BLAS GEMMs on its contiguous slab of rows and weights, and a
+  hand-written backward doing the elementwise work per expert while it is in cache; torch's CPU
+  ``grouped_mm`` reached less of the dense-GEMM
+  roofline in the same bench run (docs/moe.md, "The grouped kernel on CPU and its roofline").
+  Its selection rule is unchanged (torch >= 2.9 and 16-byte strides on CPU: fp32 dim and ffn_dim
+  multiples of 4, bf16 of 8).
 - ``megablocks``: MegaBlocks 0.10.0's grouped GLU (``megablocks.layers.glu``'s memory-optimized
   grouped GLU: ``grouped_gemm`` GEMMs, silu recomputed in backward, buffers reused), CUDA and bf16
   only, imported lazily; never on import of ``sphinxx.model``.
@@ -132,7 +137,23 @@ class _ContiguousGrad(torch.autograd.Function):
 def glu_grouped(
     rows: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, v1: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
-    """Grouped-GEMM kernel; same contract as :func:`glu_loop`."""
+    """Grouped kernel; same contract as :func:`glu_loop`.
+
+    On CPU, :class:`_SegmentGLU` (BLAS GEMMs on each expert's contiguous slab, hand-written
+    backward); elsewhere torch's ``grouped_mm`` (:func:`glu_grouped_mm`). ``bench/moe.py
+    --with-torch-grouped-mm`` times both on CPU beside the dense-GEMM roofline.
+    """
+    if rows.device.type == "cpu":
+        if rows.shape[0] == 0:
+            return _no_rows(rows, w1, v1, w2)
+        return _SegmentGLU.apply(rows, counts, w1, v1, w2)
+    return glu_grouped_mm(rows, counts, w1, v1, w2)
+
+
+def glu_grouped_mm(
+    rows: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, v1: torch.Tensor, w2: torch.Tensor
+) -> torch.Tensor:
+    """Three ``grouped_mm`` calls over the whole routed batch (CUDA); same contract as :func:`glu_loop`."""
     num_local = counts.numel()
     # mat_b must be (G, K, N): w1/v1 as transposed views [E, H, F]; w2 [E, F, H] already is.
     w1t = _expert_views(w1, num_local).transpose(1, 2)
@@ -148,6 +169,88 @@ def glu_grouped(
 def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
     fn = getattr(F, "grouped_mm", None) or torch._grouped_mm  # public since torch 2.10
     return fn(a, b, offs=offs)
+
+
+def _segments(counts: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(expert, first row, end row) of each expert with rows; counts on the host (CPU: no sync)."""
+    out, start = [], 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            out.append((e, start, start + n))
+        start += n
+    return out
+
+
+class _SegmentGLU(torch.autograd.Function):
+    """CPU grouped GLU: per expert, plain GEMMs on its contiguous slab of rows, written in place.
+
+    Each expert's rows are one contiguous block of ``rows`` and its weights one contiguous
+    [F, H] block of each Parameter, so every GEMM is a dense BLAS call on views (``out=`` slices
+    of preallocated buffers; no gather, no cat): forward 3 and backward 6 GEMMs per expert, the
+    dense count. The elementwise work runs per expert right after its GEMMs, while the expert's
+    [rows, F] block is still in cache. Saved: rows, a = x W1^T, b = x V1^T and silu(a); h is
+    recomputed per expert in backward. An expert without rows gets exactly zero weight gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, counts: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        num_local = counts.numel()
+        w1e, v1e, w2e = (_expert_views(w, num_local) for w in weights)
+        segs = _segments(counts)
+        rows = rows.contiguous()
+        a = rows.new_empty(rows.shape[0], w1e.shape[1])
+        b, act = torch.empty_like(a), torch.empty_like(a)
+        h = a.new_empty(max(hi - lo for _, lo, hi in segs), a.shape[1])  # scratch, one expert at a time
+        y = rows.new_empty(rows.shape)
+        for e, lo, hi in segs:
+            x, he = rows[lo:hi], h[: hi - lo]
+            torch.mm(x, w1e[e].t(), out=a[lo:hi])
+            torch.mm(x, v1e[e].t(), out=b[lo:hi])
+            torch.ops.aten.silu.out(a[lo:hi], out=act[lo:hi])
+            torch.mul(act[lo:hi], b[lo:hi], out=he)
+            torch.mm(he, w2e[e], out=y[lo:hi])
+        ctx.segs, ctx.num_local = segs, num_local
+        ctx.save_for_backward(rows, a, b, act, *weights)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, a, b, act, *weights = ctx.saved_tensors
+        w1e, v1e, w2e = (_expert_views(w, ctx.num_local) for w in weights)
+        need_x, _, need_w1, need_v1, need_w2 = ctx.needs_input_grad
+        grad = grad.contiguous()
+        dw1, dv1, dw2 = (_zero_idle(w, ctx.segs, ctx.num_local) if n else None
+                         for w, n in zip(weights, (need_w1, need_v1, need_w2), strict=True))  # fmt: skip
+        dx = rows.new_empty(rows.shape) if need_x else None
+        rows_max = max(hi - lo for _, lo, hi in ctx.segs)
+        dh, da, db = (a.new_empty(rows_max, a.shape[1]) for _ in range(3))  # scratch per expert
+        for e, lo, hi in ctx.segs:
+            n, g, x, ae, be, se = hi - lo, grad[lo:hi], rows[lo:hi], a[lo:hi], b[lo:hi], act[lo:hi]
+            if dw2 is not None:
+                torch.mm(torch.mul(se, be, out=da[:n]).t(), g, out=dw2[e])  # h = silu(a) * b
+            torch.mm(g, w2e[e].t(), out=dh[:n])
+            torch.mul(dh[:n], se, out=db[:n])  # d/db of silu(a) * b
+            torch.ops.aten.silu_backward.grad_input(dh[:n].mul_(be), ae, grad_input=da[:n])
+            if dx is not None:
+                torch.mm(da[:n], w1e[e], out=dx[lo:hi])
+                dx[lo:hi].addmm_(db[:n], v1e[e])
+            if dw1 is not None:
+                torch.mm(da[:n].t(), x, out=dw1[e])
+            if dv1 is not None:
+                torch.mm(db[:n].t(), x, out=dv1[e])
+        flat = (None if g is None else g.view(-1, g.shape[-1]) for g in (dw1, dv1, dw2))
+        return (dx, None, *flat)
+
+
+def _zero_idle(w: torch.Tensor, segs: list[tuple[int, int, int]], num_local: int) -> torch.Tensor:
+    """An uninitialised [E, F, H] gradient for ``w``; the blocks of experts without rows set to zero."""
+    g = _expert_views(torch.empty_like(w), num_local)
+    busy = {e for e, _, _ in segs}
+    for e in range(num_local):
+        if e not in busy:
+            g[e].zero_()
+    return g
 
 
 def glu_megablocks(

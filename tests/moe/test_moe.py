@@ -133,6 +133,37 @@ def test_loop_equals_grouped_kernel(counts: list[int]) -> None:
         assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("frozen", ["rows", "w1", "all-weights"])
+def test_grouped_kernel_with_frozen_inputs_equals_loop(frozen: str) -> None:
+    """The CPU segment kernel's backward computes only the gradients asked for, and those equal loop's."""
+    results = []
+    for glu in (moe_kernels.glu_loop, moe_kernels.glu_grouped):
+        rows, cnt, w1, v1, w2 = _kernel_case([5, 0, 17, 3, 0, 9, 1, 12], 13)
+        trainable = {"rows": rows, "w1": w1, "v1": v1, "w2": w2}
+        for name in {"rows": ["rows"], "w1": ["w1"], "all-weights": ["w1", "v1", "w2"]}[frozen]:
+            trainable.pop(name)
+        for t in trainable.values():
+            t.requires_grad_()
+        out = glu(rows, cnt, w1, v1, w2)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        assert all(t.grad is None for t in (rows, w1, v1, w2) if not t.requires_grad)
+        results.append([out.detach(), *(t.grad for t in trainable.values())])
+    for a, b in zip(*results, strict=True):
+        assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_kernel_bf16_is_close_to_fp32_loop() -> None:
+    rows, cnt, *weights = _kernel_case([5, 0, 17, 3, 0, 9, 1, 12], 17)
+    results = []
+    for glu, dtype in ((moe_kernels.glu_loop, torch.float32), (moe_kernels.glu_grouped, torch.bfloat16)):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (rows, *weights)]
+        out = glu(leaves[0], cnt, *leaves[1:])
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.float(), *(t.grad.float() for t in leaves)])
+    for ref, got in zip(*results, strict=True):
+        assert torch.linalg.norm(got - ref) <= 2e-2 * torch.linalg.norm(ref)
+
+
 def test_layer_loop_equals_grouped_with_idle_experts() -> None:
     """All tokens prefer experts 2 and 5 (router rows aligned with the inputs): 6 experts get nothing."""
     state = hf_state(hf_block(seed=8))

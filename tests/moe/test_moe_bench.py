@@ -1,0 +1,103 @@
+"""bench/moe.py's roofline: it does exactly the layer's expert FLOPs, and the bench's smallest setting runs.
+
+The roofline is the goal's yardstick (docs/moe.md, "The grouped kernel on CPU and its roofline"), so its FLOPs
+are checked against torch's own FLOP counter on the reference (`loop`) layer, and the smallest
+bench setting (256 tokens at the default width) runs in seconds and reports every kernel's ratio.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sphinxx.model.moe import MoE, MoEArgs
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _bench(monkeypatch):
+    # Appended, not prepended: bench/ holds operator.py, data.py, ... that must not shadow anything.
+    monkeypatch.setattr(sys, "path", [*sys.path, str(BENCH)])
+    spec = importlib.util.spec_from_file_location("bench_moe", BENCH / "moe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_roofline_does_the_expert_flops_of_one_layer_call(monkeypatch) -> None:
+    bench = _bench(monkeypatch)
+    dim, ffn_dim, experts, top_k, tokens = 32, 64, 8, 2, 24
+    layer = MoE(MoEArgs(dim, ffn_dim, num_experts=experts, top_k=top_k, kernel="loop"))
+    x = torch.randn(1, tokens, dim, requires_grad=True)
+    with FlopCounterMode(display=False) as layer_flops:
+        y, aux = layer(x)
+        (y.sum() + aux).backward()
+    router = 3 * 2 * tokens * dim * experts  # the router's GEMM forward, dx and dW: left out of the roofline
+    gemms = bench.roofline_gemms(tokens * top_k, dim, ffn_dim, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as roof_flops:
+        gemms()
+    assert roof_flops.get_total_flops() == layer_flops.get_total_flops() - router
+    assert roof_flops.get_total_flops() == 18 * tokens * top_k * dim * ffn_dim
+
+
+def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch, capsys) -> None:
+    bench = _bench(monkeypatch)
+    argv = ["moe.py", "--tokens", "256", "--rounds", "2", "--iters", "1", "--threads", "1", "--clock", "cpu",
+            "--with-torch-grouped-mm"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()
+    try:
+        bench.main()
+    finally:
+        torch.set_num_threads(threads)  # the bench sets it process-wide
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    timed = {r["impl"]: r for r in rows if r["impl"] != "ratio"}
+    impls = ["roofline", "transformers-eager", "transformers-grouped_mm", "ours-grouped", "ours-loop",
+             "ours-grouped_torch_mm"]  # fmt: skip
+    assert list(timed) == impls
+    assert all(
+        r["clock"] == "cpu" and r["threads"] == 1 and r["tokens"] == 256 and len(r["per_round_ms"]) == 2
+        for r in timed.values()
+    )
+    assert timed["roofline"]["expert_gflop"] == round(18 * 256 * 2 * 256 * 512 / 1e9, 4)
+    for name in impls[2:]:  # same weights and tokens: every kernel computes transformers' output
+        assert timed[name]["max_abs_diff_vs_transformers"] < 1e-5, name
+    (ratio,) = [r for r in rows if r["impl"] == "ratio"]
+    keys = ["transformers_eager", "transformers_grouped_mm", "grouped", "loop", "grouped_torch_mm"]
+    for key in keys:
+        lo, hi = ratio[f"{key}_of_roofline_p25_p75"]
+        assert 0 < lo <= ratio[f"{key}_of_roofline"] <= hi, key
+        assert ratio[f"{key}_of_roofline_of_minima"] > 0
+    assert {f"transformers_over_{k}" for k in ("grouped_mm", "grouped", "loop", "grouped_torch_mm")} <= set(
+        ratio
+    )
+
+
+def test_docs_quote_the_roofline_run() -> None:
+    """docs/moe.md's figures for the grouped kernel are those of the result file it cites."""
+    results = Path(__file__).resolve().parents[2] / "bench" / "results" / "moe_cpu_roofline.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line]
+    ratio = {r["tokens"]: r for r in rows if r["impl"] == "ratio"}
+    text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "moe.md").read_text().split())
+    quoted = re.search(
+        r"not met: ([\d.]+) at 1,024 and ([\d.]+) at 4,096 tokens \(([\d.]+)x and ([\d.]+)x transformers'",
+        text,
+    )
+    assert quoted, "docs/moe.md no longer states the roofline result"
+    expected = (
+        f"{ratio[1024]['grouped_of_roofline']:.2f}",
+        f"{ratio[4096]['grouped_of_roofline']:.2f}",
+        f"{ratio[1024]['transformers_over_grouped']:.2f}",
+        f"{ratio[4096]['transformers_over_grouped']:.2f}",
+    )
+    assert quoted.groups() == expected
+    table_row = re.search(r"\| ours `grouped` \(segment kernel\) \| ([\d.]+) \([^)]*\) \| ([\d.]+) \(", text)
+    assert table_row and table_row.groups() == tuple(
+        f"{ratio[t]['grouped_of_roofline']:.3f}" for t in (1024, 4096)
+    )
