@@ -21,7 +21,7 @@ def test_the_checkpoint_benchmark_runs_and_reports_the_stall_ratio() -> None:
     assert sorted(r["mode"] for r in saves) == ["async", "sync"]
     assert all(r["bench"] == "checkpoint" and r["commit_s"] >= r["stall_s"] > 0 for r in saves)
     assert summary["stall_ratio"] == pytest.approx(
-        summary["async_stall_s"] / summary["sync_stall_s"], rel=1e-3
+        summary["async_stall_s"] / summary["sync_stall_s"], abs=1e-4
     )
     assert summary["goal_met"] == (summary["stall_ratio"] <= 0.1)
     assert summary["peak_rss_gib"] > 0 and summary["peak_extra_host_gib_async"] >= 0
