@@ -164,12 +164,14 @@ def test_checkpoint_size_matches_the_files_a_save_writes(tmp_path) -> None:
 def test_mixtral_checkpoint_is_the_issue_figure() -> None:
     """Mixtral-8x7B, bf16, ZeRO-2: 14 bytes per parameter (bf16 weights + fp32 master, m and v),
     about 610 GiB per save (46.7B parameters, its published count)."""
-    from sphinxx.jobs.checkpoint_size import GIB, checkpoint_size
+    from sphinxx.jobs.checkpoint_size import GIB, checkpoint_size, describe
     from sphinxx.jobs.run_memory import flavor_run_config, run_memory, setup_from_run
 
     cfg = flavor_run_config("mixtral-8x7b")
     setup = dataclasses.replace(setup_from_run(cfg), world_size=16, ep_size=8, zero_stage=2, precision="bf16")
     size = checkpoint_size(run_memory(cfg, setup))
+    # docs/training.md quotes the line `sphinxx model info mixtral-8x7b --world-size 16 --ep-size 8` prints.
+    assert describe(size) in (REPO / "docs" / "training.md").read_text()
     assert 600 < size["bytes_per_save"] / GIB < 620
     # Rank 0 writes its eighth of the experts' weights and a sixteenth of the rest.
     assert size["bytes_per_save"] / 16 < size["bytes_per_rank"] < size["bytes_per_save"] / 8
