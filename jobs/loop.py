@@ -313,6 +313,7 @@ class StepLoop:
             if stopping and state.step < parts.total:
                 self.stopped(stopping)
             self.timer.step_done(state.step, stats, metrics)
+        parts.ckpt.drain()  # nothing left in flight (the final save drained already)
         return metrics
 
     def step(self, group: list[Any]) -> StepStats:
