@@ -125,6 +125,10 @@ def test_sweep_plan_cost_on_the_tiny_sweep(tmp_path: Path) -> None:
     )  # global batch 4, seq_len 1024 (examples/sweeps/tiny.yaml)
     assert out["total"]["gpu_hours"] == pytest.approx(sum(c["flops"] for c in costs) / (0.5 * 312e12) / 3600)
     assert f"{out['total']['tokens']:,}" in total
+    # Each point's checkpoint: its size, snapshot memory and upload time at the stated bandwidth.
+    assert all(c["checkpoint"]["bytes_per_save"] > 0 for c in costs)
+    slow = _plan(tmp_path, "--cost", "--upload-gb-per-s", "0.25")
+    assert slow.stdout.count("per save at 0.25 GB/s per rank") == 4, slow.stdout
 
 
 def test_checkpoint_size_matches_the_files_a_save_writes(tmp_path) -> None:
