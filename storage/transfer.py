@@ -1,15 +1,15 @@
 """Parallel upload and download of many local files, with progress hooks and bounded memory.
 
 The trainer hands over a checkpoint's files, on local disk or as bytes in memory (an item's
-`data`: the same parts and digests, no disk), and the store ships them. Files
-go `file_concurrency` at a time (largest first, so one huge shard does not
-finish last alone), each as an S3 multipart transfer (s3bulk.py) sharing a
-pool of file_concurrency x part_concurrency part workers. Memory is bounded by
-that many parts (4 x 4 x 8 MiB = 128 MiB by default): bytes are read from disk
-in parts, never whole files (an upload from memory holds its bytes already). An upload's digest is taken from the SHA-256 botocore signs for
-each part on plain-HTTP endpoints, else computed in a thread beside the upload; a
-download hashes the bytes as they stream in (hashing.py) and checks size and sha256
-against the manifest before renaming its temporary file into place.
+`data`: the same parts and digests, no disk), and the store ships them. Files go
+`file_concurrency` at a time (largest first, so one huge shard does not finish last alone),
+each as an S3 multipart transfer (s3bulk.py) sharing a pool of file_concurrency x
+part_concurrency part workers. Memory is bounded by that many parts (4 x 4 x 8 MiB = 128 MiB
+by default): bytes are read from disk in parts, never whole files (an upload from memory holds
+its bytes already). An upload's digest is taken from the SHA-256 botocore signs for each part
+on plain-HTTP endpoints, else computed in a thread beside the upload; a download hashes the
+bytes as they stream in (hashing.py) and checks size and sha256 against the manifest before
+renaming its temporary file into place.
 
 Part size is at least 8 MiB (boto3's default) and at least size / 10,000
 (S3 allows at most 10,000 parts; `MAX_PARTS` in s3transfer), rounded up to a
