@@ -27,6 +27,7 @@ E2E_LANE=(
 TRAINING_LANE=(
   tests/jobs/test_train.py
   tests/jobs/test_stop.py
+  tests/jobs/test_async_stop.py
   tests/jobs/checkpoint
   tests/jobs/test_gpu_train_bench.py
   tests/jobs/test_evaluation.py

@@ -18,6 +18,8 @@ passes in (`mixture_samples` reads the manifests).
 - GPU-hours = FLOPs / (MFU x the GPU's dense bf16 datasheet peak, `jobs.progress.GPU_BF16_DENSE_PEAKS`)
   / 3600; MFU 0.4 and H100 (SXM) unless given.
 - Per-rank memory: `jobs.run_memory.run_memory` at `parallel.min_workers`.
+- Checkpoint: bytes per save and per rank, the host memory a save's snapshot needs and its upload
+  time at `upload_gb_per_s` per rank (`jobs.checkpoint_size`).
 - Bytes to stage: an input (`stage_bytes`, computed from the weight URIs elsewhere); "unknown"
   when not given.
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sphinxx.jobs.build import sphinx_args
+from sphinxx.jobs.checkpoint_size import DEFAULT_UPLOAD_GB_PER_S, checkpoint_size
 from sphinxx.jobs.data.loader import image_config
 from sphinxx.jobs.data.mixture import load_mixture
 from sphinxx.jobs.progress import GPU_BF16_DENSE_PEAKS
@@ -105,9 +108,11 @@ def run_cost(
     images_per_sample: int = 1,
     units: UnitCosts | None = None,
     memory: dict[str, Any] | None = None,
+    upload_gb_per_s: float = DEFAULT_UPLOAD_GB_PER_S,
 ) -> dict[str, Any]:
     """The cost of run `cfg`, JSON-ready (module docstring). `samples_per_epoch` is needed only
-    when `train.steps` is 0; `units` and `memory` may be passed when already computed."""
+    when `train.steps` is 0; `units` and `memory` may be passed when already computed;
+    `upload_gb_per_s` is each rank's bandwidth to the store (the checkpoint's upload time)."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
     peak, source = gpu_peak(gpu)
@@ -129,6 +134,7 @@ def run_cost(
         "memory_per_rank_gib": memory["gib"]["total"],
         "memory": memory,
         "stage_bytes": stage_bytes,
+        "checkpoint": checkpoint_size(memory, upload_gb_per_s, scratch=cfg.storage.scratch is not None),
         "assumptions": _assumptions(cfg.data, units, images_per_sample, gpu, peak, mfu),
     }
     if steps is None:

@@ -1,4 +1,4 @@
-"""`sphinxx model info FLAVOR`: parameters, visual tokens, FLOPs and per-rank memory of a flavor.
+"""`sphinxx model info FLAVOR`: parameters, visual tokens, FLOPs, per-rank memory, checkpoint size.
 
     sphinxx model info tinyllama-1.1b
     sphinxx model info mixtral-8x7b --json --image 1000x500 --world-size 16 --ep-size 8
@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+
+from sphinxx.jobs.checkpoint_size import describe
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -67,15 +69,24 @@ def register(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]
         default=1,
         help="square images per sequence, every view kept (default 1)",
     )
+    p.add_argument(
+        "--upload-gb-per-s",
+        type=float,
+        default=1.0,
+        help="each rank's bandwidth to the checkpoint store, for the upload time of a save (default 1.0)",
+    )
     p.set_defaults(func=_cmd_info)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from sphinxx.model.info import model_info  # torch: loaded when the command runs, not at `sphinxx --help`
+    # torch: loaded when the command runs, not at `sphinxx --help`
+    from sphinxx.jobs.checkpoint_size import checkpoint_size
+    from sphinxx.model.info import model_info
 
     try:
         info = model_info(args.flavor, image=args.image, seq_len=args.seq_len)
         info["memory"] = _memory(args)
+        info["checkpoint"] = checkpoint_size(info["memory"], args.upload_gb_per_s)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -108,6 +119,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"{im['real_views']} real views, {im['skipped_views']} skipped"
         )
     print_memory(info["memory"])
+    print("  " + describe(info["checkpoint"]))
     return 0
 
 

@@ -29,8 +29,12 @@ and preemptions"). Every commit records the run's planned stops (`preemptions`, 
 
 Every `train.checkpoint_interval` steps and at the end all ranks save through
 `checkpoint.Checkpointer` (commit protocol of `sphinxx.storage`), committing the loss and the
-scaling-law inputs (`metrics.checkpoint_metrics`); rank 0 then reports a pointer checkpoint to
-Ray Train (docs/storage.md, "Pointer checkpoints for Ray Train"), tracks to MLflow (unless
+scaling-law inputs (`metrics.checkpoint_metrics`). With `train.async_save` (the default) a
+periodic save copies the state to host memory and returns; the upload and the commit run in the
+background, and a failure raises at the next step (`Checkpointer.check`). The final save and a
+stop's drain the save in flight and commit before the segment ends. For every commit that
+landed, rank 0 then reports a pointer checkpoint to Ray Train (docs/storage.md, "Pointer
+checkpoints for Ray Train"; an asynchronous commit at the next save), tracks to MLflow (unless
 `tracking.enabled` is false) and prints progress. The loop itself knows nothing of Ray:
 `ray_worker.train_loop_per_worker` adapts Ray's context to `Worker`, so tests and benchmarks
 drive `train()` in plain processes; a benchmark may also pass a `timing.PhaseTimer` to time the
@@ -180,6 +184,7 @@ def build_parts(cfg: RunConfig, worker: Worker) -> Parts:
         store, model, optimizer, worker,
         seed=train.seed, zero_stage=cfg.parallel.zero_stage,
         skip_prefixes=loaded_tower_prefixes(cfg.model), policy=retention_policy(cfg.storage),
+        scratch=cfg.storage.scratch,
     )  # fmt: skip
     flops = flop_model(model, worker.device)
     return Parts(data, model, engine, optimizer, schedule, store, ckpt, sizes, flops, staged)
@@ -221,6 +226,7 @@ def open_checkpointer(
     zero_stage: int,
     skip_prefixes: tuple[str, ...] = (),
     policy: RetentionPolicy | None = None,
+    scratch: str | None = None,
 ) -> Checkpointer:
     """This rank's Checkpointer; the metadata every manifest records about the run's layout."""
     return Checkpointer(
@@ -239,6 +245,7 @@ def open_checkpointer(
             "extra": {"attempt": worker.attempt},
         },
         policy=policy,
+        scratch=scratch,
     )
 
 
@@ -308,6 +315,7 @@ class StepLoop:
         metrics: dict[str, Any] = {"step": state.step}
         for group in _timed(parts.data.iter_steps(), self.timer):
             stats = self.step(group)
+            parts.ckpt.check()  # a background commit that failed fails the run here, naming its step
             metrics = self.log(stats)
             self.evaluate()
             self.score_benchmarks()
@@ -317,6 +325,7 @@ class StepLoop:
             if stopping and state.step < parts.total:
                 self.stopped(stopping)
             self.timer.step_done(state.step, stats, metrics)
+        parts.ckpt.drain()  # nothing left in flight (the final save drained already)
         return metrics
 
     def step(self, group: list[Any]) -> StepStats:
@@ -395,14 +404,18 @@ class StepLoop:
             **benchmark_metrics(state.extra),
             **stop_metrics(self.worker, stopping if state.step < self.parts.total else None),
         }
+        final = state.step == self.parts.total
+        ckpt, rank_data = self.parts.ckpt, data.state_dict()["stats"]
         try:
-            info = self.parts.ckpt.save(
-                state, data.state_dict()["stats"], committed, final=state.step == self.parts.total
-            )
+            if self.train.async_save and not final and stopping is None:
+                ckpt.save_async(state, rank_data, committed)  # commits in the background
+                info = None
+            else:  # the last save of a segment drains the one in flight and commits before returning
+                info = ckpt.save(state, rank_data, committed, final=final)
         finally:
             if stopping == PREEMPTED:
                 self.stop.done()
-        _after_checkpoint(info, metrics, self.worker, self.tracker, state.step)
+        _after_checkpoint(ckpt.landed() + ([info] if info else []), metrics, self.worker, self.tracker)
         if self.worker.rank == 0:  # the record never lags a commit: status.progress is never behind it
             self.record.maybe_write(state.step, self.parts.total, metrics, self.sec_step, force=True)
 
@@ -633,13 +646,17 @@ def pointer_name(step: int, attempt: int, commit_id: str) -> str:
 
 
 def _after_checkpoint(
-    info: CheckpointInfo | None, metrics: dict[str, Any], worker: Worker, tracker: Any, step: int
+    landed: list[CheckpointInfo], metrics: dict[str, Any], worker: Worker, tracker: Any
 ) -> None:
-    """Tell MLflow and Ray about a commit (rank 0 has `info`; every rank must call report)."""
+    """Tell MLflow and Ray about the commits that landed since the last save (rank 0 has them: this
+    save's, and an asynchronous one's once it committed); every rank must call report, once."""
+    for done in landed:
+        tracker.set_tags({"checkpoint_uri": done.uri, "checkpoint_step": done.step})
+        tracker.log_metrics({"checkpoint_step": done.step}, done.step)
     pointer_dir = None
+    info = landed[-1] if landed else None
     if info is not None:
-        tracker.set_tags({"checkpoint_uri": info.uri, "checkpoint_step": step})
-        tracker.log_metrics({"checkpoint_step": step}, step)
+        step = info.step
         # The folder's name is the name Ray keeps it under (ray_worker reports it as is).
         pointer_dir = os.path.join(
             tempfile.mkdtemp(prefix="sphinxx-pointer-"),

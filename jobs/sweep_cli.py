@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any
 
+from sphinxx.jobs.checkpoint_size import describe
 from sphinxx.schema.fields import SchemaError
 from sphinxx.schema.run import RunConfig, to_dict, to_yaml
 
@@ -46,6 +47,12 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--gpu", default="H100", help="GPU of the GPU-hours (datasheet table; default H100)")
     plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
+    plan.add_argument(
+        "--upload-gb-per-s",
+        type=float,
+        default=1.0,
+        help="each rank's bandwidth to the checkpoint store, for the upload time of a save (default 1.0)",
+    )
     plan.add_argument(
         "--json", action="store_true", help="print one JSON object (points, and totals with --cost)"
     )
@@ -114,7 +121,7 @@ def _plan(args: argparse.Namespace) -> int:
     costs = None
     if args.cost:
         try:
-            costs = [_point_cost(cfg, args.gpu, args.mfu) for _, cfg in points]
+            costs = [_point_cost(cfg, args.gpu, args.mfu, args.upload_gb_per_s) for _, cfg in points]
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -175,7 +182,7 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _point_cost(cfg: RunConfig, gpu: str, mfu: float) -> dict[str, Any]:
+def _point_cost(cfg: RunConfig, gpu: str, mfu: float, upload_gb_per_s: float) -> dict[str, Any]:
     """`jobs.cost.run_cost` of one point; steps that derive from data read the sources' manifests
     through the data path the sweep names, and an unreachable one is reported, not fatal."""
     # torch (the model on the meta device): only with --cost.
@@ -194,7 +201,9 @@ def _point_cost(cfg: RunConfig, gpu: str, mfu: float) -> dict[str, Any]:
         staged = stage_bytes(cfg.model, cfg.data.tokenizer, storage_options(cfg.storage))
     except Exception as err:  # noqa: BLE001 - reported per point, as above
         note = "; ".join(filter(None, [note, f"bytes to stage unknown: {err}"]))
-    cost = run_cost(cfg, samples_per_epoch=samples, gpu=gpu, mfu=mfu, stage_bytes=staged)
+    cost = run_cost(
+        cfg, samples_per_epoch=samples, gpu=gpu, mfu=mfu, stage_bytes=staged, upload_gb_per_s=upload_gb_per_s
+    )
     cost["note"] = note
     return cost
 
@@ -227,6 +236,8 @@ def _cost_line(cost: dict[str, Any]) -> str:
     )
     if cost.get("note"):
         line += f"  ({cost['note']})"
+    if "checkpoint" in cost:
+        line += "\n  " + describe(cost["checkpoint"])
     return line
 
 

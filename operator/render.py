@@ -31,6 +31,7 @@ TTL_SECONDS_AFTER_FINISHED = 300  # keep the finished cluster briefly for log co
 PRE_RUNNING_DEADLINE_SECONDS = 1800  # a cluster stuck in Initializing (unschedulable, image pull)
 STOP_FILE = "/tmp/sphinxx-stop"  # the preStop hook writes it, the training workers watch it
 STAGE_VOLUME, STAGE_PATH = "sphinxx-stage", "/var/cache/sphinxx-stage"  # the node cache of weights
+SCRATCH_VOLUME = "sphinxx-checkpoint-scratch"  # storage.scratch, when the run names one
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -116,6 +117,22 @@ def stage_cache(pod: dict[str, Any], host_path: str | None) -> None:
     container["env"] = [*container.get("env", []), {"name": "SPHINXX_STAGE_DIR", "value": STAGE_PATH}]
 
 
+def checkpoint_scratch(pod: dict[str, Any], storage: StorageConfig) -> None:
+    """The volume checkpoints are serialised through, when the run names one (`storage.scratch`,
+    docs/storage.md, "Checkpoints from host memory"): an emptyDir of `storage.scratch_gib` mounted
+    there, and as much ephemeral storage requested, so the scheduler places the pod where that
+    much disk is free and the kubelet does not evict it for using it. Without one the workers
+    write nothing to disk: checkpoints go from host memory to the store."""
+    if storage.scratch is None:
+        return
+    size = f"{storage.scratch_gib}Gi"
+    pod["spec"].setdefault("volumes", []).append({"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": size}})
+    container = pod["spec"]["containers"][0]
+    container.setdefault("volumeMounts", []).append({"name": SCRATCH_VOLUME, "mountPath": storage.scratch})
+    for kind in ("requests", "limits"):
+        container["resources"][kind]["ephemeral-storage"] = size
+
+
 def _pod(container: dict[str, Any], spec: TrainingRunSpec, worker: bool, grace_s: int = 0) -> dict[str, Any]:
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if spec.resources.service_account:
@@ -131,7 +148,11 @@ def _pod(container: dict[str, Any], spec: TrainingRunSpec, worker: bool, grace_s
 
 
 def cluster_spec(
-    att: Attempt, spec: TrainingRunSpec, parallel: ParallelConfig, grace_seconds: int
+    att: Attempt,
+    spec: TrainingRunSpec,
+    parallel: ParallelConfig,
+    grace_seconds: int,
+    storage: StorageConfig,
 ) -> dict[str, Any]:
     res = spec.resources
     image = res.image or att.image
@@ -142,6 +163,7 @@ def cluster_spec(
     stop_on_sigterm(worker, grace_seconds)
     worker_pod = _pod(worker, spec, True, grace_seconds)
     stage_cache(worker_pod, att.stage_host_path)  # before the pod settings: a patch may change it
+    checkpoint_scratch(worker_pod, storage)
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs-server"},
         {"containerPort": 8265, "name": "dashboard"},
@@ -227,7 +249,9 @@ def render_rayjob(att: Attempt, spec: TrainingRunSpec, cfg: RunConfig) -> dict[s
         "backoffLimit": 0,
         "preRunningDeadlineSeconds": PRE_RUNNING_DEADLINE_SECONDS,
         "suspend": att.suspend,
-        "rayClusterSpec": cluster_spec(att, spec, cfg.parallel, cfg.train.termination_grace_seconds),
+        "rayClusterSpec": cluster_spec(
+            att, spec, cfg.parallel, cfg.train.termination_grace_seconds, cfg.storage
+        ),
     }
     if spec.failure_policy.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.failure_policy.active_deadline_seconds

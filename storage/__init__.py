@@ -1,9 +1,9 @@
 """sphinxx.storage: checkpoints of a run as directories of files under a URI, committed atomically.
 
 It knows nothing of torch, Ray or Kubernetes (import-linter enforces it): the
-trainer writes files locally, this package ships them to `s3://`, `file://` or
-`memory://` and makes "complete" a fact you can check. Design:
-docs/storage.md.
+trainer hands it files, or bytes held in memory (`CheckpointWriter.upload_bytes`), this
+package ships them to `s3://`, `file://` or `memory://` and makes "complete" a fact you
+can check. Design: docs/storage.md.
 
 Layout (layout.py): `<prefix>/<run-id>/checkpoints/step-000012000/...`, the
 commit marker `manifest.json` written last, `checkpoints/latest.json` as a hint,
@@ -26,6 +26,7 @@ The API the training job and the operator use::
     store.prepare(step)                        # rank 0, then barrier
     with store.writer(step, rank, num_writers) as w:      # every rank
         w.upload_dir(local_shard_dir)          # parallel multipart; progress= hook
+        w.upload_bytes([(blob, "optim/rank-00000.pt")])   # or bytes from memory, the same parts
     record = w.finish()                        # (the with-block already called it)
     records = gather_object(record)            # or let commit read them from the store
     info = store.commit(step, num_writers, metadata=CommitMetadata(

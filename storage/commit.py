@@ -29,6 +29,7 @@ from types import TracebackType
 
 from . import transfer
 from .errors import CheckpointAlreadyCommittedError, CheckpointCorruptError, IncompleteCheckpointError
+from .hashing import FileDigest
 from .layout import RunLayout, checkpoint_relpath
 from .manifest import CommitMetadata, FileEntry, Manifest, WriterRecord
 from .objectfs import ObjectFS
@@ -92,13 +93,28 @@ class CheckpointWriter:
             transfer.TransferItem(local, self.layout.file(self.step, rel), os.path.getsize(local))
             for (local, _), rel in zip(pairs, names, strict=True)
         ]
-        digests = transfer.upload(self.fs, items, self.progress)
+        return self._record_uploads(names, items, transfer.upload(self.fs, items, self.progress))
+
+    def _record_uploads(
+        self, names: list[str], items: list[transfer.TransferItem], digests: list[FileDigest]
+    ) -> list[FileEntry]:
         entries = [
             FileEntry(rel, it.size, d.sha256, self.rank, d.part_size)
             for rel, it, d in zip(names, items, digests, strict=True)
         ]
         self._files.update((e.path, e) for e in entries)
         return entries
+
+    def upload_bytes(self, pairs: Sequence[tuple[bytes, str]]) -> list[FileEntry]:
+        """Upload (bytes in memory, name inside the checkpoint) pairs in parallel, exactly as
+        `upload_files` uploads files of those bytes: the same parts, sizes and digests."""
+        self._check_open()
+        names = [checkpoint_relpath(rel) for _, rel in pairs]
+        items = [
+            transfer.TransferItem(f"<memory: {rel}>", self.layout.file(self.step, rel), len(data), data=data)
+            for (data, _), rel in zip(pairs, names, strict=True)
+        ]
+        return self._record_uploads(names, items, transfer.upload(self.fs, items, self.progress))
 
     def write_bytes(self, relpath: str, data: bytes) -> FileEntry:
         """Write one small object directly (e.g. RNG or sampler state)."""

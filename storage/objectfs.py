@@ -12,6 +12,7 @@ protocol on `memory://` exercise the code that runs against S3.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import weakref
@@ -230,6 +231,30 @@ class ObjectFS:
         if not hashes:
             return None
         return digest_of_parts(hashes, os.path.getsize(local_path), chunk_size)
+
+    def put_bytes(
+        self,
+        data: bytes,
+        uri: str,
+        *,
+        chunk_size: int,
+        callback: Callback | None = None,
+        digest: bool = False,
+    ) -> FileDigest | None:
+        """Upload bytes held in memory as one object, exactly as `put_file` uploads a file of those
+        bytes (the same parts, so the same digest): a checkpoint streamed from host memory needs no
+        local disk. Each call reads `data` from its start, so a whole-object retry sends it again."""
+        if self.scheme != "s3":
+            self.fs.pipe_file(self.path(uri), data)
+            return None
+        bucket, key, _ = self.fs.split_path(self.path(uri))
+        watch = digest and self.signs_payloads
+        # BytesIO over a bytes object shares its buffer: s3transfer reads one part at a time.
+        source = io.BytesIO(data)
+        hashes = self._s3bulk().upload(source, bucket, key, chunk_size, _relative(callback), watch)
+        if not hashes:
+            return None
+        return digest_of_parts(hashes, len(data), chunk_size)
 
     @property
     def signs_payloads(self) -> bool:

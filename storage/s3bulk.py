@@ -71,19 +71,20 @@ class S3Bulk:
 
     def upload(
         self,
-        local_path: str,
+        source: str | IO[bytes],
         bucket: str,
         key: str,
         chunk: int,
         progress: Callable[[int], None] | None,
         payload_hashes: bool = False,
     ) -> dict[int, str] | None:
-        """Upload one file. With `payload_hashes`: the SHA-256 (hex) botocore signed for each part
-        sent, by part number (0 for a single-part PutObject); None without."""
+        """Upload one file (a local path, or a seekable binary stream read from its start). With
+        `payload_hashes`: the SHA-256 (hex) botocore signed for each part sent, by part number (0 for
+        a single-part PutObject); None without."""
         if payload_hashes:
             self._payload_hashes.watch(bucket, key)
         try:
-            future = self._manager(chunk).upload(local_path, bucket, key, subscribers=_subscribers(progress))
+            future = self._manager(chunk).upload(source, bucket, key, subscribers=_subscribers(progress))
             self._wait(future, f"s3://{bucket}/{key}")
         finally:
             hashes = self._payload_hashes.unwatch(bucket, key) if payload_hashes else None

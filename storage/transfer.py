@@ -1,14 +1,15 @@
 """Parallel upload and download of many local files, with progress hooks and bounded memory.
 
-The trainer writes a checkpoint to local disk, then the store ships it. Files
-go `file_concurrency` at a time (largest first, so one huge shard does not
-finish last alone), each as an S3 multipart transfer (s3bulk.py) sharing a
-pool of file_concurrency x part_concurrency part workers. Memory is bounded by
-that many parts (4 x 4 x 8 MiB = 128 MiB by default): bytes are read from disk
-in parts, never whole files. An upload's digest is taken from the SHA-256 botocore signs for
-each part on plain-HTTP endpoints, else computed in a thread beside the upload; a
-download hashes the bytes as they stream in (hashing.py) and checks size and sha256
-against the manifest before renaming its temporary file into place.
+The trainer hands over a checkpoint's files, on local disk or as bytes in memory (an item's
+`data`: the same parts and digests, no disk), and the store ships them. Files go
+`file_concurrency` at a time (largest first, so one huge shard does not finish last alone),
+each as an S3 multipart transfer (s3bulk.py) sharing a pool of file_concurrency x
+part_concurrency part workers. Memory is bounded by that many parts (4 x 4 x 8 MiB = 128 MiB
+by default): bytes are read from disk in parts, never whole files (an upload from memory holds
+its bytes already). An upload's digest is taken from the SHA-256 botocore signs for each part
+on plain-HTTP endpoints, else computed in a thread beside the upload; a download hashes the
+bytes as they stream in (hashing.py) and checks size and sha256 against the manifest before
+renaming its temporary file into place.
 
 Part size is at least 8 MiB (boto3's default) and at least size / 10,000
 (S3 allows at most 10,000 parts; `MAX_PARTS` in s3transfer), rounded up to a
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import hashlib
 import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from fsspec.callbacks import Callback
@@ -58,7 +60,7 @@ ProgressHook = Callable[[TransferProgress], None]
 
 @dataclass(frozen=True)
 class TransferItem:
-    local_path: str
+    local_path: str  # for an upload from memory (`data`), a label naming what the bytes are
     uri: str
     size: int  # bytes; for downloads, the size the manifest promises
     sha256: str | None = None  # for downloads: checked when verify_checksums is on
@@ -68,6 +70,9 @@ class TransferItem:
     stream_etag: bool = False
     etag_part_size: int | None = None
     part_size: int | None = None  # for downloads: `sha256` is the part tree of parts this size
+    # For uploads from memory: the object's bytes (no local file; `size` is their length). A
+    # checkpoint streamed from host memory (jobs/checkpoint) needs no container disk.
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 def chunk_size_for(size: int, min_chunk: int = 8 * MiB) -> int:
@@ -76,13 +81,20 @@ def chunk_size_for(size: int, min_chunk: int = 8 * MiB) -> int:
     return math.ceil(need / MiB) * MiB
 
 
-def _hash_in_background(path: str) -> Callable[[], str]:
-    """Start hashing `path` in a thread (hashlib releases the GIL); the result waits for it."""
+def _sha256_of(item: TransferItem) -> str:
+    """The sha256 of an upload's bytes: its local file's, or its in-memory `data`'s."""
+    if item.data is not None:
+        return hashlib.sha256(item.data).hexdigest()
+    return sha256_file(item.local_path)
+
+
+def _hash_in_background(item: TransferItem) -> Callable[[], str]:
+    """Start hashing `item`'s bytes in a thread (hashlib releases the GIL); the result waits for it."""
     digest: cf.Future[str] = cf.Future()
 
     def work() -> None:
         try:
-            digest.set_result(sha256_file(path))
+            digest.set_result(_sha256_of(item))
         except BaseException as err:  # re-raised in the caller's thread by result()
             digest.set_exception(err)
 
@@ -103,20 +115,18 @@ def upload(
     signed = fs.signs_payloads
 
     def one(item: TransferItem) -> FileDigest:
-        beside = None if signed else _hash_in_background(item.local_path)
+        beside = None if signed else _hash_in_background(item)
         chunk = chunk_size_for(item.size, fs.options.min_chunk_bytes)
-        sent = _with_file_retries(
-            fs,
-            item,
-            "upload",
-            tracker,
-            lambda cb, _: fs.put_file(
-                item.local_path, item.uri, chunk_size=chunk, callback=cb, digest=signed
-            ),
-        )
+
+        def put(cb: Callback | None, _: int) -> FileDigest | None:
+            if item.data is not None:
+                return fs.put_bytes(item.data, item.uri, chunk_size=chunk, callback=cb, digest=signed)
+            return fs.put_file(item.local_path, item.uri, chunk_size=chunk, callback=cb, digest=signed)
+
+        sent = _with_file_retries(fs, item, "upload", tracker, put)
         if beside is not None:
             return FileDigest(beside())
-        return sent or FileDigest(sha256_file(item.local_path))  # a part's signed hash was missing
+        return sent or FileDigest(_sha256_of(item))  # a part's signed hash was missing
 
     return _run_all(fs, items, one, tracker)
 

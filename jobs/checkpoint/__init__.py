@@ -10,9 +10,12 @@ optimizer state keyed by *global* coordinates, never by rank.
   state as fragments of flattened global tensors (DeepSpeed's partition maths);
 - `checkpointer`: the files of one checkpoint and the save/restore protocol every rank runs
   (`Checkpointer`, `RunState`, `Restored`) on top of the store's commit protocol;
+- `snapshot`: one rank's files in host memory at the step boundary, and their bytes;
+- `background`: the one save a rank may have in flight, and `CheckpointSaveError`;
 - `dist`: RNG state and the few collectives the protocol needs (no-ops outside torch.distributed).
 """
 
+from sphinxx.jobs.checkpoint.background import CheckpointSaveError
 from sphinxx.jobs.checkpoint.checkpointer import Checkpointer, Restored, RunState
 
-__all__ = ["Checkpointer", "Restored", "RunState"]
+__all__ = ["CheckpointSaveError", "Checkpointer", "Restored", "RunState"]

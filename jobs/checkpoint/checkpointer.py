@@ -19,6 +19,15 @@ A checkpoint restores at any world size because everything in it is keyed by glo
 The commit protocol is the store's (docs/storage.md, "Commit protocol"): every rank uploads its files, rank 0
 commits the manifest (with the metrics the trainer passes: they become `manifest.metrics`) and
 applies retention. On restore rank 0 picks the step and every rank loads it.
+
+A save first takes a snapshot of the rank's files in host memory (`snapshot.py`: pinned buffers
+for GPU tensors) at the step boundary. `save` then serialises and uploads them and commits before
+it returns; `save_async` returns at once and leaves that to a background thread
+(`background.py`), while training goes on. Either way the files go from memory to the store (or
+through `storage.scratch`, a mounted volume, when one is configured), never through the
+container's temp disk, and they are the same files: an asynchronous checkpoint restores exactly
+as a synchronous one. At most one save is in flight; `save`, `drain` and the next `save_async`
+wait for it, and a failed one raises `CheckpointSaveError` there or at the next `check()`.
 """
 
 from __future__ import annotations
@@ -33,21 +42,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from sphinxx.jobs.checkpoint.dist import all_gather, barrier, broadcast, reseed, rng_state, set_rng_state
+from sphinxx.jobs.checkpoint.background import CheckpointSaveError, InFlight
+from sphinxx.jobs.checkpoint.dist import all_gather, barrier, broadcast, reseed, set_rng_state
 from sphinxx.jobs.checkpoint.fragments import (
     Fragment,
-    adam_step,
     expert_key,
-    expert_split,
     load_fragments,
-    local_fragments,
     owned_ranges,
     param_slots,
     set_adam_step,
 )
-from sphinxx.storage import CheckpointInfo, CheckpointStore, CommitMetadata, RetentionPolicy
+from sphinxx.jobs.checkpoint.snapshot import (
+    FORMAT,
+    HostCopier,
+    RankLayout,
+    Snapshot,
+    rank_name,
+    serialize,
+    spill,
+    take_snapshot,
+)
+from sphinxx.storage import CheckpointInfo, CheckpointStore, CommitMetadata, RetentionPolicy, WriterRecord
 
-FORMAT = 1
+# How long rank 0's background commit waits for the other ranks' writer records: they upload as
+# much as it does, at the same time; a rank that failed raises on its own at its next step.
+RECORD_WAIT_S = 900.0
 
 
 @dataclass
@@ -69,10 +88,6 @@ class Restored:
     info: CheckpointInfo
 
 
-def _rank_name(rank: int) -> str:
-    return f"rank-{rank:05d}"
-
-
 class Checkpointer:
     """Save/restore of one worker's model + optimizer + run state (every rank calls both)."""
 
@@ -87,6 +102,7 @@ class Checkpointer:
         skip_prefixes: tuple[str, ...] = (),
         metadata: dict[str, Any] | None = None,
         policy: RetentionPolicy | None = None,
+        scratch: str | None = None,
     ):
         self.store, self.model, self.optimizer = store, model, optimizer
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -101,6 +117,14 @@ class Checkpointer:
         # Expert slices are identical across eDP replicas: the first replica (ranks 0..EP-1 with
         # DeepSpeed's contiguous EP groups) writes them. Under ZeRO the fragment mapping decides.
         self.expert_writer = self._is_first_expert_replica()
+        self.layout = RankLayout(
+            rank, world_size, self.slots, self.dense_owner, self.expert_writer, self._owner()
+        )
+        # A mounted volume to serialise through (`storage.scratch`); None: straight from memory.
+        self.scratch = scratch
+        self.copier = HostCopier()
+        self.inflight = InFlight()
+        self._landed: list[CheckpointInfo] = []
 
     def _is_first_expert_replica(self) -> bool:
         for module in self.model.modules():
@@ -118,70 +142,102 @@ class Checkpointer:
     def save(
         self, state: RunState, rank_data: dict[str, Any], metrics: dict[str, Any], final: bool = False
     ) -> CheckpointInfo | None:
-        """Write this rank's files, commit on rank 0, apply retention. Returns the CheckpointInfo
-        on rank 0, None elsewhere. Every rank must call it at the same step."""
-        step = state.step
-        if self.rank == 0:
-            self.store.prepare(step)
-        barrier()
-        local = tempfile.mkdtemp(prefix=f"sphinxx-ckpt-{step}-")
-        try:
-            self._write_local(local, state, rank_data)
-            with self.store.writer(step, self.rank, self.world_size) as writer:
-                writer.upload_dir(local)
-            records = all_gather(writer.finish())
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
+        """Write this rank's files, commit on rank 0, apply retention, all before returning (a save
+        in flight is drained first). Returns the CheckpointInfo on rank 0, None elsewhere. Every
+        rank must call it at the same step."""
+        self.drain()
+        snapshot = self._snapshot(state, rank_data)
+        records = all_gather(self._write(snapshot))
         info = None
         if self.rank == 0:
-            meta = CommitMetadata(
-                world_size=self.world_size,
-                metrics={
-                    k: v if isinstance(v, dict) else float(v) for k, v in metrics.items()
-                },  # `benchmarks`: a record
-                final=final,
-                **self.metadata,
-            )
-            info = self.store.commit(step, self.world_size, meta, writers=records)
-            if self.policy is not None:
-                self.store.apply_retention(self.policy)
+            info = self.store.commit(state.step, self.world_size, self._meta(metrics, final), writers=records)
+            self._retain()
         barrier()
         return info
 
-    def _write_local(self, local: str, state: RunState, rank_data: dict[str, Any]) -> None:
-        name = _rank_name(self.rank)
-        os.makedirs(os.path.join(local, "model"))
-        os.makedirs(os.path.join(local, "optim"))
-        os.makedirs(os.path.join(local, "extra"))
-        dense = {
-            s.name: s.param.detach().cpu().clone()
-            for s in self.slots
-            if s.expert_first < 0 and self.dense_owner[s.name]
-        }
-        if dense:
-            torch.save(dense, os.path.join(local, "model", f"dense-{name}.pt"))
-        if self.expert_writer:
-            experts: dict[int, dict[str, torch.Tensor]] = {}
-            for s in self.slots:
-                if s.expert_first >= 0:
-                    for g, t in expert_split(s, s.param.detach().cpu()).items():
-                        experts.setdefault(g, {})[expert_key(s.name, g)] = t.clone()
-            for g, tensors in experts.items():
-                torch.save(tensors, os.path.join(local, "model", f"expert-{g:05d}.pt"))
-        frags = local_fragments(self.slots, self.optimizer, self._owner())
-        if frags:
-            torch.save(
-                {"adam_step": adam_step(self.optimizer), "fragments": [f.__dict__ for f in frags]},
-                os.path.join(local, "optim", f"{name}.pt"),
-            )
-            index = [{"name": f.name, "start": f.start, "numel": f.numel} for f in frags]
-            with open(os.path.join(local, "optim", f"{name}.json"), "w") as fh:
-                json.dump(index, fh)
-        torch.save({"rng": rng_state(), "data": rank_data}, os.path.join(local, "extra", f"{name}.pt"))
+    def save_async(self, state: RunState, rank_data: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Snapshot this rank's state to host memory and return; the files are serialised and
+        uploaded, and rank 0 commits, in the background (`background.InFlight`). A save still in
+        flight is waited for first (and logged). Every rank must call it at the same step."""
+        self.drain()
+        snapshot = self._snapshot(state, rank_data)
+        meta = self._meta(metrics, final=False)
+        self.inflight.start(snapshot.step, lambda: self._write_and_commit(snapshot, meta))
+
+    def check(self) -> None:
+        """Raise `CheckpointSaveError` if a background save failed (cheap: once per step)."""
+        self.inflight.check()
+
+    def drain(self) -> None:
+        """Wait for the save in flight; every rank then raises if any rank's failed (one gather:
+        every rank must call it at the same step). Its commit joins `landed()`."""
+        step = self.inflight.step
+        outcome, waited = self.inflight.wait()
+        if outcome is None:
+            return
+        if waited > 0.01 and self.rank == 0:
+            print(f"[sphinxx] waited {waited:.2f} s for the checkpoint of step {step} to commit", flush=True)
+        failures = [e for e in all_gather(outcome.describe_error()) if e is not None]
+        if failures:
+            raise CheckpointSaveError(outcome.step, failures[0]) from outcome.error
+        if isinstance(outcome.result, CheckpointInfo):
+            self._landed.append(outcome.result)
+
+    def landed(self) -> list[CheckpointInfo]:
+        """Rank 0: the background commits that finished since the last call (for MLflow and Ray)."""
+        done, self._landed = self._landed, []
+        return done
+
+    def _snapshot(self, state: RunState, rank_data: dict[str, Any]) -> Snapshot:
+        """Rank 0 readies the step's folder; after a barrier every rank copies its files to host."""
         if self.rank == 0:
-            body = {"format": FORMAT, "world_size": self.world_size, **state.__dict__}
-            with open(os.path.join(local, "extra", "state.json"), "w") as fh:
-                json.dump(body, fh, indent=1, sort_keys=True)
+            self.store.prepare(state.step)
+        barrier()
+        files = take_snapshot(self.layout, self.optimizer, dict(state.__dict__), rank_data, self.copier)
+        self.copier.sync()
+        return Snapshot(state.step, files)
+
+    def _write(self, snapshot: Snapshot) -> WriterRecord:
+        """Upload the snapshot's files one at a time (memory: one serialised file beside the
+        snapshot), from memory or through the scratch volume; this rank's writer record."""
+        with self.store.writer(snapshot.step, self.rank, self.world_size) as writer:
+            while snapshot.files:
+                relpath, content = snapshot.files.pop(0)  # its tensors are freed once uploaded
+                if self.scratch is None:
+                    writer.upload_bytes([(serialize(content), relpath)])
+                    continue
+                local = os.path.join(self.scratch, f"sphinxx-ckpt-{snapshot.step}-{self.rank}", relpath)
+                try:
+                    spill(content, local)
+                    writer.upload_files([(local, relpath)])
+                finally:
+                    if os.path.exists(local):
+                        os.unlink(local)
+        return writer.finish()
+
+    def _write_and_commit(self, snapshot: Snapshot, meta: CommitMetadata) -> CheckpointInfo | None:
+        """The background half of an asynchronous save. Rank 0 reads the writer records from the
+        store (no collective leaves the training thread), waiting for the other ranks' uploads."""
+        self._write(snapshot)
+        if self.rank != 0:
+            return None
+        info = self.store.commit(snapshot.step, self.world_size, meta, wait_s=RECORD_WAIT_S)
+        self._retain()
+        return info
+
+    def _meta(self, metrics: dict[str, Any], final: bool) -> CommitMetadata:
+        return CommitMetadata(
+            world_size=self.world_size,
+            metrics={
+                k: v if isinstance(v, dict) else float(v) for k, v in metrics.items()
+            },  # `benchmarks`: a record
+            final=final,
+            **self.metadata,
+        )
+
+    def _retain(self) -> None:
+        if self.policy is not None:
+            self.store.apply_retention(self.policy)
 
     # -- restore -----------------------------------------------------------------------------
     def restore(self, step: int | None = None) -> Restored | None:
@@ -208,7 +264,7 @@ class Checkpointer:
 
     def _restore_from(self, info: CheckpointInfo, local: str) -> Restored:
         paths = {f.path for f in info.manifest.files}
-        mine = f"extra/{_rank_name(self.rank)}.pt"
+        mine = f"extra/{rank_name(self.rank)}.pt"
         wanted_experts = {
             f"model/expert-{g:05d}.pt"
             for s in self.slots

@@ -23,7 +23,7 @@ collective at all, and on CPU with 2 gloo workers this restores bit-exactly at a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,8 +171,19 @@ def _moment_views(optimizer: Any, mapping: Any) -> dict[str, torch.Tensor]:
     return {k: state[k].narrow(0, addr.start, addr.numel) for k in MOMENTS if k in state}
 
 
-def local_fragments(slots: list[ParamSlot], optimizer: Any, owner: dict[str, bool]) -> list[Fragment]:
-    """The fragments of master weights and moments this rank owns (see the module docstring)."""
+HostCopy = Callable[[str, torch.Tensor], torch.Tensor]  # (key, tensor) -> a copy in host memory
+
+
+def clone_to_host(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor` in host memory that training can no longer change."""
+    return tensor.detach().cpu().clone()
+
+
+def local_fragments(
+    slots: list[ParamSlot], optimizer: Any, owner: dict[str, bool], to_host: HostCopy = clone_to_host
+) -> list[Fragment]:
+    """The fragments of master weights and moments this rank owns (see the module docstring),
+    copied to host memory by `to_host` (keyed `<name>/<tensor kind>`)."""
     frags = []
     if uses_fragments(slots):
         for s in slots:
@@ -182,7 +193,7 @@ def local_fragments(slots: list[ParamSlot], optimizer: Any, owner: dict[str, boo
                 continue
             addr = mapping.lp_fragment_address
             tensors = {"param": mapping.hp_fragment, **_moment_views(optimizer, mapping)}
-            tensors = {k: v.detach().float().cpu().clone() for k, v in tensors.items()}
+            tensors = {k: to_host(f"{s.name}/{k}", v.detach().float()) for k, v in tensors.items()}
             frags.append(Fragment(s.name, s.offset + addr.start, addr.numel, tensors))
         return frags
     base = _base_optimizer(optimizer)
@@ -190,7 +201,9 @@ def local_fragments(slots: list[ParamSlot], optimizer: Any, owner: dict[str, boo
         if not owner[s.name] or not s.param.requires_grad:
             continue
         state = base.state.get(s.param, {})
-        tensors = {k: state[k].detach().float().cpu().reshape(-1).clone() for k in MOMENTS if k in state}
+        tensors = {
+            k: to_host(f"{s.name}/{k}", state[k].detach().float().reshape(-1)) for k in MOMENTS if k in state
+        }
         frags.append(Fragment(s.name, s.offset, s.param.numel(), tensors))
     return frags
 

@@ -169,6 +169,12 @@ class TrainConfig:
     seed: int = count(0, "seed of model init and dropout-free RNG state", maximum=2**31 - 1)
     checkpoint_interval: int = count(500, "commit a checkpoint every this many steps (and at the end)",
                                      minimum=1, maximum=MAX_STEPS)  # fmt: skip
+    async_save: bool = field(
+        True,
+        "periodic checkpoints copy the state to host memory at the step and upload and commit it in the "
+        "background while training goes on (one save in flight); false: training waits for every upload. "
+        "The final save and a stop's drain the one in flight and commit before the run ends",
+    )
     log_interval: int = count(10, "print a progress line and log metrics every this many steps",
                               minimum=1, maximum=MAX_STEPS)  # fmt: skip
     progress_seconds: int = count(30, "rank 0 overwrites <storage.uri>/<run id>/progress.json (the "
@@ -218,6 +224,18 @@ class StorageConfig:
     best_metric: str = field("loss", "manifest metric that ranks checkpoints (lower is better)", min_length=1)
     milestone_every: int = count(0, "keep every N-th step forever (0: none); the final step is always kept",
                                  maximum=MAX_STEPS)  # fmt: skip
+    scratch: str | None = field(
+        None,
+        "absolute path of a volume checkpoint files are serialised through before upload; unset: "
+        "straight from host memory to the store (no local disk). Needs scratch_gib",
+        pattern=r"^/.*",
+    )
+    scratch_gib: int = count(
+        0,
+        "size of storage.scratch in GiB: the worker pods mount an emptyDir of this size there and request "
+        "it as ephemeral-storage",
+        maximum=1_000_000,
+    )
 
 
 @dataclass(frozen=True)
@@ -477,6 +495,12 @@ def check_rules(cfg: RunConfig) -> None:
     if len(set(names)) != len(names):
         raise SchemaError("data.sources", f"source names must be unique; got {names}")
     _check_benchmarks(cfg.eval.benchmarks)
+    if (cfg.storage.scratch is None) != (cfg.storage.scratch_gib == 0):
+        raise SchemaError(
+            "storage.scratch_gib" if cfg.storage.scratch else "storage.scratch",
+            "storage.scratch (a path) and storage.scratch_gib (its size, > 0) go together; "
+            f"got scratch={cfg.storage.scratch!r}, scratch_gib={cfg.storage.scratch_gib}",
+        )
     if cfg.storage.uri.startswith("memory://"):
         raise SchemaError("storage.uri", "memory:// lives in one process; Ray workers need s3:// or file://")
     if not cfg.storage.uri.startswith(STORAGE_SCHEMES):

@@ -145,3 +145,14 @@ def _packing_ratio() -> dict:
 def test_quoted_figures_match_their_result_files(check: str) -> None:
     page, pattern, expected = CHECKS[check]
     assert _quoted(page, pattern) == expected()
+
+
+def test_the_async_checkpoint_figures_are_the_bench_result() -> None:
+    rows = (ROOT / "bench" / "results" / "checkpoint_cpu.jsonl").read_text().splitlines()
+    summary = next(r for r in map(json.loads, rows) if r.get("summary"))
+    sync, stall, ratio = _quoted(
+        "docs/storage.md", r"\| training stall per save \| ([\d.]+) s \| ([\d.]+) s \(([\d.]+) of sync"
+    )
+    assert float(sync) == round(summary["sync_stall_s"], 1)
+    assert float(stall) == round(summary["async_stall_s"], 2)
+    assert float(ratio) == round(summary["stall_ratio"], 3) and summary["goal_met"]

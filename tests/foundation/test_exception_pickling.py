@@ -15,6 +15,7 @@ import pkgutil
 import pytest
 
 from sphinxx.evals.formats import FormatError
+from sphinxx.jobs.checkpoint.background import CheckpointSaveError
 from sphinxx.jobs.data.format import BadRecordError
 from sphinxx.jobs.data.loader import TooManyBadRecordsError
 from sphinxx.jobs.data.template import SampleTooLongError
@@ -43,6 +44,7 @@ EXAMPLES: list[BaseException] = [
     Preempted(6, "SIGTERM"),
     Resized(9, "room for 1 more worker(s) beside 1"),
     StopRequested(3, "a planned stop"),
+    CheckpointSaveError(8, "StorageAccessError: upload of optim/rank-00001.pt: permanent error"),
     PreemptionsExhausted(21, 20),
     BadRecordError("invalid_record", "s3://b/shard-0.jsonl:3", "no conversations"),
     TooManyBadRecordsError("12 of 100 records unreadable"),

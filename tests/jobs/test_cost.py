@@ -125,3 +125,57 @@ def test_sweep_plan_cost_on_the_tiny_sweep(tmp_path: Path) -> None:
     )  # global batch 4, seq_len 1024 (examples/sweeps/tiny.yaml)
     assert out["total"]["gpu_hours"] == pytest.approx(sum(c["flops"] for c in costs) / (0.5 * 312e12) / 3600)
     assert f"{out['total']['tokens']:,}" in total
+    # Each point's checkpoint: its size, snapshot memory and upload time at the stated bandwidth.
+    assert all(c["checkpoint"]["bytes_per_save"] > 0 for c in costs)
+    slow = _plan(tmp_path, "--cost", "--upload-gb-per-s", "0.25")
+    assert slow.stdout.count("per save at 0.25 GB/s per rank") == 4, slow.stdout
+
+
+def test_checkpoint_size_matches_the_files_a_save_writes(tmp_path) -> None:
+    """`jobs.checkpoint_size` against the bytes the Checkpointer actually commits for the tiny
+    debug model (fp32, plain AdamW: weights + m + v, frozen towers left out as when loaded)."""
+    import torch
+
+    from sphinxx.jobs.checkpoint import Checkpointer, RunState
+    from sphinxx.jobs.checkpoint_size import checkpoint_size, describe
+    from sphinxx.jobs.context import Worker
+    from sphinxx.jobs.run_memory import run_memory, setup_from_run
+    from sphinxx.storage import CheckpointStore
+    from tests.jobs._tiny import run_model, tiny_run_config
+
+    cfg = tiny_run_config("debug", 0, 1, tmp_path.as_uri())
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="fp32"))
+    model, _ = run_model(cfg, Worker(rank=0, world_size=1))
+    model = model.float()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable)
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # creates m and v
+    frozen = tuple(n for n, p in model.named_parameters() if not p.requires_grad)
+    store = CheckpointStore(tmp_path.as_uri(), "size")
+    Checkpointer(store, model, optimizer, 0, 1, skip_prefixes=frozen).save(RunState(1, {}, {}), {}, {})
+    written = sum(f.size for f in store.latest().manifest.files)
+    size = checkpoint_size(run_memory(cfg, setup_from_run(cfg)), upload_gb_per_s=2.0)
+    assert size["bytes_per_save"] == size["bytes_per_rank"]  # one rank writes everything
+    # Beyond the tensors' bytes only the files' own overhead: zip records, names, RNG state, JSON.
+    assert 0 <= written - size["bytes_per_save"] < 64 * 1024, (size, written)
+    assert size["upload_seconds"] == pytest.approx(size["bytes_per_rank"] / 2e9)
+    assert size["snapshot_host_bytes_per_rank"] > size["bytes_per_rank"]
+    assert "at 2 GB/s per rank" in describe(size)
+
+
+def test_mixtral_checkpoint_is_the_issue_figure() -> None:
+    """Mixtral-8x7B, bf16, ZeRO-2: 14 bytes per parameter (bf16 weights + fp32 master, m and v),
+    about 610 GiB per save (46.7B parameters, its published count)."""
+    from sphinxx.jobs.checkpoint_size import GIB, checkpoint_size, describe
+    from sphinxx.jobs.run_memory import flavor_run_config, run_memory, setup_from_run
+
+    cfg = flavor_run_config("mixtral-8x7b")
+    setup = dataclasses.replace(setup_from_run(cfg), world_size=16, ep_size=8, zero_stage=2, precision="bf16")
+    size = checkpoint_size(run_memory(cfg, setup))
+    # docs/training.md quotes the line `sphinxx model info mixtral-8x7b --world-size 16 --ep-size 8` prints.
+    assert describe(size) in (REPO / "docs" / "training.md").read_text()
+    assert 600 < size["bytes_per_save"] / GIB < 620
+    # Rank 0 writes its eighth of the experts' weights and a sixteenth of the rest.
+    assert size["bytes_per_save"] / 16 < size["bytes_per_rank"] < size["bytes_per_save"] / 8

@@ -65,7 +65,14 @@ def test_two_workers_learn_survive_a_killed_worker_and_an_mlflow_outage_in_one_m
         parallel={"max_failures": 1},
     )
     job = Job(tmp_path, name, cfg, job_env).start(extra_env={"SPHINXX_SAMPLE_TRACE": str(trace)})
-    wait_until(lambda: [r for r in read_traces(trace) if r["step"] >= interval + 1], 300, "step 6", job)
+    # Past the first commit: step 4's save commits in the background (train.async_save) while
+    # steps 5, 6, ... train, so wait for the commit itself too.
+    wait_until(
+        lambda: _committed(storage, name) and [r for r in read_traces(trace) if r["step"] >= interval + 1],
+        300,
+        "step 6 and the first commit",
+        job,
+    )
     before = read_traces(trace)
     victim = next(r["pid"] for r in before if r["rank"] == 1)
     committed_before = max(_committed(storage, name))

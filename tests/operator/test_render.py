@@ -176,6 +176,32 @@ def test_worker_grace_period_and_stop_hook_follow_the_run_config() -> None:
     assert render.STOP_FILE == preemption.DEFAULT_STOP_FILE
 
 
+def test_checkpoint_scratch_is_mounted_and_requested_only_when_set() -> None:
+    """storage.scratch: an emptyDir of storage.scratch_gib at that path, requested as ephemeral
+    storage, on the workers only; without it the pods ask for no disk (checkpoints stream from memory)."""
+    spec = _spec("debug")
+    plain = _render("debug")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert "ephemeral-storage" not in plain["containers"][0]["resources"]["requests"]
+    spec["config"]["storage"] = {**spec["config"]["storage"], "scratch": "/mnt/ckpt", "scratch_gib": 64}
+    parsed, cfg = validate_run("scratch", spec)
+    job = render_rayjob(_attempt("scratch"), parsed, cfg)
+    _matches_golden(job, "rayjob-checkpoint-scratch.yaml")
+    cluster = job["spec"]["rayClusterSpec"]
+    pod = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "sphinxx-checkpoint-scratch"]
+    assert volume["emptyDir"] == {"sizeLimit": "64Gi"}
+    (worker,) = pod["containers"]
+    assert {"name": "sphinxx-checkpoint-scratch", "mountPath": "/mnt/ckpt"} in worker["volumeMounts"]
+    assert worker["resources"]["requests"]["ephemeral-storage"] == "64Gi"
+    assert worker["resources"]["limits"]["ephemeral-storage"] == "64Gi"
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert "ephemeral-storage" not in head["containers"][0]["resources"]["requests"]
+    # The path and its size go together (admission names the field).
+    spec["config"]["storage"].pop("scratch_gib")
+    with pytest.raises(Exception, match="storage.scratch_gib"):
+        validate_run("scratch", spec)
+
+
 # One golden RayJob per pod setting: a GPU size (8 GPUs per pod) with that setting alone.
 POD_SETTINGS = {
     "shm-size": {"shmSize": "96Gi"},

@@ -216,6 +216,7 @@ def test_every_uri_field_of_a_spec_carries_the_marker() -> None:
         "data.sources[].uri": STORAGE,
         "data.tokenizer": STORAGE,
         "storage.uri": STORAGE,
+        "eval.benchmarks.tasks[].uri": STORAGE,
         "tracking.uri": TRACKING,
     }
 

@@ -43,7 +43,8 @@ class Rule:
     the connection), "lose_response" (forward, then answer 500 instead of the
     real response), "cut_body" (forward, announce the whole body, send half of it,
     then drop the connection), "strip_header" (forward without `header`), "delay"
-    (hold `stall_s`, then forward: a slow store).
+    (hold `stall_s`, then forward: a slow store; with `release`, only until that event is set:
+    the test decides when the store answers).
     """
 
     action: str
@@ -54,6 +55,7 @@ class Rule:
     status: int = 503
     code: str = "SlowDown"
     stall_s: float = 3.0
+    release: threading.Event | None = None
     hits: int = field(default=0, init=False)
 
     def matches(self, method: str, path: str, headers: dict[str, str]) -> bool:
@@ -155,7 +157,10 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             if action == "delay":
-                time.sleep(rule.stall_s)
+                if rule.release is not None:
+                    rule.release.wait(rule.stall_s)
+                else:
+                    time.sleep(rule.stall_s)
             drop = rule.header.lower() if rule and action == "strip_header" else None
             proxy.enter()
             try:
