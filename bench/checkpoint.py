@@ -111,7 +111,7 @@ def one_save(mode: str, index: int, ckpt: Checkpointer, model, load, iters: int,
         "mode": mode,
         "save": index,
         "stall_s": round(stall, 4),
-        "commit_s": round(commit, 3),
+        "commit_s": round(commit, 4),  # as many places as stall_s: commit >= stall holds rounded too
         "steps_during_commit": len(busy_steps),
         "step_s_during_commit": round(statistics.median(busy_steps), 4) if busy_steps else None,
         "step_s_idle": round(statistics.median(idle_steps), 4),

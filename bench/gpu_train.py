@@ -335,6 +335,7 @@ class Bench:
             frozen_params=counts["frozen"],
             num_params=model_sizes(model)["num_params"],
             flops_per_position_6n=flops.per_token,
+            flops_per_target_lm_head=flops.per_target,
             flops_attention_per_squared_length_12ld=flops.per_squared_length,
             flops_projector_per_image_position=flops.per_image_token,
             flops_towers_per_view=flops.per_view,
@@ -348,7 +349,11 @@ class Bench:
 
     def step(self, step: int, wall: float, phases: dict[str, float], stats, metrics: dict[str, Any]) -> None:
         flops = self.flops
-        llm = flops.per_token * stats.tokens + flops.per_squared_length * stats.squared_lengths
+        llm = (
+            flops.per_token * stats.tokens
+            + flops.per_target * stats.targets
+            + flops.per_squared_length * stats.squared_lengths
+        )
         total = flops.step_flops(stats)
         row = {
             "step": step,

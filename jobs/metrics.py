@@ -183,22 +183,27 @@ def expert_load(model: torch.nn.Module) -> dict[str, float]:
 class FlopModel:
     """Model FLOPs of a training step from what it processed, and the peak they are measured against.
 
-    step FLOPs = per_token * positions + per_squared_length * sum(T^2 over sequences)
+    step FLOPs = per_token * positions + per_target * target positions
+               + per_squared_length * sum(T^2 over sequences)
                + per_image_token * image positions + per_view * encoded views
 
     with T each sequence's real length (text, image and skip positions; padding excluded), so a
     batch of short sequences is not credited with attention at the configured `seq_len`.
     """
 
-    per_token: float  # LLM training FLOPs per position without attention: 6 N
+    per_token: float  # LLM training FLOPs per position without attention or the LM head: 6 (N - head)
     per_squared_length: float  # attention training FLOPs per (position x its sequence's length): 12 L d
     per_image_token: float  # projector training FLOPs per image position
     per_view: float  # frozen towers' forward FLOPs per encoded view
     peak: Peak  # per device
+    per_target: float = (
+        0.0  # the LM head's training FLOPs, 6 x its parameters: the loop applies it at targets only
+    )
 
     def step_flops(self, stats: StepStats) -> float:
         return (
             self.per_token * stats.tokens
+            + self.per_target * stats.targets
             + self.per_squared_length * stats.squared_lengths
             + self.per_image_token * stats.image_tokens
             + self.per_view * stats.views
@@ -219,8 +224,10 @@ def flop_model(model: Any, device: str) -> FlopModel:
     meta = meta_sphinx(model.args)
     counts = parameter_counts(meta)
     cost = flops(meta, counts, model.args.llm.max_seq_len)
+    head = cost["llm_lm_head_share_per_token"]
     return FlopModel(
-        per_token=cost["llm_train_per_token_params_part"],
+        per_token=cost["llm_train_per_token_params_part"] - head,
+        per_target=head,
         per_squared_length=cost["llm_attention_per_squared_length"],
         per_image_token=cost["projector_train_per_image_token"],
         per_view=cost["vision_forward_per_view"],

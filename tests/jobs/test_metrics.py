@@ -220,9 +220,14 @@ def test_step_flops_of_a_batch_with_known_lengths_by_hand() -> None:
     six_n = 6 * _decoder_params_by_hand(a)
     attention = 12 * a.n_layers * a.dim
     projector = 4 * _multimodal_params(model, tags=0)
-    assert (flops.per_token, flops.per_squared_length, flops.per_image_token) == (six_n, attention, projector)
+    head = 6 * model.llm.output.weight.numel()  # applied at the targets only
+    assert (flops.per_token, flops.per_target) == (six_n - head, head)
+    assert (flops.per_squared_length, flops.per_image_token) == (attention, projector)
     expected = (
-        sum(six_n * t + attention * t * t for t in lengths) + projector * image_tokens + 3 * flops.per_view
+        sum((six_n - head) * t + attention * t * t for t in lengths)
+        + head * stats.targets
+        + projector * image_tokens
+        + 3 * flops.per_view
     )
     assert flops.step_flops(stats) == expected
     # At the configured seq_len every position would be credited 12 L d * 2048 of attention.
