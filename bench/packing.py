@@ -35,15 +35,7 @@ def _config(synth, args):
 
     return load_config(
         preset="debug",
-        data={
-            "data": {
-                "tokenizer": synth.tokenizer_uri,
-                "sources": [
-                    {"name": n, "uri": f"{synth.root}/{n}", "domain": m.domain}
-                    for n, m in synth.manifests.items()
-                ],
-            }
-        },
+        data={"data": synth.data_section()},
         overrides=[
             "storage.uri=file:///tmp/unused",
             f"data.seq_len={args.seq_len}",

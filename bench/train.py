@@ -39,15 +39,7 @@ def _config(synth, zero_stage: int, skip: bool, world: int):
 
     return load_config(
         preset="debug",
-        data={
-            "data": {
-                "tokenizer": synth.tokenizer_uri,
-                "sources": [
-                    {"name": n, "uri": f"{synth.root}/{n}", "domain": m.domain}
-                    for n, m in synth.manifests.items()
-                ],
-            }
-        },
+        data={"data": synth.data_section()},
         overrides=[
             "storage.uri=file:///tmp/unused",
             "data.seq_len=2048",

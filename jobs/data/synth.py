@@ -20,6 +20,7 @@ import os
 import random
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -42,6 +43,13 @@ class SynthResult:
     tokenizer_uri: str
     config_uri: str
     vocab_size: int
+
+    def data_section(self) -> dict[str, Any]:
+        """The run config's `data` section that reads this set: its tokenizer and every source."""
+        sources = [
+            {"name": n, "uri": f"{self.root}/{n}", "domain": m.domain} for n, m in self.manifests.items()
+        ]
+        return {"tokenizer": self.tokenizer_uri, "sources": sources}
 
 
 def split_size(size: int) -> list[int]:

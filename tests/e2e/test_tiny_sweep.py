@@ -401,9 +401,9 @@ def test_a_running_points_status_moves_with_an_eta_before_its_first_checkpoint(s
     first_commit = scenario.committed_before_kill[0]
     steps = sorted({p["step"] for p in scenario.live})
     # It moved before its first commit was visible: at least two steps seen while no checkpoint was
-    # committed (the record of the commit's own step is written as that step is logged, just before
-    # the save, so it may be one of them; how many are seen depends on the machine's load).
-    assert len(steps) >= 2 and steps[0] < first_commit and steps[-1] <= first_commit, (steps, first_commit)
+    # committed, the first of them before the commit's step (the save is asynchronous, so training
+    # goes on past that step while the commit uploads; how many are seen depends on the load).
+    assert len(steps) >= 2 and steps[0] < first_commit, (steps, first_commit)
     for p in scenario.live:
         assert p["totalSteps"] > p["step"] > 0 and p["tokensPerSecond"] > 0 and math.isfinite(p["loss"])
         assert p["etaSeconds"] > 0 and re.fullmatch(r"\d+:\d\d:\d\d", p["eta"]) and p["attempt"] == 1
