@@ -100,12 +100,17 @@ def _legend(ax: Any, title: str) -> None:
 
 def plot_png(points: Sequence[Point], result: ScalingFit, title: str = "SPHINX-X scaling sweep") -> bytes:
     """The sweep's figure, PNG bytes."""
+    return _png(lambda: figure(points, result, title))
+
+
+def _png(draw: Any) -> bytes:
+    """PNG bytes of the figure `draw()` returns (the Agg backend: no display needed), then closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = figure(points, result, title)
+    fig = draw()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
@@ -268,16 +273,7 @@ C_LABEL = "training compute C = 6 N D (FLOPs)"
 
 def benchmark_png(points: Sequence[ScorePoint], trend: BenchmarkTrend, title: str = "") -> bytes:
     """One benchmark's figure, PNG bytes: see `benchmark_figure`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = benchmark_figure(points, trend, title)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(lambda: benchmark_figure(points, trend, title))
 
 
 def benchmark_figure(points: Sequence[ScorePoint], trend: BenchmarkTrend, title: str = "") -> Any:
