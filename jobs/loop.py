@@ -203,8 +203,9 @@ def capacity_watch(parallel: ParallelConfig, worker: Worker) -> CapacityWatch:
                 f"[sphinxx] the resize left {worker.world_size} worker(s): no more looks for room", flush=True
             )
     return CapacityWatch(
-        probe, per_worker, worker.world_size, parallel.max_workers, float(parallel.resize_check_seconds)
-    )
+        probe, per_worker, worker.world_size, parallel.max_workers,
+        every_s=float(parallel.resize_check_seconds), settle_s=float(parallel.resize_settle_seconds),
+    )  # fmt: skip
 
 
 def open_store(run_id: str, storage: StorageConfig, worker: Worker) -> CheckpointStore:

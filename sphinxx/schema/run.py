@@ -211,6 +211,11 @@ class ParallelConfig:
     resize_check_seconds: int = count(30, "with min_workers < max_workers, how often rank 0 looks for room "
                                           "for more workers, to commit and restart bigger; 0: never",
                                       maximum=86_400)  # fmt: skip
+    resize_settle_seconds: int = count(30, "how long room for more workers must last before the job "
+                                           "stops to grow; below 20 s a segment can start before Ray "
+                                           "Train counts a node that just joined (it re-reads nodes "
+                                           "every 20 s) and restart at the old size",
+                                       maximum=86_400)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,27 @@ def test_the_watch_looks_when_due_and_only_while_the_group_can_grow() -> None:
     assert not flaky.room()  # a failed look never stops training
 
 
+def test_room_counts_once_it_has_lasted_the_settle_window(capsys) -> None:
+    now, free = [0.0], [{"CPU": 1.0}]
+    watch = CapacityWatch(
+        lambda: free[0], {"CPU": 1}, world_size=1, max_workers=2, every_s=5, settle_s=20, clock=lambda: now[0]
+    )
+    now[0] = 5
+    assert not watch.room() and watch.room_since == 5  # first seen: the window starts
+    assert "growing once it has lasted 20 s" in capsys.readouterr().out
+    now[0] = 20
+    assert not watch.room()  # 15 s of room
+    free[0] = {"CPU": 0.0}
+    now[0] = 25
+    assert not watch.room() and watch.room_since is None  # gone: the window starts again
+    free[0] = {"CPU": 1.0}
+    for t in (30, 35, 40, 45):
+        now[0] = t
+        assert not watch.room()
+    now[0] = 50
+    assert watch.room() and watch.seen == 1  # seen at every look from 30 to 50
+
+
 @pytest.mark.parametrize(
     ("mine", "peers", "expected"),
     [(0.0, 0.0, None), (1.0, 0.0, "resize"), (0.0, VOTE_GROW, "resize"), (1.0, VOTE_STOP, "preempted")],
