@@ -141,7 +141,7 @@ def _preempt(job: Job, trace: Path, stop_file: Path, store: CheckpointStore, aft
 def test_two_preemptions_of_one_point_with_max_failures_1_still_finish(
     tmp_path, synth, s3_bucket, mlflow_server, job_env
 ) -> None:
-    storage, name, steps = f"s3://{s3_bucket}/runs", "preempted-twice", 30
+    storage, name, steps = f"s3://{s3_bucket}/runs", "preempted-twice", 60
     trace, stop_file = tmp_path / "trace", tmp_path / "pod" / "sphinxx-stop"
     cfg = tiny_config(
         synth, name, storage, mlflow_server.tracking_uri,
