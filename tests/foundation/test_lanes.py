@@ -1,4 +1,4 @@
-"""`make test` runs the suite as three concurrent pytest lanes (.ci/test_lanes.sh): every test
+"""`make test` runs the suite as five concurrent pytest lanes (.ci/test_lanes.sh): every test
 collected exactly once, in one lane, and the script's exit status is the lanes'."""
 
 from __future__ import annotations
@@ -23,54 +23,58 @@ def _lanes(tmp_path: Path, bin_dir: Path, *args: str) -> subprocess.CompletedPro
     )
 
 
+LANES = ("e2e", "jobs", "training", "operator")
+
+
 def test_the_lanes_collect_every_test_exactly_once(tmp_path: Path) -> None:
     done = _lanes(tmp_path, Path(sys.executable).parent, "-p", "no:cacheprovider", "--collect-only", "-q")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    e2e = NODE.findall((tmp_path / "test-lane-e2e.log").read_text())
-    training = NODE.findall((tmp_path / "test-lane-training.log").read_text())
-    rest = NODE.findall(done.stdout.split("=== training lane")[0])
-    assert e2e and training and rest
-    lanes = [set(e2e), set(training), set(rest)]
+    named = {lane: NODE.findall((tmp_path / f"test-lane-{lane}.log").read_text()) for lane in LANES}
+    rest = NODE.findall(done.stdout.split("=== e2e lane")[0])
+    assert rest and all(named.values())
+    lanes = [set(rest), *(set(nodes) for nodes in named.values())]
     assert all(not a & b for i, a in enumerate(lanes) for b in lanes[i + 1 :])
     # Every test file of the suite is collected, each in exactly one lane.
     files = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")}
     by_lane = [{n.split("::")[0] for n in lane} for lane in lanes]
     assert set().union(*by_lane) == files, sorted(files ^ set().union(*by_lane))
     assert sum(len(f) for f in by_lane) == len(files)
-    assert all(n.startswith(("tests/e2e/", "tests/jobs/")) for n in e2e)
-    assert any(n.startswith("tests/e2e/test_tiny_sweep.py") for n in e2e)
-    assert all(n.startswith("tests/jobs/") for n in training)
+    assert all(n.startswith("tests/e2e/") for n in named["e2e"])
+    assert any(n.startswith("tests/e2e/test_tiny_sweep.py") for n in named["e2e"])
+    assert all(n.startswith("tests/jobs/") for n in named["jobs"] + named["training"])
+    assert all(n.startswith("tests/operator/") for n in named["operator"])
 
 
 @pytest.mark.parametrize(
-    ("e2e", "training", "rest", "expected"),
+    ("codes", "expected"),
     [
-        (0, 0, 0, 0),
-        (1, 0, 0, 1),
-        (0, 1, 0, 1),
-        (0, 0, 1, 1),
-        (0, 2, 0, 2),
-        (5, 0, 0, 0),
-        (0, 5, 5, 0),
-        (5, 5, 5, 5),
-        (5, 1, 5, 1),
+        ((0, 0, 0, 0, 0), 0),
+        ((1, 0, 0, 0, 0), 1),
+        ((0, 0, 1, 0, 0), 1),
+        ((0, 0, 0, 0, 1), 1),
+        ((0, 0, 2, 0, 0), 2),
+        ((5, 0, 0, 0, 0), 0),
+        ((0, 5, 5, 5, 5), 0),
+        ((5, 5, 5, 5, 5), 5),
+        ((5, 5, 1, 5, 3), 3),  # the rest lane is printed (and counted) first
     ],
 )
-def test_the_exit_status_is_a_failing_lanes(
-    tmp_path: Path, e2e: int, training: int, rest: int, expected: int
-) -> None:
+def test_the_exit_status_is_a_failing_lanes(tmp_path: Path, codes: tuple[int, ...], expected: int) -> None:
     # Only the exit codes are under test here, so each lane is a one-line `pytest` that exits with
-    # the status given for it (recognised by the first path on its command line).
+    # the status given for it (recognised by the first path on its command line); codes are for
+    # e2e, jobs, training, operator and the rest.
+    e2e, jobs, training, operator, rest = codes
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pytest"
     fake.write_text(
         "#!/bin/sh\n"
-        f'case " $* " in *" tests/e2e "*) exit {e2e};; *" tests/jobs/test_train.py "*) exit {training};; '
+        f'case " $* " in *" tests/e2e "*) exit {e2e};; *" tests/jobs/test_resize.py "*) exit {jobs};; '
+        f'*" tests/jobs/test_train.py "*) exit {training};; *" tests/operator "*) exit {operator};; '
         f"*) exit {rest};; esac\n"
     )
     fake.chmod(0o755)
     done = _lanes(tmp_path, bin_dir)
     assert done.returncode == expected, done.stdout
-    assert f"rest rc={rest}" in done.stdout and f"training rc={training}" in done.stdout
-    assert f"e2e rc={e2e}" in done.stdout
+    for lane, code in zip(("e2e", "jobs", "training", "operator", "rest"), codes, strict=True):
+        assert f"{lane} rc={code}" in done.stdout

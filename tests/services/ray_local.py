@@ -17,6 +17,9 @@ def start_ray(temp_dir: str) -> str:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     context = ray.init(
         num_cpus=4,  # logical CPUs: lets two training workers plus a driver task fit on 2 real cores
+        # Five lanes each start a Ray (.ci/test_lanes.sh); Ray's default store is 30% of RAM each.
+        # Tests pass results and checkpoint pointers through it, never tensors.
+        object_store_memory=1 << 30,
         include_dashboard=False,
         _temp_dir=temp_dir,
         configure_logging=False,
