@@ -38,8 +38,12 @@ a thread that overwrites its `progress.json` every `--write-interval` seconds (t
 API requests by verb, the status PATCHes of TrainingRuns and of the sweep, and the operator's S3
 requests split into progress-record GETs and the checkpoint reads it made before this feature
 (the baseline: `progress_vs_checkpoint_reads` is the ratio, measured in the same window); how old
-each point's `status.progress` is at the end; then the same counts over a `--quiet-window` after
-the writers stop and every status shows the last record (nothing changes: no PATCH).
+each point's `status.progress` is at the end; how often each point's status took a new record
+(`status_refresh_gap_max`: the longest time between two changes of a point's `status.progress`
+that a watch saw, the goal being at most a minute); then the same counts over a
+`--quiet-window` after the writers stop and every status shows the last record (nothing changes:
+no PATCH; the operator's stale threshold is set beyond the bench, `--progress-stale`, since a
+record that stops moving turns `Stale` once per point, a PATCH and an event each).
 """
 
 from __future__ import annotations
@@ -313,6 +317,10 @@ def main() -> int:
     parser.add_argument(
         "--checkpoint-read-interval", type=float, default=60,
         help="--live: the operator's SPHINXX_CHECKPOINT_READ_INTERVAL (0: list checkpoints on every pass)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress-stale", type=float, default=3600,
+        help="--live: the operator's SPHINXX_PROGRESS_STALE (default beyond the bench's windows)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.live:

@@ -107,6 +107,42 @@ def _steps(api: Any) -> set[int | None]:
     return {((r.get("status") or {}).get("progress") or {}).get("step") for r in runs}
 
 
+class Refreshes:
+    """When each point's `status.progress` changed, as a watch on the TrainingRuns sees it."""
+
+    def __init__(self, api: Any):
+        self.api, self.seen = api, {}
+        self.changes: dict[str, list[float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        from kubernetes import watch
+
+        group = ("sphinxx.dev", "v1alpha1", NS, "trainingruns")
+        version = self.api.list_namespaced_custom_object(*group)["metadata"]["resourceVersion"]
+        while not self.stop.is_set():
+            stream = watch.Watch().stream(
+                self.api.list_namespaced_custom_object, *group, resource_version=version, timeout_seconds=5
+            )
+            for event in stream:
+                obj = event["object"]
+                version = obj["metadata"]["resourceVersion"]
+                stamp = ((obj.get("status") or {}).get("progress") or {}).get("updatedAt")
+                name = obj["metadata"]["name"]
+                if stamp and self.seen.get(name) != stamp:
+                    self.seen[name] = stamp
+                    self.changes.setdefault(name, []).append(time.monotonic())
+
+    def gaps(self, since: float, until: float) -> list[float]:
+        """Per point, the longest stretch of [since, until] without a change of its progress."""
+        out = []
+        for name in self.seen:
+            times = [since, *(t for t in self.changes.get(name, []) if since < t < until), until]
+            out.append(max(b - a for a, b in zip(times, times[1:], strict=False)))
+        return out
+
+
 def _start(workdir: Path, args: Any) -> tuple[Any, Any, Any, Path]:
     recording = workdir / "moto-recording.jsonl"
     moto_env = {"MOTO_ENABLE_RECORDING": "1", "MOTO_RECORDER_FILEPATH": str(recording)}
@@ -117,6 +153,7 @@ def _start(workdir: Path, args: Any) -> tuple[Any, Any, Any, Path]:
         "SPHINXX_SWEEP_INTERVAL": str(args.run_interval),
         "SPHINXX_PROGRESS_INTERVAL": str(args.progress_interval),
         "SPHINXX_CHECKPOINT_READ_INTERVAL": str(args.checkpoint_read_interval),
+        "SPHINXX_PROGRESS_STALE": str(args.progress_stale),
     }
     op = start_operator(workdir / "operator", kube, env={**s3.env, **intervals})
     return s3, kube, op, recording
@@ -165,10 +202,14 @@ def live(args: Any, emit: Any, wait_until: Any, models: list[str]) -> int:
         jobs.thread.start()
         # Warm-up: every point shows a progress record (one read interval after the first writes).
         wait_until(lambda: max(_ages(api)) < 1e8, args.timeout)
+        refreshes = Refreshes(api)
+        refreshes.thread.start()
+        time.sleep(args.progress_interval + args.run_interval)  # the watch has seen each point once
         _recorded(s3.endpoint_url, recording)
-        before = kube.request_totals()
+        before, since = kube.request_totals(), time.monotonic()
         time.sleep(args.live_window)
-        api_live = _patches(kube, before, kube.request_totals())
+        api_live, until = _patches(kube, before, kube.request_totals()), time.monotonic()
+        refreshes.stop.set()
         s3_live = _recorded(s3.endpoint_url, recording)
         ages = _ages(api)
         _emit_window(emit, "live", api_live, s3_live, args.live_window, total)
@@ -179,6 +220,9 @@ def live(args: Any, emit: Any, wait_until: Any, models: list[str]) -> int:
         emit("status_progress_age_max", max(ages), "s", points=total,
              median=round(statistics.median(ages), 1), write_interval=args.write_interval,
              progress_interval=args.progress_interval)  # fmt: skip
+        gaps = refreshes.gaps(since, until)
+        emit("status_refresh_gap_max", max(gaps), "s", points=total, median=round(statistics.median(gaps), 1),
+             seen=len(gaps), window_s=args.live_window, goal_s=60)  # fmt: skip
 
         jobs.stop.set()
         jobs.thread.join()

@@ -35,4 +35,7 @@ def test_live_bench_counts_bounded_reads_and_no_idle_writes() -> None:
     assert lines["live_status_patches"]["value"] > 0  # the records moved: status followed
     assert lines["quiet_status_patches"]["value"] == 0  # nothing changed: nothing written
     assert lines["status_progress_age_max"]["value"] < 60  # every point refreshed within a minute
+    # Each point's status took a new record every ~2-3 s (read interval + a tick), as a watch saw.
+    gaps = lines["status_refresh_gap_max"]
+    assert gaps["seen"] == 4 and 0 < gaps["value"] < 10
     assert lines["progress_vs_checkpoint_reads"]["value"] > 0
