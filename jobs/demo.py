@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir)
     data_dir = workdir / "data"
     started = time.monotonic()
-    if not (data_dir / "data.yaml").exists():
+    if not ((data_dir / "data.yaml").exists() and (data_dir / "bench").exists()):
         print(
             f"[demo] writing the synthetic multimodal set ({args.size} records) to {data_dir} ...", flush=True
         )

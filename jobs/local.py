@@ -106,6 +106,8 @@ def local_defaults(storage_uri: str, tracking_uri: str) -> Callable[[dict[str, A
         if not str(storage.get("uri", "")).startswith("s3://"):
             storage["uri"] = storage_uri
         config["data"] = _absolute_local_paths(config.get("data") or {})
+        if isinstance(config.get("eval"), dict):
+            config["eval"] = _absolute_task_paths(config["eval"])
         return {**spec, "config": config}
 
     return apply
@@ -118,27 +120,37 @@ def plan(
     return plan_points(name, raw, local_defaults(storage_uri, tracking_uri))
 
 
+def _absolute(uri: Any) -> Any:
+    """A relative path made absolute from here; a path the URI rule refuses (`../data`:
+    `sphinxx.schema.uris`) is left as written, so admission names it as it would on a cluster
+    instead of resolving it away."""
+    if isinstance(uri, str) and uri and "://" not in uri and not uri.startswith("/"):
+        return uri if uri_problem(uri, STORAGE) else str(Path(uri).resolve())
+    return uri
+
+
 def _absolute_local_paths(data: dict[str, Any]) -> dict[str, Any]:
     """Relative data paths in a sweep file mean "from where I ran the command".
 
-    Ray Train workers run in their own working directory, so they are made absolute here. A path
-    the URI rule refuses (`../data`: `sphinxx.schema.uris`) is left as written, so admission names
-    it as it would on a cluster instead of resolving it away.
+    Ray Train workers run in their own working directory, so they are made absolute here.
     """
-
-    def fix(uri: Any) -> Any:
-        if isinstance(uri, str) and uri and "://" not in uri and not uri.startswith("/"):
-            return uri if uri_problem(uri, STORAGE) else str(Path(uri).resolve())
-        return uri
-
     out = dict(data)
     if "tokenizer" in out:
-        out["tokenizer"] = fix(out["tokenizer"])
+        out["tokenizer"] = _absolute(out["tokenizer"])
     if isinstance(out.get("sources"), list):
         out["sources"] = [
-            {**s, "uri": fix(s.get("uri"))} if isinstance(s, dict) else s for s in out["sources"]
+            {**s, "uri": _absolute(s.get("uri"))} if isinstance(s, dict) else s for s in out["sources"]
         ]
     return out
+
+
+def _absolute_task_paths(section: dict[str, Any]) -> dict[str, Any]:
+    """The `eval` section with relative benchmark task files made absolute, as the data paths."""
+    bench = section.get("benchmarks")
+    if not isinstance(bench, dict) or not isinstance(bench.get("tasks"), list):
+        return section
+    tasks = [{**t, "uri": _absolute(t.get("uri"))} if isinstance(t, dict) else t for t in bench["tasks"]]
+    return {**section, "benchmarks": {**bench, "tasks": tasks}}
 
 
 def parse_summary(lines: list[str]) -> dict[str, Any] | None:

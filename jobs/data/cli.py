@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(group_parser=parser)
     sub = parser.add_subparsers(metavar="SUBCOMMAND")
 
-    synth = sub.add_parser("synth", help="write the synthetic multimodal set and its tokenizer")
+    synth = sub.add_parser(
+        "synth", help="write the synthetic multimodal set, its tokenizer and its benchmark task files"
+    )
     synth.add_argument("out", metavar="OUT_URI", help="folder or s3:// prefix to write")
     synth.add_argument("--size", type=int, required=True, help="records in total over all sources")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
@@ -114,6 +116,8 @@ def _synth(args: argparse.Namespace) -> int:
         )
     print(f"tokenizer: {result.tokenizer_uri} ({result.vocab_size} ids)")
     print(f"config:    {result.config_uri}")
+    for name, uri in result.benchmarks.items():
+        print(f"benchmark: {uri} ({name})")
     return 0
 
 

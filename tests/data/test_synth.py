@@ -34,7 +34,10 @@ def files(root: Path) -> dict[str, bytes]:
 def test_same_seed_same_bytes_other_seed_other_data(synth_root: Path, tmp_path: Path) -> None:
     write_synth(str(tmp_path / "again"), SYNTH_SIZE, seed=0, records_per_shard=4)
     a, b = files(synth_root), files(tmp_path / "again")
-    a.pop("data.yaml"), b.pop("data.yaml")  # it names its own location
+    a.pop("data.yaml"), b.pop("data.yaml")  # it names its own location, and so do the task files
+    for name in [n for n in a if n.startswith("bench/") and n.endswith(".jsonl")]:
+        here, there = synth_root.as_uri(), (tmp_path / "again").as_uri()
+        assert a.pop(name).decode().replace(here, there) == b.pop(name).decode(), name
     assert a == b
     write_synth(str(tmp_path / "other"), SYNTH_SIZE, seed=1, records_per_shard=4)
     assert records(synth_root, "synth-math") != records(tmp_path / "other", "synth-math")
@@ -118,6 +121,7 @@ def test_cli_synth_then_inspect_reports_nested_counts(tmp_path: Path, capsys) ->
     )
     assert result.returncode == 0, result.stderr
     assert "synth-ocr" in result.stdout and "tokenizer:" in result.stdout
+    assert f"benchmark: {(out / 'bench' / 'synth_box.jsonl').as_uri()} (synth_box)" in result.stdout
     reports = {}
     for f in ("0.25", "0.5", "1.0"):
         assert main(["data", "inspect", str(out / "data.yaml"), "--fraction", f, "--json"]) == 0

@@ -62,3 +62,24 @@ def test_make_micro_family_writes_the_data_the_sweep_reads() -> None:
     # The held-out split may take at most a tenth of each source (data.heldout_records).
     assert data["heldout_records"] * 10 <= target["size"] // len(SOURCES)
     assert target["workdir"].removeprefix("./") + "/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_sweep_scores_every_synthetic_benchmark_the_make_target_writes(tmp_path, monkeypatch) -> None:
+    from sphinxx.jobs.data.synth_bench import TASKS
+    from sphinxx.jobs.local import plan
+
+    target = _make_target()
+    sweep = yaml.safe_load(MICRO.read_text())
+    bench = sweep["spec"]["base"]["eval"]["benchmarks"]
+    assert [t["uri"] for t in bench["tasks"]] == [
+        f"{target['workdir']}/data/bench/{t.name}.jsonl" for t in TASKS
+    ]
+    assert 0 < bench["max_samples"] <= 50  # the cap that keeps evaluation within a tenth (README)
+    # Relative task paths mean "from where the sweep runs", like the data paths: the local
+    # runner makes them absolute for the Ray workers, which run elsewhere.
+    monkeypatch.chdir(tmp_path)
+    configs = [c for _, c in plan("micro-family", sweep["spec"], "file:///tmp/c", "sqlite:///tmp/m.db")]
+    for config in configs:
+        uris = [t.uri for t in config.eval.benchmarks.tasks]
+        assert uris == [str(tmp_path / target["workdir"] / "data" / "bench" / f"{t.name}.jsonl") for t in TASKS]
+        assert config.eval.benchmarks.max_samples == bench["max_samples"]

@@ -95,6 +95,11 @@ def test_example_sweep_uses_the_paper_recipe() -> None:
         )
         assert (train.weight_decay, train.eps, train.grad_clip, train.precision) == (0.0, 1e-8, 2.0, "bf16")
         assert (cfg.data.seq_len, cfg.data.epochs, cfg.data.fraction) == (4096, 1.0, point.fraction)
+        assert cfg.data.heldout_records > 0  # L is held-out bits per byte, comparable across vocabularies
+        tasks = {Path(t.uri).name.split("_")[0] for t in cfg.eval.benchmarks.tasks}
+        assert tasks == {"vqav2", "gqa", "textvqa", "docvqa", "chartqa", "refcoco", "refcoco+", "refcocog",
+                         "pope", "mme.jsonl", "mmbench", "scienceqa"}  # fmt: skip
+        assert all(t.uri.startswith("s3://") for t in cfg.eval.benchmarks.tasks)
         peak_lr[point.model] = train.lr
     # Paper: 2e-5 for Tiny, Intern2 and Plus; 5e-6 for MoE (from each size's preset).
     assert peak_lr == {"tinyllama-1.1b": 2e-5, "internlm2-7b": 2e-5, "llama2-13b": 2e-5, "mixtral-8x7b": 5e-6}

@@ -62,9 +62,9 @@ def test_the_family_example_fails_on_its_placeholder_buckets_with_clear_messages
     result = _check(ROOT / "examples" / "sweeps" / "sphinx-x-family.yaml", s3_server, tmp_path)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert "pre-flight of sweep sphinx-x-family: 24 inputs of 12 points" in lines[0]
+    assert "pre-flight of sweep sphinx-x-family: 36 inputs of 12 points" in lines[0]
     fails = [line for line in lines if line.startswith("FAIL")]
-    assert len(fails) == 24, result.stdout  # nothing exists on this S3
+    assert len(fails) == 36, result.stdout  # nothing exists on this S3
     assert any(
         line.startswith("FAIL  model.llm_weights: s3://YOUR-BUCKET/weights/mixtral-8x7b does not exist")
         for line in fails
@@ -73,7 +73,9 @@ def test_the_family_example_fails_on_its_placeholder_buckets_with_clear_messages
         line.startswith("FAIL  storage.uri: s3://sphinxx-checkpoints/sweeps") and "bucket" in line
         for line in fails
     )
-    assert "24 of 24 inputs cannot be used" in result.stderr
+    assert any(line.startswith("FAIL  eval.benchmarks.tasks[0]: s3://sphinxx-bench/tasks/vqav2_val.jsonl")
+               for line in fails)  # fmt: skip
+    assert "36 of 36 inputs cannot be used" in result.stderr
 
 
 def test_the_local_runner_runs_the_same_pre_flight_before_it_starts_ray(tmp_path) -> None:
