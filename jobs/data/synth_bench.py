@@ -184,9 +184,7 @@ def task_records(
     return out
 
 
-def write_bench(
-    out: str, seed: int, avoid: Container[bytes], count: int = BENCH_RECORDS
-) -> dict[str, str]:
+def write_bench(out: str, seed: int, avoid: Container[bytes], count: int = BENCH_RECORDS) -> dict[str, str]:
     """Write every task file and its images under `out`/bench; returns task name -> file URI."""
     root = uri_mod.join(uri_mod.normalize(out), BENCH_DIR)
     fs = open_fs(root)

@@ -19,9 +19,7 @@ from tests.data.test_synth import records as training_records
 
 
 def tasks(root: Path) -> dict[str, list[TaskRecord]]:
-    return {
-        t.name: read_records((root / "bench" / f"{t.name}.jsonl").read_text(), t.name) for t in TASKS
-    }
+    return {t.name: read_records((root / "bench" / f"{t.name}.jsonl").read_text(), t.name) for t in TASKS}
 
 
 def image(record: TaskRecord) -> Image.Image:
@@ -100,7 +98,7 @@ def test_no_task_image_or_question_is_a_training_record(synth_root: Path) -> Non
                 for turn in r["conversations"][::2]:
                     training_pairs.add((png_digest(data), turn["value"].removeprefix("<image>\n")))
     assert training_images
-    for name, recs in tasks(synth_root).items():
+    for recs in tasks(synth_root).values():
         for r in recs:
             digest = png_digest(Path(r.images[0].removeprefix("file://")).read_bytes())
             assert digest not in training_images, r.id

@@ -81,5 +81,7 @@ def test_the_sweep_scores_every_synthetic_benchmark_the_make_target_writes(tmp_p
     configs = [c for _, c in plan("micro-family", sweep["spec"], "file:///tmp/c", "sqlite:///tmp/m.db")]
     for config in configs:
         uris = [t.uri for t in config.eval.benchmarks.tasks]
-        assert uris == [str(tmp_path / target["workdir"] / "data" / "bench" / f"{t.name}.jsonl") for t in TASKS]
+        assert uris == [
+            str(tmp_path / target["workdir"] / "data" / "bench" / f"{t.name}.jsonl") for t in TASKS
+        ]
         assert config.eval.benchmarks.max_samples == bench["max_samples"]
