@@ -56,7 +56,7 @@ from sphinxx.storage import uri as uri_mod
 from sphinxx.storage.objectfs import open_fs
 
 BENCH_DIR = "bench"
-BENCH_RECORDS = 60  # per task: even, so that synth_exists is half yes, half no
+BENCH_RECORDS = 40  # per task: even, so that synth_exists is half yes, half no
 SPLIT = "synth"
 
 

@@ -9,7 +9,7 @@ import pytest
 from sphinxx.jobs.data.synth import write_synth
 from sphinxx.storage.objectfs import open_fs
 from tests.data.conftest import SYNTH_SIZE, run_config
-from tests.data.test_synth import files
+from tests.data.test_synth import files, unlocated
 from tests.jobs._tiny import run_data
 
 
@@ -19,12 +19,10 @@ def test_synth_on_s3_reads_like_local(synth_root: Path, s3_bucket: str, tmp_path
     root = f"s3://{s3_bucket}/synth"
     write_synth(root, SYNTH_SIZE, seed=0, records_per_shard=4)
 
-    # Byte-identical objects (the data.yaml names its own location).
+    # Byte-identical objects (data.yaml and the task files name their own location).
     fs = open_fs(root)
     remote = {rel: fs.read_bytes(f"{root}/{rel}") for rel in fs.list_files(root)}
-    local = files(synth_root)
-    remote.pop("data.yaml"), local.pop("data.yaml")
-    assert remote == local
+    assert unlocated(remote, root) == unlocated(files(synth_root), synth_root.as_uri())
 
     # Same batches, same accounting. The S3 run loads its tokenizer from the bucket too.
     local_batches = list(run_data(run_config(synth_root), num_steps=3))
