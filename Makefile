@@ -21,7 +21,7 @@ unexport PYTHONDONTWRITEBYTECODE
 
 help:
 	@echo "make demo   - install, then run a tiny SPHINX-X scaling sweep end to end on the local default"
-	@echo "make micro-family - install, then a 3 x 3 sweep that shows the scaling law (16 min on 2 cores)"
+	@echo "make micro-family - install, then a 3 x 3 sweep that shows the scaling law (about 17 min on 2 idle cores)"
 	@echo "make test   - install dev dependencies, then lint and run the whole test suite"
 	@echo "make lint   - ruff check + ruff format --check + import-linter contracts + mypy (pyproject's [tool.mypy])"
 	@echo "              + hadolint (Dockerfile) + bash -n and shellcheck (every shell script) only"

@@ -3,7 +3,8 @@
     python -m sphinxx.jobs.demo [--size 240] [--workdir .demo] [--sweep FILE] [--fresh]
 
 (`make micro-family` is the same with `--sweep examples/sweeps/micro-family.yaml --size 630
---workdir .micro`: a 3 x 3 sweep scored on held-out data, 16 minutes on 2 cores.)
+--workdir .micro`: a 3 x 3 sweep scored on held-out data and synthetic benchmarks, about 17 minutes on
+2 idle cores.)
 
 1. writes the synthetic multimodal set and its tokenizer to `<workdir>/data`
    (`sphinxx data synth`; nothing is downloaded);
