@@ -226,3 +226,30 @@ def test_the_pre_flight_checks_benchmark_task_files_like_any_input(tmp_path: Pat
     lines = out.getvalue().splitlines()
     assert lines[0] == f"ok    eval.benchmarks.tasks[0]: {good} (read; all points)"
     assert lines[1].startswith(f"FAIL  eval.benchmarks.tasks[1] (gqa): {missing} does not exist")
+
+
+def test_the_eval_cap_bench_runs_its_smallest_setting(tmp_path: Path) -> None:
+    """bench/eval_cap.py (the README's cost of the micro family's cap) on a tiny committed model and
+    two records of each synthetic task: it runs, times every cap and names its baseline."""
+    import subprocess
+    import sys
+
+    from sphinxx.jobs.data.synth_bench import TASKS, write_bench
+    from tests.jobs.test_export import committed_run
+
+    write_tokenizer(tmp_path / "tok")
+    committed_run((tmp_path / "runs").as_uri(), "debug", str(tmp_path / "tok"), seq_len=2048)
+    write_bench(str(tmp_path / "synth"), 0, set(), count=2)
+    root = Path(__file__).resolve().parents[2]
+    argv = [str(tmp_path / "runs" / "ckpt-test"), "--tasks", str(tmp_path / "synth" / "bench"),
+            "--caps", "1,2", "--max-new-tokens", "2", "--repeats", "1"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "eval_cap.py"), *argv],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["kind"] for r in rows] == ["setting", "timing", "timing", "ratio"]
+    assert rows[0]["tasks"] == sorted(t.name for t in TASKS)
+    assert [(r["cap"], r["records"]) for r in rows[1:3]] == [(1, len(TASKS)), (2, 2 * len(TASKS))]
+    assert rows[-1]["baseline"] == "cap 2" and rows[-1]["ratio"] > 0
