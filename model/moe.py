@@ -182,11 +182,17 @@ class MoE(nn.Module):
         flat_ids = ids.reshape(-1)  # (token, slot) order
         order = torch.argsort(flat_ids, stable=True)
         src = order // top_k  # the token of each routed row
-        rows = tokens.index_select(0, src)  # [T*k, H], grouped by global expert
         # scatter_add rather than bincount: no device-to-host sync on CUDA.
         counts = torch.zeros(self.args.num_experts, dtype=torch.long, device=ids.device)
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
         mlp = self.experts.mlp
+        routed_weights = weights.reshape(-1).index_select(0, order)
+        layer_kernel = moe_kernels.CPU_LAYER_KERNELS.get(kernel) if tokens.device.type == "cpu" else None
+        if ep is None and layer_kernel is not None:
+            # The gather, the kernel and the weighted combine below, done per expert in one pass
+            # (docs/moe.md, "The grouped kernel on CPU and its roofline").
+            return layer_kernel(tokens, routed_weights, src, counts, mlp.w1, mlp.v1, mlp.w2)
+        rows = tokens.index_select(0, src)  # [T*k, H], grouped by global expert
         if ep is not None:
             received, recv_counts, state = dispatch(rows, counts, ep)
             out = combine(local_experts(received, recv_counts, glu, mlp.w1, mlp.v1, mlp.w2), state, ep)
@@ -195,5 +201,4 @@ class MoE(nn.Module):
         # The weighted combine in routed order: each row times its routing weight, added into its token
         # (index_add, whose backward is a gather; no unpermute, no [T, k, H] einsum). The gradient
         # w.r.t. the routing weights flows through the product.
-        routed_weights = weights.reshape(-1).index_select(0, order)
-        return tokens.new_zeros(num_tokens, out.shape[-1]).index_add(0, src, out * routed_weights[:, None])
+        return tokens.new_zeros(num_tokens, out.shape[-1]).index_add_(0, src, out * routed_weights[:, None])

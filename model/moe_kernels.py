@@ -150,6 +150,25 @@ def glu_grouped(
     return glu_grouped_mm(rows, counts, w1, v1, w2)
 
 
+def moe_grouped_cpu(
+    tokens: torch.Tensor,
+    routed_w: torch.Tensor,
+    src: torch.Tensor,
+    counts: torch.Tensor,
+    w1: torch.Tensor,
+    v1: torch.Tensor,
+    w2: torch.Tensor,
+) -> torch.Tensor:
+    """The whole expert part of the layer on CPU without EP (:class:`_SegmentMoE`): [T, H] -> [T, H].
+
+    Equals ``combine(glu_grouped(tokens[src], counts, ...) * routed_w)`` (``index_add`` of each routed
+    row times its weight into its token), with the gather and the combine done per expert.
+    """
+    if src.shape[0] == 0:
+        return _no_rows(tokens, w1, v1, w2) + 0.0 * routed_w.sum()
+    return _SegmentMoE.apply(tokens, routed_w, src, counts, w1, v1, w2)
+
+
 def glu_grouped_mm(
     rows: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, v1: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
@@ -190,57 +209,165 @@ class _SegmentGLU(torch.autograd.Function):
     dense count. The elementwise work runs per expert right after its GEMMs, while the expert's
     [rows, F] block is still in cache. Saved: rows, a = x W1^T, b = x V1^T and silu(a); h is
     recomputed per expert in backward. An expert without rows gets exactly zero weight gradients.
+    The layer without expert parallelism runs :class:`_SegmentMoE` instead (gather and combine fused).
     """
 
     @staticmethod
     def forward(ctx: Any, rows: torch.Tensor, counts: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         num_local = counts.numel()
-        w1e, v1e, w2e = (_expert_views(w, num_local) for w in weights)
         segs = _segments(counts)
         rows = rows.contiguous()
-        a = rows.new_empty(rows.shape[0], w1e.shape[1])
-        b, act = torch.empty_like(a), torch.empty_like(a)
-        h = a.new_empty(max(hi - lo for _, lo, hi in segs), a.shape[1])  # scratch, one expert at a time
+        bufs = _ForwardBuffers(rows, weights[0].shape[0] // num_local, segs)
         y = rows.new_empty(rows.shape)
-        for e, lo, hi in segs:
-            x, he = rows[lo:hi], h[: hi - lo]
-            torch.mm(x, w1e[e].t(), out=a[lo:hi])
-            torch.mm(x, v1e[e].t(), out=b[lo:hi])
-            torch.ops.aten.silu.out(a[lo:hi], out=act[lo:hi])
-            torch.mul(act[lo:hi], b[lo:hi], out=he)
-            torch.mm(he, w2e[e], out=y[lo:hi])
+        for (e, lo, hi), w in zip(segs, _expert_weights(weights, num_local, segs), strict=True):
+            torch.mm(bufs.glu(rows[lo:hi], lo, hi, w), w[2], out=y[lo:hi])
         ctx.segs, ctx.num_local = segs, num_local
-        ctx.save_for_backward(rows, a, b, act, *weights)
+        ctx.save_for_backward(rows, bufs.a, bufs.b, *weights)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, a, b, act, *weights = ctx.saved_tensors
-        w1e, v1e, w2e = (_expert_views(w, ctx.num_local) for w in weights)
-        need_x, _, need_w1, need_v1, need_w2 = ctx.needs_input_grad
+        rows, a, b, *weights = ctx.saved_tensors
+        need_x, _, *need_w = ctx.needs_input_grad
         grad = grad.contiguous()
-        dw1, dv1, dw2 = (_zero_idle(w, ctx.segs, ctx.num_local) if n else None
-                         for w, n in zip(weights, (need_w1, need_v1, need_w2), strict=True))  # fmt: skip
+        bwd = _BackwardBuffers(a, b, weights, ctx.segs, ctx.num_local, need_w)
         dx = rows.new_empty(rows.shape) if need_x else None
-        rows_max = max(hi - lo for _, lo, hi in ctx.segs)
-        dh, da, db = (a.new_empty(rows_max, a.shape[1]) for _ in range(3))  # scratch per expert
-        for e, lo, hi in ctx.segs:
-            n, g, x, ae, be, se = hi - lo, grad[lo:hi], rows[lo:hi], a[lo:hi], b[lo:hi], act[lo:hi]
-            if dw2 is not None:
-                torch.mm(torch.mul(se, be, out=da[:n]).t(), g, out=dw2[e])  # h = silu(a) * b
-            torch.mm(g, w2e[e].t(), out=dh[:n])
-            torch.mul(dh[:n], se, out=db[:n])  # d/db of silu(a) * b
-            torch.ops.aten.silu_backward.grad_input(dh[:n].mul_(be), ae, grad_input=da[:n])
-            if dx is not None:
-                torch.mm(da[:n], w1e[e], out=dx[lo:hi])
-                dx[lo:hi].addmm_(db[:n], v1e[e])
-            if dw1 is not None:
-                torch.mm(da[:n].t(), x, out=dw1[e])
-            if dv1 is not None:
-                torch.mm(db[:n].t(), x, out=dv1[e])
-        flat = (None if g is None else g.view(-1, g.shape[-1]) for g in (dw1, dv1, dw2))
-        return (dx, None, *flat)
+        for (e, lo, hi), w in zip(ctx.segs, _expert_weights(weights, ctx.num_local, ctx.segs), strict=True):
+            bwd.expert(e, lo, hi, w, grad[lo:hi], rows[lo:hi], None if dx is None else dx[lo:hi])
+        return (dx, None, *bwd.weight_grads())
+
+
+class _SegmentMoE(torch.autograd.Function):
+    """The CPU layer without expert parallelism: gather, segment GLU and weighted combine, per expert.
+
+    ``_SegmentGLU`` between a gather of the routed rows and the weighted ``index_add`` back into the
+    tokens leaves the layer four passes over [T k, H] tensors out of cache each way (gather, times
+    w, index_add; backward: gather the grad, times w, its dot with the output for dw, index_add of
+    dx). Here each of them runs per expert on its [rows, H] block while it is in cache: forward
+    gathers the expert's token rows into a scratch block, runs its three GEMMs and adds
+    ``w * y`` into the output; backward gathers the output grad for its rows, takes ``dw`` as the
+    row-wise dot with the saved unweighted output, scales by ``w`` and runs the six GEMMs; ``dx``
+    is added into the token grad and the rows for dW1 / dV1 are gathered again from the tokens.
+    Saved: the tokens (the caller's tensor), a, b, silu(a) and the unweighted expert output per
+    routed row, the routing weights and the row -> token index; the gathered rows are not kept.
+    Inputs: ``tokens`` [T, H], ``routed_w`` [T k] in routed order, ``src`` [T k] the token of each
+    routed row (rows sorted by expert), ``counts`` [E] rows per expert.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, tokens: torch.Tensor, routed_w: torch.Tensor, src: torch.Tensor, counts: torch.Tensor,
+        *weights: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        num_local = counts.numel()
+        segs = _segments(counts)
+        bufs = _ForwardBuffers(tokens, weights[0].shape[0] // num_local, segs, num_rows=src.shape[0])
+        y = tokens.new_empty(src.shape[0], tokens.shape[1])  # unweighted expert outputs, routed order
+        xs, ys = (tokens.new_empty(bufs.rows_max, tokens.shape[1]) for _ in range(2))
+        out = tokens.new_zeros(tokens.shape)
+        for (_, lo, hi), w in zip(segs, _expert_weights(weights, num_local, segs), strict=True):
+            idx = src[lo:hi]
+            x = torch.index_select(tokens, 0, idx, out=xs[: hi - lo])
+            torch.mm(bufs.glu(x, lo, hi, w), w[2], out=y[lo:hi])
+            out.index_add_(0, idx, torch.mul(y[lo:hi], routed_w[lo:hi, None], out=ys[: hi - lo]))
+        ctx.segs, ctx.num_local = segs, num_local
+        ctx.save_for_backward(tokens, routed_w, src, bufs.a, bufs.b, y, *weights)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        tokens, routed_w, src, a, b, y, *weights = ctx.saved_tensors
+        need_x, need_rw, _, _, *need_w = ctx.needs_input_grad
+        bwd = _BackwardBuffers(a, b, weights, ctx.segs, ctx.num_local, need_w)
+        dtokens = torch.zeros_like(tokens, memory_format=torch.contiguous_format) if need_x else None
+        drw = torch.empty_like(routed_w) if need_rw else None
+        gs, xs, dxs = (tokens.new_empty(bwd.rows_max, tokens.shape[1]) for _ in range(3))
+        for (e, lo, hi), w in zip(ctx.segs, _expert_weights(weights, ctx.num_local, ctx.segs), strict=True):
+            n, idx = hi - lo, src[lo:hi]
+            g = torch.index_select(grad, 0, idx, out=gs[:n])
+            if drw is not None:
+                torch.linalg.vecdot(g, y[lo:hi], out=drw[lo:hi])
+            g.mul_(routed_w[lo:hi, None])
+            x = torch.index_select(tokens, 0, idx, out=xs[:n]) if bwd.need_rows else None
+            dx = bwd.expert(e, lo, hi, w, g, x, None if dtokens is None else dxs[:n])
+            if dtokens is not None:
+                dtokens.index_add_(0, idx, dx)
+        return (dtokens, drw, None, None, *bwd.weight_grads())
+
+
+def _expert_weights(
+    weights: tuple[torch.Tensor, ...] | list[torch.Tensor], num_local: int, segs: list[tuple[int, int, int]]
+) -> list[tuple[torch.Tensor, ...]]:
+    """(W1_e^T, V1_e^T, W2_e, W1_e, V1_e, W2_e^T) views of each expert with rows, in segment order."""
+    w1e, v1e, w2e = (_expert_views(w, num_local) for w in weights)
+    out = []
+    for e, _, _ in segs:
+        w1, v1, w2 = w1e[e], v1e[e], w2e[e]
+        out.append((w1.t(), v1.t(), w2, w1, v1, w2.t()))
+    return out
+
+
+class _ForwardBuffers:
+    """The forward's saved a = x W1^T and b = x V1^T [N, F]; one expert's silu(a) and h as scratch."""
+
+    def __init__(
+        self, like: torch.Tensor, ffn_dim: int, segs: list[tuple[int, int, int]], num_rows: int | None = None
+    ) -> None:
+        rows = like.shape[0] if num_rows is None else num_rows
+        self.rows_max = max(hi - lo for _, lo, hi in segs)
+        self.a, self.b = (like.new_empty(rows, ffn_dim) for _ in range(2))
+        self.act, self.h = (like.new_empty(self.rows_max, ffn_dim) for _ in range(2))
+
+    def glu(self, x: torch.Tensor, lo: int, hi: int, w: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """h = silu(x W1^T) * (x V1^T) of rows lo:hi (a view of the scratch block)."""
+        a, b = self.a[lo:hi], self.b[lo:hi]
+        torch.mm(x, w[0], out=a)
+        torch.mm(x, w[1], out=b)
+        return torch.mul(torch.ops.aten.silu.out(a, out=self.act[: hi - lo]), b, out=self.h[: hi - lo])
+
+
+class _BackwardBuffers:
+    """One expert's backward at a time: scratch blocks, and the weight gradients it fills."""
+
+    def __init__(
+        self, a: torch.Tensor, b: torch.Tensor, weights: list[torch.Tensor],
+        segs: list[tuple[int, int, int]], num_local: int, need_w: list[bool],
+    ) -> None:  # fmt: skip
+        self.a, self.b = a, b
+        self.rows_max = max(hi - lo for _, lo, hi in segs)
+        self.act, self.dh, self.da, self.db = (a.new_empty(self.rows_max, a.shape[1]) for _ in range(4))
+        self.dw1, self.dv1, self.dw2 = (
+            _zero_idle(w, segs, num_local) if need else None for w, need in zip(weights, need_w, strict=True)
+        )
+        self.need_rows = self.dw1 is not None or self.dv1 is not None
+
+    def expert(
+        self, e: int, lo: int, hi: int, w: tuple[torch.Tensor, ...], g: torch.Tensor, x: torch.Tensor | None,
+        dx: torch.Tensor | None,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """Given the grad ``g`` of expert e's output rows lo:hi (and its input rows ``x`` when dW1 or dV1
+        is wanted): fills dW1, dV1, dW2 of e; writes the input grad into ``dx`` (when given), returns it."""
+        n, ae, be = hi - lo, self.a[lo:hi], self.b[lo:hi]
+        dh, da, db = self.dh[:n], self.da[:n], self.db[:n]
+        se = torch.ops.aten.silu.out(ae, out=self.act[:n])  # recomputed: not saved
+        if self.dw2 is not None:
+            torch.mm(torch.mul(se, be, out=da).t(), g, out=self.dw2[e])  # h = silu(a) * b
+        torch.mm(g, w[5], out=dh)
+        torch.mul(dh, se, out=db)  # d/db of silu(a) * b
+        torch.ops.aten.silu_backward.grad_input(dh.mul_(be), ae, grad_input=da)
+        if dx is not None:
+            torch.mm(da, w[3], out=dx)
+            dx.addmm_(db, w[4])
+        if self.dw1 is not None:
+            torch.mm(da.t(), x, out=self.dw1[e])
+        if self.dv1 is not None:
+            torch.mm(db.t(), x, out=self.dv1[e])
+        return dx
+
+    def weight_grads(self) -> tuple[torch.Tensor | None, ...]:
+        return tuple(None if g is None else g.view(-1, g.shape[-1]) for g in (self.dw1, self.dv1, self.dw2))
 
 
 def _zero_idle(w: torch.Tensor, segs: list[tuple[int, int, int]], num_local: int) -> torch.Tensor:
@@ -300,6 +427,10 @@ GLU_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "grouped": glu_grouped,
     "megablocks": glu_megablocks,
 }
+
+# Kernels that also take over the layer's gather and weighted combine, on CPU without EP:
+# ``f(tokens [T, H], routed_w [T k], src [T k], counts [E], w1, v1, w2) -> [T, H]``.
+CPU_LAYER_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"grouped": moe_grouped_cpu}
 
 
 def grouped_supported(dtype: torch.dtype, device: torch.device, dim: int, ffn_dim: int) -> bool:
