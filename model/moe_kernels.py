@@ -11,9 +11,11 @@ which kernel answers it. Three interchangeable kernels, one contract
 - ``grouped``: on CUDA, three ``torch.nn.functional.grouped_mm`` calls over the whole routed batch
   (bf16, CUTLASS path on SM90; no host sync: the offsets stay on the device). On CPU, the segment
   kernel ``_SegmentGLU``: per expert, BLAS GEMMs on its contiguous slab of rows and weights, and a
-  hand-written backward doing the elementwise work per expert while it is in cache; torch's CPU
-  ``grouped_mm`` reached less of the dense-GEMM
-  roofline in the same bench run (docs/moe.md, "The grouped kernel on CPU and its roofline").
+  hand-written backward doing the elementwise work per expert while it is in cache. Without EP
+  the layer hands its gather and weighted combine to the kernel too (``CPU_LAYER_KERNELS``:
+  ``_SegmentMoE``, the same per-expert work with the gather, ``w *`` and ``index_add`` per
+  expert). The dense-GEMM roofline and what stands between it and these kernels: docs/moe.md,
+  "The grouped kernel on CPU and its roofline".
   Its selection rule is unchanged (torch >= 2.9 and 16-byte strides on CPU: fp32 dim and ffn_dim
   multiples of 4, bf16 of 8).
 - ``megablocks``: MegaBlocks 0.10.0's grouped GLU (``megablocks.layers.glu``'s memory-optimized
@@ -207,9 +209,11 @@ class _SegmentGLU(torch.autograd.Function):
     [F, H] block of each Parameter, so every GEMM is a dense BLAS call on views (``out=`` slices
     of preallocated buffers; no gather, no cat): forward 3 and backward 6 GEMMs per expert, the
     dense count. The elementwise work runs per expert right after its GEMMs, while the expert's
-    [rows, F] block is still in cache. Saved: rows, a = x W1^T, b = x V1^T and silu(a); h is
-    recomputed per expert in backward. An expert without rows gets exactly zero weight gradients.
-    The layer without expert parallelism runs :class:`_SegmentMoE` instead (gather and combine fused).
+    [rows, F] block is still in cache. Saved: rows, a = x W1^T and b = x V1^T; silu(a) and h are
+    recomputed per expert in backward (one more silu pass rather than one more [N, F] buffer,
+    which is fresh memory on every call). An expert without rows gets exactly zero weight
+    gradients. The layer without expert parallelism runs :class:`_SegmentMoE` instead (gather and
+    combine fused); this kernel serves the rows expert parallelism delivers.
     """
 
     @staticmethod
@@ -242,15 +246,16 @@ class _SegmentMoE(torch.autograd.Function):
     """The CPU layer without expert parallelism: gather, segment GLU and weighted combine, per expert.
 
     ``_SegmentGLU`` between a gather of the routed rows and the weighted ``index_add`` back into the
-    tokens leaves the layer four passes over [T k, H] tensors out of cache each way (gather, times
-    w, index_add; backward: gather the grad, times w, its dot with the output for dw, index_add of
-    dx). Here each of them runs per expert on its [rows, H] block while it is in cache: forward
-    gathers the expert's token rows into a scratch block, runs its three GEMMs and adds
-    ``w * y`` into the output; backward gathers the output grad for its rows, takes ``dw`` as the
-    row-wise dot with the saved unweighted output, scales by ``w`` and runs the six GEMMs; ``dx``
-    is added into the token grad and the rows for dW1 / dV1 are gathered again from the tokens.
-    Saved: the tokens (the caller's tensor), a, b, silu(a) and the unweighted expert output per
-    routed row, the routing weights and the row -> token index; the gathered rows are not kept.
+    tokens moves [T k, H] tensors through memory several times each way (gather, times w,
+    index_add; backward: gather the grad, times w, its dot with the output for dw, index_add of
+    dx) and saves the gathered rows and the expert outputs. Here each of those steps runs per
+    expert on its [rows, H] block, in cache: forward gathers the expert's token rows into a
+    scratch block, runs its three GEMMs and adds ``w * y`` into the output. Backward gathers the
+    output grad g of its rows and runs the six GEMMs on the unweighted grads, applying each row's
+    weight w where it is cheapest, on [rows, H] blocks: g (for dW2), the gathered rows (for dW1
+    and dV1) and dx. The routing weight's grad <g, y> is taken as <g W2^T, h> over F while dh and h
+    are in cache, so the expert outputs are not saved. Saved: the tokens (the caller's tensor),
+    a and b per routed row, the routing weights and the row -> token index.
     Inputs: ``tokens`` [T, H], ``routed_w`` [T k] in routed order, ``src`` [T k] the token of each
     routed row (rows sorted by expert), ``counts`` [E] rows per expert.
     """
@@ -263,37 +268,35 @@ class _SegmentMoE(torch.autograd.Function):
         num_local = counts.numel()
         segs = _segments(counts)
         bufs = _ForwardBuffers(tokens, weights[0].shape[0] // num_local, segs, num_rows=src.shape[0])
-        y = tokens.new_empty(src.shape[0], tokens.shape[1])  # unweighted expert outputs, routed order
         xs, ys = (tokens.new_empty(bufs.rows_max, tokens.shape[1]) for _ in range(2))
         out = tokens.new_zeros(tokens.shape)
         for (_, lo, hi), w in zip(segs, _expert_weights(weights, num_local, segs), strict=True):
             idx = src[lo:hi]
             x = torch.index_select(tokens, 0, idx, out=xs[: hi - lo])
-            torch.mm(bufs.glu(x, lo, hi, w), w[2], out=y[lo:hi])
-            out.index_add_(0, idx, torch.mul(y[lo:hi], routed_w[lo:hi, None], out=ys[: hi - lo]))
+            y = torch.mm(bufs.glu(x, lo, hi, w), w[2], out=ys[: hi - lo])
+            out.index_add_(0, idx, y.mul_(routed_w[lo:hi, None]))
         ctx.segs, ctx.num_local = segs, num_local
-        ctx.save_for_backward(tokens, routed_w, src, bufs.a, bufs.b, y, *weights)
+        ctx.save_for_backward(tokens, routed_w, src, bufs.a, bufs.b, *weights)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        tokens, routed_w, src, a, b, y, *weights = ctx.saved_tensors
+        tokens, routed_w, src, a, b, *weights = ctx.saved_tensors
         need_x, need_rw, _, _, *need_w = ctx.needs_input_grad
         bwd = _BackwardBuffers(a, b, weights, ctx.segs, ctx.num_local, need_w)
         dtokens = torch.zeros_like(tokens, memory_format=torch.contiguous_format) if need_x else None
         drw = torch.empty_like(routed_w) if need_rw else None
         gs, xs, dxs = (tokens.new_empty(bwd.rows_max, tokens.shape[1]) for _ in range(3))
         for (e, lo, hi), w in zip(ctx.segs, _expert_weights(weights, ctx.num_local, ctx.segs), strict=True):
-            n, idx = hi - lo, src[lo:hi]
+            n, idx, rw = hi - lo, src[lo:hi], routed_w[lo:hi, None]
             g = torch.index_select(grad, 0, idx, out=gs[:n])
-            if drw is not None:
-                torch.linalg.vecdot(g, y[lo:hi], out=drw[lo:hi])
-            g.mul_(routed_w[lo:hi, None])
-            x = torch.index_select(tokens, 0, idx, out=xs[:n]) if bwd.need_rows else None
-            dx = bwd.expert(e, lo, hi, w, g, x, None if dtokens is None else dxs[:n])
+            x = torch.index_select(tokens, 0, idx, out=xs[:n]).mul_(rw) if bwd.need_rows else None
+            dx = bwd.expert(
+                e, lo, hi, w, g, x, None if dtokens is None else dxs[:n], rw, None if drw is None else drw[lo:hi]
+            )
             if dtokens is not None:
-                dtokens.index_add_(0, idx, dx)
+                dtokens.index_add_(0, idx, dx.mul_(rw))
         return (dtokens, drw, None, None, *bwd.weight_grads())
 
 
@@ -337,7 +340,7 @@ class _BackwardBuffers:
     ) -> None:  # fmt: skip
         self.a, self.b = a, b
         self.rows_max = max(hi - lo for _, lo, hi in segs)
-        self.act, self.dh, self.da, self.db = (a.new_empty(self.rows_max, a.shape[1]) for _ in range(4))
+        self.act, self.h, self.dh, self.da, self.db = (a.new_empty(self.rows_max, a.shape[1]) for _ in range(5))
         self.dw1, self.dv1, self.dw2 = (
             _zero_idle(w, segs, num_local) if need else None for w, need in zip(weights, need_w, strict=True)
         )
@@ -345,16 +348,26 @@ class _BackwardBuffers:
 
     def expert(
         self, e: int, lo: int, hi: int, w: tuple[torch.Tensor, ...], g: torch.Tensor, x: torch.Tensor | None,
-        dx: torch.Tensor | None,
+        dx: torch.Tensor | None, rw: torch.Tensor | None = None, drw: torch.Tensor | None = None,
     ) -> torch.Tensor | None:  # fmt: skip
-        """Given the grad ``g`` of expert e's output rows lo:hi (and its input rows ``x`` when dW1 or dV1
-        is wanted): fills dW1, dV1, dW2 of e; writes the input grad into ``dx`` (when given), returns it."""
+        """Backward of expert e's rows lo:hi given the grad ``g`` of its output rows.
+
+        Fills dW1, dV1 (from the input rows ``x``, when wanted) and dW2 of e, and writes the input
+        grad into ``dx`` (when given) and returns it. With routing weights ``rw`` [rows, 1] (the
+        output was ``rw * y``): ``g`` is the grad of the weighted output and is scaled in place, ``x``
+        must come scaled by ``rw``, the returned ``dx`` still needs the factor ``rw``, and ``drw``
+        [rows] receives the grad of the weights, <g, y> = <g W2^T, h>.
+        """
         n, ae, be = hi - lo, self.a[lo:hi], self.b[lo:hi]
-        dh, da, db = self.dh[:n], self.da[:n], self.db[:n]
+        dh, da, db, h = self.dh[:n], self.da[:n], self.db[:n], self.h[:n]
         se = torch.ops.aten.silu.out(ae, out=self.act[:n])  # recomputed: not saved
+        if self.dw2 is not None or drw is not None:
+            torch.mul(se, be, out=h)
+        torch.mm(g, w[5], out=dh)  # unweighted: dh is the grad of h for rw = 1
+        if drw is not None:
+            torch.linalg.vecdot(dh, h, out=drw)
         if self.dw2 is not None:
-            torch.mm(torch.mul(se, be, out=da).t(), g, out=self.dw2[e])  # h = silu(a) * b
-        torch.mm(g, w[5], out=dh)
+            torch.mm(h.t(), g if rw is None else g.mul_(rw), out=self.dw2[e])
         torch.mul(dh, se, out=db)  # d/db of silu(a) * b
         torch.ops.aten.silu_backward.grad_input(dh.mul_(be), ae, grad_input=da)
         if dx is not None:
