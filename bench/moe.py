@@ -21,9 +21,9 @@ out: E << F.) ``expert-gemms`` times the same 9 GEMMs per expert on that expert'
 routing the layer gives these tokens and the layer's own weights, also into preallocated
 outputs: the most any kernel that runs one GEMM per expert can reach; what separates a kernel
 from it is its non-GEMM work (elementwise, gather, combine, router, allocation).
-``expert-elementwise`` times the SwiGLU elementwise work the segment kernel does per expert (7
-passes over [rows, F]: silu and the product forward; backward silu again, the product, two
-products and silu's backward), and ``expert_gemms_and_elementwise_of_roofline`` in the ratio line
+``expert-elementwise`` times the SwiGLU elementwise work the segment kernel does per expert (6
+passes over [rows, F]: silu and the product forward; backward the product again, two products
+and silu's backward), and ``expert_gemms_and_elementwise_of_roofline`` in the ratio line
 is roofline / (expert GEMMs + that elementwise work) per step: the most such a kernel can reach
 before any routing, gather or combine.
 
@@ -38,10 +38,11 @@ the same step (1.0: at the dense-GEMM limit), and for each of ours and transform
 grouped_mm, ``transformers_over_<name>``, the median of (transformers eager time / its time) (> 1:
 faster than transformers); each with the 25th and 75th percentiles and the ratio of the two minima.
 ``<ours>_of_expert_gemms`` is the same ratio against ``expert-gemms`` (1.0: no time beyond the
-expert GEMMs). ``ours-grouped`` is the layer as it runs on CPU without expert parallelism (gather, kernel and
-weighted combine fused per expert); ``ours-grouped_unfused`` is the same segment kernel between
-the layer's separate gather and combine (the path expert parallelism takes).
+expert GEMMs).
 
+``--malloc-keep`` has glibc's malloc keep freed memory (:func:`keep_freed_memory`), so that no
+call pays for faulting in memory a previous call gave back to the OS; without it the page faults
+land wherever the allocator's history puts them (``page_faults_per_call`` shows where).
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: with ``--threads 1``
 on a shared, oversubscribed machine it leaves out the time the process waits for a core (not
 meaningful with several threads, whose spin-waits count). ``--with-torch-grouped-mm`` also times
@@ -53,6 +54,8 @@ the same run only.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import resource
 import statistics
@@ -105,7 +108,9 @@ def _gemms(x: torch.Tensor, dy: torch.Tensor, a: torch.Tensor, h: torch.Tensor, 
     torch.mm(a.t(), x, out=d1), torch.mm(a.t(), x, out=d2)  # dW1, dV1
 
 
-def _operands(rows: int, dim: int, ffn_dim: int, gen: torch.Generator) -> tuple[tuple[torch.Tensor, ...], ...]:
+def _operands(
+    rows: int, dim: int, ffn_dim: int, gen: torch.Generator
+) -> tuple[tuple[torch.Tensor, ...], ...]:
     """Random x, dy [rows, H], a, h [rows, F] and the outputs of :func:`_gemms` on them."""
     x, dy = (torch.randn(rows, dim, generator=gen) for _ in range(2))
     a, h = (torch.randn(rows, ffn_dim, generator=gen) for _ in range(2))
@@ -135,7 +140,9 @@ def expert_gemms(layer: MoE, x: torch.Tensor, gen: torch.Generator) -> Callable[
     """The same 9 GEMMs per expert on the rows the layer routes to it for ``x``, with its weights."""
     segs = _routed_segments(layer, x)
     mlp = layer.experts.mlp
-    weights = [w.detach().view(layer.args.num_local_experts, -1, w.shape[-1]) for w in (mlp.w1, mlp.v1, mlp.w2)]
+    weights = [
+        w.detach().view(layer.args.num_local_experts, -1, w.shape[-1]) for w in (mlp.w1, mlp.v1, mlp.w2)
+    ]
     (x_all, dy, a, h), out = _operands(segs[-1][2], layer.args.dim, layer.args.ffn_dim, gen)
 
     def gemms() -> None:
@@ -148,20 +155,24 @@ def expert_gemms(layer: MoE, x: torch.Tensor, gen: torch.Generator) -> Callable[
 
 def expert_elementwise(layer: MoE, x: torch.Tensor, gen: torch.Generator) -> Callable[[], None]:
     """The SwiGLU elementwise work of one layer call per expert, on the rows the layer routes for ``x``:
-    forward silu(a) and its product with b; backward silu(a) again, the product, dh silu(a), dh b and
-    silu's backward: 7 passes over [rows, F], the kernel's own ops, into preallocated outputs."""
+    forward silu(a) and its product with b; backward that product again (h is recomputed), dh silu(a),
+    dh b and silu's backward: 6 passes over [rows, F], the segment kernel's own ops, into
+    preallocated outputs."""
     segs = _routed_segments(layer, x)
     (_, _, a, b), _ = _operands(segs[-1][2], layer.args.dim, layer.args.ffn_dim, gen)
-    dh = torch.randn(a.shape, generator=gen)
-    act, h, db, t, da = (a.new_empty(max(hi - lo for _, lo, hi in segs), a.shape[1]) for _ in range(5))
+    act, dh = a.new_empty(a.shape), torch.randn(a.shape, generator=gen)  # silu(a) is saved, dh a GEMM's
+    h, db, t, da = (a.new_empty(max(hi - lo for _, lo, hi in segs), a.shape[1]) for _ in range(4))  # scratch
     silu, silu_backward = torch.ops.aten.silu.out, torch.ops.aten.silu_backward.grad_input
 
     def elementwise() -> None:
         for _, lo, hi in segs:
-            n, ae, be, dhe = hi - lo, a[lo:hi], b[lo:hi], dh[lo:hi]
-            torch.mul(silu(ae, out=act[:n]), be, out=h[:n])  # forward
-            torch.mul(silu(ae, out=act[:n]), be, out=h[:n])  # backward: recomputed
-            torch.mul(dhe, act[:n], out=db[:n]), silu_backward(torch.mul(dhe, be, out=t[:n]), ae, grad_input=da[:n])
+            n, ae, be, se, dhe = hi - lo, a[lo:hi], b[lo:hi], act[lo:hi], dh[lo:hi]
+            torch.mul(silu(ae, out=se), be, out=h[:n])  # forward
+            torch.mul(se, be, out=h[:n])  # backward: h again, then the grads of b and of a
+            (
+                torch.mul(dhe, se, out=db[:n]),
+                silu_backward(torch.mul(dhe, be, out=t[:n]), ae, grad_input=da[:n]),
+            )
 
     return elementwise
 
@@ -194,21 +205,15 @@ def impls(a: argparse.Namespace) -> tuple[dict, MoE]:
         layers[kernel] = MoE(MoEArgs(a.dim, a.ffn_dim, num_experts=a.experts, top_k=a.top_k, kernel=kernel))
         layers[kernel].load_state_dict(ours.state_dict())
         out[f"ours-{kernel}"] = (lambda xi, m=layers[kernel]: m(xi)[0], list(layers[kernel].parameters()))
-    grouped = out["ours-grouped"]
-    out["ours-grouped_unfused"] = (lambda xi: _unfused(grouped[0], xi), grouped[1])
     if a.with_torch_grouped_mm:
-        out["ours-grouped_torch_mm"] = (lambda xi: _unfused(grouped[0], xi, torch_grouped_mm=True), grouped[1])
+        grouped = out["ours-grouped"]
+        out["ours-grouped_torch_mm"] = (lambda xi: _with_torch_grouped_mm(grouped[0], xi), grouped[1])
     return out, layers["grouped"]
 
 
-def _unfused(layer_call: Callable, xi: torch.Tensor, torch_grouped_mm: bool = False) -> torch.Tensor:
-    """Our grouped layer without the CPU layer kernel: the segment kernel (or torch's grouped_mm, the CPU
-    path before the segment kernel) between the layer's own gather and weighted combine."""
-    kernels = {"grouped": moe_kernels.glu_grouped_mm} if torch_grouped_mm else {}
-    with (
-        mock.patch.dict(moe_kernels.CPU_LAYER_KERNELS, clear=True),
-        mock.patch.dict(moe_kernels.GLU_KERNELS, kernels),
-    ):
+def _with_torch_grouped_mm(layer_call: Callable, xi: torch.Tensor) -> torch.Tensor:
+    """Our grouped layer with torch's grouped_mm as its kernel (the CPU path before the segment kernel)."""
+    with mock.patch.dict(moe_kernels.GLU_KERNELS, grouped=moe_kernels.glu_grouped_mm):
         return layer_call(xi)
 
 
@@ -274,6 +279,19 @@ def _paired(key: str, base: list[float], other: list[float]) -> dict:
     }
 
 
+def keep_freed_memory() -> None:
+    """glibc's malloc keeps freed memory: no trimming of the heap, a fixed 32 MiB mmap threshold.
+
+    By default glibc hands large freed blocks back to the OS (munmap, or trimming the heap top,
+    with thresholds that move with the process's history), and the next call's fresh tensors are
+    faulted in again page by page; which implementation pays depends on allocation order.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise SystemExit("--malloc-keep: mallopt failed (it needs glibc)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dim", type=int, default=256)
@@ -288,14 +306,19 @@ def main() -> None:
     ap.add_argument(
         "--with-torch-grouped-mm", action="store_true", help="also time torch's grouped_mm kernel"
     )
+    ap.add_argument(
+        "--malloc-keep", action="store_true", help="glibc keeps freed memory (no page faults from reuse)"
+    )
     a = ap.parse_args()
+    if a.malloc_keep:
+        keep_freed_memory()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     fns, layer = impls(a)
     common = {"dim": a.dim, "ffn_dim": a.ffn_dim, "experts": a.experts, "top_k": a.top_k, "device": "cpu"}
     common |= {"torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": "fp32"}
-    common |= {"rounds": a.rounds, "iters": a.iters, "clock": a.clock}
+    common |= {"rounds": a.rounds, "iters": a.iters, "clock": a.clock, "malloc_keep": a.malloc_keep}
     for tokens in a.tokens:
         run_token_count(a, fns, layer, tokens, common)
 

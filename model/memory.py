@@ -40,11 +40,11 @@ our decoder's code (tests/model/test_memory.py counts it with saved-tensor hooks
   logsumexp: p (2h + 2kv) + 4 n_heads. RoPE multiplies by constant tables and saves nothing;
   SDPA is a flash / memory-efficient kernel (no S x S matrix);
 - dense SwiGLU: w1's output, its silu, w3's output and their product: 4 p f;
-- MoE (top-k of E experts): per routed row the grouped kernel's w1 and v1 outputs (silu and
-  its product are recomputed in backward; on CPU the gather, the expert outputs and the weighted
-  combine keep nothing beyond the layer's input: docs/moe.md, "The grouped kernel on CPU and its
-  roofline") and the routing weight: p k (2 f_moe + 1), plus the fp32 router probabilities and
-  top-k weights (4E + 4k), int64 routing indices (24k) and two fp32 per-token sums (8).
+- MoE (top-k of E experts): per routed row the gathered input, the grouped kernel's w1 and v1
+  outputs and silu (its product is recomputed in backward), the expert's output (kept by the
+  weighted combine for the routing weights' grad) and the routing weight: p k (2h + 3 f_moe + 1),
+  plus the fp32 router probabilities and top-k weights (4E + 4k), int64 routing indices (24k) and
+  two fp32 per-token sums (8).
 With activation checkpointing a block keeps only its input (p h per token); in backward one
 block's activations are recomputed at a time (`recompute`). Outside the blocks: the final
 norm (4h + p h + 4), the token ids and the padding mask (9), the RoPE tables (2 S head_dim p per
@@ -108,7 +108,7 @@ def layer_activation_bytes_per_token(llm: ModelArgs, p: int) -> int:
     attention = p * (2 * h + 2 * kv) + 4 * llm.n_heads
     if llm.is_moe:
         k = llm.top_k
-        ffn = p * k * (2 * llm.moe_ffn_dim + 1) + 4 * llm.num_experts + 28 * k + 8
+        ffn = p * k * (2 * h + 3 * llm.moe_ffn_dim + 1) + 4 * llm.num_experts + 28 * k + 8
     else:
         ffn = 4 * p * llm.ffn_dim
     return norms + attention + ffn

@@ -16,6 +16,7 @@ MegaBlocks included, takes the same routed rows (``moe_kernels`` says why).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -182,23 +183,41 @@ class MoE(nn.Module):
         flat_ids = ids.reshape(-1)  # (token, slot) order
         order = torch.argsort(flat_ids, stable=True)
         src = order // top_k  # the token of each routed row
+        rows = tokens.index_select(0, src)  # [T*k, H], grouped by global expert
         # scatter_add rather than bincount: no device-to-host sync on CUDA.
         counts = torch.zeros(self.args.num_experts, dtype=torch.long, device=ids.device)
         counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
         mlp = self.experts.mlp
-        routed_weights = weights.reshape(-1).index_select(0, order)
-        layer_kernel = moe_kernels.CPU_LAYER_KERNELS.get(kernel) if tokens.device.type == "cpu" else None
-        if ep is None and layer_kernel is not None:
-            # The gather, the kernel and the weighted combine below, done per expert in one pass
-            # (docs/moe.md, "The grouped kernel on CPU and its roofline").
-            return layer_kernel(tokens, routed_weights, src, counts, mlp.w1, mlp.v1, mlp.w2)
-        rows = tokens.index_select(0, src)  # [T*k, H], grouped by global expert
         if ep is not None:
             received, recv_counts, state = dispatch(rows, counts, ep)
             out = combine(local_experts(received, recv_counts, glu, mlp.w1, mlp.v1, mlp.w2), state, ep)
         else:
             out = glu(rows, counts, mlp.w1, mlp.v1, mlp.w2)
-        # The weighted combine in routed order: each row times its routing weight, added into its token
-        # (index_add, whose backward is a gather; no unpermute, no [T, k, H] einsum). The gradient
-        # w.r.t. the routing weights flows through the product.
-        return tokens.new_zeros(num_tokens, out.shape[-1]).index_add_(0, src, out * routed_weights[:, None])
+        routed_weights = weights.reshape(-1).index_select(0, order)
+        return _WeightedCombine.apply(out, routed_weights, src, num_tokens)
+
+
+class _WeightedCombine(torch.autograd.Function):
+    """The combine in routed order: each row times its routing weight, added into its token.
+
+    ``index_add`` of ``w * y`` (no unpermute, no [T, k, H] einsum). Backward gathers the token
+    grads once and takes both grads from that block: dw as the row-wise dot with y, then dy by
+    scaling it in place; autograd's own graph of the product and the out-of-place ``index_add``
+    would write two more [T k, H] tensors and keep one more alive until backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, y: torch.Tensor, w: torch.Tensor, src: torch.Tensor, num_tokens: int
+    ) -> torch.Tensor:
+        ctx.save_for_backward(y, w, src)
+        return y.new_zeros(num_tokens, y.shape[-1]).index_add_(0, src, y * w[:, None])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        y, w, src = ctx.saved_tensors
+        g = grad.index_select(0, src)  # [T k, H], ours to scale in place
+        dw = torch.linalg.vecdot(g, y) if ctx.needs_input_grad[1] else None
+        dy = g.mul_(w[:, None]) if ctx.needs_input_grad[0] else None
+        return dy, dw, None, None

@@ -11,11 +11,9 @@ which kernel answers it. Three interchangeable kernels, one contract
 - ``grouped``: on CUDA, three ``torch.nn.functional.grouped_mm`` calls over the whole routed batch
   (bf16, CUTLASS path on SM90; no host sync: the offsets stay on the device). On CPU, the segment
   kernel ``_SegmentGLU``: per expert, BLAS GEMMs on its contiguous slab of rows and weights, and a
-  hand-written backward doing the elementwise work per expert while it is in cache. Without EP
-  the layer hands its gather and weighted combine to the kernel too (``CPU_LAYER_KERNELS``:
-  ``_SegmentMoE``, the same per-expert work with the gather, ``w *`` and ``index_add`` per
-  expert). The dense-GEMM roofline and what stands between it and these kernels: docs/moe.md,
-  "The grouped kernel on CPU and its roofline".
+  hand-written backward doing the elementwise work per expert while it is in cache; torch's CPU
+  ``grouped_mm`` reached less of the dense-GEMM
+  roofline in the same bench run (docs/moe.md, "The grouped kernel on CPU and its roofline").
   Its selection rule is unchanged (torch >= 2.9 and 16-byte strides on CPU: fp32 dim and ffn_dim
   multiples of 4, bf16 of 8).
 - ``megablocks``: MegaBlocks 0.10.0's grouped GLU (``megablocks.layers.glu``'s memory-optimized
@@ -152,25 +150,6 @@ def glu_grouped(
     return glu_grouped_mm(rows, counts, w1, v1, w2)
 
 
-def moe_grouped_cpu(
-    tokens: torch.Tensor,
-    routed_w: torch.Tensor,
-    src: torch.Tensor,
-    counts: torch.Tensor,
-    w1: torch.Tensor,
-    v1: torch.Tensor,
-    w2: torch.Tensor,
-) -> torch.Tensor:
-    """The whole expert part of the layer on CPU without EP (:class:`_SegmentMoE`): [T, H] -> [T, H].
-
-    Equals ``combine(glu_grouped(tokens[src], counts, ...) * routed_w)`` (``index_add`` of each routed
-    row times its weight into its token), with the gather and the combine done per expert.
-    """
-    if src.shape[0] == 0:
-        return _no_rows(tokens, w1, v1, w2) + 0.0 * routed_w.sum()
-    return _SegmentMoE.apply(tokens, routed_w, src, counts, w1, v1, w2)
-
-
 def glu_grouped_mm(
     rows: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, v1: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
@@ -209,178 +188,59 @@ class _SegmentGLU(torch.autograd.Function):
     [F, H] block of each Parameter, so every GEMM is a dense BLAS call on views (``out=`` slices
     of preallocated buffers; no gather, no cat): forward 3 and backward 6 GEMMs per expert, the
     dense count. The elementwise work runs per expert right after its GEMMs, while the expert's
-    [rows, F] block is still in cache. Saved: rows, a = x W1^T and b = x V1^T; silu(a) and h are
-    recomputed per expert in backward (one more silu pass rather than one more [N, F] buffer,
-    which is fresh memory on every call). An expert without rows gets exactly zero weight
-    gradients. The layer without expert parallelism runs :class:`_SegmentMoE` instead (gather and
-    combine fused); this kernel serves the rows expert parallelism delivers.
+    [rows, F] block is still in cache. Saved: rows, a = x W1^T, b = x V1^T and silu(a); h is
+    recomputed per expert in backward. An expert without rows gets exactly zero weight gradients.
     """
 
     @staticmethod
     def forward(ctx: Any, rows: torch.Tensor, counts: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         num_local = counts.numel()
+        w1e, v1e, w2e = (_expert_views(w, num_local) for w in weights)
         segs = _segments(counts)
         rows = rows.contiguous()
-        bufs = _ForwardBuffers(rows, weights[0].shape[0] // num_local, segs)
+        a = rows.new_empty(rows.shape[0], w1e.shape[1])
+        b, act = torch.empty_like(a), torch.empty_like(a)
+        h = a.new_empty(max(hi - lo for _, lo, hi in segs), a.shape[1])  # scratch, one expert at a time
         y = rows.new_empty(rows.shape)
-        for (e, lo, hi), w in zip(segs, _expert_weights(weights, num_local, segs), strict=True):
-            torch.mm(bufs.glu(rows[lo:hi], lo, hi, w), w[2], out=y[lo:hi])
+        for e, lo, hi in segs:
+            x, he = rows[lo:hi], h[: hi - lo]
+            torch.mm(x, w1e[e].t(), out=a[lo:hi])
+            torch.mm(x, v1e[e].t(), out=b[lo:hi])
+            torch.ops.aten.silu.out(a[lo:hi], out=act[lo:hi])
+            torch.mul(act[lo:hi], b[lo:hi], out=he)
+            torch.mm(he, w2e[e], out=y[lo:hi])
         ctx.segs, ctx.num_local = segs, num_local
-        ctx.save_for_backward(rows, bufs.a, bufs.b, *weights)
+        ctx.save_for_backward(rows, a, b, act, *weights)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, a, b, *weights = ctx.saved_tensors
-        need_x, _, *need_w = ctx.needs_input_grad
+        rows, a, b, act, *weights = ctx.saved_tensors
+        w1e, v1e, w2e = (_expert_views(w, ctx.num_local) for w in weights)
+        need_x, _, need_w1, need_v1, need_w2 = ctx.needs_input_grad
         grad = grad.contiguous()
-        bwd = _BackwardBuffers(a, b, weights, ctx.segs, ctx.num_local, need_w)
+        dw1, dv1, dw2 = (_zero_idle(w, ctx.segs, ctx.num_local) if n else None
+                         for w, n in zip(weights, (need_w1, need_v1, need_w2), strict=True))  # fmt: skip
         dx = rows.new_empty(rows.shape) if need_x else None
-        for (e, lo, hi), w in zip(ctx.segs, _expert_weights(weights, ctx.num_local, ctx.segs), strict=True):
-            bwd.expert(e, lo, hi, w, grad[lo:hi], rows[lo:hi], None if dx is None else dx[lo:hi])
-        return (dx, None, *bwd.weight_grads())
-
-
-class _SegmentMoE(torch.autograd.Function):
-    """The CPU layer without expert parallelism: gather, segment GLU and weighted combine, per expert.
-
-    ``_SegmentGLU`` between a gather of the routed rows and the weighted ``index_add`` back into the
-    tokens moves [T k, H] tensors through memory several times each way (gather, times w,
-    index_add; backward: gather the grad, times w, its dot with the output for dw, index_add of
-    dx) and saves the gathered rows and the expert outputs. Here each of those steps runs per
-    expert on its [rows, H] block, in cache: forward gathers the expert's token rows into a
-    scratch block, runs its three GEMMs and adds ``w * y`` into the output. Backward gathers the
-    output grad g of its rows and runs the six GEMMs on the unweighted grads, applying each row's
-    weight w where it is cheapest, on [rows, H] blocks: g (for dW2), the gathered rows (for dW1
-    and dV1) and dx. The routing weight's grad <g, y> is taken as <g W2^T, h> over F while dh and h
-    are in cache, so the expert outputs are not saved. Saved: the tokens (the caller's tensor),
-    a and b per routed row, the routing weights and the row -> token index.
-    Inputs: ``tokens`` [T, H], ``routed_w`` [T k] in routed order, ``src`` [T k] the token of each
-    routed row (rows sorted by expert), ``counts`` [E] rows per expert.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, tokens: torch.Tensor, routed_w: torch.Tensor, src: torch.Tensor, counts: torch.Tensor,
-        *weights: torch.Tensor,
-    ) -> torch.Tensor:  # fmt: skip
-        num_local = counts.numel()
-        segs = _segments(counts)
-        bufs = _ForwardBuffers(tokens, weights[0].shape[0] // num_local, segs, num_rows=src.shape[0])
-        xs, ys = (tokens.new_empty(bufs.rows_max, tokens.shape[1]) for _ in range(2))
-        out = tokens.new_zeros(tokens.shape)
-        for (_, lo, hi), w in zip(segs, _expert_weights(weights, num_local, segs), strict=True):
-            idx = src[lo:hi]
-            x = torch.index_select(tokens, 0, idx, out=xs[: hi - lo])
-            y = torch.mm(bufs.glu(x, lo, hi, w), w[2], out=ys[: hi - lo])
-            out.index_add_(0, idx, y.mul_(routed_w[lo:hi, None]))
-        ctx.segs, ctx.num_local = segs, num_local
-        ctx.save_for_backward(tokens, routed_w, src, bufs.a, bufs.b, *weights)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        tokens, routed_w, src, a, b, *weights = ctx.saved_tensors
-        need_x, need_rw, _, _, *need_w = ctx.needs_input_grad
-        bwd = _BackwardBuffers(a, b, weights, ctx.segs, ctx.num_local, need_w)
-        dtokens = torch.zeros_like(tokens, memory_format=torch.contiguous_format) if need_x else None
-        drw = torch.empty_like(routed_w) if need_rw else None
-        gs, xs, dxs = (tokens.new_empty(bwd.rows_max, tokens.shape[1]) for _ in range(3))
-        for (e, lo, hi), w in zip(ctx.segs, _expert_weights(weights, ctx.num_local, ctx.segs), strict=True):
-            n, idx, rw = hi - lo, src[lo:hi], routed_w[lo:hi, None]
-            g = torch.index_select(grad, 0, idx, out=gs[:n])
-            x = torch.index_select(tokens, 0, idx, out=xs[:n]).mul_(rw) if bwd.need_rows else None
-            dx = bwd.expert(
-                e, lo, hi, w, g, x, None if dtokens is None else dxs[:n], rw, None if drw is None else drw[lo:hi]
-            )
-            if dtokens is not None:
-                dtokens.index_add_(0, idx, dx.mul_(rw))
-        return (dtokens, drw, None, None, *bwd.weight_grads())
-
-
-def _expert_weights(
-    weights: tuple[torch.Tensor, ...] | list[torch.Tensor], num_local: int, segs: list[tuple[int, int, int]]
-) -> list[tuple[torch.Tensor, ...]]:
-    """(W1_e^T, V1_e^T, W2_e, W1_e, V1_e, W2_e^T) views of each expert with rows, in segment order."""
-    w1e, v1e, w2e = (_expert_views(w, num_local) for w in weights)
-    out = []
-    for e, _, _ in segs:
-        w1, v1, w2 = w1e[e], v1e[e], w2e[e]
-        out.append((w1.t(), v1.t(), w2, w1, v1, w2.t()))
-    return out
-
-
-class _ForwardBuffers:
-    """The forward's saved a = x W1^T and b = x V1^T [N, F]; one expert's silu(a) and h as scratch."""
-
-    def __init__(
-        self, like: torch.Tensor, ffn_dim: int, segs: list[tuple[int, int, int]], num_rows: int | None = None
-    ) -> None:
-        rows = like.shape[0] if num_rows is None else num_rows
-        self.rows_max = max(hi - lo for _, lo, hi in segs)
-        self.a, self.b = (like.new_empty(rows, ffn_dim) for _ in range(2))
-        self.act, self.h = (like.new_empty(self.rows_max, ffn_dim) for _ in range(2))
-
-    def glu(self, x: torch.Tensor, lo: int, hi: int, w: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """h = silu(x W1^T) * (x V1^T) of rows lo:hi (a view of the scratch block)."""
-        a, b = self.a[lo:hi], self.b[lo:hi]
-        torch.mm(x, w[0], out=a)
-        torch.mm(x, w[1], out=b)
-        return torch.mul(torch.ops.aten.silu.out(a, out=self.act[: hi - lo]), b, out=self.h[: hi - lo])
-
-
-class _BackwardBuffers:
-    """One expert's backward at a time: scratch blocks, and the weight gradients it fills."""
-
-    def __init__(
-        self, a: torch.Tensor, b: torch.Tensor, weights: list[torch.Tensor],
-        segs: list[tuple[int, int, int]], num_local: int, need_w: list[bool],
-    ) -> None:  # fmt: skip
-        self.a, self.b = a, b
-        self.rows_max = max(hi - lo for _, lo, hi in segs)
-        self.act, self.h, self.dh, self.da, self.db = (a.new_empty(self.rows_max, a.shape[1]) for _ in range(5))
-        self.dw1, self.dv1, self.dw2 = (
-            _zero_idle(w, segs, num_local) if need else None for w, need in zip(weights, need_w, strict=True)
-        )
-        self.need_rows = self.dw1 is not None or self.dv1 is not None
-
-    def expert(
-        self, e: int, lo: int, hi: int, w: tuple[torch.Tensor, ...], g: torch.Tensor, x: torch.Tensor | None,
-        dx: torch.Tensor | None, rw: torch.Tensor | None = None, drw: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:  # fmt: skip
-        """Backward of expert e's rows lo:hi given the grad ``g`` of its output rows.
-
-        Fills dW1, dV1 (from the input rows ``x``, when wanted) and dW2 of e, and writes the input
-        grad into ``dx`` (when given) and returns it. With routing weights ``rw`` [rows, 1] (the
-        output was ``rw * y``): ``g`` is the grad of the weighted output and is scaled in place, ``x``
-        must come scaled by ``rw``, the returned ``dx`` still needs the factor ``rw``, and ``drw``
-        [rows] receives the grad of the weights, <g, y> = <g W2^T, h>.
-        """
-        n, ae, be = hi - lo, self.a[lo:hi], self.b[lo:hi]
-        dh, da, db, h = self.dh[:n], self.da[:n], self.db[:n], self.h[:n]
-        se = torch.ops.aten.silu.out(ae, out=self.act[:n])  # recomputed: not saved
-        if self.dw2 is not None or drw is not None:
-            torch.mul(se, be, out=h)
-        torch.mm(g, w[5], out=dh)  # unweighted: dh is the grad of h for rw = 1
-        if drw is not None:
-            torch.linalg.vecdot(dh, h, out=drw)
-        if self.dw2 is not None:
-            torch.mm(h.t(), g if rw is None else g.mul_(rw), out=self.dw2[e])
-        torch.mul(dh, se, out=db)  # d/db of silu(a) * b
-        torch.ops.aten.silu_backward.grad_input(dh.mul_(be), ae, grad_input=da)
-        if dx is not None:
-            torch.mm(da, w[3], out=dx)
-            dx.addmm_(db, w[4])
-        if self.dw1 is not None:
-            torch.mm(da.t(), x, out=self.dw1[e])
-        if self.dv1 is not None:
-            torch.mm(db.t(), x, out=self.dv1[e])
-        return dx
-
-    def weight_grads(self) -> tuple[torch.Tensor | None, ...]:
-        return tuple(None if g is None else g.view(-1, g.shape[-1]) for g in (self.dw1, self.dv1, self.dw2))
+        rows_max = max(hi - lo for _, lo, hi in ctx.segs)
+        dh, da, db = (a.new_empty(rows_max, a.shape[1]) for _ in range(3))  # scratch per expert
+        for e, lo, hi in ctx.segs:
+            n, g, x, ae, be, se = hi - lo, grad[lo:hi], rows[lo:hi], a[lo:hi], b[lo:hi], act[lo:hi]
+            if dw2 is not None:
+                torch.mm(torch.mul(se, be, out=da[:n]).t(), g, out=dw2[e])  # h = silu(a) * b
+            torch.mm(g, w2e[e].t(), out=dh[:n])
+            torch.mul(dh[:n], se, out=db[:n])  # d/db of silu(a) * b
+            torch.ops.aten.silu_backward.grad_input(dh[:n].mul_(be), ae, grad_input=da[:n])
+            if dx is not None:
+                torch.mm(da[:n], w1e[e], out=dx[lo:hi])
+                dx[lo:hi].addmm_(db[:n], v1e[e])
+            if dw1 is not None:
+                torch.mm(da[:n].t(), x, out=dw1[e])
+            if dv1 is not None:
+                torch.mm(db[:n].t(), x, out=dv1[e])
+        flat = (None if g is None else g.view(-1, g.shape[-1]) for g in (dw1, dv1, dw2))
+        return (dx, None, *flat)
 
 
 def _zero_idle(w: torch.Tensor, segs: list[tuple[int, int, int]], num_local: int) -> torch.Tensor:
@@ -440,10 +300,6 @@ GLU_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "grouped": glu_grouped,
     "megablocks": glu_megablocks,
 }
-
-# Kernels that also take over the layer's gather and weighted combine, on CPU without EP:
-# ``f(tokens [T, H], routed_w [T k], src [T k], counts [E], w1, v1, w2) -> [T, H]``.
-CPU_LAYER_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"grouped": moe_grouped_cpu}
 
 
 def grouped_supported(dtype: torch.dtype, device: torch.device, dim: int, ffn_dim: int) -> bool:
