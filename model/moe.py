@@ -201,9 +201,10 @@ class _WeightedCombine(torch.autograd.Function):
     """The combine in routed order: each row times its routing weight, added into its token.
 
     ``index_add`` of ``w * y`` (no unpermute, no [T, k, H] einsum). Backward gathers the token
-    grads once and takes both grads from that block: dw as the row-wise dot with y, then dy by
-    scaling it in place; autograd's own graph of the product and the out-of-place ``index_add``
-    would write two more [T k, H] tensors and keep one more alive until backward.
+    grads once and takes both grads from them: dw as the row-wise dot with y, then dy by scaling
+    the gathered block in place. On CPU the products run on blocks of rows that stay in cache
+    (:data:`CPU_BLOCK_ROWS`), so no [T k, H] temporary is written; autograd's own graph of the
+    product and the out-of-place ``index_add`` would write three and keep one more alive.
     """
 
     @staticmethod
@@ -211,13 +212,35 @@ class _WeightedCombine(torch.autograd.Function):
         ctx: Any, y: torch.Tensor, w: torch.Tensor, src: torch.Tensor, num_tokens: int
     ) -> torch.Tensor:
         ctx.save_for_backward(y, w, src)
-        return y.new_zeros(num_tokens, y.shape[-1]).index_add_(0, src, y * w[:, None])
+        out = y.new_zeros(num_tokens, y.shape[-1])
+        tmp = y.new_empty(min(_block_rows(y), y.shape[0]), y.shape[-1])
+        for lo, hi in _blocks(y):
+            out.index_add_(0, src[lo:hi], torch.mul(y[lo:hi], w[lo:hi, None], out=tmp[: hi - lo]))
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         y, w, src = ctx.saved_tensors
-        g = grad.index_select(0, src)  # [T k, H], ours to scale in place
-        dw = torch.linalg.vecdot(g, y) if ctx.needs_input_grad[1] else None
-        dy = g.mul_(w[:, None]) if ctx.needs_input_grad[0] else None
-        return dy, dw, None, None
+        need_y, need_w = ctx.needs_input_grad[:2]
+        g = grad.index_select(0, src)  # [T k, H]: ours, becomes dy
+        dw = w.new_empty(w.shape) if need_w else None
+        tmp = y.new_empty(min(_block_rows(y), y.shape[0]), y.shape[-1])
+        for lo, hi in _blocks(y):
+            if dw is not None:
+                torch.sum(torch.mul(g[lo:hi], y[lo:hi], out=tmp[: hi - lo]), dim=1, out=dw[lo:hi])
+            if need_y:
+                g[lo:hi].mul_(w[lo:hi, None])
+        return (g if need_y else None), dw, None, None
+
+
+CPU_BLOCK_ROWS = 512  # rows of [rows, H] blocks that stay in cache on CPU; other devices: one block
+
+
+def _block_rows(t: torch.Tensor) -> int:
+    return CPU_BLOCK_ROWS if t.device.type == "cpu" else max(t.shape[0], 1)
+
+
+def _blocks(t: torch.Tensor) -> list[tuple[int, int]]:
+    step = _block_rows(t)
+    return [(lo, min(lo + step, t.shape[0])) for lo in range(0, t.shape[0], step)]

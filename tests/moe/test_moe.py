@@ -10,6 +10,7 @@ from torch.testing import assert_close
 from torch.utils.checkpoint import checkpoint
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
+from sphinxx.model import moe as moe_module
 from sphinxx.model import moe_kernels
 from sphinxx.model.moe import MoE, MoEArgs, load_balancing_loss
 from sphinxx.model.moe_convert import mixtral_experts_from_hf
@@ -227,3 +228,31 @@ def test_grouped_mm_alias_and_ep_param_shapes() -> None:
     moe = MoE(args)
     assert moe.experts.mlp.w1.shape == (2 * F, H)
     assert moe.router.layer.weight.shape == (E, H)
+
+
+@pytest.mark.parametrize("block_rows", [8, 512], ids=["several-blocks", "one-block"])
+@pytest.mark.parametrize("frozen", ["none", "rows", "weights"])
+def test_weighted_combine_equals_autograd_of_index_add(monkeypatch, block_rows: int, frozen: str) -> None:
+    """The layer's combine (its own backward, blocks of rows on CPU) against autograd through the plain
+    expression: every token gets some rows, some none; 37 rows is not a multiple of the block."""
+    monkeypatch.setattr(moe_module, "CPU_BLOCK_ROWS", block_rows)
+    gen = torch.Generator().manual_seed(21)
+    num_tokens, num_rows = 15, 37
+    y0, w0 = torch.randn(num_rows, H, generator=gen), torch.rand(num_rows, generator=gen)
+    src = torch.randint(0, num_tokens - 2, (num_rows,), generator=gen)  # the last two tokens get no rows
+    grad = torch.randn(num_tokens, H, generator=gen)
+    results = []
+    for combine in (
+        lambda y, w: torch.zeros(num_tokens, H).index_add(0, src, y * w[:, None]),
+        lambda y, w: moe_module._WeightedCombine.apply(y, w, src, num_tokens),
+    ):
+        y, w = y0.clone().requires_grad_(frozen != "rows"), w0.clone().requires_grad_(frozen != "weights")
+        out = combine(y, w)
+        out.backward(grad)
+        assert (y.grad is None) == (frozen == "rows") and (w.grad is None) == (frozen == "weights")
+        results.append([out.detach(), y.grad, w.grad])
+    assert torch.equal(results[1][0][-2:], torch.zeros(2, H))
+    for ref, got in zip(*results, strict=True):
+        assert (ref is None) == (got is None)
+        if ref is not None:
+            assert_close(got, ref, rtol=1e-5, atol=1e-6)

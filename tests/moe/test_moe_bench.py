@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def test_roofline_does_the_expert_flops_of_one_layer_call(monkeypatch) -> None:
         gemms()
     assert roof_flops.get_total_flops() == layer_flops.get_total_flops() - router
     assert roof_flops.get_total_flops() == 18 * tokens * top_k * dim * ffn_dim
+    # expert-gemms: the same FLOPs, as one GEMM per expert on the rows the layer routes to it
+    per_expert = bench.expert_gemms(layer, x.detach(), torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as expert_flops:
+        per_expert()
+    assert expert_flops.get_total_flops() == roof_flops.get_total_flops()
+    assert len(bench._routed_segments(layer, x.detach())) > 1  # really one GEMM set per expert
 
 
 def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch, capsys) -> None:
@@ -58,25 +65,31 @@ def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch,
         torch.set_num_threads(threads)  # the bench sets it process-wide
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     timed = {r["impl"]: r for r in rows if r["impl"] != "ratio"}
-    impls = ["roofline", "transformers-eager", "transformers-grouped_mm", "ours-grouped", "ours-loop",
-             "ours-grouped_torch_mm"]  # fmt: skip
+    impls = ["roofline", "expert-gemms", "expert-elementwise", "transformers-eager",
+             "transformers-grouped_mm", "ours-grouped", "ours-loop", "ours-grouped_torch_mm"]  # fmt: skip
     assert list(timed) == impls
     assert all(
         r["clock"] == "cpu" and r["threads"] == 1 and r["tokens"] == 256 and len(r["per_round_ms"]) == 2
+        and r["page_faults_per_call"] >= 0
         for r in timed.values()
-    )
+    )  # fmt: skip
     assert timed["roofline"]["expert_gflop"] == round(18 * 256 * 2 * 256 * 512 / 1e9, 4)
-    for name in impls[2:]:  # same weights and tokens: every kernel computes transformers' output
+    for name in impls[4:]:  # same weights and tokens: every kernel computes transformers' output
         assert timed[name]["max_abs_diff_vs_transformers"] < 1e-5, name
+    # the elementwise work is a small part of the GEMMs' time, as it must be for the ceiling to mean anything
+    assert timed["expert-elementwise"]["fwd_bwd_ms"] < timed["expert-gemms"]["fwd_bwd_ms"]
     (ratio,) = [r for r in rows if r["impl"] == "ratio"]
-    keys = ["transformers_eager", "transformers_grouped_mm", "grouped", "loop", "grouped_torch_mm"]
+    keys = ["expert_gemms", "expert_elementwise", "expert_gemms_and_elementwise", "transformers_eager",
+            "transformers_grouped_mm", "grouped", "loop", "grouped_torch_mm"]  # fmt: skip
     for key in keys:
         lo, hi = ratio[f"{key}_of_roofline_p25_p75"]
         assert 0 < lo <= ratio[f"{key}_of_roofline"] <= hi, key
         assert ratio[f"{key}_of_roofline_of_minima"] > 0
+    assert ratio["expert_gemms_and_elementwise_of_roofline"] < ratio["expert_gemms_of_roofline"]
     assert {f"transformers_over_{k}" for k in ("grouped_mm", "grouped", "loop", "grouped_torch_mm")} <= set(
         ratio
     )
+    assert {f"{k}_of_expert_gemms" for k in ("grouped", "loop", "grouped_torch_mm")} <= set(ratio)
 
 
 def test_docs_quote_the_roofline_run() -> None:
@@ -101,3 +114,13 @@ def test_docs_quote_the_roofline_run() -> None:
     assert table_row and table_row.groups() == tuple(
         f"{ratio[t]['grouped_of_roofline']:.3f}" for t in (1024, 4096)
     )
+
+
+def test_malloc_keep_runs_and_is_recorded() -> None:
+    """``--malloc-keep`` changes glibc's malloc for the whole process, so it runs in a child process."""
+    argv = [sys.executable, str(BENCH / "moe.py"), "--dim", "32", "--ffn-dim", "64", "--tokens", "32",
+            "--rounds", "1", "--iters", "1", "--threads", "1", "--clock", "cpu", "--malloc-keep"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert rows and all(r["malloc_keep"] is True for r in rows)
+    assert rows[-1]["impl"] == "ratio" and rows[-1]["grouped_of_roofline"] > 0
