@@ -25,7 +25,10 @@ from it is its non-GEMM work (elementwise, gather, combine, router, allocation).
 passes over [rows, F]: silu and the product forward; backward the product again, two products
 and silu's backward), and ``expert_gemms_and_elementwise_of_roofline`` in the ratio line
 is roofline / (expert GEMMs + that elementwise work) per step: the most such a kernel can reach
-before any routing, gather or combine.
+before any routing, gather or combine. ``routing`` times the layer's router alone (router GEMM,
+softmax, top-k, renormalisation, load-balancing loss and the sort by expert, fwd+bwd), and
+``expert_gemms_elementwise_and_routing_of_roofline`` adds it to the two: what is left between that
+and a layer is its gather, weighted combine, allocations and autograd graph.
 
 JSON lines: one per implementation and token count (median and min over all its calls, its
 per-round medians, GFLOP/s on the expert FLOPs, the median minor page faults per call (fresh
@@ -68,7 +71,7 @@ from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
 from sphinxx.model import moe_kernels
-from sphinxx.model.moe import MoE, MoEArgs
+from sphinxx.model.moe import MoE, MoEArgs, load_balancing_loss
 from sphinxx.model.moe_convert import mixtral_experts_from_hf
 
 
@@ -125,7 +128,7 @@ def roofline_gemms(rows: int, dim: int, ffn_dim: int, gen: torch.Generator) -> C
     return lambda: _gemms(*operands, w, out)
 
 
-PARTS = ("roofline", "expert-gemms", "expert-elementwise")  # timed pieces of work, not layers
+PARTS = ("roofline", "expert-gemms", "expert-elementwise", "routing")  # timed pieces of work, not layers
 
 
 def _routed_segments(layer: MoE, x: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -177,6 +180,22 @@ def expert_elementwise(layer: MoE, x: torch.Tensor, gen: torch.Generator) -> Cal
     return elementwise
 
 
+def routing(layer: MoE, x: torch.Tensor, gen: torch.Generator) -> Callable[[], None]:
+    """The layer's routing alone, fwd+bwd: router GEMM, fp32 softmax, top-k and renormalisation, the
+    load-balancing loss and the stable sort by expert, backward from a random grad of the weights."""
+    tokens = x.reshape(-1, x.shape[-1])
+    grad = torch.randn(tokens.shape[0], layer.args.top_k, generator=gen)
+
+    def route() -> None:
+        layer.router.layer.weight.grad = None
+        _, probs, weights, ids = layer.router(tokens.detach().requires_grad_())
+        aux, _ = load_balancing_loss(probs, ids, layer.args.num_experts)
+        torch.argsort(ids.reshape(-1), stable=True)
+        ((weights * grad).sum() + layer.args.aux_loss_coef * aux).backward()
+
+    return route
+
+
 def clock(kind: str) -> Callable[[], float]:
     return time.process_time if kind == "cpu" else time.perf_counter
 
@@ -225,6 +244,7 @@ def run_token_count(a: argparse.Namespace, fns: dict, layer: MoE, tokens: int, c
     steps: dict[str, Callable[[], object]] = {"roofline": roofline_gemms(rows, a.dim, a.ffn_dim, gen)}
     steps["expert-gemms"] = expert_gemms(layer, x, gen)
     steps["expert-elementwise"] = expert_elementwise(layer, x, gen)
+    steps["routing"] = routing(layer, x, gen)
     steps |= {name: (lambda fn=fn, ps=ps: fwd_bwd(fn, ps, x, grad)) for name, (fn, ps) in fns.items()}
     names = list(steps)
     outs = {name: steps[name]() for name in names}  # warm-up, and the outputs
@@ -255,9 +275,12 @@ def run_token_count(a: argparse.Namespace, fns: dict, layer: MoE, tokens: int, c
             row["max_abs_diff_vs_transformers"] = (outs[name] - ref).abs().max().item()
         print(json.dumps(row), flush=True)
     ratio = {**common, "tokens": tokens, "impl": "ratio"}
-    # The most a kernel doing these per-expert GEMMs and this elementwise work can reach, routing aside.
+    # The most a layer doing these per-expert GEMMs and this elementwise work can reach, routing aside;
+    # then with the routing too: what is left for the gather, the combine and the rest.
     parts = [g + e for g, e in zip(flat["expert-gemms"], flat["expert-elementwise"], strict=True)]
     ratio |= _paired("expert_gemms_and_elementwise_of_roofline", flat["roofline"], parts)
+    parts = [p + r for p, r in zip(parts, flat["routing"], strict=True)]
+    ratio |= _paired("expert_gemms_elementwise_and_routing_of_roofline", flat["roofline"], parts)
     for name in names[1:]:
         short = name.removeprefix("ours-")  # ours: grouped, loop, ...; theirs keep the transformers_ prefix
         ratio |= _paired(f"{short.replace('-', '_')}_of_roofline", flat["roofline"], flat[name])

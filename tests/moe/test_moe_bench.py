@@ -65,7 +65,7 @@ def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch,
         torch.set_num_threads(threads)  # the bench sets it process-wide
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     timed = {r["impl"]: r for r in rows if r["impl"] != "ratio"}
-    impls = ["roofline", "expert-gemms", "expert-elementwise", "transformers-eager",
+    impls = ["roofline", "expert-gemms", "expert-elementwise", "routing", "transformers-eager",
              "transformers-grouped_mm", "ours-grouped", "ours-loop", "ours-grouped_torch_mm"]  # fmt: skip
     assert list(timed) == impls
     assert all(
@@ -74,18 +74,20 @@ def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch,
         for r in timed.values()
     )  # fmt: skip
     assert timed["roofline"]["expert_gflop"] == round(18 * 256 * 2 * 256 * 512 / 1e9, 4)
-    for name in impls[4:]:  # same weights and tokens: every kernel computes transformers' output
+    for name in impls[5:]:  # same weights and tokens: every kernel computes transformers' output
         assert timed[name]["max_abs_diff_vs_transformers"] < 1e-5, name
     # the elementwise work is a small part of the GEMMs' time, as it must be for the ceiling to mean anything
     assert timed["expert-elementwise"]["fwd_bwd_ms"] < timed["expert-gemms"]["fwd_bwd_ms"]
     (ratio,) = [r for r in rows if r["impl"] == "ratio"]
-    keys = ["expert_gemms", "expert_elementwise", "expert_gemms_and_elementwise", "transformers_eager",
-            "transformers_grouped_mm", "grouped", "loop", "grouped_torch_mm"]  # fmt: skip
+    keys = ["expert_gemms", "expert_elementwise", "routing", "expert_gemms_and_elementwise",
+            "expert_gemms_elementwise_and_routing", "transformers_eager", "transformers_grouped_mm",
+            "grouped", "loop", "grouped_torch_mm"]  # fmt: skip
     for key in keys:
         lo, hi = ratio[f"{key}_of_roofline_p25_p75"]
         assert 0 < lo <= ratio[f"{key}_of_roofline"] <= hi, key
         assert ratio[f"{key}_of_roofline_of_minima"] > 0
-    assert ratio["expert_gemms_and_elementwise_of_roofline"] < ratio["expert_gemms_of_roofline"]
+    ceilings = [ratio[f"{k}_of_roofline"] for k in keys[:5] if k.startswith("expert_gemms")]
+    assert ceilings == sorted(ceilings, reverse=True)  # each part added lowers the ceiling
     assert {f"transformers_over_{k}" for k in ("grouped_mm", "grouped", "loop", "grouped_torch_mm")} <= set(
         ratio
     )
