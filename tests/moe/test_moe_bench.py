@@ -95,26 +95,41 @@ def test_smallest_setting_reports_every_kernel_against_the_roofline(monkeypatch,
 
 
 def test_docs_quote_the_roofline_run() -> None:
-    """docs/moe.md's figures for the grouped kernel are those of the result file it cites."""
+    """docs/moe.md's figures for the grouped kernel and the ceilings are those of the result file it cites,
+    and whether it says the goal is met follows from them."""
     results = Path(__file__).resolve().parents[2] / "bench" / "results" / "moe_cpu_roofline.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines() if line]
     ratio = {r["tokens"]: r for r in rows if r["impl"] == "ratio"}
     text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "moe.md").read_text().split())
+    met = {t: ratio[t]["grouped_of_roofline"] >= 0.9 for t in (1024, 4096)}
+    assert met == {1024: False, 4096: True}, "docs/moe.md's wording assumes this outcome: rewrite it"
     quoted = re.search(
-        r"not met: ([\d.]+) at 1,024 and ([\d.]+) at 4,096 tokens \(([\d.]+)x and ([\d.]+)x transformers'",
+        r"met at 4,096 tokens, not at 1,024: ([\d.]+) at 4,096 and ([\d.]+) at 1,024 tokens "
+        r"\(([\d.]+)x and ([\d.]+)x transformers'",
         text,
     )
     assert quoted, "docs/moe.md no longer states the roofline result"
     expected = (
-        f"{ratio[1024]['grouped_of_roofline']:.2f}",
         f"{ratio[4096]['grouped_of_roofline']:.2f}",
-        f"{ratio[1024]['transformers_over_grouped']:.2f}",
+        f"{ratio[1024]['grouped_of_roofline']:.2f}",
         f"{ratio[4096]['transformers_over_grouped']:.2f}",
+        f"{ratio[1024]['transformers_over_grouped']:.2f}",
     )
     assert quoted.groups() == expected
-    table_row = re.search(r"\| ours `grouped` \(segment kernel\) \| ([\d.]+) \([^)]*\) \| ([\d.]+) \(", text)
-    assert table_row and table_row.groups() == tuple(
-        f"{ratio[t]['grouped_of_roofline']:.3f}" for t in (1024, 4096)
+    table = {
+        "ours `grouped` (segment kernel)": "grouped",
+        "ceiling: expert GEMMs alone": "expert_gemms",
+        "ceiling: expert GEMMs + elementwise": "expert_gemms_and_elementwise",
+        "ceiling: expert GEMMs + elementwise + routing": "expert_gemms_elementwise_and_routing",
+    }
+    for label, key in table.items():
+        row = re.search(rf"\| {re.escape(label)} \| ([\d.]+) \([^)]*\) \| ([\d.]+) \(", text)
+        assert row and row.groups() == tuple(f"{ratio[t][f'{key}_of_roofline']:.3f}" for t in (1024, 4096)), (
+            label
+        )
+    shares = re.search(r"costs ([\d.]+)% of the roofline's time and the routing ([\d.]+)%", text)
+    assert shares and shares.groups() == tuple(
+        f"{100 / ratio[1024][f'{key}_of_roofline']:.1f}" for key in ("expert_elementwise", "routing")
     )
 
 
