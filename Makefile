@@ -51,7 +51,7 @@ lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 	bash .ci/lint_shell.sh
 
-# The whole suite runs as five concurrent pytest lanes (.ci/test_lanes.sh; one pytest keeps 2 cores
+# The whole suite runs as three concurrent pytest lanes (.ci/test_lanes.sh; one pytest keeps 2 cores
 # less than half busy); with PYTEST_ARGS set (paths, -k, -m, ...) one pytest runs what they select.
 test: lint
 ifeq ($(strip $(PYTEST_ARGS)),)

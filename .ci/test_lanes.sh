@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2034  # the <NAME>_LANE arrays are read by name (lane_paths)
-# The whole suite as five pytest processes side by side ("lanes"), for the 2-core CI machine.
+# The whole suite as three pytest processes side by side ("lanes"), for the 2-core CI machine.
 #
-# Most of the suite's time is waiting, not computing: a Ray job starting, an operator waiting on
-# the API server, a server starting, a retry's back-off. One pytest keeps about 40% of two cores
-# busy, three about 65%; so the suite runs as
-#   e2e       the end-to-end sweeps (tests/e2e: operator + KubeRay stand-in + Ray jobs)
-#   jobs      the job's resize, stop and checkpoint runs, and its exports
-#   training  the job's multi-process training runs and evaluation
-#   operator  the operator's tests (emulated API server, MLflow, S3)
-#   rest      everything else (storage, schema, model, sweep, data, ...)
+# Most of the suite's time is single-core: one Ray job starting, one operator waiting on the API
+# server, one server starting. One pytest uses about 40% of two cores. So the suite runs as
+#   e2e       the end-to-end sweeps (tests/e2e: operator + KubeRay stand-in + Ray jobs), and the
+#             job's resize tests
+#   training  the job's own multi-process runs (training, stops, checkpoints, evaluation)
+#   rest      everything else (operator, storage, schema, model, sweep, data, ...)
 # each with its own servers on free ports and its own Ray, so they share nothing but the machine.
-# Every test runs exactly once: the first four lanes are lists of paths here, the rest lane is
-# the suite without them; tests/foundation/test_lanes.py checks that.
+# More lanes do not help: five (the job's runs and the operator's tests apart) took longer on the
+# same machine (2026-12-07: the tiny sweep alone past 19 min, the training lane 983 s against
+# 904 s): past three, the lanes' Ray jobs and model tests only take turns on the two cores.
+# Every test runs exactly once: the named lanes are lists of paths here, the rest lane is the
+# suite without them; tests/foundation/test_lanes.py checks that.
 #
 # Usage: .ci/test_lanes.sh [PYTEST_ARGS...]   (options for every lane, e.g. -m 'not slow'; not paths)
 # The background lanes write build/test-lane-<name>.log ($LANE_LOG_DIR) and are printed when
@@ -24,27 +25,22 @@ cd "$(dirname "$0")/.." || exit 1
 BIN=${BIN:-.venv/bin}
 
 # Balanced by measured times (build/test-lane-*.log's slowest durations).
-LANES=(e2e jobs training operator)
+LANES=(e2e training)
 E2E_LANE=(
   tests/e2e
-)
-JOBS_LANE=(
   tests/jobs/test_resize.py
-  tests/jobs/test_stop.py
-  tests/jobs/test_async_stop.py
-  tests/jobs/checkpoint
-  tests/jobs/test_export.py
-  tests/jobs/test_export_multimodal.py
-  tests/jobs/test_benchmarks.py
 )
 TRAINING_LANE=(
   tests/jobs/test_train.py
+  tests/jobs/test_stop.py
+  tests/jobs/test_async_stop.py
+  tests/jobs/checkpoint
   tests/jobs/test_gpu_train_bench.py
   tests/jobs/test_evaluation.py
+  tests/jobs/test_benchmarks.py
   tests/jobs/test_loop.py
-)
-OPERATOR_LANE=(
-  tests/operator
+  tests/jobs/test_export.py
+  tests/jobs/test_export_multimodal.py
 )
 
 lane_paths() {  # the paths of lane $1

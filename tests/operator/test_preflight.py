@@ -58,7 +58,7 @@ def test_unreadable_inputs_block_the_run_before_any_rayjob(preflight_operator, c
     bucket = _bucket_with_inputs(s3_server)
     missing = f"s3://{bucket}/weights/not-uploaded"
     cluster.kube.apply(_run("no-weights", bucket, llm_weights=missing), cluster.ns)
-    blocked = wait_for(lambda: _blocked(cluster, "no-weights"), timeout=60, what="Blocked condition")
+    blocked = wait_for(lambda: _blocked(cluster, "no-weights"), timeout=180, what="Blocked condition")
     assert blocked["reason"] == "InputsUnreadable"
     assert f"model.llm_weights: {missing} does not exist" in blocked["message"]
     assert cluster.status("trainingruns", "no-weights")["phase"] == "Pending"
@@ -75,7 +75,7 @@ def test_unreadable_inputs_block_the_run_before_any_rayjob(preflight_operator, c
     bad["spec"]["config"]["data"]["tokenizer"] = f"s3://{bucket}/weights"
     bad["spec"]["config"]["data"]["sources"].append({"name": "gone", "uri": f"s3://{bucket}/data/gone"})
     cluster.kube.apply(bad, cluster.ns)
-    blocked = wait_for(lambda: _blocked(cluster, "bad-data"), timeout=60, what="Blocked condition")
+    blocked = wait_for(lambda: _blocked(cluster, "bad-data"), timeout=180, what="Blocked condition")
     assert (
         f"data.tokenizer: s3://{bucket}/weights holds 2 files but none ending with tokenizer.json"
         in blocked["message"]
@@ -90,7 +90,7 @@ def test_unreadable_inputs_block_the_run_before_any_rayjob(preflight_operator, c
 def test_readable_inputs_pass_and_the_run_starts(preflight_operator, cluster, s3_server) -> None:
     bucket = _bucket_with_inputs(s3_server)
     cluster.kube.apply(_run("good", bucket, llm_weights=f"s3://{bucket}/weights/tiny"), cluster.ns)
-    wait_for(lambda: cluster.rayjobs("good"), timeout=60, what="the RayJob")
+    wait_for(lambda: cluster.rayjobs("good"), timeout=180, what="the RayJob")
     # The operator creates the RayJob, then writes the status of that same pass.
     status = wait_for(
         lambda: cluster.status("trainingruns", "good").get("conditions"), timeout=30, what="the status"

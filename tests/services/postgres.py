@@ -63,12 +63,16 @@ def _as_owner(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv]
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int, user: str) -> bool:
+    """Accepting queries: PostgreSQL listens before it has finished starting (a connection then
+    gets "the database system is starting up"), so an open port is not enough."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
+            pass
     except OSError:
         return False
+    probe = [_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", "postgres", "-c", "SELECT 1"]
+    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
 
 
 def start_postgres(workdir: Path) -> PostgresServer:
@@ -94,5 +98,5 @@ def start_postgres(workdir: Path) -> PostgresServer:
         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
     ])  # fmt: skip
     process = ServerProcess("postgres", argv, workdir / "postgres.log")
-    process.start(lambda: _ready(port), timeout=60)
+    process.start(lambda: _ready(port, user), timeout=60)
     return PostgresServer(port=port, user=user, process=process, home=home)
