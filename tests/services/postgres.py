@@ -71,7 +71,8 @@ def _ready(port: int, user: str) -> bool:
             pass
     except OSError:
         return False
-    probe = [_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", "postgres", "-c", "SELECT 1"]
+    probe = [_tool("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", "postgres",
+             "-c", "SELECT 1"]  # fmt: skip
     return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
 
 
