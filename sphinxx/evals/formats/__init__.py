@@ -1,7 +1,8 @@
 """The importers of `sphinxx eval import FORMAT SRC DEST`: official annotation layouts -> task records.
 
 FORMATS maps each format name to its importer (docs/evaluation.md, "Importing a benchmark", lists
-what SRC is for each and where the images are expected). `run_import` runs one and applies what
+what SRC is for each and where the images are expected; "lmms-eval" the `lmms-<task>` formats,
+which convert the Parquet files of lmms-eval's datasets). `run_import` runs one and applies what
 every format shares: the --split filter and one record per id (a repeated id is a problem).
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 from .choice import mmbench, scienceqa
 from .common import Files, FormatError, Imported, ImportRequest, Problem
+from .lmms import LMMS_FORMATS
 from .refcoco import refcoco
 from .vqa import chartqa, docvqa, gqa, textvqa, vqav2
 from .yesno import mme, pope
@@ -30,6 +32,7 @@ FORMATS: dict[str, Importer] = {
     "mme": mme,
     "mmbench": mmbench,
     "scienceqa": scienceqa,
+    **LMMS_FORMATS,  # lmms-eval's datasets (Parquet files of the hub): lmms-<task>
 }
 
 __all__ = ["FORMATS", "Files", "FormatError", "ImportRequest", "Imported", "Problem", "run_import"]

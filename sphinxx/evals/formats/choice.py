@@ -19,6 +19,7 @@ from .common import (
     basename,
     field_of,
     ident,
+    image_extension,
     join,
     parent,
     read_json,
@@ -26,7 +27,6 @@ from .common import (
 )
 
 CIRCULAR_OFFSET = 1_000_000  # MMBench's circular copies of question i have indices i + k * 1e6
-_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpg", b"GIF8": "gif", b"RIFF": "webp"}
 
 
 def _rows(files: Files, uri: str) -> list[dict[str, str]]:
@@ -44,7 +44,7 @@ def _rows(files: Files, uri: str) -> list[dict[str, str]]:
         csv.field_size_limit(limit)
 
 
-def _present(value: str | None) -> str:
+def present(value: str | None) -> str:
     return "" if value is None or value.strip().lower() in ("", "nan", "none") else value.strip()
 
 
@@ -56,13 +56,8 @@ def _image(value: str, images: dict[str, str]) -> bytes:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("field 'image' is not base64") from None
-    if not any(data.startswith(m) for m in _MAGIC):
-        raise ValueError("field 'image' is not a PNG, JPEG, GIF or WebP image")
+    image_extension(data)  # ValueError unless PNG, JPEG, GIF or WebP
     return data
-
-
-def _extension(data: bytes) -> str:
-    return next(ext for magic, ext in _MAGIC.items() if data.startswith(magic))
 
 
 def mmbench(files: Files, request: ImportRequest) -> Imported:
@@ -82,18 +77,18 @@ def mmbench(files: Files, request: ImportRequest) -> Imported:
 
     def build(row: dict[str, Any]) -> list[TaskRecord]:
         index = int(ident(row, "index"))
-        options = [_present(row.get(letter)) for letter in "ABCDEFGH"]
+        options = [present(row.get(letter)) for letter in "ABCDEFGH"]
         options = options[: options.index("")] if "" in options else options
         if len(options) < 2:
             raise ValueError("fewer than two options in columns A, B, ...")
-        answer = _present(row.get("answer"))
+        answer = present(row.get("answer"))
         if answer and answer not in option_letters(len(options)):
             raise ValueError(f"field 'answer' {answer!r} is not one of the options' letters")
         data = _image(field_of(row, "image"), cells)
-        uri = join(request.image_out, f"{index}.{_extension(data)}")
+        uri = join(request.image_out, f"{index}.{image_extension(data)}")
         shifts = [0] if circular_given else list(range(len(options)))
-        question, hint = text(row, "question"), _present(row.get("hint"))
-        records = [_shifted(row, index, k, options, answer, question, hint, uri, split) for k in shifts]
+        question, hint = text(row, "question"), present(row.get("hint"))
+        records = [shifted(row, index, k, options, answer, question, hint, uri, split) for k in shifts]
         out.images[uri] = data  # only for a question that is kept
         return records
 
@@ -102,7 +97,7 @@ def mmbench(files: Files, request: ImportRequest) -> Imported:
     return out
 
 
-def _shifted(
+def shifted(
     row: dict[str, Any],
     index: int,
     k: int,
@@ -127,10 +122,10 @@ def _shifted(
         metric="circular_choice",
         answers=answers,
         choices=rotated,
-        category=_present(row.get("category")),
+        category=present(row.get("category")),
         group=str(index % CIRCULAR_OFFSET),
         meta={"shift": str(k)}
-        | ({"l2_category": row["l2-category"]} if _present(row.get("l2-category")) else {}),
+        | ({"l2_category": row["l2-category"]} if present(row.get("l2-category")) else {}),
     )
 
 
@@ -156,7 +151,7 @@ def scienceqa(files: Files, request: ImportRequest) -> Imported:
         answer = field_of(problem, "answer")
         if not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise ValueError(f"field 'answer' must index the choices, got {answer!r}")
-        hint = _present(problem.get("hint"))
+        hint = present(problem.get("hint"))
         question = text(problem, "question")
         return TaskRecord(
             id=pid,

@@ -19,6 +19,7 @@ from sphinxx.schema.fields import SchemaError
 
 from ..task import TaskRecord
 
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpg", b"GIF8": "gif", b"RIFF": "webp"}
 LISTED_PROBLEMS = 1000  # skipped records listed one by one in a report; all are counted
 T = TypeVar("T")
 
@@ -181,3 +182,11 @@ def ident(item: Any, key: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
         raise ValueError(f"field {key!r} must be an id (string or integer), got {value!r}")
     return str(value)
+
+
+def image_extension(data: bytes, key: str = "image") -> str:
+    """The file extension of an image's bytes (by their magic); ValueError naming the field otherwise."""
+    for magic, ext in IMAGE_MAGIC.items():
+        if data.startswith(magic):
+            return ext
+    raise ValueError(f"field {key!r} is not a PNG, JPEG, GIF or WebP image")

@@ -14,7 +14,7 @@ from .common import Files, FormatError, Imported, ImportRequest, basename, ident
 MME_IMAGE_SUBFOLDER = frozenset({"artwork", "celebrity", "landmark", "posters", "scene"})
 
 
-def _yes_no(value: str) -> str:
+def yes_no(value: str) -> str:
     answer = value.strip()
     if answer.lower() not in ("yes", "no"):
         raise ValueError(f"the answer must be yes or no, got {value!r}")
@@ -49,7 +49,7 @@ def pope(files: Files, request: ImportRequest) -> Imported:
             question=question,
             prompt=prompts.short_answer(question),
             metric="pope",
-            answers=[_yes_no(text(item, "label"))],
+            answers=[yes_no(text(item, "label"))],
             category=subset,
         )
 
@@ -94,7 +94,7 @@ def _mme_category(files: Files, request: ImportRequest, name: str, images: str, 
             question=question,
             prompt=prompts.short_answer(question),
             metric="mme",
-            answers=[_yes_no(answer)],
+            answers=[yes_no(answer)],
             category=category,
             group=f"{category}/{image}",
         )
