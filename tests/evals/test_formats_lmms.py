@@ -184,7 +184,8 @@ def test_textvqa_and_docvqa_rows(tmp_path: Path) -> None:
 def test_chartqa_rows_are_numbered_within_their_split(tmp_path: Path) -> None:
     image = _png()
     rows = [
-        {"type": "human_test", "question": "What is the highest value?", "answer": "42", "image": _feature(image)},
+        {"type": "human_test", "question": "What is the highest value?", "answer": "42",
+         "image": _feature(image)},
         {"type": "human_test", "question": "", "answer": "1", "image": _feature(image)},
         {"type": "augmented_test", "question": "What share?", "answer": "3.5", "image": _feature(image)},
         {"type": "human_test", "question": "Which year?", "answer": "2019", "image": _feature(image)},
@@ -260,9 +261,10 @@ def test_scienceqa_img_keeps_the_rows_with_an_image(tmp_path: Path) -> None:
     image = _png()
     rows = [
         {"question": "Which is a mammal?", "choices": ["shark", "whale", "trout"], "answer": 1,
-         "hint": "Look at the picture.", "subject": "natural science", "grade": "grade4", "image": _feature(image)},
-        {"question": "Text only?", "choices": ["a", "b"], "answer": 0, "hint": "", "subject": "language science",
-         "grade": "grade2", "image": None},
+         "hint": "Look at the picture.", "subject": "natural science", "grade": "grade4",
+         "image": _feature(image)},
+        {"question": "Text only?", "choices": ["a", "b"], "answer": 0, "hint": "",
+         "subject": "language science", "grade": "grade2", "image": None},
         {"question": "Bad answer?", "choices": ["a", "b"], "answer": 5, "hint": "", "subject": "x",
          "grade": "grade1", "image": _feature(image)},
     ]  # fmt: skip
@@ -314,7 +316,8 @@ def test_mmbench_rows_with_circular_shifts_match_the_native_import(tmp_path: Pat
          "answer": "A", "category": "image_emotion", "L2-category": "perception", "split": "dev",
          "image": _feature(image)},
         {"index": 3, "question": "Bad answer?", "hint": None, "A": "x", "B": "y", "C": None, "D": None,
-         "answer": "E", "category": "ocr", "L2-category": "perception", "split": "dev", "image": _feature(image)},
+         "answer": "E", "category": "ocr", "L2-category": "perception", "split": "dev",
+         "image": _feature(image)},
     ]  # fmt: skip
     src = _parquet(tmp_path / "mmbench" / "en" / "dev-00000-of-00001.parquet", rows)
     records, report = _imported("lmms-mmbench", src.parent, tmp_path / "mmb.jsonl")
