@@ -99,12 +99,15 @@ def test_pope_rows_match_the_native_import(tmp_path: Path) -> None:
     assert first.prompt == "Is there a snowboard in the image?" + SHORT and first.metric == "pope"
     assert first.split == "coco_pope_adversarial" and first.category == "adversarial"
     assert records[1].answers == ["No"] and records[1].split == "coco_pope_random"
-    assert first.images[0].startswith(f"file://{tmp_path}/tasks/pope.images/") and first.images[0].endswith(".png")
+    assert first.images[0].startswith(f"file://{tmp_path}/tasks/pope.images/") and first.images[0].endswith(
+        ".png"
+    )
     assert first.images == records[1].images and _image_of(first) == image  # one file per picture
     assert report["images_written"] == 1
     assert _reasons(report) == [
         "test-00000-of-00001.parquet[1]: the answer must be yes or no, got 'maybe'",
-        "test-00000-of-00001.parquet[2]: field 'image' holds no image bytes (an Image feature's {bytes, path})",
+        "test-00000-of-00001.parquet[2]: field 'image' holds no image bytes"
+        " (an Image feature's {bytes, path})",
     ]
     native_src = _write(
         tmp_path / "native" / "coco_pope_adversarial.json",
@@ -131,7 +134,9 @@ def test_vqav2_rows_match_the_native_import(tmp_path: Path) -> None:
     records, report = _imported("lmms-vqav2", src, tmp_path / "vqav2.jsonl")
     (record,) = records
     assert record.split == "val2014" and record.answers == ["red"] * 10 and record.metric == "vqa_accuracy"
-    assert record.meta == {"question_type": "what color", "answer_type": "other"} and _image_of(record) == image
+    assert (
+        record.meta == {"question_type": "what color", "answer_type": "other"} and _image_of(record) == image
+    )
     assert report["reasons"] == {"field 'question' must be a non-empty string, got ''": 1}
 
     questions = {
@@ -199,7 +204,9 @@ def test_chartqa_rows_are_numbered_within_their_split(tmp_path: Path) -> None:
         "test-00000-of-00001.parquet[1]: field 'question' must be a non-empty string, got ''"
     ]
     items = [{"imgname": "a.png", "query": "What is the highest value?", "label": "42"}]
-    (native,), _ = _imported("chartqa", _write(tmp_path / "n" / "test_human.json", items), tmp_path / "n.jsonl")
+    (native,), _ = _imported(
+        "chartqa", _write(tmp_path / "n" / "test_human.json", items), tmp_path / "n.jsonl"
+    )
     _same_but_images(records[0], native)
 
 
@@ -229,7 +236,9 @@ def test_gqa_questions_and_their_images_parquet(tmp_path: Path) -> None:
     _same_but_images(records[0], native)
 
     elsewhere = _parquet(tmp_path / "loose" / "questions.parquet", questions[:1])
-    with pytest.raises(ValueError, match="GQA's images are a separate Parquet dataset; name it with --images"):
+    with pytest.raises(
+        ValueError, match="GQA's images are a separate Parquet dataset; name it with --images"
+    ):
         import_benchmark("lmms-gqa", str(elsewhere), str(tmp_path / "x.jsonl"))
     images_src = tmp_path / "gqa" / "testdev_balanced_images"
     (record,), _ = _imported("lmms-gqa", elsewhere, tmp_path / "y.jsonl", images=str(images_src))
@@ -272,9 +281,14 @@ def test_scienceqa_img_keeps_the_rows_with_an_image(tmp_path: Path) -> None:
     (record,), report = _imported("lmms-scienceqa", src, tmp_path / "sqa.jsonl")
     assert record.id == "0" and record.split == "test" and record.task == "scienceqa_img"
     assert record.answers == ["B"] and record.answer_prefix == "The answer is"
-    assert record.prompt == f"Context: Look at the picture.\nWhich is a mammal?\nA. shark\nB. whale\nC. trout\n{MC}"
+    assert (
+        record.prompt
+        == f"Context: Look at the picture.\nWhich is a mammal?\nA. shark\nB. whale\nC. trout\n{MC}"
+    )
     assert record.category == "natural science" and record.meta == {"grade": "grade4"}
-    assert report["filtered"] == 1 and report["reasons"] == {"field 'answer' must index the choices, got 5": 1}
+    assert report["filtered"] == 1 and report["reasons"] == {
+        "field 'answer' must index the choices, got 5": 1
+    }
     problems = {"1": rows[0] | {"image": "image.png"}}
     native_src = _write(tmp_path / "native" / "problems.json", problems)
     _write(tmp_path / "native" / "pid_splits.json", {"test": ["1"]})
@@ -323,7 +337,10 @@ def test_mmbench_rows_with_circular_shifts_match_the_native_import(tmp_path: Pat
     records, report = _imported("lmms-mmbench", src.parent, tmp_path / "mmb.jsonl")
     assert [r.id for r in records] == ["0", "0-shift1", "0-shift2", "0-shift3", "1", "1-shift1"]
     assert [r.answers[0] for r in records] == ["C", "B", "A", "D", "A", "B"]
-    assert records[0].prompt == f"A photo of a farm.\nWhat is shown?\nA. a dog\nB. a cat\nC. a cow\nD. a hen\n{MC}"
+    assert (
+        records[0].prompt
+        == f"A photo of a farm.\nWhat is shown?\nA. a dog\nB. a cat\nC. a cow\nD. a hen\n{MC}"
+    )
     assert records[4].prompt == f"Is it red?\nA. yes\nB. no\n{MC}" and records[0].split == "dev"
     assert report["reasons"] == {"field 'answer' 'E' is not one of the options' letters": 1}
     header = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tl2-category"

@@ -136,9 +136,13 @@ def lmms_vqav2(files: Files, request: ImportRequest) -> Imported:
         qid, question, data = ident(row, "question_id"), text(row, "question"), image_bytes(row)
         rest = _answers(row)
         if rest:
-            rest["meta"] = {k: str(row[k]) for k in ("question_type", "answer_type") if row.get(k) is not None}
+            rest["meta"] = {
+                k: str(row[k]) for k in ("question_type", "answer_type") if row.get(k) is not None
+            }
         uri = image_uri(request, data)
-        record = _short("vqav2", qid, VQAV2_SPLITS.get(split, split), uri, question, metric="vqa_accuracy", **rest)
+        record = _short(
+            "vqav2", qid, VQAV2_SPLITS.get(split, split), uri, question, metric="vqa_accuracy", **rest
+        )
         out.images[uri] = data
         return record
 
@@ -194,7 +198,9 @@ def lmms_chartqa(files: Files, request: ImportRequest) -> Imported:
         answers = [text({"answer": label}, "answer")]
         question, data = text(row, "question"), image_bytes(row)
         uri = image_uri(request, data)
-        record = _short("chartqa", f"{split}-{k}", split, uri, question, metric="relaxed_accuracy", answers=answers)
+        record = _short(
+            "chartqa", f"{split}-{k}", split, uri, question, metric="relaxed_accuracy", answers=answers
+        )
         out.images[uri] = data
         return record
 
@@ -240,7 +246,8 @@ def lmms_gqa(files: Files, request: ImportRequest) -> Imported:
             raise ValueError(f"imageId {image_id!r} is not in the images Parquet ({images_src})")
         data = image_bytes({"image": pictures[image_id]})
         rest: dict[str, Any] = {"answers": [text(row, "answer")]} if row.get("answer") is not None else {}
-        types = row.get("types") if isinstance(row.get("types"), dict) else {}
+        types = row.get("types")
+        types = types if isinstance(types, dict) else {}
         rest["meta"] = {k: str(v) for k, v in types.items() if v is not None}
         uri = image_uri(request, data)
         record = _short("gqa", qid, config_split or split, uri, question, metric="exact_match", **rest)
