@@ -156,8 +156,9 @@ def test_vqav2_rows_match_the_native_import(tmp_path: Path) -> None:
 
     test_rows = [{"question_id": 7, "question": "Why?", "answers": None, "image": _feature(image)}]
     src = _parquet(tmp_path / "vqav2" / "testdev-00000-of-00001.parquet", test_rows)
-    (record,), report = _imported("lmms-vqav2", src, tmp_path / "testdev.jsonl")
+    (record,), report = _imported("lmms-vqav2", src, tmp_path / "testdev.jsonl", images="s3://coco")
     assert record.split == "test-dev2015" and not record.scored and report["unscored"] == 1
+    assert report["notes"] == ["--images s3://coco is not used: lmms-vqav2 reads the images in the rows"]
 
 
 def test_textvqa_and_docvqa_rows(tmp_path: Path) -> None:

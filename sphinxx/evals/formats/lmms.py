@@ -100,8 +100,19 @@ def image_uri(request: ImportRequest, data: bytes) -> str:
     return join(request.image_out, f"{hashlib.sha256(data).hexdigest()[:24]}.{image_extension(data)}")
 
 
+def unused_options(request: ImportRequest) -> list[str]:
+    """Notes on the options an lmms-<task> format does not read (the pictures are in the rows)."""
+    notes = []
+    if request.images and request.fmt != "lmms-gqa":
+        notes.append(f"--images {request.images} is not used: {request.fmt} reads the images in the rows")
+    if request.annotations:
+        notes.append(f"--annotations {request.annotations} is not used: {request.fmt} has no companion file")
+    return notes
+
+
 def _convert(files: Files, request: ImportRequest, out: Imported, build: Build) -> Imported:
     """`build(row, split, n)` for every row of every file of SRC (`n` counts rows over all files)."""
+    out.notes += unused_options(request)
     n = 0
     for uri in parquet_files(files, request.src):
         split = split_of(uri)
@@ -407,7 +418,7 @@ def lmms_mmbench(files: Files, request: ImportRequest) -> Imported:
     """lmms-lab/MMBench (config en / cn): index, question, hint, A-E, answer, category, L2-category,
     image. Circular shifts as the native importer makes them (none added when indices of 1e6 and
     above show the rows already hold them)."""
-    out = Imported()
+    out = Imported(notes=unused_options(request))
     rows = [
         (uri, k, row)
         for uri in parquet_files(files, request.src)
