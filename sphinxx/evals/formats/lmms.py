@@ -39,6 +39,7 @@ from .common import (
     texts,
 )
 from .refcoco import target
+from .vqa import short_record
 from .yesno import yes_no
 
 # Hugging Face split names -> the native importer's split names (where the two differ).
@@ -122,18 +123,6 @@ def _convert(files: Files, request: ImportRequest, out: Imported, build: Build) 
     return out
 
 
-def _short(task: str, rid: str, split: str, image: str, question: str, **rest: Any) -> TaskRecord:
-    return TaskRecord(
-        id=rid,
-        task=task,
-        split=split,
-        images=[image],
-        question=question,
-        prompt=prompts.short_answer(question),
-        **rest,
-    )
-
-
 def _answers(row: dict[str, Any]) -> dict[str, Any]:
     """`answers` when the row has them (a test split publishes none: the record is unscored)."""
     return {"answers": texts(row, "answers")} if row.get("answers") is not None else {}
@@ -151,7 +140,7 @@ def lmms_vqav2(files: Files, request: ImportRequest) -> Imported:
                 k: str(row[k]) for k in ("question_type", "answer_type") if row.get(k) is not None
             }
         uri = image_uri(request, data)
-        record = _short(
+        record = short_record(
             "vqav2", qid, VQAV2_SPLITS.get(split, split), uri, question, metric="vqa_accuracy", **rest
         )
         out.images[uri] = data
@@ -160,34 +149,31 @@ def lmms_vqav2(files: Files, request: ImportRequest) -> Imported:
     return _convert(files, request, out, build)
 
 
-def lmms_textvqa(files: Files, request: ImportRequest) -> Imported:
-    """lmms-lab/textvqa: question_id, question, answers [str], set_name, image."""
-    out = Imported()
+def _listed_answers(
+    task: str, id_key: str, split_key: str, metric: str
+) -> Callable[[Files, ImportRequest], Imported]:
+    """A converter for rows of `id_key`, question, answers [str], `split_key` (else the file's) and image."""
 
-    def build(row: dict[str, Any], split: str, n: int) -> TaskRecord:
-        qid, question, data = ident(row, "question_id"), text(row, "question"), image_bytes(row)
-        split = str(row.get("set_name") or VAL_SPLITS.get(split, split))
-        uri = image_uri(request, data)
-        record = _short("textvqa", qid, split, uri, question, metric="vqa_accuracy", **_answers(row))
-        out.images[uri] = data
-        return record
+    def convert(files: Files, request: ImportRequest) -> Imported:
+        out = Imported()
 
-    return _convert(files, request, out, build)
+        def build(row: dict[str, Any], split: str, n: int) -> TaskRecord:
+            qid, question, data = ident(row, id_key), text(row, "question"), image_bytes(row)
+            split = str(row.get(split_key) or VAL_SPLITS.get(split, split))
+            uri = image_uri(request, data)
+            record = short_record(task, qid, split, uri, question, metric=metric, **_answers(row))
+            out.images[uri] = data
+            return record
+
+        return _convert(files, request, out, build)
+
+    return convert
 
 
-def lmms_docvqa(files: Files, request: ImportRequest) -> Imported:
-    """lmms-lab/DocVQA (config DocVQA): questionId, question, answers [str], data_split, image."""
-    out = Imported()
-
-    def build(row: dict[str, Any], split: str, n: int) -> TaskRecord:
-        qid, question, data = ident(row, "questionId"), text(row, "question"), image_bytes(row)
-        split = str(row.get("data_split") or VAL_SPLITS.get(split, split))
-        uri = image_uri(request, data)
-        record = _short("docvqa", qid, split, uri, question, metric="anls", **_answers(row))
-        out.images[uri] = data
-        return record
-
-    return _convert(files, request, out, build)
+# lmms-lab/textvqa: question_id, question, answers [str], set_name, image.
+lmms_textvqa = _listed_answers("textvqa", "question_id", "set_name", "vqa_accuracy")
+# lmms-lab/DocVQA (config DocVQA): questionId, question, answers [str], data_split, image.
+lmms_docvqa = _listed_answers("docvqa", "questionId", "data_split", "anls")
 
 
 def lmms_chartqa(files: Files, request: ImportRequest) -> Imported:
@@ -209,7 +195,7 @@ def lmms_chartqa(files: Files, request: ImportRequest) -> Imported:
         answers = [text({"answer": label}, "answer")]
         question, data = text(row, "question"), image_bytes(row)
         uri = image_uri(request, data)
-        record = _short(
+        record = short_record(
             "chartqa", f"{split}-{k}", split, uri, question, metric="relaxed_accuracy", answers=answers
         )
         out.images[uri] = data
@@ -261,7 +247,7 @@ def lmms_gqa(files: Files, request: ImportRequest) -> Imported:
         types = types if isinstance(types, dict) else {}
         rest["meta"] = {k: str(v) for k, v in types.items() if v is not None}
         uri = image_uri(request, data)
-        record = _short("gqa", qid, config_split or split, uri, question, metric="exact_match", **rest)
+        record = short_record("gqa", qid, config_split or split, uri, question, metric="exact_match", **rest)
         out.images[uri] = data
         return record
 

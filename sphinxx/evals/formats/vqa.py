@@ -23,7 +23,7 @@ from .common import (
 )
 
 
-def _short(task: str, rid: str, split: str, image: str, question: str, **rest: Any) -> TaskRecord:
+def short_record(task: str, rid: str, split: str, image: str, question: str, **rest: Any) -> TaskRecord:
     return TaskRecord(
         id=rid,
         task=task,
@@ -81,7 +81,7 @@ def vqav2(files: Files, request: ImportRequest) -> Imported:
             rest["answers"] = texts(found, "answers")
             rest["meta"] = {k: str(found[k]) for k in ("question_type", "answer_type") if k in found}
         image = vqav2_image(images, subtype, image_id)
-        return _short("vqav2", qid, subtype, image, question, metric="vqa_accuracy", **rest)
+        return short_record("vqav2", qid, subtype, image, question, metric="vqa_accuracy", **rest)
 
     for n, item in enumerate(questions["questions"]):
         out.add(f"{basename(request.src)}[{n}]", build, item)
@@ -102,7 +102,7 @@ def gqa(files: Files, request: ImportRequest) -> Imported:
         rest: dict[str, Any] = {"answers": [text(item, "answer")]} if "answer" in item else {}
         types = item["types"] if isinstance(item.get("types"), dict) else {}
         rest["meta"] = {k: str(v) for k, v in types.items()}
-        return _short("gqa", qid, split, image, question, metric="exact_match", **rest)
+        return short_record("gqa", qid, split, image, question, metric="exact_match", **rest)
 
     for qid, item in data.items():
         out.add(f"{basename(request.src)}[{qid}]", build, qid, item)
@@ -127,7 +127,9 @@ def textvqa(files: Files, request: ImportRequest) -> Imported:
         rest: dict[str, Any] = {"answers": texts(item, "answers")} if "answers" in item else {}
         image = textvqa_image(images, split, ident(item, "image_id"))
         qid = ident(item, "question_id")
-        return _short("textvqa", qid, split, image, text(item, "question"), metric="vqa_accuracy", **rest)
+        return short_record(
+            "textvqa", qid, split, image, text(item, "question"), metric="vqa_accuracy", **rest
+        )
 
     for n, item in enumerate(items):
         out.add(f"{basename(request.src)}[{n}]", build, item)
@@ -145,7 +147,7 @@ def docvqa(files: Files, request: ImportRequest) -> Imported:
         rest: dict[str, Any] = {"answers": texts(item, "answers")} if "answers" in item else {}
         image = join(images, text(item, "image"))
         qid = ident(item, "questionId")
-        return _short("docvqa", qid, split, image, text(item, "question"), metric="anls", **rest)
+        return short_record("docvqa", qid, split, image, text(item, "question"), metric="anls", **rest)
 
     for n, item in enumerate(items):
         out.add(f"{basename(request.src)}[{n}]", build, item)
@@ -167,7 +169,7 @@ def chartqa(files: Files, request: ImportRequest) -> Imported:
             label = str(label)
         answers = [text({"label": label}, "label")]
         image = join(images, text(item, "imgname"))
-        return _short(
+        return short_record(
             "chartqa",
             f"{split}-{n}",
             split,
