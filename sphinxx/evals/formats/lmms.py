@@ -40,7 +40,7 @@ from .common import (
 )
 from .refcoco import target
 from .vqa import short_record
-from .yesno import yes_no
+from .yesno import mme_record, pope_record, yes_no
 
 # Hugging Face split names -> the native importer's split names (where the two differ).
 VQAV2_SPLITS = {"validation": "val2014", "testdev": "test-dev2015", "test": "test2015"}
@@ -260,19 +260,10 @@ def lmms_pope(files: Files, request: ImportRequest) -> Imported:
 
     def build(row: dict[str, Any], split: str, n: int) -> TaskRecord:
         qid, question, subset = ident(row, "question_id"), text(row, "question"), text(row, "category")
-        answers, data = [yes_no(text(row, "answer"))], image_bytes(row)
+        answer, data = yes_no(text(row, "answer")), image_bytes(row)
         uri = image_uri(request, data)
-        record = TaskRecord(
-            id=qid,
-            task="pope",
-            split=f"coco_pope_{subset}",  # the native importer's split: the subset's file name
-            images=[uri],
-            question=question,
-            prompt=prompts.short_answer(question),
-            metric="pope",
-            answers=answers,
-            category=subset,
-        )
+        # The native importer's split: the subset's file name.
+        record = pope_record(qid, f"coco_pope_{subset}", uri, question, answer, subset)
         out.images[uri] = data
         return record
 
@@ -289,24 +280,13 @@ def lmms_mme(files: Files, request: ImportRequest) -> Imported:
     def build(row: dict[str, Any], split: str, n: int) -> TaskRecord:
         qid, question, category = ident(row, "question_id"), text(row, "question"), text(row, "category")
         group = qid if "/" in qid else f"{category}/{qid}"
-        answers, data = [yes_no(text(row, "answer"))], image_bytes(row)
+        answer, data = yes_no(text(row, "answer")), image_bytes(row)
         if category not in MME_PERCEPTION + MME_COGNITION and category not in unknown:
             unknown.add(category)
             out.notes.append(f"{category!r} is not an MME category; scored in neither sum")
         seen[group] += 1
         uri = image_uri(request, data)
-        record = TaskRecord(
-            id=f"{group}/{seen[group]}",
-            task="mme",
-            split="test",
-            images=[uri],
-            question=question.strip(),
-            prompt=prompts.short_answer(question),
-            metric="mme",
-            answers=answers,
-            category=category,
-            group=group,
-        )
+        record = mme_record(group, seen[group], uri, question.strip(), answer, category)
         out.images[uri] = data
         return record
 

@@ -32,6 +32,38 @@ def _lines(files: Files, uri: str) -> list[str]:
         raise FormatError(f"{uri}: not UTF-8 text ({err})") from None
 
 
+def pope_record(qid: str, split: str, image: str, question: str, label: str, subset: str) -> TaskRecord:
+    """One POPE question (this importer's and the lmms-eval converter's)."""
+    return TaskRecord(
+        id=qid,
+        task="pope",
+        split=split,
+        images=[image],
+        question=question,
+        prompt=prompts.short_answer(question),
+        metric="pope",
+        answers=[yes_no(label)],
+        category=subset,
+    )
+
+
+def mme_record(group: str, n: int, image: str, question: str, answer: str, category: str) -> TaskRecord:
+    """The `n`-th question about MME image `group` (`<category>/<image>`; this importer's and the
+    lmms-eval converter's): an image's questions are scored together."""
+    return TaskRecord(
+        id=f"{group}/{n}",
+        task="mme",
+        split="test",
+        images=[image],
+        question=question,
+        prompt=prompts.short_answer(question),
+        metric="mme",
+        answers=[yes_no(answer)],
+        category=category,
+        group=group,
+    )
+
+
 def pope(files: Files, request: ImportRequest) -> Imported:
     """POPE: coco_pope_<subset>.json (SRC), one {question_id, image, text, label} per line."""
     out = Imported()
@@ -40,18 +72,9 @@ def pope(files: Files, request: ImportRequest) -> Imported:
 
     def build(line: str) -> TaskRecord:
         item: Any = json.loads(line)
-        question = text(item, "text")
-        return TaskRecord(
-            id=ident(item, "question_id"),
-            task="pope",
-            split=stem(request.src),
-            images=[join(images, text(item, "image"))],
-            question=question,
-            prompt=prompts.short_answer(question),
-            metric="pope",
-            answers=[yes_no(text(item, "label"))],
-            category=subset,
-        )
+        question = text(item, "text")  # fields read in the order the reasons name them
+        qid, image = ident(item, "question_id"), join(images, text(item, "image"))
+        return pope_record(qid, stem(request.src), image, question, text(item, "label"), subset)
 
     for n, line in enumerate(_lines(files, request.src), start=1):
         if line.strip():
@@ -86,18 +109,7 @@ def _mme_category(files: Files, request: ImportRequest, name: str, images: str, 
         if not image or not question:
             raise ValueError("empty image or question column")
         seen[image] = seen.get(image, 0) + 1
-        return TaskRecord(
-            id=f"{category}/{image}/{seen[image]}",
-            task="mme",
-            split="test",
-            images=[join(folder, image)],
-            question=question,
-            prompt=prompts.short_answer(question),
-            metric="mme",
-            answers=[yes_no(answer)],
-            category=category,
-            group=f"{category}/{image}",
-        )
+        return mme_record(f"{category}/{image}", seen[image], join(folder, image), question, answer, category)
 
     for n, line in enumerate(_lines(files, join(request.src, name)), start=1):
         if line.strip():
