@@ -70,14 +70,14 @@ class CapacityWatch:
 
     def room(self) -> bool:
         """True when, at a look that is due, at least one more worker fits and has for `settle_s`."""
-        if self.probe is None or self.clock() < self.next_look:
+        now = self.clock()
+        if self.probe is None or now < self.next_look:
             return False
-        self.next_look = self.clock() + self.every_s
+        self.next_look = now + self.every_s
         try:
             free = self.probe()
         except Exception:  # noqa: BLE001 - a failed look (GCS busy) is no reason to stop training
             return False
-        now = self.clock()
         self.seen = min(workers_that_fit(free, self.per_worker), self.max_workers - self.world_size)
         if self.seen <= 0:
             self.room_since = None
