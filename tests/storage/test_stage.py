@@ -113,13 +113,14 @@ def test_a_changed_or_corrupted_cached_file_is_fetched_again(
     report = stage(uri, root=root, log=io.StringIO())
     shard = Path(report.local_path) / "model-00002-of-00002.safetensors"
 
-    shard.write_bytes(b"x" + model_files[shard.name][1:])  # flipped byte: the mtime changes
+    original = model_files[shard.name]
+    shard.write_bytes(bytes([original[0] ^ 1]) + original[1:])  # flipped byte: the mtime changes
     again = stage(uri, root=root, log=io.StringIO())
     assert again.bytes_downloaded == len(model_files[shard.name])
     assert shard.read_bytes() == model_files[shard.name]
 
     st = shard.stat()  # same size and mtime: only a full check can tell
-    shard.write_bytes(b"y" + model_files[shard.name][1:])
+    shard.write_bytes(bytes([original[0] ^ 2]) + original[1:])  # another flip, always a change
     os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert stage(uri, root=root, log=io.StringIO()).bytes_downloaded == 0
     full = stage(uri, root=root, verify="full", log=io.StringIO())
@@ -151,7 +152,7 @@ def test_etag_of_single_and_multipart_objects(s3_server, s3_bucket, tmp_path) ->
     assert _etag_matches(str(tmp_path / "plain"), plain_etag, None)
     assert not _etag_matches(str(tmp_path / "multi"), plain_etag, None)
     assert _etag_matches(str(tmp_path / "multi"), multi_etag, part)
-    (tmp_path / "multi").write_bytes(data[:-1] + b"\0")
+    (tmp_path / "multi").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a changed last byte, always
     assert not _etag_matches(str(tmp_path / "multi"), multi_etag, part)
     # The streaming form (what a staging download computes), fed in chunks that straddle parts.
     single, multi = ETagDigest(), ETagDigest(part)
