@@ -7,7 +7,7 @@ import socket
 import traceback
 from typing import Any
 
-import torch.multiprocessing as mp
+from tests.ranks import adopt, context, here
 
 
 def _free_port() -> int:
@@ -34,9 +34,10 @@ def _loads(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
-def _entry(rank: int, world: int, port: int, fn, args: tuple, queue) -> None:
+def _entry(rank: int, world: int, port: int, fn, args: tuple, queue, state) -> None:
     import torch.distributed as dist
 
+    adopt(state)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -57,11 +58,11 @@ def _entry(rank: int, world: int, port: int, fn, args: tuple, queue) -> None:
 
 
 def run_distributed(fn, world: int, *args: Any, timeout: float = 600) -> list[Any]:
-    """fn(rank, world, *args) in `world` spawned processes; returns results by rank, raises on error."""
-    ctx = mp.get_context("spawn")
+    """fn(rank, world, *args) in `world` processes (tests/ranks.py); results by rank, raises on error."""
+    ctx = context()
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue, here())) for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.testing import assert_close
 
 from sphinxx.model import moe_kernels
@@ -24,6 +23,7 @@ from sphinxx.model.expert_parallel import (
     new_expert_parallel_groups,
 )
 from sphinxx.model.moe import MoE, MoEArgs
+from tests import ranks
 
 H, F, E, K, WORLD = 64, 128, 8, 2, 2
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -111,7 +111,7 @@ def _worker(rank: int, init_file: str) -> None:
 @pytest.mark.slow
 def test_ep2_over_gloo_equals_ep1(tmp_path) -> None:
     # FileStore rendezvous: no port to pick, and the file is removed when the group is destroyed.
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
+    ranks.start(_worker, (str(tmp_path / "rendezvous"),), WORLD)
 
 
 def test_attach_rejects_mismatched_ep_size() -> None:

@@ -7,13 +7,13 @@ import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from torch.testing import assert_close
 
 from sphinxx.jobs.parallelize import deepspeed_config, optimizer_param_groups
 from sphinxx.model.expert_parallel import expert_range
 from sphinxx.model.moe import MoE, MoEArgs
+from tests import ranks
 
 H, F, E, K, WORLD, EP = 64, 128, 8, 2, 2, 2
 ADAMW = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-3}  # eps large enough that the step depends on |grad|
@@ -137,7 +137,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_deepspeed_step_equals_single_process_adamw() -> None:
     """EP 2 + ZeRO-2, EP 2 + ZeRO-1, EP 1 + ZeRO-3 on 2 gloo ranks, each vs the same reference step."""
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+    ranks.start(_worker, (_free_port(),), WORLD)
 
 
 def test_config_rejects_ep_with_zero3_and_marks_moe_groups() -> None:

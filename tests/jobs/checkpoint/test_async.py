@@ -24,6 +24,7 @@ import torch
 from tests.jobs._dist import _entry, _free_port, run_distributed
 from tests.jobs._tiny import GLOBAL_BATCH, MICRO, rank_group, tiny_run_config
 from tests.jobs.checkpoint.test_checkpointer import _full_state
+from tests.ranks import context, here
 from tests.storage.fault_proxy import FaultProxy, Rule
 
 CASE = ("debug", 2, 1)  # ZeRO-2: the optimizer state is written as fragments
@@ -210,17 +211,18 @@ def _killed_mid_upload(rank: int, world: int, storage: str, endpoint: str, ready
 def test_workers_killed_during_the_background_upload_leave_the_previous_checkpoint_latest(
     tmp_path, s3_server, s3_bucket
 ):
-    import torch.multiprocessing as mp
-
     from sphinxx.storage import CheckpointStore, StorageOptions
 
     proxy = FaultProxy(s3_server.endpoint_url)
     proxy.add(Rule("delay", method="PUT", path=r"/killed/checkpoints/step-000000004/", times=100, stall_s=30))
     storage, ready = f"s3://{s3_bucket}/runs", str(tmp_path / "ready")
-    ctx = mp.get_context("spawn")
+    ctx = context()
     queue, port = ctx.Queue(), _free_port()
     args = (storage, proxy.endpoint_url, ready)
-    procs = [ctx.Process(target=_entry, args=(r, 2, port, _killed_mid_upload, args, queue)) for r in range(2)]
+    procs = [
+        ctx.Process(target=_entry, args=(r, 2, port, _killed_mid_upload, args, queue, here()))
+        for r in range(2)
+    ]
     try:
         for p in procs:
             p.start()
