@@ -48,6 +48,11 @@ lane_paths() {  # the paths of lane $1
   printf '%s\n' "${paths[@]}"
 }
 
+# One intra-op thread per test process: three lanes already keep both cores busy, and torch's
+# second thread on these tiny tensors costs more CPU than it saves (tests/model: 28.5 user-s with
+# two, 25.6 with one, on the idle machine). The jobs set their own (`parallel.cpus_per_worker`).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
 log_dir=${LANE_LOG_DIR:-build}
 mkdir -p "$log_dir"
 ignores=()
