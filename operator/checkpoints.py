@@ -2,11 +2,12 @@
 
 The operator never lists step folders itself: `CheckpointStore.latest()` returns only a step whose
 commit marker (`manifest.json`) exists and whose files check out, so a resume never starts from a
-partial checkpoint (docs/storage.md, "Reading: the latest good checkpoint"). Stores are cached per run because
-building an S3 client costs ~0.5 s of CPU; the store itself refreshes its filesystem (and credentials) every
-few minutes. The job's progress record (`progress.json`, the live status) is read here too, and
-rollbacks go through here: the operator, not the user's machine, holds the
-storage credentials.
+partial checkpoint (docs/storage.md, "Reading: the latest good checkpoint"). Stores are cached per run, and
+all of them share one filesystem per URI scheme and endpoint (`SharedFs`: one S3 client and connection
+pool for every run, refreshed with its credentials every few minutes), because an S3 client costs
+~0.5 s of CPU to build and about 2 MB to keep. The job's progress record (`progress.json`, the live
+status) is read here too, and rollbacks go through here: the operator, not the user's machine, holds
+the storage credentials.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from typing import Any
 from sphinxx.schema.fields import SchemaError, parse
 from sphinxx.schema.status import BenchmarkScore
 from sphinxx.storage import CheckpointStore, StorageOptions
+from sphinxx.storage.shared_fs import SharedFs
+from sphinxx.storage.uri import scheme
 
 from .decide import Checkpoint
 
 _stores: dict[tuple[str, str, str | None], CheckpointStore] = {}
+_shared: dict[tuple[str, str | None], SharedFs] = {}  # (scheme, endpoint) -> the runs' filesystem
 _lock = threading.Lock()
 METRIC_KEYS = ("loss", "train_loss", "val_loss")  # the first one present becomes status.metrics.loss
 
@@ -30,7 +34,10 @@ def _store(prefix: str, run_id: str, endpoint_url: str | None) -> CheckpointStor
     key = (prefix, run_id, endpoint_url)
     with _lock:
         if key not in _stores:
-            _stores[key] = CheckpointStore(prefix, run_id, options=StorageOptions(endpoint_url=endpoint_url))
+            fs_key = (scheme(prefix), endpoint_url)
+            if fs_key not in _shared:
+                _shared[fs_key] = SharedFs(prefix, StorageOptions(endpoint_url=endpoint_url))
+            _stores[key] = CheckpointStore(prefix, run_id, shared=_shared[fs_key])
         return _stores[key]
 
 

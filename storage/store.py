@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from .commit import CheckpointWriter, clear_uncommitted_step, commit_step
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, PreconditionFailedError, StorageError
 from .layout import MANIFEST_NAME, RunLayout, locate
 from .manifest import FORMAT_VERSION, CommitMetadata, FileEntry, Manifest, WriterRecord
-from .objectfs import ObjectFS, open_fs
+from .objectfs import ObjectFS
 from .options import StorageOptions
 from .reader import (
     StepFolder,
@@ -45,7 +44,9 @@ from .retention import (
     plan_retention,
 )
 from .rollback import Rollback, RollbackLog, plan_rollback
+from .shared_fs import SharedFs
 from .uri import join as uri_join
+from .uri import scheme as uri_scheme
 from .verify import VerifyReport
 from .verify import verify as verify_manifest
 
@@ -62,15 +63,25 @@ class CheckpointInfo:
 class CheckpointStore:
     """Checkpoints of one run under `<prefix>/<run_id>` (see the package docstring for the API tour)."""
 
-    def __init__(self, prefix: str, run_id: str, *, attempt: int = 0, options: StorageOptions | None = None):
+    def __init__(
+        self,
+        prefix: str,
+        run_id: str,
+        *,
+        attempt: int = 0,
+        options: StorageOptions | None = None,
+        shared: SharedFs | None = None,
+    ):
+        """`shared`: a filesystem this store shares with others (shared_fs.py); its options are
+        then the store's. Without it the store builds its own."""
         if attempt < 0:
             raise ValueError(f"attempt must be >= 0, got {attempt}")
         self.layout = RunLayout.for_run(prefix, run_id)
         self.attempt = attempt
-        self.options = options or StorageOptions()
-        self._fs: ObjectFS | None = None
-        self._fs_born = 0.0
-        self._fs_lock = threading.Lock()
+        if shared is not None and shared.scheme != uri_scheme(self.layout.root):
+            raise ValueError(f"a {shared.scheme}:// filesystem cannot serve {self.layout.root}")
+        self._shared = shared or SharedFs(self.layout.root, options)
+        self.options = self._shared.options
 
     @classmethod
     def from_uri(
@@ -90,18 +101,14 @@ class CheckpointStore:
         return self.layout.run_id
 
     def fs(self) -> ObjectFS:
-        """The filesystem, rebuilt once older than `options.fs_max_age_s`.
+        """The filesystem, rebuilt once older than `options.fs_max_age_s` (shared_fs.py).
 
         Building an S3 client costs ~0.5 s of CPU (botocore loads the service
         model), too much per `latest()`, while caching it for days is what let
         credentials go stale in ray#35524; minutes is the compromise, and a
         checkpoint interval is normally longer, so each save gets a fresh one.
         """
-        with self._fs_lock:
-            now = time.monotonic()
-            if self._fs is None or now - self._fs_born >= self.options.fs_max_age_s:
-                self._fs, self._fs_born = open_fs(self.root, self.options), now
-            return self._fs
+        return self._shared.get()
 
     # -- writing --------------------------------------------------------------
     def prepare(self, step: int) -> bool:
