@@ -39,6 +39,7 @@ def _metric(name: str, metric: str) -> dict:
 
 MOE = "gpu_moe_h200.jsonl"
 LIVE = "operator_live_100.jsonl"
+LIVE_1000 = "operator_live_1000_shared_fs.jsonl"
 
 
 def _speedup(name: str, flavor: str) -> float:
@@ -74,6 +75,21 @@ CHECKS = {
             f"{_summary('gpu_moe_local_h200.jsonl')['speedup_median']:.2f}",
             f"{_summary(MOE)['speedup_over_transformers_eager']['ours-megablocks-dmoe']:.2f}",
             f"{_summary(MOE)['speedup_over_transformers_eager']['transformers-grouped_mm']:.2f}",
+        ),
+    ),
+    "docs/operator.md: live status at 1,000 points": (
+        "docs/operator.md",
+        r"`bench/results/operator_live_1000_shared_fs.jsonl`: a watch saw each point's `status.progress` "
+        r"change at most ([\d.]+) s apart \(median ([\d.]+) s: `status_refresh_gap_max`\), and the oldest "
+        r"`status.progress` was ([\d.]+) s old \(median ([\d.]+) s\); while the records moved, ([\d.]+) "
+        r"status PATCHes and ([\d.]+) progress GETs a minute",
+        lambda: (
+            f"{_metric(LIVE_1000, 'status_refresh_gap_max')['value']:.1f}",
+            f"{_metric(LIVE_1000, 'status_refresh_gap_max')['median']:.1f}",
+            f"{_metric(LIVE_1000, 'status_progress_age_max')['value']:.1f}",
+            f"{_metric(LIVE_1000, 'status_progress_age_max')['median']:.1f}",
+            f"{_metric(LIVE_1000, 'live_status_patches')['value']:g}",
+            f"{_metric(LIVE_1000, 'live_s3_reads')['by_kind']['progress_get']:g}",
         ),
     ),
     "docs/operator.md: live status cost": (
