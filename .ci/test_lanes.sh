@@ -6,7 +6,8 @@
 # server, one server starting. One pytest uses about 40% of two cores. So the suite runs as
 #   e2e       the end-to-end sweeps (tests/e2e: operator + KubeRay stand-in + Ray jobs), and the
 #             job's resize tests
-#   training  the job's own multi-process runs (training, stops, checkpoints, evaluation)
+#   training  the job's own multi-process runs (training, stops, checkpoints, evaluation, the GPU
+#             scripts' CPU smoke runs under torchrun)
 #   rest      everything else (operator, storage, schema, model, sweep, data, ...)
 # each with its own servers on free ports and its own Ray, so they share nothing but the machine.
 # More lanes do not help: five (the job's runs and the operator's tests apart) took longer on the
@@ -41,6 +42,7 @@ TRAINING_LANE=(
   tests/jobs/test_loop.py
   tests/jobs/test_export.py
   tests/jobs/test_export_multimodal.py
+  tests/moe/test_gpu_scripts.py
 )
 
 lane_paths() {  # the paths of lane $1
