@@ -43,6 +43,8 @@ TRAINING_LANE=(
   tests/jobs/test_export.py
   tests/jobs/test_export_multimodal.py
   tests/moe/test_gpu_scripts.py
+  tests/jobs/test_cost.py
+  tests/jobs/test_tracking.py
 )
 
 lane_paths() {  # the paths of lane $1
