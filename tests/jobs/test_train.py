@@ -7,7 +7,10 @@ exit code and summary line, the committed checkpoints in S3, and the MLflow run.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -42,6 +45,18 @@ def _steps(client, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
 
 def _committed(storage: str, name: str) -> list[int]:
     return [c.step for c in CheckpointStore(storage, name).committed()]
+
+
+def _settled(read: Callable[[], Any], quiet_s: float, timeout: float) -> Any:
+    """`read()` once it has not changed for `quiet_s` seconds (the killed driver's workers are gone)."""
+    value, since, deadline = read(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"still changing after {timeout:.0f}s: {value}"
+        time.sleep(1.0)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def test_two_workers_learn_survive_a_killed_worker_and_an_mlflow_outage_in_one_mlflow_run(
@@ -183,7 +198,10 @@ def cfg_model_moe() -> dict:
 def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
     tmp_path, synth, s3_bucket, mlflow_server, job_env
 ) -> None:
-    storage, steps = f"s3://{s3_bucket}/runs", 12
+    # 24 steps: a tiny step takes well under a second, and the workers outlive their killed driver
+    # for a moment (Ray ends a dead driver's actors asynchronously), so with 12 they once reached
+    # the last step before they died.
+    storage, steps = f"s3://{s3_bucket}/runs", 24
     trace = tmp_path / "trace"
     common = {"train": {"steps": steps, "checkpoint_interval": 4}}
     # The subject: 2 workers, stopped (driver killed: what deleting the RayJob does) after a commit...
@@ -196,7 +214,7 @@ def test_elastic_two_workers_then_one_matches_an_uninterrupted_run(
     job.start(extra_env={"SPHINXX_SAMPLE_TRACE": str(trace / "a")})
     wait_until(lambda: _committed(storage, "elastic"), 300, "the first checkpoint", job)
     job.kill()
-    stopped_at = max(_committed(storage, "elastic"))
+    stopped_at = _settled(lambda: max(_committed(storage, "elastic")), quiet_s=8, timeout=120)
     assert stopped_at < steps
     # ...then resumed with a single worker (same global batch: accumulation doubles).
     job.start(
