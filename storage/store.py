@@ -72,12 +72,14 @@ class CheckpointStore:
         options: StorageOptions | None = None,
         shared: SharedFs | None = None,
     ):
-        """`shared`: a filesystem this store shares with others (shared_fs.py); its options are
-        then the store's. Without it the store builds its own."""
+        """`shared`: a filesystem this store shares with others (shared_fs.py), whose options are
+        the store's (so `options` is not given with it). Without it the store builds its own."""
         if attempt < 0:
             raise ValueError(f"attempt must be >= 0, got {attempt}")
         self.layout = RunLayout.for_run(prefix, run_id)
         self.attempt = attempt
+        if shared is not None and options is not None:
+            raise ValueError("give a store options or a shared filesystem (which has its own), not both")
         if shared is not None and shared.scheme != uri_scheme(self.layout.root):
             raise ValueError(f"a {shared.scheme}:// filesystem cannot serve {self.layout.root}")
         self._shared = shared or SharedFs(self.layout.root, options)

@@ -5,7 +5,8 @@ code once, instead of a fresh interpreter per rank ("spawn") that imports them a
 seconds a rank on the 2-core CI machine. The server forks from a single thread that has run no
 torch op, so no thread pool or lock is copied mid-use; each rank still starts its own process
 group, as under Ray Train. A forked rank starts with the server's environment and folder, not
-the test's (a test may have set S3 credentials since): `run` carries the test's over.
+the test's (a test may have set S3 credentials since): each rank `adopt`s what `here()` took
+in the test.
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ def run_distributed(fn, world: int, *args: Any, timeout: float = 600) -> list[An
     """fn(rank, world, *args) in `world` processes (tests/ranks.py); results by rank, raises on error."""
     ctx = context()
     queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue, here())) for r in range(world)]
+    port, state = _free_port(), here()
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue, state)) for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

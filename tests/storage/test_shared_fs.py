@@ -46,6 +46,8 @@ def test_threads_build_one_filesystem() -> None:
 def test_a_store_refuses_a_filesystem_of_another_scheme() -> None:
     with pytest.raises(ValueError, match="a memory:// filesystem cannot serve file://"):
         CheckpointStore("file:///tmp/runs", "a", shared=SharedFs("memory://x"))
+    with pytest.raises(ValueError, match="not both"):
+        CheckpointStore("memory://x/runs", "a", options=StorageOptions(), shared=SharedFs("memory://x"))
 
 
 def test_the_operator_reads_every_run_through_one_filesystem_per_endpoint(s3_server, s3_bucket) -> None:
